@@ -1,0 +1,22 @@
+// Names shared by workflows, workers, clients and the dev stack: one place to change them.
+
+/** Task queue for steps that may run anywhere (image record, task state). */
+export const MAIN_TASK_QUEUE = 'vmsnap';
+
+/** Task queue for steps bound to the hypervisor host that holds the instance. */
+export function hostTaskQueue(host: string): string {
+  return `vmsnap-host-${host}`;
+}
+
+/** One snapshot workflow per instance at a time: Temporal refuses a second with the same id. */
+export function snapshotWorkflowId(instanceId: string): string {
+  return `snapshot-${instanceId}`;
+}
+
+/** Custom search attributes, all Keyword, registered by the dev stack and kept current by the workflow. */
+export const SEARCH_ATTRIBUTES = {
+  instanceId: 'VmsnapInstanceId',
+  phase: 'VmsnapPhase',
+  imageId: 'VmsnapImageId',
+  host: 'VmsnapHost',
+} as const;
