@@ -1,0 +1,417 @@
+// OpenStack Glance v2 as vmsnap's image service, over undici.
+// Every failure becomes a VmsnapError whose code says whether a retry can help and whose message
+// says what to check. The auth token is only ever put in a request header: messages and details
+// are built from method, path and status, and scrubbed of the token as a second line of defence.
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Transform, type Readable } from 'node:stream';
+import { Pool } from 'undici';
+import { VmsnapError } from '../shared/errors.js';
+import type { Image, ImageService, NewImage, UploadResult } from './image-service.js';
+
+export interface GlanceOptions {
+  /** Glance endpoint, e.g. http://glance:9292 (a path prefix is kept, a trailing /v2 dropped). */
+  url: string;
+  /** Keystone token, sent as X-Auth-Token. */
+  token?: string;
+  /**
+   * How long Glance may stay silent: to connect, to answer after a request (or a stalled upload
+   * chunk) was sent, and between chunks of an answer. Not a limit on a whole upload.
+   */
+  requestTimeoutMs?: number;
+}
+
+const PATCH_CONTENT_TYPE = 'application/openstack-images-v2.1-json-patch';
+const PROGRESS_INTERVAL_MS = 500;
+const READ_CHUNK = 1 << 20; // 1 MiB reads: fewer syscalls and hash calls than the 64 KiB default
+
+// Fields createImage sets itself; a property of the same name would silently replace them.
+const CREATE_FIELDS = new Set(['id', 'name', 'visibility', 'min_disk', 'min_ram']);
+
+// Transport failures where the same request can succeed later (Glance restarting, network blip).
+const TRANSIENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'EHOSTDOWN',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+]);
+const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+
+interface Reply {
+  status: number;
+  text: string;
+}
+
+export class GlanceImageService implements ImageService {
+  private readonly pool: Pool;
+  private readonly prefix: string;
+  /** The endpoint as shown in messages: no credentials, no query. */
+  private readonly shownUrl: string;
+  private readonly token: string | undefined;
+  private readonly timeoutMs: number;
+
+  constructor(opts: GlanceOptions) {
+    const url = new URL(opts.url);
+    this.prefix = url.pathname.replace(/\/+$/, '').replace(/\/v2$/, '');
+    this.shownUrl = `${url.origin}${this.prefix}`;
+    this.token = opts.token || undefined;
+    this.timeoutMs = opts.requestTimeoutMs ?? 60_000;
+    this.pool = new Pool(url.origin, {
+      connections: 8,
+      connect: { timeout: this.timeoutMs },
+      headersTimeout: this.timeoutMs,
+      bodyTimeout: this.timeoutMs,
+    });
+  }
+
+  /** Closes the connections; the service cannot be used afterwards. */
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+
+  async createImage(image: NewImage): Promise<{ image: Image; created: boolean }> {
+    const clash = Object.keys(image.properties).filter((k) => CREATE_FIELDS.has(k));
+    if (clash.length > 0) {
+      throw new VmsnapError('InvalidInput', `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`, false, {
+        properties: clash,
+      });
+    }
+    const path = '/v2/images';
+    const body = {
+      ...image.properties,
+      id: image.id,
+      name: image.name,
+      visibility: image.visibility,
+      min_disk: image.min_disk,
+      min_ram: image.min_ram,
+    };
+    const reply = await this.send('POST', path, { 'content-type': 'application/json' }, JSON.stringify(body));
+    if (reply.status >= 200 && reply.status < 300) return { image: this.parseImage('POST', path, reply), created: true };
+    if (reply.status !== 409) throw this.httpError('POST', path, reply);
+
+    // 409 on create: an image with this id is known. A retried create finds its own image here.
+    const existing = await this.getImage(image.id);
+    if (existing) return { image: existing, created: false };
+    // Glance keeps the rows of deleted images and never hands their ids out again.
+    throw new VmsnapError(
+      'ImageConflict',
+      `Glance POST ${path} answered 409 for image id ${image.id}, but there is no such image: the id belonged to an image that was deleted, and Glance never reuses an image id. Create the snapshot under a new id.`,
+      false,
+      { method: 'POST', path, status: 409, url: this.shownUrl, glanceMessage: this.glanceMessage(reply.text) },
+    );
+  }
+
+  async getImage(id: string): Promise<Image | undefined> {
+    const path = this.imagePath(id);
+    const reply = await this.send('GET', path);
+    if (reply.status === 404) return undefined;
+    if (reply.status !== 200) throw this.httpError('GET', path, reply);
+    return this.parseImage('GET', path, reply);
+  }
+
+  async updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image> {
+    const path = this.imagePath(id);
+    const keys = Object.keys(changes);
+    // Glance answers 409 to a remove of a property the image does not have; look first so such
+    // removes can be left out (a field that is present but null is "not set" as well).
+    let current: Image | undefined;
+    if (keys.length === 0 || keys.some((k) => changes[k] === null)) {
+      current = await this.getImage(id);
+      if (!current) throw this.httpError('GET', path, { status: 404, text: '' });
+    }
+    const ops: { op: 'add' | 'remove'; path: string; value?: string | number }[] = [];
+    for (const key of keys) {
+      const value = changes[key];
+      const pointer = `/${key.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+      if (value === null || value === undefined) {
+        if (current && current[key] !== undefined && current[key] !== null) ops.push({ op: 'remove', path: pointer });
+      } else {
+        // Glance's "add" also overwrites an existing property or core field (checked on Zed), so
+        // one op serves both, without knowing whether the key is set already.
+        ops.push({ op: 'add', path: pointer, value });
+      }
+    }
+    if (ops.length === 0 && current) return current;
+
+    const reply = await this.send('PATCH', path, { 'content-type': PATCH_CONTENT_TYPE }, JSON.stringify(ops));
+    if (reply.status !== 200) throw this.httpError('PATCH', path, reply);
+    return this.parseImage('PATCH', path, reply);
+  }
+
+  async uploadFile(id: string, path: string, onProgress?: (bytesSent: number) => void, signal?: AbortSignal): Promise<UploadResult> {
+    const urlPath = `${this.imagePath(id)}/file`;
+    signal?.throwIfAborted();
+    let size: number;
+    try {
+      const st = await stat(path);
+      if (!st.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EINVAL' });
+      size = st.size;
+    } catch (err) {
+      throw this.localFileError(path, err);
+    }
+    signal?.throwIfAborted();
+
+    // One pass over the bytes: they are hashed and counted on their way to the socket, so the
+    // result describes exactly what Glance was sent.
+    const sha512 = createHash('sha512');
+    const md5 = createHash('md5');
+    let sent = 0;
+    let lastReport = 0;
+    const report = (): void => {
+      if (!onProgress) return;
+      lastReport = Date.now();
+      try {
+        onProgress(sent);
+      } catch {
+        // Progress is advisory; a failing callback must not break the upload.
+      }
+    };
+    const tap = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        sha512.update(chunk);
+        md5.update(chunk);
+        sent += chunk.length;
+        if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
+        callback(null, chunk);
+      },
+    });
+    // A plain pipe rather than pipeline: pipeline would also fail the file stream with undici's
+    // error, and a read error must stay distinguishable from a network one. The file is closed in
+    // the finally below whatever happens.
+    let readError: unknown;
+    const file = createReadStream(path, { highWaterMark: READ_CHUNK });
+    file.on('error', (err) => {
+      readError = err;
+      tap.destroy(err);
+    });
+    file.pipe(tap);
+
+    try {
+      const reply = await this.send(
+        'PUT',
+        urlPath,
+        { 'content-type': 'application/octet-stream', 'content-length': String(size) },
+        tap,
+        signal,
+      );
+      if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
+    } catch (err) {
+      if (readError) throw this.localFileError(path, readError);
+      throw err;
+    } finally {
+      file.destroy();
+    }
+    if (sent !== size) {
+      throw new VmsnapError('ImageServiceError', `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`, false, {
+        expected: size,
+        sent,
+      });
+    }
+    report();
+    return { size: sent, sha512: sha512.digest('hex'), md5: md5.digest('hex') };
+  }
+
+  async deleteImage(id: string): Promise<void> {
+    const path = this.imagePath(id);
+    const reply = await this.send('DELETE', path);
+    if (reply.status === 204 || reply.status === 200 || reply.status === 404) return;
+    if (reply.status === 403) {
+      const image = await this.getImage(id).catch(() => undefined);
+      if (image?.protected) {
+        throw new VmsnapError(
+          'ImageServiceError',
+          `Glance DELETE ${path} answered 403: image ${id} is protected and Glance refuses to delete it. Unset its 'protected' flag first (openstack image set --unprotected ${id}) if it really is to be deleted.`,
+          false,
+          { method: 'DELETE', path, status: 403, url: this.shownUrl, protected: true },
+        );
+      }
+    }
+    throw this.httpError('DELETE', path, reply);
+  }
+
+  private imagePath(id: string): string {
+    return `/v2/images/${encodeURIComponent(id)}`;
+  }
+
+  /** One request; HTTP statuses come back as replies, transport failures as VmsnapErrors. */
+  private async send(
+    method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE',
+    path: string,
+    headers: Record<string, string> = {},
+    body?: string | Readable,
+    signal?: AbortSignal,
+  ): Promise<Reply> {
+    const all: Record<string, string> = { accept: 'application/json', 'user-agent': 'vmsnap', ...headers };
+    if (this.token) all['x-auth-token'] = this.token;
+    try {
+      const res = await this.pool.request({
+        method,
+        path: `${this.prefix}${path}`,
+        headers: all,
+        body,
+        signal,
+      });
+      const text = await res.body.text();
+      return { status: res.statusCode, text };
+    } catch (err) {
+      // An abort is the caller's decision, not a Glance failure: hand back its reason unchanged.
+      if (signal?.aborted) throw signal.reason ?? err;
+      throw this.transportError(method, path, err);
+    }
+  }
+
+  private parseImage(method: string, path: string, reply: Reply): Image {
+    let value: unknown;
+    try {
+      value = JSON.parse(reply.text);
+    } catch {
+      value = undefined;
+    }
+    const image = value as Partial<Image> | undefined;
+    if (!image || typeof image !== 'object' || typeof image.id !== 'string' || typeof image.status !== 'string') {
+      throw new VmsnapError(
+        'ImageServiceError',
+        `Glance ${method} ${path} answered ${reply.status} with something that is not an image: ${this.scrub(reply.text.slice(0, 200))}. Is ${this.shownUrl} really a Glance v2 endpoint?`,
+        false,
+        { method, path, status: reply.status, url: this.shownUrl },
+      );
+    }
+    return image as Image;
+  }
+
+  private httpError(method: string, path: string, reply: Reply): VmsnapError {
+    const { status } = reply;
+    const said = this.glanceMessage(reply.text);
+    const head = `Glance ${method} ${path} answered ${status}${said ? ` (${said})` : ''}`;
+    const details = { method, path, status, url: this.shownUrl, glanceMessage: said };
+    if (status >= 500) {
+      return new VmsnapError(
+        'ImageServiceUnavailable',
+        `${head}: Glance or its image store is failing or overloaded. Check glance-api and its log at ${this.shownUrl}; the request can be retried.`,
+        true,
+        details,
+      );
+    }
+    if (status === 408 || status === 429) {
+      // Timeouts and rate limiting by Glance or a proxy in front of it pass with time.
+      return new VmsnapError('ImageServiceUnavailable', `${head}: Glance (or a proxy in front of it) is busy or timed out; the request can be retried.`, true, details);
+    }
+    if (status === 404) {
+      return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, false, details);
+    }
+    if (status === 409) {
+      return new VmsnapError(
+        'ImageConflict',
+        `${head}: the image's state does not allow this (for instance data uploaded to an image that is active or being uploaded already). Check the image status in Glance.`,
+        false,
+        details,
+      );
+    }
+    if (status === 413) {
+      return new VmsnapError(
+        'ImageServiceError',
+        `${head}: the image exceeds Glance's size limit (image_size_cap) or the owner's image storage quota. Raise the limit or quota, or free space, then snapshot again.`,
+        false,
+        details,
+      );
+    }
+    if (status === 401) {
+      return new VmsnapError('ImageServiceError', `${head}: Glance did not accept the credentials. Check that the token is valid and not expired.`, false, details);
+    }
+    if (status === 403) {
+      return new VmsnapError('ImageServiceError', `${head}: Glance forbids this. Check the project's roles and Glance's policy.`, false, details);
+    }
+    return new VmsnapError('ImageServiceError', `${head}: Glance rejected the request. Check the values sent (names, formats, properties) against Glance's schema and configuration.`, false, details);
+  }
+
+  private transportError(method: string, path: string, err: unknown): VmsnapError {
+    const code = errorCode(err);
+    const reason = this.scrub(err instanceof Error ? err.message : String(err));
+    const details = { method, path, url: this.shownUrl, code };
+    if (code !== undefined && TRANSIENT_CODES.has(code)) {
+      const what = TIMEOUT_CODES.has(code) ? `no answer within ${this.timeoutMs} ms` : reason || code;
+      return new VmsnapError(
+        'ImageServiceUnavailable',
+        `Glance ${method} ${path} failed: ${code} (${what}). Is Glance running and reachable at ${this.shownUrl}? The request can be retried.`,
+        true,
+        details,
+      );
+    }
+    if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
+      return new VmsnapError('ImageServiceError', `Glance ${method} ${path}: the file changed size while it was uploaded; nothing may write to a snapshot file while it is uploaded.`, false, details);
+    }
+    return new VmsnapError(
+      'ImageServiceError',
+      `Glance ${method} ${path} failed: ${code ?? 'error'} (${reason}). Check the Glance URL ${this.shownUrl} and its TLS setup.`,
+      false,
+      details,
+    );
+  }
+
+  private localFileError(path: string, err: unknown): VmsnapError {
+    const code = errorCode(err);
+    const reason = err instanceof Error ? err.message : String(err);
+    return new VmsnapError('InvalidInput', `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`, false, {
+      path,
+      code,
+    });
+  }
+
+  /** Glance's own words from an error body (HTML or JSON), short and without the token. */
+  private glanceMessage(text: string): string {
+    // Glance answers JSON ({"message": ...}) when asked for it, webob's HTML page otherwise.
+    let source = text;
+    if (text.trimStart().startsWith('{')) {
+      try {
+        const parsed = JSON.parse(text) as { message?: unknown };
+        if (typeof parsed.message === 'string') source = parsed.message;
+      } catch {
+        // Not JSON after all: use the text as it is.
+      }
+    }
+    const plain = source
+      .replace(/<head>[\s\S]*?<\/head>/i, '')
+      .replace(/<h1>[\s\S]*?<\/h1>/i, '')
+      .replace(/<[^>]*>/g, ' ')
+      .replace(/&#x27;|&#39;/g, "'")
+      .replace(/&quot;/g, '"')
+      .replace(/&lt;/g, '<')
+      .replace(/&gt;/g, '>')
+      .replace(/&amp;/g, '&')
+      .replace(/\s+/g, ' ')
+      .trim();
+    return this.scrub(plain.length > 300 ? `${plain.slice(0, 300)}...` : plain);
+  }
+
+  private scrub(text: string): string {
+    return this.token ? text.split(this.token).join('***') : text;
+  }
+}
+
+/** The error code of a Node or undici error; connection attempts to several addresses fail as an AggregateError. */
+function errorCode(err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null) return undefined;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string') return code;
+  if (err instanceof AggregateError) {
+    for (const inner of err.errors) {
+      const c = errorCode(inner);
+      if (c) return c;
+    }
+  }
+  const cause = (err as { cause?: unknown }).cause;
+  return cause ? errorCode(cause) : undefined;
+}

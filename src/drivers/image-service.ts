@@ -1,0 +1,52 @@
+// The image service as vmsnap needs it (Glance v2 is the first implementation).
+// Errors are VmsnapError: ImageServiceUnavailable (retryable: network, 5xx, 503),
+// ImageServiceError (4xx that no retry fixes), ImageNotFound, ImageConflict.
+
+export type ImageStatus = 'queued' | 'saving' | 'uploading' | 'importing' | 'active' | 'killed' | 'deleted' | 'pending_delete' | 'deactivated';
+
+export interface Image {
+  id: string;
+  name: string;
+  status: ImageStatus;
+  visibility: string;
+  size: number | null;
+  checksum: string | null; // md5, hex
+  os_hash_algo: string | null; // 'sha512'
+  os_hash_value: string | null; // hex
+  disk_format: string | null;
+  container_format: string | null;
+  protected: boolean;
+  /** Every other field Glance returns: extra properties are top-level in Glance v2. */
+  [property: string]: unknown;
+}
+
+export interface NewImage {
+  /** Chosen by vmsnap so a retried create is recognised (Glance answers 409 for a known id). */
+  id: string;
+  name: string;
+  visibility: 'private' | 'shared' | 'community' | 'public';
+  min_disk: number;
+  min_ram: number;
+  /** Extra properties, string values (image_type, instance_uuid, owner, user_id, ...). */
+  properties: Record<string, string>;
+}
+
+export interface UploadResult {
+  /** Bytes sent, and hashes of exactly those bytes, computed while streaming. */
+  size: number;
+  sha512: string;
+  md5: string;
+}
+
+export interface ImageService {
+  /** Creates a queued image. When the id exists already: returns it with created=false. */
+  createImage(image: NewImage): Promise<{ image: Image; created: boolean }>;
+  /** undefined when there is no such image (404). */
+  getImage(id: string): Promise<Image | undefined>;
+  /** JSON-patch replace/add of top-level fields (disk_format, container_format, properties). */
+  updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
+  /** Streams a local file as the image data (never held in memory); a fresh stream per call. */
+  uploadFile(id: string, path: string, onProgress?: (bytesSent: number) => void, signal?: AbortSignal): Promise<UploadResult>;
+  /** Deletes the image; resolves also when it is gone already. */
+  deleteImage(id: string): Promise<void>;
+}

@@ -1,0 +1,242 @@
+// Hypervisor on libvirt, by running `virsh -c URI ...` (no native bindings, never a shell).
+// Instance ids are libvirt domain UUIDs (= Nova instance uuids) and are checked to be UUIDs before
+// they reach a command line, so nothing a caller sends can become an option or a domain name.
+// virsh output and messages are parsed, so it runs with LC_ALL=C.
+
+import { execa } from 'execa';
+import { VmsnapError } from '../shared/errors.js';
+import type { Hypervisor, InstanceInfo, PowerState, RootDisk } from './hypervisor.js';
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+// A stuck libvirtd (e.g. a domain job holding its lock) should fail the call, not hang it.
+const VIRSH_TIMEOUT_MS = 60_000;
+// listInstances looks at domains a few at a time: enough to be quick, few enough not to flood libvirtd.
+const LIST_CONCURRENCY = 8;
+
+/** `virsh domstate` text -> Nova power state. */
+const STATES: Record<string, PowerState> = {
+  running: 'running',
+  paused: 'paused',
+  'shut off': 'shutdown',
+  crashed: 'crashed',
+  pmsuspended: 'suspended',
+};
+
+// libvirt's wording for an unknown domain (virsh 9: "failed to get domain 'x'"; older and API
+// errors: "Domain not found: no domain with matching uuid ...").
+const NOT_FOUND_RE = /failed to get domain|Domain not found|no domain with matching/i;
+// VIR_ERR_OPERATION_INVALID, e.g. "Requested operation is not valid: domain is not running".
+const INVALID_STATE_RE = /Requested operation is not valid/i;
+
+function checkId(id: string): string {
+  if (typeof id !== 'string' || !UUID_RE.test(id)) {
+    throw new VmsnapError('InvalidInput', `instance id must be a UUID, got ${JSON.stringify(String(id)).slice(0, 80)}`);
+  }
+  return id.toLowerCase();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small XML helpers. libvirt writes well-formed, predictable XML; these read just what we need.
+
+function decodeEntities(s: string): string {
+  return s.replace(/&(#x[0-9a-f]+|#\d+|amp|lt|gt|apos|quot);/gi, (_, e: string) => {
+    switch (e.toLowerCase()) {
+      case 'amp':
+        return '&';
+      case 'lt':
+        return '<';
+      case 'gt':
+        return '>';
+      case 'apos':
+        return "'";
+      case 'quot':
+        return '"';
+      default:
+        return String.fromCodePoint(e[1] === 'x' || e[1] === 'X' ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10));
+    }
+  });
+}
+
+/** Attributes of a start tag's attribute text; values may be quoted with ' or ". */
+function attrs(tagText: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const re = /([\w:.-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(tagText)) !== null) {
+    out[m[1] as string] = decodeEntities(m[2] ?? m[3] ?? '');
+  }
+  return out;
+}
+
+/** Attributes of the first <tag ...> in xml, or undefined. */
+function firstTagAttrs(xml: string, tag: string): Record<string, string> | undefined {
+  const m = new RegExp(`<${tag}(\\s[^>]*)?/?>`).exec(xml);
+  return m ? attrs(m[1] ?? '') : undefined;
+}
+
+/** Text of the first <tag>text</tag>. The domain's own <name>/<uuid> come first in libvirt's XML. */
+function firstText(xml: string, tag: string): string | undefined {
+  const m = new RegExp(`<${tag}(?:\\s[^>]*)?>([^<]*)</${tag}>`).exec(xml);
+  return m ? decodeEntities(m[1] ?? '').trim() : undefined;
+}
+
+/** Nova's `<nova:root type="image" uuid="..."/>` in the domain <metadata>, any namespace prefix. */
+function novaImageRef(xml: string): string | undefined {
+  const meta = /<metadata>([\s\S]*?)<\/metadata>/.exec(xml)?.[1];
+  if (!meta) return undefined;
+  const re = /<[\w.-]+:root(\s[^>]*)?\/?>/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(meta)) !== null) {
+    const a = attrs(m[1] ?? '');
+    if (a.type === 'image' && a.uuid) return a.uuid;
+  }
+  return undefined;
+}
+
+function parseRootDisk(xml: string, id: string): RootDisk {
+  const re = /<disk(\s[^>]*)?>([\s\S]*?)<\/disk>/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(xml)) !== null) {
+    const disk = attrs(m[1] ?? '');
+    if ((disk.device ?? 'disk') !== 'disk') continue;
+    // The disk's own <source>/<driver> come before <backingStore> and <mirror>, which hold <source>s
+    // of other images; cut there so those are never mistaken for the disk's.
+    const body = (m[2] ?? '').split(/<backingStore\b|<mirror\b/)[0] ?? '';
+    const type = disk.type ?? 'file';
+    const source = firstTagAttrs(body, 'source') ?? {};
+    const path = type === 'file' ? source.file : type === 'block' ? source.dev : undefined;
+    if (!path) {
+      throw new VmsnapError(
+        'DiskNotFound',
+        `instance ${id}: the root disk is of type '${type}'${type === 'file' || type === 'block' ? ' without a source' : ''}; only local file and block disks can be snapshotted`,
+        false,
+        { instance: id, diskType: type },
+      );
+    }
+    // No driver type means libvirt lets QEMU treat the disk as raw.
+    const format = firstTagAttrs(body, 'driver')?.type ?? 'raw';
+    return { path, format };
+  }
+  throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device`, false, { instance: id });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export class LibvirtHypervisor implements Hypervisor {
+  private readonly uri: string;
+
+  constructor(opts: { uri: string }) {
+    if (!opts.uri) throw new VmsnapError('ConfigError', 'libvirt URI is empty (e.g. qemu:///system)');
+    this.uri = opts.uri;
+  }
+
+  /**
+   * Runs virsh; returns stdout. Failures: InstanceNotFound when libvirt does not know the domain,
+   * InstanceInvalidState for an operation the domain's state does not allow, HypervisorError
+   * (retryable) otherwise.
+   */
+  private async virsh(args: string[], id?: string): Promise<string> {
+    const r = await execa('virsh', ['-c', this.uri, ...args], {
+      env: { LC_ALL: 'C' },
+      reject: false,
+      stdin: 'ignore',
+      timeout: VIRSH_TIMEOUT_MS,
+    });
+    if (!r.failed) return r.stdout;
+    if (r.exitCode === undefined && !r.signal && (r as { code?: string }).code === 'ENOENT') {
+      throw new VmsnapError('ConfigError', 'virsh not found in PATH: install libvirt-clients', false);
+    }
+    const said = r.stderr
+      .split('\n')
+      .map((l) => l.replace(/^error: /, '').trim())
+      .filter(Boolean)
+      .join('; ');
+    const why = r.timedOut
+      ? `no answer after ${VIRSH_TIMEOUT_MS / 1000} s${said ? ` (${said})` : ''}`
+      : said || (r.shortMessage ?? 'virsh failed without a message');
+    const details = { command: ['virsh', ...args].join(' '), stderr: r.stderr };
+    if (id && NOT_FOUND_RE.test(why)) {
+      throw new VmsnapError('InstanceNotFound', `instance ${id} does not exist on this host (${this.uri})`, false, details);
+    }
+    if (id && INVALID_STATE_RE.test(why)) {
+      throw new VmsnapError('InstanceInvalidState', `instance ${id}: virsh ${args[0]}: ${why}`, false, details);
+    }
+    throw new VmsnapError('HypervisorError', `virsh ${args[0]} failed: ${why}`, true, details);
+  }
+
+  private async state(id: string): Promise<PowerState> {
+    const text = (await this.virsh(['domstate', id], id)).trim();
+    return STATES[text] ?? 'nostate';
+  }
+
+  async listInstances(): Promise<InstanceInfo[]> {
+    const ids = (await this.virsh(['list', '--all', '--uuid']))
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => UUID_RE.test(l));
+    const out: InstanceInfo[] = [];
+    for (let i = 0; i < ids.length; i += LIST_CONCURRENCY) {
+      const batch = await Promise.all(
+        ids.slice(i, i + LIST_CONCURRENCY).map((id) =>
+          this.getInstance(id).catch((e: unknown) => {
+            // Undefined between the list and the lookup: it is simply not there any more.
+            if (e instanceof VmsnapError && e.code === 'InstanceNotFound') return undefined;
+            throw e;
+          }),
+        ),
+      );
+      for (const inst of batch) if (inst) out.push(inst);
+    }
+    return out;
+  }
+
+  async getInstance(id: string): Promise<InstanceInfo> {
+    const uuid = checkId(id);
+    const xml = await this.virsh(['dumpxml', uuid], uuid);
+    const xmlUuid = firstText(xml, 'uuid')?.toLowerCase();
+    // virsh falls back to a lookup by name; a domain *named* like this UUID is not this instance.
+    if (xmlUuid !== uuid) {
+      throw new VmsnapError('InstanceNotFound', `instance ${uuid} does not exist on this host (${this.uri})`, false);
+    }
+    const info: InstanceInfo = {
+      id: uuid,
+      name: firstText(xml, 'name') ?? '',
+      powerState: await this.state(uuid),
+    };
+    const ref = novaImageRef(xml);
+    if (ref) info.baseImageRef = ref;
+    return info;
+  }
+
+  async pause(id: string): Promise<void> {
+    const uuid = checkId(id);
+    try {
+      // libvirt treats suspending a paused domain as success already; the catch covers the rest.
+      await this.virsh(['suspend', uuid], uuid);
+    } catch (e) {
+      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === 'paused') return;
+      throw e;
+    }
+  }
+
+  async resume(id: string): Promise<void> {
+    const uuid = checkId(id);
+    try {
+      await this.virsh(['resume', uuid], uuid);
+    } catch (e) {
+      // "domain is already running" is an error to libvirt, success to us.
+      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === 'running') return;
+      throw e;
+    }
+  }
+
+  async rootDisk(id: string): Promise<RootDisk> {
+    const uuid = checkId(id);
+    return parseRootDisk(await this.virsh(['dumpxml', uuid], uuid), uuid);
+  }
+
+  /** State for deciding how to read a failure; null when it cannot be read either. */
+  private async stateOrNull(id: string): Promise<PowerState | null> {
+    return this.state(id).catch(() => null);
+  }
+}

@@ -1,0 +1,438 @@
+// GlanceImageService against the real Glance of the test stack, with the fault proxy in front of
+// it where a failure has to be produced. Every test deletes the images it made.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { createReadStream, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, afterEach, before, describe, it } from 'node:test';
+import { GlanceImageService } from '../../src/drivers/glance.js';
+import type { Image, NewImage } from '../../src/drivers/image-service.js';
+import { VmsnapError } from '../../src/shared/errors.js';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
+
+const GLANCE_URL = process.env.VMSNAP_GLANCE_URL ?? 'http://127.0.0.1:19292';
+const MiB = 1024 * 1024;
+const DUMMY_TOKEN = 'gAAAAA-dummy-token-5f3c9e1b7a2d4c6e8f0a';
+
+const dir = mkdtempSync(join(tmpdir(), 'vmsnap-glance-test-'));
+const glance = new GlanceImageService({ url: GLANCE_URL });
+const services: GlanceImageService[] = [glance];
+const made = new Set<string>();
+let proxy: FaultProxy;
+
+function service(url: string, opts: { token?: string; requestTimeoutMs?: number } = {}): GlanceImageService {
+  const s = new GlanceImageService({ url, ...opts });
+  services.push(s);
+  return s;
+}
+
+function newImage(): NewImage {
+  const id = randomUUID();
+  made.add(id);
+  return {
+    id,
+    name: `vmsnap-test-${id.slice(0, 8)}`,
+    visibility: 'private',
+    min_disk: 2,
+    min_ram: 512,
+    properties: { image_type: 'snapshot', instance_uuid: randomUUID(), vmsnap_test: 'glance.test' },
+  };
+}
+
+async function hashFile(path: string): Promise<{ sha512: string; md5: string }> {
+  const sha512 = createHash('sha512');
+  const md5 = createHash('md5');
+  for await (const chunk of createReadStream(path)) {
+    sha512.update(chunk as Buffer);
+    md5.update(chunk as Buffer);
+  }
+  return { sha512: sha512.digest('hex'), md5: md5.digest('hex') };
+}
+
+/** Glance sets an interrupted upload back to queued on its side of the connection; wait for it. */
+async function waitForStatus(id: string, status: string, timeoutMs = 15_000): Promise<Image> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const image = await glance.getImage(id);
+    assert.ok(image, `image ${id} vanished`);
+    if (image.status === status || Date.now() > deadline) {
+      assert.equal(image.status, status);
+      return image;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+async function rejection(promise: Promise<unknown>): Promise<VmsnapError> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(err instanceof VmsnapError, `expected a VmsnapError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail('expected a rejection');
+}
+
+function randomFile(name: string, bytes: number): string {
+  const path = join(dir, name);
+  writeFileSync(path, randomBytes(bytes));
+  return path;
+}
+
+describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () => {
+  before(async () => {
+    proxy = await startFaultProxy(GLANCE_URL);
+  });
+
+  afterEach(async () => {
+    proxy.setRule(undefined);
+    for (const id of made) {
+      // Tests may leave an image protected; Glance would refuse to delete it.
+      await fetch(`${GLANCE_URL}/v2/images/${id}`, {
+        method: 'PATCH',
+        headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
+        body: JSON.stringify([{ op: 'replace', path: '/protected', value: false }]),
+      });
+      await glance.deleteImage(id);
+      assert.equal(await glance.getImage(id), undefined);
+    }
+    made.clear();
+  });
+
+  after(async () => {
+    await proxy.close();
+    for (const s of services) await s.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('creates a queued image with its properties, and recognises a retried create', async () => {
+    const spec = newImage();
+    const first = await glance.createImage(spec);
+    assert.equal(first.created, true);
+    assert.equal(first.image.id, spec.id);
+    assert.equal(first.image.name, spec.name);
+    assert.equal(first.image.status, 'queued');
+    assert.equal(first.image.visibility, 'private');
+    assert.equal(first.image.min_disk, 2);
+    assert.equal(first.image.min_ram, 512);
+    for (const [k, v] of Object.entries(spec.properties)) assert.equal(first.image[k], v);
+
+    const again = await glance.createImage(spec);
+    assert.equal(again.created, false);
+    assert.equal(again.image.id, spec.id);
+    assert.equal(again.image.instance_uuid, spec.properties.instance_uuid);
+  });
+
+  it('refuses the id of a deleted image with ImageConflict (Glance never reuses ids)', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    await glance.deleteImage(spec.id);
+    const err = await rejection(glance.createImage(spec));
+    assert.equal(err.code, 'ImageConflict');
+    assert.equal(err.retryable, false);
+    assert.match(err.message, /deleted/);
+  });
+
+  it('refuses properties that would override the image fields', async () => {
+    const spec = { ...newImage(), properties: { id: 'x' } };
+    const err = await rejection(glance.createImage(spec));
+    assert.equal(err.code, 'InvalidInput');
+  });
+
+  it('updates formats and properties: add sets and overwrites, null removes, a missing remove is ignored', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    let image = await glance.updateImage(spec.id, { disk_format: 'qcow2', container_format: 'bare', image_state: 'creating' });
+    assert.equal(image.disk_format, 'qcow2');
+    assert.equal(image.container_format, 'bare');
+    assert.equal(image.image_state, 'creating');
+
+    image = await glance.updateImage(spec.id, { disk_format: 'raw', image_state: 'available', image_type: null, never_set: null, min_disk: 5 });
+    assert.equal(image.disk_format, 'raw');
+    assert.equal(image.image_state, 'available');
+    assert.equal(image.min_disk, 5);
+    assert.equal('image_type' in image, false);
+
+    const fetched = await glance.getImage(spec.id);
+    assert.equal(fetched?.image_state, 'available');
+    assert.equal(fetched && 'image_type' in fetched, false);
+
+    const err = await rejection(glance.updateImage(randomUUID(), { disk_format: 'raw' }));
+    assert.equal(err.code, 'ImageNotFound');
+    assert.equal(err.details.status, 404);
+  });
+
+  it('uploads a 20 MiB file: hashes of the bytes sent equal node:crypto and Glance, image active', async (t) => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    await glance.updateImage(spec.id, { disk_format: 'raw', container_format: 'bare' });
+    const path = randomFile('data-20m.bin', 20 * MiB);
+    const progress: number[] = [];
+
+    const started = process.hrtime.bigint();
+    const result = await glance.uploadFile(spec.id, path, (n) => progress.push(n));
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+
+    const expected = await hashFile(path);
+    assert.equal(result.size, 20 * MiB);
+    assert.equal(result.sha512, expected.sha512);
+    assert.equal(result.md5, expected.md5);
+    assert.match(result.sha512, /^[0-9a-f]{128}$/);
+
+    const image = await glance.getImage(spec.id);
+    assert.ok(image);
+    assert.equal(image.status, 'active');
+    assert.equal(image.size, result.size);
+    assert.equal(image.checksum, result.md5);
+    assert.equal(image.os_hash_algo, 'sha512');
+    assert.equal(image.os_hash_value, result.sha512);
+
+    assert.equal(progress.at(-1), 20 * MiB);
+    for (let i = 1; i < progress.length; i++) assert.ok(progress[i]! >= progress[i - 1]!);
+
+    // An active image takes no second upload.
+    const err = await rejection(glance.uploadFile(spec.id, path));
+    assert.equal(err.code, 'ImageConflict');
+    t.diagnostic(`upload 20 MiB: ${(20 / seconds).toFixed(0)} MiB/s`);
+  });
+
+  it('getImage of an unknown id is undefined; deleteImage twice is fine', async () => {
+    assert.equal(await glance.getImage(randomUUID()), undefined);
+    const spec = newImage();
+    await glance.createImage(spec);
+    await glance.deleteImage(spec.id);
+    await glance.deleteImage(spec.id);
+    assert.equal(await glance.getImage(spec.id), undefined);
+  });
+
+  it('says so when Glance refuses to delete a protected image', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    const res = await fetch(`${GLANCE_URL}/v2/images/${spec.id}`, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
+      body: JSON.stringify([{ op: 'replace', path: '/protected', value: true }]),
+    });
+    assert.equal(res.status, 200);
+    const err = await rejection(glance.deleteImage(spec.id));
+    assert.equal(err.code, 'ImageServiceError');
+    assert.equal(err.retryable, false);
+    assert.equal(err.details.status, 403);
+    assert.match(err.message, /protected/);
+  });
+
+  it('a PUT answered 503 is ImageServiceUnavailable; the image stays queued and a second upload succeeds', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    await glance.updateImage(spec.id, { disk_format: 'raw', container_format: 'bare' });
+    const path = randomFile('data-503.bin', 4 * MiB);
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'status', status: 503 });
+
+    const err = await rejection(service(proxy.url).uploadFile(spec.id, path));
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.equal(err.retryable, true);
+    assert.equal(err.details.status, 503);
+    assert.match(err.message, /PUT \/v2\/images\/[0-9a-f-]+\/file answered 503/);
+    assert.ok(proxy.requests.some((r) => r.method === 'PUT' && r.status === 503));
+
+    assert.equal((await glance.getImage(spec.id))?.status, 'queued');
+    const result = await glance.uploadFile(spec.id, path);
+    const image = await glance.getImage(spec.id);
+    assert.equal(image?.status, 'active');
+    assert.equal(image?.os_hash_value, result.sha512);
+  });
+
+  it('an upload cut off halfway is retryable, and Glance takes the image back to queued', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    await glance.updateImage(spec.id, { disk_format: 'raw', container_format: 'bare' });
+    const path = randomFile('data-cut.bin', 8 * MiB);
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'reset', afterBytes: 3 * MiB, times: 1 });
+
+    const err = await rejection(service(proxy.url).uploadFile(spec.id, path));
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.equal(err.retryable, true);
+
+    await waitForStatus(spec.id, 'queued');
+    // The rule applied once: the retry goes through the proxy untouched.
+    const result = await service(proxy.url).uploadFile(spec.id, path);
+    assert.equal((await waitForStatus(spec.id, 'active')).checksum, result.md5);
+  });
+
+  it('413 is ImageServiceError, not retryable, and says the image is too large', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    const path = randomFile('data-413.bin', 2 * MiB);
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'status', status: 413 });
+    const err = await rejection(service(proxy.url).uploadFile(spec.id, path));
+    assert.equal(err.code, 'ImageServiceError');
+    assert.equal(err.retryable, false);
+    assert.equal(err.details.status, 413);
+    assert.match(err.message, /size limit|quota/);
+  });
+
+  it('other 5xx and 4xx answers map to their codes', async () => {
+    const through = service(proxy.url);
+    proxy.setRule({ method: 'GET', path: /^\/v2\/images\//, kind: 'status', status: 500 });
+    let err = await rejection(through.getImage(randomUUID()));
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.equal(err.retryable, true);
+    proxy.setRule({ method: 'GET', path: /^\/v2\/images\//, kind: 'status', status: 400 });
+    err = await rejection(through.getImage(randomUUID()));
+    assert.equal(err.code, 'ImageServiceError');
+    assert.equal(err.retryable, false);
+    proxy.setRule({ method: 'PATCH', path: /^\/v2\/images\//, kind: 'status', status: 409 });
+    err = await rejection(through.updateImage(randomUUID(), { a: 'b' }));
+    assert.equal(err.code, 'ImageConflict');
+    assert.equal(err.retryable, false);
+  });
+
+  it('Glance unreachable is ImageServiceUnavailable, retryable, and names the URL', async () => {
+    const url = `http://127.0.0.1:${await closedPort()}`;
+    const down = service(url);
+    const err = await rejection(down.getImage(randomUUID()));
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.equal(err.retryable, true);
+    assert.match(err.message, /ECONNREFUSED/);
+    assert.ok(err.message.includes(url));
+
+    const path = randomFile('data-down.bin', MiB);
+    const upErr = await rejection(down.uploadFile(randomUUID(), path));
+    assert.equal(upErr.code, 'ImageServiceUnavailable');
+    const delErr = await rejection(down.deleteImage(randomUUID()));
+    assert.equal(delErr.code, 'ImageServiceUnavailable');
+  });
+
+  it('a connection reset and a Glance that does not answer in time are ImageServiceUnavailable', async () => {
+    proxy.setRule({ path: /^\/v2\/images\//, kind: 'reset' });
+    let err = await rejection(service(proxy.url).getImage(randomUUID()));
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.equal(err.retryable, true);
+
+    proxy.setRule({ path: /^\/v2\/images\//, kind: 'delay', delayMs: 2_000 });
+    err = await rejection(service(proxy.url, { requestTimeoutMs: 300 }).getImage(randomUUID()));
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.match(err.message, /no answer within 300 ms/);
+  });
+
+  it('an upload Glance stops reading is cut off after requestTimeoutMs, retryable', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    const path = randomFile('data-stall.bin', 64 * MiB);
+    // Held by the proxy unread: the socket fills up and the upload stalls.
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'delay', delayMs: 10_000 });
+    const started = Date.now();
+    const err = await rejection(service(proxy.url, { requestTimeoutMs: 500 }).uploadFile(spec.id, path));
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.equal(err.retryable, true);
+    assert.ok(Date.now() - started < 5_000);
+    assert.equal((await glance.getImage(spec.id))?.status, 'queued');
+  });
+
+  it('a snapshot file that cannot be read is InvalidInput, and nothing is sent', async () => {
+    const before = proxy.requests.length;
+    const err = await rejection(service(proxy.url).uploadFile(randomUUID(), join(dir, 'no-such-file')));
+    assert.equal(err.code, 'InvalidInput');
+    assert.equal(err.retryable, false);
+    assert.equal(proxy.requests.length, before);
+  });
+
+  it('never puts the token in an error message or its details', async () => {
+    const withToken = service(proxy.url, { token: DUMMY_TOKEN });
+    const spec = newImage();
+    const created = await withToken.createImage(spec);
+    assert.equal(created.created, true);
+    const sent = proxy.requests.filter((r) => r.headers['x-auth-token'] === DUMMY_TOKEN);
+    assert.ok(sent.length > 0, 'the token was not sent as X-Auth-Token');
+
+    const path = randomFile('data-token.bin', MiB);
+    const errors: VmsnapError[] = [];
+    for (const status of [503, 413, 401, 403]) {
+      // Glance behind a proxy that echoes the token back must not leak it either.
+      proxy.setRule({ kind: 'status', status, path: /./, body: `rejected token ${DUMMY_TOKEN}` });
+      errors.push(await rejection(withToken.uploadFile(spec.id, path)));
+      errors.push(await rejection(withToken.getImage(spec.id)));
+    }
+    proxy.setRule({ kind: 'reset', path: /./ });
+    errors.push(await rejection(withToken.updateImage(spec.id, { a: 'b' })));
+    proxy.setRule(undefined);
+    errors.push(await rejection(withToken.updateImage(randomUUID(), { a: 'b' })));
+    errors.push(await rejection(service(`http://127.0.0.1:${await closedPort()}`, { token: DUMMY_TOKEN }).getImage(spec.id)));
+
+    for (const err of errors) {
+      const all = `${err.message} ${err.stack ?? ''} ${JSON.stringify(err.details)}`;
+      assert.equal(all.includes(DUMMY_TOKEN), false, `token leaked: ${err.message}`);
+      assert.equal(all.includes(DUMMY_TOKEN.slice(0, 16)), false);
+    }
+  });
+
+  it('an aborted upload rejects promptly with the abort reason, and Glance takes the image back to queued', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    await glance.updateImage(spec.id, { disk_format: 'raw', container_format: 'bare' });
+    const path = join(dir, 'sparse-abort.img');
+    writeFileSync(path, '');
+    truncateSync(path, 2048 * MiB);
+    // 2 GiB: far more than can be sent before the abort, which comes with the first progress report.
+    const controller = new AbortController();
+    let aborted = 0;
+    const upload = glance.uploadFile(
+      spec.id,
+      path,
+      (n) => {
+        if (n > 0 && !controller.signal.aborted) {
+          aborted = Date.now();
+          controller.abort(new Error('cancelled by test'));
+        }
+      },
+      controller.signal,
+    );
+    await assert.rejects(upload, /cancelled by test/);
+    assert.ok(Date.now() - aborted < 2_000, 'the abort took too long to stop the upload');
+    await waitForStatus(spec.id, 'queued');
+  });
+
+  it('streams: a 200 MiB sparse file uploads with RSS growth well under 100 MiB', async (t) => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    await glance.updateImage(spec.id, { disk_format: 'raw', container_format: 'bare' });
+    const path = join(dir, 'sparse-200m.img');
+    writeFileSync(path, '');
+    truncateSync(path, 200 * MiB);
+
+    const baseline = process.memoryUsage.rss();
+    let peak = baseline;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, process.memoryUsage.rss());
+    }, 10);
+    const started = process.hrtime.bigint();
+    let result;
+    try {
+      result = await glance.uploadFile(spec.id, path, () => {
+        peak = Math.max(peak, process.memoryUsage.rss());
+      });
+    } finally {
+      clearInterval(sampler);
+    }
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    peak = Math.max(peak, process.memoryUsage.rss());
+    const growthMiB = (peak - baseline) / MiB;
+    t.diagnostic(`upload 200 MiB sparse: ${(200 / seconds).toFixed(0)} MiB/s, RSS growth ${growthMiB.toFixed(1)} MiB (baseline ${(baseline / MiB).toFixed(0)} MiB)`);
+
+    assert.equal(result.size, 200 * MiB);
+    const image = await glance.getImage(spec.id);
+    assert.equal(image?.status, 'active');
+    assert.equal(image?.os_hash_value, result.sha512);
+    assert.ok(growthMiB < 100, `RSS grew by ${growthMiB.toFixed(1)} MiB`);
+  });
+});

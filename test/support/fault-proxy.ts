@@ -1,0 +1,209 @@
+// A real HTTP reverse proxy on 127.0.0.1 that sits in front of a service (Glance) and injects
+// faults on request: a fixed status without forwarding, a delay, or a connection reset. Bodies
+// are streamed both ways, never buffered whole, so multi-GiB uploads pass through it too.
+import {
+  Agent,
+  request as httpRequest,
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type OutgoingHttpHeaders,
+  type ServerResponse,
+} from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export type FaultAction =
+  /** Answer this status (and body) at once, without forwarding; the request body is drained. */
+  | { kind: 'status'; status: number; body?: string }
+  /** Wait, then forward as usual. */
+  | { kind: 'delay'; delayMs: number }
+  /**
+   * Destroy the client's connection with no answer. With afterBytes the request is forwarded
+   * first and the reset happens once that many request-body bytes have gone upstream (an upload
+   * that dies halfway); without it the reset is immediate and nothing reaches upstream.
+   */
+  | { kind: 'reset'; afterBytes?: number };
+
+export type FaultRule = FaultAction & {
+  /** HTTP method to match (any when absent). */
+  method?: string;
+  /** Matched against the request path including the query string. */
+  path: RegExp;
+  /** Apply to the first N matching requests only; afterwards they are forwarded normally. */
+  times?: number;
+};
+
+export interface ProxiedRequest {
+  method: string;
+  path: string;
+  /** The status the client got: upstream's, the injected one, 502 if upstream failed, 0 for a reset. */
+  status: number;
+  /** The request headers as received (tests check what a client sent, e.g. its auth header). */
+  headers: IncomingHttpHeaders;
+}
+
+export interface FaultProxy {
+  url: string;
+  /** Replaces all rules with this one (undefined: no faults, plain forwarding). */
+  setRule(rule: FaultRule | undefined): void;
+  /** Replaces all rules; the first matching rule with times left applies. */
+  setRules(rules: FaultRule[]): void;
+  requests: ProxiedRequest[];
+  close(): Promise<void>;
+}
+
+// Hop-by-hop headers belong to one connection and must not be forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade']);
+
+function endToEnd(headers: IncomingMessage['headers']): OutgoingHttpHeaders {
+  const out: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined && !HOP_BY_HOP.has(name)) out[name] = value;
+  }
+  return out;
+}
+
+export async function startFaultProxy(targetUrl: string): Promise<FaultProxy> {
+  const target = new URL(targetUrl);
+  const agent = new Agent({ keepAlive: true });
+  let rules: { rule: FaultRule; left: number }[] = [];
+  const requests: ProxiedRequest[] = [];
+
+  function matchRule(method: string, path: string): FaultRule | undefined {
+    for (const entry of rules) {
+      if (entry.left <= 0) continue;
+      if (entry.rule.method !== undefined && entry.rule.method.toUpperCase() !== method) continue;
+      if (!entry.rule.path.test(path)) continue;
+      entry.left -= 1;
+      return entry.rule;
+    }
+    return undefined;
+  }
+
+  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number): void {
+    const headers = endToEnd(req.headers);
+    headers.host = target.host;
+    const upstream = httpRequest({
+      protocol: target.protocol,
+      hostname: target.hostname,
+      port: target.port,
+      method: req.method,
+      path: req.url,
+      headers,
+      agent,
+    });
+
+    let done = false;
+    upstream.on('response', (up) => {
+      record.status = up.statusCode ?? 0;
+      res.writeHead(up.statusCode ?? 502, up.statusMessage, endToEnd(up.headers));
+      up.pipe(res);
+      up.on('error', () => res.destroy());
+    });
+    upstream.on('error', (err) => {
+      if (done) return;
+      done = true;
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      record.status = 502;
+      res.writeHead(502, { 'content-type': 'text/plain' });
+      res.end(`fault-proxy: upstream failed: ${err.message}\n`);
+      req.resume();
+    });
+    // The client went away (or we reset it): stop the upstream request too, as a real
+    // connection loss would.
+    res.on('close', () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
+
+    // Pump the body by hand so bytes can be counted for a mid-body reset; backpressure is kept
+    // by pausing the client while upstream's buffer is full.
+    let forwarded = 0;
+    req.on('data', (chunk: Buffer) => {
+      if (resetAfterBytes !== undefined && forwarded + chunk.length >= resetAfterBytes) {
+        const head = chunk.subarray(0, Math.max(0, resetAfterBytes - forwarded));
+        forwarded += head.length;
+        done = true;
+        record.status = 0;
+        req.pause();
+        const reset = (): void => {
+          upstream.destroy();
+          req.socket.destroy();
+        };
+        // Let the bytes before the cut reach upstream first, so it sees a truncated body.
+        if (head.length > 0) upstream.write(head, reset);
+        else reset();
+        return;
+      }
+      forwarded += chunk.length;
+      if (!upstream.write(chunk)) req.pause();
+    });
+    upstream.on('drain', () => {
+      if (!done) req.resume();
+    });
+    req.on('end', () => {
+      if (!done) upstream.end();
+    });
+    req.on('error', () => upstream.destroy());
+  }
+
+  const server = createServer((req, res) => {
+    const method = req.method ?? 'GET';
+    const path = req.url ?? '/';
+    const record: ProxiedRequest = { method, path, status: 0, headers: req.headers };
+    requests.push(record);
+    const rule = matchRule(method, path);
+
+    if (rule?.kind === 'status') {
+      record.status = rule.status;
+      // Read and discard whatever the client still sends, so it sees the answer rather than a
+      // broken pipe, as it would from a server that rejects a body.
+      req.resume();
+      const body = rule.body ?? `fault-proxy: injected ${rule.status}\n`;
+      res.writeHead(rule.status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+      return;
+    }
+    if (rule?.kind === 'reset') {
+      if (rule.afterBytes === undefined) {
+        record.status = 0;
+        req.socket.destroy();
+        return;
+      }
+      forward(req, res, record, rule.afterBytes);
+      return;
+    }
+    if (rule?.kind === 'delay') {
+      const timer = setTimeout(() => forward(req, res, record), rule.delayMs);
+      res.on('close', () => clearTimeout(timer));
+      return;
+    }
+    forward(req, res, record);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => resolve());
+  });
+  const { port } = server.address() as AddressInfo;
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    setRule(rule) {
+      rules = rule ? [{ rule, left: rule.times ?? Infinity }] : [];
+    },
+    setRules(list) {
+      rules = list.map((rule) => ({ rule, left: rule.times ?? Infinity }));
+    },
+    requests,
+    close() {
+      return new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+        agent.destroy();
+      });
+    },
+  };
+}
