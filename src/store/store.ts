@@ -1,0 +1,75 @@
+// vmsnap's own records: instance inventory, task state, faults and action events, plus the
+// hosts that run workers. SQLite is the embedded default; PostgreSQL implements the same.
+
+/** Nova's task states for a snapshot; null is Nova's None (no task in progress). */
+export type TaskState = 'image_snapshot_pending' | 'image_snapshot' | 'image_pending_upload' | 'image_uploading';
+
+export interface InstanceRecord {
+  id: string;
+  name: string;
+  host: string;
+  powerState: string;
+  taskState: TaskState | null;
+  /** Who set the task state (snapshot workflow id and run id): lets a reconciler find orphans. */
+  taskOwner: string | null;
+  baseImageRef: string | null;
+  /** ISO time of the last discovery that saw it, or of the last task state change. */
+  updatedAt: string;
+  /** ISO time discovery last found it missing from its host: it no longer exists there. */
+  deletedAt: string | null;
+}
+
+export interface InstanceFault {
+  instanceId: string;
+  code: string;
+  message: string;
+  details: Record<string, unknown>;
+  createdAt: string;
+}
+
+export interface InstanceActionEvent {
+  instanceId: string;
+  action: string; // 'createImage'
+  event: string; // 'start' | 'finish' | 'error'
+  requestId: string; // workflow id
+  details: Record<string, unknown>;
+  createdAt: string;
+}
+
+export interface DiscoveredInstance {
+  id: string;
+  name: string;
+  powerState: string;
+  baseImageRef?: string;
+}
+
+export interface Store {
+  /** Creates the schema if needed. */
+  migrate(): Promise<void>;
+  /**
+   * Records what a host's discovery saw: upserts these instances on that host (an instance seen
+   * on another host moves here) and marks the host's other instances deleted. Task state is kept.
+   */
+  syncHostInstances(host: string, instances: DiscoveredInstance[]): Promise<void>;
+  /** By instance uuid, or else by exact name; deleted instances are not returned. */
+  findInstance(ref: string): Promise<InstanceRecord | undefined>;
+  getInstance(id: string): Promise<InstanceRecord | undefined>;
+  /** Instances with a task state set (for reconciliation). */
+  listInstancesWithTask(): Promise<InstanceRecord[]>;
+  /**
+   * Atomic compare-and-swap: sets task state and owner only if the current task state equals
+   * `expected` (null = None) and, when expected is not null, the owner equals `owner`.
+   * Returns false, changing nothing, otherwise.
+   */
+  compareAndSwapTaskState(instanceId: string, expected: TaskState | null, next: TaskState | null, owner: string): Promise<boolean>;
+  /** Sets task state None if `owner` holds it, whatever the state. False when someone else holds it. */
+  releaseTaskState(instanceId: string, owner: string): Promise<boolean>;
+  recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void>;
+  listFaults(instanceId: string): Promise<InstanceFault[]>;
+  recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void>;
+  listEvents(instanceId: string): Promise<InstanceActionEvent[]>;
+  /** A host worker says it is alive and which task queue it serves. */
+  registerHost(host: string, taskQueue: string): Promise<void>;
+  listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]>;
+  close(): Promise<void>;
+}
