@@ -14,7 +14,10 @@ export default tseslint.config(
     // Workflow code runs in Temporal's deterministic sandbox: no I/O, clocks or randomness of its own.
     files: ['src/workflows/**/*.ts'],
     rules: {
-      'no-restricted-imports': ['error', { patterns: ['node:*', 'execa', 'undici', '../activities/*', '../drivers/*', '../store/*'] }],
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        { patterns: [{ group: ['node:*', 'execa', 'undici', '../activities/*', '../drivers/*', '../store/*'], allowTypeImports: true }] },
+      ],
     },
   },
 );

@@ -1,7 +1,7 @@
 // Names shared by workflows, workers, clients and the dev stack: one place to change them.
 
-/** Task queue for steps that may run anywhere (image record, task state). */
-export const MAIN_TASK_QUEUE = 'vmsnap';
+/** Default task queue of the workflows and the steps that may run anywhere (image record, task state). */
+export const DEFAULT_TASK_QUEUE = 'vmsnap';
 
 /** Task queue for steps bound to the hypervisor host that holds the instance. */
 export function hostTaskQueue(host: string): string {

@@ -1,0 +1,17 @@
+// What activities need from the outside world; tests pass real or fake implementations.
+import type * as qemuImg from '../drivers/qemu-img.js';
+import type { Hypervisor } from '../drivers/hypervisor.js';
+import type { ImageService } from '../drivers/image-service.js';
+import type { Store } from '../store/store.js';
+
+export interface ActivityDeps {
+  store: Store;
+  hypervisor: Hypervisor;
+  imageService: ImageService;
+  /** qemu-img operations (src/drivers/qemu-img.ts). */
+  diskTool: Pick<typeof qemuImg, 'convert' | 'info' | 'check'>;
+  /** This host's name, as its task queue and the inventory know it. */
+  host: string;
+  /** Where per-snapshot temp dirs are made. */
+  snapshotsDir: string;
+}

@@ -1,0 +1,24 @@
+// The activity factory: builds every activity from its dependencies, split by task queue.
+import type { ActivityDeps } from './deps.js';
+import { withTypedFailures } from './failures.js';
+import { diskActivities } from './disk.js';
+import { imageRecordActivities } from './image-record.js';
+import { instanceStateActivities } from './instance-state.js';
+import { inventoryActivities } from './inventory.js';
+import { powerActivities } from './power.js';
+import { uploadActivities } from './upload.js';
+
+export type { ActivityDeps } from './deps.js';
+
+/** Activities of the main task queue: image record and store. */
+export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService'>) {
+  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps) });
+}
+
+/** Activities bound to the hypervisor host that holds the instance. */
+export function createHostActivities(deps: ActivityDeps) {
+  return withTypedFailures({ ...powerActivities(deps), ...diskActivities(deps), ...uploadActivities(deps), ...inventoryActivities(deps) });
+}
+
+export type MainActivities = ReturnType<typeof createMainActivities>;
+export type HostActivities = ReturnType<typeof createHostActivities>;

@@ -1,0 +1,54 @@
+// The instance's side of a snapshot in vmsnap's store: lookup, task state by compare-and-swap
+// (Nova's expected_task_state), instance faults and action events.
+import type { ActivityDeps } from './deps.js';
+import { VmsnapError } from '../shared/errors.js';
+import type { InstanceRecord, TaskState } from '../store/store.js';
+
+export interface TaskStateChange {
+  instanceId: string;
+  expected: TaskState | null;
+  next: TaskState | null;
+  /** The snapshot workflow's id: owner of the task state while it runs. */
+  owner: string;
+}
+
+export function instanceStateActivities({ store }: Pick<ActivityDeps, 'store'>) {
+  return {
+    async findInstance(ref: string): Promise<InstanceRecord | null> {
+      return (await store.findInstance(ref)) ?? null;
+    },
+
+    async listHosts(): Promise<string[]> {
+      return (await store.listHosts()).map((h) => h.host);
+    },
+
+    async setTaskState(change: TaskStateChange): Promise<void> {
+      if (await store.compareAndSwapTaskState(change.instanceId, change.expected, change.next, change.owner)) return;
+      const now = await store.getInstance(change.instanceId);
+      // A retry after a lost completion finds the change already made by us: that is success.
+      if (now && now.taskState === change.next && (change.next === null || now.taskOwner === change.owner)) return;
+      const held = now?.taskState ?? 'None';
+      throw new VmsnapError(
+        'InstanceBusy',
+        change.expected === null
+          ? `instance ${change.instanceId} has a task in progress (task state ${held}): wait for it to finish, then try again`
+          : `instance ${change.instanceId} task state changed under this snapshot (expected ${change.expected}, found ${held})`,
+        false,
+        { taskState: now?.taskState ?? null },
+      );
+    },
+
+    /** Puts task state back to None if this snapshot still holds it. */
+    async releaseTaskState(input: { instanceId: string; owner: string }): Promise<boolean> {
+      return store.releaseTaskState(input.instanceId, input.owner);
+    },
+
+    async recordInstanceFault(fault: { instanceId: string; code: string; message: string; details: Record<string, unknown> }): Promise<void> {
+      await store.recordFault(fault);
+    },
+
+    async recordInstanceEvent(event: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }): Promise<void> {
+      await store.recordEvent({ ...event, action: 'createImage' });
+    },
+  };
+}

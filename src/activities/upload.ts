@@ -1,0 +1,86 @@
+// Upload of the converted disk to Glance, and the end-to-end integrity check: the bytes vmsnap
+// hashed while sending must be the bytes Glance stored (size, md5 checksum, sha512 multihash).
+import { Context } from '@temporalio/activity';
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import type { ActivityDeps } from './deps.js';
+import { keepHeartbeating } from './heartbeat.js';
+import type { Image, UploadResult } from '../drivers/image-service.js';
+import { VmsnapError } from '../shared/errors.js';
+import type { DiskFormat } from '../shared/types.js';
+
+export interface UploadImageInput {
+  imageId: string;
+  path: string;
+  diskFormat: DiskFormat;
+  virtualSize: number;
+}
+
+const GiB = 1024 ** 3;
+
+/** sha512 and md5 of a file in one streaming pass. */
+export async function hashFile(path: string): Promise<UploadResult> {
+  const sha512 = createHash('sha512');
+  const md5 = createHash('md5');
+  let size = 0;
+  for await (const chunk of createReadStream(path)) {
+    const bytes = chunk as Buffer;
+    sha512.update(bytes);
+    md5.update(bytes);
+    size += bytes.length;
+  }
+  return { size, sha512: sha512.digest('hex'), md5: md5.digest('hex') };
+}
+
+function verify(image: Image, sent: UploadResult): void {
+  const problems: string[] = [];
+  if (image.size !== sent.size) problems.push(`size ${image.size} != ${sent.size}`);
+  if (image.checksum !== sent.md5) problems.push(`md5 ${image.checksum} != ${sent.md5}`);
+  if (image.os_hash_algo === 'sha512' && image.os_hash_value !== sent.sha512) problems.push('sha512 differs');
+  if (image.os_hash_algo !== 'sha512') problems.push(`Glance hashed with ${image.os_hash_algo ?? 'nothing'}, not sha512`);
+  if (problems.length) {
+    throw new VmsnapError('ImageCorrupt', `image ${image.id} in Glance does not match what was sent: ${problems.join(', ')}`, false, {
+      glance: { size: image.size, checksum: image.checksum, os_hash_value: image.os_hash_value },
+      sent,
+    });
+  }
+}
+
+export function uploadActivities({ imageService }: ActivityDeps) {
+  return {
+    async uploadImage(input: UploadImageInput): Promise<UploadResult> {
+      let image = await imageService.getImage(input.imageId);
+      if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the snapshot`);
+
+      let sent: UploadResult;
+      if (image.status === 'active') {
+        // An earlier attempt's PUT went through but its result was lost: verify what is there.
+        sent = await hashFile(input.path);
+      } else if (image.status === 'queued') {
+        const minDisk = Math.ceil(input.virtualSize / GiB);
+        if (image.disk_format !== input.diskFormat || image.container_format !== 'bare' || image.min_disk !== minDisk) {
+          // Formats are set before the data, as Nova does.
+          await imageService.updateImage(input.imageId, { disk_format: input.diskFormat, container_format: 'bare', min_disk: minDisk });
+        }
+        let bytesSent = 0;
+        const stop = keepHeartbeating(() => ({ phase: 'uploading', bytesSent }));
+        try {
+          sent = await imageService.uploadFile(input.imageId, input.path, (n) => (bytesSent = n), Context.current().cancellationSignal);
+        } finally {
+          stop();
+        }
+      } else if (image.status === 'saving' || image.status === 'uploading') {
+        // Glance puts an interrupted PUT back to queued once the old connection dies: try again soon.
+        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`, true);
+      } else {
+        throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
+      }
+
+      image = await imageService.getImage(input.imageId);
+      if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
+      if (image.status !== 'active') throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`, true);
+      verify(image, sent);
+      return sent;
+    },
+  };
+}

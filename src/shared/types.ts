@@ -1,0 +1,66 @@
+// The shapes that cross the workflow boundary: input, progress, result. Plain JSON only, and
+// never a secret: all of it is stored in Temporal's history.
+
+export type DiskFormat = 'qcow2' | 'raw';
+
+/** Input of the snapshotInstance workflow (also what `temporal workflow start --input` takes). */
+export interface SnapshotRequest {
+  /** Instance UUID (libvirt domain UUID) or its exact name. */
+  instance: string;
+  /** Name of the Glance image to create (1-255 characters). */
+  imageName: string;
+  /** Extra image properties, as Nova's createImage `metadata`. Reserved keys are refused. */
+  metadata?: Record<string, string>;
+  /** Only 'cold' for now: the guest is paused for the copy and resumed before the upload. */
+  mode?: 'cold';
+  /** Format of the uploaded image; default qcow2. */
+  diskFormat?: DiskFormat;
+  /** qcow2 compression (smaller upload, slower copy); default false. */
+  compress?: boolean;
+  /** Glance image id to use; chosen by vmsnap when absent. */
+  imageId?: string;
+  /** Who asks, recorded on the image as Nova does (user_id, owner). */
+  userId?: string;
+  projectId?: string;
+}
+
+export type SnapshotPhase =
+  | 'starting'
+  | 'creating-image'
+  | 'pausing'
+  | 'converting'
+  | 'resuming'
+  | 'uploading'
+  | 'finishing'
+  | 'compensating'
+  | 'completed'
+  | 'failed';
+
+/** Answer of the `progress` query. */
+export interface SnapshotProgress {
+  phase: SnapshotPhase;
+  instanceId?: string;
+  imageId: string;
+  taskState: string | null;
+  /** Milliseconds spent in each phase that has ended so far. */
+  phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
+  error?: string;
+}
+
+export interface SnapshotResult {
+  imageId: string;
+  imageName: string;
+  instanceId: string;
+  host: string;
+  diskFormat: DiskFormat;
+  /** Bytes uploaded to Glance, and their hashes as Glance recorded and vmsnap verified them. */
+  size: number;
+  virtualSize: number;
+  sha512: string;
+  md5: string;
+  /** Power state before the snapshot; the instance is in it again now. */
+  priorPowerState: string;
+  /** How long the guest was paused by vmsnap (0 when it was not running). */
+  pauseDurationMs: number;
+  phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
+}

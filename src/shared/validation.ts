@@ -1,0 +1,106 @@
+// Validation of a snapshot request. Pure code: it runs inside the workflow (deterministic) and in
+// clients before they start one, so a bad request is refused before anything changes.
+
+export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+/** libvirt domain names we accept: no path separators, no shell metacharacters. */
+const INSTANCE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+const METADATA_KEY_PATTERN = /^[A-Za-z0-9_.:-]{1,255}$/;
+const MAX_METADATA_ENTRIES = 128;
+const MAX_METADATA_VALUE = 255;
+
+/** Keys vmsnap sets itself or Glance owns: a user's metadata may not set them. */
+export const RESERVED_PROPERTY_KEYS = new Set([
+  'id', 'name', 'status', 'visibility', 'protected', 'os_hidden', 'owner', 'owner_id', 'user_id',
+  'size', 'virtual_size', 'checksum', 'os_hash_algo', 'os_hash_value', 'disk_format',
+  'container_format', 'min_disk', 'min_ram', 'created_at', 'updated_at', 'tags', 'locations',
+  'direct_url', 'self', 'file', 'schema', 'stores', 'image_type', 'instance_uuid',
+  'base_image_ref', 'image_location', 'image_state',
+]);
+
+/** Prefixes never inherited nor accepted (Nova's list, plus Glance's own namespace). */
+export const NEVER_INHERITED_PREFIXES = ['cinder_encryption_key_', 'img_signature', 'os_glance'];
+export const NEVER_INHERITED_KEYS = new Set(['cache_in_nova', 'bittorrent']);
+
+export function isNeverInherited(key: string): boolean {
+  return NEVER_INHERITED_KEYS.has(key) || NEVER_INHERITED_PREFIXES.some((p) => key.startsWith(p));
+}
+
+/** A problem with one field of the request. */
+export interface InputProblem {
+  field: string;
+  message: string;
+}
+
+/** Returns the problems with a request; an empty list means it is valid. */
+export function validateSnapshotRequest(input: unknown): InputProblem[] {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    return [{ field: 'input', message: 'must be a JSON object like {"instance": "<uuid or name>", "imageName": "..."}' }];
+  }
+  const r = input as Record<string, unknown>;
+  const problems: InputProblem[] = [];
+  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId']);
+  for (const key of Object.keys(r)) {
+    if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
+  }
+
+  if (typeof r.instance !== 'string' || r.instance === '') {
+    problems.push({ field: 'instance', message: 'required: the instance UUID or name' });
+  } else if (!UUID_PATTERN.test(r.instance) && !INSTANCE_NAME_PATTERN.test(r.instance)) {
+    problems.push({
+      field: 'instance',
+      message: 'must be a UUID or a name of letters, digits, "_", "." and "-" (at most 128 characters)',
+    });
+  }
+
+  if (typeof r.imageName !== 'string' || r.imageName.trim() === '') {
+    problems.push({ field: 'imageName', message: 'required: a name for the new image' });
+  } else if ([...r.imageName].length > 255) {
+    problems.push({ field: 'imageName', message: "must be at most 255 characters (Glance's limit)" });
+  } else if (/\p{Cc}/u.test(r.imageName)) {
+    problems.push({ field: 'imageName', message: 'must not contain control characters' });
+  }
+
+  if (r.metadata !== undefined) problems.push(...metadataProblems(r.metadata));
+  if (r.mode !== undefined && r.mode !== 'cold') problems.push({ field: 'mode', message: 'must be "cold"' });
+  if (r.diskFormat !== undefined && r.diskFormat !== 'qcow2' && r.diskFormat !== 'raw') {
+    problems.push({ field: 'diskFormat', message: 'must be "qcow2" or "raw"' });
+  }
+  if (r.compress !== undefined && typeof r.compress !== 'boolean') problems.push({ field: 'compress', message: 'must be true or false' });
+  if (r.compress === true && r.diskFormat === 'raw') problems.push({ field: 'compress', message: 'compression needs diskFormat "qcow2"' });
+  if (r.imageId !== undefined && (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId))) {
+    problems.push({ field: 'imageId', message: 'must be a UUID' });
+  }
+  for (const field of ['userId', 'projectId'] as const) {
+    const v = r[field];
+    if (v !== undefined && (typeof v !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(v))) {
+      problems.push({ field, message: 'must be 1-64 letters, digits, "_" or "-"' });
+    }
+  }
+  return problems;
+}
+
+function metadataProblems(metadata: unknown): InputProblem[] {
+  if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) {
+    return [{ field: 'metadata', message: 'must be an object of string keys and string values' }];
+  }
+  const entries = Object.entries(metadata);
+  if (entries.length > MAX_METADATA_ENTRIES) {
+    return [{ field: 'metadata', message: `at most ${MAX_METADATA_ENTRIES} entries` }];
+  }
+  const problems: InputProblem[] = [];
+  for (const [key, value] of entries) {
+    const field = `metadata.${key.slice(0, 64)}`;
+    if (!METADATA_KEY_PATTERN.test(key)) {
+      problems.push({ field, message: 'keys are 1-255 letters, digits, "_", ".", ":" or "-"' });
+    } else if (RESERVED_PROPERTY_KEYS.has(key) || isNeverInherited(key)) {
+      problems.push({ field, message: 'is reserved: vmsnap or Glance sets it' });
+    }
+    if (typeof value !== 'string') problems.push({ field, message: 'values must be strings' });
+    else if ([...value].length > MAX_METADATA_VALUE) problems.push({ field, message: `values are at most ${MAX_METADATA_VALUE} characters` });
+  }
+  return problems;
+}
+
+export function describeProblems(problems: InputProblem[]): string {
+  return problems.map((p) => `${p.field}: ${p.message}`).join('; ');
+}

@@ -1,0 +1,44 @@
+// Worker entry point: `tsx src/worker/main.ts [--role main|host|all]`. One host runs both roles;
+// in a fleet, one main worker anywhere and a host worker on each hypervisor, next to libvirt.
+import { parseArgs } from 'node:util';
+import * as qemuImg from '../drivers/qemu-img.js';
+import { GlanceImageService } from '../drivers/glance.js';
+import { LibvirtHypervisor } from '../drivers/libvirt.js';
+import { loadConfig } from '../shared/config.js';
+import { SqliteStore } from '../store/sqlite.js';
+import { connect, startWorkers, type WorkerRole } from './workers.js';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { role: { type: 'string', default: 'all' } } });
+  const roles: WorkerRole[] = values.role === 'all' ? ['main', 'host'] : [values.role as WorkerRole];
+  if (!roles.every((r) => r === 'main' || r === 'host')) throw new Error(`--role must be main, host or all (got "${values.role}")`);
+
+  const config = loadConfig();
+  const store = new SqliteStore(config.storePath);
+  await store.migrate();
+  const connection = await connect(config.temporal);
+  const workers = await startWorkers({
+    connection,
+    namespace: config.temporal.namespace,
+    taskQueue: config.temporal.taskQueue,
+    roles,
+    discoveryIntervalMs: config.discoveryIntervalMs,
+    deps: {
+      store,
+      hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),
+      imageService: new GlanceImageService({ url: config.glance.url, token: config.glance.token }),
+      diskTool: qemuImg,
+      host: config.host,
+      snapshotsDir: config.snapshotsDir,
+    },
+  });
+  console.log(`vmsnap worker: ${roles.join(' + ')} on host ${config.host}, Temporal ${config.temporal.address}`);
+  await workers.done;
+  await connection.close();
+  await store.close();
+}
+
+main().catch((err: Error) => {
+  console.error(`vmsnap worker: ${err.message}`);
+  process.exit(1);
+});

@@ -1,0 +1,91 @@
+// Builds vmsnap's Temporal workers from their dependencies: the main queue (workflows, image
+// record, task state) and the host queue (pause, convert, resume, upload, discovery).
+import { NativeConnection, Worker, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { fileURLToPath } from 'node:url';
+import { createHostActivities, createMainActivities, type ActivityDeps } from '../activities/index.js';
+import { syncInventory } from '../activities/inventory.js';
+import type { Config } from '../shared/config.js';
+import { hostTaskQueue } from '../shared/names.js';
+
+export type WorkerRole = 'main' | 'host';
+
+export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+
+/** Bundling takes seconds: do it once per process and share it between workers. */
+let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
+export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
+  bundle ??= bundleWorkflowCode({ workflowsPath, logger: quietBundlerLogger });
+  return bundle;
+}
+const quietBundlerLogger = {
+  log() {}, trace() {}, debug() {}, info() {},
+  warn: (m: string) => console.warn(m),
+  error: (m: string) => console.error(m),
+};
+
+export async function connect(temporal: Config['temporal']): Promise<NativeConnection> {
+  const { readFile } = await import('node:fs/promises');
+  const tls = temporal.tls
+    ? {
+        serverNameOverride: temporal.tls.serverName,
+        serverRootCACertificate: temporal.tls.caPath ? await readFile(temporal.tls.caPath) : undefined,
+        clientCertPair:
+          temporal.tls.certPath && temporal.tls.keyPath
+            ? { crt: await readFile(temporal.tls.certPath), key: await readFile(temporal.tls.keyPath) }
+            : undefined,
+      }
+    : undefined;
+  return NativeConnection.connect({ address: temporal.address, tls });
+}
+
+export interface RunningWorkers {
+  /** Resolves when every worker has stopped. */
+  done: Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+export async function startWorkers(opts: {
+  connection: NativeConnection;
+  namespace: string;
+  /** Main task queue (config temporal.taskQueue). */
+  taskQueue: string;
+  roles: WorkerRole[];
+  deps: ActivityDeps;
+  discoveryIntervalMs: number;
+}): Promise<RunningWorkers> {
+  const { connection, namespace, deps } = opts;
+  const workers: Worker[] = [];
+  let discovery: NodeJS.Timeout | undefined;
+  if (opts.roles.includes('main')) {
+    workers.push(
+      await Worker.create({
+        connection,
+        namespace,
+        taskQueue: opts.taskQueue,
+        workflowBundle: await workflowBundle(),
+        activities: createMainActivities(deps),
+      }),
+    );
+  }
+  if (opts.roles.includes('host')) {
+    const taskQueue = hostTaskQueue(deps.host);
+    workers.push(await Worker.create({ connection, namespace, taskQueue, activities: createHostActivities(deps) }));
+    await deps.store.registerHost(deps.host, taskQueue);
+    await syncInventory(deps);
+    // Keep the inventory true as VMs come, go and move; a snapshot's lookup also asks on a miss.
+    discovery = setInterval(() => {
+      Promise.all([deps.store.registerHost(deps.host, taskQueue), syncInventory(deps)]).catch((err: Error) =>
+        console.error(`vmsnap: instance discovery on ${deps.host} failed: ${err.message}`),
+      );
+    }, opts.discoveryIntervalMs);
+  }
+  const done = Promise.all(workers.map((w) => w.run())).then(() => undefined);
+  return {
+    done,
+    async shutdown() {
+      clearInterval(discovery);
+      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+      await done;
+    },
+  };
+}

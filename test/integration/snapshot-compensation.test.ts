@@ -1,0 +1,64 @@
+// Compensation on the real stack: Glance refuses the image data for good (413, as its size cap
+// answers), injected by a proxy in front of the real Glance. Afterwards the guest runs, the image
+// is gone, the task state is None, no temp file is left and a fault is recorded.
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { startSnapshot } from '../../src/client/snapshots.js';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
+import { findImagesByName } from '../support/images.js';
+import { startHarness, type Harness } from '../support/harness.js';
+
+const guestName = `vmsnap-test-comp-${process.pid}`;
+let h: Harness;
+let proxy: FaultProxy;
+let guest: Guest;
+
+describe('snapshot compensation on the real stack', { timeout: 300_000 }, () => {
+  before(async () => {
+    proxy = await startFaultProxy(process.env.VMSNAP_GLANCE_URL ?? 'http://127.0.0.1:19292');
+    h = await startHarness({ name: 'compensation', glanceUrl: proxy.url });
+    guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
+  });
+
+  after(async () => {
+    await removeGuest(guestName, h.guestsDir).catch(() => undefined);
+    await h?.close();
+    await proxy?.close();
+  });
+
+  it('an upload that fails for good leaves the guest running and nothing half-made', async () => {
+    proxy.setRule({ method: 'PUT', path: /^\/v2\/images\/[^/]+\/file$/, kind: 'status', status: 413, body: 'Image exceeds the storage quota' });
+    const imageName = `vmsnap-test-${process.pid}-upload-fails`;
+    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
+    const err = await handle.result().then(
+      () => assert.fail('the snapshot should have failed'),
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
+    assert.equal(err.cause.type, 'ImageServiceError');
+    assert.ok(proxy.requests.some((r) => r.method === 'PUT' && r.status === 413), 'the upload was tried and refused');
+
+    // 1. The guest runs again and keeps counting.
+    assert.equal(await guestState(guestName), 'running');
+    const first = await readCounter(guest.diskPath, 'qcow2');
+    await sleep(1000);
+    assert.ok((await readCounter(guest.diskPath, 'qcow2')).a > first.a, 'counter advances');
+    // 2. No image of this snapshot is left in Glance (asked of the real Glance, not the proxy).
+    assert.deepEqual(await findImagesByName(h.config.glance.url, imageName), []);
+    // 3. Task state None.
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    // 4. No temp files.
+    assert.ok(!existsSync(h.config.snapshotsDir) || readdirSync(h.config.snapshotsDir).length === 0);
+    // 5. A fault that says what happened, and the action's error event.
+    const faults = await h.store.listFaults(guest.uuid);
+    assert.equal(faults.length, 1);
+    assert.equal(faults[0]?.code, 'ImageServiceError');
+    assert.match(faults[0]?.message ?? '', /413|size|quota/i);
+    assert.deepEqual((await h.store.listEvents(guest.uuid)).map((e) => e.event), ['start', 'error']);
+  });
+});

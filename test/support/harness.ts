@@ -1,0 +1,86 @@
+// Runs vmsnap's real workers in the test process against the test stack (real Temporal, Glance,
+// libvirt, qemu-img), with a store of its own and a host name of its own, so test files do not
+// see each other's work. Tests may wrap the real drivers to observe them (never to fake them).
+import { Client, Connection } from '@temporalio/client';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import * as qemuImg from '../../src/drivers/qemu-img.js';
+import { GlanceImageService } from '../../src/drivers/glance.js';
+import type { Hypervisor } from '../../src/drivers/hypervisor.js';
+import type { ImageService } from '../../src/drivers/image-service.js';
+import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
+import { loadConfig, type Config } from '../../src/shared/config.js';
+import { SqliteStore } from '../../src/store/sqlite.js';
+import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
+import type { NativeConnection } from '@temporalio/worker';
+
+export interface Harness {
+  config: Config;
+  store: SqliteStore;
+  client: Client;
+  hypervisor: Hypervisor;
+  glance: GlanceImageService;
+  /** Where the test guests and their assets live. */
+  guestsDir: string;
+  assetsDir: string;
+  close(): Promise<void>;
+}
+
+export async function startHarness(opts: {
+  name: string;
+  /** Wraps the real hypervisor, e.g. to observe the guest right after pause. */
+  wrapHypervisor?: (real: Hypervisor) => Hypervisor;
+  /** Glance URL the workers use (a fault proxy in front of the real one); default the real one. */
+  glanceUrl?: string;
+  wrapImageService?: (real: ImageService) => ImageService;
+}): Promise<Harness> {
+  const dir = mkdtempSync(join(tmpdir(), `vmsnap-${opts.name}-`));
+  const config = loadConfig({
+    ...process.env,
+    VMSNAP_HOST: `test-${opts.name}-${process.pid}`,
+    VMSNAP_TASK_QUEUE: `vmsnap-test-${opts.name}-${process.pid}`,
+    VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
+    VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
+    VMSNAP_DISCOVERY_INTERVAL_MS: '3600000',
+  });
+  const store = new SqliteStore(config.storePath);
+  await store.migrate();
+  const hypervisor = new LibvirtHypervisor({ uri: config.libvirtUri });
+  const glance = new GlanceImageService({ url: config.glance.url });
+  const workerGlance = opts.glanceUrl ? new GlanceImageService({ url: opts.glanceUrl }) : glance;
+  const connection: NativeConnection = await connect(config.temporal);
+  const workers: RunningWorkers = await startWorkers({
+    connection,
+    namespace: config.temporal.namespace,
+    taskQueue: config.temporal.taskQueue,
+    roles: ['main', 'host'],
+    discoveryIntervalMs: config.discoveryIntervalMs,
+    deps: {
+      store,
+      hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,
+      imageService: opts.wrapImageService ? opts.wrapImageService(workerGlance) : workerGlance,
+      diskTool: qemuImg,
+      host: config.host,
+      snapshotsDir: config.snapshotsDir,
+    },
+  });
+  const clientConnection = await Connection.connect({ address: config.temporal.address });
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
+  return {
+    config,
+    store,
+    client,
+    hypervisor,
+    glance,
+    guestsDir: join(config.dataDir, 'guests'),
+    assetsDir: join(config.dataDir, 'guest-assets'),
+    async close() {
+      await workers.shutdown();
+      await clientConnection.close();
+      await connection.close();
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
