@@ -3,7 +3,8 @@ import { Client, Connection, WorkflowExecutionAlreadyStartedError, type Workflow
 import { readFile } from 'node:fs/promises';
 import type { Config } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
-import { DEFAULT_TASK_QUEUE, SEARCH_ATTRIBUTES, snapshotWorkflowId } from '../shared/names.js';
+import { DEFAULT_TASK_QUEUE, snapshotWorkflowId } from '../shared/names.js';
+import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
 import type { snapshotInstance } from '../workflows/snapshot.js';
@@ -38,7 +39,7 @@ export async function startSnapshot(client: Client, request: SnapshotRequest, ta
       taskQueue,
       workflowId,
       args: [request],
-      searchAttributes: { [SEARCH_ATTRIBUTES.instanceId]: [request.instance] },
+      typedSearchAttributes: [{ key: INSTANCE_ID, value: request.instance }],
     });
   } catch (err) {
     if (err instanceof WorkflowExecutionAlreadyStartedError) {

@@ -19,7 +19,8 @@ import {
 } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
-import { SEARCH_ATTRIBUTES, hostTaskQueue } from '../shared/names.js';
+import { hostTaskQueue } from '../shared/names.js';
+import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
 import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
 import type { TaskState } from '../store/store.js';
@@ -92,7 +93,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   const diskFormat = request.diskFormat ?? 'qcow2';
   const progress: SnapshotProgress = { phase: 'starting', imageId, taskState: null, phaseDurationsMs: {} };
   setHandler(progressQuery, () => progress);
-  upsertSearchAttributes({ [SEARCH_ATTRIBUTES.imageId]: [imageId], [SEARCH_ATTRIBUTES.phase]: ['starting'] });
+  upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }, { key: PHASE, value: 'starting' }]);
 
   let phaseStartedAt = Date.now();
   const enter = (phase: SnapshotPhase) => {
@@ -100,7 +101,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     progress.phaseDurationsMs[progress.phase] = spent + (Date.now() - phaseStartedAt);
     phaseStartedAt = Date.now();
     progress.phase = phase;
-    upsertSearchAttributes({ [SEARCH_ATTRIBUTES.phase]: [phase] });
+    upsertSearchAttributes([{ key: PHASE, value: phase }]);
   };
 
   // Lookup: the inventory first; on a miss, ask every host to rediscover, then look again.
@@ -119,7 +120,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   }
   const instanceId = instance.id;
   progress.instanceId = instanceId;
-  upsertSearchAttributes({ [SEARCH_ATTRIBUTES.instanceId]: [instanceId], [SEARCH_ATTRIBUTES.host]: [instance.host] });
+  upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: instance.host }]);
   const host = hostActivities(instance.host);
 
   const setTaskState = async (expected: TaskState | null, next: TaskState | null) => {

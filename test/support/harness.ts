@@ -12,8 +12,12 @@ import type { ImageService } from '../../src/drivers/image-service.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
 import type { NativeConnection } from '@temporalio/worker';
+
+// Worker lifecycle chatter hides test output: warnings and errors only.
+Runtime.install({ logger: new DefaultLogger('WARN') });
 
 export interface Harness {
   config: Config;

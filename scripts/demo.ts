@@ -1,0 +1,102 @@
+// The main job, end to end on this machine: dev stack up, a test guest running, a vmsnap worker,
+// one cold snapshot through the client, and proof that the guest runs on. Run by ./scripts/demo.
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import * as qemuImg from '../src/drivers/qemu-img.js';
+import { GlanceImageService } from '../src/drivers/glance.js';
+import { LibvirtHypervisor } from '../src/drivers/libvirt.js';
+import { connectClient, getProgress, startSnapshot } from '../src/client/snapshots.js';
+import { loadConfig } from '../src/shared/config.js';
+import { SqliteStore } from '../src/store/sqlite.js';
+import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { connect, startWorkers } from '../src/worker/workers.js';
+import { createGuest, guestState, readCounter } from './lib/guest.js';
+import { clientEnv, services, stackConfig } from './lib/stack.js';
+
+// Worker lifecycle chatter would bury the demo's own output: warnings and errors only.
+Runtime.install({ logger: new DefaultLogger('WARN') });
+
+const GUEST = 'vmsnap-demo';
+
+async function main(): Promise<void> {
+  const stack = stackConfig();
+  console.log('== dev stack');
+  for (const service of services(stack)) {
+    const s = await service.up();
+    console.log(`   ${s.name}: ${Object.values(s.endpoints).join(' ')}`);
+  }
+  const config = loadConfig({ ...process.env, ...clientEnv(stack) });
+
+  console.log(`== guest ${GUEST}`);
+  const guestsDir = join(stack.dataDir, 'guests');
+  const diskPath = join(guestsDir, GUEST, 'disk.qcow2');
+  if ((await guestState(GUEST)) !== 'running') {
+    await createGuest({ name: GUEST, guestsDir, assetsDir: join(stack.dataDir, 'guest-assets') });
+  }
+  console.log(`   running; counter on disk: ${(await readCounter(diskPath, 'qcow2')).a}`);
+
+  console.log('== worker (main + host queues)');
+  const store = new SqliteStore(config.storePath);
+  await store.migrate();
+  const connection = await connect(config.temporal);
+  const workers = await startWorkers({
+    connection,
+    namespace: config.temporal.namespace,
+    taskQueue: config.temporal.taskQueue,
+    roles: ['main', 'host'],
+    discoveryIntervalMs: config.discoveryIntervalMs,
+    deps: {
+      store,
+      hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),
+      imageService: new GlanceImageService({ url: config.glance.url, token: config.glance.token }),
+      diskTool: qemuImg,
+      host: config.host,
+      snapshotsDir: config.snapshotsDir,
+    },
+  });
+  try {
+    console.log('== snapshot');
+    const client = await connectClient(config.temporal);
+    const handle = await startSnapshot(client, { instance: GUEST, imageName: `${GUEST}-${new Date().toISOString()}` }, config.temporal.taskQueue);
+    console.log(`   workflow ${handle.workflowId}`);
+    let lastPhase = '';
+    const watch = (async () => {
+      for (;;) {
+        const p = await getProgress(handle).catch(() => undefined);
+        if (p && p.phase !== lastPhase) console.log(`   phase: ${(lastPhase = p.phase)}`);
+        if (p?.phase === 'completed' || p?.phase === 'failed') return;
+        await sleep(100);
+      }
+    })();
+    const result = await handle.result();
+    await watch;
+    const before = await readCounter(diskPath, 'qcow2');
+    await sleep(1000);
+    const after = await readCounter(diskPath, 'qcow2');
+
+    console.log('== result');
+    console.log(`   image id        ${result.imageId} (active in Glance ${config.glance.url})`);
+    console.log(`   size            ${result.size} bytes (${result.diskFormat}, virtual ${result.virtualSize})`);
+    console.log(`   sha512          ${result.sha512}`);
+    console.log(`   md5             ${result.md5}`);
+    console.log(`   pause duration  ${result.pauseDurationMs} ms`);
+    console.log(`   phases (ms)     ${JSON.stringify(result.phaseDurationsMs)}`);
+    console.log(`   guest           ${await guestState(GUEST)}, counter ${before.a} -> ${after.a} one second later`);
+    console.log(`   Web UI          ${clientEnv(stack).VMSNAP_TEMPORAL_UI_URL}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}`);
+    if (after.a <= before.a) throw new Error('the guest is not counting after the snapshot');
+    await client.connection.close();
+  } finally {
+    await workers.shutdown();
+    await connection.close();
+    await store.close();
+  }
+  console.log(`The stack and the guest keep running: stop them with \`npm run stack -- down\`.`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: Error) => {
+    console.error(`demo: ${err.message}`);
+    process.exit(1);
+  },
+);
