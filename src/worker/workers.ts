@@ -79,11 +79,17 @@ export async function startWorkers(opts: {
       );
     }, opts.discoveryIntervalMs);
   }
-  const done = Promise.all(workers.map((w) => w.run())).then(() => undefined);
+  // Workers also stop on their own (SIGTERM, SIGINT): discovery must stop with them.
+  const done = Promise.all(workers.map((w) => w.run())).then(
+    () => clearInterval(discovery),
+    (err: unknown) => {
+      clearInterval(discovery);
+      throw err;
+    },
+  );
   return {
     done,
     async shutdown() {
-      clearInterval(discovery);
       for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
       await done;
     },
