@@ -1,5 +1,7 @@
 // The hypervisor as vmsnap needs it (libvirt is the first implementation), in the spirit of
-// Nova's virt driver interface. Errors are VmsnapError: InstanceNotFound, HypervisorError.
+// Nova's virt driver interface. Errors are VmsnapError: InstanceNotFound, InstanceInvalidState
+// (e.g. resume of a shut-off instance), DiskNotFound, InvalidInput (an id that is not a UUID),
+// ConfigError (no virsh), HypervisorError (anything else; retryable).
 
 /** Nova's power states, as far as a snapshot cares. */
 export type PowerState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'suspended' | 'nostate';

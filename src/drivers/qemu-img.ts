@@ -5,7 +5,7 @@
 // qemu-img messages are parsed, so it runs with LC_ALL=C. Messages mapped (qemu-img 7.2):
 //   Could not open 'X': Could not open 'X': No such file or directory        -> DiskNotFound
 //   Could not open 'X': Could not open backing file: ... No such file ...     -> DiskNotFound
-//   Could not open 'X': Failed to get shared "write" lock                     -> InstanceBusy
+//   Could not open 'X': Failed to get shared "write" lock                     -> InstanceInvalidState
 //   Could not open 'X': Image is not in qcow2 format / Unsupported qcow2 ...  -> ImageCorrupt
 //   ... Image is corrupt / Marking image as corrupt ...                       -> ImageCorrupt
 //   ... No space left on device                                               -> NoSpace
@@ -83,8 +83,9 @@ function mapFailure(what: string, image: string, stderr: string, target?: string
     return new VmsnapError('NoSpace', `${what}: no space left on device: ${line}`, false, details);
   }
   if (/Failed to get .*lock/i.test(all)) {
+    // The disk is in use by a running QEMU: for a shut-off instance that means it was started.
     return new VmsnapError(
-      'InstanceBusy',
+      'InstanceInvalidState',
       `${what}: ${image} is locked by another process (a running VM?); open it with forceShare (-U), with the VM paused for a consistent copy: ${line}`,
       false,
       details,
@@ -312,7 +313,7 @@ interface QemuImgCheckJson {
  * `qemu-img check` of an image we wrote, before it is uploaded. ok=false when the image has
  * corruptions or cannot be opened or checked at all. Leaked clusters (exit code 3) only waste space
  * and count as ok. Formats without metadata (raw) have nothing to check: ok, said so in the message.
- * Throws only when the file is missing (DiskNotFound) or locked (InstanceBusy).
+ * Throws only when the file is missing (DiskNotFound) or locked (InstanceInvalidState).
  */
 export async function check(file: string, format: string): Promise<CheckResult> {
   const what = `qemu-img check ${file}`;
@@ -346,7 +347,7 @@ export async function check(file: string, format: string): Promise<CheckResult> 
       return { ok: true, message: `format ${format} does not support checks` };
     default: {
       const e = mapFailure(what, file, r.stderr ?? '');
-      if (e.code === 'DiskNotFound' || e.code === 'InstanceBusy') throw e;
+      if (e.code === 'DiskNotFound' || e.code === 'InstanceInvalidState') throw e;
       return { ok: false, message: `check failed: ${lastLine(r.stderr ?? '') || `exit code ${r.exitCode}`}` };
     }
   }

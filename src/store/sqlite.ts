@@ -209,7 +209,8 @@ export class SqliteStore implements Store {
       const nextOwner = next === null ? null : owner;
       const result =
         expected === null
-          ? this.stmt(set).run(next, nextOwner, now(), instanceId, null)
+          ? // A new task only on an instance that still exists.
+            this.stmt(`${set} AND deleted_at IS NULL`).run(next, nextOwner, now(), instanceId, null)
           : this.stmt(`${set} AND task_owner = ?`).run(next, nextOwner, now(), instanceId, expected, owner);
       return result.changes === 1;
     });

@@ -58,7 +58,8 @@ export interface Store {
   listInstancesWithTask(): Promise<InstanceRecord[]>;
   /**
    * Atomic compare-and-swap: sets task state and owner only if the current task state equals
-   * `expected` (null = None) and, when expected is not null, the owner equals `owner`.
+   * `expected` (null = None) and, when expected is not null, the owner equals `owner`. A task is
+   * never started (expected None) on an instance discovery found deleted.
    * Returns false, changing nothing, otherwise.
    */
   compareAndSwapTaskState(instanceId: string, expected: TaskState | null, next: TaskState | null, owner: string): Promise<boolean>;

@@ -265,11 +265,11 @@ describe('qemu-img driver', { timeout: 300_000 }, () => {
     const target = p('live.qcow2');
     const e = await rejectsWith(
       convert({ source: guest.diskPath, sourceFormat: 'qcow2', target, targetFormat: 'qcow2' }),
-      'InstanceBusy',
+      'InstanceInvalidState',
     );
     assert.match(e.message, /lock/);
     assert.ok(!existsSync(target));
-    await rejectsWith(info(guest.diskPath, { format: 'qcow2' }), 'InstanceBusy');
+    await rejectsWith(info(guest.diskPath, { format: 'qcow2' }), 'InstanceInvalidState');
 
     await convert({ source: guest.diskPath, sourceFormat: 'qcow2', target, targetFormat: 'qcow2', forceShare: true });
     const i = await info(target, { format: 'qcow2' });

@@ -132,6 +132,8 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       assert.equal(gone?.taskOwner, 'wf-2');
       assert.deepEqual((await store.listInstancesWithTask()).map((i) => i.id), [VM2]);
       assert.equal((await store.findInstance(VM3))?.deletedAt, null, 'other hosts are untouched');
+      assert.equal(await store.releaseTaskState(VM2, 'wf-2'), true, 'the running task can still finish');
+      assert.equal(await store.compareAndSwapTaskState(VM2, null, 'image_snapshot_pending', 'wf-3'), false, 'no new task on a deleted instance');
 
       // Seen again: alive again.
       await store.syncHostInstances('host-a', [
