@@ -4,7 +4,7 @@ import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
-import type { DiskFormat } from '../shared/types.js';
+import type { DiskFormat, StepProgress } from '../shared/types.js';
 import { VmsnapError } from '../shared/errors.js';
 
 export interface ConvertDiskInput {
@@ -41,8 +41,12 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir }: ActivityD
       await chmod(dir, 0o700);
       await writeFile(target, '', { mode: 0o600 });
 
+      // The copy reads the whole virtual disk; its size scales qemu-img's percent to bytes.
+      const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
       let percent = 0;
-      const stop = keepHeartbeating(() => ({ phase: 'converting', percent, source: disk.path }));
+      const stop = keepHeartbeating(
+        (): StepProgress => ({ phase: 'converting', percent, bytesDone: Math.round((bytesTotal * percent) / 100), bytesTotal }),
+      );
       try {
         await diskTool.convert({
           source: disk.path,

@@ -3,11 +3,12 @@
 import { Context } from '@temporalio/activity';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import type { Image, UploadResult } from '../drivers/image-service.js';
 import { VmsnapError } from '../shared/errors.js';
-import type { DiskFormat } from '../shared/types.js';
+import type { DiskFormat, StepProgress } from '../shared/types.js';
 
 export interface UploadImageInput {
   imageId: string;
@@ -62,8 +63,11 @@ export function uploadActivities({ imageService }: ActivityDeps) {
           // Formats are set before the data, as Nova does.
           await imageService.updateImage(input.imageId, { disk_format: input.diskFormat, container_format: 'bare', min_disk: minDisk });
         }
+        const bytesTotal = (await stat(input.path)).size;
         let bytesSent = 0;
-        const stop = keepHeartbeating(() => ({ phase: 'uploading', bytesSent }));
+        const stop = keepHeartbeating(
+          (): StepProgress => ({ phase: 'uploading', percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100, bytesDone: bytesSent, bytesTotal }),
+        );
         try {
           sent = await imageService.uploadFile(input.imageId, input.path, (n) => (bytesSent = n), Context.current().cancellationSignal);
         } finally {

@@ -47,6 +47,17 @@ export interface SnapshotProgress {
   error?: string;
 }
 
+/**
+ * Heartbeat details of the long steps (convert, upload): visible in the Web UI's pending
+ * activities and through `describe()`, which is how clients show percent and bytes/s.
+ */
+export interface StepProgress {
+  phase: 'converting' | 'uploading';
+  percent: number;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
 export interface SnapshotResult {
   imageId: string;
   imageName: string;
