@@ -2,13 +2,11 @@
 // one cold snapshot through the client, and proof that the guest runs on. Run by ./scripts/demo.
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import * as qemuImg from '../src/drivers/qemu-img.js';
-import { GlanceImageService } from '../src/drivers/glance.js';
-import { LibvirtHypervisor } from '../src/drivers/libvirt.js';
 import { connectClient, getProgress, startSnapshot } from '../src/client/snapshots.js';
 import { loadConfig } from '../src/shared/config.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { buildDeps } from '../src/worker/deps.js';
 import { connect, startWorkers } from '../src/worker/workers.js';
 import { createGuest, guestState, readCounter } from './lib/guest.js';
 import { clientEnv, services, stackConfig } from './lib/stack.js';
@@ -45,14 +43,7 @@ async function main(): Promise<void> {
     taskQueue: config.temporal.taskQueue,
     roles: ['main', 'host'],
     discoveryIntervalMs: config.discoveryIntervalMs,
-    deps: {
-      store,
-      hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),
-      imageService: new GlanceImageService({ url: config.glance.url, token: config.glance.token }),
-      diskTool: qemuImg,
-      host: config.host,
-      snapshotsDir: config.snapshotsDir,
-    },
+    deps: buildDeps(config, store),
   });
   try {
     console.log('== snapshot');

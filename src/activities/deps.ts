@@ -2,6 +2,7 @@
 import type * as qemuImg from '../drivers/qemu-img.js';
 import type { Hypervisor } from '../drivers/hypervisor.js';
 import type { ImageService } from '../drivers/image-service.js';
+import type { SnapshotSettings } from '../shared/config.js';
 import type { Store } from '../store/store.js';
 
 export interface ActivityDeps {
@@ -14,4 +15,6 @@ export interface ActivityDeps {
   host: string;
   /** Where per-snapshot temp dirs are made. */
   snapshotsDir: string;
+  /** Pause budget, retry budgets, heartbeat timeout: handed to each snapshot workflow. */
+  settings: SnapshotSettings;
 }

@@ -11,7 +11,7 @@ import { uploadActivities } from './upload.js';
 export type { ActivityDeps } from './deps.js';
 
 /** Activities of the main task queue: image record and store. */
-export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService'>) {
+export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'settings'>) {
   return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps) });
 }
 

@@ -12,8 +12,12 @@ export interface TaskStateChange {
   owner: string;
 }
 
-export function instanceStateActivities({ store }: Pick<ActivityDeps, 'store'>) {
+export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 'store' | 'settings'>) {
   return {
+    async getSnapshotSettings() {
+      return settings;
+    },
+
     async findInstance(ref: string): Promise<InstanceRecord | null> {
       return (await store.findInstance(ref)) ?? null;
     },

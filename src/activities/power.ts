@@ -1,17 +1,26 @@
 // Power state of the instance on its host. Pause and resume are idempotent, so a retry after a
 // lost completion is harmless; the workflow reads the prior state before pausing, so that a
-// retried pause can never make a running VM look "already paused" and stay paused.
+// retried pause can never make a running VM look "already paused" and stay paused. Each pause is
+// recorded as an event before it happens, and each resume after: if a snapshot's workflow is lost
+// (terminated) in between, the reconciler knows the guest was paused by vmsnap and resumes it.
 import type { ActivityDeps } from './deps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import { VmsnapError } from '../shared/errors.js';
 
-export function powerActivities({ hypervisor }: ActivityDeps) {
+export interface PowerChange {
+  instanceId: string;
+  /** The snapshot's workflow id and run id. */
+  owner: string;
+}
+
+export function powerActivities({ hypervisor, store }: Pick<ActivityDeps, 'hypervisor' | 'store'>) {
   return {
     async getPowerState(instanceId: string): Promise<PowerState> {
       return (await hypervisor.getInstance(instanceId)).powerState;
     },
 
-    async pauseInstance(instanceId: string): Promise<{ pausedAt: number }> {
+    async pauseInstance({ instanceId, owner }: PowerChange): Promise<{ pausedAt: number }> {
+      await store.recordEvent({ instanceId, action: 'createImage', event: 'pause', requestId: owner, details: {} });
       await hypervisor.pause(instanceId);
       return { pausedAt: Date.now() };
     },
@@ -20,15 +29,25 @@ export function powerActivities({ hypervisor }: ActivityDeps) {
      * Runs on every path, also as compensation. An instance that is gone or no longer paused
      * (shut down, crashed) has nothing to resume: that is reported, not retried forever.
      */
-    async resumeInstance(instanceId: string): Promise<{ resumedAt: number; outcome: 'resumed' | 'gone' | 'not-paused' }> {
-      try {
-        await hypervisor.resume(instanceId);
-        return { resumedAt: Date.now(), outcome: 'resumed' };
-      } catch (err) {
-        if (err instanceof VmsnapError && err.code === 'InstanceNotFound') return { resumedAt: Date.now(), outcome: 'gone' };
-        if (err instanceof VmsnapError && err.code === 'InstanceInvalidState') return { resumedAt: Date.now(), outcome: 'not-paused' };
-        throw err;
-      }
+    async resumeInstance({ instanceId, owner }: PowerChange): Promise<{ resumedAt: number; outcome: ResumeOutcome }> {
+      const outcome = await resumeIfPresent(hypervisor, instanceId);
+      const resumedAt = Date.now();
+      await store.recordEvent({ instanceId, action: 'createImage', event: 'resume', requestId: owner, details: { outcome } });
+      return { resumedAt, outcome };
     },
   };
+}
+
+export type ResumeOutcome = 'resumed' | 'gone' | 'not-paused';
+
+/** Resumes; an instance that is gone or no longer paused has nothing to resume, and says so. */
+export async function resumeIfPresent(hypervisor: ActivityDeps['hypervisor'], instanceId: string): Promise<ResumeOutcome> {
+  try {
+    await hypervisor.resume(instanceId);
+    return 'resumed';
+  } catch (err) {
+    if (err instanceof VmsnapError && err.code === 'InstanceNotFound') return 'gone';
+    if (err instanceof VmsnapError && err.code === 'InstanceInvalidState') return 'not-paused';
+    throw err;
+  }
 }

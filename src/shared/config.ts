@@ -26,6 +26,17 @@ export interface Config {
   storePath: string;
   /** How often a host worker refreshes the instance inventory from libvirt. */
   discoveryIntervalMs: number;
+  /** How snapshots behave; handed to each workflow through an activity, so it is in history. */
+  snapshot: SnapshotSettings;
+}
+
+export interface SnapshotSettings {
+  /** Longest time a running guest may stay paused; the copy is cancelled past it. 0 = no limit. */
+  pauseBudgetMs: number;
+  /** Heartbeat timeout of the long steps: how soon a lost worker's step moves to another. */
+  heartbeatTimeoutMs: number;
+  /** Retries of calls to the image service (Glance) before the snapshot gives up. */
+  imageServiceRetry: { maximumAttempts: number; initialIntervalMs: number; maximumIntervalMs: number };
 }
 
 type Env = Record<string, string | undefined>;
@@ -63,6 +74,12 @@ function name(setting: string, value: string): string {
 function positiveInt(setting: string, value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n <= 0) throw configError(setting, `must be a positive whole number (got "${value}")`);
+  return n;
+}
+
+function wholeNumber(setting: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw configError(setting, `must be a whole number, 0 or more (got "${value}")`);
   return n;
 }
 
@@ -120,5 +137,14 @@ export function loadConfig(rawEnv: Env = process.env): Config {
     snapshotsDir: resolve(env.VMSNAP_SNAPSHOTS_DIR || join(dataDir, 'snapshots')),
     storePath: resolve(env.VMSNAP_STORE_PATH || join(dataDir, 'vmsnap.sqlite')),
     discoveryIntervalMs: positiveInt('VMSNAP_DISCOVERY_INTERVAL_MS', env.VMSNAP_DISCOVERY_INTERVAL_MS || '15000'),
+    snapshot: {
+      pauseBudgetMs: wholeNumber('VMSNAP_PAUSE_BUDGET_MS', env.VMSNAP_PAUSE_BUDGET_MS || '0'),
+      heartbeatTimeoutMs: positiveInt('VMSNAP_HEARTBEAT_TIMEOUT_MS', env.VMSNAP_HEARTBEAT_TIMEOUT_MS || '10000'),
+      imageServiceRetry: {
+        maximumAttempts: positiveInt('VMSNAP_GLANCE_RETRY_ATTEMPTS', env.VMSNAP_GLANCE_RETRY_ATTEMPTS || '8'),
+        initialIntervalMs: positiveInt('VMSNAP_GLANCE_RETRY_INITIAL_MS', env.VMSNAP_GLANCE_RETRY_INITIAL_MS || '1000'),
+        maximumIntervalMs: positiveInt('VMSNAP_GLANCE_RETRY_MAX_MS', env.VMSNAP_GLANCE_RETRY_MAX_MS || '30000'),
+      },
+    },
   };
 }

@@ -1,11 +1,9 @@
 // Worker entry point: `tsx src/worker/main.ts [--role main|host|all]`. One host runs both roles;
 // in a fleet, one main worker anywhere and a host worker on each hypervisor, next to libvirt.
 import { parseArgs } from 'node:util';
-import * as qemuImg from '../drivers/qemu-img.js';
-import { GlanceImageService } from '../drivers/glance.js';
-import { LibvirtHypervisor } from '../drivers/libvirt.js';
 import { loadConfig } from '../shared/config.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { buildDeps } from './deps.js';
 import { connect, startWorkers, type WorkerRole } from './workers.js';
 
 async function main(): Promise<void> {
@@ -23,14 +21,7 @@ async function main(): Promise<void> {
     taskQueue: config.temporal.taskQueue,
     roles,
     discoveryIntervalMs: config.discoveryIntervalMs,
-    deps: {
-      store,
-      hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),
-      imageService: new GlanceImageService({ url: config.glance.url, token: config.glance.token }),
-      diskTool: qemuImg,
-      host: config.host,
-      snapshotsDir: config.snapshotsDir,
-    },
+    deps: buildDeps(config, store),
   });
   console.log(`vmsnap worker: ${roles.join(' + ')} on host ${config.host}, Temporal ${config.temporal.address}`);
   await workers.done;

@@ -69,7 +69,17 @@ export async function startWorkers(opts: {
   }
   if (opts.roles.includes('host')) {
     const taskQueue = hostTaskQueue(deps.host);
-    workers.push(await Worker.create({ connection, namespace, taskQueue, activities: createHostActivities(deps) }));
+    workers.push(
+      await Worker.create({
+        connection,
+        namespace,
+        taskQueue,
+        activities: createHostActivities(deps),
+        // Heartbeats carry cancellation: without this they are throttled to 80% of the heartbeat
+        // timeout, and a cancelled copy (or a blown pause budget) would keep a guest paused longer.
+        maxHeartbeatThrottleInterval: '1s',
+      }),
+    );
     await deps.store.registerHost(deps.host, taskQueue);
     await syncInventory(deps);
     // Keep the inventory true as VMs come, go and move; a snapshot's lookup also asks on a miss.

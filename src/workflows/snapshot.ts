@@ -11,13 +11,19 @@ import {
   defineQuery,
   isCancellation,
   log,
+  metricMeter,
   proxyActivities,
+  setCurrentDetails,
   setHandler,
+  sleep,
+  upsertMemo,
   upsertSearchAttributes,
   uuid4,
   workflowInfo,
+  type ActivityOptions,
 } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
+import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
 import { hostTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
@@ -27,41 +33,64 @@ import type { TaskState } from '../store/store.js';
 
 export const progressQuery = defineQuery<SnapshotProgress>('progress');
 
-const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: PERMANENT_ERROR_CODES };
+const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: [...PERMANENT_ERROR_CODES, 'PauseBudgetExceeded'] };
+const storeOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 10 } };
 
-// Main-queue steps run on the workflow's own task queue (the default when none is named).
-const main = proxyActivities<MainActivities>({
-  startToCloseTimeout: '30s',
-  retry: { ...retry, maximumAttempts: 10 },
-});
+const snapshotsTotal = metricMeter.createCounter('vmsnap_snapshots', 'snapshots', 'Snapshots by outcome');
+const pauseDuration = metricMeter.createHistogram('vmsnap_pause_duration', 'int', 'ms', 'How long vmsnap kept a guest paused');
+const phaseDuration = metricMeter.createHistogram('vmsnap_phase_duration', 'int', 'ms', 'Time spent in each snapshot phase');
+const uploadedBytes = metricMeter.createCounter('vmsnap_uploaded_bytes', 'bytes', 'Bytes uploaded to the image service');
 
-function hostActivities(host: string) {
+/** Activity options of every step, from the worker's settings (recorded in history). */
+function stepOptions(settings: SnapshotSettings, host: string) {
   const taskQueue = hostTaskQueue(host);
+  const heartbeatTimeout = settings.heartbeatTimeoutMs;
+  const imageRetry = {
+    ...retry,
+    maximumAttempts: settings.imageServiceRetry.maximumAttempts,
+    initialInterval: settings.imageServiceRetry.initialIntervalMs,
+    maximumInterval: settings.imageServiceRetry.maximumIntervalMs,
+  };
   return {
-    quick: proxyActivities<HostActivities>({ taskQueue, startToCloseTimeout: '60s', retry: { ...retry, maximumAttempts: 5 } }),
+    store: storeOptions,
+    // Main-queue steps that talk to Glance run on the workflow's own task queue.
+    image: { startToCloseTimeout: '60s', retry: imageRetry } satisfies ActivityOptions,
+    quick: { taskQueue, startToCloseTimeout: '60s', retry: { ...retry, maximumAttempts: 5 } } satisfies ActivityOptions,
     // Discovery on a host whose worker is down must not hold up the lookup for long.
-    discovery: proxyActivities<HostActivities>({ taskQueue, scheduleToCloseTimeout: '15s', retry: { ...retry, maximumAttempts: 2 } }),
+    discovery: { taskQueue, scheduleToCloseTimeout: '15s', retry: { ...retry, maximumAttempts: 2 } } satisfies ActivityOptions,
     // Waiting for the cancellation to complete means qemu-img is dead before we resume and clean up.
-    convert: proxyActivities<HostActivities>({
+    convert: {
       taskQueue,
       startToCloseTimeout: '6h',
-      heartbeatTimeout: '30s',
+      heartbeatTimeout,
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
       retry: { ...retry, maximumAttempts: 3 },
-    }),
-    upload: proxyActivities<HostActivities>({
+    } satisfies ActivityOptions,
+    upload: {
       taskQueue,
       startToCloseTimeout: '6h',
-      heartbeatTimeout: '30s',
+      heartbeatTimeout,
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-      retry: { ...retry, initialInterval: '2s', maximumInterval: '1m', maximumAttempts: 6 },
-    }),
+      retry: imageRetry,
+    } satisfies ActivityOptions,
     // A guest we paused must run again: retried until it succeeds (the activity treats a gone
     // or shut-off instance as done, so this cannot spin forever on a missing VM).
-    resume: proxyActivities<HostActivities>({ taskQueue, startToCloseTimeout: '60s', retry }),
+    resume: { taskQueue, startToCloseTimeout: '60s', retry } satisfies ActivityOptions,
     // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left.
-    cleanup: proxyActivities<HostActivities>({ taskQueue, scheduleToCloseTimeout: '10m', retry }),
+    cleanup: { taskQueue, scheduleToCloseTimeout: '10m', retry } satisfies ActivityOptions,
   };
+}
+
+/** A host-queue step with a one-line summary for the Web UI. */
+function onHost(options: ActivityOptions, summary: string) {
+  return proxyActivities<HostActivities>({ ...options, summary });
+}
+function onMain(options: ActivityOptions, summary: string) {
+  return proxyActivities<MainActivities>({ ...options, summary });
+}
+
+function failure(type: string, message: string): ApplicationFailure {
+  return ApplicationFailure.create({ type, message, nonRetryable: true });
 }
 
 /** The workflow's failure: typed like its cause, so clients can switch on InstanceBusy etc. */
@@ -74,7 +103,7 @@ function snapshotFailure(err: unknown): unknown {
   if (cause instanceof TimeoutFailure) {
     return ApplicationFailure.create({ type: 'SnapshotTimedOut', message: `a step timed out (${cause.timeoutType}): is the host worker running?`, nonRetryable: true, cause: err as Error });
   }
-  return ApplicationFailure.create({ type: 'SnapshotFailed', message: (err as Error)?.message ?? String(err), nonRetryable: true });
+  return failure('SnapshotFailed', (err as Error)?.message ?? String(err));
 }
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
@@ -94,39 +123,55 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   const progress: SnapshotProgress = { phase: 'starting', imageId, taskState: null, phaseDurationsMs: {} };
   setHandler(progressQuery, () => progress);
   upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }, { key: PHASE, value: 'starting' }]);
+  upsertMemo({ instance: request.instance, imageName: request.imageName, imageId, diskFormat });
 
+  const describe = () =>
+    setCurrentDetails(
+      [
+        `**${progress.phase}**`,
+        `instance \`${progress.instanceId ?? request.instance}\` → image \`${imageId}\` (${request.imageName})`,
+        `task state: ${progress.taskState ?? 'None'}`,
+        ...(progress.error ? [`error: ${progress.error}`] : []),
+      ].join('\n\n'),
+    );
   let phaseStartedAt = Date.now();
   const enter = (phase: SnapshotPhase) => {
-    const spent = progress.phaseDurationsMs[progress.phase] ?? 0;
-    progress.phaseDurationsMs[progress.phase] = spent + (Date.now() - phaseStartedAt);
+    const spent = Date.now() - phaseStartedAt;
+    progress.phaseDurationsMs[progress.phase] = (progress.phaseDurationsMs[progress.phase] ?? 0) + spent;
+    phaseDuration.withTags({ phase: progress.phase }).record(spent);
     phaseStartedAt = Date.now();
     progress.phase = phase;
     upsertSearchAttributes([{ key: PHASE, value: phase }]);
+    describe();
   };
+  describe();
+
+  const settings = await onMain(storeOptions, 'read snapshot settings of the workers').getSnapshotSettings();
 
   // Lookup: the inventory first; on a miss, ask every host to rediscover, then look again.
-  let instance = await main.findInstance(request.instance);
+  const lookup = onMain(storeOptions, `look up instance ${request.instance}`);
+  let instance = await lookup.findInstance(request.instance);
   if (!instance) {
-    const hosts = await main.listHosts();
-    await Promise.allSettled(hosts.map((h) => hostActivities(h).discovery.discoverInstances()));
-    instance = await main.findInstance(request.instance);
+    const hosts = await onMain(storeOptions, 'list hosts').listHosts();
+    await Promise.allSettled(hosts.map((h) => onHost(stepOptions(settings, h).discovery, `discover instances on ${h}`).discoverInstances()));
+    instance = await lookup.findInstance(request.instance);
   }
   if (!instance) {
-    throw ApplicationFailure.create({
-      type: 'InstanceNotFound',
-      message: `no instance "${request.instance}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`,
-      nonRetryable: true,
-    });
+    snapshotsTotal.withTags({ outcome: 'refused' }).add(1);
+    throw failure('InstanceNotFound', `no instance "${request.instance}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
   }
   const instanceId = instance.id;
   progress.instanceId = instanceId;
   upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: instance.host }]);
-  const host = hostActivities(instance.host);
+  const steps = stepOptions(settings, instance.host);
 
   const setTaskState = async (expected: TaskState | null, next: TaskState | null) => {
-    await main.setTaskState({ instanceId, expected, next, owner });
+    await onMain(steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({ instanceId, expected, next, owner });
     progress.taskState = next;
+    describe();
   };
+  const recordEvent = (event: string, details: Record<string, unknown>) =>
+    onMain(steps.store, `record ${event} event`).recordInstanceEvent({ instanceId, event, requestId: owner, details });
 
   // What has happened so far, for compensation. A step counts from the moment it is scheduled:
   // its result may be lost while its effect is real.
@@ -140,11 +185,11 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   try {
     await setTaskState(null, 'image_snapshot_pending');
     taskAcquired = true;
-    await main.recordInstanceEvent({ instanceId, event: 'start', requestId: workflowId, details: { imageId } });
+    await recordEvent('start', { imageId });
 
     enter('creating-image');
     imageRequested = true;
-    await main.createImageRecord({
+    await onMain(steps.image, `create image ${imageId} in Glance`).createImageRecord({
       imageId,
       imageName: request.imageName,
       instanceId,
@@ -152,55 +197,64 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       metadata: request.metadata ?? {},
       userId: request.userId,
       projectId: request.projectId,
-      requestId: workflowId,
+      requestId: owner,
     });
     await setTaskState('image_snapshot_pending', 'image_snapshot');
 
-    const priorPowerState = await host.quick.getPowerState(instanceId);
+    const priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw ApplicationFailure.create({
-        type: 'InstanceInvalidState',
-        message: `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`,
-        nonRetryable: true,
-      });
+      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`);
     }
     let pausedAt = 0;
     let resumedAt = 0;
     if (priorPowerState === 'running') {
       enter('pausing');
       pauseRequested = true;
-      ({ pausedAt } = await host.quick.pauseInstance(instanceId));
+      ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
     }
 
     enter('converting');
     convertRequested = true;
-    const disk = await host.convert.convertDisk({
-      instanceId,
-      imageId,
-      diskFormat,
-      compress: request.compress ?? false,
-      // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
-      forceShare: priorPowerState !== 'shutdown',
-    });
+    const convert = () =>
+      onHost(steps.convert, `qemu-img convert of the root disk to ${diskFormat}`).convertDisk({
+        instanceId,
+        imageId,
+        diskFormat,
+        compress: request.compress ?? false,
+        // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
+        forceShare: priorPowerState !== 'shutdown',
+      });
+    const disk = pauseRequested && settings.pauseBudgetMs > 0 ? await withinPauseBudget(convert, settings.pauseBudgetMs) : await convert();
 
     if (pauseRequested) {
       // As Nova does: the guest runs again before the upload, which may take long.
       enter('resuming');
-      ({ resumedAt } = await host.resume.resumeInstance(instanceId));
+      const resumption = await onHost(steps.resume, 'resume the guest').resumeInstance({ instanceId, owner });
       resumed = true;
+      resumedAt = resumption.resumedAt;
+      pauseDuration.record(resumedAt - pausedAt);
+      if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
+      if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
     }
 
     await setTaskState('image_snapshot', 'image_pending_upload');
     await setTaskState('image_pending_upload', 'image_uploading');
     enter('uploading');
-    const uploaded = await host.upload.uploadImage({ imageId, path: disk.path, diskFormat, virtualSize: disk.virtualSize });
+    const uploaded = await onHost(steps.upload, `upload ${disk.size} bytes to Glance and verify`).uploadImage({
+      imageId,
+      path: disk.path,
+      diskFormat,
+      virtualSize: disk.virtualSize,
+    });
     verified = true;
+    uploadedBytes.add(uploaded.size);
 
     enter('finishing');
-    await host.cleanup.removeSnapshotFiles(imageId);
+    await onHost(steps.cleanup, 'remove the snapshot temp dir').removeSnapshotFiles(imageId);
     await setTaskState('image_uploading', null);
-    await main.recordInstanceEvent({ instanceId, event: 'finish', requestId: workflowId, details: { imageId } });
+    await recordEvent('finish', { imageId });
     enter('completed');
+    snapshotsTotal.withTags({ outcome: 'completed' }).add(1);
     return {
       imageId,
       imageName: request.imageName,
@@ -216,8 +270,8 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       phaseDurationsMs: progress.phaseDurationsMs,
     };
   } catch (err) {
-    const failure = snapshotFailure(err);
-    progress.error = (failure as Error).message;
+    const result = snapshotFailure(err);
+    progress.error = (result as Error).message;
     enter('compensating');
     await CancellationScope.nonCancellable(async () => {
       const attempt = async (what: string, step: () => Promise<unknown>) => {
@@ -227,22 +281,49 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
           log.error(`compensation step failed: ${what}`, { instanceId, imageId, error: (e as Error).message });
         }
       };
-      if (pauseRequested && !resumed) await attempt('resume instance', () => host.resume.resumeInstance(instanceId));
-      if (convertRequested) await attempt('remove temp files', () => host.cleanup.removeSnapshotFiles(imageId));
-      if (imageRequested && !verified) await attempt('delete image', () => main.deleteImageRecord(imageId));
-      await attempt('reset task state', () => main.releaseTaskState({ instanceId, owner }));
+      if (pauseRequested && !resumed) {
+        await attempt('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }));
+      }
+      if (convertRequested) await attempt('remove temp files', () => onHost(steps.cleanup, 'compensation: remove temp dir').removeSnapshotFiles(imageId));
+      if (imageRequested && !verified) await attempt('delete image', () => onMain(steps.image, 'compensation: delete the image').deleteImageRecord(imageId));
+      await attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
       progress.taskState = null;
       if (taskAcquired) {
-        const code = failure instanceof ApplicationFailure ? (failure.type ?? 'SnapshotFailed') : 'Cancelled';
+        const code = result instanceof ApplicationFailure ? (result.type ?? 'SnapshotFailed') : 'Cancelled';
         await attempt('record fault', () =>
-          main.recordInstanceFault({ instanceId, code, message: progress.error ?? code, details: { workflowId, imageId } }),
+          onMain(steps.store, 'record instance fault').recordInstanceFault({ instanceId, code, message: progress.error ?? code, details: { workflowId, runId, imageId } }),
         );
-        await attempt('record event', () =>
-          main.recordInstanceEvent({ instanceId, event: 'error', requestId: workflowId, details: { imageId, code } }),
-        );
+        await attempt('record event', () => recordEvent('error', { imageId, code }));
       }
     });
     enter('failed');
-    throw failure;
+    snapshotsTotal.withTags({ outcome: isCancellation(result) ? 'cancelled' : 'failed' }).add(1);
+    throw result;
+  }
+}
+
+/**
+ * Runs the copy, cancelling it when the guest has been paused longer than the budget: the
+ * cancelled convert kills qemu-img, and the caller's compensation resumes the guest.
+ */
+async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number): Promise<T> {
+  const copyScope = new CancellationScope();
+  const timerScope = new CancellationScope();
+  let exceeded = false;
+  const timer = timerScope.run(() => sleep(budgetMs)).then(
+    () => {
+      exceeded = true;
+      copyScope.cancel();
+    },
+    () => undefined, // the copy ended first
+  );
+  try {
+    return await copyScope.run(copy);
+  } catch (err) {
+    if (exceeded) throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${budgetMs} ms; the guest was resumed`);
+    throw err;
+  } finally {
+    timerScope.cancel();
+    await timer;
   }
 }

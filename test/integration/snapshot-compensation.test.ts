@@ -76,6 +76,6 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
     assert.equal(faults.length, 1);
     assert.equal(faults[0]?.code, 'ImageServiceError');
     assert.match(faults[0]?.message ?? '', /413|size|quota/i);
-    assert.deepEqual((await h.store.listEvents(guest.uuid)).slice(-2).map((e) => e.event), ['start', 'error']);
+    assert.deepEqual((await h.store.listEvents(guest.uuid)).slice(-4).map((e) => e.event), ['start', 'pause', 'resume', 'error']);
   });
 });

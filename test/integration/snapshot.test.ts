@@ -101,7 +101,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     assert.equal(record?.taskState, null);
     assert.deepEqual(readdirSync(h.config.snapshotsDir), []);
     const events = await h.store.listEvents(guest.uuid);
-    assert.deepEqual(events.map((e: { event: string }) => e.event), ['start', 'finish']);
+    assert.deepEqual(events.map((e: { event: string }) => e.event), ['start', 'pause', 'resume', 'finish']);
 
     // Determinism: the history of this real run replays against the current workflow code.
     const history = await handle.fetchHistory();

@@ -5,7 +5,6 @@ import { Client, Connection } from '@temporalio/client';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import * as qemuImg from '../../src/drivers/qemu-img.js';
 import { GlanceImageService } from '../../src/drivers/glance.js';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import type { ImageService } from '../../src/drivers/image-service.js';
@@ -13,6 +12,7 @@ import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { DefaultLogger, Runtime } from '@temporalio/worker';
+import { buildDeps } from '../../src/worker/deps.js';
 import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
 import type { NativeConnection } from '@temporalio/worker';
 
@@ -38,6 +38,8 @@ export async function startHarness(opts: {
   /** Glance URL the workers use (a fault proxy in front of the real one); default the real one. */
   glanceUrl?: string;
   wrapImageService?: (real: ImageService) => ImageService;
+  /** Config settings for this harness's workers (pause budget, retry budgets, ...). */
+  env?: Record<string, string>;
 }): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), `vmsnap-${opts.name}-`));
   const config = loadConfig({
@@ -47,6 +49,7 @@ export async function startHarness(opts: {
     VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
     VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
     VMSNAP_DISCOVERY_INTERVAL_MS: '3600000',
+    ...opts.env,
   });
   const store = new SqliteStore(config.storePath);
   await store.migrate();
@@ -60,14 +63,10 @@ export async function startHarness(opts: {
     taskQueue: config.temporal.taskQueue,
     roles: ['main', 'host'],
     discoveryIntervalMs: config.discoveryIntervalMs,
-    deps: {
-      store,
+    deps: buildDeps(config, store, {
       hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,
       imageService: opts.wrapImageService ? opts.wrapImageService(workerGlance) : workerGlance,
-      diskTool: qemuImg,
-      host: config.host,
-      snapshotsDir: config.snapshotsDir,
-    },
+    }),
   });
   const clientConnection = await Connection.connect({ address: config.temporal.address });
   const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });

@@ -1,0 +1,21 @@
+// The real dependencies of vmsnap's activities, from the config. Tests and the demo use the same
+// builder, wrapping a driver where they need to observe it.
+import type { ActivityDeps } from '../activities/index.js';
+import * as qemuImg from '../drivers/qemu-img.js';
+import { GlanceImageService } from '../drivers/glance.js';
+import { LibvirtHypervisor } from '../drivers/libvirt.js';
+import type { Config } from '../shared/config.js';
+import type { Store } from '../store/store.js';
+
+export function buildDeps(config: Config, store: Store, overrides: Partial<ActivityDeps> = {}): ActivityDeps {
+  return {
+    store,
+    hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),
+    imageService: new GlanceImageService({ url: config.glance.url, token: config.glance.token }),
+    diskTool: qemuImg,
+    host: config.host,
+    snapshotsDir: config.snapshotsDir,
+    settings: config.snapshot,
+    ...overrides,
+  };
+}
