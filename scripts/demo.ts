@@ -5,14 +5,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connectClient, getProgress, startSnapshot } from '../src/client/snapshots.js';
 import { loadConfig } from '../src/shared/config.js';
 import { SqliteStore } from '../src/store/sqlite.js';
-import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { buildDeps } from '../src/worker/deps.js';
+import { installRuntime } from '../src/worker/observability.js';
 import { connect, startWorkers } from '../src/worker/workers.js';
 import { createGuest, guestState, readCounter } from './lib/guest.js';
 import { clientEnv, services, stackConfig } from './lib/stack.js';
 
 // Worker lifecycle chatter would bury the demo's own output: warnings and errors only.
-Runtime.install({ logger: new DefaultLogger('WARN') });
+installRuntime({ logLevel: 'WARN' });
 
 const GUEST = 'vmsnap-demo';
 

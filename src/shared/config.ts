@@ -4,6 +4,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { VmsnapError } from './errors.js';
 import { DEFAULT_TASK_QUEUE } from './names.js';
 
@@ -22,12 +23,20 @@ export interface Config {
   dataDir: string;
   /** Where per-snapshot temp dirs are made (mode 0700). */
   snapshotsDir: string;
-  /** SQLite file of the store. */
+  /**
+   * Where the store is: sqlite:///abs/path or a postgres:// URL (which may hold a password: never
+   * show it; PostgresTarget.display is the safe form).
+   */
+  storeUrl: string;
+  /** The SQLite file, when storeUrl is a sqlite one. */
   storePath: string;
   /** How often a host worker refreshes the instance inventory from libvirt. */
   discoveryIntervalMs: number;
   /** How snapshots behave; handed to each workflow through an activity, so it is in history. */
   snapshot: SnapshotSettings;
+  /** host:port of the worker's Prometheus endpoint; undefined = none. */
+  metricsAddress?: string;
+  logLevel: 'TRACE' | 'DEBUG' | 'INFO' | 'WARN' | 'ERROR';
 }
 
 export interface SnapshotSettings {
@@ -77,6 +86,12 @@ function positiveInt(setting: string, value: string): number {
   return n;
 }
 
+function logLevel(value: string): Config['logLevel'] {
+  const level = value.toUpperCase();
+  if (level === 'TRACE' || level === 'DEBUG' || level === 'INFO' || level === 'WARN' || level === 'ERROR') return level;
+  throw configError('VMSNAP_LOG_LEVEL', `must be TRACE, DEBUG, INFO, WARN or ERROR (got "${value}")`);
+}
+
 function wholeNumber(setting: string, value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0) throw configError(setting, `must be a whole number, 0 or more (got "${value}")`);
@@ -87,6 +102,118 @@ function existingFile(setting: string, value: string | undefined): string | unde
   if (value === undefined || value === '') return undefined;
   if (!existsSync(value)) throw configError(setting, `names a file that does not exist: ${value}`);
   return value;
+}
+
+/** A PostgreSQL store's connection, from a postgres:// URL. Only `display` is fit to show. */
+export interface PostgresTarget {
+  /** Host name or IP; or a unix socket directory (the `host` parameter). */
+  host: string;
+  port: number;
+  user?: string;
+  password?: string;
+  database?: string;
+  /** A libpq password file, read when the URL carries no password. */
+  passfile?: string;
+  sslmode: 'disable' | 'require' | 'verify-ca' | 'verify-full';
+  sslrootcert?: string;
+  connectTimeoutMs?: number;
+  /** Server settings at connect, as libpq's `options` (e.g. "-c search_path=vmsnap"). */
+  options?: string;
+  applicationName?: string;
+  /** The URL without password or parameters, for messages. */
+  display: string;
+}
+
+const POSTGRES_PARAMETERS = ['host', 'passfile', 'sslmode', 'sslrootcert', 'connect_timeout', 'options', 'application_name'];
+const SSL_MODES = ['disable', 'require', 'verify-ca', 'verify-full'] as const;
+const POSTGRES_EXAMPLE = 'postgresql://user:password@host:5432/vmsnap';
+
+/**
+ * Parses and checks a postgres:// or postgresql:// URL. Errors never quote the URL, since it may
+ * hold a password; they name the part that is wrong.
+ */
+export function parsePostgresUrl(value: string, setting = 'VMSNAP_STORE_URL'): PostgresTarget {
+  const bad = (message: string) => configError(setting, message);
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw bad(`is not a valid URL: set it like ${POSTGRES_EXAMPLE} (percent-encode special characters of the password)`);
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') throw bad(`must be a postgres:// or postgresql:// URL (got "${url.protocol}")`);
+  // An unencoded "#" or "?" in the password splits the URL in the wrong place.
+  if (url.hash) throw bad(`has a "#" part: percent-encode "#" in the password as %23`);
+  for (const key of url.searchParams.keys()) {
+    if (!POSTGRES_PARAMETERS.includes(key)) throw bad(`has an unknown parameter "${key}": known are ${POSTGRES_PARAMETERS.join(', ')}`);
+  }
+  const decode = (part: string, what: string): string => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      throw bad(`has a badly percent-encoded ${what}`);
+    }
+  };
+  const params = url.searchParams;
+  const host = params.get('host') || decode(url.hostname, 'host').replace(/^\[(.*)\]$/, '$1');
+  if (!host) throw bad(`names no host: set it like ${POSTGRES_EXAMPLE}`);
+  const database = decode(url.pathname.replace(/^\//, ''), 'database name');
+  if (database.includes('/')) throw bad(`must name one database after the host (got "${database}")`);
+  const sslmode = params.get('sslmode') ?? 'disable';
+  if (!(SSL_MODES as readonly string[]).includes(sslmode)) throw bad(`has sslmode=${sslmode}: use one of ${SSL_MODES.join(', ')}`);
+  const timeout = params.get('connect_timeout');
+  if (timeout !== null && !/^[1-9]\d{0,5}$/.test(timeout)) throw bad(`has connect_timeout=${timeout}: give whole seconds, 1 or more`);
+  const user = url.username ? decode(url.username, 'user name') : undefined;
+  const port = url.port ? Number(url.port) : 5432;
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  return {
+    host,
+    port,
+    user,
+    password: url.password ? decode(url.password, 'password') : undefined,
+    database: database || undefined,
+    passfile: params.get('passfile') || undefined,
+    sslmode: sslmode as PostgresTarget['sslmode'],
+    sslrootcert: params.get('sslrootcert') || undefined,
+    connectTimeoutMs: timeout === null ? undefined : Number(timeout) * 1000,
+    options: params.get('options') || undefined,
+    applicationName: params.get('application_name') || undefined,
+    display: host.startsWith('/')
+      ? `${url.protocol}//${user ? `${encodeURIComponent(user)}@` : ''}/${database}?host=${host}`
+      : `${url.protocol}//${user ? `${encodeURIComponent(user)}@` : ''}${shownHost}:${port}/${database}`,
+  };
+}
+
+/**
+ * The store: VMSNAP_STORE_URL (sqlite:///abs/path, a plain path, or a postgres URL), or else
+ * VMSNAP_STORE_PATH (older, SQLite only), or else <data dir>/vmsnap.sqlite.
+ */
+function storeSettings(env: Env, dataDir: string): { storeUrl: string; storePath: string } {
+  const sqlite = (path: string) => ({ storeUrl: `sqlite://${pathToFileURL(path).pathname}`, storePath: path });
+  const raw = env.VMSNAP_STORE_URL;
+  if (!raw) return sqlite(resolve(env.VMSNAP_STORE_PATH || join(dataDir, 'vmsnap.sqlite')));
+  if (env.VMSNAP_STORE_PATH) {
+    throw configError('VMSNAP_STORE_URL', 'and VMSNAP_STORE_PATH are both set: keep only VMSNAP_STORE_URL (VMSNAP_STORE_PATH=/f is VMSNAP_STORE_URL=sqlite:///f)');
+  }
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(raw)?.[1]?.toLowerCase();
+  if (scheme === undefined) return sqlite(resolve(raw));
+  if (scheme === 'postgres' || scheme === 'postgresql') {
+    parsePostgresUrl(raw);
+    return { storeUrl: raw, storePath: resolve(join(dataDir, 'vmsnap.sqlite')) };
+  }
+  if (scheme === 'sqlite') {
+    let url: URL | undefined;
+    try {
+      url = new URL(raw);
+    } catch {
+      url = undefined;
+    }
+    if (!url || url.host !== '' || !url.pathname.startsWith('/') || url.search || url.hash) {
+      throw configError('VMSNAP_STORE_URL', `must be sqlite:///absolute/path/vmsnap.sqlite for SQLite (got "${raw}")`);
+    }
+    return sqlite(fileURLToPath(`file://${url.pathname}`));
+  }
+  // Only the scheme is quoted: an unknown URL may still carry a password.
+  throw configError('VMSNAP_STORE_URL', `has an unknown scheme "${scheme}:": use sqlite:///path/to/vmsnap.sqlite or ${POSTGRES_EXAMPLE}`);
 }
 
 /** Settings from VMSNAP_CONFIG_FILE (a flat JSON object of the same names), under the environment. */
@@ -135,8 +262,10 @@ export function loadConfig(rawEnv: Env = process.env): Config {
     host,
     dataDir,
     snapshotsDir: resolve(env.VMSNAP_SNAPSHOTS_DIR || join(dataDir, 'snapshots')),
-    storePath: resolve(env.VMSNAP_STORE_PATH || join(dataDir, 'vmsnap.sqlite')),
+    ...storeSettings(env, dataDir),
     discoveryIntervalMs: positiveInt('VMSNAP_DISCOVERY_INTERVAL_MS', env.VMSNAP_DISCOVERY_INTERVAL_MS || '15000'),
+    metricsAddress: env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),
+    logLevel: logLevel(env.VMSNAP_LOG_LEVEL || 'INFO'),
     snapshot: {
       pauseBudgetMs: wholeNumber('VMSNAP_PAUSE_BUDGET_MS', env.VMSNAP_PAUSE_BUDGET_MS || '0'),
       heartbeatTimeoutMs: positiveInt('VMSNAP_HEARTBEAT_TIMEOUT_MS', env.VMSNAP_HEARTBEAT_TIMEOUT_MS || '10000'),

@@ -3,7 +3,9 @@
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../shared/config.js';
 import { SqliteStore } from '../store/sqlite.js';
+import { Runtime } from '@temporalio/worker';
 import { buildDeps } from './deps.js';
+import { installRuntime } from './observability.js';
 import { connect, startWorkers, type WorkerRole } from './workers.js';
 
 async function main(): Promise<void> {
@@ -12,6 +14,7 @@ async function main(): Promise<void> {
   if (!roles.every((r) => r === 'main' || r === 'host')) throw new Error(`--role must be main, host or all (got "${values.role}")`);
 
   const config = loadConfig();
+  installRuntime({ logLevel: config.logLevel, metricsAddress: config.metricsAddress });
   const store = new SqliteStore(config.storePath);
   await store.migrate();
   const connection = await connect(config.temporal);
@@ -23,7 +26,13 @@ async function main(): Promise<void> {
     discoveryIntervalMs: config.discoveryIntervalMs,
     deps: buildDeps(config, store),
   });
-  console.log(`vmsnap worker: ${roles.join(' + ')} on host ${config.host}, Temporal ${config.temporal.address}`);
+  Runtime.instance().logger.info('vmsnap worker started', {
+    roles,
+    host: config.host,
+    temporal: config.temporal.address,
+    taskQueue: config.temporal.taskQueue,
+    metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
+  });
   await workers.done;
   await connection.close();
   await store.close();

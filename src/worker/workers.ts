@@ -1,20 +1,22 @@
 // Builds vmsnap's Temporal workers from their dependencies: the main queue (workflows, image
 // record, task state) and the host queue (pause, convert, resume, upload, discovery).
-import { NativeConnection, Worker, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { NativeConnection, Runtime, Worker, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { fileURLToPath } from 'node:url';
 import { createHostActivities, createMainActivities, type ActivityDeps } from '../activities/index.js';
 import { syncInventory } from '../activities/inventory.js';
 import type { Config } from '../shared/config.js';
 import { hostTaskQueue } from '../shared/names.js';
+import { activityLogAttributes } from './observability.js';
 
 export type WorkerRole = 'main' | 'host';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+const workflowInterceptors = fileURLToPath(new URL('../workflows/interceptors.ts', import.meta.url));
 
 /** Bundling takes seconds: do it once per process and share it between workers. */
 let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
 export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({ workflowsPath, logger: quietBundlerLogger });
+  bundle ??= bundleWorkflowCode({ workflowsPath, workflowInterceptorModules: [workflowInterceptors], logger: quietBundlerLogger });
   return bundle;
 }
 const quietBundlerLogger = {
@@ -64,6 +66,7 @@ export async function startWorkers(opts: {
         taskQueue: opts.taskQueue,
         workflowBundle: await workflowBundle(),
         activities: createMainActivities(deps),
+        interceptors: { activity: [activityLogAttributes] },
       }),
     );
   }
@@ -75,6 +78,7 @@ export async function startWorkers(opts: {
         namespace,
         taskQueue,
         activities: createHostActivities(deps),
+        interceptors: { activity: [activityLogAttributes] },
         // Heartbeats carry cancellation: without this they are throttled to 80% of the heartbeat
         // timeout, and a cancelled copy (or a blown pause budget) would keep a guest paused longer.
         maxHeartbeatThrottleInterval: '1s',
@@ -85,7 +89,7 @@ export async function startWorkers(opts: {
     // Keep the inventory true as VMs come, go and move; a snapshot's lookup also asks on a miss.
     discovery = setInterval(() => {
       Promise.all([deps.store.registerHost(deps.host, taskQueue), syncInventory(deps)]).catch((err: Error) =>
-        console.error(`vmsnap: instance discovery on ${deps.host} failed: ${err.message}`),
+        Runtime.instance().logger.error('instance discovery failed', { host: deps.host, error: err.message }),
       );
     }, opts.discoveryIntervalMs);
   }

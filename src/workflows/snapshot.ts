@@ -143,6 +143,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     progress.phase = phase;
     upsertSearchAttributes([{ key: PHASE, value: phase }]);
     describe();
+    log.info(`snapshot phase ${phase}`, { imageId, phase, ...(progress.error ? { error: progress.error } : {}) });
   };
   describe();
 
@@ -255,6 +256,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     await recordEvent('finish', { imageId });
     enter('completed');
     snapshotsTotal.withTags({ outcome: 'completed' }).add(1);
+    log.info('snapshot completed', { imageId, size: uploaded.size, sha512: uploaded.sha512, pauseDurationMs: pauseRequested ? resumedAt - pausedAt : 0 });
     return {
       imageId,
       imageName: request.imageName,

@@ -11,13 +11,21 @@ import type { ImageService } from '../../src/drivers/image-service.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
-import { DefaultLogger, Runtime } from '@temporalio/worker';
 import { buildDeps } from '../../src/worker/deps.js';
+import { installRuntime } from '../../src/worker/observability.js';
+import { createServer, type AddressInfo } from 'node:net';
 import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
 import type { NativeConnection } from '@temporalio/worker';
 
-// Worker lifecycle chatter hides test output: warnings and errors only.
-Runtime.install({ logger: new DefaultLogger('WARN') });
+// Worker lifecycle chatter hides test output: warnings and errors only. Metrics on a free port.
+const metricsPort = await new Promise<number>((resolve) => {
+  const probe = createServer().listen(0, '127.0.0.1', () => {
+    const { port } = probe.address() as AddressInfo;
+    probe.close(() => resolve(port));
+  });
+});
+installRuntime({ logLevel: 'WARN', metricsAddress: `127.0.0.1:${metricsPort}` });
+export const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
 
 export interface Harness {
   config: Config;

@@ -1,0 +1,47 @@
+// Logs and metrics of a vmsnap worker process: JSON lines on stdout with the instance id and
+// workflow id on every line that concerns a snapshot, and a Prometheus endpoint that carries
+// Temporal's worker metrics and vmsnap's own (snapshots by outcome, pause, phase durations, bytes).
+import { DefaultLogger, Runtime, type ActivityInterceptorsFactory, type LogEntry } from '@temporalio/worker';
+import type { LogLevel } from '@temporalio/common';
+
+function jsonLine(entry: LogEntry): void {
+  const { message, level, timestampNanos, meta } = entry;
+  const time = new Date(Number(timestampNanos / 1_000_000n)).toISOString();
+  process.stdout.write(`${JSON.stringify({ time, level, message, ...meta }, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
+}
+
+/** Installs the process-wide Temporal runtime; call it once, before any connection is made. */
+export function installRuntime(opts: { logLevel?: LogLevel; metricsAddress?: string }): void {
+  Runtime.install({
+    logger: new DefaultLogger(opts.logLevel ?? 'INFO', jsonLine),
+    telemetryOptions: opts.metricsAddress ? { metrics: { prometheus: { bindAddress: opts.metricsAddress } } } : {},
+  });
+}
+
+/** The instance an activity works on, from its first argument (an id, or an object with one). */
+function instanceOf(args: unknown[]): string | undefined {
+  const first = args[0];
+  if (typeof first === 'string') return first;
+  if (first && typeof first === 'object' && typeof (first as { instanceId?: unknown }).instanceId === 'string') {
+    return (first as { instanceId: string }).instanceId;
+  }
+  return undefined;
+}
+
+/** Adds the instance id to every log line of an activity (the SDK adds workflow and run id). */
+export const activityLogAttributes: ActivityInterceptorsFactory = () => {
+  let instanceId: string | undefined;
+  return {
+    inbound: {
+      execute(input, next) {
+        instanceId = instanceOf(input.args);
+        return next(input);
+      },
+    },
+    outbound: {
+      getLogAttributes(input, next) {
+        return next(instanceId ? { ...input, instanceId } : input);
+      },
+    },
+  };
+};
