@@ -5,6 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connectClient, getProgress, startSnapshot } from '../src/client/snapshots.js';
 import { loadConfig } from '../src/shared/config.js';
 import { SqliteStore } from '../src/store/sqlite.js';
+import { TemporalWorkflowLookup } from '../src/activities/workflow-lookup.js';
 import { buildDeps } from '../src/worker/deps.js';
 import { installRuntime } from '../src/worker/observability.js';
 import { connect, startWorkers } from '../src/worker/workers.js';
@@ -37,17 +38,17 @@ async function main(): Promise<void> {
   const store = new SqliteStore(config.storePath);
   await store.migrate();
   const connection = await connect(config.temporal);
+  const client = await connectClient(config.temporal);
   const workers = await startWorkers({
     connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
     roles: ['main', 'host'],
     discoveryIntervalMs: config.discoveryIntervalMs,
-    deps: buildDeps(config, store),
+    deps: buildDeps(config, store, { workflows: new TemporalWorkflowLookup(client) }),
   });
   try {
     console.log('== snapshot');
-    const client = await connectClient(config.temporal);
     const handle = await startSnapshot(client, { instance: GUEST, imageName: `${GUEST}-${new Date().toISOString()}` }, config.temporal.taskQueue);
     console.log(`   workflow ${handle.workflowId}`);
     let lastPhase = '';
@@ -75,9 +76,9 @@ async function main(): Promise<void> {
     console.log(`   guest           ${await guestState(GUEST)}, counter ${before.a} -> ${after.a} one second later`);
     console.log(`   Web UI          ${clientEnv(stack).VMSNAP_TEMPORAL_UI_URL}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}`);
     if (after.a <= before.a) throw new Error('the guest is not counting after the snapshot');
-    await client.connection.close();
   } finally {
     await workers.shutdown();
+    await client.connection.close();
     await connection.close();
     await store.close();
   }

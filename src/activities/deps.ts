@@ -4,6 +4,7 @@ import type { Hypervisor } from '../drivers/hypervisor.js';
 import type { ImageService } from '../drivers/image-service.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import type { Store } from '../store/store.js';
+import type { WorkflowLookup } from './workflow-lookup.js';
 
 export interface ActivityDeps {
   store: Store;
@@ -17,4 +18,6 @@ export interface ActivityDeps {
   snapshotsDir: string;
   /** Pause budget, retry budgets, heartbeat timeout: handed to each snapshot workflow. */
   settings: SnapshotSettings;
+  /** Temporal, as the reconciler asks it which snapshots still run. */
+  workflows: WorkflowLookup;
 }

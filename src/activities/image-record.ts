@@ -3,6 +3,7 @@
 import type { ActivityDeps } from './deps.js';
 import type { Image } from '../drivers/image-service.js';
 import { VmsnapError } from '../shared/errors.js';
+import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
 import { RESERVED_PROPERTY_KEYS, isNeverInherited } from '../shared/validation.js';
 
 export interface CreateImageRecordInput {
@@ -50,6 +51,7 @@ export function imageRecordActivities({ imageService }: Pick<ActivityDeps, 'imag
         min_disk: base ? Number(base.min_disk ?? 0) : 0,
         min_ram: base ? Number(base.min_ram ?? 0) : 0,
         properties,
+        tags: [VMSNAP_IMAGE_TAG],
       });
       // A retried create finds its own image; anything else with this id is not ours to touch.
       if (!created && image.vmsnap_request_id !== input.requestId) {

@@ -6,18 +6,25 @@ import { imageRecordActivities } from './image-record.js';
 import { instanceStateActivities } from './instance-state.js';
 import { inventoryActivities } from './inventory.js';
 import { powerActivities } from './power.js';
+import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
 import { uploadActivities } from './upload.js';
 
 export type { ActivityDeps } from './deps.js';
 
 /** Activities of the main task queue: image record and store. */
-export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'settings'>) {
-  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps) });
+export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'settings' | 'workflows'>) {
+  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps), ...reconcileMainActivities(deps) });
 }
 
 /** Activities bound to the hypervisor host that holds the instance. */
 export function createHostActivities(deps: ActivityDeps) {
-  return withTypedFailures({ ...powerActivities(deps), ...diskActivities(deps), ...uploadActivities(deps), ...inventoryActivities(deps) });
+  return withTypedFailures({
+    ...powerActivities(deps),
+    ...diskActivities(deps),
+    ...uploadActivities(deps),
+    ...inventoryActivities(deps),
+    ...reconcileHostActivities(deps),
+  });
 }
 
 export type MainActivities = ReturnType<typeof createMainActivities>;

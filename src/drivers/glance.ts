@@ -97,6 +97,7 @@ export class GlanceImageService implements ImageService {
       visibility: image.visibility,
       min_disk: image.min_disk,
       min_ram: image.min_ram,
+      ...(image.tags ? { tags: image.tags } : {}),
     };
     const reply = await this.send('POST', path, { 'content-type': 'application/json' }, JSON.stringify(body));
     if (reply.status >= 200 && reply.status < 300) return { image: this.parseImage('POST', path, reply), created: true };
@@ -120,6 +121,20 @@ export class GlanceImageService implements ImageService {
     if (reply.status === 404) return undefined;
     if (reply.status !== 200) throw this.httpError('GET', path, reply);
     return this.parseImage('GET', path, reply);
+  }
+
+  async listImagesByTag(tag: string): Promise<Image[]> {
+    const images: Image[] = [];
+    // Glance pages with a `next` link (marker based); follow it until there is none.
+    let path: string | undefined = `/v2/images?tag=${encodeURIComponent(tag)}&limit=200`;
+    while (path) {
+      const reply = await this.send('GET', path);
+      if (reply.status !== 200) throw this.httpError('GET', path, reply);
+      const page = JSON.parse(reply.text) as { images: Image[]; next?: string };
+      images.push(...page.images);
+      path = page.next;
+    }
+    return images;
   }
 
   async updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image> {

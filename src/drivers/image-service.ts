@@ -29,6 +29,8 @@ export interface NewImage {
   min_ram: number;
   /** Extra properties, string values (image_type, instance_uuid, owner, user_id, ...). */
   properties: Record<string, string>;
+  /** Image tags: vmsnap tags its images so it can find them again without listing all. */
+  tags?: string[];
 }
 
 export interface UploadResult {
@@ -43,6 +45,8 @@ export interface ImageService {
   createImage(image: NewImage): Promise<{ image: Image; created: boolean }>;
   /** undefined when there is no such image (404). */
   getImage(id: string): Promise<Image | undefined>;
+  /** Every image that carries the tag (all pages). */
+  listImagesByTag(tag: string): Promise<Image[]>;
   /** JSON-patch replace/add of top-level fields (disk_format, container_format, properties). */
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */

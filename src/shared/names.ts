@@ -20,3 +20,11 @@ export const SEARCH_ATTRIBUTES = {
   imageId: 'VmsnapImageId',
   host: 'VmsnapHost',
 } as const;
+
+/** Tag on every image vmsnap creates: how the reconciler finds them again. */
+export const VMSNAP_IMAGE_TAG = 'vmsnap';
+
+/** The reconciler's schedule and workflow, one per main task queue. */
+export function reconcileWorkflowId(taskQueue: string): string {
+  return `vmsnap-reconcile-${taskQueue}`;
+}

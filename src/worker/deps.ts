@@ -7,7 +7,7 @@ import { LibvirtHypervisor } from '../drivers/libvirt.js';
 import type { Config } from '../shared/config.js';
 import type { Store } from '../store/store.js';
 
-export function buildDeps(config: Config, store: Store, overrides: Partial<ActivityDeps> = {}): ActivityDeps {
+export function buildDeps(config: Config, store: Store, extra: Pick<ActivityDeps, 'workflows'> & Partial<ActivityDeps>): ActivityDeps {
   return {
     store,
     hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),
@@ -16,6 +16,6 @@ export function buildDeps(config: Config, store: Store, overrides: Partial<Activ
     host: config.host,
     snapshotsDir: config.snapshotsDir,
     settings: config.snapshot,
-    ...overrides,
+    ...extra,
   };
 }

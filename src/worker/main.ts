@@ -4,6 +4,8 @@ import { parseArgs } from 'node:util';
 import { loadConfig } from '../shared/config.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { Runtime } from '@temporalio/worker';
+import { TemporalWorkflowLookup } from '../activities/workflow-lookup.js';
+import { connectClient } from '../client/snapshots.js';
 import { buildDeps } from './deps.js';
 import { installRuntime } from './observability.js';
 import { connect, startWorkers, type WorkerRole } from './workers.js';
@@ -18,13 +20,15 @@ async function main(): Promise<void> {
   const store = new SqliteStore(config.storePath);
   await store.migrate();
   const connection = await connect(config.temporal);
+  const client = await connectClient(config.temporal);
   const workers = await startWorkers({
     connection,
     namespace: config.temporal.namespace,
     taskQueue: config.temporal.taskQueue,
     roles,
     discoveryIntervalMs: config.discoveryIntervalMs,
-    deps: buildDeps(config, store),
+    deps: buildDeps(config, store, { workflows: new TemporalWorkflowLookup(client) }),
+    reconcile: { client, intervalMs: config.reconcileIntervalMs },
   });
   Runtime.instance().logger.info('vmsnap worker started', {
     roles,
@@ -34,6 +38,7 @@ async function main(): Promise<void> {
     metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
   });
   await workers.done;
+  await client.connection.close();
   await connection.close();
   await store.close();
 }

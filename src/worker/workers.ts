@@ -7,6 +7,8 @@ import { syncInventory } from '../activities/inventory.js';
 import type { Config } from '../shared/config.js';
 import { hostTaskQueue } from '../shared/names.js';
 import { activityLogAttributes } from './observability.js';
+import { ensureReconcileSchedule } from './reconcile-schedule.js';
+import type { Client } from '@temporalio/client';
 
 export type WorkerRole = 'main' | 'host';
 
@@ -54,6 +56,8 @@ export async function startWorkers(opts: {
   roles: WorkerRole[];
   deps: ActivityDeps;
   discoveryIntervalMs: number;
+  /** With the main role: keep the reconciler's schedule at this interval (0: none). */
+  reconcile?: { client: Client; intervalMs: number };
 }): Promise<RunningWorkers> {
   const { connection, namespace, deps } = opts;
   const workers: Worker[] = [];
@@ -70,6 +74,7 @@ export async function startWorkers(opts: {
       }),
     );
   }
+  const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
   if (opts.roles.includes('host')) {
     const taskQueue = hostTaskQueue(deps.host);
     workers.push(
@@ -94,7 +99,10 @@ export async function startWorkers(opts: {
     }, opts.discoveryIntervalMs);
   }
   // Workers also stop on their own (SIGTERM, SIGINT): discovery must stop with them.
-  const done = Promise.all(workers.map((w) => w.run())).then(
+  const running = Promise.all(workers.map((w) => w.run()));
+  // The schedule triggers a reconcile at once: only now is a worker polling for it.
+  if (startSchedule) await ensureReconcileSchedule(startSchedule.client, opts.taskQueue, startSchedule.intervalMs);
+  const done = running.then(
     () => clearInterval(discovery),
     (err: unknown) => {
       clearInterval(discovery);

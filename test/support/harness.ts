@@ -11,6 +11,7 @@ import type { ImageService } from '../../src/drivers/image-service.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
+import { TemporalWorkflowLookup } from '../../src/activities/workflow-lookup.js';
 import { buildDeps } from '../../src/worker/deps.js';
 import { installRuntime } from '../../src/worker/observability.js';
 import { createServer, type AddressInfo } from 'node:net';
@@ -65,6 +66,8 @@ export async function startHarness(opts: {
   const glance = new GlanceImageService({ url: config.glance.url });
   const workerGlance = opts.glanceUrl ? new GlanceImageService({ url: opts.glanceUrl }) : glance;
   const connection: NativeConnection = await connect(config.temporal);
+  const clientConnection = await Connection.connect({ address: config.temporal.address });
+  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   const workers: RunningWorkers = await startWorkers({
     connection,
     namespace: config.temporal.namespace,
@@ -72,12 +75,11 @@ export async function startHarness(opts: {
     roles: ['main', 'host'],
     discoveryIntervalMs: config.discoveryIntervalMs,
     deps: buildDeps(config, store, {
+      workflows: new TemporalWorkflowLookup(client),
       hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,
       imageService: opts.wrapImageService ? opts.wrapImageService(workerGlance) : workerGlance,
     }),
   });
-  const clientConnection = await Connection.connect({ address: config.temporal.address });
-  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
   return {
     config,
     store,

@@ -1,0 +1,108 @@
+// The reconciler on the real stack: a snapshot terminated while the guest is paused (terminate
+// runs no compensation) is undone by the next reconcile: guest resumed, task state None, image
+// and temp dir gone, a fault recorded. Also: orphan temp dirs, and the schedule itself.
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync, readdirSync, utimesSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { randomUUID } from 'node:crypto';
+import { guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { startSnapshot } from '../../src/client/snapshots.js';
+import { reconcileWorkflowId } from '../../src/shared/names.js';
+import type { ReconcileReport } from '../../src/workflows/reconcile.js';
+import { ensureReconcileSchedule } from '../../src/worker/reconcile-schedule.js';
+import { startHarness, type Harness } from '../support/harness.js';
+import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
+
+const guestName = `vmsnap-test-rec-${process.pid}`;
+let h: Harness;
+let guest: Guest;
+
+async function reconcileNow(): Promise<ReconcileReport> {
+  return h.client.workflow.execute('reconcile', {
+    taskQueue: h.config.temporal.taskQueue,
+    workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+  });
+}
+
+describe('reconciler on the real stack', { timeout: 300_000 }, () => {
+  before(async () => {
+    h = await startHarness({ name: 'reconcile' });
+    guest = await createSlowGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 512 });
+  });
+
+  after(async () => {
+    await removeGuest(guestName, h.guestsDir).catch(() => undefined);
+    await h?.close();
+  });
+
+  it('undoes a snapshot terminated while the guest was paused', async () => {
+    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-terminated`, compress: true }, h.config.temporal.taskQueue);
+    await waitForPhase(handle, 'converting');
+    const { imageId } = (await handle.query('progress')) as { imageId: string };
+    await handle.terminate('test: a workflow lost mid-snapshot');
+
+    // Terminate ran no compensation: the guest is still paused and the task state held.
+    assert.equal(await guestState(guestName), 'paused');
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, 'image_snapshot');
+    assert.ok(await h.glance.getImage(imageId), 'the queued image is still there');
+
+    const started = Date.now();
+    const report = await reconcileNow();
+    const tookMs = Date.now() - started;
+    assert.deepEqual(report.resumed, [guest.uuid]);
+    assert.deepEqual(report.releasedTasks, [guest.uuid]);
+    assert.ok(report.deletedImages.includes(imageId));
+    assert.deepEqual(report.errors, []);
+    assert.ok(tookMs < 30_000, `reconcile took ${tookMs} ms`);
+
+    // The invariants: guest runs and counts, task state None, image gone, temp dir gone, fault.
+    assert.equal(await guestState(guestName), 'running');
+    const first = await readCounter(guest.diskPath, 'qcow2');
+    await sleep(1000);
+    assert.ok((await readCounter(guest.diskPath, 'qcow2')).a > first.a, 'counter advances');
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    assert.equal(await h.glance.getImage(imageId), undefined);
+    // The killed copy's activity notices the termination at its next heartbeat and cleans up too.
+    const deadline = Date.now() + 15_000;
+    while (existsSync(join(h.config.snapshotsDir, imageId)) && Date.now() < deadline) await sleep(200);
+    assert.ok(!existsSync(join(h.config.snapshotsDir, imageId)), 'temp dir removed');
+    const faults = await h.store.listFaults(guest.uuid);
+    assert.equal(faults.at(-1)?.code, 'SnapshotAbandoned');
+
+    // A second round finds nothing left to do.
+    const again = await reconcileNow();
+    assert.deepEqual([again.resumed, again.releasedTasks, again.deletedImages], [[], [], []]);
+  });
+
+  it('removes orphan temp dirs past the grace period and keeps young ones', async () => {
+    const old = randomUUID();
+    const young = randomUUID();
+    for (const id of [old, young]) mkdirSync(join(h.config.snapshotsDir, id), { recursive: true });
+    const hourAgo = new Date(Date.now() - 3600_000);
+    utimesSync(join(h.config.snapshotsDir, old), hourAgo, hourAgo);
+    const report = await reconcileNow();
+    assert.deepEqual(report.removedDirs, [old]);
+    assert.deepEqual(readdirSync(h.config.snapshotsDir), [young]);
+  });
+
+  it('keeps a schedule that runs the reconciler, and runs it once at once', async () => {
+    const scheduleId = reconcileWorkflowId(h.config.temporal.taskQueue);
+    try {
+      await ensureReconcileSchedule(h.client, h.config.temporal.taskQueue, 60_000);
+      await ensureReconcileSchedule(h.client, h.config.temporal.taskQueue, 30_000); // idempotent: updates
+      const description = await h.client.schedule.getHandle(scheduleId).describe();
+      assert.equal(description.spec.intervals?.[0]?.every, 30_000);
+      const deadline = Date.now() + 30_000;
+      let ran = false;
+      while (!ran && Date.now() < deadline) {
+        ran = (await h.client.schedule.getHandle(scheduleId).describe()).info.recentActions.length > 0;
+        if (!ran) await sleep(250);
+      }
+      assert.ok(ran, 'the trigger at start ran the reconciler');
+    } finally {
+      await h.client.schedule.getHandle(scheduleId).delete();
+    }
+  });
+});

@@ -1,0 +1,29 @@
+// A test guest whose disk holds bulk data, so that copying it takes seconds: time for a test to
+// kill, cancel or terminate something in the middle of a snapshot.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import { createGuest, readCounter, type Guest } from '../../scripts/lib/guest.js';
+
+export async function createSlowGuest(opts: { name: string; guestsDir: string; assetsDir: string; dataMiB: number }): Promise<Guest> {
+  const guest = await createGuest({ name: opts.name, guestsDir: opts.guestsDir, assetsDir: opts.assetsDir, diskSizeMiB: opts.dataMiB + 64, start: false });
+  // Pattern data from 8 MiB on: clear of the counter records at 1 MiB and at size - 1 MiB.
+  await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 8M ${opts.dataMiB}M`, guest.diskPath]);
+  await execa('virsh', ['-c', 'qemu:///system', 'start', opts.name]);
+  const deadline = Date.now() + 120_000;
+  while ((await readCounter(guest.diskPath, 'qcow2').catch(() => ({ a: 0 }))).a === 0) {
+    if (Date.now() > deadline) throw new Error(`guest ${opts.name} did not start counting within 120 s`);
+    await sleep(200);
+  }
+  return guest;
+}
+
+/** Polls until the snapshot's progress query reports the phase. */
+export async function waitForPhase(handle: { query: (name: string) => Promise<unknown> }, phase: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const progress = (await handle.query('progress').catch(() => undefined)) as { phase?: string } | undefined;
+    if (progress?.phase === phase) return;
+    if (Date.now() > deadline) throw new Error(`snapshot did not reach phase ${phase} within ${timeoutMs} ms (now ${progress?.phase})`);
+    await sleep(50);
+  }
+}
