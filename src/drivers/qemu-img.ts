@@ -185,7 +185,10 @@ export async function convert(opts: ConvertOptions): Promise<void> {
     opts.source,
     opts.target,
   ];
-  const sub = execa(QEMU_IMG, args, {
+  // If the worker dies (SIGKILL, OOM), the kernel kills qemu-img too: an orphaned copy would go
+  // on writing into a temp dir that the retry on another worker starts over in. setpriv execs
+  // qemu-img, so the pid, the signals and the exit status are qemu-img's own.
+  const sub = execa('setpriv', ['--pdeathsig', 'KILL', QEMU_IMG, ...args], {
     env,
     reject: false,
     // Progress is consumed as it streams; nothing to keep.

@@ -1,0 +1,83 @@
+// The invariants every fault test checks afterwards (issue 5):
+//  1. the VM is in its prior power state, and a running guest's counter advances;
+//  2. the instance's task state is None;
+//  3. no temp files of the snapshot remain;
+//  4. no image of the snapshot is left queued or saving: it is active and verified, or gone;
+//  5. the outcome says what happened, and a failed snapshot recorded a fault.
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { guestState, readCounter, type DomainState, type Guest } from '../../scripts/lib/guest.js';
+import type { Store } from '../../src/store/store.js';
+import { findImagesByName } from './images.js';
+
+export interface Invariants {
+  'prior power state': boolean;
+  'task state None': boolean;
+  'no temp files': boolean;
+  'no unfinished image': boolean;
+  'outcome and fault': boolean;
+}
+
+export async function checkInvariants(ctx: {
+  store: Store;
+  glanceUrl: string;
+  snapshotsDir: string;
+  guest: Guest;
+  priorState: DomainState;
+  imageName: string;
+  /** 'completed', or the failure type the outcome must carry. */
+  expectedOutcome: string;
+  /** What the snapshot ended with: 'completed', or its failure type. */
+  outcome: string;
+}): Promise<Invariants> {
+  let vm = (await guestState(ctx.guest.name)) === ctx.priorState;
+  if (vm && ctx.priorState === 'running') {
+    const first = await readCounter(ctx.guest.diskPath, 'qcow2');
+    await sleep(1000);
+    vm = (await readCounter(ctx.guest.diskPath, 'qcow2')).a > first.a;
+  }
+  const record = await ctx.store.getInstance(ctx.guest.uuid);
+  const images = await findImagesByName(ctx.glanceUrl, ctx.imageName);
+  const imagesOk =
+    ctx.outcome === 'completed' ? images.length === 1 && images[0]?.status === 'active' : images.length === 0;
+  const faults = await ctx.store.listFaults(ctx.guest.uuid);
+  const faultOk = ctx.outcome === 'completed' || faults.at(-1)?.code === ctx.outcome;
+  return {
+    'prior power state': vm,
+    'task state None': record?.taskState === null,
+    'no temp files': !existsSync(ctx.snapshotsDir) || readdirSync(ctx.snapshotsDir).length === 0,
+    'no unfinished image': imagesOk,
+    'outcome and fault': ctx.outcome === ctx.expectedOutcome && faultOk,
+  };
+}
+
+/** How a snapshot ended: 'completed', its failure type, or 'Cancelled' / 'Terminated'. */
+export async function outcomeOf(handle: { result: () => Promise<unknown> }): Promise<string> {
+  const { WorkflowFailedError } = await import('@temporalio/client');
+  const { ApplicationFailure, CancelledFailure, TerminatedFailure } = await import('@temporalio/common');
+  try {
+    await handle.result();
+    return 'completed';
+  } catch (err) {
+    if (!(err instanceof WorkflowFailedError)) throw err;
+    if (err.cause instanceof ApplicationFailure) return err.cause.type ?? 'ApplicationFailure';
+    if (err.cause instanceof CancelledFailure) return 'Cancelled';
+    if (err.cause instanceof TerminatedFailure) return 'Terminated';
+    return err.cause?.name ?? 'unknown';
+  }
+}
+
+/** Pids of qemu-img processes whose command line mentions the dir. */
+export function qemuImgProcessesUnder(dir: string): number[] {
+  return readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .filter((pid) => {
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        return cmd.includes('qemu-img') && cmd.includes(dir);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
+}
