@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { connectClient, getProgress, startSnapshot } from '../src/client/snapshots.js';
 import { loadConfig } from '../src/shared/config.js';
-import { SqliteStore } from '../src/store/sqlite.js';
+import { createStore } from '../src/store/index.js';
 import { TemporalWorkflowLookup } from '../src/activities/workflow-lookup.js';
 import { buildDeps } from '../src/worker/deps.js';
 import { installRuntime } from '../src/worker/observability.js';
@@ -35,7 +35,7 @@ async function main(): Promise<void> {
   console.log(`   running; counter on disk: ${(await readCounter(diskPath, 'qcow2')).a}`);
 
   console.log('== worker (main + host queues)');
-  const store = new SqliteStore(config.storePath);
+  const store = createStore(config);
   await store.migrate();
   const connection = await connect(config.temporal);
   const client = await connectClient(config.temporal);

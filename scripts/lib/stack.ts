@@ -1,10 +1,14 @@
-// The dev stack: Temporal dev server, standalone Glance and libvirt, as processes on loopback.
+// The dev stack: Temporal dev server, standalone Glance, libvirt and PostgreSQL, as processes on
+// loopback.
 // Each service knows how to start, how to tell it is healthy, and how to stop by its own pid.
 import { execa } from 'execa';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
-import { portIsFree, runningPid, startDetached, stopByPid, waitUntil } from './daemon.js';
+import { isAlive, portIsFree, runningPid, startDetached, stopByPid, waitUntil } from './daemon.js';
 
 export interface StackConfig {
   dataDir: string;
@@ -13,6 +17,9 @@ export interface StackConfig {
   glancePort: number;
   libvirtUri: string;
   temporalBin: string;
+  postgresPort: number;
+  /** Directory of PostgreSQL's initdb and postgres programs. */
+  postgresBin: string;
 }
 
 function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -35,6 +42,8 @@ export function stackConfig(env = process.env): StackConfig {
     glancePort: port(env, 'VMSNAP_GLANCE_PORT', 9292),
     libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
     temporalBin: resolve(env.VMSNAP_TEMPORAL_BIN || '.tools/bin/temporal'),
+    postgresPort: port(env, 'VMSNAP_POSTGRES_PORT', 5432),
+    postgresBin: resolve(env.VMSNAP_POSTGRES_BIN || '/usr/lib/postgresql/15/bin'),
   };
 }
 
@@ -286,8 +295,171 @@ async function removeGuestsUnder(cfg: StackConfig): Promise<string[]> {
   return removed;
 }
 
+// The stack's PostgreSQL: a private cluster under <data dir>/postgresql, reached over TCP on
+// loopback. One role, the cluster's owner, and one database, both "vmsnap". The password is made
+// once per cluster and kept in a libpq password file in the data dir, never printed: URLs name
+// the file instead.
+const PG_USER = 'vmsnap';
+const PG_DATABASE = 'vmsnap';
+
+function postgresPaths(cfg: StackConfig) {
+  const cluster = join(cfg.dataDir, 'postgresql');
+  return { cluster, pgdata: join(cluster, 'data'), passfile: join(cfg.dataDir, 'postgresql.pgpass'), pidFile: join(cfg.dataDir, 'run', 'postgresql.pid') };
+}
+
+/** The stack's database as a store URL (for VMSNAP_STORE_URL); the password stays in its file. */
+export function postgresUrl(cfg: StackConfig): string {
+  const passfile = postgresPaths(cfg).passfile.replace(/[%&#+ ]/g, encodeURIComponent);
+  return `postgresql://${PG_USER}@127.0.0.1:${cfg.postgresPort}/${PG_DATABASE}?passfile=${passfile}`;
+}
+
+function stackPassword(cfg: StackConfig): string {
+  const line = readFileSync(postgresPaths(cfg).passfile, 'utf8').split('\n')[0] ?? '';
+  return line.split(':').slice(4).join(':');
+}
+
+// postgres refuses to run as root: as root, the cluster belongs to the postgres OS user.
+const asRoot = () => process.getuid?.() === 0;
+
+async function postgresAccount(): Promise<{ uid: number; gid: number }> {
+  const id = async (flag: string) => {
+    const r = await execa('id', [flag, 'postgres'], { reject: false });
+    if (r.exitCode !== 0) throw new Error('postgresql: as root the server runs as the postgres OS user, which does not exist: run ./scripts/setup (Debian package postgresql)');
+    return Number(r.stdout.trim());
+  };
+  return { uid: await id('-u'), gid: await id('-g') };
+}
+
+/** The server, as another user, must pass through every directory above its cluster. */
+function ensureReachable(cfg: StackConfig, cluster: string, uid: number): void {
+  for (let dir = dirname(cluster); ; dir = dirname(dir)) {
+    const st = statSync(dir);
+    if (st.uid !== uid && (st.mode & 0o001) === 0) {
+      // Our own data dir (e.g. from mkdtemp) may let others through; o+x does not let them list it.
+      if (dir === cfg.dataDir) chmodSync(dir, (st.mode & 0o7777) | 0o001);
+      else throw new Error(`postgresql: the postgres OS user cannot reach ${cluster}: ${dir} is closed to others: chmod o+x it, or use another VMSNAP_DATA_DIR`);
+    }
+    if (dir === dirname(dir)) return;
+  }
+}
+
+function lastLines(output: string | undefined): string {
+  return (output ?? '').trim().split('\n').slice(-3).join(' | ');
+}
+
+async function initCluster(cfg: StackConfig, account: { uid: number; gid: number } | undefined): Promise<void> {
+  const { cluster, pgdata, passfile } = postgresPaths(cfg);
+  // Built aside and renamed into place when complete: a half-made cluster is never "there".
+  const fresh = join(cluster, 'data.new');
+  const pwfile = join(cluster, 'initdb.pw');
+  rmSync(fresh, { recursive: true, force: true });
+  const password = randomBytes(24).toString('base64url');
+  writeFileSync(pwfile, `${password}\n`, { mode: 0o600 });
+  const runAs = account ? { uid: account.uid, gid: account.gid } : {};
+  if (account) chownSync(pwfile, account.uid, account.gid);
+  try {
+    const init = await execa(
+      join(cfg.postgresBin, 'initdb'),
+      ['-D', fresh, '-U', PG_USER, `--pwfile=${pwfile}`, '--auth=scram-sha-256', '--encoding=UTF8', '--no-locale', '--no-instructions'],
+      { ...runAs, cwd: cluster, reject: false, all: true },
+    );
+    if (init.exitCode !== 0) throw new Error(`postgresql: initdb failed: ${lastLines(init.all)}`);
+    // Single-user mode makes the database before the server first listens, so that a healthy
+    // server always has it.
+    const create = await execa(join(cfg.postgresBin, 'postgres'), ['--single', '-D', fresh, '-F', 'postgres'], {
+      ...runAs,
+      cwd: cluster,
+      reject: false,
+      all: true,
+      input: `CREATE DATABASE ${PG_DATABASE}\n`,
+    });
+    if (create.exitCode !== 0 || /\bERROR:/.test(create.all ?? '')) throw new Error(`postgresql: creating database ${PG_DATABASE} failed: ${lastLines(create.all)}`);
+  } finally {
+    rmSync(pwfile, { force: true });
+  }
+  // The password file before the cluster: a cluster never exists without its password.
+  writeFileSync(passfile, `*:*:*:${PG_USER}:${password}\n`, { mode: 0o600 });
+  chmodSync(passfile, 0o600);
+  renameSync(fresh, pgdata);
+}
+
+function postgresService(cfg: StackConfig): Service {
+  const { cluster, pgdata, passfile, pidFile } = postgresPaths(cfg);
+  const program = join(cfg.postgresBin, 'postgres');
+  const service = ownedService({
+    name: 'postgresql',
+    program,
+    dataDir: cfg.dataDir,
+    ports: () => [cfg.postgresPort],
+    async prepare() {
+      for (const p of ['initdb', 'postgres']) {
+        if (!existsSync(join(cfg.postgresBin, p))) {
+          throw new Error(`postgresql: ${join(cfg.postgresBin, p)} is missing: run ./scripts/setup (Debian package postgresql), or set VMSNAP_POSTGRES_BIN`);
+        }
+      }
+      const account = asRoot() ? await postgresAccount() : undefined;
+      mkdirSync(join(cfg.dataDir, 'logs'), { recursive: true });
+      mkdirSync(cluster, { recursive: true, mode: 0o700 });
+      chmodSync(cluster, 0o700);
+      if (account) {
+        chownSync(cluster, account.uid, account.gid);
+        ensureReachable(cfg, cluster, account.uid);
+      }
+      if (!existsSync(join(pgdata, 'PG_VERSION'))) await initCluster(cfg, account);
+      else if (!existsSync(passfile)) throw new Error(`postgresql: the cluster in ${pgdata} has lost its password file ${passfile}: remove ${cluster} to start afresh`);
+    },
+    start: () => {
+      // Sockets go in the cluster dir (0700), not /run/postgresql, which may not exist or be ours.
+      const server = ['-D', pgdata, '-k', cluster, '-p', String(cfg.postgresPort), '-h', '127.0.0.1'];
+      // setpriv drops to postgres and execs in place: the pid in the pid file is the server's.
+      return asRoot()
+        ? { command: 'setpriv', args: ['--reuid=postgres', '--regid=postgres', '--init-groups', program, ...server] }
+        : { command: program, args: server };
+    },
+    async healthy() {
+      const client = new pg.Client({
+        host: '127.0.0.1',
+        port: cfg.postgresPort,
+        user: PG_USER,
+        database: PG_DATABASE,
+        password: stackPassword(cfg),
+        connectionTimeoutMillis: 2000,
+      });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        const { rows } = await client.query<{ ok: number }>('SELECT 1 AS ok');
+        return rows[0]?.ok === 1;
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    },
+    endpoints: () => ({ url: `postgresql://${PG_USER}@127.0.0.1:${cfg.postgresPort}/${PG_DATABASE}`, passfile }),
+    startTimeoutMs: 30_000,
+  });
+  return {
+    ...service,
+    async down() {
+      // SIGINT is postgres's fast shutdown: it ends the sessions and writes a checkpoint, so the
+      // next start needs no recovery. ownedService's SIGTERM to the group stays the fallback.
+      const pid = runningPid(pidFile, program);
+      if (pid === undefined) return service.down();
+      try {
+        process.kill(pid, 'SIGINT');
+      } catch {
+        /* already gone */
+      }
+      const deadline = Date.now() + 15_000;
+      while (isAlive(pid) && Date.now() < deadline) await sleep(100);
+      if (isAlive(pid)) return service.down();
+      rmSync(pidFile, { force: true });
+      return `postgresql: stopped (pid ${pid})`;
+    },
+  };
+}
+
 export function services(cfg: StackConfig): Service[] {
-  return [libvirtService(cfg), glanceService(cfg), temporalService(cfg)];
+  return [libvirtService(cfg), glanceService(cfg), temporalService(cfg), postgresService(cfg)];
 }
 
 /** Environment a vmsnap worker or client needs to use this stack. */
@@ -299,5 +471,7 @@ export function clientEnv(cfg: StackConfig): Record<string, string> {
     VMSNAP_DATA_DIR: cfg.dataDir,
     VMSNAP_LIBVIRT_URI: cfg.libvirtUri,
     VMSNAP_TEMPORAL_UI_URL: `http://127.0.0.1:${cfg.temporalUiPort}`,
+    // For tests and for VMSNAP_STORE_URL by choice: the stack's workers keep SQLite by default.
+    VMSNAP_POSTGRES_URL: postgresUrl(cfg),
   };
 }

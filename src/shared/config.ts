@@ -187,15 +187,13 @@ export function parsePostgresUrl(value: string, setting = 'VMSNAP_STORE_URL'): P
 
 /**
  * The store: VMSNAP_STORE_URL (sqlite:///abs/path, a plain path, or a postgres URL), or else
- * VMSNAP_STORE_PATH (older, SQLite only), or else <data dir>/vmsnap.sqlite.
+ * VMSNAP_STORE_PATH (older, SQLite only), or else <data dir>/vmsnap.sqlite. The URL wins when
+ * both are set, so a URL given on top of a setup that names a path (a test harness) takes effect.
  */
 function storeSettings(env: Env, dataDir: string): { storeUrl: string; storePath: string } {
   const sqlite = (path: string) => ({ storeUrl: `sqlite://${pathToFileURL(path).pathname}`, storePath: path });
   const raw = env.VMSNAP_STORE_URL;
   if (!raw) return sqlite(resolve(env.VMSNAP_STORE_PATH || join(dataDir, 'vmsnap.sqlite')));
-  if (env.VMSNAP_STORE_PATH) {
-    throw configError('VMSNAP_STORE_URL', 'and VMSNAP_STORE_PATH are both set: keep only VMSNAP_STORE_URL (VMSNAP_STORE_PATH=/f is VMSNAP_STORE_URL=sqlite:///f)');
-  }
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(raw)?.[1]?.toLowerCase();
   if (scheme === undefined) return sqlite(resolve(raw));
   if (scheme === 'postgres' || scheme === 'postgresql') {

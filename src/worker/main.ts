@@ -2,7 +2,7 @@
 // in a fleet, one main worker anywhere and a host worker on each hypervisor, next to libvirt.
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../shared/config.js';
-import { SqliteStore } from '../store/sqlite.js';
+import { createStore } from '../store/index.js';
 import { Runtime } from '@temporalio/worker';
 import { TemporalWorkflowLookup } from '../activities/workflow-lookup.js';
 import { connectClient } from '../client/snapshots.js';
@@ -17,7 +17,7 @@ async function main(): Promise<void> {
 
   const config = loadConfig();
   installRuntime({ logLevel: config.logLevel, metricsAddress: config.metricsAddress });
-  const store = new SqliteStore(config.storePath);
+  const store = createStore(config);
   await store.migrate();
   const connection = await connect(config.temporal);
   const client = await connectClient(config.temporal);

@@ -1,15 +1,16 @@
 // The dev stack itself, on ports and a data dir of its own so that it can be taken down here
 // without disturbing the test stack the other tests use.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { execa } from 'execa';
 import { isAlive } from '../../scripts/lib/daemon.js';
-import { services, stackConfig } from '../../scripts/lib/stack.js';
+import { clientEnv, services, stackConfig } from '../../scripts/lib/stack.js';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
+import { PostgresStore } from '../../src/store/postgres.js';
 
 const dataDir = mkdtempSync(join(tmpdir(), 'vmsnap-stack-test-'));
 const cfg = stackConfig({
@@ -18,21 +19,49 @@ const cfg = stackConfig({
   VMSNAP_TEMPORAL_PORT: '27233',
   VMSNAP_TEMPORAL_UI_PORT: '28233',
   VMSNAP_GLANCE_PORT: '29292',
+  VMSNAP_POSTGRES_PORT: '25432',
 });
+const passfile = join(dataDir, 'postgresql.pgpass');
 const stack = services(cfg);
 
-/** Pids of processes whose command line mentions our data dir: they are ours. */
+/**
+ * Pids of processes whose command line mentions our data dir, and of their children (postgres
+ * names its children "postgres: checkpointer" and the like): they are ours.
+ */
 function processesOfOurs(): number[] {
-  return readdirSync('/proc')
-    .filter((d) => /^\d+$/.test(d))
-    .filter((pid) => {
-      try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dataDir) && isAlive(Number(pid));
-      } catch {
-        return false;
+  const parents = new Map<number, number>();
+  const ours = new Set<number>();
+  for (const d of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      parents.set(Number(d), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+      if (readFileSync(`/proc/${d}/cmdline`, 'utf8').includes(dataDir)) ours.add(Number(d));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  for (let grew = true; grew; ) {
+    grew = false;
+    for (const [pid, parent] of parents) {
+      if (!ours.has(pid) && ours.has(parent)) {
+        ours.add(pid);
+        grew = true;
       }
-    })
-    .map(Number);
+    }
+  }
+  return [...ours].filter(isAlive);
+}
+
+/** The stack's PostgreSQL answers real queries through the URL clients are given. */
+async function postgresAnswers(): Promise<string[]> {
+  const store = new PostgresStore(clientEnv(cfg).VMSNAP_POSTGRES_URL!);
+  try {
+    await store.migrate();
+    await store.registerHost('stack-test', 'vmsnap-host-stack-test');
+    return (await store.listHosts()).map((h) => h.host);
+  } finally {
+    await store.close();
+  }
 }
 
 describe('dev stack', { timeout: 180_000 }, () => {
@@ -57,6 +86,17 @@ describe('dev stack', { timeout: 180_000 }, () => {
 
     const virsh = await execa('virsh', ['-c', cfg.libvirtUri, 'version']);
     assert.match(virsh.stdout, /Running hypervisor: QEMU/);
+
+    assert.deepEqual(await postgresAnswers(), ['stack-test']);
+    assert.equal(statSync(passfile).mode & 0o777, 0o600);
+    assert.equal(statSync(join(dataDir, 'postgresql')).mode & 0o777, 0o700);
+    const password = readFileSync(passfile, 'utf8').trim().split(':').slice(4).join(':');
+    assert.ok(password.length >= 32);
+    const shown = JSON.stringify([clientEnv(cfg), ...(await Promise.all(stack.map((s) => s.status())))]);
+    assert.ok(!shown.includes(password), 'the password is never in the env or the status');
+    const env = await execa('node_modules/.bin/tsx', ['scripts/stack.ts', 'env'], { env: { VMSNAP_DATA_DIR: dataDir, VMSNAP_POSTGRES_PORT: '25432' } });
+    assert.match(env.stdout, /^export VMSNAP_POSTGRES_URL=postgresql:\/\/vmsnap@127\.0\.0\.1:25432\/vmsnap\?passfile=/m);
+    assert.ok(!env.stdout.includes(password));
   });
 
   it('up a second time is harmless and keeps the same processes', async () => {
@@ -64,6 +104,16 @@ describe('dev stack', { timeout: 180_000 }, () => {
     const again = await Promise.all(stack.map((s) => s.up()));
     assert.deepEqual(again.map((s) => s.pid), before);
     assert.ok(again.every((s) => s.healthy));
+  });
+
+  it('postgresql keeps its data and its password across a restart', async () => {
+    const postgres = stack.find((s) => s.name === 'postgresql')!;
+    const password = readFileSync(passfile, 'utf8');
+    assert.match(await postgres.down(), /postgresql: stopped \(pid \d+\)/);
+    assert.equal((await postgres.status()).healthy, false);
+    assert.equal((await postgres.up()).healthy, true);
+    assert.equal(readFileSync(passfile, 'utf8'), password);
+    assert.deepEqual(await postgresAnswers(), ['stack-test']);
   });
 
   it('refuses a port in use by someone else, naming the port', async () => {
