@@ -4,6 +4,9 @@ import type { ActivityDeps } from './deps.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { InstanceRecord, TaskState } from '../store/store.js';
 
+/** A host worker re-registers every discovery interval (15 s by default). */
+const LIVE_HOST_WINDOW_MS = 10 * 60_000;
+
 export interface TaskStateChange {
   instanceId: string;
   expected: TaskState | null;
@@ -22,8 +25,10 @@ export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 
       return (await store.findInstance(ref)) ?? null;
     },
 
+    /** Hosts whose worker registered lately: a decommissioned host must not hold up lookups. */
     async listHosts(): Promise<string[]> {
-      return (await store.listHosts()).map((h) => h.host);
+      const since = Date.now() - LIVE_HOST_WINDOW_MS;
+      return (await store.listHosts()).filter((h) => Date.parse(h.seenAt) >= since).map((h) => h.host);
     },
 
     async setTaskState(change: TaskStateChange): Promise<void> {

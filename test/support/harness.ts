@@ -10,9 +10,11 @@ import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import type { ImageService } from '../../src/drivers/image-service.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
-import { SqliteStore } from '../../src/store/sqlite.js';
+import { createStore, type Store } from '../../src/store/index.js';
 import { TemporalWorkflowLookup } from '../../src/activities/workflow-lookup.js';
 import { buildDeps } from '../../src/worker/deps.js';
+import type { ActivityDeps } from '../../src/activities/index.js';
+import * as qemuImg from '../../src/drivers/qemu-img.js';
 import { installRuntime } from '../../src/worker/observability.js';
 import { createServer, type AddressInfo } from 'node:net';
 import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
@@ -30,7 +32,7 @@ export const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
 
 export interface Harness {
   config: Config;
-  store: SqliteStore;
+  store: Store;
   client: Client;
   hypervisor: Hypervisor;
   glance: GlanceImageService;
@@ -49,6 +51,8 @@ export async function startHarness(opts: {
   wrapImageService?: (real: ImageService) => ImageService;
   /** Config settings for this harness's workers (pause budget, retry budgets, ...). */
   env?: Record<string, string>;
+  /** Wraps qemu-img, e.g. to look at the temp files it wrote. */
+  wrapDiskTool?: (real: ActivityDeps['diskTool']) => ActivityDeps['diskTool'];
 }): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), `vmsnap-${opts.name}-`));
   const config = loadConfig({
@@ -60,7 +64,7 @@ export async function startHarness(opts: {
     VMSNAP_DISCOVERY_INTERVAL_MS: '3600000',
     ...opts.env,
   });
-  const store = new SqliteStore(config.storePath);
+  const store = createStore(config);
   await store.migrate();
   const hypervisor = new LibvirtHypervisor({ uri: config.libvirtUri });
   const glance = new GlanceImageService({ url: config.glance.url });
@@ -78,6 +82,7 @@ export async function startHarness(opts: {
       workflows: new TemporalWorkflowLookup(client),
       hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,
       imageService: opts.wrapImageService ? opts.wrapImageService(workerGlance) : workerGlance,
+      ...(opts.wrapDiskTool ? { diskTool: opts.wrapDiskTool(qemuImg) } : {}),
     }),
   });
   return {

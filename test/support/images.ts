@@ -33,14 +33,11 @@ export async function findImagesByName(glanceUrl: string, name: string): Promise
 
 /** The real hypervisor, with a hook that runs right after each successful pause. */
 export function observePause(real: Hypervisor, afterPause: (id: string) => Promise<void>): Hypervisor {
-  return {
-    listInstances: () => real.listInstances(),
-    getInstance: (id) => real.getInstance(id),
-    rootDisk: (id) => real.rootDisk(id),
-    resume: (id) => real.resume(id),
-    async pause(id) {
-      await real.pause(id);
-      await afterPause(id);
-    },
+  // Everything else goes to the real driver (its prototype chain), whatever methods it grows.
+  const observed = Object.create(real) as Hypervisor;
+  observed.pause = async (id) => {
+    await real.pause(id);
+    await afterPause(id);
   };
+  return observed;
 }

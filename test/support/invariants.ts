@@ -23,7 +23,8 @@ export async function checkInvariants(ctx: {
   glanceUrl: string;
   snapshotsDir: string;
   guest: Guest;
-  priorState: DomainState;
+  /** The state it must be in again; null: it must be gone (destroyed during the snapshot). */
+  priorState: DomainState | null;
   imageName: string;
   /** 'completed', or the failure type the outcome must carry. */
   expectedOutcome: string;
