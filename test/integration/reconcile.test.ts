@@ -13,6 +13,8 @@ import { reconcileWorkflowId } from '../../src/shared/names.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { ensureReconcileSchedule } from '../../src/worker/reconcile-schedule.js';
 import { startHarness, type Harness } from '../support/harness.js';
+import { recordFaultRow } from '../support/fault-report.js';
+import { checkInvariants } from '../support/invariants.js';
 import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
 
 const guestName = `vmsnap-test-rec-${process.pid}`;
@@ -70,6 +72,21 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
     assert.ok(!existsSync(join(h.config.snapshotsDir, imageId)), 'temp dir removed');
     const faults = await h.store.listFaults(guest.uuid);
     assert.equal(faults.at(-1)?.code, 'SnapshotAbandoned');
+    recordFaultRow({
+      fault: 'workflow terminated while the guest was paused',
+      outcome: 'Terminated, then SnapshotAbandoned',
+      invariants: await checkInvariants({
+        store: h.store,
+        glanceUrl: h.config.glance.url,
+        snapshotsDir: h.config.snapshotsDir,
+        guest,
+        priorState: 'running',
+        imageName: `vmsnap-test-${process.pid}-terminated`,
+        expectedOutcome: 'SnapshotAbandoned',
+        outcome: 'SnapshotAbandoned',
+      }),
+      note: `undone by one reconcile run (${tookMs} ms); the schedule runs it every 60 s and at main worker start`,
+    });
 
     // A second round finds nothing left to do.
     const again = await reconcileNow();
