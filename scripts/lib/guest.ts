@@ -62,6 +62,15 @@ export interface CreateGuestOptions {
   memoryMiB?: number;
   /** How long to wait for the ready marker and a counter > 0 (default 120 s). */
   readyTimeoutMs?: number;
+  /**
+   * Also run the QEMU guest agent (the host's qemu-ga from Debian's qemu-guest-agent, with its
+   * libraries) on a virtio-serial channel org.qemu.guest_agent.0; createGuest then also waits until
+   * libvirt can talk to it. The guest has no mounted disk filesystems, so an fsfreeze freezes 0 of
+   * them, but it is a real round trip through libvirt and the agent. Off by default.
+   */
+  guestAgent?: boolean;
+  /** Runs once the disk exists and the domain is defined, before it starts (e.g. to write data into the disk with qemu-io). */
+  beforeStart?: (guest: Guest) => Promise<void>;
 }
 
 export interface Counter {
@@ -143,6 +152,55 @@ while :; do
   usleep $((interval * 1000))
 done
 `;
+
+// The guest agent variant: qemu-ga needs virtio_console for its port. No udev in the guest, so
+// nothing makes /dev/virtio-ports/<name>: the port is found by its name in sysfs instead.
+const QEMU_GA = '/usr/sbin/qemu-ga';
+export const GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0';
+const AGENT_MODULES = ['char/virtio_console'];
+const AGENT_READY_MARKER = 'VMSNAP-GUEST-AGENT-STARTED';
+const AGENT_INIT_ANCHOR = 'echo "vmsnap-guest: virtio modules loaded, /dev/vda has $sectors sectors"\n';
+const AGENT_INIT_BLOCK = `
+insmod /modules/virtio_console.ko || fail "insmod virtio_console failed"
+port=
+i=0
+while :; do
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat $p/name 2>/dev/null)" = ${GUEST_AGENT_CHANNEL} ] && port=/dev/\${p##*/}
+  done
+  [ -n "$port" ] && [ -c "$port" ] && break
+  i=$((i + 1)); [ $i -gt 3000 ] && fail "no virtio port ${GUEST_AGENT_CHANNEL} after 30 s"
+  usleep 10000
+done
+# -t/-f: qemu-ga's state dir and pid file default to /var/run, which this initramfs lacks.
+/usr/sbin/qemu-ga -m virtio-serial -p $port -t /tmp -f /tmp/qemu-ga.pid &
+echo "${AGENT_READY_MARKER} on $port"
+`;
+
+/** The init script of the guest agent variant: the plain one plus qemu-ga started before the counter loop. */
+function agentInitScript(): string {
+  if (!INIT_SCRIPT.includes(AGENT_INIT_ANCHOR)) throw new GuestError('internal: agent anchor missing from INIT_SCRIPT');
+  return INIT_SCRIPT.replace(AGENT_INIT_ANCHOR, AGENT_INIT_ANCHOR + AGENT_INIT_BLOCK);
+}
+
+/** qemu-ga and the shared libraries it loads (ldd), including the dynamic loader. */
+async function agentFiles(): Promise<string[]> {
+  try {
+    await fs.access(QEMU_GA);
+  } catch {
+    throw new GuestError(`${QEMU_GA} is missing: install qemu-guest-agent (the guest agent variant of the test guest copies it)`);
+  }
+  const r = await execa('ldd', [QEMU_GA], { reject: false, env: { LC_ALL: 'C' } });
+  if (r.failed) throw new GuestError(`ldd ${QEMU_GA} failed: ${(r.stderr || r.message || '').trim()}`);
+  const libs = new Set<string>();
+  for (const line of r.stdout.split('\n')) {
+    // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+    const m = /(?:=>\s*)?(\/\S+)\s+\(0x/.exec(line);
+    if (m?.[1]) libs.add(m[1]);
+    if (/not found/.test(line)) throw new GuestError(`ldd ${QEMU_GA}: ${line.trim()}`);
+  }
+  return [QEMU_GA, ...libs];
+}
 
 /** Newest /boot/vmlinuz-*-cloud-amd64 (the cloud kernel has virtio as small loadable modules). */
 async function findKernel(): Promise<{ path: string; version: string }> {
@@ -235,17 +293,26 @@ async function mkdirForQemu(dir: string): Promise<void> {
 /**
  * Builds the guest kernel + initramfs into assetsDir (idempotent: a stamp of the inputs' paths,
  * sizes and mtimes skips the work when nothing changed). The kernel is copied so a running or
- * defined domain does not depend on /boot changing underneath.
+ * defined domain does not depend on /boot changing underneath. With guestAgent the initramfs is a
+ * separate one (initrd-agent.img, own stamp) that also holds qemu-ga; the plain one is unchanged.
  */
-export async function buildGuestAssets(assetsDir: string): Promise<{ kernel: string; initrd: string }> {
+export async function buildGuestAssets(
+  assetsDir: string,
+  opts: { guestAgent?: boolean } = {},
+): Promise<{ kernel: string; initrd: string }> {
+  const agent = opts.guestAgent === true;
   const dir = path.resolve(assetsDir);
   const kernelOut = path.join(dir, 'vmlinuz');
-  const initrdOut = path.join(dir, 'initrd.img');
-  const stampFile = path.join(dir, 'stamp');
+  const initrdOut = path.join(dir, agent ? 'initrd-agent.img' : 'initrd.img');
+  const stampFile = path.join(dir, agent ? 'stamp-agent' : 'stamp');
+  const initScript = agent ? agentInitScript() : INIT_SCRIPT;
 
   const kernel = await findKernel();
-  const moduleFiles = VIRTIO_MODULES.map((m) => `/lib/modules/${kernel.version}/kernel/drivers/${m}.ko`);
-  const inputs = [kernel.path, BUSYBOX, ...moduleFiles];
+  const moduleFiles = [...VIRTIO_MODULES, ...(agent ? AGENT_MODULES : [])].map(
+    (m) => `/lib/modules/${kernel.version}/kernel/drivers/${m}.ko`,
+  );
+  const agentBinaries = agent ? await agentFiles() : [];
+  const inputs = [kernel.path, BUSYBOX, ...moduleFiles, ...agentBinaries];
   const stats = await Promise.all(
     inputs.map(async (f) => {
       try {
@@ -258,8 +325,9 @@ export async function buildGuestAssets(assetsDir: string): Promise<{ kernel: str
       }
     }),
   );
+  // The plain variant hashes exactly what it always did, so existing assets are not rebuilt.
   const stamp = createHash('sha256')
-    .update(JSON.stringify({ ASSETS_FORMAT, stats, INIT_SCRIPT }))
+    .update(JSON.stringify(agent ? { ASSETS_FORMAT, stats, INIT_SCRIPT: initScript, agent } : { ASSETS_FORMAT, stats, INIT_SCRIPT }))
     .digest('hex');
 
   const existing = await fs.readFile(stampFile, 'utf8').catch(() => '');
@@ -279,10 +347,25 @@ export async function buildGuestAssets(assetsDir: string): Promise<{ kernel: str
     dirEntry('tmp'),
     dirEntry('modules'),
     { name: 'bin/busybox', mode: 0o100755, data: await fs.readFile(BUSYBOX) },
-    { name: 'init', mode: 0o100755, data: Buffer.from(INIT_SCRIPT) },
+    { name: 'init', mode: 0o100755, data: Buffer.from(initScript) },
   ];
   for (const f of moduleFiles) {
     entries.push({ name: `modules/${path.basename(f)}`, mode: 0o100644, data: await fs.readFile(f) });
+  }
+  // qemu-ga and its libraries at their host paths, where the dynamic loader looks for them
+  // (readFile follows symlinks, so each lands as a plain file under the name ldd gave).
+  const dirsDone = new Set(entries.filter((e) => (e.mode & 0o170000) === 0o040000).map((e) => e.name));
+  for (const f of agentBinaries) {
+    const rel = f.replace(/^\/+/, '');
+    const parents: string[] = [];
+    for (let d = path.posix.dirname(rel); d !== '.'; d = path.posix.dirname(d)) parents.unshift(d);
+    for (const d of parents) {
+      if (!dirsDone.has(d)) {
+        dirsDone.add(d);
+        entries.push(dirEntry(d));
+      }
+    }
+    entries.push({ name: rel, mode: 0o100755, data: await fs.readFile(f) });
   }
   await writeAtomic(kernelOut, await fs.readFile(kernel.path));
   await writeAtomic(initrdOut, gzipSync(cpioNewc(entries)));
@@ -350,8 +433,16 @@ function domainXml(o: {
   intervalMs: number;
   diskPath: string;
   consoleLog: string;
+  guestAgent?: boolean;
 }): string {
   const x = xmlEscape;
+  // libvirt picks the host socket path and adds the virtio-serial controller itself.
+  const agentChannel = o.guestAgent
+    ? `
+    <channel type='unix'>
+      <target type='virtio' name='${GUEST_AGENT_CHANNEL}'/>
+    </channel>`
+    : '';
   // type='qemu' (TCG): KVM is not usable on this host. No NIC, no graphics, no balloon, no USB:
   // the guest only needs a serial console and one disk. cache='none' so guest writes reach the
   // qcow2 file directly (host page cache bypassed), which is what snapshot tools read.
@@ -382,7 +473,7 @@ function domainXml(o: {
       <source path='${x(o.consoleLog)}' append='on'/>
       <target port='0'/>
     </serial>
-    <memballoon model='none'/>
+    <memballoon model='none'/>${agentChannel}
   </devices>
 </domain>
 `;
@@ -416,7 +507,7 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
     throw new GuestError(`intervalMs must be an integer >= 0, got ${intervalMs}`);
   }
 
-  const assets = await buildGuestAssets(opts.assetsDir);
+  const assets = await buildGuestAssets(opts.assetsDir, { guestAgent: opts.guestAgent === true });
   await mkdirForQemu(path.resolve(opts.assetsDir)); // cheap; catches a dir made under another umask
   await undefineDomain(name);
   await fs.rm(dir, { recursive: true, force: true });
@@ -440,15 +531,37 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
       intervalMs,
       diskPath,
       consoleLog,
+      guestAgent: opts.guestAgent === true,
     }),
   );
   await virsh(['define', xmlPath]);
   const guest: Guest = { name, uuid, diskPath, consoleLog, dir };
+  if (opts.beforeStart) await opts.beforeStart(guest);
   if (opts.start === false) return guest;
 
   await virsh(['start', name]);
-  await waitReady(guest, opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? DEFAULT_READY_TIMEOUT_MS);
+  await waitReady(guest, deadline - Date.now());
+  if (opts.guestAgent) await waitAgent(guest, deadline);
   return guest;
+}
+
+/**
+ * Waits until libvirt gets an answer from the guest agent. `virsh domtime` (guest-get-time) is used
+ * as the ping: an ordinary agent API, unlike qemu-agent-command, which marks the domain tainted.
+ */
+async function waitAgent(g: Guest, deadline: number): Promise<void> {
+  for (;;) {
+    const r = await execa('virsh', ['-c', LIBVIRT_URI, 'domtime', g.name], { reject: false });
+    if (!r.failed) return;
+    const last = (r.stderr || r.message || '').trim();
+    if (Date.now() > deadline) {
+      throw new GuestError(
+        `guest ${g.name}: the guest agent did not answer in time (last: ${last})\n--- console ---\n${await consoleTail(g.consoleLog)}`,
+      );
+    }
+    await sleep(250);
+  }
 }
 
 async function waitReady(g: Guest, timeoutMs: number): Promise<void> {

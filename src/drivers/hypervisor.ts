@@ -31,4 +31,71 @@ export interface Hypervisor {
   resume(id: string): Promise<void>;
   /** The root disk as the domain defines it (the first disk device). */
   rootDisk(id: string): Promise<RootDisk>;
+
+  // Live snapshot mode (types below).
+  /**
+   * Whether liveCopy can work for this instance now, and why not: it must be running or paused (QEMU
+   * does the copy), with a local file or block root disk, on a libvirt/QEMU that offers the backup
+   * API. Throws InstanceNotFound / InvalidInput like getInstance.
+   */
+  liveCopySupport(id: string): Promise<LiveCopySupport>;
+  /**
+   * A point-in-time copy of the root disk while the guest runs (libvirt backup job, push mode).
+   * Errors: InstanceInvalidState (not running; quiesce 'require' not possible), InvalidInput (bad
+   * options or target), ConfigError (QEMU cannot write the target), NoSpace, HypervisorError
+   * (retryable: another job on the domain, the job failed); an AbortError when aborted.
+   */
+  liveCopy(id: string, opts: LiveCopyOptions): Promise<LiveCopyResult>;
+  /** Starts watching the guest's vCPU stops (QEMU STOP/RESUME events); resolves once the watch is live. */
+  watchPauses(id: string): Promise<PauseWatch>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live snapshot mode: the guest keeps running while its root disk is copied.
+
+/** How good the live copy is: crash-consistent (as after power loss) or with the guest's filesystems frozen. */
+export type Consistency = 'crash-consistent' | 'filesystem-consistent';
+
+/**
+ * Guest filesystem freeze through the QEMU guest agent around the copy's point in time:
+ * never; try (no agent or a failing one: go on crash-consistent, say why); require (else fail).
+ */
+export type QuiesceMode = 'never' | 'try' | 'require';
+
+export interface LiveCopySupport {
+  supported: boolean;
+  /** Why not, for an operator (set when supported is false). */
+  reason?: string;
+}
+
+export interface LiveCopyOptions {
+  /** Absolute path of the image to create. An existing regular file there is replaced. QEMU (not root) opens it: its directory must be searchable by QEMU's user. */
+  target: string;
+  /** qcow2 comes out sparse (about the data's size); raw comes out fully allocated (QEMU writes the holes as zeroes). */
+  targetFormat: 'qcow2' | 'raw';
+  /** Polled about every 250 ms while the copy runs, and once with 100 % at the end. */
+  onProgress?: (percent: number, bytesDone: number, bytesTotal: number) => void;
+  /** Abort: the job is aborted, the partial target removed, and the call rejects with an AbortError. */
+  signal?: AbortSignal;
+  /** Default 'try'. */
+  quiesce?: QuiesceMode;
+  /** Limit the copy's read/write rate (MiB/s) to spare the host's storage. Applied right after the job starts (libvirt's backup XML has no rate), so the first instant runs at full speed. */
+  bandwidthMiBps?: number;
+}
+
+export interface LiveCopyResult {
+  consistency: Consistency;
+  /** Why the copy is not filesystem-consistent although quiescing was asked for, or what went wrong around the freeze. */
+  quiesceNote?: string;
+}
+
+export interface PauseEvent {
+  type: 'STOP' | 'RESUME';
+  /** QEMU's own timestamp of the event, ms since the epoch. */
+  at: number;
+}
+
+export interface PauseWatch {
+  /** Ends the watch. pausedMs is the time the guest's vCPUs were stopped while it ran (an open pause counts up to now). */
+  stop(): Promise<{ pausedMs: number; events: PauseEvent[] }>;
 }

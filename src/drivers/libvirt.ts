@@ -5,7 +5,19 @@
 
 import { execa } from 'execa';
 import { VmsnapError } from '../shared/errors.js';
-import type { Hypervisor, InstanceInfo, PowerState, RootDisk } from './hypervisor.js';
+import type {
+  Hypervisor,
+  InstanceInfo,
+  LiveCopyOptions,
+  LiveCopyResult,
+  LiveCopySupport,
+  PauseWatch,
+  PowerState,
+  RootDisk,
+} from './hypervisor.js';
+import { LiveCopier } from './libvirt-live.js';
+import { startPauseWatch } from './libvirt-pauses.js';
+import { attrs, firstTagAttrs, firstText } from './libvirt-xml.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 // A stuck libvirtd (e.g. a domain job holding its lock) should fail the call, not hang it.
@@ -33,51 +45,6 @@ function checkId(id: string): string {
     throw new VmsnapError('InvalidInput', `instance id must be a UUID, got ${JSON.stringify(String(id)).slice(0, 80)}`);
   }
   return id.toLowerCase();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Small XML helpers. libvirt writes well-formed, predictable XML; these read just what we need.
-
-function decodeEntities(s: string): string {
-  return s.replace(/&(#x[0-9a-f]+|#\d+|amp|lt|gt|apos|quot);/gi, (_, e: string) => {
-    switch (e.toLowerCase()) {
-      case 'amp':
-        return '&';
-      case 'lt':
-        return '<';
-      case 'gt':
-        return '>';
-      case 'apos':
-        return "'";
-      case 'quot':
-        return '"';
-      default:
-        return String.fromCodePoint(e[1] === 'x' || e[1] === 'X' ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10));
-    }
-  });
-}
-
-/** Attributes of a start tag's attribute text; values may be quoted with ' or ". */
-function attrs(tagText: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  const re = /([\w:.-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
-  let m: RegExpExecArray | null;
-  while ((m = re.exec(tagText)) !== null) {
-    out[m[1] as string] = decodeEntities(m[2] ?? m[3] ?? '');
-  }
-  return out;
-}
-
-/** Attributes of the first <tag ...> in xml, or undefined. */
-function firstTagAttrs(xml: string, tag: string): Record<string, string> | undefined {
-  const m = new RegExp(`<${tag}(\\s[^>]*)?/?>`).exec(xml);
-  return m ? attrs(m[1] ?? '') : undefined;
-}
-
-/** Text of the first <tag>text</tag>. The domain's own <name>/<uuid> come first in libvirt's XML. */
-function firstText(xml: string, tag: string): string | undefined {
-  const m = new RegExp(`<${tag}(?:\\s[^>]*)?>([^<]*)</${tag}>`).exec(xml);
-  return m ? decodeEntities(m[1] ?? '').trim() : undefined;
 }
 
 /** Nova's `<nova:root type="image" uuid="..."/>` in the domain <metadata>, any namespace prefix. */
@@ -124,10 +91,15 @@ function parseRootDisk(xml: string, id: string): RootDisk {
 
 export class LibvirtHypervisor implements Hypervisor {
   private readonly uri: string;
+  private readonly live: LiveCopier;
 
   constructor(opts: { uri: string }) {
     if (!opts.uri) throw new VmsnapError('ConfigError', 'libvirt URI is empty (e.g. qemu:///system)');
     this.uri = opts.uri;
+    this.live = new LiveCopier(
+      (args, id, timeoutMs) => this.virsh(args, id, timeoutMs),
+      (id) => this.state(id),
+    );
   }
 
   /**
@@ -135,12 +107,12 @@ export class LibvirtHypervisor implements Hypervisor {
    * InstanceInvalidState for an operation the domain's state does not allow, HypervisorError
    * (retryable) otherwise.
    */
-  private async virsh(args: string[], id?: string): Promise<string> {
+  private async virsh(args: string[], id?: string, timeoutMs = VIRSH_TIMEOUT_MS): Promise<string> {
     const r = await execa('virsh', ['-c', this.uri, ...args], {
       env: { LC_ALL: 'C' },
       reject: false,
       stdin: 'ignore',
-      timeout: VIRSH_TIMEOUT_MS,
+      timeout: timeoutMs,
     });
     if (!r.failed) return r.stdout;
     if (r.exitCode === undefined && !r.signal && (r as { code?: string }).code === 'ENOENT') {
@@ -152,7 +124,7 @@ export class LibvirtHypervisor implements Hypervisor {
       .filter(Boolean)
       .join('; ');
     const why = r.timedOut
-      ? `no answer after ${VIRSH_TIMEOUT_MS / 1000} s${said ? ` (${said})` : ''}`
+      ? `no answer after ${timeoutMs / 1000} s${said ? ` (${said})` : ''}`
       : said || (r.shortMessage ?? 'virsh failed without a message');
     const details = { command: ['virsh', ...args].join(' '), stderr: r.stderr };
     if (id && NOT_FOUND_RE.test(why)) {
@@ -233,6 +205,24 @@ export class LibvirtHypervisor implements Hypervisor {
   async rootDisk(id: string): Promise<RootDisk> {
     const uuid = checkId(id);
     return parseRootDisk(await this.virsh(['dumpxml', uuid], uuid), uuid);
+  }
+
+  async liveCopySupport(id: string): Promise<LiveCopySupport> {
+    const uuid = checkId(id);
+    await this.getInstance(uuid); // InstanceNotFound, and never a domain merely *named* like the UUID
+    return this.live.support(uuid);
+  }
+
+  async liveCopy(id: string, opts: LiveCopyOptions): Promise<LiveCopyResult> {
+    const uuid = checkId(id);
+    await this.getInstance(uuid);
+    return this.live.copy(uuid, opts);
+  }
+
+  async watchPauses(id: string): Promise<PauseWatch> {
+    const uuid = checkId(id);
+    await this.getInstance(uuid);
+    return startPauseWatch(this.uri, uuid, (i) => this.state(i));
   }
 
   /** State for deciding how to read a failure; null when it cannot be read either. */

@@ -140,6 +140,9 @@ describe('LibvirtHypervisor', { timeout: 180_000 }, () => {
         await rejectsWith(hv.pause(bad), 'InvalidInput');
         await rejectsWith(hv.resume(bad), 'InvalidInput');
         await rejectsWith(hv.rootDisk(bad), 'InvalidInput');
+        await rejectsWith(hv.liveCopySupport(bad), 'InvalidInput');
+        await rejectsWith(hv.liveCopy(bad, { target: '/nonexistent/x.qcow2', targetFormat: 'qcow2' }), 'InvalidInput');
+        await rejectsWith(hv.watchPauses(bad), 'InvalidInput');
       }
       assert.equal(await fs.readFile(log, 'utf8').catch(() => ''), '', 'virsh was called');
       // Control: the shim does see real calls.
@@ -191,6 +194,16 @@ describe('LibvirtHypervisor', { timeout: 180_000 }, () => {
     const e = await rejectsWith(hv.rootDisk(cdromUuid), 'DiskNotFound');
     assert.equal(e.retryable, false);
     await rejectsWith(hv.rootDisk(randomUUID()), 'InstanceNotFound');
+  });
+
+  test('liveCopySupport: defined-only domains are not supported (not running); a missing one is InstanceNotFound', async () => {
+    for (const id of [novaUuid, cdromUuid]) {
+      const s = await hv.liveCopySupport(id);
+      assert.equal(s.supported, false);
+      assert.match(s.reason ?? '', /shut off/);
+    }
+    await rejectsWith(hv.liveCopySupport(randomUUID()), 'InstanceNotFound');
+    await rejectsWith(hv.watchPauses(randomUUID()), 'InstanceNotFound');
   });
 
   test('a bad URI is a retryable HypervisorError with virsh\'s message', async () => {

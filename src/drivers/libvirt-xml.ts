@@ -1,0 +1,92 @@
+// Small XML helpers for libvirt's domain XML. libvirt writes well-formed, predictable XML; these
+// read just what vmsnap needs, without an XML library.
+
+export function decodeEntities(s: string): string {
+  return s.replace(/&(#x[0-9a-f]+|#\d+|amp|lt|gt|apos|quot);/gi, (_, e: string) => {
+    switch (e.toLowerCase()) {
+      case 'amp':
+        return '&';
+      case 'lt':
+        return '<';
+      case 'gt':
+        return '>';
+      case 'apos':
+        return "'";
+      case 'quot':
+        return '"';
+      default:
+        return String.fromCodePoint(e[1] === 'x' || e[1] === 'X' ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10));
+    }
+  });
+}
+
+export function encodeEntities(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+}
+
+/** Attributes of a start tag's attribute text; values may be quoted with ' or ". */
+export function attrs(tagText: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  const re = /([\w:.-]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(tagText)) !== null) {
+    out[m[1] as string] = decodeEntities(m[2] ?? m[3] ?? '');
+  }
+  return out;
+}
+
+/** Attributes of the first <tag ...> in xml, or undefined. */
+export function firstTagAttrs(xml: string, tag: string): Record<string, string> | undefined {
+  const m = new RegExp(`<${tag}(\\s[^>]*)?/?>`).exec(xml);
+  return m ? attrs(m[1] ?? '') : undefined;
+}
+
+/** Text of the first <tag>text</tag>. The domain's own <name>/<uuid> come first in libvirt's XML. */
+export function firstText(xml: string, tag: string): string | undefined {
+  const m = new RegExp(`<${tag}(?:\\s[^>]*)?>([^<]*)</${tag}>`).exec(xml);
+  return m ? decodeEntities(m[1] ?? '').trim() : undefined;
+}
+
+export interface DomainDisk {
+  /** 'disk', 'cdrom', 'floppy', 'lun'. */
+  device: string;
+  /** Source type: 'file', 'block', 'network', 'volume', ... */
+  type: string;
+  /** Target device name (vda, sda, ...): how libvirt's backup XML names the disk. */
+  dev: string;
+}
+
+/** Every <disk> of the domain, in order. */
+export function domainDisks(xml: string): DomainDisk[] {
+  const out: DomainDisk[] = [];
+  const re = /<disk(\s[^>]*)?>([\s\S]*?)<\/disk>/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(xml)) !== null) {
+    const a = attrs(m[1] ?? '');
+    // In a running domain's XML <target> comes after <backingStore>; neither <backingStore> nor
+    // <mirror> holds a <target>, so the first one in the body is the disk's.
+    out.push({ device: a.device ?? 'disk', type: a.type ?? 'file', dev: firstTagAttrs(m[2] ?? '', 'target')?.dev ?? '' });
+  }
+  return out;
+}
+
+/** What domcapabilities needs to describe the QEMU this domain runs on. */
+export interface DomainPlatform {
+  virtType?: string;
+  emulator?: string;
+  arch?: string;
+  machine?: string;
+}
+
+export function domainPlatform(xml: string): DomainPlatform {
+  const os = /<os\b[^>]*>([\s\S]*?)<\/os>/.exec(xml)?.[1] ?? '';
+  const type = firstTagAttrs(os, 'type') ?? {};
+  const out: DomainPlatform = {};
+  const virtType = firstTagAttrs(xml, 'domain')?.type;
+  const emulator = firstText(xml, 'emulator');
+  if (virtType) out.virtType = virtType;
+  if (emulator) out.emulator = emulator;
+  if (type.arch) out.arch = type.arch;
+  if (type.machine) out.machine = type.machine;
+  return out;
+}
