@@ -1,5 +1,27 @@
 // Public entry of the vmsnap package for programs.
-export { connectClient, getProgress, snapshotHandle, snapshotResult, startSnapshot, type SnapshotHandle } from './snapshots.js';
+export {
+  LISTABLE_STATUSES,
+  SNAPSHOT_WORKFLOW_TYPE,
+  cancelSnapshot,
+  connectClient,
+  findSnapshot,
+  getProgress,
+  listSnapshots,
+  snapshotHandle,
+  snapshotResult,
+  startSnapshot,
+  type ListSnapshotsOptions,
+  type ListableStatus,
+  type SnapshotHandle,
+  type SnapshotProgressDetails,
+  type SnapshotStatus,
+  type SnapshotSummary,
+  type StartedSnapshot,
+} from './snapshots.js';
+export { listInstances } from './inventory.js';
+export { ClientError, type ClientErrorCode } from './errors.js';
+export { EXIT, EXIT_CODES_HELP, exitCodeOf } from './exit-codes.js';
 export { loadConfig, type Config } from '../shared/config.js';
 export { VmsnapError, type ErrorCode } from '../shared/errors.js';
-export type { SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
+export type { InstanceRecord } from '../store/store.js';
+export type { SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';

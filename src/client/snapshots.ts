@@ -1,17 +1,60 @@
-// Programmatic client: start a snapshot, follow its progress, wait for its result, cancel it.
-import { Client, Connection, WorkflowExecutionAlreadyStartedError, type WorkflowHandle } from '@temporalio/client';
+// Programmatic client: start a snapshot, follow its progress, wait for its result, cancel it, and
+// list snapshots from Temporal's visibility store.
+import {
+  Client,
+  Connection,
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  type WorkflowExecutionDescription,
+  type WorkflowExecutionInfo,
+  type WorkflowHandle,
+  type WorkflowHandleWithFirstExecutionRunId,
+} from '@temporalio/client';
+import type { Payload } from '@temporalio/common';
 import { readFile } from 'node:fs/promises';
 import type { Config } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE, snapshotWorkflowId } from '../shared/names.js';
-import { INSTANCE_ID } from '../shared/search-attributes.js';
-import type { SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
+import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
+import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
 import type { snapshotInstance } from '../workflows/snapshot.js';
+import { ClientError } from './errors.js';
 
 export type SnapshotHandle = WorkflowHandle<typeof snapshotInstance>;
+/** What startSnapshot returns: a handle that also knows the run it started. */
+export type StartedSnapshot = WorkflowHandleWithFirstExecutionRunId<typeof snapshotInstance>;
 
-export async function connectClient(temporal: Config['temporal']): Promise<Client> {
+export const SNAPSHOT_WORKFLOW_TYPE = 'snapshotInstance';
+
+/** Workflow execution status, lower case as the CLI prints it. */
+export type SnapshotStatus = 'running' | 'completed' | 'failed' | 'cancelled' | 'terminated' | 'timed-out' | 'continued-as-new' | 'unknown';
+
+/** The statuses `listSnapshots` can filter on, and their names in Temporal's list filter. */
+export const LISTABLE_STATUSES = {
+  running: 'Running',
+  completed: 'Completed',
+  failed: 'Failed',
+  cancelled: 'Canceled',
+  terminated: 'Terminated',
+  'timed-out': 'TimedOut',
+} as const;
+export type ListableStatus = keyof typeof LISTABLE_STATUSES;
+
+function statusOf(name: string): SnapshotStatus {
+  switch (name) {
+    case 'RUNNING': return 'running';
+    case 'COMPLETED': return 'completed';
+    case 'FAILED': return 'failed';
+    case 'CANCELLED': return 'cancelled';
+    case 'TERMINATED': return 'terminated';
+    case 'TIMED_OUT': return 'timed-out';
+    case 'CONTINUED_AS_NEW': return 'continued-as-new';
+    default: return 'unknown';
+  }
+}
+
+export async function connectClient(temporal: Config['temporal'], options: { connectTimeoutMs?: number } = {}): Promise<Client> {
   const tls = temporal.tls
     ? {
         serverNameOverride: temporal.tls.serverName,
@@ -22,7 +65,16 @@ export async function connectClient(temporal: Config['temporal']): Promise<Clien
             : undefined,
       }
     : undefined;
-  const connection = await Connection.connect({ address: temporal.address, tls });
+  let connection: Connection;
+  try {
+    connection = await Connection.connect({ address: temporal.address, tls, connectTimeout: options.connectTimeoutMs ?? 10_000 });
+  } catch (err) {
+    throw new ClientError(
+      'TemporalUnavailable',
+      `cannot reach Temporal at ${temporal.address} (${oneLine((err as Error).message)}): is the Temporal server running, and is TEMPORAL_ADDRESS right?`,
+      { cause: err },
+    );
+  }
   return new Client({ connection, namespace: temporal.namespace });
 }
 
@@ -30,12 +82,12 @@ export async function connectClient(temporal: Config['temporal']): Promise<Clien
  * Starts a snapshot. Refuses a bad request before anything starts, and a second snapshot of an
  * instance that has one running (InstanceBusy).
  */
-export async function startSnapshot(client: Client, request: SnapshotRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<SnapshotHandle> {
+export async function startSnapshot(client: Client, request: SnapshotRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<StartedSnapshot> {
   const problems = validateSnapshotRequest(request);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid snapshot request: ${describeProblems(problems)}`);
+  if (problems.length) throw new VmsnapError('InvalidInput', `invalid snapshot request: ${describeProblems(problems)}`, false, { problems });
   const workflowId = snapshotWorkflowId(request.instance);
   try {
-    return await client.workflow.start<typeof snapshotInstance>('snapshotInstance', {
+    return await client.workflow.start<typeof snapshotInstance>(SNAPSHOT_WORKFLOW_TYPE, {
       taskQueue,
       workflowId,
       args: [request],
@@ -53,10 +105,186 @@ export function snapshotHandle(client: Client, instance: string, runId?: string)
   return client.workflow.getHandle<typeof snapshotInstance>(snapshotWorkflowId(instance), runId);
 }
 
-export async function getProgress(handle: SnapshotHandle): Promise<SnapshotProgress> {
-  return handle.query<SnapshotProgress>('progress');
+/** The `progress` query, plus percent and bytes of the step running now (convert or upload). */
+export interface SnapshotProgressDetails extends SnapshotProgress {
+  /** Percent, bytes done and total of the running step, from its last heartbeat. */
+  percent?: number;
+  bytesDone?: number;
+  bytesTotal?: number;
+  /** The running step: activity type, attempt (1 = first), when it last reported, why it last failed. */
+  step?: { activityType: string; attempt: number; lastHeartbeatAt?: string; lastFailure?: string };
+}
+
+/**
+ * Where a snapshot is: the workflow's `progress` query merged with the pending activity's
+ * heartbeat details from describe(), which carry percent and bytes of the long steps.
+ */
+export async function getProgress(handle: SnapshotHandle): Promise<SnapshotProgressDetails> {
+  const [progress, description] = await Promise.all([handle.query<SnapshotProgress>('progress'), handle.describe()]);
+  return { ...progress, ...(await stepProgress(handle, description, progress.phase)) };
+}
+
+async function stepProgress(handle: SnapshotHandle, description: WorkflowExecutionDescription, phase: SnapshotPhase): Promise<Partial<SnapshotProgressDetails>> {
+  const pending = description.raw.pendingActivities ?? [];
+  // One step runs at a time; the one that reports progress is the one worth showing.
+  let fallback: Partial<SnapshotProgressDetails> = {};
+  for (const activity of pending) {
+    const step = {
+      activityType: activity.activityType?.name ?? 'unknown',
+      attempt: activity.attempt ?? 1,
+      lastHeartbeatAt: tsToIso(activity.lastHeartbeatTime),
+      lastFailure: activity.lastFailure?.message ? oneLine(activity.lastFailure.message) : undefined,
+    };
+    const details = await decodePayloads(handle, activity.heartbeatDetails?.payloads ?? []);
+    // The query and describe() are two calls: a heartbeat of a step that just ended is not news.
+    const heartbeat = details.find(isStepProgress);
+    if (heartbeat && heartbeat.phase === phase) {
+      return { percent: heartbeat.percent, bytesDone: heartbeat.bytesDone, bytesTotal: heartbeat.bytesTotal, step };
+    }
+    fallback = { step };
+  }
+  return fallback;
+}
+
+function isStepProgress(value: unknown): value is StepProgress {
+  const v = value as Partial<StepProgress> | null;
+  return typeof v === 'object' && v !== null && typeof v.percent === 'number' && typeof v.bytesDone === 'number' && typeof v.bytesTotal === 'number';
+}
+
+/** Heartbeat details are payloads: run them through the client's codecs and converter as Temporal would. */
+async function decodePayloads(handle: SnapshotHandle, payloads: Payload[]): Promise<unknown[]> {
+  const { payloadConverter, payloadCodecs } = handle.client.options.loadedDataConverter;
+  let decoded = payloads;
+  for (const codec of [...payloadCodecs].reverse()) decoded = await codec.decode(decoded);
+  return decoded.map((p) => {
+    try {
+      return payloadConverter.fromPayload(p);
+    } catch {
+      return undefined; // details of another shape (or encoding) are not progress
+    }
+  });
 }
 
 export async function snapshotResult(handle: SnapshotHandle): Promise<SnapshotResult> {
   return handle.result();
+}
+
+/** One snapshot workflow as Temporal's visibility (and its search attributes) show it. */
+export interface SnapshotSummary {
+  workflowId: string;
+  runId: string;
+  status: SnapshotStatus;
+  taskQueue: string;
+  startTime: string;
+  closeTime?: string;
+  /** The instance UUID once the workflow found it, before that the reference it was started with. */
+  instanceId?: string;
+  imageId?: string;
+  phase?: SnapshotPhase;
+  host?: string;
+}
+
+function summaryOf(info: Omit<WorkflowExecutionInfo, 'raw'>): SnapshotSummary {
+  const sa = info.typedSearchAttributes;
+  return {
+    workflowId: info.workflowId,
+    runId: info.runId,
+    status: statusOf(info.status.name),
+    taskQueue: info.taskQueue,
+    startTime: info.startTime.toISOString(),
+    closeTime: info.closeTime?.toISOString(),
+    instanceId: sa.get(INSTANCE_ID),
+    imageId: sa.get(IMAGE_ID),
+    phase: sa.get(PHASE) as SnapshotPhase | undefined,
+    host: sa.get(HOST),
+  };
+}
+
+/** A string literal in Temporal's list filter language. */
+function quote(value: string): string {
+  return `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+}
+
+export interface ListSnapshotsOptions {
+  /** Instance UUID or name; several refer to one instance (e.g. its name and its UUID). */
+  instance?: string | string[];
+  status?: ListableStatus;
+  /** Most recent first; default 20. */
+  limit?: number;
+}
+
+/**
+ * Snapshots from Temporal's visibility store, most recently started first. Visibility is
+ * eventually consistent: a snapshot started a moment ago may show up a second later.
+ */
+export async function listSnapshots(client: Client, options: ListSnapshotsOptions = {}): Promise<SnapshotSummary[]> {
+  const limit = options.limit ?? 20;
+  if (!Number.isInteger(limit) || limit <= 0) throw new VmsnapError('InvalidInput', `limit must be a positive whole number (got ${limit})`);
+  const filters = [`WorkflowType = ${quote(SNAPSHOT_WORKFLOW_TYPE)}`];
+  const instances = [options.instance ?? []].flat();
+  if (instances.length) filters.push(`${INSTANCE_ID.name} IN (${instances.map(quote).join(', ')})`);
+  if (options.status) filters.push(`ExecutionStatus = ${quote(LISTABLE_STATUSES[options.status])}`);
+  const found: SnapshotSummary[] = [];
+  for await (const info of client.workflow.list({ query: filters.join(' AND '), pageSize: Math.min(limit, 1000) })) {
+    found.push(summaryOf(info));
+    if (found.length >= limit) break;
+  }
+  return found;
+}
+
+/**
+ * The snapshot workflow a person means by `ref`: a workflow id, or an instance UUID or name (its
+ * workflow `snapshot-<ref>`, or the latest workflow whose instance attribute is `ref`). `aliases`
+ * are other references to the same instance (its UUID for a name). A running one wins over closed
+ * ones, then the most recently started.
+ */
+export async function findSnapshot(client: Client, ref: string, aliases: string[] = []): Promise<SnapshotSummary | undefined> {
+  const refs = [...new Set([ref, ...aliases])];
+  const ids = new Set([ref, ...refs.map(snapshotWorkflowId)]);
+  const candidates: SnapshotSummary[] = [];
+  await Promise.all(
+    [...ids].map(async (id) => {
+      try {
+        const description = await client.workflow.getHandle(id).describe();
+        if (description.type === SNAPSHOT_WORKFLOW_TYPE) candidates.push(summaryOf(description));
+      } catch (err) {
+        if (!(err instanceof WorkflowNotFoundError)) throw err;
+      }
+    }),
+  );
+  // Started under another reference (the name, then found by UUID): only visibility knows.
+  const validRefs = refs.filter((r) => validateSnapshotRequest({ instance: r, imageName: 'x' }).length === 0);
+  if (validRefs.length) candidates.push(...(await listSnapshots(client, { instance: validRefs, limit: 5 })));
+  candidates.sort((a, b) => Number(b.status === 'running') - Number(a.status === 'running') || b.startTime.localeCompare(a.startTime));
+  return candidates[0];
+}
+
+/**
+ * Requests cancellation of the running snapshot of an instance (or of a workflow id). The
+ * workflow then undoes what it did (resumes the guest, deletes the unfinished image) and ends
+ * cancelled; await `snapshotResult` on the returned `handle` to see it end.
+ */
+export async function cancelSnapshot(
+  client: Client,
+  instanceOrWorkflowId: string,
+  aliases: string[] = [],
+): Promise<SnapshotSummary & { handle: SnapshotHandle }> {
+  const found = await findSnapshot(client, instanceOrWorkflowId, aliases);
+  if (!found || found.status !== 'running') {
+    const last = found ? ` (the last one, ${found.workflowId}, is ${found.status})` : '';
+    throw new ClientError('SnapshotNotFound', `no running snapshot of ${instanceOrWorkflowId}${last}: nothing to cancel; see vmsnap list`);
+  }
+  // The run found, not whatever runs under that id by the time the request lands.
+  const handle = client.workflow.getHandle<typeof snapshotInstance>(found.workflowId, found.runId);
+  await handle.cancel();
+  return { ...found, handle };
+}
+
+function tsToIso(ts: { seconds?: { toString(): string } | number | null; nanos?: number | null } | null | undefined): string | undefined {
+  if (!ts || ts.seconds === undefined || ts.seconds === null) return undefined;
+  return new Date(Number(ts.seconds.toString()) * 1000 + Math.floor((ts.nanos ?? 0) / 1e6)).toISOString();
+}
+
+export function oneLine(text: string): string {
+  return text.replace(/\s*\n\s*/g, ' ').trim();
 }

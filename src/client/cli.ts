@@ -1,0 +1,498 @@
+// vmsnap: the operator's command line. Start a snapshot and follow it, look at snapshots, cancel
+// one, list the instance inventory. `--json` makes every command print one JSON document on
+// stdout and nothing else; errors are one line on stderr, `vmsnap: <what>: <what to do>`.
+import type { Client } from '@temporalio/client';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { randomUUID } from 'node:crypto';
+import { readFileSync, realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { loadConfig, type Config } from '../shared/config.js';
+import { VmsnapError } from '../shared/errors.js';
+import type { SnapshotRequest, SnapshotResult } from '../shared/types.js';
+import { validateSnapshotRequest, type InputProblem } from '../shared/validation.js';
+import { ClientError } from './errors.js';
+import { EXIT, EXIT_CODES_HELP, exitCodeOf, failureTypeOf, type ExitCode } from './exit-codes.js';
+import { instanceAliases, listInstances } from './inventory.js';
+import { ProgressView, formatBytes, formatDuration } from './progress.js';
+import {
+  LISTABLE_STATUSES,
+  cancelSnapshot,
+  connectClient,
+  findSnapshot,
+  getProgress,
+  listSnapshots,
+  oneLine,
+  snapshotResult,
+  startSnapshot,
+  type ListableStatus,
+  type SnapshotHandle,
+  type SnapshotProgressDetails,
+  type SnapshotSummary,
+} from './snapshots.js';
+
+export interface CliIo {
+  stdout: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+  stderr: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+  env: Record<string, string | undefined>;
+}
+
+interface GlobalOptions {
+  json?: boolean;
+  debug?: boolean;
+}
+
+/** How a waited-for snapshot ended, as `snapshot --wait --json` and `cancel --wait --json` print it. */
+interface Outcome {
+  status: string;
+  result?: SnapshotResult;
+  error?: { type: string; message: string };
+}
+
+const SETTINGS_HELP = `Settings (environment, or a JSON file named by VMSNAP_CONFIG_FILE):
+  TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_*   the Temporal frontend
+  VMSNAP_TASK_QUEUE                                      the workers' main task queue (default vmsnap)
+  VMSNAP_STORE_PATH or VMSNAP_DATA_DIR                   the store, for \`vmsnap instances\`
+  VMSNAP_TEMPORAL_UI_URL                                 Web UI, for links in the output`;
+
+const FIELD_FLAGS: Record<string, string> = {
+  instance: '<instance>',
+  imageName: '--name',
+  diskFormat: '--format',
+  compress: '--compress',
+  imageId: '--image-id',
+};
+
+/** A request problem in the words of the command line: the option, then what is wrong. */
+function describeCliProblem(p: InputProblem): string {
+  if (p.field.startsWith('metadata.')) return `--metadata ${p.field.slice('metadata.'.length)} ${p.message}`;
+  const flag = FIELD_FLAGS[p.field] ?? p.field;
+  return `${flag} (${p.field}) ${p.message}`;
+}
+
+function metadataOption(value: string, previous: Record<string, string> | undefined): Record<string, string> {
+  const eq = value.indexOf('=');
+  if (eq <= 0) throw new InvalidArgumentError(`expected key=value, got "${value}"`);
+  return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
+}
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive whole number, got "${value}"`);
+  return n;
+}
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+class Session {
+  exitCode: ExitCode = EXIT.ok;
+  private jsonWritten = false;
+  private config: Config | undefined;
+  private client: Client | undefined;
+
+  constructor(readonly io: CliIo) {}
+
+  getConfig(): Config {
+    this.config ??= loadConfig(this.io.env);
+    return this.config;
+  }
+
+  async getClient(): Promise<Client> {
+    this.client ??= await connectClient(this.getConfig().temporal, { connectTimeoutMs: 5000 });
+    return this.client;
+  }
+
+  async close(): Promise<void> {
+    await this.client?.connection.close().catch(() => undefined);
+  }
+
+  /** Text for people: on stdout, except in --json mode where stdout holds the document only. */
+  say(global: GlobalOptions, text: string): void {
+    if (!global.json) this.io.stdout.write(`${text}\n`);
+  }
+
+  json(doc: unknown): void {
+    this.jsonWritten = true;
+    this.io.stdout.write(`${JSON.stringify(doc, null, 2)}\n`);
+  }
+
+  /** One line on stderr; in --json mode also an error document on stdout if none was printed. */
+  fail(global: GlobalOptions, err: unknown, code = exitCodeOf(err)): void {
+    this.exitCode = code;
+    const message = errorLine(err, this.config);
+    this.io.stderr.write(`vmsnap: ${message}\n`);
+    if (global.debug && err instanceof Error && err.stack) this.io.stderr.write(`${err.stack}\n`);
+    if (global.json && !this.jsonWritten) {
+      this.json({ error: { type: errorType(err), message, exitCode: code } });
+    }
+  }
+
+  webUiLink(workflowId: string, runId?: string): string | undefined {
+    const ui = this.io.env.VMSNAP_TEMPORAL_UI_URL?.replace(/\/+$/, '');
+    if (!ui) return undefined;
+    const ns = encodeURIComponent(this.getConfig().temporal.namespace);
+    return `${ui}/namespaces/${ns}/workflows/${encodeURIComponent(workflowId)}${runId ? `/${runId}` : ''}`;
+  }
+}
+
+function errorType(err: unknown): string {
+  if (err instanceof ClientError || err instanceof VmsnapError) return err.code;
+  if (err instanceof WorkflowFailedError) return failureTypeOf(err);
+  if (err instanceof CommanderError) return 'Usage';
+  return err instanceof Error ? err.name : 'Error';
+}
+
+/** `<what happened>: <what to do>` on one line. */
+function errorLine(err: unknown, config: Config | undefined): string {
+  if (err instanceof VmsnapError && err.code === 'ConfigError') {
+    const setting = String(err.details.setting ?? 'the setting');
+    return `${oneLine(err.message)}: correct ${setting} in the environment (or in the file VMSNAP_CONFIG_FILE names)`;
+  }
+  if (err instanceof ClientError || err instanceof VmsnapError) return oneLine(err.message);
+  if (err instanceof WorkflowFailedError) {
+    const type = failureTypeOf(err);
+    if (type === 'Cancelled') return 'the snapshot was cancelled: vmsnap undid its work (guest state, temp files, unfinished image); start a new one with vmsnap snapshot';
+    if (type === 'Terminated') return 'the snapshot workflow was terminated: check the instance task state (vmsnap instances) before a new one';
+    const cause = err.cause instanceof ApplicationFailure ? err.cause.message : (err.cause?.message ?? err.message);
+    return `snapshot failed (${type}): ${oneLine(cause)}`;
+  }
+  if (err instanceof CommanderError) return `${oneLine(err.message.replace(/^error: /, '')).replace(/\.$/, '')}: see vmsnap --help`;
+  const grpc = err as { code?: unknown; details?: unknown };
+  if (exitCodeOf(err) === EXIT.unavailable && typeof grpc.code === 'number') {
+    return `lost Temporal at ${config?.temporal.address ?? 'TEMPORAL_ADDRESS'} (${oneLine(String(grpc.details ?? (err as Error).message))}): is the Temporal server running?`;
+  }
+  return `${oneLine(err instanceof Error ? err.message : String(err))}: run again with --debug for details`;
+}
+
+/**
+ * Waits for the snapshot to end, showing its progress (on a terminal one line kept current;
+ * otherwise plain lines). Resolves with how it ended; never rejects for a failed snapshot.
+ */
+async function follow(session: Session, handle: SnapshotHandle, view: ProgressView | undefined, pollMs: number): Promise<{ result?: SnapshotResult; error?: unknown }> {
+  let settled = false;
+  const outcome = snapshotResult(handle).then(
+    (result) => ({ result }),
+    (error: unknown) => ({ error }),
+  );
+  void outcome.then(() => (settled = true));
+  let misses = 0;
+  while (!settled) {
+    if (view) {
+      try {
+        const p = await handle.client.withDeadline(Date.now() + 5000, () => getProgress(handle));
+        misses = 0;
+        if (!settled) view.update(p);
+      } catch {
+        // No answer now (no worker yet, a worker restarting): say so once, keep waiting.
+        if (++misses === 3) {
+          const queue = session.getConfig().temporal.taskQueue;
+          view.end();
+          session.io.stderr.write(`vmsnap: no worker answers on task queue ${queue} yet: is a vmsnap worker running with VMSNAP_TASK_QUEUE=${queue}? still waiting\n`);
+        }
+      }
+    }
+    await Promise.race([outcome, sleep(pollMs)]);
+  }
+  return outcome;
+}
+
+function outcomeOf(ended: { result?: SnapshotResult; error?: unknown }): Outcome {
+  if (ended.result) return { status: 'completed', result: ended.result };
+  const err = ended.error;
+  if (err instanceof WorkflowFailedError) {
+    const type = failureTypeOf(err);
+    const status = type === 'Cancelled' ? 'cancelled' : type === 'Terminated' ? 'terminated' : type === 'TimedOut' ? 'timed-out' : 'failed';
+    const message = err.cause instanceof ApplicationFailure ? err.cause.message : (err.cause?.message ?? err.message);
+    return { status, error: { type, message: oneLine(message) } };
+  }
+  throw err;
+}
+
+function resultText(instance: string, result: SnapshotResult, link: string | undefined): string {
+  const phases = Object.entries(result.phaseDurationsMs)
+    .map(([phase, ms]) => `${phase} ${formatDuration(ms ?? 0)}`)
+    .join(', ');
+  const total = Object.values(result.phaseDurationsMs).reduce((a: number, b) => a + (b ?? 0), 0);
+  return [
+    `snapshot of ${instance} completed in ${formatDuration(total)}`,
+    `  image     ${result.imageId} "${result.imageName}", active in Glance`,
+    `  size      ${formatBytes(result.size)} ${result.diskFormat} (virtual ${formatBytes(result.virtualSize)})`,
+    `  sha512    ${result.sha512}`,
+    `  md5       ${result.md5}`,
+    `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, paused ${formatDuration(result.pauseDurationMs)} by vmsnap`,
+    `  phases    ${phases}`,
+    ...(link ? [`  web UI    ${link}`] : []),
+  ].join('\n');
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+function since(iso: string | undefined): string {
+  return iso ? `${iso.replace('T', ' ').slice(0, 19)}Z` : '-';
+}
+
+export function buildProgram(session: Session): Command {
+  const { io } = session;
+  const program = new Command('vmsnap')
+    .description('Snapshot libvirt/QEMU instances into OpenStack Glance as durable Temporal workflows (like Nova createImage).')
+    .version(version(), '--version', 'print the version')
+    .option('--json', 'print one JSON document on stdout, nothing else')
+    .option('--debug', 'print stack traces with errors')
+    .configureHelp({ showGlobalOptions: true })
+    .configureOutput({
+      writeOut: (s) => io.stdout.write(s),
+      writeErr: (s) => io.stderr.write(s),
+      // Errors are printed once, our way, by the caller of parseAsync.
+      outputError: () => undefined,
+    })
+    .exitOverride()
+    .addHelpText('after', `\n${EXIT_CODES_HELP}\n\n${SETTINGS_HELP}\n`);
+
+  const globals = (cmd: Command) => cmd.optsWithGlobals<GlobalOptions>();
+
+  program
+    .command('snapshot')
+    .description('snapshot an instance into a new Glance image; with --wait, follow it to the end')
+    .argument('<instance>', 'instance UUID (libvirt domain UUID) or libvirt domain name')
+    .requiredOption('--name <name>', 'name of the new image (1-255 characters)')
+    .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
+    .addOption(new Option('--format <format>', 'disk format of the image (default qcow2)').choices(['qcow2', 'raw']))
+    .option('--compress', 'compress the qcow2 image: smaller upload, slower copy')
+    .option('--image-id <uuid>', 'id of the new image (default: a new UUID, printed at once)')
+    .option('--wait', 'wait until the snapshot ends, showing its progress')
+    .addHelpText('after', `\n${EXIT_CODES_HELP}\n`)
+    .action(async (instance: string, opts: { name: string; metadata?: Record<string, string>; format?: 'qcow2' | 'raw'; compress?: boolean; imageId?: string; wait?: boolean }, cmd: Command) => {
+      const g = globals(cmd);
+      const request: SnapshotRequest = {
+        instance,
+        imageName: opts.name,
+        // The image id is chosen here so that it is known (and printed) from the first moment.
+        imageId: opts.imageId ?? randomUUID(),
+        ...(opts.metadata ? { metadata: opts.metadata } : {}),
+        ...(opts.format ? { diskFormat: opts.format } : {}),
+        ...(opts.compress ? { compress: true } : {}),
+      };
+      // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
+      const problems = validateSnapshotRequest(request);
+      if (problems.length) {
+        throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`, false, { problems });
+      }
+      const config = session.getConfig();
+      const client = await session.getClient();
+      const handle = await startSnapshot(client, request, config.temporal.taskQueue);
+      const runId = handle.firstExecutionRunId;
+      const started = { workflowId: handle.workflowId, runId, instance, imageId: request.imageId! };
+      if (!opts.wait) {
+        if (g.json) session.json({ ...started, status: 'running' });
+        session.say(g, `started snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
+        session.say(g, `follow it with: vmsnap status ${instance}${session.webUiLink(handle.workflowId, runId) ? `, or ${session.webUiLink(handle.workflowId, runId)}` : ''}`);
+        return;
+      }
+      session.say(g, `snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
+      const { cause, ...outcome } = await waitAndReport(session, g, handle, instance);
+      if (g.json) session.json({ ...started, ...outcome });
+      if (outcome.result) session.say(g, resultText(instance, outcome.result, session.webUiLink(handle.workflowId, runId)));
+      // After the JSON document, so that stdout holds that one document (with the error in it).
+      if (cause) session.fail(g, cause);
+    });
+
+  program
+    .command('status')
+    .description("show a snapshot's state: phase, percent and bytes while it runs, its result or error after")
+    .argument('<instance|workflow-id>', 'instance UUID or name (its latest snapshot), or a workflow id')
+    .action(async (ref: string, _opts: unknown, cmd: Command) => {
+      const g = globals(cmd);
+      const config = session.getConfig();
+      const client = await session.getClient();
+      const found = await findSnapshot(client, ref, await instanceAliases(config, ref));
+      if (!found) throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
+      const handle = client.workflow.getHandle(found.workflowId, found.runId) as SnapshotHandle;
+      const doc: SnapshotSummary & { progress?: SnapshotProgressDetails; progressError?: string; result?: SnapshotResult; error?: Outcome['error'] } = { ...found };
+      if (found.status === 'running') {
+        try {
+          doc.progress = await client.withDeadline(Date.now() + 5000, () => getProgress(handle));
+        } catch (err) {
+          doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
+        }
+      } else {
+        const ended = outcomeOf(await snapshotResult(handle).then((result) => ({ result }), (error: unknown) => ({ error })));
+        doc.result = ended.result;
+        doc.error = ended.error;
+      }
+      if (g.json) {
+        session.json(doc);
+        return;
+      }
+      const p = doc.progress;
+      const view = new ProgressView(io.stdout, 'plain');
+      const lines = [
+        ['workflow', `${found.workflowId} (run ${found.runId})`],
+        ['status', found.status],
+        ['phase', p ? describeProgress(view, p) : (found.phase ?? '-')],
+        ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
+        ['image', doc.result?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
+        ...(p ? [['task state', p.taskState ?? 'None']] : []),
+        ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
+        ['started', since(found.startTime)],
+        ['closed', since(found.closeTime)],
+        ...(doc.result ? [['size', `${formatBytes(doc.result.size)} ${doc.result.diskFormat}, sha512 ${doc.result.sha512.slice(0, 16)}…`]] : []),
+        ...(doc.result ? [['paused', formatDuration(doc.result.pauseDurationMs)]] : []),
+        ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
+        ...(doc.progressError ? [['note', doc.progressError]] : []),
+        ...(session.webUiLink(found.workflowId, found.runId) ? [['web UI', session.webUiLink(found.workflowId, found.runId)!]] : []),
+      ];
+      session.say(g, table(lines));
+    });
+
+  program
+    .command('list')
+    .description('list snapshots, most recently started first (from Temporal visibility)')
+    .option('--instance <instance>', 'only snapshots of this instance (UUID or name)')
+    .addOption(new Option('--status <status>', 'only snapshots in this state').choices(Object.keys(LISTABLE_STATUSES)))
+    .option('--limit <n>', 'at most this many', positiveInt, 20)
+    .action(async (opts: { instance?: string; status?: ListableStatus; limit: number }, cmd: Command) => {
+      const g = globals(cmd);
+      const config = session.getConfig();
+      if (opts.instance !== undefined && validateSnapshotRequest({ instance: opts.instance, imageName: 'x' }).length) {
+        throw new VmsnapError('InvalidInput', `--instance "${opts.instance}" is not an instance UUID or name: give one as virsh list shows it`);
+      }
+      const client = await session.getClient();
+      const instance = opts.instance !== undefined ? [opts.instance, ...(await instanceAliases(config, opts.instance))] : undefined;
+      const rows = await listSnapshots(client, { instance, status: opts.status, limit: opts.limit });
+      if (g.json) {
+        session.json(rows);
+        return;
+      }
+      if (!rows.length) {
+        session.say(g, 'no snapshots found');
+        return;
+      }
+      session.say(
+        g,
+        table([
+          ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
+          ...rows.map((r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)]),
+        ]),
+      );
+    });
+
+  program
+    .command('cancel')
+    .description('cancel a running snapshot: it resumes the guest, deletes the unfinished image and ends cancelled')
+    .argument('<instance|workflow-id>', 'instance UUID or name, or a workflow id')
+    .option('--wait', 'wait until the snapshot has undone its work and ended')
+    .action(async (ref: string, opts: { wait?: boolean }, cmd: Command) => {
+      const g = globals(cmd);
+      const config = session.getConfig();
+      const client = await session.getClient();
+      const { handle, runId } = await cancelSnapshot(client, ref, await instanceAliases(config, ref));
+      const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
+      if (!opts.wait) {
+        if (g.json) session.json(doc);
+        session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap status ${ref}`);
+        return;
+      }
+      const outcome = outcomeOf(await follow(session, handle, undefined, 1000));
+      if (g.json) session.json({ ...doc, ...outcome });
+      if (outcome.status === 'cancelled') {
+        session.say(g, `snapshot ${handle.workflowId} cancelled: the guest is back in its prior state and no image was kept`);
+      } else {
+        session.exitCode = EXIT.failed;
+        io.stderr.write(`vmsnap: the snapshot ended ${outcome.status} before the cancellation took effect: see vmsnap status ${ref}\n`);
+      }
+    });
+
+  program
+    .command('instances')
+    .description('list the instances the host workers discovered (read from the store, read-only)')
+    .option('--all', 'include instances gone from their host')
+    .action(async (opts: { all?: boolean }, cmd: Command) => {
+      const g = globals(cmd);
+      const rows = await listInstances(session.getConfig(), { includeDeleted: opts.all });
+      if (g.json) {
+        session.json(rows);
+        return;
+      }
+      if (!rows.length) {
+        session.say(g, 'no instances known yet: a host worker discovers them from libvirt when it starts');
+        return;
+      }
+      session.say(
+        g,
+        table([
+          ['ID', 'NAME', 'HOST', 'POWER', 'TASK', 'UPDATED'],
+          ...rows.map((r) => [r.id, r.name, r.host, r.deletedAt ? 'deleted' : r.powerState, r.taskState ?? 'None', since(r.updatedAt)]),
+        ]),
+      );
+    });
+
+  return program;
+}
+
+function describeProgress(view: ProgressView, p: SnapshotProgressDetails): string {
+  const line = view.line(p);
+  if (line.percent === undefined) return line.phase;
+  return `${line.phase} ${Math.floor(line.percent)}% (${formatBytes(line.bytesDone ?? 0)} of ${formatBytes(line.bytesTotal ?? 0)})`;
+}
+
+/** `snapshot --wait`: follows the snapshot and sets the exit code from how it ended. */
+async function waitAndReport(session: Session, g: GlobalOptions, handle: SnapshotHandle, instance: string): Promise<Outcome & { cause?: unknown }> {
+  const { io } = session;
+  // Progress goes where a person looks: stdout, or stderr when stdout carries the JSON document.
+  const stream = g.json ? io.stderr : io.stdout;
+  const view = g.json && !io.stderr.isTTY ? undefined : new ProgressView(stream, stream.isTTY ? 'tty' : 'plain');
+  const onInterrupt = () => {
+    view?.end();
+    io.stderr.write(`vmsnap: stopped waiting; the snapshot goes on: follow it with vmsnap status ${instance}, stop it with vmsnap cancel ${instance}\n`);
+    process.exit(EXIT.interrupted);
+  };
+  process.once('SIGINT', onInterrupt);
+  try {
+    // Twice a second: phases of a second or so still show; a query and a describe are cheap.
+    const ended = await follow(session, handle, view, 500);
+    const outcome = outcomeOf(ended);
+    view?.finish(outcome.status);
+    return { ...outcome, cause: ended.error };
+  } finally {
+    process.off('SIGINT', onInterrupt);
+  }
+}
+
+export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
+  const session = new Session(io);
+  const program = buildProgram(session);
+  const g = (): GlobalOptions => ({ json: argv.includes('--json'), debug: argv.includes('--debug') });
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version are not errors; anything else commander refuses is a usage error.
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return EXIT.ok;
+      if (err.code === 'commander.help' || err.code === 'commander.executeSubCommandAsync') return EXIT.usage;
+      session.fail(g(), err, EXIT.usage);
+    } else {
+      session.fail(g(), err);
+    }
+  } finally {
+    await session.close();
+  }
+  return session.exitCode;
+}
+
+// Run when executed (bin/vmsnap), not when imported by a test or a program.
+if (process.argv[1] && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,21 @@
+// Errors of the client side that are not failures of a snapshot: nothing to act on, Temporal or the
+// store out of reach. The workflow's own failures stay Temporal failures typed by ErrorCode.
+
+export type ClientErrorCode =
+  /** No snapshot workflow matches the instance or workflow id (or none is running, for cancel). */
+  | 'SnapshotNotFound'
+  /** Temporal's frontend does not answer, or refused the connection. */
+  | 'TemporalUnavailable'
+  /** The store file (instance inventory) is missing or unreadable. */
+  | 'StoreUnavailable';
+
+export class ClientError extends Error {
+  constructor(
+    readonly code: ClientErrorCode,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = code;
+  }
+}

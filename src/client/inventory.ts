@@ -1,0 +1,50 @@
+// The instance inventory as the host workers recorded it in the store (SQLite or PostgreSQL).
+// An operator's `vmsnap instances` never creates a store: a missing SQLite file is reported.
+import { existsSync } from 'node:fs';
+import type { Config } from '../shared/config.js';
+import { createStore } from '../store/index.js';
+import type { InstanceRecord, Store } from '../store/store.js';
+import { ClientError } from './errors.js';
+
+function isMissingSqlite(config: Config): boolean {
+  return config.storeUrl.startsWith('sqlite:') && !existsSync(config.storePath);
+}
+
+async function withStore<T>(config: Config, use: (store: Store) => Promise<T>): Promise<T> {
+  const store = createStore(config);
+  try {
+    return await use(store);
+  } finally {
+    await store.close();
+  }
+}
+
+/** Instances the store knows, by name; deleted ones (gone from their host) only when asked. */
+export async function listInstances(config: Config, options: { includeDeleted?: boolean } = {}): Promise<InstanceRecord[]> {
+  if (isMissingSqlite(config)) {
+    throw new ClientError(
+      'StoreUnavailable',
+      `no vmsnap store at ${config.storePath}: start a host worker (npm run worker) to create it and discover instances, or point VMSNAP_STORE_URL (or VMSNAP_DATA_DIR) at its store`,
+    );
+  }
+  try {
+    return await withStore(config, (store) => store.listInstances(options));
+  } catch (err) {
+    // A store no worker has migrated yet has no tables; an unreachable one says why.
+    throw new ClientError('StoreUnavailable', `cannot read the vmsnap inventory (${(err as Error).message}): start a host worker (npm run worker), or check VMSNAP_STORE_URL`, { cause: err });
+  }
+}
+
+/**
+ * Other references to the instance `ref` names (its UUID for a name, its name for a UUID), when
+ * a store is at hand; none otherwise. Lets `status vm1` find a snapshot started by UUID.
+ */
+export async function instanceAliases(config: Config, ref: string): Promise<string[]> {
+  if (isMissingSqlite(config)) return [];
+  try {
+    const found = await withStore(config, (store) => store.findInstance(ref));
+    return found ? [found.id, found.name].filter((r) => r !== ref) : [];
+  } catch {
+    return []; // only a help for finding snapshots: without it we look by the reference alone
+  }
+}

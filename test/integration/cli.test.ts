@@ -1,0 +1,268 @@
+// The `vmsnap` command line as an operator runs it: a child process through bin/vmsnap, pointed
+// at real workers (in this process), real guests, real Glance and Temporal. Exit codes, one-line
+// errors, one JSON document with --json, and progress lines in a pipe are what is checked.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { createGuest, guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { snapshotWorkflowId } from '../../src/shared/names.js';
+import { cliEnv, createBusyGuest, deleteImages, eventually, stopLeftoverSnapshots, vmsnap, vmsnapRunning, type CliRun } from '../support/cli.js';
+import { startHarness, type Harness } from '../support/harness.js';
+
+const small = `vmsnap-test-cli-${process.pid}`;
+const busy = `vmsnap-test-cli-big-${process.pid}`;
+let h: Harness;
+let guest: Guest;
+let bigGuest: Guest;
+const images = new Set<string>();
+
+/** Parses stdout as the one JSON document --json promises (JSON.parse refuses anything more). */
+function json<T>(run: CliRun): T {
+  try {
+    return JSON.parse(run.stdout) as T;
+  } catch {
+    assert.fail(`stdout is not one JSON document:\n${run.stdout}\n--- stderr ---\n${run.stderr}`);
+  }
+}
+
+/** One line `vmsnap: ...` on stderr, no stack trace. */
+function assertOneLineError(run: CliRun, pattern: RegExp): void {
+  const lines = run.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, `one line on stderr, got:\n${run.stderr}`);
+  assert.match(lines[0]!, /^vmsnap: /);
+  assert.match(lines[0]!, pattern);
+  assert.doesNotMatch(run.stderr, /\n\s+at /, 'no stack trace');
+}
+
+function show(run: CliRun): string {
+  return `exit ${run.exitCode}\n--- stdout ---\n${run.stdout}\n--- stderr ---\n${run.stderr}`;
+}
+
+describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
+  before(async () => {
+    h = await startHarness({ name: 'cli' });
+    [guest, bigGuest] = await Promise.all([
+      createGuest({ name: small, guestsDir: h.guestsDir, assetsDir: h.assetsDir, intervalMs: 100 }),
+      createBusyGuest(h, busy),
+    ]);
+  });
+
+  after(async () => {
+    if (h) await stopLeftoverSnapshots(h);
+    await Promise.all([small, busy].map((n) => removeGuest(n, h.guestsDir).catch(() => undefined)));
+    if (h) await deleteImages(h, images);
+    await h?.close();
+  });
+
+  it('snapshot --wait --json: exit 0, one JSON document, the image active in Glance; status and list show it', async () => {
+    const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-${process.pid}`, '--metadata', 'purpose=cli-test', '--wait', '--json']);
+    assert.equal(run.exitCode, 0, show(run));
+    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string } }>(run);
+    images.add(doc.imageId);
+    assert.equal(doc.status, 'completed');
+    assert.equal(doc.workflowId, snapshotWorkflowId(guest.uuid));
+    assert.equal(doc.result.imageId, doc.imageId);
+    assert.equal(doc.result.instanceId, guest.uuid);
+    const image = await h.glance.getImage(doc.imageId);
+    assert.equal(image?.status, 'active');
+    assert.equal(image?.os_hash_value, doc.result.sha512);
+    assert.equal(image?.purpose, 'cli-test');
+
+    const status = await vmsnap(h, ['status', guest.uuid, '--json']);
+    assert.equal(status.exitCode, 0, show(status));
+    const s = json<{ workflowId: string; status: string; phase: string; imageId: string; result: { imageId: string } }>(status);
+    assert.equal(s.workflowId, doc.workflowId);
+    assert.equal(s.status, 'completed');
+    assert.equal(s.phase, 'completed');
+    assert.equal(s.result.imageId, doc.imageId);
+    // The same in words, found by the instance's name through the store.
+    const byName = await vmsnap(h, ['status', small]);
+    assert.equal(byName.exitCode, 0, show(byName));
+    assert.match(byName.stdout, /^status\s+completed$/m);
+    assert.match(byName.stdout, new RegExp(`^image\\s+${doc.imageId}$`, 'm'));
+
+    // Visibility is eventually consistent: the closed workflow may take a moment to show.
+    const listed = await eventually('the snapshot in vmsnap list', async () => {
+      const list = await vmsnap(h, ['list', '--instance', guest.uuid, '--status', 'completed', '--json']);
+      assert.equal(list.exitCode, 0, show(list));
+      const rows = json<{ workflowId: string; imageId: string; phase: string; status: string; instanceId: string }[]>(list);
+      return rows.find((r) => r.imageId === doc.imageId);
+    });
+    assert.equal(listed.workflowId, doc.workflowId);
+    assert.equal(listed.status, 'completed');
+    assert.equal(listed.phase, 'completed');
+    assert.equal(listed.instanceId, guest.uuid);
+    const table = await vmsnap(h, ['list', '--instance', small]);
+    assert.equal(table.exitCode, 0, show(table));
+    assert.match(table.stdout, new RegExp(`^${doc.workflowId}\\s+completed\\s+completed\\s+${doc.imageId}`, 'm'));
+    const running = await vmsnap(h, ['list', '--instance', guest.uuid, '--status', 'running', '--json']);
+    assert.deepEqual(json(running), [], 'no running snapshot of it');
+  });
+
+  it('snapshot --wait without --json in a pipe: plain lines, one per phase, then the result', async () => {
+    const run = await vmsnap(h, ['snapshot', small, '--name', `vmsnap-test-cli-plain-${process.pid}`, '--format', 'raw', '--wait']);
+    assert.equal(run.exitCode, 0, show(run));
+    const imageId = /^ {2}image\s+([0-9a-f-]{36}) /m.exec(run.stdout)?.[1];
+    assert.ok(imageId, show(run));
+    images.add(imageId);
+    assert.ok(!run.stdout.includes('\r') && !run.stdout.includes('\x1b['), 'no terminal control characters in a pipe');
+    const phases = run.stdout.split('\n').flatMap((l) => /^\d\d:\d\d:\d\d (\S+)$/.exec(l)?.[1] ?? []);
+    // A phase shorter than a poll can go unseen; those seen come once each, in the workflow's order.
+    const order = ['starting', 'creating-image', 'pausing', 'converting', 'resuming', 'uploading', 'finishing', 'completed'];
+    assert.ok(phases.length >= 3, show(run));
+    assert.equal(phases.at(-1), 'completed');
+    assert.deepEqual(phases, order.filter((p) => phases.includes(p)), show(run));
+    assert.match(run.stdout, /^snapshot of vmsnap-test-cli-\d+ completed in /m);
+    assert.equal((await h.glance.getImage(imageId))?.disk_format, 'raw');
+  });
+
+  it('a snapshot of an instance with a task in progress: snapshot --wait exits 4 (InstanceBusy)', async () => {
+    assert.ok(await h.store.compareAndSwapTaskState(guest.uuid, null, 'image_uploading', 'someone-else'));
+    try {
+      const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-busy-${process.pid}`, '--wait', '--json']);
+      assert.equal(run.exitCode, 4, show(run));
+      assertOneLineError(run, /InstanceBusy.*task in progress/);
+      const doc = json<{ status: string; imageId: string; error: { type: string } }>(run);
+      assert.equal(doc.status, 'failed');
+      assert.equal(doc.error.type, 'InstanceBusy');
+      assert.equal(await h.glance.getImage(doc.imageId), undefined, 'no image was made');
+    } finally {
+      await h.store.releaseTaskState(guest.uuid, 'someone-else');
+    }
+  });
+
+  it('a running snapshot shows progress lines in a pipe, refuses a second snapshot (exit 4), and cancel stops it', async () => {
+    const imageName = `vmsnap-test-cli-cancel-${process.pid}`;
+    const waiting = vmsnapRunning(h, ['snapshot', bigGuest.uuid, '--name', imageName, '--compress', '--wait']);
+    try {
+      // A progress line (percent, bytes, speed) at most every few seconds while qemu-img copies.
+      await eventually(
+        'a converting progress line',
+        async () => (/^\d\d:\d\d:\d\d converting \d+% \([\d.]+ [KMG]iB of 1\.0 GiB, [\d.]+ [KMG]iB\/s, ETA /m.test(waiting.output().stdout) ? true : undefined),
+        60_000,
+      );
+      const imageId = /image ([0-9a-f-]{36})/.exec(waiting.output().stdout)?.[1];
+      assert.ok(imageId, waiting.output().stdout);
+      images.add(imageId);
+
+      // Busy: Temporal refuses a second workflow of the same instance at once.
+      const second = await vmsnap(h, ['snapshot', bigGuest.uuid, '--name', `${imageName}-2`]);
+      assert.equal(second.exitCode, 4, show(second));
+      assertOneLineError(second, /already running.*wait for it or cancel it/);
+
+      // While it runs, status shows the phase with percent and bytes.
+      const status = await vmsnap(h, ['status', busy, '--json']);
+      assert.equal(status.exitCode, 0, show(status));
+      const s = json<{ status: string; progress: { phase: string; percent?: number; bytesTotal?: number } }>(status);
+      assert.equal(s.status, 'running');
+      if (s.progress.phase === 'converting' || s.progress.phase === 'uploading') {
+        assert.ok(typeof s.progress.percent === 'number' && (s.progress.bytesTotal ?? 0) > 0, JSON.stringify(s.progress));
+      }
+
+      const cancel = await vmsnap(h, ['cancel', bigGuest.uuid]);
+      assert.equal(cancel.exitCode, 0, show(cancel));
+      assert.match(cancel.stdout, /cancellation of snapshot-\S+ requested/);
+
+      const ended = await waiting.proc;
+      const out = waiting.output();
+      assert.equal(ended.exitCode, 1, `the waiting snapshot ends with 1\n${out.stdout}\n${out.stderr}`);
+      assert.match(out.stderr, /^vmsnap: the snapshot was cancelled/m);
+      const description = await h.client.workflow.getHandle(snapshotWorkflowId(bigGuest.uuid)).describe();
+      assert.equal(description.status.name, 'CANCELLED');
+      // Undone: no image, the guest runs, no task state.
+      assert.equal(await h.glance.getImage(imageId), undefined);
+      assert.equal(await guestState(busy), 'running');
+      assert.equal((await h.store.getInstance(bigGuest.uuid))?.taskState, null);
+
+      // Nothing left to cancel now.
+      const again = await vmsnap(h, ['cancel', busy]);
+      assert.equal(again.exitCode, 3, show(again));
+      assertOneLineError(again, /no running snapshot of .*is cancelled/);
+      // Done with the big guest: its emulated CPU is better spent on the tests that follow.
+      await removeGuest(busy, h.guestsDir);
+    } finally {
+      waiting.proc.kill();
+    }
+  });
+
+  it('bad input exits 2 with one line naming the field, before anything starts', async () => {
+    const before = (await h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid)).describe()).runId;
+    // Independent runs, side by side: each CLI start costs about a second.
+    const [run, reserved, usage, format, limit] = await Promise.all([
+      vmsnap(h, ['snapshot', guest.uuid, '--name', 'x'.repeat(300)]),
+      vmsnap(h, ['snapshot', guest.uuid, '--name', 'ok', '--metadata', 'owner=me', '--json']),
+      vmsnap(h, ['snapshot', guest.uuid]),
+      vmsnap(h, ['snapshot', guest.uuid, '--name', 'x', '--format', 'vmdk']),
+      vmsnap(h, ['list', '--limit', '0']),
+    ]);
+    assert.equal(run.exitCode, 2, show(run));
+    assertOneLineError(run, /--name \(imageName\) must be at most 255 characters/);
+    assert.equal(reserved.exitCode, 2, show(reserved));
+    assertOneLineError(reserved, /--metadata owner is reserved/);
+    assert.equal(json<{ error: { type: string } }>(reserved).error.type, 'InvalidInput');
+    assert.equal(usage.exitCode, 2, show(usage));
+    assertOneLineError(usage, /required option '--name <name>' not specified/);
+    assert.equal(format.exitCode, 2, show(format));
+    assertOneLineError(format, /--format/);
+    assert.equal(limit.exitCode, 2, show(limit));
+    assertOneLineError(limit, /--limit/);
+    // Refused before Temporal: none of them started a workflow.
+    assert.equal((await h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid)).describe()).runId, before);
+  });
+
+  it('an unknown instance exits 3', async () => {
+    const [run, status, cancel] = await Promise.all([
+      vmsnap(h, ['snapshot', randomUUID(), '--name', `vmsnap-test-cli-unknown-${process.pid}`, '--wait']),
+      vmsnap(h, ['status', randomUUID()]),
+      vmsnap(h, ['cancel', `vmsnap-test-nonexistent-${process.pid}`]),
+    ]);
+    assert.equal(run.exitCode, 3, show(run));
+    assertOneLineError(run, /InstanceNotFound.*no instance/);
+    for (const r of [status, cancel]) {
+      assert.equal(r.exitCode, 3, show(r));
+      assertOneLineError(r, /no (running )?snapshot of/);
+    }
+  });
+
+  it('a config error exits 5 naming the setting; so does an unreachable Temporal', async () => {
+    const [bad, json5, down] = await Promise.all([
+      vmsnap(h, ['list'], { TEMPORAL_ADDRESS: 'nonsense' }),
+      vmsnap(h, ['status', small, '--json'], { TEMPORAL_ADDRESS: 'nonsense' }),
+      vmsnap(h, ['list'], { TEMPORAL_ADDRESS: '127.0.0.1:1' }),
+    ]);
+    assert.equal(bad.exitCode, 5, show(bad));
+    assertOneLineError(bad, /TEMPORAL_ADDRESS must be host:port .*correct TEMPORAL_ADDRESS/);
+    assert.equal(json5.exitCode, 5);
+    assert.equal(json<{ error: { type: string; exitCode: number } }>(json5).error.exitCode, 5);
+    assert.equal(down.exitCode, 5, show(down));
+    assertOneLineError(down, /cannot reach Temporal at 127\.0\.0\.1:1 .*TEMPORAL_ADDRESS/);
+  });
+
+  it('instances lists the inventory from the store; a missing store says how to fix it', async () => {
+    // --all: the big guest is gone from libvirt by now, and marked deleted once discovery saw that.
+    const run = await vmsnap(h, ['instances', '--all', '--json']);
+    assert.equal(run.exitCode, 0, show(run));
+    const rows = json<{ id: string; name: string; host: string; taskState: string | null }[]>(run);
+    for (const g of [guest, bigGuest]) {
+      const row = rows.find((r) => r.id === g.uuid);
+      assert.equal(row?.name, g.name);
+      assert.equal(row?.host, h.config.host);
+      assert.equal(row?.taskState, null);
+    }
+    const text = await vmsnap(h, ['instances']);
+    assert.match(text.stdout, new RegExp(`^${guest.uuid}\\s+${small}\\s+${h.config.host}\\s+running\\s+None`, 'm'));
+    const missing = await vmsnap(h, ['instances'], { VMSNAP_STORE_PATH: `/nonexistent/${process.pid}/vmsnap.sqlite` });
+    assert.equal(missing.exitCode, 5, show(missing));
+    assertOneLineError(missing, /no vmsnap store at .*: start a host worker/);
+  });
+
+  it('--help lists the commands and the exit codes', async () => {
+    const run = await vmsnap(h, ['--help']);
+    assert.equal(run.exitCode, 0);
+    for (const word of ['snapshot', 'status', 'list', 'cancel', 'instances', 'Exit codes:', 'InstanceBusy', 'ConfigError']) assert.ok(run.stdout.includes(word), word);
+    const unknownOption = await vmsnap(h, ['list', '--frobnicate']);
+    assert.equal(unknownOption.exitCode, 2);
+    assertOneLineError(unknownOption, /unknown option '--frobnicate'/);
+    assert.equal(cliEnv(h).VMSNAP_TASK_QUEUE, h.config.temporal.taskQueue);
+  });
+});
