@@ -45,6 +45,7 @@ async function main(): Promise<void> {
     taskQueue: config.temporal.taskQueue,
     roles: ['main', 'host'],
     discoveryIntervalMs: config.discoveryIntervalMs,
+    maxConcurrentSnapshots: config.maxConcurrentSnapshots,
     deps: buildDeps(config, store, { workflows: new TemporalWorkflowLookup(client) }),
   });
   try {

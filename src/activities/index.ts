@@ -6,6 +6,7 @@ import { imageRecordActivities } from './image-record.js';
 import { instanceStateActivities } from './instance-state.js';
 import { inventoryActivities } from './inventory.js';
 import { powerActivities } from './power.js';
+import { slotActivities } from './slots.js';
 import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
 import { uploadActivities } from './upload.js';
 
@@ -27,5 +28,11 @@ export function createHostActivities(deps: ActivityDeps) {
   });
 }
 
+/** The activity that holds a host's snapshot slot, for the host's slot worker. */
+export function createSlotActivities(deps: Pick<ActivityDeps, 'workflows'>) {
+  return slotActivities(deps);
+}
+
+export type SlotActivities = ReturnType<typeof createSlotActivities>;
 export type MainActivities = ReturnType<typeof createMainActivities>;
 export type HostActivities = ReturnType<typeof createHostActivities>;

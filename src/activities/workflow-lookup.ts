@@ -1,5 +1,7 @@
-// What the reconciler needs to know from Temporal, behind a small interface.
+// What activities need from Temporal itself, behind a small interface: the reconciler asks which
+// snapshots still run; a host's slot holder tells a snapshot it may go on.
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
+import { SLOT_ACQUIRED_SIGNAL } from '../shared/names.js';
 import { IMAGE_ID } from '../shared/search-attributes.js';
 
 export type RunStatus = 'running' | 'completed' | 'closed' | 'unknown';
@@ -9,17 +11,24 @@ export interface WorkflowLookup {
   runStatus(owner: string): Promise<RunStatus>;
   /** Image ids of the snapshots running now (from visibility, which may lag a little). */
   runningSnapshotImageIds(): Promise<string[]>;
+  /** Tells the snapshot run "<workflow id>/<run id>" that it holds a slot on its host. */
+  signalSlotAcquired(owner: string): Promise<void>;
+}
+
+function splitOwner(owner: string): [string, string] | undefined {
+  // Run ids are UUIDs; a workflow id may itself contain "/".
+  const cut = owner.lastIndexOf('/');
+  return cut > 0 ? [owner.slice(0, cut), owner.slice(cut + 1)] : undefined;
 }
 
 export class TemporalWorkflowLookup implements WorkflowLookup {
   constructor(private readonly client: Client) {}
 
   async runStatus(owner: string): Promise<RunStatus> {
-    // Run ids are UUIDs; a workflow id may itself contain "/".
-    const cut = owner.lastIndexOf('/');
-    if (cut <= 0) return 'unknown';
+    const ids = splitOwner(owner);
+    if (!ids) return 'unknown';
     try {
-      const { status } = await this.client.workflow.getHandle(owner.slice(0, cut), owner.slice(cut + 1)).describe();
+      const { status } = await this.client.workflow.getHandle(...ids).describe();
       if (status.name === 'RUNNING') return 'running';
       return status.name === 'COMPLETED' ? 'completed' : 'closed';
     } catch (err) {
@@ -35,5 +44,10 @@ export class TemporalWorkflowLookup implements WorkflowLookup {
       if (id) ids.push(id);
     }
     return ids;
+  }
+
+  async signalSlotAcquired(owner: string): Promise<void> {
+    const ids = splitOwner(owner);
+    if (ids) await this.client.workflow.getHandle(...ids).signal(SLOT_ACQUIRED_SIGNAL);
   }
 }

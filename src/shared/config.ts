@@ -34,6 +34,8 @@ export interface Config {
   discoveryIntervalMs: number;
   /** How snapshots behave; handed to each workflow through an activity, so it is in history. */
   snapshot: SnapshotSettings;
+  /** Snapshots a host runs at once (Nova's max_concurrent_snapshots); more wait for a slot. */
+  maxConcurrentSnapshots: number;
   /** How often the reconciler runs (0: no schedule, e.g. in tests that run it themselves). */
   reconcileIntervalMs: number;
   /** host:port of the worker's Prometheus endpoint; undefined = none. */
@@ -264,6 +266,7 @@ export function loadConfig(rawEnv: Env = process.env): Config {
     snapshotsDir: resolve(env.VMSNAP_SNAPSHOTS_DIR || join(dataDir, 'snapshots')),
     ...storeSettings(env, dataDir),
     discoveryIntervalMs: positiveInt('VMSNAP_DISCOVERY_INTERVAL_MS', env.VMSNAP_DISCOVERY_INTERVAL_MS || '15000'),
+    maxConcurrentSnapshots: positiveInt('VMSNAP_MAX_CONCURRENT_SNAPSHOTS', env.VMSNAP_MAX_CONCURRENT_SNAPSHOTS || '5'),
     reconcileIntervalMs: wholeNumber('VMSNAP_RECONCILE_INTERVAL_MS', env.VMSNAP_RECONCILE_INTERVAL_MS || '60000'),
     metricsAddress: env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),
     logLevel: logLevel(env.VMSNAP_LOG_LEVEL || 'INFO'),

@@ -8,6 +8,14 @@ export function hostTaskQueue(host: string): string {
   return `vmsnap-host-${host}`;
 }
 
+/** Task queue of a host's snapshot slots: its worker runs at most max-concurrent-snapshots tasks. */
+export function hostSlotTaskQueue(host: string): string {
+  return `vmsnap-host-${host}-slots`;
+}
+
+/** Signal from a host's slot holder to its snapshot: the slot is held, go on. */
+export const SLOT_ACQUIRED_SIGNAL = 'snapshotSlotAcquired';
+
 /** One snapshot workflow per instance at a time: Temporal refuses a second with the same id. */
 export function snapshotWorkflowId(instanceId: string): string {
   return `snapshot-${instanceId}`;

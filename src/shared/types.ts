@@ -27,6 +27,7 @@ export interface SnapshotRequest {
 export type SnapshotPhase =
   | 'starting'
   | 'creating-image'
+  | 'waiting-for-host'
   | 'pausing'
   | 'converting'
   | 'resuming'

@@ -294,6 +294,14 @@ export class PostgresStore implements Store {
   }
 
   /** Deleted instances included: their tasks still need reconciling. Byte order, as SQLite. */
+  async listInstances(options: { includeDeleted?: boolean } = {}): Promise<InstanceRecord[]> {
+    return this.run('listInstances', async () => {
+      const where = options.includeDeleted ? '' : 'WHERE deleted_at IS NULL';
+      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name COLLATE "C", id COLLATE "C"`);
+      return rows.map(toInstance);
+    });
+  }
+
   async listInstancesWithTask(): Promise<InstanceRecord[]> {
     return this.run('listInstancesWithTask', async () => {
       const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id COLLATE "C"`);

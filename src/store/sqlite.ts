@@ -194,6 +194,14 @@ export class SqliteStore implements Store {
   }
 
   /** Deleted instances included: their tasks still need reconciling. */
+  async listInstances(options: { includeDeleted?: boolean } = {}): Promise<InstanceRecord[]> {
+    return this.run('listInstances', () => {
+      const where = options.includeDeleted ? '' : 'WHERE deleted_at IS NULL';
+      const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name, id`).all() as InstanceRow[];
+      return rows.map(toInstance);
+    });
+  }
+
   async listInstancesWithTask(): Promise<InstanceRecord[]> {
     return this.run('listInstancesWithTask', () => {
       const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id`).all() as InstanceRow[];

@@ -54,6 +54,8 @@ export interface Store {
   /** By instance uuid, or else by exact name; deleted instances are not returned. */
   findInstance(ref: string): Promise<InstanceRecord | undefined>;
   getInstance(id: string): Promise<InstanceRecord | undefined>;
+  /** The inventory by name (then id); instances found deleted only when asked. */
+  listInstances(options?: { includeDeleted?: boolean }): Promise<InstanceRecord[]>;
   /** Instances with a task state set (for reconciliation). */
   listInstancesWithTask(): Promise<InstanceRecord[]>;
   /**

@@ -27,6 +27,7 @@ async function main(): Promise<void> {
     taskQueue: config.temporal.taskQueue,
     roles,
     discoveryIntervalMs: config.discoveryIntervalMs,
+    maxConcurrentSnapshots: config.maxConcurrentSnapshots,
     deps: buildDeps(config, store, { workflows: new TemporalWorkflowLookup(client) }),
     reconcile: { client, intervalMs: config.reconcileIntervalMs },
   });

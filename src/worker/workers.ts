@@ -2,10 +2,10 @@
 // record, task state) and the host queue (pause, convert, resume, upload, discovery).
 import { NativeConnection, Runtime, Worker, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { fileURLToPath } from 'node:url';
-import { createHostActivities, createMainActivities, type ActivityDeps } from '../activities/index.js';
+import { createHostActivities, createMainActivities, createSlotActivities, type ActivityDeps } from '../activities/index.js';
 import { syncInventory } from '../activities/inventory.js';
 import type { Config } from '../shared/config.js';
-import { hostTaskQueue } from '../shared/names.js';
+import { hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
 import { activityLogAttributes } from './observability.js';
 import { ensureReconcileSchedule } from './reconcile-schedule.js';
 import type { Client } from '@temporalio/client';
@@ -56,6 +56,8 @@ export async function startWorkers(opts: {
   roles: WorkerRole[];
   deps: ActivityDeps;
   discoveryIntervalMs: number;
+  /** With the host role: snapshots this host runs at once. */
+  maxConcurrentSnapshots: number;
   /** With the main role: keep the reconciler's schedule at this interval (0: none). */
   reconcile?: { client: Client; intervalMs: number };
 }): Promise<RunningWorkers> {
@@ -86,6 +88,17 @@ export async function startWorkers(opts: {
         interceptors: { activity: [activityLogAttributes] },
         // Heartbeats carry cancellation: without this they are throttled to 80% of the heartbeat
         // timeout, and a cancelled copy (or a blown pause budget) would keep a guest paused longer.
+        maxHeartbeatThrottleInterval: '1s',
+      }),
+    );
+    workers.push(
+      await Worker.create({
+        connection,
+        namespace,
+        taskQueue: hostSlotTaskQueue(deps.host),
+        activities: createSlotActivities(deps),
+        // The limit itself: the worker runs no more slot holders than this at once.
+        maxConcurrentActivityTaskExecutions: opts.maxConcurrentSnapshots,
         maxHeartbeatThrottleInterval: '1s',
       }),
     );

@@ -8,6 +8,8 @@ import {
   ApplicationFailure,
   CancellationScope,
   TimeoutFailure,
+  condition,
+  defineSignal,
   defineQuery,
   isCancellation,
   log,
@@ -22,10 +24,10 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import type { HostActivities, MainActivities } from '../activities/index.js';
+import type { HostActivities, MainActivities, SlotActivities } from '../activities/index.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
-import { hostTaskQueue } from '../shared/names.js';
+import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
 import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
@@ -78,6 +80,8 @@ function stepOptions(settings: SnapshotSettings, host: string) {
     resume: { taskQueue, startToCloseTimeout: '60s', retry } satisfies ActivityOptions,
     // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left.
     cleanup: { taskQueue, scheduleToCloseTimeout: '10m', retry } satisfies ActivityOptions,
+    // Holds one of the host's snapshot slots until cancelled; a lost holder is started again.
+    slot: { taskQueue: hostSlotTaskQueue(host), startToCloseTimeout: '24h', heartbeatTimeout, retry } satisfies ActivityOptions,
   };
 }
 
@@ -148,6 +152,12 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   describe();
 
   const settings = await onMain(storeOptions, 'read snapshot settings of the workers').getSnapshotSettings();
+  let slotAcquired = false;
+  setHandler(defineSignal(SLOT_ACQUIRED_SIGNAL), () => {
+    slotAcquired = true;
+  });
+  // The host slot is held by an activity in this scope; cancelling the scope lets go of it.
+  const slotScope = new CancellationScope();
 
   // Lookup: the inventory first; on a miss, ask every host to rediscover, then look again.
   const lookup = onMain(storeOptions, `look up instance ${request.instance}`);
@@ -162,9 +172,10 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     throw failure('InstanceNotFound', `no instance "${request.instance}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
   }
   const instanceId = instance.id;
+  const host = instance.host;
   progress.instanceId = instanceId;
-  upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: instance.host }]);
-  const steps = stepOptions(settings, instance.host);
+  upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: host }]);
+  const steps = stepOptions(settings, host);
 
   const setTaskState = async (expected: TaskState | null, next: TaskState | null) => {
     await onMain(steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({ instanceId, expected, next, owner });
@@ -201,6 +212,13 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       requestId: owner,
     });
     await setTaskState('image_snapshot_pending', 'image_snapshot');
+
+    // At most max-concurrent-snapshots per host, as Nova's compute manager does; the rest wait.
+    enter('waiting-for-host');
+    slotScope
+      .run(() => proxyActivities<SlotActivities>({ ...steps.slot, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner }))
+      .catch(() => undefined); // it ends when we let go
+    await condition(() => slotAcquired);
 
     const priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
@@ -249,6 +267,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     });
     verified = true;
     uploadedBytes.add(uploaded.size);
+    slotScope.cancel();
 
     enter('finishing');
     await onHost(steps.cleanup, 'remove the snapshot temp dir').removeSnapshotFiles(imageId);
@@ -261,7 +280,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       imageId,
       imageName: request.imageName,
       instanceId,
-      host: instance.host,
+      host,
       diskFormat,
       size: uploaded.size,
       virtualSize: disk.virtualSize,
@@ -275,6 +294,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     const result = snapshotFailure(err);
     progress.error = (result as Error).message;
     enter('compensating');
+    slotScope.cancel();
     await CancellationScope.nonCancellable(async () => {
       const attempt = async (what: string, step: () => Promise<unknown>) => {
         try {

@@ -78,6 +78,7 @@ export async function startHarness(opts: {
     taskQueue: config.temporal.taskQueue,
     roles: ['main', 'host'],
     discoveryIntervalMs: config.discoveryIntervalMs,
+    maxConcurrentSnapshots: config.maxConcurrentSnapshots,
     deps: buildDeps(config, store, {
       workflows: new TemporalWorkflowLookup(client),
       hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,

@@ -131,6 +131,8 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       assert.equal(gone?.taskState, 'image_snapshot_pending', 'a task in progress survives deletion');
       assert.equal(gone?.taskOwner, 'wf-2');
       assert.deepEqual((await store.listInstancesWithTask()).map((i) => i.id), [VM2]);
+      assert.deepEqual((await store.listInstances()).map((i) => i.name), ['cache', 'web'], 'by name, deleted ones left out');
+      assert.deepEqual((await store.listInstances({ includeDeleted: true })).map((i) => i.name), ['cache', 'db', 'web']);
       assert.equal((await store.findInstance(VM3))?.deletedAt, null, 'other hosts are untouched');
       assert.equal(await store.releaseTaskState(VM2, 'wf-2'), true, 'the running task can still finish');
       assert.equal(await store.compareAndSwapTaskState(VM2, null, 'image_snapshot_pending', 'wf-3'), false, 'no new task on a deleted instance');
