@@ -16,6 +16,8 @@ export interface CreateImageRecordInput {
   projectId?: string;
   /** The snapshot workflow's id: marks the image as made by vmsnap, for sweeping and retention. */
   requestId: string;
+  /** The schedule that asked for the snapshot, if any. */
+  scheduleId?: string;
 }
 
 /** Base image properties a snapshot inherits, as Nova copies the image_* system metadata. */
@@ -40,6 +42,7 @@ export function imageRecordActivities({ imageService }: Pick<ActivityDeps, 'imag
         image_location: 'snapshot',
         image_state: 'available',
         vmsnap_request_id: input.requestId,
+        ...(input.scheduleId ? { vmsnap_schedule: input.scheduleId } : {}),
         ...(input.baseImageRef ? { base_image_ref: input.baseImageRef } : {}),
         ...(input.userId ? { user_id: input.userId } : {}),
         ...(input.projectId ? { owner: input.projectId, owner_id: input.projectId } : {}),

@@ -19,6 +19,8 @@ export interface SnapshotRequest {
   compress?: boolean;
   /** Glance image id to use; chosen by vmsnap when absent. */
   imageId?: string;
+  /** The vmsnap schedule that asked for it: recorded on the image, so retention finds its images. */
+  scheduleId?: string;
   /** Who asks, recorded on the image as Nova does (user_id, owner). */
   userId?: string;
   projectId?: string;

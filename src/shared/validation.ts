@@ -18,7 +18,7 @@ export const RESERVED_PROPERTY_KEYS = new Set([
 ]);
 
 /** Prefixes never inherited nor accepted (Nova's list, plus Glance's own namespace). */
-export const NEVER_INHERITED_PREFIXES = ['cinder_encryption_key_', 'img_signature', 'os_glance'];
+export const NEVER_INHERITED_PREFIXES = ['cinder_encryption_key_', 'img_signature', 'os_glance', 'vmsnap_'];
 export const NEVER_INHERITED_KEYS = new Set(['cache_in_nova', 'bittorrent']);
 
 export function isNeverInherited(key: string): boolean {
@@ -38,7 +38,7 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   }
   const r = input as Record<string, unknown>;
   const problems: InputProblem[] = [];
-  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId']);
+  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId', 'scheduleId']);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
@@ -69,6 +69,9 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   if (r.compress === true && r.diskFormat === 'raw') problems.push({ field: 'compress', message: 'compression needs diskFormat "qcow2"' });
   if (r.imageId !== undefined && (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId))) {
     problems.push({ field: 'imageId', message: 'must be a UUID' });
+  }
+  if (r.scheduleId !== undefined && (typeof r.scheduleId !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$/.test(r.scheduleId))) {
+    problems.push({ field: 'scheduleId', message: 'must be 1-200 letters, digits, "_", "." or "-"' });
   }
   for (const field of ['userId', 'projectId'] as const) {
     const v = r[field];

@@ -210,6 +210,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       userId: request.userId,
       projectId: request.projectId,
       requestId: owner,
+      scheduleId: request.scheduleId,
     });
     await setTaskState('image_snapshot_pending', 'image_snapshot');
 
