@@ -72,7 +72,8 @@ async function main(): Promise<void> {
     console.log(`   size            ${result.size} bytes (${result.diskFormat}, virtual ${result.virtualSize})`);
     console.log(`   sha512          ${result.sha512}`);
     console.log(`   md5             ${result.md5}`);
-    console.log(`   pause duration  ${result.pauseDurationMs} ms`);
+    console.log(`   mode            ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}`);
+    console.log(`   guest pause     ${result.guestPauseMs} ms (as the guest saw it)`);
     console.log(`   phases (ms)     ${JSON.stringify(result.phaseDurationsMs)}`);
     console.log(`   guest           ${await guestState(GUEST)}, counter ${before.a} -> ${after.a} one second later`);
     console.log(`   Web UI          ${clientEnv(stack).VMSNAP_TEMPORAL_UI_URL}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}`);

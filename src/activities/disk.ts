@@ -1,10 +1,12 @@
-// The copy of the instance's root disk into a per-snapshot temp dir, and its removal.
+// The copy of the instance's root disk into a per-snapshot temp dir, and its removal. Cold: qemu-img
+// reads the disk of a paused (or shut-off) guest. Live: QEMU's block backup job pushes a
+// point-in-time copy while the guest runs.
 import { Context } from '@temporalio/activity';
-import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
-import type { DiskFormat, StepProgress } from '../shared/types.js';
+import type { Consistency, DiskFormat, StepProgress } from '../shared/types.js';
 import { VmsnapError } from '../shared/errors.js';
 
 export interface ConvertDiskInput {
@@ -16,6 +18,16 @@ export interface ConvertDiskInput {
   forceShare: boolean;
 }
 
+export interface LiveCopyDiskInput {
+  instanceId: string;
+  imageId: string;
+  diskFormat: DiskFormat;
+  compress: boolean;
+  quiesce: 'never' | 'try' | 'require';
+  /** The snapshot run: a freeze is recorded under it, so a lost freeze can be thawed. */
+  owner: string;
+}
+
 export interface ConvertedDisk {
   path: string;
   diskFormat: DiskFormat;
@@ -23,23 +35,56 @@ export interface ConvertedDisk {
   virtualSize: number;
 }
 
+export interface LiveCopiedDisk extends ConvertedDisk {
+  consistency: Consistency;
+  quiesceNote?: string;
+  /** Guest-visible pause during the copy, from QEMU's STOP/RESUME events (0 when none). */
+  guestPauseMs: number;
+}
+
 /** The temp dir of one snapshot; the image id is a validated UUID, so it is a safe file name. */
 export function snapshotDir(snapshotsDir: string, imageId: string): string {
   return join(snapshotsDir, imageId);
 }
 
-export function diskActivities({ hypervisor, diskTool, snapshotsDir }: ActivityDeps) {
+/** uid and gid QEMU runs as (Debian: libvirt-qemu, RHEL: qemu), if this host has that user. */
+async function qemuUser(): Promise<{ uid: number; gid: number } | undefined> {
+  const passwd = await readFile('/etc/passwd', 'utf8').catch(() => '');
+  for (const name of ['libvirt-qemu', 'qemu']) {
+    const fields = passwd.split('\n').find((l) => l.startsWith(`${name}:`))?.split(':');
+    if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
+  }
+  return undefined;
+}
+
+/** A fresh, private temp dir: a retry starts over, whatever an earlier attempt left. */
+async function freshDir(snapshotsDir: string, imageId: string): Promise<string> {
+  const dir = snapshotDir(snapshotsDir, imageId);
+  await rm(dir, { recursive: true, force: true });
+  // 0711: QEMU's user must traverse it to reach a live copy's target, but may list nothing.
+  await mkdir(snapshotsDir, { recursive: true, mode: 0o711 });
+  await mkdir(dir, { mode: 0o700 });
+  await chmod(dir, 0o700);
+  return dir;
+}
+
+export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, settings }: ActivityDeps) {
+  /** Private file, checked (qcow2) and measured: what the upload may send. */
+  async function finish(path: string, diskFormat: DiskFormat): Promise<ConvertedDisk> {
+    await chmod(path, 0o600);
+    const info = await diskTool.info(path, { format: diskFormat });
+    if (diskFormat === 'qcow2') {
+      const check = await diskTool.check(path, 'qcow2');
+      if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of the copy failed: ${check.message}`, true);
+    }
+    return { path, diskFormat, size: (await stat(path)).size, virtualSize: info.virtualSize };
+  }
+
   return {
     async convertDisk(input: ConvertDiskInput): Promise<ConvertedDisk> {
       const disk = await hypervisor.rootDisk(input.instanceId);
-      const dir = snapshotDir(snapshotsDir, input.imageId);
+      const dir = await freshDir(snapshotsDir, input.imageId);
       const target = join(dir, `disk.${input.diskFormat}`);
-      // A retry starts over: whatever an earlier attempt left is not to be trusted.
-      await rm(dir, { recursive: true, force: true });
-      await mkdir(snapshotsDir, { recursive: true });
-      await mkdir(dir, { mode: 0o700 });
-      await chmod(dir, 0o700);
-      await writeFile(target, '', { mode: 0o600 });
 
       // The copy reads the whole virtual disk; its size scales qemu-img's percent to bytes.
       const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
@@ -58,17 +103,66 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir }: ActivityD
           onProgress: (p) => (percent = p),
           signal: Context.current().cancellationSignal,
         });
-        await chmod(target, 0o600);
-        const info = await diskTool.info(target, { format: input.diskFormat });
-        if (input.diskFormat === 'qcow2') {
-          const check = await diskTool.check(target, 'qcow2');
-          if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of the copy failed: ${check.message}`, true);
-        }
-        return { path: target, diskFormat: input.diskFormat, size: (await stat(target)).size, virtualSize: info.virtualSize };
+        return await finish(target, input.diskFormat);
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
         throw err;
       } finally {
+        stop();
+      }
+    },
+
+    async liveCopyDisk(input: LiveCopyDiskInput): Promise<LiveCopiedDisk> {
+      const dir = await freshDir(snapshotsDir, input.imageId);
+      // QEMU, not root, writes the backup target: the private dir must be its own.
+      const qemu = await qemuUser();
+      if (qemu) await chown(dir, qemu.uid, qemu.gid);
+      else await chmod(dir, 0o711);
+      // The job writes a sparse qcow2 (a raw target would be written in full, holes and all).
+      const live = join(dir, 'live.qcow2');
+      const signal = Context.current().cancellationSignal;
+
+      let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: 0 };
+      const stop = keepHeartbeating(() => progress);
+      const pauses = await hypervisor.watchPauses(input.instanceId);
+      let watching = true;
+      try {
+        const quiesceEvent = (event: 'freeze' | 'thaw') =>
+          store.recordEvent({ instanceId: input.instanceId, action: 'createImage', event, requestId: input.owner, details: {} });
+        // A freeze is recorded before it may happen, and the thaw after the driver's own thaw
+        // (which always runs, unless this worker dies): a lost freeze is thawed by compensation.
+        if (input.quiesce !== 'never') await quiesceEvent('freeze');
+        let copied;
+        try {
+          copied = await hypervisor.liveCopy(input.instanceId, {
+            target: live,
+            targetFormat: 'qcow2',
+            quiesce: input.quiesce,
+            signal,
+            onProgress: (percent, bytesDone, bytesTotal) => (progress = { phase: 'copying', percent, bytesDone, bytesTotal }),
+            ...(settings.liveCopyBandwidthMiBps > 0 ? { bandwidthMiBps: settings.liveCopyBandwidthMiBps } : {}),
+          });
+        } finally {
+          if (input.quiesce !== 'never') await quiesceEvent('thaw');
+        }
+        const { pausedMs } = await pauses.stop();
+        watching = false;
+
+        // Raw or compressed output is one more local pass over our own file.
+        const path = join(dir, `disk.${input.diskFormat}`);
+        if (input.diskFormat === 'raw' || input.compress) {
+          await diskTool.convert({ source: live, sourceFormat: 'qcow2', target: path, targetFormat: input.diskFormat, compress: input.compress, signal });
+          await rm(live, { force: true });
+        } else {
+          await rename(live, path);
+        }
+        const disk = await finish(path, input.diskFormat);
+        return { ...disk, consistency: copied.consistency, ...(copied.quiesceNote ? { quiesceNote: copied.quiesceNote } : {}), guestPauseMs: pausedMs };
+      } catch (err) {
+        await rm(dir, { recursive: true, force: true });
+        throw err;
+      } finally {
+        if (watching) await pauses.stop().catch(() => undefined);
         stop();
       }
     },

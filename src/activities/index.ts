@@ -8,13 +8,14 @@ import { inventoryActivities } from './inventory.js';
 import { powerActivities } from './power.js';
 import { slotActivities } from './slots.js';
 import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
+import { retentionActivities } from './retention.js';
 import { uploadActivities } from './upload.js';
 
 export type { ActivityDeps } from './deps.js';
 
-/** Activities of the main task queue: image record and store. */
+/** Activities of the main task queue: image record, store, reconciler and retention. */
 export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'settings' | 'workflows'>) {
-  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps), ...reconcileMainActivities(deps) });
+  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps), ...reconcileMainActivities(deps), ...retentionActivities(deps) });
 }
 
 /** Activities bound to the hypervisor host that holds the instance. */

@@ -25,6 +25,16 @@ export function powerActivities({ hypervisor, store }: Pick<ActivityDeps, 'hyper
       return { pausedAt: Date.now() };
     },
 
+    /** Compensation for a live copy whose worker may have died between freeze and thaw. */
+    async thawInstance({ instanceId, owner }: PowerChange): Promise<void> {
+      await hypervisor.thawFilesystems(instanceId);
+      await store.recordEvent({ instanceId, action: 'createImage', event: 'thaw', requestId: owner, details: { by: 'compensation' } });
+    },
+
+    async liveCopySupport(instanceId: string): Promise<{ supported: boolean; reason?: string }> {
+      return hypervisor.liveCopySupport(instanceId);
+    },
+
     /**
      * Runs on every path, also as compensation. An instance that is gone or no longer paused
      * (shut down, crashed) has nothing to resume: that is reported, not retried forever.

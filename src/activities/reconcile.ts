@@ -17,6 +17,18 @@ export interface AbandonedSnapshot {
   pausedByUs: boolean;
 }
 
+export interface OrphanImage {
+  imageId: string;
+  /** The run that made it: "<workflow id>/<run id>". */
+  owner: string;
+  status: string;
+  /** Why it is an orphan, in words for the report. */
+  reason: string;
+}
+
+/** Glance statuses of an image whose data never (fully) arrived. */
+const UNFINISHED_STATUSES = new Set(['queued', 'saving', 'uploading', 'importing', 'killed']);
+
 export function reconcileMainActivities({ store, imageService, workflows }: Pick<ActivityDeps, 'store' | 'imageService' | 'workflows'>) {
   return {
     async findAbandonedSnapshots(): Promise<AbandonedSnapshot[]> {
@@ -49,19 +61,36 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
     },
 
     /**
-     * vmsnap's images whose snapshot is not running and did not complete, or did complete but
-     * left the image unfinished: they are never going to be finished.
+     * vmsnap's images that will never be finished, and why:
+     * - its run ended without completing (failed, cancelled, terminated, timed out): whatever the
+     *   image's status, it was never verified;
+     * - its run completed but the image is not active (should not happen; nothing will finish it);
+     * - its run is unknown to Temporal (history gone, or a run that never existed) and the image
+     *   is unfinished (queued, saving, ...) and untouched for `staleAfterMs`. An active image of
+     *   an unknown run is kept: it is most likely a completed snapshot whose history Temporal
+     *   no longer keeps (past the namespace's retention).
      */
-    async findOrphanImages(): Promise<{ imageId: string; owner: string; status: string }[]> {
-      const orphans: { imageId: string; owner: string; status: string }[] = [];
+    async findOrphanImages(input: { staleAfterMs: number }): Promise<OrphanImage[]> {
+      const orphans: OrphanImage[] = [];
       const statuses = new Map<string, string>();
       for (const image of await imageService.listImagesByTag(VMSNAP_IMAGE_TAG)) {
         const owner = typeof image.vmsnap_request_id === 'string' ? image.vmsnap_request_id : undefined;
         if (!owner) continue;
         if (!statuses.has(owner)) statuses.set(owner, await workflows.runStatus(owner));
         const run = statuses.get(owner);
+        const found = { imageId: image.id, owner, status: image.status };
         if (run === 'running' || (run === 'completed' && image.status === 'active')) continue;
-        orphans.push({ imageId: image.id, owner, status: image.status });
+        if (run === 'completed') {
+          orphans.push({ ...found, reason: `${image.status} although its run completed` });
+        } else if (run === 'closed') {
+          orphans.push({ ...found, reason: `${image.status}, its run ended without completing` });
+        } else if (UNFINISHED_STATUSES.has(image.status)) {
+          const since = Date.parse(String(image.updated_at ?? image.created_at ?? ''));
+          const idleMs = Number.isNaN(since) ? Infinity : Date.now() - since;
+          if (idleMs < input.staleAfterMs) continue;
+          const idle = Number.isFinite(idleMs) ? `for ${Math.round(idleMs / 1000)} s` : 'since an unknown time';
+          orphans.push({ ...found, reason: `${image.status} ${idle}, its run unknown to Temporal` });
+        }
       }
       return orphans;
     },

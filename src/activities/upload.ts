@@ -15,6 +15,8 @@ export interface UploadImageInput {
   path: string;
   diskFormat: DiskFormat;
   virtualSize: number;
+  /** Properties known only after the copy (mode, consistency), set with the formats. */
+  properties?: Record<string, string>;
 }
 
 const GiB = 1024 ** 3;
@@ -59,9 +61,11 @@ export function uploadActivities({ imageService }: ActivityDeps) {
         sent = await hashFile(input.path);
       } else if (image.status === 'queued') {
         const minDisk = Math.ceil(input.virtualSize / GiB);
-        if (image.disk_format !== input.diskFormat || image.container_format !== 'bare' || image.min_disk !== minDisk) {
+        const properties = input.properties ?? {};
+        const stale = Object.entries(properties).some(([k, v]) => image![k] !== v);
+        if (stale || image.disk_format !== input.diskFormat || image.container_format !== 'bare' || image.min_disk !== minDisk) {
           // Formats are set before the data, as Nova does.
-          await imageService.updateImage(input.imageId, { disk_format: input.diskFormat, container_format: 'bare', min_disk: minDisk });
+          await imageService.updateImage(input.imageId, { ...properties, disk_format: input.diskFormat, container_format: 'bare', min_disk: minDisk });
         }
         const bytesTotal = (await stat(input.path)).size;
         let bytesSent = 0;

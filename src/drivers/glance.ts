@@ -124,9 +124,14 @@ export class GlanceImageService implements ImageService {
   }
 
   async listImagesByTag(tag: string): Promise<Image[]> {
+    return this.listImages({ tag });
+  }
+
+  async listImages(filters: Record<string, string>): Promise<Image[]> {
+    const query = new URLSearchParams({ ...filters, limit: '200' });
     const images: Image[] = [];
     // Glance pages with a `next` link (marker based); follow it until there is none.
-    let path: string | undefined = `/v2/images?tag=${encodeURIComponent(tag)}&limit=200`;
+    let path: string | undefined = `/v2/images?${query.toString()}`;
     while (path) {
       const reply = await this.send('GET', path);
       if (reply.status !== 200) throw this.httpError('GET', path, reply);

@@ -47,6 +47,11 @@ export interface Hypervisor {
    */
   liveCopy(id: string, opts: LiveCopyOptions): Promise<LiveCopyResult>;
   /** Starts watching the guest's vCPU stops (QEMU STOP/RESUME events); resolves once the watch is live. */
+  /**
+   * Thaws filesystems frozen through the guest agent (compensation after a lost worker). An
+   * instance without an agent, not running or gone has nothing frozen: that is success.
+   */
+  thawFilesystems(id: string): Promise<void>;
   watchPauses(id: string): Promise<PauseWatch>;
 }
 

@@ -47,6 +47,12 @@ export interface ImageService {
   getImage(id: string): Promise<Image | undefined>;
   /** Every image that carries the tag (all pages). */
   listImagesByTag(tag: string): Promise<Image[]>;
+  /**
+   * Every image matching all the filters (all pages): Glance's list filters, e.g. tag, status, or
+   * an extra property such as base_image_ref. Callers re-check what matters: a filter Glance does
+   * not know may be ignored rather than refused.
+   */
+  listImages(filters: Record<string, string>): Promise<Image[]>;
   /** JSON-patch replace/add of top-level fields (disk_format, container_format, properties). */
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */

@@ -219,6 +219,16 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.live.copy(uuid, opts);
   }
 
+  async thawFilesystems(id: string): Promise<void> {
+    const uuid = checkId(id);
+    try {
+      await this.virsh(['domfsthaw', uuid], uuid);
+    } catch (e) {
+      if (e instanceof VmsnapError && (e.code === 'InstanceNotFound' || /not configured|not running|not connected|not responding/i.test(e.message))) return;
+      throw e;
+    }
+  }
+
   async watchPauses(id: string): Promise<PauseWatch> {
     const uuid = checkId(id);
     await this.getInstance(uuid);

@@ -50,6 +50,10 @@ export interface SnapshotSettings {
   heartbeatTimeoutMs: number;
   /** Retries of calls to the image service (Glance) before the snapshot gives up. */
   imageServiceRetry: { maximumAttempts: number; initialIntervalMs: number; maximumIntervalMs: number };
+  /** Mode of a request that names none: auto = live where the host can, else cold. */
+  defaultMode: 'auto' | 'cold' | 'live';
+  /** Rate limit of a live copy (MiB/s) to spare the host's storage; 0 = none. */
+  liveCopyBandwidthMiBps: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -94,6 +98,11 @@ function logLevel(value: string): Config['logLevel'] {
   const level = value.toUpperCase();
   if (level === 'TRACE' || level === 'DEBUG' || level === 'INFO' || level === 'WARN' || level === 'ERROR') return level;
   throw configError('VMSNAP_LOG_LEVEL', `must be TRACE, DEBUG, INFO, WARN or ERROR (got "${value}")`);
+}
+
+function oneOf<T extends string>(setting: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value)) throw configError(setting, `must be one of ${allowed.join(', ')} (got "${value}")`);
+  return value as T;
 }
 
 function wholeNumber(setting: string, value: string): number {
@@ -278,6 +287,8 @@ export function loadConfig(rawEnv: Env = process.env): Config {
         initialIntervalMs: positiveInt('VMSNAP_GLANCE_RETRY_INITIAL_MS', env.VMSNAP_GLANCE_RETRY_INITIAL_MS || '1000'),
         maximumIntervalMs: positiveInt('VMSNAP_GLANCE_RETRY_MAX_MS', env.VMSNAP_GLANCE_RETRY_MAX_MS || '30000'),
       },
+      defaultMode: oneOf('VMSNAP_DEFAULT_MODE', env.VMSNAP_DEFAULT_MODE || 'auto', ['auto', 'cold', 'live'] as const),
+      liveCopyBandwidthMiBps: wholeNumber('VMSNAP_LIVE_BANDWIDTH_MIBPS', env.VMSNAP_LIVE_BANDWIDTH_MIBPS || '0'),
     },
   };
 }

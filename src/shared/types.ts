@@ -2,6 +2,8 @@
 // never a secret: all of it is stored in Temporal's history.
 
 export type DiskFormat = 'qcow2' | 'raw';
+export type SnapshotMode = 'auto' | 'cold' | 'live';
+export type Consistency = 'crash-consistent' | 'filesystem-consistent';
 
 /** Input of the snapshotInstance workflow (also what `temporal workflow start --input` takes). */
 export interface SnapshotRequest {
@@ -11,8 +13,14 @@ export interface SnapshotRequest {
   imageName: string;
   /** Extra image properties, as Nova's createImage `metadata`. Reserved keys are refused. */
   metadata?: Record<string, string>;
-  /** Only 'cold' for now: the guest is paused for the copy and resumed before the upload. */
-  mode?: 'cold';
+  /**
+   * cold: the guest is paused for the copy and resumed before the upload. live: the copy is taken
+   * while the guest runs (a point-in-time block backup). auto: live where the host can, else cold.
+   * Default: the workers' VMSNAP_DEFAULT_MODE (auto).
+   */
+  mode?: SnapshotMode;
+  /** Live mode: freeze the guest's filesystems (QEMU guest agent) while the copy starts. Default try. */
+  quiesce?: 'never' | 'try' | 'require';
   /** Format of the uploaded image; default qcow2. */
   diskFormat?: DiskFormat;
   /** qcow2 compression (smaller upload, slower copy); default false. */
@@ -32,6 +40,7 @@ export type SnapshotPhase =
   | 'waiting-for-host'
   | 'pausing'
   | 'converting'
+  | 'copying'
   | 'resuming'
   | 'uploading'
   | 'finishing'
@@ -55,7 +64,7 @@ export interface SnapshotProgress {
  * activities and through `describe()`, which is how clients show percent and bytes/s.
  */
 export interface StepProgress {
-  phase: 'converting' | 'uploading';
+  phase: 'converting' | 'copying' | 'uploading';
   percent: number;
   bytesDone: number;
   bytesTotal: number;
@@ -74,7 +83,15 @@ export interface SnapshotResult {
   md5: string;
   /** Power state before the snapshot; the instance is in it again now. */
   priorPowerState: string;
-  /** How long the guest was paused by vmsnap (0 when it was not running). */
+  /** cold or live; and why not live when auto chose cold. */
+  mode: 'cold' | 'live';
+  modeReason?: string;
+  /** crash-consistent, or filesystem-consistent when the guest agent froze the filesystems. */
+  consistency: Consistency;
+  quiesceNote?: string;
+  /** How long the guest was paused by vmsnap (0 when it was not running, and in live mode). */
   pauseDurationMs: number;
+  /** Live mode: the guest-visible pause during the copy, from QEMU's STOP/RESUME events. */
+  guestPauseMs: number;
   phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
 }

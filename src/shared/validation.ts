@@ -38,7 +38,7 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   }
   const r = input as Record<string, unknown>;
   const problems: InputProblem[] = [];
-  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId', 'scheduleId']);
+  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'quiesce', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId', 'scheduleId']);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
@@ -61,7 +61,12 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   }
 
   if (r.metadata !== undefined) problems.push(...metadataProblems(r.metadata));
-  if (r.mode !== undefined && r.mode !== 'cold') problems.push({ field: 'mode', message: 'must be "cold"' });
+  if (r.mode !== undefined && r.mode !== 'cold' && r.mode !== 'live' && r.mode !== 'auto') {
+    problems.push({ field: 'mode', message: 'must be "auto", "cold" or "live"' });
+  }
+  if (r.quiesce !== undefined && r.quiesce !== 'never' && r.quiesce !== 'try' && r.quiesce !== 'require') {
+    problems.push({ field: 'quiesce', message: 'must be "never", "try" or "require"' });
+  }
   if (r.diskFormat !== undefined && r.diskFormat !== 'qcow2' && r.diskFormat !== 'raw') {
     problems.push({ field: 'diskFormat', message: 'must be "qcow2" or "raw"' });
   }

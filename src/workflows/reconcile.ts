@@ -2,7 +2,8 @@
 // out, lost): resumes the guests vmsnap paused, removes temp dirs and unfinished images, and puts
 // task state back to None. Runs on a schedule and once at main worker start. Every item is tried
 // on its own: one unreachable host must not keep the others from being cleaned.
-import { log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+// It is also the sweeper of vmsnap images that will never be finished (see findOrphanImages).
+import { ApplicationFailure, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import { hostTaskQueue } from '../shared/names.js';
 
@@ -10,12 +11,26 @@ export interface ReconcileReport {
   resumed: string[];
   releasedTasks: string[];
   deletedImages: string[];
+  /** The images swept as orphans (also in deletedImages), each with why. */
+  sweptImages: { imageId: string; status: string; owner: string; reason: string }[];
   removedDirs: string[];
   errors: string[];
 }
 
+export interface ReconcileOptions {
+  /** How long an unfinished image of a run unknown to Temporal is left alone; default 10 minutes. */
+  staleImageAfterMs?: number;
+}
+
 /** Temp dirs younger than this are left alone: a snapshot may have just started. */
 const DIR_GRACE_MS = 10 * 60_000;
+/**
+ * An unfinished image whose run Temporal does not know is swept only once untouched this long.
+ * Our own runs are always known while they run (describe is consistent); an unknown owner may be
+ * a run of another Temporal (cluster, namespace, a restored backup) writing to the same Glance, and
+ * only time tells such a snapshot from a dead one. The same grace as for temp dirs.
+ */
+const STALE_IMAGE_MS = 10 * 60_000;
 
 const retry = { initialInterval: '1s', maximumInterval: '10s', backoffCoefficient: 2 };
 const main = proxyActivities<MainActivities>({ startToCloseTimeout: '60s', retry: { ...retry, maximumAttempts: 3 } });
@@ -27,8 +42,12 @@ const hostOptions = (host: string): ActivityOptions => ({
   retry,
 });
 
-export async function reconcile(): Promise<ReconcileReport> {
-  const report: ReconcileReport = { resumed: [], releasedTasks: [], deletedImages: [], removedDirs: [], errors: [] };
+export async function reconcile(options: ReconcileOptions = {}): Promise<ReconcileReport> {
+  const staleAfterMs = options?.staleImageAfterMs ?? STALE_IMAGE_MS;
+  if (typeof staleAfterMs !== 'number' || !Number.isFinite(staleAfterMs) || staleAfterMs < 0) {
+    throw ApplicationFailure.create({ type: 'InvalidInput', message: 'staleImageAfterMs must be a number of milliseconds, 0 or more', nonRetryable: true });
+  }
+  const report: ReconcileReport = { resumed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], errors: [] };
   const attempt = async (what: string, step: () => Promise<void>) => {
     try {
       await step();
@@ -64,9 +83,11 @@ export async function reconcile(): Promise<ReconcileReport> {
     }
   }
 
-  for (const orphan of await main.findOrphanImages()) {
-    await attempt(`delete orphan image ${orphan.imageId}`, async () => {
-      if ((await main.deleteImageRecord(orphan.imageId)).deleted) report.deletedImages.push(orphan.imageId);
+  for (const { imageId, status, owner, reason } of await main.findOrphanImages({ staleAfterMs })) {
+    await attempt(`delete orphan image ${imageId}`, async () => {
+      if (!(await main.deleteImageRecord(imageId)).deleted) return;
+      report.deletedImages.push(imageId);
+      report.sweptImages.push({ imageId, status, owner, reason });
     });
   }
 

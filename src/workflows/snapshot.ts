@@ -29,7 +29,7 @@ import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
-import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
+import type { Consistency, SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
 import type { TaskState } from '../store/store.js';
 
@@ -191,6 +191,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   let imageRequested = false;
   let pauseRequested = false;
   let resumed = false;
+  let quiesceRequested = false;
   let convertRequested = false;
   let verified = false;
 
@@ -225,46 +226,78 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
       throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`);
     }
-    let pausedAt = 0;
-    let resumedAt = 0;
-    if (priorPowerState === 'running') {
-      enter('pausing');
-      pauseRequested = true;
-      ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
+    // Live keeps a running guest running; a guest that is not running is copied cold, which
+    // needs no pause either.
+    const wanted = request.mode ?? settings.defaultMode;
+    let mode: 'cold' | 'live' = 'cold';
+    let modeReason: string | undefined;
+    if (wanted !== 'cold') {
+      if (priorPowerState !== 'running') {
+        modeReason = `the instance is ${priorPowerState}: a cold copy needs no pause`;
+      } else {
+        const support = await onHost(steps.quick, 'can this host copy the disk live?').liveCopySupport(instanceId);
+        if (support.supported) mode = 'live';
+        else if (wanted === 'live') {
+          throw failure('InstanceInvalidState', `a live snapshot of ${instanceId} is not possible: ${support.reason ?? 'unsupported'}; ask for mode "cold" or "auto"`);
+        } else modeReason = support.reason ?? 'live copy is not supported here';
+      }
     }
 
-    enter('converting');
-    convertRequested = true;
-    const convert = () =>
-      onHost(steps.convert, `qemu-img convert of the root disk to ${diskFormat}`).convertDisk({
+    let copy: { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number };
+    if (mode === 'live') {
+      enter('copying');
+      convertRequested = true;
+      quiesceRequested = (request.quiesce ?? 'try') !== 'never';
+      copy = await onHost(steps.convert, 'live point-in-time copy of the root disk (QEMU backup job)').liveCopyDisk({
         instanceId,
         imageId,
         diskFormat,
         compress: request.compress ?? false,
-        // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
-        forceShare: priorPowerState !== 'shutdown',
+        quiesce: request.quiesce ?? 'try',
+        owner,
       });
-    const disk = pauseRequested && settings.pauseBudgetMs > 0 ? await withinPauseBudget(convert, settings.pauseBudgetMs) : await convert();
-
-    if (pauseRequested) {
-      // As Nova does: the guest runs again before the upload, which may take long.
-      enter('resuming');
-      const resumption = await onHost(steps.resume, 'resume the guest').resumeInstance({ instanceId, owner });
-      resumed = true;
-      resumedAt = resumption.resumedAt;
-      pauseDuration.record(resumedAt - pausedAt);
-      if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
-      if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
+    } else {
+      let pausedAt = 0;
+      if (priorPowerState === 'running') {
+        enter('pausing');
+        pauseRequested = true;
+        ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
+      }
+      enter('converting');
+      convertRequested = true;
+      const convert = () =>
+        onHost(steps.convert, `qemu-img convert of the root disk to ${diskFormat}`).convertDisk({
+          instanceId,
+          imageId,
+          diskFormat,
+          compress: request.compress ?? false,
+          // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
+          forceShare: priorPowerState !== 'shutdown',
+        });
+      const disk = pauseRequested && settings.pauseBudgetMs > 0 ? await withinPauseBudget(convert, settings.pauseBudgetMs) : await convert();
+      let pauseMs = 0;
+      if (pauseRequested) {
+        // As Nova does: the guest runs again before the upload, which may take long.
+        enter('resuming');
+        const resumption = await onHost(steps.resume, 'resume the guest').resumeInstance({ instanceId, owner });
+        resumed = true;
+        pauseMs = resumption.resumedAt - pausedAt;
+        pauseDuration.record(pauseMs);
+        if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
+        if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
+      }
+      copy = { ...disk, consistency: 'crash-consistent', guestPauseMs: pauseMs };
     }
 
     await setTaskState('image_snapshot', 'image_pending_upload');
     await setTaskState('image_pending_upload', 'image_uploading');
     enter('uploading');
-    const uploaded = await onHost(steps.upload, `upload ${disk.size} bytes to Glance and verify`).uploadImage({
+    const uploaded = await onHost(steps.upload, `upload ${copy.size} bytes to Glance and verify`).uploadImage({
       imageId,
-      path: disk.path,
+      path: copy.path,
       diskFormat,
-      virtualSize: disk.virtualSize,
+      virtualSize: copy.virtualSize,
+      properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
     });
     verified = true;
     uploadedBytes.add(uploaded.size);
@@ -276,7 +309,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     await recordEvent('finish', { imageId });
     enter('completed');
     snapshotsTotal.withTags({ outcome: 'completed' }).add(1);
-    log.info('snapshot completed', { imageId, size: uploaded.size, sha512: uploaded.sha512, pauseDurationMs: pauseRequested ? resumedAt - pausedAt : 0 });
+    log.info('snapshot completed', { imageId, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
     return {
       imageId,
       imageName: request.imageName,
@@ -284,11 +317,16 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       host,
       diskFormat,
       size: uploaded.size,
-      virtualSize: disk.virtualSize,
+      virtualSize: copy.virtualSize,
       sha512: uploaded.sha512,
       md5: uploaded.md5,
       priorPowerState,
-      pauseDurationMs: pauseRequested ? resumedAt - pausedAt : 0,
+      mode,
+      ...(modeReason ? { modeReason } : {}),
+      consistency: copy.consistency,
+      ...(copy.quiesceNote ? { quiesceNote: copy.quiesceNote } : {}),
+      pauseDurationMs: mode === 'cold' ? copy.guestPauseMs : 0,
+      guestPauseMs: copy.guestPauseMs,
       phaseDurationsMs: progress.phaseDurationsMs,
     };
   } catch (err) {
@@ -304,6 +342,10 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
           log.error(`compensation step failed: ${what}`, { instanceId, imageId, error: (e as Error).message });
         }
       };
+      if (quiesceRequested) {
+        // The driver thaws on every path but a dead worker's; thawing twice is harmless.
+        await attempt('thaw filesystems', () => onHost(steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }));
+      }
       if (pauseRequested && !resumed) {
         await attempt('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }));
       }

@@ -25,6 +25,7 @@ const env = {
   VMSNAP_HOST: `test-fw-${process.pid}`,
   VMSNAP_TASK_QUEUE: `vmsnap-test-fw-${process.pid}`,
   VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
+  VMSNAP_DEFAULT_MODE: 'cold', // these faults are about a paused guest
   VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
   // A lost worker's step moves to another worker after 3 s instead of 10.
   VMSNAP_HEARTBEAT_TIMEOUT_MS: '3000',

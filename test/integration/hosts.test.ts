@@ -57,6 +57,7 @@ function hostConfig(host: string, extra: Record<string, string> = {}): Config {
     VMSNAP_TASK_QUEUE: `vmsnap-test-hosts-${tag}`,
     VMSNAP_SNAPSHOTS_DIR: join(dir, host),
     VMSNAP_DISCOVERY_INTERVAL_MS: '3600000',
+    VMSNAP_DEFAULT_MODE: 'cold', // the limit test watches the copy phase of a cold snapshot
     ...extra,
   });
 }

@@ -2,7 +2,7 @@
 // libvirt, qemu-img), with a store of its own and a host name of its own, so test files do not
 // see each other's work. Tests may wrap the real drivers to observe them (never to fake them).
 import { Client, Connection } from '@temporalio/client';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GlanceImageService } from '../../src/drivers/glance.js';
@@ -55,6 +55,7 @@ export async function startHarness(opts: {
   wrapDiskTool?: (real: ActivityDeps['diskTool']) => ActivityDeps['diskTool'];
 }): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), `vmsnap-${opts.name}-`));
+  chmodSync(dir, 0o711); // QEMU's user reaches live copy targets below it
   const config = loadConfig({
     ...process.env,
     VMSNAP_HOST: `test-${opts.name}-${process.pid}`,
@@ -62,6 +63,8 @@ export async function startHarness(opts: {
     VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
     VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
     VMSNAP_DISCOVERY_INTERVAL_MS: '3600000',
+    // Most suites test what happens around a pause; the live-mode tests ask for their modes.
+    VMSNAP_DEFAULT_MODE: 'cold',
     ...opts.env,
   });
   const store = createStore(config);

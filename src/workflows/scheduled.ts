@@ -1,0 +1,193 @@
+// scheduledSnapshots: what a vmsnap schedule starts each time. Snapshots every selected instance
+// as a child snapshotInstance with the workflow id a manual snapshot of it would have
+// (snapshot-<instance uuid>), so the two never run at once; each on its own, so one failing or busy
+// instance does not stop the others. Then applies the schedule's retention, and returns a report.
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  CancellationScope,
+  CancelledFailure,
+  ChildWorkflowFailure,
+  ParentClosePolicy,
+  TerminatedFailure,
+  TimeoutFailure,
+  log,
+  proxyActivities,
+  startChild,
+  workflowInfo,
+  type ActivityOptions,
+} from '@temporalio/workflow';
+import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
+import type { MainActivities } from '../activities/index.js';
+import type { RetentionDecision, RetentionPolicy } from '../activities/retention.js';
+import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
+import { snapshotWorkflowId } from '../shared/names.js';
+import { INSTANCE_ID } from '../shared/search-attributes.js';
+import type { DiskFormat, SnapshotRequest } from '../shared/types.js';
+import type { snapshotInstance } from './snapshot.js';
+
+export interface ScheduledSnapshotsInput {
+  /** The schedule's id (vmsnap-schedule-<name>): each image records it as vmsnap_schedule. */
+  scheduleId: string;
+  /** Instance UUIDs or names. */
+  instances: string[];
+  /** Images are named <prefix>-<instance name>-<this run's start, ISO 8601 UTC>. */
+  imageNamePrefix: string;
+  /** Applied after the snapshots; none (or all zero): every image is kept. */
+  retention?: RetentionPolicy;
+  metadata?: Record<string, string>;
+  diskFormat?: DiskFormat;
+  compress?: boolean;
+}
+
+export interface ScheduledSnapshotOutcome {
+  /** As the schedule names it. */
+  instance: string;
+  /** Its UUID, when the inventory knows it. */
+  instanceId?: string;
+  workflowId: string;
+  /** busy: a snapshot or another task of the instance was in progress; nothing was done. */
+  status: 'completed' | 'busy' | 'failed';
+  imageName: string;
+  imageId?: string;
+  /** Why it is busy or failed: the failure type (InstanceBusy, InstanceNotFound, Cancelled, ...). */
+  error?: { type: string; message: string };
+}
+
+export interface ScheduledSnapshotsReport {
+  scheduleId: string;
+  /** This run's start: the time in the image names. */
+  startedAt: string;
+  snapshots: ScheduledSnapshotOutcome[];
+  /** null when the schedule has no retention rule. */
+  retention: {
+    /** Every image of the schedule, newest first, with what retention decided and why. */
+    decisions: RetentionDecision[];
+    deleted: string[];
+    errors: string[];
+  } | null;
+}
+
+const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: PERMANENT_ERROR_CODES };
+const lookupOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 5 } };
+// Listing a schedule's images and checking each candidate is a handful of Glance calls.
+const retentionOptions: ActivityOptions = { startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 5 } };
+
+function main(options: ActivityOptions, summary: string) {
+  return proxyActivities<MainActivities>({ ...options, summary });
+}
+
+/** What went wrong, in the words of the activity's own failure. */
+function messageOf(err: unknown): string {
+  const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
+  return cause instanceof Error ? cause.message : String(cause);
+}
+
+/** The failure of a child (or of starting it) as the report shows it. */
+function failureOf(err: unknown): { type: string; message: string } {
+  const cause = err instanceof ChildWorkflowFailure && err.cause ? err.cause : err;
+  if (cause instanceof ApplicationFailure) return { type: cause.type ?? 'SnapshotFailed', message: cause.message };
+  if (cause instanceof CancelledFailure) return { type: 'Cancelled', message: 'the snapshot was cancelled' };
+  if (cause instanceof TerminatedFailure) return { type: 'Terminated', message: 'the snapshot workflow was terminated' };
+  if (cause instanceof TimeoutFailure) return { type: 'TimedOut', message: 'the snapshot workflow timed out' };
+  return { type: 'SnapshotFailed', message: cause instanceof Error ? cause.message : String(cause) };
+}
+
+export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promise<ScheduledSnapshotsReport> {
+  if (!input || typeof input.scheduleId !== 'string' || !Array.isArray(input.instances) || typeof input.imageNamePrefix !== 'string') {
+    throw ApplicationFailure.create({
+      type: 'InvalidInput',
+      message: 'scheduledSnapshots needs {scheduleId, instances: [...], imageNamePrefix}: create schedules with vmsnap schedule create',
+      nonRetryable: true,
+    });
+  }
+  const { startTime, taskQueue } = workflowInfo();
+  const startedAt = startTime.toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+  // One child per instance: a name and its UUID given both are one instance.
+  const targets = new Map<string, { instance: string; instanceId?: string; name: string }>();
+  for (const ref of input.instances) {
+    let found: Awaited<ReturnType<MainActivities['findInstance']>> = null;
+    try {
+      found = await main(lookupOptions, `look up instance ${ref}`).findInstance(ref);
+    } catch (err) {
+      // The child looks it up again (and asks the hosts); the store may be back by then.
+      log.warn('scheduled snapshots: instance lookup failed', { instance: ref, error: messageOf(err) });
+    }
+    const key = found?.id ?? ref;
+    if (!targets.has(key)) targets.set(key, { instance: ref, ...(found ? { instanceId: found.id } : {}), name: found?.name ?? ref });
+  }
+
+  const snapshots = await Promise.all(
+    [...targets.values()].map(async (target): Promise<ScheduledSnapshotOutcome> => {
+      const workflowId = snapshotWorkflowId(target.instanceId ?? target.instance);
+      const request: SnapshotRequest = {
+        instance: target.instanceId ?? target.instance,
+        imageName: `${input.imageNamePrefix}-${target.name}-${startedAt}`,
+        scheduleId: input.scheduleId,
+        ...(input.metadata ? { metadata: input.metadata } : {}),
+        ...(input.diskFormat ? { diskFormat: input.diskFormat } : {}),
+        ...(input.compress ? { compress: true } : {}),
+      };
+      const outcome: ScheduledSnapshotOutcome = {
+        instance: target.instance,
+        ...(target.instanceId ? { instanceId: target.instanceId } : {}),
+        workflowId,
+        status: 'failed',
+        imageName: request.imageName,
+      };
+      try {
+        const child = await startChild<typeof snapshotInstance>('snapshotInstance', {
+          workflowId,
+          taskQueue,
+          args: [request],
+          // Cancelling (or terminating) this run cancels its snapshots, which undo their work.
+          parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+          typedSearchAttributes: [{ key: INSTANCE_ID, value: request.instance }],
+        });
+        const result = await child.result();
+        return { ...outcome, status: 'completed', imageId: result.imageId };
+      } catch (err) {
+        if (CancellationScope.current().consideredCancelled) throw err;
+        if (err instanceof WorkflowExecutionAlreadyStartedError) {
+          return { ...outcome, status: 'busy', error: { type: 'InstanceBusy', message: `a snapshot of ${target.instance} is running already (workflow ${workflowId})` } };
+        }
+        const error = failureOf(err);
+        log.warn('scheduled snapshot did not complete', { instance: target.instance, workflowId, ...error });
+        return { ...outcome, status: error.type === 'InstanceBusy' ? 'busy' : 'failed', error };
+      }
+    }),
+  );
+
+  const report: ScheduledSnapshotsReport = { scheduleId: input.scheduleId, startedAt, snapshots, retention: null };
+  const policy = input.retention ?? {};
+  if ((policy.keepLast ?? 0) > 0 || (policy.keepDaily ?? 0) > 0 || (policy.keepWeekly ?? 0) > 0) {
+    const retention: NonNullable<ScheduledSnapshotsReport['retention']> = { decisions: [], deleted: [], errors: [] };
+    report.retention = retention;
+    try {
+      const plan = await main(retentionOptions, `plan retention of ${input.scheduleId}`).planScheduleRetention({ scheduleId: input.scheduleId, policy });
+      retention.decisions = plan.decisions;
+      for (const d of plan.decisions.filter((x) => x.action === 'delete')) {
+        try {
+          const outcome = await main(retentionOptions, `retention: delete image ${d.imageId} (${d.name})`).deleteExpiredImage({ scheduleId: input.scheduleId, imageId: d.imageId });
+          if (outcome.deleted) retention.deleted.push(d.imageId);
+          // Protected or put to use meanwhile: kept after all, and the decision says why.
+          if (outcome.kept) Object.assign(d, { action: 'keep', ...outcome.kept });
+        } catch (err) {
+          retention.errors.push(`delete ${d.imageId}: ${messageOf(err)}`);
+        }
+      }
+    } catch (err) {
+      retention.errors.push(`plan: ${messageOf(err)}`);
+    }
+  }
+  const count = (status: ScheduledSnapshotOutcome['status']) => snapshots.filter((s) => s.status === status).length;
+  log.info('scheduled snapshots done', {
+    scheduleId: input.scheduleId,
+    completed: count('completed'),
+    busy: count('busy'),
+    failed: count('failed'),
+    deletedImages: report.retention?.deleted.length ?? 0,
+  });
+  return report;
+}
