@@ -1,14 +1,11 @@
 // The main job, end to end on this machine: dev stack up, a test guest running, a vmsnap worker,
-// one cold snapshot through the client, and proof that the guest runs on. Run by ./scripts/demo.
+// one snapshot (live where the host can) through the client, and proof that the guest runs on. Run by ./scripts/demo.
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connectClient, getProgress, startSnapshot } from '../src/client/snapshots.js';
+import { getProgress, startSnapshot } from '../src/client/snapshots.js';
 import { loadConfig } from '../src/shared/config.js';
-import { createStore } from '../src/store/index.js';
-import { TemporalWorkflowLookup } from '../src/activities/workflow-lookup.js';
-import { buildDeps } from '../src/worker/deps.js';
 import { installRuntime } from '../src/worker/observability.js';
-import { connect, startWorkers } from '../src/worker/workers.js';
+import { startVmsnapWorker } from '../src/worker/vmsnap-worker.js';
 import { createGuest, guestState, readCounter } from './lib/guest.js';
 import { clientEnv, services, stackConfig } from './lib/stack.js';
 
@@ -35,19 +32,8 @@ async function main(): Promise<void> {
   console.log(`   running; counter on disk: ${(await readCounter(diskPath, 'qcow2')).a}`);
 
   console.log('== worker (main + host queues)');
-  const store = createStore(config);
-  await store.migrate();
-  const connection = await connect(config.temporal);
-  const client = await connectClient(config.temporal);
-  const workers = await startWorkers({
-    connection,
-    namespace: config.temporal.namespace,
-    taskQueue: config.temporal.taskQueue,
-    roles: ['main', 'host'],
-    discoveryIntervalMs: config.discoveryIntervalMs,
-    maxConcurrentSnapshots: config.maxConcurrentSnapshots,
-    deps: buildDeps(config, store, { workflows: new TemporalWorkflowLookup(client) }),
-  });
+  const worker = await startVmsnapWorker(config, { roles: ['main', 'host'] });
+  const client = worker.client;
   try {
     console.log('== snapshot');
     const handle = await startSnapshot(client, { instance: GUEST, imageName: `${GUEST}-${new Date().toISOString()}` }, config.temporal.taskQueue);
@@ -79,10 +65,7 @@ async function main(): Promise<void> {
     console.log(`   Web UI          ${clientEnv(stack).VMSNAP_TEMPORAL_UI_URL}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}`);
     if (after.a <= before.a) throw new Error('the guest is not counting after the snapshot');
   } finally {
-    await workers.shutdown();
-    await client.connection.close();
-    await connection.close();
-    await store.close();
+    await worker.shutdown();
   }
   console.log(`The stack and the guest keep running: stop them with \`npm run stack -- down\`.`);
 }

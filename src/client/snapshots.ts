@@ -11,8 +11,8 @@ import {
   type WorkflowHandleWithFirstExecutionRunId,
 } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
-import { readFile } from 'node:fs/promises';
 import type { Config } from '../shared/config.js';
+import { temporalTls } from '../shared/temporal-tls.js';
 import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE, snapshotWorkflowId } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
@@ -55,16 +55,7 @@ function statusOf(name: string): SnapshotStatus {
 }
 
 export async function connectClient(temporal: Config['temporal'], options: { connectTimeoutMs?: number } = {}): Promise<Client> {
-  const tls = temporal.tls
-    ? {
-        serverNameOverride: temporal.tls.serverName,
-        serverRootCACertificate: temporal.tls.caPath ? await readFile(temporal.tls.caPath) : undefined,
-        clientCertPair:
-          temporal.tls.certPath && temporal.tls.keyPath
-            ? { crt: await readFile(temporal.tls.certPath), key: await readFile(temporal.tls.keyPath) }
-            : undefined,
-      }
-    : undefined;
+  const tls = await temporalTls(temporal);
   let connection: Connection;
   try {
     connection = await Connection.connect({ address: temporal.address, tls, connectTimeout: options.connectTimeoutMs ?? 10_000 });

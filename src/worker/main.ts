@@ -2,13 +2,10 @@
 // in a fleet, one main worker anywhere and a host worker on each hypervisor, next to libvirt.
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../shared/config.js';
-import { createStore } from '../store/index.js';
 import { Runtime } from '@temporalio/worker';
-import { TemporalWorkflowLookup } from '../activities/workflow-lookup.js';
-import { connectClient } from '../client/snapshots.js';
-import { buildDeps } from './deps.js';
 import { installRuntime } from './observability.js';
-import { connect, startWorkers, type WorkerRole } from './workers.js';
+import { startVmsnapWorker } from './vmsnap-worker.js';
+import type { WorkerRole } from './workers.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { role: { type: 'string', default: 'all' } } });
@@ -17,20 +14,7 @@ async function main(): Promise<void> {
 
   const config = loadConfig();
   installRuntime({ logLevel: config.logLevel, metricsAddress: config.metricsAddress });
-  const store = createStore(config);
-  await store.migrate();
-  const connection = await connect(config.temporal);
-  const client = await connectClient(config.temporal);
-  const workers = await startWorkers({
-    connection,
-    namespace: config.temporal.namespace,
-    taskQueue: config.temporal.taskQueue,
-    roles,
-    discoveryIntervalMs: config.discoveryIntervalMs,
-    maxConcurrentSnapshots: config.maxConcurrentSnapshots,
-    deps: buildDeps(config, store, { workflows: new TemporalWorkflowLookup(client) }),
-    reconcile: { client, intervalMs: config.reconcileIntervalMs },
-  });
+  const worker = await startVmsnapWorker(config, { roles, keepReconcileSchedule: true });
   Runtime.instance().logger.info('vmsnap worker started', {
     roles,
     host: config.host,
@@ -38,10 +22,7 @@ async function main(): Promise<void> {
     taskQueue: config.temporal.taskQueue,
     metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
   });
-  await workers.done;
-  await client.connection.close();
-  await connection.close();
-  await store.close();
+  await worker.done;
 }
 
 main().catch((err: Error) => {

@@ -6,6 +6,7 @@ import { createHostActivities, createMainActivities, createSlotActivities, type 
 import { syncInventory } from '../activities/inventory.js';
 import type { Config } from '../shared/config.js';
 import { hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
+import { temporalTls } from '../shared/temporal-tls.js';
 import { activityLogAttributes } from './observability.js';
 import { ensureReconcileSchedule } from './reconcile-schedule.js';
 import type { Client } from '@temporalio/client';
@@ -28,18 +29,7 @@ const quietBundlerLogger = {
 };
 
 export async function connect(temporal: Config['temporal']): Promise<NativeConnection> {
-  const { readFile } = await import('node:fs/promises');
-  const tls = temporal.tls
-    ? {
-        serverNameOverride: temporal.tls.serverName,
-        serverRootCACertificate: temporal.tls.caPath ? await readFile(temporal.tls.caPath) : undefined,
-        clientCertPair:
-          temporal.tls.certPath && temporal.tls.keyPath
-            ? { crt: await readFile(temporal.tls.certPath), key: await readFile(temporal.tls.keyPath) }
-            : undefined,
-      }
-    : undefined;
-  return NativeConnection.connect({ address: temporal.address, tls });
+  return NativeConnection.connect({ address: temporal.address, tls: await temporalTls(temporal) });
 }
 
 export interface RunningWorkers {

@@ -1,7 +1,7 @@
 // Runs vmsnap's real workers in the test process against the test stack (real Temporal, Glance,
 // libvirt, qemu-img), with a store of its own and a host name of its own, so test files do not
 // see each other's work. Tests may wrap the real drivers to observe them (never to fake them).
-import { Client, Connection } from '@temporalio/client';
+import type { Client } from '@temporalio/client';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,15 +10,12 @@ import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import type { ImageService } from '../../src/drivers/image-service.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
-import { createStore, type Store } from '../../src/store/index.js';
-import { TemporalWorkflowLookup } from '../../src/activities/workflow-lookup.js';
-import { buildDeps } from '../../src/worker/deps.js';
+import type { Store } from '../../src/store/index.js';
 import type { ActivityDeps } from '../../src/activities/index.js';
 import * as qemuImg from '../../src/drivers/qemu-img.js';
 import { installRuntime } from '../../src/worker/observability.js';
 import { createServer, type AddressInfo } from 'node:net';
-import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
-import type { NativeConnection } from '@temporalio/worker';
+import { startVmsnapWorker } from '../../src/worker/vmsnap-worker.js';
 
 // Worker lifecycle chatter hides test output: warnings and errors only. Metrics on a free port.
 const metricsPort = await new Promise<number>((resolve) => {
@@ -67,41 +64,27 @@ export async function startHarness(opts: {
     VMSNAP_DEFAULT_MODE: 'cold',
     ...opts.env,
   });
-  const store = createStore(config);
-  await store.migrate();
   const hypervisor = new LibvirtHypervisor({ uri: config.libvirtUri });
   const glance = new GlanceImageService({ url: config.glance.url });
   const workerGlance = opts.glanceUrl ? new GlanceImageService({ url: opts.glanceUrl }) : glance;
-  const connection: NativeConnection = await connect(config.temporal);
-  const clientConnection = await Connection.connect({ address: config.temporal.address });
-  const client = new Client({ connection: clientConnection, namespace: config.temporal.namespace });
-  const workers: RunningWorkers = await startWorkers({
-    connection,
-    namespace: config.temporal.namespace,
-    taskQueue: config.temporal.taskQueue,
+  const worker = await startVmsnapWorker(config, {
     roles: ['main', 'host'],
-    discoveryIntervalMs: config.discoveryIntervalMs,
-    maxConcurrentSnapshots: config.maxConcurrentSnapshots,
-    deps: buildDeps(config, store, {
-      workflows: new TemporalWorkflowLookup(client),
+    overrides: {
       hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,
       imageService: opts.wrapImageService ? opts.wrapImageService(workerGlance) : workerGlance,
       ...(opts.wrapDiskTool ? { diskTool: opts.wrapDiskTool(qemuImg) } : {}),
-    }),
+    },
   });
   return {
     config,
-    store,
-    client,
+    store: worker.store,
+    client: worker.client,
     hypervisor,
     glance,
     guestsDir: join(config.dataDir, 'guests'),
     assetsDir: join(config.dataDir, 'guest-assets'),
     async close() {
-      await workers.shutdown();
-      await clientConnection.close();
-      await connection.close();
-      await store.close();
+      await worker.shutdown();
       rmSync(dir, { recursive: true, force: true });
     },
   };
