@@ -25,7 +25,7 @@ export const EXIT_CODES_HELP = `Exit codes:
   0    ok
   ${EXIT.failed}    the snapshot failed, was cancelled, terminated or timed out
   ${EXIT.usage}    bad command line or bad request (InvalidInput)
-  ${EXIT.notFound}    no such instance (InstanceNotFound), no such snapshot, nothing running to cancel
+  ${EXIT.notFound}    no such instance (InstanceNotFound), no such snapshot or schedule, nothing running to cancel
   ${EXIT.busy}    the instance is busy: a snapshot or another task is in progress (InstanceBusy)
   ${EXIT.unavailable}    cannot reach Temporal or the store, or a bad setting (ConfigError)
   ${EXIT.interrupted}  interrupted while waiting (the snapshot goes on)`;

@@ -25,3 +25,28 @@ export { loadConfig, type Config } from '../shared/config.js';
 export { VmsnapError, type ErrorCode } from '../shared/errors.js';
 export type { InstanceRecord } from '../store/store.js';
 export type { SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';
+export {
+  DEFAULT_CATCHUP_WINDOW,
+  SCHEDULE_ID_PREFIX,
+  SCHEDULED_WORKFLOW_TYPE,
+  ScheduleError,
+  createSchedule,
+  deleteSchedule,
+  describeSchedule,
+  listSchedules,
+  parseDuration,
+  pauseSchedule,
+  previewRetention,
+  scheduleIdOf,
+  triggerSchedule,
+  unpauseSchedule,
+  validateScheduleOptions,
+  type CreateScheduleOptions,
+  type ScheduleErrorCode,
+  type ScheduleRun,
+  type VmsnapSchedule,
+  type VmsnapScheduleDetails,
+} from './schedules.js';
+export type { RetentionDecision, RetentionPlan, RetentionPolicy, RetentionRule } from '../activities/retention.js';
+export type { ScheduledSnapshotOutcome, ScheduledSnapshotsInput, ScheduledSnapshotsReport } from '../workflows/scheduled.js';
+export type { ReconcileOptions, ReconcileReport } from '../workflows/reconcile.js';

@@ -18,10 +18,10 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
-import type { MainActivities } from '../activities/index.js';
+import type { HostActivities, MainActivities } from '../activities/index.js';
 import type { RetentionDecision, RetentionPolicy } from '../activities/retention.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
-import { snapshotWorkflowId } from '../shared/names.js';
+import { hostTaskQueue, snapshotWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { DiskFormat, SnapshotRequest } from '../shared/types.js';
 import type { snapshotInstance } from './snapshot.js';
@@ -104,18 +104,35 @@ export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promis
   const { startTime, taskQueue } = workflowInfo();
   const startedAt = startTime.toISOString().replace(/\.\d{3}Z$/, 'Z');
 
+  // Each instance by its UUID, as a manual snapshot's workflow id has it; on a miss, ask every host
+  // to rediscover (once), as the snapshot itself would.
+  type Found = Awaited<ReturnType<MainActivities['findInstance']>>;
+  const lookup = async (ref: string): Promise<Found> => {
+    try {
+      return await main(lookupOptions, `look up instance ${ref}`).findInstance(ref);
+    } catch (err) {
+      // The child looks it up again; the store may be back by then.
+      log.warn('scheduled snapshots: instance lookup failed', { instance: ref, error: messageOf(err) });
+      return null;
+    }
+  };
+  const found = new Map<string, Found>();
+  for (const ref of input.instances) found.set(ref, await lookup(ref));
+  if ([...found.values()].includes(null)) {
+    const hosts = await main(lookupOptions, 'list hosts').listHosts().catch(() => [] as string[]);
+    await Promise.allSettled(
+      hosts.map((host) =>
+        proxyActivities<HostActivities>({ taskQueue: hostTaskQueue(host), scheduleToCloseTimeout: '15s', retry: { ...retry, maximumAttempts: 2 }, summary: `discover instances on ${host}` }).discoverInstances(),
+      ),
+    );
+    for (const [ref, record] of found) if (!record) found.set(ref, await lookup(ref));
+  }
+
   // One child per instance: a name and its UUID given both are one instance.
   const targets = new Map<string, { instance: string; instanceId?: string; name: string }>();
-  for (const ref of input.instances) {
-    let found: Awaited<ReturnType<MainActivities['findInstance']>> = null;
-    try {
-      found = await main(lookupOptions, `look up instance ${ref}`).findInstance(ref);
-    } catch (err) {
-      // The child looks it up again (and asks the hosts); the store may be back by then.
-      log.warn('scheduled snapshots: instance lookup failed', { instance: ref, error: messageOf(err) });
-    }
-    const key = found?.id ?? ref;
-    if (!targets.has(key)) targets.set(key, { instance: ref, ...(found ? { instanceId: found.id } : {}), name: found?.name ?? ref });
+  for (const [ref, record] of found) {
+    const key = record?.id ?? ref;
+    if (!targets.has(key)) targets.set(key, { instance: ref, ...(record ? { instanceId: record.id } : {}), name: record?.name ?? ref });
   }
 
   const snapshots = await Promise.all(
@@ -153,7 +170,7 @@ export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promis
           return { ...outcome, status: 'busy', error: { type: 'InstanceBusy', message: `a snapshot of ${target.instance} is running already (workflow ${workflowId})` } };
         }
         const error = failureOf(err);
-        log.warn('scheduled snapshot did not complete', { instance: target.instance, workflowId, ...error });
+        log.warn('scheduled snapshot did not complete', { instance: target.instance, workflowId, failureType: error.type, error: error.message });
         return { ...outcome, status: error.type === 'InstanceBusy' ? 'busy' : 'failed', error };
       }
     }),

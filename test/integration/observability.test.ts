@@ -21,6 +21,7 @@ const env = {
   VMSNAP_TASK_QUEUE: `vmsnap-test-obs-${process.pid}`,
   VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
   VMSNAP_DEFAULT_MODE: 'cold', // the pause metric is checked too
+  VMSNAP_RECONCILE_INTERVAL_MS: '0', // no schedule left behind on the shared Temporal
   VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
   VMSNAP_GLANCE_TOKEN: SECRET,
   VMSNAP_METRICS_ADDRESS: `127.0.0.1:${29464 + (process.pid % 500)}`,
