@@ -285,10 +285,12 @@ export function buildProgram(session: Session): Command {
     .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
     .addOption(new Option('--format <format>', 'disk format of the image (default qcow2)').choices(['qcow2', 'raw']))
     .option('--compress', 'compress the qcow2 image: smaller upload, slower copy')
+    .addOption(new Option('--mode <mode>', 'live: copy while the guest runs; cold: pause it for the copy; auto: live where possible (default: the workers\' VMSNAP_DEFAULT_MODE)').choices(['auto', 'cold', 'live']))
+    .addOption(new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices(['try', 'require', 'never']))
     .option('--image-id <uuid>', 'id of the new image (default: a new UUID, printed at once)')
     .option('--wait', 'wait until the snapshot ends, showing its progress')
     .addHelpText('after', `\n${EXIT_CODES_HELP}\n`)
-    .action(async (instance: string, opts: { name: string; metadata?: Record<string, string>; format?: 'qcow2' | 'raw'; compress?: boolean; imageId?: string; wait?: boolean }, cmd: Command) => {
+    .action(async (instance: string, opts: { name: string; metadata?: Record<string, string>; format?: 'qcow2' | 'raw'; compress?: boolean; mode?: 'auto' | 'cold' | 'live'; quiesce?: 'try' | 'require' | 'never'; imageId?: string; wait?: boolean }, cmd: Command) => {
       const g = globals(cmd);
       const request: SnapshotRequest = {
         instance,
@@ -298,6 +300,8 @@ export function buildProgram(session: Session): Command {
         ...(opts.metadata ? { metadata: opts.metadata } : {}),
         ...(opts.format ? { diskFormat: opts.format } : {}),
         ...(opts.compress ? { compress: true } : {}),
+        ...(opts.mode ? { mode: opts.mode } : {}),
+        ...(opts.quiesce ? { quiesce: opts.quiesce } : {}),
       };
       // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
       const problems = validateSnapshotRequest(request);

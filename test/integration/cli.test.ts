@@ -55,9 +55,11 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
   });
 
   it('snapshot --wait --json: exit 0, one JSON document, the image active in Glance; status and list show it', async () => {
-    const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-${process.pid}`, '--metadata', 'purpose=cli-test', '--wait', '--json']);
+    // --mode live on top of the harness's cold default: the flag must reach the workflow.
+    const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-${process.pid}`, '--metadata', 'purpose=cli-test', '--mode', 'live', '--wait', '--json']);
     assert.equal(run.exitCode, 0, show(run));
-    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string } }>(run);
+    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string; mode: string } }>(run);
+    assert.equal(doc.result.mode, 'live');
     images.add(doc.imageId);
     assert.equal(doc.status, 'completed');
     assert.equal(doc.workflowId, snapshotWorkflowId(guest.uuid));
