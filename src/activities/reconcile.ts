@@ -15,6 +15,8 @@ export interface AbandonedSnapshot {
   imageId?: string;
   /** A pause by this run was recorded with no resume after it: vmsnap paused the guest. */
   pausedByUs: boolean;
+  /** A freeze (live mode, guest agent) by this run was recorded with no thaw after it. */
+  frozenByUs: boolean;
 }
 
 export interface OrphanImage {
@@ -37,8 +39,7 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
         const owner = instance.taskOwner;
         if (!owner || (await workflows.runStatus(owner)) === 'running') continue;
         const events = (await store.listEvents(instance.id)).filter((e) => e.requestId === owner);
-        const lastPause = events.map((e) => e.event).lastIndexOf('pause');
-        const lastResume = events.map((e) => e.event).lastIndexOf('resume');
+        const last = (event: string) => events.map((e) => e.event).lastIndexOf(event);
         const imageId = events.find((e) => e.event === 'start')?.details.imageId;
         abandoned.push({
           instanceId: instance.id,
@@ -46,7 +47,8 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
           owner,
           taskState: instance.taskState ?? 'None',
           ...(typeof imageId === 'string' ? { imageId } : {}),
-          pausedByUs: lastPause > lastResume,
+          pausedByUs: last('pause') > last('resume'),
+          frozenByUs: last('freeze') > last('thaw'),
         });
       }
       return abandoned;

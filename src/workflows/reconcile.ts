@@ -9,6 +9,7 @@ import { hostTaskQueue } from '../shared/names.js';
 
 export interface ReconcileReport {
   resumed: string[];
+  thawed: string[];
   releasedTasks: string[];
   deletedImages: string[];
   /** The images swept as orphans (also in deletedImages), each with why. */
@@ -47,7 +48,7 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
   if (typeof staleAfterMs !== 'number' || !Number.isFinite(staleAfterMs) || staleAfterMs < 0) {
     throw ApplicationFailure.create({ type: 'InvalidInput', message: 'staleImageAfterMs must be a number of milliseconds, 0 or more', nonRetryable: true });
   }
-  const report: ReconcileReport = { resumed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], errors: [] };
+  const report: ReconcileReport = { resumed: [], thawed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], errors: [] };
   const attempt = async (what: string, step: () => Promise<void>) => {
     try {
       await step();
@@ -59,12 +60,21 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
 
   for (const snapshot of await main.findAbandonedSnapshots()) {
     const host = proxyActivities<HostActivities>(hostOptions(snapshot.host));
-    let guestRuns = !snapshot.pausedByUs;
+    let thawed = !snapshot.frozenByUs;
+    let resumed = !snapshot.pausedByUs;
+    if (snapshot.frozenByUs) {
+      // A worker that died between freeze and thaw left the guest's filesystems frozen.
+      await attempt(`thaw ${snapshot.instanceId}`, async () => {
+        await host.thawInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
+        report.thawed.push(snapshot.instanceId);
+        thawed = true;
+      });
+    }
     if (snapshot.pausedByUs) {
       await attempt(`resume ${snapshot.instanceId}`, async () => {
         await host.resumeInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
         report.resumed.push(snapshot.instanceId);
-        guestRuns = true;
+        resumed = true;
       });
     }
     const imageId = snapshot.imageId;
@@ -74,8 +84,8 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
         if ((await main.deleteImageRecord(imageId)).deleted) report.deletedImages.push(imageId);
       });
     }
-    // A guest we could not resume keeps its task state: the next round tries again.
-    if (guestRuns) {
+    // A guest we could not thaw or resume keeps its task state: the next round tries again.
+    if (thawed && resumed) {
       await attempt(`release task state of ${snapshot.instanceId}`, async () => {
         await main.releaseAbandonedTask(snapshot);
         report.releasedTasks.push(snapshot.instanceId);
@@ -98,7 +108,7 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
       report.removedDirs.push(...removed);
     });
   }
-  if (report.resumed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length > 0) {
+  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length > 0) {
     log.info('reconcile: undid abandoned snapshots', { ...report });
   }
   return report;

@@ -93,6 +93,21 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
     assert.deepEqual([again.resumed, again.releasedTasks, again.deletedImages], [[], [], []]);
   });
 
+  it('thaws a guest whose worker died between freeze and thaw', async () => {
+    // The state a worker leaves when it dies mid-quiesce: task state held, a freeze with no thaw.
+    const owner = `snapshot-${guest.uuid}/${randomUUID()}`;
+    assert.ok(await h.store.compareAndSwapTaskState(guest.uuid, null, 'image_snapshot', owner));
+    await h.store.recordEvent({ instanceId: guest.uuid, action: 'createImage', event: 'freeze', requestId: owner, details: {} });
+    const report = await reconcileNow();
+    assert.deepEqual(report.thawed, [guest.uuid]);
+    assert.deepEqual(report.resumed, [], 'it was not paused');
+    assert.deepEqual(report.releasedTasks, [guest.uuid]);
+    const events = (await h.store.listEvents(guest.uuid)).filter((e) => e.requestId === owner).map((e) => e.event);
+    assert.deepEqual(events, ['freeze', 'thaw', 'error']);
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    assert.equal(await guestState(guestName), 'running');
+  });
+
   it('removes orphan temp dirs past the grace period and keeps young ones', async () => {
     const old = randomUUID();
     const young = randomUUID();
