@@ -1,0 +1,160 @@
+// latest.md: the results as tables a person reads, ratios next to the bare figures of the same run.
+import type { Mode } from './options.js';
+import type { BenchResults, DiskSummary, ModeSummary, Target } from './results.js';
+
+const fmt = (v: number | undefined, digits = 0) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
+const ms = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
+const mib = (v: number | undefined) => fmt(v, v !== undefined && Math.abs(v) < 10 ? 1 : 0);
+const x = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : `${v.toFixed(2)}×`);
+
+function targetValue(t: Target): string {
+  if (t.value === undefined || !Number.isFinite(t.value)) return '–';
+  if (t.unit === 'x') return x(t.value);
+  if (t.unit === 'ms') return ms(t.value);
+  if (t.unit === 'MiB') return `${t.value.toFixed(0)} MiB`;
+  return String(t.value);
+}
+
+function targetLimit(t: Target): string {
+  const v = t.unit === 'x' ? `${t.limit}×` : t.unit === 'ms' ? `${t.limit} ms` : t.unit === 'MiB' ? `${t.limit} MiB` : String(t.limit);
+  return `${t.comparison === '<=' ? '≤' : '≥'} ${v}`;
+}
+
+const verdict = (t: Target) => (t.pass === null ? 'n/a' : t.pass ? '**pass**' : '**MISS**');
+
+function diskTable(d: DiskSummary, modes: Mode[]): string[] {
+  const vm = modes.filter((m) => m !== 'bare' && d.modes[m]);
+  const bare = d.modes.bare;
+  const head = ['figure (median)', 'bare', ...vm.flatMap((m) => [m, `${m}/bare`])];
+  const rows: string[][] = [];
+  const row = (label: string, get: (s: ModeSummary) => string, ratioOf?: (m: Mode) => number | undefined) => {
+    rows.push([label, bare ? get(bare) : '–', ...vm.flatMap((m) => [d.modes[m] ? get(d.modes[m]) : '–', ratioOf ? x(ratioOf(m)) : ''])]);
+  };
+  row('guest-visible pause (QEMU STOP→RESUME)', (s) => ms(s.pauseMs), (m) => d.ratios[m]?.pause);
+  row('end-to-end wall time', (s) => ms(s.wallMs), (m) => d.ratios[m]?.wall);
+  row('upload throughput, MiB/s', (s) => fmt(s.throughputMiBps, 1), (m) => d.ratios[m]?.throughput);
+  row('guest progress during snapshot (vs idle)', (s) => `${fmt(s.progressRatio * 100)} %`, (m) => d.ratios[m]?.progress);
+  row('image size, MiB', (s) => fmt(s.imageMiB, 1));
+  row('uploader peak RSS while uploading, MiB (curl / worker, worst run)', (s) => mib(s.uploaderPeakRssMiB ?? s.workerUploadPeakRssMiB));
+  row('worker RSS peak − idle while uploading, MiB (worst run)', (s) => mib(s.workerRssOverIdleMiB));
+  row('worker RSS idle before the run, MiB (median)', (s) => mib(s.workerIdleRssMiB));
+  row('vmsnap’s own pause figure', (s) => ms(s.reportedPauseMs));
+  row('fsync of the copy (bare, diagnostic, not in its times)', (s) => ms(s.fsyncMs));
+  row('upload throughput from /proc fd window, MiB/s', (s) => fmt(s.uploadFdThroughputMiBps, 1));
+  row('uploader CPU per GiB uploaded (curl / worker), s', (s) => fmt(s.uploaderCpuSPerGiB, 2));
+  row('consistency (vmsnap result)', (s) => (s.consistency ? Object.entries(s.consistency).map(([k, n]) => `${k} ×${n}`).join(', ') : '–'));
+  row('wall time range (min–max)', (s) => `${ms(s.wallRangeMs[0])}–${ms(s.wallRangeMs[1])}`);
+  row('pause range (min–max)', (s) => `${ms(s.pauseRangeMs[0])}–${ms(s.pauseRangeMs[1])}`);
+  row('runs (failed)', (s) => `${s.runs} (${s.failures})`);
+  const out = [`| ${head.join(' | ')} |`, `| ${head.map((_, i) => (i === 0 ? '---' : '---:')).join(' | ')} |`];
+  for (const r of rows) out.push(`| ${r.join(' | ')} |`);
+  return out;
+}
+
+function phases(d: DiskSummary, modes: Mode[]): string[] {
+  const lines: string[] = [];
+  for (const m of modes) {
+    const s = d.modes[m];
+    if (!s) continue;
+    const parts = Object.entries(s.phasesMs).filter(([, v]) => Number.isFinite(v)).map(([k, v]) => `${k} ${ms(v)}`);
+    lines.push(`- ${m}: ${parts.join(', ') || '–'}`);
+  }
+  return lines;
+}
+
+export function renderMarkdown(r: BenchResults): string {
+  const m = r.machine;
+  const o = r.options;
+  const out: string[] = [];
+  out.push('# vmsnap against the bare commands');
+  out.push('');
+  out.push(
+    `Run ${r.startedAt} (${(r.durationS / 60).toFixed(1)} min): \`npm run bench${r.argv.length ? ` -- ${r.argv.join(' ')}` : ''}\`, ` +
+      `${o.runs} run(s) per variant and disk, variants alternating run by run, medians; ratios are vmsnap / bare of the same run.`,
+  );
+  out.push('');
+  out.push(
+    `Machine: ${m.nproc} CPU (${m.cpuModel}), ${(m.memoryMiB / 1024).toFixed(1)} GiB, ${m.kernel}; QEMU ${m.qemu}, libvirt ${m.libvirt}, ` +
+      `Glance ${m.glance}, ${m.curl.split(' ').slice(0, 2).join(' ')}, Node ${m.node}; guests under TCG${m.kvm ? ' (KVM present but unused)' : ''}. ` +
+      `Load average at start ${m.loadAverageStart.join(' / ')}, at end ${(m.loadAverageEnd ?? []).join(' / ')} (1/5/15 min). ` +
+      `Stack: ${r.stack.kind === 'own' ? 'own (.data/bench)' : 'existing, from the environment'}, Glance ${r.stack.glanceUrl}.`,
+  );
+  out.push('');
+  out.push('The machine is shared and noisy: read each ratio against the bare figure next to it, not against another day’s run.');
+  out.push('');
+  out.push('## Targets');
+  out.push('');
+  out.push('| target | scope | measured | limit | result | by how much |');
+  out.push('| --- | --- | ---: | ---: | --- | --- |');
+  for (const t of r.targets) out.push(`| ${t.label} | ${t.scope} | ${targetValue(t)} | ${targetLimit(t)} | ${verdict(t)} | ${t.margin}${t.note ? ` (${t.note})` : ''} |`);
+  out.push('');
+  if (!r.live.available) out.push(`vmsnap live: not yet available (${r.live.reason ?? 'unknown'}).`, '');
+
+  for (const d of r.summary) {
+    const data = d.spec.dataMiB ? `${d.spec.dataMiB} MiB random data` : 'no data besides the counter';
+    out.push(`## ${d.disk}: ${d.spec.virtualMiB} MiB virtual, ${data}`);
+    out.push('');
+    if (!d.modes.bare) {
+      out.push('Not measured: see Errors below.', '');
+      continue;
+    }
+    out.push(...diskTable(d, o.modes));
+    out.push('');
+    for (const [mode, oh] of Object.entries(d.overheadMs)) {
+      if (!oh) continue;
+      out.push(`Orchestration overhead (${mode} wall − bare wall): ${ms(oh.ofMedians)} (difference of medians), ${ms(oh.paired)} (median of per-run differences).`);
+    }
+    out.push('');
+    out.push('Phases (median):');
+    out.push(...phases(d, o.modes));
+    out.push('');
+  }
+
+  if (r.scale.length) {
+    out.push('## Concurrent snapshots of small guests on one worker');
+    out.push('');
+    out.push(`Host limit: ${r.worker.hostLimitNote}`);
+    out.push('');
+    out.push('| concurrent | variant | round | wall | failures | per snapshot (median / max) | pause (median) | waiting for a host slot (median) | most copies at once | worker CPU | load (1 min) |');
+    out.push('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
+    const medOf = (xs: number[]) => {
+      const s = [...xs].sort((a, b) => a - b);
+      return s.length ? (s[Math.floor((s.length - 1) / 2)] as number) : undefined;
+    };
+    for (const s of r.scale) {
+      out.push(
+        `| ${s.n} | ${s.mode} | ${s.rep} | ${ms(s.wallMs)} | ${s.failures} | ${ms(medOf(s.perSnapshotMs))} / ${ms(s.perSnapshotMs.length ? Math.max(...s.perSnapshotMs) : undefined)} | ` +
+          `${ms(medOf(s.pauseMs))} | ${s.waitingMs.length ? ms(medOf(s.waitingMs)) : '–'} | ${s.maxConcurrentConverts ?? '–'} | ` +
+          `${s.workerCpuS !== undefined ? `${s.workerCpuS.toFixed(1)} s (${Math.round((s.workerCpuS / (s.wallMs / 1000)) * 100)} % of one CPU)` : '–'} | ${s.loadAverage1m ?? '–'} |`,
+      );
+    }
+    out.push('');
+    for (const [mode, g] of Object.entries(r.scaleGrowth)) {
+      if (!g) continue;
+      const ratios = Object.entries(g.wallRatioToOne).map(([n, v]) => `${n}: ${x(v)}`).join(', ');
+      out.push(`- ${mode}: wall grows by ${g.msPerSnapshot !== undefined ? ms(g.msPerSnapshot) : '–'} per extra snapshot (least squares); wall relative to 1 at once: ${ratios}`);
+    }
+    const errors = r.scale.flatMap((s) => s.errors.map((e) => `${s.mode} ×${s.n}: ${e}`));
+    if (errors.length) out.push('', 'Failures:', ...errors.slice(0, 20).map((e) => `- ${e}`));
+    out.push('');
+  }
+
+  out.push('## Notes');
+  out.push('');
+  const floor = r.worker.runtimeFloorKiB;
+  if (floor.node || floor.nodeTsx) {
+    out.push(`- Memory floor on this machine: an idle \`node\` holds ${fmt((floor.node ?? NaN) / 1024)} MiB, an idle \`node --import tsx\` ${fmt((floor.nodeTsx ?? NaN) / 1024)} MiB (the worker runs under tsx).`);
+  }
+  if (Number.isFinite(r.worker.hashCpuSPerGiB)) {
+    out.push(`- Hashing floor on this machine: sha512 + md5 of 1 GiB cost ${r.worker.hashCpuSPerGiB.toFixed(2)} CPU-seconds in one Node thread (vmsnap hashes both while it uploads; curl hashes nothing).`);
+  }
+  for (const n of r.notes) out.push(`- ${n}`);
+  if (r.errors.length) {
+    out.push('');
+    out.push('## Errors');
+    out.push('');
+    for (const e of r.errors) out.push(`- ${e}`);
+  }
+  out.push('');
+  return out.join('\n');
+}

@@ -1,0 +1,85 @@
+// One measured run of one variant on one guest: the guest's idle counter rate first, then the
+// variant, with the guest-visible pause read from QEMU's own STOP/RESUME events and the guest's
+// progress from its counter before and after. The same for every variant, so they compare.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Guest } from '../../scripts/lib/guest.js';
+import type { Hypervisor, PauseEvent } from '../../src/drivers/hypervisor.js';
+import { counterNow, rate } from './guests.js';
+import type { DiskKind, Mode } from './options.js';
+import { sampleRss } from './proc.js';
+import { median } from './stats.js';
+import type { VariantResult } from './variants.js';
+
+export interface Sample extends Partial<VariantResult> {
+  disk: DiskKind;
+  mode: Mode;
+  /** Run number (1-based) and this variant's place in the run's order. */
+  run: number;
+  position: number;
+  ok: boolean;
+  error?: string;
+  /** Guest vCPUs stopped, from QEMU STOP/RESUME (sum over the run). */
+  pauseMs?: number;
+  pauseEvents?: PauseEvent[];
+  /** Counter steps per second: before the run, and across it. */
+  idleRate?: number;
+  snapshotRate?: number;
+  /** snapshotRate / idleRate. */
+  progressRatio?: number;
+  /** Upload throughput, MiB/s: image bytes over uploadMs. */
+  throughputMiBps?: number;
+  /** vmsnap: the worker's RSS before the run (median of the idle window), KiB. */
+  workerIdleRssKiB?: number;
+}
+
+export async function measureRun(opts: {
+  disk: DiskKind;
+  mode: Mode;
+  run: number;
+  position: number;
+  guest: Guest;
+  hypervisor: Hypervisor;
+  idleMs: number;
+  /** A process whose idle RSS is wanted (the vmsnap worker). */
+  rssPid?: number;
+  variant: () => Promise<VariantResult>;
+}): Promise<Sample> {
+  const base: Sample = { disk: opts.disk, mode: opts.mode, run: opts.run, position: opts.position, ok: false };
+  const watch = await opts.hypervisor.watchPauses(opts.guest.uuid);
+  let stopped = false;
+  try {
+    const idleSampler = opts.rssPid ? sampleRss(opts.rssPid, 50) : undefined;
+    const c0 = await counterNow(opts.guest);
+    await sleep(opts.idleMs);
+    const c1 = await counterNow(opts.guest);
+    const idleRss = idleSampler?.stop().map((s) => s.kib);
+    let result: VariantResult | undefined;
+    let error: string | undefined;
+    try {
+      result = await opts.variant();
+    } catch (err) {
+      error = (err as Error).message;
+    }
+    const c2 = await counterNow(opts.guest);
+    stopped = true;
+    const pauses = await watch.stop();
+    const idleRate = rate(c0, c1);
+    const snapshotRate = rate(c1, c2);
+    const sample: Sample = {
+      ...base,
+      ...result,
+      ok: result !== undefined,
+      ...(error ? { error } : {}),
+      pauseMs: pauses.pausedMs,
+      pauseEvents: pauses.events,
+      idleRate,
+      snapshotRate,
+      ...(idleRate > 0 ? { progressRatio: snapshotRate / idleRate } : {}),
+      ...(idleRss?.length ? { workerIdleRssKiB: median(idleRss) } : {}),
+    };
+    if (result && result.uploadMs > 0) sample.throughputMiBps = result.imageBytes / (1024 * 1024) / (result.uploadMs / 1000);
+    return sample;
+  } finally {
+    if (!stopped) await watch.stop().catch(() => undefined);
+  }
+}

@@ -1,0 +1,145 @@
+// Command line of the benchmark. Defaults give the full run; --quick a smoke-sized one.
+import { parseArgs } from 'node:util';
+
+export type Mode = 'bare' | 'cold' | 'live';
+export type DiskKind = 'small' | 'large' | 'sparse';
+
+export const MODES: readonly Mode[] = ['bare', 'cold', 'live'];
+export const DISK_KINDS: readonly DiskKind[] = ['small', 'large', 'sparse'];
+
+export interface DiskSpec {
+  kind: DiskKind;
+  virtualMiB: number;
+  /** Random (incompressible, non-zero) data written from 8 MiB on, before the guest boots. */
+  dataMiB: number;
+}
+
+export interface BenchOptions {
+  runs: number;
+  disks: DiskSpec[];
+  modes: Mode[];
+  scale: number[];
+  /** Repetitions of each scale level. */
+  scaleRuns: number;
+  quick: boolean;
+  /** own: start a private stack in .data/bench; env: use the stack the environment names. */
+  stack: 'own' | 'env';
+  out: string;
+  /** Render the SVG to PNG with chromium (for looking at it). */
+  png: boolean;
+  /** How long the guest's counter is watched before each run to get its idle rate. */
+  idleMs: number;
+  /** VMSNAP_MAX_CONCURRENT_SNAPSHOTS for the worker, when the worker has that setting. */
+  hostLimit?: number;
+  /** Longest one snapshot (either variant) may take before it is cancelled and counted failed. */
+  runTimeoutMs: number;
+}
+
+export const USAGE = `usage: npm run bench -- [options]
+  --runs N              runs per variant and disk (default 5; median reported)
+  --disks LIST          small,large,sparse (default all)
+  --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
+  --scale LIST          concurrent snapshot counts, e.g. 1,5,10,20 (default; "" for none)
+  --scale-runs N        repetitions of each scale level (default 1)
+  --quick               smoke size: 1 run, small disk, bare+cold, scale 1, no PNG
+  --stack own|env       own: private stack in .data/bench on ports 7333/9392/5532 (default);
+                        env: the running stack named by TEMPORAL_ADDRESS, VMSNAP_GLANCE_URL and
+                        VMSNAP_DATA_DIR (default with --quick when those are set)
+  --out DIR             where latest.{json,md,svg} go (default bench/results)
+  --no-png              do not render latest.png
+  --idle-ms N           idle window before each run for the guest's counter rate (default 3000)
+  --host-limit N        the worker's per-host snapshot limit (default: the worker's own default)
+  --run-timeout-s N     longest one snapshot may take before it is cancelled (default 900; quick 40)
+  --large-mib N --large-data-mib N --sparse-mib N --sparse-data-mib N --small-mib N   disk sizes
+`;
+
+function positive(name: string, raw: string): number {
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${name} must be a positive whole number (got "${raw}")`);
+  return n;
+}
+
+function list<T extends string>(name: string, raw: string, allowed: readonly T[]): T[] {
+  const items = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const item of items) {
+    if (!allowed.includes(item as T)) throw new Error(`--${name}: unknown "${item}" (allowed: ${allowed.join(', ')})`);
+  }
+  return [...new Set(items as T[])];
+}
+
+export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.env): BenchOptions {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      runs: { type: 'string' },
+      disks: { type: 'string' },
+      modes: { type: 'string' },
+      scale: { type: 'string' },
+      'scale-runs': { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      stack: { type: 'string' },
+      out: { type: 'string' },
+      'no-png': { type: 'boolean', default: false },
+      'idle-ms': { type: 'string' },
+      'host-limit': { type: 'string' },
+      'run-timeout-s': { type: 'string' },
+      'small-mib': { type: 'string' },
+      'large-mib': { type: 'string' },
+      'large-data-mib': { type: 'string' },
+      'sparse-mib': { type: 'string' },
+      'sparse-data-mib': { type: 'string' },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const quick = values.quick === true;
+  const stackEnvPresent = Boolean(env.TEMPORAL_ADDRESS && env.VMSNAP_GLANCE_URL && env.VMSNAP_DATA_DIR);
+  const stack = values.stack ?? (quick && stackEnvPresent ? 'env' : 'own');
+  if (stack !== 'own' && stack !== 'env') throw new Error(`--stack must be own or env (got "${stack}")`);
+  if (stack === 'env' && !stackEnvPresent) {
+    throw new Error('--stack env needs TEMPORAL_ADDRESS, VMSNAP_GLANCE_URL and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")');
+  }
+
+  const sizes = {
+    small: positive('small-mib', values['small-mib'] ?? '64'),
+    large: positive('large-mib', values['large-mib'] ?? '1024'),
+    largeData: positive('large-data-mib', values['large-data-mib'] ?? '512'),
+    sparse: positive('sparse-mib', values['sparse-mib'] ?? '10240'),
+    sparseData: positive('sparse-data-mib', values['sparse-data-mib'] ?? '100'),
+  };
+  const specs: Record<DiskKind, DiskSpec> = {
+    small: { kind: 'small', virtualMiB: sizes.small, dataMiB: 0 },
+    large: { kind: 'large', virtualMiB: sizes.large, dataMiB: sizes.largeData },
+    sparse: { kind: 'sparse', virtualMiB: sizes.sparse, dataMiB: sizes.sparseData },
+  };
+  for (const spec of Object.values(specs)) {
+    // Data runs from 8 MiB on and must stay clear of record B at (size - 1 MiB).
+    if (spec.dataMiB > 0 && 8 + spec.dataMiB > spec.virtualMiB - 2) {
+      throw new Error(`${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`);
+    }
+  }
+
+  const disks = list('disks', values.disks ?? (quick ? 'small' : DISK_KINDS.join(',')), DISK_KINDS).map((k) => specs[k]);
+  const modes = list('modes', values.modes ?? (quick ? 'bare,cold' : MODES.join(',')), MODES);
+  if (!modes.includes('bare')) throw new Error('--modes must include bare: every figure is a ratio to bare in the same run');
+  const scaleRaw = values.scale ?? (quick ? '1' : '1,5,10,20');
+  const scale = [...new Set(scaleRaw.split(',').map((s) => s.trim()).filter(Boolean).map((s) => positive('scale', s)))].sort((a, b) => a - b);
+  return {
+    runs: positive('runs', values.runs ?? (quick ? '1' : '5')),
+    disks,
+    modes,
+    scale,
+    scaleRuns: positive('scale-runs', values['scale-runs'] ?? '1'),
+    quick,
+    stack,
+    out: values.out ?? 'bench/results',
+    png: !values['no-png'] && !quick,
+    idleMs: positive('idle-ms', values['idle-ms'] ?? (quick ? '1500' : '3000')),
+    ...(values['host-limit'] ? { hostLimit: positive('host-limit', values['host-limit']) } : {}),
+    runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? (quick ? '40' : '900')) * 1000,
+  };
+}

@@ -1,0 +1,77 @@
+// The stack the benchmark runs against: its own (data dir .data/bench, ports of its own, so it
+// neither disturbs a dev or test stack nor shares Glance's disk with them), or one already running
+// that the environment names (for the smoke test on the shared test stack).
+import { resolve } from 'node:path';
+import { clientEnv, services, stackConfig } from '../../scripts/lib/stack.js';
+
+export const OWN_STACK_ENV = {
+  VMSNAP_DATA_DIR: '.data/bench',
+  VMSNAP_TEMPORAL_PORT: '7333',
+  VMSNAP_TEMPORAL_UI_PORT: '8333',
+  VMSNAP_GLANCE_PORT: '9392',
+  VMSNAP_POSTGRES_PORT: '5532',
+};
+
+export interface BenchStack {
+  kind: 'own' | 'env';
+  /** What a vmsnap worker or client needs: TEMPORAL_ADDRESS, VMSNAP_GLANCE_URL, VMSNAP_DATA_DIR, ... */
+  env: Record<string, string>;
+  dataDir: string;
+  glanceUrl: string;
+  libvirtUri: string;
+  down(): Promise<void>;
+}
+
+export async function openStack(kind: 'own' | 'env', log: (line: string) => void): Promise<BenchStack> {
+  if (kind === 'env') {
+    const env = process.env;
+    return {
+      kind,
+      env: {
+        TEMPORAL_ADDRESS: env.TEMPORAL_ADDRESS ?? '',
+        TEMPORAL_NAMESPACE: env.TEMPORAL_NAMESPACE || 'default',
+        VMSNAP_GLANCE_URL: env.VMSNAP_GLANCE_URL ?? '',
+        VMSNAP_DATA_DIR: resolve(env.VMSNAP_DATA_DIR ?? ''),
+        VMSNAP_LIBVIRT_URI: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
+      },
+      dataDir: resolve(env.VMSNAP_DATA_DIR ?? ''),
+      glanceUrl: (env.VMSNAP_GLANCE_URL ?? '').replace(/\/+$/, ''),
+      libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
+      async down() {
+        // Not ours: left running.
+      },
+    };
+  }
+  // Our own settings win over whatever stack the shell points at (e.g. /tmp/testenv.sh).
+  const cfg = stackConfig({ ...process.env, ...OWN_STACK_ENV });
+  const all = services(cfg);
+  const started: typeof all = [];
+  const down = async () => {
+    for (const service of [...started].reverse()) {
+      try {
+        log(`stack: ${await service.down()}`);
+      } catch (err) {
+        log(`stack: ${service.name} down failed: ${(err as Error).message}`);
+      }
+    }
+  };
+  try {
+    for (const service of all) {
+      started.push(service);
+      const status = await service.up();
+      log(`stack: ${status.name} ${status.healthy ? 'healthy' : 'DOWN'} ${Object.values(status.endpoints).join(' ')}`);
+    }
+  } catch (err) {
+    await down();
+    throw err;
+  }
+  const env = clientEnv(cfg);
+  return {
+    kind,
+    env,
+    dataDir: cfg.dataDir,
+    glanceUrl: env.VMSNAP_GLANCE_URL ?? `http://127.0.0.1:${cfg.glancePort}`,
+    libvirtUri: cfg.libvirtUri,
+    down,
+  };
+}

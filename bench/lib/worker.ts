@@ -1,0 +1,92 @@
+// A real vmsnap worker (src/worker/main.ts, as operators run it) in a process of its own, so its
+// memory can be read from /proc without the benchmark's own heap in the figure.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { rssKiB } from './proc.js';
+
+export interface BenchWorker {
+  pid: number;
+  /** The last log lines, for error messages. */
+  tail(): string;
+  /** SIGTERM, then SIGKILL after graceMs. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export async function startBenchWorker(env: Record<string, string>, cwd: string, timeoutMs = 120_000): Promise<BenchWorker> {
+  const proc: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/worker/main.ts', '--role', 'all'], {
+    cwd,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  if (proc.pid === undefined) throw new Error('could not start the vmsnap worker process');
+  // Only a tail is kept: a long run logs a lot, and it is our memory, not the worker's.
+  const lines: string[] = [];
+  let started = false;
+  for (const stream of [proc.stdout!, proc.stderr!]) {
+    createInterface({ input: stream }).on('line', (line) => {
+      if (line.includes('vmsnap worker started')) started = true;
+      lines.push(line);
+      if (lines.length > 200) lines.shift();
+    });
+  }
+  const exited = once(proc, 'exit');
+  const tail = () => lines.slice(-20).join('\n');
+  const deadline = Date.now() + timeoutMs;
+  while (!started) {
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`the vmsnap worker exited (${proc.exitCode ?? proc.signalCode}) during start:\n${tail()}`);
+    if (Date.now() > deadline) {
+      proc.kill('SIGKILL');
+      throw new Error(`the vmsnap worker did not start within ${timeoutMs / 1000} s:\n${tail()}`);
+    }
+    await sleep(100);
+  }
+  return {
+    pid: proc.pid,
+    tail,
+    async stop(graceMs = 30_000) {
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      proc.kill('SIGTERM');
+      // A worker shuts down once its running activities end; normally none are left by now.
+      const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/**
+ * RSS of an idle `node` and of an idle `node --import tsx`: the floor under the worker's figure,
+ * to tell what vmsnap's own code and its Temporal worker add.
+ */
+export async function runtimeFloorKiB(cwd: string): Promise<{ node?: number; nodeTsx?: number }> {
+  const idle = async (args: string[]): Promise<number | undefined> => {
+    const proc = spawn(process.execPath, [...args, '-e', 'setTimeout(() => {}, 10000)'], { cwd, stdio: 'ignore' });
+    await sleep(2000);
+    const kib = proc.pid ? rssKiB(proc.pid) : undefined;
+    proc.kill('SIGKILL');
+    await once(proc, 'exit');
+    return kib;
+  };
+  const [node, nodeTsx] = [await idle([]), await idle(['--import', 'tsx'])];
+  return { ...(node ? { node } : {}), ...(nodeTsx ? { nodeTsx } : {}) };
+}
+
+/** CPU seconds per GiB for sha512 + md5 of the same bytes in this process (vmsnap hashes both while uploading). */
+export function hashCpuSPerGiB(): number {
+  const chunk = randomBytes(8 * 1024 * 1024);
+  const sha512 = createHash('sha512');
+  const md5 = createHash('md5');
+  const rounds = 32; // 256 MiB: long enough to measure, short enough not to matter
+  const before = process.cpuUsage();
+  for (let i = 0; i < rounds; i++) {
+    sha512.update(chunk);
+    md5.update(chunk);
+  }
+  sha512.digest();
+  md5.digest();
+  const used = process.cpuUsage(before);
+  return (used.user + used.system) / 1e6 / ((rounds * chunk.length) / 1024 ** 3);
+}

@@ -1,0 +1,366 @@
+// `npm run bench`: vmsnap against the bare commands an operator would script (virsh suspend,
+// qemu-img convert, virsh resume, curl), on the same guests and disks, in one run, the variants
+// alternating run by run. Writes latest.json (raw samples, machine), latest.md and latest.svg.
+// See `npm run bench -- --help` and the README's Benchmarks section.
+import type { Client } from '@temporalio/client';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildGuestAssets, type Guest } from '../scripts/lib/guest.js';
+import { connectClient, type SnapshotHandle } from '../src/client/snapshots.js';
+import { LibvirtHypervisor } from '../src/drivers/libvirt.js';
+import { loadConfig } from '../src/shared/config.js';
+import { createDataGuest, ensureRandomFile, removeGuestQuietly } from './lib/guests.js';
+import { describeMachine } from './lib/machine.js';
+import { renderMarkdown } from './lib/markdown.js';
+import { measureRun, type Sample } from './lib/measure.js';
+import { parseOptions, type BenchOptions, type DiskSpec, type Mode } from './lib/options.js';
+import { renderPng } from './lib/png.js';
+import { evaluateTargets, scaleGrowth, summarize, type BenchResults, type ScaleSample } from './lib/results.js';
+import { runScaleLevel } from './lib/scale.js';
+import { openStack, type BenchStack } from './lib/stack.js';
+import { renderSvg } from './lib/svg.js';
+import { cancelAndWait, deleteImage, liveModeAvailable, runBare, runVmsnap, type BareCtx, type GlanceCtx, type VmsnapCtx } from './lib/variants.js';
+import { hashCpuSPerGiB, runtimeFloorKiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+/** Scale guests count slowly: 20 TCG guests counting every 20 ms would saturate a small host by themselves. */
+const SCALE_GUEST_INTERVAL_MS = 1000;
+const GUEST_BOOT_CONCURRENCY = 4;
+
+const t0 = Date.now();
+const log = (line: string) => console.log(`[bench +${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${line}`);
+
+/** Undo steps, run last-in first-out whatever happens (also on Ctrl-C). */
+const cleanups: { what: string; run: () => Promise<void> }[] = [];
+let cleaning: Promise<void> | undefined;
+let interrupted = false;
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    while (cleanups.length) {
+      const step = cleanups.pop()!;
+      try {
+        await step.run();
+      } catch (err) {
+        log(`cleanup: ${step.what} failed: ${(err as Error).message}`);
+      }
+    }
+  })();
+  return cleaning;
+}
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    interrupted = true;
+    log(`${signal}: cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+
+/** The worker's per-host snapshot limit, if the worker has such a setting (read, not assumed). */
+function hostLimitOf(env: Record<string, string>): { setting: string; value: number } | undefined {
+  // Looked up by name rather than typed access: the setting is newer than this benchmark may be.
+  const cfg = loadConfig(env) as unknown as Record<string, unknown>;
+  const value = cfg.maxConcurrentSnapshots ?? (cfg.snapshot as Record<string, unknown> | undefined)?.maxConcurrentSnapshots;
+  if (typeof value !== 'number') return undefined;
+  const source = readFileSync(join(ROOT, 'src/shared/config.ts'), 'utf8');
+  const setting = /'(VMSNAP_MAX_CONCURRENT_\w+)'/.exec(source)?.[1] ?? 'VMSNAP_MAX_CONCURRENT_SNAPSHOTS';
+  return { setting, value };
+}
+
+/** Runs `fn` over items, at most `limit` at once. */
+async function inBatches<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out: R[] = [];
+  for (let i = 0; i < items.length; i += limit) out.push(...(await Promise.all(items.slice(i, i + limit).map(fn))));
+  return out;
+}
+
+/** Variant order of run `run` (1-based): rotated each run, so neither always goes first. */
+function orderOf(modes: Mode[], run: number): Mode[] {
+  const k = (run - 1) % modes.length;
+  return [...modes.slice(k), ...modes.slice(0, k)];
+}
+
+async function main(opts: BenchOptions, argv: string[]): Promise<number> {
+  const startedAt = new Date();
+  const errors: string[] = [];
+  const notes: string[] = [];
+  const samples: Sample[] = [];
+  const scale: ScaleSample[] = [];
+
+  const stack: BenchStack = await openStack(opts.stack, log);
+  cleanups.push({ what: 'stack down', run: () => stack.down() });
+  const machine = await describeMachine(stack.libvirtUri);
+  log(`machine: ${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')}`);
+
+  const tag = String(process.pid);
+  const prefix = `vmsnap-bench-${tag}`;
+  const workDir = join(stack.dataDir, `bench-${tag}`);
+  await mkdir(workDir, { recursive: true });
+  cleanups.push({ what: `remove ${workDir}`, run: () => rm(workDir, { recursive: true, force: true }) });
+  const place = { guestsDir: join(stack.dataDir, 'guests'), assetsDir: join(stack.dataDir, 'guest-assets') };
+
+  const glance: GlanceCtx = { glanceUrl: stack.glanceUrl, created: new Set(), ...(process.env.VMSNAP_GLANCE_TOKEN ? { token: process.env.VMSNAP_GLANCE_TOKEN } : {}) };
+  cleanups.push({
+    what: 'delete images',
+    run: async () => {
+      for (const id of [...glance.created]) await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
+    },
+  });
+  const guests = new Set<string>();
+  cleanups.push({
+    what: 'remove guests',
+    run: async () => {
+      for (const name of guests) {
+        const problem = await removeGuestQuietly(name, place.guestsDir);
+        if (problem) log(`cleanup: guest ${problem}`);
+      }
+    },
+  });
+  const newGuest = async (name: string, spec: Pick<DiskSpec, 'virtualMiB' | 'dataMiB'>, intervalMs?: number): Promise<Guest> => {
+    guests.add(name); // before it exists: a half-made guest is removed too
+    return createDataGuest({ ...place, name, spec, randomFile: join(workDir, 'random.bin'), ...(intervalMs !== undefined ? { intervalMs } : {}) });
+  };
+  const dropGuest = async (name: string) => {
+    const problem = await removeGuestQuietly(name, place.guestsDir);
+    if (problem) errors.push(`removing guest ${problem}`);
+    else guests.delete(name);
+  };
+
+  // The live mode only if the workflow takes it by now.
+  const live = liveModeAvailable();
+  const modes = opts.modes.filter((m) => m !== 'live' || live.available);
+  if (opts.modes.includes('live') && !live.available) log(`vmsnap live: not yet available (${live.reason})`);
+
+  const workerEnv: Record<string, string> = {
+    ...stack.env,
+    VMSNAP_HOST: `bench-${tag}`,
+    VMSNAP_TASK_QUEUE: `vmsnap-bench-${tag}`,
+    VMSNAP_STORE_URL: `sqlite://${join(workDir, 'vmsnap.sqlite')}`,
+    VMSNAP_STORE_PATH: '',
+    VMSNAP_SNAPSHOTS_DIR: join(workDir, 'snapshots'),
+    // Nothing in the background while measuring: no reconciler, no metrics endpoint to clash on.
+    VMSNAP_RECONCILE_INTERVAL_MS: '0',
+    VMSNAP_METRICS_ADDRESS: 'off',
+    VMSNAP_CONFIG_FILE: '',
+    VMSNAP_LOG_LEVEL: 'INFO',
+  };
+  let hostLimit = hostLimitOf(workerEnv);
+  if (opts.hostLimit !== undefined) {
+    if (hostLimit) {
+      workerEnv[hostLimit.setting] = String(opts.hostLimit);
+      hostLimit = { ...hostLimit, value: opts.hostLimit };
+    } else {
+      notes.push(`--host-limit ${opts.hostLimit} ignored: the worker has no per-host limit setting yet`);
+    }
+  }
+  const hostLimitNote = hostLimit
+    ? `${hostLimit.setting}=${hostLimit.value}${opts.hostLimit === undefined ? " (the worker's default)" : ''}: at most ${hostLimit.value} snapshots copy at once per host, the rest wait for a slot`
+    : 'the worker has no per-host concurrency limit setting yet: every snapshot runs at once';
+
+  const config = loadConfig(workerEnv);
+  const client: Client = await connectClient(config.temporal);
+  cleanups.push({ what: 'close the Temporal client', run: () => client.connection.close() });
+  const hypervisor = new LibvirtHypervisor({ uri: stack.libvirtUri });
+
+  let worker: BenchWorker | undefined;
+  cleanups.push({ what: 'stop the worker', run: async () => worker?.stop(interrupted ? 5_000 : 30_000) });
+  // Before the worker stops (cleanups run last first): an interrupted snapshot is cancelled while
+  // a worker is there to resume its guest and delete its image.
+  const running = new Map<string, SnapshotHandle>();
+  cleanups.push({
+    what: 'cancel running snapshots',
+    run: async () => {
+      await Promise.all([...running.values()].map((h) => cancelAndWait(h, interrupted ? 10_000 : 30_000)));
+    },
+  });
+  // A fresh worker per phase: it discovers the phase's guests at start (no lookup miss in the
+  // first run), and its idle memory is not what earlier phases left behind.
+  const freshWorker = async (): Promise<BenchWorker> => {
+    await worker?.stop();
+    log('starting a vmsnap worker process');
+    worker = await startBenchWorker(workerEnv, ROOT);
+    log(`worker pid ${worker.pid}`);
+    return worker;
+  };
+  // The spread copies a reference to glance.created: every variant's images land in one set.
+  const vmsnapCtx = (w: BenchWorker): VmsnapCtx => ({ ...glance, client, taskQueue: workerEnv.VMSNAP_TASK_QUEUE!, workerPid: w.pid, timeoutMs: opts.runTimeoutMs, running });
+  const bareCtx: BareCtx = { ...glance, libvirtUri: stack.libvirtUri, workDir, timeoutMs: opts.runTimeoutMs };
+
+  // Built once up front: guests booted in parallel would each build them, racing on the same files.
+  await buildGuestAssets(place.assetsDir);
+  const maxData = Math.max(0, ...opts.disks.map((d) => d.dataMiB));
+  if (maxData > 0) {
+    log(`writing ${maxData} MiB of random data to copy into the disks`);
+    await ensureRandomFile(join(workDir, 'random.bin'), maxData);
+  }
+  const warmups = opts.quick ? 0 : 1;
+  const maxScale = opts.scale.length ? Math.max(...opts.scale) : 0;
+  const smallSpec = opts.disks.find((d) => d.kind === 'small') ?? { kind: 'small' as const, virtualMiB: 64, dataMiB: 0 };
+  let smallGuest: Guest | undefined;
+
+  const runDisk = async (spec: DiskSpec) => {
+    const name = `${prefix}-${spec.kind}`;
+    log(`${spec.kind}: creating guest ${name} (${spec.virtualMiB} MiB virtual, ${spec.dataMiB} MiB data)`);
+    const guest = await newGuest(name, spec);
+    if (spec.kind === 'small') smallGuest = guest;
+    const w = await freshWorker();
+    const one = async (mode: Mode, run: number, position: number): Promise<Sample> => {
+      const imageName = `${prefix}-${spec.kind}-${mode}-${run}`;
+      try {
+        const sample = await measureRun({
+          disk: spec.kind,
+          mode,
+          run,
+          position,
+          guest,
+          hypervisor,
+          idleMs: opts.idleMs,
+          ...(mode === 'bare' ? {} : { rssPid: w.pid }),
+          variant: () => (mode === 'bare' ? runBare(bareCtx, guest, imageName) : runVmsnap(vmsnapCtx(w), guest, imageName, mode)),
+        });
+        // Only big uploads need the memory curve in the JSON.
+        if (spec.kind !== 'large') delete sample.rssSeries;
+        if (sample.imageId) {
+          await deleteImage(glance, sample.imageId).catch((err: Error) => errors.push(`deleting image ${sample.imageId}: ${err.message}`));
+        }
+        return sample;
+      } catch (err) {
+        return { disk: spec.kind, mode, run, position, ok: false, error: (err as Error).message };
+      }
+    };
+    for (let i = 1; i <= warmups; i++) {
+      for (const mode of orderOf(modes, i)) {
+        const s = await one(mode, 0, 0);
+        log(`${spec.kind}: warm-up ${mode} ${s.ok ? `ok (${Math.round(s.wallMs ?? 0)} ms)` : `FAILED: ${s.error}`}`);
+      }
+    }
+    for (let run = 1; run <= opts.runs; run++) {
+      const order = orderOf(modes, run);
+      for (const [i, mode] of order.entries()) {
+        const s = await one(mode, run, i + 1);
+        samples.push(s);
+        log(
+          `${spec.kind} run ${run}/${opts.runs} ${mode.padEnd(4)}: ` +
+            (s.ok
+              ? `wall ${Math.round(s.wallMs ?? 0)} ms, pause ${Math.round(s.pauseMs ?? 0)} ms, upload ${(s.throughputMiBps ?? 0).toFixed(1)} MiB/s, progress ${Math.round((s.progressRatio ?? 0) * 100)} %`
+              : `FAILED: ${s.error}`),
+        );
+      }
+    }
+    if (!(spec.kind === 'small' && maxScale > 0)) await dropGuest(name);
+  };
+
+  const runScale = async () => {
+    // The small disk's guest is one of them when there is one; the rest are made here.
+    const have = smallGuest ? [smallGuest] : [];
+    const extra = Array.from({ length: Math.max(0, maxScale - have.length) }, (_, i) => `${prefix}-s${String(i + 1).padStart(2, '0')}`);
+    if (extra.length) {
+      log(`scale: creating ${extra.length} small guests`);
+      const made = await inBatches(extra, GUEST_BOOT_CONCURRENCY, (name) => newGuest(name, smallSpec, SCALE_GUEST_INTERVAL_MS));
+      have.push(...made);
+    }
+    const w = extra.length || !worker ? await freshWorker() : worker;
+    for (const [li, n] of opts.scale.entries()) {
+      for (let rep = 1; rep <= opts.scaleRuns; rep++) {
+        for (const mode of orderOf(modes, li + rep)) {
+          log(`scale: ${n} at once, ${mode}, round ${rep}`);
+          const s = await runScaleLevel({ n, mode, rep, guests: have, bare: bareCtx, vmsnap: vmsnapCtx(w), imagePrefix: prefix });
+          scale.push(s);
+          log(`scale: ${n} ${mode}: wall ${Math.round(s.wallMs)} ms, ${s.failures} failed${s.maxConcurrentConverts !== undefined ? `, at most ${s.maxConcurrentConverts} copies at once` : ''}`);
+        }
+      }
+    }
+    for (const g of have) await dropGuest(g.name);
+    smallGuest = undefined;
+  };
+
+  // Small first, then the scale runs (reusing its guest), then the big disks: one counting guest
+  // at a time during the per-disk runs, so guests do not compete with the work measured.
+  const phases: { name: string; run: () => Promise<void> }[] = [];
+  const small = opts.disks.find((d) => d.kind === 'small');
+  if (small) phases.push({ name: 'small', run: () => runDisk(small) });
+  if (maxScale > 0) phases.push({ name: 'scale', run: runScale });
+  for (const d of opts.disks.filter((x) => x.kind !== 'small')) phases.push({ name: d.kind, run: () => runDisk(d) });
+  for (const phase of phases) {
+    try {
+      await phase.run();
+    } catch (err) {
+      errors.push(`${phase.name}: ${(err as Error).message}`);
+      log(`${phase.name} FAILED: ${(err as Error).message}`);
+    }
+  }
+  await worker?.stop();
+  const floor = await runtimeFloorKiB(ROOT);
+  const hashCost = hashCpuSPerGiB();
+  machine.loadAverageEnd = os.loadavg().map((l) => Math.round(l * 100) / 100);
+
+  notes.push(
+    'Guest-visible pause: QEMU STOP/RESUME events with QEMU’s own timestamps (LibvirtHypervisor.watchPauses, i.e. virsh qemu-monitor-event), the same watch for every variant.',
+    'bare: virsh suspend; qemu-img convert -U -O qcow2; virsh resume; curl POST /v2/images; curl PATCH disk_format/container_format; curl -T; rm of the copy. Its wall time is the sum of those commands.',
+    'vmsnap: startSnapshot() to handle.result() through Temporal, against a worker process (src/worker/main.ts run by tsx, INFO logs, SQLite store), so wall time includes Temporal’s task dispatch, the task-state and event writes, and the sha512/md5 verification against Glance.',
+    'Upload throughput: image bytes / upload step. bare: the curl -T alone; vmsnap: the workflow’s uploading phase (PATCH formats, PUT while hashing, verify), so it also carries activity dispatch. The /proc fd-window figure is the PUT alone as seen from the worker.',
+    `Guest progress: the guest’s counter steps per second across the snapshot (readCounter before and after) ÷ steps per second in the ${opts.idleMs} ms idle window just before.`,
+    'Worker RSS: /proc/<pid>/status VmRSS every 50 ms; the upload window is while the worker holds the snapshot file open (/proc/<pid>/fd, last unbroken stretch); idle is the median over the idle window before the run. The worker runs TypeScript through tsx, which costs memory precompiled JS would not.',
+    'fsync diagnostic: bare times an fsync of its copy right after resume (not counted in its times); vmsnap fsyncs its copy inside the pause, before resuming.',
+    `Order: variants alternate run by run (the first variant of run k is the k-th); ${warmups} unmeasured warm-up round(s) per disk; images are deleted after each run, outside the timings.`,
+    `Guests: the counter test guest (scripts/lib/guest.ts) under TCG, 1 vCPU, 128 MiB, counting every 20 ms; scale guests count every ${SCALE_GUEST_INTERVAL_MS} ms so 20 TCG guests do not saturate the host’s CPUs by themselves.`,
+  );
+  if (stack.kind === 'own') notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
+  else notes.push(`Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${stack.glanceUrl}), shared with whatever else runs on it.`);
+  if (!live.available && opts.modes.includes('live')) notes.push(`vmsnap live: not yet available: ${live.reason}`);
+
+  const summary = summarize(opts.disks, modes, samples);
+  const results: BenchResults = {
+    schema: 'vmsnap-bench/1',
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    durationS: Math.round((Date.now() - startedAt.getTime()) / 1000),
+    argv,
+    options: opts,
+    stack: { kind: stack.kind, glanceUrl: stack.glanceUrl, temporal: stack.env.TEMPORAL_ADDRESS ?? '', dataDir: stack.dataDir },
+    machine,
+    worker: { ...(hostLimit ? { hostLimit } : {}), hostLimitNote, logLevel: workerEnv.VMSNAP_LOG_LEVEL ?? 'INFO', runtimeFloorKiB: floor, hashCpuSPerGiB: hashCost },
+    live,
+    notes,
+    samples,
+    summary,
+    scale,
+    scaleGrowth: scaleGrowth(scale),
+    targets: evaluateTargets(summary, scale, live, opts.modes),
+    errors,
+  };
+
+  const out = resolve(ROOT, opts.out);
+  await mkdir(out, { recursive: true });
+  const svg = renderSvg(results);
+  await writeFile(join(out, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+  await writeFile(join(out, 'latest.md'), renderMarkdown(results));
+  await writeFile(join(out, 'latest.svg'), svg);
+  log(`wrote ${join(out, 'latest.json')}, latest.md, latest.svg`);
+  if (opts.png) {
+    const [, w, h] = /width="(\d+)" height="(\d+)"/.exec(svg) ?? [];
+    try {
+      const how = await renderPng(join(out, 'latest.svg'), join(out, 'latest.png'), Number(w), Number(h));
+      log(`wrote ${join(out, 'latest.png')} (${how})`);
+    } catch (err) {
+      log(`no PNG: ${(err as Error).message}`);
+    }
+  }
+  for (const t of results.targets) log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
+  for (const e of errors) log(`error: ${e}`);
+  return errors.length || samples.some((s) => !s.ok) ? 1 : 0;
+}
+
+const argv = process.argv.slice(2);
+let code = 1;
+try {
+  process.chdir(ROOT); // relative paths (.data/bench, .tools) are the repository's
+  code = await main(parseOptions(argv), argv);
+} catch (err) {
+  log(`bench failed: ${(err as Error).stack ?? String(err)}`);
+} finally {
+  await cleanup();
+}
+process.exit(code);
