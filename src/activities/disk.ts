@@ -2,7 +2,7 @@
 // reads the disk of a paused (or shut-off) guest. Live: QEMU's block backup job pushes a
 // point-in-time copy while the guest runs.
 import { Context } from '@temporalio/activity';
-import { chmod, chown, mkdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
@@ -85,6 +85,8 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
       const disk = await hypervisor.rootDisk(input.instanceId);
       const dir = await freshDir(snapshotsDir, input.imageId);
       const target = join(dir, `disk.${input.diskFormat}`);
+      // Created 0600 before qemu-img opens it (it keeps an existing file's mode): never readable by others.
+      await writeFile(target, '', { mode: 0o600 });
 
       // The copy reads the whole virtual disk; its size scales qemu-img's percent to bytes.
       const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
