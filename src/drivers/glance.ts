@@ -332,6 +332,11 @@ export class GlanceImageService implements ImageService {
     if (status === 404) {
       return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, false, details);
     }
+    if (status === 409 && /transition from (saving|uploading|importing)/i.test(said)) {
+      // An earlier upload of this image is still in Glance's hands (its client died a moment
+      // ago); Glance puts the image back to queued shortly, so the same upload can be retried.
+      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`, true, details);
+    }
     if (status === 409) {
       return new VmsnapError(
         'ImageConflict',

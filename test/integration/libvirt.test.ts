@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { createGuest, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
-import { VmsnapError, type ErrorCode } from '../../src/shared/errors.js';
+import { rejectsWith } from '../support/assertions.js';
 
 const uri = process.env.VMSNAP_LIBVIRT_URI ?? 'qemu:///system';
 const dataDir = path.resolve(process.env.VMSNAP_DATA_DIR ?? '.data/test');
@@ -28,19 +28,6 @@ const cdromName = `${prefix}-cdrom`;
 const cdromUuid = randomUUID();
 
 const hv = new LibvirtHypervisor({ uri });
-
-async function rejectsWith(p: Promise<unknown>, code: ErrorCode): Promise<VmsnapError> {
-  let caught: unknown;
-  await p.then(
-    () => assert.fail(`expected ${code}, but it succeeded`),
-    (e: unknown) => {
-      caught = e;
-    },
-  );
-  assert.ok(caught instanceof VmsnapError, `expected VmsnapError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  return caught;
-}
 
 async function define(xml: string): Promise<void> {
   const file = path.join(os.tmpdir(), `${prefix}-${randomUUID()}.xml`);

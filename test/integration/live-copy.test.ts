@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { createGuest, readCounter, removeGuest, type Counter, type Guest } from '../../scripts/lib/guest.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
-import { VmsnapError, type ErrorCode } from '../../src/shared/errors.js';
+import { rejectsWith } from '../support/assertions.js';
 
 const uri = process.env.VMSNAP_LIBVIRT_URI ?? 'qemu:///system';
 const dataDir = path.resolve(process.env.VMSNAP_DATA_DIR ?? '.data/test');
@@ -36,19 +36,6 @@ const BULK_LEN = 256 * MiB;
 const BULK_PATTERN = 0xa5;
 
 const hv = new LibvirtHypervisor({ uri });
-
-async function rejectsWith(p: Promise<unknown>, code: ErrorCode): Promise<VmsnapError> {
-  let caught: unknown;
-  await p.then(
-    () => assert.fail(`expected ${code}, but it succeeded`),
-    (e: unknown) => {
-      caught = e;
-    },
-  );
-  assert.ok(caught instanceof VmsnapError, `expected VmsnapError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  return caught;
-}
 
 async function virsh(...args: string[]): Promise<string> {
   return (await execa('virsh', ['-c', uri, ...args], { env: { LC_ALL: 'C' } })).stdout;

@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import { createGuest, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { check, convert, info } from '../../src/drivers/qemu-img.js';
-import { VmsnapError, type ErrorCode } from '../../src/shared/errors.js';
+import { rejectsWith } from '../support/assertions.js';
 
 const dataDir = path.resolve(process.env.VMSNAP_DATA_DIR ?? '.data/test');
 const assetsDir = path.join(dataDir, 'guest-assets');
@@ -20,19 +20,6 @@ const MiB = 1024 * 1024;
 
 let dir = '';
 const p = (name: string) => path.join(dir, name);
-
-async function rejectsWith(promise: Promise<unknown>, code: ErrorCode): Promise<VmsnapError> {
-  let caught: unknown;
-  await promise.then(
-    () => assert.fail(`expected ${code}, but it succeeded`),
-    (e: unknown) => {
-      caught = e;
-    },
-  );
-  assert.ok(caught instanceof VmsnapError, `expected VmsnapError ${code}, got ${String(caught)}`);
-  assert.equal(caught.code, code, caught.message);
-  return caught;
-}
 
 async function qemuImg(...args: string[]): Promise<void> {
   await execa('qemu-img', args);
