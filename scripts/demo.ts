@@ -1,5 +1,6 @@
 // The main job, end to end on this machine: dev stack up, a test guest running, a vmsnap worker,
 // one snapshot (live where the host can) through the client, and proof that the guest runs on. Run by ./scripts/demo.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { getProgress, startSnapshot } from '../src/client/snapshots.js';
@@ -26,7 +27,8 @@ async function main(): Promise<void> {
   console.log(`== guest ${GUEST}`);
   const guestsDir = join(stack.dataDir, 'guests');
   const diskPath = join(guestsDir, GUEST, 'disk.qcow2');
-  if ((await guestState(GUEST)) !== 'running') {
+  // Reuse the demo guest only if it runs from this data dir; createGuest replaces any other.
+  if ((await guestState(GUEST)) !== 'running' || !existsSync(diskPath)) {
     await createGuest({ name: GUEST, guestsDir, assetsDir: join(stack.dataDir, 'guest-assets') });
   }
   console.log(`   running; counter on disk: ${(await readCounter(diskPath, 'qcow2')).a}`);

@@ -60,10 +60,11 @@ export function uploadActivities({ imageService }: ActivityDeps) {
         // An earlier attempt's PUT went through but its result was lost: verify what is there.
         sent = await hashFile(input.path);
       } else if (image.status === 'queued') {
+        const queued = image;
         const minDisk = Math.ceil(input.virtualSize / GiB);
         const properties = input.properties ?? {};
-        const stale = Object.entries(properties).some(([k, v]) => image![k] !== v);
-        if (stale || image.disk_format !== input.diskFormat || image.container_format !== 'bare' || image.min_disk !== minDisk) {
+        const stale = Object.entries(properties).some(([k, v]) => queued[k] !== v);
+        if (stale || queued.disk_format !== input.diskFormat || queued.container_format !== 'bare' || queued.min_disk !== minDisk) {
           // Formats are set before the data, as Nova does.
           await imageService.updateImage(input.imageId, { ...properties, disk_format: input.diskFormat, container_format: 'bare', min_disk: minDisk });
         }

@@ -14,18 +14,10 @@ import type { Store } from '../../src/store/index.js';
 import type { ActivityDeps } from '../../src/activities/index.js';
 import * as qemuImg from '../../src/drivers/qemu-img.js';
 import { installRuntime } from '../../src/worker/observability.js';
-import { createServer, type AddressInfo } from 'node:net';
 import { startVmsnapWorker } from '../../src/worker/vmsnap-worker.js';
 
-// Worker lifecycle chatter hides test output: warnings and errors only. Metrics on a free port.
-const metricsPort = await new Promise<number>((resolve) => {
-  const probe = createServer().listen(0, '127.0.0.1', () => {
-    const { port } = probe.address() as AddressInfo;
-    probe.close(() => resolve(port));
-  });
-});
-installRuntime({ logLevel: 'WARN', metricsAddress: `127.0.0.1:${metricsPort}` });
-export const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
+// Worker lifecycle chatter hides test output: warnings and errors only.
+installRuntime({ logLevel: 'WARN' });
 
 export interface Harness {
   config: Config;

@@ -4,6 +4,8 @@
 //  3. no temp files of the snapshot remain;
 //  4. no image of the snapshot is left queued or saving: it is active and verified, or gone;
 //  5. the outcome says what happened, and a failed snapshot recorded a fault.
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure, CancelledFailure, TerminatedFailure } from '@temporalio/common';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { guestState, readCounter, type DomainState, type Guest } from '../../scripts/lib/guest.js';
@@ -54,8 +56,6 @@ export async function checkInvariants(ctx: {
 
 /** How a snapshot ended: 'completed', its failure type, or 'Cancelled' / 'Terminated'. */
 export async function outcomeOf(handle: { result: () => Promise<unknown> }): Promise<string> {
-  const { WorkflowFailedError } = await import('@temporalio/client');
-  const { ApplicationFailure, CancelledFailure, TerminatedFailure } = await import('@temporalio/common');
   try {
     await handle.result();
     return 'completed';
