@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { buildGuestAssets, type Guest } from '../scripts/lib/guest.js';
 import { connectClient, type SnapshotHandle } from '../src/client/snapshots.js';
 import { LibvirtHypervisor } from '../src/drivers/libvirt.js';
+import { connectCloud } from '../src/drivers/cloud.js';
 import { loadConfig } from '../src/shared/config.js';
 import { createDataGuest, ensureRandomFile, removeGuestQuietly } from './lib/guests.js';
 import { describeMachine } from './lib/machine.js';
@@ -101,7 +102,9 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   cleanups.push({ what: `remove ${workDir}`, run: () => rm(workDir, { recursive: true, force: true }) });
   const place = { guestsDir: join(stack.dataDir, 'guests'), assetsDir: join(stack.dataDir, 'guest-assets') };
 
-  const glance: GlanceCtx = { glanceUrl: stack.glanceUrl, created: new Set(), ...(process.env.VMSNAP_GLANCE_TOKEN ? { token: process.env.VMSNAP_GLANCE_TOKEN } : {}) };
+  const cloud = await connectCloud(loadConfig(stack.env));
+  cleanups.push({ what: 'close the cloud session', run: () => cloud.close() });
+  const glance: GlanceCtx = { glanceUrl: cloud.glanceUrl, auth: () => cloud.identity.authHeaders(), created: new Set() };
   cleanups.push({
     what: 'delete images',
     run: async () => {
@@ -308,7 +311,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     `Guests: the counter test guest (scripts/lib/guest.ts) under TCG, 1 vCPU, 128 MiB, counting every 20 ms; scale guests count every ${SCALE_GUEST_INTERVAL_MS} ms so 20 TCG guests do not saturate the host’s CPUs by themselves.`,
   );
   if (stack.kind === 'own') notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
-  else notes.push(`Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${stack.glanceUrl}), shared with whatever else runs on it.`);
+  else notes.push(`Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`);
   if (!live.available && opts.modes.includes('live')) notes.push(`vmsnap live: not yet available: ${live.reason}`);
 
   const summary = summarize(opts.disks, modes, samples);
@@ -319,7 +322,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     durationS: Math.round((Date.now() - startedAt.getTime()) / 1000),
     argv,
     options: opts,
-    stack: { kind: stack.kind, glanceUrl: stack.glanceUrl, temporal: stack.env.TEMPORAL_ADDRESS ?? '', dataDir: stack.dataDir },
+    stack: { kind: stack.kind, glanceUrl: glance.glanceUrl, temporal: stack.env.TEMPORAL_ADDRESS ?? '', dataDir: stack.dataDir },
     machine,
     worker: { ...(hostLimit ? { hostLimit } : {}), hostLimitNote, logLevel: workerEnv.VMSNAP_LOG_LEVEL ?? 'INFO', runtimeFloorKiB: floor, hashCpuSPerGiB: hashCost },
     live,

@@ -43,7 +43,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --scale-runs N        repetitions of each scale level (default 1)
   --quick               smoke size: 1 run, small disk, bare+cold, scale 1, no PNG
   --stack own|env       own: private stack in .data/bench on ports 7333/9392/5532 (default);
-                        env: the running stack named by TEMPORAL_ADDRESS, VMSNAP_GLANCE_URL and
+                        env: the running stack named by TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and
                         VMSNAP_DATA_DIR (default with --quick when those are set)
   --out DIR             where latest.{json,md,svg} go (default bench/results)
   --no-png              do not render latest.png
@@ -97,11 +97,11 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     process.exit(0);
   }
   const quick = values.quick === true;
-  const stackEnvPresent = Boolean(env.TEMPORAL_ADDRESS && env.VMSNAP_GLANCE_URL && env.VMSNAP_DATA_DIR);
+  const stackEnvPresent = Boolean(env.TEMPORAL_ADDRESS && (env.OS_CLOUD || env.OS_AUTH_URL) && env.VMSNAP_DATA_DIR);
   const stack = values.stack ?? (quick && stackEnvPresent ? 'env' : 'own');
   if (stack !== 'own' && stack !== 'env') throw new Error(`--stack must be own or env (got "${stack}")`);
   if (stack === 'env' && !stackEnvPresent) {
-    throw new Error('--stack env needs TEMPORAL_ADDRESS, VMSNAP_GLANCE_URL and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")');
+    throw new Error('--stack env needs TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")');
   }
 
   const sizes = {

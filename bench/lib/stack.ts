@@ -10,14 +10,14 @@ export const OWN_STACK_ENV = {
   VMSNAP_TEMPORAL_UI_PORT: '8333',
   VMSNAP_GLANCE_PORT: '9392',
   VMSNAP_POSTGRES_PORT: '5532',
+  VMSNAP_KEYSTONE_PORT: '5100',
 };
 
 export interface BenchStack {
   kind: 'own' | 'env';
-  /** What a vmsnap worker or client needs: TEMPORAL_ADDRESS, VMSNAP_GLANCE_URL, VMSNAP_DATA_DIR, ... */
+  /** What a vmsnap worker or client needs: TEMPORAL_ADDRESS, OS_CLOUD, VMSNAP_DATA_DIR, ... */
   env: Record<string, string>;
   dataDir: string;
-  glanceUrl: string;
   libvirtUri: string;
   down(): Promise<void>;
 }
@@ -30,12 +30,12 @@ export async function openStack(kind: 'own' | 'env', log: (line: string) => void
       env: {
         TEMPORAL_ADDRESS: env.TEMPORAL_ADDRESS ?? '',
         TEMPORAL_NAMESPACE: env.TEMPORAL_NAMESPACE || 'default',
-        VMSNAP_GLANCE_URL: env.VMSNAP_GLANCE_URL ?? '',
+        // The cloud as the shell names it: OS_CLOUD and its files, or OS_* credentials.
+        ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => /^OS_|^VMSNAP_GLANCE_URL$/.test(e[0]) && e[1] !== undefined)),
         VMSNAP_DATA_DIR: resolve(env.VMSNAP_DATA_DIR ?? ''),
         VMSNAP_LIBVIRT_URI: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
       },
       dataDir: resolve(env.VMSNAP_DATA_DIR ?? ''),
-      glanceUrl: (env.VMSNAP_GLANCE_URL ?? '').replace(/\/+$/, ''),
       libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
       async down() {
         // Not ours: left running.
@@ -70,7 +70,6 @@ export async function openStack(kind: 'own' | 'env', log: (line: string) => void
     kind,
     env,
     dataDir: cfg.dataDir,
-    glanceUrl: env.VMSNAP_GLANCE_URL ?? `http://127.0.0.1:${cfg.glancePort}`,
     libvirtUri: cfg.libvirtUri,
     down,
   };

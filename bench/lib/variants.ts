@@ -41,19 +41,20 @@ export interface VariantResult {
 
 export interface GlanceCtx {
   glanceUrl: string;
-  token?: string;
+  /** Headers with a Keystone token, as an operator's script would send after `openstack token issue`. */
+  auth: () => Promise<Record<string, string>>;
   /** Every image id created, for cleanup whatever happens. */
   created: Set<string>;
 }
 
-function glanceHeaders(ctx: GlanceCtx): string[] {
-  return ctx.token ? ['-H', `X-Auth-Token: ${ctx.token}`] : [];
+async function curlHeaders(ctx: GlanceCtx): Promise<string[]> {
+  return Object.entries(await ctx.auth()).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
 }
 
 export async function deleteImage(ctx: GlanceCtx, id: string): Promise<void> {
   const res = await fetch(`${ctx.glanceUrl}/v2/images/${id}`, {
     method: 'DELETE',
-    headers: ctx.token ? { 'X-Auth-Token': ctx.token } : {},
+    headers: await ctx.auth(),
     signal: AbortSignal.timeout(30_000),
   });
   await res.body?.cancel();
@@ -63,7 +64,7 @@ export async function deleteImage(ctx: GlanceCtx, id: string): Promise<void> {
 
 /** The stored image's size as Glance reports it. */
 export async function glanceImageSize(ctx: GlanceCtx, id: string): Promise<number | undefined> {
-  const res = await fetch(`${ctx.glanceUrl}/v2/images/${id}`, { headers: ctx.token ? { 'X-Auth-Token': ctx.token } : {}, signal: AbortSignal.timeout(30_000) });
+  const res = await fetch(`${ctx.glanceUrl}/v2/images/${id}`, { headers: await ctx.auth(), signal: AbortSignal.timeout(30_000) });
   if (!res.ok) {
     await res.body?.cancel();
     return undefined;
@@ -104,7 +105,9 @@ export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Pr
   };
   const limit = { timeout: ctx.timeoutMs };
   const virsh = (...args: string[]) => execa('virsh', ['-c', ctx.libvirtUri, ...args], limit);
-  const curl = (...args: string[]) => execa('curl', ['-sS', '--fail-with-body', ...glanceHeaders(ctx), ...args], limit);
+  // The token is had before the clock starts, as a script would have it from its environment.
+  const auth = await curlHeaders(ctx);
+  const curl = (...args: string[]) => execa('curl', ['-sS', '--fail-with-body', ...auth, ...args], limit);
   let suspended = false;
   let fsyncMs: number | undefined;
   try {
@@ -135,7 +138,7 @@ export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Pr
     let peak = 0;
     let cpu: number | undefined;
     const upload = await step('upload', async () => {
-      const sub = execa('curl', ['-sS', '--fail-with-body', ...glanceHeaders(ctx), '-T', copy, '-H', 'Content-Type: application/octet-stream', '-w', '%{speed_upload}', `${ctx.glanceUrl}/v2/images/${imageId}/file`], limit);
+      const sub = execa('curl', ['-sS', '--fail-with-body', ...auth, '-T', copy, '-H', 'Content-Type: application/octet-stream', '-w', '%{speed_upload}', `${ctx.glanceUrl}/v2/images/${imageId}/file`], limit);
       const sampler = sub.pid ? sampleRss(sub.pid, 50) : undefined;
       try {
         return await sub;

@@ -1,5 +1,5 @@
-// The dev stack: Temporal dev server, standalone Glance, libvirt and PostgreSQL, as processes on
-// loopback.
+// The dev stack: Temporal dev server, Keystone (HTTPS), Glance behind Keystone, libvirt and
+// PostgreSQL, as processes on loopback.
 // Each service knows how to start, how to tell it is healthy, and how to stop by its own pid.
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
@@ -8,13 +8,30 @@ import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
+import { Agent, request } from 'undici';
 import { isAlive, portIsFree, runningPid, startDetached, stopByPid, waitUntil } from './daemon.js';
+import {
+  initKeystone,
+  keystoneConfig,
+  keystonePaths,
+  keystoneUrl,
+  provisionKeystone,
+  readAccounts,
+  saveAccounts,
+  writeCloudsYaml,
+  REGION,
+  type KeystoneAccounts,
+} from './keystone.js';
+import { ensureStackTls, tlsPaths } from './tls.js';
 
 export interface StackConfig {
   dataDir: string;
   temporalPort: number;
   temporalUiPort: number;
   glancePort: number;
+  keystonePort: number;
+  /** Keystone's token lifetime in seconds; the test stack keeps it short so that renewal is exercised. */
+  keystoneTokenLifetimeS: number;
   libvirtUri: string;
   temporalBin: string;
   postgresPort: number;
@@ -32,6 +49,13 @@ function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
   return value;
 }
 
+function tokenLifetime(raw: string | undefined): number {
+  if (raw === undefined || raw === '') return 3600;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 10) throw new Error(`VMSNAP_KEYSTONE_TOKEN_LIFETIME=${raw} is not a token lifetime: give whole seconds, 10 or more`);
+  return value;
+}
+
 /** Stack settings from the environment; defaults give the dev stack on the usual ports. */
 export function stackConfig(env = process.env): StackConfig {
   const temporalPort = port(env, 'VMSNAP_TEMPORAL_PORT', 7233);
@@ -40,6 +64,8 @@ export function stackConfig(env = process.env): StackConfig {
     temporalPort,
     temporalUiPort: port(env, 'VMSNAP_TEMPORAL_UI_PORT', temporalPort + 1000),
     glancePort: port(env, 'VMSNAP_GLANCE_PORT', 9292),
+    keystonePort: port(env, 'VMSNAP_KEYSTONE_PORT', 5000),
+    keystoneTokenLifetimeS: tokenLifetime(env.VMSNAP_KEYSTONE_TOKEN_LIFETIME),
     libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
     temporalBin: resolve(env.VMSNAP_TEMPORAL_BIN || '.tools/bin/temporal'),
     postgresPort: port(env, 'VMSNAP_POSTGRES_PORT', 5432),
@@ -161,9 +187,11 @@ function temporalService(cfg: StackConfig): Service {
   });
 }
 
-function glanceConfig(cfg: StackConfig, dir: string): string {
-  // Standalone Glance: an empty paste flavor selects the unauthenticated pipeline (no Keystone),
-  // sqlite for the registry and a file store for image data, everything under the data dir.
+function glanceConfig(cfg: StackConfig, dir: string, accounts: KeystoneAccounts): string {
+  // Glance behind Keystone (paste flavor keystone: keystonemiddleware checks every token with
+  // Keystone, as its own service user), sqlite for the registry and a file store for image data,
+  // everything under the data dir. Tokens are checked anew on each request (no cache), so that a
+  // revoked token is refused at once.
   return `[DEFAULT]
 bind_host = 127.0.0.1
 bind_port = ${cfg.glancePort}
@@ -188,8 +216,21 @@ filesystem_store_datadir = ${join(dir, 'staging')}
 filesystem_store_datadir = ${join(dir, 'tasks')}
 
 [paste_deploy]
-flavor =
+flavor = keystone
 config_file = /etc/glance/glance-api-paste.ini
+
+[keystone_authtoken]
+www_authenticate_uri = ${keystoneUrl(cfg)}
+auth_url = ${keystoneUrl(cfg)}
+auth_type = password
+cafile = ${tlsPaths(cfg.dataDir).ca}
+region_name = ${REGION}
+project_domain_name = Default
+user_domain_name = Default
+project_name = service
+username = glance
+password = ${accounts.glancePassword}
+token_cache_time = -1
 
 [oslo_concurrency]
 lock_path = ${join(dir, 'lock')}
@@ -208,7 +249,10 @@ function glanceService(cfg: StackConfig): Service {
     async prepare() {
       mkdirSync(join(cfg.dataDir, 'logs'), { recursive: true });
       for (const sub of ['images', 'staging', 'tasks', 'lock']) mkdirSync(join(dir, sub), { recursive: true });
-      writeFileSync(confFile, glanceConfig(cfg, dir));
+      const accounts = readAccounts(cfg.dataDir);
+      if (!accounts) throw new Error('glance: Keystone has not been set up in this data dir: start the whole stack (npm run stack -- up)');
+      // It holds the service user's password.
+      writeFileSync(confFile, glanceConfig(cfg, dir, accounts), { mode: 0o600 });
       if (!existsSync(join(dir, 'glance.sqlite'))) {
         const sync = await execa('glance-manage', ['--config-file', confFile, 'db_sync'], { reject: false, all: true });
         if (sync.exitCode !== 0) {
@@ -217,7 +261,12 @@ function glanceService(cfg: StackConfig): Service {
       }
     },
     start: () => ({ command: 'glance-api', args: ['--config-file', confFile] }),
-    healthy: () => httpOk(`${url}/v2/images?limit=1`),
+    // Without a token Glance answers 401 (and names Keystone): up, and behind Keystone.
+    healthy: async () => {
+      const res = await fetch(`${url}/v2/images?limit=1`, { signal: AbortSignal.timeout(2000) });
+      await res.body?.cancel();
+      return res.status === 401;
+    },
     endpoints: () => ({ url }),
     startTimeoutMs: 60_000,
   });
@@ -458,8 +507,70 @@ function postgresService(cfg: StackConfig): Service {
   };
 }
 
+function keystoneService(cfg: StackConfig): Service {
+  const paths = keystonePaths(cfg.dataDir);
+  const tls = tlsPaths(cfg.dataDir);
+  const kcfg = { dataDir: cfg.dataDir, keystonePort: cfg.keystonePort, glancePort: cfg.glancePort, tokenLifetimeS: cfg.keystoneTokenLifetimeS };
+  let adminPassword: string | undefined;
+  let ca: Agent | undefined;
+  const service = ownedService({
+    name: 'keystone',
+    program: 'uwsgi',
+    dataDir: cfg.dataDir,
+    ports: () => [cfg.keystonePort],
+    async prepare() {
+      mkdirSync(join(cfg.dataDir, 'logs'), { recursive: true });
+      mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
+      await ensureStackTls(cfg.dataDir);
+      writeFileSync(paths.conf, keystoneConfig(kcfg));
+      if (!readAccounts(cfg.dataDir)) {
+        adminPassword = randomBytes(18).toString('base64url');
+        await initKeystone(kcfg, adminPassword);
+      }
+    },
+    start: () => ({
+      command: 'uwsgi',
+      args: [
+        '--plugins', 'python3',
+        '--https-socket', `127.0.0.1:${cfg.keystonePort},${tls.cert},${tls.key}`,
+        '--wsgi-file', '/usr/bin/keystone-wsgi-public',
+        '--env', `OS_KEYSTONE_CONFIG_FILES=${paths.conf}`,
+        // One process: Keystone's SQLite database takes one writer at a time.
+        '--master', '--processes', '1', '--threads', '1',
+        '--die-on-term', '--need-app', '--disable-logging',
+      ],
+    }),
+    async healthy() {
+      ca ??= new Agent({ connect: { ca: readFileSync(tls.ca) } });
+      const res = await request(`${keystoneUrl(kcfg)}`, { dispatcher: ca, headersTimeout: 2000, bodyTimeout: 2000 });
+      await res.body.text();
+      return res.statusCode === 200;
+    },
+    endpoints: () => ({ url: keystoneUrl(kcfg), 'clouds.yaml': paths.cloudsYaml }),
+    startTimeoutMs: 60_000,
+  });
+  return {
+    ...service,
+    async up() {
+      // A Keystone whose accounts were never made starts afresh.
+      if (!readAccounts(cfg.dataDir)) await service.down();
+      const status = await service.up();
+      let accounts = readAccounts(cfg.dataDir);
+      if (!accounts) {
+        if (!adminPassword) throw new Error('keystone: started without being bootstrapped: run npm run stack -- down, then up');
+        accounts = await provisionKeystone(kcfg, tls.ca, adminPassword);
+        saveAccounts(cfg.dataDir, accounts);
+      }
+      writeCloudsYaml(kcfg, tls.ca, accounts);
+      await ca?.close();
+      ca = undefined;
+      return status;
+    },
+  };
+}
+
 export function services(cfg: StackConfig): Service[] {
-  return [libvirtService(cfg), glanceService(cfg), temporalService(cfg), postgresService(cfg)];
+  return [libvirtService(cfg), keystoneService(cfg), glanceService(cfg), temporalService(cfg), postgresService(cfg)];
 }
 
 /** Environment a vmsnap worker or client needs to use this stack. */
@@ -467,7 +578,10 @@ export function clientEnv(cfg: StackConfig): Record<string, string> {
   return {
     TEMPORAL_ADDRESS: `127.0.0.1:${cfg.temporalPort}`,
     TEMPORAL_NAMESPACE: 'default',
-    VMSNAP_GLANCE_URL: `http://127.0.0.1:${cfg.glancePort}`,
+    // The cloud as openstacksdk and the openstack CLI read it; Glance comes from the catalog.
+    OS_CLOUD: 'vmsnap',
+    OS_CLIENT_CONFIG_FILE: keystonePaths(cfg.dataDir).cloudsYaml,
+    OS_CLIENT_SECURE_FILE: keystonePaths(cfg.dataDir).secureYaml,
     VMSNAP_DATA_DIR: cfg.dataDir,
     VMSNAP_LIBVIRT_URI: cfg.libvirtUri,
     VMSNAP_TEMPORAL_UI_URL: `http://127.0.0.1:${cfg.temporalUiPort}`,

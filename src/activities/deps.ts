@@ -1,6 +1,7 @@
 // What activities need from the outside world; tests pass real or fake implementations.
 import type * as qemuImg from '../drivers/qemu-img.js';
 import type { Hypervisor } from '../drivers/hypervisor.js';
+import type { Identity } from '../drivers/identity.js';
 import type { ImageService } from '../drivers/image-service.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import type { Store } from '../store/store.js';
@@ -10,6 +11,8 @@ export interface ActivityDeps {
   store: Store;
   hypervisor: Hypervisor;
   imageService: ImageService;
+  /** Who the image service calls act for (Keystone): the owner and user of new images. */
+  identity: Identity;
   /** qemu-img operations (src/drivers/qemu-img.ts). */
   diskTool: Pick<typeof qemuImg, 'convert' | 'info' | 'check'>;
   /** This host's name, as its task queue and the inventory know it. */

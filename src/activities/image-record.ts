@@ -1,6 +1,7 @@
 // The Glance image record of a snapshot: created first (status queued), as Nova does, and
 // deleted again when the snapshot fails before the image is active and verified.
 import type { ActivityDeps } from './deps.js';
+import type { Identity } from '../drivers/identity.js';
 import type { Image } from '../drivers/image-service.js';
 import { VmsnapError } from '../shared/errors.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
@@ -30,9 +31,33 @@ function inheritedProperties(base: Image): Record<string, string> {
   return inherited;
 }
 
-export function imageRecordActivities({ imageService }: Pick<ActivityDeps, 'imageService'>) {
+/**
+ * Owner and user of a new image, as Nova records them: the token's project and user. A request
+ * may name others only when the token may act for them (the admin role); Glance would refuse
+ * the owner anyway, after the fact.
+ */
+async function ownership(identity: Identity, input: CreateImageRecordInput): Promise<{ userId?: string; projectId?: string }> {
+  const caller = await identity.caller();
+  if (!caller) return { userId: input.userId, projectId: input.projectId };
+  const others = [
+    input.projectId && input.projectId !== caller.projectId ? `project ${input.projectId}` : undefined,
+    input.userId && input.userId !== caller.userId ? `user ${input.userId}` : undefined,
+  ].filter(Boolean);
+  if (others.length && !caller.roles.includes('admin')) {
+    throw new VmsnapError(
+      'InvalidInput',
+      `the request names ${others.join(' and ')} as the image's owner, but vmsnap acts as user ${caller.userName} on project ${caller.projectName} without the admin role: leave projectId and userId out, or give vmsnap's user the admin role`,
+      false,
+      { field: input.projectId !== caller.projectId ? 'projectId' : 'userId' },
+    );
+  }
+  return { userId: input.userId ?? caller.userId, projectId: input.projectId ?? caller.projectId };
+}
+
+export function imageRecordActivities({ imageService, identity }: Pick<ActivityDeps, 'imageService' | 'identity'>) {
   return {
     async createImageRecord(input: CreateImageRecordInput): Promise<{ imageId: string; created: boolean }> {
+      const { userId, projectId } = await ownership(identity, input);
       const base = input.baseImageRef ? await imageService.getImage(input.baseImageRef) : undefined;
       const properties: Record<string, string> = {
         ...(base ? inheritedProperties(base) : {}),
@@ -44,8 +69,8 @@ export function imageRecordActivities({ imageService }: Pick<ActivityDeps, 'imag
         vmsnap_request_id: input.requestId,
         ...(input.scheduleId ? { vmsnap_schedule: input.scheduleId } : {}),
         ...(input.baseImageRef ? { base_image_ref: input.baseImageRef } : {}),
-        ...(input.userId ? { user_id: input.userId } : {}),
-        ...(input.projectId ? { owner: input.projectId, owner_id: input.projectId } : {}),
+        ...(userId ? { user_id: userId } : {}),
+        ...(projectId ? { owner: projectId, owner_id: projectId } : {}),
       };
       const { image, created } = await imageService.createImage({
         id: input.imageId,

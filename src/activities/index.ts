@@ -14,7 +14,7 @@ import { uploadActivities } from './upload.js';
 export type { ActivityDeps } from './deps.js';
 
 /** Activities of the main task queue: image record, store, reconciler and retention. */
-export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'settings' | 'workflows'>) {
+export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'identity' | 'settings' | 'workflows'>) {
   return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps), ...reconcileMainActivities(deps), ...retentionActivities(deps) });
 }
 

@@ -14,7 +14,7 @@ import {
 } from '@temporalio/client';
 import { existsSync } from 'node:fs';
 import { planRetention, retentionPolicyProblems, type RetentionPlan, type RetentionPolicy, type RetentionSources } from '../activities/retention.js';
-import { GlanceImageService } from '../drivers/glance.js';
+import { connectCloud } from '../drivers/cloud.js';
 import type { Config } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE } from '../shared/names.js';
@@ -418,12 +418,12 @@ async function withSources<T>(config: Config, use: (sources: RetentionSources) =
   if (config.storeUrl.startsWith('sqlite:') && !existsSync(config.storePath)) {
     throw new ClientError('StoreUnavailable', `no vmsnap store at ${config.storePath}: point VMSNAP_STORE_URL (or VMSNAP_DATA_DIR) at the workers' store`);
   }
-  const imageService = new GlanceImageService({ url: config.glance.url, token: config.glance.token });
+  const cloud = await connectCloud(config);
   const store = createStore(config);
   try {
-    return await use({ imageService, store });
+    return await use({ imageService: cloud.imageService, store });
   } finally {
-    await Promise.allSettled([imageService.close(), store.close()]);
+    await Promise.allSettled([cloud.close(), store.close()]);
   }
 }
 

@@ -1,20 +1,26 @@
 // OpenStack Glance v2 as vmsnap's image service, over undici.
 // Every failure becomes a VmsnapError whose code says whether a retry can help and whose message
-// says what to check. The auth token is only ever put in a request header: messages and details
-// are built from method, path and status, and scrubbed of the token as a second line of defence.
+// says what to check. Requests are authenticated by the identity (Keystone) and sent once more
+// with a new token when Glance answers 401 and the body can be sent again. The token is only ever
+// put in a request header: messages and details are built from method, path and status, and
+// scrubbed of the token as a second line of defence.
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, type ReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { Pool } from 'undici';
 import { VmsnapError } from '../shared/errors.js';
+import { errorCode, readCa, tlsError } from './http-errors.js';
+import { NoAuth, type Identity } from './identity.js';
 import type { Image, ImageService, NewImage, UploadResult } from './image-service.js';
 
 export interface GlanceOptions {
   /** Glance endpoint, e.g. http://glance:9292 (a path prefix is kept, a trailing /v2 dropped). */
   url: string;
-  /** Keystone token, sent as X-Auth-Token. */
-  token?: string;
+  /** Who the requests act for (Keystone); none for a standalone Glance. */
+  identity?: Identity;
+  /** A CA bundle (PEM) that signs Glance's certificate, when it is not the system's. */
+  cacert?: string;
   /**
    * How long Glance may stay silent: to connect, to answer after a request (or a stalled upload
    * chunk) was sent, and between chunks of an answer. Not a limit on a whole upload.
@@ -50,6 +56,8 @@ const TRANSIENT_CODES = new Set([
 ]);
 const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
+const ACTIONS: Record<string, string> = { POST: 'create images', PUT: 'upload image data', PATCH: 'update images', DELETE: 'delete images', GET: 'read images' };
+
 interface Reply {
   status: number;
   text: string;
@@ -60,18 +68,23 @@ export class GlanceImageService implements ImageService {
   private readonly prefix: string;
   /** The endpoint as shown in messages: no credentials, no query. */
   private readonly shownUrl: string;
-  private readonly token: string | undefined;
+  private readonly identity: Identity;
+  private readonly cacert: string | undefined;
+  /** Tokens sent lately: scrubbed from anything Glance echoes back. */
+  private readonly sentTokens = new Set<string>();
   private readonly timeoutMs: number;
 
   constructor(opts: GlanceOptions) {
     const url = new URL(opts.url);
     this.prefix = url.pathname.replace(/\/+$/, '').replace(/\/v2$/, '');
     this.shownUrl = `${url.origin}${this.prefix}`;
-    this.token = opts.token || undefined;
+    this.identity = opts.identity ?? new NoAuth();
+    this.cacert = opts.cacert;
     this.timeoutMs = opts.requestTimeoutMs ?? 60_000;
+    const ca = readCa(opts.cacert);
     this.pool = new Pool(url.origin, {
       connections: 8,
-      connect: { timeout: this.timeoutMs },
+      connect: { timeout: this.timeoutMs, ...(ca ? { ca } : {}) },
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
     });
@@ -185,9 +198,9 @@ export class GlanceImageService implements ImageService {
     signal?.throwIfAborted();
 
     // One pass over the bytes: they are hashed and counted on their way to the socket, so the
-    // result describes exactly what Glance was sent.
-    const sha512 = createHash('sha512');
-    const md5 = createHash('md5');
+    // result describes exactly what Glance was sent. A second sending (after a 401) starts over.
+    let sha512 = createHash('sha512');
+    let md5 = createHash('md5');
     let sent = 0;
     let lastReport = 0;
     const report = (): void => {
@@ -199,40 +212,43 @@ export class GlanceImageService implements ImageService {
         // Progress is advisory; a failing callback must not break the upload.
       }
     };
-    const tap = new Transform({
-      transform(chunk: Buffer, _encoding, callback) {
-        sha512.update(chunk);
-        md5.update(chunk);
-        sent += chunk.length;
-        if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
-        callback(null, chunk);
-      },
-    });
     // A plain pipe rather than pipeline: pipeline would also fail the file stream with undici's
     // error, and a read error must stay distinguishable from a network one. The file is closed in
     // the finally below whatever happens.
     let readError: unknown;
-    const file = createReadStream(path, { highWaterMark: READ_CHUNK });
-    file.on('error', (err) => {
-      readError = err;
-      tap.destroy(err);
-    });
-    file.pipe(tap);
+    let file: ReadStream | undefined;
+    const open = (): Readable => {
+      file?.destroy();
+      sha512 = createHash('sha512');
+      md5 = createHash('md5');
+      sent = 0;
+      const tap = new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          sha512.update(chunk);
+          md5.update(chunk);
+          sent += chunk.length;
+          if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
+          callback(null, chunk);
+        },
+      });
+      const opened = createReadStream(path, { highWaterMark: READ_CHUNK });
+      opened.on('error', (err) => {
+        readError = err;
+        tap.destroy(err);
+      });
+      opened.pipe(tap);
+      file = opened;
+      return tap;
+    };
 
     try {
-      const reply = await this.send(
-        'PUT',
-        urlPath,
-        { 'content-type': 'application/octet-stream', 'content-length': String(size) },
-        tap,
-        signal,
-      );
+      const reply = await this.send('PUT', urlPath, { 'content-type': 'application/octet-stream', 'content-length': String(size) }, open, signal);
       if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
     } catch (err) {
       if (readError) throw this.localFileError(path, readError);
       throw err;
     } finally {
-      file.destroy();
+      file?.destroy();
     }
     if (sent !== size) {
       throw new VmsnapError('ImageServiceError', `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`, false, {
@@ -266,19 +282,34 @@ export class GlanceImageService implements ImageService {
     return `/v2/images/${encodeURIComponent(id)}`;
   }
 
-  /** One request; HTTP statuses come back as replies, transport failures as VmsnapErrors. */
+  /**
+   * One request; HTTP statuses come back as replies, transport failures as VmsnapErrors. A 401
+   * means the token was refused (revoked, or expired on the way): the request goes once more
+   * with a new token. `body` is a function for bodies that must be made anew for each sending.
+   */
   private async send(
     method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE',
     path: string,
     headers: Record<string, string> = {},
-    body?: string | Readable,
+    body?: string | (() => Readable),
     signal?: AbortSignal,
   ): Promise<Reply> {
+    for (let attempt = 1; ; attempt++) {
+      // An upload starts with a fresh token: Glance checks it when the request begins.
+      const auth = await this.identity.authHeaders({ fresh: typeof body === 'function' });
+      const token = auth['x-auth-token'];
+      if (token) this.rememberToken(token);
+      const reply = await this.sendOnce(method, path, { ...headers, ...auth }, typeof body === 'function' ? body() : body, signal);
+      if (reply.status !== 401 || attempt === 2) return reply;
+      this.identity.invalidate(auth);
+    }
+  }
+
+  private async sendOnce(method: string, path: string, headers: Record<string, string>, body: string | Readable | undefined, signal?: AbortSignal): Promise<Reply> {
     const all: Record<string, string> = { accept: 'application/json', 'user-agent': 'vmsnap', ...headers };
-    if (this.token) all['x-auth-token'] = this.token;
     try {
       const res = await this.pool.request({
-        method,
+        method: method as 'GET',
         path: `${this.prefix}${path}`,
         headers: all,
         body,
@@ -289,8 +320,14 @@ export class GlanceImageService implements ImageService {
     } catch (err) {
       // An abort is the caller's decision, not a Glance failure: hand back its reason unchanged.
       if (signal?.aborted) throw signal.reason ?? err;
-      throw this.transportError(method, path, err);
+      throw tlsError(err, 'Glance', this.shownUrl, this.cacert) ?? this.transportError(method, path, err);
     }
+  }
+
+  private rememberToken(token: string): void {
+    this.sentTokens.add(token);
+    // Only the last few can still come back in an answer.
+    if (this.sentTokens.size > 8) this.sentTokens.delete(this.sentTokens.values().next().value as string);
   }
 
   private parseImage(method: string, path: string, reply: Reply): Image {
@@ -354,10 +391,18 @@ export class GlanceImageService implements ImageService {
       );
     }
     if (status === 401) {
-      return new VmsnapError('ImageServiceError', `${head}: Glance did not accept the credentials. Check that the token is valid and not expired.`, false, details);
+      // Refused twice, the second time with a token just issued: Glance and Keystone disagree.
+      return new VmsnapError(
+        'ImageServiceError',
+        `${head}: Glance did not accept a token just issued to ${this.identity.description}. Check that Glance's [keystone_authtoken] points at the same Keystone, and its service user.`,
+        false,
+        details,
+      );
     }
     if (status === 403) {
-      return new VmsnapError('ImageServiceError', `${head}: Glance forbids this. Check the project's roles and Glance's policy.`, false, details);
+      const caller = this.identity.knownCaller();
+      const who = caller ? `user ${caller.userName} (${caller.userId}) lacks a role on project ${caller.projectName} (${caller.projectId})` : `${this.identity.description} lacks a role`;
+      return new VmsnapError('ImageServiceError', `${head}: ${who} that lets it ${ACTIONS[method] ?? 'do this'}. Grant the role (usually member) on the project, or check Glance's policy.`, false, details);
     }
     return new VmsnapError('ImageServiceError', `${head}: Glance rejected the request. Check the values sent (names, formats, properties) against Glance's schema and configuration.`, false, details);
   }
@@ -422,21 +467,8 @@ export class GlanceImageService implements ImageService {
   }
 
   private scrub(text: string): string {
-    return this.token ? text.split(this.token).join('***') : text;
+    let out = text;
+    for (const token of this.sentTokens) out = out.split(token).join('***');
+    return out;
   }
-}
-
-/** The error code of a Node or undici error; connection attempts to several addresses fail as an AggregateError. */
-function errorCode(err: unknown): string | undefined {
-  if (typeof err !== 'object' || err === null) return undefined;
-  const code = (err as { code?: unknown }).code;
-  if (typeof code === 'string') return code;
-  if (err instanceof AggregateError) {
-    for (const inner of err.errors) {
-      const c = errorCode(inner);
-      if (c) return c;
-    }
-  }
-  const cause = (err as { cause?: unknown }).cause;
-  return cause ? errorCode(cause) : undefined;
 }

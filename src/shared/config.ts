@@ -1,10 +1,12 @@
 // The one validated config of vmsnap's workers and clients. Read from the environment, and
 // optionally from a JSON file (VMSNAP_CONFIG_FILE) under it; a bad value stops startup with a
-// message naming the setting. Secrets (Glance token) come only from here, never from inputs.
+// message naming the setting. Secrets (OpenStack credentials, read as openstacksdk reads them:
+// cloud-config.ts) come only from here, never from inputs.
 import { existsSync, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { loadCloudSettings, type CloudSettings } from './cloud-config.js';
 import { VmsnapError } from './errors.js';
 import { DEFAULT_TASK_QUEUE } from './names.js';
 
@@ -16,7 +18,13 @@ export interface Config {
     taskQueue: string;
     tls?: { certPath?: string; keyPath?: string; caPath?: string; serverName?: string };
   };
-  glance: { url: string; token?: string };
+  /**
+   * The OpenStack cloud: Keystone credentials, region, interface, CA. Undefined when nothing names
+   * one; a worker then refuses to start (connectCloud says what to set).
+   */
+  cloud?: CloudSettings;
+  /** Glance's URL when it is not to be taken from the service catalog (VMSNAP_GLANCE_URL). */
+  glance: { url?: string };
   libvirtUri: string;
   /** Name of this hypervisor host; its worker serves the host task queue of that name. */
   host: string;
@@ -72,7 +80,7 @@ function url(setting: string, value: string): string {
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
     throw configError(setting, `must be an http or https URL (got "${parsed.protocol}")`);
   }
-  if (parsed.username || parsed.password) throw configError(setting, 'must not carry credentials: use VMSNAP_GLANCE_TOKEN');
+  if (parsed.username || parsed.password) throw configError(setting, 'must not carry credentials: set OS_CLOUD or the OS_* credentials');
   return value.replace(/\/+$/, '');
 }
 
@@ -252,7 +260,17 @@ export function loadConfig(rawEnv: Env = process.env): Config {
   const env = withConfigFile(rawEnv);
   const dataDir = resolve(env.VMSNAP_DATA_DIR || '.data/dev');
   const host = name('VMSNAP_HOST', env.VMSNAP_HOST || hostname());
-  const token = env.VMSNAP_GLANCE_TOKEN || undefined;
+  if (env.VMSNAP_GLANCE_TOKEN) {
+    throw configError(
+      'VMSNAP_GLANCE_TOKEN',
+      'is no longer read (a fixed token expires within hours): set OS_CLOUD with a clouds.yaml, or OS_AUTH_URL with a password or application credential; a token you only have as such goes in OS_TOKEN with OS_AUTH_TYPE=token',
+    );
+  }
+  const cloud = loadCloudSettings(env);
+  const glanceUrl = env.VMSNAP_GLANCE_URL ? url('VMSNAP_GLANCE_URL', env.VMSNAP_GLANCE_URL) : undefined;
+  if (cloud?.auth.type === 'none' && !glanceUrl) {
+    throw configError('VMSNAP_GLANCE_URL', 'is not set, and OS_AUTH_TYPE is none, so there is no service catalog to find Glance in: set it to the standalone Glance URL, like http://127.0.0.1:9292');
+  }
   return {
     temporal: {
       address: hostPort('TEMPORAL_ADDRESS', env.TEMPORAL_ADDRESS || '127.0.0.1:7233'),
@@ -268,7 +286,8 @@ export function loadConfig(rawEnv: Env = process.env): Config {
             }
           : undefined,
     },
-    glance: { url: url('VMSNAP_GLANCE_URL', env.VMSNAP_GLANCE_URL || 'http://127.0.0.1:9292'), ...(token ? { token } : {}) },
+    ...(cloud ? { cloud } : {}),
+    glance: glanceUrl ? { url: glanceUrl } : {},
     libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
     host,
     dataDir,

@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'ImageConflict'
   | 'ImageServiceError'
   | 'ImageServiceUnavailable'
+  | 'IdentityServiceUnavailable'
   | 'HypervisorError'
   | 'NoSpace'
   | 'ConfigError'

@@ -19,6 +19,8 @@ async function main(): Promise<void> {
     roles,
     host: config.host,
     temporal: config.temporal.address,
+    glance: worker.glanceUrl,
+    identity: worker.identity,
     taskQueue: config.temporal.taskQueue,
     metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
   });

@@ -12,9 +12,9 @@ import { execa } from 'execa';
 import { removeGuest } from '../../scripts/lib/guest.js';
 import type { Sample } from '../../bench/lib/measure.js';
 import type { BenchResults } from '../../bench/lib/results.js';
+import { closeTestCloud, glanceAuth, stackGlanceUrl } from '../support/cloud.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const glanceUrl = process.env.VMSNAP_GLANCE_URL ?? 'http://127.0.0.1:19292';
 const libvirtUri = process.env.VMSNAP_LIBVIRT_URI ?? 'qemu:///system';
 const dataDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
 const out = mkdtempSync(join(tmpdir(), 'vmsnap-bench-smoke-'));
@@ -26,6 +26,7 @@ let harnessPid: number | undefined;
 describe('benchmark harness, quick mode', { timeout: 120_000 }, () => {
   after(async () => {
     rmSync(out, { recursive: true, force: true });
+    await closeTestCloud();
     // Backstop for a harness killed before its own cleanup: its guests carry its pid.
     if (harnessPid === undefined) return;
     const list = await execa('virsh', ['-c', libvirtUri, 'list', '--all', '--name'], { reject: false });
@@ -117,7 +118,7 @@ describe('benchmark harness, quick mode', { timeout: 120_000 }, () => {
     const guests = await execa('virsh', ['-c', libvirtUri, 'list', '--all', '--name']);
     assert.ok(!guests.stdout.includes(`vmsnap-bench-${sub.pid}-`), `guests left behind:\n${guests.stdout}`);
     for (const s of results.samples) {
-      const res = await fetch(`${glanceUrl}/v2/images/${s.imageId}`);
+      const res = await fetch(`${await stackGlanceUrl()}/v2/images/${s.imageId}`, { headers: await glanceAuth() });
       await res.body?.cancel();
       assert.equal(res.status, 404, `image ${s.imageId} (${s.mode}) left in Glance`);
     }

@@ -9,6 +9,7 @@ import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { recordFaultRow } from '../support/fault-report.js';
+import { stackGlanceUrl } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { findImagesByName, observePause } from '../support/images.js';
 import { checkInvariants, outcomeOf, type Invariants } from '../support/invariants.js';
@@ -28,7 +29,7 @@ function allHeld(invariants: Invariants): void {
 
 describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
   before(async () => {
-    proxy = await startFaultProxy(process.env.VMSNAP_GLANCE_URL ?? 'http://127.0.0.1:19292');
+    proxy = await startFaultProxy(await stackGlanceUrl());
     h = await startHarness({
       name: 'faults-glance',
       glanceUrl: proxy.url,
@@ -46,7 +47,7 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
   });
 
   const check = (imageName: string, outcome: string, expectedOutcome = 'completed') =>
-    checkInvariants({ store: h.store, glanceUrl: h.config.glance.url, snapshotsDir: h.config.snapshotsDir, guest, priorState: 'running', imageName, expectedOutcome, outcome });
+    checkInvariants({ store: h.store, glanceUrl: h.glanceUrl, snapshotsDir: h.config.snapshotsDir, guest, priorState: 'running', imageName, expectedOutcome, outcome });
 
   it('Glance unreachable for a while: retried with backoff, the snapshot completes', async () => {
     proxy.setRule({ path: ALL, kind: 'reset' });
@@ -91,7 +92,7 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
 
       afterPause = () => undefined;
       proxy.setRule(undefined);
-      const [image] = await findImagesByName(h.config.glance.url, imageName);
+      const [image] = await findImagesByName(h.glanceUrl, imageName);
       assert.equal(image?.status, 'queued');
       const report: ReconcileReport = await h.client.workflow.execute('reconcile', {
         taskQueue: h.config.temporal.taskQueue,

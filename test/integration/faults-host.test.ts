@@ -35,7 +35,7 @@ async function run(fault: string, opts: { guest: Guest; request?: object; expect
   const outcome = await outcomeOf(handle);
   const invariants = await checkInvariants({
     store: harness.store,
-    glanceUrl: harness.config.glance.url,
+    glanceUrl: harness.glanceUrl,
     snapshotsDir: harness.config.snapshotsDir,
     guest: opts.guest,
     priorState: opts.priorState,
@@ -132,7 +132,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
     ]);
     const cliOutcome = byCli.exitCode === 0 ? 'completed' : /InstanceBusy/.test(byCli.stdout + byCli.stderr) ? 'InstanceBusy' : `other: ${byCli.stderr}`;
     assert.deepEqual([byClient, cliOutcome].sort(), ['InstanceBusy', 'completed']);
-    const invariants = await checkInvariants({ store: h.store, glanceUrl: h.config.glance.url, snapshotsDir: h.config.snapshotsDir, guest: small, priorState: 'running', imageName, expectedOutcome: 'completed', outcome: 'completed' });
+    const invariants = await checkInvariants({ store: h.store, glanceUrl: h.glanceUrl, snapshotsDir: h.config.snapshotsDir, guest: small, priorState: 'running', imageName, expectedOutcome: 'completed', outcome: 'completed' });
     recordFaultRow({ fault: 'two requests racing (client by UUID, temporal CLI by name)', outcome: `${byClient} + ${cliOutcome}`, invariants, note: 'one image; the loser is refused InstanceBusy' });
     allHeld(invariants);
   });

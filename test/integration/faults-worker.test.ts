@@ -12,13 +12,13 @@ import { guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js'
 import { services, stackConfig } from '../../scripts/lib/stack.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
+import { stackGlanceUrl } from '../support/cloud.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { checkInvariants, outcomeOf, qemuImgProcessesUnder } from '../support/invariants.js';
 import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
 import { startWorkerProcess, type WorkerProcess } from '../support/worker-process.js';
 
 const dataDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
-const glanceUrl = process.env.VMSNAP_GLANCE_URL ?? 'http://127.0.0.1:19292';
 const guestName = `vmsnap-test-fw-${process.pid}`;
 const dir = mkdtempSync(join(tmpdir(), 'vmsnap-faults-worker-'));
 const env = {
@@ -44,7 +44,7 @@ async function startWorker(extra: Record<string, string> = {}): Promise<WorkerPr
 }
 
 async function invariantsAfter(imageName: string, outcome: string) {
-  return checkInvariants({ store, glanceUrl, snapshotsDir: env.VMSNAP_SNAPSHOTS_DIR, guest, priorState: 'running', imageName, expectedOutcome: 'completed', outcome });
+  return checkInvariants({ store, glanceUrl: await stackGlanceUrl(), snapshotsDir: env.VMSNAP_SNAPSHOTS_DIR, guest, priorState: 'running', imageName, expectedOutcome: 'completed', outcome });
 }
 
 describe('worker and server faults on the real stack', { timeout: 600_000 }, () => {

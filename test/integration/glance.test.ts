@@ -11,20 +11,23 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { GlanceImageService } from '../../src/drivers/glance.js';
 import type { Image, NewImage } from '../../src/drivers/image-service.js';
 import { VmsnapError } from '../../src/shared/errors.js';
+import type { Identity } from '../../src/drivers/identity.js';
+import { closeTestCloud, glanceAuth, testCloud } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 
-const GLANCE_URL = process.env.VMSNAP_GLANCE_URL ?? 'http://127.0.0.1:19292';
 const MiB = 1024 * 1024;
-const DUMMY_TOKEN = 'gAAAAA-dummy-token-5f3c9e1b7a2d4c6e8f0a';
 
 const dir = mkdtempSync(join(tmpdir(), 'vmsnap-glance-test-'));
-const glance = new GlanceImageService({ url: GLANCE_URL });
-const services: GlanceImageService[] = [glance];
+// The real Glance behind the real Keystone of the test stack, as the test user.
+let GLANCE_URL: string;
+let identity: Identity;
+let glance: GlanceImageService;
+const services: GlanceImageService[] = [];
 const made = new Set<string>();
 let proxy: FaultProxy;
 
-function service(url: string, opts: { token?: string; requestTimeoutMs?: number } = {}): GlanceImageService {
-  const s = new GlanceImageService({ url, ...opts });
+function service(url: string, opts: { requestTimeoutMs?: number } = {}): GlanceImageService {
+  const s = new GlanceImageService({ url, identity, ...opts });
   services.push(s);
   return s;
 }
@@ -92,6 +95,10 @@ function randomFile(name: string, bytes: number): string {
 
 describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () => {
   before(async () => {
+    const cloud = await testCloud();
+    GLANCE_URL = cloud.glanceUrl;
+    identity = cloud.identity;
+    glance = cloud.imageService;
     proxy = await startFaultProxy(GLANCE_URL);
   });
 
@@ -101,7 +108,7 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
       // Tests may leave an image protected; Glance would refuse to delete it.
       await fetch(`${GLANCE_URL}/v2/images/${id}`, {
         method: 'PATCH',
-        headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
+        headers: { 'content-type': 'application/openstack-images-v2.1-json-patch', ...(await glanceAuth()) },
         body: JSON.stringify([{ op: 'replace', path: '/protected', value: false }]),
       });
       await glance.deleteImage(id);
@@ -113,6 +120,7 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
   after(async () => {
     await proxy.close();
     for (const s of services) await s.close();
+    await closeTestCloud();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -358,18 +366,18 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
   });
 
   it('never puts the token in an error message or its details', async () => {
-    const withToken = service(proxy.url, { token: DUMMY_TOKEN });
+    const withToken = service(proxy.url);
     const spec = newImage();
     const created = await withToken.createImage(spec);
     assert.equal(created.created, true);
-    const sent = proxy.requests.filter((r) => r.headers['x-auth-token'] === DUMMY_TOKEN);
-    assert.ok(sent.length > 0, 'the token was not sent as X-Auth-Token');
+    const token = proxy.requests.at(-1)?.headers['x-auth-token'];
+    assert.ok(typeof token === 'string' && token.length > 20, 'the Keystone token was sent as X-Auth-Token');
 
     const path = randomFile('data-token.bin', MiB);
     const errors: VmsnapError[] = [];
     for (const status of [503, 413, 401, 403]) {
       // Glance behind a proxy that echoes the token back must not leak it either.
-      proxy.setRule({ kind: 'status', status, path: /./, body: `rejected token ${DUMMY_TOKEN}` });
+      proxy.setRule({ kind: 'status', status, path: /./, body: `rejected token ${token}` });
       errors.push(await rejection(withToken.uploadFile(spec.id, path)));
       errors.push(await rejection(withToken.getImage(spec.id)));
     }
@@ -377,13 +385,58 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     errors.push(await rejection(withToken.updateImage(spec.id, { a: 'b' })));
     proxy.setRule(undefined);
     errors.push(await rejection(withToken.updateImage(randomUUID(), { a: 'b' })));
-    errors.push(await rejection(service(`http://127.0.0.1:${await closedPort()}`, { token: DUMMY_TOKEN }).getImage(spec.id)));
+    errors.push(await rejection(service(`http://127.0.0.1:${await closedPort()}`).getImage(spec.id)));
 
+    const tokens = new Set(proxy.requests.map((r) => r.headers['x-auth-token']).filter((t): t is string => typeof t === 'string'));
     for (const err of errors) {
       const all = `${err.message} ${err.stack ?? ''} ${JSON.stringify(err.details)}`;
-      assert.equal(all.includes(DUMMY_TOKEN), false, `token leaked: ${err.message}`);
-      assert.equal(all.includes(DUMMY_TOKEN.slice(0, 16)), false);
+      for (const t of tokens) {
+        assert.equal(all.includes(t), false, `token leaked: ${err.message}`);
+        assert.equal(all.includes(t.slice(0, 16)), false);
+      }
     }
+  });
+
+  it('a token Glance refuses (401) is replaced and the request sent once more, uploads included', async () => {
+    const through = service(proxy.url);
+    const spec = newImage();
+    await through.createImage(spec);
+    await through.updateImage(spec.id, { disk_format: 'raw', container_format: 'bare' });
+    proxy.requests.length = 0;
+    // Glance refuses the first token of each request kind once, as it does a revoked token.
+    proxy.setRules([
+      { kind: 'status', status: 401, path: /\/v2\/images\/[^/]+$/, method: 'GET', times: 1, body: 'Authentication required' },
+      { kind: 'status', status: 401, path: /\/file$/, method: 'PUT', times: 1, body: 'Authentication required' },
+    ]);
+    const image = await through.getImage(spec.id);
+    assert.equal(image?.id, spec.id);
+    const path = randomFile('data-401.bin', 3 * MiB);
+    const sent = await through.uploadFile(spec.id, path);
+    const expected = await hashFile(path);
+    assert.equal(sent.sha512, expected.sha512, 'the second sending was hashed from its start');
+    assert.equal(sent.size, 3 * MiB);
+    const stored = await waitForStatus(spec.id, 'active');
+    assert.equal(stored.os_hash_value, expected.sha512);
+
+    const statuses = proxy.requests.map((r) => `${r.method} ${r.status}`);
+    assert.deepEqual(statuses, ['GET 401', 'GET 200', 'PUT 401', 'PUT 204'], statuses.join(', '));
+    const tokens = proxy.requests.map((r) => r.headers['x-auth-token']);
+    assert.notEqual(tokens[0], tokens[1], 'a refused token is not sent again');
+    assert.notEqual(tokens[2], tokens[3], 'a refused token is not sent again');
+  });
+
+  it('refused twice, or forbidden: a clear error that names the user and the project', async () => {
+    const through = service(proxy.url);
+    const caller = await identity.caller();
+    assert.ok(caller, 'the test stack authenticates through Keystone');
+    proxy.setRule({ kind: 'status', status: 401, path: /./, body: 'Authentication required' });
+    let err = await rejection(through.getImage(randomUUID()));
+    assert.equal(err.code, 'ImageServiceError');
+    assert.match(err.message, /Glance did not accept a token just issued to user vmsnap on project vmsnap/);
+    proxy.setRule({ kind: 'status', status: 403, path: /./, method: 'POST', body: 'Forbidden' });
+    err = await rejection(through.createImage(newImage()));
+    assert.equal(err.code, 'ImageServiceError');
+    assert.match(err.message, new RegExp(`user ${caller.userName} \\(${caller.userId}\\) lacks a role on project ${caller.projectName} \\(${caller.projectId}\\) that lets it create images`));
   });
 
   it('an aborted upload rejects promptly with the abort reason, and Glance takes the image back to queued', async () => {

@@ -21,6 +21,7 @@ import type { SnapshotProgress } from '../../src/shared/types.js';
 import { createStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/store.js';
 import { buildDeps } from '../../src/worker/deps.js';
+import { closeTestCloud, testCloud } from '../support/cloud.js';
 import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
 import '../support/harness.js'; // installs the quiet runtime
 import { createTestDatabase } from '../support/postgres.js';
@@ -73,7 +74,7 @@ async function startRole(name: string, role: 'main' | 'host', config: Config): P
   await store.migrate();
   stores.push(store);
   configs.set(name, config);
-  const deps = buildDeps(config, store, {
+  const deps = buildDeps(config, store, await testCloud(), {
     workflows: new TemporalWorkflowLookup(client),
     hypervisor: seenBy(config.host, new LibvirtHypervisor({ uri: config.libvirtUri })),
   });
@@ -114,6 +115,7 @@ describe('two hosts, one fleet', { timeout: 600_000 }, () => {
   after(async () => {
     for (const w of running.values()) await w.shutdown().catch(() => undefined);
     for (const s of stores) await s.close().catch(() => undefined);
+    await closeTestCloud();
     await client?.connection.close();
     await connection?.close();
     for (const g of [guestA, guestA2, guestB]) if (g) await removeGuest(g.name, guestsDir).catch(() => undefined);

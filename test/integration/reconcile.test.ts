@@ -77,7 +77,7 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
       outcome: 'Terminated, then SnapshotAbandoned',
       invariants: await checkInvariants({
         store: h.store,
-        glanceUrl: h.config.glance.url,
+        glanceUrl: h.glanceUrl,
         snapshotsDir: h.config.snapshotsDir,
         guest,
         priorState: 'running',

@@ -59,7 +59,7 @@ function assertOneLineError(run: CliRun, code: number, pattern: RegExp): void {
 }
 
 async function setProtected(imageId: string, value: boolean): Promise<void> {
-  const res = await fetch(`${h.config.glance.url}/v2/images/${imageId}`, {
+  const res = await fetch(`${h.glanceUrl}/v2/images/${imageId}`, {
     method: 'PATCH',
     headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
     body: JSON.stringify([{ op: 'replace', path: '/protected', value }]),

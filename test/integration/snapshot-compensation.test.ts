@@ -10,6 +10,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
+import { stackGlanceUrl } from '../support/cloud.js';
 import { findImagesByName } from '../support/images.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
@@ -20,7 +21,7 @@ let guest: Guest;
 
 describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }, () => {
   before(async () => {
-    proxy = await startFaultProxy(process.env.VMSNAP_GLANCE_URL ?? 'http://127.0.0.1:19292');
+    proxy = await startFaultProxy(await stackGlanceUrl());
     h = await startHarness({ name: 'compensation', glanceUrl: proxy.url });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
   });
@@ -66,7 +67,7 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
     await sleep(1000);
     assert.ok((await readCounter(guest.diskPath, 'qcow2')).a > first.a, 'counter advances');
     // 2. No image of this snapshot is left in Glance (asked of the real Glance, not the proxy).
-    assert.deepEqual(await findImagesByName(h.config.glance.url, imageName), []);
+    assert.deepEqual(await findImagesByName(h.glanceUrl, imageName), []);
     // 3. Task state None.
     assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
     // 4. No temp files.

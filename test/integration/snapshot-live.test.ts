@@ -79,7 +79,7 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
 
     const seen = around.get(slow.uuid)!;
     assert.ok(new Set(seen.during).size >= 2, `the counter advanced during the copy: ${seen.during.join(',')}`);
-    const downloaded = await downloadImage(h.config.glance.url, result.imageId);
+    const downloaded = await downloadImage(h.glanceUrl, result.imageId);
     try {
       const image = await readCounter(downloaded.path, 'qcow2');
       assert.ok(image.a === image.b || image.a === image.b + 1, `one point in time: A=${image.a} B=${image.b}`);
@@ -99,7 +99,7 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
       for (const mode of ['live', 'cold'] as const) {
         const result = await (await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-${mode}-pair`, mode, diskFormat: 'raw' }, h.config.temporal.taskQueue)).result();
         assert.equal(result.mode, mode);
-        images.push({ mode, path: (await downloadImage(h.config.glance.url, result.imageId)).path });
+        images.push({ mode, path: (await downloadImage(h.glanceUrl, result.imageId)).path });
       }
       const [live, cold] = await Promise.all(images.map((i) => readCounter(i.path, 'raw')));
       for (const c of [live!, cold!]) assert.ok(c.a === c.b || c.a === c.b + 1);

@@ -81,7 +81,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     // Content: the image holds exactly the counter that was on disk at the moment of pause.
     const paused = atPause.get(guest.uuid);
     assert.ok(paused && paused.a > 0, 'the counter at pause was observed');
-    const downloaded = await downloadImage(h.config.glance.url, result.imageId);
+    const downloaded = await downloadImage(h.glanceUrl, result.imageId);
     try {
       assert.equal(downloaded.sha512, result.sha512, 'downloaded bytes hash as Glance says');
       assert.deepEqual(await readCounter(downloaded.path, 'qcow2'), paused);
@@ -128,7 +128,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
       assert.equal(result.pauseDurationMs, 0);
       assert.equal(result.diskFormat, 'raw');
       assert.equal(await guestState(guestName), 'paused');
-      const downloaded = await downloadImage(h.config.glance.url, result.imageId);
+      const downloaded = await downloadImage(h.glanceUrl, result.imageId);
       try {
         assert.deepEqual(await readCounter(downloaded.path, 'raw'), onDisk);
       } finally {
@@ -148,7 +148,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     assert.equal(result.pauseDurationMs, 0);
     assert.equal(await guestState(guestName), 'shut off');
     assert.equal(result.phaseDurationsMs.pausing, undefined, 'no pause phase');
-    const downloaded = await downloadImage(h.config.glance.url, result.imageId);
+    const downloaded = await downloadImage(h.glanceUrl, result.imageId);
     try {
       assert.deepEqual(await readCounter(downloaded.path, 'qcow2'), onDisk);
     } finally {
@@ -165,7 +165,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
       const failure = await failureOf(handle);
       assert.equal(failure.type, 'InstanceBusy');
       assert.match(failure.message, /task in progress .*image_uploading/);
-      assert.deepEqual(await findImagesByName(h.config.glance.url, imageName), []);
+      assert.deepEqual(await findImagesByName(h.glanceUrl, imageName), []);
       const record = await h.store.getInstance(guest.uuid);
       assert.equal(record?.taskState, 'image_uploading');
       assert.equal(record?.taskOwner, 'someone-else');

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { execa } from 'execa';
 import { isAlive } from '../../scripts/lib/daemon.js';
+import { readAccounts } from '../../scripts/lib/keystone.js';
 import { clientEnv, services, stackConfig } from '../../scripts/lib/stack.js';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
 import { PostgresStore } from '../../src/store/postgres.js';
@@ -20,6 +21,7 @@ const cfg = stackConfig({
   VMSNAP_TEMPORAL_UI_PORT: '28233',
   VMSNAP_GLANCE_PORT: '29292',
   VMSNAP_POSTGRES_PORT: '25432',
+  VMSNAP_KEYSTONE_PORT: '25000',
 });
 const passfile = join(dataDir, 'postgresql.pgpass');
 const stack = services(cfg);
@@ -80,9 +82,23 @@ describe('dev stack', { timeout: 180_000 }, () => {
     assert.equal(ui.status, 200);
     assert.match(await ui.text(), /<html/i);
 
-    const images = await fetch('http://127.0.0.1:29292/v2/images');
+    // Glance sits behind Keystone: nothing without a token, the image list with one from the
+    // clouds.yaml the stack wrote, read by openstacksdk itself (the openstack CLI).
+    const anonymous = await fetch('http://127.0.0.1:29292/v2/images');
+    assert.equal(anonymous.status, 401);
+    const cloudEnv = { ...process.env, ...clientEnv(cfg) };
+    assert.equal(cloudEnv.OS_CLOUD, 'vmsnap');
+    for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!]) assert.equal(statSync(file).mode & 0o777, 0o600, file);
+    const secrets = Object.values(readAccounts(dataDir)!).filter((v) => v.length >= 20);
+    assert.ok(secrets.length >= 4, 'passwords and the application credential secret were made');
+    const cloudsYaml = readFileSync(cloudEnv.OS_CLIENT_CONFIG_FILE!, 'utf8');
+    for (const secret of secrets) assert.ok(!cloudsYaml.includes(secret), 'clouds.yaml holds no secret: they are in secure.yaml');
+    const token = await execa('openstack', ['token', 'issue', '-f', 'value', '-c', 'id'], { env: cloudEnv });
+    const images = await fetch('http://127.0.0.1:29292/v2/images', { headers: { 'x-auth-token': token.stdout.trim() } });
     assert.equal(images.status, 200);
     assert.ok(Array.isArray(((await images.json()) as { images: unknown }).images));
+    const appcred = await execa('openstack', ['--os-cloud', 'vmsnap-appcred', 'catalog', 'show', 'image', '-f', 'json'], { env: cloudEnv });
+    assert.match(appcred.stdout, /http:\/\/127\.0\.0\.1:29292/);
 
     const virsh = await execa('virsh', ['-c', cfg.libvirtUri, 'version']);
     assert.match(virsh.stdout, /Running hypervisor: QEMU/);
@@ -96,7 +112,10 @@ describe('dev stack', { timeout: 180_000 }, () => {
     assert.ok(!shown.includes(password), 'the password is never in the env or the status');
     const env = await execa('node_modules/.bin/tsx', ['scripts/stack.ts', 'env'], { env: { VMSNAP_DATA_DIR: dataDir, VMSNAP_POSTGRES_PORT: '25432' } });
     assert.match(env.stdout, /^export VMSNAP_POSTGRES_URL=postgresql:\/\/vmsnap@127\.0\.0\.1:25432\/vmsnap\?passfile=/m);
+    assert.match(env.stdout, /^export OS_CLOUD=vmsnap$/m);
+    assert.match(env.stdout, new RegExp(`^export OS_CLIENT_CONFIG_FILE=${dataDir}/clouds.yaml$`, 'm'));
     assert.ok(!env.stdout.includes(password));
+    for (const secret of secrets) assert.ok(!env.stdout.includes(secret) && !shown.includes(secret), 'no Keystone secret in the env or the status');
   });
 
   it('up a second time is harmless and keeps the same processes', async () => {

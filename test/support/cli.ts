@@ -25,7 +25,7 @@ export function cliEnv(h: Harness, extra: Record<string, string> = {}): Record<s
     VMSNAP_TASK_QUEUE: h.config.temporal.taskQueue,
     VMSNAP_STORE_PATH: h.config.storePath,
     VMSNAP_DATA_DIR: h.config.dataDir,
-    VMSNAP_GLANCE_URL: h.config.glance.url,
+    VMSNAP_GLANCE_URL: h.glanceUrl,
     ...(process.env.VMSNAP_TEMPORAL_UI_URL ? { VMSNAP_TEMPORAL_UI_URL: process.env.VMSNAP_TEMPORAL_UI_URL } : {}),
     ...extra,
   };

@@ -1,4 +1,5 @@
-// A real HTTP reverse proxy on 127.0.0.1 that sits in front of a service (Glance) and injects
+// A real HTTP reverse proxy on 127.0.0.1 that sits in front of a service (Glance, or Keystone over
+// HTTPS with the stack's CA) and injects
 // faults on request: a fixed status without forwarding, a delay, or a connection reset. Bodies
 // are streamed both ways, never buffered whole, so multi-GiB uploads pass through it too.
 import {
@@ -10,6 +11,7 @@ import {
   type OutgoingHttpHeaders,
   type ServerResponse,
 } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
 
 export type FaultAction =
@@ -63,9 +65,11 @@ function endToEnd(headers: IncomingMessage['headers']): OutgoingHttpHeaders {
   return out;
 }
 
-export async function startFaultProxy(targetUrl: string): Promise<FaultProxy> {
+export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } = {}): Promise<FaultProxy> {
   const target = new URL(targetUrl);
-  const agent = new Agent({ keepAlive: true });
+  const tls = target.protocol === 'https:';
+  const agent = tls ? new HttpsAgent({ keepAlive: true, ca: opts.ca }) : new Agent({ keepAlive: true });
+  const send = tls ? httpsRequest : httpRequest;
   let rules: { rule: FaultRule; left: number }[] = [];
   const requests: ProxiedRequest[] = [];
 
@@ -83,7 +87,7 @@ export async function startFaultProxy(targetUrl: string): Promise<FaultProxy> {
   function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number): void {
     const headers = endToEnd(req.headers);
     headers.host = target.host;
-    const upstream = httpRequest({
+    const upstream = send({
       protocol: target.protocol,
       hostname: target.hostname,
       port: target.port,

@@ -5,7 +5,8 @@ import type { Client } from '@temporalio/client';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GlanceImageService } from '../../src/drivers/glance.js';
+import { connectCloud } from '../../src/drivers/cloud.js';
+import type { GlanceImageService } from '../../src/drivers/glance.js';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import type { ImageService } from '../../src/drivers/image-service.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
@@ -15,6 +16,7 @@ import type { ActivityDeps } from '../../src/activities/index.js';
 import * as qemuImg from '../../src/drivers/qemu-img.js';
 import { installRuntime } from '../../src/worker/observability.js';
 import { startVmsnapWorker } from '../../src/worker/vmsnap-worker.js';
+import { closeTestCloud, testCloud } from './cloud.js';
 
 // Worker lifecycle chatter hides test output: warnings and errors only.
 installRuntime({ logLevel: 'WARN' });
@@ -24,7 +26,10 @@ export interface Harness {
   store: Store;
   client: Client;
   hypervisor: Hypervisor;
+  /** The tests' own Glance client (through Keystone, as the test user). */
   glance: GlanceImageService;
+  /** The real Glance, from the catalog. */
+  glanceUrl: string;
   /** Where the test guests and their assets live. */
   guestsDir: string;
   assetsDir: string;
@@ -57,13 +62,15 @@ export async function startHarness(opts: {
     ...opts.env,
   });
   const hypervisor = new LibvirtHypervisor({ uri: config.libvirtUri });
-  const glance = new GlanceImageService({ url: config.glance.url });
-  const workerGlance = opts.glanceUrl ? new GlanceImageService({ url: opts.glanceUrl }) : glance;
+  const tests = await testCloud();
+  // The workers have a session of their own, as a worker process would.
+  const cloud = await connectCloud({ ...config, glance: opts.glanceUrl ? { url: opts.glanceUrl } : config.glance });
   const worker = await startVmsnapWorker(config, {
     roles: ['main', 'host'],
+    cloud,
     overrides: {
       hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,
-      imageService: opts.wrapImageService ? opts.wrapImageService(workerGlance) : workerGlance,
+      imageService: opts.wrapImageService ? opts.wrapImageService(cloud.imageService) : cloud.imageService,
       ...(opts.wrapDiskTool ? { diskTool: opts.wrapDiskTool(qemuImg) } : {}),
     },
   });
@@ -72,11 +79,14 @@ export async function startHarness(opts: {
     store: worker.store,
     client: worker.client,
     hypervisor,
-    glance,
+    glance: tests.imageService,
+    glanceUrl: tests.glanceUrl,
     guestsDir: join(config.dataDir, 'guests'),
     assetsDir: join(config.dataDir, 'guest-assets'),
     async close() {
       await worker.shutdown();
+      await cloud.close();
+      await closeTestCloud();
       rmSync(dir, { recursive: true, force: true });
     },
   };

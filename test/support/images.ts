@@ -8,10 +8,11 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
+import { glanceAuth } from './cloud.js';
 
 /** Downloads an image's data to a temp file, hashing it on the way. */
 export async function downloadImage(glanceUrl: string, imageId: string): Promise<{ path: string; sha512: string }> {
-  const res = await fetch(`${glanceUrl}/v2/images/${imageId}/file`);
+  const res = await fetch(`${glanceUrl}/v2/images/${imageId}/file`, { headers: await glanceAuth() });
   if (!res.ok || !res.body) throw new Error(`download of image ${imageId} failed: HTTP ${res.status}`);
   const path = join(await mkdtemp(join(tmpdir(), 'vmsnap-download-')), 'image');
   const hash = createHash('sha512');
@@ -26,7 +27,7 @@ export async function downloadImage(glanceUrl: string, imageId: string): Promise
 }
 
 export async function findImagesByName(glanceUrl: string, name: string): Promise<{ id: string; status: string }[]> {
-  const res = await fetch(`${glanceUrl}/v2/images?name=${encodeURIComponent(name)}`);
+  const res = await fetch(`${glanceUrl}/v2/images?name=${encodeURIComponent(name)}`, { headers: await glanceAuth() });
   if (!res.ok) throw new Error(`image list failed: HTTP ${res.status}`);
   return ((await res.json()) as { images: { id: string; status: string }[] }).images;
 }

@@ -11,8 +11,9 @@ describe('config', () => {
     assert.equal(c.temporal.address, '127.0.0.1:7233');
     assert.equal(c.temporal.namespace, 'default');
     assert.equal(c.temporal.taskQueue, 'vmsnap');
-    assert.equal(c.glance.url, 'http://127.0.0.1:9292');
-    assert.equal(c.glance.token, undefined);
+    // Glance comes from the service catalog unless named; no cloud named, none assumed.
+    assert.equal(c.glance.url, undefined);
+    assert.equal(c.cloud, undefined);
     assert.equal(c.snapshotsDir, '/var/lib/vmsnap/snapshots');
     assert.equal(c.storePath, '/var/lib/vmsnap/vmsnap.sqlite');
     assert.equal(c.host, 'kvm1');
@@ -28,6 +29,8 @@ describe('config', () => {
       [{ VMSNAP_TASK_QUEUE: 'a b' }, /VMSNAP_TASK_QUEUE must be/],
       [{ VMSNAP_DISCOVERY_INTERVAL_MS: '-1' }, /VMSNAP_DISCOVERY_INTERVAL_MS must be a positive whole number/],
       [{ TEMPORAL_TLS_CERT: '/nonexistent/cert.pem' }, /TEMPORAL_TLS_CERT names a file that does not exist/],
+      [{ VMSNAP_GLANCE_TOKEN: 'gAAAA-secret' }, /VMSNAP_GLANCE_TOKEN is no longer read.*OS_CLOUD/],
+      [{ OS_AUTH_TYPE: 'none' }, /VMSNAP_GLANCE_URL is not set, and OS_AUTH_TYPE is none/],
     ];
     for (const [env, message] of bad) assert.throws(() => loadConfig(env), message);
   });
@@ -38,10 +41,10 @@ describe('config', () => {
 
   it('reads a JSON config file, with the environment taking precedence', () => {
     const file = join(mkdtempSync(join(tmpdir(), 'vmsnap-config-')), 'vmsnap.json');
-    writeFileSync(file, JSON.stringify({ VMSNAP_GLANCE_URL: 'http://glance.example:9292/', VMSNAP_GLANCE_TOKEN: 't', VMSNAP_HOST: 'from-file' }));
+    writeFileSync(file, JSON.stringify({ VMSNAP_GLANCE_URL: 'http://glance.example:9292/', OS_AUTH_TYPE: 'none', VMSNAP_HOST: 'from-file' }));
     const c = loadConfig({ VMSNAP_CONFIG_FILE: file, VMSNAP_HOST: 'from-env' });
     assert.equal(c.glance.url, 'http://glance.example:9292');
-    assert.equal(c.glance.token, 't');
+    assert.equal(c.cloud?.auth.type, 'none');
     assert.equal(c.host, 'from-env');
     writeFileSync(file, '{not json');
     assert.throws(() => loadConfig({ VMSNAP_CONFIG_FILE: file }), /VMSNAP_CONFIG_FILE could not be read as JSON/);
