@@ -35,6 +35,7 @@ async function main(): Promise<void> {
 
   console.log('== worker (main + host queues)');
   const worker = await startVmsnapWorker(config, { roles: ['main', 'host'] });
+  console.log(`   Glance ${worker.glanceUrl} from the catalog of Keystone, as ${worker.identity}`);
   const client = worker.client;
   try {
     console.log('== snapshot');
@@ -56,7 +57,7 @@ async function main(): Promise<void> {
     const after = await readCounter(diskPath, 'qcow2');
 
     console.log('== result');
-    console.log(`   image id        ${result.imageId} (active in Glance ${config.glance.url})`);
+    console.log(`   image id        ${result.imageId} (active in Glance ${worker.glanceUrl}, as ${worker.identity})`);
     console.log(`   size            ${result.size} bytes (${result.diskFormat}, virtual ${result.virtualSize})`);
     console.log(`   sha512          ${result.sha512}`);
     console.log(`   md5             ${result.md5}`);

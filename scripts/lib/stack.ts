@@ -538,6 +538,9 @@ function keystoneService(cfg: StackConfig): Service {
         // One process: Keystone's SQLite database takes one writer at a time.
         '--master', '--processes', '1', '--threads', '1',
         '--die-on-term', '--need-app', '--disable-logging',
+        // uwsgi's HTTPS socket closes each connection after its answer without saying so, and a
+        // client that reuses it (keystoneauth in Glance, undici) gets a reset: say so.
+        '--add-header', 'Connection: close',
       ],
     }),
     async healthy() {

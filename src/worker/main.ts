@@ -2,6 +2,7 @@
 // in a fleet, one main worker anywhere and a host worker on each hypervisor, next to libvirt.
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../shared/config.js';
+import { VmsnapError } from '../shared/errors.js';
 import { Runtime } from '@temporalio/worker';
 import { installRuntime } from './observability.js';
 import { startVmsnapWorker } from './vmsnap-worker.js';
@@ -27,7 +28,8 @@ async function main(): Promise<void> {
   await worker.done;
 }
 
+// Exit 5 for a bad setting, as the CLI does: a service manager need not restart what cannot work.
 main().catch((err: Error) => {
   console.error(`vmsnap worker: ${err.message}`);
-  process.exit(1);
+  process.exit(err instanceof VmsnapError && err.code === 'ConfigError' ? 5 : 1);
 });

@@ -229,7 +229,7 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     await glance.createImage(spec);
     const res = await fetch(`${GLANCE_URL}/v2/images/${spec.id}`, {
       method: 'PATCH',
-      headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
+      headers: { 'content-type': 'application/openstack-images-v2.1-json-patch', ...(await glanceAuth()) },
       body: JSON.stringify([{ op: 'replace', path: '/protected', value: true }]),
     });
     assert.equal(res.status, 200);

@@ -25,6 +25,7 @@ import { VMSNAP_IMAGE_TAG } from '../../src/shared/names.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import type { ScheduledSnapshotsReport } from '../../src/workflows/scheduled.js';
 import { deleteImages, eventually, stopLeftoverSnapshots, vmsnap, type CliRun } from '../support/cli.js';
+import { glanceAuth } from '../support/cloud.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const pid = process.pid;
@@ -61,7 +62,7 @@ function assertOneLineError(run: CliRun, code: number, pattern: RegExp): void {
 async function setProtected(imageId: string, value: boolean): Promise<void> {
   const res = await fetch(`${h.glanceUrl}/v2/images/${imageId}`, {
     method: 'PATCH',
-    headers: { 'content-type': 'application/openstack-images-v2.1-json-patch' },
+    headers: { 'content-type': 'application/openstack-images-v2.1-json-patch', ...(await glanceAuth()) },
     body: JSON.stringify([{ op: 'replace', path: '/protected', value }]),
   });
   assert.equal(res.status, 200, await res.text());

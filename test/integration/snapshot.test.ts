@@ -14,6 +14,7 @@ import { startSnapshot, type SnapshotHandle } from '../../src/client/snapshots.j
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import { workflowBundle } from '../../src/worker/workers.js';
 import { downloadImage, findImagesByName, observePause } from '../support/images.js';
+import { testCloud } from '../support/cloud.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { REPLAY_FIXTURE } from '../support/fixtures.js';
 
@@ -54,7 +55,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
   it('snapshots a running guest at one point in time, and the guest runs on', async () => {
     const handle = await startSnapshot(
       h.client,
-      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-running`, metadata: { purpose: 'test' }, userId: 'u1', projectId: 'p1' },
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-running`, metadata: { purpose: 'test' } },
       h.config.temporal.taskQueue,
     );
     const result = await handle.result();
@@ -68,8 +69,12 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     assert.equal(image.container_format, 'bare');
     assert.equal(image.image_type, 'snapshot');
     assert.equal(image.instance_uuid, guest.uuid);
-    assert.equal(image.user_id, 'u1');
-    assert.equal(image.owner, 'p1');
+    // Owned as Nova owns a snapshot: by the token's project, made by the token's user.
+    const caller = await (await testCloud()).identity.caller();
+    assert.ok(caller, 'the test stack authenticates through Keystone');
+    assert.equal(image.user_id, caller.userId);
+    assert.equal(image.owner, caller.projectId);
+    assert.equal(image.owner_id, caller.projectId);
     assert.equal(image.purpose, 'test');
     assert.equal(image.size, result.size);
     assert.equal(image.checksum, result.md5);

@@ -24,7 +24,9 @@ export type FaultAction =
    * first and the reset happens once that many request-body bytes have gone upstream (an upload
    * that dies halfway); without it the reset is immediate and nothing reaches upstream.
    */
-  | { kind: 'reset'; afterBytes?: number };
+  | { kind: 'reset'; afterBytes?: number }
+  /** Forward, reading the request body evenly over this long (a slow link): a long upload. */
+  | { kind: 'stretch'; ms: number };
 
 export type FaultRule = FaultAction & {
   /** HTTP method to match (any when absent). */
@@ -84,7 +86,7 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     return undefined;
   }
 
-  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number): void {
+  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number, stretchMs?: number): void {
     const headers = endToEnd(req.headers);
     headers.host = target.host;
     const upstream = send({
@@ -125,6 +127,9 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     // Pump the body by hand so bytes can be counted for a mid-body reset; backpressure is kept
     // by pausing the client while upstream's buffer is full.
     let forwarded = 0;
+    const started = Date.now();
+    const length = Number(req.headers['content-length'] ?? 0);
+    let holdUntil = 0;
     req.on('data', (chunk: Buffer) => {
       if (resetAfterBytes !== undefined && forwarded + chunk.length >= resetAfterBytes) {
         const head = chunk.subarray(0, Math.max(0, resetAfterBytes - forwarded));
@@ -143,9 +148,20 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
       }
       forwarded += chunk.length;
       if (!upstream.write(chunk)) req.pause();
+      if (stretchMs !== undefined && length > 0) {
+        // Hold the client back until this many bytes are due.
+        const wait = started + (forwarded / length) * stretchMs - Date.now();
+        if (wait > 0) {
+          holdUntil = Date.now() + wait;
+          req.pause();
+          setTimeout(() => {
+            if (!done && upstream.writableNeedDrain === false) req.resume();
+          }, wait);
+        }
+      }
     });
     upstream.on('drain', () => {
-      if (!done) req.resume();
+      if (!done && Date.now() >= holdUntil) req.resume();
     });
     req.on('end', () => {
       if (!done) upstream.end();
@@ -177,6 +193,10 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
         return;
       }
       forward(req, res, record, rule.afterBytes);
+      return;
+    }
+    if (rule?.kind === 'stretch') {
+      forward(req, res, record, undefined, rule.ms);
       return;
     }
     if (rule?.kind === 'delay') {

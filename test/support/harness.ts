@@ -5,7 +5,7 @@ import type { Client } from '@temporalio/client';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connectCloud } from '../../src/drivers/cloud.js';
+import { connectCloud, type Cloud } from '../../src/drivers/cloud.js';
 import type { GlanceImageService } from '../../src/drivers/glance.js';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import type { ImageService } from '../../src/drivers/image-service.js';
@@ -30,6 +30,8 @@ export interface Harness {
   glance: GlanceImageService;
   /** The real Glance, from the catalog. */
   glanceUrl: string;
+  /** The workers' own cloud session (Keystone), for tests that act on its tokens. */
+  cloud: Cloud;
   /** Where the test guests and their assets live. */
   guestsDir: string;
   assetsDir: string;
@@ -81,6 +83,7 @@ export async function startHarness(opts: {
     hypervisor,
     glance: tests.imageService,
     glanceUrl: tests.glanceUrl,
+    cloud,
     guestsDir: join(config.dataDir, 'guests'),
     assetsDir: join(config.dataDir, 'guest-assets'),
     async close() {

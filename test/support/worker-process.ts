@@ -13,6 +13,8 @@ export interface WorkerProcess {
   waitForLine(pattern: RegExp, timeoutMs?: number): Promise<string>;
   /** Sends the signal and waits for the process to exit. */
   stop(signal?: NodeJS.Signals): Promise<void>;
+  /** Waits for the process to exit by itself; its exit code. */
+  exited(): Promise<number | null>;
 }
 
 export function startWorkerProcess(env: Record<string, string>, role: 'all' | 'main' | 'host' = 'all'): WorkerProcess {
@@ -35,6 +37,10 @@ export function startWorkerProcess(env: Record<string, string>, role: 'all' | 'm
         if (Date.now() > deadline) throw new Error(`worker did not log ${pattern} within ${timeoutMs} ms:\n${lines.slice(-20).join('\n')}`);
         await sleep(100);
       }
+    },
+    async exited() {
+      await exited;
+      return proc.exitCode;
     },
     async stop(signal = 'SIGTERM') {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
