@@ -170,7 +170,8 @@ function errorType(err: unknown): string {
 function errorLine(err: unknown, config: Config | undefined): string {
   if (err instanceof VmsnapError && err.code === 'ConfigError') {
     const setting = String(err.details.setting ?? 'the setting');
-    return `${oneLine(err.message)}: correct ${setting} in the environment (or in the file VMSNAP_CONFIG_FILE names)`;
+    const where = setting.startsWith('OS_') ? 'clouds.yaml, secure.yaml' : 'the file VMSNAP_CONFIG_FILE names';
+    return `${oneLine(err.message)}: correct ${setting} in the environment (or in ${where})`;
   }
   if (err instanceof ClientError || err instanceof VmsnapError || err instanceof ScheduleError) return oneLine(err.message);
   if (err instanceof WorkflowFailedError) {
