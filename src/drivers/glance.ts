@@ -217,7 +217,26 @@ export class GlanceImageService implements ImageService {
     // the finally below whatever happens.
     let readError: unknown;
     let file: ReadStream | undefined;
+    // An upload may last as long as the image is large; what must not last is silence. The
+    // watchdog cuts it when no byte moved for timeoutMs, or no answer came that long after the
+    // last one (undici's own headers timeout would count the whole upload).
+    const stalled = new AbortController();
+    let watchdog: NodeJS.Timeout | undefined;
+    const arm = (): void => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        stalled.abort(
+          new VmsnapError('ImageServiceUnavailable', `Glance PUT ${urlPath}: no progress for ${this.timeoutMs} ms (no byte taken, or no answer after the last one). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`, true, {
+            method: 'PUT',
+            path: urlPath,
+            url: this.shownUrl,
+            sent,
+          }),
+        );
+      }, this.timeoutMs);
+    };
     const open = (): Readable => {
+      arm();
       file?.destroy();
       sha512 = createHash('sha512');
       md5 = createHash('md5');
@@ -227,6 +246,7 @@ export class GlanceImageService implements ImageService {
           sha512.update(chunk);
           md5.update(chunk);
           sent += chunk.length;
+          arm();
           if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
           callback(null, chunk);
         },
@@ -242,12 +262,14 @@ export class GlanceImageService implements ImageService {
     };
 
     try {
-      const reply = await this.send('PUT', urlPath, { 'content-type': 'application/octet-stream', 'content-length': String(size) }, open, signal);
+      const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
+      const reply = await this.send('PUT', urlPath, { 'content-type': 'application/octet-stream', 'content-length': String(size) }, open, both);
       if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
     } catch (err) {
       if (readError) throw this.localFileError(path, readError);
       throw err;
     } finally {
+      clearTimeout(watchdog);
       file?.destroy();
     }
     if (sent !== size) {
@@ -314,6 +336,8 @@ export class GlanceImageService implements ImageService {
         headers: all,
         body,
         signal,
+        // A streamed body is watched by its sender (uploadFile's watchdog), not by a deadline.
+        ...(body !== undefined && typeof body !== 'string' ? { headersTimeout: 0 } : {}),
       });
       const text = await res.body.text();
       return { status: res.statusCode, text };

@@ -149,7 +149,9 @@ describe('two hosts, one fleet', { timeout: 600_000 }, () => {
     const slow = await startSnapshot(client, { instance: guestA.uuid, imageName: `vmsnap-test-${tag}-a-slow`, compress: true }, queue());
     await waitForPhase(slow, 'converting');
     const queued = await startSnapshot(client, { instance: guestA2.uuid, imageName: `vmsnap-test-${tag}-a-queued` }, queue());
+    await waitForPhase(queued, 'waiting-for-host');
     await sleep(2000);
+    assert.equal((await progressOf(slow)).phase, 'converting', 'the first snapshot still copies');
     assert.equal((await progressOf(queued)).phase, 'waiting-for-host', 'host A runs one at a time');
     const [first, second] = await Promise.all([slow.result(), queued.result()]);
     assert.ok((second.phaseDurationsMs['waiting-for-host'] ?? 0) >= 2000, `waited ${second.phaseDurationsMs['waiting-for-host']} ms`);

@@ -16,7 +16,6 @@ import type { ActivityDeps } from '../../src/activities/index.js';
 import * as qemuImg from '../../src/drivers/qemu-img.js';
 import { installRuntime } from '../../src/worker/observability.js';
 import { startVmsnapWorker } from '../../src/worker/vmsnap-worker.js';
-import { closeTestCloud, testCloud } from './cloud.js';
 
 // Worker lifecycle chatter hides test output: warnings and errors only.
 installRuntime({ logLevel: 'WARN' });
@@ -64,8 +63,8 @@ export async function startHarness(opts: {
     ...opts.env,
   });
   const hypervisor = new LibvirtHypervisor({ uri: config.libvirtUri });
-  const tests = await testCloud();
-  // The workers have a session of their own, as a worker process would.
+  // The tests' own session, and the workers' own, as a worker process would have.
+  const tests = await connectCloud(config);
   const cloud = await connectCloud({ ...config, glance: opts.glanceUrl ? { url: opts.glanceUrl } : config.glance });
   const worker = await startVmsnapWorker(config, {
     roles: ['main', 'host'],
@@ -89,7 +88,7 @@ export async function startHarness(opts: {
     async close() {
       await worker.shutdown();
       await cloud.close();
-      await closeTestCloud();
+      await tests.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
