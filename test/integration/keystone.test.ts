@@ -21,6 +21,7 @@ import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { findImagesByName, observePause } from '../support/images.js';
 import { checkInvariants, outcomeOf, type Invariants } from '../support/invariants.js';
+import { createSlowGuest } from '../support/slow-guest.js';
 import { startWorkerProcess } from '../support/worker-process.js';
 
 const tag = `ks-${process.pid}`;
@@ -212,7 +213,8 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
 
   it('a snapshot that outlives several tokens renews them and is never refused', async () => {
     const h = await startHarness({ name: 'renewal', glanceUrl: glanceProxy.url });
-    const guest = await createGuest({ name: `vmsnap-test-${tag}-long`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
+    // 64 MiB of data: far more than the socket buffers hold, so the upload really streams.
+    const guest = await createSlowGuest({ name: `vmsnap-test-${tag}-long`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 64 });
     try {
       glanceProxy.requests.length = 0;
       // A slow link to Glance: the upload alone lasts longer than two token lifetimes.
