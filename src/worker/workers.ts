@@ -1,35 +1,20 @@
 // Builds vmsnap's Temporal workers from their dependencies: the main queue (workflows, image
 // record, task state) and the host queue (pause, convert, resume, upload, discovery).
-import { NativeConnection, Runtime, Worker, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { fileURLToPath } from 'node:url';
+import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { createHostActivities, createMainActivities, createSlotActivities, type ActivityDeps } from '../activities/index.js';
 import { syncInventory } from '../activities/inventory.js';
 import type { Config } from '../shared/config.js';
 import { hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
-import { temporalTls } from '../shared/temporal-tls.js';
-import { activityLogAttributes } from './observability.js';
+import { temporalConnectionOptions } from '../shared/temporal-config.js';
+import { activityLogAttributes, expectNoWorkflows } from './observability.js';
 import { ensureReconcileSchedule } from './reconcile-schedule.js';
+import { workflowBundle } from './workflow-bundle.js';
 import type { Client } from '@temporalio/client';
 
 export type WorkerRole = 'main' | 'host';
 
-export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
-const workflowInterceptors = fileURLToPath(new URL('../workflows/interceptors.ts', import.meta.url));
-
-/** Bundling takes seconds: do it once per process and share it between workers. */
-let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
-export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({ workflowsPath, workflowInterceptorModules: [workflowInterceptors], logger: quietBundlerLogger });
-  return bundle;
-}
-const quietBundlerLogger = {
-  log() {}, trace() {}, debug() {}, info() {},
-  warn: (m: string) => console.warn(m),
-  error: (m: string) => console.error(m),
-};
-
 export async function connect(temporal: Config['temporal']): Promise<NativeConnection> {
-  return NativeConnection.connect({ address: temporal.address, tls: await temporalTls(temporal) });
+  return NativeConnection.connect(temporalConnectionOptions(temporal));
 }
 
 export interface RunningWorkers {
@@ -69,6 +54,9 @@ export async function startWorkers(opts: {
   const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
   if (opts.roles.includes('host')) {
     const taskQueue = hostTaskQueue(deps.host);
+    // Activities only: the workflows run on the main queue.
+    expectNoWorkflows(taskQueue);
+    expectNoWorkflows(hostSlotTaskQueue(deps.host));
     workers.push(
       await Worker.create({
         connection,
