@@ -15,10 +15,13 @@ RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 # Final stage: production dependencies and dist/ only; no compiler, no sources, no bundler run.
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
+# Memory: two malloc arenas, not one per thread of the Temporal core, and a 1 MiB young generation
+# (CMD): ~40 MiB less at idle (npm run bench -- --section startup).
+ENV MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY --from=build /app/package.json /app/package-lock.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
 USER node
-CMD ["node", "dist/worker/main.js"]
+CMD ["node", "--max-semi-space-size=1", "dist/worker/main.js"]

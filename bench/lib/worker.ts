@@ -12,7 +12,10 @@ import { rssKiB } from './proc.js';
 export const WORKER_COMMANDS = {
   tsx: ['--import', 'tsx', 'src/worker/main.ts', '--role', 'all'],
   compiled: ['dist/worker/main.js', '--role', 'all'],
+  /** As the container and the systemd units run it (plus MALLOC_ARENA_MAX=2, WORKER_ENV). */
+  deployed: ['--max-semi-space-size=1', 'dist/worker/main.js', '--role', 'all'],
 } as const;
+export const WORKER_ENV: Partial<Record<keyof typeof WORKER_COMMANDS, Record<string, string>>> = { deployed: { MALLOC_ARENA_MAX: '2' } };
 export type WorkerKind = keyof typeof WORKER_COMMANDS;
 
 export interface BenchWorker {
@@ -30,7 +33,7 @@ export async function startBenchWorker(env: Record<string, string>, cwd: string,
   let startMs = 0;
   const proc: ChildProcess = spawn(process.execPath, [...WORKER_COMMANDS[kind]], {
     cwd,
-    env: { ...process.env, ...env },
+    env: { ...process.env, ...env, ...WORKER_ENV[kind] },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   if (proc.pid === undefined) throw new Error('could not start the vmsnap worker process');

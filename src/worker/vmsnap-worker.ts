@@ -24,9 +24,8 @@ export async function startVmsnapWorker(
   opts: { roles: WorkerRole[]; overrides?: Partial<ActivityDeps>; keepReconcileSchedule?: boolean },
 ): Promise<VmsnapWorker> {
   const store = createStore(config);
-  await store.migrate();
-  const connection = await connect(config.temporal);
-  const client = await connectClient(config.temporal);
+  // Independent, so at once: start-up time is an operator's restart time.
+  const [, connection, client] = await Promise.all([store.migrate(), connect(config.temporal), connectClient(config.temporal)]);
   const workers = await startWorkers({
     connection,
     namespace: config.temporal.namespace,

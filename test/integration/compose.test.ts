@@ -16,7 +16,7 @@ it('docker-compose.yml validates and names the deployment services', async () =>
   assert.equal(services.length, 4);
   assert.ok(existsSync('Dockerfile'), 'the worker service builds from ./Dockerfile');
   const worker = (parse(stdout) as { services: Record<string, { command?: string[] }> }).services['vmsnap-worker'];
-  assert.deepEqual(worker?.command, ['node', 'dist/worker/main.js', '--role', 'main']);
+  assert.deepEqual(worker?.command, ['node', '--max-semi-space-size=1', 'dist/worker/main.js', '--role', 'main']);
 });
 
 it('the Dockerfile builds in one stage and runs dist/ with production dependencies in the last', () => {
@@ -25,6 +25,6 @@ it('the Dockerfile builds in one stage and runs dist/ with production dependenci
   const final = stages.at(-1)!;
   assert.match(stages[0]!, /npm run build/);
   assert.match(stages[0]!, /npm prune --omit=dev/);
-  assert.match(final, /^CMD \["node", "dist\/worker\/main\.js"\]$/m);
+  assert.match(final, /^CMD \["node", "--max-semi-space-size=1", "dist\/worker\/main\.js"\]$/m);
   assert.doesNotMatch(final, /COPY (src|tsconfig)|tsx|npm (ci|install)(?! --omit=dev)/, 'no sources, compiler or dev install in the final image');
 });

@@ -36,6 +36,7 @@ function deployedEnv(): Record<string, string> {
   return {
     ...env,
     NODE_ENV: 'production',
+    MALLOC_ARENA_MAX: '2', // as the image and the units set it
     TEMPORAL_ADDRESS: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233',
     TEMPORAL_NAMESPACE: 'default',
     VMSNAP_GLANCE_URL: glanceUrl,
@@ -104,7 +105,8 @@ describe('deployed form: production dependencies and dist/ only', { timeout: 900
   it("runs the container's main worker and the host unit's worker, and snapshots a guest with its own vmsnap", async () => {
     const env = deployedEnv();
     const main = await composeCommand();
-    assert.deepEqual(main.slice(0, 2), ['node', 'dist/worker/main.js'], 'the container runs the compiled worker');
+    assert.equal(main[0], 'node');
+    assert.ok(main.includes('dist/worker/main.js'), 'the container runs the compiled worker');
     workers.push(startWorkerProcess(env, { command: main, cwd: app }));
     workers.push(startWorkerProcess(env, { command: hostUnitCommand(), cwd: app }));
     const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;

@@ -43,7 +43,7 @@ describe('systemd units (deploy/systemd)', () => {
     for (const unit of UNITS) {
       const s = settings(unit);
       const role = unit.includes('host') ? 'host' : 'main';
-      assert.deepEqual(s.get('ExecStart'), [`/usr/bin/node /opt/vmsnap/dist/worker/main.js --role ${role}`], unit);
+      assert.deepEqual(s.get('ExecStart'), [`/usr/bin/node --max-semi-space-size=1 /opt/vmsnap/dist/worker/main.js --role ${role}`], unit);
       assert.deepEqual(s.get('Restart'), ['on-failure'], unit);
       assert.deepEqual(s.get('KillMode'), ['control-group'], unit);
       assert.ok(Number.parseInt(s.get('TimeoutStopSec')?.[0] ?? '0', 10) >= 60, `${unit}: TimeoutStopSec leaves a running step time to hand over`);
