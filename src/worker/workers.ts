@@ -37,27 +37,23 @@ export async function startWorkers(opts: {
   reconcile?: { client: Client; intervalMs: number };
 }): Promise<RunningWorkers> {
   const { connection, namespace, deps } = opts;
-  const workers: Worker[] = [];
   let discovery: NodeJS.Timeout | undefined;
-  if (opts.roles.includes('main')) {
-    workers.push(
-      await Worker.create({
-        connection,
-        namespace,
-        taskQueue: opts.taskQueue,
-        workflowBundle: await workflowBundle(),
-        activities: createMainActivities(deps),
-        interceptors: { activity: [activityLogAttributes] },
-      }),
-    );
-  }
-  const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
-  if (opts.roles.includes('host')) {
+  const createMain = async (): Promise<Worker[]> => [
+    await Worker.create({
+      connection,
+      namespace,
+      taskQueue: opts.taskQueue,
+      workflowBundle: await workflowBundle(),
+      activities: createMainActivities(deps),
+      interceptors: { activity: [activityLogAttributes] },
+    }),
+  ];
+  const createHost = async (): Promise<Worker[]> => {
     const taskQueue = hostTaskQueue(deps.host);
     // Activities only: the workflows run on the main queue.
     expectNoWorkflows(taskQueue);
     expectNoWorkflows(hostSlotTaskQueue(deps.host));
-    workers.push(
+    const created = [
       await Worker.create({
         connection,
         namespace,
@@ -68,8 +64,6 @@ export async function startWorkers(opts: {
         // timeout, and a cancelled copy (or a blown pause budget) would keep a guest paused longer.
         maxHeartbeatThrottleInterval: '1s',
       }),
-    );
-    workers.push(
       await Worker.create({
         connection,
         namespace,
@@ -79,7 +73,7 @@ export async function startWorkers(opts: {
         maxConcurrentActivityTaskExecutions: opts.maxConcurrentSnapshots,
         maxHeartbeatThrottleInterval: '1s',
       }),
-    );
+    ];
     await deps.store.registerHost(deps.host, taskQueue);
     await syncInventory(deps);
     // Keep the inventory true as VMs come, go and move; a snapshot's lookup also asks on a miss.
@@ -88,7 +82,13 @@ export async function startWorkers(opts: {
         Runtime.instance().logger.error('instance discovery failed', { host: deps.host, error: err.message }),
       );
     }, opts.discoveryIntervalMs);
-  }
+    return created;
+  };
+  // Side by side: the main worker's start is mostly the workflow thread's, the host's is libvirt's.
+  const workers = (
+    await Promise.all([opts.roles.includes('main') ? createMain() : [], opts.roles.includes('host') ? createHost() : []])
+  ).flat();
+  const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
   // Workers also stop on their own (SIGTERM, SIGINT): discovery must stop with them.
   const running = Promise.all(workers.map((w) => w.run()));
   // The schedule triggers a reconcile at once: only now is a worker polling for it.
