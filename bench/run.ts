@@ -218,7 +218,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
         'start → polling: from spawn to the worker’s start-up line, which it logs once every worker of it (main, host, slots) polls.',
         `idle RSS: /proc/<pid>/status VmRSS every 100 ms over ${opts.idleMs} ms, from 1 s after that line; median.`,
         `uploading: peak VmRSS while the worker held the image file open, in a cold snapshot of a ${spec.virtualMiB} MiB disk with ${spec.dataMiB} MiB random data.`,
-        'Both run with INFO logs, no metrics endpoint, no reconciler, a SQLite store, on the same stack and guest.',
+        'All three run with INFO logs, no metrics endpoint, no reconciler, a SQLite store, on the same stack and guest.',
       ],
     });
     for (const t of r.targets) log(`target ${t.pass ? 'pass' : 'MISS'}  ${t.label}: ${t.value}`);
