@@ -20,10 +20,20 @@ export function expectNoWorkflows(taskQueue: string): void {
   activityOnlyQueues.add(taskQueue);
 }
 
+/**
+ * What the SDK says at every start that is vmsnap's normal state: no Nexus services (vmsnap has
+ * none), each worker RUNNING (vmsnap's own start-up line says so, once), and no workflows on an
+ * activity-only queue. Debug lines, so a start is one line; stops and everything else stay.
+ */
+function expectedAtStart(level: LogLevel, message: string, meta?: LogMetadata): boolean {
+  if (message.startsWith('No Nexus services registered')) return true;
+  if (message === 'Worker state changed' && meta?.state === 'RUNNING') return true;
+  return level === 'WARN' && message.startsWith('No workflows registered') && activityOnlyQueues.has(String(meta?.taskQueue));
+}
+
 class VmsnapLogger extends DefaultLogger {
   override log(level: LogLevel, message: string, meta?: LogMetadata): void {
-    const expected = level === 'WARN' && message.startsWith('No workflows registered') && activityOnlyQueues.has(String(meta?.taskQueue));
-    super.log(expected ? 'DEBUG' : level, message, meta);
+    super.log(expectedAtStart(level, message, meta) ? 'DEBUG' : level, message, meta);
   }
 }
 

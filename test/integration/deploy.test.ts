@@ -116,7 +116,10 @@ describe('deployed form: production dependencies and dist/ only', { timeout: 900
     ];
     for (const [i, w] of workers.entries()) {
       // One start-up line that says what runs and where it points.
-      const started = JSON.parse(await w.waitForLine(/vmsnap worker started/, 60_000)) as Record<string, unknown>;
+      const line = await w.waitForLine(/vmsnap worker started/, 60_000);
+      const before = w.lines.slice(0, w.lines.indexOf(line));
+      assert.deepEqual(before, [], 'the start-up is one line');
+      const started = JSON.parse(line) as Record<string, unknown>;
       assert.equal(started.version, version);
       assert.deepEqual(started.roles, expected[i]!.roles);
       assert.deepEqual(started.queues, expected[i]!.queues);
