@@ -1,9 +1,14 @@
 #!/usr/bin/env node
-// The `vmsnap` command: runs the TypeScript CLI (src/client/cli.ts) through tsx's loader in this
-// process, so there is no build step and no second Node process to start.
+// The `vmsnap` command: runs the compiled CLI (dist/client/cli.js). `npm run build` makes it, and
+// scripts/setup runs the build whenever the sources changed.
 import process from 'node:process';
-import { register } from 'tsx/esm/api';
 
-register();
-const { main } = await import('../src/client/cli.ts');
-process.exitCode = await main(process.argv.slice(2));
+let cli;
+try {
+  cli = await import('../dist/client/cli.js');
+} catch (err) {
+  if (err?.code !== 'ERR_MODULE_NOT_FOUND' || !String(err.message).includes('dist/client/cli.js')) throw err;
+  process.stderr.write('vmsnap: the compiled CLI (dist/) is missing: run `npm run build` (or ./scripts/setup) in the vmsnap directory\n');
+  process.exit(1);
+}
+process.exitCode = await cli.main(process.argv.slice(2));

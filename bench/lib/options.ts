@@ -15,6 +15,8 @@ export interface DiskSpec {
 }
 
 export interface BenchOptions {
+  /** all: vmsnap against bare commands; startup: the worker compiled against tsx (start, memory). */
+  section: 'all' | 'startup';
   runs: number;
   disks: DiskSpec[];
   modes: Mode[];
@@ -36,13 +38,18 @@ export interface BenchOptions {
 }
 
 export const USAGE = `usage: npm run bench -- [options]
+  --section all|startup all (default): vmsnap against the bare commands; startup: the worker as
+                        deployed (dist/, prebuilt bundle) against tsx + bundling at start: time
+                        to polling, idle RSS, RSS uploading the large disk (startup.{json,md})
   --runs N              runs per variant and disk (default 5; median reported)
   --disks LIST          small,large,sparse (default all)
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
   --scale LIST          concurrent snapshot counts, e.g. 1,5,10,20 (default; "" for none)
   --scale-runs N        repetitions of each scale level (default 1)
   --quick               smoke size: 1 run, small disk, bare+cold, scale 1, no PNG
-  --stack own|env       own: private stack in .data/bench on ports 7333/9392/5532 (default);
+  --stack own|env       own: private stack in .data/bench on ports 7333/9392/5100/5532 (default; or
+                        VMSNAP_BENCH_DATA_DIR, VMSNAP_BENCH_TEMPORAL_PORT, _TEMPORAL_UI_PORT,
+                        _GLANCE_PORT, _KEYSTONE_PORT, _POSTGRES_PORT);
                         env: the running stack named by TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and
                         VMSNAP_DATA_DIR (default with --quick when those are set)
   --out DIR             where latest.{json,md,svg} go (default bench/results)
@@ -71,6 +78,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const { values } = parseArgs({
     args: argv,
     options: {
+      section: { type: 'string' },
       runs: { type: 'string' },
       disks: { type: 'string' },
       modes: { type: 'string' },
@@ -123,12 +131,24 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     }
   }
 
+  const section = values.section ?? 'all';
+  if (section !== 'all' && section !== 'startup') throw new Error(`--section must be all or startup (got "${section}")`);
+  if (section === 'startup') {
+    // The large disk's upload is what the worker's memory is measured on.
+    const large = quick ? { ...specs.large, virtualMiB: 64, dataMiB: 32 } : specs.large;
+    return {
+      section, runs: positive('runs', values.runs ?? (quick ? '1' : '3')), disks: [large], modes: ['bare', 'cold'], scale: [], scaleRuns: 1, quick, stack,
+      out: values.out ?? 'bench/results', png: false, idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
+      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+    };
+  }
   const disks = list('disks', values.disks ?? (quick ? 'small' : DISK_KINDS.join(',')), DISK_KINDS).map((k) => specs[k]);
   const modes = list('modes', values.modes ?? (quick ? 'bare,cold' : MODES.join(',')), MODES);
   if (!modes.includes('bare')) throw new Error('--modes must include bare: every figure is a ratio to bare in the same run');
   const scaleRaw = values.scale ?? (quick ? '1' : '1,5,10,20');
   const scale = [...new Set(scaleRaw.split(',').map((s) => s.trim()).filter(Boolean).map((s) => positive('scale', s)))].sort((a, b) => a - b);
   return {
+    section,
     runs: positive('runs', values.runs ?? (quick ? '1' : '5')),
     disks,
     modes,

@@ -4,13 +4,14 @@
 import { resolve } from 'node:path';
 import { clientEnv, services, stackConfig } from '../../scripts/lib/stack.js';
 
+/** Its own stack's place; VMSNAP_BENCH_* move it (two benchmarks, or a bench beside a test run). */
 export const OWN_STACK_ENV = {
-  VMSNAP_DATA_DIR: '.data/bench',
-  VMSNAP_TEMPORAL_PORT: '7333',
-  VMSNAP_TEMPORAL_UI_PORT: '8333',
-  VMSNAP_GLANCE_PORT: '9392',
-  VMSNAP_POSTGRES_PORT: '5532',
-  VMSNAP_KEYSTONE_PORT: '5100',
+  VMSNAP_DATA_DIR: process.env.VMSNAP_BENCH_DATA_DIR || '.data/bench',
+  VMSNAP_TEMPORAL_PORT: process.env.VMSNAP_BENCH_TEMPORAL_PORT || '7333',
+  VMSNAP_TEMPORAL_UI_PORT: process.env.VMSNAP_BENCH_TEMPORAL_UI_PORT || '8333',
+  VMSNAP_GLANCE_PORT: process.env.VMSNAP_BENCH_GLANCE_PORT || '9392',
+  VMSNAP_POSTGRES_PORT: process.env.VMSNAP_BENCH_POSTGRES_PORT || '5532',
+  VMSNAP_KEYSTONE_PORT: process.env.VMSNAP_BENCH_KEYSTONE_PORT || '5100',
 };
 
 export interface BenchStack {

@@ -1,5 +1,6 @@
-// A real vmsnap worker (src/worker/main.ts, as operators run it) in a process of its own, so its
-// memory can be read from /proc without the benchmark's own heap in the figure.
+// A real vmsnap worker in a process of its own, so its memory can be read from /proc without the
+// benchmark's own heap in the figure: from source through tsx (bundling its workflows at start),
+// or compiled as deployed (dist/, the prebuilt workflow bundle).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -7,18 +8,32 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { rssKiB } from './proc.js';
 
+/** How the worker runs: node's arguments, from the repository root. */
+export const WORKER_COMMANDS = {
+  tsx: ['--import', 'tsx', 'src/worker/main.ts', '--role', 'all'],
+  compiled: ['dist/worker/main.js', '--role', 'all'],
+  /** As the container and the systemd units run it (plus MALLOC_ARENA_MAX=2, WORKER_ENV). */
+  deployed: ['--max-semi-space-size=1', 'dist/worker/main.js', '--role', 'all'],
+} as const;
+export const WORKER_ENV: Partial<Record<keyof typeof WORKER_COMMANDS, Record<string, string>>> = { deployed: { MALLOC_ARENA_MAX: '2' } };
+export type WorkerKind = keyof typeof WORKER_COMMANDS;
+
 export interface BenchWorker {
   pid: number;
+  /** From spawn to its start-up line, which it logs once every worker of it polls. */
+  startMs: number;
   /** The last log lines, for error messages. */
   tail(): string;
   /** SIGTERM, then SIGKILL after graceMs. */
   stop(graceMs?: number): Promise<void>;
 }
 
-export async function startBenchWorker(env: Record<string, string>, cwd: string, timeoutMs = 120_000): Promise<BenchWorker> {
-  const proc: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/worker/main.ts', '--role', 'all'], {
+export async function startBenchWorker(env: Record<string, string>, cwd: string, timeoutMs = 120_000, kind: WorkerKind = 'tsx'): Promise<BenchWorker> {
+  const t0 = performance.now();
+  let startMs = 0;
+  const proc: ChildProcess = spawn(process.execPath, [...WORKER_COMMANDS[kind]], {
     cwd,
-    env: { ...process.env, ...env },
+    env: { ...process.env, ...env, ...WORKER_ENV[kind] },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   if (proc.pid === undefined) throw new Error('could not start the vmsnap worker process');
@@ -27,7 +42,10 @@ export async function startBenchWorker(env: Record<string, string>, cwd: string,
   let started = false;
   for (const stream of [proc.stdout!, proc.stderr!]) {
     createInterface({ input: stream }).on('line', (line) => {
-      if (line.includes('vmsnap worker started')) started = true;
+      if (!started && line.includes('vmsnap worker started')) {
+        started = true;
+        startMs = performance.now() - t0;
+      }
       lines.push(line);
       if (lines.length > 200) lines.shift();
     });
@@ -45,6 +63,7 @@ export async function startBenchWorker(env: Record<string, string>, cwd: string,
   }
   return {
     pid: proc.pid,
+    startMs,
     tail,
     async stop(graceMs = 30_000) {
       if (proc.exitCode !== null || proc.signalCode !== null) return;

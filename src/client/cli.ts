@@ -68,7 +68,8 @@ interface Outcome {
 }
 
 const SETTINGS_HELP = `Settings (environment, or a JSON file named by VMSNAP_CONFIG_FILE):
-  TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_*   the Temporal frontend
+  TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_*   the Temporal frontend, read as the temporal CLI
+  TEMPORAL_API_KEY, TEMPORAL_PROFILE, TEMPORAL_CONFIG_FILE   reads them (also from temporal.toml)
   VMSNAP_TASK_QUEUE                                      the workers' main task queue (default vmsnap)
   VMSNAP_STORE_PATH or VMSNAP_DATA_DIR                   the store, for \`vmsnap instances\`
   VMSNAP_TEMPORAL_UI_URL                                 Web UI, for links in the output`;

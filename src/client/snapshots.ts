@@ -12,7 +12,7 @@ import {
 } from '@temporalio/client';
 import type { Payload } from '@temporalio/common';
 import type { Config } from '../shared/config.js';
-import { temporalTls } from '../shared/temporal-tls.js';
+import { temporalConnectionOptions } from '../shared/temporal-config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE, snapshotWorkflowId } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
@@ -55,10 +55,9 @@ function statusOf(name: string): SnapshotStatus {
 }
 
 export async function connectClient(temporal: Config['temporal'], options: { connectTimeoutMs?: number } = {}): Promise<Client> {
-  const tls = await temporalTls(temporal);
   let connection: Connection;
   try {
-    connection = await Connection.connect({ address: temporal.address, tls, connectTimeout: options.connectTimeoutMs ?? 10_000 });
+    connection = await Connection.connect({ ...temporalConnectionOptions(temporal), connectTimeout: options.connectTimeoutMs ?? 10_000 });
   } catch (err) {
     throw new ClientError(
       'TemporalUnavailable',

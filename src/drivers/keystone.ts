@@ -58,7 +58,7 @@ export interface KeystoneOptions {
   /** How long Keystone may stay silent. */
   timeoutMs?: number;
   /** Told of each new token (a log line: renewals are worth seeing). */
-  onToken?: (info: { expiresInMs: number; caller: Caller }) => void;
+  onToken?: (info: { expiresInMs: number; caller: Caller; renewal: boolean }) => void;
 }
 
 export class KeystoneSession implements Identity {
@@ -213,7 +213,7 @@ export class KeystoneSession implements Identity {
       catalog: t.catalog ?? [],
     };
     this.tokensIssued++;
-    this.opts.onToken?.({ expiresInMs: token.expiresAt - this.now(), caller: token.caller });
+    this.opts.onToken?.({ expiresInMs: token.expiresAt - this.now(), caller: token.caller, renewal: this.tokensIssued > 1 });
     return token;
   }
 

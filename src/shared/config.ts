@@ -2,21 +2,20 @@
 // optionally from a JSON file (VMSNAP_CONFIG_FILE) under it; a bad value stops startup with a
 // message naming the setting. Secrets (OpenStack credentials, read as openstacksdk reads them:
 // cloud-config.ts) come only from here, never from inputs.
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { loadCloudSettings, type CloudSettings } from './cloud-config.js';
 import { VmsnapError } from './errors.js';
 import { DEFAULT_TASK_QUEUE } from './names.js';
+import { readTemporalSettings, type TemporalConnectionSettings } from './temporal-config.js';
 
 export interface Config {
-  temporal: {
-    address: string;
-    namespace: string;
+  /** Temporal's connection as Temporal's own tools read it (temporal-config.ts), and the main queue. */
+  temporal: TemporalConnectionSettings & {
     /** Main task queue: workflows, image record, task state. */
     taskQueue: string;
-    tls?: { certPath?: string; keyPath?: string; caPath?: string; serverName?: string };
   };
   /**
    * The OpenStack cloud: Keystone credentials, region, interface, CA. Undefined when nothing names
@@ -117,12 +116,6 @@ function wholeNumber(setting: string, value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0) throw configError(setting, `must be a whole number, 0 or more (got "${value}")`);
   return n;
-}
-
-function existingFile(setting: string, value: string | undefined): string | undefined {
-  if (value === undefined || value === '') return undefined;
-  if (!existsSync(value)) throw configError(setting, `names a file that does not exist: ${value}`);
-  return value;
 }
 
 /** A PostgreSQL store's connection, from a postgres:// URL. Only `display` is fit to show. */
@@ -256,8 +249,31 @@ function withConfigFile(env: Env): Env {
   return { ...fromFile, ...Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v !== '')) };
 }
 
+/**
+ * Secrets may come from a file instead of the environment: <NAME>_FILE (a systemd credential,
+ * %d/<name>, or a container secret), so they need not sit in a unit or an environment file.
+ */
+// OpenStack's own secrets have their own file already: secure.yaml (OS_CLIENT_SECURE_FILE).
+export const SECRET_SETTINGS = ['TEMPORAL_API_KEY', 'VMSNAP_STORE_URL'];
+
+function withSecretFiles(env: Env): Env {
+  const out: Env = { ...env };
+  for (const setting of SECRET_SETTINGS) {
+    const file = env[`${setting}_FILE`];
+    if (!file) continue;
+    if (env[setting]) throw configError(`${setting}_FILE`, `and ${setting} are both set: set one`);
+    try {
+      // The file's content is never quoted: it is a secret.
+      out[setting] = readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      throw configError(`${setting}_FILE`, `could not be read (${file}): ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  }
+  return out;
+}
+
 export function loadConfig(rawEnv: Env = process.env): Config {
-  const env = withConfigFile(rawEnv);
+  const env = withSecretFiles(withConfigFile(rawEnv));
   const dataDir = resolve(env.VMSNAP_DATA_DIR || '.data/dev');
   const host = name('VMSNAP_HOST', env.VMSNAP_HOST || hostname());
   if (env.VMSNAP_GLANCE_TOKEN) {
@@ -273,18 +289,8 @@ export function loadConfig(rawEnv: Env = process.env): Config {
   }
   return {
     temporal: {
-      address: hostPort('TEMPORAL_ADDRESS', env.TEMPORAL_ADDRESS || '127.0.0.1:7233'),
-      namespace: env.TEMPORAL_NAMESPACE || 'default',
+      ...readTemporalSettings(env),
       taskQueue: name('VMSNAP_TASK_QUEUE', env.VMSNAP_TASK_QUEUE || DEFAULT_TASK_QUEUE),
-      tls:
-        env.TEMPORAL_TLS_CERT || env.TEMPORAL_TLS_CA || env.TEMPORAL_TLS === 'true'
-          ? {
-              certPath: existingFile('TEMPORAL_TLS_CERT', env.TEMPORAL_TLS_CERT),
-              keyPath: existingFile('TEMPORAL_TLS_KEY', env.TEMPORAL_TLS_KEY),
-              caPath: existingFile('TEMPORAL_TLS_CA', env.TEMPORAL_TLS_CA),
-              serverName: env.TEMPORAL_TLS_SERVER_NAME || undefined,
-            }
-          : undefined,
     },
     ...(cloud ? { cloud } : {}),
     glance: glanceUrl ? { url: glanceUrl } : {},

@@ -1,6 +1,9 @@
-// Worker entry point: `tsx src/worker/main.ts [--role main|host|all]`. One host runs both roles;
-// in a fleet, one main worker anywhere and a host worker on each hypervisor, next to libvirt.
+// Worker entry point: `node dist/worker/main.js [--role main|host|all]` (compiled, `npm run
+// build`), or `tsx src/worker/main.ts` from source. One host runs both roles; in a fleet, one main
+// worker anywhere and a host worker on each hypervisor, next to libvirt.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
 import { loadConfig } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { Runtime } from '@temporalio/worker';
@@ -16,16 +19,29 @@ async function main(): Promise<void> {
   const config = loadConfig();
   installRuntime({ logLevel: config.logLevel, metricsAddress: config.metricsAddress });
   const worker = await startVmsnapWorker(config, { roles, keepReconcileSchedule: true });
+  // One line that says what this process is and where it points (never a secret).
   Runtime.instance().logger.info('vmsnap worker started', {
+    version: packageVersion(),
     roles,
     host: config.host,
+    queues: [
+      ...(roles.includes('main') ? [config.temporal.taskQueue] : []),
+      ...(roles.includes('host') ? [hostTaskQueue(config.host), hostSlotTaskQueue(config.host)] : []),
+    ],
     temporal: config.temporal.address,
+    namespace: config.temporal.namespace,
+    ...(config.temporal.profile ? { temporalProfile: config.temporal.profile } : {}),
+    tls: Boolean(config.temporal.tls),
     glance: worker.glanceUrl,
     identity: worker.identity,
-    taskQueue: config.temporal.taskQueue,
     metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
   });
   await worker.done;
+}
+
+/** package.json is two levels up from both src/worker and dist/worker. */
+function packageVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 }
 
 // Exit 5 for a bad setting, as the CLI does: a service manager need not restart what cannot work.

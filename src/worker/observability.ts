@@ -1,7 +1,7 @@
 // Logs and metrics of a vmsnap worker process: JSON lines on stdout with the instance id and
 // workflow id on every line that concerns a snapshot, and a Prometheus endpoint that carries
 // Temporal's worker metrics and vmsnap's own (snapshots by outcome, pause, phase durations, bytes).
-import { DefaultLogger, Runtime, type ActivityInterceptorsFactory, type LogEntry } from '@temporalio/worker';
+import { DefaultLogger, Runtime, type ActivityInterceptorsFactory, type LogEntry, type LogMetadata } from '@temporalio/worker';
 import type { LogLevel } from '@temporalio/common';
 
 function jsonLine(entry: LogEntry): void {
@@ -10,10 +10,37 @@ function jsonLine(entry: LogEntry): void {
   process.stdout.write(`${JSON.stringify({ time, level, message, ...meta }, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
 }
 
+/**
+ * Task queues whose workers have no workflows by design (the host's activity queues). The SDK
+ * warns at every start of such a worker, as it would for one that lost its workflows by mistake;
+ * for these queues that is the expected state, so it is a debug line. Every other warning stays.
+ */
+const activityOnlyQueues = new Set<string>();
+export function expectNoWorkflows(taskQueue: string): void {
+  activityOnlyQueues.add(taskQueue);
+}
+
+/**
+ * What the SDK says at every start that is vmsnap's normal state: no Nexus services (vmsnap has
+ * none), each worker RUNNING (vmsnap's own start-up line says so, once), and no workflows on an
+ * activity-only queue. Debug lines, so a start is one line; stops and everything else stay.
+ */
+function expectedAtStart(level: LogLevel, message: string, meta?: LogMetadata): boolean {
+  if (message.startsWith('No Nexus services registered')) return true;
+  if (message === 'Worker state changed' && meta?.state === 'RUNNING') return true;
+  return level === 'WARN' && message.startsWith('No workflows registered') && activityOnlyQueues.has(String(meta?.taskQueue));
+}
+
+class VmsnapLogger extends DefaultLogger {
+  override log(level: LogLevel, message: string, meta?: LogMetadata): void {
+    super.log(expectedAtStart(level, message, meta) ? 'DEBUG' : level, message, meta);
+  }
+}
+
 /** Installs the process-wide Temporal runtime; call it once, before any connection is made. */
 export function installRuntime(opts: { logLevel?: LogLevel; metricsAddress?: string }): void {
   Runtime.install({
-    logger: new DefaultLogger(opts.logLevel ?? 'INFO', jsonLine),
+    logger: new VmsnapLogger(opts.logLevel ?? 'INFO', jsonLine),
     telemetryOptions: opts.metricsAddress ? { metrics: { prometheus: { bindAddress: opts.metricsAddress } } } : {},
   });
 }

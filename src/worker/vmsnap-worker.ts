@@ -25,9 +25,10 @@ export interface VmsnapWorker {
   shutdown(): Promise<void>;
 }
 
-/** Token renewals are worth a line: an operator sees they happen, and how often. */
-function logToken({ expiresInMs, caller }: { expiresInMs: number; caller: Caller }): void {
-  Runtime.instance().logger.info('identity: new Keystone token', { user: caller.userName, project: caller.projectName, validForS: Math.round(expiresInMs / 1000) });
+/** Token renewals are worth a line: an operator sees that they happen, and how often. */
+function logRenewal({ expiresInMs, caller, renewal }: { expiresInMs: number; caller: Caller; renewal: boolean }): void {
+  // The first token is part of start-up, which the start-up line reports.
+  if (renewal) Runtime.instance().logger.info('identity: new Keystone token', { user: caller.userName, project: caller.projectName, validForS: Math.round(expiresInMs / 1000) });
 }
 
 export async function startVmsnapWorker(
@@ -35,11 +36,10 @@ export async function startVmsnapWorker(
   opts: { roles: WorkerRole[]; overrides?: Partial<ActivityDeps>; keepReconcileSchedule?: boolean; cloud?: Cloud },
 ): Promise<VmsnapWorker> {
   // First the cloud: wrong credentials stop the worker before it touches anything else.
-  const cloud = opts.cloud ?? (await connectCloud(config, { onToken: logToken }));
+  const cloud = opts.cloud ?? (await connectCloud(config, { onToken: logRenewal }));
   const store = createStore(config);
-  await store.migrate();
-  const connection = await connect(config.temporal);
-  const client = await connectClient(config.temporal);
+  // Independent, so at once: start-up time is an operator's restart time.
+  const [, connection, client] = await Promise.all([store.migrate(), connect(config.temporal), connectClient(config.temporal)]);
   const workers = await startWorkers({
     connection,
     namespace: config.temporal.namespace,

@@ -1,35 +1,20 @@
 // Builds vmsnap's Temporal workers from their dependencies: the main queue (workflows, image
 // record, task state) and the host queue (pause, convert, resume, upload, discovery).
-import { NativeConnection, Runtime, Worker, bundleWorkflowCode, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
-import { fileURLToPath } from 'node:url';
+import { NativeConnection, Runtime, Worker } from '@temporalio/worker';
 import { createHostActivities, createMainActivities, createSlotActivities, type ActivityDeps } from '../activities/index.js';
 import { syncInventory } from '../activities/inventory.js';
 import type { Config } from '../shared/config.js';
 import { hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
-import { temporalTls } from '../shared/temporal-tls.js';
-import { activityLogAttributes } from './observability.js';
+import { temporalConnectionOptions } from '../shared/temporal-config.js';
+import { activityLogAttributes, expectNoWorkflows } from './observability.js';
 import { ensureReconcileSchedule } from './reconcile-schedule.js';
+import { workflowBundle } from './workflow-bundle.js';
 import type { Client } from '@temporalio/client';
 
 export type WorkerRole = 'main' | 'host';
 
-export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
-const workflowInterceptors = fileURLToPath(new URL('../workflows/interceptors.ts', import.meta.url));
-
-/** Bundling takes seconds: do it once per process and share it between workers. */
-let bundle: Promise<WorkflowBundleWithSourceMap> | undefined;
-export function workflowBundle(): Promise<WorkflowBundleWithSourceMap> {
-  bundle ??= bundleWorkflowCode({ workflowsPath, workflowInterceptorModules: [workflowInterceptors], logger: quietBundlerLogger });
-  return bundle;
-}
-const quietBundlerLogger = {
-  log() {}, trace() {}, debug() {}, info() {},
-  warn: (m: string) => console.warn(m),
-  error: (m: string) => console.error(m),
-};
-
 export async function connect(temporal: Config['temporal']): Promise<NativeConnection> {
-  return NativeConnection.connect({ address: temporal.address, tls: await temporalTls(temporal) });
+  return NativeConnection.connect(temporalConnectionOptions(temporal));
 }
 
 export interface RunningWorkers {
@@ -52,24 +37,23 @@ export async function startWorkers(opts: {
   reconcile?: { client: Client; intervalMs: number };
 }): Promise<RunningWorkers> {
   const { connection, namespace, deps } = opts;
-  const workers: Worker[] = [];
   let discovery: NodeJS.Timeout | undefined;
-  if (opts.roles.includes('main')) {
-    workers.push(
-      await Worker.create({
-        connection,
-        namespace,
-        taskQueue: opts.taskQueue,
-        workflowBundle: await workflowBundle(),
-        activities: createMainActivities(deps),
-        interceptors: { activity: [activityLogAttributes] },
-      }),
-    );
-  }
-  const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
-  if (opts.roles.includes('host')) {
+  const createMain = async (): Promise<Worker[]> => [
+    await Worker.create({
+      connection,
+      namespace,
+      taskQueue: opts.taskQueue,
+      workflowBundle: await workflowBundle(),
+      activities: createMainActivities(deps),
+      interceptors: { activity: [activityLogAttributes] },
+    }),
+  ];
+  const createHost = async (): Promise<Worker[]> => {
     const taskQueue = hostTaskQueue(deps.host);
-    workers.push(
+    // Activities only: the workflows run on the main queue.
+    expectNoWorkflows(taskQueue);
+    expectNoWorkflows(hostSlotTaskQueue(deps.host));
+    const created = [
       await Worker.create({
         connection,
         namespace,
@@ -80,8 +64,6 @@ export async function startWorkers(opts: {
         // timeout, and a cancelled copy (or a blown pause budget) would keep a guest paused longer.
         maxHeartbeatThrottleInterval: '1s',
       }),
-    );
-    workers.push(
       await Worker.create({
         connection,
         namespace,
@@ -91,7 +73,7 @@ export async function startWorkers(opts: {
         maxConcurrentActivityTaskExecutions: opts.maxConcurrentSnapshots,
         maxHeartbeatThrottleInterval: '1s',
       }),
-    );
+    ];
     await deps.store.registerHost(deps.host, taskQueue);
     await syncInventory(deps);
     // Keep the inventory true as VMs come, go and move; a snapshot's lookup also asks on a miss.
@@ -100,7 +82,13 @@ export async function startWorkers(opts: {
         Runtime.instance().logger.error('instance discovery failed', { host: deps.host, error: err.message }),
       );
     }, opts.discoveryIntervalMs);
-  }
+    return created;
+  };
+  // Side by side: the main worker's start is mostly the workflow thread's, the host's is libvirt's.
+  const workers = (
+    await Promise.all([opts.roles.includes('main') ? createMain() : [], opts.roles.includes('host') ? createHost() : []])
+  ).flat();
+  const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
   // Workers also stop on their own (SIGTERM, SIGINT): discovery must stop with them.
   const running = Promise.all(workers.map((w) => w.run()));
   // The schedule triggers a reconcile at once: only now is a worker polling for it.

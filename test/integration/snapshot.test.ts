@@ -12,7 +12,7 @@ import { execa } from 'execa';
 import { createGuest, guestState, readCounter, removeGuest, type Counter, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot, type SnapshotHandle } from '../../src/client/snapshots.js';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
-import { workflowBundle } from '../../src/worker/workers.js';
+import { workflowBundle } from '../../src/worker/workflow-bundle.js';
 import { downloadImage, findImagesByName, observePause } from '../support/images.js';
 import { testCloud } from '../support/cloud.js';
 import { startHarness, type Harness } from '../support/harness.js';

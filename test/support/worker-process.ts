@@ -1,5 +1,5 @@
-// The real worker entry point (src/worker/main.ts) as a child process: for tests that read its
-// logs, scrape its metrics, or kill it with SIGKILL.
+// The real worker entry point (src/worker/main.ts, or a deployed command line) as a child
+// process: for tests that read its logs, scrape its metrics, or kill it with SIGKILL.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
@@ -17,9 +17,14 @@ export interface WorkerProcess {
   exited(): Promise<number | null>;
 }
 
-export function startWorkerProcess(env: Record<string, string>, role: 'all' | 'main' | 'host' = 'all'): WorkerProcess {
-  const proc = spawn(process.execPath, ['--import', 'tsx', 'src/worker/main.ts', '--role', role], {
-    env: { ...process.env, ...env },
+/** `how`: a role of the worker run from source, or a whole command line (e.g. the container's) and its directory. */
+export function startWorkerProcess(
+  env: Record<string, string>,
+  how: 'all' | 'main' | 'host' | { command: string[]; cwd: string } = 'all',
+): WorkerProcess {
+  const [file, ...args] = typeof how === 'string' ? [process.execPath, '--import', 'tsx', 'src/worker/main.ts', '--role', how] : how.command;
+  const proc = spawn(file!, args, {
+    ...(typeof how === 'string' ? { env: { ...process.env, ...env } } : { env, cwd: how.cwd }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];

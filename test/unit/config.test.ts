@@ -28,7 +28,10 @@ describe('config', () => {
       [{ VMSNAP_HOST: 'a/b' }, /VMSNAP_HOST must be/],
       [{ VMSNAP_TASK_QUEUE: 'a b' }, /VMSNAP_TASK_QUEUE must be/],
       [{ VMSNAP_DISCOVERY_INTERVAL_MS: '-1' }, /VMSNAP_DISCOVERY_INTERVAL_MS must be a positive whole number/],
-      [{ TEMPORAL_TLS_CERT: '/nonexistent/cert.pem' }, /TEMPORAL_TLS_CERT names a file that does not exist/],
+      [{ TEMPORAL_TLS_CLIENT_CERT_PATH: '/nonexistent/cert.pem', TEMPORAL_TLS_CLIENT_KEY_PATH: '/nonexistent/key.pem' }, /TEMPORAL_TLS_CLIENT_CERT_PATH names a file that does not exist/],
+      [{ TEMPORAL_TLS_CERT: '/etc/hostname' }, /TEMPORAL_TLS_CERT is no longer read: use Temporal's name TEMPORAL_TLS_CLIENT_CERT_PATH/],
+      [{ TEMPORAL_CONFIG_FILE: '/nonexistent/temporal.toml' }, /TEMPORAL_CONFIG_FILE names a file that does not exist/],
+      [{ VMSNAP_STORE_URL_FILE: '/nonexistent/store-url' }, /VMSNAP_STORE_URL_FILE could not be read/],
       [{ VMSNAP_GLANCE_TOKEN: 'gAAAA-secret' }, /VMSNAP_GLANCE_TOKEN is no longer read.*OS_CLOUD/],
       [{ OS_AUTH_TYPE: 'none' }, /VMSNAP_GLANCE_URL is not set, and OS_AUTH_TYPE is none/],
     ];
@@ -48,5 +51,54 @@ describe('config', () => {
     assert.equal(c.host, 'from-env');
     writeFileSync(file, '{not json');
     assert.throws(() => loadConfig({ VMSNAP_CONFIG_FILE: file }), /VMSNAP_CONFIG_FILE could not be read as JSON/);
+  });
+
+  it("reads Temporal's connection as the temporal CLI does: temporal.toml profiles under the environment", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmsnap-config-'));
+    const toml = join(dir, 'temporal.toml');
+    const ca = join(dir, 'ca.pem');
+    writeFileSync(ca, '-----BEGIN CERTIFICATE-----\n');
+    writeFileSync(
+      toml,
+      [
+        '[profile.default]', 'address = "temporal.example:7233"', 'namespace = "ops"',
+        '[profile.cloud]', 'address = "ns.a1b2c.tmprl.cloud:7233"', 'namespace = "ns.a1b2c"', 'api_key = "key-from-file"',
+        '[profile.mtls]', 'address = "t.example:7233"', '[profile.mtls.tls]', `server_ca_cert_path = "${ca}"`, 'server_name = "t.internal"',
+      ].join('\n'),
+    );
+    const d = loadConfig({ TEMPORAL_CONFIG_FILE: toml });
+    assert.equal(d.temporal.address, 'temporal.example:7233');
+    assert.equal(d.temporal.namespace, 'ops');
+    assert.equal(d.temporal.profile, 'default');
+    assert.equal(d.temporal.tls, undefined);
+
+    const c = loadConfig({ TEMPORAL_CONFIG_FILE: toml, TEMPORAL_PROFILE: 'cloud', TEMPORAL_NAMESPACE: 'from-env' });
+    assert.equal(c.temporal.address, 'ns.a1b2c.tmprl.cloud:7233');
+    assert.equal(c.temporal.namespace, 'from-env', 'the environment wins over the file');
+    assert.equal(c.temporal.apiKey, 'key-from-file');
+    assert.equal(c.temporal.tls, true, 'an API key turns TLS on, as in the temporal CLI');
+
+    const m = loadConfig({ TEMPORAL_CONFIG_FILE: toml, TEMPORAL_PROFILE: 'mtls' });
+    assert.ok(typeof m.temporal.tls === 'object');
+    assert.equal(m.temporal.tls.serverNameOverride, 't.internal');
+    assert.equal(Buffer.from(m.temporal.tls.serverRootCACertificate ?? []).toString(), '-----BEGIN CERTIFICATE-----\n');
+
+    assert.throws(() => loadConfig({ TEMPORAL_CONFIG_FILE: toml, TEMPORAL_PROFILE: 'nope' }), /TEMPORAL_PROFILE names no profile/);
+    writeFileSync(toml, '[profile.default]\nadress = "typo:7233"\n');
+    assert.throws(() => loadConfig({ TEMPORAL_CONFIG_FILE: toml }), /TEMPORAL_CONFIG_FILE could not be read/);
+    assert.equal(loadConfig({ TEMPORAL_TLS: 'true' }).temporal.tls && true, true);
+  });
+
+  it('reads secrets from <NAME>_FILE (systemd credentials), never quoting them', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vmsnap-config-'));
+    writeFileSync(join(dir, 'store-url'), 'postgresql://vmsnap:pw-s3cr3t@db:5432/vmsnap\n');
+    writeFileSync(join(dir, 'api-key'), 'key-s3cr3t');
+    const c = loadConfig({ VMSNAP_STORE_URL_FILE: join(dir, 'store-url'), TEMPORAL_API_KEY_FILE: join(dir, 'api-key') });
+    assert.equal(c.storeUrl, 'postgresql://vmsnap:pw-s3cr3t@db:5432/vmsnap');
+    assert.equal(c.temporal.apiKey, 'key-s3cr3t');
+    assert.throws(
+      () => loadConfig({ TEMPORAL_API_KEY_FILE: join(dir, 'api-key'), TEMPORAL_API_KEY: 'x' }),
+      (err: Error) => /TEMPORAL_API_KEY_FILE and TEMPORAL_API_KEY are both set/.test(err.message) && !err.message.includes('s3cr3t'),
+    );
   });
 });

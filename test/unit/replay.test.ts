@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { it } from 'node:test';
 import { historyFromJSON } from '@temporalio/common/lib/proto-utils.js';
 import { Worker } from '@temporalio/worker';
-import { workflowBundle } from '../../src/worker/workers.js';
+import { workflowBundle } from '../../src/worker/workflow-bundle.js';
 import { REPLAY_FIXTURE } from '../support/fixtures.js';
 
 it('a recorded snapshotInstance history replays deterministically', { timeout: 120_000 }, async () => {
