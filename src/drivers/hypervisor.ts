@@ -53,6 +53,19 @@ export interface Hypervisor {
    */
   thawFilesystems(id: string): Promise<void>;
   watchPauses(id: string): Promise<PauseWatch>;
+
+  // Restore: stop the guest, swap its disk (a file operation, see activities/restore.ts), start it.
+  /**
+   * Stops the guest: a graceful shutdown (ACPI) first, destroy when it is not off within
+   * timeoutMs (0: destroy at once). Says how it stopped; 'none' when it was not running.
+   */
+  stop(id: string, timeoutMs: number): Promise<'shutdown' | 'destroy' | 'none'>;
+  /** Starts a shut-off guest (paused: with its vCPUs stopped). Starting a running guest is success. */
+  start(id: string, opts?: { paused?: boolean }): Promise<void>;
+  /** Whether the domain has a QEMU guest agent channel. */
+  hasGuestAgent(id: string): Promise<boolean>;
+  /** True when the guest agent answers (a guest-get-time round trip). */
+  pingGuestAgent(id: string): Promise<boolean>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -235,6 +235,52 @@ export class LibvirtHypervisor implements Hypervisor {
     return startPauseWatch(this.uri, uuid, (i) => this.state(i));
   }
 
+  async stop(id: string, timeoutMs: number): Promise<'shutdown' | 'destroy' | 'none'> {
+    const uuid = checkId(id);
+    if ((await this.state(uuid)) === 'shutdown') return 'none';
+    if (timeoutMs > 0) {
+      // The guest may ignore the request (no ACPI handling) or be slow: that is what destroy is for.
+      await this.virsh(['shutdown', uuid, '--mode', 'acpi'], uuid).catch(() => undefined);
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        if ((await this.state(uuid)) === 'shutdown') return 'shutdown';
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    try {
+      await this.virsh(['destroy', uuid], uuid);
+    } catch (e) {
+      // It went off by itself between the last look and destroy.
+      if (e instanceof VmsnapError && e.code === 'InstanceInvalidState' && (await this.stateOrNull(uuid)) === 'shutdown') return 'shutdown';
+      throw e;
+    }
+    return 'destroy';
+  }
+
+  async start(id: string, opts: { paused?: boolean } = {}): Promise<void> {
+    const uuid = checkId(id);
+    try {
+      await this.virsh(['start', uuid, ...(opts.paused ? ['--paused'] : [])], uuid);
+    } catch (e) {
+      // "domain is already active" is an error to libvirt, success to us.
+      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && ['running', 'paused'].includes((await this.stateOrNull(uuid)) ?? '')) return;
+      throw e;
+    }
+  }
+
+  async hasGuestAgent(id: string): Promise<boolean> {
+    const uuid = checkId(id);
+    return (await this.virsh(['dumpxml', uuid], uuid)).includes("name='org.qemu.guest_agent.0'") || (await this.virsh(['dumpxml', uuid], uuid)).includes('name="org.qemu.guest_agent.0"');
+  }
+
+  async pingGuestAgent(id: string): Promise<boolean> {
+    const uuid = checkId(id);
+    return this.virsh(['domtime', uuid], uuid, 10_000).then(
+      () => true,
+      () => false,
+    );
+  }
+
   /** State for deciding how to read a failure; null when it cannot be read either. */
   private async stateOrNull(id: string): Promise<PowerState | null> {
     return this.state(id).catch(() => null);
