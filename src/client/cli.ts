@@ -334,13 +334,15 @@ export function buildProgram(session: Session): Command {
     .command('restore')
     .description('restore an instance from a Glance image (its disk replaced, the previous disk kept for rollback); with --wait, follow it')
     .argument('<instance>', 'instance UUID (libvirt domain UUID) or libvirt domain name')
-    .requiredOption('--image <id|name>', 'the image to restore: its id, or its name when one image has it')
+    // Not a required option: commander would then ask it of `restore rollback` too.
+    .option('--image <id|name>', 'the image to restore (required): its id, or its name when one image has it')
     .option('--allow-other-image', 'accept an image that is not a snapshot of this instance')
     .option('--allow-grow', 'accept an image larger (virtual size) than the instance\'s disk: the disk grows')
     .option('--wait', 'wait until the restore ends, showing its progress')
     .addHelpText('after', `\nrestore rollback <instance>: put the pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`)
-    .action(async (instance: string, opts: { image: string; allowOtherImage?: boolean; allowGrow?: boolean; wait?: boolean }, cmd: Command) => {
+    .action(async (instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; wait?: boolean }, cmd: Command) => {
       const g = globals(cmd);
+      if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
       const config = session.getConfig();
       // Checked before the image is looked up: bad input is refused before any connection.
       const probe = validateRestoreRequest({ instance, imageId: '00000000-0000-4000-8000-000000000000' });
