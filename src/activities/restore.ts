@@ -11,6 +11,7 @@
 //   P.vmsnap-pre-restore.json  who swapped it in and until when it is kept
 import { Context } from '@temporalio/activity';
 import { link, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import type { PowerState } from '../drivers/hypervisor.js';
@@ -46,6 +47,8 @@ export interface PrepareRestoreInput {
   /** Glance's virtual_size when it knows it: the free-space estimate of a convert. */
   virtualSize: number | null;
   allowGrow: boolean;
+  /** Restore as a new instance: the image goes to this new file (beside the disk) instead. */
+  newDiskPath?: string;
 }
 
 export interface PreparedRestore {
@@ -129,7 +132,11 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
      */
     async prepareRestoreImage(input: PrepareRestoreInput): Promise<PreparedRestore> {
       const disk = await restorableDisk(input.instanceId);
-      const files = restoreFiles(disk.path);
+      const files = input.newDiskPath ? { download: `${input.newDiskPath}.vmsnap-download`, restored: input.newDiskPath } : restoreFiles(disk.path);
+      if (input.newDiskPath && (await exists(input.newDiskPath)) && !(await exists(`${input.newDiskPath}.vmsnap-download`))) {
+        // Not ours (a retry of ours still has its download beside it, or removed both).
+        throw new VmsnapError('InvalidInput', `${input.newDiskPath} exists already: choose another name for the new instance`);
+      }
       const converted = input.imageFormat !== disk.format;
       // Room for the download, and for the converted copy beside it (at most the virtual size).
       const needed = input.expected.size + (converted ? (input.virtualSize ?? input.expected.size * 4) : 0);
@@ -196,6 +203,30 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       } finally {
         stop();
       }
+    },
+
+    /** Restore as new: where the new instance's disk goes, beside the original's. */
+    async newInstanceDiskPath(input: { instanceId: string; name: string }): Promise<string> {
+      const disk = await restorableDisk(input.instanceId);
+      return join(dirname(disk.path), `${input.name}.vmsnap-new.${disk.format}`);
+    },
+
+    /** Restore as new: defines the new domain on the new disk and starts it as the original runs. */
+    async defineNewInstance(input: RestoreStep & { name: string; diskPath: string; powerState: PowerState }): Promise<{ newInstanceId: string; startedAt: number }> {
+      await event(input.instanceId, input.owner, 'define-new', { name: input.name, diskPath: input.diskPath });
+      const newInstanceId = await hypervisor.defineCopy(input.instanceId, { name: input.name, diskPath: input.diskPath });
+      const startedAt = await startAndConfirm(newInstanceId, input.powerState);
+      return { newInstanceId, startedAt };
+    },
+
+    /** Compensation of restore as new: the new domain (by name) and its disk go; the original was never touched. */
+    async removeNewInstance(input: RestoreStep & { name: string; diskPath: string }): Promise<void> {
+      const domains = await hypervisor.listInstances();
+      const made = domains.find((d) => d.name === input.name && d.id !== input.instanceId);
+      // Only a domain on our new disk is ours to remove.
+      if (made && (await hypervisor.rootDisk(made.id)).path === input.diskPath) await hypervisor.undefine(made.id);
+      await rm(input.diskPath, { force: true });
+      await rm(`${input.diskPath}.vmsnap-download`, { force: true });
     },
 
     /** Stops the guest for the swap: graceful first, destroy after the timeout. Recorded first. */

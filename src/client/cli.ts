@@ -81,6 +81,7 @@ const FIELD_FLAGS: Record<string, string> = {
   diskFormat: '--format',
   compress: '--compress',
   imageId: '--image-id',
+  asNew: '--as-new',
 };
 
 /** A request problem in the words of the command line: the option, then what is wrong. */
@@ -338,14 +339,15 @@ export function buildProgram(session: Session): Command {
     .option('--image <id|name>', 'the image to restore (required): its id, or its name when one image has it')
     .option('--allow-other-image', 'accept an image that is not a snapshot of this instance')
     .option('--allow-grow', 'accept an image larger (virtual size) than the instance\'s disk: the disk grows')
+    .option('--as-new <name>', 'restore as a new instance of this name (new UUID, MAC and disk), leaving the instance untouched')
     .option('--wait', 'wait until the restore ends, showing its progress')
     .addHelpText('after', `\nrestore rollback <instance>: put the pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`)
-    .action(async (instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; wait?: boolean }, cmd: Command) => {
+    .action(async (instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }, cmd: Command) => {
       const g = globals(cmd);
       if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
       const config = session.getConfig();
       // Checked before the image is looked up: bad input is refused before any connection.
-      const probe = validateRestoreRequest({ instance, imageId: '00000000-0000-4000-8000-000000000000' });
+      const probe = validateRestoreRequest({ instance, imageId: '00000000-0000-4000-8000-000000000000', ...(opts.asNew !== undefined ? { asNew: opts.asNew } : {}) });
       if (probe.length) throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
       const imageId = await resolveImage(config, opts.image);
       const request: RestoreRequest = {
@@ -353,6 +355,7 @@ export function buildProgram(session: Session): Command {
         imageId,
         ...(opts.allowOtherImage ? { allowOtherImage: true } : {}),
         ...(opts.allowGrow ? { allowGrow: true } : {}),
+        ...(opts.asNew ? { asNew: opts.asNew } : {}),
       };
       const client = await session.getClient();
       const handle = await startRestore(client, request, config.temporal.taskQueue);
@@ -842,7 +845,8 @@ function restoreText(instance: string, r: RestoreResult, link: string | undefine
     `restore of ${instance} completed`,
     `  image        ${r.imageId}, ${formatBytes(r.downloadedBytes)} downloaded, sha512 verified`,
     `  disk         ${r.diskPath} (${r.diskFormat}, virtual ${formatBytes(r.virtualSize)})`,
-    `  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`,
+    ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
+    ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
     `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy})`,
     `  phases       ${phases}`,
     ...(link ? [`  web UI       ${link}`] : []),

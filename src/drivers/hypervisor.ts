@@ -66,6 +66,14 @@ export interface Hypervisor {
   hasGuestAgent(id: string): Promise<boolean>;
   /** True when the guest agent answers (a guest-get-time round trip). */
   pingGuestAgent(id: string): Promise<boolean>;
+  /**
+   * Restore as a new instance: defines a new domain like `id` (its persistent definition) with a
+   * new name, a new UUID and new MAC addresses, on `diskPath` as its root disk, and its file
+   * consoles and logs renamed after it. InvalidInput when the name is taken. Returns the new UUID.
+   */
+  defineCopy(id: string, opts: { name: string; diskPath: string }): Promise<string>;
+  /** Stops (destroy) and undefines a domain; one that is gone already is success. */
+  undefine(id: string): Promise<void>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -112,6 +112,11 @@ export interface RestoreRequest {
   allowOtherImage?: boolean;
   /** Allow an image whose virtual size is larger than the instance's disk (the disk grows). */
   allowGrow?: boolean;
+  /**
+   * Restore as a new instance of this name: a new domain (new UUID, name and MACs) like the
+   * instance, on a new disk beside its disk holding the image. The instance is left untouched.
+   */
+  asNew?: string;
 }
 
 export type RestorePhase =
@@ -144,8 +149,11 @@ export interface RestoreResult {
   /** The disk now holding the image, and the previous disk kept beside it until keptUntil. */
   diskPath: string;
   diskFormat: string;
-  preRestorePath: string;
-  preRestoreKeptUntil: string;
+  /** Absent when restored as a new instance (nothing was replaced). */
+  preRestorePath?: string;
+  preRestoreKeptUntil?: string;
+  /** Restore as new: the instance defined (and started as the original runs). */
+  newInstance?: { id: string; name: string };
   /** Bytes downloaded from Glance and their sha512, equal to Glance's os_hash_value. */
   downloadedBytes: number;
   sha512: string;

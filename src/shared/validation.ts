@@ -128,7 +128,7 @@ export function validateRestoreRequest(input: unknown): InputProblem[] {
   }
   const r = input as Record<string, unknown>;
   const problems: InputProblem[] = [];
-  const known = new Set(['instance', 'imageId', 'allowOtherImage', 'allowGrow']);
+  const known = new Set(['instance', 'imageId', 'allowOtherImage', 'allowGrow', 'asNew']);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
@@ -136,6 +136,9 @@ export function validateRestoreRequest(input: unknown): InputProblem[] {
   if (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId)) problems.push({ field: 'imageId', message: 'required: the Glance image id (a UUID)' });
   for (const field of ['allowOtherImage', 'allowGrow'] as const) {
     if (r[field] !== undefined && typeof r[field] !== 'boolean') problems.push({ field, message: 'must be true or false' });
+  }
+  if (r.asNew !== undefined && (typeof r.asNew !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(r.asNew))) {
+    problems.push({ field: 'asNew', message: 'the new instance name: 1-64 letters, digits, "_", "." and "-", starting with a letter or digit' });
   }
   return problems;
 }

@@ -154,6 +154,8 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   const recordEvent = (event: string, details: Record<string, unknown>) =>
     onMain(steps.store, `record ${event} event`).recordInstanceEvent({ instanceId, event, requestId: owner, details, action: 'rebuild' });
 
+  if (request.asNew) return restoreAsNew(request, request.asNew, { instanceId, host, owner, steps, progress, enter, recordEvent });
+
   // For compensation: a step counts from the moment it is scheduled.
   let taskAcquired = false;
   let touched = false;
@@ -237,6 +239,85 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
         );
         await attempt('record event', () => recordEvent('error', { imageId, code }));
       }
+    });
+    enter('failed');
+    throw result;
+  }
+}
+
+/**
+ * Restore as a new instance: the image goes to a new disk beside the instance's, and a new domain
+ * (new name, UUID and MACs) like the instance runs on it. The instance itself is never touched,
+ * so its task state is not taken; a failure removes the new domain and disk.
+ */
+async function restoreAsNew(
+  request: RestoreRequest,
+  name: string,
+  ctx: {
+    instanceId: string;
+    host: string;
+    owner: string;
+    steps: ReturnType<typeof restoreSteps>;
+    progress: RestoreProgress;
+    enter: (phase: RestorePhase) => void;
+    recordEvent: (event: string, details: Record<string, unknown>) => Promise<void>;
+  },
+): Promise<RestoreResult> {
+  const { instanceId, host, owner, steps, progress, enter, recordEvent } = ctx;
+  const { workflowId, runId } = workflowInfo();
+  const imageId = request.imageId;
+  let diskPath: string | undefined;
+  try {
+    const powerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
+    // The new instance runs as the original does; one that is off stays defined and off.
+    const startAs: PowerState = powerState === 'running' || powerState === 'paused' ? powerState : 'shutdown';
+    await recordEvent('start', { imageId, asNew: name });
+    enter('checking-image');
+    const image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({ imageId, instanceId, allowOtherImage: request.allowOtherImage ?? false });
+    diskPath = await onHost(steps.quick, 'path of the new disk').newInstanceDiskPath({ instanceId, name });
+    enter('downloading');
+    const prepared = await onHost(steps.download, `download ${image.size} bytes to the new instance's disk, verify sha512, qemu-img check`).prepareRestoreImage({
+      instanceId,
+      imageId,
+      imageFormat: image.diskFormat,
+      expected: { size: image.size, sha512: image.sha512 },
+      virtualSize: image.virtualSize,
+      allowGrow: true, // a new instance: its disk is the image's size
+      newDiskPath: diskPath,
+    });
+    enter('starting-guest');
+    const made = await onHost(steps.power, `define instance ${name} on the new disk and start it`).defineNewInstance({ instanceId, owner, name, diskPath, powerState: startAs });
+    enter('finishing');
+    await recordEvent('finish', { imageId, newInstanceId: made.newInstanceId });
+    enter('completed');
+    return {
+      instanceId,
+      host,
+      imageId,
+      diskPath,
+      diskFormat: prepared.diskFormat,
+      newInstance: { id: made.newInstanceId, name },
+      downloadedBytes: prepared.downloadedBytes,
+      sha512: prepared.sha512,
+      virtualSize: prepared.virtualSize,
+      priorPowerState: powerState,
+      downtimeMs: 0,
+      stoppedBy: 'none',
+      phaseDurationsMs: progress.phaseDurationsMs,
+    };
+  } catch (err) {
+    const result = restoreFailure(err);
+    progress.error = (result as Error).message;
+    enter('compensating');
+    await CancellationScope.nonCancellable(async () => {
+      if (diskPath) {
+        const path = diskPath;
+        await onHost(steps.undo, 'compensation: remove the new instance and its disk')
+          .removeNewInstance({ instanceId, owner, name, diskPath: path })
+          .catch((e: Error) => log.error('compensation failed: remove the new instance', { error: e.message }));
+      }
+      const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
+      await recordEvent('error', { imageId, code, workflowId, runId }).catch(() => undefined);
     });
     enter('failed');
     throw result;

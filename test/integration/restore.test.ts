@@ -129,11 +129,12 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.ok(later < ranOn, `counting on from the image's value: ${later} < ${ranOn}`);
 
     // The previous disk is kept beside it, with the counter it had when the guest stopped.
-    assert.equal(result.preRestorePath, restoreFiles(guest.diskPath).preRestore);
-    assert.ok(existsSync(result.preRestorePath));
-    atStop = (await readCounter(result.preRestorePath, 'qcow2')).a;
+    const kept = result.preRestorePath;
+    assert.equal(kept, restoreFiles(guest.diskPath).preRestore);
+    assert.ok(kept && existsSync(kept));
+    atStop = (await readCounter(kept, 'qcow2')).a;
     assert.ok(atStop >= ranOn, `pre-restore disk at ${atStop}`);
-    assert.ok(Date.parse(result.preRestoreKeptUntil) > Date.now());
+    assert.ok(Date.parse(result.preRestoreKeptUntil ?? '') > Date.now());
     noRestoreLeftovers();
 
     const record = await h.store.getInstance(guest.uuid);
@@ -176,6 +177,37 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.equal(doc.imageId, imageId);
     assert.equal(await guestState(guestName), 'running');
     noRestoreLeftovers();
+  });
+
+  it('restores as a new instance: both guests run, the original untouched', async () => {
+    const newName = `${guestName}-new`;
+    const idBefore = await domId();
+    const inodeBefore = statSync(guest.diskPath).ino;
+    const running = (await readCounter(guest.diskPath, 'qcow2')).a;
+    try {
+      const handle = await startRestore(h.client, { instance: guest.uuid, imageId, asNew: newName }, h.config.temporal.taskQueue);
+      const result = await handle.result();
+      assert.ok(result.newInstance, 'a new instance');
+      assert.equal(result.newInstance.name, newName);
+      assert.notEqual(result.newInstance.id, guest.uuid);
+      assert.equal(result.preRestorePath, undefined);
+      assert.equal(await guestState(newName), 'running');
+      const xml = (await execa('virsh', ['-c', h.config.libvirtUri, 'dumpxml', newName])).stdout;
+      assert.ok(xml.includes(result.diskPath), 'the new domain runs on the new disk');
+      // The new guest counts on from the image's counter, on its own disk.
+      const first = (await readCounter(result.diskPath, 'qcow2')).a;
+      assert.ok(first >= atImage, `new disk at ${first}`);
+      await eventually('the new guest counts', async () => ((await readCounter(result.diskPath, 'qcow2')).a > first ? true : undefined), 120_000, 250);
+      // The original ran on, untouched.
+      assert.equal(await domId(), idBefore);
+      assert.equal(statSync(guest.diskPath).ino, inodeBefore);
+      await counterAbove(running, 'the original counts on');
+      assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    } finally {
+      await execa('virsh', ['-c', h.config.libvirtUri, 'destroy', newName], { reject: false });
+      await execa('virsh', ['-c', h.config.libvirtUri, 'undefine', newName], { reject: false });
+      rmSync(`${guest.dir}/${newName}.vmsnap-new.qcow2`, { force: true });
+    }
   });
 
   it('refuses a busy instance, changing nothing', async () => {
