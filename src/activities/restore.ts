@@ -125,6 +125,61 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     }
   }
 
+  async function undo(input: RestoreStep & { priorPowerState: string | undefined }): Promise<{ swappedBack: boolean }> {
+    const disk = await hypervisor.rootDisk(input.instanceId);
+    const files = restoreFiles(disk.path);
+    await rm(files.download, { force: true });
+    await rm(files.restored, { force: true });
+    const marker = await readMarker(files.marker);
+    const pre = await inode(files.preRestore);
+    const cur = await inode(disk.path);
+    let swappedBack = false;
+    if (pre !== undefined && pre === cur && !marker) {
+      // Died between link and rename: the pre-restore name is only a second name of the disk.
+      await rm(files.preRestore, { force: true });
+    } else if (pre !== undefined && (marker?.owner === input.owner || (!marker && pre !== cur))) {
+      await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
+      await rename(files.preRestore, disk.path);
+      await rm(files.marker, { force: true });
+      swappedBack = true;
+      await event(input.instanceId, input.owner, 'swap-back', {});
+    }
+    const prior = input.priorPowerState;
+    if ((prior === 'running' || prior === 'paused') && (await hypervisor.getInstance(input.instanceId)).powerState === 'shutdown') {
+      await startAndConfirm(input.instanceId, prior);
+      await event(input.instanceId, input.owner, 'started', { powerState: prior, by: 'compensation' });
+    }
+    return { swappedBack };
+  }
+
+  async function rollback(input: RestoreStep & { powerState: PowerState }): Promise<{ stoppedAt: number; startedAt: number }> {
+    const disk = await restorableDisk(input.instanceId);
+    const files = restoreFiles(disk.path);
+    if (!(await exists(files.preRestore))) {
+      // A retry after the rename: the pre-restore disk is in place already.
+      if (!(await readMarker(files.marker))) throw new VmsnapError('DiskNotFound', `instance ${input.instanceId} has no pre-restore disk to roll back to`);
+    } else {
+      await event(input.instanceId, input.owner, 'stop');
+      await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
+      await rename(files.preRestore, disk.path);
+    }
+    const stoppedAt = Date.now();
+    await rm(files.marker, { force: true });
+    const startedAt = await startAndConfirm(input.instanceId, input.powerState);
+    await event(input.instanceId, input.owner, 'started', { powerState: input.powerState });
+    return { stoppedAt, startedAt };
+  }
+
+  /** Runs a power step with heartbeats, so a dead worker's step moves on after the heartbeat timeout. */
+  async function beating<T>(step: () => Promise<T>): Promise<T> {
+    const stop = keepHeartbeating(() => ({ phase: 'power' }), 1000);
+    try {
+      return await step();
+    } finally {
+      stop();
+    }
+  }
+
   return {
     /**
      * Downloads the image beside the disk, verifying size and sha512 as it streams, checks it with
@@ -232,7 +287,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     /** Stops the guest for the swap: graceful first, destroy after the timeout. Recorded first. */
     async stopForRestore(input: RestoreStep): Promise<{ stoppedBy: 'shutdown' | 'destroy' | 'none'; stoppedAt: number }> {
       await event(input.instanceId, input.owner, 'stop');
-      const stoppedBy = await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
+      const stoppedBy = await beating(() => hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs));
       return { stoppedBy, stoppedAt: Date.now() };
     },
 
@@ -273,7 +328,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
 
     /** Starts the guest in its prior power state and confirms it runs. */
     async startAfterRestore(input: RestoreStep & { powerState: PowerState }): Promise<{ startedAt: number }> {
-      const startedAt = await startAndConfirm(input.instanceId, input.powerState);
+      const startedAt = await beating(() => startAndConfirm(input.instanceId, input.powerState));
       await event(input.instanceId, input.owner, 'started', { powerState: input.powerState });
       return { startedAt };
     },
@@ -284,30 +339,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
      * back; then starts the guest in its prior power state. Idempotent.
      */
     async undoRestore(input: RestoreStep & { priorPowerState: string | undefined }): Promise<{ swappedBack: boolean }> {
-      const disk = await hypervisor.rootDisk(input.instanceId);
-      const files = restoreFiles(disk.path);
-      await rm(files.download, { force: true });
-      await rm(files.restored, { force: true });
-      const marker = await readMarker(files.marker);
-      const pre = await inode(files.preRestore);
-      const cur = await inode(disk.path);
-      let swappedBack = false;
-      if (pre !== undefined && pre === cur && !marker) {
-        // Died between link and rename: the pre-restore name is only a second name of the disk.
-        await rm(files.preRestore, { force: true });
-      } else if (pre !== undefined && (marker?.owner === input.owner || (!marker && pre !== cur))) {
-        await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
-        await rename(files.preRestore, disk.path);
-        await rm(files.marker, { force: true });
-        swappedBack = true;
-        await event(input.instanceId, input.owner, 'swap-back', {});
-      }
-      const prior = input.priorPowerState;
-      if ((prior === 'running' || prior === 'paused') && (await hypervisor.getInstance(input.instanceId)).powerState === 'shutdown') {
-        await startAndConfirm(input.instanceId, prior);
-        await event(input.instanceId, input.owner, 'started', { powerState: prior, by: 'compensation' });
-      }
-      return { swappedBack };
+      return beating(() => undo(input));
     },
 
     /** What a rollback would put back: the kept pre-restore disk, or why there is none. */
@@ -321,21 +353,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
 
     /** Rollback: the guest is stopped, the pre-restore disk renamed over the restored one, started again. */
     async rollbackDisk(input: RestoreStep & { powerState: PowerState }): Promise<{ stoppedAt: number; startedAt: number }> {
-      const disk = await restorableDisk(input.instanceId);
-      const files = restoreFiles(disk.path);
-      if (!(await exists(files.preRestore))) {
-        // A retry after the rename: the pre-restore disk is in place already.
-        if (!(await readMarker(files.marker))) throw new VmsnapError('DiskNotFound', `instance ${input.instanceId} has no pre-restore disk to roll back to`);
-      } else {
-        await event(input.instanceId, input.owner, 'stop');
-        await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
-        await rename(files.preRestore, disk.path);
-      }
-      const stoppedAt = Date.now();
-      await rm(files.marker, { force: true });
-      const startedAt = await startAndConfirm(input.instanceId, input.powerState);
-      await event(input.instanceId, input.owner, 'started', { powerState: input.powerState });
-      return { stoppedAt, startedAt };
+      return beating(() => rollback(input));
     },
 
     /** The reconciler's sweep: pre-restore disks of this host's instances past their window. */

@@ -60,10 +60,11 @@ function restoreSteps(settings: SnapshotSettings, host: string) {
       cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
       retry: imageRetry,
     } satisfies ActivityOptions,
-    power: { taskQueue, startToCloseTimeout: powerMs, retry: { ...retry, maximumAttempts: 5 } } satisfies ActivityOptions,
+    // Heartbeats: a dead worker's stop or start moves to another after the heartbeat timeout.
+    power: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, retry: { ...retry, maximumAttempts: 5 } } satisfies ActivityOptions,
     // The guest must get its disk back and run again: retried until it does (or the host is gone
     // for good; then the reconciler finishes the job).
-    undo: { taskQueue, startToCloseTimeout: powerMs, scheduleToCloseTimeout: '30m', retry } satisfies ActivityOptions,
+    undo: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, scheduleToCloseTimeout: '30m', retry } satisfies ActivityOptions,
   };
 }
 

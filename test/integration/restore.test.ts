@@ -17,12 +17,15 @@ import { stackGlanceUrl } from '../support/cloud.js';
 import { eventually, vmsnap } from '../support/cli.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startHarness, type Harness } from '../support/harness.js';
+import { recordFaultRow } from '../support/fault-report.js';
+import type { Invariants } from '../support/invariants.js';
 
 const guestName = `vmsnap-test-restore-${process.pid}`;
 let h: Harness;
 let proxy: FaultProxy;
 let guest: Guest;
 const images: string[] = [];
+const imageIdOf = () => images[0]!;
 
 async function failureOf(result: Promise<unknown>): Promise<ApplicationFailure> {
   const err = await result.then(
@@ -43,6 +46,20 @@ function noRestoreLeftovers(): void {
   const files = restoreFiles(guest.diskPath);
   assert.ok(!existsSync(files.download), `${files.download} left behind`);
   assert.ok(!existsSync(files.restored), `${files.restored} left behind`);
+}
+
+/** The fault suite's invariants, as a restore reads them: guest running and counting, task state None, nothing beside the disk, the image untouched. */
+async function restoreInvariants(outcomeAsExpected: boolean): Promise<Invariants> {
+  const files = restoreFiles(guest.diskPath);
+  const before = (await readCounter(guest.diskPath, 'qcow2')).a;
+  const counting = await eventually('counting', async () => ((await readCounter(guest.diskPath, 'qcow2')).a > before ? true : undefined), 60_000).catch(() => false);
+  return {
+    'prior power state': (await guestState(guestName)) === 'running' && counting,
+    'task state None': (await h.store.getInstance(guest.uuid))?.taskState === null,
+    'no temp files': !existsSync(files.download) && !existsSync(files.restored),
+    'no unfinished image': (await h.glance.getImage(imageIdOf()))?.status === 'active',
+    'outcome and fault': outcomeAsExpected,
+  };
 }
 
 async function counterAbove(value: number, what: string): Promise<number> {
@@ -108,6 +125,33 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     noRestoreLeftovers();
     await counterAbove(before, 'the guest counts on from where it was');
     assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    const faults = await h.store.listFaults(guest.uuid);
+    assert.equal(faults.at(-1)?.code, 'ImageCorrupt');
+    recordFaultRow({ fault: 'restore: a byte of the download flipped', outcome: 'failed ImageCorrupt', invariants: await restoreInvariants(true), note: 'sha512 mismatch found while streaming; guest never stopped (same domain id)' });
+  });
+
+  it('Glance dying mid-download: the download is retried and the restore completes', async () => {
+    // The first download is cut after 100 KiB, as if Glance died; the retry finds it back.
+    proxy.setRule({ kind: 'cut', method: 'GET', path: /\/v2\/images\/[^/]+\/file$/, afterBytes: 100 * 1024, times: 1 });
+    try {
+      const handle = await startRestore(h.client, { instance: guest.uuid, imageId }, h.config.temporal.taskQueue);
+      const result = await handle.result();
+      const gets = proxy.requests.filter((r) => r.method === 'GET' && /\/file$/.test(r.path) && r.path.includes(imageId));
+      assert.ok(gets.length >= 2, `the download was tried again (${gets.length} GETs)`);
+      assert.equal(await guestState(guestName), 'running');
+      const first = (await readCounter(guest.diskPath, 'qcow2')).a;
+      assert.ok(first >= atImage, `restored: ${first}`);
+      noRestoreLeftovers();
+      assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+      recordFaultRow({
+        fault: 'restore: Glance dies mid-download',
+        outcome: 'completed',
+        invariants: await restoreInvariants(true),
+        note: `download cut after 100 KiB, retried on the same worker; downtime ${result.downtimeMs} ms`,
+      });
+    } finally {
+      proxy.setRule(undefined);
+    }
   });
 
   let atStop: number;

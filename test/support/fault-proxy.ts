@@ -29,7 +29,9 @@ export type FaultAction =
   /** Forward, reading the request body evenly over this long (a slow link): a long upload. */
   | { kind: 'stretch'; ms: number }
   /** Forward, but flip (xor 0xff) the byte at this offset of the response body: a corrupt download. */
-  | { kind: 'flip'; atByte: number };
+  | { kind: 'flip'; atByte: number }
+  /** Forward, but cut the connection after this many bytes of the response body: a server dying mid-download. */
+  | { kind: 'cut'; afterBytes: number };
 
 export type FaultRule = FaultAction & {
   /** HTTP method to match (any when absent). */
@@ -89,7 +91,7 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     return undefined;
   }
 
-  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number, stretchMs?: number, flipAt?: number): void {
+  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number, stretchMs?: number, flipAt?: number, cutAfter?: number): void {
     const headers = endToEnd(req.headers);
     headers.host = target.host;
     const upstream = send({
@@ -106,7 +108,21 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     upstream.on('response', (up) => {
       record.status = up.statusCode ?? 0;
       res.writeHead(up.statusCode ?? 502, up.statusMessage, endToEnd(up.headers));
-      if (flipAt === undefined) {
+      if (cutAfter !== undefined) {
+        let sent = 0;
+        up.on('data', (chunk: Buffer) => {
+          if (sent + chunk.length >= cutAfter) {
+            res.write(chunk.subarray(0, Math.max(0, cutAfter - sent)), () => res.socket?.destroy());
+            up.destroy();
+            sent = cutAfter;
+            return;
+          }
+          sent += chunk.length;
+          if (!res.write(chunk)) up.pause();
+        });
+        res.on('drain', () => up.resume());
+        up.on('end', () => res.end());
+      } else if (flipAt === undefined) {
         up.pipe(res);
       } else {
         let offset = 0;
@@ -213,6 +229,10 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
         return;
       }
       forward(req, res, record, rule.afterBytes);
+      return;
+    }
+    if (rule?.kind === 'cut') {
+      forward(req, res, record, undefined, undefined, undefined, rule.afterBytes);
       return;
     }
     if (rule?.kind === 'flip') {
