@@ -287,7 +287,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     /** Stops the guest for the swap: graceful first, destroy after the timeout. Recorded first. */
     async stopForRestore(input: RestoreStep): Promise<{ stoppedBy: 'shutdown' | 'destroy' | 'none'; stoppedAt: number }> {
       await event(input.instanceId, input.owner, 'stop');
-      const stoppedBy = await beating(() => hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs));
+      const stoppedBy = await beating(() => hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs, Context.current().cancellationSignal));
       return { stoppedBy, stoppedAt: Date.now() };
     },
 

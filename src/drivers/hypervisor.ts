@@ -57,9 +57,10 @@ export interface Hypervisor {
   // Restore: stop the guest, swap its disk (a file operation, see activities/restore.ts), start it.
   /**
    * Stops the guest: a graceful shutdown (ACPI) first, destroy when it is not off within
-   * timeoutMs (0: destroy at once). Says how it stopped; 'none' when it was not running.
+   * timeoutMs (0: destroy at once). Says how it stopped; 'none' when it was not running. An abort
+   * while waiting for the shutdown rejects without destroying.
    */
-  stop(id: string, timeoutMs: number): Promise<'shutdown' | 'destroy' | 'none'>;
+  stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<'shutdown' | 'destroy' | 'none'>;
   /** Starts a shut-off guest (paused: with its vCPUs stopped). Starting a running guest is success. */
   start(id: string, opts?: { paused?: boolean }): Promise<void>;
   /** Whether the domain has a QEMU guest agent channel. */

@@ -238,7 +238,7 @@ export class LibvirtHypervisor implements Hypervisor {
     return startPauseWatch(this.uri, uuid, (i) => this.state(i));
   }
 
-  async stop(id: string, timeoutMs: number): Promise<'shutdown' | 'destroy' | 'none'> {
+  async stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<'shutdown' | 'destroy' | 'none'> {
     const uuid = checkId(id);
     if ((await this.state(uuid)) === 'shutdown') return 'none';
     if (timeoutMs > 0) {
@@ -247,9 +247,12 @@ export class LibvirtHypervisor implements Hypervisor {
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline) {
         if ((await this.state(uuid)) === 'shutdown') return 'shutdown';
+        // A step whose restore is gone (terminated) must not destroy the guest after the fact.
+        signal?.throwIfAborted();
         await new Promise((r) => setTimeout(r, 100));
       }
     }
+    signal?.throwIfAborted();
     try {
       await this.virsh(['destroy', uuid], uuid);
     } catch (e) {
