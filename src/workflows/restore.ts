@@ -157,6 +157,18 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
 
   if (request.asNew) return restoreAsNew(request, request.asNew, { instanceId, host, owner, steps, progress, enter, recordEvent });
 
+  // The image is checked before the task state is taken: a refused image changes nothing at all.
+  enter('checking-image');
+  let image;
+  try {
+    image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({ imageId, instanceId, allowOtherImage: request.allowOtherImage ?? false });
+  } catch (err) {
+    const result = restoreFailure(err);
+    progress.error = (result as Error).message;
+    enter('failed');
+    throw result;
+  }
+
   // For compensation: a step counts from the moment it is scheduled.
   let taskAcquired = false;
   let touched = false;
@@ -169,9 +181,6 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
       throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`);
     }
-
-    enter('checking-image');
-    const image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({ imageId, instanceId, allowOtherImage: request.allowOtherImage ?? false });
 
     enter('downloading');
     touched = true;

@@ -1,7 +1,7 @@
 // Faults around a restore, on the real stack with real worker processes: a worker killed with
 // SIGKILL during the download and while the guest is being stopped for the swap (a new worker
 // takes over after the heartbeat timeout), and a restore terminated mid-way (the reconciler
-// heals it). A guest with 512 MiB of data makes the download last long enough to hit.
+// heals it). A guest with 256 MiB of data makes the download last long enough to hit.
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,7 +31,8 @@ const env = {
   VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
   VMSNAP_DEFAULT_MODE: 'cold',
   VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
-  VMSNAP_HEARTBEAT_TIMEOUT_MS: '3000',
+  // Short enough to take over soon, long enough for a loaded 2-CPU host's heartbeats.
+  VMSNAP_HEARTBEAT_TIMEOUT_MS: '6000',
   VMSNAP_RECONCILE_INTERVAL_MS: '0',
   VMSNAP_METRICS_ADDRESS: 'off',
   // The guest ignores ACPI: the stop waits this long, then destroys. Long enough to hit.
@@ -82,7 +83,7 @@ function allHeld(inv: Invariants): void {
 
 describe('restore faults on the real stack', { timeout: 900_000 }, () => {
   before(async () => {
-    guest = await createSlowGuest({ name: guestName, guestsDir: join(dataDir, 'guests'), assetsDir: join(dataDir, 'guest-assets'), dataMiB: 512 });
+    guest = await createSlowGuest({ name: guestName, guestsDir: join(dataDir, 'guests'), assetsDir: join(dataDir, 'guest-assets'), dataMiB: 256 });
     store = new SqliteStore(env.VMSNAP_STORE_PATH);
     await store.migrate();
     client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
@@ -110,7 +111,7 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     await startWorker();
     const result = await handle.result();
     const inv = await invariants(true);
-    recordFaultRow({ fault: 'restore: worker SIGKILL during download', outcome: 'completed', invariants: inv, note: `download retried from byte 0 on a new worker after the 3 s heartbeat timeout; downtime ${result.downtimeMs} ms` });
+    recordFaultRow({ fault: 'restore: worker SIGKILL during download', outcome: 'completed', invariants: inv, note: `download retried from byte 0 on a new worker after the 6 s heartbeat timeout; downtime ${result.downtimeMs} ms` });
     allHeld(inv);
   });
 

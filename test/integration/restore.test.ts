@@ -4,6 +4,7 @@
 // disk when it boots, so the counter tells which disk it runs on.
 import assert from 'node:assert/strict';
 import { existsSync, rmSync, statSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
@@ -252,6 +253,30 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
       await execa('virsh', ['-c', h.config.libvirtUri, 'undefine', newName], { reject: false });
       rmSync(`${guest.dir}/${newName}.vmsnap-new.qcow2`, { force: true });
     }
+  });
+
+  it('refuses an image of another instance unless allowed, changing nothing', async () => {
+    const file = `${guest.dir}/other.qcow2`;
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', file, '64M']);
+    const otherId = randomUUID();
+    images.push(otherId);
+    try {
+      await h.glance.createImage({ id: otherId, name: `vmsnap-test-${process.pid}-other`, visibility: 'private', min_disk: 0, min_ram: 0, properties: { image_type: 'snapshot', instance_uuid: randomUUID() } });
+      await h.glance.updateImage(otherId, { disk_format: 'qcow2', container_format: 'bare' });
+      await h.glance.uploadFile(otherId, file);
+    } finally {
+      rmSync(file, { force: true });
+    }
+    const idBefore = await domId();
+    const faultsBefore = (await h.store.listFaults(guest.uuid)).length;
+    const handle = await startRestore(h.client, { instance: guest.uuid, imageId: otherId }, h.config.temporal.taskQueue);
+    const failure = await failureOf(handle.result());
+    assert.equal(failure.type, 'InvalidInput');
+    assert.match(failure.message, /not of .*allow another image/);
+    assert.equal(await domId(), idBefore);
+    assert.equal((await h.store.listFaults(guest.uuid)).length, faultsBefore, 'a refused image is no fault of the instance');
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    noRestoreLeftovers();
   });
 
   it('refuses a busy instance, changing nothing', async () => {
