@@ -125,6 +125,38 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     }
   }
 
+  /**
+   * Swaps the verified image in: link(disk, pre-restore), then rename(restored, disk). The guest
+   * must be off. Safe to retry at any point of a dead attempt (it looks at what is there).
+   */
+  async function swapDisk(input: RestoreStep & { imageId: string; diskPath: string }): Promise<{ preRestorePath: string; keptUntil: string }> {
+    const files = restoreFiles(input.diskPath);
+    const keptUntil = new Date(Date.now() + settings.preRestoreRetentionMs).toISOString();
+    const marker = await readMarker(files.marker);
+    const done = async () => {
+      const m: PreRestoreMarker = { instanceId: input.instanceId, imageId: input.imageId, owner: input.owner, keptAt: new Date().toISOString(), keptUntil };
+      await writeFile(`${files.marker}.tmp`, JSON.stringify(m), { mode: 0o600 });
+      await rename(`${files.marker}.tmp`, files.marker);
+      return { preRestorePath: files.preRestore, keptUntil: m.keptUntil };
+    };
+    if (marker?.owner === input.owner) return { preRestorePath: files.preRestore, keptUntil: marker.keptUntil };
+    await event(input.instanceId, input.owner, 'swap', { diskPath: input.diskPath });
+    if (!(await exists(files.restored))) {
+      // An earlier attempt renamed it and died before writing the marker.
+      const pre = await inode(files.preRestore);
+      if (pre !== undefined && pre !== (await inode(input.diskPath))) return done();
+      throw new VmsnapError('DiskNotFound', `instance ${input.instanceId}: the restored disk ${files.restored} is gone; nothing was swapped`);
+    }
+    if ((await inode(files.preRestore)) !== (await inode(input.diskPath))) {
+      // An earlier restore's pre-restore disk is replaced by this one's.
+      await rm(files.marker, { force: true });
+      await rm(files.preRestore, { force: true });
+      await link(input.diskPath, files.preRestore);
+    }
+    await rename(files.restored, input.diskPath);
+    return done();
+  }
+
   async function undo(input: RestoreStep & { priorPowerState: string | undefined }): Promise<{ swappedBack: boolean }> {
     const disk = await hypervisor.rootDisk(input.instanceId);
     const files = restoreFiles(disk.path);
@@ -284,53 +316,39 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       await rm(`${input.diskPath}.vmsnap-download`, { force: true });
     },
 
-    /** Stops the guest for the swap: graceful first, destroy after the timeout. Recorded first. */
-    async stopForRestore(input: RestoreStep): Promise<{ stoppedBy: 'shutdown' | 'destroy' | 'none'; stoppedAt: number }> {
-      await event(input.instanceId, input.owner, 'stop');
-      const stoppedBy = await beating(() => hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs, Context.current().cancellationSignal));
-      return { stoppedBy, stoppedAt: Date.now() };
-    },
-
     /**
-     * Swaps the verified image in: link(disk, pre-restore), then rename(restored, disk). The guest
-     * must be off. Safe to retry at any point of a dead attempt (it looks at what is there).
+     * The guest's downtime in one step, so that no round trip through Temporal sits inside it:
+     * stop the guest (graceful, destroy after the timeout), swap the verified image in (see
+     * swapDisk), task state rebuild_block_device_mapping → rebuild_spawning (compare-and-swap, as
+     * Nova's compute manager does between the two), start the guest in its prior power state and
+     * confirm it runs. Each part is idempotent, so a retry after a dead worker goes on from where
+     * it was: a stopped guest is not stopped again, a swapped disk not swapped again.
      */
-    async swapDisk(input: RestoreStep & { imageId: string }): Promise<{ preRestorePath: string; keptUntil: string }> {
+    async stopSwapStart(input: RestoreStep & { imageId: string; powerState: PowerState }): Promise<{
+      stoppedBy: 'shutdown' | 'destroy' | 'none';
+      stoppedAt: number;
+      startedAt: number;
+      preRestorePath: string;
+      keptUntil: string;
+    }> {
+      // Everything that can be looked up while the guest runs, is.
       const disk = await restorableDisk(input.instanceId);
-      const files = restoreFiles(disk.path);
-      const state = (await hypervisor.getInstance(input.instanceId)).powerState;
-      if (state !== 'shutdown') throw new VmsnapError('InstanceInvalidState', `instance ${input.instanceId} is ${state}: its disk is only swapped while it is off`);
-      const keptUntil = new Date(Date.now() + settings.preRestoreRetentionMs).toISOString();
-      const marker = await readMarker(files.marker);
-      const done = async () => {
-        const m: PreRestoreMarker = { instanceId: input.instanceId, imageId: input.imageId, owner: input.owner, keptAt: new Date().toISOString(), keptUntil };
-        await writeFile(`${files.marker}.tmp`, JSON.stringify(m), { mode: 0o600 });
-        await rename(`${files.marker}.tmp`, files.marker);
-        return { preRestorePath: files.preRestore, keptUntil: m.keptUntil };
-      };
-      if (marker?.owner === input.owner) return { preRestorePath: files.preRestore, keptUntil: marker.keptUntil };
-      await event(input.instanceId, input.owner, 'swap', { diskPath: disk.path });
-      if (!(await exists(files.restored))) {
-        // An earlier attempt renamed it and died before writing the marker.
-        const pre = await inode(files.preRestore);
-        if (pre !== undefined && pre !== (await inode(disk.path))) return done();
-        throw new VmsnapError('DiskNotFound', `instance ${input.instanceId}: the restored disk ${files.restored} is gone; nothing was swapped`);
-      }
-      if ((await inode(files.preRestore)) !== (await inode(disk.path))) {
-        // An earlier restore's pre-restore disk is replaced by this one's.
-        await rm(files.marker, { force: true });
-        await rm(files.preRestore, { force: true });
-        await link(disk.path, files.preRestore);
-      }
-      await rename(files.restored, disk.path);
-      return done();
-    },
-
-    /** Starts the guest in its prior power state and confirms it runs. */
-    async startAfterRestore(input: RestoreStep & { powerState: PowerState }): Promise<{ startedAt: number }> {
-      const startedAt = await beating(() => startAndConfirm(input.instanceId, input.powerState));
-      await event(input.instanceId, input.owner, 'started', { powerState: input.powerState });
-      return { startedAt };
+      return beating(async () => {
+        await event(input.instanceId, input.owner, 'stop');
+        const stoppedBy = await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs, Context.current().cancellationSignal);
+        const stoppedAt = Date.now();
+        const swapped = await swapDisk({ ...input, diskPath: disk.path });
+        if (!(await store.compareAndSwapTaskState(input.instanceId, 'rebuild_block_device_mapping', 'rebuild_spawning', input.owner))) {
+          const now = await store.getInstance(input.instanceId);
+          // A retry finds its own change made already.
+          if (!(now?.taskState === 'rebuild_spawning' && now.taskOwner === input.owner)) {
+            throw new VmsnapError('InstanceBusy', `instance ${input.instanceId} task state changed under this restore (expected rebuild_block_device_mapping, found ${now?.taskState ?? 'None'})`);
+          }
+        }
+        const startedAt = await startAndConfirm(input.instanceId, input.powerState);
+        await event(input.instanceId, input.owner, 'started', { powerState: input.powerState });
+        return { stoppedBy, stoppedAt, startedAt, ...swapped };
+      });
     },
 
     /**

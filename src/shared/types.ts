@@ -125,7 +125,6 @@ export type RestorePhase =
   | 'downloading'
   | 'converting'
   | 'stopping'
-  | 'swapping'
   | 'starting-guest'
   | 'finishing'
   | 'compensating'

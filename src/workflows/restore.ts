@@ -196,13 +196,15 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     // From here on the guest is touched; until now it ran on, untouched.
     await setTaskState('rebuilding', 'rebuild_block_device_mapping');
     enter('stopping');
-    const stopped = await onHost(steps.power, 'stop the guest (shutdown, then destroy after the timeout)').stopForRestore({ instanceId, owner });
-    enter('swapping');
-    const swapped = await onHost(steps.quick, 'swap the disk, keep the previous one').swapDisk({ instanceId, owner, imageId });
-    await setTaskState('rebuild_block_device_mapping', 'rebuild_spawning');
-    enter('starting-guest');
-    const started = await onHost(steps.power, `start the guest (${priorPowerState}) and confirm it runs`).startAfterRestore({ instanceId, owner, powerState: priorPowerState });
-
+    // Stop, swap, task state → rebuild_spawning, start: one host step, so the guest's downtime
+    // holds no round trip through Temporal.
+    const done = await onHost(steps.power, `stop the guest, swap the disk (keep the previous one), start it (${priorPowerState}) and confirm it runs`).stopSwapStart({
+      instanceId,
+      owner,
+      imageId,
+      powerState: priorPowerState,
+    });
+    progress.taskState = 'rebuild_spawning';
     enter('finishing');
     await setTaskState('rebuild_spawning', null);
     await recordEvent('finish', { imageId });
@@ -213,14 +215,14 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
       imageId,
       diskPath: prepared.diskPath,
       diskFormat: prepared.diskFormat,
-      preRestorePath: swapped.preRestorePath,
-      preRestoreKeptUntil: swapped.keptUntil,
+      preRestorePath: done.preRestorePath,
+      preRestoreKeptUntil: done.keptUntil,
       downloadedBytes: prepared.downloadedBytes,
       sha512: prepared.sha512,
       virtualSize: prepared.virtualSize,
       priorPowerState,
-      downtimeMs: priorPowerState === 'shutdown' ? 0 : Math.max(0, started.startedAt - stopped.stoppedAt),
-      stoppedBy: stopped.stoppedBy,
+      downtimeMs: priorPowerState === 'shutdown' ? 0 : Math.max(0, done.startedAt - done.stoppedAt),
+      stoppedBy: done.stoppedBy,
       phaseDurationsMs: progress.phaseDurationsMs,
     };
     log.info('restore completed', { imageId, downtimeMs: result.downtimeMs });
