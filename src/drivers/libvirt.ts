@@ -276,7 +276,7 @@ export class LibvirtHypervisor implements Hypervisor {
 
   async hasGuestAgent(id: string): Promise<boolean> {
     const uuid = checkId(id);
-    return (await this.virsh(['dumpxml', uuid], uuid)).includes("name='org.qemu.guest_agent.0'") || (await this.virsh(['dumpxml', uuid], uuid)).includes('name="org.qemu.guest_agent.0"');
+    return /name=['"]org\.qemu\.guest_agent\.0['"]/.test(await this.virsh(['dumpxml', uuid], uuid));
   }
 
   async pingGuestAgent(id: string): Promise<boolean> {
