@@ -10,7 +10,7 @@
 //   P.vmsnap-pre-restore   the previous disk, kept for the retention window (rollback)
 //   P.vmsnap-pre-restore.json  who swapped it in and until when it is kept
 import { Context } from '@temporalio/activity';
-import { link, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { link, open, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
@@ -79,6 +79,15 @@ async function inode(path: string): Promise<number | undefined> {
     (s) => s.ino,
     () => undefined,
   );
+}
+
+async function fsyncPath(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 async function readMarker(path: string): Promise<PreRestoreMarker | undefined> {
@@ -154,7 +163,9 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       await link(input.diskPath, files.preRestore);
     }
     await rename(files.restored, input.diskPath);
-    return done();
+    const swapped = await done();
+    await fsyncPath(dirname(input.diskPath)); // the renames survive a power loss
+    return swapped;
   }
 
   async function undo(input: RestoreStep & { priorPowerState: string | undefined }): Promise<{ swappedBack: boolean }> {
@@ -274,6 +285,11 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
         } else {
           await rename(files.download, files.restored);
         }
+        // On disk before the guest is stopped: durability (a rename over the disk must never leave
+        // unwritten data behind it after a power loss), and the writeback must not fall into the
+        // guest's downtime, where it would grow with the image's size.
+        await fsyncPath(files.restored);
+        await fsyncPath(dirname(files.restored));
         return {
           diskPath: disk.path,
           diskFormat: disk.format,
