@@ -224,7 +224,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       notes: [
         'downtime: libvirt lifecycle events Stopped → Started as `virsh event` receives them, the same watch for both variants.',
         'bare: curl GET of the image file, qemu-img convert -O qcow2, virsh destroy, mv over the disk (the old disk is gone), virsh start.',
-        'vmsnap: restoreInstance through the client against a worker process, VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS=0 (destroy at once, as bare); its stop, swap, task-state change and start are one host activity (stopSwapStart); it keeps the old disk (link + rename).',
+        'vmsnap: restoreInstance through the client against a worker process, VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS=0 (destroy at once, as bare); its stop, swap, task-state change and start are one host activity (stopSwapStart); it keeps the old disk (link + rename) and fsyncs the restored disk before the stop (bare does not: its writeback may fall into its downtime).',
         'wall: bare from curl to virsh start returning; vmsnap from startRestore to the result (guest confirmed running).',
       ],
     });
