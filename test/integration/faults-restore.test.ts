@@ -147,7 +147,7 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     const faults = await store.listFaults(guest.uuid);
     assert.equal(faults.at(-1)?.code, 'RestoreAbandoned');
     const inv = await invariants(true);
-    recordFaultRow({ fault: 'restore: workflow terminated while the guest stops', outcome: 'terminated, reconciled', invariants: inv, note: 'reconciler removed the new files and started the guest on its previous disk' });
+    recordFaultRow({ fault: 'restore: workflow terminated while the guest stops', outcome: 'terminated, reconciled', invariants: inv, note: 'the stop gave up at its next heartbeat; the reconciler removed the new files; the guest runs on its previous disk' });
     allHeld(inv);
   });
 });
