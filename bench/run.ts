@@ -23,6 +23,7 @@ import { evaluateTargets, scaleGrowth, summarize, type BenchResults, type ScaleS
 import { runScaleLevel } from './lib/scale.js';
 import { openStack, type BenchStack } from './lib/stack.js';
 import { runStartupBench, writeStartupResults } from './lib/startup.js';
+import { runRestoreBench, writeRestoreResults } from './lib/restore.js';
 import { renderSvg } from './lib/svg.js';
 import { cancelAndWait, deleteImage, liveModeAvailable, runBare, runVmsnap, type BareCtx, type GlanceCtx, type VmsnapCtx } from './lib/variants.js';
 import { hashCpuSPerGiB, runtimeFloorKiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
@@ -198,6 +199,38 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   if (maxData > 0) {
     log(`writing ${maxData} MiB of random data to copy into the disks`);
     await ensureRandomFile(join(workDir, 'random.bin'), maxData);
+  }
+  if (opts.section === 'restore') {
+    const restoreWorkerEnv = workerEnv;
+    // Like the bare script, which destroys at once: no graceful shutdown wait in the downtime.
+    restoreWorkerEnv.VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS = '0';
+    const restoreSamples = await runRestoreBench({
+      runs: opts.runs,
+      disks: opts.disks,
+      client,
+      taskQueue: workerEnv.VMSNAP_TASK_QUEUE!,
+      glance,
+      libvirtUri: stack.libvirtUri,
+      prefix,
+      newGuest: (name, spec) => newGuest(name, spec),
+      freshWorker,
+      log,
+    });
+    const out = resolve(ROOT, opts.out);
+    await mkdir(out, { recursive: true });
+    const targets = await writeRestoreResults(out, restoreSamples, {
+      startedAt: startedAt.toISOString(),
+      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} at end`,
+      notes: [
+        'downtime: libvirt lifecycle events Stopped → Started as `virsh event` receives them, the same watch for both variants.',
+        'bare: curl GET of the image file, qemu-img convert -O qcow2, virsh destroy, mv over the disk (the old disk is gone), virsh start.',
+        'vmsnap: restoreInstance through the client against a worker process, VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS=0 (destroy at once, as bare); its stop, swap, task-state change and start are one host activity (stopSwapStart); it keeps the old disk (link + rename) and fsyncs the restored disk before the stop (bare does not: its writeback may fall into its downtime).',
+        'wall: bare from curl to virsh start returning; vmsnap from startRestore to the result (guest confirmed running).',
+      ],
+    });
+    for (const t of targets) log(`target ${t}`);
+    log(`wrote ${join(out, 'restore.json')}, restore.md`);
+    return restoreSamples.some((s) => !s.ok) ? 1 : 0;
   }
   if (opts.section === 'startup') {
     const spec = opts.disks[0]!;

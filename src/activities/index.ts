@@ -10,12 +10,14 @@ import { slotActivities } from './slots.js';
 import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
 import { retentionActivities } from './retention.js';
 import { uploadActivities } from './upload.js';
+import { restoreActivities } from './restore.js';
+import { restoreImageActivities } from './restore-image.js';
 
 export type { ActivityDeps } from './deps.js';
 
 /** Activities of the main task queue: image record, store, reconciler and retention. */
 export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'identity' | 'settings' | 'workflows'>) {
-  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps), ...reconcileMainActivities(deps), ...retentionActivities(deps) });
+  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps), ...reconcileMainActivities(deps), ...retentionActivities(deps), ...restoreImageActivities(deps) });
 }
 
 /** Activities bound to the hypervisor host that holds the instance. */
@@ -24,6 +26,7 @@ export function createHostActivities(deps: ActivityDeps) {
     ...powerActivities(deps),
     ...diskActivities(deps),
     ...uploadActivities(deps),
+    ...restoreActivities(deps),
     ...inventoryActivities(deps),
     ...reconcileHostActivities(deps),
   });

@@ -56,8 +56,9 @@ export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 
       await store.recordFault(fault);
     },
 
-    async recordInstanceEvent(event: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }): Promise<void> {
-      await store.recordEvent({ ...event, action: 'createImage' });
+    /** An action event; the action is createImage unless named (rebuild for a restore). */
+    async recordInstanceEvent(event: { instanceId: string; event: string; requestId: string; details: Record<string, unknown>; action?: string }): Promise<void> {
+      await store.recordEvent({ ...event, action: event.action ?? 'createImage' });
     },
   };
 }

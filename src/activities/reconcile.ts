@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { UUID_PATTERN } from '../shared/validation.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
+import { REBUILD_TASK_STATES, type TaskState } from '../store/store.js';
 
 export interface AbandonedSnapshot {
   instanceId: string;
@@ -17,6 +18,8 @@ export interface AbandonedSnapshot {
   pausedByUs: boolean;
   /** A freeze (live mode, guest agent) by this run was recorded with no thaw after it. */
   frozenByUs: boolean;
+  /** A restore (task state rebuild*): the power state it found, to start the guest in again. */
+  restore?: { priorPowerState?: string };
 }
 
 export interface OrphanImage {
@@ -40,8 +43,12 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
         if (!owner || (await workflows.runStatus(owner)) === 'running') continue;
         const events = (await store.listEvents(instance.id)).filter((e) => e.requestId === owner);
         const last = (event: string) => events.map((e) => e.event).lastIndexOf(event);
-        const imageId = events.find((e) => e.event === 'start')?.details.imageId;
+        const start = events.find((e) => e.event === 'start');
+        const imageId = start?.details.imageId;
+        const prior = start?.details.priorPowerState;
+        const isRestore = REBUILD_TASK_STATES.includes(instance.taskState as TaskState) || start?.action === 'rebuild';
         abandoned.push({
+          ...(isRestore ? { restore: typeof prior === 'string' ? { priorPowerState: prior } : {} } : {}),
           instanceId: instance.id,
           host: instance.host,
           owner,
@@ -57,9 +64,10 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
     /** Task state back to None, with a fault and an event that say the snapshot was abandoned. */
     async releaseAbandonedTask(snapshot: AbandonedSnapshot): Promise<void> {
       if (!(await store.releaseTaskState(snapshot.instanceId, snapshot.owner))) return;
-      const message = `snapshot ${snapshot.owner} ended without finishing (terminated or lost) in task state ${snapshot.taskState}; the reconciler undid it`;
-      await store.recordFault({ instanceId: snapshot.instanceId, code: 'SnapshotAbandoned', message, details: { owner: snapshot.owner, imageId: snapshot.imageId } });
-      await store.recordEvent({ instanceId: snapshot.instanceId, action: 'createImage', event: 'error', requestId: snapshot.owner, details: { code: 'SnapshotAbandoned' } });
+      const what = snapshot.restore ? 'restore' : 'snapshot';
+      const message = `${what} ${snapshot.owner} ended without finishing (terminated or lost) in task state ${snapshot.taskState}; the reconciler undid it`;
+      await store.recordFault({ instanceId: snapshot.instanceId, code: snapshot.restore ? 'RestoreAbandoned' : 'SnapshotAbandoned', message, details: { owner: snapshot.owner, imageId: snapshot.imageId } });
+      await store.recordEvent({ instanceId: snapshot.instanceId, action: snapshot.restore ? 'rebuild' : 'createImage', event: 'error', requestId: snapshot.owner, details: { code: snapshot.restore ? 'RestoreAbandoned' : 'SnapshotAbandoned' } });
     },
 
     /**

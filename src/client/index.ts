@@ -19,12 +19,27 @@ export {
   type StartedSnapshot,
 } from './snapshots.js';
 export { listInstances } from './inventory.js';
+export {
+  RESTORE_WORKFLOW_TYPE,
+  ROLLBACK_WORKFLOW_TYPE,
+  getRestoreProgress,
+  resolveImage,
+  restoreHandle,
+  restoreResult,
+  startRestore,
+  startRollback,
+  type RestoreHandle,
+  type RestoreProgressDetails,
+  type RollbackHandle,
+  type StartedRestore,
+} from './restores.js';
 export { ClientError, type ClientErrorCode } from './errors.js';
 export { EXIT, EXIT_CODES_HELP, exitCodeOf } from './exit-codes.js';
 export { loadConfig, type Config } from '../shared/config.js';
 export { VmsnapError, type ErrorCode } from '../shared/errors.js';
 export type { InstanceRecord } from '../store/store.js';
 export type { SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';
+export type { RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
 export {
   DEFAULT_CATCHUP_WINDOW,
   SCHEDULE_ID_PREFIX,

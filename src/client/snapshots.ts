@@ -5,6 +5,7 @@ import {
   Connection,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
+  type WorkflowClient,
   type WorkflowExecutionDescription,
   type WorkflowExecutionInfo,
   type WorkflowHandle,
@@ -114,7 +115,8 @@ export async function getProgress(handle: SnapshotHandle): Promise<SnapshotProgr
   return { ...progress, ...(await stepProgress(handle, description, progress.phase)) };
 }
 
-async function stepProgress(handle: SnapshotHandle, description: WorkflowExecutionDescription, phase: SnapshotPhase): Promise<Partial<SnapshotProgressDetails>> {
+/** Percent and bytes of the pending step of a workflow in `phase`, from its heartbeat (snapshots and restores). */
+export async function stepProgress(handle: { client: WorkflowClient }, description: WorkflowExecutionDescription, phase: string): Promise<Partial<SnapshotProgressDetails>> {
   const pending = description.raw.pendingActivities ?? [];
   // One step runs at a time; the one that reports progress is the one worth showing.
   let fallback: Partial<SnapshotProgressDetails> = {};
@@ -142,7 +144,7 @@ function isStepProgress(value: unknown): value is StepProgress {
 }
 
 /** Heartbeat details are payloads: run them through the client's codecs and converter as Temporal would. */
-async function decodePayloads(handle: SnapshotHandle, payloads: Payload[]): Promise<unknown[]> {
+async function decodePayloads(handle: { client: WorkflowClient }, payloads: Payload[]): Promise<unknown[]> {
   const { payloadConverter, payloadCodecs } = handle.client.options.loadedDataConverter;
   let decoded = payloads;
   for (const codec of [...payloadCodecs].reverse()) decoded = await codec.decode(decoded);

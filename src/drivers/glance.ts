@@ -5,14 +5,15 @@
 // put in a request header: messages and details are built from method, path and status, and
 // scrubbed of the token as a second line of defence.
 import { createHash } from 'node:crypto';
-import { createReadStream, type ReadStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
+import { rm, stat } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { Pool } from 'undici';
 import { VmsnapError } from '../shared/errors.js';
 import { errorCode, readCa, tlsError } from './http-errors.js';
 import { NoAuth, type Identity } from './identity.js';
-import type { Image, ImageService, NewImage, UploadResult } from './image-service.js';
+import type { DownloadOptions, DownloadResult, Image, ImageService, NewImage, UploadResult } from './image-service.js';
 
 export interface GlanceOptions {
   /** Glance endpoint, e.g. http://glance:9292 (a path prefix is kept, a trailing /v2 dropped). */
@@ -280,6 +281,111 @@ export class GlanceImageService implements ImageService {
     }
     report();
     return { size: sent, sha512: sha512.digest('hex'), md5: md5.digest('hex') };
+  }
+
+  async downloadFile(id: string, path: string, opts: DownloadOptions): Promise<DownloadResult> {
+    const urlPath = `${this.imagePath(id)}/file`;
+    const { expected, onProgress, signal } = opts;
+    signal?.throwIfAborted();
+    // As for uploads: a download may last long, silence may not. No byte for timeoutMs (from
+    // Glance or onto the disk) cuts it.
+    const stalled = new AbortController();
+    let watchdog: NodeJS.Timeout | undefined;
+    let received = 0;
+    const arm = (): void => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        stalled.abort(
+          new VmsnapError('ImageServiceUnavailable', `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`, true, {
+            method: 'GET',
+            path: urlPath,
+            url: this.shownUrl,
+            received,
+          }),
+        );
+      }, this.timeoutMs);
+    };
+    const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
+    const sha512 = createHash('sha512');
+    let lastReport = 0;
+    const report = (): void => {
+      lastReport = Date.now();
+      try {
+        onProgress?.(received);
+      } catch {
+        // Progress is advisory.
+      }
+    };
+    const corrupt = (why: string) =>
+      new VmsnapError('ImageCorrupt', `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`, false, {
+        imageId: id,
+        expected,
+        received,
+      });
+    try {
+      arm();
+      const body = await this.openDownload(urlPath, both);
+      const tap = new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          received += chunk.length;
+          // More bytes than the record says: stop at once rather than fill the disk.
+          if (received > expected.size) {
+            callback(corrupt(`more than ${expected.size} bytes`));
+            return;
+          }
+          sha512.update(chunk);
+          arm();
+          if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
+          callback(null, chunk);
+        },
+      });
+      try {
+        await pipeline(body, tap, createWriteStream(path, { mode: 0o600 }), { signal: both });
+      } catch (err) {
+        if (err instanceof VmsnapError) throw err;
+        if (both.aborted) throw both.reason ?? err;
+        const code = errorCode(err);
+        if (code && ['ENOSPC', 'EDQUOT'].includes(code)) throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, false, { path });
+        if (code && code.startsWith('E') && !TRANSIENT_CODES.has(code)) throw new VmsnapError('InvalidInput', `cannot write ${path}: ${(err as Error).message}`, false, { path, code });
+        throw this.transportError('GET', urlPath, err);
+      }
+      const sum = sha512.digest('hex');
+      if (received !== expected.size) throw corrupt(`${received} bytes received, ${expected.size} expected`);
+      if (sum !== expected.sha512) throw corrupt('sha512 differs from os_hash_value');
+      report();
+      return { size: received, sha512: sum };
+    } catch (err) {
+      await rm(path, { force: true });
+      throw err;
+    } finally {
+      clearTimeout(watchdog);
+    }
+  }
+
+  /** GET of the image data, once more with a new token after a 401; the body is the caller's to read. */
+  private async openDownload(path: string, signal: AbortSignal): Promise<Readable> {
+    for (let attempt = 1; ; attempt++) {
+      const auth = await this.identity.authHeaders();
+      const token = auth['x-auth-token'];
+      if (token) this.rememberToken(token);
+      let res;
+      try {
+        res = await this.pool.request({ method: 'GET', path: `${this.prefix}${path}`, headers: { accept: 'application/octet-stream', 'user-agent': 'vmsnap', ...auth }, signal });
+      } catch (err) {
+        if (signal.aborted) throw signal.reason ?? err;
+        throw tlsError(err, 'Glance', this.shownUrl, this.cacert) ?? this.transportError('GET', path, err);
+      }
+      if (res.statusCode === 200) return res.body;
+      const text = await res.body.text().catch(() => '');
+      if (res.statusCode === 401 && attempt === 1) {
+        this.identity.invalidate(auth);
+        continue;
+      }
+      if (res.statusCode === 204) {
+        throw new VmsnapError('ImageServiceError', `Glance GET ${path} answered 204: the image has no data`, false, { method: 'GET', path, status: 204 });
+      }
+      throw this.httpError('GET', path, { status: res.statusCode, text });
+    }
   }
 
   async deleteImage(id: string): Promise<void> {

@@ -53,6 +53,28 @@ export interface Hypervisor {
    */
   thawFilesystems(id: string): Promise<void>;
   watchPauses(id: string): Promise<PauseWatch>;
+
+  // Restore: stop the guest, swap its disk (a file operation, see activities/restore.ts), start it.
+  /**
+   * Stops the guest: a graceful shutdown (ACPI) first, destroy when it is not off within
+   * timeoutMs (0: destroy at once). Says how it stopped; 'none' when it was not running. An abort
+   * while waiting for the shutdown rejects without destroying.
+   */
+  stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<'shutdown' | 'destroy' | 'none'>;
+  /** Starts a shut-off guest (paused: with its vCPUs stopped). Starting a running guest is success. */
+  start(id: string, opts?: { paused?: boolean }): Promise<void>;
+  /** Whether the domain has a QEMU guest agent channel. */
+  hasGuestAgent(id: string): Promise<boolean>;
+  /** True when the guest agent answers (a guest-get-time round trip). */
+  pingGuestAgent(id: string): Promise<boolean>;
+  /**
+   * Restore as a new instance: defines a new domain like `id` (its persistent definition) with a
+   * new name, a new UUID and new MAC addresses, on `diskPath` as its root disk, and its file
+   * consoles and logs renamed after it. InvalidInput when the name is taken. Returns the new UUID.
+   */
+  defineCopy(id: string, opts: { name: string; diskPath: string }): Promise<string>;
+  /** Stops (destroy) and undefines a domain; one that is gone already is success. */
+  undefine(id: string): Promise<void>;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -40,6 +40,19 @@ export interface UploadResult {
   md5: string;
 }
 
+export interface DownloadResult {
+  /** Bytes written, and the sha512 of exactly those bytes, computed while streaming. */
+  size: number;
+  sha512: string;
+}
+
+export interface DownloadOptions {
+  /** What Glance says the data is (size, os_hash_value): checked as it streams and at the end. */
+  expected: { size: number; sha512: string };
+  onProgress?: (bytesReceived: number) => void;
+  signal?: AbortSignal;
+}
+
 export interface ImageService {
   /** Creates a queued image. When the id exists already: returns it with created=false. */
   createImage(image: NewImage): Promise<{ image: Image; created: boolean }>;
@@ -57,6 +70,12 @@ export interface ImageService {
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */
   uploadFile(id: string, path: string, onProgress?: (bytesSent: number) => void, signal?: AbortSignal): Promise<UploadResult>;
+  /**
+   * Streams the image data into a new private file at `path` (replaced if there), hashing sha512
+   * on the way. Bytes that differ from `expected` (size or sha512): ImageCorrupt, file removed.
+   * A download that fails for another reason removes the file too.
+   */
+  downloadFile(id: string, path: string, opts: DownloadOptions): Promise<DownloadResult>;
   /** Deletes the image; resolves also when it is gone already. */
   deleteImage(id: string): Promise<void>;
 }

@@ -4,6 +4,9 @@
 // virsh output and messages are parsed, so it runs with LC_ALL=C.
 
 import { execa } from 'execa';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { VmsnapError } from '../shared/errors.js';
 import type {
   Hypervisor,
@@ -233,6 +236,98 @@ export class LibvirtHypervisor implements Hypervisor {
     const uuid = checkId(id);
     await this.getInstance(uuid);
     return startPauseWatch(this.uri, uuid, (i) => this.state(i));
+  }
+
+  async stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<'shutdown' | 'destroy' | 'none'> {
+    const uuid = checkId(id);
+    if ((await this.state(uuid)) === 'shutdown') return 'none';
+    if (timeoutMs > 0) {
+      // The guest may ignore the request (no ACPI handling) or be slow: that is what destroy is for.
+      await this.virsh(['shutdown', uuid, '--mode', 'acpi'], uuid).catch(() => undefined);
+      const deadline = Date.now() + timeoutMs;
+      while (Date.now() < deadline) {
+        if ((await this.state(uuid)) === 'shutdown') return 'shutdown';
+        // A step whose restore is gone (terminated) must not destroy the guest after the fact.
+        signal?.throwIfAborted();
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    signal?.throwIfAborted();
+    try {
+      await this.virsh(['destroy', uuid], uuid);
+    } catch (e) {
+      // It went off by itself between the last look and destroy.
+      if (e instanceof VmsnapError && e.code === 'InstanceInvalidState' && (await this.stateOrNull(uuid)) === 'shutdown') return 'shutdown';
+      throw e;
+    }
+    return 'destroy';
+  }
+
+  async start(id: string, opts: { paused?: boolean } = {}): Promise<void> {
+    const uuid = checkId(id);
+    try {
+      await this.virsh(['start', uuid, ...(opts.paused ? ['--paused'] : [])], uuid);
+    } catch (e) {
+      // "domain is already active" is an error to libvirt, success to us.
+      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && ['running', 'paused'].includes((await this.stateOrNull(uuid)) ?? '')) return;
+      throw e;
+    }
+  }
+
+  async hasGuestAgent(id: string): Promise<boolean> {
+    const uuid = checkId(id);
+    return /name=['"]org\.qemu\.guest_agent\.0['"]/.test(await this.virsh(['dumpxml', uuid], uuid));
+  }
+
+  async pingGuestAgent(id: string): Promise<boolean> {
+    const uuid = checkId(id);
+    return this.virsh(['domtime', uuid], uuid, 10_000).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  async defineCopy(id: string, opts: { name: string; diskPath: string }): Promise<string> {
+    const uuid = checkId(id);
+    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(opts.name)) throw new VmsnapError('InvalidInput', `new instance name ${JSON.stringify(opts.name)}: use letters, digits, ".", "_", "-" (at most 64)`);
+    const taken = await this.virsh(['domuuid', opts.name]).then(
+      () => true,
+      () => false,
+    );
+    if (taken) throw new VmsnapError('InvalidInput', `an instance named ${opts.name} exists already on this host: choose another name`);
+    const disk = await this.rootDisk(uuid);
+    const esc = (v: string) => v.replace(/&/g, '&amp;').replace(/'/g, '&apos;').replace(/</g, '&lt;');
+    const xml = (await this.virsh(['dumpxml', '--inactive', uuid], uuid))
+      .replace(/<name>[^<]*<\/name>/, `<name>${esc(opts.name)}</name>`)
+      // libvirt makes a new UUID and new MACs for what is left out.
+      .replace(/\s*<uuid>[^<]*<\/uuid>/, '')
+      .replace(/\s*<mac address=['"][^'"]*['"]\s*\/>/g, '')
+      .replace(/(<disk\b[^>]*>[\s\S]*?<source\s+(?:file|dev)=)(['"])([^'"]*)\2/, (m, head: string, q: string, path: string) =>
+        path === disk.path || path === esc(disk.path) ? `${head}${q}${esc(opts.diskPath)}${q}` : m,
+      )
+      // Console files and logs of the original stay its own.
+      .replace(/(<(?:source path|log file)=)(['"])([^'"]*)\2/g, (_m, head: string, q: string, path: string) => `${head}${q}${path}.${esc(opts.name)}${q}`);
+    if (!xml.includes(esc(opts.diskPath))) throw new VmsnapError('DiskNotFound', `instance ${uuid}: could not point a copy of its definition at ${opts.diskPath}`);
+    const dir = await mkdtemp(join(tmpdir(), 'vmsnap-define-'));
+    try {
+      const file = join(dir, 'domain.xml');
+      await writeFile(file, xml, { mode: 0o600 });
+      await this.virsh(['define', file]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    return (await this.virsh(['domuuid', opts.name])).trim().toLowerCase();
+  }
+
+  async undefine(id: string): Promise<void> {
+    const uuid = checkId(id);
+    try {
+      if ((await this.state(uuid)) !== 'shutdown') await this.virsh(['destroy', uuid], uuid).catch(() => undefined);
+      await this.virsh(['undefine', uuid], uuid);
+    } catch (e) {
+      if (e instanceof VmsnapError && e.code === 'InstanceNotFound') return;
+      throw e;
+    }
   }
 
   /** State for deciding how to read a failure; null when it cannot be read either. */

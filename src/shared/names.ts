@@ -21,6 +21,11 @@ export function snapshotWorkflowId(instanceId: string): string {
   return `snapshot-${instanceId}`;
 }
 
+/** One restore (or rollback) per instance at a time, as for snapshots. */
+export function restoreWorkflowId(instanceId: string): string {
+  return `restore-${instanceId}`;
+}
+
 /** Custom search attributes, all Keyword, registered by the dev stack and kept current by the workflow. */
 export const SEARCH_ATTRIBUTES = {
   instanceId: 'VmsnapInstanceId',

@@ -64,7 +64,7 @@ export interface SnapshotProgress {
  * activities and through `describe()`, which is how clients show percent and bytes/s.
  */
 export interface StepProgress {
-  phase: 'converting' | 'copying' | 'uploading';
+  phase: 'converting' | 'copying' | 'uploading' | 'downloading';
   percent: number;
   bytesDone: number;
   bytesTotal: number;
@@ -94,4 +94,87 @@ export interface SnapshotResult {
   /** Live mode: the guest-visible pause during the copy, from QEMU's STOP/RESUME events. */
   guestPauseMs: number;
   phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore (Nova's rebuild): put an image back on an instance's root disk.
+
+/** Input of the restoreInstance workflow (also what `temporal workflow start --input` takes). */
+export interface RestoreRequest {
+  /** Instance UUID (libvirt domain UUID) or its exact name. */
+  instance: string;
+  /** Glance image id (a UUID). The client resolves a name to the id before it starts. */
+  imageId: string;
+  /**
+   * Allow an image of another instance (or no snapshot at all). By default only a snapshot of
+   * this instance (its `instance_uuid`) is accepted.
+   */
+  allowOtherImage?: boolean;
+  /** Allow an image whose virtual size is larger than the instance's disk (the disk grows). */
+  allowGrow?: boolean;
+  /**
+   * Restore as a new instance of this name: a new domain (new UUID, name and MACs) like the
+   * instance, on a new disk beside its disk holding the image. The instance is left untouched.
+   */
+  asNew?: string;
+}
+
+export type RestorePhase =
+  | 'starting'
+  | 'checking-image'
+  | 'downloading'
+  | 'converting'
+  | 'stopping'
+  | 'starting-guest'
+  | 'finishing'
+  | 'compensating'
+  | 'completed'
+  | 'failed';
+
+/** Answer of a restore's `progress` query. */
+export interface RestoreProgress {
+  phase: RestorePhase;
+  instanceId?: string;
+  imageId: string;
+  taskState: string | null;
+  phaseDurationsMs: Partial<Record<RestorePhase, number>>;
+  error?: string;
+}
+
+export interface RestoreResult {
+  instanceId: string;
+  host: string;
+  imageId: string;
+  /** The disk now holding the image, and the previous disk kept beside it until keptUntil. */
+  diskPath: string;
+  diskFormat: string;
+  /** Absent when restored as a new instance (nothing was replaced). */
+  preRestorePath?: string;
+  preRestoreKeptUntil?: string;
+  /** Restore as new: the instance defined (and started as the original runs). */
+  newInstance?: { id: string; name: string };
+  /** Bytes downloaded from Glance and their sha512, equal to Glance's os_hash_value. */
+  downloadedBytes: number;
+  sha512: string;
+  virtualSize: number;
+  /** Power state before the restore; the instance is in it again now. */
+  priorPowerState: string;
+  /** From the guest's stop to running again (0 when it was not running). */
+  downtimeMs: number;
+  /** How the guest stopped: a graceful shutdown, or destroy after the timeout. */
+  stoppedBy: 'shutdown' | 'destroy' | 'none';
+  phaseDurationsMs: Partial<Record<RestorePhase, number>>;
+}
+
+/** Input of the rollbackRestore workflow: put the pre-restore disk back. */
+export interface RollbackRequest {
+  instance: string;
+}
+
+export interface RollbackResult {
+  instanceId: string;
+  diskPath: string;
+  /** The restored disk that was replaced (removed). */
+  priorPowerState: string;
+  downtimeMs: number;
 }

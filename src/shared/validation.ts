@@ -112,3 +112,45 @@ function metadataProblems(metadata: unknown): InputProblem[] {
 export function describeProblems(problems: InputProblem[]): string {
   return problems.map((p) => `${p.field}: ${p.message}`).join('; ');
 }
+
+function instanceProblems(value: unknown): InputProblem[] {
+  if (typeof value !== 'string' || value === '') return [{ field: 'instance', message: 'required: the instance UUID or name' }];
+  if (!UUID_PATTERN.test(value) && !INSTANCE_NAME_PATTERN.test(value)) {
+    return [{ field: 'instance', message: 'must be a UUID or a name of letters, digits, "_", "." and "-" (at most 128 characters)' }];
+  }
+  return [];
+}
+
+/** Problems of a restore request (restoreInstance's input), each naming its field. */
+export function validateRestoreRequest(input: unknown): InputProblem[] {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    return [{ field: 'input', message: 'must be a JSON object like {"instance": "<uuid or name>", "imageId": "<image uuid>"}' }];
+  }
+  const r = input as Record<string, unknown>;
+  const problems: InputProblem[] = [];
+  const known = new Set(['instance', 'imageId', 'allowOtherImage', 'allowGrow', 'asNew']);
+  for (const key of Object.keys(r)) {
+    if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
+  }
+  problems.push(...instanceProblems(r.instance));
+  if (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId)) problems.push({ field: 'imageId', message: 'required: the Glance image id (a UUID)' });
+  for (const field of ['allowOtherImage', 'allowGrow'] as const) {
+    if (r[field] !== undefined && typeof r[field] !== 'boolean') problems.push({ field, message: 'must be true or false' });
+  }
+  if (r.asNew !== undefined && (typeof r.asNew !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(r.asNew))) {
+    problems.push({ field: 'asNew', message: 'the new instance name: 1-64 letters, digits, "_", "." and "-", starting with a letter or digit' });
+  }
+  return problems;
+}
+
+/** Problems of a rollback request (rollbackRestore's input). */
+export function validateRollbackRequest(input: unknown): InputProblem[] {
+  if (typeof input !== 'object' || input === null || Array.isArray(input)) {
+    return [{ field: 'input', message: 'must be a JSON object like {"instance": "<uuid or name>"}' }];
+  }
+  const r = input as Record<string, unknown>;
+  const problems: InputProblem[] = Object.keys(r)
+    .filter((k) => k !== 'instance')
+    .map((k) => ({ field: k, message: 'unknown field; known fields: instance' }));
+  return [...problems, ...instanceProblems(r.instance)];
+}

@@ -72,6 +72,12 @@ const MIGRATIONS: string[] = [
     seen_at    timestamptz NOT NULL
   );
   `,
+  // Restore (Nova's rebuild) task states.
+  `
+  ALTER TABLE instances DROP CONSTRAINT instances_task_state_check;
+  ALTER TABLE instances ADD CONSTRAINT instances_task_state_check CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot',
+    'image_pending_upload', 'image_uploading', 'rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning'));
+  `,
 ];
 
 /** Advisory lock key that serializes migrations: "vmsnap" in ASCII, as a number. */

@@ -68,6 +68,27 @@ const MIGRATIONS: string[] = [
     seen_at    TEXT NOT NULL
   );
   `,
+  // Restore (Nova's rebuild) task states. SQLite cannot alter a CHECK: the table is rebuilt.
+  `
+  CREATE TABLE instances_v2 (
+    id             TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    host           TEXT NOT NULL,
+    power_state    TEXT NOT NULL,
+    task_state     TEXT CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading',
+                                              'rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning')),
+    task_owner     TEXT,
+    base_image_ref TEXT,
+    updated_at     TEXT NOT NULL,
+    deleted_at     TEXT
+  );
+  INSERT INTO instances_v2 SELECT id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at FROM instances;
+  DROP TABLE instances;
+  ALTER TABLE instances_v2 RENAME TO instances;
+  CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
+  CREATE INDEX instances_host ON instances (host);
+  CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
+  `,
 ];
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

@@ -1,8 +1,17 @@
 // vmsnap's own records: instance inventory, task state, faults and action events, plus the
 // hosts that run workers. SQLite is the embedded default; PostgreSQL implements the same.
 
-/** Nova's task states for a snapshot; null is Nova's None (no task in progress). */
-export type TaskState = 'image_snapshot_pending' | 'image_snapshot' | 'image_pending_upload' | 'image_uploading';
+/** Nova's task states for a snapshot and a restore (rebuild); null is Nova's None (no task in progress). */
+export type TaskState =
+  | 'image_snapshot_pending'
+  | 'image_snapshot'
+  | 'image_pending_upload'
+  | 'image_uploading'
+  | 'rebuilding'
+  | 'rebuild_block_device_mapping'
+  | 'rebuild_spawning';
+
+export const REBUILD_TASK_STATES: readonly TaskState[] = ['rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning'];
 
 export interface InstanceRecord {
   id: string;
@@ -29,7 +38,7 @@ export interface InstanceFault {
 
 export interface InstanceActionEvent {
   instanceId: string;
-  action: string; // 'createImage'
+  action: string; // 'createImage' | 'rebuild'
   event: string; // 'start' | 'finish' | 'error'
   requestId: string; // workflow id
   details: Record<string, unknown>;

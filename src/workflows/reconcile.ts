@@ -15,6 +15,10 @@ export interface ReconcileReport {
   /** The images swept as orphans (also in deletedImages), each with why. */
   sweptImages: { imageId: string; status: string; owner: string; reason: string }[];
   removedDirs: string[];
+  /** Abandoned restores undone: new files removed, previous disk back, guest started. */
+  undoneRestores: string[];
+  /** Pre-restore disks removed after their retention window. */
+  removedPreRestoreDisks: string[];
   errors: string[];
 }
 
@@ -48,7 +52,7 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
   if (typeof staleAfterMs !== 'number' || !Number.isFinite(staleAfterMs) || staleAfterMs < 0) {
     throw ApplicationFailure.create({ type: 'InvalidInput', message: 'staleImageAfterMs must be a number of milliseconds, 0 or more', nonRetryable: true });
   }
-  const report: ReconcileReport = { resumed: [], thawed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], errors: [] };
+  const report: ReconcileReport = { resumed: [], thawed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], undoneRestores: [], removedPreRestoreDisks: [], errors: [] };
   const attempt = async (what: string, step: () => Promise<void>) => {
     try {
       await step();
@@ -60,6 +64,21 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
 
   for (const snapshot of await main.findAbandonedSnapshots()) {
     const host = proxyActivities<HostActivities>(hostOptions(snapshot.host));
+    if (snapshot.restore) {
+      // A restore never deletes the image it restores from: only the instance's side is undone.
+      const restore = snapshot.restore;
+      await attempt(`undo restore of ${snapshot.instanceId}`, async () => {
+        await proxyActivities<HostActivities>({ ...hostOptions(snapshot.host), startToCloseTimeout: '5m', scheduleToCloseTimeout: '10m' }).undoRestore({
+          instanceId: snapshot.instanceId,
+          owner: snapshot.owner,
+          priorPowerState: restore.priorPowerState,
+        });
+        report.undoneRestores.push(snapshot.instanceId);
+        await main.releaseAbandonedTask(snapshot);
+        report.releasedTasks.push(snapshot.instanceId);
+      });
+      continue;
+    }
     let thawed = !snapshot.frozenByUs;
     let resumed = !snapshot.pausedByUs;
     if (snapshot.frozenByUs) {
@@ -107,8 +126,11 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
       const removed = await proxyActivities<HostActivities>(hostOptions(host)).removeOrphanSnapshotDirs({ keep: running, graceMs: DIR_GRACE_MS });
       report.removedDirs.push(...removed);
     });
+    await attempt(`pre-restore disks on ${host}`, async () => {
+      report.removedPreRestoreDisks.push(...(await proxyActivities<HostActivities>(hostOptions(host)).prunePreRestoreDisks({ host })));
+    });
   }
-  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length > 0) {
+  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length + report.undoneRestores.length + report.removedPreRestoreDisks.length > 0) {
     log.info('reconcile: undid abandoned snapshots', { ...report });
   }
   return report;

@@ -13,6 +13,7 @@ import {
 } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { Transform } from 'node:stream';
 
 export type FaultAction =
   /** Answer this status (and body) at once, without forwarding; the request body is drained. */
@@ -26,7 +27,11 @@ export type FaultAction =
    */
   | { kind: 'reset'; afterBytes?: number }
   /** Forward, reading the request body evenly over this long (a slow link): a long upload. */
-  | { kind: 'stretch'; ms: number };
+  | { kind: 'stretch'; ms: number }
+  /** Forward, but flip (xor 0xff) the byte at this offset of the response body: a corrupt download. */
+  | { kind: 'flip'; atByte: number }
+  /** Forward, but cut the connection after this many bytes of the response body: a server dying mid-download. */
+  | { kind: 'cut'; afterBytes: number };
 
 export type FaultRule = FaultAction & {
   /** HTTP method to match (any when absent). */
@@ -86,7 +91,7 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     return undefined;
   }
 
-  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number, stretchMs?: number): void {
+  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number, stretchMs?: number, flipAt?: number, cutAfter?: number): void {
     const headers = endToEnd(req.headers);
     headers.host = target.host;
     const upstream = send({
@@ -103,7 +108,38 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     upstream.on('response', (up) => {
       record.status = up.statusCode ?? 0;
       res.writeHead(up.statusCode ?? 502, up.statusMessage, endToEnd(up.headers));
-      up.pipe(res);
+      if (cutAfter !== undefined) {
+        let sent = 0;
+        up.on('data', (chunk: Buffer) => {
+          if (sent + chunk.length >= cutAfter) {
+            res.write(chunk.subarray(0, Math.max(0, cutAfter - sent)), () => res.socket?.destroy());
+            up.destroy();
+            sent = cutAfter;
+            return;
+          }
+          sent += chunk.length;
+          if (!res.write(chunk)) up.pause();
+        });
+        res.on('drain', () => up.resume());
+        up.on('end', () => res.end());
+      } else if (flipAt === undefined) {
+        up.pipe(res);
+      } else {
+        let offset = 0;
+        up.pipe(
+          new Transform({
+            transform(chunk: Buffer, _encoding, callback) {
+              if (flipAt >= offset && flipAt < offset + chunk.length) {
+                const copy = Buffer.from(chunk);
+                copy[flipAt - offset] = copy[flipAt - offset]! ^ 0xff;
+                chunk = copy;
+              }
+              offset += chunk.length;
+              callback(null, chunk);
+            },
+          }),
+        ).pipe(res);
+      }
       up.on('error', () => res.destroy());
     });
     upstream.on('error', (err) => {
@@ -193,6 +229,14 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
         return;
       }
       forward(req, res, record, rule.afterBytes);
+      return;
+    }
+    if (rule?.kind === 'cut') {
+      forward(req, res, record, undefined, undefined, undefined, rule.afterBytes);
+      return;
+    }
+    if (rule?.kind === 'flip') {
+      forward(req, res, record, undefined, undefined, rule.atByte);
       return;
     }
     if (rule?.kind === 'stretch') {

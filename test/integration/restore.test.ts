@@ -1,0 +1,294 @@
+// restoreInstance and rollbackRestore end to end on the real stack: a counting guest under
+// libvirt/QEMU, real Glance behind Keystone (through a fault proxy that forwards unless told
+// otherwise), real qemu-img, real Temporal. The guest continues its counter from what is on its
+// disk when it boots, so the counter tells which disk it runs on.
+import assert from 'node:assert/strict';
+import { existsSync, rmSync, statSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { execa } from 'execa';
+import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { startRestore } from '../../src/client/restores.js';
+import { startSnapshot } from '../../src/client/snapshots.js';
+import { restoreFiles } from '../../src/activities/restore.js';
+import { downloadImage } from '../support/images.js';
+import { stackGlanceUrl } from '../support/cloud.js';
+import { eventually, vmsnap } from '../support/cli.js';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
+import { startHarness, type Harness } from '../support/harness.js';
+import { recordFaultRow } from '../support/fault-report.js';
+import type { Invariants } from '../support/invariants.js';
+
+const guestName = `vmsnap-test-restore-${process.pid}`;
+let h: Harness;
+let proxy: FaultProxy;
+let guest: Guest;
+const images: string[] = [];
+const imageIdOf = () => images[0]!;
+
+async function failureOf(result: Promise<unknown>): Promise<ApplicationFailure> {
+  const err = await result.then(
+    () => assert.fail('the workflow should have failed'),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof WorkflowFailedError, `expected WorkflowFailedError, got ${String(err)}`);
+  assert.ok(err.cause instanceof ApplicationFailure, `expected an ApplicationFailure cause, got ${String(err.cause)}`);
+  return err.cause;
+}
+
+async function domId(): Promise<string> {
+  return (await execa('virsh', ['-c', h.config.libvirtUri, 'domid', guestName])).stdout.trim();
+}
+
+/** Nothing of a restore in progress beside the disk. */
+function noRestoreLeftovers(): void {
+  const files = restoreFiles(guest.diskPath);
+  assert.ok(!existsSync(files.download), `${files.download} left behind`);
+  assert.ok(!existsSync(files.restored), `${files.restored} left behind`);
+}
+
+/** The fault suite's invariants, as a restore reads them: guest running and counting, task state None, nothing beside the disk, the image untouched. */
+async function restoreInvariants(outcomeAsExpected: boolean): Promise<Invariants> {
+  const files = restoreFiles(guest.diskPath);
+  const before = (await readCounter(guest.diskPath, 'qcow2')).a;
+  const counting = await eventually('counting', async () => ((await readCounter(guest.diskPath, 'qcow2')).a > before ? true : undefined), 60_000).catch(() => false);
+  return {
+    'prior power state': (await guestState(guestName)) === 'running' && counting,
+    'task state None': (await h.store.getInstance(guest.uuid))?.taskState === null,
+    'no temp files': !existsSync(files.download) && !existsSync(files.restored),
+    'no unfinished image': (await h.glance.getImage(imageIdOf()))?.status === 'active',
+    'outcome and fault': outcomeAsExpected,
+  };
+}
+
+async function counterAbove(value: number, what: string): Promise<number> {
+  return eventually(what, async () => {
+    const c = await readCounter(guest.diskPath, 'qcow2');
+    return c.a > value ? c.a : undefined;
+  }, 120_000, 250);
+}
+
+describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
+  let imageId: string;
+  let atImage: number;
+
+  before(async () => {
+    proxy = await startFaultProxy(await stackGlanceUrl());
+    h = await startHarness({
+      name: 'restore',
+      glanceUrl: proxy.url,
+      // The test guest has no ACPI handling: a short wait, then destroy.
+      env: { VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS: '1000', VMSNAP_GLANCE_RETRY_ATTEMPTS: '3', VMSNAP_GLANCE_RETRY_INITIAL_MS: '200' },
+    });
+    guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
+    // The image: a cold snapshot of the counting guest at counter N.
+    const snap = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-restore` }, h.config.temporal.taskQueue);
+    const result = await snap.result();
+    imageId = result.imageId;
+    images.push(imageId);
+    const downloaded = await downloadImage(h.glanceUrl, imageId);
+    try {
+      atImage = (await readCounter(downloaded.path, 'qcow2')).a;
+    } finally {
+      rmSync(downloaded.path, { force: true });
+    }
+    assert.ok(atImage > 0);
+  });
+
+  after(async () => {
+    await removeGuest(guestName, h.guestsDir).catch(() => undefined);
+    for (const id of images) await h?.glance.deleteImage(id).catch(() => undefined);
+    await h?.close();
+    await proxy?.close();
+  });
+
+  it('refuses a download whose bytes differ (ImageCorrupt), leaving the guest running untouched', async () => {
+    const idBefore = await domId();
+    const inodeBefore = statSync(guest.diskPath).ino;
+    const before = (await readCounter(guest.diskPath, 'qcow2')).a;
+    // One byte of the data flipped on its way from Glance: size right, sha512 wrong.
+    proxy.setRule({ kind: 'flip', method: 'GET', path: /\/v2\/images\/[^/]+\/file$/, atByte: 70_000 });
+    try {
+      const handle = await startRestore(h.client, { instance: guest.uuid, imageId }, h.config.temporal.taskQueue);
+      const failure = await failureOf(handle.result());
+      assert.equal(failure.type, 'ImageCorrupt');
+      assert.match(failure.message, /sha512/);
+    } finally {
+      proxy.setRule(undefined);
+    }
+    assert.ok(proxy.requests.some((r) => r.method === 'GET' && /\/file$/.test(r.path)), 'the download went through the proxy');
+    assert.equal(await guestState(guestName), 'running');
+    assert.equal(await domId(), idBefore, 'the guest was never restarted');
+    assert.equal(statSync(guest.diskPath).ino, inodeBefore, 'the disk is the same file');
+    assert.ok(!existsSync(restoreFiles(guest.diskPath).preRestore), 'no pre-restore disk: nothing was swapped');
+    noRestoreLeftovers();
+    await counterAbove(before, 'the guest counts on from where it was');
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    const faults = await h.store.listFaults(guest.uuid);
+    assert.equal(faults.at(-1)?.code, 'ImageCorrupt');
+    recordFaultRow({ fault: 'restore: a byte of the download flipped', outcome: 'failed ImageCorrupt', invariants: await restoreInvariants(true), note: 'sha512 mismatch found while streaming; guest never stopped (same domain id)' });
+  });
+
+  it('Glance dying mid-download: the download is retried and the restore completes', async () => {
+    // The first download is cut after 100 KiB, as if Glance died; the retry finds it back.
+    proxy.setRule({ kind: 'cut', method: 'GET', path: /\/v2\/images\/[^/]+\/file$/, afterBytes: 100 * 1024, times: 1 });
+    try {
+      const handle = await startRestore(h.client, { instance: guest.uuid, imageId }, h.config.temporal.taskQueue);
+      const result = await handle.result();
+      const gets = proxy.requests.filter((r) => r.method === 'GET' && /\/file$/.test(r.path) && r.path.includes(imageId));
+      assert.ok(gets.length >= 2, `the download was tried again (${gets.length} GETs)`);
+      assert.equal(await guestState(guestName), 'running');
+      const first = (await readCounter(guest.diskPath, 'qcow2')).a;
+      assert.ok(first >= atImage, `restored: ${first}`);
+      noRestoreLeftovers();
+      assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+      recordFaultRow({
+        fault: 'restore: Glance dies mid-download',
+        outcome: 'completed',
+        invariants: await restoreInvariants(true),
+        note: `download cut after 100 KiB, retried on the same worker; downtime ${result.downtimeMs} ms`,
+      });
+    } finally {
+      proxy.setRule(undefined);
+    }
+  });
+
+  let atStop: number;
+  it('restores the image: the guest continues from the image\'s counter, the previous disk is kept', async () => {
+    // Let the guest run well past the image's counter, so the two disks tell apart.
+    const ranOn = await counterAbove(atImage + 300, 'the guest counts past the image');
+    const handle = await startRestore(h.client, { instance: guestName, imageId }, h.config.temporal.taskQueue);
+    const result = await handle.result();
+    const first = (await readCounter(guest.diskPath, 'qcow2')).a;
+
+    assert.equal(result.instanceId, guest.uuid);
+    assert.equal(result.priorPowerState, 'running');
+    assert.equal(result.diskPath, guest.diskPath);
+    assert.equal(result.stoppedBy, 'destroy');
+    assert.ok(result.downtimeMs > 0 && result.downtimeMs < 120_000, `downtime ${result.downtimeMs} ms`);
+    assert.equal(await guestState(guestName), 'running');
+    assert.ok(first >= atImage && first < ranOn, `after the restore the disk holds ${first}: from the image (${atImage}), not from before (${ranOn}+)`);
+    const later = await counterAbove(first, 'the restored guest counts');
+    assert.ok(later < ranOn, `counting on from the image's value: ${later} < ${ranOn}`);
+
+    // The previous disk is kept beside it, with the counter it had when the guest stopped.
+    const kept = result.preRestorePath;
+    assert.equal(kept, restoreFiles(guest.diskPath).preRestore);
+    assert.ok(kept && existsSync(kept));
+    atStop = (await readCounter(kept, 'qcow2')).a;
+    assert.ok(atStop >= ranOn, `pre-restore disk at ${atStop}`);
+    assert.ok(Date.parse(result.preRestoreKeptUntil ?? '') > Date.now());
+    noRestoreLeftovers();
+
+    const record = await h.store.getInstance(guest.uuid);
+    assert.equal(record?.taskState, null);
+    const events = (await h.store.listEvents(guest.uuid)).filter((e) => e.requestId.startsWith(`${handle.workflowId}/`));
+    assert.deepEqual(events.map((e) => `${e.action}:${e.event}`), ['rebuild:start', 'rebuild:stop', 'rebuild:swap', 'rebuild:started', 'rebuild:finish']);
+  });
+
+  it('rolls back with the CLI: the pre-restore disk is back and the guest counts on from it', async () => {
+    const run = await vmsnap(h, ['restore', 'rollback', guestName, '--json'], {}, 300_000);
+    assert.equal(run.exitCode, 0, run.stderr);
+    const doc = JSON.parse(run.stdout) as { status: string; result: { instanceId: string; priorPowerState: string } };
+    assert.equal(doc.status, 'completed');
+    assert.equal(doc.result.instanceId, guest.uuid);
+    assert.equal(await guestState(guestName), 'running');
+    const first = (await readCounter(guest.diskPath, 'qcow2')).a;
+    assert.ok(first >= atStop, `the disk holds ${first}, the pre-restore disk's ${atStop} or more`);
+    await counterAbove(first, 'the rolled-back guest counts');
+    assert.ok(!existsSync(restoreFiles(guest.diskPath).preRestore), 'the pre-restore disk is in place, not beside');
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+
+    // Nothing left to roll back to: a clear failure, and the guest runs on.
+    const again = await vmsnap(h, ['restore', 'rollback', guest.uuid], {}, 120_000);
+    assert.equal(again.exitCode, 1, again.stderr);
+    assert.match(again.stderr, /no pre-restore disk/);
+    assert.equal(await guestState(guestName), 'running');
+  });
+
+  it('restores by image name with the CLI, and refuses bad input with exit 2', async () => {
+    const bad = await vmsnap(h, ['restore', '../etc/passwd', '--image', imageId]);
+    assert.equal(bad.exitCode, 2, bad.stderr);
+    assert.match(bad.stderr, /instance/);
+    const noImage = await vmsnap(h, ['restore', guestName]);
+    assert.equal(noImage.exitCode, 2, noImage.stderr);
+
+    const run = await vmsnap(h, ['restore', guestName, '--image', `vmsnap-test-${process.pid}-restore`, '--wait', '--json'], {}, 300_000);
+    assert.equal(run.exitCode, 0, run.stderr);
+    const doc = JSON.parse(run.stdout) as { status: string; imageId: string; result: { downtimeMs: number; sha512: string } };
+    assert.equal(doc.status, 'completed');
+    assert.equal(doc.imageId, imageId);
+    assert.equal(await guestState(guestName), 'running');
+    noRestoreLeftovers();
+  });
+
+  it('restores as a new instance: both guests run, the original untouched', async () => {
+    const newName = `${guestName}-new`;
+    const idBefore = await domId();
+    const inodeBefore = statSync(guest.diskPath).ino;
+    const running = (await readCounter(guest.diskPath, 'qcow2')).a;
+    try {
+      const handle = await startRestore(h.client, { instance: guest.uuid, imageId, asNew: newName }, h.config.temporal.taskQueue);
+      const result = await handle.result();
+      assert.ok(result.newInstance, 'a new instance');
+      assert.equal(result.newInstance.name, newName);
+      assert.notEqual(result.newInstance.id, guest.uuid);
+      assert.equal(result.preRestorePath, undefined);
+      assert.equal(await guestState(newName), 'running');
+      const xml = (await execa('virsh', ['-c', h.config.libvirtUri, 'dumpxml', newName])).stdout;
+      assert.ok(xml.includes(result.diskPath), 'the new domain runs on the new disk');
+      // The new guest counts on from the image's counter, on its own disk.
+      const first = (await readCounter(result.diskPath, 'qcow2')).a;
+      assert.ok(first >= atImage, `new disk at ${first}`);
+      await eventually('the new guest counts', async () => ((await readCounter(result.diskPath, 'qcow2')).a > first ? true : undefined), 120_000, 250);
+      // The original ran on, untouched.
+      assert.equal(await domId(), idBefore);
+      assert.equal(statSync(guest.diskPath).ino, inodeBefore);
+      await counterAbove(running, 'the original counts on');
+      assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    } finally {
+      await execa('virsh', ['-c', h.config.libvirtUri, 'destroy', newName], { reject: false });
+      await execa('virsh', ['-c', h.config.libvirtUri, 'undefine', newName], { reject: false });
+      rmSync(`${guest.dir}/${newName}.vmsnap-new.qcow2`, { force: true });
+    }
+  });
+
+  it('refuses an image of another instance unless allowed, changing nothing', async () => {
+    const file = `${guest.dir}/other.qcow2`;
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', file, '64M']);
+    const otherId = randomUUID();
+    images.push(otherId);
+    try {
+      await h.glance.createImage({ id: otherId, name: `vmsnap-test-${process.pid}-other`, visibility: 'private', min_disk: 0, min_ram: 0, properties: { image_type: 'snapshot', instance_uuid: randomUUID() } });
+      await h.glance.updateImage(otherId, { disk_format: 'qcow2', container_format: 'bare' });
+      await h.glance.uploadFile(otherId, file);
+    } finally {
+      rmSync(file, { force: true });
+    }
+    const idBefore = await domId();
+    const faultsBefore = (await h.store.listFaults(guest.uuid)).length;
+    const handle = await startRestore(h.client, { instance: guest.uuid, imageId: otherId }, h.config.temporal.taskQueue);
+    const failure = await failureOf(handle.result());
+    assert.equal(failure.type, 'InvalidInput');
+    assert.match(failure.message, /not of .*allow another image/);
+    assert.equal(await domId(), idBefore);
+    assert.equal((await h.store.listFaults(guest.uuid)).length, faultsBefore, 'a refused image is no fault of the instance');
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    noRestoreLeftovers();
+  });
+
+  it('refuses a busy instance, changing nothing', async () => {
+    assert.ok(await h.store.compareAndSwapTaskState(guest.uuid, null, 'image_uploading', 'someone-else'));
+    try {
+      const idBefore = await domId();
+      const handle = await startRestore(h.client, { instance: guest.uuid, imageId }, h.config.temporal.taskQueue);
+      assert.equal((await failureOf(handle.result())).type, 'InstanceBusy');
+      assert.equal(await domId(), idBefore);
+      assert.equal((await h.store.getInstance(guest.uuid))?.taskOwner, 'someone-else');
+    } finally {
+      await h.store.releaseTaskState(guest.uuid, 'someone-else');
+    }
+  });
+});
