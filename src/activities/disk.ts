@@ -124,8 +124,11 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
       const live = join(dir, 'live.qcow2');
       const signal = Context.current().cancellationSignal;
 
-      let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: 0 };
-      const stop = keepHeartbeating(() => progress);
+      // The job copies the whole virtual disk: its size is the total from the first heartbeat on.
+      const disk = await hypervisor.rootDisk(input.instanceId);
+      const virtualSize = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
+      let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: virtualSize };
+      const stop = keepHeartbeating(() => progress, 1000);
       const pauses = await hypervisor.watchPauses(input.instanceId);
       let watching = true;
       try {
@@ -141,7 +144,10 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
             targetFormat: 'qcow2',
             quiesce: input.quiesce,
             signal,
-            onProgress: (percent, bytesDone, bytesTotal) => (progress = { phase: 'copying', percent, bytesDone, bytesTotal }),
+            onProgress: (percent, bytesDone, bytesTotal) => {
+              progress = { phase: 'copying', percent, bytesDone, bytesTotal: bytesTotal || virtualSize };
+              stop.beat();
+            },
             ...(settings.liveCopyBandwidthMiBps > 0 ? { bandwidthMiBps: settings.liveCopyBandwidthMiBps } : {}),
           });
         } finally {
@@ -158,8 +164,8 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
         } else {
           await rename(live, path);
         }
-        const disk = await finish(path, input.diskFormat);
-        return { ...disk, consistency: copied.consistency, ...(copied.quiesceNote ? { quiesceNote: copied.quiesceNote } : {}), guestPauseMs: pausedMs };
+        const copy = await finish(path, input.diskFormat);
+        return { ...copy, consistency: copied.consistency, ...(copied.quiesceNote ? { quiesceNote: copied.quiesceNote } : {}), guestPauseMs: pausedMs };
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
         throw err;

@@ -246,6 +246,7 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  sha512    ${result.sha512}`,
     `  md5       ${result.md5}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, paused ${formatDuration(result.pauseDurationMs)} by vmsnap`,
+    `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
     `  phases    ${phases}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');
@@ -749,7 +750,21 @@ async function waitAndReport(session: Session, g: GlobalOptions, handle: Snapsho
   }
 }
 
+/**
+ * A reader that stops reading (`vmsnap ... | head`) closes the pipe: the next write fails with
+ * EPIPE. Unix tools end quietly then; without a handler node prints a stack trace and exits 1.
+ */
+function endQuietlyOnClosedOutput(io: CliIo): void {
+  for (const stream of [io.stdout, io.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(EXIT.ok);
+      throw err;
+    });
+  }
+}
+
 export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
+  endQuietlyOnClosedOutput(io);
   const session = new Session(io);
   const program = buildProgram(session);
   const g = (): GlobalOptions => ({ json: argv.includes('--json'), debug: argv.includes('--debug') });

@@ -56,7 +56,7 @@ export interface ImageService {
   /** JSON-patch replace/add of top-level fields (disk_format, container_format, properties). */
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */
-  uploadFile(id: string, path: string, onProgress?: (bytesSent: number) => void, signal?: AbortSignal): Promise<UploadResult>;
+  uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult>;
   /** Deletes the image; resolves also when it is gone already. */
   deleteImage(id: string): Promise<void>;
 }

@@ -23,7 +23,8 @@ export interface Config {
    */
   cloud?: CloudSettings;
   /** Glance's URL when it is not to be taken from the service catalog (VMSNAP_GLANCE_URL). */
-  glance: { url?: string };
+  /** Glance: its URL when not from the catalog; how long an upload may make no progress. */
+  glance: { url?: string; uploadStallMs?: number };
   libvirtUri: string;
   /** Name of this hypervisor host; its worker serves the host task queue of that name. */
   host: string;
@@ -293,7 +294,10 @@ export function loadConfig(rawEnv: Env = process.env): Config {
       taskQueue: name('VMSNAP_TASK_QUEUE', env.VMSNAP_TASK_QUEUE || DEFAULT_TASK_QUEUE),
     },
     ...(cloud ? { cloud } : {}),
-    glance: glanceUrl ? { url: glanceUrl } : {},
+    glance: {
+      ...(glanceUrl ? { url: glanceUrl } : {}),
+      uploadStallMs: positiveInt('VMSNAP_GLANCE_STALL_MS', env.VMSNAP_GLANCE_STALL_MS || '20000'),
+    },
     libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
     host,
     dataDir,

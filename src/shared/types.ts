@@ -46,6 +46,7 @@ export type SnapshotPhase =
   | 'finishing'
   | 'compensating'
   | 'completed'
+  | 'cancelled'
   | 'failed';
 
 /** Answer of the `progress` query. */
@@ -68,6 +69,8 @@ export interface StepProgress {
   percent: number;
   bytesDone: number;
   bytesTotal: number;
+  /** What the step waits for when its bytes do not move, e.g. "waiting for Glance to confirm". */
+  note?: string;
 }
 
 export interface SnapshotResult {

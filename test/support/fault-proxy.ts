@@ -26,7 +26,9 @@ export type FaultAction =
    */
   | { kind: 'reset'; afterBytes?: number }
   /** Forward, reading the request body evenly over this long (a slow link): a long upload. */
-  | { kind: 'stretch'; ms: number };
+  | { kind: 'stretch'; ms: number }
+  /** Read the whole request body and never answer (a server hung after taking the data). */
+  | { kind: 'silent' };
 
 export type FaultRule = FaultAction & {
   /** HTTP method to match (any when absent). */
@@ -184,6 +186,11 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
       const body = rule.body ?? `fault-proxy: injected ${rule.status}\n`;
       res.writeHead(rule.status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
       res.end(body);
+      return;
+    }
+    if (rule?.kind === 'silent') {
+      record.status = 0;
+      req.resume(); // every byte is taken; no answer follows until the client gives up
       return;
     }
     if (rule?.kind === 'reset') {
