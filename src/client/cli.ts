@@ -178,7 +178,9 @@ function errorLine(err: unknown, config: Config | undefined): string {
   if (err instanceof WorkflowFailedError) {
     const type = failureTypeOf(err);
     if (type === 'Cancelled') return 'the snapshot was cancelled: vmsnap undid its work (guest state, temp files, unfinished image); start a new one with vmsnap snapshot';
-    if (type === 'Terminated') return 'the snapshot workflow was terminated: check the instance task state (vmsnap instances) before a new one';
+    if (type === 'Terminated') {
+      return 'the snapshot workflow was terminated: a guest it had paused runs again within seconds (its host worker resumes it, VMSNAP_PAUSE_WATCH_MS); the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again';
+    }
     const cause = err.cause instanceof ApplicationFailure ? err.cause.message : (err.cause?.message ?? err.message);
     return `snapshot failed (${type}): ${oneLine(cause)}`;
   }
@@ -255,6 +257,13 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+/** How long ago, for figures that may be stale (the inventory's power states). */
+function age(iso: string | undefined): string {
+  const ms = iso ? Date.now() - Date.parse(iso) : NaN;
+  if (!Number.isFinite(ms)) return '-';
+  return `${formatDuration(Math.max(0, ms))} ago`;
 }
 
 function since(iso: string | undefined): string {
@@ -451,11 +460,12 @@ export function buildProgram(session: Session): Command {
         session.say(g, 'no instances known yet: a host worker discovers them from libvirt when it starts');
         return;
       }
+      session.say(g, 'power states as their host worker last read them from libvirt (POWER READ); vmsnap status shows a running snapshot live');
       session.say(
         g,
         table([
-          ['ID', 'NAME', 'HOST', 'POWER', 'TASK', 'UPDATED'],
-          ...rows.map((r) => [r.id, r.name, r.host, r.deletedAt ? 'deleted' : r.powerState, r.taskState ?? 'None', since(r.updatedAt)]),
+          ['ID', 'NAME', 'HOST', 'POWER', 'TASK', 'UPDATED', 'POWER READ'],
+          ...rows.map((r) => [r.id, r.name, r.host, r.deletedAt ? 'deleted' : r.powerState, r.taskState ?? 'None', since(r.updatedAt), age(r.powerStateAt)]),
         ]),
       );
     });

@@ -40,6 +40,8 @@ export interface Config {
   storePath: string;
   /** How often a host worker refreshes the instance inventory from libvirt. */
   discoveryIntervalMs: number;
+  /** How often a host worker looks for guests paused by a snapshot run that is gone (0: never). */
+  pauseWatchIntervalMs: number;
   /** How snapshots behave; handed to each workflow through an activity, so it is in history. */
   snapshot: SnapshotSettings;
   /** Snapshots a host runs at once (Nova's max_concurrent_snapshots); more wait for a slot. */
@@ -304,6 +306,7 @@ export function loadConfig(rawEnv: Env = process.env): Config {
     snapshotsDir: resolve(env.VMSNAP_SNAPSHOTS_DIR || join(dataDir, 'snapshots')),
     ...storeSettings(env, dataDir),
     discoveryIntervalMs: positiveInt('VMSNAP_DISCOVERY_INTERVAL_MS', env.VMSNAP_DISCOVERY_INTERVAL_MS || '15000'),
+    pauseWatchIntervalMs: wholeNumber('VMSNAP_PAUSE_WATCH_MS', env.VMSNAP_PAUSE_WATCH_MS || '2000'),
     maxConcurrentSnapshots: positiveInt('VMSNAP_MAX_CONCURRENT_SNAPSHOTS', env.VMSNAP_MAX_CONCURRENT_SNAPSHOTS || '5'),
     reconcileIntervalMs: wholeNumber('VMSNAP_RECONCILE_INTERVAL_MS', env.VMSNAP_RECONCILE_INTERVAL_MS || '60000'),
     metricsAddress: env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),

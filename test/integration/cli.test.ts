@@ -295,6 +295,9 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     }
     const text = await vmsnap(h, ['instances']);
     assert.match(text.stdout, new RegExp(`^${guest.uuid}\\s+${small}\\s+${h.config.host}\\s+running\\s+None`, 'm'));
+    // How old the power state is shows: it is read from libvirt every discovery interval only.
+    assert.match(text.stdout, new RegExp(`^${guest.uuid}\\s.*\\s(\\d+(\\.\\d)? s|\\d+ min \\d+ s) ago$`, 'm'), text.stdout);
+    assert.ok(rows.every((r) => typeof (r as { powerStateAt?: string }).powerStateAt === 'string'), 'powerStateAt in --json');
     const missing = await vmsnap(h, ['instances'], { VMSNAP_STORE_PATH: `/nonexistent/${process.pid}/vmsnap.sqlite` });
     assert.equal(missing.exitCode, 5, show(missing));
     assertOneLineError(missing, /no vmsnap store at .*: start a host worker/);

@@ -90,6 +90,14 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
       const { 'no unfinished image': _pending, ...rest } = during;
       allHeld(rest as Invariants);
 
+      // A reconcile round while Glance is away completes, saying it waits for Glance (it failed).
+      const waiting: ReconcileReport = await h.client.workflow.execute('reconcile', {
+        taskQueue: h.config.temporal.taskQueue,
+        workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+      });
+      assert.equal(waiting.waitingFor, 'Glance');
+      assert.ok(waiting.errors.some((e) => /waiting for Glance/.test(e)), waiting.errors.join('\n'));
+
       afterPause = () => undefined;
       proxy.setRule(undefined);
       const [image] = await findImagesByName(h.glanceUrl, imageName);
