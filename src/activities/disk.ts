@@ -40,6 +40,8 @@ export interface LiveCopiedDisk extends ConvertedDisk {
   quiesceNote?: string;
   /** Guest-visible pause during the copy, from QEMU's STOP/RESUME events (0 when none). */
   guestPauseMs: number;
+  /** The longest disk write the guest waited for during the copy (QEMU's write times), when measured. */
+  guestWriteStallMs?: number;
 }
 
 /** The temp dir of one snapshot; the image id is a validated UUID, so it is a safe file name. */
@@ -130,6 +132,8 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
       let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: virtualSize };
       const stop = keepHeartbeating(() => progress, 1000);
       const pauses = await hypervisor.watchPauses(input.instanceId);
+      // The vCPUs never stop, but the guest's writes may wait: that is what it feels.
+      const writes = await hypervisor.watchWrites?.(input.instanceId, disk.path).catch(() => undefined);
       let watching = true;
       try {
         const quiesceEvent = (event: 'freeze' | 'thaw') =>
@@ -154,6 +158,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
           if (input.quiesce !== 'never') await quiesceEvent('thaw');
         }
         const { pausedMs } = await pauses.stop();
+        const written = await writes?.stop();
         watching = false;
 
         // Raw or compressed output is one more local pass over our own file.
@@ -165,12 +170,18 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
           await rename(live, path);
         }
         const copy = await finish(path, input.diskFormat);
-        return { ...copy, consistency: copied.consistency, ...(copied.quiesceNote ? { quiesceNote: copied.quiesceNote } : {}), guestPauseMs: pausedMs };
+        return {
+          ...copy,
+          consistency: copied.consistency,
+          ...(copied.quiesceNote ? { quiesceNote: copied.quiesceNote } : {}),
+          guestPauseMs: pausedMs,
+          ...(written ? { guestWriteStallMs: written.longestWriteMs } : {}),
+        };
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
         throw err;
       } finally {
-        if (watching) await pauses.stop().catch(() => undefined);
+        if (watching) await Promise.all([pauses.stop().catch(() => undefined), writes?.stop()]);
         stop();
       }
     },

@@ -249,6 +249,7 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  md5       ${result.md5}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, paused ${formatDuration(result.pauseDurationMs)} by vmsnap`,
     `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
+    ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${phases}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');

@@ -53,6 +53,8 @@ export interface Hypervisor {
    */
   thawFilesystems(id: string): Promise<void>;
   watchPauses(id: string): Promise<PauseWatch>;
+  /** Watches the guest's completed disk writes (optional: a driver without it reports no figure). */
+  watchWrites?(id: string, device: string): Promise<WriteWatch>;  // device: target name or disk path
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,6 +101,9 @@ export interface PauseEvent {
   /** QEMU's own timestamp of the event, ms since the epoch. */
   at: number;
 }
+
+export type { WriteWatch } from './libvirt-writes.js';
+import type { WriteWatch } from './libvirt-writes.js';
 
 export interface PauseWatch {
   /** Ends the watch. pausedMs is the time the guest's vCPUs were stopped while it ran (an open pause counts up to now). */

@@ -96,5 +96,10 @@ export interface SnapshotResult {
   pauseDurationMs: number;
   /** Live mode: the guest-visible pause during the copy, from QEMU's STOP/RESUME events. */
   guestPauseMs: number;
+  /**
+   * Live mode: the longest disk write the guest waited for during the copy (from QEMU's write
+   * counters, sampled every few ms). The vCPUs never stop, but a backup job can hold writes back.
+   */
+  guestWriteStallMs?: number;
   phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
 }

@@ -260,7 +260,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       }
     }
 
-    let copy: { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number };
+    let copy: { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number; guestWriteStallMs?: number };
     if (mode === 'live') {
       enter('copying');
       convertRequested = true;
@@ -345,6 +345,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       ...(copy.quiesceNote ? { quiesceNote: copy.quiesceNote } : {}),
       pauseDurationMs: mode === 'cold' ? copy.guestPauseMs : 0,
       guestPauseMs: copy.guestPauseMs,
+      ...(copy.guestWriteStallMs !== undefined ? { guestWriteStallMs: copy.guestWriteStallMs } : {}),
       phaseDurationsMs: progress.phaseDurationsMs,
     };
   } catch (err) {

@@ -61,8 +61,11 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     // --mode live on top of the harness's cold default: the flag must reach the workflow.
     const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-${process.pid}`, '--metadata', 'purpose=cli-test', '--mode', 'live', '--wait', '--json']);
     assert.equal(run.exitCode, 0, show(run));
-    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string; mode: string } }>(run);
+    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string; mode: string; guestPauseMs: number; guestWriteStallMs?: number } }>(run);
     assert.equal(doc.result.mode, 'live');
+    // Beside QEMU's STOP/RESUME figure (0: the vCPUs never stop), what the guest's writes felt.
+    assert.equal(doc.result.guestPauseMs, 0);
+    assert.ok(typeof doc.result.guestWriteStallMs === 'number' && doc.result.guestWriteStallMs >= 0, JSON.stringify(doc.result));
     images.add(doc.imageId);
     assert.equal(doc.status, 'completed');
     assert.equal(doc.workflowId, snapshotWorkflowId(guest.uuid));
