@@ -196,7 +196,7 @@ function errorLine(err: unknown, config: Config | undefined): string {
  * Waits for the snapshot to end, showing its progress (on a terminal one line kept current;
  * otherwise plain lines). Resolves with how it ended; never rejects for a failed snapshot.
  */
-async function follow(session: Session, handle: SnapshotHandle, view: ProgressView | undefined, pollMs: number): Promise<{ result?: SnapshotResult; error?: unknown }> {
+async function follow(session: Session, handle: SnapshotHandle, view: ProgressView | undefined, pollMs: number): Promise<{ result?: SnapshotResult; error?: unknown; lastPhase?: string }> {
   let settled = false;
   const outcome = snapshotResult(handle).then(
     (result) => ({ result }),
@@ -204,11 +204,13 @@ async function follow(session: Session, handle: SnapshotHandle, view: ProgressVi
   );
   void outcome.then(() => (settled = true));
   let misses = 0;
+  let lastPhase: string | undefined;
   while (!settled) {
     if (view) {
       try {
         const p = await handle.client.withDeadline(Date.now() + 5000, () => getProgress(handle));
         misses = 0;
+        lastPhase = p.phase;
         if (!settled) view.update(p);
       } catch {
         // No answer now (no worker yet, a worker restarting): say so once, keep waiting.
@@ -221,7 +223,7 @@ async function follow(session: Session, handle: SnapshotHandle, view: ProgressVi
     }
     await Promise.race([outcome, sleep(pollMs)]);
   }
-  return outcome;
+  return { ...(await outcome), ...(lastPhase ? { lastPhase } : {}) };
 }
 
 function outcomeOf(ended: { result?: SnapshotResult; error?: unknown }): Outcome {
@@ -738,6 +740,18 @@ function describeProgress(view: ProgressView, p: SnapshotProgressDetails): strin
   return `${line.phase} ${Math.floor(line.percent)}% (${formatBytes(line.bytesDone ?? 0)} of ${formatBytes(line.bytesTotal ?? 0)})`;
 }
 
+/** Phases in which a cold snapshot holds the guest paused. */
+const PAUSED_PHASES = new Set(['pausing', 'converting', 'resuming']);
+
+function terminatedText(lastPhase: string | undefined): string {
+  const rest = 'the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again';
+  if (lastPhase && PAUSED_PHASES.has(lastPhase)) {
+    return `the snapshot workflow was terminated while the guest was paused (phase ${lastPhase}): its host worker resumes it within seconds (VMSNAP_PAUSE_WATCH_MS, 2 s by default); ${rest}`;
+  }
+  const where = lastPhase ? ` in phase ${lastPhase}` : '';
+  return `the snapshot workflow was terminated${where}${lastPhase ? ', with the guest not paused by it' : ''}: a guest it had paused runs again within seconds (its host worker resumes it); ${rest}`;
+}
+
 /** `snapshot --wait`: follows the snapshot and sets the exit code from how it ended. */
 async function waitAndReport(session: Session, g: GlobalOptions, handle: SnapshotHandle, instance: string): Promise<Outcome & { cause?: unknown }> {
   const { io } = session;
@@ -755,7 +769,9 @@ async function waitAndReport(session: Session, g: GlobalOptions, handle: Snapsho
     const ended = await follow(session, handle, view, 500);
     const outcome = outcomeOf(ended);
     view?.finish(outcome.status);
-    return { ...outcome, cause: ended.error };
+    // Terminate runs no compensation: say what that left and when it is undone.
+    const cause = outcome.status === 'terminated' ? new ClientError('Terminated', terminatedText(ended.lastPhase)) : ended.error;
+    return { ...outcome, cause };
   } finally {
     process.off('SIGINT', onInterrupt);
   }

@@ -6,7 +6,9 @@
 // is, for a write held back, about how long it was held. The longest such figure is reported.
 import { spawn } from 'node:child_process';
 
-const SAMPLE_MS = 5;
+// Often enough that a held write rarely shares its interval with many quick ones; rarely enough
+// that the QMP queries behind it (one per sample) do not load QEMU's main loop themselves.
+const SAMPLE_MS = 20;
 
 export interface WriteWatch {
   /** Ends the watch: the longest write the guest waited for (ms; 0 if none completed), undefined if nothing could be read. */

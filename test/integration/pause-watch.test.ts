@@ -52,7 +52,7 @@ describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
 
       const ended = await run.proc;
       assert.equal(ended.exitCode, 1);
-      assert.match(run.output().stderr, /^vmsnap: the snapshot workflow was terminated: a guest it had paused runs again within seconds/m);
+      assert.match(run.output().stderr, /^vmsnap: the snapshot workflow was terminated while the guest was paused \(phase (pausing|converting)\): its host worker resumes it within seconds/m);
 
       // The reconciler finds the resume recorded and undoes the rest.
       const report: ReconcileReport = await h.client.workflow.execute('reconcile', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-reconcile-${randomUUID()}` });
