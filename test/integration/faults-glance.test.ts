@@ -2,17 +2,15 @@
 // for a while, answering 5xx, and gone for good (the compensation cannot delete the image; the
 // reconciler does once Glance is back).
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
-import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import { findImagesByName, observePause } from '../support/images.js';
-import { checkInvariants, outcomeOf, type Invariants } from '../support/invariants.js';
+import { observePause } from '../support/images.js';
+import { checkInvariants, outcomeOf, reconcilerRemovesQueuedImage, type Invariants } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const guestName = `vmsnap-test-fg-${process.pid}`;
@@ -100,13 +98,7 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
 
       afterPause = () => undefined;
       proxy.setRule(undefined);
-      const [image] = await findImagesByName(h.glanceUrl, imageName);
-      assert.equal(image?.status, 'queued');
-      const report: ReconcileReport = await h.client.workflow.execute('reconcile', {
-        taskQueue: h.config.temporal.taskQueue,
-        workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
-      });
-      assert.ok(report.deletedImages.includes(image.id), 'the reconciler deleted the orphan image');
+      await reconcilerRemovesQueuedImage(h, imageName);
       const invariants = await check(imageName, outcome, 'ImageServiceUnavailable');
       recordFaultRow({ fault: 'Glance gone for good', outcome, invariants, note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Glance answers again' });
       allHeld(invariants);

@@ -14,13 +14,12 @@ import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js
 import { readAccounts } from '../../scripts/lib/keystone.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import { loadConfig } from '../../src/shared/config.js';
-import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { closeTestCloud, stackGlanceUrl } from '../support/cloud.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { findImagesByName, observePause } from '../support/images.js';
-import { checkInvariants, outcomeOf, type Invariants } from '../support/invariants.js';
+import { checkInvariants, outcomeOf, reconcilerRemovesQueuedImage, type Invariants } from '../support/invariants.js';
 import { createSlowGuest } from '../support/slow-guest.js';
 import { startWorkerProcess } from '../support/worker-process.js';
 
@@ -158,13 +157,7 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
 
         afterPause = async () => undefined;
         keystoneProxy.setRule(undefined);
-        const [image] = await findImagesByName(h.glanceUrl, imageName);
-        assert.equal(image?.status, 'queued');
-        const report: ReconcileReport = await h.client.workflow.execute('reconcile', {
-          taskQueue: h.config.temporal.taskQueue,
-          workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
-        });
-        assert.ok(report.deletedImages.includes(image.id), 'the reconciler deleted the orphan image');
+        await reconcilerRemovesQueuedImage(h, imageName);
         const invariants = await check(imageName, outcome, 'IdentityServiceUnavailable');
         recordFaultRow({ fault: 'Keystone gone for good', outcome, invariants, note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Keystone answers again' });
         allHeld(invariants);

@@ -89,8 +89,9 @@ describe('dev stack', { timeout: 180_000 }, () => {
     const cloudEnv = { ...process.env, ...clientEnv(cfg) };
     assert.equal(cloudEnv.OS_CLOUD, 'vmsnap');
     for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!]) assert.equal(statSync(file).mode & 0o777, 0o600, file);
-    const secrets = Object.values(readAccounts(dataDir)!).filter((v) => v.length >= 20);
-    assert.ok(secrets.length >= 4, 'passwords and the application credential secret were made');
+    const accounts = readAccounts(dataDir)!;
+    const secrets = [accounts.adminPassword, accounts.glancePassword, accounts.vmsnapPassword, accounts.applicationCredentialSecret];
+    assert.ok(secrets.every((s) => s.length >= 20), 'passwords and the application credential secret were made');
     const cloudsYaml = readFileSync(cloudEnv.OS_CLIENT_CONFIG_FILE!, 'utf8');
     for (const secret of secrets) assert.ok(!cloudsYaml.includes(secret), 'clouds.yaml holds no secret: they are in secure.yaml');
     const token = await execa('openstack', ['token', 'issue', '-f', 'value', '-c', 'id'], { env: cloudEnv });

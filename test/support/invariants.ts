@@ -4,12 +4,16 @@
 //  3. no temp files of the snapshot remain;
 //  4. no image of the snapshot is left queued or saving: it is active and verified, or gone;
 //  5. the outcome says what happened, and a failed snapshot recorded a fault.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure, TerminatedFailure } from '@temporalio/common';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { guestState, readCounter, type DomainState, type Guest } from '../../scripts/lib/guest.js';
 import type { Store } from '../../src/store/store.js';
+import type { ReconcileReport } from '../../src/workflows/reconcile.js';
+import type { Harness } from './harness.js';
 import { findImagesByName } from './images.js';
 
 export interface Invariants {
@@ -81,4 +85,18 @@ export function qemuImgProcessesUnder(dir: string): number[] {
       }
     })
     .map(Number);
+}
+
+/**
+ * Once the service that was away is back: the snapshot's image is still queued, and one run of
+ * the reconciler deletes it.
+ */
+export async function reconcilerRemovesQueuedImage(h: Pick<Harness, 'client' | 'config' | 'glanceUrl'>, imageName: string): Promise<void> {
+  const [image] = await findImagesByName(h.glanceUrl, imageName);
+  assert.equal(image?.status, 'queued');
+  const report: ReconcileReport = await h.client.workflow.execute('reconcile', {
+    taskQueue: h.config.temporal.taskQueue,
+    workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+  });
+  assert.ok(report.deletedImages.includes(image.id), 'the reconciler deleted the orphan image');
 }
