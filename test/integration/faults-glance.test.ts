@@ -2,10 +2,12 @@
 // for a while, answering 5xx, and gone for good (the compensation cannot delete the image; the
 // reconciler does once Glance is back).
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
+import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
