@@ -97,8 +97,9 @@ export interface SnapshotResult {
   /** Live mode: the guest-visible pause during the copy, from QEMU's STOP/RESUME events. */
   guestPauseMs: number;
   /**
-   * Live mode: the longest disk write the guest waited for during the copy (from QEMU's write
-   * counters, sampled every few ms). The vCPUs never stop, but a backup job can hold writes back.
+   * Live mode: the longest disk write QEMU timed during the copy (its write counters, sampled
+   * every 20 ms). The vCPUs never stop, but a backup job can hold writes back. A lower bound: a
+   * write waiting for QEMU's busy main loop is not timed until QEMU takes it.
    */
   guestWriteStallMs?: number;
   phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
