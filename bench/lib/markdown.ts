@@ -34,6 +34,10 @@ function diskTable(d: DiskSummary, modes: Mode[]): string[] {
   row('end-to-end wall time', (s) => ms(s.wallMs), (m) => d.ratios[m]?.wall);
   row('upload throughput, MiB/s', (s) => fmt(s.throughputMiBps, 1), (m) => d.ratios[m]?.throughput);
   row('guest progress during snapshot (vs idle)', (s) => `${fmt(s.progressRatio * 100)} %`, (m) => d.ratios[m]?.progress);
+  row('guest write stall during the copy (QEMU wr_req, worst run)', (s) => ms(s.copyWriteStallMs));
+  row('guest write stall when idle (worst run)', (s) => ms(s.idleWriteStallMs));
+  row('guest write rate during the copy (vs idle)', (s) => (s.copyWriteRatio === undefined ? '–' : `${fmt(s.copyWriteRatio * 100)} %`));
+  row('write sampling: longest gap between samples', (s) => ms(s.writeSampleGapMs));
   row('image size, MiB', (s) => fmt(s.imageMiB, 1));
   row('uploader peak RSS while uploading, MiB (curl / worker, worst run)', (s) => mib(s.uploaderPeakRssMiB ?? s.workerUploadPeakRssMiB));
   row('worker RSS peak − idle while uploading, MiB (worst run)', (s) => mib(s.workerRssOverIdleMiB));

@@ -9,6 +9,19 @@ import type { DiskKind, Mode } from './options.js';
 import { sampleRss } from './proc.js';
 import { median } from './stats.js';
 import type { VariantResult } from './variants.js';
+import { sampleWrites, writeActivity } from './write-activity.js';
+
+/** Steps before the copy, and the copy's own, in the order each variant runs them. */
+const BEFORE_COPY = ['starting', 'creating-image', 'waiting-for-host'];
+const COPY = ['suspend', 'convert', 'resume', 'pausing', 'converting', 'copying', 'resuming'];
+
+/** Where the copy lay in the run: from the variant's start, the steps before it, then its own. */
+function copyWindow(start: number, phasesMs: Record<string, number>): [number, number] | undefined {
+  const copyMs = COPY.reduce((a, k) => a + (phasesMs[k] ?? 0), 0);
+  if (copyMs <= 0) return undefined;
+  const from = start + BEFORE_COPY.reduce((a, k) => a + (phasesMs[k] ?? 0), 0);
+  return [from, from + copyMs];
+}
 
 export interface Sample extends Partial<VariantResult> {
   disk: DiskKind;
@@ -30,6 +43,16 @@ export interface Sample extends Partial<VariantResult> {
   throughputMiBps?: number;
   /** vmsnap: the worker's RSS before the run (median of the idle window), KiB. */
   workerIdleRssKiB?: number;
+  /**
+   * The guest's disk writes as QEMU completed them (wr_req, sampled every few ms): the longest
+   * stretch without one during the copy (idle: the same in the idle window), and completed
+   * writes per second during the copy against idle.
+   */
+  copyWriteStallMs?: number;
+  idleWriteStallMs?: number;
+  copyWriteRatio?: number;
+  /** The sampling's longest gap during the copy: stalls shorter than this are not seen. */
+  writeSampleGapMs?: number;
 }
 
 export async function measureRun(opts: {
@@ -40,6 +63,8 @@ export async function measureRun(opts: {
   guest: Guest;
   hypervisor: Hypervisor;
   idleMs: number;
+  /** libvirt of the guest, for its block statistics (default qemu:///system). */
+  libvirtUri?: string;
   /** A process whose idle RSS is wanted (the vmsnap worker). */
   rssPid?: number;
   variant: () => Promise<VariantResult>;
@@ -47,14 +72,20 @@ export async function measureRun(opts: {
   const base: Sample = { disk: opts.disk, mode: opts.mode, run: opts.run, position: opts.position, ok: false };
   const watch = await opts.hypervisor.watchPauses(opts.guest.uuid);
   let stopped = false;
+  // Every 10 ms: fine enough for a 50 ms stall target, light enough on QEMU's monitor.
+  const writes = sampleWrites(opts.libvirtUri ?? 'qemu:///system', opts.guest.uuid, 'vda', 10);
+  let writesStopped = false;
   try {
     const idleSampler = opts.rssPid ? sampleRss(opts.rssPid, 50) : undefined;
     const c0 = await counterNow(opts.guest);
+    const idleFrom = performance.now();
     await sleep(opts.idleMs);
+    const idleTo = performance.now();
     const c1 = await counterNow(opts.guest);
     const idleRss = idleSampler?.stop().map((s) => s.kib);
     let result: VariantResult | undefined;
     let error: string | undefined;
+    const variantStart = performance.now();
     try {
       result = await opts.variant();
     } catch (err) {
@@ -63,6 +94,11 @@ export async function measureRun(opts: {
     const c2 = await counterNow(opts.guest);
     stopped = true;
     const pauses = await watch.stop();
+    const writeSamples = await writes.stop();
+    writesStopped = true;
+    const idleWrites = writeActivity(writeSamples, idleFrom, idleTo);
+    const window = result ? copyWindow(variantStart, result.phasesMs) : undefined;
+    const copyWrites = window ? writeActivity(writeSamples, window[0], window[1]) : undefined;
     const idleRate = rate(c0, c1);
     const snapshotRate = rate(c1, c2);
     const sample: Sample = {
@@ -76,10 +112,14 @@ export async function measureRun(opts: {
       snapshotRate,
       ...(idleRate > 0 ? { progressRatio: snapshotRate / idleRate } : {}),
       ...(idleRss?.length ? { workerIdleRssKiB: median(idleRss) } : {}),
+      ...(idleWrites ? { idleWriteStallMs: idleWrites.longestStallMs } : {}),
+      ...(copyWrites ? { copyWriteStallMs: copyWrites.longestStallMs, writeSampleGapMs: copyWrites.worstSampleGapMs } : {}),
+      ...(copyWrites && idleWrites && idleWrites.writesPerSecond > 0 ? { copyWriteRatio: copyWrites.writesPerSecond / idleWrites.writesPerSecond } : {}),
     };
     if (result && result.uploadMs > 0) sample.throughputMiBps = result.imageBytes / (1024 * 1024) / (result.uploadMs / 1000);
     return sample;
   } finally {
     if (!stopped) await watch.stop().catch(() => undefined);
+    if (!writesStopped) await writes.stop().catch(() => undefined);
   }
 }

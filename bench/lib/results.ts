@@ -33,6 +33,11 @@ export interface ModeSummary {
   wallMs: number;
   throughputMiBps: number;
   progressRatio: number;
+  /** The guest's disk writes (QEMU wr_req): worst run's longest stall during the copy, in the idle window, and the median write rate during the copy ÷ idle. */
+  copyWriteStallMs?: number;
+  idleWriteStallMs?: number;
+  copyWriteRatio?: number;
+  writeSampleGapMs?: number;
   imageMiB: number;
   uploaderPeakRssMiB?: number;
   /** Worst run: the worker's peak RSS during the upload, and that minus its idle RSS. */
@@ -141,6 +146,14 @@ function summarizeMode(samples: Sample[]): ModeSummary {
     if (typeof c === 'string') consistency[c] = (consistency[c] ?? 0) + 1;
   }
   if (Object.keys(consistency).length) summary.consistency = consistency;
+  const stall = maxOf(ok.map((s) => s.copyWriteStallMs));
+  if (stall !== undefined) summary.copyWriteStallMs = stall;
+  const idleStall = maxOf(ok.map((s) => s.idleWriteStallMs));
+  if (idleStall !== undefined) summary.idleWriteStallMs = idleStall;
+  const writeRatio = med(ok.map((s) => s.copyWriteRatio));
+  if (Number.isFinite(writeRatio)) summary.copyWriteRatio = writeRatio;
+  const gap = maxOf(ok.map((s) => s.writeSampleGapMs));
+  if (gap !== undefined) summary.writeSampleGapMs = gap;
   if (isVmsnap) {
     const peak = maxOf(peaks);
     if (peak !== undefined) summary.workerUploadPeakRssMiB = peak;
@@ -236,6 +249,9 @@ export function evaluateTargets(summary: DiskSummary[], scale: ScaleSample[], li
     }
     for (const d of measured) {
       targets.push(target({ id: `live-pause-${d.disk}`, label: 'live pause ≤ 50 ms', scope: d.disk, value: d.modes.live?.pauseMs, unit: 'ms', comparison: '<=', limit: 50 }));
+      // Issue 13: what the guest feels, not only STOP/RESUME: its writes must keep completing.
+      targets.push(target({ id: `live-write-stall-${d.disk}`, label: 'live: longest guest write stall ≤ 50 ms', scope: d.disk, value: d.modes.live?.copyWriteStallMs, unit: 'ms', comparison: '<=', limit: 50 }));
+      targets.push(target({ id: `live-write-rate-${d.disk}`, label: 'live: guest write rate during the copy ≥ 0.8 × idle', scope: d.disk, value: d.modes.live?.copyWriteRatio, unit: 'x', comparison: '>=', limit: 0.8 }));
     }
   }
   // Throughput and memory are about big uploads: judged on the large disk (else the biggest measured).

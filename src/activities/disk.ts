@@ -40,6 +40,8 @@ export interface LiveCopiedDisk extends ConvertedDisk {
   quiesceNote?: string;
   /** Guest-visible pause during the copy, from QEMU's STOP/RESUME events (0 when none). */
   guestPauseMs: number;
+  /** The longest disk write the guest waited for during the copy (QEMU's write times), when measured. */
+  guestWriteStallMs?: number;
 }
 
 /** The temp dir of one snapshot; the image id is a validated UUID, so it is a safe file name. */
@@ -124,9 +126,14 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
       const live = join(dir, 'live.qcow2');
       const signal = Context.current().cancellationSignal;
 
-      let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: 0 };
-      const stop = keepHeartbeating(() => progress);
+      // The job copies the whole virtual disk: its size is the total from the first heartbeat on.
+      const disk = await hypervisor.rootDisk(input.instanceId);
+      const virtualSize = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
+      let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: virtualSize };
+      const stop = keepHeartbeating(() => progress, 1000);
       const pauses = await hypervisor.watchPauses(input.instanceId);
+      // The vCPUs never stop, but the guest's writes may wait: that is what it feels.
+      const writes = await hypervisor.watchWrites?.(input.instanceId, disk.path).catch(() => undefined);
       let watching = true;
       try {
         const quiesceEvent = (event: 'freeze' | 'thaw') =>
@@ -141,13 +148,17 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
             targetFormat: 'qcow2',
             quiesce: input.quiesce,
             signal,
-            onProgress: (percent, bytesDone, bytesTotal) => (progress = { phase: 'copying', percent, bytesDone, bytesTotal }),
+            onProgress: (percent, bytesDone, bytesTotal) => {
+              progress = { phase: 'copying', percent, bytesDone, bytesTotal: bytesTotal || virtualSize };
+              stop.beat();
+            },
             ...(settings.liveCopyBandwidthMiBps > 0 ? { bandwidthMiBps: settings.liveCopyBandwidthMiBps } : {}),
           });
         } finally {
           if (input.quiesce !== 'never') await quiesceEvent('thaw');
         }
         const { pausedMs } = await pauses.stop();
+        const written = await writes?.stop();
         watching = false;
 
         // Raw or compressed output is one more local pass over our own file.
@@ -158,13 +169,19 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
         } else {
           await rename(live, path);
         }
-        const disk = await finish(path, input.diskFormat);
-        return { ...disk, consistency: copied.consistency, ...(copied.quiesceNote ? { quiesceNote: copied.quiesceNote } : {}), guestPauseMs: pausedMs };
+        const copy = await finish(path, input.diskFormat);
+        return {
+          ...copy,
+          consistency: copied.consistency,
+          ...(copied.quiesceNote ? { quiesceNote: copied.quiesceNote } : {}),
+          guestPauseMs: pausedMs,
+          ...(written ? { guestWriteStallMs: written.longestWriteMs } : {}),
+        };
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
         throw err;
       } finally {
-        if (watching) await pauses.stop().catch(() => undefined);
+        if (watching) await Promise.all([pauses.stop().catch(() => undefined), writes?.stop()]);
         stop();
       }
     },

@@ -2,9 +2,16 @@
 // long step heartbeats on a timer too, even while its progress does not move.
 import { Context } from '@temporalio/activity';
 
-export function keepHeartbeating(details: () => unknown, intervalMs = 2000): () => void {
+export interface Heartbeat {
+  /** Heartbeats now, e.g. when progress moved: the SDK throttles (1 s on host workers), so this is cheap. */
+  beat(): void;
+  stop(): void;
+}
+
+export function keepHeartbeating(details: () => unknown, intervalMs = 2000): (() => void) & Heartbeat {
   const ctx = Context.current();
   ctx.heartbeat(details());
   const timer = setInterval(() => ctx.heartbeat(details()), intervalMs);
-  return () => clearInterval(timer);
+  const stop = () => clearInterval(timer);
+  return Object.assign(stop, { stop, beat: () => ctx.heartbeat(details()) });
 }

@@ -71,10 +71,22 @@ export function uploadActivities({ imageService }: ActivityDeps) {
         const bytesTotal = (await stat(input.path)).size;
         let bytesSent = 0;
         const stop = keepHeartbeating(
-          (): StepProgress => ({ phase: 'uploading', percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100, bytesDone: bytesSent, bytesTotal }),
+          (): StepProgress => ({
+            phase: 'uploading',
+            percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
+            bytesDone: bytesSent,
+            bytesTotal,
+            // Every byte is out: what is left is Glance storing them and answering.
+            ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
+          }),
         );
+        const progress = (n: number) => {
+          const done = n >= bytesTotal && bytesSent < bytesTotal;
+          bytesSent = n;
+          if (done) stop.beat();
+        };
         try {
-          sent = await imageService.uploadFile(input.imageId, input.path, (n) => (bytesSent = n), Context.current().cancellationSignal);
+          sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
         } finally {
           stop();
         }

@@ -180,7 +180,9 @@ function errorLine(err: unknown, config: Config | undefined): string {
   if (err instanceof WorkflowFailedError) {
     const type = failureTypeOf(err);
     if (type === 'Cancelled') return 'the snapshot was cancelled: vmsnap undid its work (guest state, temp files, unfinished image); start a new one with vmsnap snapshot';
-    if (type === 'Terminated') return 'the snapshot workflow was terminated: check the instance task state (vmsnap instances) before a new one';
+    if (type === 'Terminated') {
+      return 'the snapshot workflow was terminated: a guest it had paused runs again within seconds (its host worker resumes it, VMSNAP_PAUSE_WATCH_MS); the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again';
+    }
     const cause = err.cause instanceof ApplicationFailure ? err.cause.message : (err.cause?.message ?? err.message);
     return `snapshot failed (${type}): ${oneLine(cause)}`;
   }
@@ -196,7 +198,7 @@ function errorLine(err: unknown, config: Config | undefined): string {
  * Waits for the snapshot to end, showing its progress (on a terminal one line kept current;
  * otherwise plain lines). Resolves with how it ended; never rejects for a failed snapshot.
  */
-async function follow(session: Session, handle: SnapshotHandle, view: ProgressView | undefined, pollMs: number): Promise<{ result?: SnapshotResult; error?: unknown }> {
+async function follow(session: Session, handle: SnapshotHandle, view: ProgressView | undefined, pollMs: number): Promise<{ result?: SnapshotResult; error?: unknown; lastPhase?: string }> {
   let settled = false;
   const outcome = snapshotResult(handle).then(
     (result) => ({ result }),
@@ -204,11 +206,13 @@ async function follow(session: Session, handle: SnapshotHandle, view: ProgressVi
   );
   void outcome.then(() => (settled = true));
   let misses = 0;
+  let lastPhase: string | undefined;
   while (!settled) {
     if (view) {
       try {
         const p = await handle.client.withDeadline(Date.now() + 5000, () => getProgress(handle));
         misses = 0;
+        lastPhase = p.phase;
         if (!settled) view.update(p);
       } catch {
         // No answer now (no worker yet, a worker restarting): say so once, keep waiting.
@@ -221,7 +225,7 @@ async function follow(session: Session, handle: SnapshotHandle, view: ProgressVi
     }
     await Promise.race([outcome, sleep(pollMs)]);
   }
-  return outcome;
+  return { ...(await outcome), ...(lastPhase ? { lastPhase } : {}) };
 }
 
 function outcomeOf(ended: { result?: SnapshotResult; error?: unknown }): Outcome {
@@ -248,6 +252,8 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  sha512    ${result.sha512}`,
     `  md5       ${result.md5}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, paused ${formatDuration(result.pauseDurationMs)} by vmsnap`,
+    `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
+    ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${phases}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');
@@ -256,6 +262,13 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+/** How long ago, for figures that may be stale (the inventory's power states). */
+function age(iso: string | undefined): string {
+  const ms = iso ? Date.now() - Date.parse(iso) : NaN;
+  if (!Number.isFinite(ms)) return '-';
+  return `${formatDuration(Math.max(0, ms))} ago`;
 }
 
 function since(iso: string | undefined): string {
@@ -513,11 +526,12 @@ export function buildProgram(session: Session): Command {
         session.say(g, 'no instances known yet: a host worker discovers them from libvirt when it starts');
         return;
       }
+      session.say(g, 'power states as their host worker last read them from libvirt (POWER READ); vmsnap status shows a running snapshot live');
       session.say(
         g,
         table([
-          ['ID', 'NAME', 'HOST', 'POWER', 'TASK', 'UPDATED'],
-          ...rows.map((r) => [r.id, r.name, r.host, r.deletedAt ? 'deleted' : r.powerState, r.taskState ?? 'None', since(r.updatedAt)]),
+          ['ID', 'NAME', 'HOST', 'POWER', 'TASK', 'UPDATED', 'POWER READ'],
+          ...rows.map((r) => [r.id, r.name, r.host, r.deletedAt ? 'deleted' : r.powerState, r.taskState ?? 'None', since(r.updatedAt), age(r.powerStateAt)]),
         ]),
       );
     });
@@ -853,6 +867,18 @@ function restoreText(instance: string, r: RestoreResult, link: string | undefine
   ].join('\n');
 }
 
+/** Phases in which a cold snapshot holds the guest paused. */
+const PAUSED_PHASES = new Set(['pausing', 'converting', 'resuming']);
+
+function terminatedText(lastPhase: string | undefined): string {
+  const rest = 'the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again';
+  if (lastPhase && PAUSED_PHASES.has(lastPhase)) {
+    return `the snapshot workflow was terminated while the guest was paused (phase ${lastPhase}): its host worker resumes it within seconds (VMSNAP_PAUSE_WATCH_MS, 2 s by default); ${rest}`;
+  }
+  const where = lastPhase ? ` in phase ${lastPhase}` : '';
+  return `the snapshot workflow was terminated${where}${lastPhase ? ', with the guest not paused by it' : ''}: a guest it had paused runs again within seconds (its host worker resumes it); ${rest}`;
+}
+
 /** `snapshot --wait`: follows the snapshot and sets the exit code from how it ended. */
 async function waitAndReport(session: Session, g: GlobalOptions, handle: SnapshotHandle, instance: string): Promise<Outcome & { cause?: unknown }> {
   const { io } = session;
@@ -870,13 +896,29 @@ async function waitAndReport(session: Session, g: GlobalOptions, handle: Snapsho
     const ended = await follow(session, handle, view, 500);
     const outcome = outcomeOf(ended);
     view?.finish(outcome.status);
-    return { ...outcome, cause: ended.error };
+    // Terminate runs no compensation: say what that left and when it is undone.
+    const cause = outcome.status === 'terminated' ? new ClientError('Terminated', terminatedText(ended.lastPhase)) : ended.error;
+    return { ...outcome, cause };
   } finally {
     process.off('SIGINT', onInterrupt);
   }
 }
 
+/**
+ * A reader that stops reading (`vmsnap ... | head`) closes the pipe: the next write fails with
+ * EPIPE. Unix tools end quietly then; without a handler node prints a stack trace and exits 1.
+ */
+function endQuietlyOnClosedOutput(io: CliIo): void {
+  for (const stream of [io.stdout, io.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(EXIT.ok);
+      throw err;
+    });
+  }
+}
+
 export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
+  endQuietlyOnClosedOutput(io);
   const session = new Session(io);
   const program = buildProgram(session);
   const g = (): GlobalOptions => ({ json: argv.includes('--json'), debug: argv.includes('--debug') });

@@ -56,6 +56,7 @@ const UNREACHABLE = new Set([4 /* DEADLINE_EXCEEDED */, 14 /* UNAVAILABLE */, 16
 
 export function exitCodeOf(err: unknown): ExitCode {
   if (err instanceof ClientError) {
+    if (err.code === 'Terminated') return EXIT.failed;
     return err.code === 'SnapshotNotFound' ? EXIT.notFound : EXIT.unavailable;
   }
   if (err instanceof VmsnapError) return err.code === 'StoreError' ? EXIT.unavailable : exitCodeOfType(err.code);

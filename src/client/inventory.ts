@@ -19,8 +19,14 @@ async function withStore<T>(config: Config, use: (store: Store) => Promise<T>): 
   }
 }
 
+/**
+ * An instance as the inventory has it, with when its host's worker last read the power states
+ * from libvirt (every VMSNAP_DISCOVERY_INTERVAL_MS): the power state is that old.
+ */
+export type InventoryRow = InstanceRecord & { powerStateAt?: string };
+
 /** Instances the store knows, by name; deleted ones (gone from their host) only when asked. */
-export async function listInstances(config: Config, options: { includeDeleted?: boolean } = {}): Promise<InstanceRecord[]> {
+export async function listInstances(config: Config, options: { includeDeleted?: boolean } = {}): Promise<InventoryRow[]> {
   if (isMissingSqlite(config)) {
     throw new ClientError(
       'StoreUnavailable',
@@ -28,7 +34,13 @@ export async function listInstances(config: Config, options: { includeDeleted?: 
     );
   }
   try {
-    return await withStore(config, (store) => store.listInstances(options));
+    return await withStore(config, async (store) => {
+      const seen = new Map((await store.listHosts()).map((h) => [h.host, h.seenAt]));
+      return (await store.listInstances(options)).map((r) => {
+        const at = seen.get(r.host);
+        return at ? { ...r, powerStateAt: at } : r;
+      });
+    });
   } catch (err) {
     // A store no worker has migrated yet has no tables; an unreachable one says why.
     throw new ClientError('StoreUnavailable', `cannot read the vmsnap inventory (${(err as Error).message}): start a host worker (npm run worker), or check VMSNAP_STORE_URL`, { cause: err });

@@ -59,6 +59,8 @@ export interface ProgressLine {
   bytesTotal?: number;
   bytesPerSecond?: number;
   etaMs?: number;
+  /** Shown instead of speed and ETA: what the step waits for. */
+  note?: string;
 }
 
 export class ProgressView {
@@ -84,6 +86,11 @@ export class ProgressView {
     this.meter.add(`${p.phase}/${p.step?.activityType}/${p.step?.attempt}`, at, p.bytesDone);
     const rate = this.meter.rate();
     Object.assign(line, { percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
+    if (p.note) {
+      // Every byte is out and the other side has not answered yet: a speed or an ETA would lie.
+      line.note = p.note;
+      return line;
+    }
     if (rate !== undefined && rate > 0) {
       line.bytesPerSecond = rate;
       line.etaMs = ((p.bytesTotal - p.bytesDone) * 1000) / rate;
@@ -143,8 +150,8 @@ export function describeLine(line: ProgressLine, mode: 'tty' | 'plain'): string 
   if (line.percent === undefined || line.bytesDone === undefined || line.bytesTotal === undefined) return line.phase;
   const pct = `${Math.floor(line.percent)}%`;
   const bytes = `${formatBytes(line.bytesDone)} of ${formatBytes(line.bytesTotal)}`;
-  const speed = line.bytesPerSecond !== undefined ? `${formatBytes(line.bytesPerSecond)}/s` : undefined;
-  const eta = line.etaMs !== undefined ? `ETA ${formatDuration(line.etaMs)}` : undefined;
+  const speed = line.note ?? (line.bytesPerSecond !== undefined ? `${formatBytes(line.bytesPerSecond)}/s` : undefined);
+  const eta = line.note === undefined && line.etaMs !== undefined ? `ETA ${formatDuration(line.etaMs)}` : undefined;
   if (mode === 'plain') return `${line.phase} ${pct} (${[bytes, speed, eta].filter(Boolean).join(', ')})`;
   const width = 20;
   const filled = Math.max(0, Math.min(width, Math.round((line.percent / 100) * width)));

@@ -102,6 +102,8 @@ export interface SnapshotProgressDetails extends SnapshotProgress {
   percent?: number;
   bytesDone?: number;
   bytesTotal?: number;
+  /** What the running step waits for when its bytes do not move ("waiting for Glance to confirm"). */
+  note?: string;
   /** The running step: activity type, attempt (1 = first), when it last reported, why it last failed. */
   step?: { activityType: string; attempt: number; lastHeartbeatAt?: string; lastFailure?: string };
 }
@@ -131,7 +133,7 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     // The query and describe() are two calls: a heartbeat of a step that just ended is not news.
     const heartbeat = details.find(isStepProgress);
     if (heartbeat && heartbeat.phase === phase) {
-      return { percent: heartbeat.percent, bytesDone: heartbeat.bytesDone, bytesTotal: heartbeat.bytesTotal, step };
+      return { percent: heartbeat.percent, bytesDone: heartbeat.bytesDone, bytesTotal: heartbeat.bytesTotal, ...(heartbeat.note ? { note: heartbeat.note } : {}), step };
     }
     fallback = { step };
   }

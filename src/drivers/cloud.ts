@@ -44,7 +44,7 @@ export async function connectCloud(
       }
     }
     const glanceUrl = config.glance.url ?? (await identity.endpoint('image'));
-    const imageService = new GlanceImageService({ url: glanceUrl, identity, cacert: cloud.cacert });
+    const imageService = new GlanceImageService({ url: glanceUrl, identity, cacert: cloud.cacert, uploadStallMs: config.glance.uploadStallMs });
     return {
       identity,
       imageService,

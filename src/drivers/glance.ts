@@ -27,6 +27,11 @@ export interface GlanceOptions {
    * chunk) was sent, and between chunks of an answer. Not a limit on a whole upload.
    */
   requestTimeoutMs?: number;
+  /**
+   * How long an upload may make no progress (no byte taken, or no answer that long after the
+   * last byte) before it is cut off and retried (VMSNAP_GLANCE_STALL_MS); default requestTimeoutMs.
+   */
+  uploadStallMs?: number;
 }
 
 const PATCH_CONTENT_TYPE = 'application/openstack-images-v2.1-json-patch';
@@ -74,6 +79,7 @@ export class GlanceImageService implements ImageService {
   /** Tokens sent lately: scrubbed from anything Glance echoes back. */
   private readonly sentTokens = new Set<string>();
   private readonly timeoutMs: number;
+  private readonly stallMs: number;
 
   constructor(opts: GlanceOptions) {
     const url = new URL(opts.url);
@@ -82,6 +88,7 @@ export class GlanceImageService implements ImageService {
     this.identity = opts.identity ?? new NoAuth();
     this.cacert = opts.cacert;
     this.timeoutMs = opts.requestTimeoutMs ?? 60_000;
+    this.stallMs = opts.uploadStallMs ?? this.timeoutMs;
     const ca = readCa(opts.cacert);
     this.pool = new Pool(url.origin, {
       connections: 8,
@@ -185,7 +192,7 @@ export class GlanceImageService implements ImageService {
     return this.parseImage('PATCH', path, reply);
   }
 
-  async uploadFile(id: string, path: string, onProgress?: (bytesSent: number) => void, signal?: AbortSignal): Promise<UploadResult> {
+  async uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult> {
     const urlPath = `${this.imagePath(id)}/file`;
     signal?.throwIfAborted();
     let size: number;
@@ -208,7 +215,7 @@ export class GlanceImageService implements ImageService {
       if (!onProgress) return;
       lastReport = Date.now();
       try {
-        onProgress(sent);
+        onProgress(sent, size);
       } catch {
         // Progress is advisory; a failing callback must not break the upload.
       }
@@ -219,7 +226,7 @@ export class GlanceImageService implements ImageService {
     let readError: unknown;
     let file: ReadStream | undefined;
     // An upload may last as long as the image is large; what must not last is silence. The
-    // watchdog cuts it when no byte moved for timeoutMs, or no answer came that long after the
+    // watchdog cuts it when no byte moved for stallMs, or no answer came that long after the
     // last one (undici's own headers timeout would count the whole upload).
     const stalled = new AbortController();
     let watchdog: NodeJS.Timeout | undefined;
@@ -227,14 +234,14 @@ export class GlanceImageService implements ImageService {
       clearTimeout(watchdog);
       watchdog = setTimeout(() => {
         stalled.abort(
-          new VmsnapError('ImageServiceUnavailable', `Glance PUT ${urlPath}: no progress for ${this.timeoutMs} ms (no byte taken, or no answer after the last one). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`, true, {
+          new VmsnapError('ImageServiceUnavailable', `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`, true, {
             method: 'PUT',
             path: urlPath,
             url: this.shownUrl,
             sent,
           }),
         );
-      }, this.timeoutMs);
+      }, this.stallMs);
     };
     const open = (): Readable => {
       arm();
@@ -248,7 +255,8 @@ export class GlanceImageService implements ImageService {
           md5.update(chunk);
           sent += chunk.length;
           arm();
-          if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
+          // The last byte is reported at once: from then on the wait is Glance's answer.
+          if (sent === size || Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
           callback(null, chunk);
         },
       });

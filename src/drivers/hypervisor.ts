@@ -75,6 +75,8 @@ export interface Hypervisor {
   defineCopy(id: string, opts: { name: string; diskPath: string }): Promise<string>;
   /** Stops (destroy) and undefines a domain; one that is gone already is success. */
   undefine(id: string): Promise<void>;
+  /** Watches the guest's completed disk writes (optional: a driver without it reports no figure). */
+  watchWrites?(id: string, device: string): Promise<WriteWatch>;  // device: target name or disk path
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,6 +123,9 @@ export interface PauseEvent {
   /** QEMU's own timestamp of the event, ms since the epoch. */
   at: number;
 }
+
+export type { WriteWatch } from './libvirt-writes.js';
+import type { WriteWatch } from './libvirt-writes.js';
 
 export interface PauseWatch {
   /** Ends the watch. pausedMs is the time the guest's vCPUs were stopped while it ran (an open pause counts up to now). */

@@ -69,7 +69,7 @@ export interface ImageService {
   /** JSON-patch replace/add of top-level fields (disk_format, container_format, properties). */
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */
-  uploadFile(id: string, path: string, onProgress?: (bytesSent: number) => void, signal?: AbortSignal): Promise<UploadResult>;
+  uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult>;
   /**
    * Streams the image data into a new private file at `path` (replaced if there), hashing sha512
    * on the way. Bytes that differ from `expected` (size or sha512): ImageCorrupt, file removed.

@@ -17,9 +17,11 @@ import type {
   PauseWatch,
   PowerState,
   RootDisk,
+  WriteWatch,
 } from './hypervisor.js';
 import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
+import { startWriteWatch } from './libvirt-writes.js';
 import { attrs, firstTagAttrs, firstText } from './libvirt-xml.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -230,6 +232,10 @@ export class LibvirtHypervisor implements Hypervisor {
       if (e instanceof VmsnapError && (e.code === 'InstanceNotFound' || /not configured|not running|not connected|not responding/i.test(e.message))) return;
       throw e;
     }
+  }
+
+  async watchWrites(id: string, device: string): Promise<WriteWatch> {
+    return startWriteWatch(this.uri, checkId(id), device);
   }
 
   async watchPauses(id: string): Promise<PauseWatch> {

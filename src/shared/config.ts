@@ -23,7 +23,8 @@ export interface Config {
    */
   cloud?: CloudSettings;
   /** Glance's URL when it is not to be taken from the service catalog (VMSNAP_GLANCE_URL). */
-  glance: { url?: string };
+  /** Glance: its URL when not from the catalog; how long an upload may make no progress. */
+  glance: { url?: string; uploadStallMs?: number };
   libvirtUri: string;
   /** Name of this hypervisor host; its worker serves the host task queue of that name. */
   host: string;
@@ -39,6 +40,8 @@ export interface Config {
   storePath: string;
   /** How often a host worker refreshes the instance inventory from libvirt. */
   discoveryIntervalMs: number;
+  /** How often a host worker looks for guests paused by a snapshot run that is gone (0: never). */
+  pauseWatchIntervalMs: number;
   /** How snapshots behave; handed to each workflow through an activity, so it is in history. */
   snapshot: SnapshotSettings;
   /** Snapshots a host runs at once (Nova's max_concurrent_snapshots); more wait for a slot. */
@@ -299,13 +302,17 @@ export function loadConfig(rawEnv: Env = process.env): Config {
       taskQueue: name('VMSNAP_TASK_QUEUE', env.VMSNAP_TASK_QUEUE || DEFAULT_TASK_QUEUE),
     },
     ...(cloud ? { cloud } : {}),
-    glance: glanceUrl ? { url: glanceUrl } : {},
+    glance: {
+      ...(glanceUrl ? { url: glanceUrl } : {}),
+      uploadStallMs: positiveInt('VMSNAP_GLANCE_STALL_MS', env.VMSNAP_GLANCE_STALL_MS || '20000'),
+    },
     libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
     host,
     dataDir,
     snapshotsDir: resolve(env.VMSNAP_SNAPSHOTS_DIR || join(dataDir, 'snapshots')),
     ...storeSettings(env, dataDir),
     discoveryIntervalMs: positiveInt('VMSNAP_DISCOVERY_INTERVAL_MS', env.VMSNAP_DISCOVERY_INTERVAL_MS || '15000'),
+    pauseWatchIntervalMs: wholeNumber('VMSNAP_PAUSE_WATCH_MS', env.VMSNAP_PAUSE_WATCH_MS || '2000'),
     maxConcurrentSnapshots: positiveInt('VMSNAP_MAX_CONCURRENT_SNAPSHOTS', env.VMSNAP_MAX_CONCURRENT_SNAPSHOTS || '5'),
     reconcileIntervalMs: wholeNumber('VMSNAP_RECONCILE_INTERVAL_MS', env.VMSNAP_RECONCILE_INTERVAL_MS || '60000'),
     metricsAddress: env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),

@@ -46,6 +46,7 @@ export type SnapshotPhase =
   | 'finishing'
   | 'compensating'
   | 'completed'
+  | 'cancelled'
   | 'failed';
 
 /** Answer of the `progress` query. */
@@ -68,6 +69,8 @@ export interface StepProgress {
   percent: number;
   bytesDone: number;
   bytesTotal: number;
+  /** What the step waits for when its bytes do not move, e.g. "waiting for Glance to confirm". */
+  note?: string;
 }
 
 export interface SnapshotResult {
@@ -93,6 +96,12 @@ export interface SnapshotResult {
   pauseDurationMs: number;
   /** Live mode: the guest-visible pause during the copy, from QEMU's STOP/RESUME events. */
   guestPauseMs: number;
+  /**
+   * Live mode: the longest disk write QEMU timed during the copy (its write counters, sampled
+   * every 20 ms). The vCPUs never stop, but a backup job can hold writes back. A lower bound: a
+   * write waiting for QEMU's busy main loop is not timed until QEMU takes it.
+   */
+  guestWriteStallMs?: number;
   phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
 }
 

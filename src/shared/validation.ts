@@ -5,8 +5,17 @@ export const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 /** libvirt domain names we accept: no path separators, no shell metacharacters. */
 const INSTANCE_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 const METADATA_KEY_PATTERN = /^[A-Za-z0-9_.:-]{1,255}$/;
-const MAX_METADATA_ENTRIES = 128;
+// Glance refuses more than image_property_quota (128 by default) properties per image, and
+// vmsnap adds its own and the base image's: a user's metadata gets what leaves room for those.
+const MAX_METADATA_ENTRIES = 96;
 const MAX_METADATA_VALUE = 255;
+/**
+ * Characters Glance refuses with a 400 after the snapshot has started: 4-byte UTF-8 (its
+ * no_4byte_params check, for MySQL's 3-byte utf8), and lone surrogates, which are not Unicode
+ * at all. Checked here so such a request fails before anything changes.
+ */
+const GLANCE_REFUSED_CHARACTERS = /[\u{10000}-\u{10FFFF}]|\p{Cs}/u;
+const REFUSED_MESSAGE = 'must not contain characters outside the Basic Multilingual Plane (emoji and other 4-byte UTF-8): Glance refuses them';
 
 /** Keys vmsnap sets itself or Glance owns: a user's metadata may not set them. */
 export const RESERVED_PROPERTY_KEYS = new Set([
@@ -58,6 +67,8 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
     problems.push({ field: 'imageName', message: "must be at most 255 characters (Glance's limit)" });
   } else if (/\p{Cc}/u.test(r.imageName)) {
     problems.push({ field: 'imageName', message: 'must not contain control characters' });
+  } else if (GLANCE_REFUSED_CHARACTERS.test(r.imageName)) {
+    problems.push({ field: 'imageName', message: REFUSED_MESSAGE });
   }
 
   if (r.metadata !== undefined) problems.push(...metadataProblems(r.metadata));
@@ -93,7 +104,7 @@ function metadataProblems(metadata: unknown): InputProblem[] {
   }
   const entries = Object.entries(metadata);
   if (entries.length > MAX_METADATA_ENTRIES) {
-    return [{ field: 'metadata', message: `at most ${MAX_METADATA_ENTRIES} entries` }];
+    return [{ field: 'metadata', message: `at most ${MAX_METADATA_ENTRIES} entries (Glance keeps at most 128 properties per image, and vmsnap sets some)` }];
   }
   const problems: InputProblem[] = [];
   for (const [key, value] of entries) {
@@ -105,6 +116,8 @@ function metadataProblems(metadata: unknown): InputProblem[] {
     }
     if (typeof value !== 'string') problems.push({ field, message: 'values must be strings' });
     else if ([...value].length > MAX_METADATA_VALUE) problems.push({ field, message: `values are at most ${MAX_METADATA_VALUE} characters` });
+    else if (GLANCE_REFUSED_CHARACTERS.test(value)) problems.push({ field, message: REFUSED_MESSAGE });
+    else if (value.includes('\u0000')) problems.push({ field, message: 'must not contain NUL characters' });
   }
   return problems;
 }

@@ -46,6 +46,7 @@ export async function startVmsnapWorker(
     taskQueue: config.temporal.taskQueue,
     roles: opts.roles,
     discoveryIntervalMs: config.discoveryIntervalMs,
+    pauseWatchIntervalMs: config.pauseWatchIntervalMs,
     maxConcurrentSnapshots: config.maxConcurrentSnapshots,
     deps: buildDeps(config, store, cloud, { workflows: new TemporalWorkflowLookup(client), ...opts.overrides }),
     ...(opts.keepReconcileSchedule ? { reconcile: { client, intervalMs: config.reconcileIntervalMs } } : {}),

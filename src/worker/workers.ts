@@ -8,6 +8,7 @@ import { hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
 import { temporalConnectionOptions } from '../shared/temporal-config.js';
 import { activityLogAttributes, expectNoWorkflows } from './observability.js';
 import { ensureReconcileSchedule } from './reconcile-schedule.js';
+import { watchAbandonedPauses } from './pause-watch.js';
 import { workflowBundle } from './workflow-bundle.js';
 import type { Client } from '@temporalio/client';
 
@@ -31,6 +32,8 @@ export async function startWorkers(opts: {
   roles: WorkerRole[];
   deps: ActivityDeps;
   discoveryIntervalMs: number;
+  /** With the host role: how often to look for guests paused by a run that is gone (0: never). */
+  pauseWatchIntervalMs?: number;
   /** With the host role: snapshots this host runs at once. */
   maxConcurrentSnapshots: number;
   /** With the main role: keep the reconciler's schedule at this interval (0: none). */
@@ -38,6 +41,7 @@ export async function startWorkers(opts: {
 }): Promise<RunningWorkers> {
   const { connection, namespace, deps } = opts;
   let discovery: NodeJS.Timeout | undefined;
+  let stopPauseWatch = () => undefined as void;
   const createMain = async (): Promise<Worker[]> => [
     await Worker.create({
       connection,
@@ -82,6 +86,7 @@ export async function startWorkers(opts: {
         Runtime.instance().logger.error('instance discovery failed', { host: deps.host, error: err.message }),
       );
     }, opts.discoveryIntervalMs);
+    stopPauseWatch = watchAbandonedPauses(deps, opts.pauseWatchIntervalMs ?? 2000);
     return created;
   };
   // Side by side: the main worker's start is mostly the workflow thread's, the host's is libvirt's.
@@ -94,9 +99,13 @@ export async function startWorkers(opts: {
   // The schedule triggers a reconcile at once: only now is a worker polling for it.
   if (startSchedule) await ensureReconcileSchedule(startSchedule.client, opts.taskQueue, startSchedule.intervalMs);
   const done = running.then(
-    () => clearInterval(discovery),
+    () => {
+      clearInterval(discovery);
+      stopPauseWatch();
+    },
     (err: unknown) => {
       clearInterval(discovery);
+      stopPauseWatch();
       throw err;
     },
   );

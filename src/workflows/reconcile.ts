@@ -3,7 +3,7 @@
 // task state back to None. Runs on a schedule and once at main worker start. Every item is tried
 // on its own: one unreachable host must not keep the others from being cleaned.
 // It is also the sweeper of vmsnap images that will never be finished (see findOrphanImages).
-import { ApplicationFailure, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import { hostTaskQueue } from '../shared/names.js';
 
@@ -20,6 +20,18 @@ export interface ReconcileReport {
   /** Pre-restore disks removed after their retention window. */
   removedPreRestoreDisks: string[];
   errors: string[];
+  /**
+   * Set when Glance (or Keystone before it) did not answer: what needs it waits for the next
+   * round. The run itself completes; an outage is not a failure of the reconciler.
+   */
+  waitingFor?: 'Glance';
+}
+
+const UNAVAILABLE = new Set(['ImageServiceUnavailable', 'IdentityServiceUnavailable']);
+
+function isServiceUnavailable(err: unknown): boolean {
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  return cause instanceof ApplicationFailure && UNAVAILABLE.has(cause.type ?? '');
 }
 
 export interface ReconcileOptions {
@@ -57,8 +69,15 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
     try {
       await step();
     } catch (err) {
-      report.errors.push(`${what}: ${(err as Error).message}`);
-      log.warn(`reconcile: ${what} failed`, { error: (err as Error).message });
+      const message = (err instanceof ActivityFailure && err.cause ? err.cause : (err as Error)).message;
+      if (isServiceUnavailable(err)) {
+        report.waitingFor = 'Glance';
+        report.errors.push(`${what}: waiting for Glance (${message}); the next round tries again`);
+        log.warn(`reconcile: ${what} waits for Glance`, { error: message });
+        return;
+      }
+      report.errors.push(`${what}: ${message}`);
+      log.warn(`reconcile: ${what} failed`, { error: message });
     }
   };
 
@@ -112,13 +131,17 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
     }
   }
 
-  for (const { imageId, status, owner, reason } of await main.findOrphanImages({ staleAfterMs })) {
-    await attempt(`delete orphan image ${imageId}`, async () => {
-      if (!(await main.deleteImageRecord(imageId)).deleted) return;
-      report.deletedImages.push(imageId);
-      report.sweptImages.push({ imageId, status, owner, reason });
-    });
-  }
+  // Glance away must not fail the run (the Web UI would show every round "Failed"): the sweep
+  // waits for the next round, and the report says what it waits for.
+  await attempt('find orphan images', async () => {
+    for (const { imageId, status, owner, reason } of await main.findOrphanImages({ staleAfterMs })) {
+      await attempt(`delete orphan image ${imageId}`, async () => {
+        if (!(await main.deleteImageRecord(imageId)).deleted) return;
+        report.deletedImages.push(imageId);
+        report.sweptImages.push({ imageId, status, owner, reason });
+      });
+    }
+  });
 
   const running = await main.runningSnapshotImageIds();
   for (const host of await main.listHosts()) {

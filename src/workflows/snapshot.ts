@@ -13,6 +13,7 @@ import {
   defineQuery,
   isCancellation,
   log,
+  patched,
   metricMeter,
   proxyActivities,
   setCurrentDetails,
@@ -81,7 +82,14 @@ function stepOptions(settings: SnapshotSettings, host: string) {
     // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left.
     cleanup: { taskQueue, scheduleToCloseTimeout: '10m', retry } satisfies ActivityOptions,
     // Holds one of the host's snapshot slots until cancelled; a lost holder is started again.
-    slot: { taskQueue: hostSlotTaskQueue(host), startToCloseTimeout: '24h', heartbeatTimeout, retry } satisfies ActivityOptions,
+    // Waiting for the cancellation to complete lets the snapshot end with no activity pending.
+    slot: {
+      taskQueue: hostSlotTaskQueue(host),
+      startToCloseTimeout: '24h',
+      heartbeatTimeout,
+      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+      retry,
+    } satisfies ActivityOptions,
   };
 }
 
@@ -158,6 +166,15 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   });
   // The host slot is held by an activity in this scope; cancelling the scope lets go of it.
   const slotScope = new CancellationScope();
+  let slotHeld: Promise<unknown> | undefined;
+  /**
+   * Waits until the slot holder has ended. Without this a finished snapshot closes with the
+   * holder still pending (cancel requested) in the Web UI and `temporal workflow describe`.
+   * Workflows started before this change did not wait: their histories replay without it.
+   */
+  const slotReleased = async () => {
+    if (slotHeld && patched('wait-for-slot-release')) await slotHeld;
+  };
 
   // Lookup: the inventory first; on a miss, ask every host to rediscover, then look again.
   const lookup = onMain(storeOptions, `look up instance ${request.instance}`);
@@ -217,7 +234,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
 
     // At most max-concurrent-snapshots per host, as Nova's compute manager does; the rest wait.
     enter('waiting-for-host');
-    slotScope
+    slotHeld = slotScope
       .run(() => proxyActivities<SlotActivities>({ ...steps.slot, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner }))
       .catch(() => undefined); // it ends when we let go
     await condition(() => slotAcquired);
@@ -243,7 +260,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       }
     }
 
-    let copy: { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number };
+    let copy: { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number; guestWriteStallMs?: number };
     if (mode === 'live') {
       enter('copying');
       convertRequested = true;
@@ -307,6 +324,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     await onHost(steps.cleanup, 'remove the snapshot temp dir').removeSnapshotFiles(imageId);
     await setTaskState('image_uploading', null);
     await recordEvent('finish', { imageId });
+    await slotReleased();
     enter('completed');
     snapshotsTotal.withTags({ outcome: 'completed' }).add(1);
     log.info('snapshot completed', { imageId, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
@@ -327,6 +345,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       ...(copy.quiesceNote ? { quiesceNote: copy.quiesceNote } : {}),
       pauseDurationMs: mode === 'cold' ? copy.guestPauseMs : 0,
       guestPauseMs: copy.guestPauseMs,
+      ...(copy.guestWriteStallMs !== undefined ? { guestWriteStallMs: copy.guestWriteStallMs } : {}),
       phaseDurationsMs: progress.phaseDurationsMs,
     };
   } catch (err) {
@@ -360,8 +379,9 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
         );
         await attempt('record event', () => recordEvent('error', { imageId, code }));
       }
+      await slotReleased();
     });
-    enter('failed');
+    enter(isCancellation(result) ? 'cancelled' : 'failed');
     snapshotsTotal.withTags({ outcome: isCancellation(result) ? 'cancelled' : 'failed' }).add(1);
     throw result;
   }

@@ -74,6 +74,13 @@ describe('benchmark harness, quick mode', { timeout: 120_000 }, () => {
       positive(s.progressRatio, `${s.mode} guest progress`);
       // Both copied the same disk the same way: about the same image.
       assert.deepEqual(s.pauseEvents?.map((e) => e.type), ['STOP', 'RESUME'], `${s.mode}: one pause seen through QEMU events`);
+      // What the guest's disk felt: sampled, and a paused guest completes no write, so the
+      // longest stall covers most of the pause.
+      positive(s.copyWriteStallMs, `${s.mode} write stall during the copy`);
+      positive(s.idleWriteStallMs, `${s.mode} write stall when idle`);
+      positive(s.writeSampleGapMs, `${s.mode} write sampling gap`);
+      assert.ok(typeof s.copyWriteRatio === 'number' && s.copyWriteRatio >= 0, `${s.mode} write rate ratio ${s.copyWriteRatio}`);
+      assert.ok(s.copyWriteStallMs! >= s.pauseMs! / 2, `${s.mode}: stall ${s.copyWriteStallMs} ms while paused ${s.pauseMs} ms`);
     }
     assert.ok(Math.abs(bare.imageBytes! - cold.imageBytes!) < 4 * 1024 * 1024, `bare ${bare.imageBytes} and cold ${cold.imageBytes} images should be about the same size`);
     assert.ok(bare.pauseMs! < bare.wallMs!, 'the pause is part of the wall time');
@@ -105,6 +112,7 @@ describe('benchmark harness, quick mode', { timeout: 120_000 }, () => {
     assert.match(md, /\| cold pause ≤ 1\.05 × bare pause \| small \| \d+\.\d\d× \| ≤ 1\.05× \| \*\*(pass|MISS)\*\* \|/);
     assert.match(md, /\| figure \(median\) \| bare \| cold \| cold\/bare \|/);
     assert.match(md, /\| guest-visible pause \(QEMU STOP→RESUME\) \| \d+ ms \| \d+ ms \| \d+\.\d\d× \|/);
+    assert.match(md, /\| guest write stall during the copy \(QEMU wr_req, worst run\) \| \d+ ms \| \d+ ms \|/);
     assert.match(md, /Load average at start [\d.]+ \/ [\d.]+ \/ [\d.]+, at end [\d.]+/);
 
     const svg = readFileSync(join(out, 'latest.svg'), 'utf8');

@@ -3,10 +3,13 @@
 // errors, one JSON document with --json, and progress lines in a pipe are what is checked.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
+import { execa } from 'execa';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { createGuest, guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { getProgress, type SnapshotHandle } from '../../src/client/snapshots.js';
 import { snapshotWorkflowId } from '../../src/shared/names.js';
-import { cliEnv, createBusyGuest, deleteImages, eventually, stopLeftoverSnapshots, vmsnap, vmsnapRunning, type CliRun } from '../support/cli.js';
+import { VMSNAP_BIN, cliEnv, createBusyGuest, deleteImages, eventually, stopLeftoverSnapshots, vmsnap, vmsnapRunning, type CliRun } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const small = `vmsnap-test-cli-${process.pid}`;
@@ -58,8 +61,11 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     // --mode live on top of the harness's cold default: the flag must reach the workflow.
     const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-${process.pid}`, '--metadata', 'purpose=cli-test', '--mode', 'live', '--wait', '--json']);
     assert.equal(run.exitCode, 0, show(run));
-    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string; mode: string } }>(run);
+    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string; mode: string; guestPauseMs: number; guestWriteStallMs?: number } }>(run);
     assert.equal(doc.result.mode, 'live');
+    // Beside QEMU's STOP/RESUME figure (0: the vCPUs never stop), what the guest's writes felt.
+    assert.equal(doc.result.guestPauseMs, 0);
+    assert.ok(typeof doc.result.guestWriteStallMs === 'number' && doc.result.guestWriteStallMs >= 0, JSON.stringify(doc.result));
     images.add(doc.imageId);
     assert.equal(doc.status, 'completed');
     assert.equal(doc.workflowId, snapshotWorkflowId(guest.uuid));
@@ -69,6 +75,9 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     assert.equal(image?.status, 'active');
     assert.equal(image?.os_hash_value, doc.result.sha512);
     assert.equal(image?.purpose, 'cli-test');
+    // Done means done: no step (the host slot holder included) is left pending, cancel requested.
+    const described = await h.client.workflow.getHandle(doc.workflowId).describe();
+    assert.deepEqual((described.raw.pendingActivities ?? []).map((a) => a.activityType?.name), []);
 
     const status = await vmsnap(h, ['status', guest.uuid, '--json']);
     assert.equal(status.exitCode, 0, show(status));
@@ -115,6 +124,8 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     assert.equal(phases.at(-1), 'completed');
     assert.deepEqual(phases, order.filter((p) => phases.includes(p)), show(run));
     assert.match(run.stdout, /^snapshot of vmsnap-test-cli-\d+ completed in /m);
+    // The summary says how the copy was taken: mode and consistency.
+    assert.match(run.stdout, /^ {2}mode\s+cold, crash-consistent$/m, show(run));
     assert.equal((await h.glance.getImage(imageId))?.disk_format, 'raw');
   });
 
@@ -131,6 +142,31 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     } finally {
       await h.store.releaseTaskState(guest.uuid, 'someone-else');
     }
+  });
+
+  it('a live copy reports percent and bytes of the backup job from its first heartbeat on', async () => {
+    const run = vmsnapRunning(h, ['snapshot', bigGuest.uuid, '--name', `vmsnap-test-cli-live-${process.pid}`, '--mode', 'live', '--wait']);
+    const handle = h.client.workflow.getHandle(snapshotWorkflowId(bigGuest.uuid)) as SnapshotHandle;
+    const copying: { percent?: number; bytesDone?: number; bytesTotal?: number }[] = [];
+    try {
+      // Sampled as the CLI does (query + describe), as often as the stack answers.
+      let phase = '';
+      while (phase !== 'completed' && phase !== 'failed' && run.proc.exitCode === null) {
+        const p = await getProgress(handle).catch(() => undefined);
+        phase = p?.phase ?? phase;
+        if (p?.phase === 'copying' && p.step?.activityType === 'liveCopyDisk' && p.bytesTotal !== undefined) copying.push(p);
+        await sleep(100);
+      }
+      const ended = await run.proc;
+      assert.equal(ended.exitCode, 0, run.output().stdout + run.output().stderr);
+    } finally {
+      run.proc.kill();
+      const imageId = /image ([0-9a-f-]{36})/.exec(run.output().stdout)?.[1];
+      if (imageId) images.add(imageId);
+    }
+    assert.ok(copying.length > 0, 'the copy was seen with its heartbeat');
+    // Before: the first heartbeats said "0 B of 0 B" until the job's first poll came through.
+    for (const p of copying) assert.equal(p.bytesTotal, 1024 * 1024 * 1024, JSON.stringify(copying));
   });
 
   it('a running snapshot shows progress lines in a pipe, refuses a second snapshot (exit 4), and cancel stops it', async () => {
@@ -171,6 +207,10 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
       assert.match(out.stderr, /^vmsnap: the snapshot was cancelled/m);
       const description = await h.client.workflow.getHandle(snapshotWorkflowId(bigGuest.uuid)).describe();
       assert.equal(description.status.name, 'CANCELLED');
+      // Its status says cancelled, in the phase too (it said "failed").
+      const cancelled = json<{ status: string; phase: string }>(await vmsnap(h, ['status', bigGuest.uuid, '--json']));
+      assert.equal(cancelled.status, 'cancelled');
+      assert.equal(cancelled.phase, 'cancelled');
       // Undone: no image, the guest runs, no task state.
       assert.equal(await h.glance.getImage(imageId), undefined);
       assert.equal(await guestState(busy), 'running');
@@ -190,12 +230,14 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
   it('bad input exits 2 with one line naming the field, before anything starts', async () => {
     const before = (await h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid)).describe()).runId;
     // Independent runs, side by side: each CLI start costs about a second.
-    const [run, reserved, usage, format, limit] = await Promise.all([
+    const [run, reserved, usage, format, limit, emoji] = await Promise.all([
       vmsnap(h, ['snapshot', guest.uuid, '--name', 'x'.repeat(300)]),
       vmsnap(h, ['snapshot', guest.uuid, '--name', 'ok', '--metadata', 'owner=me', '--json']),
       vmsnap(h, ['snapshot', guest.uuid]),
       vmsnap(h, ['snapshot', guest.uuid, '--name', 'x', '--format', 'vmdk']),
       vmsnap(h, ['list', '--limit', '0']),
+      // Glance answers 400 to 4-byte UTF-8; it used to be found out after the snapshot had started.
+      vmsnap(h, ['snapshot', guest.uuid, '--name', 'ok', '--metadata', 'note=backup \u{1F4BE}', '--json']),
     ]);
     assert.equal(run.exitCode, 2, show(run));
     assertOneLineError(run, /--name \(imageName\) must be at most 255 characters/);
@@ -208,6 +250,9 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     assertOneLineError(format, /--format/);
     assert.equal(limit.exitCode, 2, show(limit));
     assertOneLineError(limit, /--limit/);
+    assert.equal(emoji.exitCode, 2, show(emoji));
+    assertOneLineError(emoji, /--metadata note must not contain characters outside the Basic Multilingual Plane/);
+    assert.equal(json<{ error: { type: string } }>(emoji).error.type, 'InvalidInput');
     // Refused before Temporal: none of them started a workflow.
     assert.equal((await h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid)).describe()).runId, before);
   });
@@ -253,9 +298,21 @@ describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
     }
     const text = await vmsnap(h, ['instances']);
     assert.match(text.stdout, new RegExp(`^${guest.uuid}\\s+${small}\\s+${h.config.host}\\s+running\\s+None`, 'm'));
+    // How old the power state is shows: it is read from libvirt every discovery interval only.
+    assert.match(text.stdout, new RegExp(`^${guest.uuid}\\s.*\\s(\\d+(\\.\\d)? s|\\d+ min \\d+ s) ago$`, 'm'), text.stdout);
+    assert.ok(rows.every((r) => typeof (r as { powerStateAt?: string }).powerStateAt === 'string'), 'powerStateAt in --json');
     const missing = await vmsnap(h, ['instances'], { VMSNAP_STORE_PATH: `/nonexistent/${process.pid}/vmsnap.sqlite` });
     assert.equal(missing.exitCode, 5, show(missing));
     assertOneLineError(missing, /no vmsnap store at .*: start a host worker/);
+  });
+
+  it('a closed stdout ends the CLI quietly (vmsnap snapshot --help | head -5)', async () => {
+    const child = execa(VMSNAP_BIN, ['snapshot', '--help'], { env: cliEnv(h), extendEnv: false, reject: false, stdin: 'ignore', buffer: { stdout: false } });
+    // The reader is gone before the CLI writes a byte: every write fails with EPIPE.
+    child.stdout?.destroy();
+    const ended = await child;
+    assert.equal(ended.stderr, '', 'no stack trace');
+    assert.equal(ended.exitCode, 0);
   });
 
   it('--help lists the commands and the exit codes', async () => {

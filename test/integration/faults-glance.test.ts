@@ -2,10 +2,12 @@
 // for a while, answering 5xx, and gone for good (the compensation cannot delete the image; the
 // reconciler does once Glance is back).
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
+import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
@@ -87,6 +89,14 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
       assert.equal(during['no unfinished image'], false, 'the image could not be deleted yet');
       const { 'no unfinished image': _pending, ...rest } = during;
       allHeld(rest as Invariants);
+
+      // A reconcile round while Glance is away completes, saying it waits for Glance (it failed).
+      const waiting: ReconcileReport = await h.client.workflow.execute('reconcile', {
+        taskQueue: h.config.temporal.taskQueue,
+        workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+      });
+      assert.equal(waiting.waitingFor, 'Glance');
+      assert.ok(waiting.errors.some((e) => /waiting for Glance/.test(e)), waiting.errors.join('\n'));
 
       afterPause = () => undefined;
       proxy.setRule(undefined);

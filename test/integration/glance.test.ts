@@ -26,7 +26,7 @@ const services: GlanceImageService[] = [];
 const made = new Set<string>();
 let proxy: FaultProxy;
 
-function service(url: string, opts: { requestTimeoutMs?: number } = {}): GlanceImageService {
+function service(url: string, opts: { requestTimeoutMs?: number; uploadStallMs?: number } = {}): GlanceImageService {
   const s = new GlanceImageService({ url, identity, ...opts });
   services.push(s);
   return s;
@@ -354,6 +354,26 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     assert.equal(err.code, 'ImageServiceUnavailable');
     assert.equal(err.retryable, true);
     assert.ok(Date.now() - started < 5_000);
+    assert.equal((await glance.getImage(spec.id))?.status, 'queued');
+  });
+
+  it('an upload Glance takes in full but never answers is cut off after uploadStallMs, having said all bytes were sent', async () => {
+    const spec = newImage();
+    await glance.createImage(spec);
+    const path = randomFile('data-silent.bin', 8 * MiB);
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'silent' });
+    const reports: [number, number][] = [];
+    const started = Date.now();
+    // requestTimeoutMs stays at its minute: the stall setting alone must cut the upload.
+    const err = await rejection(service(proxy.url, { uploadStallMs: 1_000 }).uploadFile(spec.id, path, (n, total) => reports.push([n, total])));
+    const took = Date.now() - started;
+    proxy.setRule(undefined);
+    assert.equal(err.code, 'ImageServiceUnavailable');
+    assert.equal(err.retryable, true);
+    assert.match(err.message, /no progress for 1000 ms \(all 8388608 bytes sent, no answer; VMSNAP_GLANCE_STALL_MS\)/);
+    assert.ok(took < 10_000, `cut off after ${took} ms`);
+    // The last byte is reported as soon as it is out, so the heartbeat can say what is awaited.
+    assert.deepEqual(reports.at(-1), [8 * MiB, 8 * MiB]);
     assert.equal((await glance.getImage(spec.id))?.status, 'queued');
   });
 

@@ -30,7 +30,8 @@ async function reconcileNow(): Promise<ReconcileReport> {
 
 describe('reconciler on the real stack', { timeout: 300_000 }, () => {
   before(async () => {
-    h = await startHarness({ name: 'reconcile' });
+    // The host's pause watch would resume the guest first: this file is about the reconciler.
+    h = await startHarness({ name: 'reconcile', env: { VMSNAP_PAUSE_WATCH_MS: '0' } });
     guest = await createSlowGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 512 });
   });
 

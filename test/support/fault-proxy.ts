@@ -31,7 +31,9 @@ export type FaultAction =
   /** Forward, but flip (xor 0xff) the byte at this offset of the response body: a corrupt download. */
   | { kind: 'flip'; atByte: number }
   /** Forward, but cut the connection after this many bytes of the response body: a server dying mid-download. */
-  | { kind: 'cut'; afterBytes: number };
+  | { kind: 'cut'; afterBytes: number }
+  /** Read the whole request body and never answer (a server hung after taking the data). */
+  | { kind: 'silent' };
 
 export type FaultRule = FaultAction & {
   /** HTTP method to match (any when absent). */
@@ -220,6 +222,11 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
       const body = rule.body ?? `fault-proxy: injected ${rule.status}\n`;
       res.writeHead(rule.status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
       res.end(body);
+      return;
+    }
+    if (rule?.kind === 'silent') {
+      record.status = 0;
+      req.resume(); // every byte is taken; no answer follows until the client gives up
       return;
     }
     if (rule?.kind === 'reset') {

@@ -65,7 +65,7 @@ export async function startHarness(opts: {
   const hypervisor = new LibvirtHypervisor({ uri: config.libvirtUri });
   // The tests' own session, and the workers' own, as a worker process would have.
   const tests = await connectCloud(config);
-  const cloud = await connectCloud({ ...config, glance: opts.glanceUrl ? { url: opts.glanceUrl } : config.glance });
+  const cloud = await connectCloud({ ...config, glance: opts.glanceUrl ? { ...config.glance, url: opts.glanceUrl } : config.glance });
   const worker = await startVmsnapWorker(config, {
     roles: ['main', 'host'],
     cloud,

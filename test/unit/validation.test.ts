@@ -37,7 +37,14 @@ describe('snapshot request validation', () => {
     }
     assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: { k: 'v'.repeat(256) } }), ['metadata.k']);
     assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: { k: 1 } }), ['metadata.k']);
-    const many = Object.fromEntries(Array.from({ length: 129 }, (_, i) => [`k${i}`, 'v']));
+    // What Glance refuses with a 400 once the snapshot has started: 4-byte UTF-8, lone surrogates.
+    assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: { note: 'ok \u{1F600}' } }), ['metadata.note']);
+    assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: { note: 'half \uD83D' } }), ['metadata.note']);
+    assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: { note: 'a\u0000b' } }), ['metadata.note']);
+    assert.deepEqual(fields({ instance: 'x', imageName: 'nightly \u{1F4BE}' }), ['imageName']);
+    // Three-byte UTF-8 is fine for Glance.
+    assert.deepEqual(fields({ instance: 'x', imageName: 'Sicherung für München €', metadata: { note: 'ünïcødé ✓' } }), []);
+    const many = Object.fromEntries(Array.from({ length: 97 }, (_, i) => [`k${i}`, 'v']));
     assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: many }), ['metadata']);
   });
 });

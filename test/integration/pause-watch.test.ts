@@ -1,0 +1,69 @@
+// A snapshot terminated while its guest is paused (terminate runs no compensation): the host
+// worker resumes the guest within seconds by itself, without waiting for the reconciler's
+// schedule (60 s); the CLI that followed the snapshot says so. The reconciler still undoes the
+// rest (image, task state) and finds the guest already running.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { snapshotWorkflowId } from '../../src/shared/names.js';
+import type { ReconcileReport } from '../../src/workflows/reconcile.js';
+import { deleteImages, stopLeftoverSnapshots, vmsnapRunning } from '../support/cli.js';
+import { startHarness, type Harness } from '../support/harness.js';
+import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
+
+const guestName = `vmsnap-test-pw-${process.pid}`;
+let h: Harness;
+let guest: Guest;
+const images = new Set<string>();
+
+describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
+  before(async () => {
+    // The harness keeps no reconcile schedule: only the host worker's own watch can resume.
+    h = await startHarness({ name: 'pausewatch' });
+    guest = await createSlowGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 512 });
+  });
+
+  after(async () => {
+    if (h) await stopLeftoverSnapshots(h);
+    await removeGuest(guestName, h.guestsDir).catch(() => undefined);
+    if (h) await deleteImages(h, images);
+    await h?.close();
+  });
+
+  it('resumes the guest of a terminated snapshot within 5 s, and the CLI says it will run again', async () => {
+    const run = vmsnapRunning(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-pw-${process.pid}`, '--mode', 'cold', '--compress', '--wait']);
+    try {
+      const handle = h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid));
+      await waitForPhase(handle, 'converting');
+      const { imageId } = (await handle.query('progress')) as { imageId: string };
+      images.add(imageId);
+      assert.equal(await guestState(guestName), 'paused');
+      await handle.terminate('test: a snapshot terminated while the guest is paused');
+      const terminatedAt = Date.now();
+      while ((await guestState(guestName)) !== 'running' && Date.now() - terminatedAt < 30_000) await sleep(100);
+      const tookMs = Date.now() - terminatedAt;
+      assert.equal(await guestState(guestName), 'running');
+      assert.ok(tookMs <= 5_000, `the guest ran again ${tookMs} ms after the terminate (target 5 s)`);
+      const first = await readCounter(guest.diskPath, 'qcow2');
+      await sleep(1000);
+      assert.ok((await readCounter(guest.diskPath, 'qcow2')).a > first.a, 'counter advances');
+
+      const ended = await run.proc;
+      assert.equal(ended.exitCode, 1);
+      assert.match(run.output().stderr, /^vmsnap: the snapshot workflow was terminated while the guest was paused \(phase (pausing|converting)\): its host worker resumes it within seconds/m);
+
+      // The reconciler finds the resume recorded and undoes the rest.
+      const report: ReconcileReport = await h.client.workflow.execute('reconcile', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-reconcile-${randomUUID()}` });
+      assert.deepEqual(report.resumed, [], 'already resumed by the host');
+      assert.deepEqual(report.releasedTasks, [guest.uuid]);
+      assert.ok(report.deletedImages.includes(imageId));
+      assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+      const events = (await h.store.listEvents(guest.uuid)).map((e) => e.event);
+      assert.ok(events.lastIndexOf('resume') > events.lastIndexOf('pause'));
+    } finally {
+      run.proc.kill();
+    }
+  });
+});
