@@ -85,15 +85,11 @@ export class KeystoneSession implements Identity {
     await this.dispatcher.close();
   }
 
-  private now(): number {
-    return Date.now();
-  }
-
   /** Renew at keystoneauth's margin, or half the lifetime for short-lived tokens; `fresh`: at a quarter gone. */
   private usable(token: Token | undefined, fresh: boolean): token is Token {
     if (!token) return false;
     const life = token.expiresAt - token.receivedAt;
-    const left = token.expiresAt - this.now();
+    const left = token.expiresAt - Date.now();
     return left > Math.min(EXPIRY_MARGIN_MS, life / 2) && (!fresh || left > life * 0.75);
   }
 
@@ -150,7 +146,7 @@ export class KeystoneSession implements Identity {
 
   private async obtain(): Promise<Token> {
     const path = `${this.auth.authUrl}/auth/tokens`;
-    const sent = this.now();
+    const sent = Date.now();
     const headers: Record<string, string> = { 'content-type': 'application/json', accept: 'application/json', 'user-agent': 'vmsnap' };
     let reply: { statusCode: number; headers: Record<string, string | string[] | undefined>; text: string };
     try {
@@ -213,7 +209,7 @@ export class KeystoneSession implements Identity {
       catalog: t.catalog ?? [],
     };
     this.tokensIssued++;
-    this.opts.onToken?.({ expiresInMs: token.expiresAt - this.now(), caller: token.caller, renewal: this.tokensIssued > 1 });
+    this.opts.onToken?.({ expiresInMs: token.expiresAt - Date.now(), caller: token.caller, renewal: this.tokensIssued > 1 });
     return token;
   }
 

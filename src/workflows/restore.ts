@@ -7,14 +7,10 @@
 // Deterministic code only: all I/O lives in activities.
 import {
   ActivityCancellationType,
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
-  TimeoutFailure,
   defineQuery,
-  isCancellation,
   log,
-  proxyActivities,
   setCurrentDetails,
   setHandler,
   upsertMemo,
@@ -22,7 +18,7 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import type { HostActivities, MainActivities } from '../activities/index.js';
+import { failure, onHost, onMain, typedFailure } from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
@@ -68,29 +64,7 @@ function restoreSteps(settings: SnapshotSettings, host: string) {
   };
 }
 
-function onHost(options: ActivityOptions, summary: string) {
-  return proxyActivities<HostActivities>({ ...options, summary });
-}
-function onMain(options: ActivityOptions, summary: string) {
-  return proxyActivities<MainActivities>({ ...options, summary });
-}
-
-function failure(type: string, message: string): ApplicationFailure {
-  return ApplicationFailure.create({ type, message, nonRetryable: true });
-}
-
-/** The workflow's failure, typed like its cause. */
-function restoreFailure(err: unknown): unknown {
-  if (isCancellation(err)) return err;
-  const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
-  if (cause instanceof ApplicationFailure) {
-    return ApplicationFailure.create({ type: cause.type ?? 'RestoreFailed', message: cause.message, nonRetryable: true, details: cause.details ?? undefined, cause: err as Error });
-  }
-  if (cause instanceof TimeoutFailure) {
-    return ApplicationFailure.create({ type: 'RestoreTimedOut', message: `a step timed out (${cause.timeoutType}): is the host worker running?`, nonRetryable: true, cause: err as Error });
-  }
-  return failure('RestoreFailed', (err as Error)?.message ?? String(err));
-}
+const restoreFailure = (err: unknown): unknown => typedFailure(err, 'Restore');
 
 /** Inventory first; on a miss, every host rediscovers, then once more. */
 async function lookUp(ref: string, settings: SnapshotSettings): Promise<InstanceRecord> {

@@ -4,10 +4,8 @@
 // record an instance fault. Deterministic code only: all I/O lives in activities.
 import {
   ActivityCancellationType,
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
-  TimeoutFailure,
   condition,
   defineSignal,
   defineQuery,
@@ -25,7 +23,8 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import type { HostActivities, MainActivities, SlotActivities } from '../activities/index.js';
+import type { SlotActivities } from '../activities/index.js';
+import { failure, onHost, onMain, typedFailure } from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
@@ -93,30 +92,7 @@ function stepOptions(settings: SnapshotSettings, host: string) {
   };
 }
 
-/** A host-queue step with a one-line summary for the Web UI. */
-function onHost(options: ActivityOptions, summary: string) {
-  return proxyActivities<HostActivities>({ ...options, summary });
-}
-function onMain(options: ActivityOptions, summary: string) {
-  return proxyActivities<MainActivities>({ ...options, summary });
-}
-
-function failure(type: string, message: string): ApplicationFailure {
-  return ApplicationFailure.create({ type, message, nonRetryable: true });
-}
-
-/** The workflow's failure: typed like its cause, so clients can switch on InstanceBusy etc. */
-function snapshotFailure(err: unknown): unknown {
-  if (isCancellation(err)) return err;
-  const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
-  if (cause instanceof ApplicationFailure) {
-    return ApplicationFailure.create({ type: cause.type ?? 'SnapshotFailed', message: cause.message, nonRetryable: true, details: cause.details ?? undefined, cause: err as Error });
-  }
-  if (cause instanceof TimeoutFailure) {
-    return ApplicationFailure.create({ type: 'SnapshotTimedOut', message: `a step timed out (${cause.timeoutType}): is the host worker running?`, nonRetryable: true, cause: err as Error });
-  }
-  return failure('SnapshotFailed', (err as Error)?.message ?? String(err));
-}
+const snapshotFailure = (err: unknown): unknown => typedFailure(err, 'Snapshot');
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
   const problems = validateSnapshotRequest(request);
