@@ -23,7 +23,8 @@ export const RECORD_MARGIN = 1024 * 1024;
 
 const DEFAULT_DISK_MIB = 64;
 const DEFAULT_MEMORY_MIB = 128;
-const DEFAULT_INTERVAL_MS = 20;
+/** How often the test guest writes its counter, unless told otherwise. */
+export const DEFAULT_INTERVAL_MS = 20;
 const DEFAULT_READY_TIMEOUT_MS = 120_000;
 // Load order matters: each module needs the ones before it (no modprobe/depmod in the initramfs).
 const VIRTIO_MODULES = [

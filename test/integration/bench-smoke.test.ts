@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { removeGuest } from '../../scripts/lib/guest.js';
+import { DEFAULT_INTERVAL_MS as GUEST_WRITE_INTERVAL_MS, removeGuest } from '../../scripts/lib/guest.js';
 import type { Sample } from '../../bench/lib/measure.js';
 import type { BenchResults } from '../../bench/lib/results.js';
 import { closeTestCloud, glanceAuth, stackGlanceUrl } from '../support/cloud.js';
@@ -80,7 +80,10 @@ describe('benchmark harness, quick mode', { timeout: 120_000 }, () => {
       positive(s.idleWriteStallMs, `${s.mode} write stall when idle`);
       positive(s.writeSampleGapMs, `${s.mode} write sampling gap`);
       assert.ok(typeof s.copyWriteRatio === 'number' && s.copyWriteRatio >= 0, `${s.mode} write rate ratio ${s.copyWriteRatio}`);
-      assert.ok(s.copyWriteStallMs! >= s.pauseMs! / 2, `${s.mode}: stall ${s.copyWriteStallMs} ms while paused ${s.pauseMs} ms`);
+      // Not the whole pause: a write the guest issued just before it completes while QEMU drains,
+      // and the guest writes every 20 ms, so a short pause can show as that much less.
+      const seen = s.pauseMs! - GUEST_WRITE_INTERVAL_MS - s.writeSampleGapMs!;
+      assert.ok(s.copyWriteStallMs! >= seen, `${s.mode}: stall ${s.copyWriteStallMs} ms while paused ${s.pauseMs} ms (sampling gap ${s.writeSampleGapMs} ms)`);
     }
     assert.ok(Math.abs(bare.imageBytes! - cold.imageBytes!) < 4 * 1024 * 1024, `bare ${bare.imageBytes} and cold ${cold.imageBytes} images should be about the same size`);
     assert.ok(bare.pauseMs! < bare.wallMs!, 'the pause is part of the wall time');
