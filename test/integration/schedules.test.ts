@@ -109,7 +109,7 @@ async function plantImage(opts: { active: boolean }): Promise<string> {
   return id;
 }
 
-describe('scheduled snapshots on the real stack', { timeout: 240_000 }, () => {
+describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
   before(async () => {
     h = await startHarness({ name: 'sched' });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, intervalMs: 100 });
@@ -398,6 +398,7 @@ describe('scheduled snapshots on the real stack', { timeout: 240_000 }, () => {
     assert.match(described.stdout, /^retention\s+keep-last 3, keep-daily 7, keep-weekly 4$/m);
     assert.match(described.stdout, /^when\s+cron "0 3 \* \* \*" \(UTC\), catch-up window 10m, overlapping runs skipped$/m);
     const unpause = await vmsnap(h, ['schedule', 'unpause', cron, '--json']);
+    assert.equal(unpause.exitCode, 0, show(unpause));
     assert.equal(json<VmsnapScheduleDetails>(unpause).paused, false);
     assert.equal((await describeSchedule(h.client, cron)).paused, false);
 
