@@ -365,10 +365,14 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     /** Restore as new: defines the new domain on the new disk and starts it as the original runs. */
     async defineNewInstance(input: RestoreStep & { name: string; diskPath: string; powerState: PowerState }): Promise<{ newInstanceId: string; startedAt: number; confirmedBy: ConfirmedBy }> {
       await event(input.instanceId, input.owner, 'define-new', { name: input.name, diskPath: input.diskPath });
-      const newInstanceId = await hypervisor.defineCopy(input.instanceId, { name: input.name, diskPath: input.diskPath });
-      const started = await startAndConfirm(newInstanceId, input.powerState);
-      await rm(newInstanceMarker(input.name), { force: true });
-      return { newInstanceId, ...started };
+      return beating(async () => {
+        // A restore terminated meanwhile (its heartbeat says so) defines nothing more.
+        Context.current().cancellationSignal.throwIfAborted();
+        const newInstanceId = await hypervisor.defineCopy(input.instanceId, { name: input.name, diskPath: input.diskPath });
+        const started = await startAndConfirm(newInstanceId, input.powerState);
+        await rm(newInstanceMarker(input.name), { force: true });
+        return { newInstanceId, ...started };
+      });
     },
 
     /** Compensation of restore as new: the new domain (by name) and its disk go; the original was never touched. */
