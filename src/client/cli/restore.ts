@@ -186,7 +186,8 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
       const client = await session.getClient();
       const { handle, runId } = await cancelRestore(client, ref, await instanceAliases(config, ref));
       const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
-      if (!opts.wait) {
+      // `restore` has a --wait of its own, which commander gives the flag to: read either.
+      if (!(opts.wait ?? cmd.optsWithGlobals<{ wait?: boolean }>().wait)) {
         if (g.json) session.json(doc);
         session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap restore status ${ref}`);
         return;
