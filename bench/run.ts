@@ -226,6 +226,8 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
         'bare: curl GET of the image file, qemu-img convert -O qcow2, virsh destroy, mv over the disk (the old disk is gone), virsh start.',
         'vmsnap: restoreInstance through the client against a worker process, VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS=0 (destroy at once, as bare); its stop, swap, task-state change and start are one host activity (stopSwapStart); it keeps the old disk (link + rename) and fsyncs the restored disk before the stop (bare does not: its writeback may fall into its downtime).',
         'wall: bare from curl to virsh start returning; vmsnap from startRestore to the result (guest confirmed running).',
+        'sizes and variants interleaved run by run (the order flips each run), so that load drifting over the run is not read as growth with size.',
+        "vmsnap swap / start: its activity's own clocks, destroy returned → disk swapped and task state set → libvirt's start returned.",
       ],
     });
     for (const t of targets) log(`target ${t}`);

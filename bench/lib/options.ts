@@ -2,10 +2,12 @@
 import { parseArgs } from 'node:util';
 
 export type Mode = 'bare' | 'cold' | 'live';
-export type DiskKind = 'small' | 'large' | 'sparse';
+export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge';
 
 export const MODES: readonly Mode[] = ['bare', 'cold', 'live'];
-export const DISK_KINDS: readonly DiskKind[] = ['small', 'large', 'sparse'];
+export const DISK_KINDS: readonly DiskKind[] = ['small', 'large', 'sparse', 'xlarge'];
+/** The snapshot benchmark's disks; xlarge is the restore section's third size. */
+const SNAPSHOT_DISKS = 'small,large,sparse';
 
 export interface DiskSpec {
   kind: DiskKind;
@@ -45,7 +47,7 @@ export const USAGE = `usage: npm run bench -- [options]
                         restore: vmsnap restore against curl + qemu-img convert + virsh destroy,
                         mv, start: the guest's downtime (restore.{json,md})
   --runs N              runs per variant and disk (default 5; median reported)
-  --disks LIST          small,large,sparse (default all)
+  --disks LIST          small,large,sparse,xlarge (default small,large,sparse; restore: small,large,xlarge)
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
   --scale LIST          concurrent snapshot counts, e.g. 1,5,10,20 (default; "" for none)
   --scale-runs N        repetitions of each scale level (default 1)
@@ -60,7 +62,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --idle-ms N           idle window before each run for the guest's counter rate (default 3000)
   --host-limit N        the worker's per-host snapshot limit (default: the worker's own default)
   --run-timeout-s N     longest one snapshot may take before it is cancelled (default 900; quick 40)
-  --large-mib N --large-data-mib N --sparse-mib N --sparse-data-mib N --small-mib N   disk sizes
+  --large-mib N --large-data-mib N --sparse-mib N --sparse-data-mib N --small-mib N
+  --xlarge-mib N --xlarge-data-mib N   disk sizes (xlarge: 3072 MiB, 2000 MiB of data; qemu-io writes < 2 GiB at once)
 `;
 
 function positive(name: string, raw: string): number {
@@ -99,6 +102,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'large-data-mib': { type: 'string' },
       'sparse-mib': { type: 'string' },
       'sparse-data-mib': { type: 'string' },
+      'xlarge-mib': { type: 'string' },
+      'xlarge-data-mib': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -121,11 +126,14 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     largeData: positive('large-data-mib', values['large-data-mib'] ?? '512'),
     sparse: positive('sparse-mib', values['sparse-mib'] ?? '10240'),
     sparseData: positive('sparse-data-mib', values['sparse-data-mib'] ?? '100'),
+    xlarge: positive('xlarge-mib', values['xlarge-mib'] ?? '3072'),
+    xlargeData: positive('xlarge-data-mib', values['xlarge-data-mib'] ?? '2000'),
   };
   const specs: Record<DiskKind, DiskSpec> = {
     small: { kind: 'small', virtualMiB: sizes.small, dataMiB: 0 },
     large: { kind: 'large', virtualMiB: sizes.large, dataMiB: sizes.largeData },
     sparse: { kind: 'sparse', virtualMiB: sizes.sparse, dataMiB: sizes.sparseData },
+    xlarge: { kind: 'xlarge', virtualMiB: sizes.xlarge, dataMiB: sizes.xlargeData },
   };
   for (const spec of Object.values(specs)) {
     // Data runs from 8 MiB on and must stay clear of record B at (size - 1 MiB).
@@ -138,9 +146,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   if (section !== 'all' && section !== 'startup' && section !== 'restore') throw new Error(`--section must be all, startup or restore (got "${section}")`);
   if (section === 'restore') {
     // Downtime must not grow with the image: the small and the large disk side by side.
-    const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large'), DISK_KINDS).map((k) => specs[k]);
+    const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large,xlarge'), DISK_KINDS).map((k) => specs[k]);
     return {
-      section, runs: positive('runs', values.runs ?? (quick ? '1' : '3')), disks, modes: ['bare'], scale: [], scaleRuns: 1, quick, stack,
+      section, runs: positive('runs', values.runs ?? (quick ? '1' : '5')), disks, modes: ['bare'], scale: [], scaleRuns: 1, quick, stack,
       out: values.out ?? 'bench/results', png: false, idleMs: 0,
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
     };
@@ -154,7 +162,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
     };
   }
-  const disks = list('disks', values.disks ?? (quick ? 'small' : DISK_KINDS.join(',')), DISK_KINDS).map((k) => specs[k]);
+  const disks = list('disks', values.disks ?? (quick ? 'small' : SNAPSHOT_DISKS), DISK_KINDS).map((k) => specs[k]);
   const modes = list('modes', values.modes ?? (quick ? 'bare,cold' : MODES.join(',')), MODES);
   if (!modes.includes('bare')) throw new Error('--modes must include bare: every figure is a ratio to bare in the same run');
   const scaleRaw = values.scale ?? (quick ? '1' : '1,5,10,20');

@@ -9,8 +9,9 @@
 //   P.vmsnap-restore       the verified image in the disk's format, ready to swap in
 //   P.vmsnap-pre-restore   the previous disk, kept for the retention window (rollback)
 //   P.vmsnap-pre-restore.json  who swapped it in and until when it is kept
+//   P.vmsnap-pre-restore.superseded  an earlier restore's pre-restore disk, removed after the start
 import { Context } from '@temporalio/activity';
-import { link, open, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
@@ -26,8 +27,24 @@ export function restoreFiles(diskPath: string) {
     download: `${diskPath}.vmsnap-download`,
     restored: `${diskPath}.vmsnap-restore`,
     preRestore: `${diskPath}.vmsnap-pre-restore`,
+    /** An earlier restore's pre-restore disk, replaced by this one's: removed after the start. */
+    superseded: `${diskPath}.vmsnap-pre-restore.superseded`,
     marker: `${diskPath}.vmsnap-pre-restore.json`,
   };
+}
+
+/**
+ * A restore as a new instance in progress on this host, written before its disk or domain exists
+ * and removed when it completes or is undone: what the reconciler removes when its run is gone.
+ */
+export interface NewInstanceMarker {
+  name: string;
+  diskPath: string;
+  /** The instance it is a copy of. */
+  instanceId: string;
+  /** The restore run: "<workflow id>/<run id>". */
+  owner: string;
+  at: string;
 }
 
 interface PreRestoreMarker {
@@ -60,6 +77,9 @@ export interface PreparedRestore {
   virtualSize: number;
   converted: boolean;
 }
+
+/** What showed the started guest runs: its agent answering, or (no agent) the domain running. */
+export type ConfirmedBy = 'guest-agent' | 'power-state' | 'none';
 
 export interface RestoreStep {
   instanceId: string;
@@ -98,7 +118,9 @@ async function readMarker(path: string): Promise<PreRestoreMarker | undefined> {
   }
 }
 
-export function restoreActivities({ hypervisor, diskTool, imageService, store, settings }: ActivityDeps) {
+export function restoreActivities({ hypervisor, diskTool, imageService, store, settings, snapshotsDir, workflows }: ActivityDeps) {
+  const newInstancesDir = join(snapshotsDir, 'new-instances');
+  const newInstanceMarker = (name: string) => join(newInstancesDir, `${name}.json`);
   const event = (instanceId: string, owner: string, name: string, details: Record<string, unknown> = {}) =>
     store.recordEvent({ instanceId, action: 'rebuild', event: name, requestId: owner, details });
 
@@ -114,16 +136,19 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     return disk;
   }
 
-  /** Starts the guest in `state` and waits until it runs (and its agent answers, if it has one). */
-  async function startAndConfirm(instanceId: string, state: PowerState): Promise<number> {
-    if (state !== 'running' && state !== 'paused') return Date.now();
+  /**
+   * Starts the guest in `state` and waits until it runs (and its agent answers, if it has one).
+   * startedAt is when libvirt had started it: the confirmation is not downtime.
+   */
+  async function startAndConfirm(instanceId: string, state: PowerState): Promise<{ startedAt: number; confirmedBy: ConfirmedBy }> {
+    if (state !== 'running' && state !== 'paused') return { startedAt: Date.now(), confirmedBy: 'none' };
     await hypervisor.start(instanceId, { paused: state === 'paused' });
     const startedAt = Date.now();
     const deadline = startedAt + settings.restoreStartTimeoutMs;
     const agent = state === 'running' && (await hypervisor.hasGuestAgent(instanceId));
     for (;;) {
       const now = (await hypervisor.getInstance(instanceId)).powerState;
-      if (now === state && (!agent || (await hypervisor.pingGuestAgent(instanceId)))) return startedAt;
+      if (now === state && (!agent || (await hypervisor.pingGuestAgent(instanceId)))) return { startedAt, confirmedBy: agent ? 'guest-agent' : 'power-state' };
       if (now === 'shutdown' || now === 'crashed') {
         throw new VmsnapError('InstanceInvalidState', `instance ${instanceId} is ${now} right after it was started on the restored disk`);
       }
@@ -157,9 +182,11 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       throw new VmsnapError('DiskNotFound', `instance ${input.instanceId}: the restored disk ${files.restored} is gone; nothing was swapped`);
     }
     if ((await inode(files.preRestore)) !== (await inode(input.diskPath))) {
-      // An earlier restore's pre-restore disk is replaced by this one's.
+      // An earlier restore's pre-restore disk is replaced by this one's. It is renamed aside, not
+      // removed: freeing a whole disk's blocks takes time that grows with its size, and the guest
+      // is down now. It is removed once the guest runs again (removeSuperseded).
       await rm(files.marker, { force: true });
-      await rm(files.preRestore, { force: true });
+      if (await exists(files.preRestore)) await rename(files.preRestore, files.superseded);
       await link(input.diskPath, files.preRestore);
     }
     await rename(files.restored, input.diskPath);
@@ -173,6 +200,8 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     const files = restoreFiles(disk.path);
     await rm(files.download, { force: true });
     await rm(files.restored, { force: true });
+    // An earlier restore's pre-restore disk this one replaced: its marker is gone already.
+    await rm(files.superseded, { force: true });
     const marker = await readMarker(files.marker);
     const pre = await inode(files.preRestore);
     const cur = await inode(disk.path);
@@ -208,9 +237,20 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     }
     const stoppedAt = Date.now();
     await rm(files.marker, { force: true });
-    const startedAt = await startAndConfirm(input.instanceId, input.powerState);
+    const { startedAt } = await startAndConfirm(input.instanceId, input.powerState);
     await event(input.instanceId, input.owner, 'started', { powerState: input.powerState });
     return { stoppedAt, startedAt };
+  }
+
+  /** Removes a new instance of a restore as new (by name, only if on our new disk), its disk and its claim. */
+  async function removeNew(input: RestoreStep & { name: string; diskPath: string }): Promise<void> {
+    const domains = await hypervisor.listInstances();
+    const made = domains.find((d) => d.name === input.name && d.id !== input.instanceId);
+    // Only a domain on our new disk is ours to remove.
+    if (made && (await hypervisor.rootDisk(made.id)).path === input.diskPath) await hypervisor.undefine(made.id);
+    await rm(input.diskPath, { force: true });
+    await rm(`${input.diskPath}.vmsnap-download`, { force: true });
+    await rm(newInstanceMarker(input.name), { force: true });
   }
 
   /** Runs a power step with heartbeats, so a dead worker's step moves on after the heartbeat timeout. */
@@ -311,25 +351,58 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     /** Restore as new: where the new instance's disk goes, beside the original's. */
     async newInstanceDiskPath(input: { instanceId: string; name: string }): Promise<string> {
       const disk = await restorableDisk(input.instanceId);
-      return join(dirname(disk.path), `${input.name}.vmsnap-new.${disk.format}`);
+      const diskPath = join(dirname(disk.path), `${input.name}.vmsnap-new.${disk.format}`);
+      // Claimed before anything is made, so that a restore terminated later is found and undone.
+      const run = Context.current().info.workflowExecution;
+      const owner = run ? `${run.workflowId}/${run.runId}` : 'unknown';
+      const marker: NewInstanceMarker = { name: input.name, diskPath, instanceId: input.instanceId, owner, at: new Date().toISOString() };
+      await mkdir(newInstancesDir, { recursive: true });
+      await writeFile(`${newInstanceMarker(input.name)}.tmp`, JSON.stringify(marker), { mode: 0o600 });
+      await rename(`${newInstanceMarker(input.name)}.tmp`, newInstanceMarker(input.name));
+      return diskPath;
     },
 
     /** Restore as new: defines the new domain on the new disk and starts it as the original runs. */
-    async defineNewInstance(input: RestoreStep & { name: string; diskPath: string; powerState: PowerState }): Promise<{ newInstanceId: string; startedAt: number }> {
+    async defineNewInstance(input: RestoreStep & { name: string; diskPath: string; powerState: PowerState }): Promise<{ newInstanceId: string; startedAt: number; confirmedBy: ConfirmedBy }> {
       await event(input.instanceId, input.owner, 'define-new', { name: input.name, diskPath: input.diskPath });
-      const newInstanceId = await hypervisor.defineCopy(input.instanceId, { name: input.name, diskPath: input.diskPath });
-      const startedAt = await startAndConfirm(newInstanceId, input.powerState);
-      return { newInstanceId, startedAt };
+      return beating(async () => {
+        // A restore terminated meanwhile (its heartbeat says so) defines nothing more.
+        Context.current().cancellationSignal.throwIfAborted();
+        const newInstanceId = await hypervisor.defineCopy(input.instanceId, { name: input.name, diskPath: input.diskPath });
+        const started = await startAndConfirm(newInstanceId, input.powerState);
+        await rm(newInstanceMarker(input.name), { force: true });
+        return { newInstanceId, ...started };
+      });
     },
 
     /** Compensation of restore as new: the new domain (by name) and its disk go; the original was never touched. */
     async removeNewInstance(input: RestoreStep & { name: string; diskPath: string }): Promise<void> {
-      const domains = await hypervisor.listInstances();
-      const made = domains.find((d) => d.name === input.name && d.id !== input.instanceId);
-      // Only a domain on our new disk is ours to remove.
-      if (made && (await hypervisor.rootDisk(made.id)).path === input.diskPath) await hypervisor.undefine(made.id);
-      await rm(input.diskPath, { force: true });
-      await rm(`${input.diskPath}.vmsnap-download`, { force: true });
+      await removeNew(input);
+    },
+
+    /**
+     * The reconciler's part of restore as new: a new instance whose restore run ended without
+     * completing (terminated, timed out, lost) is removed with its disk. A run Temporal does not
+     * know is given `graceMs` since the claim (it may be another Temporal's, still going).
+     */
+    async removeAbandonedNewInstances(input: { graceMs: number }): Promise<string[]> {
+      const removed: string[] = [];
+      const names = (await readdir(newInstancesDir).catch(() => [] as string[])).filter((n) => n.endsWith('.json'));
+      for (const file of names) {
+        let marker: NewInstanceMarker;
+        try {
+          marker = JSON.parse(await readFile(join(newInstancesDir, file), 'utf8')) as NewInstanceMarker;
+        } catch {
+          continue; // being written (the .tmp is renamed in whole), or not ours
+        }
+        const status = await workflows.runStatus(marker.owner);
+        if (status === 'running' || (status === 'unknown' && Date.now() - Date.parse(marker.at) < input.graceMs)) continue;
+        // A completed run removed its claim itself; if one is left, the instance it made is kept.
+        if (status !== 'completed') await removeNew({ instanceId: marker.instanceId, owner: marker.owner, name: marker.name, diskPath: marker.diskPath });
+        await rm(join(newInstancesDir, file), { force: true });
+        if (status !== 'completed') removed.push(marker.name);
+      }
+      return removed;
     },
 
     /**
@@ -344,6 +417,8 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       stoppedBy: 'shutdown' | 'destroy' | 'none';
       stoppedAt: number;
       startedAt: number;
+      confirmedBy: ConfirmedBy;
+      downtimeStepsMs: { swapAndTaskState: number; start: number; confirm: number };
       preRestorePath: string;
       keptUntil: string;
     }> {
@@ -361,9 +436,15 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
             throw new VmsnapError('InstanceBusy', `instance ${input.instanceId} task state changed under this restore (expected rebuild_block_device_mapping, found ${now?.taskState ?? 'None'})`);
           }
         }
-        const startedAt = await startAndConfirm(input.instanceId, input.powerState);
-        await event(input.instanceId, input.owner, 'started', { powerState: input.powerState });
-        return { stoppedBy, stoppedAt, startedAt, ...swapped };
+        const swappedAt = Date.now();
+        const { startedAt, confirmedBy } = await startAndConfirm(input.instanceId, input.powerState);
+        const confirmedAt = Date.now();
+        await event(input.instanceId, input.owner, 'started', { powerState: input.powerState, confirmedBy });
+        // Outside the downtime: freeing an earlier pre-restore disk's blocks.
+        await rm(restoreFiles(disk.path).superseded, { force: true });
+        // Where the downtime went, for the benchmark and the curious: stop → swapped → started.
+        const downtimeStepsMs = { swapAndTaskState: swappedAt - stoppedAt, start: startedAt - swappedAt, confirm: confirmedAt - startedAt };
+        return { stoppedBy, stoppedAt, startedAt, confirmedBy, downtimeStepsMs, ...swapped };
       });
     },
 

@@ -10,10 +10,10 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadConfig, type Config } from '../shared/config.js';
-import { VmsnapError, type ErrorCode } from '../shared/errors.js';
-import type { RestoreRequest, RestoreResult, RollbackResult, SnapshotRequest, SnapshotResult } from '../shared/types.js';
-import { validateRestoreRequest, validateRollbackRequest, validateSnapshotRequest, type InputProblem } from '../shared/validation.js';
-import { getRestoreProgress, resolveImage, restoreResult, startRestore, startRollback, type RestoreProgressDetails } from './restores.js';
+import { VmsnapError } from '../shared/errors.js';
+import type { SnapshotRequest, SnapshotResult } from '../shared/types.js';
+import { validateSnapshotRequest, type InputProblem } from '../shared/validation.js';
+import { addRestoreCommands } from './cli/restore.js';
 import { ClientError } from './errors.js';
 import { EXIT, EXIT_CODES_HELP, exitCodeOf, failureTypeOf, type ExitCode } from './exit-codes.js';
 import { instanceAliases, listInstances } from './inventory.js';
@@ -56,15 +56,15 @@ export interface CliIo {
   env: Record<string, string | undefined>;
 }
 
-interface GlobalOptions {
+export interface GlobalOptions {
   json?: boolean;
   debug?: boolean;
 }
 
 /** How a waited-for snapshot ended, as `snapshot --wait --json` and `cancel --wait --json` print it. */
-interface Outcome {
+interface Outcome<R = SnapshotResult> {
   status: string;
-  result?: SnapshotResult;
+  result?: R;
   error?: { type: string; message: string };
 }
 
@@ -85,7 +85,7 @@ const FIELD_FLAGS: Record<string, string> = {
 };
 
 /** A request problem in the words of the command line: the option, then what is wrong. */
-function describeCliProblem(p: InputProblem): string {
+export function describeCliProblem(p: InputProblem): string {
   if (p.field.startsWith('metadata.')) return `--metadata ${p.field.slice('metadata.'.length)} ${p.message}`;
   const flag = FIELD_FLAGS[p.field] ?? p.field;
   return `${flag} (${p.field}) ${p.message}`;
@@ -97,7 +97,7 @@ function metadataOption(value: string, previous: Record<string, string> | undefi
   return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
 }
 
-function positiveInt(value: string): number {
+export function positiveInt(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive whole number, got "${value}"`);
   return n;
@@ -111,7 +111,7 @@ function version(): string {
   }
 }
 
-class Session {
+export class Session {
   exitCode: ExitCode = EXIT.ok;
   private jsonWritten = false;
   private config: Config | undefined;
@@ -228,7 +228,7 @@ async function follow(session: Session, handle: SnapshotHandle, view: ProgressVi
   return { ...(await outcome), ...(lastPhase ? { lastPhase } : {}) };
 }
 
-function outcomeOf(ended: { result?: SnapshotResult; error?: unknown }): Outcome {
+export function outcomeOf<R = SnapshotResult>(ended: { result?: R; error?: unknown }): Outcome<R> {
   if (ended.result) return { status: 'completed', result: ended.result };
   const err = ended.error;
   if (err instanceof WorkflowFailedError) {
@@ -259,7 +259,7 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
   ].join('\n');
 }
 
-function table(rows: string[][]): string {
+export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
 }
@@ -271,7 +271,7 @@ function age(iso: string | undefined): string {
   return `${formatDuration(Math.max(0, ms))} ago`;
 }
 
-function since(iso: string | undefined): string {
+export function since(iso: string | undefined): string {
   return iso ? `${iso.replace('T', ' ').slice(0, 19)}Z` : '-';
 }
 
@@ -344,66 +344,7 @@ export function buildProgram(session: Session): Command {
       if (cause) session.fail(g, cause);
     });
 
-  const restore = program
-    .command('restore')
-    .description('restore an instance from a Glance image (its disk replaced, the previous disk kept for rollback); with --wait, follow it')
-    .argument('<instance>', 'instance UUID (libvirt domain UUID) or libvirt domain name')
-    // Not a required option: commander would then ask it of `restore rollback` too.
-    .option('--image <id|name>', 'the image to restore (required): its id, or its name when one image has it')
-    .option('--allow-other-image', 'accept an image that is not a snapshot of this instance')
-    .option('--allow-grow', 'accept an image larger (virtual size) than the instance\'s disk: the disk grows')
-    .option('--as-new <name>', 'restore as a new instance of this name (new UUID, MAC and disk), leaving the instance untouched')
-    .option('--wait', 'wait until the restore ends, showing its progress')
-    .addHelpText('after', `\nrestore rollback <instance>: put the pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`)
-    .action(async (instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }, cmd: Command) => {
-      const g = globals(cmd);
-      if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
-      const config = session.getConfig();
-      // Checked before the image is looked up: bad input is refused before any connection.
-      const probe = validateRestoreRequest({ instance, imageId: '00000000-0000-4000-8000-000000000000', ...(opts.asNew !== undefined ? { asNew: opts.asNew } : {}) });
-      if (probe.length) throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
-      const imageId = await resolveImage(config, opts.image);
-      const request: RestoreRequest = {
-        instance,
-        imageId,
-        ...(opts.allowOtherImage ? { allowOtherImage: true } : {}),
-        ...(opts.allowGrow ? { allowGrow: true } : {}),
-        ...(opts.asNew ? { asNew: opts.asNew } : {}),
-      };
-      const client = await session.getClient();
-      const handle = await startRestore(client, request, config.temporal.taskQueue);
-      const runId = handle.firstExecutionRunId;
-      const started = { workflowId: handle.workflowId, runId, instance, imageId };
-      if (!opts.wait) {
-        if (g.json) session.json({ ...started, status: 'running' });
-        session.say(g, `started restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
-        const link = session.webUiLink(handle.workflowId, runId);
-        session.say(g, `follow it with: temporal workflow describe --workflow-id ${handle.workflowId}${link ? `, or ${link}` : ''}`);
-        return;
-      }
-      session.say(g, `restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
-      const ended = await followWork(session, g, () => restoreResult(handle), () => getRestoreProgress(handle), instance);
-      if (g.json) session.json({ ...started, ...ended.outcome });
-      if (ended.outcome.result) session.say(g, restoreText(instance, ended.outcome.result as RestoreResult, session.webUiLink(handle.workflowId, runId)));
-      if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
-    });
-
-  restore
-    .command('rollback')
-    .description('put back the disk an instance had before its last restore (while it is kept), and start the guest as it was')
-    .argument('<instance>', 'instance UUID or libvirt domain name')
-    .action(async (instance: string, _opts: unknown, cmd: Command) => {
-      const g = globals(cmd);
-      const problems = validateRollbackRequest({ instance });
-      if (problems.length) throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`);
-      const config = session.getConfig();
-      const handle = await startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
-      const ended = await followWork(session, g, () => handle.result(), undefined, instance);
-      if (g.json) session.json({ workflowId: handle.workflowId, runId: handle.firstExecutionRunId, instance, ...ended.outcome });
-      const r = ended.outcome.result as RollbackResult | undefined;
-      if (r) session.say(g, `rollback of ${instance} completed: ${r.diskPath} is the pre-restore disk again; guest ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)}`);
-      if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
-    });
+  addRestoreCommands(program, session, globals);
 
   program
     .command('status')
@@ -797,74 +738,10 @@ function addScheduleCommands(program: Command, session: Session, globals: (cmd: 
     });
 }
 
-function describeProgress(view: ProgressView, p: SnapshotProgressDetails): string {
+export function describeProgress(view: ProgressView, p: SnapshotProgressDetails): string {
   const line = view.line(p);
   if (line.percent === undefined) return line.phase;
   return `${line.phase} ${Math.floor(line.percent)}% (${formatBytes(line.bytesDone ?? 0)} of ${formatBytes(line.bytesTotal ?? 0)})`;
-}
-
-/** Follows a restore or rollback to its end (progress as for snapshots); never rejects for a failed one. */
-async function followWork(
-  session: Session,
-  g: GlobalOptions,
-  result: () => Promise<unknown>,
-  progress: (() => Promise<RestoreProgressDetails>) | undefined,
-  instance: string,
-): Promise<{ outcome: { status: string; result?: unknown; error?: { type: string; message: string } }; cause?: { said: unknown; code: ExitCode } }> {
-  const { io } = session;
-  const stream = g.json ? io.stderr : io.stdout;
-  const view = !progress || (g.json && !io.stderr.isTTY) ? undefined : new ProgressView(stream, stream.isTTY ? 'tty' : 'plain');
-  const onInterrupt = () => {
-    view?.end();
-    io.stderr.write(`vmsnap: stopped waiting; the restore of ${instance} goes on (temporal workflow describe --workflow-id restore-<instance uuid>)\n`);
-    process.exit(EXIT.interrupted);
-  };
-  process.once('SIGINT', onInterrupt);
-  try {
-    let settled = false;
-    const ended = result().then(
-      (value) => ({ value, error: undefined as unknown }),
-      (error: unknown) => ({ value: undefined, error }),
-    );
-    void ended.then(() => (settled = true));
-    while (!settled && view && progress) {
-      try {
-        const p = await session.getClient().then((c) => c.withDeadline(Date.now() + 5000, progress));
-        if (!settled) view.update(p as unknown as SnapshotProgressDetails);
-      } catch {
-        // No answer now (a worker restarting): keep waiting.
-      }
-      await Promise.race([ended, sleep(500)]);
-    }
-    const { value, error } = await ended;
-    if (!error) {
-      view?.finish('completed');
-      return { outcome: { status: 'completed', result: value } };
-    }
-    const outcome = outcomeOf({ error });
-    view?.finish(outcome.status);
-    // Said as a restore's failure (the generic line speaks of snapshots); the exit code is the type's.
-    const said = outcome.error ? new VmsnapError(outcome.error.type as ErrorCode, `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ${outcome.error.message}`) : error;
-    return { outcome: { status: outcome.status, ...(outcome.error ? { error: outcome.error } : {}) }, cause: { said, code: exitCodeOf(error) } };
-  } finally {
-    process.off('SIGINT', onInterrupt);
-  }
-}
-
-function restoreText(instance: string, r: RestoreResult, link: string | undefined): string {
-  const phases = Object.entries(r.phaseDurationsMs)
-    .map(([phase, ms]) => `${phase} ${formatDuration(ms ?? 0)}`)
-    .join(', ');
-  return [
-    `restore of ${instance} completed`,
-    `  image        ${r.imageId}, ${formatBytes(r.downloadedBytes)} downloaded, sha512 verified`,
-    `  disk         ${r.diskPath} (${r.diskFormat}, virtual ${formatBytes(r.virtualSize)})`,
-    ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
-    ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
-    `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy})`,
-    `  phases       ${phases}`,
-    ...(link ? [`  web UI       ${link}`] : []),
-  ].join('\n');
 }
 
 /** Phases in which a cold snapshot holds the guest paused. */

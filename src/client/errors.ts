@@ -4,6 +4,8 @@
 export type ClientErrorCode =
   /** No snapshot workflow matches the instance or workflow id (or none is running, for cancel). */
   | 'SnapshotNotFound'
+  /** No restore or rollback workflow matches the instance or workflow id (or none is running, for cancel). */
+  | 'RestoreNotFound'
   /** The followed snapshot was terminated (the message says what that left and when it is undone). */
   | 'Terminated'
   /** Temporal's frontend does not answer, or refused the connection. */

@@ -25,7 +25,7 @@ export const EXIT_CODES_HELP = `Exit codes:
   0    ok
   ${EXIT.failed}    the snapshot failed, was cancelled, terminated or timed out
   ${EXIT.usage}    bad command line or bad request (InvalidInput)
-  ${EXIT.notFound}    no such instance (InstanceNotFound), no such snapshot or schedule, nothing running to cancel
+  ${EXIT.notFound}    no such instance (InstanceNotFound), no such snapshot, restore or schedule, nothing running to cancel
   ${EXIT.busy}    the instance is busy: a snapshot or another task is in progress (InstanceBusy)
   ${EXIT.unavailable}    cannot reach Temporal or the store, or a bad setting (ConfigError)
   ${EXIT.interrupted}  interrupted while waiting (the snapshot goes on)`;
@@ -57,7 +57,7 @@ const UNREACHABLE = new Set([4 /* DEADLINE_EXCEEDED */, 14 /* UNAVAILABLE */, 16
 export function exitCodeOf(err: unknown): ExitCode {
   if (err instanceof ClientError) {
     if (err.code === 'Terminated') return EXIT.failed;
-    return err.code === 'SnapshotNotFound' ? EXIT.notFound : EXIT.unavailable;
+    return err.code === 'SnapshotNotFound' || err.code === 'RestoreNotFound' ? EXIT.notFound : EXIT.unavailable;
   }
   if (err instanceof VmsnapError) return err.code === 'StoreError' ? EXIT.unavailable : exitCodeOfType(err.code);
   if (err instanceof WorkflowFailedError) return exitCodeOfType(failureTypeOf(err));

@@ -22,7 +22,10 @@ export { listInstances } from './inventory.js';
 export {
   RESTORE_WORKFLOW_TYPE,
   ROLLBACK_WORKFLOW_TYPE,
+  cancelRestore,
+  findRestore,
   getRestoreProgress,
+  listRestores,
   resolveImage,
   restoreHandle,
   restoreResult,
@@ -30,6 +33,7 @@ export {
   startRollback,
   type RestoreHandle,
   type RestoreProgressDetails,
+  type RestoreSummary,
   type RollbackHandle,
   type StartedRestore,
 } from './restores.js';

@@ -9,7 +9,8 @@ import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest } from '../shared/types.js';
 import { UUID_PATTERN, describeProblems, validateRestoreRequest, validateRollbackRequest } from '../shared/validation.js';
 import type { restoreInstance, rollbackRestore } from '../workflows/restore.js';
-import { stepProgress, type SnapshotProgressDetails } from './snapshots.js';
+import { ClientError } from './errors.js';
+import { findWorkflow, listWorkflows, stepProgress, type ListSnapshotsOptions, type SnapshotProgressDetails, type SnapshotSummary, type WorkflowKind } from './snapshots.js';
 
 export const RESTORE_WORKFLOW_TYPE = 'restoreInstance';
 export const ROLLBACK_WORKFLOW_TYPE = 'rollbackRestore';
@@ -17,6 +18,44 @@ export const ROLLBACK_WORKFLOW_TYPE = 'rollbackRestore';
 export type RestoreHandle = WorkflowHandle<typeof restoreInstance>;
 export type StartedRestore = WorkflowHandleWithFirstExecutionRunId<typeof restoreInstance>;
 export type RollbackHandle = WorkflowHandleWithFirstExecutionRunId<typeof rollbackRestore>;
+
+const RESTORES: WorkflowKind = { types: [RESTORE_WORKFLOW_TYPE, ROLLBACK_WORKFLOW_TYPE], idOf: restoreWorkflowId };
+
+/** A restore or rollback as Temporal's visibility shows it. */
+export type RestoreSummary = Omit<SnapshotSummary, 'phase'> & { action: 'restore' | 'rollback'; phase?: string };
+
+function restoreSummaryOf({ workflowType, phase, ...rest }: SnapshotSummary & { workflowType: string }): RestoreSummary {
+  return { ...rest, action: workflowType === ROLLBACK_WORKFLOW_TYPE ? 'rollback' : 'restore', ...(phase ? { phase } : {}) };
+}
+
+/** Restores and rollbacks, most recently started first (visibility may lag a second). */
+export async function listRestores(client: Client, options: ListSnapshotsOptions = {}): Promise<RestoreSummary[]> {
+  return (await listWorkflows(client, RESTORES, options)).map(restoreSummaryOf);
+}
+
+/**
+ * The restore or rollback a person means by `ref`: a workflow id, or an instance UUID or name
+ * (aliases: its other references). A running one wins, then the most recently started.
+ */
+export async function findRestore(client: Client, ref: string, aliases: string[] = []): Promise<RestoreSummary | undefined> {
+  const found = await findWorkflow(client, RESTORES, ref, aliases);
+  return found && restoreSummaryOf(found);
+}
+
+/**
+ * Requests cancellation of the running restore (or rollback) of an instance. Before the swap it
+ * leaves the instance as it was; after it, the previous disk goes back and the guest is started.
+ */
+export async function cancelRestore(client: Client, ref: string, aliases: string[] = []): Promise<RestoreSummary & { handle: RestoreHandle }> {
+  const found = await findRestore(client, ref, aliases);
+  if (!found || found.status !== 'running') {
+    const last = found ? ` (the last one, ${found.workflowId}, is ${found.status})` : '';
+    throw new ClientError('RestoreNotFound', `no running restore of ${ref}${last}: nothing to cancel; see vmsnap restore list`);
+  }
+  const handle = client.workflow.getHandle<typeof restoreInstance>(found.workflowId, found.runId);
+  await handle.cancel();
+  return { ...found, handle };
+}
 
 export type RestoreProgressDetails = RestoreProgress & Pick<SnapshotProgressDetails, 'percent' | 'bytesDone' | 'bytesTotal' | 'step'>;
 

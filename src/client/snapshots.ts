@@ -207,20 +207,34 @@ export interface ListSnapshotsOptions {
   limit?: number;
 }
 
+/** Which workflows a listing or look-up covers: snapshots by default; restores use their own. */
+export interface WorkflowKind {
+  types: string[];
+  /** The workflow id an instance reference gives. */
+  idOf: (instance: string) => string;
+}
+
+const SNAPSHOTS: WorkflowKind = { types: [SNAPSHOT_WORKFLOW_TYPE], idOf: snapshotWorkflowId };
+
 /**
  * Snapshots from Temporal's visibility store, most recently started first. Visibility is
  * eventually consistent: a snapshot started a moment ago may show up a second later.
  */
 export async function listSnapshots(client: Client, options: ListSnapshotsOptions = {}): Promise<SnapshotSummary[]> {
+  return (await listWorkflows(client, SNAPSHOTS, options)).map(({ workflowType: _type, ...summary }) => summary);
+}
+
+/** listSnapshots for any kind of vmsnap workflow; each row also says its workflow type. */
+export async function listWorkflows(client: Client, kind: WorkflowKind, options: ListSnapshotsOptions = {}): Promise<(SnapshotSummary & { workflowType: string })[]> {
   const limit = options.limit ?? 20;
   if (!Number.isInteger(limit) || limit <= 0) throw new VmsnapError('InvalidInput', `limit must be a positive whole number (got ${limit})`);
-  const filters = [`WorkflowType = ${quote(SNAPSHOT_WORKFLOW_TYPE)}`];
+  const filters = [kind.types.length === 1 ? `WorkflowType = ${quote(kind.types[0]!)}` : `WorkflowType IN (${kind.types.map(quote).join(', ')})`];
   const instances = [options.instance ?? []].flat();
   if (instances.length) filters.push(`${INSTANCE_ID.name} IN (${instances.map(quote).join(', ')})`);
   if (options.status) filters.push(`ExecutionStatus = ${quote(LISTABLE_STATUSES[options.status])}`);
-  const found: SnapshotSummary[] = [];
+  const found: (SnapshotSummary & { workflowType: string })[] = [];
   for await (const info of client.workflow.list({ query: filters.join(' AND '), pageSize: Math.min(limit, 1000) })) {
-    found.push(summaryOf(info));
+    found.push({ ...summaryOf(info), workflowType: info.type });
     if (found.length >= limit) break;
   }
   return found;
@@ -233,14 +247,22 @@ export async function listSnapshots(client: Client, options: ListSnapshotsOption
  * ones, then the most recently started.
  */
 export async function findSnapshot(client: Client, ref: string, aliases: string[] = []): Promise<SnapshotSummary | undefined> {
+  const found = await findWorkflow(client, SNAPSHOTS, ref, aliases);
+  if (!found) return undefined;
+  const { workflowType: _type, ...summary } = found;
+  return summary;
+}
+
+/** findSnapshot for any kind of vmsnap workflow. */
+export async function findWorkflow(client: Client, kind: WorkflowKind, ref: string, aliases: string[] = []): Promise<(SnapshotSummary & { workflowType: string }) | undefined> {
   const refs = [...new Set([ref, ...aliases])];
-  const ids = new Set([ref, ...refs.map(snapshotWorkflowId)]);
-  const candidates: SnapshotSummary[] = [];
+  const ids = new Set([ref, ...refs.map(kind.idOf)]);
+  const candidates: (SnapshotSummary & { workflowType: string })[] = [];
   await Promise.all(
     [...ids].map(async (id) => {
       try {
         const description = await client.workflow.getHandle(id).describe();
-        if (description.type === SNAPSHOT_WORKFLOW_TYPE) candidates.push(summaryOf(description));
+        if (kind.types.includes(description.type)) candidates.push({ ...summaryOf(description), workflowType: description.type });
       } catch (err) {
         if (!(err instanceof WorkflowNotFoundError)) throw err;
       }
@@ -248,7 +270,7 @@ export async function findSnapshot(client: Client, ref: string, aliases: string[
   );
   // Started under another reference (the name, then found by UUID): only visibility knows.
   const validRefs = refs.filter((r) => validateSnapshotRequest({ instance: r, imageName: 'x' }).length === 0);
-  if (validRefs.length) candidates.push(...(await listSnapshots(client, { instance: validRefs, limit: 5 })));
+  if (validRefs.length) candidates.push(...(await listWorkflows(client, kind, { instance: validRefs, limit: 5 })));
   candidates.sort((a, b) => Number(b.status === 'running') - Number(a.status === 'running') || b.startTime.localeCompare(a.startTime));
   return candidates[0];
 }

@@ -172,6 +172,10 @@ export interface RestoreResult {
   downtimeMs: number;
   /** How the guest stopped: a graceful shutdown, or destroy after the timeout. */
   stoppedBy: 'shutdown' | 'destroy' | 'none';
+  /** What showed the guest runs on the image: its guest agent answering, or (no agent) the domain running; none when it stays off. */
+  confirmedBy?: 'guest-agent' | 'power-state' | 'none';
+  /** The downtime by step: stop → disk swapped and task state set, → started by libvirt; then the confirmation (not downtime). */
+  downtimeStepsMs?: { swapAndTaskState: number; start: number; confirm: number };
   phaseDurationsMs: Partial<Record<RestorePhase, number>>;
 }
 

@@ -24,8 +24,8 @@ export interface PostgresStoreOptions {
   connectTimeoutMs?: number;
 }
 
-/** Ordered schema changes; each runs once, in the migration transaction with its version row. */
-const MIGRATIONS: string[] = [
+/** Ordered schema changes; each runs once, in the migration transaction with its version row. Exported for the upgrade test. */
+export const MIGRATIONS: readonly string[] = [
   `
   CREATE TABLE instances (
     id             text PRIMARY KEY,

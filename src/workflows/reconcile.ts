@@ -3,7 +3,7 @@
 // task state back to None. Runs on a schedule and once at main worker start. Every item is tried
 // on its own: one unreachable host must not keep the others from being cleaned.
 // It is also the sweeper of vmsnap images that will never be finished (see findOrphanImages).
-import { ActivityFailure, ApplicationFailure, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, log, patched, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import { hostTaskQueue } from '../shared/names.js';
 
@@ -19,6 +19,8 @@ export interface ReconcileReport {
   undoneRestores: string[];
   /** Pre-restore disks removed after their retention window. */
   removedPreRestoreDisks: string[];
+  /** New instances (restore as new) whose restore ended without completing, removed with their disks. */
+  removedNewInstances: string[];
   errors: string[];
   /**
    * Set when Glance (or Keystone before it) did not answer: what needs it waits for the next
@@ -64,7 +66,7 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
   if (typeof staleAfterMs !== 'number' || !Number.isFinite(staleAfterMs) || staleAfterMs < 0) {
     throw ApplicationFailure.create({ type: 'InvalidInput', message: 'staleImageAfterMs must be a number of milliseconds, 0 or more', nonRetryable: true });
   }
-  const report: ReconcileReport = { resumed: [], thawed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], undoneRestores: [], removedPreRestoreDisks: [], errors: [] };
+  const report: ReconcileReport = { resumed: [], thawed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], undoneRestores: [], removedPreRestoreDisks: [], removedNewInstances: [], errors: [] };
   const attempt = async (what: string, step: () => Promise<void>) => {
     try {
       await step();
@@ -152,8 +154,14 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
     await attempt(`pre-restore disks on ${host}`, async () => {
       report.removedPreRestoreDisks.push(...(await proxyActivities<HostActivities>(hostOptions(host)).prunePreRestoreDisks({ host })));
     });
+    // Added after histories were recorded: runs of older workers replay without this step.
+    if (patched('reconcile-new-instances')) {
+      await attempt(`abandoned new instances on ${host}`, async () => {
+        report.removedNewInstances.push(...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })));
+      });
+    }
   }
-  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length + report.undoneRestores.length + report.removedPreRestoreDisks.length > 0) {
+  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length + report.undoneRestores.length + report.removedPreRestoreDisks.length + report.removedNewInstances.length > 0) {
     log.info('reconcile: undid abandoned snapshots', { ...report });
   }
   return report;

@@ -197,6 +197,9 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
       priorPowerState,
       downtimeMs: priorPowerState === 'shutdown' ? 0 : Math.max(0, done.startedAt - done.stoppedAt),
       stoppedBy: done.stoppedBy,
+      // Absent from workers older than these fields.
+      ...(done.confirmedBy ? { confirmedBy: done.confirmedBy } : {}),
+      ...(done.downtimeStepsMs ? { downtimeStepsMs: done.downtimeStepsMs } : {}),
       phaseDurationsMs: progress.phaseDurationsMs,
     };
     log.info('restore completed', { imageId, downtimeMs: result.downtimeMs });
@@ -289,6 +292,7 @@ async function restoreAsNew(
       priorPowerState: powerState,
       downtimeMs: 0,
       stoppedBy: 'none',
+      ...(made.confirmedBy ? { confirmedBy: made.confirmedBy } : {}),
       phaseDurationsMs: progress.phaseDurationsMs,
     };
   } catch (err) {

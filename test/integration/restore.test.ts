@@ -167,6 +167,7 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.equal(result.priorPowerState, 'running');
     assert.equal(result.diskPath, guest.diskPath);
     assert.equal(result.stoppedBy, 'destroy');
+    assert.equal(result.confirmedBy, 'power-state', 'no guest agent: the domain running is the confirmation');
     assert.ok(result.downtimeMs > 0 && result.downtimeMs < 120_000, `downtime ${result.downtimeMs} ms`);
     assert.equal(await guestState(guestName), 'running');
     assert.ok(first >= atImage && first < ranOn, `after the restore the disk holds ${first}: from the image (${atImage}), not from before (${ranOn}+)`);
@@ -222,6 +223,62 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.equal(doc.imageId, imageId);
     assert.equal(await guestState(guestName), 'running');
     noRestoreLeftovers();
+  });
+
+  it('shows, lists and cancels a restore with the CLI, like a snapshot', async () => {
+    const idBefore = await domId();
+    const inodeBefore = statSync(guest.diskPath).ino;
+    // The download waits at Glance's door: the restore stays in its downloading phase.
+    proxy.setRule({ kind: 'delay', delayMs: 120_000, method: 'GET', path: /\/v2\/images\/[^/]+\/file$/ });
+    try {
+      const started = await vmsnap(h, ['restore', guestName, '--image', imageId, '--json']);
+      assert.equal(started.exitCode, 0, started.stderr);
+      const { workflowId } = JSON.parse(started.stdout) as { workflowId: string };
+      const status = await eventually('the restore is downloading', async () => {
+        const run = await vmsnap(h, ['restore', 'status', guestName, '--json']);
+        const doc = JSON.parse(run.stdout) as { status: string; action: string; workflowId: string; progress?: { phase: string; taskState: string | null } };
+        return run.exitCode === 0 && doc.progress?.phase === 'downloading' ? doc : undefined;
+      }, 60_000, 500);
+      assert.equal(status.workflowId, workflowId);
+      assert.equal(status.action, 'restore');
+      assert.equal(status.status, 'running');
+      assert.equal(status.progress?.taskState, 'rebuilding');
+      const text = await vmsnap(h, ['restore', 'status', guest.uuid]);
+      assert.equal(text.exitCode, 0, text.stderr);
+      assert.match(text.stdout, /status\s+running/);
+      assert.match(text.stdout, /phase\s+downloading/);
+      const listed = await eventually('the restore is listed', async () => {
+        const run = await vmsnap(h, ['restore', 'list', '--instance', guestName, '--status', 'running', '--json']);
+        const rows = JSON.parse(run.stdout) as { workflowId: string; action: string; status: string }[];
+        return rows.length ? rows : undefined;
+      }, 30_000, 500);
+      assert.deepEqual(listed.map((r) => [r.workflowId, r.action, r.status]), [[workflowId, 'restore', 'running']]);
+
+      const cancel = await vmsnap(h, ['restore', 'cancel', guestName, '--wait', '--json'], {}, 180_000);
+      assert.equal(cancel.exitCode, 0, cancel.stderr);
+      assert.equal((JSON.parse(cancel.stdout) as { status: string }).status, 'cancelled');
+    } finally {
+      proxy.setRule(undefined);
+    }
+    // Cancelled before the swap: the instance is exactly as it was.
+    assert.equal(await domId(), idBefore, 'the guest was never stopped');
+    assert.equal(statSync(guest.diskPath).ino, inodeBefore);
+    noRestoreLeftovers();
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    const after = await vmsnap(h, ['restore', 'status', guestName]);
+    assert.equal(after.exitCode, 0, after.stderr);
+    assert.match(after.stdout, /status\s+cancelled/);
+    const table = await vmsnap(h, ['restore', 'list', '--instance', guest.uuid]);
+    assert.equal(table.exitCode, 0, table.stderr);
+    assert.match(table.stdout, /WORKFLOW ID\s+ACTION\s+STATUS/);
+    assert.match(table.stdout, /restore\s+cancelled/);
+    // Nothing running to cancel, and no restore of an unknown instance: exit 3, with the way on.
+    const again = await vmsnap(h, ['restore', 'cancel', guestName]);
+    assert.equal(again.exitCode, 3, again.stderr);
+    assert.match(again.stderr, /no running restore of .*cancelled.*vmsnap restore list/);
+    const none = await vmsnap(h, ['restore', 'status', `no-such-${process.pid}`, '--json']);
+    assert.equal(none.exitCode, 3, none.stderr);
+    assert.equal((JSON.parse(none.stdout) as { error: { type: string } }).error.type, 'RestoreNotFound');
   });
 
   it('restores as a new instance: both guests run, the original untouched', async () => {

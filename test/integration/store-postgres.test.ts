@@ -15,7 +15,7 @@ import pg from 'pg';
 import { loadConfig, parsePostgresUrl, type PostgresTarget } from '../../src/shared/config.js';
 import { VmsnapError } from '../../src/shared/errors.js';
 import { createStore } from '../../src/store/index.js';
-import { PostgresStore, postgresClientConfig } from '../../src/store/postgres.js';
+import { MIGRATIONS, PostgresStore, postgresClientConfig } from '../../src/store/postgres.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import type { Store } from '../../src/store/store.js';
 import { storeContract } from '../support/store-contract.js';
@@ -185,6 +185,50 @@ describe('PostgresStore', () => {
       assert.deepEqual(await Promise.all(procs.map((p) => p.exited)), [0, 0, 0, 0]);
       assert.equal(winners.length, 1, `winners: ${winners.join(', ')}`);
       assert.equal((await store.getInstance(VM1))?.taskOwner, winners[0]);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('migration 2 upgrades a schema of version 1 in place: rows kept, the rebuild task states accepted, others still refused', async () => {
+    const { url, schema } = await freshSchemaUrl();
+    const db = await testDatabase();
+    // The schema as a vmsnap before restore left it: migration 1 only, an instance mid-snapshot.
+    await db.query(`SET search_path = ${schema}`);
+    try {
+      await db.query('CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)');
+      await db.query(MIGRATIONS[0]!);
+      await db.query('INSERT INTO schema_version (version, applied_at) VALUES (1, now())');
+      await db.query(`INSERT INTO instances (id, name, host, power_state, task_state, task_owner, updated_at) VALUES ($1, 'web', 'host-a', 'running', 'image_uploading', 'wf-old', now())`, [VM1]);
+      await db.query(`INSERT INTO instance_faults (instance_id, code, message, details, created_at) VALUES ($1, 'UploadFailed', 'before the upgrade', '{"n":1}', now())`, [VM1]);
+      await assert.rejects(db.query(`UPDATE instances SET task_state = 'rebuilding' WHERE id = $1`, [VM1]), /instances_task_state_check/, 'version 1 refuses the rebuild states');
+    } finally {
+      await db.query('SET search_path = public');
+    }
+
+    const store = new PostgresStore(url);
+    try {
+      await store.migrate();
+      const versions = await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`);
+      assert.deepEqual(versions.rows.map((r) => r.version), [1, 2]);
+      // What was there is there: the running snapshot's task state and its fault.
+      const before = await store.getInstance(VM1);
+      assert.equal(before?.taskState, 'image_uploading');
+      assert.equal(before?.taskOwner, 'wf-old');
+      assert.deepEqual((await store.listFaults(VM1)).map((f) => [f.code, f.message, f.details]), [['UploadFailed', 'before the upgrade', { n: 1 }]]);
+      assert.ok(await store.releaseTaskState(VM1, 'wf-old'));
+      // A restore's task states, step by step as the workflow moves them.
+      assert.ok(await store.compareAndSwapTaskState(VM1, null, 'rebuilding', 'wf-restore'));
+      assert.ok(await store.compareAndSwapTaskState(VM1, 'rebuilding', 'rebuild_block_device_mapping', 'wf-restore'));
+      assert.ok(await store.compareAndSwapTaskState(VM1, 'rebuild_block_device_mapping', 'rebuild_spawning', 'wf-restore'));
+      assert.equal((await store.getInstance(VM1))?.taskState, 'rebuild_spawning');
+      assert.deepEqual((await store.listInstancesWithTask()).map((i) => i.taskState), ['rebuild_spawning']);
+      assert.ok(await store.compareAndSwapTaskState(VM1, 'rebuild_spawning', null, 'wf-restore'));
+      // The constraint was replaced, not dropped.
+      await assert.rejects(db.query(`UPDATE ${schema}.instances SET task_state = 'deleting' WHERE id = $1`, [VM1]), /instances_task_state_check/);
+      // Migrating again changes nothing.
+      await store.migrate();
+      assert.deepEqual((await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`)).rows.map((r) => r.version), [1, 2]);
     } finally {
       await store.close();
     }

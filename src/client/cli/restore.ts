@@ -1,0 +1,268 @@
+// `vmsnap restore ...`: restore an instance from an image, roll a restore back, and see, list and
+// cancel restores as the snapshot commands do for snapshots (same exit codes, --json, text).
+import type { Command } from 'commander';
+import { Option } from 'commander';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { VmsnapError, type ErrorCode } from '../../shared/errors.js';
+import type { RestoreRequest, RestoreResult, RollbackResult } from '../../shared/types.js';
+import { validateRestoreRequest, validateRollbackRequest, validateSnapshotRequest } from '../../shared/validation.js';
+import { ClientError } from '../errors.js';
+import { EXIT, EXIT_CODES_HELP, exitCodeOf, type ExitCode } from '../exit-codes.js';
+import { instanceAliases } from '../inventory.js';
+import { ProgressView, formatBytes, formatDuration } from '../progress.js';
+import {
+  cancelRestore,
+  findRestore,
+  getRestoreProgress,
+  listRestores,
+  resolveImage,
+  restoreResult,
+  startRestore,
+  startRollback,
+  type RestoreHandle,
+  type RestoreProgressDetails,
+  type RestoreSummary,
+} from '../restores.js';
+import { LISTABLE_STATUSES, oneLine, type ListableStatus, type SnapshotProgressDetails } from '../snapshots.js';
+import { describeCliProblem, describeProgress, outcomeOf, positiveInt, since, table, type GlobalOptions, type Session } from '../cli.js';
+
+/** Registers `restore` and its subcommands (rollback, status, list, cancel) on the program. */
+export function addRestoreCommands(program: Command, session: Session, globals: (cmd: Command) => GlobalOptions): void {
+  const { io } = session;
+  const restore = program
+    .command('restore')
+    .description('restore an instance from a Glance image (its disk replaced, the previous disk kept for rollback); with --wait, follow it')
+    .argument('<instance>', 'instance UUID (libvirt domain UUID) or libvirt domain name')
+    // Not a required option: commander would then ask it of the subcommands too.
+    .option('--image <id|name>', 'the image to restore (required): its id, or its name when one image has it')
+    .option('--allow-other-image', 'accept an image that is not a snapshot of this instance')
+    .option('--allow-grow', 'accept an image larger (virtual size) than the instance\'s disk: the disk grows')
+    .option('--as-new <name>', 'restore as a new instance of this name (new UUID, MAC and disk), leaving the instance untouched')
+    .option('--wait', 'wait until the restore ends, showing its progress')
+    .addHelpText(
+      'after',
+      `\nrestore status <instance>: the restore's phase while it runs, its result or error after.\nrestore list: restores and rollbacks, latest first.\nrestore cancel <instance>: undo a running restore (the guest runs on its previous disk).\nrestore rollback <instance>: put the pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`,
+    )
+    .action(async (instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }, cmd: Command) => {
+      const g = globals(cmd);
+      if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
+      const config = session.getConfig();
+      // Checked before the image is looked up: bad input is refused before any connection.
+      const probe = validateRestoreRequest({ instance, imageId: '00000000-0000-4000-8000-000000000000', ...(opts.asNew !== undefined ? { asNew: opts.asNew } : {}) });
+      if (probe.length) throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
+      const imageId = await resolveImage(config, opts.image);
+      const request: RestoreRequest = {
+        instance,
+        imageId,
+        ...(opts.allowOtherImage ? { allowOtherImage: true } : {}),
+        ...(opts.allowGrow ? { allowGrow: true } : {}),
+        ...(opts.asNew ? { asNew: opts.asNew } : {}),
+      };
+      const client = await session.getClient();
+      const handle = await startRestore(client, request, config.temporal.taskQueue);
+      const runId = handle.firstExecutionRunId;
+      const started = { workflowId: handle.workflowId, runId, instance, imageId };
+      if (!opts.wait) {
+        if (g.json) session.json({ ...started, status: 'running' });
+        session.say(g, `started restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
+        const link = session.webUiLink(handle.workflowId, runId);
+        session.say(g, `follow it with: vmsnap restore status ${instance}${link ? `, or ${link}` : ''}; cancel it with: vmsnap restore cancel ${instance}`);
+        return;
+      }
+      session.say(g, `restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
+      const ended = await followWork(session, g, () => restoreResult(handle), () => getRestoreProgress(handle), instance);
+      if (g.json) session.json({ ...started, ...ended.outcome });
+      if (ended.outcome.result) session.say(g, restoreText(instance, ended.outcome.result as RestoreResult, session.webUiLink(handle.workflowId, runId)));
+      if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
+    });
+
+  restore
+    .command('rollback')
+    .description('put back the disk an instance had before its last restore (while it is kept), and start the guest as it was')
+    .argument('<instance>', 'instance UUID or libvirt domain name')
+    .action(async (instance: string, _opts: unknown, cmd: Command) => {
+      const g = globals(cmd);
+      const problems = validateRollbackRequest({ instance });
+      if (problems.length) throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`);
+      const config = session.getConfig();
+      const handle = await startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
+      const ended = await followWork(session, g, () => handle.result(), undefined, instance);
+      if (g.json) session.json({ workflowId: handle.workflowId, runId: handle.firstExecutionRunId, instance, ...ended.outcome });
+      const r = ended.outcome.result as RollbackResult | undefined;
+      if (r) session.say(g, `rollback of ${instance} completed: ${r.diskPath} is the pre-restore disk again; guest ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)}`);
+      if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
+    });
+
+  restore
+    .command('status')
+    .description("show a restore's (or rollback's) state: phase, percent and bytes while it runs, its result or error after")
+    .argument('<instance|workflow-id>', 'instance UUID or name (its latest restore), or a workflow id')
+    .action(async (ref: string, _opts: unknown, cmd: Command) => {
+      const g = globals(cmd);
+      const config = session.getConfig();
+      const client = await session.getClient();
+      const found = await findRestore(client, ref, await instanceAliases(config, ref));
+      if (!found) throw new ClientError('RestoreNotFound', `no restore of ${ref} found: check the instance UUID or name, or see vmsnap restore list`);
+      const handle = client.workflow.getHandle(found.workflowId, found.runId) as RestoreHandle;
+      const doc: RestoreSummary & { progress?: RestoreProgressDetails; progressError?: string; result?: unknown; error?: { type: string; message: string } } = { ...found };
+      if (found.status === 'running' && found.action === 'restore') {
+        try {
+          doc.progress = await client.withDeadline(Date.now() + 5000, () => getRestoreProgress(handle));
+        } catch (err) {
+          doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
+        }
+      } else if (found.status !== 'running') {
+        const ended = outcomeOf(await handle.result().then((result) => ({ result }), (error: unknown) => ({ error })));
+        doc.result = ended.result;
+        doc.error = ended.error;
+      }
+      if (g.json) {
+        session.json(doc);
+        return;
+      }
+      const p = doc.progress;
+      const r = found.action === 'restore' ? (doc.result as RestoreResult | undefined) : undefined;
+      const view = new ProgressView(io.stdout, 'plain');
+      const lines = [
+        ['workflow', `${found.workflowId} (run ${found.runId}), ${found.action}`],
+        ['status', found.status],
+        ['phase', p ? describeProgress(view, p as unknown as SnapshotProgressDetails) : (found.phase ?? '-')],
+        ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
+        ['image', r?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
+        ...(p ? [['task state', p.taskState ?? 'None']] : []),
+        ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
+        ['started', since(found.startTime)],
+        ['closed', since(found.closeTime)],
+        ...(r ? [['downtime', `${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`]] : []),
+        ...(r?.newInstance ? [['new instance', `${r.newInstance.name} (${r.newInstance.id})`]] : []),
+        ...(r?.preRestorePath ? [['pre-restore', `${r.preRestorePath}, kept until ${r.preRestoreKeptUntil}`]] : []),
+        ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
+        ...(doc.progressError ? [['note', doc.progressError]] : []),
+        ...(session.webUiLink(found.workflowId, found.runId) ? [['web UI', session.webUiLink(found.workflowId, found.runId)!]] : []),
+      ];
+      session.say(g, table(lines));
+    });
+
+  restore
+    .command('list')
+    .description('list restores and rollbacks, most recently started first (from Temporal visibility)')
+    .option('--instance <instance>', 'only restores of this instance (UUID or name)')
+    .addOption(new Option('--status <status>', 'only restores in this state').choices(Object.keys(LISTABLE_STATUSES)))
+    .option('--limit <n>', 'at most this many', positiveInt, 20)
+    .action(async (opts: { instance?: string; status?: ListableStatus; limit: number }, cmd: Command) => {
+      const g = globals(cmd);
+      const config = session.getConfig();
+      if (opts.instance !== undefined && validateSnapshotRequest({ instance: opts.instance, imageName: 'x' }).length) {
+        throw new VmsnapError('InvalidInput', `--instance "${opts.instance}" is not an instance UUID or name: give one as virsh list shows it`);
+      }
+      const client = await session.getClient();
+      const instance = opts.instance !== undefined ? [opts.instance, ...(await instanceAliases(config, opts.instance))] : undefined;
+      const rows = await listRestores(client, { instance, status: opts.status, limit: opts.limit });
+      if (g.json) {
+        session.json(rows);
+        return;
+      }
+      if (!rows.length) {
+        session.say(g, 'no restores found');
+        return;
+      }
+      session.say(
+        g,
+        table([
+          ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
+          ...rows.map((r) => [r.workflowId, r.action, r.status, r.phase ?? '-', r.instanceId ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)]),
+        ]),
+      );
+    });
+
+  restore
+    .command('cancel')
+    .description('cancel a running restore: before the swap the instance is left as it was; after it, the previous disk goes back and the guest is started')
+    .argument('<instance|workflow-id>', 'instance UUID or name, or a workflow id')
+    .option('--wait', 'wait until the restore has undone its work and ended')
+    .action(async (ref: string, opts: { wait?: boolean }, cmd: Command) => {
+      const g = globals(cmd);
+      const config = session.getConfig();
+      const client = await session.getClient();
+      const { handle, runId } = await cancelRestore(client, ref, await instanceAliases(config, ref));
+      const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
+      // `restore` has a --wait of its own, which commander gives the flag to: read either.
+      if (!(opts.wait ?? cmd.optsWithGlobals<{ wait?: boolean }>().wait)) {
+        if (g.json) session.json(doc);
+        session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap restore status ${ref}`);
+        return;
+      }
+      const ended = outcomeOf(await handle.result().then((result) => ({ result }), (error: unknown) => ({ error })));
+      if (g.json) session.json({ ...doc, ...ended });
+      if (ended.status === 'cancelled') {
+        session.say(g, `restore ${handle.workflowId} cancelled: the instance runs on its previous disk, in its prior power state, and nothing of the restore is left beside it`);
+      } else {
+        session.exitCode = EXIT.failed;
+        io.stderr.write(`vmsnap: the restore ended ${ended.status} before the cancellation took effect: see vmsnap restore status ${ref}\n`);
+      }
+    });
+}
+
+/** Follows a restore or rollback to its end (progress as for snapshots); never rejects for a failed one. */
+async function followWork(
+  session: Session,
+  g: GlobalOptions,
+  result: () => Promise<unknown>,
+  progress: (() => Promise<RestoreProgressDetails>) | undefined,
+  instance: string,
+): Promise<{ outcome: { status: string; result?: unknown; error?: { type: string; message: string } }; cause?: { said: unknown; code: ExitCode } }> {
+  const { io } = session;
+  const stream = g.json ? io.stderr : io.stdout;
+  const view = !progress || (g.json && !io.stderr.isTTY) ? undefined : new ProgressView(stream, stream.isTTY ? 'tty' : 'plain');
+  const onInterrupt = () => {
+    view?.end();
+    io.stderr.write(`vmsnap: stopped waiting; the restore of ${instance} goes on: follow it with vmsnap restore status ${instance}, stop it with vmsnap restore cancel ${instance}\n`);
+    process.exit(EXIT.interrupted);
+  };
+  process.once('SIGINT', onInterrupt);
+  try {
+    let settled = false;
+    const ended = result().then(
+      (value) => ({ value, error: undefined as unknown }),
+      (error: unknown) => ({ value: undefined, error }),
+    );
+    void ended.then(() => (settled = true));
+    while (!settled && view && progress) {
+      try {
+        const p = await session.getClient().then((c) => c.withDeadline(Date.now() + 5000, progress));
+        if (!settled) view.update(p as unknown as SnapshotProgressDetails);
+      } catch {
+        // No answer now (a worker restarting): keep waiting.
+      }
+      await Promise.race([ended, sleep(500)]);
+    }
+    const { value, error } = await ended;
+    if (!error) {
+      view?.finish('completed');
+      return { outcome: { status: 'completed', result: value } };
+    }
+    const outcome = outcomeOf({ error });
+    view?.finish(outcome.status);
+    // Said as a restore's failure (the generic line speaks of snapshots); the exit code is the type's.
+    const said = outcome.error ? new VmsnapError(outcome.error.type as ErrorCode, `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ${outcome.error.message}`) : error;
+    return { outcome: { status: outcome.status, ...(outcome.error ? { error: outcome.error } : {}) }, cause: { said, code: exitCodeOf(error) } };
+  } finally {
+    process.off('SIGINT', onInterrupt);
+  }
+}
+
+function restoreText(instance: string, r: RestoreResult, link: string | undefined): string {
+  const phases = Object.entries(r.phaseDurationsMs)
+    .map(([phase, ms]) => `${phase} ${formatDuration(ms ?? 0)}`)
+    .join(', ');
+  return [
+    `restore of ${instance} completed`,
+    `  image        ${r.imageId}, ${formatBytes(r.downloadedBytes)} downloaded, sha512 verified`,
+    `  disk         ${r.diskPath} (${r.diskFormat}, virtual ${formatBytes(r.virtualSize)})`,
+    ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
+    ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
+    `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
+    `  phases       ${phases}`,
+    ...(link ? [`  web UI       ${link}`] : []),
+  ].join('\n');
+}
