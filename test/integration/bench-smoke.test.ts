@@ -23,7 +23,7 @@ const positive = (v: number | undefined, what: string) => assert.ok(typeof v ===
 
 let harnessPid: number | undefined;
 
-describe('benchmark harness, quick mode', { timeout: 120_000 }, () => {
+describe('benchmark harness, quick mode', { timeout: 300_000 }, () => {
   after(async () => {
     rmSync(out, { recursive: true, force: true });
     await closeTestCloud();

@@ -41,7 +41,7 @@ function show(run: CliRun): string {
   return `exit ${run.exitCode}\n--- stdout ---\n${run.stdout}\n--- stderr ---\n${run.stderr}`;
 }
 
-describe('vmsnap CLI on the real stack', { timeout: 240_000 }, () => {
+describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
   before(async () => {
     h = await startHarness({ name: 'cli' });
     [guest, bigGuest] = await Promise.all([

@@ -41,7 +41,7 @@ async function readmeExample(): Promise<string> {
   return code;
 }
 
-describe('the programmatic client on the real stack', { timeout: 240_000 }, () => {
+describe('the programmatic client on the real stack', { timeout: 600_000 }, () => {
   before(async () => {
     h = await startHarness({ name: 'client' });
     [guest, bigGuest] = await Promise.all([

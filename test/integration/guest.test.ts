@@ -17,7 +17,7 @@ function assertConsistent(c: Counter, what: string): void {
   assert.ok(c.a === c.b || c.a === c.b + 1, `${what}: records disagree: A=${c.a} B=${c.b}`);
 }
 
-describe('test guest', { timeout: 150_000 }, () => {
+describe('test guest', { timeout: 400_000 }, () => {
   let guest: Guest | undefined;
 
   before(async () => {

@@ -39,7 +39,7 @@ async function define(xml: string): Promise<void> {
   }
 }
 
-describe('LibvirtHypervisor', { timeout: 180_000 }, () => {
+describe('LibvirtHypervisor', { timeout: 400_000 }, () => {
   let guest: Guest | undefined;
   let shimDir: string | undefined;
 

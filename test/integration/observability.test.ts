@@ -34,7 +34,7 @@ let proxy: FaultProxy;
 let guest: Guest;
 let client: Client;
 
-describe('worker process: logs, metrics, secrets', { timeout: 180_000 }, () => {
+describe('worker process: logs, metrics, secrets', { timeout: 400_000 }, () => {
   before(async () => {
     guest = await createGuest({ name: guestName, guestsDir: join(dataDir, 'guests'), assetsDir: join(dataDir, 'guest-assets') });
     proxy = await startFaultProxy(await stackGlanceUrl());

@@ -66,7 +66,7 @@ async function postgresAnswers(): Promise<string[]> {
   }
 }
 
-describe('dev stack', { timeout: 180_000 }, () => {
+describe('dev stack', { timeout: 400_000 }, () => {
   after(async () => {
     for (const s of [...stack].reverse()) await s.down().catch(() => undefined);
     rmSync(dataDir, { recursive: true, force: true });

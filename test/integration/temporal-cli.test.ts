@@ -43,7 +43,7 @@ interface ResultDoc {
   };
 }
 
-describe('the Temporal CLI drives snapshotInstance', { timeout: 180_000 }, () => {
+describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () => {
   before(async () => {
     h = await startHarness({ name: 'tcli' });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, intervalMs: 100 });

@@ -38,7 +38,7 @@ async function openListUntil(page: Page, url: string, text: string, timeoutMs = 
   }
 }
 
-describe('the Temporal Web UI shows a snapshot', { timeout: 180_000, skip }, () => {
+describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () => {
   before(async () => {
     const ui = process.env.VMSNAP_TEMPORAL_UI_URL;
     assert.ok(ui, 'VMSNAP_TEMPORAL_UI_URL names the Web UI (eval "$(npm run -s stack -- env)")');
