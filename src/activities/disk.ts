@@ -153,6 +153,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
               stop.beat();
             },
             ...(settings.liveCopyBandwidthMiBps > 0 ? { bandwidthMiBps: settings.liveCopyBandwidthMiBps } : {}),
+            method: settings.liveCopyMethod,
           });
         } finally {
           if (input.quiesce !== 'never') await quiesceEvent('thaw');

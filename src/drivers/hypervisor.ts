@@ -108,12 +108,18 @@ export interface LiveCopyOptions {
   signal?: AbortSignal;
   /** Default 'try'. */
   quiesce?: QuiesceMode;
-  /** Limit the copy's read/write rate (MiB/s) to spare the host's storage. Applied right after the job starts (libvirt's backup XML has no rate), so the first instant runs at full speed. */
+  /** Limit the copy's read/write rate (MiB/s) to spare the host's storage. Pull: from the first byte (qemu-img -r). Push: applied right after the job starts (libvirt's backup XML has no rate), so the first instant runs at full speed. */
   bandwidthMiBps?: number;
+  /** pull: QEMU serves the point in time over NBD and qemu-img reads it; push: QEMU's backup job writes the target itself; auto (default): pull, else push where pull cannot start. */
+  method?: LiveCopyMethod;
 }
+
+export type LiveCopyMethod = 'auto' | 'pull' | 'push';
 
 export interface LiveCopyResult {
   consistency: Consistency;
+  /** How the copy was made (see LiveCopyOptions.method). */
+  method: 'pull' | 'push';
   /** Why the copy is not filesystem-consistent although quiescing was asked for, or what went wrong around the freeze. */
   quiesceNote?: string;
 }
