@@ -100,7 +100,7 @@ export interface LiveCopySupport {
 export interface LiveCopyOptions {
   /** Absolute path of the image to create. An existing regular file there is replaced. QEMU (not root) opens it: its directory must be searchable by QEMU's user. */
   target: string;
-  /** qcow2 comes out sparse (about the data's size); raw comes out fully allocated (QEMU writes the holes as zeroes). */
+  /** qcow2 comes out sparse (about the data's size); raw is sparse by pull and fully allocated by push (QEMU's job writes the holes as zeroes). */
   targetFormat: 'qcow2' | 'raw';
   /** Polled about every 250 ms while the copy runs, and once with 100 % at the end. */
   onProgress?: (percent: number, bytesDone: number, bytesTotal: number) => void;
