@@ -426,8 +426,9 @@ export class LiveCopier {
   private async clearOwnLeftover(id: string, target: string): Promise<void> {
     const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
     if (job.type === JOB_NONE) return;
+    let xml = '';
     if (job.operation === OP_BACKUP) {
-      const xml = await this.run(['backup-dumpxml', id], id).catch(() => '');
+      xml = await this.run(['backup-dumpxml', id], id).catch(() => '');
       const ours = [target, `${target}.scratch`].map(encodeEntities);
       if (ours.some((f) => xml.includes(`file='${f}'`) || xml.includes(`file="${f}"`))) {
         await this.abortJob(id);
@@ -435,9 +436,14 @@ export class LiveCopier {
         return;
       }
     }
+    // A pull job never ends by itself: one whose copy died with its worker (and whose snapshot was
+    // terminated, so no retry takes it over) stays until someone aborts it.
+    const pullJob = /mode=['"]pull['"]/.test(xml);
     throw new VmsnapError(
       'HypervisorError',
-      `instance ${id} already has a ${job.operation === OP_BACKUP ? 'backup' : `libvirt (operation ${job.operation ?? '?'})`} job running; try again when it has finished`,
+      pullJob
+        ? `instance ${id} already has a pull-mode backup job (an NBD export); if no copy of this instance is running, end it with \`virsh domjobabort ${id}\``
+        : `instance ${id} already has a ${job.operation === OP_BACKUP ? 'backup' : `libvirt (operation ${job.operation ?? '?'})`} job running; try again when it has finished`,
       true,
       { operation: job.operation },
     );

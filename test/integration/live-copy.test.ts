@@ -366,7 +366,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     const t0 = Date.now();
     const e = await rejectsWith(hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }), 'HypervisorError');
     assert.equal(e.retryable, true);
-    assert.match(e.message, /already has a backup job/);
+    assert.match(e.message, /already has a pull-mode backup job.*virsh domjobabort/);
     assert.ok(Date.now() - t0 < 5000, 'waited for libvirt\'s job lock instead of failing at once');
     assert.equal(await exists(path.join(outDir, 'second.qcow2')), false);
     ac.abort();
