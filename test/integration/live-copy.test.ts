@@ -143,7 +143,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
         if (pending.length === 0) {
           firstAt = Date.now();
           readDuring();
-        } else if (pending.length === 1 && Date.now() - firstAt >= 1000) readDuring();
+        } else if (pending.length === 1 && Date.now() - firstAt >= 2000) readDuring();
       },
     });
     const copyMs = Date.now() - t0;
