@@ -40,7 +40,7 @@ export interface Hypervisor {
    */
   liveCopySupport(id: string): Promise<LiveCopySupport>;
   /**
-   * A point-in-time copy of the root disk while the guest runs (libvirt backup job, push mode).
+   * A point-in-time copy of the root disk while the guest runs (libvirt backup job, pull or push mode: LiveCopyOptions.method).
    * Errors: InstanceInvalidState (not running; quiesce 'require' not possible), InvalidInput (bad
    * options or target), ConfigError (QEMU cannot write the target), NoSpace, HypervisorError
    * (retryable: another job on the domain, the job failed); an AbortError when aborted.
