@@ -25,6 +25,7 @@ import { openStack, type BenchStack } from './lib/stack.js';
 import { runStartupBench, writeStartupResults } from './lib/startup.js';
 import { runRestoreBench, writeRestoreResults } from './lib/restore.js';
 import { renderSvg } from './lib/svg.js';
+import { runWriteStallBench, writeStallResults } from './lib/write-stalls.js';
 import { cancelAndWait, deleteImage, liveModeAvailable, runBare, runVmsnap, type BareCtx, type GlanceCtx, type VmsnapCtx } from './lib/variants.js';
 import { hashCpuSPerGiB, runtimeFloorKiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
 
@@ -199,6 +200,31 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   if (maxData > 0) {
     log(`writing ${maxData} MiB of random data to copy into the disks`);
     await ensureRandomFile(join(workDir, 'random.bin'), maxData);
+  }
+  if (opts.section === 'write-stalls') {
+    const stallSamples = await runWriteStallBench({
+      runs: opts.runs,
+      disks: opts.disks,
+      idleMs: opts.idleMs,
+      libvirtUri: stack.libvirtUri,
+      hypervisor,
+      workDir,
+      prefix,
+      newGuest: (name, spec) => newGuest(name, spec),
+      dropGuest,
+      log,
+    });
+    const out = resolve(ROOT, opts.out);
+    await mkdir(out, { recursive: true });
+    const targets = await writeStallResults(out, stallSamples, {
+      startedAt: startedAt.toISOString(),
+      command: `npm run bench -- ${process.argv.slice(2).join(' ')}`,
+      disks: opts.disks,
+      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} at end`,
+    });
+    for (const t of targets) log(`target ${t}`);
+    log(`wrote ${join(out, 'write-stalls.json')}, write-stalls.md`);
+    return stallSamples.some((s) => !s.ok) ? 1 : 0;
   }
   if (opts.section === 'restore') {
     const restoreWorkerEnv = workerEnv;

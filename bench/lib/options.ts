@@ -18,7 +18,7 @@ export interface DiskSpec {
 
 export interface BenchOptions {
   /** all: vmsnap against bare commands; startup: the worker compiled against tsx (start, memory). */
-  section: 'all' | 'startup' | 'restore';
+  section: 'all' | 'startup' | 'restore' | 'write-stalls';
   runs: number;
   disks: DiskSpec[];
   modes: Mode[];
@@ -40,12 +40,15 @@ export interface BenchOptions {
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --section all|startup|restore
+  --section all|startup|restore|write-stalls
                         all (default): vmsnap against the bare commands; startup: the worker as
                         deployed (dist/, prebuilt bundle) against tsx + bundling at start: time
                         to polling, idle RSS, RSS uploading the large disk (startup.{json,md});
                         restore: vmsnap restore against curl + qemu-img convert + virsh destroy,
-                        mv, start: the guest's downtime (restore.{json,md})
+                        mv, start: the guest's downtime (restore.{json,md});
+                        write-stalls: the guest's disk writes during a copy (longest stall, rate
+                        vs idle) for cold, live pull (default) and live push, driver level
+                        (write-stalls.{json,md})
   --runs N              runs per variant and disk (default 5; median reported)
   --disks LIST          small,large,sparse,xlarge (default small,large,sparse; restore: small,large,xlarge)
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
@@ -143,7 +146,18 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   }
 
   const section = values.section ?? 'all';
-  if (section !== 'all' && section !== 'startup' && section !== 'restore') throw new Error(`--section must be all, startup or restore (got "${section}")`);
+  if (section !== 'all' && section !== 'startup' && section !== 'restore' && section !== 'write-stalls') {
+    throw new Error(`--section must be all, startup, restore or write-stalls (got "${section}")`);
+  }
+  if (section === 'write-stalls') {
+    // What the guest's writes feel: every disk size, the copy methods side by side.
+    const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large'), DISK_KINDS).map((k) => specs[k]);
+    return {
+      section, runs: positive('runs', values.runs ?? (quick ? '1' : '3')), disks, modes: ['cold', 'live'], scale: [], scaleRuns: 1, quick, stack,
+      out: values.out ?? 'bench/results', png: false, idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
+      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+    };
+  }
   if (section === 'restore') {
     // Downtime must not grow with the image: the small and the large disk side by side.
     const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large,xlarge'), DISK_KINDS).map((k) => specs[k]);

@@ -1,6 +1,6 @@
 // The copy of the instance's root disk into a per-snapshot temp dir, and its removal. Cold: qemu-img
-// reads the disk of a paused (or shut-off) guest. Live: QEMU's block backup job pushes a
-// point-in-time copy while the guest runs.
+// reads the disk of a paused (or shut-off) guest. Live: a QEMU block backup job holds a point in
+// time while the guest runs, read out by qemu-img over NBD (pull) or copied by QEMU (push).
 import { Context } from '@temporalio/activity';
 import { chmod, chown, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -153,6 +153,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
               stop.beat();
             },
             ...(settings.liveCopyBandwidthMiBps > 0 ? { bandwidthMiBps: settings.liveCopyBandwidthMiBps } : {}),
+            method: settings.liveCopyMethod,
           });
         } finally {
           if (input.quiesce !== 'never') await quiesceEvent('thaw');

@@ -40,7 +40,7 @@ export interface Hypervisor {
    */
   liveCopySupport(id: string): Promise<LiveCopySupport>;
   /**
-   * A point-in-time copy of the root disk while the guest runs (libvirt backup job, push mode).
+   * A point-in-time copy of the root disk while the guest runs (libvirt backup job, pull or push mode: LiveCopyOptions.method).
    * Errors: InstanceInvalidState (not running; quiesce 'require' not possible), InvalidInput (bad
    * options or target), ConfigError (QEMU cannot write the target), NoSpace, HypervisorError
    * (retryable: another job on the domain, the job failed); an AbortError when aborted.
@@ -100,7 +100,7 @@ export interface LiveCopySupport {
 export interface LiveCopyOptions {
   /** Absolute path of the image to create. An existing regular file there is replaced. QEMU (not root) opens it: its directory must be searchable by QEMU's user. */
   target: string;
-  /** qcow2 comes out sparse (about the data's size); raw comes out fully allocated (QEMU writes the holes as zeroes). */
+  /** qcow2 comes out sparse (about the data's size); raw is sparse by pull and fully allocated by push (QEMU's job writes the holes as zeroes). */
   targetFormat: 'qcow2' | 'raw';
   /** Polled about every 250 ms while the copy runs, and once with 100 % at the end. */
   onProgress?: (percent: number, bytesDone: number, bytesTotal: number) => void;
@@ -108,12 +108,18 @@ export interface LiveCopyOptions {
   signal?: AbortSignal;
   /** Default 'try'. */
   quiesce?: QuiesceMode;
-  /** Limit the copy's read/write rate (MiB/s) to spare the host's storage. Applied right after the job starts (libvirt's backup XML has no rate), so the first instant runs at full speed. */
+  /** Limit the copy's read/write rate (MiB/s) to spare the host's storage. Pull: from the first byte (qemu-img -r). Push: applied right after the job starts (libvirt's backup XML has no rate), so the first instant runs at full speed. */
   bandwidthMiBps?: number;
+  /** pull: QEMU serves the point in time over NBD and qemu-img reads it; push: QEMU's backup job writes the target itself; auto (default): pull, else push where pull cannot start. */
+  method?: LiveCopyMethod;
 }
+
+export type LiveCopyMethod = 'auto' | 'pull' | 'push';
 
 export interface LiveCopyResult {
   consistency: Consistency;
+  /** How the copy was made (see LiveCopyOptions.method). */
+  method: 'pull' | 'push';
   /** Why the copy is not filesystem-consistent although quiescing was asked for, or what went wrong around the freeze. */
   quiesceNote?: string;
 }

@@ -37,6 +37,12 @@ export interface ConvertOptions {
   onProgress?: (percent: number) => void;
   /** Aborting kills qemu-img, waits for it, removes the partial target and rejects with an AbortError. */
   signal?: AbortSignal;
+  /** Read the source from an NBD export on this unix socket instead of a file (`source` is then the export name). */
+  nbdSocket?: string;
+  /** -r: at most this many MiB read per second. */
+  rateLimitMiBps?: number;
+  /** -m: parallel requests (qemu-img's default is 8). */
+  parallel?: number;
 }
 
 export interface ImageInfo {
@@ -169,7 +175,9 @@ export async function convert(opts: ConvertOptions): Promise<void> {
     throw new VmsnapError('InvalidInput', `${what}: source and target are the same file`);
   }
   if (opts.signal?.aborted) throw abortError(opts.signal);
-  await requireImage(what, opts.source);
+  if (!opts.nbdSocket) await requireImage(what, opts.source);
+  // json: takes any socket path as is (an nbd+unix:// URL would need it escaped).
+  const source = opts.nbdSocket ? `json:${JSON.stringify({ driver: opts.sourceFormat, file: { driver: 'nbd', server: { type: 'unix', path: opts.nbdSocket }, export: opts.source } })}` : opts.source;
 
   const args = [
     'convert',
@@ -180,9 +188,11 @@ export async function convert(opts: ConvertOptions): Promise<void> {
     '-O',
     opts.targetFormat,
     ...(opts.compress ? ['-c'] : []),
+    ...(opts.rateLimitMiBps ? ['-r', `${opts.rateLimitMiBps}M`] : []),
+    ...(opts.parallel ? ['-m', String(opts.parallel)] : []),
     // "--" keeps a path starting with "-" from being read as an option.
     '--',
-    opts.source,
+    source,
     opts.target,
   ];
   // If the worker dies (SIGKILL, OOM), the kernel kills qemu-img too: an orphaned copy would go

@@ -11,14 +11,13 @@ import {
   CancellationScope,
   defineQuery,
   log,
-  setCurrentDetails,
   setHandler,
   upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import { failure, onHost, onMain, typedFailure } from './steps.js';
+import { failure, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
@@ -95,14 +94,12 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }, { key: PHASE, value: 'starting' }]);
   upsertMemo({ instance: request.instance, imageId, action: 'restore' });
   const describe = () =>
-    setCurrentDetails(
-      [
-        `**restore: ${progress.phase}**`,
-        `image \`${imageId}\` → instance \`${progress.instanceId ?? request.instance}\``,
-        `task state: ${progress.taskState ?? 'None'}`,
-        ...(progress.error ? [`error: ${progress.error}`] : []),
-      ].join('\n\n'),
-    );
+    setDetails([
+      `**restore: ${progress.phase}**`,
+      `image \`${imageId}\` → instance \`${progress.instanceId ?? request.instance}\``,
+      `task state: ${progress.taskState ?? 'None'}`,
+      ...(progress.error ? [`error: ${progress.error}`] : []),
+    ]);
   let phaseStartedAt = Date.now();
   const enter = (phase: RestorePhase) => {
     progress.phaseDurationsMs[progress.phase] = (progress.phaseDurationsMs[progress.phase] ?? 0) + Date.now() - phaseStartedAt;

@@ -14,7 +14,6 @@ import {
   patched,
   metricMeter,
   proxyActivities,
-  setCurrentDetails,
   setHandler,
   sleep,
   upsertMemo,
@@ -24,7 +23,7 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { SlotActivities } from '../activities/index.js';
-import { failure, onHost, onMain, typedFailure } from './steps.js';
+import { failure, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
@@ -114,14 +113,12 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   upsertMemo({ instance: request.instance, imageName: request.imageName, imageId, diskFormat });
 
   const describe = () =>
-    setCurrentDetails(
-      [
-        `**${progress.phase}**`,
-        `instance \`${progress.instanceId ?? request.instance}\` → image \`${imageId}\` (${request.imageName})`,
-        `task state: ${progress.taskState ?? 'None'}`,
-        ...(progress.error ? [`error: ${progress.error}`] : []),
-      ].join('\n\n'),
-    );
+    setDetails([
+      `**${progress.phase}**`,
+      `instance \`${progress.instanceId ?? request.instance}\` → image \`${imageId}\` (${request.imageName})`,
+      `task state: ${progress.taskState ?? 'None'}`,
+      ...(progress.error ? [`error: ${progress.error}`] : []),
+    ]);
   let phaseStartedAt = Date.now();
   const enter = (phase: SnapshotPhase) => {
     const spent = Date.now() - phaseStartedAt;

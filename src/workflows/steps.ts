@@ -1,7 +1,7 @@
 // What the saga workflows (snapshot, restore) share: their steps on the main and host queues, each
 // with a one-line summary for the Web UI, and the workflow failure typed like its cause.
 // Deterministic code only.
-import { ActivityFailure, ApplicationFailure, TimeoutFailure, isCancellation, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, TimeoutFailure, isCancellation, proxyActivities, setCurrentDetails, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 
 /** A host-queue step with a one-line summary for the Web UI. */
@@ -10,6 +10,16 @@ export function onHost(options: ActivityOptions, summary: string) {
 }
 export function onMain(options: ActivityOptions, summary: string) {
   return proxyActivities<MainActivities>({ ...options, summary });
+}
+
+/**
+ * Sets the workflow's current details (Web UI, `temporal workflow metadata`): one markdown
+ * paragraph per entry. The Web UI (2.42) renders them in an iframe sized to the body's
+ * scrollHeight, which leaves out the first paragraph's collapsed top margin, so the last ~14 px
+ * were cut off: a trailing blank paragraph (a no-break space) takes that cut instead of the text.
+ */
+export function setDetails(paragraphs: string[]): void {
+  setCurrentDetails([...paragraphs, '\u00a0'].join('\n\n'));
 }
 
 export function failure(type: string, message: string): ApplicationFailure {

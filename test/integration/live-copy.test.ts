@@ -26,11 +26,12 @@ const offName = `${prefix}-off`;
 const outDir = path.join(dataDir, `live-copy-${process.pid}`);
 
 const MiB = 1024 * 1024;
-// A large sparse disk: the copy's rate limit counts the holes too, so the time a limited copy takes
-// is about DISK_MIB / limit whatever the host's speed (unlimited, 8 GiB of holes take ~0.6 s).
+// A large sparse disk. Push: the job's rate limit counts the holes too, so the time a limited copy
+// takes is about DISK_MIB / limit whatever the host's speed (unlimited, 8 GiB of holes take ~0.6 s).
+// Pull: qemu-img skips the holes, so its limit is about the bulk data.
 // The bulk data sits well away from the counter records at 1 MiB and (size - 1 MiB).
 const DISK_MIB = 8192;
-const PIT_BANDWIDTH_MIBPS = 1536;
+const PIT_BANDWIDTH_MIBPS = { push: 1536, pull: 64 };
 const BULK_OFFSET = 256 * MiB;
 const BULK_LEN = 256 * MiB;
 const BULK_PATTERN = 0xa5;
@@ -110,10 +111,11 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     assert.equal(e.retryable, false);
   });
 
-  test('point in time: the guest runs on during the copy, the copy holds one counter value from within it', async (t) => {
+  for (const method of ['pull', 'push'] as const)
+  test(`point in time (${method}): the guest runs on during the copy, the copy holds one counter value from within it`, async (t) => {
     assert.ok(main);
     const g = main;
-    const target = path.join(outDir, 'pit.qcow2');
+    const target = path.join(outDir, `pit-${method}.qcow2`);
     const watch = await hv.watchPauses(g.uuid);
     const reads: { at: number; c: Counter }[] = [];
     const pending: Promise<void>[] = [];
@@ -134,13 +136,14 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
       targetFormat: 'qcow2',
       quiesce: 'never',
       // Slowed down so the copy takes seconds: the guest gets to write a lot meanwhile.
-      bandwidthMiBps: PIT_BANDWIDTH_MIBPS,
+      bandwidthMiBps: PIT_BANDWIDTH_MIBPS[method],
+      method,
       onProgress: (percent) => {
         progress.push(percent);
         if (pending.length === 0) {
           firstAt = Date.now();
           readDuring();
-        } else if (pending.length === 1 && Date.now() - firstAt >= 1000) readDuring();
+        } else if (pending.length === 1 && Date.now() - firstAt >= 2000) readDuring();
       },
     });
     const copyMs = Date.now() - t0;
@@ -149,7 +152,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     const pauses = await watch.stop();
     await Promise.all(pending);
 
-    assert.deepEqual(result, { consistency: 'crash-consistent' });
+    assert.deepEqual(result, { consistency: 'crash-consistent', method });
     assert.equal(reads.length, 2, `expected two counter reads during the copy (copy took ${copyMs} ms, progress ${progress.length} calls)`);
     const [r1, r2] = reads as [{ at: number; c: Counter }, { at: number; c: Counter }];
     assert.ok(r2.c.a > r1.c.a, `guest counter did not advance during the copy: ${r1.c.a} -> ${r2.c.a}`);
@@ -181,14 +184,16 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     // Sparse: about the data, not the 1 GiB virtual size.
     assert.ok(info['actual-size'] < BULK_LEN + 16 * MiB, `copy allocates ${info['actual-size']} bytes for ${BULK_LEN} bytes of data`);
 
-    // Nothing left behind: no job, no checkpoint, the file is ours (libvirt hands it back to root).
+    // Nothing left behind: no job, no checkpoint, no scratch image or socket, the file is ours
+    // (libvirt hands a push target back to root).
     assert.equal(await jobType(g.name), 'None');
+    assert.deepEqual((await fs.readdir(outDir)).filter((f) => f.startsWith(`pit-${method}.`)), [`pit-${method}.qcow2`]);
     assert.equal((await virsh('checkpoint-list', g.name, '--name')).trim(), '');
     const st = await fs.stat(target);
     assert.equal(st.uid, process.getuid?.());
     assert.equal(st.mode & 0o777, 0o600);
     t.diagnostic(
-      `live copy ${copyMs} ms at ${PIT_BANDWIDTH_MIBPS} MiB/s; counter ${before.a} before, ${copy.a} in the copy, ${afterCopy.a} after; ` +
+      `live copy (${method}) ${copyMs} ms at ${PIT_BANDWIDTH_MIBPS[method]} MiB/s; counter ${before.a} before, ${copy.a} in the copy, ${afterCopy.a} after; ` +
         `during: ${r1.c.a} -> ${r2.c.a} in ${r2.at - r1.at} ms; copy actual size ${info['actual-size']} bytes`,
     );
   });
@@ -247,12 +252,12 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     for (const quiesce of ['try', 'require'] as const) {
       const target = path.join(outDir, `agent-${quiesce}.qcow2`);
       const r = await hv.liveCopy(agent.uuid, { target, targetFormat: 'qcow2', quiesce });
-      assert.deepEqual(r, { consistency: 'filesystem-consistent' }, `quiesce=${quiesce}: ${r.quiesceNote ?? ''}`);
+      assert.deepEqual(r, { consistency: 'filesystem-consistent', method: 'pull' }, `quiesce=${quiesce}: ${r.quiesceNote ?? ''}`);
       assertConsistent(await readCounter(target, 'qcow2'), `copy (${quiesce})`);
     }
     // 'never' skips the agent even when it is there.
     const r = await hv.liveCopy(agent.uuid, { target: path.join(outDir, 'agent-never.qcow2'), targetFormat: 'qcow2', quiesce: 'never' });
-    assert.deepEqual(r, { consistency: 'crash-consistent' });
+    assert.deepEqual(r, { consistency: 'crash-consistent', method: 'pull' });
     await assertAdvancing(agent);
   });
 
@@ -296,21 +301,34 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     await assertAdvancing(agent);
   });
 
-  test('targets: raw works (fully allocated); an existing file is replaced; bad options, a missing dir and a dir QEMU cannot enter are refused', async (t) => {
+  test('targets: raw works (sparse by pull, fully allocated by push); an existing file is replaced; bad options, a missing dir and a dir QEMU cannot enter are refused', async (t) => {
     assert.ok(main && agent);
     const g = main;
-    // On the small guest: a raw copy of the big one would write all 8 GiB.
-    const raw = path.join(outDir, 'copy.raw');
-    await fs.writeFile(raw, 'junk that is not an image');
-    assert.equal((await hv.liveCopy(agent.uuid, { target: raw, targetFormat: 'raw', quiesce: 'never' })).consistency, 'crash-consistent');
-    assertConsistent(await readCounter(raw, 'raw'), 'raw copy');
-    const st = await fs.stat(raw);
     const virtualSize = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', agent.diskPath])).stdout)['virtual-size'] as number;
-    assert.equal(st.size, virtualSize);
-    // Unlike qcow2, a raw target is not sparse: QEMU's backup job writes the source's holes as
-    // allocated zeroes (fallocate), so it takes the whole virtual size on the host.
-    assert.ok(st.blocks * 512 >= virtualSize, `raw copy allocates ${st.blocks * 512} bytes: sparse after all?`);
-    t.diagnostic(`raw live copy of a ${virtualSize}-byte disk holding ~2 sectors of data allocates ${st.blocks * 512} bytes`);
+    // On the small guest: a raw copy of the big one would write all 8 GiB.
+    for (const method of ['pull', 'push'] as const) {
+      const raw = path.join(outDir, 'copy.raw');
+      await fs.writeFile(raw, 'junk that is not an image');
+      assert.deepEqual(await hv.liveCopy(agent.uuid, { target: raw, targetFormat: 'raw', quiesce: 'never', method }), { consistency: 'crash-consistent', method });
+      assertConsistent(await readCounter(raw, 'raw'), `raw copy (${method})`);
+      const st = await fs.stat(raw);
+      assert.equal(st.size, virtualSize);
+      // qemu-img leaves holes as holes; QEMU's backup job writes them as allocated zeroes
+      // (fallocate), so a push copy takes the whole virtual size on the host.
+      if (method === 'push') assert.ok(st.blocks * 512 >= virtualSize, `raw push copy allocates ${st.blocks * 512} bytes: sparse after all?`);
+      else assert.ok(st.blocks * 512 < virtualSize / 2, `raw pull copy allocates ${st.blocks * 512} bytes of ${virtualSize}`);
+      t.diagnostic(`raw live copy (${method}) of a ${virtualSize}-byte disk holding ~2 sectors of data allocates ${st.blocks * 512} bytes`);
+    }
+
+    // A socket path over the 107 bytes a unix socket may have: auto copies by push, pull refuses.
+    const deep = path.join(outDir, 'd'.repeat(Math.max(1, 100 - outDir.length)));
+    await fs.mkdir(deep, { mode: 0o711 });
+    await fs.chmod(deep, 0o711);
+    const long = path.join(deep, 'long-name.qcow2');
+    assert.deepEqual(await hv.liveCopy(agent.uuid, { target: long, targetFormat: 'qcow2', quiesce: 'never' }), { consistency: 'crash-consistent', method: 'push' });
+    await rejectsWith(hv.liveCopy(agent.uuid, { target: long, targetFormat: 'qcow2', quiesce: 'never', method: 'pull' }), 'InvalidInput');
+    assert.ok(await exists(long), 'a refused copy changed nothing');
+    await rejectsWith(hv.liveCopy(agent.uuid, { target: long, targetFormat: 'qcow2', method: 'fast' as 'pull' }), 'InvalidInput');
 
     const opts = { target: path.join(outDir, 'x.qcow2'), targetFormat: 'qcow2' as const };
     await rejectsWith(hv.liveCopy(g.uuid, { ...opts, target: 'relative.qcow2' }), 'InvalidInput');
@@ -348,7 +366,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     const t0 = Date.now();
     const e = await rejectsWith(hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }), 'HypervisorError');
     assert.equal(e.retryable, true);
-    assert.match(e.message, /already has a backup job/);
+    assert.match(e.message, /already has a pull-mode backup job.*virsh domjobabort/);
     assert.ok(Date.now() - t0 < 5000, 'waited for libvirt\'s job lock instead of failing at once');
     assert.equal(await exists(path.join(outDir, 'second.qcow2')), false);
     ac.abort();

@@ -23,6 +23,7 @@ let browser: Browser | undefined;
 let result: SnapshotResult;
 let workflowId: string;
 let shots: string;
+let details: string;
 
 /** The Web UI's list filtered by a query, reloaded until `text` shows (visibility lags a little). */
 async function openListUntil(page: Page, url: string, text: string, timeoutMs = 30_000): Promise<void> {
@@ -44,9 +45,12 @@ describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () 
     assert.ok(ui, 'VMSNAP_TEMPORAL_UI_URL names the Web UI (eval "$(npm run -s stack -- env)")');
     h = await startHarness({ name: 'webui' });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, intervalMs: 100 });
-    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-webui-${process.pid}` }, h.config.temporal.taskQueue);
+    // A name long enough to wrap: the current details then take several lines in the Web UI.
+    const imageName = `vmsnap-test-webui-${process.pid} before the schema migration of the web frontend, kept for a week`;
+    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
     workflowId = handle.workflowId;
     result = await snapshotResult(handle);
+    details = ((await handle.query('__temporal_workflow_metadata')) as { currentDetails: string }).currentDetails;
     shots = join(h.config.dataDir, 'webui');
     mkdirSync(shots, { recursive: true });
     // launch() gives the browser a fresh, temporary profile of its own.
@@ -91,5 +95,48 @@ describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () 
     assert.ok(attributes.includes(`"VmsnapHost": "${h.config.host}"`));
     await page.screenshot({ path: join(shots, 'search-attributes.png') });
     console.log(`# screenshots in ${shots}: list.png, workflow.png, search-attributes.png`);
+  });
+
+  it('shows the current details whole: every paragraph of them, none cut off at the bottom', async () => {
+    const ui = process.env.VMSNAP_TEMPORAL_UI_URL!.replace(/\/+$/, '');
+    const page = await browser!.newPage({ viewport: { width: 1600, height: 1000 } });
+    await page.goto(`${ui}/namespaces/${h.config.temporal.namespace}/workflows/${workflowId}`);
+    await page.getByRole('heading', { name: workflowId }).waitFor();
+    await page.getByRole('tab', { name: 'User Metadata' }).click();
+    // The UI renders the markdown in an iframe, sets its height once it has loaded, and renders it
+    // anew when the details are fetched again: read until one read holds together.
+    const deadline = Date.now() + 30_000;
+    let shown: { text: string; bottom: number; height: number } | undefined;
+    while (!shown) {
+      assert.ok(Date.now() < deadline, `no current details in the Web UI: frames ${page.frames().map((f) => f.url()).join(', ')}`);
+      await page.waitForTimeout(200);
+      const sized = (await page.evaluate(`(() => {
+        const f = document.querySelector('iframe[title="output"][height]');
+        return f ? { src: f.src, height: f.clientHeight } : undefined;
+      })()`)) as { src: string; height: number } | undefined;
+      const frame = sized && page.frames().find((f) => f.url() === sized.src);
+      if (!frame) continue;
+      const read = (await frame
+        .evaluate(
+          `(() => {
+            let bottom = 0;
+            for (const e of Array.from(document.body.querySelectorAll('*'))) {
+              if (e.children.length === 0 && e.textContent.trim()) bottom = Math.max(bottom, e.getBoundingClientRect().bottom);
+            }
+            return { text: document.body.innerText, bottom, height: window.innerHeight };
+          })()`,
+        )
+        .catch(() => undefined)) as { text: string; bottom: number; height: number } | undefined;
+      if (read?.text.includes('task state') && read.height === sized.height) shown = read;
+    }
+    await page.screenshot({ path: join(shots, 'current-details.png') });
+
+    const paragraphs = details.split('\n\n').map((p) => p.replace(/\*\*|`/g, '').trim()).filter(Boolean);
+    assert.ok(paragraphs.length >= 3, details);
+    const text = shown.text.replace(/\s+/g, ' ');
+    for (const p of paragraphs) assert.ok(text.includes(p.replace(/\s+/g, ' ')), `"${p}" is not in the Web UI's current details: ${shown.text}`);
+    assert.ok(text.includes(result.imageId) && text.includes('before the schema migration of the web frontend, kept for a week'));
+    // Every line of text lies inside the iframe: none is cut off by its height.
+    assert.ok(shown.bottom <= shown.height, `the last line ends at ${shown.bottom} px, the iframe shows ${shown.height} px: clipped`);
   });
 });
