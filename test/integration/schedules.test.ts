@@ -27,6 +27,7 @@ import type { ScheduledSnapshotsReport } from '../../src/workflows/scheduled.js'
 import { deleteImages, eventually, stopLeftoverSnapshots, vmsnap, type CliRun } from '../support/cli.js';
 import { glanceAuth } from '../support/cloud.js';
 import { startHarness, type Harness } from '../support/harness.js';
+import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 
 const pid = process.pid;
 const guestName = `vmsnap-test-sched-${pid}`;
@@ -241,6 +242,8 @@ describe('scheduled snapshots on the real stack', { timeout: 240_000 }, () => {
     }, 60_000);
 
     const runs = await reports(settled);
+    const lastRun = settled.recentRuns.filter((r) => r.status === 'completed').at(-1);
+    if (lastRun) await recordHistory(h.config.temporal.address, lastRun, REPLAY_FIXTURES.scheduledSnapshots);
     const made = runs.map((r) => ofGuest(r)!);
     assert.ok(made.length >= 4, JSON.stringify(runs));
     // One failing instance does not stop the others: the missing one fails in every run.
