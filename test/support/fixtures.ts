@@ -4,21 +4,24 @@ import { execa } from 'execa';
 
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
 
-/** History of a real snapshot of a running guest, replayed by test/unit/replay.test.ts. */
-export const REPLAY_FIXTURE = fixture('snapshot-running-history.json');
-
 /**
  * Every recorded history test/unit/replay.test.ts replays, each from a real run of the test that
- * names it. A change to workflow code that would break running workflows fails there.
+ * names it (re-recorded with VMSNAP_RECORD_HISTORY=1). A change to workflow code that would break
+ * running workflows fails there.
  */
 export const REPLAY_FIXTURES = {
   /** Cold snapshot of a running guest (test/integration/snapshot.test.ts). */
-  snapshotCold: REPLAY_FIXTURE,
+  snapshotCold: fixture('snapshot-cold-history.json'),
+  /**
+   * The same, recorded before the `wait-for-slot-release` patch: never re-recorded, it keeps the
+   * unpatched path of snapshotInstance replaying.
+   */
+  snapshotBeforeSlotRelease: fixture('snapshot-running-history.json'),
   /** Live snapshot (test/integration/snapshot-live.test.ts). */
   snapshotLive: fixture('snapshot-live-history.json'),
   /** Upload refused for good, then compensation (test/integration/snapshot-compensation.test.ts). */
   snapshotCompensated: fixture('snapshot-compensated-history.json'),
-  /** One run of a schedule, with a child snapshot and retention (test/integration/schedules.test.ts). */
+  /** One run of a schedule: child snapshots, one failing, and retention (test/integration/schedules.test.ts). */
   scheduledSnapshots: fixture('scheduled-snapshots-history.json'),
   /** The reconciler undoing a terminated snapshot (test/integration/reconcile.test.ts). */
   reconcile: fixture('reconcile-history.json'),

@@ -10,6 +10,7 @@ import { REPLAY_FIXTURES } from '../support/fixtures.js';
 
 const cases: [string, string][] = [
   ['a recorded snapshotInstance history replays deterministically', REPLAY_FIXTURES.snapshotCold],
+  ['a snapshotInstance history from before the wait-for-slot-release patch replays', REPLAY_FIXTURES.snapshotBeforeSlotRelease],
   ['a recorded live snapshotInstance history replays deterministically', REPLAY_FIXTURES.snapshotLive],
   ['a recorded compensated snapshotInstance history replays deterministically', REPLAY_FIXTURES.snapshotCompensated],
   ['a recorded scheduledSnapshots history replays deterministically', REPLAY_FIXTURES.scheduledSnapshots],
