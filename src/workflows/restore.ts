@@ -18,7 +18,7 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import { failure, onHost, onMain, typedFailure } from './steps.js';
+import { Compensations, failure, onHost, onMain, typedFailure } from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
@@ -144,8 +144,8 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   }
 
   // For compensation: a step counts from the moment it is scheduled.
+  const undo = new Compensations({ instanceId, imageId });
   let taskAcquired = false;
-  let touched = false;
   let priorPowerState: PowerState | undefined;
   try {
     await setTaskState(null, 'rebuilding');
@@ -157,7 +157,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     }
 
     enter('downloading');
-    touched = true;
+    undo.push('undo restore', () => onHost(steps.undo, 'compensation: remove new files, previous disk back, guest started').undoRestore({ instanceId, owner, priorPowerState }));
     const prepared = await onHost(steps.download, `download ${image.size} bytes beside the disk, verify sha512, qemu-img check`).prepareRestoreImage({
       instanceId,
       imageId,
@@ -206,24 +206,15 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     progress.error = (result as Error).message;
     enter('compensating');
     await CancellationScope.nonCancellable(async () => {
-      const attempt = async (what: string, step: () => Promise<unknown>) => {
-        try {
-          await step();
-        } catch (e) {
-          log.error(`compensation step failed: ${what}`, { instanceId, imageId, error: (e as Error).message });
-        }
-      };
-      if (touched) {
-        await attempt('undo restore', () => onHost(steps.undo, 'compensation: remove new files, previous disk back, guest started').undoRestore({ instanceId, owner, priorPowerState }));
-      }
-      await attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
+      await undo.run();
+      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
       progress.taskState = null;
       if (taskAcquired) {
         const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
-        await attempt('record fault', () =>
+        await undo.attempt('record fault', () =>
           onMain(steps.store, 'record instance fault').recordInstanceFault({ instanceId, code, message: progress.error ?? code, details: { workflowId, runId, imageId, action: 'rebuild' } }),
         );
-        await attempt('record event', () => recordEvent('error', { imageId, code }));
+        await undo.attempt('record event', () => recordEvent('error', { imageId, code }));
       }
     });
     enter('failed');
