@@ -18,7 +18,7 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import { Compensations, failure, onHost, onMain, typedFailure } from './steps.js';
+import { Compensations, failure, instanceNotFound, lookUpInstance, onHost, onMain, typedFailure } from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
@@ -68,14 +68,8 @@ const restoreFailure = (err: unknown): unknown => typedFailure(err, 'Restore');
 
 /** Inventory first; on a miss, every host rediscovers, then once more. */
 async function lookUp(ref: string, settings: SnapshotSettings): Promise<InstanceRecord> {
-  const lookup = onMain(storeOptions, `look up instance ${ref}`);
-  let instance = await lookup.findInstance(ref);
-  if (!instance) {
-    const hosts = await onMain(storeOptions, 'list hosts').listHosts();
-    await Promise.allSettled(hosts.map((h) => onHost(restoreSteps(settings, h).discovery, `discover instances on ${h}`).discoverInstances()));
-    instance = await lookup.findInstance(ref);
-  }
-  if (!instance) throw failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
+  const instance = await lookUpInstance(ref, storeOptions, (host) => restoreSteps(settings, host).discovery);
+  if (!instance) throw instanceNotFound(ref);
   return instance;
 }
 

@@ -25,7 +25,7 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { SlotActivities } from '../activities/index.js';
-import { Compensations, failure, onHost, onMain, typedFailure } from './steps.js';
+import { Compensations, failure, instanceNotFound, lookUpInstance, onHost, onMain, typedFailure } from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
@@ -233,18 +233,10 @@ function refuseInvalid(request: SnapshotRequest): void {
 
 /** The inventory first; on a miss, every host rediscovers, then it is looked up again. */
 async function findInstance(ref: string, settings: SnapshotSettings, track: Tracker) {
-  const lookup = onMain(storeOptions, `look up instance ${ref}`);
-  let instance = await lookup.findInstance(ref);
-  if (!instance) {
-    const hosts = await onMain(storeOptions, 'list hosts').listHosts();
-    await Promise.allSettled(hosts.map((h) => onHost(stepOptions(settings, h).discovery, `discover instances on ${h}`).discoverInstances()));
-    instance = await lookup.findInstance(ref);
-  }
-  if (!instance) {
-    track.refused();
-    throw failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
-  }
-  return instance;
+  const instance = await lookUpInstance(ref, storeOptions, (host) => stepOptions(settings, host).discovery);
+  if (instance) return instance;
+  track.refused();
+  throw instanceNotFound(ref);
 }
 
 /** The instance's task state, owned by this snapshot from the first compare-and-swap. */

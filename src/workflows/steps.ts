@@ -3,6 +3,7 @@
 // like its cause. Deterministic code only.
 import { ActivityFailure, ApplicationFailure, TimeoutFailure, isCancellation, log, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
+import type { InstanceRecord } from '../store/store.js';
 
 /** A host-queue step with a one-line summary for the Web UI. */
 export function onHost(options: ActivityOptions, summary: string) {
@@ -10,6 +11,23 @@ export function onHost(options: ActivityOptions, summary: string) {
 }
 export function onMain(options: ActivityOptions, summary: string) {
   return proxyActivities<MainActivities>({ ...options, summary });
+}
+
+/**
+ * The instance by UUID or name: the inventory first; on a miss, every host rediscovers (each with
+ * the `discovery` options of its queue), then it is looked up again. Null if still unknown.
+ */
+export async function lookUpInstance(ref: string, store: ActivityOptions, discovery: (host: string) => ActivityOptions): Promise<InstanceRecord | null> {
+  const lookup = onMain(store, `look up instance ${ref}`);
+  const instance = await lookup.findInstance(ref);
+  if (instance) return instance;
+  const hosts = await onMain(store, 'list hosts').listHosts();
+  await Promise.allSettled(hosts.map((h) => onHost(discovery(h), `discover instances on ${h}`).discoverInstances()));
+  return lookup.findInstance(ref);
+}
+
+export function instanceNotFound(ref: string): ApplicationFailure {
+  return failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
 }
 
 interface Compensation {

@@ -13,6 +13,13 @@ import { startFastTemporal, untilCancelled, type FakeCloud, type FastTemporal, t
 
 let t: FastTemporal;
 
+/** A cloud of its own (tests run side by side) with one guest in it. */
+function newGuest() {
+  const cloud = t.newCloud();
+  const id = randomUUID();
+  return { cloud, id, instance: cloud.addInstance(id) };
+}
+
 /** The workflow's failure: what a client of vmsnap sees. */
 async function failureOf(handle: WorkflowHandle): Promise<Error> {
   const err = await handle.result().then(
@@ -70,9 +77,7 @@ after(async () => {
 // Each test has a cloud of its own: they run side by side.
 describe('snapshotInstance saga, fast (local Temporal, fake activities)', { timeout: 120_000, concurrency: true }, () => {
   it('cold: pauses, copies, resumes before the upload, and leaves a verified image', async () => {
-    const cloud = t.newCloud();
-    const id = randomUUID();
-    cloud.addInstance(id);
+    const { cloud, id } = newGuest();
     const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'cold' })).result();
     assert.equal(result.mode, 'cold');
     assert.equal(result.modeReason, undefined);
@@ -91,11 +96,9 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   });
 
   it('live where the host can: never pauses, and a shut-off guest is copied cold with the reason', async () => {
-    const cloud = t.newCloud();
+    const { cloud, id } = newGuest();
     cloud.liveSupported = true;
     cloud.settings.defaultMode = 'auto';
-    const id = randomUUID();
-    cloud.addInstance(id);
     const live = await (await t.startSnapshot(cloud, { instance: id, imageName: 'live' })).result();
     assert.equal(live.mode, 'live');
     assert.equal(live.guestPauseMs, 0);
@@ -112,9 +115,8 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   });
 
   it('refuses an instance with a task in progress and changes nothing', async () => {
-    const cloud = t.newCloud();
-    const id = randomUUID();
-    Object.assign(cloud.addInstance(id), { taskState: 'image_uploading', taskOwner: 'snapshot-other/run' });
+    const { cloud, id, instance } = newGuest();
+    Object.assign(instance, { taskState: 'image_uploading', taskOwner: 'snapshot-other/run' });
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'busy' });
     assert.equal(await failureType(handle), 'InstanceBusy');
     assert.equal(cloud.instances.get(id)?.taskState, 'image_uploading');
@@ -124,14 +126,12 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   });
 
   it('pause budget blown: the copy is cancelled, the guest resumed, and the snapshot fails PauseBudgetExceeded', async () => {
-    const cloud = t.newCloud();
+    const { cloud, id } = newGuest();
     cloud.settings.pauseBudgetMs = 300;
     cloud.hooks.convertDisk = async (call) => {
       await call.run();
       return untilCancelled(); // a copy slower than the budget
     };
-    const id = randomUUID();
-    cloud.addInstance(id);
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'budget' });
     assert.equal(await failureType(handle), 'PauseBudgetExceeded');
     assertUndone(cloud, id, await imageIdOf(handle), 'PauseBudgetExceeded');
@@ -139,9 +139,7 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   });
 
   it('resume finds the guest gone: InstanceNotFound, and the rest is undone', async () => {
-    const cloud = t.newCloud();
-    const id = randomUUID();
-    cloud.addInstance(id);
+    const { cloud, id } = newGuest();
     cloud.hooks.resumeInstance = (call) => {
       cloud.instances.get(id)!.power = 'gone'; // destroyed during the copy
       return call.run();
@@ -153,9 +151,7 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   });
 
   it('upload fails after the copy: the guest already runs, the image is deleted, the failure keeps its type', async () => {
-    const cloud = t.newCloud();
-    const id = randomUUID();
-    cloud.addInstance(id);
+    const { cloud, id } = newGuest();
     cloud.hooks.uploadImage = async () => {
       throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance answered 413: Image exceeds the storage quota', nonRetryable: true });
     };
@@ -169,9 +165,7 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   });
 
   it('a compensation step that fails is logged, and the steps after it still run', async () => {
-    const cloud = t.newCloud();
-    const id = randomUUID();
-    cloud.addInstance(id);
+    const { cloud, id } = newGuest();
     cloud.hooks.uploadImage = async () => {
       throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance refused the data', nonRetryable: true });
     };
@@ -207,13 +201,11 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   const UNDO_STEPS = ['thawInstance', 'resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'];
   for (const c of cancelCases) {
     it(`cancelled while ${c.phase} (${c.step}): compensation undoes the step`, async () => {
-      const cloud = t.newCloud();
+      const { cloud, id } = newGuest();
       if (c.live) {
         cloud.liveSupported = true;
         cloud.settings.defaultMode = 'auto';
       }
-      const id = randomUUID();
-      cloud.addInstance(id);
       cancelDuringStep(cloud, c.step);
       const handle = await t.startSnapshot(cloud, { instance: id, imageName: `cancel-${c.phase}` });
       assert.ok((await failureOf(handle)) instanceof CancelledFailure);
@@ -230,10 +222,8 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   }
 
   it('cancelled while waiting for a host slot: the slot is let go and nothing is left', async () => {
-    const cloud = t.newCloud();
+    const { cloud, id } = newGuest();
     cloud.hooks.holdSnapshotSlot = () => untilCancelled(); // the host is full
-    const id = randomUUID();
-    cloud.addInstance(id);
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'slot' });
     await t.waitForPhase(handle, 'waiting-for-host');
     await handle.cancel();
@@ -261,9 +251,7 @@ describe('reconcile after terminate, fast (local Temporal, fake activities)', { 
   }
 
   it('a snapshot terminated while the guest is paused is undone by the next reconcile', async () => {
-    const cloud = t.newCloud();
-    const id = randomUUID();
-    const instance = cloud.addInstance(id);
+    const { cloud, id, instance } = newGuest();
     const imageId = await terminatedWhilePaused(cloud, id);
 
     // Terminate ran no compensation: the guest is paused, the task state held, the image queued.
@@ -289,9 +277,7 @@ describe('reconcile after terminate, fast (local Temporal, fake activities)', { 
   });
 
   it('a resume the host cannot do keeps the task state for the next round, and the round completes', async () => {
-    const cloud = t.newCloud();
-    const id = randomUUID();
-    const instance = cloud.addInstance(id);
+    const { cloud, id, instance } = newGuest();
     await terminatedWhilePaused(cloud, id);
     cloud.hooks.resumeInstance = async () => {
       // Not retryable, so the round does not wait out the host step's 2-minute budget.
