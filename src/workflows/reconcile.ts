@@ -5,6 +5,7 @@
 // It is also the sweeper of vmsnap images that will never be finished (see findOrphanImages).
 import { ActivityFailure, ApplicationFailure, log, patched, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
+import type { AbandonedSnapshot } from '../activities/reconcile.js';
 import { hostTaskQueue } from '../shared/names.js';
 
 export interface ReconcileReport {
@@ -61,13 +62,16 @@ const hostOptions = (host: string): ActivityOptions => ({
   retry,
 });
 
+type Attempt = (what: string, step: () => Promise<void>) => Promise<void>;
+
 export async function reconcile(options: ReconcileOptions = {}): Promise<ReconcileReport> {
   const staleAfterMs = options?.staleImageAfterMs ?? STALE_IMAGE_MS;
   if (typeof staleAfterMs !== 'number' || !Number.isFinite(staleAfterMs) || staleAfterMs < 0) {
     throw ApplicationFailure.create({ type: 'InvalidInput', message: 'staleImageAfterMs must be a number of milliseconds, 0 or more', nonRetryable: true });
   }
   const report: ReconcileReport = { resumed: [], thawed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], undoneRestores: [], removedPreRestoreDisks: [], removedNewInstances: [], errors: [] };
-  const attempt = async (what: string, step: () => Promise<void>) => {
+  // Each item on its own: a failure is reported, and Glance away makes the round wait, not fail.
+  const attempt: Attempt = async (what, step) => {
     try {
       await step();
     } catch (err) {
@@ -84,55 +88,9 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
   };
 
   for (const snapshot of await main.findAbandonedSnapshots()) {
-    const host = proxyActivities<HostActivities>(hostOptions(snapshot.host));
-    if (snapshot.restore) {
-      // A restore never deletes the image it restores from: only the instance's side is undone.
-      const restore = snapshot.restore;
-      await attempt(`undo restore of ${snapshot.instanceId}`, async () => {
-        await proxyActivities<HostActivities>({ ...hostOptions(snapshot.host), startToCloseTimeout: '5m', scheduleToCloseTimeout: '10m' }).undoRestore({
-          instanceId: snapshot.instanceId,
-          owner: snapshot.owner,
-          priorPowerState: restore.priorPowerState,
-        });
-        report.undoneRestores.push(snapshot.instanceId);
-        await main.releaseAbandonedTask(snapshot);
-        report.releasedTasks.push(snapshot.instanceId);
-      });
-      continue;
-    }
-    let thawed = !snapshot.frozenByUs;
-    let resumed = !snapshot.pausedByUs;
-    if (snapshot.frozenByUs) {
-      // A worker that died between freeze and thaw left the guest's filesystems frozen.
-      await attempt(`thaw ${snapshot.instanceId}`, async () => {
-        await host.thawInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
-        report.thawed.push(snapshot.instanceId);
-        thawed = true;
-      });
-    }
-    if (snapshot.pausedByUs) {
-      await attempt(`resume ${snapshot.instanceId}`, async () => {
-        await host.resumeInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
-        report.resumed.push(snapshot.instanceId);
-        resumed = true;
-      });
-    }
-    const imageId = snapshot.imageId;
-    if (imageId) {
-      await attempt(`remove temp dir ${imageId}`, () => host.removeSnapshotFiles(imageId));
-      await attempt(`delete image ${imageId}`, async () => {
-        if ((await main.deleteImageRecord(imageId)).deleted) report.deletedImages.push(imageId);
-      });
-    }
-    // A guest we could not thaw or resume keeps its task state: the next round tries again.
-    if (thawed && resumed) {
-      await attempt(`release task state of ${snapshot.instanceId}`, async () => {
-        await main.releaseAbandonedTask(snapshot);
-        report.releasedTasks.push(snapshot.instanceId);
-      });
-    }
+    if (snapshot.restore) await undoRestore(snapshot, snapshot.restore, report, attempt);
+    else await undoSnapshot(snapshot, report, attempt);
   }
-
   // Glance away must not fail the run (the Web UI would show every round "Failed"): the sweep
   // waits for the next round, and the report says what it waits for.
   await attempt('find orphan images', async () => {
@@ -144,7 +102,66 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
       });
     }
   });
+  await removeLeftoversOnHosts(report, attempt);
 
+  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length + report.undoneRestores.length + report.removedPreRestoreDisks.length + report.removedNewInstances.length > 0) {
+    log.info('reconcile: undid abandoned snapshots', { ...report });
+  }
+  return report;
+}
+
+/** As the snapshot's compensation would have: thaw, resume, temp dir, image, task state. */
+async function undoSnapshot(snapshot: AbandonedSnapshot, report: ReconcileReport, attempt: Attempt): Promise<void> {
+  const host = proxyActivities<HostActivities>(hostOptions(snapshot.host));
+  let thawed = !snapshot.frozenByUs;
+  let resumed = !snapshot.pausedByUs;
+  if (snapshot.frozenByUs) {
+    // A worker that died between freeze and thaw left the guest's filesystems frozen.
+    await attempt(`thaw ${snapshot.instanceId}`, async () => {
+      await host.thawInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
+      report.thawed.push(snapshot.instanceId);
+      thawed = true;
+    });
+  }
+  if (snapshot.pausedByUs) {
+    await attempt(`resume ${snapshot.instanceId}`, async () => {
+      await host.resumeInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
+      report.resumed.push(snapshot.instanceId);
+      resumed = true;
+    });
+  }
+  const imageId = snapshot.imageId;
+  if (imageId) {
+    await attempt(`remove temp dir ${imageId}`, () => host.removeSnapshotFiles(imageId));
+    await attempt(`delete image ${imageId}`, async () => {
+      if ((await main.deleteImageRecord(imageId)).deleted) report.deletedImages.push(imageId);
+    });
+  }
+  // A guest we could not thaw or resume keeps its task state: the next round tries again.
+  if (thawed && resumed) {
+    await attempt(`release task state of ${snapshot.instanceId}`, async () => {
+      await main.releaseAbandonedTask(snapshot);
+      report.releasedTasks.push(snapshot.instanceId);
+    });
+  }
+}
+
+/** A restore never deletes the image it restores from: only the instance's side is undone. */
+async function undoRestore(snapshot: AbandonedSnapshot, restore: NonNullable<AbandonedSnapshot['restore']>, report: ReconcileReport, attempt: Attempt): Promise<void> {
+  await attempt(`undo restore of ${snapshot.instanceId}`, async () => {
+    await proxyActivities<HostActivities>({ ...hostOptions(snapshot.host), startToCloseTimeout: '5m', scheduleToCloseTimeout: '10m' }).undoRestore({
+      instanceId: snapshot.instanceId,
+      owner: snapshot.owner,
+      priorPowerState: restore.priorPowerState,
+    });
+    report.undoneRestores.push(snapshot.instanceId);
+    await main.releaseAbandonedTask(snapshot);
+    report.releasedTasks.push(snapshot.instanceId);
+  });
+}
+
+/** Temp dirs of snapshots not running, and pre-restore disks past their retention, on every host. */
+async function removeLeftoversOnHosts(report: ReconcileReport, attempt: Attempt): Promise<void> {
   const running = await main.runningSnapshotImageIds();
   for (const host of await main.listHosts()) {
     await attempt(`temp dirs on ${host}`, async () => {
@@ -161,8 +178,4 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
       });
     }
   }
-  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length + report.undoneRestores.length + report.removedPreRestoreDisks.length + report.removedNewInstances.length > 0) {
-    log.info('reconcile: undid abandoned snapshots', { ...report });
-  }
-  return report;
 }

@@ -17,7 +17,7 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import { failure, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import { Compensations, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
@@ -67,14 +67,8 @@ const restoreFailure = (err: unknown): unknown => typedFailure(err, 'Restore');
 
 /** Inventory first; on a miss, every host rediscovers, then once more. */
 async function lookUp(ref: string, settings: SnapshotSettings): Promise<InstanceRecord> {
-  const lookup = onMain(storeOptions, `look up instance ${ref}`);
-  let instance = await lookup.findInstance(ref);
-  if (!instance) {
-    const hosts = await onMain(storeOptions, 'list hosts').listHosts();
-    await Promise.allSettled(hosts.map((h) => onHost(restoreSteps(settings, h).discovery, `discover instances on ${h}`).discoverInstances()));
-    instance = await lookup.findInstance(ref);
-  }
-  if (!instance) throw failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
+  const instance = await lookUpInstance(ref, storeOptions, (host) => restoreSteps(settings, host).discovery);
+  if (!instance) throw instanceNotFound(ref);
   return instance;
 }
 
@@ -141,8 +135,8 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   }
 
   // For compensation: a step counts from the moment it is scheduled.
+  const undo = new Compensations({ instanceId, imageId });
   let taskAcquired = false;
-  let touched = false;
   let priorPowerState: PowerState | undefined;
   try {
     await setTaskState(null, 'rebuilding');
@@ -154,7 +148,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     }
 
     enter('downloading');
-    touched = true;
+    undo.push('undo restore', () => onHost(steps.undo, 'compensation: remove new files, previous disk back, guest started').undoRestore({ instanceId, owner, priorPowerState }));
     const prepared = await onHost(steps.download, `download ${image.size} bytes beside the disk, verify sha512, qemu-img check`).prepareRestoreImage({
       instanceId,
       imageId,
@@ -206,24 +200,15 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     progress.error = (result as Error).message;
     enter('compensating');
     await CancellationScope.nonCancellable(async () => {
-      const attempt = async (what: string, step: () => Promise<unknown>) => {
-        try {
-          await step();
-        } catch (e) {
-          log.error(`compensation step failed: ${what}`, { instanceId, imageId, error: (e as Error).message });
-        }
-      };
-      if (touched) {
-        await attempt('undo restore', () => onHost(steps.undo, 'compensation: remove new files, previous disk back, guest started').undoRestore({ instanceId, owner, priorPowerState }));
-      }
-      await attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
+      await undo.run();
+      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
       progress.taskState = null;
       if (taskAcquired) {
         const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
-        await attempt('record fault', () =>
+        await undo.attempt('record fault', () =>
           onMain(steps.store, 'record instance fault').recordInstanceFault({ instanceId, code, message: progress.error ?? code, details: { workflowId, runId, imageId, action: 'rebuild' } }),
         );
-        await attempt('record event', () => recordEvent('error', { imageId, code }));
+        await undo.attempt('record event', () => recordEvent('error', { imageId, code }));
       }
     });
     enter('failed');

@@ -101,11 +101,34 @@ export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promis
       nonRetryable: true,
     });
   }
-  const { startTime, taskQueue } = workflowInfo();
-  const startedAt = startTime.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const startedAt = workflowInfo().startTime.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const targets = await findTargets(input.instances);
+  const snapshots = await Promise.all(targets.map((target) => snapshotTarget(input, target, startedAt)));
+  const report: ScheduledSnapshotsReport = { scheduleId: input.scheduleId, startedAt, snapshots, retention: await applyRetention(input) };
+  const count = (status: ScheduledSnapshotOutcome['status']) => snapshots.filter((s) => s.status === status).length;
+  log.info('scheduled snapshots done', {
+    scheduleId: input.scheduleId,
+    completed: count('completed'),
+    busy: count('busy'),
+    failed: count('failed'),
+    deletedImages: report.retention?.deleted.length ?? 0,
+  });
+  return report;
+}
 
-  // Each instance by its UUID, as a manual snapshot's workflow id has it; on a miss, ask every host
-  // to rediscover (once), as the snapshot itself would.
+interface Target {
+  /** As the schedule names it. */
+  instance: string;
+  instanceId?: string;
+  name: string;
+}
+
+/**
+ * Each instance by its UUID, as a manual snapshot's workflow id has it; on a miss, every host is
+ * asked to rediscover (once), as the snapshot itself would. A name and its UUID given both are one
+ * instance.
+ */
+async function findTargets(instances: string[]): Promise<Target[]> {
   type Found = Awaited<ReturnType<MainActivities['findInstance']>>;
   const lookup = async (ref: string): Promise<Found> => {
     try {
@@ -117,7 +140,7 @@ export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promis
     }
   };
   const found = new Map<string, Found>();
-  for (const ref of input.instances) found.set(ref, await lookup(ref));
+  for (const ref of instances) found.set(ref, await lookup(ref));
   if ([...found.values()].includes(null)) {
     const hosts = await main(lookupOptions, 'list hosts').listHosts().catch(() => [] as string[]);
     await Promise.allSettled(
@@ -127,84 +150,74 @@ export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promis
     );
     for (const [ref, record] of found) if (!record) found.set(ref, await lookup(ref));
   }
-
-  // One child per instance: a name and its UUID given both are one instance.
-  const targets = new Map<string, { instance: string; instanceId?: string; name: string }>();
+  const targets = new Map<string, Target>();
   for (const [ref, record] of found) {
     const key = record?.id ?? ref;
     if (!targets.has(key)) targets.set(key, { instance: ref, ...(record ? { instanceId: record.id } : {}), name: record?.name ?? ref });
   }
+  return [...targets.values()];
+}
 
-  const snapshots = await Promise.all(
-    [...targets.values()].map(async (target): Promise<ScheduledSnapshotOutcome> => {
-      const workflowId = snapshotWorkflowId(target.instanceId ?? target.instance);
-      const request: SnapshotRequest = {
-        instance: target.instanceId ?? target.instance,
-        imageName: `${input.imageNamePrefix}-${target.name}-${startedAt}`,
-        scheduleId: input.scheduleId,
-        ...(input.metadata ? { metadata: input.metadata } : {}),
-        ...(input.diskFormat ? { diskFormat: input.diskFormat } : {}),
-        ...(input.compress ? { compress: true } : {}),
-      };
-      const outcome: ScheduledSnapshotOutcome = {
-        instance: target.instance,
-        ...(target.instanceId ? { instanceId: target.instanceId } : {}),
-        workflowId,
-        status: 'failed',
-        imageName: request.imageName,
-      };
-      try {
-        const child = await startChild<typeof snapshotInstance>('snapshotInstance', {
-          workflowId,
-          taskQueue,
-          args: [request],
-          // Cancelling (or terminating) this run cancels its snapshots, which undo their work.
-          parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
-          typedSearchAttributes: [{ key: INSTANCE_ID, value: request.instance }],
-        });
-        const result = await child.result();
-        return { ...outcome, status: 'completed', imageId: result.imageId };
-      } catch (err) {
-        if (CancellationScope.current().consideredCancelled) throw err;
-        if (err instanceof WorkflowExecutionAlreadyStartedError) {
-          return { ...outcome, status: 'busy', error: { type: 'InstanceBusy', message: `a snapshot of ${target.instance} is running already (workflow ${workflowId})` } };
-        }
-        const error = failureOf(err);
-        log.warn('scheduled snapshot did not complete', { instance: target.instance, workflowId, failureType: error.type, error: error.message });
-        return { ...outcome, status: error.type === 'InstanceBusy' ? 'busy' : 'failed', error };
-      }
-    }),
-  );
-
-  const report: ScheduledSnapshotsReport = { scheduleId: input.scheduleId, startedAt, snapshots, retention: null };
-  const policy = input.retention ?? {};
-  if ((policy.keepLast ?? 0) > 0 || (policy.keepDaily ?? 0) > 0 || (policy.keepWeekly ?? 0) > 0) {
-    const retention: NonNullable<ScheduledSnapshotsReport['retention']> = { decisions: [], deleted: [], errors: [] };
-    report.retention = retention;
-    try {
-      const plan = await main(retentionOptions, `plan retention of ${input.scheduleId}`).planScheduleRetention({ scheduleId: input.scheduleId, policy });
-      retention.decisions = plan.decisions;
-      for (const d of plan.decisions.filter((x) => x.action === 'delete')) {
-        try {
-          const outcome = await main(retentionOptions, `retention: delete image ${d.imageId} (${d.name})`).deleteExpiredImage({ scheduleId: input.scheduleId, imageId: d.imageId });
-          if (outcome.deleted) retention.deleted.push(d.imageId);
-          // Protected or put to use meanwhile: kept after all, and the decision says why.
-          if (outcome.kept) Object.assign(d, { action: 'keep', ...outcome.kept });
-        } catch (err) {
-          retention.errors.push(`delete ${d.imageId}: ${messageOf(err)}`);
-        }
-      }
-    } catch (err) {
-      retention.errors.push(`plan: ${messageOf(err)}`);
-    }
-  }
-  const count = (status: ScheduledSnapshotOutcome['status']) => snapshots.filter((s) => s.status === status).length;
-  log.info('scheduled snapshots done', {
+/** One child snapshotInstance; its failure is reported, not thrown, so the others go on. */
+async function snapshotTarget(input: ScheduledSnapshotsInput, target: Target, startedAt: string): Promise<ScheduledSnapshotOutcome> {
+  const workflowId = snapshotWorkflowId(target.instanceId ?? target.instance);
+  const request: SnapshotRequest = {
+    instance: target.instanceId ?? target.instance,
+    imageName: `${input.imageNamePrefix}-${target.name}-${startedAt}`,
     scheduleId: input.scheduleId,
-    completed: count('completed'),
-    busy: count('busy'),
-    failed: count('failed'),
-    deletedImages: report.retention?.deleted.length ?? 0,
-  });
-  return report;
+    ...(input.metadata ? { metadata: input.metadata } : {}),
+    ...(input.diskFormat ? { diskFormat: input.diskFormat } : {}),
+    ...(input.compress ? { compress: true } : {}),
+  };
+  const outcome: ScheduledSnapshotOutcome = {
+    instance: target.instance,
+    ...(target.instanceId ? { instanceId: target.instanceId } : {}),
+    workflowId,
+    status: 'failed',
+    imageName: request.imageName,
+  };
+  try {
+    const child = await startChild<typeof snapshotInstance>('snapshotInstance', {
+      workflowId,
+      taskQueue: workflowInfo().taskQueue,
+      args: [request],
+      // Cancelling (or terminating) this run cancels its snapshots, which undo their work.
+      parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+      typedSearchAttributes: [{ key: INSTANCE_ID, value: request.instance }],
+    });
+    const result = await child.result();
+    return { ...outcome, status: 'completed', imageId: result.imageId };
+  } catch (err) {
+    if (CancellationScope.current().consideredCancelled) throw err;
+    if (err instanceof WorkflowExecutionAlreadyStartedError) {
+      return { ...outcome, status: 'busy', error: { type: 'InstanceBusy', message: `a snapshot of ${target.instance} is running already (workflow ${workflowId})` } };
+    }
+    const error = failureOf(err);
+    log.warn('scheduled snapshot did not complete', { instance: target.instance, workflowId, failureType: error.type, error: error.message });
+    return { ...outcome, status: error.type === 'InstanceBusy' ? 'busy' : 'failed', error };
+  }
+}
+
+/** The schedule's retention, after its snapshots; null when it has no rule. Errors are reported. */
+async function applyRetention(input: ScheduledSnapshotsInput): Promise<ScheduledSnapshotsReport['retention']> {
+  const policy = input.retention ?? {};
+  if (!((policy.keepLast ?? 0) > 0 || (policy.keepDaily ?? 0) > 0 || (policy.keepWeekly ?? 0) > 0)) return null;
+  const retention: NonNullable<ScheduledSnapshotsReport['retention']> = { decisions: [], deleted: [], errors: [] };
+  try {
+    const plan = await main(retentionOptions, `plan retention of ${input.scheduleId}`).planScheduleRetention({ scheduleId: input.scheduleId, policy });
+    retention.decisions = plan.decisions;
+    for (const d of plan.decisions.filter((x) => x.action === 'delete')) {
+      try {
+        const outcome = await main(retentionOptions, `retention: delete image ${d.imageId} (${d.name})`).deleteExpiredImage({ scheduleId: input.scheduleId, imageId: d.imageId });
+        if (outcome.deleted) retention.deleted.push(d.imageId);
+        // Protected or put to use meanwhile: kept after all, and the decision says why.
+        if (outcome.kept) Object.assign(d, { action: 'keep', ...outcome.kept });
+      } catch (err) {
+        retention.errors.push(`delete ${d.imageId}: ${messageOf(err)}`);
+      }
+    }
+  } catch (err) {
+    retention.errors.push(`plan: ${messageOf(err)}`);
+  }
+  return retention;
 }

@@ -1,7 +1,8 @@
-// snapshotInstance: Nova's createImage as a saga. Each step is an activity safe to retry; on
-// failure, cancellation or timeout the compensations run in reverse in a non-cancellable scope:
-// resume what we paused, remove temp files, delete the unfinished image, task state back to None,
-// record an instance fault. Deterministic code only: all I/O lives in activities.
+// snapshotInstance: Nova's createImage as a saga, step by step as README's "How a snapshot runs".
+// Each step is an activity safe to retry, and pushes its undo as it is scheduled; on failure,
+// cancellation or timeout the undo steps run in reverse in a non-cancellable scope (resume what we
+// paused, remove temp files, delete the unfinished image), then task state goes back to None and
+// an instance fault is recorded. Deterministic code only: all I/O lives in activities.
 import {
   ActivityCancellationType,
   ApplicationFailure,
@@ -23,12 +24,12 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { SlotActivities } from '../activities/index.js';
-import { failure, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import { Compensations, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
-import type { Consistency, SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
+import type { Consistency, DiskFormat, SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
 import type { TaskState } from '../store/store.js';
 
@@ -91,197 +92,78 @@ function stepOptions(settings: SnapshotSettings, host: string) {
   };
 }
 
-const snapshotFailure = (err: unknown): unknown => typedFailure(err, 'Snapshot');
+type Steps = ReturnType<typeof stepOptions>;
+type Mode = 'cold' | 'live';
+type Copy = { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number; guestWriteStallMs?: number };
+
+/** What the steps of one snapshot share. */
+interface Snapshot {
+  request: SnapshotRequest;
+  /** `<workflow id>/<run id>`: owner of the task state, requester of the image. */
+  owner: string;
+  imageId: string;
+  diskFormat: DiskFormat;
+  instanceId: string;
+  settings: SnapshotSettings;
+  steps: Steps;
+  track: Tracker;
+  undo: Compensations;
+}
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
-  const problems = validateSnapshotRequest(request);
-  if (problems.length) {
-    throw ApplicationFailure.create({
-      type: 'InvalidInput',
-      message: `invalid snapshot request: ${describeProblems(problems)}`,
-      nonRetryable: true,
-      details: [problems],
-    });
-  }
+  refuseInvalid(request);
   const { workflowId, runId } = workflowInfo();
   const owner = `${workflowId}/${runId}`;
   const imageId = request.imageId ?? uuid4();
   const diskFormat = request.diskFormat ?? 'qcow2';
-  const progress: SnapshotProgress = { phase: 'starting', imageId, taskState: null, phaseDurationsMs: {} };
-  setHandler(progressQuery, () => progress);
-  upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }, { key: PHASE, value: 'starting' }]);
-  upsertMemo({ instance: request.instance, imageName: request.imageName, imageId, diskFormat });
-
-  const describe = () =>
-    setDetails([
-      `**${progress.phase}**`,
-      `instance \`${progress.instanceId ?? request.instance}\` → image \`${imageId}\` (${request.imageName})`,
-      `task state: ${progress.taskState ?? 'None'}`,
-      ...(progress.error ? [`error: ${progress.error}`] : []),
-    ]);
-  let phaseStartedAt = Date.now();
-  const enter = (phase: SnapshotPhase) => {
-    const spent = Date.now() - phaseStartedAt;
-    progress.phaseDurationsMs[progress.phase] = (progress.phaseDurationsMs[progress.phase] ?? 0) + spent;
-    phaseDuration.withTags({ phase: progress.phase }).record(spent);
-    phaseStartedAt = Date.now();
-    progress.phase = phase;
-    upsertSearchAttributes([{ key: PHASE, value: phase }]);
-    describe();
-    log.info(`snapshot phase ${phase}`, { imageId, phase, ...(progress.error ? { error: progress.error } : {}) });
-  };
-  describe();
-
+  const track = new Tracker(request, imageId, diskFormat);
   const settings = await onMain(storeOptions, 'read snapshot settings of the workers').getSnapshotSettings();
-  let slotAcquired = false;
-  setHandler(defineSignal(SLOT_ACQUIRED_SIGNAL), () => {
-    slotAcquired = true;
-  });
-  // The host slot is held by an activity in this scope; cancelling the scope lets go of it.
-  const slotScope = new CancellationScope();
-  let slotHeld: Promise<unknown> | undefined;
-  /**
-   * Waits until the slot holder has ended. Without this a finished snapshot closes with the
-   * holder still pending (cancel requested) in the Web UI and `temporal workflow describe`.
-   * Workflows started before this change did not wait: their histories replay without it.
-   */
-  const slotReleased = async () => {
-    if (slotHeld && patched('wait-for-slot-release')) await slotHeld;
-  };
+  const slot = new HostSlot(owner);
 
-  // Lookup: the inventory first; on a miss, ask every host to rediscover, then look again.
-  const lookup = onMain(storeOptions, `look up instance ${request.instance}`);
-  let instance = await lookup.findInstance(request.instance);
-  if (!instance) {
-    const hosts = await onMain(storeOptions, 'list hosts').listHosts();
-    await Promise.allSettled(hosts.map((h) => onHost(stepOptions(settings, h).discovery, `discover instances on ${h}`).discoverInstances()));
-    instance = await lookup.findInstance(request.instance);
-  }
-  if (!instance) {
-    snapshotsTotal.withTags({ outcome: 'refused' }).add(1);
-    throw failure('InstanceNotFound', `no instance "${request.instance}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
-  }
-  const instanceId = instance.id;
-  const host = instance.host;
-  progress.instanceId = instanceId;
-  upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: host }]);
+  // 1. findInstance: the inventory, and on a miss every host rediscovers.
+  const { id: instanceId, host, baseImageRef } = await findInstance(request.instance, settings, track);
+  track.found(instanceId, host);
   const steps = stepOptions(settings, host);
-
-  const setTaskState = async (expected: TaskState | null, next: TaskState | null) => {
-    await onMain(steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({ instanceId, expected, next, owner });
-    progress.taskState = next;
-    describe();
-  };
-  const recordEvent = (event: string, details: Record<string, unknown>) =>
-    onMain(steps.store, `record ${event} event`).recordInstanceEvent({ instanceId, event, requestId: owner, details });
-
-  // What has happened so far, for compensation. A step counts from the moment it is scheduled:
-  // its result may be lost while its effect is real.
-  let taskAcquired = false;
-  let imageRequested = false;
-  let pauseRequested = false;
-  let resumed = false;
-  let quiesceRequested = false;
-  let convertRequested = false;
-  let verified = false;
-
+  const undo = new Compensations({ instanceId, imageId });
+  const s: Snapshot = { request, owner, imageId, diskFormat, instanceId, settings, steps, track, undo };
+  const task = taskState(s);
   try {
-    await setTaskState(null, 'image_snapshot_pending');
-    taskAcquired = true;
-    await recordEvent('start', { imageId });
+    // 2. Task state None → image_snapshot_pending by compare-and-swap, else InstanceBusy.
+    await task.acquire();
+    await recordEvent(s, 'start', { imageId });
 
-    enter('creating-image');
-    imageRequested = true;
+    // 3. createImageRecord: Glance image with our id, status queued.
+    track.enter('creating-image');
+    const image = undo.push('delete image', () => onMain(steps.image, 'compensation: delete the image').deleteImageRecord(imageId));
     await onMain(steps.image, `create image ${imageId} in Glance`).createImageRecord({
       imageId,
       imageName: request.imageName,
       instanceId,
-      baseImageRef: instance.baseImageRef,
+      baseImageRef,
       metadata: request.metadata ?? {},
       userId: request.userId,
       projectId: request.projectId,
       requestId: owner,
       scheduleId: request.scheduleId,
     });
-    await setTaskState('image_snapshot_pending', 'image_snapshot');
 
-    // At most max-concurrent-snapshots per host, as Nova's compute manager does; the rest wait.
-    enter('waiting-for-host');
-    slotHeld = slotScope
-      .run(() => proxyActivities<SlotActivities>({ ...steps.slot, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner }))
-      .catch(() => undefined); // it ends when we let go
-    await condition(() => slotAcquired);
+    // 4. Task state → image_snapshot; at most max-concurrent-snapshots per host, as Nova does.
+    await task.set('image_snapshot_pending', 'image_snapshot');
+    track.enter('waiting-for-host');
+    await slot.acquire(steps.slot, host);
 
+    // 5-7. The copy: live while the guest runs, or cold (pause, convertDisk, resume).
     const priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
       throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`);
     }
-    // Live keeps a running guest running; a guest that is not running is copied cold, which
-    // needs no pause either.
-    const wanted = request.mode ?? settings.defaultMode;
-    let mode: 'cold' | 'live' = 'cold';
-    let modeReason: string | undefined;
-    if (wanted !== 'cold') {
-      if (priorPowerState !== 'running') {
-        modeReason = `the instance is ${priorPowerState}: a cold copy needs no pause`;
-      } else {
-        const support = await onHost(steps.quick, 'can this host copy the disk live?').liveCopySupport(instanceId);
-        if (support.supported) mode = 'live';
-        else if (wanted === 'live') {
-          throw failure('InstanceInvalidState', `a live snapshot of ${instanceId} is not possible: ${support.reason ?? 'unsupported'}; ask for mode "cold" or "auto"`);
-        } else modeReason = support.reason ?? 'live copy is not supported here';
-      }
-    }
+    const { mode, modeReason } = await chooseMode(s, priorPowerState);
+    const copy = mode === 'live' ? await liveCopy(s) : await coldCopy(s, priorPowerState);
 
-    let copy: { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number; guestWriteStallMs?: number };
-    if (mode === 'live') {
-      enter('copying');
-      convertRequested = true;
-      quiesceRequested = (request.quiesce ?? 'try') !== 'never';
-      copy = await onHost(steps.convert, 'live point-in-time copy of the root disk (QEMU backup job)').liveCopyDisk({
-        instanceId,
-        imageId,
-        diskFormat,
-        compress: request.compress ?? false,
-        quiesce: request.quiesce ?? 'try',
-        owner,
-      });
-    } else {
-      let pausedAt = 0;
-      if (priorPowerState === 'running') {
-        enter('pausing');
-        pauseRequested = true;
-        ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
-      }
-      enter('converting');
-      convertRequested = true;
-      const convert = () =>
-        onHost(steps.convert, `qemu-img convert of the root disk to ${diskFormat}`).convertDisk({
-          instanceId,
-          imageId,
-          diskFormat,
-          compress: request.compress ?? false,
-          // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
-          forceShare: priorPowerState !== 'shutdown',
-        });
-      const disk = pauseRequested && settings.pauseBudgetMs > 0 ? await withinPauseBudget(convert, settings.pauseBudgetMs) : await convert();
-      let pauseMs = 0;
-      if (pauseRequested) {
-        // As Nova does: the guest runs again before the upload, which may take long.
-        enter('resuming');
-        const resumption = await onHost(steps.resume, 'resume the guest').resumeInstance({ instanceId, owner });
-        resumed = true;
-        pauseMs = resumption.resumedAt - pausedAt;
-        pauseDuration.record(pauseMs);
-        if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
-        if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
-      }
-      copy = { ...disk, consistency: 'crash-consistent', guestPauseMs: pauseMs };
-    }
-
-    await setTaskState('image_snapshot', 'image_pending_upload');
-    await setTaskState('image_pending_upload', 'image_uploading');
-    enter('uploading');
+    // 8-9. Task state → image_pending_upload → image_uploading; upload, verified against Glance.
+    await task.set('image_snapshot', 'image_pending_upload');
+    await task.set('image_pending_upload', 'image_uploading');
+    track.enter('uploading');
     const uploaded = await onHost(steps.upload, `upload ${copy.size} bytes to Glance and verify`).uploadImage({
       imageId,
       path: copy.path,
@@ -289,17 +171,17 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       virtualSize: copy.virtualSize,
       properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
     });
-    verified = true;
-    uploadedBytes.add(uploaded.size);
-    slotScope.cancel();
+    image.drop(); // active and verified: it stays whatever happens next
+    track.uploaded(uploaded.size);
+    slot.release();
 
-    enter('finishing');
+    // 10. Temp dir removed, task state → None, the result.
+    track.enter('finishing');
     await onHost(steps.cleanup, 'remove the snapshot temp dir').removeSnapshotFiles(imageId);
-    await setTaskState('image_uploading', null);
-    await recordEvent('finish', { imageId });
-    await slotReleased();
-    enter('completed');
-    snapshotsTotal.withTags({ outcome: 'completed' }).add(1);
+    await task.set('image_uploading', null);
+    await recordEvent(s, 'finish', { imageId });
+    await slot.released();
+    track.completed();
     log.info('snapshot completed', { imageId, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
     return {
       imageId,
@@ -319,45 +201,149 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       pauseDurationMs: mode === 'cold' ? copy.guestPauseMs : 0,
       guestPauseMs: copy.guestPauseMs,
       ...(copy.guestWriteStallMs !== undefined ? { guestWriteStallMs: copy.guestWriteStallMs } : {}),
-      phaseDurationsMs: progress.phaseDurationsMs,
+      phaseDurationsMs: track.progress.phaseDurationsMs,
     };
   } catch (err) {
-    const result = snapshotFailure(err);
-    progress.error = (result as Error).message;
-    enter('compensating');
-    slotScope.cancel();
+    // On failure, cancel or timeout: undo in reverse, task state None, instance fault, typed failure.
+    const result = typedFailure(err, 'Snapshot');
+    track.compensating(result);
+    slot.release();
     await CancellationScope.nonCancellable(async () => {
-      const attempt = async (what: string, step: () => Promise<unknown>) => {
-        try {
-          await step();
-        } catch (e) {
-          log.error(`compensation step failed: ${what}`, { instanceId, imageId, error: (e as Error).message });
-        }
-      };
-      if (quiesceRequested) {
-        // The driver thaws on every path but a dead worker's; thawing twice is harmless.
-        await attempt('thaw filesystems', () => onHost(steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }));
-      }
-      if (pauseRequested && !resumed) {
-        await attempt('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }));
-      }
-      if (convertRequested) await attempt('remove temp files', () => onHost(steps.cleanup, 'compensation: remove temp dir').removeSnapshotFiles(imageId));
-      if (imageRequested && !verified) await attempt('delete image', () => onMain(steps.image, 'compensation: delete the image').deleteImageRecord(imageId));
-      await attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
-      progress.taskState = null;
-      if (taskAcquired) {
-        const code = result instanceof ApplicationFailure ? (result.type ?? 'SnapshotFailed') : 'Cancelled';
-        await attempt('record fault', () =>
-          onMain(steps.store, 'record instance fault').recordInstanceFault({ instanceId, code, message: progress.error ?? code, details: { workflowId, runId, imageId } }),
-        );
-        await attempt('record event', () => recordEvent('error', { imageId, code }));
-      }
-      await slotReleased();
+      await undo.run();
+      await task.release(result);
+      await slot.released();
     });
-    enter(isCancellation(result) ? 'cancelled' : 'failed');
-    snapshotsTotal.withTags({ outcome: isCancellation(result) ? 'cancelled' : 'failed' }).add(1);
+    track.ended(result);
     throw result;
   }
+}
+
+function refuseInvalid(request: SnapshotRequest): void {
+  const problems = validateSnapshotRequest(request);
+  if (problems.length) {
+    throw ApplicationFailure.create({
+      type: 'InvalidInput',
+      message: `invalid snapshot request: ${describeProblems(problems)}`,
+      nonRetryable: true,
+      details: [problems],
+    });
+  }
+}
+
+/** The inventory first; on a miss, every host rediscovers, then it is looked up again. */
+async function findInstance(ref: string, settings: SnapshotSettings, track: Tracker) {
+  const instance = await lookUpInstance(ref, storeOptions, (host) => stepOptions(settings, host).discovery);
+  if (instance) return instance;
+  track.refused();
+  throw instanceNotFound(ref);
+}
+
+/** The instance's task state, owned by this snapshot from the first compare-and-swap. */
+function taskState(s: Snapshot) {
+  let acquired = false;
+  const set = async (expected: TaskState | null, next: TaskState | null) => {
+    await onMain(s.steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({ instanceId: s.instanceId, expected, next, owner: s.owner });
+    s.track.taskState(next);
+  };
+  return {
+    set,
+    async acquire() {
+      await set(null, 'image_snapshot_pending');
+      acquired = true;
+    },
+    /** Compensation's end: task state None (if we still hold it), and a fault if we held it. */
+    async release(result: unknown) {
+      const { instanceId, owner, imageId, undo, steps } = s;
+      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
+      s.track.progress.taskState = null;
+      if (!acquired) return;
+      const code = result instanceof ApplicationFailure ? (result.type ?? 'SnapshotFailed') : 'Cancelled';
+      const { workflowId, runId } = workflowInfo();
+      await undo.attempt('record fault', () =>
+        onMain(steps.store, 'record instance fault').recordInstanceFault({ instanceId, code, message: s.track.progress.error ?? code, details: { workflowId, runId, imageId } }),
+      );
+      await undo.attempt('record event', () => recordEvent(s, 'error', { imageId, code }));
+    },
+  };
+}
+
+function recordEvent(s: Snapshot, event: string, details: Record<string, unknown>) {
+  return onMain(s.steps.store, `record ${event} event`).recordInstanceEvent({ instanceId: s.instanceId, event, requestId: s.owner, details });
+}
+
+/**
+ * Live keeps a running guest running where the host can; a guest that is not running is copied
+ * cold, which needs no pause either. `mode` "live" where the host cannot is refused.
+ */
+async function chooseMode(s: Snapshot, priorPowerState: string): Promise<{ mode: Mode; modeReason?: string }> {
+  const wanted = s.request.mode ?? s.settings.defaultMode;
+  if (wanted === 'cold') return { mode: 'cold' };
+  if (priorPowerState !== 'running') return { mode: 'cold', modeReason: `the instance is ${priorPowerState}: a cold copy needs no pause` };
+  const support = await onHost(s.steps.quick, 'can this host copy the disk live?').liveCopySupport(s.instanceId);
+  if (support.supported) return { mode: 'live' };
+  if (wanted === 'live') {
+    throw failure('InstanceInvalidState', `a live snapshot of ${s.instanceId} is not possible: ${support.reason ?? 'unsupported'}; ask for mode "cold" or "auto"`);
+  }
+  return { mode: 'cold', modeReason: support.reason ?? 'live copy is not supported here' };
+}
+
+function removeTempDir(s: Snapshot) {
+  return s.undo.push('remove temp files', () => onHost(s.steps.cleanup, 'compensation: remove temp dir').removeSnapshotFiles(s.imageId));
+}
+
+/** A point-in-time copy by a QEMU backup job while the guest runs (quiesced if asked and able). */
+async function liveCopy(s: Snapshot): Promise<Copy> {
+  const { request, instanceId, owner } = s;
+  s.track.enter('copying');
+  removeTempDir(s);
+  if ((request.quiesce ?? 'try') !== 'never') {
+    // The driver thaws on every path but a dead worker's; thawing twice is harmless.
+    s.undo.push('thaw filesystems', () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }), { guest: true });
+  }
+  return onHost(s.steps.convert, 'live point-in-time copy of the root disk (QEMU backup job)').liveCopyDisk({
+    instanceId,
+    imageId: s.imageId,
+    diskFormat: s.diskFormat,
+    compress: request.compress ?? false,
+    quiesce: request.quiesce ?? 'try',
+    owner,
+  });
+}
+
+/** Nova's way: a running guest is paused for the copy and resumed before the upload. */
+async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'shutdown'): Promise<Copy> {
+  const { instanceId, owner, steps, track } = s;
+  let pausedAt = 0;
+  let paused: { drop(): void } | undefined;
+  if (priorPowerState === 'running') {
+    track.enter('pausing');
+    paused = s.undo.push('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }), { guest: true });
+    ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
+  }
+  track.enter('converting');
+  removeTempDir(s);
+  const convert = () =>
+    onHost(steps.convert, `qemu-img convert of the root disk to ${s.diskFormat}`).convertDisk({
+      instanceId,
+      imageId: s.imageId,
+      diskFormat: s.diskFormat,
+      compress: s.request.compress ?? false,
+      // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
+      forceShare: priorPowerState !== 'shutdown',
+    });
+  const budgetMs = s.settings.pauseBudgetMs;
+  const disk = paused && budgetMs > 0 ? await withinPauseBudget(convert, budgetMs) : await convert();
+  if (!paused) return { ...disk, consistency: 'crash-consistent', guestPauseMs: 0 };
+
+  // As Nova does: the guest runs again before the upload, which may take long.
+  track.enter('resuming');
+  const resumption = await onHost(steps.resume, 'resume the guest').resumeInstance({ instanceId, owner });
+  paused.drop();
+  const pauseMs = resumption.resumedAt - pausedAt;
+  track.paused(pauseMs);
+  if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
+  if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
+  return { ...disk, consistency: 'crash-consistent', guestPauseMs: pauseMs };
 }
 
 /**
@@ -383,5 +369,120 @@ async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number): P
   } finally {
     timerScope.cancel();
     await timer;
+  }
+}
+
+/**
+ * One of the host's snapshot slots: held by an activity on the host's slot queue, which signals
+ * when it has the slot and holds it until its scope is cancelled.
+ */
+class HostSlot {
+  private acquired = false;
+  private readonly scope: CancellationScope;
+  private held?: Promise<unknown>;
+
+  constructor(private readonly owner: string) {
+    setHandler(defineSignal(SLOT_ACQUIRED_SIGNAL), () => {
+      this.acquired = true;
+    });
+    this.scope = new CancellationScope();
+  }
+
+  async acquire(options: ActivityOptions, host: string): Promise<void> {
+    this.held = this.scope
+      .run(() => proxyActivities<SlotActivities>({ ...options, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner: this.owner }))
+      .catch(() => undefined); // it ends when we let go
+    await condition(() => this.acquired);
+  }
+
+  release(): void {
+    this.scope.cancel();
+  }
+
+  /**
+   * Waits until the slot holder has ended. Without this a finished snapshot closes with the
+   * holder still pending (cancel requested) in the Web UI and `temporal workflow describe`.
+   * Workflows started before this change did not wait: their histories replay without it.
+   */
+  async released(): Promise<void> {
+    if (this.held && patched('wait-for-slot-release')) await this.held;
+  }
+}
+
+/** The bookkeeping of one snapshot: the progress query, phases and their metrics, search attributes, Web UI details. */
+class Tracker {
+  readonly progress: SnapshotProgress;
+  private phaseStartedAt = Date.now();
+
+  constructor(
+    private readonly request: SnapshotRequest,
+    private readonly imageId: string,
+    diskFormat: DiskFormat,
+  ) {
+    this.progress = { phase: 'starting', imageId, taskState: null, phaseDurationsMs: {} };
+    setHandler(progressQuery, () => this.progress);
+    upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }, { key: PHASE, value: 'starting' }]);
+    upsertMemo({ instance: request.instance, imageName: request.imageName, imageId, diskFormat });
+    this.describe();
+  }
+
+  found(instanceId: string, host: string): void {
+    this.progress.instanceId = instanceId;
+    upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: host }]);
+  }
+
+  enter(phase: SnapshotPhase): void {
+    const { progress } = this;
+    const spent = Date.now() - this.phaseStartedAt;
+    progress.phaseDurationsMs[progress.phase] = (progress.phaseDurationsMs[progress.phase] ?? 0) + spent;
+    phaseDuration.withTags({ phase: progress.phase }).record(spent);
+    this.phaseStartedAt = Date.now();
+    progress.phase = phase;
+    upsertSearchAttributes([{ key: PHASE, value: phase }]);
+    this.describe();
+    log.info(`snapshot phase ${phase}`, { imageId: this.imageId, phase, ...(progress.error ? { error: progress.error } : {}) });
+  }
+
+  taskState(next: TaskState | null): void {
+    this.progress.taskState = next;
+    this.describe();
+  }
+
+  paused(ms: number): void {
+    pauseDuration.record(ms);
+  }
+
+  uploaded(bytes: number): void {
+    uploadedBytes.add(bytes);
+  }
+
+  refused(): void {
+    snapshotsTotal.withTags({ outcome: 'refused' }).add(1);
+  }
+
+  completed(): void {
+    this.enter('completed');
+    snapshotsTotal.withTags({ outcome: 'completed' }).add(1);
+  }
+
+  compensating(result: unknown): void {
+    this.progress.error = (result as Error).message;
+    this.enter('compensating');
+  }
+
+  ended(result: unknown): void {
+    const outcome = isCancellation(result) ? 'cancelled' : 'failed';
+    this.enter(outcome);
+    snapshotsTotal.withTags({ outcome }).add(1);
+  }
+
+  private describe(): void {
+    const { progress } = this;
+    setDetails([
+      `**${progress.phase}**`,
+      `instance \`${progress.instanceId ?? this.request.instance}\` → image \`${this.imageId}\` (${this.request.imageName})`,
+      `task state: ${progress.taskState ?? 'None'}`,
+      ...(progress.error ? [`error: ${progress.error}`] : []),
+    ]);
   }
 }

@@ -1,8 +1,9 @@
 // What the saga workflows (snapshot, restore) share: their steps on the main and host queues, each
-// with a one-line summary for the Web UI, and the workflow failure typed like its cause.
-// Deterministic code only.
-import { ActivityFailure, ApplicationFailure, TimeoutFailure, isCancellation, proxyActivities, setCurrentDetails, type ActivityOptions } from '@temporalio/workflow';
+// with a one-line summary for the Web UI, the compensation stack, and the workflow failure typed
+// like its cause. Deterministic code only.
+import { ActivityFailure, ApplicationFailure, TimeoutFailure, isCancellation, log, proxyActivities, setCurrentDetails, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
+import type { InstanceRecord } from '../store/store.js';
 
 /** A host-queue step with a one-line summary for the Web UI. */
 export function onHost(options: ActivityOptions, summary: string) {
@@ -20,6 +21,68 @@ export function onMain(options: ActivityOptions, summary: string) {
  */
 export function setDetails(paragraphs: string[]): void {
   setCurrentDetails([...paragraphs, '\u00a0'].join('\n\n'));
+}
+
+/**
+ * The instance by UUID or name: the inventory first; on a miss, every host rediscovers (each with
+ * the `discovery` options of its queue), then it is looked up again. Null if still unknown.
+ */
+export async function lookUpInstance(ref: string, store: ActivityOptions, discovery: (host: string) => ActivityOptions): Promise<InstanceRecord | null> {
+  const lookup = onMain(store, `look up instance ${ref}`);
+  const instance = await lookup.findInstance(ref);
+  if (instance) return instance;
+  const hosts = await onMain(store, 'list hosts').listHosts();
+  await Promise.allSettled(hosts.map((h) => onHost(discovery(h), `discover instances on ${h}`).discoverInstances()));
+  return lookup.findInstance(ref);
+}
+
+export function instanceNotFound(ref: string): ApplicationFailure {
+  return failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
+}
+
+interface Compensation {
+  what: string;
+  undo: () => Promise<unknown>;
+  guest: boolean;
+  dropped: boolean;
+}
+
+/**
+ * The saga's undo steps. Each is pushed as its step is scheduled, not when it completes: a step
+ * counts from that moment, since its result may be lost while its effect is real. `run` undoes in
+ * reverse order, except that what gives the guest back (thaw, resume) goes first of all: a paused
+ * guest does not wait for cleanup. A step that is done with (the guest resumed, the image
+ * verified) is dropped. An undo step that fails is logged and the others still run; what it
+ * leaves is the reconciler's. Run it in a non-cancellable scope.
+ */
+export class Compensations {
+  private readonly stack: Compensation[] = [];
+
+  constructor(private readonly context: Record<string, unknown>) {}
+
+  push(what: string, undo: () => Promise<unknown>, opts: { guest?: boolean } = {}): { drop(): void } {
+    const entry: Compensation = { what, undo, guest: opts.guest ?? false, dropped: false };
+    this.stack.push(entry);
+    return {
+      drop() {
+        entry.dropped = true;
+      },
+    };
+  }
+
+  async run(): Promise<void> {
+    const pending = this.stack.filter((c) => !c.dropped).reverse();
+    for (const c of [...pending.filter((c) => c.guest), ...pending.filter((c) => !c.guest)]) await this.attempt(c.what, c.undo);
+  }
+
+  /** Runs one undo step; a failure is logged, not thrown. */
+  async attempt(what: string, step: () => Promise<unknown>): Promise<void> {
+    try {
+      await step();
+    } catch (e) {
+      log.error(`compensation step failed: ${what}`, { ...this.context, error: (e as Error).message });
+    }
+  }
 }
 
 export function failure(type: string, message: string): ApplicationFailure {

@@ -14,6 +14,7 @@ import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { ensureReconcileSchedule } from '../../src/worker/reconcile-schedule.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { recordFaultRow } from '../support/fault-report.js';
+import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 import { checkInvariants } from '../support/invariants.js';
 import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
 
@@ -21,11 +22,15 @@ const guestName = `vmsnap-test-rec-${process.pid}`;
 let h: Harness;
 let guest: Guest;
 
-async function reconcileNow(): Promise<ReconcileReport> {
-  return h.client.workflow.execute('reconcile', {
+/** Runs the reconciler once; with a fixture path, its history may be recorded there. */
+async function reconcileNow(fixture?: string): Promise<ReconcileReport> {
+  const handle = await h.client.workflow.start('reconcile', {
     taskQueue: h.config.temporal.taskQueue,
     workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
   });
+  const report = (await handle.result()) as ReconcileReport;
+  if (fixture) await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, fixture);
+  return report;
 }
 
 describe('reconciler on the real stack', { timeout: 300_000 }, () => {
@@ -52,7 +57,7 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
     assert.ok(await h.glance.getImage(imageId), 'the queued image is still there');
 
     const started = Date.now();
-    const report = await reconcileNow();
+    const report = await reconcileNow(REPLAY_FIXTURES.reconcile);
     const tookMs = Date.now() - started;
     assert.deepEqual(report.resumed, [guest.uuid]);
     assert.deepEqual(report.releasedTasks, [guest.uuid]);

@@ -27,6 +27,7 @@ import type { ScheduledSnapshotsReport } from '../../src/workflows/scheduled.js'
 import { deleteImages, eventually, stopLeftoverSnapshots, vmsnap, type CliRun } from '../support/cli.js';
 import { glanceAuth } from '../support/cloud.js';
 import { startHarness, type Harness } from '../support/harness.js';
+import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 
 const pid = process.pid;
 const guestName = `vmsnap-test-sched-${pid}`;
@@ -228,6 +229,11 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
       300,
     );
     const protectedId = ofGuest(first)!.imageId!;
+    // The run that made it: lookups, a completed and a failed child snapshot, retention.
+    if (process.env.VMSNAP_RECORD_HISTORY === '1') {
+      const run = (await describeSchedule(h.client, timed)).recentRuns.find((r) => r.status === 'completed');
+      if (run) await recordHistory(h.config.temporal.address, run, REPLAY_FIXTURES.scheduledSnapshots);
+    }
     await setProtected(protectedId, true);
 
     // Several runs: each makes an image, then prunes the schedule's images to the newest 2.

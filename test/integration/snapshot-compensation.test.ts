@@ -12,6 +12,7 @@ import { startSnapshot } from '../../src/client/snapshots.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { findImagesByName } from '../support/images.js';
+import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const guestName = `vmsnap-test-comp-${process.pid}`;
@@ -59,6 +60,7 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
     );
     assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
     assert.equal(err.cause.type, 'ImageServiceError');
+    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotCompensated);
     assert.ok(proxy.requests.some((r) => r.method === 'PUT' && r.status === 413), 'the upload was tried and refused');
 
     // 1. The guest runs again and keeps counting.

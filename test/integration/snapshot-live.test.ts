@@ -11,6 +11,7 @@ import { createGuest, guestState, readCounter, removeGuest, type Counter, type G
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import { downloadImage } from '../support/images.js';
+import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 import { outcomeOf } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
@@ -70,7 +71,9 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
   });
 
   it('copies a running guest live: one point in time, and the guest kept running', async () => {
-    const result = await (await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` }, h.config.temporal.taskQueue)).result();
+    const handle = await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` }, h.config.temporal.taskQueue);
+    const result = await handle.result();
+    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotLive);
     assert.equal(result.mode, 'live');
     assert.equal(result.pauseDurationMs, 0);
     assert.ok(result.guestPauseMs <= 50, `QEMU reported a ${result.guestPauseMs} ms pause`);

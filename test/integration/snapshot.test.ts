@@ -2,7 +2,7 @@
 // real Glance, real Temporal. The hypervisor driver is the real one, observed right after pause
 // so the test knows the counter on disk at the moment of pause.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -16,7 +16,7 @@ import { workflowBundle } from '../../src/worker/workflow-bundle.js';
 import { downloadImage, findImagesByName, observePause } from '../support/images.js';
 import { testCloud } from '../support/cloud.js';
 import { startHarness, type Harness } from '../support/harness.js';
-import { REPLAY_FIXTURE } from '../support/fixtures.js';
+import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 
 const guestName = `vmsnap-test-snap-${process.pid}`;
 let h: Harness;
@@ -112,15 +112,8 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     const history = await handle.fetchHistory();
     await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history);
     // `VMSNAP_RECORD_HISTORY=1 ./scripts/test test/integration/snapshot.test.ts` refreshes the
-    // fixture that test/unit/replay.test.ts replays: do it when a workflow change is meant to be
-    // incompatible (and then version the workflow, see README).
-    if (process.env.VMSNAP_RECORD_HISTORY === '1') {
-      const shown = await execa('.tools/bin/temporal', [
-        'workflow', 'show', '--output', 'json', '--address', h.config.temporal.address,
-        '--workflow-id', handle.workflowId, '--run-id', (await handle.describe()).runId,
-      ]);
-      writeFileSync(REPLAY_FIXTURE, shown.stdout);
-    }
+    // fixture that test/unit/replay.test.ts replays (README: Layout).
+    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotCold);
   });
 
   it('leaves an already-paused guest paused, and copies what is on its disk', async () => {

@@ -1,0 +1,341 @@
+// Fast workflow tests: vmsnap's workflows on a local Temporal (the dev server scripts/setup built
+// into .tools/, through @temporalio/testing) with fake activities that act on a small in-memory
+// cloud: instances with a power and task state, Glance images, temp dirs, events and faults. A
+// test asserts on that cloud, as the integration tests assert on the real one. No libvirt, Glance,
+// Keystone or PostgreSQL; no root.
+import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure } from '@temporalio/common';
+import type { Client, WorkflowHandle } from '@temporalio/client';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
+import type { AbandonedSnapshot } from '../../src/activities/reconcile.js';
+import type { TaskStateChange } from '../../src/activities/instance-state.js';
+import type { PowerState } from '../../src/drivers/hypervisor.js';
+import type { SnapshotSettings } from '../../src/shared/config.js';
+import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../../src/shared/names.js';
+import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../../src/shared/search-attributes.js';
+import type { SnapshotProgress, SnapshotRequest } from '../../src/shared/types.js';
+import { workflowBundle } from '../../src/worker/workflow-bundle.js';
+import type { ReconcileReport } from '../../src/workflows/reconcile.js';
+
+const TEMPORAL_CLI = fileURLToPath(new URL('../../.tools/bin/temporal', import.meta.url));
+
+export interface FakeInstance {
+  id: string;
+  name: string;
+  host: string;
+  power: PowerState | 'gone';
+  taskState: string | null;
+  taskOwner: string | null;
+  frozen: boolean;
+}
+
+export interface FakeImage {
+  status: 'queued' | 'active';
+  instanceId: string;
+  owner: string;
+}
+
+/** The activity's arguments and its default behaviour, for a hook that wraps it. */
+export interface HookCall {
+  args: unknown[];
+  run: () => Promise<unknown>;
+  /** The calling workflow's id. */
+  workflowId: string;
+}
+type Hook = (call: HookCall) => Promise<unknown>;
+
+export const FAST_SETTINGS: SnapshotSettings = {
+  pauseBudgetMs: 0,
+  heartbeatTimeoutMs: 5000,
+  imageServiceRetry: { maximumAttempts: 2, initialIntervalMs: 100, maximumIntervalMs: 200 },
+  defaultMode: 'cold',
+  liveCopyBandwidthMiBps: 0,
+  liveCopyMethod: 'auto',
+  restoreShutdownTimeoutMs: 0,
+  preRestoreRetentionMs: 60_000,
+  restoreStartTimeoutMs: 1000,
+};
+
+/** The in-memory cloud the fake activities act on. */
+export class FakeCloud {
+  readonly host = 'fake-host';
+  instances = new Map<string, FakeInstance>();
+  images = new Map<string, FakeImage>();
+  tempDirs = new Set<string>();
+  events: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }[] = [];
+  faults: { instanceId: string; code: string; message: string }[] = [];
+  /** Activity names in the order they were called (retries too). */
+  calls: string[] = [];
+  settings: SnapshotSettings = { ...FAST_SETTINGS };
+  liveSupported = false;
+  /** Per activity: runs instead of the default (which it may call through `run`). */
+  hooks: Record<string, Hook> = {};
+
+  addInstance(id: string, power: PowerState = 'running'): FakeInstance {
+    const instance: FakeInstance = { id, name: `guest-${id.slice(0, 8)}`, host: this.host, power, taskState: null, taskOwner: null, frozen: false };
+    this.instances.set(id, instance);
+    return instance;
+  }
+
+  eventsOf(instanceId: string): string[] {
+    return this.events.filter((e) => e.instanceId === instanceId).map((e) => e.event);
+  }
+
+  private instance(id: string): FakeInstance {
+    const found = this.instances.get(id);
+    if (!found || found.power === 'gone') throw ApplicationFailure.create({ type: 'InstanceNotFound', message: `no instance ${id}`, nonRetryable: true });
+    return found;
+  }
+
+  /** The activities of the three task queues, each call logged and open to a hook. */
+  activities(client: () => Client) {
+    const hooked = <A extends unknown[], R>(name: string, body: (...args: A) => Promise<R>) =>
+      (async (...args: A): Promise<R> => {
+        this.calls.push(name);
+        const hook = this.hooks[name];
+        const run = () => body(...args);
+        if (!hook) return run();
+        return (await hook({ args, run, workflowId: Context.current().info.workflowExecution?.workflowId ?? '' })) as R;
+      });
+    const record = (instanceId: string, event: string, requestId: string, details: Record<string, unknown> = {}) => {
+      this.events.push({ instanceId, event, requestId, details });
+    };
+    const main = {
+      getSnapshotSettings: hooked('getSnapshotSettings', async () => this.settings),
+      findInstance: hooked('findInstance', async (ref: string) => {
+        const found = [...this.instances.values()].find((i) => (i.id === ref || i.name === ref) && i.power !== 'gone');
+        return found
+          ? { id: found.id, name: found.name, host: found.host, powerState: found.power, taskState: found.taskState, taskOwner: found.taskOwner, baseImageRef: null, updatedAt: '', deletedAt: null }
+          : null;
+      }),
+      listHosts: hooked('listHosts', async () => [this.host]),
+      setTaskState: hooked('setTaskState', async (change: TaskStateChange) => {
+        const instance = this.instance(change.instanceId);
+        if (instance.taskState === change.expected) {
+          instance.taskState = change.next;
+          instance.taskOwner = change.next === null ? null : change.owner;
+          return;
+        }
+        if (instance.taskState === change.next && instance.taskOwner === change.owner) return;
+        throw ApplicationFailure.create({ type: 'InstanceBusy', message: `instance ${change.instanceId} is in task state ${instance.taskState ?? 'None'}`, nonRetryable: true });
+      }),
+      releaseTaskState: hooked('releaseTaskState', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
+        const instance = this.instances.get(instanceId);
+        if (!instance || instance.taskOwner !== owner) return false;
+        instance.taskState = null;
+        instance.taskOwner = null;
+        return true;
+      }),
+      recordInstanceFault: hooked('recordInstanceFault', async (fault: { instanceId: string; code: string; message: string }) => {
+        this.faults.push({ instanceId: fault.instanceId, code: fault.code, message: fault.message });
+      }),
+      recordInstanceEvent: hooked('recordInstanceEvent', async (e: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }) => {
+        record(e.instanceId, e.event, e.requestId, e.details);
+      }),
+      createImageRecord: hooked('createImageRecord', async (input: { imageId: string; instanceId: string; requestId: string }) => {
+        const created = !this.images.has(input.imageId);
+        if (created) this.images.set(input.imageId, { status: 'queued', instanceId: input.instanceId, owner: input.requestId });
+        return { imageId: input.imageId, created };
+      }),
+      deleteImageRecord: hooked('deleteImageRecord', async (imageId: string) => {
+        const image = this.images.get(imageId);
+        if (!image) return { deleted: false };
+        this.images.delete(imageId);
+        return { deleted: true, status: image.status };
+      }),
+      // The reconciler's: the same rules as src/activities/reconcile.ts, on this cloud.
+      findAbandonedSnapshots: hooked('findAbandonedSnapshots', async () => {
+        const abandoned: AbandonedSnapshot[] = [];
+        for (const instance of this.instances.values()) {
+          const owner = instance.taskOwner;
+          if (!owner) continue;
+          const [workflowId, runId] = owner.split('/') as [string, string];
+          const { status } = await client().workflow.getHandle(workflowId, runId).describe();
+          if (status.name === 'RUNNING') continue;
+          const events = this.events.filter((e) => e.instanceId === instance.id && e.requestId === owner).map((e) => e.event);
+          const imageId = this.events.find((e) => e.instanceId === instance.id && e.requestId === owner && e.event === 'start')?.details.imageId;
+          abandoned.push({
+            instanceId: instance.id,
+            host: instance.host,
+            owner,
+            taskState: instance.taskState ?? 'None',
+            ...(typeof imageId === 'string' ? { imageId } : {}),
+            pausedByUs: events.lastIndexOf('pause') > events.lastIndexOf('resume'),
+            frozenByUs: events.lastIndexOf('freeze') > events.lastIndexOf('thaw'),
+          });
+        }
+        return abandoned;
+      }),
+      releaseAbandonedTask: hooked('releaseAbandonedTask', async (snapshot: AbandonedSnapshot) => {
+        const instance = this.instances.get(snapshot.instanceId);
+        if (!instance || instance.taskOwner !== snapshot.owner) return;
+        instance.taskState = null;
+        instance.taskOwner = null;
+        this.faults.push({ instanceId: snapshot.instanceId, code: 'SnapshotAbandoned', message: `snapshot ${snapshot.owner} ended without finishing` });
+        record(snapshot.instanceId, 'error', snapshot.owner, { code: 'SnapshotAbandoned' });
+      }),
+      findOrphanImages: hooked('findOrphanImages', async () => []),
+      runningSnapshotImageIds: hooked('runningSnapshotImageIds', async () => [] as string[]),
+    };
+    const host = {
+      discoverInstances: hooked('discoverInstances', async () => ({ host: this.host, instances: this.instances.size })),
+      getPowerState: hooked('getPowerState', async (instanceId: string) => this.instance(instanceId).power),
+      liveCopySupport: hooked('liveCopySupport', async () => (this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' })),
+      pauseInstance: hooked('pauseInstance', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
+        record(instanceId, 'pause', owner);
+        this.instance(instanceId).power = 'paused';
+        return { pausedAt: Date.now() };
+      }),
+      resumeInstance: hooked('resumeInstance', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
+        const instance = this.instances.get(instanceId);
+        let outcome: 'resumed' | 'gone' | 'not-paused' = 'not-paused';
+        if (!instance || instance.power === 'gone') outcome = 'gone';
+        else if (instance.power === 'paused') {
+          instance.power = 'running';
+          outcome = 'resumed';
+        }
+        record(instanceId, 'resume', owner, { outcome });
+        return { resumedAt: Date.now(), outcome };
+      }),
+      thawInstance: hooked('thawInstance', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
+        this.instance(instanceId).frozen = false;
+        record(instanceId, 'thaw', owner, { by: 'compensation' });
+      }),
+      convertDisk: hooked('convertDisk', async (input: { imageId: string; diskFormat: 'qcow2' | 'raw' }) => {
+        this.tempDirs.add(input.imageId);
+        return { path: `/fake/${input.imageId}/disk`, diskFormat: input.diskFormat, size: 1024, virtualSize: 4096 };
+      }),
+      liveCopyDisk: hooked('liveCopyDisk', async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; quiesce: string; owner: string }) => {
+        this.tempDirs.add(input.imageId);
+        if (input.quiesce !== 'never') {
+          record(input.instanceId, 'freeze', input.owner);
+          record(input.instanceId, 'thaw', input.owner);
+        }
+        return { path: `/fake/${input.imageId}/disk`, diskFormat: input.diskFormat, size: 1024, virtualSize: 4096, consistency: 'crash-consistent' as const, guestPauseMs: 0 };
+      }),
+      uploadImage: hooked('uploadImage', async (input: { imageId: string }) => {
+        const image = this.images.get(input.imageId);
+        if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
+        image.status = 'active';
+        return { size: 1024, sha512: 'f'.repeat(128), md5: 'f'.repeat(32) };
+      }),
+      removeSnapshotFiles: hooked('removeSnapshotFiles', async (imageId: string) => {
+        this.tempDirs.delete(imageId);
+      }),
+      removeOrphanSnapshotDirs: hooked('removeOrphanSnapshotDirs', async () => [] as string[]),
+      prunePreRestoreDisks: hooked('prunePreRestoreDisks', async () => [] as string[]),
+    };
+    const slot = {
+      // As the real one: tells the snapshot it may go on, then holds the slot until cancelled.
+      holdSnapshotSlot: hooked('holdSnapshotSlot', async ({ owner }: { owner: string }) => {
+        const [workflowId, runId] = owner.split('/') as [string, string];
+        await client().workflow.getHandle(workflowId, runId).signal(SLOT_ACQUIRED_SIGNAL);
+        await untilCancelled();
+      }),
+    };
+    return { main, host, slot };
+  }
+}
+
+/** Heartbeats until the workflow cancels this activity, then ends as cancelled. */
+export async function untilCancelled(): Promise<never> {
+  const context = Context.current();
+  const beat = setInterval(() => context.heartbeat(), 50);
+  try {
+    await context.cancelled;
+    throw new Error('unreachable');
+  } finally {
+    clearInterval(beat);
+  }
+}
+
+export interface FastTemporal {
+  env: TestWorkflowEnvironment;
+  client: Client;
+  taskQueue: string;
+  /** A cloud of its own for one test: tests run side by side. */
+  newCloud(): FakeCloud;
+  /** Starts a snapshot on the cloud, as the client does (workflow id snapshot-<instance>). */
+  startSnapshot(cloud: FakeCloud, request: SnapshotRequest): Promise<WorkflowHandle>;
+  /** Runs the reconciler once on the cloud. */
+  reconcile(cloud: FakeCloud): Promise<ReconcileReport>;
+  /** Resolves once the snapshot shows this phase (or fails if it ended first). */
+  waitForPhase(handle: WorkflowHandle, phase: SnapshotProgress['phase']): Promise<void>;
+  close(): Promise<void>;
+}
+
+type Activities = ReturnType<FakeCloud['activities']>;
+
+/**
+ * A local Temporal dev server with vmsnap's search attributes, and workers for the main, host and
+ * slot task queues running the current workflow code. Each activity acts on the cloud of the
+ * workflow that called it, so tests with clouds of their own run side by side.
+ */
+export async function startFastTemporal(name: string): Promise<FastTemporal> {
+  if (!existsSync(TEMPORAL_CLI)) throw new Error(`${TEMPORAL_CLI} is missing: run ./scripts/setup once (it builds the Temporal CLI)`);
+  // Workflow logs of expected failures would bury the test output.
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: { executable: { type: 'existing-path', path: TEMPORAL_CLI }, searchAttributes: [INSTANCE_ID, IMAGE_ID, PHASE, HOST], extraArgs: ['--log-level', 'error'] },
+  });
+  const byWorkflow = new Map<string, Activities>();
+  const route = <K extends keyof Activities>(kind: K): Activities[K] => {
+    const names = Object.keys(new FakeCloud().activities(() => env.client)[kind]);
+    return Object.fromEntries(
+      names.map((n) => [
+        n,
+        (...args: unknown[]) => {
+          const workflowId = Context.current().info.workflowExecution?.workflowId ?? '';
+          const activities = byWorkflow.get(workflowId);
+          if (!activities) throw ApplicationFailure.create({ message: `no fake cloud for workflow ${workflowId}`, nonRetryable: true });
+          return (activities[kind] as Record<string, (...a: unknown[]) => Promise<unknown>>)[n]!(...args);
+        },
+      ]),
+    ) as Activities[K];
+  };
+  const taskQueue = `vmsnap-fast-${name}`;
+  const host = new FakeCloud().host;
+  // Heartbeats carry cancellation: sent at once, so a cancelled fake step ends without delay.
+  const throttle = { maxHeartbeatThrottleInterval: '50ms', defaultHeartbeatThrottleInterval: '50ms' };
+  const workers = [
+    await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: route('main'), ...throttle }),
+    await Worker.create({ connection: env.nativeConnection, taskQueue: hostTaskQueue(host), activities: route('host'), ...throttle }),
+    // As many slots as tests run at once: the limit itself is the real slot worker's.
+    await Worker.create({ connection: env.nativeConnection, taskQueue: hostSlotTaskQueue(host), activities: route('slot'), ...throttle }),
+  ];
+  const running = Promise.all(workers.map((w) => w.run()));
+  const serve = (cloud: FakeCloud, workflowId: string) => byWorkflow.set(workflowId, cloud.activities(() => env.client));
+  return {
+    env,
+    client: env.client,
+    taskQueue,
+    newCloud: () => new FakeCloud(),
+    startSnapshot(cloud, request) {
+      const workflowId = `snapshot-${request.instance}`;
+      serve(cloud, workflowId);
+      return env.client.workflow.start('snapshotInstance', { taskQueue, workflowId, args: [request] });
+    },
+    reconcile(cloud) {
+      const workflowId = `reconcile-${randomUUID()}`;
+      serve(cloud, workflowId);
+      return env.client.workflow.execute('reconcile', { taskQueue, workflowId });
+    },
+    async waitForPhase(handle, phase) {
+      for (;;) {
+        const progress = await handle.query<SnapshotProgress>('progress');
+        if (progress.phase === phase) return;
+        if (['completed', 'failed', 'cancelled'].includes(progress.phase)) throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    },
+    async close() {
+      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+      await running;
+      await env.teardown();
+    },
+  };
+}

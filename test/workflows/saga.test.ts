@@ -1,0 +1,298 @@
+// snapshotInstance's saga, one test per branch, on a local Temporal with fake activities (see
+// fake-cloud.ts): the happy paths, then each way it can fail or be cancelled, and what its
+// compensation leaves behind: guest in its prior power state, task state None, no unfinished
+// image, no temp dir, a fault that says what happened. Then terminate, which runs no
+// compensation, followed by the reconciler. One file: one dev server and one workflow bundle.
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, describe, it } from 'node:test';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import type { SnapshotPhase, SnapshotProgress, SnapshotResult } from '../../src/shared/types.js';
+import { startFastTemporal, untilCancelled, type FakeCloud, type FastTemporal, type HookCall } from './fake-cloud.js';
+
+let t: FastTemporal;
+
+/** A cloud of its own (tests run side by side) with one guest in it. */
+function newGuest() {
+  const cloud = t.newCloud();
+  const id = randomUUID();
+  return { cloud, id, instance: cloud.addInstance(id) };
+}
+
+/** The workflow's failure: what a client of vmsnap sees. */
+async function failureOf(handle: WorkflowHandle): Promise<Error> {
+  const err = await handle.result().then(
+    () => assert.fail('the snapshot should have failed'),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof WorkflowFailedError, String(err));
+  assert.ok(err.cause);
+  return err.cause;
+}
+
+async function failureType(handle: WorkflowHandle): Promise<string | undefined> {
+  const cause = await failureOf(handle);
+  assert.ok(cause instanceof ApplicationFailure, `an ApplicationFailure, not ${cause.name}: ${cause.message}`);
+  return cause.type ?? undefined;
+}
+
+/** Compensation's promise: nothing half-done is left, and the fault says what happened. */
+function assertUndone(cloud: FakeCloud, instanceId: string, imageId: string, fault: string, power = 'running') {
+  const instance = cloud.instances.get(instanceId)!;
+  assert.equal(instance.power, power, 'the guest is back in its prior power state');
+  assert.equal(instance.taskState, null, 'task state None');
+  assert.equal(instance.frozen, false);
+  assert.equal(cloud.images.get(imageId), undefined, 'no unfinished image');
+  assert.deepEqual([...cloud.tempDirs], [], 'no temp dir');
+  assert.deepEqual(cloud.faults.map((f) => f.code), [fault]);
+  assert.equal(cloud.eventsOf(instanceId).at(-1), 'error');
+}
+
+async function imageIdOf(handle: WorkflowHandle): Promise<string> {
+  return (await handle.query<SnapshotProgress>('progress')).imageId;
+}
+
+/**
+ * A hook that lets the step take effect, then cancels the snapshot while the step still runs.
+ * Once only: compensation may call the same step again (resume, remove temp dir).
+ */
+function cancelDuringStep(cloud: FakeCloud, step: string) {
+  cloud.hooks[step] = async (call: HookCall) => {
+    delete cloud.hooks[step];
+    await call.run();
+    await t.client.workflow.getHandle(call.workflowId).cancel();
+    return untilCancelled();
+  };
+}
+
+// Bounded, so a dev server or worker that hangs fails the run instead of stalling it.
+before(async () => {
+  t = await startFastTemporal('saga');
+}, { timeout: 180_000 });
+after(async () => {
+  await t?.close();
+}, { timeout: 60_000 });
+
+// Each test has a cloud of its own: they run side by side.
+describe('snapshotInstance saga, fast (local Temporal, fake activities)', { timeout: 120_000, concurrency: true }, () => {
+  it('cold: pauses, copies, resumes before the upload, and leaves a verified image', async () => {
+    const { cloud, id } = newGuest();
+    const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'cold' })).result();
+    assert.equal(result.mode, 'cold');
+    assert.equal(result.modeReason, undefined);
+    assert.equal(cloud.images.get(result.imageId)?.status, 'active');
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'finish']);
+    const order = cloud.calls.filter((c) => ['pauseInstance', 'convertDisk', 'resumeInstance', 'uploadImage'].includes(c));
+    assert.deepEqual(order, ['pauseInstance', 'convertDisk', 'resumeInstance', 'uploadImage']);
+    assert.equal(cloud.instances.get(id)?.power, 'running');
+    assert.equal(cloud.instances.get(id)?.taskState, null);
+    assert.deepEqual([...cloud.tempDirs], []);
+    assert.deepEqual(cloud.faults, []);
+    assert.ok(!('completed' in result.phaseDurationsMs));
+    for (const phase of ['creating-image', 'waiting-for-host', 'pausing', 'converting', 'resuming', 'uploading', 'finishing'] as SnapshotPhase[]) {
+      assert.ok(phase in result.phaseDurationsMs, `phase ${phase} timed`);
+    }
+  });
+
+  it('live where the host can: never pauses, and a shut-off guest is copied cold with the reason', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    const live = await (await t.startSnapshot(cloud, { instance: id, imageName: 'live' })).result();
+    assert.equal(live.mode, 'live');
+    assert.equal(live.guestPauseMs, 0);
+    assert.ok(!cloud.calls.includes('pauseInstance'));
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'freeze', 'thaw', 'finish']);
+
+    const off = randomUUID();
+    cloud.addInstance(off, 'shutdown');
+    const cold = await (await t.startSnapshot(cloud, { instance: off, imageName: 'off' })).result();
+    assert.equal(cold.mode, 'cold');
+    assert.match(cold.modeReason ?? '', /shutdown/);
+    assert.equal(cloud.instances.get(off)?.power, 'shutdown');
+    assert.deepEqual(cloud.eventsOf(off), ['start', 'finish']);
+  });
+
+  it('refuses an instance with a task in progress and changes nothing', async () => {
+    const { cloud, id, instance } = newGuest();
+    Object.assign(instance, { taskState: 'image_uploading', taskOwner: 'snapshot-other/run' });
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'busy' });
+    assert.equal(await failureType(handle), 'InstanceBusy');
+    assert.equal(cloud.instances.get(id)?.taskState, 'image_uploading');
+    assert.equal(cloud.instances.get(id)?.taskOwner, 'snapshot-other/run');
+    assert.ok(!cloud.calls.includes('createImageRecord'));
+    assert.deepEqual(cloud.faults, []);
+  });
+
+  it('pause budget blown: the copy is cancelled, the guest resumed, and the snapshot fails PauseBudgetExceeded', async () => {
+    const { cloud, id } = newGuest();
+    cloud.settings.pauseBudgetMs = 300;
+    cloud.hooks.convertDisk = async (call) => {
+      await call.run();
+      return untilCancelled(); // a copy slower than the budget
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'budget' });
+    assert.equal(await failureType(handle), 'PauseBudgetExceeded');
+    assertUndone(cloud, id, await imageIdOf(handle), 'PauseBudgetExceeded');
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
+  });
+
+  it('resume finds the guest gone: InstanceNotFound, and the rest is undone', async () => {
+    const { cloud, id } = newGuest();
+    cloud.hooks.resumeInstance = (call) => {
+      cloud.instances.get(id)!.power = 'gone'; // destroyed during the copy
+      return call.run();
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'gone' });
+    assert.equal(await failureType(handle), 'InstanceNotFound');
+    assertUndone(cloud, id, await imageIdOf(handle), 'InstanceNotFound', 'gone');
+    assert.equal(cloud.calls.filter((c) => c === 'resumeInstance').length, 1, 'compensation does not resume again');
+  });
+
+  it('upload fails after the copy: the guest already runs, the image is deleted, the failure keeps its type', async () => {
+    const { cloud, id } = newGuest();
+    cloud.hooks.uploadImage = async () => {
+      throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance answered 413: Image exceeds the storage quota', nonRetryable: true });
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'upload' });
+    const cause = await failureOf(handle);
+    assert.ok(cause instanceof ApplicationFailure);
+    assert.equal(cause.type, 'ImageServiceError');
+    assert.match(cause.message, /413/);
+    assertUndone(cloud, id, await imageIdOf(handle), 'ImageServiceError');
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
+  });
+
+  it('a compensation step that fails is logged, and the steps after it still run', async () => {
+    const { cloud, id } = newGuest();
+    cloud.hooks.uploadImage = async () => {
+      throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance refused the data', nonRetryable: true });
+    };
+    cloud.hooks.deleteImageRecord = async () => {
+      throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance refused the delete', nonRetryable: true });
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'comp-fails' });
+    assert.equal(await failureType(handle), 'ImageServiceError', 'the snapshot fails with the cause, not the compensation');
+    const imageId = await imageIdOf(handle);
+    // The image is left for the reconciler's sweep; everything else is undone.
+    assert.equal(cloud.images.get(imageId)?.status, 'queued');
+    const instance = cloud.instances.get(id)!;
+    assert.deepEqual([instance.power, instance.taskState], ['running', null]);
+    assert.deepEqual([...cloud.tempDirs], []);
+    assert.deepEqual(cloud.faults.map((f) => f.code), ['ImageServiceError']);
+    const after = cloud.calls.slice(cloud.calls.indexOf('deleteImageRecord'));
+    assert.deepEqual(after, ['deleteImageRecord', 'releaseTaskState', 'recordInstanceFault', 'recordInstanceEvent']);
+  });
+
+  // Cancelled while each step runs, after the step took effect: a step counts from the moment it
+  // is scheduled, so its effect is undone although its result never arrived.
+  // `undo`: the compensation steps after it, in order: the guest first, then the rest in reverse.
+  const cancelCases: { phase: SnapshotPhase; step: string; undo: string[]; live?: boolean; keepsImage?: boolean }[] = [
+    { phase: 'creating-image', step: 'createImageRecord', undo: ['deleteImageRecord', 'releaseTaskState'] },
+    { phase: 'pausing', step: 'pauseInstance', undo: ['resumeInstance', 'deleteImageRecord', 'releaseTaskState'] },
+    { phase: 'converting', step: 'convertDisk', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
+    { phase: 'copying', step: 'liveCopyDisk', undo: ['thawInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'], live: true },
+    { phase: 'resuming', step: 'resumeInstance', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
+    { phase: 'uploading', step: 'uploadImage', undo: ['removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
+    // Verified before the cancel: the image is complete and kept, the rest is cleaned up.
+    { phase: 'finishing', step: 'removeSnapshotFiles', undo: ['removeSnapshotFiles', 'releaseTaskState'], keepsImage: true },
+  ];
+  const UNDO_STEPS = ['thawInstance', 'resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'];
+  for (const c of cancelCases) {
+    it(`cancelled while ${c.phase} (${c.step}): compensation undoes the step`, async () => {
+      const { cloud, id } = newGuest();
+      if (c.live) {
+        cloud.liveSupported = true;
+        cloud.settings.defaultMode = 'auto';
+      }
+      cancelDuringStep(cloud, c.step);
+      const handle = await t.startSnapshot(cloud, { instance: id, imageName: `cancel-${c.phase}` });
+      assert.ok((await failureOf(handle)) instanceof CancelledFailure);
+      const imageId = await imageIdOf(handle);
+      assert.equal((await handle.query<SnapshotProgress>('progress')).phase, 'cancelled');
+      if (c.keepsImage) {
+        assert.equal(cloud.images.get(imageId)?.status, 'active');
+        cloud.images.delete(imageId);
+      }
+      assertUndone(cloud, id, imageId, 'Cancelled');
+      const undone = cloud.calls.slice(cloud.calls.indexOf(c.step) + 1).filter((name) => UNDO_STEPS.includes(name));
+      assert.deepEqual(undone, c.undo);
+    });
+  }
+
+  it('cancelled while waiting for a host slot: the slot is let go and nothing is left', async () => {
+    const { cloud, id } = newGuest();
+    cloud.hooks.holdSnapshotSlot = () => untilCancelled(); // the host is full
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'slot' });
+    await t.waitForPhase(handle, 'waiting-for-host');
+    await handle.cancel();
+    assert.ok((await failureOf(handle)) instanceof CancelledFailure);
+    assertUndone(cloud, id, await imageIdOf(handle), 'Cancelled');
+    assert.ok(!cloud.calls.includes('getPowerState'), 'no step past the slot ran');
+    assert.equal((await handle.describe()).raw.pendingActivities?.length ?? 0, 0, 'the slot holder ended with the snapshot');
+  });
+});
+
+// Terminate runs no compensation; the reconciler undoes what the terminated snapshot left.
+describe('reconcile after terminate, fast (local Temporal, fake activities)', { timeout: 120_000, concurrency: true }, () => {
+  /** A snapshot terminated while the guest is paused for its copy. */
+  async function terminatedWhilePaused(cloud: FakeCloud, id: string): Promise<string> {
+    cloud.hooks.convertDisk = async (call) => {
+      await call.run();
+      return untilCancelled(); // the copy runs until the workflow is gone
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'terminated' });
+    await t.waitForPhase(handle, 'converting');
+    const { imageId } = await handle.query<SnapshotProgress>('progress');
+    await handle.terminate('test: a workflow lost mid-snapshot');
+    delete cloud.hooks.convertDisk;
+    return imageId;
+  }
+
+  it('a snapshot terminated while the guest is paused is undone by the next reconcile', async () => {
+    const { cloud, id, instance } = newGuest();
+    const imageId = await terminatedWhilePaused(cloud, id);
+
+    // Terminate ran no compensation: the guest is paused, the task state held, the image queued.
+    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_snapshot']);
+    assert.equal(cloud.images.get(imageId)?.status, 'queued');
+    assert.ok(cloud.tempDirs.has(imageId));
+    assert.equal(cloud.faults.length, 0);
+
+    const report = await t.reconcile(cloud);
+    assert.deepEqual(report.resumed, [id]);
+    assert.deepEqual(report.releasedTasks, [id]);
+    assert.deepEqual(report.deletedImages, [imageId]);
+    assert.deepEqual(report.errors, []);
+    assert.deepEqual([instance.power, instance.taskState], ['running', null]);
+    assert.equal(cloud.images.get(imageId), undefined);
+    assert.deepEqual([...cloud.tempDirs], []);
+    assert.deepEqual(cloud.faults.map((f) => f.code), ['SnapshotAbandoned']);
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
+
+    // A second round finds nothing left to do.
+    const again = await t.reconcile(cloud);
+    assert.deepEqual([again.resumed, again.releasedTasks, again.deletedImages, again.errors], [[], [], [], []]);
+  });
+
+  it('a resume the host cannot do keeps the task state for the next round, and the round completes', async () => {
+    const { cloud, id, instance } = newGuest();
+    await terminatedWhilePaused(cloud, id);
+    cloud.hooks.resumeInstance = async () => {
+      // Not retryable, so the round does not wait out the host step's 2-minute budget.
+      throw ApplicationFailure.create({ type: 'HypervisorError', message: 'libvirt: host unreachable', nonRetryable: true });
+    };
+    const report = await t.reconcile(cloud);
+    assert.deepEqual(report.resumed, []);
+    assert.deepEqual(report.releasedTasks, [], 'a guest still paused keeps its task state');
+    assert.equal(report.errors.length, 1);
+    assert.match(report.errors[0] ?? '', new RegExp(`resume ${id}`));
+    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_snapshot']);
+
+    delete cloud.hooks.resumeInstance;
+    const next = await t.reconcile(cloud);
+    assert.deepEqual([next.resumed, next.releasedTasks, next.errors], [[id], [id], []]);
+    assert.deepEqual([instance.power, instance.taskState], ['running', null]);
+  });
+});
