@@ -241,7 +241,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       const fs = await statfs(disk.path);
       const free = fs.bavail * fs.bsize;
       if (free < needed) {
-        throw new VmsnapError('NoSpace', `instance ${input.instanceId}: ${free} bytes free beside its disk ${disk.path}, the restore needs ${needed}; nothing was changed`, false, { free, needed });
+        throw new VmsnapError('NoSpace', `instance ${input.instanceId}: ${free} bytes free beside its disk ${disk.path}, the restore needs ${needed}; nothing was changed`, { free, needed });
       }
       await rm(files.download, { force: true });
       await rm(files.restored, { force: true });

@@ -323,7 +323,7 @@ export function buildProgram(session: Session): Command {
       // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
       const problems = validateSnapshotRequest(request);
       if (problems.length) {
-        throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`, false, { problems });
+        throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`, { problems });
       }
       const config = session.getConfig();
       const client = await session.getClient();
@@ -644,7 +644,7 @@ function addScheduleCommands(program: Command, session: Session, globals: (cmd: 
             if (p.field.startsWith('metadata.')) return `--metadata ${p.field.slice('metadata.'.length)} ${p.message}`;
             return `${SCHEDULE_FLAGS[p.field] ?? p.field} ${p.message}`;
           });
-          throw new VmsnapError('InvalidInput', `invalid schedule: ${words.join('; ')}`, false, { problems });
+          throw new VmsnapError('InvalidInput', `invalid schedule: ${words.join('; ')}`, { problems });
         }
         const created = await createSchedule(await session.getClient(), options, session.getConfig().temporal.taskQueue);
         if (g.json) {

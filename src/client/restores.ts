@@ -55,7 +55,7 @@ async function start<T>(what: () => Promise<T>, instance: string): Promise<T> {
 /** Starts a restore. A bad request is refused before anything starts. */
 export async function startRestore(client: Client, request: RestoreRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<StartedRestore> {
   const problems = validateRestoreRequest(request);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid restore request: ${describeProblems(problems)}`, false, { problems });
+  if (problems.length) throw new VmsnapError('InvalidInput', `invalid restore request: ${describeProblems(problems)}`, { problems });
   return start(
     () =>
       client.workflow.start<typeof restoreInstance>(RESTORE_WORKFLOW_TYPE, {
@@ -71,7 +71,7 @@ export async function startRestore(client: Client, request: RestoreRequest, task
 /** Starts putting the pre-restore disk back. */
 export async function startRollback(client: Client, request: RollbackRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<RollbackHandle> {
   const problems = validateRollbackRequest(request);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid rollback request: ${describeProblems(problems)}`, false, { problems });
+  if (problems.length) throw new VmsnapError('InvalidInput', `invalid rollback request: ${describeProblems(problems)}`, { problems });
   return start(
     () =>
       client.workflow.start<typeof rollbackRestore>(ROLLBACK_WORKFLOW_TYPE, {

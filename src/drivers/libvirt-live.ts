@@ -227,11 +227,11 @@ export class LiveCopier {
     const xml = await this.run(['dumpxml', id], id);
     const state = await this.state(id);
     if (state !== 'running' && state !== 'paused') {
-      throw new VmsnapError('InstanceInvalidState', `instance ${id} is ${state}: a live copy needs it running`, false, { state });
+      throw new VmsnapError('InstanceInvalidState', `instance ${id} is ${state}: a live copy needs it running`, { state });
     }
     const disks = domainDisks(xml);
     const root = rootOf(disks);
-    if (!root?.dev) throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device to copy`, false);
+    if (!root?.dev) throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device to copy`);
     await this.clearOwnLeftover(id, target);
     await this.prepareTarget(target);
 
@@ -248,7 +248,7 @@ export class LiveCopier {
         const why = state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
         if (why === undefined) frozen = true;
         else if (quiesce === 'require') {
-          throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, false, {
+          throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
             quiesce: true,
           });
         } else notes.push(`not quiesced: ${why}`);
@@ -266,7 +266,7 @@ export class LiveCopier {
           frozen = false;
           const why = `the guest was thawed after ${FROZEN_MAX_MS / 1000} s, before the copy started (backup-begin was slow)`;
           if (quiesce === 'require') {
-            throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, false, {
+            throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
               quiesce: true,
             });
           }
@@ -325,7 +325,6 @@ export class LiveCopier {
     throw new VmsnapError(
       'HypervisorError',
       `instance ${id} already has a ${job.operation === OP_BACKUP ? 'backup' : `libvirt (operation ${job.operation ?? '?'})`} job running; try again when it has finished`,
-      true,
       { operation: job.operation },
     );
   }
@@ -344,14 +343,13 @@ export class LiveCopier {
           'ConfigError',
           `QEMU cannot open the live copy target ${target}: ${said}. QEMU runs as an unprivileged user (libvirt-qemu on Debian): ` +
             `the target's directory and its parents must be searchable by it (e.g. mode 0711)`,
-          false,
           { target },
         );
       }
-      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id}: ${said}`, false, { target });
-      if (/exists/i.test(said)) throw new VmsnapError('InvalidInput', `live copy target ${target}: ${said}`, false, { target });
+      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id}: ${said}`, { target });
+      if (/exists/i.test(said)) throw new VmsnapError('InvalidInput', `live copy target ${target}: ${said}`, { target });
       if (/state change lock/i.test(said)) {
-        throw new VmsnapError('HypervisorError', `instance ${id} is busy with another libvirt job: ${said}`, true);
+        throw new VmsnapError('HypervisorError', `instance ${id} is busy with another libvirt job: ${said}`);
       }
       throw e;
     }
@@ -382,14 +380,13 @@ export class LiveCopier {
     }
     if (done.operation === OP_BACKUP && (done.type === JOB_FAILED || done.type === JOB_CANCELLED)) {
       const said = done.errmsg ?? 'no message';
-      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id} failed: ${said}`, false);
+      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id} failed: ${said}`);
       const how = done.type === JOB_CANCELLED ? 'was cancelled (not by vmsnap)' : 'failed';
-      throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, true, { errmsg: said });
+      throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, { errmsg: said });
     }
     throw new VmsnapError(
       'HypervisorError',
       `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`,
-      true,
       { jobType: done.type, operation: done.operation },
     );
   }
@@ -407,7 +404,7 @@ export class LiveCopier {
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id).catch(() => ''));
       if (job.type === JOB_NONE) return;
       if (Date.now() > deadline) {
-        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`, true);
+        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`);
       }
       await sleep(100);
     }

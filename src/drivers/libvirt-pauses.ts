@@ -91,7 +91,7 @@ export async function startPauseWatch(
   });
 
   const failed = (what: string) =>
-    new VmsnapError('HypervisorError', `watching pauses of instance ${id}: ${what}${stderrTail ? `: ${stderrTail.trim()}` : ''}`, true);
+    new VmsnapError('HypervisorError', `watching pauses of instance ${id}: ${what}${stderrTail ? `: ${stderrTail.trim()}` : ''}`);
 
   // Wait for the registration (or the fallback delay); an early exit is an error.
   let dead = false;

@@ -61,7 +61,7 @@ export interface CloudSettings {
 type Env = Record<string, string | undefined>;
 
 function configError(setting: string, message: string): VmsnapError {
-  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, false, { setting });
+  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, { setting });
 }
 
 /** The files openstacksdk looks at, in its order; the first that exists is read. */

@@ -149,12 +149,12 @@ function passwordFromFile(target: PostgresTarget, file: string): string | undefi
   try {
     // As libpq does: a password file others can read is a leak waiting to happen.
     if ((statSync(file).mode & 0o077) !== 0) {
-      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} is readable by others: chmod 600 it`, false);
+      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} is readable by others: chmod 600 it`);
     }
     content = readFileSync(file, 'utf8');
   } catch (err) {
     if (err instanceof VmsnapError) throw err;
-    throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`, false);
+    throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`);
   }
   const user = target.user ?? userInfo().username;
   const wanted = [target.host.startsWith('/') ? 'localhost' : target.host, String(target.port), target.database ?? user, user];
@@ -177,7 +177,7 @@ export function postgresClientConfig(target: PostgresTarget, options: PostgresSt
   if (password === undefined && target.passfile !== undefined) {
     password = passwordFromFile(target, target.passfile);
     if (password === undefined) {
-      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${target.passfile} has no line for this host, port, database and user`, false);
+      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${target.passfile} has no line for this host, port, database and user`);
     }
   }
   const ca = target.sslrootcert === undefined ? undefined : readFileSync(target.sslrootcert, 'utf8');
@@ -223,7 +223,7 @@ export class PostgresStore implements Store {
 
   /** Made on first use (read only inside run(), which turns its errors into StoreErrors). */
   private get pool(): pg.Pool {
-    if (this.closed) throw new VmsnapError('StoreError', `postgres store ${this.display}: the store is closed`, false);
+    if (this.closed) throw new VmsnapError('StoreError', `postgres store ${this.display}: the store is closed`);
     if (!this.openPool) {
       const config = postgresClientConfig(this.target, this.options);
       this.password = typeof config.password === 'string' ? config.password : undefined;
@@ -247,7 +247,6 @@ export class PostgresStore implements Store {
         throw new VmsnapError(
           'StoreError',
           `postgres store ${this.display}: schema version ${version} is newer than this vmsnap knows (${MIGRATIONS.length}): upgrade vmsnap`,
-          false,
         );
       }
       for (let v = version + 1; v <= MIGRATIONS.length; v++) {
@@ -286,7 +285,7 @@ export class PostgresStore implements Store {
         return rows[0] && toInstance(rows[0]);
       }
       const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`, [ref]);
-      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`, false);
+      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
       return rows[0] && toInstance(rows[0]);
     });
   }
@@ -462,12 +461,12 @@ export class PostgresStore implements Store {
     let message = err instanceof Error ? err.message : String(err);
     // Servers and drivers do not put passwords in messages; this makes sure of it.
     for (const secret of [this.target.password, this.password]) if (secret) message = message.replaceAll(secret, '***');
-    const retryable = sqlState
+    const transient = sqlState
       ? sqlState.startsWith('08') || RETRYABLE_STATES.has(sqlState)
       : systemCode
         ? RETRYABLE_SYSTEM_CODES.has(systemCode) || (systemCode === 'ENOENT' && this.target.host.startsWith('/'))
         : RETRYABLE_MESSAGES.test(message);
     const details = sqlState ? { sqlState } : systemCode ? { systemCode } : {};
-    return new VmsnapError('StoreError', `postgres store ${this.display}: ${operation}: ${message}`, retryable, details);
+    return new VmsnapError('StoreError', `postgres store ${this.display}: ${operation}: ${message}`, details, { transient });
   }
 }

@@ -159,7 +159,6 @@ export class SqliteStore implements Store {
             throw new VmsnapError(
               'StoreError',
               `sqlite store ${this.path}: schema version ${version} is newer than this vmsnap knows (${MIGRATIONS.length}): upgrade vmsnap`,
-              false,
             );
           }
           for (let v = version + 1; v <= MIGRATIONS.length; v++) {
@@ -201,7 +200,7 @@ export class SqliteStore implements Store {
         return row && toInstance(row);
       }
       const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = ? AND deleted_at IS NULL LIMIT 2`).all(ref) as InstanceRow[];
-      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`, false);
+      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
       return rows[0] && toInstance(rows[0]);
     });
   }
@@ -361,7 +360,7 @@ export class SqliteStore implements Store {
     const message = err instanceof Error ? err.message : String(err);
     // Every SQLITE_BUSY* (plain, _SNAPSHOT, _RECOVERY, _TIMEOUT) means another connection held
     // the lock: trying again later can succeed. Anything else is a bug, a bad file or a full disk.
-    const retryable = code?.startsWith('SQLITE_BUSY') ?? false;
-    return new VmsnapError('StoreError', `sqlite store ${this.path}: ${operation}: ${message}`, retryable, code ? { sqliteCode: code } : {});
+    const transient = code?.startsWith('SQLITE_BUSY') ?? false;
+    return new VmsnapError('StoreError', `sqlite store ${this.path}: ${operation}: ${message}`, code ? { sqliteCode: code } : {}, { transient });
   }
 }

@@ -21,7 +21,7 @@ import {
 import { failure, onHost, onMain, typedFailure } from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
-import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
+import { PERMANENT_FAILURE_TYPES } from '../shared/failures.js';
 import { hostTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
 import type { RestorePhase, RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
@@ -30,7 +30,7 @@ import type { InstanceRecord, TaskState } from '../store/store.js';
 
 export const restoreProgressQuery = defineQuery<RestoreProgress>('progress');
 
-const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: [...PERMANENT_ERROR_CODES] };
+const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: PERMANENT_FAILURE_TYPES };
 const storeOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 10 } };
 
 function restoreSteps(settings: SnapshotSettings, host: string) {

@@ -26,7 +26,7 @@ import {
 import type { SlotActivities } from '../activities/index.js';
 import { failure, onHost, onMain, typedFailure } from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
-import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
+import { PERMANENT_FAILURE_TYPES } from '../shared/failures.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
 import type { Consistency, SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
@@ -35,7 +35,7 @@ import type { TaskState } from '../store/store.js';
 
 export const progressQuery = defineQuery<SnapshotProgress>('progress');
 
-const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: [...PERMANENT_ERROR_CODES, 'PauseBudgetExceeded'] };
+const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: PERMANENT_FAILURE_TYPES };
 const storeOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 10 } };
 
 const snapshotsTotal = metricMeter.createCounter('vmsnap_snapshots', 'snapshots', 'Snapshots by outcome');

@@ -3,6 +3,7 @@
 // Deterministic code only.
 import { ActivityFailure, ApplicationFailure, TimeoutFailure, isCancellation, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
+import type { FailureType } from '../shared/failures.js';
 
 /** A host-queue step with a one-line summary for the Web UI. */
 export function onHost(options: ActivityOptions, summary: string) {
@@ -12,7 +13,7 @@ export function onMain(options: ActivityOptions, summary: string) {
   return proxyActivities<MainActivities>({ ...options, summary });
 }
 
-export function failure(type: string, message: string): ApplicationFailure {
+export function failure(type: FailureType, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
 }
 
