@@ -249,7 +249,7 @@ export async function runVmsnap(ctx: VmsnapCtx, guest: Guest, imageName: string,
     const first = open[0];
     const last = open.at(-1);
     const phasesMs = Object.fromEntries(Object.entries(result.phaseDurationsMs).map(([k, v]) => [k, v ?? 0]));
-    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'md5', 'priorPowerState', 'pauseDurationMs', 'phaseDurationsMs']);
+    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'md5', 'priorPowerState', 'phaseDurationsMs']);
     const resultExtra = Object.fromEntries(Object.entries(result).filter(([k]) => !known.has(k)));
     const cpuFirst = first?.cpu;
     const cpuLast = last?.cpu;
@@ -259,7 +259,7 @@ export async function runVmsnap(ctx: VmsnapCtx, guest: Guest, imageName: string,
       wallMs,
       uploadMs: phasesMs.uploading ?? 0,
       phasesMs,
-      reportedPauseMs: result.pauseDurationMs,
+      reportedPauseMs: result.guestPauseMs,
       ...(open.length ? { uploaderPeakRssKiB: Math.max(...open.map((s) => s.kib)) } : {}),
       ...(samples.length ? { rssSeries: samples } : {}),
       ...(first && last && last.t > first.t ? { uploadFdMs: last.t - first.t } : {}),

@@ -72,7 +72,9 @@ const SETTINGS_HELP = `Settings (environment, or a JSON file named by VMSNAP_CON
   TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_*   the Temporal frontend, read as the temporal CLI
   TEMPORAL_API_KEY, TEMPORAL_PROFILE, TEMPORAL_CONFIG_FILE   reads them (also from temporal.toml)
   VMSNAP_TASK_QUEUE                                      the workers' main task queue (default vmsnap)
-  VMSNAP_STORE_PATH or VMSNAP_DATA_DIR                   the store, for \`vmsnap instances\`
+  VMSNAP_STORE_URL (or VMSNAP_DATA_DIR)                  the store, as the workers have it, for \`vmsnap instances\`
+  OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_* (clouds.yaml)    Keystone and Glance, for image names and retention previews
+  VMSNAP_GLANCE_URL                                      Glance's URL, over the catalog's
   VMSNAP_TEMPORAL_UI_URL                                 Web UI, for links in the output`;
 
 const FIELD_FLAGS: Record<string, string> = {
@@ -251,7 +253,7 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  size      ${formatBytes(result.size)} ${result.diskFormat} (virtual ${formatBytes(result.virtualSize)})`,
     `  sha512    ${result.sha512}`,
     `  md5       ${result.md5}`,
-    `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, paused ${formatDuration(result.pauseDurationMs)} by vmsnap`,
+    `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
     `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
     ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${phases}`,
@@ -445,7 +447,7 @@ export function buildProgram(session: Session): Command {
         ['started', since(found.startTime)],
         ['closed', since(found.closeTime)],
         ...(doc.result ? [['size', `${formatBytes(doc.result.size)} ${doc.result.diskFormat}, sha512 ${doc.result.sha512.slice(0, 16)}…`]] : []),
-        ...(doc.result ? [['paused', formatDuration(doc.result.pauseDurationMs)]] : []),
+        ...(doc.result ? [['paused', formatDuration(doc.result.guestPauseMs)]] : []),
         ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
         ...(doc.progressError ? [['note', doc.progressError]] : []),
         ...(session.webUiLink(found.workflowId, found.runId) ? [['web UI', session.webUiLink(found.workflowId, found.runId)!]] : []),

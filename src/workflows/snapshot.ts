@@ -319,7 +319,6 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       ...(modeReason ? { modeReason } : {}),
       consistency: copy.consistency,
       ...(copy.quiesceNote ? { quiesceNote: copy.quiesceNote } : {}),
-      pauseDurationMs: mode === 'cold' ? copy.guestPauseMs : 0,
       guestPauseMs: copy.guestPauseMs,
       ...(copy.guestWriteStallMs !== undefined ? { guestWriteStallMs: copy.guestWriteStallMs } : {}),
       phaseDurationsMs: progress.phaseDurationsMs,

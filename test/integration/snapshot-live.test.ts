@@ -72,7 +72,6 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
   it('copies a running guest live: one point in time, and the guest kept running', async () => {
     const result = await (await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` }, h.config.temporal.taskQueue)).result();
     assert.equal(result.mode, 'live');
-    assert.equal(result.pauseDurationMs, 0);
     assert.ok(result.guestPauseMs <= 50, `QEMU reported a ${result.guestPauseMs} ms pause`);
     assert.equal(result.consistency, 'crash-consistent', 'no guest agent here');
     assert.equal(result.phaseDurationsMs.pausing, undefined);
