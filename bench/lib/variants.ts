@@ -2,11 +2,12 @@
 // live once the workflow takes it) through the programmatic client against a worker process.
 import type { Client } from '@temporalio/client';
 import { randomUUID } from 'node:crypto';
-import { open, rm, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import type { Guest } from '../../scripts/lib/guest.js';
+import { fsyncPath } from '../../src/drivers/files.js';
 import { startSnapshot, type SnapshotHandle } from '../../src/client/snapshots.js';
 import type { SnapshotRequest } from '../../src/shared/types.js';
 import { validateSnapshotRequest } from '../../src/shared/validation.js';
@@ -73,15 +74,6 @@ export async function glanceImageSize(ctx: GlanceCtx, id: string): Promise<numbe
   return typeof body.size === 'number' ? body.size : undefined;
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /**
  * The bare commands: virsh suspend, qemu-img convert -U -O qcow2, virsh resume, then curl: create
  * the image, PATCH its formats, upload with -T. Whatever fails, the guest is resumed and the copy
@@ -119,7 +111,7 @@ export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Pr
 
     // Diagnostic, outside the timed steps: what flushing the copy costs (vmsnap fsyncs inside its pause).
     const f0 = performance.now();
-    await fsyncFile(copy);
+    await fsyncPath(copy);
     fsyncMs = performance.now() - f0;
 
     const created = await step('create', () =>

@@ -10,10 +10,11 @@
 //   P.vmsnap-pre-restore   the previous disk, kept for the retention window (rollback)
 //   P.vmsnap-pre-restore.json  who swapped it in and until when it is kept
 import { Context } from '@temporalio/activity';
-import { link, open, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { link, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
+import { fsyncPath } from '../drivers/files.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { StepProgress } from '../shared/types.js';
@@ -79,15 +80,6 @@ async function inode(path: string): Promise<number | undefined> {
     (s) => s.ino,
     () => undefined,
   );
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 async function readMarker(path: string): Promise<PreRestoreMarker | undefined> {

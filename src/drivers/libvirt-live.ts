@@ -16,6 +16,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../shared/errors.js';
 import type { LiveCopyOptions, LiveCopyResult, LiveCopySupport, PowerState, QuiesceMode } from './hypervisor.js';
 import { domainDisks, domainPlatform, encodeEntities, type DomainDisk } from './libvirt-xml.js';
+import { fsyncFileAndEntry, removeRegularFile } from './files.js';
 import { AbortError } from './qemu-img.js';
 
 /** Runs `virsh -c URI args...` and returns stdout; failures are VmsnapErrors (see LibvirtHypervisor). */
@@ -80,26 +81,6 @@ function rootOf(disks: DomainDisk[]): DomainDisk | undefined {
 
 function abortError(signal: AbortSignal): AbortError {
   return new AbortError('live copy aborted', { cause: signal.reason });
-}
-
-/** Removes a file we (or libvirt for us) created, never anything that is not a regular file. */
-async function removeFile(file: string): Promise<void> {
-  try {
-    if ((await fs.lstat(file)).isFile()) await fs.rm(file, { force: true });
-  } catch {
-    // Already gone.
-  }
-}
-
-async function syncFile(file: string): Promise<void> {
-  for (const p of [file, path.dirname(file)]) {
-    const fh = await fs.open(p, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  }
 }
 
 /**
@@ -280,13 +261,13 @@ export class LiveCopier {
         await this.run(['blockjob', id, root.dev, '--bandwidth', String(bw)], id).catch(() => undefined);
       }
       await this.waitForJob(id, opts);
-      await syncFile(target);
+      await fsyncFileAndEntry(target);
       const result: LiveCopyResult = { consistency: frozen ? 'filesystem-consistent' : 'crash-consistent' };
       if (notes.length) result.quiesceNote = notes.join('; ');
       return result;
     } catch (err) {
       if (jobStarted) await this.abortJob(id).catch(() => undefined);
-      await removeFile(target);
+      await removeRegularFile(target);
       throw err;
     } finally {
       // Whatever happened: never leave the guest frozen.
@@ -318,7 +299,7 @@ export class LiveCopier {
       const xml = await this.run(['backup-dumpxml', id], id).catch(() => '');
       if (xml.includes(`file='${encodeEntities(target)}'`) || xml.includes(`file="${encodeEntities(target)}"`)) {
         await this.abortJob(id);
-        await removeFile(target);
+        await removeRegularFile(target);
         return;
       }
     }

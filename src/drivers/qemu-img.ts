@@ -12,9 +12,9 @@
 //   anything else                                                             -> ConvertFailed (retryable)
 
 import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { execa } from 'execa';
 import { VmsnapError } from '../shared/errors.js';
+import { fsyncFileAndEntry, removeRegularFile } from './files.js';
 
 const QEMU_IMG = 'qemu-img';
 // A killed convert gets this long after SIGTERM before SIGKILL.
@@ -140,16 +140,6 @@ async function requireImage(what: string, file: string): Promise<void> {
   }
 }
 
-/** Removes a partial output, but never anything that is not a regular file (e.g. a block device target). */
-async function removePartial(file: string): Promise<void> {
-  try {
-    const st = await fs.lstat(file);
-    if (st.isFile()) await fs.rm(file, { force: true });
-  } catch {
-    // Already gone (or never created).
-  }
-}
-
 function abortError(signal: AbortSignal): AbortError {
   return new AbortError('qemu-img convert aborted', { cause: signal.reason });
 }
@@ -223,11 +213,11 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   // With reject: false execa resolves once the process has exited, also after a cancel.
   const r = await sub;
   if (r.isCanceled && opts.signal) {
-    await removePartial(opts.target);
+    await removeRegularFile(opts.target);
     throw abortError(opts.signal);
   }
   if (r.failed) {
-    await removePartial(opts.target);
+    await removeRegularFile(opts.target);
     if (r.exitCode === undefined && !r.signal) throw spawnFailure(what, r as { code?: string; message: string });
     if (r.signal) {
       throw new VmsnapError('ConvertFailed', `${what}: qemu-img was killed by ${r.signal}`, { stderr: r.stderr });
@@ -236,26 +226,7 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   }
   // qemu-img convert writes its output with cache=unsafe (no flush at all): make the image durable
   // so a host crash cannot leave a file that looks complete but holds stale or zero blocks.
-  await syncFile(opts.target);
-}
-
-async function syncFile(file: string): Promise<void> {
-  const st = await fs.stat(file);
-  const fh = await fs.open(file, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  if (st.isFile()) {
-    // The directory entry too, for a file that was just created.
-    const dir = await fs.open(path.dirname(path.resolve(file)), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
-  }
+  await fsyncFileAndEntry(opts.target);
 }
 
 interface QemuImgInfoJson {

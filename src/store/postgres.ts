@@ -8,6 +8,7 @@ import { userInfo } from 'node:os';
 import pg from 'pg';
 import { parsePostgresUrl, type PostgresTarget } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
+import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
 import type {
   DiscoveredInstance,
   InstanceActionEvent,
@@ -83,8 +84,6 @@ const MIGRATIONS: string[] = [
 /** Advisory lock key that serializes migrations: "vmsnap" in ASCII, as a number. */
 const MIGRATION_LOCK = 130212460126576;
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
 /**
  * Worth retrying: connection trouble (class 08), serialization failure, deadlock, a server
  * shutting down or starting up, too many connections, a lock wait cut short, a read-only
@@ -94,34 +93,6 @@ const RETRYABLE_STATES = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '
 const RETRYABLE_SYSTEM_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED']);
 // node-postgres reports a lost or timed-out connection as a plain Error without a code.
 const RETRYABLE_MESSAGES = /Connection terminated|timeout exceeded when trying to connect|connection error/i;
-
-interface InstanceRow {
-  id: string;
-  name: string;
-  host: string;
-  power_state: string;
-  task_state: TaskState | null;
-  task_owner: string | null;
-  base_image_ref: string | null;
-  updated_at: Date;
-  deleted_at: Date | null;
-}
-
-const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at';
-
-function toInstance(row: InstanceRow): InstanceRecord {
-  return {
-    id: row.id,
-    name: row.name,
-    host: row.host,
-    powerState: row.power_state,
-    taskState: row.task_state,
-    taskOwner: row.task_owner,
-    baseImageRef: row.base_image_ref,
-    updatedAt: row.updated_at.toISOString(),
-    deletedAt: row.deleted_at && row.deleted_at.toISOString(),
-  };
-}
 
 /** PostgreSQL text cannot hold NUL (SQLite can): a fault message from a tool's output might. */
 function text(value: string): string {
@@ -363,11 +334,8 @@ export class PostgresStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', async () => {
-      const { rows } = await this.pool.query<{ instance_id: string; code: string; message: string; details: Record<string, unknown>; created_at: Date }>(
-        'SELECT instance_id, code, message, details, created_at FROM instance_faults WHERE instance_id = $1 ORDER BY id',
-        [instanceId],
-      );
-      return rows.map((r) => ({ instanceId: r.instance_id, code: r.code, message: r.message, details: r.details, createdAt: r.created_at.toISOString() }));
+      const { rows } = await this.pool.query<FaultRow>(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`, [instanceId]);
+      return rows.map(toFault);
     });
   }
 
@@ -383,22 +351,8 @@ export class PostgresStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', async () => {
-      const { rows } = await this.pool.query<{
-        instance_id: string;
-        action: string;
-        event: string;
-        request_id: string;
-        details: Record<string, unknown>;
-        created_at: Date;
-      }>('SELECT instance_id, action, event, request_id, details, created_at FROM instance_actions_events WHERE instance_id = $1 ORDER BY id', [instanceId]);
-      return rows.map((r) => ({
-        instanceId: r.instance_id,
-        action: r.action,
-        event: r.event,
-        requestId: r.request_id,
-        details: r.details,
-        createdAt: r.created_at.toISOString(),
-      }));
+      const { rows } = await this.pool.query<EventRow>(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`, [instanceId]);
+      return rows.map(toEvent);
     });
   }
 
@@ -414,8 +368,8 @@ export class PostgresStore implements Store {
   /** Sorted by host name, in byte order as SQLite does. */
   async listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]> {
     return this.run('listHosts', async () => {
-      const { rows } = await this.pool.query<{ host: string; task_queue: string; seen_at: Date }>('SELECT host, task_queue, seen_at FROM hosts ORDER BY host COLLATE "C"');
-      return rows.map((r) => ({ host: r.host, taskQueue: r.task_queue, seenAt: r.seen_at.toISOString() }));
+      const { rows } = await this.pool.query<HostRow>('SELECT host, task_queue, seen_at FROM hosts ORDER BY host COLLATE "C"');
+      return rows.map(toHost);
     });
   }
 

@@ -7,6 +7,7 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { VmsnapError } from '../shared/errors.js';
+import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
 import type {
   DiscoveredInstance,
   InstanceActionEvent,
@@ -90,36 +91,6 @@ const MIGRATIONS: string[] = [
   CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
   `,
 ];
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-interface InstanceRow {
-  id: string;
-  name: string;
-  host: string;
-  power_state: string;
-  task_state: TaskState | null;
-  task_owner: string | null;
-  base_image_ref: string | null;
-  updated_at: string;
-  deleted_at: string | null;
-}
-
-const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at';
-
-function toInstance(row: InstanceRow): InstanceRecord {
-  return {
-    id: row.id,
-    name: row.name,
-    host: row.host,
-    powerState: row.power_state,
-    taskState: row.task_state,
-    taskOwner: row.task_owner,
-    baseImageRef: row.base_image_ref,
-    updatedAt: row.updated_at,
-    deletedAt: row.deleted_at,
-  };
-}
 
 function now(): string {
   return new Date().toISOString();
@@ -276,16 +247,8 @@ export class SqliteStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', () => {
-      const rows = this.stmt('SELECT instance_id, code, message, details, created_at FROM instance_faults WHERE instance_id = ? ORDER BY id').all(
-        instanceId,
-      ) as { instance_id: string; code: string; message: string; details: string; created_at: string }[];
-      return rows.map((r) => ({
-        instanceId: r.instance_id,
-        code: r.code,
-        message: r.message,
-        details: JSON.parse(r.details) as Record<string, unknown>,
-        createdAt: r.created_at,
-      }));
+      const rows = this.stmt(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = ? ORDER BY id`).all(instanceId) as FaultRow[];
+      return rows.map(toFault);
     });
   }
 
@@ -300,17 +263,8 @@ export class SqliteStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', () => {
-      const rows = this.stmt(
-        'SELECT instance_id, action, event, request_id, details, created_at FROM instance_actions_events WHERE instance_id = ? ORDER BY id',
-      ).all(instanceId) as { instance_id: string; action: string; event: string; request_id: string; details: string; created_at: string }[];
-      return rows.map((r) => ({
-        instanceId: r.instance_id,
-        action: r.action,
-        event: r.event,
-        requestId: r.request_id,
-        details: JSON.parse(r.details) as Record<string, unknown>,
-        createdAt: r.created_at,
-      }));
+      const rows = this.stmt(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = ? ORDER BY id`).all(instanceId) as EventRow[];
+      return rows.map(toEvent);
     });
   }
 
@@ -325,8 +279,7 @@ export class SqliteStore implements Store {
   /** Sorted by host name. */
   async listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]> {
     return this.run('listHosts', () => {
-      const rows = this.stmt('SELECT host, task_queue, seen_at FROM hosts ORDER BY host').all() as { host: string; task_queue: string; seen_at: string }[];
-      return rows.map((r) => ({ host: r.host, taskQueue: r.task_queue, seenAt: r.seen_at }));
+      return (this.stmt('SELECT host, task_queue, seen_at FROM hosts ORDER BY host').all() as HostRow[]).map(toHost);
     });
   }
 

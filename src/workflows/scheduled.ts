@@ -17,11 +17,12 @@ import {
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import type { RetentionDecision, RetentionPolicy } from '../activities/retention.js';
-import { PERMANENT_FAILURE_TYPES, failureTypeOfCause } from '../shared/failures.js';
+import { failureTypeOfCause } from '../shared/failures.js';
 import { hostTaskQueue, snapshotWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { DiskFormat, SnapshotRequest } from '../shared/types.js';
 import type { snapshotInstance } from './snapshot.js';
+import { RETRY } from './steps.js';
 
 export interface ScheduledSnapshotsInput {
   /** The schedule's id (vmsnap-schedule-<name>): each image records it as vmsnap_schedule. */
@@ -65,7 +66,7 @@ export interface ScheduledSnapshotsReport {
   } | null;
 }
 
-const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: PERMANENT_FAILURE_TYPES };
+const retry = RETRY;
 const lookupOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 5 } };
 // Listing a schedule's images and checking each candidate is a handful of Glance calls.
 const retentionOptions: ActivityOptions = { startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 5 } };
