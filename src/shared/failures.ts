@@ -82,9 +82,14 @@ export type FailureType = ErrorCode | OutcomeType;
 
 export const FAILURES: Record<FailureType, FailureKind> = { ...ERRORS, ...OUTCOMES };
 
+/** The kind of a failure type, if it is one of the table's. */
+export function knownFailure(type: string | undefined): FailureKind | undefined {
+  return type !== undefined && Object.hasOwn(FAILURES, type) ? FAILURES[type as FailureType] : undefined;
+}
+
 /** The kind of a failure type; an unknown type (a newer worker's) is a failed request. */
 export function failureKind(type: string | undefined): FailureKind {
-  return (type !== undefined && Object.hasOwn(FAILURES, type) ? FAILURES[type as FailureType] : undefined) ?? OUTCOMES.SnapshotFailed;
+  return knownFailure(type) ?? OUTCOMES.SnapshotFailed;
 }
 
 /** Types no retry can fix: retry policies stop at once on these (nonRetryableErrorTypes). */
