@@ -185,23 +185,23 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   async pause(id: string): Promise<void> {
-    const uuid = checkId(id);
-    try {
-      // libvirt treats suspending a paused domain as success already; the catch covers the rest.
-      await this.virsh(['suspend', uuid], uuid);
-    } catch (e) {
-      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === 'paused') return;
-      throw e;
-    }
+    await this.suspendOrResume(id, 'suspend', 'paused');
   }
 
   async resume(id: string): Promise<void> {
+    await this.suspendOrResume(id, 'resume', 'running');
+  }
+
+  /**
+   * virsh suspend or resume; a domain already in the state asked for counts as done ("domain is
+   * already running" is an error to libvirt, success to us; suspending a paused one it accepts).
+   */
+  private async suspendOrResume(id: string, verb: 'suspend' | 'resume', wanted: PowerState): Promise<void> {
     const uuid = checkId(id);
     try {
-      await this.virsh(['resume', uuid], uuid);
+      await this.virsh([verb, uuid], uuid);
     } catch (e) {
-      // "domain is already running" is an error to libvirt, success to us.
-      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === 'running') return;
+      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === wanted) return;
       throw e;
     }
   }

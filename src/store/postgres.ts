@@ -8,15 +8,9 @@ import { userInfo } from 'node:os';
 import pg from 'pg';
 import { parsePostgresUrl, type PostgresTarget } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
+import { ALL_TASK_STATES, POSTGRES_TYPES, checkTaskState, firstSchema } from './schema.js';
 import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
-import type {
-  DiscoveredInstance,
-  InstanceActionEvent,
-  InstanceFault,
-  InstanceRecord,
-  Store,
-  TaskState,
-} from './store.js';
+import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface PostgresStoreOptions {
   /** Most connections this store opens at once. */
@@ -27,57 +21,11 @@ export interface PostgresStoreOptions {
 
 /** Ordered schema changes; each runs once, in the migration transaction with its version row. */
 const MIGRATIONS: string[] = [
-  `
-  CREATE TABLE instances (
-    id             text PRIMARY KEY,
-    name           text NOT NULL,
-    host           text NOT NULL,
-    power_state    text NOT NULL,
-    task_state     text CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading')),
-    task_owner     text,
-    base_image_ref text,
-    updated_at     timestamptz NOT NULL,
-    deleted_at     timestamptz
-  );
-  CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
-  CREATE INDEX instances_host ON instances (host);
-  CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
-
-  -- No foreign keys to instances: a fault or event must be recordable even for an instance
-  -- discovery has not seen (yet), and history outlives the inventory row. json, not jsonb:
-  -- details come back as they were written.
-  CREATE TABLE instance_faults (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    instance_id text NOT NULL,
-    code        text NOT NULL,
-    message     text NOT NULL,
-    details     json NOT NULL,
-    created_at  timestamptz NOT NULL
-  );
-  CREATE INDEX instance_faults_instance ON instance_faults (instance_id, id);
-
-  CREATE TABLE instance_actions_events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    instance_id text NOT NULL,
-    action      text NOT NULL,
-    event       text NOT NULL,
-    request_id  text NOT NULL,
-    details     json NOT NULL,
-    created_at  timestamptz NOT NULL
-  );
-  CREATE INDEX instance_actions_events_instance ON instance_actions_events (instance_id, id);
-
-  CREATE TABLE hosts (
-    host       text PRIMARY KEY,
-    task_queue text NOT NULL,
-    seen_at    timestamptz NOT NULL
-  );
-  `,
+  firstSchema(POSTGRES_TYPES),
   // Restore (Nova's rebuild) task states.
   `
   ALTER TABLE instances DROP CONSTRAINT instances_task_state_check;
-  ALTER TABLE instances ADD CONSTRAINT instances_task_state_check CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot',
-    'image_pending_upload', 'image_uploading', 'rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning'));
+  ALTER TABLE instances ADD CONSTRAINT instances_task_state_check ${checkTaskState(ALL_TASK_STATES)};
   `,
 ];
 

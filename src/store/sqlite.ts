@@ -7,15 +7,9 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { VmsnapError } from '../shared/errors.js';
+import { ALL_TASK_STATES, INSTANCE_INDEXES, SQLITE_TYPES, firstSchema, instancesTable } from './schema.js';
 import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
-import type {
-  DiscoveredInstance,
-  InstanceActionEvent,
-  InstanceFault,
-  InstanceRecord,
-  Store,
-  TaskState,
-} from './store.js';
+import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface SqliteStoreOptions {
   /** How long a statement waits for another connection's write lock before SQLITE_BUSY. */
@@ -24,71 +18,12 @@ export interface SqliteStoreOptions {
 
 /** Ordered schema changes; each runs once, in its own transaction with the version bump. */
 const MIGRATIONS: string[] = [
-  `
-  CREATE TABLE instances (
-    id             TEXT PRIMARY KEY,
-    name           TEXT NOT NULL,
-    host           TEXT NOT NULL,
-    power_state    TEXT NOT NULL,
-    task_state     TEXT CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading')),
-    task_owner     TEXT,
-    base_image_ref TEXT,
-    updated_at     TEXT NOT NULL,
-    deleted_at     TEXT
-  );
-  CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
-  CREATE INDEX instances_host ON instances (host);
-  CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
-
-  -- No foreign keys to instances: a fault or event must be recordable even for an instance
-  -- discovery has not seen (yet), and history outlives the inventory row.
-  CREATE TABLE instance_faults (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    instance_id TEXT NOT NULL,
-    code        TEXT NOT NULL,
-    message     TEXT NOT NULL,
-    details     TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-  );
-  CREATE INDEX instance_faults_instance ON instance_faults (instance_id, id);
-
-  CREATE TABLE instance_actions_events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    instance_id TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    event       TEXT NOT NULL,
-    request_id  TEXT NOT NULL,
-    details     TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-  );
-  CREATE INDEX instance_actions_events_instance ON instance_actions_events (instance_id, id);
-
-  CREATE TABLE hosts (
-    host       TEXT PRIMARY KEY,
-    task_queue TEXT NOT NULL,
-    seen_at    TEXT NOT NULL
-  );
-  `,
+  firstSchema(SQLITE_TYPES),
   // Restore (Nova's rebuild) task states. SQLite cannot alter a CHECK: the table is rebuilt.
-  `
-  CREATE TABLE instances_v2 (
-    id             TEXT PRIMARY KEY,
-    name           TEXT NOT NULL,
-    host           TEXT NOT NULL,
-    power_state    TEXT NOT NULL,
-    task_state     TEXT CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading',
-                                              'rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning')),
-    task_owner     TEXT,
-    base_image_ref TEXT,
-    updated_at     TEXT NOT NULL,
-    deleted_at     TEXT
-  );
+  `${instancesTable(SQLITE_TYPES, ALL_TASK_STATES, 'instances_v2')}
   INSERT INTO instances_v2 SELECT id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at FROM instances;
   DROP TABLE instances;
-  ALTER TABLE instances_v2 RENAME TO instances;
-  CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
-  CREATE INDEX instances_host ON instances (host);
-  CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
+  ALTER TABLE instances_v2 RENAME TO instances;${INSTANCE_INDEXES}
   `,
 ];
 
