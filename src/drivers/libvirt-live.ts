@@ -33,12 +33,7 @@ const FROZEN_MAX_MS = 5_000;
 const ABORT_WAIT_MS = 30_000;
 
 // virDomainJobType and virDomainJobOperation values in `domjobinfo --rawstats`.
-const JOB_NONE = 0;
-const JOB_BOUNDED = 1;
-const JOB_UNBOUNDED = 2;
-const JOB_COMPLETED = 3;
-const JOB_FAILED = 4;
-const JOB_CANCELLED = 5;
+const JOB = { none: 0, bounded: 1, unbounded: 2, completed: 3, failed: 4, cancelled: 5 } as const;
 const OP_BACKUP = 9;
 
 const FORMATS = new Set(['qcow2', 'raw']);
@@ -54,7 +49,7 @@ interface JobStats {
 
 /** Parses `virsh domjobinfo --rawstats`: "Job type: N" then "name: value" lines. */
 function parseJobStats(out: string): JobStats {
-  const stats: JobStats = { type: JOB_NONE };
+  const stats: JobStats = { type: JOB.none };
   for (const line of out.split('\n')) {
     const m = /^\s*([\w ]+?):\s*(.*?)\s*$/.exec(line);
     if (!m?.[1]) continue;
@@ -294,7 +289,7 @@ export class LiveCopier {
    */
   private async clearOwnLeftover(id: string, target: string): Promise<void> {
     const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
-    if (job.type === JOB_NONE) return;
+    if (job.type === JOB.none) return;
     if (job.operation === OP_BACKUP) {
       const xml = await this.run(['backup-dumpxml', id], id).catch(() => '');
       if (xml.includes(`file='${encodeEntities(target)}'`) || xml.includes(`file="${encodeEntities(target)}"`)) {
@@ -348,21 +343,21 @@ export class LiveCopier {
     for (;;) {
       if (opts.signal?.aborted) throw abortError(opts.signal);
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
-      const running = (job.type === JOB_BOUNDED || job.type === JOB_UNBOUNDED) && job.operation === OP_BACKUP;
+      const running = (job.type === JOB.bounded || job.type === JOB.unbounded) && job.operation === OP_BACKUP;
       if (!running) break;
       report(job.processed ?? 0, job.total ?? 0);
       await sleep(POLL_MS, undefined, opts.signal ? { signal: opts.signal } : undefined).catch(() => undefined);
     }
     // --keep-completed leaves the record for an operator to look at too.
     const done = parseJobStats(await this.run(['domjobinfo', id, '--completed', '--rawstats', '--keep-completed'], id));
-    if (done.type === JOB_COMPLETED && done.operation === OP_BACKUP) {
+    if (done.type === JOB.completed && done.operation === OP_BACKUP) {
       report(done.total ?? 0, done.total ?? 0);
       return;
     }
-    if (done.operation === OP_BACKUP && (done.type === JOB_FAILED || done.type === JOB_CANCELLED)) {
+    if (done.operation === OP_BACKUP && (done.type === JOB.failed || done.type === JOB.cancelled)) {
       const said = done.errmsg ?? 'no message';
       if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id} failed: ${said}`);
-      const how = done.type === JOB_CANCELLED ? 'was cancelled (not by vmsnap)' : 'failed';
+      const how = done.type === JOB.cancelled ? 'was cancelled (not by vmsnap)' : 'failed';
       throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, { errmsg: said });
     }
     throw new VmsnapError(
@@ -383,7 +378,7 @@ export class LiveCopier {
     const deadline = Date.now() + ABORT_WAIT_MS;
     for (;;) {
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id).catch(() => ''));
-      if (job.type === JOB_NONE) return;
+      if (job.type === JOB.none) return;
       if (Date.now() > deadline) {
         throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`);
       }

@@ -4,21 +4,8 @@ import type { Client } from '@temporalio/client';
 import { Option, type Command } from 'commander';
 import type { RetentionPlan, RetentionPolicy } from '../../activities/retention.js';
 import { VmsnapError } from '../../shared/errors.js';
-import {
-  DEFAULT_CATCHUP_WINDOW,
-  createSchedule,
-  deleteSchedule,
-  describeSchedule,
-  listSchedules,
-  pauseSchedule,
-  previewRetention,
-  triggerSchedule,
-  unpauseSchedule,
-  validateScheduleOptions,
-  type CreateScheduleOptions,
-  type VmsnapSchedule,
-  type VmsnapScheduleDetails,
-} from '../schedules.js';
+import * as schedules from '../schedules.js';
+import type { CreateScheduleOptions, VmsnapSchedule, VmsnapScheduleDetails } from '../schedules.js';
 import { listOption, metadataOption, nonNegativeInt, since } from './options.js';
 import { table, withGlobals, type Session } from './session.js';
 
@@ -78,7 +65,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     .option('--keep-last <n>', 'retention: keep the n newest images of each instance', nonNegativeInt)
     .option('--keep-daily <n>', 'retention: keep the newest image of each of the last n days that have one', nonNegativeInt)
     .option('--keep-weekly <n>', 'retention: keep the newest image of each of the last n weeks that have one', nonNegativeInt)
-    .option('--catchup-window <duration>', 'how late a run missed while Temporal was away may still start', DEFAULT_CATCHUP_WINDOW)
+    .option('--catchup-window <duration>', 'how late a run missed while Temporal was away may still start', schedules.DEFAULT_CATCHUP_WINDOW)
     .option('--image-prefix <prefix>', 'images are named <prefix>-<instance>-<time> (default: the schedule name)')
     .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
     .addOption(new Option('--format <format>', 'disk format of the images (default qcow2)').choices(['qcow2', 'raw']))
@@ -107,7 +94,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
           ...(opts.note !== undefined ? { note: opts.note } : {}),
         };
         // Refused before any connection, in the words of the command line.
-        const problems = validateScheduleOptions(options);
+        const problems = schedules.validateScheduleOptions(options);
         if (problems.length) {
           const words = problems.map((p) => {
             if (p.field === 'cron' && options.cron === undefined) return 'give --cron <expression> or --every <duration>, one of the two';
@@ -116,7 +103,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
           });
           throw new VmsnapError('InvalidInput', `invalid schedule: ${words.join('; ')}`, { problems });
         }
-        const created = await createSchedule(await session.getClient(), options, session.getConfig().temporal.taskQueue);
+        const created = await schedules.createSchedule(await session.getClient(), options, session.getConfig().temporal.taskQueue);
         session.show(g, created, () =>
           [
             `created schedule ${created.name} (${created.scheduleId}): ${whenText(created)}, instances ${created.instances.join(', ')}; ${retentionText(created.retention)}`,
@@ -130,7 +117,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     .command('list')
     .description("list vmsnap's schedules")
     .action(withGlobals(async (g) => {
-      const rows = await listSchedules(await session.getClient());
+      const rows = await schedules.listSchedules(await session.getClient());
       session.showList(g, rows, {
         empty: 'no vmsnap schedules: create one with vmsnap schedule create',
         header: ['NAME', 'WHEN', 'INSTANCES', 'RETENTION', 'STATE', 'NEXT RUN'],
@@ -149,7 +136,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
         session.show(g, doc, () => text(doc, name));
       }));
 
-  onOne('describe', 'show a schedule: settings, state, next runs and its latest runs with their outcome', describeSchedule, describeText, 'the schedule name (or its id, vmsnap-schedule-<name>)');
+  onOne('describe', 'show a schedule: settings, state, next runs and its latest runs with their outcome', schedules.describeSchedule, describeText, 'the schedule name (or its id, vmsnap-schedule-<name>)');
 
   const stateCommand = (verb: 'pause' | 'unpause', description: string) =>
     schedule
@@ -159,7 +146,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
       .option('--note <text>', 'why (shown by describe)')
       .action(withGlobals(async (g, name: string, opts: { note?: string }) => {
         const client = await session.getClient();
-        const d = verb === 'pause' ? await pauseSchedule(client, name, opts.note) : await unpauseSchedule(client, name, opts.note);
+        const d = verb === 'pause' ? await schedules.pauseSchedule(client, name, opts.note) : await schedules.unpauseSchedule(client, name, opts.note);
         session.show(g, d, () => `schedule ${d.name} ${d.paused ? 'paused' : 'active'}${d.note ? `: ${d.note}` : ''}`);
       }));
   stateCommand('pause', 'pause a schedule: no runs until unpaused (a run going on goes on)');
@@ -169,12 +156,12 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     'trigger',
     'run a schedule now (skipped if a run is going on)',
     async (client, name) => {
-      await triggerSchedule(client, name);
+      await schedules.triggerSchedule(client, name);
       return { name, triggered: true };
     },
     (_doc, name) => `started a run of schedule ${name}; see it with vmsnap schedule describe ${name}`,
   );
-  onOne('delete', 'delete a schedule; a run going on goes on, and its images stay', deleteSchedule, (_doc, name) => `deleted schedule ${name}; the images it made stay in Glance`);
+  onOne('delete', 'delete a schedule; a run going on goes on, and its images stay', schedules.deleteSchedule, (_doc, name) => `deleted schedule ${name}; the images it made stay in Glance`);
 
   schedule
     .command('retention')
@@ -189,7 +176,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
         throw new VmsnapError('InvalidInput', `retention is applied by each run of the schedule: add --dry-run to see what it would keep and delete now (vmsnap schedule trigger ${name} runs it)`);
       }
       const policy = retentionOf(opts);
-      const plan = await previewRetention(await session.getClient(), session.getConfig(), name, policy ? { policy } : {});
+      const plan = await schedules.previewRetention(await session.getClient(), session.getConfig(), name, policy ? { policy } : {});
       session.show(g, { ...plan, dryRun: true }, () => retentionPlanText(name, plan));
     }));
 }
