@@ -2,11 +2,12 @@
 // live once the workflow takes it) through the programmatic client against a worker process.
 import type { Client } from '@temporalio/client';
 import { randomUUID } from 'node:crypto';
-import { open, rm, stat } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import type { Guest } from '../../scripts/lib/guest.js';
+import { fsyncPath } from '../../src/drivers/files.js';
 import { startSnapshot, type SnapshotHandle } from '../../src/client/snapshots.js';
 import type { SnapshotRequest } from '../../src/shared/types.js';
 import { validateSnapshotRequest } from '../../src/shared/validation.js';
@@ -73,15 +74,6 @@ export async function glanceImageSize(ctx: GlanceCtx, id: string): Promise<numbe
   return typeof body.size === 'number' ? body.size : undefined;
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /**
  * The bare commands: virsh suspend, qemu-img convert -U -O qcow2, virsh resume, then curl: create
  * the image, PATCH its formats, upload with -T. Whatever fails, the guest is resumed and the copy
@@ -119,7 +111,7 @@ export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Pr
 
     // Diagnostic, outside the timed steps: what flushing the copy costs (vmsnap fsyncs inside its pause).
     const f0 = performance.now();
-    await fsyncFile(copy);
+    await fsyncPath(copy);
     fsyncMs = performance.now() - f0;
 
     const created = await step('create', () =>
@@ -249,7 +241,7 @@ export async function runVmsnap(ctx: VmsnapCtx, guest: Guest, imageName: string,
     const first = open[0];
     const last = open.at(-1);
     const phasesMs = Object.fromEntries(Object.entries(result.phaseDurationsMs).map(([k, v]) => [k, v ?? 0]));
-    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'md5', 'priorPowerState', 'pauseDurationMs', 'phaseDurationsMs']);
+    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'md5', 'priorPowerState', 'phaseDurationsMs']);
     const resultExtra = Object.fromEntries(Object.entries(result).filter(([k]) => !known.has(k)));
     const cpuFirst = first?.cpu;
     const cpuLast = last?.cpu;
@@ -259,7 +251,7 @@ export async function runVmsnap(ctx: VmsnapCtx, guest: Guest, imageName: string,
       wallMs,
       uploadMs: phasesMs.uploading ?? 0,
       phasesMs,
-      reportedPauseMs: result.pauseDurationMs,
+      reportedPauseMs: result.guestPauseMs,
       ...(open.length ? { uploaderPeakRssKiB: Math.max(...open.map((s) => s.kib)) } : {}),
       ...(samples.length ? { rssSeries: samples } : {}),
       ...(first && last && last.t > first.t ? { uploadFdMs: last.t - first.t } : {}),

@@ -3,13 +3,9 @@
 // process per sample would cost more than the interval). The test guest writes its counter every
 // 20 ms with fsync; a stretch with no completed write much longer than that is a stall the guest
 // felt (its writes blocked: a pause, a job start draining the disk, copy-before-write).
-import { spawn } from 'node:child_process';
+import { readWriteCounters, type WriteCounters } from '../../src/drivers/libvirt-writes.js';
 
-export interface WriteSample {
-  /** performance.now() when the answer arrived. */
-  at: number;
-  writes: number;
-}
+export type WriteSample = Pick<WriteCounters, 'at' | 'writes'>;
 
 export interface WriteSampler {
   /** Stops sampling and returns every sample, in order. */
@@ -17,38 +13,11 @@ export interface WriteSampler {
 }
 
 export function sampleWrites(libvirtUri: string, domain: string, device: string, everyMs = 5): WriteSampler {
-  const virsh = spawn('virsh', ['-c', libvirtUri], { stdio: ['pipe', 'pipe', 'ignore'] });
   const samples: WriteSample[] = [];
-  let buffered = '';
-  let waiting = false;
-  let stopped = false;
-  let timer: NodeJS.Timeout | undefined;
-  const ask = () => {
-    if (stopped || waiting) return;
-    waiting = true;
-    virsh.stdin.write(`domblkstat ${domain} ${device}\n`);
-  };
-  virsh.stdout.setEncoding('utf8');
-  virsh.stdout.on('data', (chunk: string) => {
-    buffered += chunk;
-    for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      const m = /\bwr_req\s+(\d+)/.exec(line);
-      if (!m) continue;
-      samples.push({ at: performance.now(), writes: Number(m[1]) });
-      waiting = false;
-      timer = setTimeout(ask, everyMs);
-    }
-  });
-  virsh.on('error', () => undefined);
-  ask();
+  const reader = readWriteCounters(libvirtUri, domain, device, everyMs, ({ at, writes }) => samples.push({ at, writes }));
   return {
     async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      virsh.stdin.end();
-      await new Promise((resolve) => (virsh.exitCode !== null ? resolve(undefined) : virsh.once('exit', resolve)));
+      await reader.stop();
       return samples;
     },
   };

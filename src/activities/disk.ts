@@ -77,7 +77,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
     const info = await diskTool.info(path, { format: diskFormat });
     if (diskFormat === 'qcow2') {
       const check = await diskTool.check(path, 'qcow2');
-      if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of the copy failed: ${check.message}`, true);
+      if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of the copy failed: ${check.message}`);
     }
     return { path, diskFormat, size: (await stat(path)).size, virtualSize: info.virtualSize };
   }

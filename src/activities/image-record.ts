@@ -47,7 +47,6 @@ async function ownership(identity: Identity, input: CreateImageRecordInput): Pro
     throw new VmsnapError(
       'InvalidInput',
       `the request names ${others.join(' and ')} as the image's owner, but vmsnap acts as user ${caller.userName} on project ${caller.projectName} without the admin role: leave projectId and userId out, or give vmsnap's user the admin role`,
-      false,
       { field: input.projectId !== caller.projectId ? 'projectId' : 'userId' },
     );
   }

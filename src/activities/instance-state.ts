@@ -42,7 +42,6 @@ export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 
         change.expected === null
           ? `instance ${change.instanceId} has a task in progress (task state ${held}): wait for it to finish, then try again`
           : `instance ${change.instanceId} task state changed under this snapshot (expected ${change.expected}, found ${held})`,
-        false,
         { taskState: now?.taskState ?? null },
       );
     },

@@ -25,7 +25,7 @@ export function restoreImageActivities({ imageService }: Pick<ActivityDeps, 'ima
     async checkRestoreImage(input: CheckRestoreImageInput): Promise<RestoreImage> {
       const image = await imageService.getImage(input.imageId);
       if (!image) throw new VmsnapError('ImageNotFound', `there is no image ${input.imageId} in Glance (or it is not visible to vmsnap's project)`);
-      const refuse = (why: string) => new VmsnapError('InvalidInput', `image ${input.imageId} cannot be restored: ${why}`, false, { field: 'imageId' });
+      const refuse = (why: string) => new VmsnapError('InvalidInput', `image ${input.imageId} cannot be restored: ${why}`, { field: 'imageId' });
       if (image.status !== 'active') throw refuse(`it is ${image.status}, not active`);
       if (!image.disk_format || !RESTORABLE_FORMATS.includes(image.disk_format)) {
         throw refuse(`its disk format is ${image.disk_format ?? 'not set'}; vmsnap restores ${RESTORABLE_FORMATS.join(' and ')} images`);

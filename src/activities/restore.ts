@@ -11,10 +11,11 @@
 //   P.vmsnap-pre-restore.json  who swapped it in and until when it is kept
 //   P.vmsnap-pre-restore.superseded  an earlier restore's pre-restore disk, removed after the start
 import { Context } from '@temporalio/activity';
-import { link, mkdir, open, readdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
+import { fsyncPath } from '../drivers/files.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { StepProgress } from '../shared/types.js';
@@ -99,15 +100,6 @@ async function inode(path: string): Promise<number | undefined> {
     (s) => s.ino,
     () => undefined,
   );
-}
-
-async function fsyncPath(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 async function readMarker(path: string): Promise<PreRestoreMarker | undefined> {
@@ -281,7 +273,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       const fs = await statfs(disk.path);
       const free = fs.bavail * fs.bsize;
       if (free < needed) {
-        throw new VmsnapError('NoSpace', `instance ${input.instanceId}: ${free} bytes free beside its disk ${disk.path}, the restore needs ${needed}; nothing was changed`, false, { free, needed });
+        throw new VmsnapError('NoSpace', `instance ${input.instanceId}: ${free} bytes free beside its disk ${disk.path}, the restore needs ${needed}; nothing was changed`, { free, needed });
       }
       await rm(files.download, { force: true });
       await rm(files.restored, { force: true });

@@ -199,7 +199,7 @@ async function inUseBy(sources: RetentionSources, imageId: string, instances: In
 export async function planRetention(sources: RetentionSources, scheduleId: string, policy: RetentionPolicy): Promise<RetentionPlan> {
   const problems = retentionPolicyProblems(policy);
   if (problems.length) {
-    throw new VmsnapError('InvalidInput', `invalid retention policy: ${problems.map((p) => `${p.field} ${p.message}`).join('; ')}`, false, { problems });
+    throw new VmsnapError('InvalidInput', `invalid retention policy: ${problems.map((p) => `${p.field} ${p.message}`).join('; ')}`, { problems });
   }
   // The filters narrow the listing; isScheduleImage is what makes an image a candidate.
   const images = (await sources.imageService.listImages({ tag: VMSNAP_IMAGE_TAG, vmsnap_schedule: scheduleId })).filter((i) => isScheduleImage(i, scheduleId));

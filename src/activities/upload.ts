@@ -42,7 +42,7 @@ function verify(image: Image, sent: UploadResult): void {
   if (image.os_hash_algo === 'sha512' && image.os_hash_value !== sent.sha512) problems.push('sha512 differs');
   if (image.os_hash_algo !== 'sha512') problems.push(`Glance hashed with ${image.os_hash_algo ?? 'nothing'}, not sha512`);
   if (problems.length) {
-    throw new VmsnapError('ImageCorrupt', `image ${image.id} in Glance does not match what was sent: ${problems.join(', ')}`, false, {
+    throw new VmsnapError('ImageCorrupt', `image ${image.id} in Glance does not match what was sent: ${problems.join(', ')}`, {
       glance: { size: image.size, checksum: image.checksum, os_hash_value: image.os_hash_value },
       sent,
     });
@@ -92,14 +92,14 @@ export function uploadActivities({ imageService }: ActivityDeps) {
         }
       } else if (image.status === 'saving' || image.status === 'uploading') {
         // Glance puts an interrupted PUT back to queued once the old connection dies: try again soon.
-        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`, true);
+        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`);
       } else {
         throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
       }
 
       image = await imageService.getImage(input.imageId);
       if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
-      if (image.status !== 'active') throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`, true);
+      if (image.status !== 'active') throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
       verify(image, sent);
       return sent;
     },

@@ -1,5 +1,6 @@
 // Errors of the client side that are not failures of a snapshot: nothing to act on, Temporal or the
 // store out of reach. The workflow's own failures stay Temporal failures typed by ErrorCode.
+import { OUTCOMES, type ExitCode } from '../shared/failures.js';
 
 export type ClientErrorCode =
   /** No snapshot workflow matches the instance or workflow id (or none is running, for cancel). */
@@ -21,5 +22,23 @@ export class ClientError extends Error {
   ) {
     super(message, options);
     this.name = code;
+  }
+}
+
+export type ScheduleErrorCode = 'ScheduleNotFound' | 'ScheduleExists';
+
+/** No such vmsnap schedule, or the name is taken. */
+export class ScheduleError extends Error {
+  constructor(
+    readonly code: ScheduleErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = code;
+  }
+
+  /** The CLI's exit code: no such schedule is "not found"; a name taken is a bad request. */
+  get exitCode(): ExitCode {
+    return OUTCOMES[this.code].exit;
   }
 }

@@ -7,7 +7,7 @@ import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE, restoreWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest } from '../shared/types.js';
-import { UUID_PATTERN, describeProblems, validateRestoreRequest, validateRollbackRequest } from '../shared/validation.js';
+import { UUID_PATTERN, describeProblems, validateRestoreRequest, validateRollbackRequest, type InputProblem } from '../shared/validation.js';
 import type { restoreInstance, rollbackRestore } from '../workflows/restore.js';
 import { ClientError } from './errors.js';
 import { findWorkflow, listWorkflows, stepProgress, type ListSnapshotsOptions, type SnapshotProgressDetails, type SnapshotSummary, type WorkflowKind } from './snapshots.js';
@@ -80,12 +80,29 @@ export async function resolveImage(config: Pick<Config, 'cloud' | 'glance'>, ref
   }
 }
 
-async function start<T>(what: () => Promise<T>, instance: string): Promise<T> {
+/**
+ * Starts a restore or a rollback on the instance's one restore workflow id; a bad request is
+ * refused before anything starts, a restore or rollback already running is InstanceBusy.
+ */
+async function start<W extends typeof restoreInstance | typeof rollbackRestore>(
+  client: Client,
+  workflowType: string,
+  request: Parameters<W>[0],
+  problems: InputProblem[],
+  taskQueue: string,
+): Promise<WorkflowHandleWithFirstExecutionRunId<W>> {
+  const what = workflowType === ROLLBACK_WORKFLOW_TYPE ? 'rollback' : 'restore';
+  if (problems.length) throw new VmsnapError('InvalidInput', `invalid ${what} request: ${describeProblems(problems)}`, { problems });
   try {
-    return await what();
+    return await client.workflow.start<W>(workflowType, {
+      taskQueue,
+      workflowId: restoreWorkflowId(request.instance),
+      args: [request] as Parameters<W>,
+      typedSearchAttributes: [{ key: INSTANCE_ID, value: request.instance }],
+    });
   } catch (err) {
     if (err instanceof WorkflowExecutionAlreadyStartedError) {
-      throw new VmsnapError('InstanceBusy', `a restore or rollback of ${instance} is already running (workflow ${restoreWorkflowId(instance)}): wait for it`);
+      throw new VmsnapError('InstanceBusy', `a restore or rollback of ${request.instance} is already running (workflow ${restoreWorkflowId(request.instance)}): wait for it`);
     }
     throw err;
   }
@@ -93,34 +110,12 @@ async function start<T>(what: () => Promise<T>, instance: string): Promise<T> {
 
 /** Starts a restore. A bad request is refused before anything starts. */
 export async function startRestore(client: Client, request: RestoreRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<StartedRestore> {
-  const problems = validateRestoreRequest(request);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid restore request: ${describeProblems(problems)}`, false, { problems });
-  return start(
-    () =>
-      client.workflow.start<typeof restoreInstance>(RESTORE_WORKFLOW_TYPE, {
-        taskQueue,
-        workflowId: restoreWorkflowId(request.instance),
-        args: [request],
-        typedSearchAttributes: [{ key: INSTANCE_ID, value: request.instance }],
-      }),
-    request.instance,
-  );
+  return start<typeof restoreInstance>(client, RESTORE_WORKFLOW_TYPE, request, validateRestoreRequest(request), taskQueue);
 }
 
 /** Starts putting the pre-restore disk back. */
 export async function startRollback(client: Client, request: RollbackRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<RollbackHandle> {
-  const problems = validateRollbackRequest(request);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid rollback request: ${describeProblems(problems)}`, false, { problems });
-  return start(
-    () =>
-      client.workflow.start<typeof rollbackRestore>(ROLLBACK_WORKFLOW_TYPE, {
-        taskQueue,
-        workflowId: restoreWorkflowId(request.instance),
-        args: [request],
-        typedSearchAttributes: [{ key: INSTANCE_ID, value: request.instance }],
-      }),
-    request.instance,
-  );
+  return start<typeof rollbackRestore>(client, ROLLBACK_WORKFLOW_TYPE, request, validateRollbackRequest(request), taskQueue);
 }
 
 export function restoreHandle(client: Client, instance: string, runId?: string): RestoreHandle {

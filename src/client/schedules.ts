@@ -22,8 +22,7 @@ import type { DiskFormat } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest, type InputProblem } from '../shared/validation.js';
 import { createStore } from '../store/index.js';
 import type { ScheduledSnapshotsInput, ScheduledSnapshotsReport } from '../workflows/scheduled.js';
-import { ClientError } from './errors.js';
-import { EXIT } from './exit-codes.js';
+import { ClientError, ScheduleError } from './errors.js';
 import { oneLine } from './snapshots.js';
 
 export const SCHEDULE_ID_PREFIX = 'vmsnap-schedule-';
@@ -36,23 +35,7 @@ const MAX_PREFIX = 100;
 /** Temporal does not catch up on less than this. */
 const MIN_CATCHUP_MS = 10_000;
 
-export type ScheduleErrorCode = 'ScheduleNotFound' | 'ScheduleExists';
-
-/** No such vmsnap schedule, or the name is taken. */
-export class ScheduleError extends Error {
-  constructor(
-    readonly code: ScheduleErrorCode,
-    message: string,
-  ) {
-    super(message);
-    this.name = code;
-  }
-
-  /** The CLI's exit code: no such schedule is "not found"; a name taken is a bad request. */
-  get exitCode(): typeof EXIT.notFound | typeof EXIT.usage {
-    return this.code === 'ScheduleNotFound' ? EXIT.notFound : EXIT.usage;
-  }
-}
+export { ScheduleError, type ScheduleErrorCode } from './errors.js';
 
 export interface CreateScheduleOptions {
   /** 1-100 letters, digits, "_", "." or "-"; the schedule's id is vmsnap-schedule-<name>. */
@@ -257,7 +240,7 @@ function grpcCode(err: unknown): number | undefined {
  */
 export async function createSchedule(client: Client, options: CreateScheduleOptions, taskQueue = DEFAULT_TASK_QUEUE): Promise<VmsnapScheduleDetails> {
   const problems = validateScheduleOptions(options);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid schedule: ${describeProblems(problems)}`, false, { problems });
+  if (problems.length) throw new VmsnapError('InvalidInput', `invalid schedule: ${describeProblems(problems)}`, { problems });
   const scheduleId = scheduleIdOf(options.name);
   const catchupWindow = options.catchupWindow ?? DEFAULT_CATCHUP_WINDOW;
   const input: ScheduledSnapshotsInput = {
@@ -441,7 +424,7 @@ export async function previewRetention(
   const schedule = scheduleOf(await onSchedule(nameOrId, () => client.schedule.getHandle(scheduleIdOf(nameOrId)).describe()));
   const policy = { ...schedule.retention, ...options.policy };
   const problems = retentionPolicyProblems(policy);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid retention policy: ${describeProblems(problems)}`, false, { problems });
+  if (problems.length) throw new VmsnapError('InvalidInput', `invalid retention policy: ${describeProblems(problems)}`, { problems });
   if (options.sources) return planRetention(options.sources, schedule.scheduleId, policy);
   return withSources(config, (sources) => planRetention(sources, schedule.scheduleId, policy));
 }

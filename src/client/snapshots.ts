@@ -75,7 +75,7 @@ export async function connectClient(temporal: Config['temporal'], options: { con
  */
 export async function startSnapshot(client: Client, request: SnapshotRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<StartedSnapshot> {
   const problems = validateSnapshotRequest(request);
-  if (problems.length) throw new VmsnapError('InvalidInput', `invalid snapshot request: ${describeProblems(problems)}`, false, { problems });
+  if (problems.length) throw new VmsnapError('InvalidInput', `invalid snapshot request: ${describeProblems(problems)}`, { problems });
   const workflowId = snapshotWorkflowId(request.instance);
   try {
     return await client.workflow.start<typeof snapshotInstance>(SNAPSHOT_WORKFLOW_TYPE, {

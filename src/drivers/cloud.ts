@@ -29,7 +29,7 @@ export async function connectCloud(
   opts: { patienceMs?: number; onToken?: KeystoneOptions['onToken'] } = {},
 ): Promise<Cloud> {
   const { cloud } = config;
-  if (!cloud) throw new VmsnapError('ConfigError', NO_CLOUD, false, { setting: 'OS_CLOUD' });
+  if (!cloud) throw new VmsnapError('ConfigError', NO_CLOUD, { setting: 'OS_CLOUD' });
   const session = cloud.auth.type === 'none' ? undefined : new KeystoneSession(cloud, { onToken: opts.onToken });
   const identity: Identity = session ?? new NoAuth();
   try {

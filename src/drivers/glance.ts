@@ -106,7 +106,7 @@ export class GlanceImageService implements ImageService {
   async createImage(image: NewImage): Promise<{ image: Image; created: boolean }> {
     const clash = Object.keys(image.properties).filter((k) => CREATE_FIELDS.has(k));
     if (clash.length > 0) {
-      throw new VmsnapError('InvalidInput', `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`, false, {
+      throw new VmsnapError('InvalidInput', `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`, {
         properties: clash,
       });
     }
@@ -131,7 +131,6 @@ export class GlanceImageService implements ImageService {
     throw new VmsnapError(
       'ImageConflict',
       `Glance POST ${path} answered 409 for image id ${image.id}, but there is no such image: the id belonged to an image that was deleted, and Glance never reuses an image id. Create the snapshot under a new id.`,
-      false,
       { method: 'POST', path, status: 409, url: this.shownUrl, glanceMessage: this.glanceMessage(reply.text) },
     );
   }
@@ -234,7 +233,7 @@ export class GlanceImageService implements ImageService {
       clearTimeout(watchdog);
       watchdog = setTimeout(() => {
         stalled.abort(
-          new VmsnapError('ImageServiceUnavailable', `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`, true, {
+          new VmsnapError('ImageServiceUnavailable', `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`, {
             method: 'PUT',
             path: urlPath,
             url: this.shownUrl,
@@ -282,7 +281,7 @@ export class GlanceImageService implements ImageService {
       file?.destroy();
     }
     if (sent !== size) {
-      throw new VmsnapError('ImageServiceError', `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`, false, {
+      throw new VmsnapError('ImageServiceError', `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`, {
         expected: size,
         sent,
       });
@@ -304,7 +303,7 @@ export class GlanceImageService implements ImageService {
       clearTimeout(watchdog);
       watchdog = setTimeout(() => {
         stalled.abort(
-          new VmsnapError('ImageServiceUnavailable', `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`, true, {
+          new VmsnapError('ImageServiceUnavailable', `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`, {
             method: 'GET',
             path: urlPath,
             url: this.shownUrl,
@@ -325,7 +324,7 @@ export class GlanceImageService implements ImageService {
       }
     };
     const corrupt = (why: string) =>
-      new VmsnapError('ImageCorrupt', `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`, false, {
+      new VmsnapError('ImageCorrupt', `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`, {
         imageId: id,
         expected,
         received,
@@ -353,8 +352,8 @@ export class GlanceImageService implements ImageService {
         if (err instanceof VmsnapError) throw err;
         if (both.aborted) throw both.reason ?? err;
         const code = errorCode(err);
-        if (code && ['ENOSPC', 'EDQUOT'].includes(code)) throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, false, { path });
-        if (code && code.startsWith('E') && !TRANSIENT_CODES.has(code)) throw new VmsnapError('InvalidInput', `cannot write ${path}: ${(err as Error).message}`, false, { path, code });
+        if (code && ['ENOSPC', 'EDQUOT'].includes(code)) throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, { path });
+        if (code && code.startsWith('E') && !TRANSIENT_CODES.has(code)) throw new VmsnapError('InvalidInput', `cannot write ${path}: ${(err as Error).message}`, { path, code });
         throw this.transportError('GET', urlPath, err);
       }
       const sum = sha512.digest('hex');
@@ -390,7 +389,7 @@ export class GlanceImageService implements ImageService {
         continue;
       }
       if (res.statusCode === 204) {
-        throw new VmsnapError('ImageServiceError', `Glance GET ${path} answered 204: the image has no data`, false, { method: 'GET', path, status: 204 });
+        throw new VmsnapError('ImageServiceError', `Glance GET ${path} answered 204: the image has no data`, { method: 'GET', path, status: 204 });
       }
       throw this.httpError('GET', path, { status: res.statusCode, text });
     }
@@ -406,7 +405,6 @@ export class GlanceImageService implements ImageService {
         throw new VmsnapError(
           'ImageServiceError',
           `Glance DELETE ${path} answered 403: image ${id} is protected and Glance refuses to delete it. Unset its 'protected' flag first (openstack image set --unprotected ${id}) if it really is to be deleted.`,
-          false,
           { method: 'DELETE', path, status: 403, url: this.shownUrl, protected: true },
         );
       }
@@ -480,7 +478,6 @@ export class GlanceImageService implements ImageService {
       throw new VmsnapError(
         'ImageServiceError',
         `Glance ${method} ${path} answered ${reply.status} with something that is not an image: ${this.scrub(reply.text.slice(0, 200))}. Is ${this.shownUrl} really a Glance v2 endpoint?`,
-        false,
         { method, path, status: reply.status, url: this.shownUrl },
       );
     }
@@ -496,27 +493,25 @@ export class GlanceImageService implements ImageService {
       return new VmsnapError(
         'ImageServiceUnavailable',
         `${head}: Glance or its image store is failing or overloaded. Check glance-api and its log at ${this.shownUrl}; the request can be retried.`,
-        true,
         details,
       );
     }
     if (status === 408 || status === 429) {
       // Timeouts and rate limiting by Glance or a proxy in front of it pass with time.
-      return new VmsnapError('ImageServiceUnavailable', `${head}: Glance (or a proxy in front of it) is busy or timed out; the request can be retried.`, true, details);
+      return new VmsnapError('ImageServiceUnavailable', `${head}: Glance (or a proxy in front of it) is busy or timed out; the request can be retried.`, details);
     }
     if (status === 404) {
-      return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, false, details);
+      return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, details);
     }
     if (status === 409 && /transition from (saving|uploading|importing)/i.test(said)) {
       // An earlier upload of this image is still in Glance's hands (its client died a moment
       // ago); Glance puts the image back to queued shortly, so the same upload can be retried.
-      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`, true, details);
+      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`, details);
     }
     if (status === 409) {
       return new VmsnapError(
         'ImageConflict',
         `${head}: the image's state does not allow this (for instance data uploaded to an image that is active or being uploaded already). Check the image status in Glance.`,
-        false,
         details,
       );
     }
@@ -524,7 +519,6 @@ export class GlanceImageService implements ImageService {
       return new VmsnapError(
         'ImageServiceError',
         `${head}: the image exceeds Glance's size limit (image_size_cap) or the owner's image storage quota. Raise the limit or quota, or free space, then snapshot again.`,
-        false,
         details,
       );
     }
@@ -533,16 +527,15 @@ export class GlanceImageService implements ImageService {
       return new VmsnapError(
         'ImageServiceError',
         `${head}: Glance did not accept a token just issued to ${this.identity.description}. Check that Glance's [keystone_authtoken] points at the same Keystone, and its service user.`,
-        false,
         details,
       );
     }
     if (status === 403) {
       const caller = this.identity.knownCaller();
       const who = caller ? `user ${caller.userName} (${caller.userId}) lacks a role on project ${caller.projectName} (${caller.projectId})` : `${this.identity.description} lacks a role`;
-      return new VmsnapError('ImageServiceError', `${head}: ${who} that lets it ${ACTIONS[method] ?? 'do this'}. Grant the role (usually member) on the project, or check Glance's policy.`, false, details);
+      return new VmsnapError('ImageServiceError', `${head}: ${who} that lets it ${ACTIONS[method] ?? 'do this'}. Grant the role (usually member) on the project, or check Glance's policy.`, details);
     }
-    return new VmsnapError('ImageServiceError', `${head}: Glance rejected the request. Check the values sent (names, formats, properties) against Glance's schema and configuration.`, false, details);
+    return new VmsnapError('ImageServiceError', `${head}: Glance rejected the request. Check the values sent (names, formats, properties) against Glance's schema and configuration.`, details);
   }
 
   private transportError(method: string, path: string, err: unknown): VmsnapError {
@@ -554,17 +547,15 @@ export class GlanceImageService implements ImageService {
       return new VmsnapError(
         'ImageServiceUnavailable',
         `Glance ${method} ${path} failed: ${code} (${what}). Is Glance running and reachable at ${this.shownUrl}? The request can be retried.`,
-        true,
         details,
       );
     }
     if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
-      return new VmsnapError('ImageServiceError', `Glance ${method} ${path}: the file changed size while it was uploaded; nothing may write to a snapshot file while it is uploaded.`, false, details);
+      return new VmsnapError('ImageServiceError', `Glance ${method} ${path}: the file changed size while it was uploaded; nothing may write to a snapshot file while it is uploaded.`, details);
     }
     return new VmsnapError(
       'ImageServiceError',
       `Glance ${method} ${path} failed: ${code ?? 'error'} (${reason}). Check the Glance URL ${this.shownUrl} and its TLS setup.`,
-      false,
       details,
     );
   }
@@ -572,7 +563,7 @@ export class GlanceImageService implements ImageService {
   private localFileError(path: string, err: unknown): VmsnapError {
     const code = errorCode(err);
     const reason = err instanceof Error ? err.message : String(err);
-    return new VmsnapError('InvalidInput', `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`, false, {
+    return new VmsnapError('InvalidInput', `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`, {
       path,
       code,
     });

@@ -139,7 +139,6 @@ export class KeystoneSession implements Identity {
     throw new VmsnapError(
       'ConfigError',
       `config: the service catalog of ${this.auth.authUrl} has no ${serviceType} endpoint for interface ${wanted}${regionName ? ` in region ${regionName}` : ''} (${offered.length ? `it has ${offered.join(', ')}` : `no ${serviceType} service at all`}): set OS_INTERFACE and OS_REGION_NAME to one it has, register the endpoint in Keystone, or name it with VMSNAP_GLANCE_URL`,
-      false,
       { setting: 'OS_REGION_NAME', serviceType, interface: wanted, region: regionName },
     );
   }
@@ -169,10 +168,10 @@ export class KeystoneSession implements Identity {
           : this.auth.type === 'v3applicationcredential'
             ? `${this.description}: check the application credential's id or name and its secret (OS_APPLICATION_CREDENTIAL_SECRET), and that it has not expired`
             : `${this.description}: check the password (OS_PASSWORD), that the user and the project exist in their domains, and that the user has a role on the project`;
-      throw new VmsnapError('ConfigError', `config: Keystone refused ${what} (HTTP ${statusCode})`, false, { setting: 'OS_PASSWORD', status: statusCode });
+      throw new VmsnapError('ConfigError', `config: Keystone refused ${what} (HTTP ${statusCode})`, { setting: 'OS_PASSWORD', status: statusCode });
     }
     if (statusCode !== 200 && statusCode !== 201) {
-      throw new VmsnapError('ConfigError', `config: Keystone at ${this.auth.authUrl} answered ${statusCode} to the token request for ${this.description}: check the auth settings (OS_AUTH_URL must be Keystone's v3 URL)`, false, {
+      throw new VmsnapError('ConfigError', `config: Keystone at ${this.auth.authUrl} answered ${statusCode} to the token request for ${this.description}: check the auth settings (OS_AUTH_URL must be Keystone's v3 URL)`, {
         setting: 'OS_AUTH_URL',
         status: statusCode,
       });
@@ -188,7 +187,7 @@ export class KeystoneSession implements Identity {
     const expires = Date.parse(t?.expires_at ?? '');
     const issued = Date.parse(t?.issued_at ?? '');
     if (typeof value !== 'string' || !t || Number.isNaN(expires) || !t.user?.id || !t.project?.id) {
-      throw new VmsnapError('ConfigError', `config: ${this.auth.authUrl} did not answer with a project-scoped Keystone v3 token: is OS_AUTH_URL Keystone's v3 URL, and does the credential name a project?`, false, {
+      throw new VmsnapError('ConfigError', `config: ${this.auth.authUrl} did not answer with a project-scoped Keystone v3 token: is OS_AUTH_URL Keystone's v3 URL, and does the credential name a project?`, {
         setting: 'OS_AUTH_URL',
       });
     }
@@ -214,7 +213,7 @@ export class KeystoneSession implements Identity {
   }
 
   private unavailable(what: string): VmsnapError {
-    return new VmsnapError('IdentityServiceUnavailable', `Keystone at ${this.auth.authUrl} ${what} while authenticating ${this.description}: is Keystone running and reachable? The request can be retried.`, true, {
+    return new VmsnapError('IdentityServiceUnavailable', `Keystone at ${this.auth.authUrl} ${what} while authenticating ${this.description}: is Keystone running and reachable? The request can be retried.`, {
       url: this.auth.authUrl,
     });
   }

@@ -26,6 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../shared/errors.js';
 import type { LiveCopyOptions, LiveCopyResult, LiveCopySupport, PowerState, QuiesceMode } from './hypervisor.js';
 import { domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
+import { fsyncFileAndEntry, removeRegularFile } from './files.js';
 import { AbortError, convert } from './qemu-img.js';
 
 /** Runs `virsh -c URI args...` and returns stdout; failures are VmsnapErrors (see LibvirtHypervisor). */
@@ -42,12 +43,7 @@ const FROZEN_MAX_MS = 5_000;
 const ABORT_WAIT_MS = 30_000;
 
 // virDomainJobType and virDomainJobOperation values in `domjobinfo --rawstats`.
-const JOB_NONE = 0;
-const JOB_BOUNDED = 1;
-const JOB_UNBOUNDED = 2;
-const JOB_COMPLETED = 3;
-const JOB_FAILED = 4;
-const JOB_CANCELLED = 5;
+const JOB = { none: 0, bounded: 1, unbounded: 2, completed: 3, failed: 4, cancelled: 5 } as const;
 const OP_BACKUP = 9;
 
 const FORMATS = new Set(['qcow2', 'raw']);
@@ -69,7 +65,7 @@ interface JobStats {
 
 /** Parses `virsh domjobinfo --rawstats`: "Job type: N" then "name: value" lines. */
 function parseJobStats(out: string): JobStats {
-  const stats: JobStats = { type: JOB_NONE };
+  const stats: JobStats = { type: JOB.none };
   for (const line of out.split('\n')) {
     const m = /^\s*([\w ]+?):\s*(.*?)\s*$/.exec(line);
     if (!m?.[1]) continue;
@@ -98,15 +94,6 @@ function abortError(signal: AbortSignal): AbortError {
   return new AbortError('live copy aborted', { cause: signal.reason });
 }
 
-/** Removes a file we (or libvirt for us) created, never anything that is not a regular file. */
-async function removeFile(file: string): Promise<void> {
-  try {
-    if ((await fs.lstat(file)).isFile()) await fs.rm(file, { force: true });
-  } catch {
-    // Already gone.
-  }
-}
-
 /**
  * Who QEMU runs as, to hand it the directory its NBD socket goes in: the owner of the domain's
  * QEMU process (libvirt's pid file), else the user Debian's or Fedora's libvirt uses.
@@ -123,17 +110,6 @@ async function qemuOwner(domainName: string | undefined): Promise<{ uid: number;
     if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
   }
   return undefined;
-}
-
-async function syncFile(file: string): Promise<void> {
-  for (const p of [file, path.dirname(file)]) {
-    const fh = await fs.open(p, 'r');
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  }
 }
 
 /**
@@ -272,11 +248,11 @@ export class LiveCopier {
     const xml = await this.run(['dumpxml', id], id);
     const state = await this.state(id);
     if (state !== 'running' && state !== 'paused') {
-      throw new VmsnapError('InstanceInvalidState', `instance ${id} is ${state}: a live copy needs it running`, false, { state });
+      throw new VmsnapError('InstanceInvalidState', `instance ${id} is ${state}: a live copy needs it running`, { state });
     }
     const disks = domainDisks(xml);
     const root = rootOf(disks);
-    if (!root?.dev) throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device to copy`, false);
+    if (!root?.dev) throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device to copy`);
     await this.clearOwnLeftover(id, target);
     await this.prepareTarget(target);
 
@@ -302,7 +278,7 @@ export class LiveCopier {
         const why = state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
         if (why === undefined) frozen = true;
         else if (quiesce === 'require') {
-          throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, false, {
+          throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
             quiesce: true,
           });
         } else notes.push(`not quiesced: ${why}`);
@@ -314,7 +290,7 @@ export class LiveCopier {
       } catch (e) {
         // Pull cannot start here (no NBD, QEMU cannot create the socket): the old way still works.
         if (!usePull || method === 'pull' || !pullUnavailable(e)) throw e;
-        await Promise.all([removeFile(pull.scratch), fs.rm(pull.socketDir, { recursive: true, force: true })]);
+        await Promise.all([removeRegularFile(pull.scratch), fs.rm(pull.socketDir, { recursive: true, force: true })]);
         notes.push(`copied by QEMU itself (push): pull mode did not start: ${libvirtSaid(e)}`);
         usePull = false;
         await writeXml();
@@ -330,7 +306,7 @@ export class LiveCopier {
           frozen = false;
           const why = `the guest was thawed after ${FROZEN_MAX_MS / 1000} s, before the copy started (backup-begin was slow)`;
           if (quiesce === 'require') {
-            throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, false, {
+            throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
               quiesce: true,
             });
           }
@@ -348,20 +324,20 @@ export class LiveCopier {
         }
         await this.waitForJob(id, opts);
       }
-      await syncFile(target);
+      await fsyncFileAndEntry(target);
       const result: LiveCopyResult = { consistency: frozen ? 'filesystem-consistent' : 'crash-consistent', method: usePull ? 'pull' : 'push' };
       if (notes.length) result.quiesceNote = notes.join('; ');
       return result;
     } catch (err) {
       if (jobStarted) await this.abortJob(id).catch(() => undefined);
-      await removeFile(target);
+      await removeRegularFile(target);
       throw err;
     } finally {
       // Whatever happened: never leave the guest frozen.
       await quiescer.thaw();
       await fs.rm(tmp, { recursive: true, force: true });
       // libvirt removes the scratch image it made when the job ends; a killed libvirtd may not.
-      await Promise.all([removeFile(pull.scratch), fs.rm(pull.socketDir, { recursive: true, force: true })]);
+      await Promise.all([removeRegularFile(pull.scratch), fs.rm(pull.socketDir, { recursive: true, force: true })]);
     }
   }
 
@@ -394,12 +370,11 @@ export class LiveCopier {
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
     const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
-    if (!((job.type === JOB_BOUNDED || job.type === JOB_UNBOUNDED) && job.operation === OP_BACKUP)) {
+    if (!((job.type === JOB.bounded || job.type === JOB.unbounded) && job.operation === OP_BACKUP)) {
       const done = parseJobStats(await this.run(['domjobinfo', id, '--completed', '--rawstats'], id).catch(() => ''));
       throw new VmsnapError(
         'HypervisorError',
         `live copy of instance ${id}: the backup job ended before its data was read (${done.errmsg ?? 'no message'}); the copy is not used`,
-        true,
         { errmsg: done.errmsg },
       );
     }
@@ -425,14 +400,14 @@ export class LiveCopier {
    */
   private async clearOwnLeftover(id: string, target: string): Promise<void> {
     const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
-    if (job.type === JOB_NONE) return;
+    if (job.type === JOB.none) return;
     let xml = '';
     if (job.operation === OP_BACKUP) {
       xml = await this.run(['backup-dumpxml', id], id).catch(() => '');
       const ours = [target, `${target}.scratch`].map(encodeEntities);
       if (ours.some((f) => xml.includes(`file='${f}'`) || xml.includes(`file="${f}"`))) {
         await this.abortJob(id);
-        await removeFile(target);
+        await removeRegularFile(target);
         return;
       }
     }
@@ -444,7 +419,6 @@ export class LiveCopier {
       pullJob
         ? `instance ${id} already has a pull-mode backup job (an NBD export); if no copy of this instance is running, end it with \`virsh domjobabort ${id}\``
         : `instance ${id} already has a ${job.operation === OP_BACKUP ? 'backup' : `libvirt (operation ${job.operation ?? '?'})`} job running; try again when it has finished`,
-      true,
       { operation: job.operation },
     );
   }
@@ -463,14 +437,13 @@ export class LiveCopier {
           'ConfigError',
           `QEMU cannot open the live copy target ${target}: ${said}. QEMU runs as an unprivileged user (libvirt-qemu on Debian): ` +
             `the target's directory and its parents must be searchable by it (e.g. mode 0711)`,
-          false,
           { target },
         );
       }
-      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id}: ${said}`, false, { target });
-      if (/exists/i.test(said)) throw new VmsnapError('InvalidInput', `live copy target ${target}: ${said}`, false, { target });
+      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id}: ${said}`, { target });
+      if (/exists/i.test(said)) throw new VmsnapError('InvalidInput', `live copy target ${target}: ${said}`, { target });
       if (/state change lock/i.test(said)) {
-        throw new VmsnapError('HypervisorError', `instance ${id} is busy with another libvirt job: ${said}`, true);
+        throw new VmsnapError('HypervisorError', `instance ${id} is busy with another libvirt job: ${said}`);
       }
       throw e;
     }
@@ -488,27 +461,26 @@ export class LiveCopier {
     for (;;) {
       if (opts.signal?.aborted) throw abortError(opts.signal);
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
-      const running = (job.type === JOB_BOUNDED || job.type === JOB_UNBOUNDED) && job.operation === OP_BACKUP;
+      const running = (job.type === JOB.bounded || job.type === JOB.unbounded) && job.operation === OP_BACKUP;
       if (!running) break;
       report(job.processed ?? 0, job.total ?? 0);
       await sleep(POLL_MS, undefined, opts.signal ? { signal: opts.signal } : undefined).catch(() => undefined);
     }
     // --keep-completed leaves the record for an operator to look at too.
     const done = parseJobStats(await this.run(['domjobinfo', id, '--completed', '--rawstats', '--keep-completed'], id));
-    if (done.type === JOB_COMPLETED && done.operation === OP_BACKUP) {
+    if (done.type === JOB.completed && done.operation === OP_BACKUP) {
       report(done.total ?? 0, done.total ?? 0);
       return;
     }
-    if (done.operation === OP_BACKUP && (done.type === JOB_FAILED || done.type === JOB_CANCELLED)) {
+    if (done.operation === OP_BACKUP && (done.type === JOB.failed || done.type === JOB.cancelled)) {
       const said = done.errmsg ?? 'no message';
-      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id} failed: ${said}`, false);
-      const how = done.type === JOB_CANCELLED ? 'was cancelled (not by vmsnap)' : 'failed';
-      throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, true, { errmsg: said });
+      if (/No space left/i.test(said)) throw new VmsnapError('NoSpace', `live copy of instance ${id} failed: ${said}`);
+      const how = done.type === JOB.cancelled ? 'was cancelled (not by vmsnap)' : 'failed';
+      throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, { errmsg: said });
     }
     throw new VmsnapError(
       'HypervisorError',
       `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`,
-      true,
       { jobType: done.type, operation: done.operation },
     );
   }
@@ -524,9 +496,9 @@ export class LiveCopier {
     const deadline = Date.now() + ABORT_WAIT_MS;
     for (;;) {
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id).catch(() => ''));
-      if (job.type === JOB_NONE) return;
+      if (job.type === JOB.none) return;
       if (Date.now() > deadline) {
-        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`, true);
+        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`);
       }
       await sleep(100);
     }

@@ -9,6 +9,7 @@
 // could miss a pause that follows at once. libvirt's client log says when the reply to the
 // registration call arrived: that line (info level, RPC probe) is what watchPauses waits for.
 
+import type { Readable } from 'node:stream';
 import { execa, type ResultPromise } from 'execa';
 import { VmsnapError } from '../shared/errors.js';
 import type { PauseEvent, PauseWatch, PowerState } from './hypervisor.js';
@@ -60,38 +61,24 @@ export async function startPauseWatch(
   });
   const exited = sub.then((r) => r);
 
-  let outBuf = '';
-  sub.stdout?.setEncoding('utf8');
-  sub.stdout?.on('data', (chunk: string) => {
-    outBuf += chunk;
-    const lines = outBuf.split('\n');
-    outBuf = lines.pop() ?? '';
-    for (const line of lines) {
-      const m = EVENT_RE.exec(line);
-      if (!m) continue;
-      events.push({ type: m[3] as 'STOP' | 'RESUME', at: Date.parse(`${m[1]}T${m[2]}Z`) });
-      onChange?.();
-    }
+  eachLine(sub.stdout, (line) => {
+    const m = EVENT_RE.exec(line);
+    if (!m) return;
+    events.push({ type: m[3] as 'STOP' | 'RESUME', at: Date.parse(`${m[1]}T${m[2]}Z`) });
+    onChange?.();
   });
-  let errBuf = '';
-  sub.stderr?.setEncoding('utf8');
-  sub.stderr?.on('data', (chunk: string) => {
-    errBuf += chunk;
-    const lines = errBuf.split('\n');
-    errBuf = lines.pop() ?? '';
-    for (const line of lines) {
-      if (REGISTERED_RE.test(line)) {
-        registered = true;
-        onChange?.();
-      } else if (!/^\d{4}-\d\d-\d\d .*: (info|debug) : /.test(line) && line.trim()) {
-        // Keep virsh's own error lines for the message, not the log chatter.
-        stderrTail = `${stderrTail}\n${line}`.slice(-2000);
-      }
+  eachLine(sub.stderr, (line) => {
+    if (REGISTERED_RE.test(line)) {
+      registered = true;
+      onChange?.();
+    } else if (!/^\d{4}-\d\d-\d\d .*: (info|debug) : /.test(line) && line.trim()) {
+      // Keep virsh's own error lines for the message, not the log chatter.
+      stderrTail = `${stderrTail}\n${line}`.slice(-2000);
     }
   });
 
   const failed = (what: string) =>
-    new VmsnapError('HypervisorError', `watching pauses of instance ${id}: ${what}${stderrTail ? `: ${stderrTail.trim()}` : ''}`, true);
+    new VmsnapError('HypervisorError', `watching pauses of instance ${id}: ${what}${stderrTail ? `: ${stderrTail.trim()}` : ''}`);
 
   // Wait for the registration (or the fallback delay); an early exit is an error.
   let dead = false;
@@ -151,4 +138,16 @@ export async function startPauseWatch(
 function isPaused(events: PauseEvent[], pausedAtStart: boolean): boolean {
   const last = events.at(-1);
   return last ? last.type === 'STOP' : pausedAtStart;
+}
+
+/** Calls `onLine` with each complete line the stream gives. */
+function eachLine(stream: Readable | null | undefined, onLine: (line: string) => void): void {
+  let buffered = '';
+  stream?.setEncoding('utf8');
+  stream?.on('data', (chunk: string) => {
+    buffered += chunk;
+    const lines = buffered.split('\n');
+    buffered = lines.pop() ?? '';
+    for (const line of lines) onLine(line);
+  });
 }

@@ -10,20 +10,27 @@ import { spawn } from 'node:child_process';
 // that the QMP queries behind it (one per sample) do not load QEMU's main loop themselves.
 const SAMPLE_MS = 20;
 
-export interface WriteWatch {
-  /** Ends the watch: the longest write the guest waited for (ms; 0 if none completed), undefined if nothing could be read. */
-  stop(): Promise<{ longestWriteMs: number; writes: number } | undefined>;
+/** One read of a disk's write counters. */
+export interface WriteCounters {
+  /** performance.now() when the answer arrived. */
+  at: number;
+  /** Completed write requests (wr_req). */
+  writes: number;
+  /** Their total time, ns (wr_total_times). */
+  totalNs: number;
 }
 
-export function startWriteWatch(uri: string, domain: string, device: string): WriteWatch {
+/**
+ * Reads a disk's write counters every `everyMs` (after each answer) through one long-lived
+ * `virsh` shell: a process per read would cost more than the interval. A virsh that cannot run
+ * gives no reads; nothing else depends on it.
+ */
+export function readWriteCounters(uri: string, domain: string, device: string, everyMs: number, onRead: (c: WriteCounters) => void): { stop(): Promise<void> } {
   const virsh = spawn('virsh', ['-c', uri], { stdio: ['pipe', 'pipe', 'ignore'] });
   let buffered = '';
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
-  let current: { req?: number; ns?: number } = {};
-  let last: { req: number; ns: number } | undefined;
-  let first: { req: number; ns: number } | undefined;
-  let longestNs = 0;
+  let current: { writes?: number; totalNs?: number } = {};
   const ask = () => {
     if (!stopped && virsh.stdin.writable) virsh.stdin.write(`domblkstat ${domain} ${device}\n`);
   };
@@ -34,18 +41,14 @@ export function startWriteWatch(uri: string, domain: string, device: string): Wr
       const line = buffered.slice(0, nl);
       buffered = buffered.slice(nl + 1);
       const m = /\b(wr_req|wr_total_times)\s+(\d+)/.exec(line);
-      if (m?.[1] === 'wr_req') current.req = Number(m[2]);
-      if (m?.[1] === 'wr_total_times') current.ns = Number(m[2]);
-      if (current.req === undefined || current.ns === undefined) continue;
-      const now = { req: current.req, ns: current.ns };
+      if (m?.[1] === 'wr_req') current.writes = Number(m[2]);
+      if (m?.[1] === 'wr_total_times') current.totalNs = Number(m[2]);
+      if (current.writes === undefined || current.totalNs === undefined) continue;
+      onRead({ at: performance.now(), writes: current.writes, totalNs: current.totalNs });
       current = {};
-      first ??= now;
-      if (last && now.req > last.req) longestNs = Math.max(longestNs, (now.ns - last.ns) / (now.req - last.req));
-      last = now;
-      timer = setTimeout(ask, SAMPLE_MS);
+      timer = setTimeout(ask, everyMs);
     }
   });
-  // A virsh that cannot run leaves the figure undefined; the copy does not depend on it.
   virsh.on('error', () => undefined);
   virsh.stdin.on('error', () => undefined);
   ask();
@@ -62,8 +65,29 @@ export function startWriteWatch(uri: string, domain: string, device: string): Wr
           resolve(undefined);
         }, 2000).unref();
       });
+    },
+  };
+}
+
+export interface WriteWatch {
+  /** Ends the watch: the longest write the guest waited for (ms; 0 if none completed), undefined if nothing could be read. */
+  stop(): Promise<{ longestWriteMs: number; writes: number } | undefined>;
+}
+
+export function startWriteWatch(uri: string, domain: string, device: string): WriteWatch {
+  let last: WriteCounters | undefined;
+  let first: WriteCounters | undefined;
+  let longestNs = 0;
+  const reader = readWriteCounters(uri, domain, device, SAMPLE_MS, (now) => {
+    first ??= now;
+    if (last && now.writes > last.writes) longestNs = Math.max(longestNs, (now.totalNs - last.totalNs) / (now.writes - last.writes));
+    last = now;
+  });
+  return {
+    async stop() {
+      await reader.stop();
       if (!first || !last) return undefined;
-      return { longestWriteMs: Math.round(longestNs / 1e6), writes: last.req - first.req };
+      return { longestWriteMs: Math.round(longestNs / 1e6), writes: last.writes - first.writes };
     },
   };
 }

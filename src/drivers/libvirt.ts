@@ -81,7 +81,6 @@ function parseRootDisk(xml: string, id: string): RootDisk {
       throw new VmsnapError(
         'DiskNotFound',
         `instance ${id}: the root disk is of type '${type}'${type === 'file' || type === 'block' ? ' without a source' : ''}; only local file and block disks can be snapshotted`,
-        false,
         { instance: id, diskType: type },
       );
     }
@@ -89,7 +88,7 @@ function parseRootDisk(xml: string, id: string): RootDisk {
     const format = firstTagAttrs(body, 'driver')?.type ?? 'raw';
     return { path, format };
   }
-  throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device`, false, { instance: id });
+  throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device`, { instance: id });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -121,7 +120,7 @@ export class LibvirtHypervisor implements Hypervisor {
     });
     if (!r.failed) return r.stdout;
     if (r.exitCode === undefined && !r.signal && (r as { code?: string }).code === 'ENOENT') {
-      throw new VmsnapError('ConfigError', 'virsh not found in PATH: install libvirt-clients', false);
+      throw new VmsnapError('ConfigError', 'virsh not found in PATH: install libvirt-clients');
     }
     const said = r.stderr
       .split('\n')
@@ -133,12 +132,12 @@ export class LibvirtHypervisor implements Hypervisor {
       : said || (r.shortMessage ?? 'virsh failed without a message');
     const details = { command: ['virsh', ...args].join(' '), stderr: r.stderr };
     if (id && NOT_FOUND_RE.test(why)) {
-      throw new VmsnapError('InstanceNotFound', `instance ${id} does not exist on this host (${this.uri})`, false, details);
+      throw new VmsnapError('InstanceNotFound', `instance ${id} does not exist on this host (${this.uri})`, details);
     }
     if (id && INVALID_STATE_RE.test(why)) {
-      throw new VmsnapError('InstanceInvalidState', `instance ${id}: virsh ${args[0]}: ${why}`, false, details);
+      throw new VmsnapError('InstanceInvalidState', `instance ${id}: virsh ${args[0]}: ${why}`, details);
     }
-    throw new VmsnapError('HypervisorError', `virsh ${args[0]} failed: ${why}`, true, details);
+    throw new VmsnapError('HypervisorError', `virsh ${args[0]} failed: ${why}`, details);
   }
 
   private async state(id: string): Promise<PowerState> {
@@ -173,7 +172,7 @@ export class LibvirtHypervisor implements Hypervisor {
     const xmlUuid = firstText(xml, 'uuid')?.toLowerCase();
     // virsh falls back to a lookup by name; a domain *named* like this UUID is not this instance.
     if (xmlUuid !== uuid) {
-      throw new VmsnapError('InstanceNotFound', `instance ${uuid} does not exist on this host (${this.uri})`, false);
+      throw new VmsnapError('InstanceNotFound', `instance ${uuid} does not exist on this host (${this.uri})`);
     }
     const info: InstanceInfo = {
       id: uuid,
@@ -186,23 +185,23 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   async pause(id: string): Promise<void> {
-    const uuid = checkId(id);
-    try {
-      // libvirt treats suspending a paused domain as success already; the catch covers the rest.
-      await this.virsh(['suspend', uuid], uuid);
-    } catch (e) {
-      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === 'paused') return;
-      throw e;
-    }
+    await this.suspendOrResume(id, 'suspend', 'paused');
   }
 
   async resume(id: string): Promise<void> {
+    await this.suspendOrResume(id, 'resume', 'running');
+  }
+
+  /**
+   * virsh suspend or resume; a domain already in the state asked for counts as done ("domain is
+   * already running" is an error to libvirt, success to us; suspending a paused one it accepts).
+   */
+  private async suspendOrResume(id: string, verb: 'suspend' | 'resume', wanted: PowerState): Promise<void> {
     const uuid = checkId(id);
     try {
-      await this.virsh(['resume', uuid], uuid);
+      await this.virsh([verb, uuid], uuid);
     } catch (e) {
-      // "domain is already running" is an error to libvirt, success to us.
-      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === 'running') return;
+      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && (await this.stateOrNull(uuid)) === wanted) return;
       throw e;
     }
   }

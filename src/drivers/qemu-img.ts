@@ -12,9 +12,9 @@
 //   anything else                                                             -> ConvertFailed (retryable)
 
 import { promises as fs } from 'node:fs';
-import path from 'node:path';
 import { execa } from 'execa';
 import { VmsnapError } from '../shared/errors.js';
+import { fsyncFileAndEntry, removeRegularFile } from './files.js';
 
 const QEMU_IMG = 'qemu-img';
 // A killed convert gets this long after SIGTERM before SIGKILL.
@@ -86,14 +86,13 @@ function mapFailure(what: string, image: string, stderr: string, target?: string
   const line = lastLine(stderr) || 'qemu-img failed without a message';
   const details = { image, stderr: all };
   if (/No space left on device/i.test(all)) {
-    return new VmsnapError('NoSpace', `${what}: no space left on device: ${line}`, false, details);
+    return new VmsnapError('NoSpace', `${what}: no space left on device: ${line}`, details);
   }
   if (/Failed to get .*lock/i.test(all)) {
     // The disk is in use by a running QEMU: for a shut-off instance that means it was started.
     return new VmsnapError(
       'InstanceInvalidState',
       `${what}: ${image} is locked by another process (a running VM?); open it with forceShare (-U), with the VM paused for a consistent copy: ${line}`,
-      false,
       details,
     );
   }
@@ -106,30 +105,29 @@ function mapFailure(what: string, image: string, stderr: string, target?: string
       return new VmsnapError(
         'DiskNotFound',
         `${what}: ${backing ? `a backing file of ${image} is missing` : `${image} does not exist`}: ${line}`,
-        false,
         details,
       );
     }
     if (/Permission denied/.test(all)) {
-      return new VmsnapError('ConvertFailed', `${what}: cannot read ${image}: ${line}`, true, details);
+      return new VmsnapError('ConvertFailed', `${what}: cannot read ${image}: ${line}`, details);
     }
-    return new VmsnapError('ImageCorrupt', `${what}: ${image} is not a readable image: ${line}`, false, details);
+    return new VmsnapError('ImageCorrupt', `${what}: ${image} is not a readable image: ${line}`, details);
   }
   if (/corrupt/i.test(all)) {
-    return new VmsnapError('ImageCorrupt', `${what}: ${image} is corrupt: ${line}`, false, details);
+    return new VmsnapError('ImageCorrupt', `${what}: ${image} is corrupt: ${line}`, details);
   }
-  return new VmsnapError('ConvertFailed', `${what} failed: ${line}`, true, details);
+  return new VmsnapError('ConvertFailed', `${what} failed: ${line}`, details);
 }
 
 function spawnFailure(what: string, err: { code?: string; message: string }): VmsnapError {
   if (err.code === 'ENOENT') {
-    return new VmsnapError('ConfigError', `${what}: qemu-img not found in PATH: install qemu-utils`, false);
+    return new VmsnapError('ConfigError', `${what}: qemu-img not found in PATH: install qemu-utils`);
   }
-  return new VmsnapError('ConvertFailed', `${what}: could not run qemu-img: ${err.message}`, true);
+  return new VmsnapError('ConvertFailed', `${what}: could not run qemu-img: ${err.message}`);
 }
 
 function timedOut(what: string): VmsnapError {
-  return new VmsnapError('ConvertFailed', `${what}: no answer after ${META_TIMEOUT_MS / 1000} s (stuck storage?)`, true);
+  return new VmsnapError('ConvertFailed', `${what}: no answer after ${META_TIMEOUT_MS / 1000} s (stuck storage?)`);
 }
 
 /** Source must exist as a file or block device; a clear DiskNotFound beats qemu-img's message. */
@@ -139,22 +137,12 @@ async function requireImage(what: string, file: string): Promise<void> {
     st = await fs.stat(file);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new VmsnapError('DiskNotFound', `${what}: ${file} does not exist`, false, { image: file });
+      throw new VmsnapError('DiskNotFound', `${what}: ${file} does not exist`, { image: file });
     }
     throw e;
   }
   if (!st.isFile() && !st.isBlockDevice()) {
-    throw new VmsnapError('DiskNotFound', `${what}: ${file} is not a regular file or block device`, false, { image: file });
-  }
-}
-
-/** Removes a partial output, but never anything that is not a regular file (e.g. a block device target). */
-async function removePartial(file: string): Promise<void> {
-  try {
-    const st = await fs.lstat(file);
-    if (st.isFile()) await fs.rm(file, { force: true });
-  } catch {
-    // Already gone (or never created).
+    throw new VmsnapError('DiskNotFound', `${what}: ${file} is not a regular file or block device`, { image: file });
   }
 }
 
@@ -235,39 +223,20 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   // With reject: false execa resolves once the process has exited, also after a cancel.
   const r = await sub;
   if (r.isCanceled && opts.signal) {
-    await removePartial(opts.target);
+    await removeRegularFile(opts.target);
     throw abortError(opts.signal);
   }
   if (r.failed) {
-    await removePartial(opts.target);
+    await removeRegularFile(opts.target);
     if (r.exitCode === undefined && !r.signal) throw spawnFailure(what, r as { code?: string; message: string });
     if (r.signal) {
-      throw new VmsnapError('ConvertFailed', `${what}: qemu-img was killed by ${r.signal}`, true, { stderr: r.stderr });
+      throw new VmsnapError('ConvertFailed', `${what}: qemu-img was killed by ${r.signal}`, { stderr: r.stderr });
     }
     throw mapFailure(what, opts.source, r.stderr ?? '', opts.target);
   }
   // qemu-img convert writes its output with cache=unsafe (no flush at all): make the image durable
   // so a host crash cannot leave a file that looks complete but holds stale or zero blocks.
-  await syncFile(opts.target);
-}
-
-async function syncFile(file: string): Promise<void> {
-  const st = await fs.stat(file);
-  const fh = await fs.open(file, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  if (st.isFile()) {
-    // The directory entry too, for a file that was just created.
-    const dir = await fs.open(path.dirname(path.resolve(file)), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
-  }
+  await fsyncFileAndEntry(opts.target);
 }
 
 interface QemuImgInfoJson {
@@ -303,7 +272,7 @@ export async function info(file: string, opts: { forceShare?: boolean; format?: 
   try {
     j = JSON.parse(r.stdout) as QemuImgInfoJson;
   } catch {
-    throw new VmsnapError('ConvertFailed', `${what}: unexpected output: ${r.stdout.slice(0, 200)}`, true);
+    throw new VmsnapError('ConvertFailed', `${what}: unexpected output: ${r.stdout.slice(0, 200)}`);
   }
   const out: ImageInfo = {
     format: j.format,

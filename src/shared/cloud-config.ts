@@ -61,7 +61,7 @@ export interface CloudSettings {
 type Env = Record<string, string | undefined>;
 
 function configError(setting: string, message: string): VmsnapError {
-  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, false, { setting });
+  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, { setting });
 }
 
 /** The files openstacksdk looks at, in its order; the first that exists is read. */
@@ -239,6 +239,11 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
   const domainFor = (nameKey: string, domainKeys: string[], who: string) => {
     if (get(nameKey) !== undefined) need(domainKeys, `${who} by name needs its domain (usually "Default")`);
   };
+  const needUser = (what: string, who: string) => {
+    need(['username', 'user_id'], what);
+    domainFor('username', ['user_domain_name', 'user_domain_id'], who);
+  };
+  const user = () => ({ username: get('username'), userId: get('user_id'), userDomainName: get('user_domain_name'), userDomainId: get('user_domain_id') });
 
   if (type === 'token') {
     forbidden(['password', 'application_credential_secret'], `the auth type is token (OS_TOKEN)`);
@@ -250,8 +255,7 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
     need(['application_credential_secret'], 'an application credential needs its secret');
     need(['application_credential_id', 'application_credential_name'], 'name the application credential by id, or by name with its user');
     if (!get('application_credential_id')) {
-      need(['username', 'user_id'], 'an application credential named by name needs its user');
-      domainFor('username', ['user_domain_name', 'user_domain_id'], 'the user');
+      needUser('an application credential named by name needs its user', 'the user');
     }
     return {
       ...settings,
@@ -261,17 +265,13 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
         applicationCredentialId: get('application_credential_id'),
         applicationCredentialName: get('application_credential_name'),
         applicationCredentialSecret: get('application_credential_secret')!,
-        username: get('username'),
-        userId: get('user_id'),
-        userDomainName: get('user_domain_name'),
-        userDomainId: get('user_domain_id'),
+        ...user(),
       },
     };
   }
   forbidden(['application_credential_secret', 'application_credential_id', 'token'], 'the auth type is password');
   need(['password'], 'set OS_PASSWORD (or keep it in secure.yaml beside clouds.yaml)');
-  need(['username', 'user_id'], 'name the user');
-  domainFor('username', ['user_domain_name', 'user_domain_id'], 'a user');
+  needUser('name the user', 'a user');
   need(['project_name', 'project_id'], 'vmsnap needs a project-scoped token: name the project whose images it makes');
   domainFor('project_name', ['project_domain_name', 'project_domain_id'], 'a project');
   return {
@@ -279,11 +279,8 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
     auth: {
       type,
       authUrl: v3,
-      username: get('username'),
-      userId: get('user_id'),
+      ...user(),
       password: get('password')!,
-      userDomainName: get('user_domain_name'),
-      userDomainId: get('user_domain_id'),
       projectName: get('project_name'),
       projectId: get('project_id'),
       projectDomainName: get('project_domain_name'),

@@ -77,7 +77,7 @@ export interface SnapshotSettings {
 type Env = Record<string, string | undefined>;
 
 function configError(setting: string, message: string): VmsnapError {
-  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, false, { setting });
+  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, { setting });
 }
 
 function url(setting: string, value: string): string {

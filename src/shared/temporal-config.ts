@@ -37,7 +37,7 @@ const TLS_FILES: { key: 'clientCert' | 'clientKey' | 'serverCACert'; setting: st
 ];
 
 function configError(setting: string, message: string): VmsnapError {
-  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, false, { setting });
+  return new VmsnapError('ConfigError', `config: ${setting} ${message}`, { setting });
 }
 
 export function readTemporalSettings(env: Env): TemporalConnectionSettings {

@@ -92,9 +92,12 @@ export interface SnapshotResult {
   /** crash-consistent, or filesystem-consistent when the guest agent froze the filesystems. */
   consistency: Consistency;
   quiesceNote?: string;
-  /** How long the guest was paused by vmsnap (0 when it was not running, and in live mode). */
-  pauseDurationMs: number;
-  /** Live mode: the guest-visible pause during the copy, from QEMU's STOP/RESUME events. */
+  /**
+   * How long the guest's vCPUs stood still for this snapshot, as the guest saw it: cold mode, from
+   * the pause to the resume; live mode, QEMU's STOP/RESUME events during the copy (normally 0);
+   * 0 for a guest that was not running. (Results before issue 14 also carry it as pauseDurationMs,
+   * 0 in live mode.)
+   */
   guestPauseMs: number;
   /**
    * Live mode: the longest disk write QEMU timed during the copy (its write counters, sampled

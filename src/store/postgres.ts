@@ -8,14 +8,9 @@ import { userInfo } from 'node:os';
 import pg from 'pg';
 import { parsePostgresUrl, type PostgresTarget } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
-import type {
-  DiscoveredInstance,
-  InstanceActionEvent,
-  InstanceFault,
-  InstanceRecord,
-  Store,
-  TaskState,
-} from './store.js';
+import { ALL_TASK_STATES, POSTGRES_TYPES, checkTaskState, firstSchema } from './schema.js';
+import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
+import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface PostgresStoreOptions {
   /** Most connections this store opens at once. */
@@ -26,64 +21,16 @@ export interface PostgresStoreOptions {
 
 /** Ordered schema changes; each runs once, in the migration transaction with its version row. Exported for the upgrade test. */
 export const MIGRATIONS: readonly string[] = [
-  `
-  CREATE TABLE instances (
-    id             text PRIMARY KEY,
-    name           text NOT NULL,
-    host           text NOT NULL,
-    power_state    text NOT NULL,
-    task_state     text CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading')),
-    task_owner     text,
-    base_image_ref text,
-    updated_at     timestamptz NOT NULL,
-    deleted_at     timestamptz
-  );
-  CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
-  CREATE INDEX instances_host ON instances (host);
-  CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
-
-  -- No foreign keys to instances: a fault or event must be recordable even for an instance
-  -- discovery has not seen (yet), and history outlives the inventory row. json, not jsonb:
-  -- details come back as they were written.
-  CREATE TABLE instance_faults (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    instance_id text NOT NULL,
-    code        text NOT NULL,
-    message     text NOT NULL,
-    details     json NOT NULL,
-    created_at  timestamptz NOT NULL
-  );
-  CREATE INDEX instance_faults_instance ON instance_faults (instance_id, id);
-
-  CREATE TABLE instance_actions_events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    instance_id text NOT NULL,
-    action      text NOT NULL,
-    event       text NOT NULL,
-    request_id  text NOT NULL,
-    details     json NOT NULL,
-    created_at  timestamptz NOT NULL
-  );
-  CREATE INDEX instance_actions_events_instance ON instance_actions_events (instance_id, id);
-
-  CREATE TABLE hosts (
-    host       text PRIMARY KEY,
-    task_queue text NOT NULL,
-    seen_at    timestamptz NOT NULL
-  );
-  `,
+  firstSchema(POSTGRES_TYPES),
   // Restore (Nova's rebuild) task states.
   `
   ALTER TABLE instances DROP CONSTRAINT instances_task_state_check;
-  ALTER TABLE instances ADD CONSTRAINT instances_task_state_check CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot',
-    'image_pending_upload', 'image_uploading', 'rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning'));
+  ALTER TABLE instances ADD CONSTRAINT instances_task_state_check ${checkTaskState(ALL_TASK_STATES)};
   `,
 ];
 
 /** Advisory lock key that serializes migrations: "vmsnap" in ASCII, as a number. */
 const MIGRATION_LOCK = 130212460126576;
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
  * Worth retrying: connection trouble (class 08), serialization failure, deadlock, a server
@@ -94,34 +41,6 @@ const RETRYABLE_STATES = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '
 const RETRYABLE_SYSTEM_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED']);
 // node-postgres reports a lost or timed-out connection as a plain Error without a code.
 const RETRYABLE_MESSAGES = /Connection terminated|timeout exceeded when trying to connect|connection error/i;
-
-interface InstanceRow {
-  id: string;
-  name: string;
-  host: string;
-  power_state: string;
-  task_state: TaskState | null;
-  task_owner: string | null;
-  base_image_ref: string | null;
-  updated_at: Date;
-  deleted_at: Date | null;
-}
-
-const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at';
-
-function toInstance(row: InstanceRow): InstanceRecord {
-  return {
-    id: row.id,
-    name: row.name,
-    host: row.host,
-    powerState: row.power_state,
-    taskState: row.task_state,
-    taskOwner: row.task_owner,
-    baseImageRef: row.base_image_ref,
-    updatedAt: row.updated_at.toISOString(),
-    deletedAt: row.deleted_at && row.deleted_at.toISOString(),
-  };
-}
 
 /** PostgreSQL text cannot hold NUL (SQLite can): a fault message from a tool's output might. */
 function text(value: string): string {
@@ -149,12 +68,12 @@ function passwordFromFile(target: PostgresTarget, file: string): string | undefi
   try {
     // As libpq does: a password file others can read is a leak waiting to happen.
     if ((statSync(file).mode & 0o077) !== 0) {
-      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} is readable by others: chmod 600 it`, false);
+      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} is readable by others: chmod 600 it`);
     }
     content = readFileSync(file, 'utf8');
   } catch (err) {
     if (err instanceof VmsnapError) throw err;
-    throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`, false);
+    throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`);
   }
   const user = target.user ?? userInfo().username;
   const wanted = [target.host.startsWith('/') ? 'localhost' : target.host, String(target.port), target.database ?? user, user];
@@ -177,7 +96,7 @@ export function postgresClientConfig(target: PostgresTarget, options: PostgresSt
   if (password === undefined && target.passfile !== undefined) {
     password = passwordFromFile(target, target.passfile);
     if (password === undefined) {
-      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${target.passfile} has no line for this host, port, database and user`, false);
+      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${target.passfile} has no line for this host, port, database and user`);
     }
   }
   const ca = target.sslrootcert === undefined ? undefined : readFileSync(target.sslrootcert, 'utf8');
@@ -223,7 +142,7 @@ export class PostgresStore implements Store {
 
   /** Made on first use (read only inside run(), which turns its errors into StoreErrors). */
   private get pool(): pg.Pool {
-    if (this.closed) throw new VmsnapError('StoreError', `postgres store ${this.display}: the store is closed`, false);
+    if (this.closed) throw new VmsnapError('StoreError', `postgres store ${this.display}: the store is closed`);
     if (!this.openPool) {
       const config = postgresClientConfig(this.target, this.options);
       this.password = typeof config.password === 'string' ? config.password : undefined;
@@ -247,7 +166,6 @@ export class PostgresStore implements Store {
         throw new VmsnapError(
           'StoreError',
           `postgres store ${this.display}: schema version ${version} is newer than this vmsnap knows (${MIGRATIONS.length}): upgrade vmsnap`,
-          false,
         );
       }
       for (let v = version + 1; v <= MIGRATIONS.length; v++) {
@@ -286,7 +204,7 @@ export class PostgresStore implements Store {
         return rows[0] && toInstance(rows[0]);
       }
       const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`, [ref]);
-      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`, false);
+      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
       return rows[0] && toInstance(rows[0]);
     });
   }
@@ -364,11 +282,8 @@ export class PostgresStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', async () => {
-      const { rows } = await this.pool.query<{ instance_id: string; code: string; message: string; details: Record<string, unknown>; created_at: Date }>(
-        'SELECT instance_id, code, message, details, created_at FROM instance_faults WHERE instance_id = $1 ORDER BY id',
-        [instanceId],
-      );
-      return rows.map((r) => ({ instanceId: r.instance_id, code: r.code, message: r.message, details: r.details, createdAt: r.created_at.toISOString() }));
+      const { rows } = await this.pool.query<FaultRow>(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`, [instanceId]);
+      return rows.map(toFault);
     });
   }
 
@@ -384,22 +299,8 @@ export class PostgresStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', async () => {
-      const { rows } = await this.pool.query<{
-        instance_id: string;
-        action: string;
-        event: string;
-        request_id: string;
-        details: Record<string, unknown>;
-        created_at: Date;
-      }>('SELECT instance_id, action, event, request_id, details, created_at FROM instance_actions_events WHERE instance_id = $1 ORDER BY id', [instanceId]);
-      return rows.map((r) => ({
-        instanceId: r.instance_id,
-        action: r.action,
-        event: r.event,
-        requestId: r.request_id,
-        details: r.details,
-        createdAt: r.created_at.toISOString(),
-      }));
+      const { rows } = await this.pool.query<EventRow>(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`, [instanceId]);
+      return rows.map(toEvent);
     });
   }
 
@@ -415,8 +316,8 @@ export class PostgresStore implements Store {
   /** Sorted by host name, in byte order as SQLite does. */
   async listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]> {
     return this.run('listHosts', async () => {
-      const { rows } = await this.pool.query<{ host: string; task_queue: string; seen_at: Date }>('SELECT host, task_queue, seen_at FROM hosts ORDER BY host COLLATE "C"');
-      return rows.map((r) => ({ host: r.host, taskQueue: r.task_queue, seenAt: r.seen_at.toISOString() }));
+      const { rows } = await this.pool.query<HostRow>('SELECT host, task_queue, seen_at FROM hosts ORDER BY host COLLATE "C"');
+      return rows.map(toHost);
     });
   }
 
@@ -462,12 +363,12 @@ export class PostgresStore implements Store {
     let message = err instanceof Error ? err.message : String(err);
     // Servers and drivers do not put passwords in messages; this makes sure of it.
     for (const secret of [this.target.password, this.password]) if (secret) message = message.replaceAll(secret, '***');
-    const retryable = sqlState
+    const transient = sqlState
       ? sqlState.startsWith('08') || RETRYABLE_STATES.has(sqlState)
       : systemCode
         ? RETRYABLE_SYSTEM_CODES.has(systemCode) || (systemCode === 'ENOENT' && this.target.host.startsWith('/'))
         : RETRYABLE_MESSAGES.test(message);
     const details = sqlState ? { sqlState } : systemCode ? { systemCode } : {};
-    return new VmsnapError('StoreError', `postgres store ${this.display}: ${operation}: ${message}`, retryable, details);
+    return new VmsnapError('StoreError', `postgres store ${this.display}: ${operation}: ${message}`, details, { transient });
   }
 }

@@ -7,14 +7,9 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { VmsnapError } from '../shared/errors.js';
-import type {
-  DiscoveredInstance,
-  InstanceActionEvent,
-  InstanceFault,
-  InstanceRecord,
-  Store,
-  TaskState,
-} from './store.js';
+import { ALL_TASK_STATES, INSTANCE_INDEXES, SQLITE_TYPES, firstSchema, instancesTable } from './schema.js';
+import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
+import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface SqliteStoreOptions {
   /** How long a statement waits for another connection's write lock before SQLITE_BUSY. */
@@ -23,103 +18,14 @@ export interface SqliteStoreOptions {
 
 /** Ordered schema changes; each runs once, in its own transaction with the version bump. */
 const MIGRATIONS: string[] = [
-  `
-  CREATE TABLE instances (
-    id             TEXT PRIMARY KEY,
-    name           TEXT NOT NULL,
-    host           TEXT NOT NULL,
-    power_state    TEXT NOT NULL,
-    task_state     TEXT CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading')),
-    task_owner     TEXT,
-    base_image_ref TEXT,
-    updated_at     TEXT NOT NULL,
-    deleted_at     TEXT
-  );
-  CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
-  CREATE INDEX instances_host ON instances (host);
-  CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
-
-  -- No foreign keys to instances: a fault or event must be recordable even for an instance
-  -- discovery has not seen (yet), and history outlives the inventory row.
-  CREATE TABLE instance_faults (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    instance_id TEXT NOT NULL,
-    code        TEXT NOT NULL,
-    message     TEXT NOT NULL,
-    details     TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-  );
-  CREATE INDEX instance_faults_instance ON instance_faults (instance_id, id);
-
-  CREATE TABLE instance_actions_events (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    instance_id TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    event       TEXT NOT NULL,
-    request_id  TEXT NOT NULL,
-    details     TEXT NOT NULL,
-    created_at  TEXT NOT NULL
-  );
-  CREATE INDEX instance_actions_events_instance ON instance_actions_events (instance_id, id);
-
-  CREATE TABLE hosts (
-    host       TEXT PRIMARY KEY,
-    task_queue TEXT NOT NULL,
-    seen_at    TEXT NOT NULL
-  );
-  `,
+  firstSchema(SQLITE_TYPES),
   // Restore (Nova's rebuild) task states. SQLite cannot alter a CHECK: the table is rebuilt.
-  `
-  CREATE TABLE instances_v2 (
-    id             TEXT PRIMARY KEY,
-    name           TEXT NOT NULL,
-    host           TEXT NOT NULL,
-    power_state    TEXT NOT NULL,
-    task_state     TEXT CHECK (task_state IN ('image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading',
-                                              'rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning')),
-    task_owner     TEXT,
-    base_image_ref TEXT,
-    updated_at     TEXT NOT NULL,
-    deleted_at     TEXT
-  );
+  `${instancesTable(SQLITE_TYPES, ALL_TASK_STATES, 'instances_v2')}
   INSERT INTO instances_v2 SELECT id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at FROM instances;
   DROP TABLE instances;
-  ALTER TABLE instances_v2 RENAME TO instances;
-  CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
-  CREATE INDEX instances_host ON instances (host);
-  CREATE INDEX instances_task_state ON instances (task_state) WHERE task_state IS NOT NULL;
+  ALTER TABLE instances_v2 RENAME TO instances;${INSTANCE_INDEXES}
   `,
 ];
-
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-interface InstanceRow {
-  id: string;
-  name: string;
-  host: string;
-  power_state: string;
-  task_state: TaskState | null;
-  task_owner: string | null;
-  base_image_ref: string | null;
-  updated_at: string;
-  deleted_at: string | null;
-}
-
-const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at';
-
-function toInstance(row: InstanceRow): InstanceRecord {
-  return {
-    id: row.id,
-    name: row.name,
-    host: row.host,
-    powerState: row.power_state,
-    taskState: row.task_state,
-    taskOwner: row.task_owner,
-    baseImageRef: row.base_image_ref,
-    updatedAt: row.updated_at,
-    deletedAt: row.deleted_at,
-  };
-}
 
 function now(): string {
   return new Date().toISOString();
@@ -159,7 +65,6 @@ export class SqliteStore implements Store {
             throw new VmsnapError(
               'StoreError',
               `sqlite store ${this.path}: schema version ${version} is newer than this vmsnap knows (${MIGRATIONS.length}): upgrade vmsnap`,
-              false,
             );
           }
           for (let v = version + 1; v <= MIGRATIONS.length; v++) {
@@ -201,7 +106,7 @@ export class SqliteStore implements Store {
         return row && toInstance(row);
       }
       const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = ? AND deleted_at IS NULL LIMIT 2`).all(ref) as InstanceRow[];
-      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`, false);
+      if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
       return rows[0] && toInstance(rows[0]);
     });
   }
@@ -277,16 +182,8 @@ export class SqliteStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', () => {
-      const rows = this.stmt('SELECT instance_id, code, message, details, created_at FROM instance_faults WHERE instance_id = ? ORDER BY id').all(
-        instanceId,
-      ) as { instance_id: string; code: string; message: string; details: string; created_at: string }[];
-      return rows.map((r) => ({
-        instanceId: r.instance_id,
-        code: r.code,
-        message: r.message,
-        details: JSON.parse(r.details) as Record<string, unknown>,
-        createdAt: r.created_at,
-      }));
+      const rows = this.stmt(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = ? ORDER BY id`).all(instanceId) as FaultRow[];
+      return rows.map(toFault);
     });
   }
 
@@ -301,17 +198,8 @@ export class SqliteStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', () => {
-      const rows = this.stmt(
-        'SELECT instance_id, action, event, request_id, details, created_at FROM instance_actions_events WHERE instance_id = ? ORDER BY id',
-      ).all(instanceId) as { instance_id: string; action: string; event: string; request_id: string; details: string; created_at: string }[];
-      return rows.map((r) => ({
-        instanceId: r.instance_id,
-        action: r.action,
-        event: r.event,
-        requestId: r.request_id,
-        details: JSON.parse(r.details) as Record<string, unknown>,
-        createdAt: r.created_at,
-      }));
+      const rows = this.stmt(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = ? ORDER BY id`).all(instanceId) as EventRow[];
+      return rows.map(toEvent);
     });
   }
 
@@ -326,8 +214,7 @@ export class SqliteStore implements Store {
   /** Sorted by host name. */
   async listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]> {
     return this.run('listHosts', () => {
-      const rows = this.stmt('SELECT host, task_queue, seen_at FROM hosts ORDER BY host').all() as { host: string; task_queue: string; seen_at: string }[];
-      return rows.map((r) => ({ host: r.host, taskQueue: r.task_queue, seenAt: r.seen_at }));
+      return (this.stmt('SELECT host, task_queue, seen_at FROM hosts ORDER BY host').all() as HostRow[]).map(toHost);
     });
   }
 
@@ -361,7 +248,7 @@ export class SqliteStore implements Store {
     const message = err instanceof Error ? err.message : String(err);
     // Every SQLITE_BUSY* (plain, _SNAPSHOT, _RECOVERY, _TIMEOUT) means another connection held
     // the lock: trying again later can succeed. Anything else is a bug, a bad file or a full disk.
-    const retryable = code?.startsWith('SQLITE_BUSY') ?? false;
-    return new VmsnapError('StoreError', `sqlite store ${this.path}: ${operation}: ${message}`, retryable, code ? { sqliteCode: code } : {});
+    const transient = code?.startsWith('SQLITE_BUSY') ?? false;
+    return new VmsnapError('StoreError', `sqlite store ${this.path}: ${operation}: ${message}`, code ? { sqliteCode: code } : {}, { transient });
   }
 }

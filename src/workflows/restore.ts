@@ -17,11 +17,9 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import { Compensations, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
-import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
-import { hostTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
 import type { RestorePhase, RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
 import { describeProblems, validateRestoreRequest, validateRollbackRequest } from '../shared/validation.js';
@@ -29,24 +27,12 @@ import type { InstanceRecord, TaskState } from '../store/store.js';
 
 export const restoreProgressQuery = defineQuery<RestoreProgress>('progress');
 
-const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: [...PERMANENT_ERROR_CODES] };
-const storeOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 10 } };
-
 function restoreSteps(settings: SnapshotSettings, host: string) {
-  const taskQueue = hostTaskQueue(host);
-  const imageRetry = {
-    ...retry,
-    maximumAttempts: settings.imageServiceRetry.maximumAttempts,
-    initialInterval: settings.imageServiceRetry.initialIntervalMs,
-    maximumInterval: settings.imageServiceRetry.maximumIntervalMs,
-  };
+  const { taskQueue, imageRetry, ...common } = commonSteps(settings, host);
   // Stopping may wait out the graceful shutdown; starting waits for the guest (and its agent).
   const powerMs = settings.restoreShutdownTimeoutMs + settings.restoreStartTimeoutMs + 60_000;
   return {
-    store: storeOptions,
-    image: { startToCloseTimeout: '60s', retry: imageRetry } satisfies ActivityOptions,
-    quick: { taskQueue, startToCloseTimeout: '60s', retry: { ...retry, maximumAttempts: 5 } } satisfies ActivityOptions,
-    discovery: { taskQueue, scheduleToCloseTimeout: '15s', retry: { ...retry, maximumAttempts: 2 } } satisfies ActivityOptions,
+    ...common,
     // The download is retried like any Glance call; a cancel waits until its files are removed.
     download: {
       taskQueue,
@@ -56,10 +42,10 @@ function restoreSteps(settings: SnapshotSettings, host: string) {
       retry: imageRetry,
     } satisfies ActivityOptions,
     // Heartbeats: a dead worker's stop or start moves to another after the heartbeat timeout.
-    power: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, retry: { ...retry, maximumAttempts: 5 } } satisfies ActivityOptions,
+    power: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, retry: { ...RETRY, maximumAttempts: 5 } } satisfies ActivityOptions,
     // The guest must get its disk back and run again: retried until it does (or the host is gone
     // for good; then the reconciler finishes the job).
-    undo: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, scheduleToCloseTimeout: '30m', retry } satisfies ActivityOptions,
+    undo: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, scheduleToCloseTimeout: '30m', retry: RETRY } satisfies ActivityOptions,
   };
 }
 
@@ -67,7 +53,7 @@ const restoreFailure = (err: unknown): unknown => typedFailure(err, 'Restore');
 
 /** Inventory first; on a miss, every host rediscovers, then once more. */
 async function lookUp(ref: string, settings: SnapshotSettings): Promise<InstanceRecord> {
-  const instance = await lookUpInstance(ref, storeOptions, (host) => restoreSteps(settings, host).discovery);
+  const instance = await lookUpInstance(ref, STORE_STEP, (host) => restoreSteps(settings, host).discovery);
   if (!instance) throw instanceNotFound(ref);
   return instance;
 }
@@ -105,7 +91,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   };
   describe();
 
-  const settings = await onMain(storeOptions, 'read settings of the workers').getSnapshotSettings();
+  const settings = await onMain(STORE_STEP, 'read settings of the workers').getSnapshotSettings();
   const instance = await lookUp(request.instance, settings);
   const instanceId = instance.id;
   const host = instance.host;
@@ -301,7 +287,7 @@ export async function rollbackRestore(request: RollbackRequest): Promise<Rollbac
   refuseBadInput(validateRollbackRequest(request), 'rollback request');
   const { workflowId, runId } = workflowInfo();
   const owner = `${workflowId}/${runId}`;
-  const settings = await onMain(storeOptions, 'read settings of the workers').getSnapshotSettings();
+  const settings = await onMain(STORE_STEP, 'read settings of the workers').getSnapshotSettings();
   const instance = await lookUp(request.instance, settings);
   const instanceId = instance.id;
   upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: instance.host }, { key: PHASE, value: 'rollback' }]);

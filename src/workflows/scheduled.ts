@@ -6,11 +6,8 @@ import {
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
-  CancelledFailure,
   ChildWorkflowFailure,
   ParentClosePolicy,
-  TerminatedFailure,
-  TimeoutFailure,
   log,
   proxyActivities,
   startChild,
@@ -20,11 +17,12 @@ import {
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import type { RetentionDecision, RetentionPolicy } from '../activities/retention.js';
-import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
+import { failureTypeOfCause } from '../shared/failures.js';
 import { hostTaskQueue, snapshotWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { DiskFormat, SnapshotRequest } from '../shared/types.js';
 import type { snapshotInstance } from './snapshot.js';
+import { RETRY } from './steps.js';
 
 export interface ScheduledSnapshotsInput {
   /** The schedule's id (vmsnap-schedule-<name>): each image records it as vmsnap_schedule. */
@@ -68,7 +66,7 @@ export interface ScheduledSnapshotsReport {
   } | null;
 }
 
-const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: PERMANENT_ERROR_CODES };
+const retry = RETRY;
 const lookupOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 5 } };
 // Listing a schedule's images and checking each candidate is a handful of Glance calls.
 const retentionOptions: ActivityOptions = { startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 5 } };
@@ -83,14 +81,19 @@ function messageOf(err: unknown): string {
   return cause instanceof Error ? cause.message : String(cause);
 }
 
+// What ended a child that did not fail by itself.
+const ENDED: Record<string, string> = {
+  Cancelled: 'the snapshot was cancelled',
+  Terminated: 'the snapshot workflow was terminated',
+  TimedOut: 'the snapshot workflow timed out',
+};
+
 /** The failure of a child (or of starting it) as the report shows it. */
 function failureOf(err: unknown): { type: string; message: string } {
   const cause = err instanceof ChildWorkflowFailure && err.cause ? err.cause : err;
-  if (cause instanceof ApplicationFailure) return { type: cause.type ?? 'SnapshotFailed', message: cause.message };
-  if (cause instanceof CancelledFailure) return { type: 'Cancelled', message: 'the snapshot was cancelled' };
-  if (cause instanceof TerminatedFailure) return { type: 'Terminated', message: 'the snapshot workflow was terminated' };
-  if (cause instanceof TimeoutFailure) return { type: 'TimedOut', message: 'the snapshot workflow timed out' };
-  return { type: 'SnapshotFailed', message: cause instanceof Error ? cause.message : String(cause) };
+  const type = failureTypeOfCause(cause);
+  if (cause instanceof ApplicationFailure) return { type, message: cause.message };
+  return { type, message: ENDED[type] ?? (cause instanceof Error ? cause.message : String(cause)) };
 }
 
 export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promise<ScheduledSnapshotsReport> {

@@ -24,10 +24,9 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { SlotActivities } from '../activities/index.js';
-import { Compensations, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
-import { PERMANENT_ERROR_CODES } from '../shared/errors.js';
-import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../shared/names.js';
+import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
 import type { Consistency, DiskFormat, SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
@@ -35,8 +34,8 @@ import type { TaskState } from '../store/store.js';
 
 export const progressQuery = defineQuery<SnapshotProgress>('progress');
 
-const retry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: [...PERMANENT_ERROR_CODES, 'PauseBudgetExceeded'] };
-const storeOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 10 } };
+const retry = RETRY;
+const storeOptions = STORE_STEP;
 
 const snapshotsTotal = metricMeter.createCounter('vmsnap_snapshots', 'snapshots', 'Snapshots by outcome');
 const pauseDuration = metricMeter.createHistogram('vmsnap_pause_duration', 'int', 'ms', 'How long vmsnap kept a guest paused');
@@ -45,21 +44,10 @@ const uploadedBytes = metricMeter.createCounter('vmsnap_uploaded_bytes', 'bytes'
 
 /** Activity options of every step, from the worker's settings (recorded in history). */
 function stepOptions(settings: SnapshotSettings, host: string) {
-  const taskQueue = hostTaskQueue(host);
+  const { taskQueue, imageRetry, ...common } = commonSteps(settings, host);
   const heartbeatTimeout = settings.heartbeatTimeoutMs;
-  const imageRetry = {
-    ...retry,
-    maximumAttempts: settings.imageServiceRetry.maximumAttempts,
-    initialInterval: settings.imageServiceRetry.initialIntervalMs,
-    maximumInterval: settings.imageServiceRetry.maximumIntervalMs,
-  };
   return {
-    store: storeOptions,
-    // Main-queue steps that talk to Glance run on the workflow's own task queue.
-    image: { startToCloseTimeout: '60s', retry: imageRetry } satisfies ActivityOptions,
-    quick: { taskQueue, startToCloseTimeout: '60s', retry: { ...retry, maximumAttempts: 5 } } satisfies ActivityOptions,
-    // Discovery on a host whose worker is down must not hold up the lookup for long.
-    discovery: { taskQueue, scheduleToCloseTimeout: '15s', retry: { ...retry, maximumAttempts: 2 } } satisfies ActivityOptions,
+    ...common,
     // Waiting for the cancellation to complete means qemu-img is dead before we resume and clean up.
     convert: {
       taskQueue,
@@ -198,7 +186,6 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       ...(modeReason ? { modeReason } : {}),
       consistency: copy.consistency,
       ...(copy.quiesceNote ? { quiesceNote: copy.quiesceNote } : {}),
-      pauseDurationMs: mode === 'cold' ? copy.guestPauseMs : 0,
       guestPauseMs: copy.guestPauseMs,
       ...(copy.guestWriteStallMs !== undefined ? { guestWriteStallMs: copy.guestWriteStallMs } : {}),
       phaseDurationsMs: track.progress.phaseDurationsMs,

@@ -74,7 +74,7 @@ function hostUnitCommand(): string[] {
 
 describe('deployed form: production dependencies and dist/ only', { timeout: 900_000 }, () => {
   before(async () => {
-    for (const built of ['dist/worker/main.js', 'dist/client/cli.js', 'dist/workflow-bundle.js']) {
+    for (const built of ['dist/worker/main.js', 'dist/client/cli/index.js', 'dist/workflow-bundle.js']) {
       assert.ok(existsSync(join(ROOT, built)), `${built} is missing: scripts/setup builds it (npm run build)`);
     }
     mkdirSync(app);

@@ -75,7 +75,6 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     const result = await handle.result();
     await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotLive);
     assert.equal(result.mode, 'live');
-    assert.equal(result.pauseDurationMs, 0);
     assert.ok(result.guestPauseMs <= 50, `QEMU reported a ${result.guestPauseMs} ms pause`);
     assert.equal(result.consistency, 'crash-consistent', 'no guest agent here');
     assert.equal(result.phaseDurationsMs.pausing, undefined);

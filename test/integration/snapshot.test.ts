@@ -80,7 +80,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     assert.equal(image.checksum, result.md5);
     assert.equal(image.os_hash_value, result.sha512);
     assert.equal(result.priorPowerState, 'running');
-    assert.ok(result.pauseDurationMs > 0 && result.pauseDurationMs < 60_000, `pause ${result.pauseDurationMs} ms`);
+    assert.ok(result.guestPauseMs > 0 && result.guestPauseMs < 60_000, `pause ${result.guestPauseMs} ms`);
     assert.ok((result.phaseDurationsMs.converting ?? 0) > 0);
 
     // Content: the image holds exactly the counter that was on disk at the moment of pause.
@@ -123,7 +123,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
       const handle = await startSnapshot(h.client, { instance: guestName, imageName: `vmsnap-test-${process.pid}-paused`, diskFormat: 'raw' }, h.config.temporal.taskQueue);
       const result = await handle.result();
       assert.equal(result.priorPowerState, 'paused');
-      assert.equal(result.pauseDurationMs, 0);
+      assert.equal(result.guestPauseMs, 0);
       assert.equal(result.diskFormat, 'raw');
       assert.equal(await guestState(guestName), 'paused');
       const downloaded = await downloadImage(h.glanceUrl, result.imageId);
@@ -143,7 +143,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-off` }, h.config.temporal.taskQueue);
     const result = await handle.result();
     assert.equal(result.priorPowerState, 'shutdown');
-    assert.equal(result.pauseDurationMs, 0);
+    assert.equal(result.guestPauseMs, 0);
     assert.equal(await guestState(guestName), 'shut off');
     assert.equal(result.phaseDurationsMs.pausing, undefined, 'no pause phase');
     const downloaded = await downloadImage(h.glanceUrl, result.imageId);

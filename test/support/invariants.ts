@@ -7,10 +7,10 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { WorkflowFailedError } from '@temporalio/client';
-import { ApplicationFailure, CancelledFailure, TerminatedFailure } from '@temporalio/common';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { guestState, readCounter, type DomainState, type Guest } from '../../scripts/lib/guest.js';
+import { failureTypeOfCause } from '../../src/shared/failures.js';
 import type { Store } from '../../src/store/store.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import type { Harness } from './harness.js';
@@ -65,10 +65,7 @@ export async function outcomeOf(handle: { result: () => Promise<unknown> }): Pro
     return 'completed';
   } catch (err) {
     if (!(err instanceof WorkflowFailedError)) throw err;
-    if (err.cause instanceof ApplicationFailure) return err.cause.type ?? 'ApplicationFailure';
-    if (err.cause instanceof CancelledFailure) return 'Cancelled';
-    if (err.cause instanceof TerminatedFailure) return 'Terminated';
-    return err.cause?.name ?? 'unknown';
+    return failureTypeOfCause(err.cause);
   }
 }
 

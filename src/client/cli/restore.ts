@@ -1,13 +1,11 @@
 // `vmsnap restore ...`: restore an instance from an image, roll a restore back, and see, list and
 // cancel restores as the snapshot commands do for snapshots (same exit codes, --json, text).
-import type { Command } from 'commander';
-import { Option } from 'commander';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { VmsnapError, type ErrorCode } from '../../shared/errors.js';
+import { Option, type Command } from 'commander';
+import { VmsnapError } from '../../shared/errors.js';
 import type { RestoreRequest, RestoreResult, RollbackResult } from '../../shared/types.js';
 import { validateRestoreRequest, validateRollbackRequest, validateSnapshotRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
-import { EXIT, EXIT_CODES_HELP, exitCodeOf, type ExitCode } from '../exit-codes.js';
+import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
 import { ProgressView, formatBytes, formatDuration } from '../progress.js';
 import {
@@ -24,16 +22,17 @@ import {
   type RestoreSummary,
 } from '../restores.js';
 import { LISTABLE_STATUSES, oneLine, type ListableStatus, type SnapshotProgressDetails } from '../snapshots.js';
-import { describeCliProblem, describeProgress, outcomeOf, positiveInt, since, table, type GlobalOptions, type Session } from '../cli.js';
+import { describeProgress, followWork, outcomeOf } from './follow.js';
+import { describeCliProblem, positiveInt, since } from './options.js';
+import { table, withGlobals, type GlobalOptions, type Session } from './session.js';
 
-/** Registers `restore` and its subcommands (rollback, status, list, cancel) on the program. */
-export function addRestoreCommands(program: Command, session: Session, globals: (cmd: Command) => GlobalOptions): void {
+export function registerRestoreCommands(program: Command, session: Session): void {
   const { io } = session;
   const restore = program
     .command('restore')
     .description('restore an instance from a Glance image (its disk replaced, the previous disk kept for rollback); with --wait, follow it')
     .argument('<instance>', 'instance UUID (libvirt domain UUID) or libvirt domain name')
-    // Not a required option: commander would then ask it of the subcommands too.
+    // Not a required option: commander would then ask it of `restore rollback` too.
     .option('--image <id|name>', 'the image to restore (required): its id, or its name when one image has it')
     .option('--allow-other-image', 'accept an image that is not a snapshot of this instance')
     .option('--allow-grow', 'accept an image larger (virtual size) than the instance\'s disk: the disk grows')
@@ -43,8 +42,7 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
       'after',
       `\nrestore status <instance>: the restore's phase while it runs, its result or error after.\nrestore list: restores and rollbacks, latest first.\nrestore cancel <instance>: undo a running restore (the guest runs on its previous disk).\nrestore rollback <instance>: put the pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`,
     )
-    .action(async (instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }, cmd: Command) => {
-      const g = globals(cmd);
+    .action(withGlobals(async (g, instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }) => {
       if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
       const config = session.getConfig();
       // Checked before the image is looked up: bad input is refused before any connection.
@@ -74,14 +72,13 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
       if (g.json) session.json({ ...started, ...ended.outcome });
       if (ended.outcome.result) session.say(g, restoreText(instance, ended.outcome.result as RestoreResult, session.webUiLink(handle.workflowId, runId)));
       if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
-    });
+    }));
 
   restore
     .command('rollback')
     .description('put back the disk an instance had before its last restore (while it is kept), and start the guest as it was')
     .argument('<instance>', 'instance UUID or libvirt domain name')
-    .action(async (instance: string, _opts: unknown, cmd: Command) => {
-      const g = globals(cmd);
+    .action(withGlobals(async (g, instance: string) => {
       const problems = validateRollbackRequest({ instance });
       if (problems.length) throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`);
       const config = session.getConfig();
@@ -91,14 +88,13 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
       const r = ended.outcome.result as RollbackResult | undefined;
       if (r) session.say(g, `rollback of ${instance} completed: ${r.diskPath} is the pre-restore disk again; guest ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)}`);
       if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
-    });
+    }));
 
   restore
     .command('status')
     .description("show a restore's (or rollback's) state: phase, percent and bytes while it runs, its result or error after")
     .argument('<instance|workflow-id>', 'instance UUID or name (its latest restore), or a workflow id')
-    .action(async (ref: string, _opts: unknown, cmd: Command) => {
-      const g = globals(cmd);
+    .action(withGlobals(async (g, ref: string) => {
       const config = session.getConfig();
       const client = await session.getClient();
       const found = await findRestore(client, ref, await instanceAliases(config, ref));
@@ -141,7 +137,7 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
         ...(session.webUiLink(found.workflowId, found.runId) ? [['web UI', session.webUiLink(found.workflowId, found.runId)!]] : []),
       ];
       session.say(g, table(lines));
-    });
+    }));
 
   restore
     .command('list')
@@ -149,8 +145,7 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
     .option('--instance <instance>', 'only restores of this instance (UUID or name)')
     .addOption(new Option('--status <status>', 'only restores in this state').choices(Object.keys(LISTABLE_STATUSES)))
     .option('--limit <n>', 'at most this many', positiveInt, 20)
-    .action(async (opts: { instance?: string; status?: ListableStatus; limit: number }, cmd: Command) => {
-      const g = globals(cmd);
+    .action(withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
       const config = session.getConfig();
       if (opts.instance !== undefined && validateSnapshotRequest({ instance: opts.instance, imageName: 'x' }).length) {
         throw new VmsnapError('InvalidInput', `--instance "${opts.instance}" is not an instance UUID or name: give one as virsh list shows it`);
@@ -173,7 +168,7 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
           ...rows.map((r) => [r.workflowId, r.action, r.status, r.phase ?? '-', r.instanceId ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)]),
         ]),
       );
-    });
+    }));
 
   restore
     .command('cancel')
@@ -181,7 +176,7 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
     .argument('<instance|workflow-id>', 'instance UUID or name, or a workflow id')
     .option('--wait', 'wait until the restore has undone its work and ended')
     .action(async (ref: string, opts: { wait?: boolean }, cmd: Command) => {
-      const g = globals(cmd);
+      const g = cmd.optsWithGlobals<GlobalOptions>();
       const config = session.getConfig();
       const client = await session.getClient();
       const { handle, runId } = await cancelRestore(client, ref, await instanceAliases(config, ref));
@@ -201,54 +196,6 @@ export function addRestoreCommands(program: Command, session: Session, globals: 
         io.stderr.write(`vmsnap: the restore ended ${ended.status} before the cancellation took effect: see vmsnap restore status ${ref}\n`);
       }
     });
-}
-
-/** Follows a restore or rollback to its end (progress as for snapshots); never rejects for a failed one. */
-async function followWork(
-  session: Session,
-  g: GlobalOptions,
-  result: () => Promise<unknown>,
-  progress: (() => Promise<RestoreProgressDetails>) | undefined,
-  instance: string,
-): Promise<{ outcome: { status: string; result?: unknown; error?: { type: string; message: string } }; cause?: { said: unknown; code: ExitCode } }> {
-  const { io } = session;
-  const stream = g.json ? io.stderr : io.stdout;
-  const view = !progress || (g.json && !io.stderr.isTTY) ? undefined : new ProgressView(stream, stream.isTTY ? 'tty' : 'plain');
-  const onInterrupt = () => {
-    view?.end();
-    io.stderr.write(`vmsnap: stopped waiting; the restore of ${instance} goes on: follow it with vmsnap restore status ${instance}, stop it with vmsnap restore cancel ${instance}\n`);
-    process.exit(EXIT.interrupted);
-  };
-  process.once('SIGINT', onInterrupt);
-  try {
-    let settled = false;
-    const ended = result().then(
-      (value) => ({ value, error: undefined as unknown }),
-      (error: unknown) => ({ value: undefined, error }),
-    );
-    void ended.then(() => (settled = true));
-    while (!settled && view && progress) {
-      try {
-        const p = await session.getClient().then((c) => c.withDeadline(Date.now() + 5000, progress));
-        if (!settled) view.update(p as unknown as SnapshotProgressDetails);
-      } catch {
-        // No answer now (a worker restarting): keep waiting.
-      }
-      await Promise.race([ended, sleep(500)]);
-    }
-    const { value, error } = await ended;
-    if (!error) {
-      view?.finish('completed');
-      return { outcome: { status: 'completed', result: value } };
-    }
-    const outcome = outcomeOf({ error });
-    view?.finish(outcome.status);
-    // Said as a restore's failure (the generic line speaks of snapshots); the exit code is the type's.
-    const said = outcome.error ? new VmsnapError(outcome.error.type as ErrorCode, `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ${outcome.error.message}`) : error;
-    return { outcome: { status: outcome.status, ...(outcome.error ? { error: outcome.error } : {}) }, cause: { said, code: exitCodeOf(error) } };
-  } finally {
-    process.off('SIGINT', onInterrupt);
-  }
 }
 
 function restoreText(instance: string, r: RestoreResult, link: string | undefined): string {

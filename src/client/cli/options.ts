@@ -1,0 +1,73 @@
+// Parsing and wording shared by the commands: option values, request problems in the words of
+// the command line, and the few formats of times.
+import { InvalidArgumentError } from 'commander';
+import { readFileSync } from 'node:fs';
+import type { InputProblem } from '../../shared/validation.js';
+import { formatDuration } from '../progress.js';
+
+export const SETTINGS_HELP = `Settings (environment, or a JSON file named by VMSNAP_CONFIG_FILE):
+  TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_*   the Temporal frontend, read as the temporal CLI
+  TEMPORAL_API_KEY, TEMPORAL_PROFILE, TEMPORAL_CONFIG_FILE   reads them (also from temporal.toml)
+  VMSNAP_TASK_QUEUE                                      the workers' main task queue (default vmsnap)
+  VMSNAP_STORE_URL (or VMSNAP_DATA_DIR)                  the store, as the workers have it, for \`vmsnap instances\`
+  OS_CLOUD, OS_CLIENT_CONFIG_FILE, OS_* (clouds.yaml)    Keystone and Glance, for image names and retention previews
+  VMSNAP_GLANCE_URL                                      Glance's URL, over the catalog's
+  VMSNAP_TEMPORAL_UI_URL                                 Web UI, for links in the output`;
+
+const FIELD_FLAGS: Record<string, string> = {
+  instance: '<instance>',
+  imageName: '--name',
+  diskFormat: '--format',
+  compress: '--compress',
+  imageId: '--image-id',
+  asNew: '--as-new',
+};
+
+/** A request problem in the words of the command line: the option, then what is wrong. */
+export function describeCliProblem(p: InputProblem): string {
+  if (p.field.startsWith('metadata.')) return `--metadata ${p.field.slice('metadata.'.length)} ${p.message}`;
+  const flag = FIELD_FLAGS[p.field] ?? p.field;
+  return `${flag} (${p.field}) ${p.message}`;
+}
+
+export function metadataOption(value: string, previous: Record<string, string> | undefined): Record<string, string> {
+  const eq = value.indexOf('=');
+  if (eq <= 0) throw new InvalidArgumentError(`expected key=value, got "${value}"`);
+  return { ...previous, [value.slice(0, eq)]: value.slice(eq + 1) };
+}
+
+export function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`expected a positive whole number, got "${value}"`);
+  return n;
+}
+
+export function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError(`expected a whole number, 0 or more, got "${value}"`);
+  return n;
+}
+
+/** Repeatable, and comma-separated: --instance a --instance b,c. */
+export function listOption(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), ...value.split(',').map((v) => v.trim()).filter(Boolean)];
+}
+
+export function version(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** How long ago, for figures that may be stale (the inventory's power states). */
+export function age(iso: string | undefined): string {
+  const ms = iso ? Date.now() - Date.parse(iso) : NaN;
+  if (!Number.isFinite(ms)) return '-';
+  return `${formatDuration(Math.max(0, ms))} ago`;
+}
+
+export function since(iso: string | undefined): string {
+  return iso ? `${iso.replace('T', ' ').slice(0, 19)}Z` : '-';
+}

@@ -1,0 +1,29 @@
+// File helpers the drivers and activities share: durable writes and careful removal.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+
+/** fsync of one file or directory. */
+export async function fsyncPath(file: string): Promise<void> {
+  const handle = await fs.open(file, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** fsync of a file and, for a regular file just made, of its directory entry too (not for a block device). */
+export async function fsyncFileAndEntry(file: string): Promise<void> {
+  const st = await fs.stat(file);
+  await fsyncPath(file);
+  if (st.isFile()) await fsyncPath(path.dirname(path.resolve(file)));
+}
+
+/** Removes a file we (or libvirt for us) created, but never anything that is not a regular file (a block device target). */
+export async function removeRegularFile(file: string): Promise<void> {
+  try {
+    if ((await fs.lstat(file)).isFile()) await fs.rm(file, { force: true });
+  } catch {
+    // Already gone (or never created).
+  }
+}

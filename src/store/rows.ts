@@ -1,0 +1,73 @@
+// The stores' rows and how they become records, for SQLite and PostgreSQL alike. SQLite hands
+// times back as ISO strings and details as JSON text; PostgreSQL as Date and parsed json.
+import type { InstanceActionEvent, InstanceFault, InstanceRecord, TaskState } from './store.js';
+
+type Time = string | Date;
+type Details = string | Record<string, unknown>;
+
+export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at';
+export const FAULT_COLUMNS = 'instance_id, code, message, details, created_at';
+export const EVENT_COLUMNS = 'instance_id, action, event, request_id, details, created_at';
+
+export interface InstanceRow {
+  id: string;
+  name: string;
+  host: string;
+  power_state: string;
+  task_state: TaskState | null;
+  task_owner: string | null;
+  base_image_ref: string | null;
+  updated_at: Time;
+  deleted_at: Time | null;
+}
+export interface FaultRow {
+  instance_id: string;
+  code: string;
+  message: string;
+  details: Details;
+  created_at: Time;
+}
+export interface EventRow {
+  instance_id: string;
+  action: string;
+  event: string;
+  request_id: string;
+  details: Details;
+  created_at: Time;
+}
+export interface HostRow {
+  host: string;
+  task_queue: string;
+  seen_at: Time;
+}
+
+const iso = (t: Time): string => (typeof t === 'string' ? t : t.toISOString());
+const details = (d: Details): Record<string, unknown> => (typeof d === 'string' ? (JSON.parse(d) as Record<string, unknown>) : d);
+
+export function toInstance(row: InstanceRow): InstanceRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    host: row.host,
+    powerState: row.power_state,
+    taskState: row.task_state,
+    taskOwner: row.task_owner,
+    baseImageRef: row.base_image_ref,
+    updatedAt: iso(row.updated_at),
+    deletedAt: row.deleted_at === null ? null : iso(row.deleted_at),
+  };
+}
+
+export function toFault(r: FaultRow): InstanceFault {
+  return { instanceId: r.instance_id, code: r.code, message: r.message, details: details(r.details), createdAt: iso(r.created_at) };
+}
+
+export function toEvent(r: EventRow): InstanceActionEvent {
+  return { instanceId: r.instance_id, action: r.action, event: r.event, requestId: r.request_id, details: details(r.details), createdAt: iso(r.created_at) };
+}
+
+export function toHost(r: HostRow): { host: string; taskQueue: string; seenAt: string } {
+  return { host: r.host, taskQueue: r.task_queue, seenAt: iso(r.seen_at) };
+}
