@@ -228,6 +228,7 @@ export class FakeCloud {
       }),
       removeOrphanSnapshotDirs: hooked('removeOrphanSnapshotDirs', async () => [] as string[]),
       prunePreRestoreDisks: hooked('prunePreRestoreDisks', async () => [] as string[]),
+      removeAbandonedNewInstances: hooked('removeAbandonedNewInstances', async () => [] as string[]),
     };
     const slot = {
       // As the real one: tells the snapshot it may go on, then holds the slot until cancelled.

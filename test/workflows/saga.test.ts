@@ -1,8 +1,8 @@
 // snapshotInstance's saga, one test per branch, on a local Temporal with fake activities (see
 // fake-cloud.ts): the happy paths, then each way it can fail or be cancelled, and what its
 // compensation leaves behind: guest in its prior power state, task state None, no unfinished
-// image, no temp dir, a fault that says what happened. Then terminate, which runs no
-// compensation, followed by the reconciler. One file: one dev server and one workflow bundle.
+// image, no temp dir, a fault that says what happened. Terminate followed by the reconciler is in
+// reconcile.test.ts. One file: one dev server and one workflow bundle.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
@@ -231,68 +231,5 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assertUndone(cloud, id, await imageIdOf(handle), 'Cancelled');
     assert.ok(!cloud.calls.includes('getPowerState'), 'no step past the slot ran');
     assert.equal((await handle.describe()).raw.pendingActivities?.length ?? 0, 0, 'the slot holder ended with the snapshot');
-  });
-});
-
-// Terminate runs no compensation; the reconciler undoes what the terminated snapshot left.
-describe('reconcile after terminate, fast (local Temporal, fake activities)', { timeout: 120_000, concurrency: true }, () => {
-  /** A snapshot terminated while the guest is paused for its copy. */
-  async function terminatedWhilePaused(cloud: FakeCloud, id: string): Promise<string> {
-    cloud.hooks.convertDisk = async (call) => {
-      await call.run();
-      return untilCancelled(); // the copy runs until the workflow is gone
-    };
-    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'terminated' });
-    await t.waitForPhase(handle, 'converting');
-    const { imageId } = await handle.query<SnapshotProgress>('progress');
-    await handle.terminate('test: a workflow lost mid-snapshot');
-    delete cloud.hooks.convertDisk;
-    return imageId;
-  }
-
-  it('a snapshot terminated while the guest is paused is undone by the next reconcile', async () => {
-    const { cloud, id, instance } = newGuest();
-    const imageId = await terminatedWhilePaused(cloud, id);
-
-    // Terminate ran no compensation: the guest is paused, the task state held, the image queued.
-    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_snapshot']);
-    assert.equal(cloud.images.get(imageId)?.status, 'queued');
-    assert.ok(cloud.tempDirs.has(imageId));
-    assert.equal(cloud.faults.length, 0);
-
-    const report = await t.reconcile(cloud);
-    assert.deepEqual(report.resumed, [id]);
-    assert.deepEqual(report.releasedTasks, [id]);
-    assert.deepEqual(report.deletedImages, [imageId]);
-    assert.deepEqual(report.errors, []);
-    assert.deepEqual([instance.power, instance.taskState], ['running', null]);
-    assert.equal(cloud.images.get(imageId), undefined);
-    assert.deepEqual([...cloud.tempDirs], []);
-    assert.deepEqual(cloud.faults.map((f) => f.code), ['SnapshotAbandoned']);
-    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
-
-    // A second round finds nothing left to do.
-    const again = await t.reconcile(cloud);
-    assert.deepEqual([again.resumed, again.releasedTasks, again.deletedImages, again.errors], [[], [], [], []]);
-  });
-
-  it('a resume the host cannot do keeps the task state for the next round, and the round completes', async () => {
-    const { cloud, id, instance } = newGuest();
-    await terminatedWhilePaused(cloud, id);
-    cloud.hooks.resumeInstance = async () => {
-      // Not retryable, so the round does not wait out the host step's 2-minute budget.
-      throw ApplicationFailure.create({ type: 'HypervisorError', message: 'libvirt: host unreachable', nonRetryable: true });
-    };
-    const report = await t.reconcile(cloud);
-    assert.deepEqual(report.resumed, []);
-    assert.deepEqual(report.releasedTasks, [], 'a guest still paused keeps its task state');
-    assert.equal(report.errors.length, 1);
-    assert.match(report.errors[0] ?? '', new RegExp(`resume ${id}`));
-    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_snapshot']);
-
-    delete cloud.hooks.resumeInstance;
-    const next = await t.reconcile(cloud);
-    assert.deepEqual([next.resumed, next.releasedTasks, next.errors], [[id], [id], []]);
-    assert.deepEqual([instance.power, instance.taskState], ['running', null]);
   });
 });
