@@ -176,6 +176,10 @@ export function clusterServices(cfg: StackConfig): Service[] {
       for (const bin of [cfg.temporalServerBin, cfg.temporalSqlToolBin, cfg.temporalBin]) {
         if (!existsSync(bin)) throw new Error(`temporal-server: ${bin} is missing: run ./scripts/setup`);
       }
+      // Found the hard way: the server records them in a smallint column and exits at start.
+      if (p.workerMembership > 32767) {
+        throw new Error(`temporal-server: its membership ports (${p.frontendMembership}-${p.workerMembership}, the Temporal port + 14 to 17) must be 32767 or less, as Temporal's PostgreSQL schema stores them in a smallint: choose VMSNAP_TEMPORAL_PORT 32750 or less`);
+      }
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       await ensureSchemas(cfg);
       writeFileSync(dynamicConfigFile, DYNAMIC_CONFIG);
