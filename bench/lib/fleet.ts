@@ -17,6 +17,8 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { startSnapshot } from '../../src/client/snapshots.js';
+import { VmsnapError } from '../../src/shared/errors.js';
+import { snapshotWorkflowId } from '../../src/shared/names.js';
 import type { Store } from '../../src/store/store.js';
 import { SimulatedHypervisor, type SimHostStats } from './sim-hypervisor.js';
 import type { GlanceCtx } from './variants.js';
@@ -224,6 +226,12 @@ export async function runFleetBench(ctx: {
           handle = await startSnapshot(client, { instance: inst.id, imageName, mode: run.mode }, env.VMSNAP_TASK_QUEUE!);
           run.startRpcMs = performance.now() - t0;
         } catch (err) {
+          // A start whose answer was lost in the server restart did start: follow that run, do not
+          // start the snapshot a second time.
+          if (err instanceof VmsnapError && err.code === 'InstanceBusy') {
+            handle = client.workflow.getHandle(snapshotWorkflowId(inst.id));
+            break;
+          }
           // The server restart: starts are refused for a few seconds.
           if (tries > 120) throw err;
           await sleep(1000);
@@ -264,8 +272,10 @@ export async function runFleetBench(ctx: {
       const cpu0 = parts();
       const active = new Set<Promise<void>>();
       const faultsHere: Promise<void>[] = [];
-      if (opts.faults && s === 1) faultsHere.push(killAndRestart());
-      if (opts.faults && s === 2) faultsHere.push(restartServer());
+      // A fault that fails is reported, not a crash of the run: the snapshots still need ending.
+      const reported = (what: string, f: Promise<void>) => f.catch((err: Error) => void faults.push({ fault: what, error: err.message }));
+      if (opts.faults && s === 1) faultsHere.push(reported('kill and restart host processes', killAndRestart()));
+      if (opts.faults && s === 2) faultsHere.push(reported('Temporal server restart', restartServer()));
       while (next < end || active.size) {
         while (next < end && active.size < inFlight) {
           const p = one(next++, s).finally(() => active.delete(p));

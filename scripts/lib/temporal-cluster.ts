@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
-import { waitUntil } from './daemon.js';
+import { portIsFree, waitUntil } from './daemon.js';
 import { httpOk, ownedService, postgresAccess, type Service, type StackConfig } from './stack.js';
 
 /** Fixed when the databases are made; small, for a 2-core machine (production: 512 and more). */
@@ -213,6 +213,10 @@ export function clusterServices(cfg: StackConfig): Service[] {
     {
       ...server,
       async up() {
+        // Right after a stop (a restart) the old server's ports can take a moment to be let go.
+        if ((await server.status()).pid === undefined) {
+          await waitUntil(async () => (await Promise.all(Object.values(p).map((port) => portIsFree(port)))).every(Boolean), 30_000, 'temporal-server: its ports are still in use 30 s after it stopped').catch(() => undefined);
+        }
         await server.up();
         await registerNamespace(cfg);
         return server.status();
