@@ -487,6 +487,7 @@ async function runFleet(opts: BenchOptions, fleet: NonNullable<BenchOptions['fle
       'Simulated hypervisor (bench/lib/sim-hypervisor.ts): pause/resume write a state file per instance; live copies sleep the copy time and copy a 16 MiB qcow2 (1 MiB data); cold copies run the real qemu-img convert, then sleep the copy time with the guest "paused". Uploads are real, to Glance through Keystone.',
       'Stages: snapshots kept in flight at a quarter, half, one and two times the host count; end-to-end = start call to result. Store read: getInstance every second from the bench process. Temporal describe: DescribeWorkflowExecution of the latest snapshot every second. Cores: CPU seconds of each process tree over the stage wall time.',
       'Images are deleted after the run.',
+      'The stage with the Temporal server restart shows its cores negative or low: the restarted server is a new process, counted from zero.',
     ],
   });
   log(`wrote ${join(out, 'fleet.json')}, fleet.md`);
