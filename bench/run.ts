@@ -26,6 +26,11 @@ import { runStartupBench, writeStartupResults } from './lib/startup.js';
 import { runRestoreBench, writeRestoreResults } from './lib/restore.js';
 import { renderSvg } from './lib/svg.js';
 import { runWriteStallBench, writeStallResults } from './lib/write-stalls.js';
+import { runFleetBench, writeFleetResults } from './lib/fleet.js';
+import pg from 'pg';
+import { parsePostgresUrl } from '../src/shared/config.js';
+import { postgresClientConfig } from '../src/store/postgres.js';
+import { createStore } from '../src/store/index.js';
 import { cancelAndWait, deleteImage, liveModeAvailable, runBare, runVmsnap, type BareCtx, type GlanceCtx, type VmsnapCtx } from './lib/variants.js';
 import { hashCpuSPerGiB, runtimeFloorKiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
 
@@ -93,7 +98,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   const samples: Sample[] = [];
   const scale: ScaleSample[] = [];
 
-  const stack: BenchStack = await openStack(opts.stack, log);
+  const stack: BenchStack = await openStack(opts.stack, log, opts.section === 'fleet' ? 'cluster' : undefined);
   cleanups.push({ what: 'stack down', run: () => stack.down() });
   const machine = await describeMachine(stack.libvirtUri);
   log(`machine: ${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')}`);
@@ -114,6 +119,8 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       for (const id of [...glance.created]) await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
     },
   });
+  if (opts.section === 'fleet' && opts.fleet) return runFleet(opts, opts.fleet, stack, glance, workDir, startedAt, tag);
+
   const guests = new Set<string>();
   cleanups.push({
     what: 'remove guests',
@@ -445,6 +452,76 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   for (const t of results.targets) log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
   for (const e of errors) log(`error: ${e}`);
   return errors.length || samples.some((s) => !s.ok) ? 1 : 0;
+}
+
+/** The fleet section: its own store database, the cluster's server restart as a fault. */
+async function runFleet(opts: BenchOptions, fleet: NonNullable<BenchOptions['fleet']>, stack: BenchStack, glance: GlanceCtx, workDir: string, startedAt: Date, tag: string): Promise<number> {
+  const stackUrl = stack.env.VMSNAP_POSTGRES_URL!;
+  const database = `vmsnap_fleet_${tag}`;
+  const admin = new pg.Client(postgresClientConfig(parsePostgresUrl(stackUrl, 'VMSNAP_POSTGRES_URL')));
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${database}`);
+  cleanups.push({
+    what: `drop database ${database}`,
+    run: async () => {
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+      await admin.end();
+    },
+  });
+  const storeUrl = new URL(stackUrl);
+  storeUrl.pathname = `/${database}`;
+  const workerEnv: Record<string, string> = {
+    ...stack.env,
+    VMSNAP_HOST: `fleet-main-${tag}`,
+    VMSNAP_TASK_QUEUE: `vmsnap-fleet-${tag}`,
+    VMSNAP_STORE_URL: storeUrl.toString(),
+    VMSNAP_STORE_PATH: '',
+    VMSNAP_RECONCILE_INTERVAL_MS: '0',
+    VMSNAP_METRICS_ADDRESS: 'off',
+    VMSNAP_CONFIG_FILE: '',
+    VMSNAP_LOG_LEVEL: 'WARN',
+  };
+  const config = loadConfig(workerEnv);
+  const client = await connectClient(config.temporal);
+  cleanups.push({ what: 'close the Temporal client', run: () => client.connection.close() });
+  const store = createStore(config, { maxConnections: 2 });
+  await store.migrate();
+  cleanups.push({ what: 'close the store', run: () => store.close() });
+  const hostLimit = opts.hostLimit ?? config.maxConcurrentSnapshots;
+  const server = stack.service('temporal-server');
+  if (!server) throw new Error('the fleet needs its own stack in cluster mode');
+  const r = await runFleetBench({
+    root: ROOT,
+    opts: { ...fleet, hostLimit },
+    client,
+    store,
+    workerEnv,
+    workDir,
+    dataDir: stack.dataDir,
+    glance,
+    restartTemporal: async () => {
+      await server.down();
+      await server.up();
+    },
+    log,
+  });
+  const out = resolve(ROOT, opts.out);
+  await mkdir(out, { recursive: true });
+  await writeFleetResults(out, r, {
+    startedAt: startedAt.toISOString(),
+    notes: [
+      'Stack: its own, Temporal in cluster mode (the Temporal server, 4 history shards, persistence and visibility on the stack PostgreSQL), Keystone and Glance as in the other sections; vmsnap store: a PostgreSQL database of its own.',
+      'Hosts: bench/fleet-worker.ts processes, each running its hosts as separate host workers (own host name, host and slot queues, simulated hypervisor) over one Temporal connection, Keystone session and store pool (4 connections). Main worker: dist/worker/main.js --role main.',
+      'Simulated hypervisor (bench/lib/sim-hypervisor.ts): pause/resume write a state file per instance; live copies sleep the copy time and copy a 16 MiB qcow2 (1 MiB data); cold copies run the real qemu-img convert, then sleep the copy time with the guest "paused". Uploads are real, to Glance through Keystone.',
+      'Stages: snapshots kept in flight at a quarter, half, one and two times the host count; end-to-end = start call to result. Store read: getInstance every second from the bench process. Temporal describe: DescribeWorkflowExecution of the latest snapshot every second. Cores: CPU seconds of each process tree over the stage wall time.',
+      'Images are deleted after the run.',
+      'The stage with the Temporal server restart shows its cores negative or low: the restarted server is a new process, counted from zero.',
+    ],
+  });
+  log(`wrote ${join(out, 'fleet.json')}, fleet.md`);
+  const c = r.checks;
+  // Under faults a snapshot may end compensated; without them every one must complete.
+  return (fleet.faults ? c.lost : c.failures) || c.guestsLeftPaused || c.instancesWithTaskState || !c.hostLimitRespected ? 1 : 0;
 }
 
 const argv = process.argv.slice(2);

@@ -18,7 +18,7 @@ export interface DiskSpec {
 
 export interface BenchOptions {
   /** all: vmsnap against bare commands; startup: the worker compiled against tsx (start, memory). */
-  section: 'all' | 'startup' | 'restore' | 'write-stalls';
+  section: 'all' | 'startup' | 'restore' | 'write-stalls' | 'fleet';
   runs: number;
   disks: DiskSpec[];
   modes: Mode[];
@@ -37,10 +37,12 @@ export interface BenchOptions {
   hostLimit?: number;
   /** Longest one snapshot (either variant) may take before it is cancelled and counted failed. */
   runTimeoutMs: number;
+  /** The fleet section: simulated hosts on the Temporal cluster. */
+  fleet?: { hosts: number; procs: number; snapshots: number; copyMs: number; faults: boolean };
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --section all|startup|restore|write-stalls
+  --section all|startup|restore|write-stalls|fleet
                         all (default): vmsnap against the bare commands; startup: the worker as
                         deployed (dist/, prebuilt bundle) against tsx + bundling at start: time
                         to polling, idle RSS, RSS uploading the large disk (startup.{json,md});
@@ -48,7 +50,14 @@ export const USAGE = `usage: npm run bench -- [options]
                         mv, start: the guest's downtime (restore.{json,md});
                         write-stalls: the guest's disk writes during a copy (longest stall, rate
                         vs idle) for cold, live pull (default) and live push, driver level
-                        (write-stalls.{json,md})
+                        (write-stalls.{json,md}); fleet: simulated hosts (no guests) on the
+                        Temporal cluster and a PostgreSQL store, real Glance uploads, load in
+                        four stages, faults (fleet.{json,md})
+  --fleet-hosts N       simulated hosts (default 100; quick 10)
+  --fleet-procs N       processes they run in (default 10; quick 2)
+  --fleet-snapshots N   snapshots in all (default 1000; quick 40)
+  --fleet-copy-ms N     how long one simulated copy takes (default 1000)
+  --fleet-faults on|off kill a tenth of the host processes, restart Temporal (default on; quick off)
   --runs N              runs per variant and disk (default 5; median reported)
   --disks LIST          small,large,sparse,xlarge (default small,large,sparse; restore: small,large,xlarge)
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
@@ -100,6 +109,11 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'idle-ms': { type: 'string' },
       'host-limit': { type: 'string' },
       'run-timeout-s': { type: 'string' },
+      'fleet-hosts': { type: 'string' },
+      'fleet-procs': { type: 'string' },
+      'fleet-snapshots': { type: 'string' },
+      'fleet-copy-ms': { type: 'string' },
+      'fleet-faults': { type: 'string' },
       'small-mib': { type: 'string' },
       'large-mib': { type: 'string' },
       'large-data-mib': { type: 'string' },
@@ -146,8 +160,28 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   }
 
   const section = values.section ?? 'all';
-  if (section !== 'all' && section !== 'startup' && section !== 'restore' && section !== 'write-stalls') {
-    throw new Error(`--section must be all, startup, restore or write-stalls (got "${section}")`);
+  if (section !== 'all' && section !== 'startup' && section !== 'restore' && section !== 'write-stalls' && section !== 'fleet') {
+    throw new Error(`--section must be all, startup, restore, write-stalls or fleet (got "${section}")`);
+  }
+  if (section === 'fleet') {
+    const faults = values['fleet-faults'] ?? (quick ? 'off' : 'on');
+    if (faults !== 'on' && faults !== 'off') throw new Error(`--fleet-faults must be on or off (got "${faults}")`);
+    const fleet = {
+      hosts: positive('fleet-hosts', values['fleet-hosts'] ?? (quick ? '10' : '100')),
+      procs: positive('fleet-procs', values['fleet-procs'] ?? (quick ? '2' : '10')),
+      snapshots: positive('fleet-snapshots', values['fleet-snapshots'] ?? (quick ? '40' : '1000')),
+      copyMs: positive('fleet-copy-ms', values['fleet-copy-ms'] ?? '1000'),
+      faults: faults === 'on',
+    };
+    if (fleet.procs > fleet.hosts) throw new Error(`--fleet-procs ${fleet.procs} is more than --fleet-hosts ${fleet.hosts}: each process runs at least one host`);
+    // Always a stack of its own: the fleet needs the Temporal cluster, and restarts it.
+    return {
+      section, runs: 1, disks: [], modes: ['cold', 'live'], scale: [], scaleRuns: 1, quick, stack: 'own',
+      out: values.out ?? 'bench/results', png: false, idleMs: 0,
+      ...(values['host-limit'] ? { hostLimit: positive('host-limit', values['host-limit']) } : {}),
+      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+      fleet,
+    };
   }
   if (section === 'write-stalls') {
     // What the guest's writes feel: every disk size, the copy methods side by side.

@@ -2,7 +2,7 @@
 // neither disturbs a dev or test stack nor shares Glance's disk with them), or one already running
 // that the environment names (for the smoke test on the shared test stack).
 import { resolve } from 'node:path';
-import { clientEnv, services, stackConfig } from '../../scripts/lib/stack.js';
+import { clientEnv, recordTemporalMode, services, stackConfig, type Service, type TemporalMode } from '../../scripts/lib/stack.js';
 
 /** Its own stack's place; VMSNAP_BENCH_* move it (two benchmarks, or a bench beside a test run). */
 export const OWN_STACK_ENV = {
@@ -20,10 +20,12 @@ export interface BenchStack {
   env: Record<string, string>;
   dataDir: string;
   libvirtUri: string;
+  /** Its own stack's services by name (none for a stack the environment names). */
+  service(name: string): Service | undefined;
   down(): Promise<void>;
 }
 
-export async function openStack(kind: 'own' | 'env', log: (line: string) => void): Promise<BenchStack> {
+export async function openStack(kind: 'own' | 'env', log: (line: string) => void, temporalMode?: TemporalMode): Promise<BenchStack> {
   if (kind === 'env') {
     const env = process.env;
     return {
@@ -38,13 +40,17 @@ export async function openStack(kind: 'own' | 'env', log: (line: string) => void
       },
       dataDir: resolve(env.VMSNAP_DATA_DIR ?? ''),
       libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
+      service: () => undefined,
       async down() {
         // Not ours: left running.
       },
     };
   }
   // Our own settings win over whatever stack the shell points at (e.g. /tmp/testenv.sh).
-  const cfg = stackConfig({ ...process.env, ...OWN_STACK_ENV });
+  // VMSNAP_BENCH_TEMPORAL_MODE picks the Temporal of the other sections; the fleet asks for the cluster.
+  const mode = temporalMode ?? (process.env.VMSNAP_BENCH_TEMPORAL_MODE || 'dev');
+  const cfg = stackConfig({ ...process.env, ...OWN_STACK_ENV, VMSNAP_TEMPORAL_MODE: mode });
+  recordTemporalMode(cfg);
   const all = services(cfg);
   const started: typeof all = [];
   const down = async () => {
@@ -72,6 +78,7 @@ export async function openStack(kind: 'own' | 'env', log: (line: string) => void
     env,
     dataDir: cfg.dataDir,
     libvirtUri: cfg.libvirtUri,
+    service: (name) => all.find((s) => s.name === name),
     down,
   };
 }

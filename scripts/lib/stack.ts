@@ -1,5 +1,5 @@
-// The dev stack: Temporal dev server, Keystone (HTTPS), Glance behind Keystone, libvirt and
-// PostgreSQL, as processes on loopback.
+// The dev stack: Temporal (the dev server, or a cluster on PostgreSQL: temporal-cluster.ts),
+// Keystone (HTTPS), Glance behind Keystone, libvirt and PostgreSQL, as processes on loopback.
 // Each service knows how to start, how to tell it is healthy, and how to stop by its own pid.
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
@@ -23,6 +23,7 @@ import {
   type KeystoneAccounts,
 } from './keystone.js';
 import { ensureStackTls, tlsPaths } from './tls.js';
+import { clusterServices } from './temporal-cluster.js';
 
 export interface StackConfig {
   dataDir: string;
@@ -34,7 +35,16 @@ export interface StackConfig {
   keystoneTokenLifetimeS: number;
   libvirtUri: string;
   temporalBin: string;
+  /** dev: `temporal server start-dev` (SQLite); cluster: the Temporal server on the stack's PostgreSQL. */
+  temporalMode: TemporalMode;
+  temporalServerBin: string;
+  temporalSqlToolBin: string;
+  temporalUiBin: string;
+  /** The cluster's persistence database; visibility is <name>_visibility. */
+  temporalDatabase: string;
   postgresPort: number;
+  /** The libpq password file of the stack's PostgreSQL (another stack's, to share its server). */
+  postgresPassfile: string;
   /** Directory of PostgreSQL's initdb and postgres programs. */
   postgresBin: string;
 }
@@ -56,11 +66,31 @@ function tokenLifetime(raw: string | undefined): number {
   return value;
 }
 
+export type TemporalMode = 'dev' | 'cluster';
+
+/** VMSNAP_TEMPORAL_MODE, else the mode the data dir was last brought up in, else dev. */
+function temporalMode(raw: string | undefined, dataDir: string): TemporalMode {
+  const value = raw || (existsSync(modeFile(dataDir)) ? readFileSync(modeFile(dataDir), 'utf8').trim() : 'dev');
+  if (value !== 'dev' && value !== 'cluster') throw new Error(`VMSNAP_TEMPORAL_MODE=${value} is not a Temporal mode: use dev or cluster`);
+  return value;
+}
+
+const modeFile = (dataDir: string) => join(dataDir, 'run', 'temporal.mode');
+
+/** Remembers the mode a stack was brought up in, so that `down` and `status` find its services. */
+export function recordTemporalMode(cfg: StackConfig): void {
+  mkdirSync(dirname(modeFile(cfg.dataDir)), { recursive: true });
+  writeFileSync(modeFile(cfg.dataDir), `${cfg.temporalMode}\n`);
+}
+
 /** Stack settings from the environment; defaults give the dev stack on the usual ports. */
 export function stackConfig(env = process.env): StackConfig {
   const temporalPort = port(env, 'VMSNAP_TEMPORAL_PORT', 7233);
+  const dataDir = resolve(env.VMSNAP_DATA_DIR || '.data/dev');
+  const database = env.VMSNAP_TEMPORAL_DATABASE || 'temporal';
+  if (!/^[a-z_][a-z0-9_]{0,40}$/.test(database)) throw new Error(`VMSNAP_TEMPORAL_DATABASE=${database} is not a database name: use lower-case letters, digits and _`);
   return {
-    dataDir: resolve(env.VMSNAP_DATA_DIR || '.data/dev'),
+    dataDir,
     temporalPort,
     temporalUiPort: port(env, 'VMSNAP_TEMPORAL_UI_PORT', temporalPort + 1000),
     glancePort: port(env, 'VMSNAP_GLANCE_PORT', 9292),
@@ -68,7 +98,13 @@ export function stackConfig(env = process.env): StackConfig {
     keystoneTokenLifetimeS: tokenLifetime(env.VMSNAP_KEYSTONE_TOKEN_LIFETIME),
     libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
     temporalBin: resolve(env.VMSNAP_TEMPORAL_BIN || '.tools/bin/temporal'),
+    temporalMode: temporalMode(env.VMSNAP_TEMPORAL_MODE, dataDir),
+    temporalServerBin: resolve(env.VMSNAP_TEMPORAL_SERVER_BIN || '.tools/bin/temporal-server'),
+    temporalSqlToolBin: resolve(env.VMSNAP_TEMPORAL_SQL_TOOL_BIN || '.tools/bin/temporal-sql-tool'),
+    temporalUiBin: resolve(env.VMSNAP_TEMPORAL_UI_BIN || '.tools/bin/temporal-ui-server'),
+    temporalDatabase: database,
     postgresPort: port(env, 'VMSNAP_POSTGRES_PORT', 5432),
+    postgresPassfile: resolve(env.VMSNAP_POSTGRES_PASSFILE || join(dataDir, 'postgresql.pgpass')),
     postgresBin: resolve(env.VMSNAP_POSTGRES_BIN || '/usr/lib/postgresql/15/bin'),
   };
 }
@@ -82,21 +118,21 @@ export interface ServiceStatus {
   note?: string;
 }
 
-interface Service {
+export interface Service {
   name: string;
   up(): Promise<ServiceStatus>;
   down(): Promise<string>;
   status(): Promise<ServiceStatus>;
 }
 
-async function httpOk(url: string): Promise<boolean> {
+export async function httpOk(url: string): Promise<boolean> {
   const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
   await res.body?.cancel();
   return res.ok;
 }
 
 /** A service we run ourselves from a binary, tracked by a pid file under the data dir. */
-function ownedService(spec: {
+export function ownedService(spec: {
   name: string;
   program: string;
   ports: () => number[];
@@ -353,7 +389,12 @@ const PG_DATABASE = 'vmsnap';
 
 function postgresPaths(cfg: StackConfig) {
   const cluster = join(cfg.dataDir, 'postgresql');
-  return { cluster, pgdata: join(cluster, 'data'), passfile: join(cfg.dataDir, 'postgresql.pgpass'), pidFile: join(cfg.dataDir, 'run', 'postgresql.pid') };
+  return { cluster, pgdata: join(cluster, 'data'), passfile: cfg.postgresPassfile, pidFile: join(cfg.dataDir, 'run', 'postgresql.pid') };
+}
+
+/** How another program logs in to the stack's PostgreSQL (the password read when asked). */
+export function postgresAccess(cfg: StackConfig) {
+  return { user: PG_USER, database: PG_DATABASE, password: () => stackPassword(cfg) };
 }
 
 /** The stack's database as a store URL (for VMSNAP_STORE_URL); the password stays in its file. */
@@ -573,7 +614,16 @@ function keystoneService(cfg: StackConfig): Service {
 }
 
 export function services(cfg: StackConfig): Service[] {
-  return [libvirtService(cfg), keystoneService(cfg), glanceService(cfg), temporalService(cfg), postgresService(cfg)];
+  const base = [libvirtService(cfg), keystoneService(cfg), glanceService(cfg)];
+  // The cluster keeps its state in PostgreSQL: the database first.
+  if (cfg.temporalMode === 'cluster') return [...base, postgresService(cfg), ...clusterServices(cfg)];
+  return [...base, temporalService(cfg), postgresService(cfg)];
+}
+
+/** Every service `down` stops, both Temporal modes', in stopping order: a mode switched is no leak. */
+export function servicesToStop(cfg: StackConfig): Service[] {
+  const cluster = services({ ...cfg, temporalMode: 'cluster' }).reverse();
+  return [...cluster.slice(0, 2), temporalService(cfg), ...cluster.slice(2)];
 }
 
 /** Environment a vmsnap worker or client needs to use this stack. */
@@ -588,6 +638,7 @@ export function clientEnv(cfg: StackConfig): Record<string, string> {
     VMSNAP_DATA_DIR: cfg.dataDir,
     VMSNAP_LIBVIRT_URI: cfg.libvirtUri,
     VMSNAP_TEMPORAL_UI_URL: `http://127.0.0.1:${cfg.temporalUiPort}`,
+    VMSNAP_TEMPORAL_MODE: cfg.temporalMode,
     // For tests and for VMSNAP_STORE_URL by choice: the stack's workers keep SQLite by default.
     VMSNAP_POSTGRES_URL: postgresUrl(cfg),
   };

@@ -6,17 +6,30 @@ import { existsSync, readFileSync } from 'node:fs';
 import { it } from 'node:test';
 import { execa } from 'execa';
 import { parse } from 'yaml';
+import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
 
 it('docker-compose.yml validates and names the deployment services', async () => {
   const { stdout } = await execa('docker-compose', ['-f', 'docker-compose.yml', 'config']);
-  for (const service of ['postgresql', 'temporal', 'temporal-ui', 'vmsnap-worker']) {
+  const names = ['postgresql', 'temporal-schema', 'temporal', 'temporal-register', 'temporal-ui', 'vmsnap-worker'];
+  for (const service of names) {
     assert.match(stdout, new RegExp(`^  ${service}:`, 'm'), `service ${service} missing`);
   }
   const services = (await execa('docker-compose', ['-f', 'docker-compose.yml', 'config', '--services'])).stdout.split('\n');
-  assert.equal(services.length, 4);
+  assert.equal(services.length, names.length);
   assert.ok(existsSync('Dockerfile'), 'the worker service builds from ./Dockerfile');
-  const worker = (parse(stdout) as { services: Record<string, { command?: string[] }> }).services['vmsnap-worker'];
+  type Svc = { command?: string[]; image?: string; depends_on?: Record<string, { condition: string }>; environment?: Record<string, string> };
+  const all = (parse(stdout) as { services: Record<string, Svc> }).services;
+  const worker = all['vmsnap-worker'];
   assert.deepEqual(worker?.command, ['node', '--max-semi-space-size=1', 'dist/worker/main.js', '--role', 'main']);
+  // The shape the stack's cluster mode runs: the Temporal server (not auto-setup) on PostgreSQL,
+  // its schemas by temporal-sql-tool first, vmsnap's search attributes registered before the worker.
+  assert.match(all.temporal?.image ?? '', /^temporalio\/server:/);
+  assert.equal(all.temporal?.environment?.DB, 'postgres12');
+  assert.equal(all.temporal?.depends_on?.['temporal-schema']?.condition, 'service_completed_successfully');
+  assert.match(all['temporal-schema']?.command?.join('\n') ?? '', /temporal-sql-tool[\s\S]*update-schema --schema-name postgresql\/v12/);
+  const register = all['temporal-register']?.command?.join('\n') ?? '';
+  for (const name of Object.values(SEARCH_ATTRIBUTES)) assert.match(register, new RegExp(name), `search attribute ${name} registered`);
+  assert.equal(worker?.depends_on?.['temporal-register']?.condition, 'service_completed_successfully');
 });
 
 it('the Dockerfile builds in one stage and runs dist/ with production dependencies in the last', () => {
