@@ -369,7 +369,7 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     assert.deepEqual(json(del), { scheduleId: scheduleIdOf(timed), deleted: true });
     const gone = await vmsnap(h, ['schedule', 'describe', timed]);
     assertOneLineError(gone, 3, new RegExp(`no vmsnap schedule ${timed}: see vmsnap schedule list`));
-    assert.ok(await h.glance.getImage(newest), 'deleting a schedule keeps its images');
+    for (const id of [protectedId, ...newestTwo]) assert.ok(await h.glance.getImage(id), `deleting a schedule keeps its images (${id})`);
   });
 
   it('the CLI: create with cron, list, describe, pause and unpause with a note, delete; bad input exits 2', async () => {
