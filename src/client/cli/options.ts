@@ -2,8 +2,11 @@
 // the command line, and the few formats of times.
 import { InvalidArgumentError } from 'commander';
 import { readFileSync } from 'node:fs';
-import type { InputProblem } from '../../shared/validation.js';
+import { VmsnapError } from '../../shared/errors.js';
+import { validateSnapshotRequest, type InputProblem } from '../../shared/validation.js';
+import { instanceAliases } from '../inventory.js';
 import { formatDuration } from '../progress.js';
+import type { Session } from './session.js';
 
 export const SETTINGS_HELP = `Settings (environment, or a JSON file named by VMSNAP_CONFIG_FILE):
   TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_*   the Temporal frontend, read as the temporal CLI
@@ -70,4 +73,16 @@ export function age(iso: string | undefined): string {
 
 export function since(iso: string | undefined): string {
   return iso ? `${iso.replace('T', ' ').slice(0, 19)}Z` : '-';
+}
+
+/**
+ * A list command's --instance: refused unless it is an instance UUID or name, then widened to the
+ * names the inventory knows it by (a run started by name is found by UUID, and the other way).
+ */
+export async function instanceFilter(session: Session, instance: string | undefined): Promise<string[] | undefined> {
+  if (instance === undefined) return undefined;
+  if (validateSnapshotRequest({ instance, imageName: 'x' }).length) {
+    throw new VmsnapError('InvalidInput', `--instance "${instance}" is not an instance UUID or name: give one as virsh list shows it`);
+  }
+  return [instance, ...(await instanceAliases(session.getConfig(), instance))];
 }

@@ -3,7 +3,7 @@
 import { Option, type Command } from 'commander';
 import { VmsnapError } from '../../shared/errors.js';
 import type { RestoreRequest, RestoreResult, RollbackResult } from '../../shared/types.js';
-import { validateRestoreRequest, validateRollbackRequest, validateSnapshotRequest } from '../../shared/validation.js';
+import { validateRestoreRequest, validateRollbackRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
 import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
@@ -23,7 +23,7 @@ import {
 } from '../restores.js';
 import { LISTABLE_STATUSES, oneLine, type ListableStatus, type SnapshotProgressDetails } from '../snapshots.js';
 import { describeProgress, followWork, outcomeOf } from './follow.js';
-import { describeCliProblem, positiveInt, since } from './options.js';
+import { describeCliProblem, instanceFilter, positiveInt, since } from './options.js';
 import { table, withGlobals, type GlobalOptions, type Session } from './session.js';
 
 export function registerRestoreCommands(program: Command, session: Session): void {
@@ -146,28 +146,13 @@ export function registerRestoreCommands(program: Command, session: Session): voi
     .addOption(new Option('--status <status>', 'only restores in this state').choices(Object.keys(LISTABLE_STATUSES)))
     .option('--limit <n>', 'at most this many', positiveInt, 20)
     .action(withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
-      const config = session.getConfig();
-      if (opts.instance !== undefined && validateSnapshotRequest({ instance: opts.instance, imageName: 'x' }).length) {
-        throw new VmsnapError('InvalidInput', `--instance "${opts.instance}" is not an instance UUID or name: give one as virsh list shows it`);
-      }
-      const client = await session.getClient();
-      const instance = opts.instance !== undefined ? [opts.instance, ...(await instanceAliases(config, opts.instance))] : undefined;
-      const rows = await listRestores(client, { instance, status: opts.status, limit: opts.limit });
-      if (g.json) {
-        session.json(rows);
-        return;
-      }
-      if (!rows.length) {
-        session.say(g, 'no restores found');
-        return;
-      }
-      session.say(
-        g,
-        table([
-          ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
-          ...rows.map((r) => [r.workflowId, r.action, r.status, r.phase ?? '-', r.instanceId ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)]),
-        ]),
-      );
+      const instance = await instanceFilter(session, opts.instance);
+      const rows = await listRestores(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
+      session.showList(g, rows, {
+        empty: 'no restores found',
+        header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
+        row: (r) => [r.workflowId, r.action, r.status, r.phase ?? '-', r.instanceId ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
+      });
     }));
 
   restore

@@ -23,7 +23,7 @@ import {
   type SnapshotSummary,
 } from '../snapshots.js';
 import { describeProgress, follow, outcomeOf, waitAndReport, type Outcome } from './follow.js';
-import { describeCliProblem, metadataOption, positiveInt, since } from './options.js';
+import { describeCliProblem, instanceFilter, metadataOption, positiveInt, since } from './options.js';
 import { table, withGlobals, type Session } from './session.js';
 
 export function registerSnapshotCommands(program: Command, session: Session): void {
@@ -130,13 +130,8 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
     .addOption(new Option('--status <status>', 'only snapshots in this state').choices(Object.keys(LISTABLE_STATUSES)))
     .option('--limit <n>', 'at most this many', positiveInt, 20)
     .action(withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
-      const config = session.getConfig();
-      if (opts.instance !== undefined && validateSnapshotRequest({ instance: opts.instance, imageName: 'x' }).length) {
-        throw new VmsnapError('InvalidInput', `--instance "${opts.instance}" is not an instance UUID or name: give one as virsh list shows it`);
-      }
-      const client = await session.getClient();
-      const instance = opts.instance !== undefined ? [opts.instance, ...(await instanceAliases(config, opts.instance))] : undefined;
-      const rows = await listSnapshots(client, { instance, status: opts.status, limit: opts.limit });
+      const instance = await instanceFilter(session, opts.instance);
+      const rows = await listSnapshots(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
       session.showList(g, rows, {
         empty: 'no snapshots found',
         header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
