@@ -31,7 +31,16 @@ import pg from 'pg';
 import { parsePostgresUrl } from '../src/shared/config.js';
 import { postgresClientConfig } from '../src/store/postgres.js';
 import { createStore } from '../src/store/index.js';
-import { cancelAndWait, deleteImage, liveModeAvailable, runBare, runVmsnap, type BareCtx, type GlanceCtx, type VmsnapCtx } from './lib/variants.js';
+import {
+  cancelAndWait,
+  deleteImage,
+  liveModeAvailable,
+  runBare,
+  runVmsnap,
+  type BareCtx,
+  type GlanceCtx,
+  type VmsnapCtx,
+} from './lib/variants.js';
 import { hashCpuSPerGiB, runtimeFloorKiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -116,7 +125,8 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   cleanups.push({
     what: 'delete images',
     run: async () => {
-      for (const id of [...glance.created]) await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
+      for (const id of [...glance.created])
+        await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
     },
   });
   if (opts.section === 'fleet' && opts.fleet) return runFleet(opts, opts.fleet, stack, glance, workDir, startedAt, tag);
@@ -133,7 +143,13 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   });
   const newGuest = async (name: string, spec: Pick<DiskSpec, 'virtualMiB' | 'dataMiB'>, intervalMs?: number): Promise<Guest> => {
     guests.add(name); // before it exists: a half-made guest is removed too
-    return createDataGuest({ ...place, name, spec, randomFile: join(workDir, 'random.bin'), ...(intervalMs !== undefined ? { intervalMs } : {}) });
+    return createDataGuest({
+      ...place,
+      name,
+      spec,
+      randomFile: join(workDir, 'random.bin'),
+      ...(intervalMs !== undefined ? { intervalMs } : {}),
+    });
   };
   const dropGuest = async (name: string) => {
     const problem = await removeGuestQuietly(name, place.guestsDir);
@@ -198,7 +214,14 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     return worker;
   };
   // The spread copies a reference to glance.created: every variant's images land in one set.
-  const vmsnapCtx = (w: BenchWorker): VmsnapCtx => ({ ...glance, client, taskQueue: workerEnv.VMSNAP_TASK_QUEUE!, workerPid: w.pid, timeoutMs: opts.runTimeoutMs, running });
+  const vmsnapCtx = (w: BenchWorker): VmsnapCtx => ({
+    ...glance,
+    client,
+    taskQueue: workerEnv.VMSNAP_TASK_QUEUE!,
+    workerPid: w.pid,
+    timeoutMs: opts.runTimeoutMs,
+    running,
+  });
   const bareCtx: BareCtx = { ...glance, libvirtUri: stack.libvirtUri, workDir, timeoutMs: opts.runTimeoutMs };
 
   // Built once up front: guests booted in parallel would each build them, racing on the same files.
@@ -227,7 +250,10 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       startedAt: startedAt.toISOString(),
       command: `npm run bench -- ${process.argv.slice(2).join(' ')}`,
       disks: opts.disks,
-      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} at end`,
+      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os
+        .loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')} at end`,
     });
     for (const t of targets) log(`target ${t}`);
     log(`wrote ${join(out, 'write-stalls.json')}, write-stalls.md`);
@@ -253,7 +279,10 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     await mkdir(out, { recursive: true });
     const targets = await writeRestoreResults(out, restoreSamples, {
       startedAt: startedAt.toISOString(),
-      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} at end`,
+      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os
+        .loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')} at end`,
       notes: [
         'downtime: libvirt lifecycle events Stopped → Started as `virsh event` receives them, the same watch for both variants.',
         'bare: curl GET of the image file, qemu-img convert -O qcow2, virsh destroy, mv over the disk (the old disk is gone), virsh start.',
@@ -284,7 +313,10 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     await mkdir(out, { recursive: true });
     await writeStartupResults(out, r, {
       startedAt: startedAt.toISOString(),
-      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os.loadavg().map((l) => l.toFixed(2)).join(' ')} at end`,
+      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os
+        .loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')} at end`,
       notes: [
         'start → polling: from spawn to the worker’s start-up line, which it logs once every worker of it (main, host, slots) polls.',
         `idle RSS: /proc/<pid>/status VmRSS every 100 ms over ${opts.idleMs} ms, from 1 s after that line; median.`,
@@ -369,7 +401,9 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
           log(`scale: ${n} at once, ${mode}, round ${rep}`);
           const s = await runScaleLevel({ n, mode, rep, guests: have, bare: bareCtx, vmsnap: vmsnapCtx(w), imagePrefix: prefix });
           scale.push(s);
-          log(`scale: ${n} ${mode}: wall ${Math.round(s.wallMs)} ms, ${s.failures} failed${s.maxConcurrentConverts !== undefined ? `, at most ${s.maxConcurrentConverts} copies at once` : ''}`);
+          log(
+            `scale: ${n} ${mode}: wall ${Math.round(s.wallMs)} ms, ${s.failures} failed${s.maxConcurrentConverts !== undefined ? `, at most ${s.maxConcurrentConverts} copies at once` : ''}`,
+          );
         }
       }
     }
@@ -408,8 +442,12 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     `Order: variants alternate run by run (the first variant of run k is the k-th); ${warmups} unmeasured warm-up round(s) per disk; images are deleted after each run, outside the timings.`,
     `Guests: the counter test guest (scripts/lib/guest.ts) under TCG, 1 vCPU, 128 MiB, counting every 20 ms; scale guests count every ${SCALE_GUEST_INTERVAL_MS} ms so 20 TCG guests do not saturate the host’s CPUs by themselves.`,
   );
-  if (stack.kind === 'own') notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
-  else notes.push(`Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`);
+  if (stack.kind === 'own')
+    notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
+  else
+    notes.push(
+      `Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`,
+    );
   if (!live.available && opts.modes.includes('live')) notes.push(`vmsnap live: not yet available: ${live.reason}`);
 
   const summary = summarize(opts.disks, modes, samples);
@@ -422,7 +460,13 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     options: opts,
     stack: { kind: stack.kind, glanceUrl: glance.glanceUrl, temporal: stack.env.TEMPORAL_ADDRESS ?? '', dataDir: stack.dataDir },
     machine,
-    worker: { ...(hostLimit ? { hostLimit } : {}), hostLimitNote, logLevel: workerEnv.VMSNAP_LOG_LEVEL ?? 'INFO', runtimeFloorKiB: floor, hashCpuSPerGiB: hashCost },
+    worker: {
+      ...(hostLimit ? { hostLimit } : {}),
+      hostLimitNote,
+      logLevel: workerEnv.VMSNAP_LOG_LEVEL ?? 'INFO',
+      runtimeFloorKiB: floor,
+      hashCpuSPerGiB: hashCost,
+    },
     live,
     notes,
     samples,
@@ -449,13 +493,22 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       log(`no PNG: ${(err as Error).message}`);
     }
   }
-  for (const t of results.targets) log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
+  for (const t of results.targets)
+    log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
   for (const e of errors) log(`error: ${e}`);
   return errors.length || samples.some((s) => !s.ok) ? 1 : 0;
 }
 
 /** The fleet section: its own store database, the cluster's server restart as a fault. */
-async function runFleet(opts: BenchOptions, fleet: NonNullable<BenchOptions['fleet']>, stack: BenchStack, glance: GlanceCtx, workDir: string, startedAt: Date, tag: string): Promise<number> {
+async function runFleet(
+  opts: BenchOptions,
+  fleet: NonNullable<BenchOptions['fleet']>,
+  stack: BenchStack,
+  glance: GlanceCtx,
+  workDir: string,
+  startedAt: Date,
+  tag: string,
+): Promise<number> {
   const stackUrl = stack.env.VMSNAP_POSTGRES_URL!;
   const database = `vmsnap_fleet_${tag}`;
   const admin = new pg.Client(postgresClientConfig(parsePostgresUrl(stackUrl, 'VMSNAP_POSTGRES_URL')));

@@ -131,16 +131,29 @@ export async function runFleetBench(ctx: {
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', template, '16M']);
   await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 1M', template]);
   const perHost = Math.ceil(opts.snapshots / opts.hosts);
-  const hostNames = Array.from({ length: opts.hosts }, (_, h) => `fleet-p${String(h % opts.procs).padStart(2, '0')}-h${String(h).padStart(3, '0')}`);
+  const hostNames = Array.from(
+    { length: opts.hosts },
+    (_, h) => `fleet-p${String(h % opts.procs).padStart(2, '0')}-h${String(h).padStart(3, '0')}`,
+  );
   const instances: { id: string; host: string }[] = [];
   for (const host of hostNames) {
     for (const id of await SimulatedHypervisor.provision(join(dir, host), host, perHost, template, uuidOf)) instances.push({ id, host });
   }
-  log(`fleet: ${opts.hosts} simulated hosts in ${opts.procs} processes, ${instances.length} instances, ${opts.snapshots} snapshots, copies of ${opts.copyMs} ms`);
+  log(
+    `fleet: ${opts.hosts} simulated hosts in ${opts.procs} processes, ${instances.length} instances, ${opts.snapshots} snapshots, copies of ${opts.copyMs} ms`,
+  );
 
-  const env: Record<string, string> = { ...ctx.workerEnv, VMSNAP_MAX_CONCURRENT_SNAPSHOTS: String(opts.hostLimit), VMSNAP_PAUSE_WATCH_MS: '2000' };
+  const env: Record<string, string> = {
+    ...ctx.workerEnv,
+    VMSNAP_MAX_CONCURRENT_SNAPSHOTS: String(opts.hostLimit),
+    VMSNAP_PAUSE_WATCH_MS: '2000',
+  };
   const spawnLogged = (args: string[], extra: Record<string, string>, ready: RegExp, lines: string[]) => {
-    const child = spawn(process.execPath, args, { cwd: ctx.root, env: { ...process.env, ...env, ...extra }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, {
+      cwd: ctx.root,
+      env: { ...process.env, ...env, ...extra },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     const isReady = new Promise<void>((resolve, reject) => {
       for (const stream of [child.stdout!, child.stderr!]) {
         createInterface({ input: stream }).on('line', (line) => {
@@ -160,7 +173,12 @@ export async function runFleetBench(ctx: {
   const startProc = async (index: number) => {
     const hosts = hostNames.filter((_, h) => h % opts.procs === index);
     const lines: string[] = [];
-    const p = spawnLogged(['--import', 'tsx', 'bench/fleet-worker.ts'], { FLEET_HOSTS: hosts.join(','), FLEET_DIR: dir, FLEET_COPY_MS: String(opts.copyMs) }, /fleet process ready/, lines);
+    const p = spawnLogged(
+      ['--import', 'tsx', 'bench/fleet-worker.ts'],
+      { FLEET_HOSTS: hosts.join(','), FLEET_DIR: dir, FLEET_COPY_MS: String(opts.copyMs) },
+      /fleet process ready/,
+      lines,
+    );
     procs[index] = { index, hosts, child: p.child, lines };
     await p.ready;
   };
@@ -183,7 +201,7 @@ export async function runFleetBench(ctx: {
     log(`fleet: main worker and ${opts.procs} fleet processes polling after ${((Date.now() - tStart) / 1000).toFixed(1)} s`);
     // Discovery fills the store from each host's listInstances.
     const known = async () => (await store.listInstances()).length;
-    for (let t = Date.now(); (await known()) < instances.length; ) {
+    for (let t = Date.now(); (await known()) < instances.length;) {
       if (Date.now() - t > 120_000) throw new Error(`only ${await known()} of ${instances.length} instances discovered after 120 s`);
       await sleep(1000);
     }
@@ -207,7 +225,12 @@ export async function runFleetBench(ctx: {
         let describeMs: number | undefined;
         if (lastHandle) {
           const t1 = performance.now();
-          describeMs = (await lastHandle.describe().then(() => true).catch(() => false)) ? performance.now() - t1 : undefined;
+          describeMs = (await lastHandle
+            .describe()
+            .then(() => true)
+            .catch(() => false))
+            ? performance.now() - t1
+            : undefined;
         }
         probes.push({ at, storeMs, ...(describeMs !== undefined ? { describeMs } : {}) });
         await sleep(1000);
@@ -216,7 +239,15 @@ export async function runFleetBench(ctx: {
 
     const one = async (i: number, stage: number) => {
       const inst = order[i]!;
-      const run: Run = { i, instance: inst.id, host: inst.host, mode: i % 2 ? 'live' : 'cold', stage, startedAt: Date.now(), startRpcMs: 0 };
+      const run: Run = {
+        i,
+        instance: inst.id,
+        host: inst.host,
+        mode: i % 2 ? 'live' : 'cold',
+        stage,
+        startedAt: Date.now(),
+        startRpcMs: 0,
+      };
       runs.push(run);
       const imageName = `fleet-${process.pid}-${String(i).padStart(4, '0')}`;
       let handle: WorkflowHandle | undefined;
@@ -245,7 +276,9 @@ export async function runFleetBench(ctx: {
           run.imageId = r.imageId;
           ctx.glance.created.add(r.imageId);
         } catch (err) {
-          if (err instanceof WorkflowFailedError) run.outcome = err.cause instanceof ApplicationFailure ? (err.cause.type ?? 'ApplicationFailure') : (err.cause?.name ?? 'failed');
+          if (err instanceof WorkflowFailedError)
+            run.outcome =
+              err.cause instanceof ApplicationFailure ? (err.cause.type ?? 'ApplicationFailure') : (err.cause?.name ?? 'failed');
           else if (tries > 120) run.outcome = `lost: ${(err as Error).message}`;
           else await sleep(1000);
         }
@@ -297,10 +330,14 @@ export async function runFleetBench(ctx: {
         startRpcMs: p50p95(done.map((r) => r.startRpcMs)),
         storeMs: p50p95(inStage.map((p) => p.storeMs)),
         temporalDescribeMs: p50p95(inStage.flatMap((p) => (p.describeMs !== undefined ? [p.describeMs] : []))),
-        cores: Object.fromEntries(Object.entries(cpu1).map(([k, v]) => [k, Math.round(((v - (cpu0 as Record<string, number>)[k]!) / wallS) * 100) / 100])),
+        cores: Object.fromEntries(
+          Object.entries(cpu1).map(([k, v]) => [k, Math.round(((v - (cpu0 as Record<string, number>)[k]!) / wallS) * 100) / 100]),
+        ),
       };
       stages.push(stage);
-      log(`fleet stage ${s + 1}: ${inFlight} in flight, ${stage.snapshots} snapshots in ${stage.wallS} s = ${stage.perMinute}/min; end-to-end p50 ${stage.endToEndMs.p50} ms; start RPC p95 ${stage.startRpcMs.p95} ms; store p95 ${stage.storeMs.p95} ms; cores ${JSON.stringify(stage.cores)}`);
+      log(
+        `fleet stage ${s + 1}: ${inFlight} in flight, ${stage.snapshots} snapshots in ${stage.wallS} s = ${stage.perMinute}/min; end-to-end p50 ${stage.endToEndMs.p50} ms; start RPC p95 ${stage.startRpcMs.p95} ms; store p95 ${stage.storeMs.p95} ms; cores ${JSON.stringify(stage.cores)}`,
+      );
     }
     probing = false;
     await probe;
@@ -312,7 +349,9 @@ export async function runFleetBench(ctx: {
       const at = Date.now();
       const inFlightThere = runs.filter((r) => r.endedAt === undefined && victimHosts.has(r.host));
       for (const v of victims) v.child.kill('SIGKILL');
-      log(`fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`);
+      log(
+        `fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`,
+      );
       await sleep(5000);
       for (const v of victims) await startProc(v.index);
       const restartedAt = Date.now();
@@ -332,7 +371,9 @@ export async function runFleetBench(ctx: {
       const inFlight = runs.filter((r) => r.endedAt === undefined);
       await ctx.restartTemporal();
       const up = Date.now();
-      log(`fleet fault: Temporal server restarted (${((up - at) / 1000).toFixed(1)} s until healthy), ${inFlight.length} snapshots in flight`);
+      log(
+        `fleet fault: Temporal server restarted (${((up - at) / 1000).toFixed(1)} s until healthy), ${inFlight.length} snapshots in flight`,
+      );
       while (!runs.some((r) => (r.endedAt ?? 0) > up)) await sleep(100);
       const firstAfter = Math.min(...runs.filter((r) => (r.endedAt ?? 0) > up).map((r) => r.endedAt!));
       while (inFlight.some((r) => r.endedAt === undefined)) await sleep(200);
@@ -406,7 +447,9 @@ export async function writeFleetResults(out: string, r: FleetResults, meta: { st
     '',
     `**Overall**: ${r.overall.snapshots} snapshots in ${r.overall.wallS} s = **${r.overall.perMinute} snapshots/min**; outcomes ${JSON.stringify(r.outcomes)}.`,
     '',
-    '| in flight | snapshots | wall s | per min | end-to-end p50 / p95 ms | start RPC p50 / p95 ms | store read p50 / p95 ms | Temporal describe p50 / p95 ms | ' + cores.map((c) => `${c} cores`).join(' | ') + ' |',
+    '| in flight | snapshots | wall s | per min | end-to-end p50 / p95 ms | start RPC p50 / p95 ms | store read p50 / p95 ms | Temporal describe p50 / p95 ms | ' +
+      cores.map((c) => `${c} cores`).join(' | ') +
+      ' |',
     '|' + ' --- |'.repeat(8 + cores.length),
     ...r.stages.map(
       (s) =>

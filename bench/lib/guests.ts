@@ -11,7 +11,10 @@ import type { DiskSpec } from './options.js';
 
 /** Writes `mib` MiB of random bytes (kept if already there and big enough). */
 export async function ensureRandomFile(file: string, mib: number): Promise<void> {
-  const have = await stat(file).then((s) => s.size, () => 0);
+  const have = await stat(file).then(
+    (s) => s.size,
+    () => 0,
+  );
   if (have >= mib * 1024 * 1024) return;
   const out = createWriteStream(file, { mode: 0o600 });
   for (let i = 0; i < mib; i++) {
@@ -31,7 +34,9 @@ export interface GuestPlace {
  * records at 1 MiB and size - 1 MiB; random so that neither zero detection nor compression can
  * make it smaller than it is.
  */
-export async function createDataGuest(opts: GuestPlace & { name: string; spec: Pick<DiskSpec, 'virtualMiB' | 'dataMiB'>; randomFile?: string; intervalMs?: number }): Promise<Guest> {
+export async function createDataGuest(
+  opts: GuestPlace & { name: string; spec: Pick<DiskSpec, 'virtualMiB' | 'dataMiB'>; randomFile?: string; intervalMs?: number },
+): Promise<Guest> {
   const { spec } = opts;
   return createGuest({
     name: opts.name,

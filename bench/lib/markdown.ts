@@ -3,7 +3,8 @@ import type { Mode } from './options.js';
 import type { BenchResults, DiskSummary, ModeSummary, Target } from './results.js';
 
 const fmt = (v: number | undefined, digits = 0) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
-const ms = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
+const ms = (v: number | undefined) =>
+  v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`;
 const mib = (v: number | undefined) => fmt(v, v !== undefined && Math.abs(v) < 10 ? 1 : 0);
 const x = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : `${v.toFixed(2)}×`);
 
@@ -30,10 +31,26 @@ function diskTable(d: DiskSummary, modes: Mode[]): string[] {
   const row = (label: string, get: (s: ModeSummary) => string, ratioOf?: (m: Mode) => number | undefined) => {
     rows.push([label, bare ? get(bare) : '–', ...vm.flatMap((m) => [d.modes[m] ? get(d.modes[m]) : '–', ratioOf ? x(ratioOf(m)) : ''])]);
   };
-  row('guest-visible pause (QEMU STOP→RESUME)', (s) => ms(s.pauseMs), (m) => d.ratios[m]?.pause);
-  row('end-to-end wall time', (s) => ms(s.wallMs), (m) => d.ratios[m]?.wall);
-  row('upload throughput, MiB/s', (s) => fmt(s.throughputMiBps, 1), (m) => d.ratios[m]?.throughput);
-  row('guest progress during snapshot (vs idle)', (s) => `${fmt(s.progressRatio * 100)} %`, (m) => d.ratios[m]?.progress);
+  row(
+    'guest-visible pause (QEMU STOP→RESUME)',
+    (s) => ms(s.pauseMs),
+    (m) => d.ratios[m]?.pause,
+  );
+  row(
+    'end-to-end wall time',
+    (s) => ms(s.wallMs),
+    (m) => d.ratios[m]?.wall,
+  );
+  row(
+    'upload throughput, MiB/s',
+    (s) => fmt(s.throughputMiBps, 1),
+    (m) => d.ratios[m]?.throughput,
+  );
+  row(
+    'guest progress during snapshot (vs idle)',
+    (s) => `${fmt(s.progressRatio * 100)} %`,
+    (m) => d.ratios[m]?.progress,
+  );
   row('guest write stall during the copy (QEMU wr_req, worst run)', (s) => ms(s.copyWriteStallMs));
   row('guest write stall when idle (worst run)', (s) => ms(s.idleWriteStallMs));
   row('guest write rate during the copy (vs idle)', (s) => (s.copyWriteRatio === undefined ? '–' : `${fmt(s.copyWriteRatio * 100)} %`));
@@ -46,7 +63,13 @@ function diskTable(d: DiskSummary, modes: Mode[]): string[] {
   row('fsync of the copy (bare, diagnostic, not in its times)', (s) => ms(s.fsyncMs));
   row('upload throughput from /proc fd window, MiB/s', (s) => fmt(s.uploadFdThroughputMiBps, 1));
   row('uploader CPU per GiB uploaded (curl / worker), s', (s) => fmt(s.uploaderCpuSPerGiB, 2));
-  row('consistency (vmsnap result)', (s) => (s.consistency ? Object.entries(s.consistency).map(([k, n]) => `${k} ×${n}`).join(', ') : '–'));
+  row('consistency (vmsnap result)', (s) =>
+    s.consistency
+      ? Object.entries(s.consistency)
+          .map(([k, n]) => `${k} ×${n}`)
+          .join(', ')
+      : '–',
+  );
   row('wall time range (min–max)', (s) => `${ms(s.wallRangeMs[0])}–${ms(s.wallRangeMs[1])}`);
   row('pause range (min–max)', (s) => `${ms(s.pauseRangeMs[0])}–${ms(s.pauseRangeMs[1])}`);
   row('runs (failed)', (s) => `${s.runs} (${s.failures})`);
@@ -60,7 +83,9 @@ function phases(d: DiskSummary, modes: Mode[]): string[] {
   for (const m of modes) {
     const s = d.modes[m];
     if (!s) continue;
-    const parts = Object.entries(s.phasesMs).filter(([, v]) => Number.isFinite(v)).map(([k, v]) => `${k} ${ms(v)}`);
+    const parts = Object.entries(s.phasesMs)
+      .filter(([, v]) => Number.isFinite(v))
+      .map(([k, v]) => `${k} ${ms(v)}`);
     lines.push(`- ${m}: ${parts.join(', ') || '–'}`);
   }
   return lines;
@@ -90,7 +115,10 @@ export function renderMarkdown(r: BenchResults): string {
   out.push('');
   out.push('| target | scope | measured | limit | result | by how much |');
   out.push('| --- | --- | ---: | ---: | --- | --- |');
-  for (const t of r.targets) out.push(`| ${t.label} | ${t.scope} | ${targetValue(t)} | ${targetLimit(t)} | ${verdict(t)} | ${t.margin}${t.note ? ` (${t.note})` : ''} |`);
+  for (const t of r.targets)
+    out.push(
+      `| ${t.label} | ${t.scope} | ${targetValue(t)} | ${targetLimit(t)} | ${verdict(t)} | ${t.margin}${t.note ? ` (${t.note})` : ''} |`,
+    );
   out.push('');
   if (!r.live.available) out.push(`vmsnap live: not yet available (${r.live.reason ?? 'unknown'}).`, '');
 
@@ -106,7 +134,9 @@ export function renderMarkdown(r: BenchResults): string {
     out.push('');
     for (const [mode, oh] of Object.entries(d.overheadMs)) {
       if (!oh) continue;
-      out.push(`Orchestration overhead (${mode} wall − bare wall): ${ms(oh.ofMedians)} (difference of medians), ${ms(oh.paired)} (median of per-run differences).`);
+      out.push(
+        `Orchestration overhead (${mode} wall − bare wall): ${ms(oh.ofMedians)} (difference of medians), ${ms(oh.paired)} (median of per-run differences).`,
+      );
     }
     out.push('');
     out.push('Phases (median):');
@@ -119,7 +149,9 @@ export function renderMarkdown(r: BenchResults): string {
     out.push('');
     out.push(`Host limit: ${r.worker.hostLimitNote}`);
     out.push('');
-    out.push('| concurrent | variant | round | wall | failures | per snapshot (median / max) | pause (median) | waiting for a host slot (median) | most copies at once | worker CPU | load (1 min) |');
+    out.push(
+      '| concurrent | variant | round | wall | failures | per snapshot (median / max) | pause (median) | waiting for a host slot (median) | most copies at once | worker CPU | load (1 min) |',
+    );
     out.push('| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
     const medOf = (xs: number[]) => {
       const s = [...xs].sort((a, b) => a - b);
@@ -135,8 +167,12 @@ export function renderMarkdown(r: BenchResults): string {
     out.push('');
     for (const [mode, g] of Object.entries(r.scaleGrowth)) {
       if (!g) continue;
-      const ratios = Object.entries(g.wallRatioToOne).map(([n, v]) => `${n}: ${x(v)}`).join(', ');
-      out.push(`- ${mode}: wall grows by ${g.msPerSnapshot !== undefined ? ms(g.msPerSnapshot) : '–'} per extra snapshot (least squares); wall relative to 1 at once: ${ratios}`);
+      const ratios = Object.entries(g.wallRatioToOne)
+        .map(([n, v]) => `${n}: ${x(v)}`)
+        .join(', ');
+      out.push(
+        `- ${mode}: wall grows by ${g.msPerSnapshot !== undefined ? ms(g.msPerSnapshot) : '–'} per extra snapshot (least squares); wall relative to 1 at once: ${ratios}`,
+      );
     }
     const errors = r.scale.flatMap((s) => s.errors.map((e) => `${s.mode} ×${s.n}: ${e}`));
     if (errors.length) out.push('', 'Failures:', ...errors.slice(0, 20).map((e) => `- ${e}`));
@@ -147,10 +183,14 @@ export function renderMarkdown(r: BenchResults): string {
   out.push('');
   const floor = r.worker.runtimeFloorKiB;
   if (floor.node || floor.nodeTsx) {
-    out.push(`- Memory floor on this machine: an idle \`node\` holds ${fmt((floor.node ?? NaN) / 1024)} MiB, an idle \`node --import tsx\` ${fmt((floor.nodeTsx ?? NaN) / 1024)} MiB (the worker runs under tsx).`);
+    out.push(
+      `- Memory floor on this machine: an idle \`node\` holds ${fmt((floor.node ?? NaN) / 1024)} MiB, an idle \`node --import tsx\` ${fmt((floor.nodeTsx ?? NaN) / 1024)} MiB (the worker runs under tsx).`,
+    );
   }
   if (Number.isFinite(r.worker.hashCpuSPerGiB)) {
-    out.push(`- Hashing floor on this machine: sha512 + md5 of 1 GiB cost ${r.worker.hashCpuSPerGiB.toFixed(2)} CPU-seconds in one Node thread (vmsnap hashes both while it uploads; curl hashes nothing).`);
+    out.push(
+      `- Hashing floor on this machine: sha512 + md5 of 1 GiB cost ${r.worker.hashCpuSPerGiB.toFixed(2)} CPU-seconds in one Node thread (vmsnap hashes both while it uploads; curl hashes nothing).`,
+    );
   }
   for (const n of r.notes) out.push(`- ${n}`);
   if (r.errors.length) {

@@ -85,7 +85,10 @@ function positive(name: string, raw: string): number {
 }
 
 function list<T extends string>(name: string, raw: string, allowed: readonly T[]): T[] {
-  const items = raw.split(',').map((s) => s.trim()).filter(Boolean);
+  const items = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const item of items) {
     if (!allowed.includes(item as T)) throw new Error(`--${name}: unknown "${item}" (allowed: ${allowed.join(', ')})`);
   }
@@ -134,7 +137,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const stack = values.stack ?? (quick && stackEnvPresent ? 'env' : 'own');
   if (stack !== 'own' && stack !== 'env') throw new Error(`--stack must be own or env (got "${stack}")`);
   if (stack === 'env' && !stackEnvPresent) {
-    throw new Error('--stack env needs TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")');
+    throw new Error(
+      '--stack env needs TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")',
+    );
   }
 
   const sizes = {
@@ -155,7 +160,9 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   for (const spec of Object.values(specs)) {
     // Data runs from 8 MiB on and must stay clear of record B at (size - 1 MiB).
     if (spec.dataMiB > 0 && 8 + spec.dataMiB > spec.virtualMiB - 2) {
-      throw new Error(`${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`);
+      throw new Error(
+        `${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`,
+      );
     }
   }
 
@@ -173,11 +180,21 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       copyMs: positive('fleet-copy-ms', values['fleet-copy-ms'] ?? '1000'),
       faults: faults === 'on',
     };
-    if (fleet.procs > fleet.hosts) throw new Error(`--fleet-procs ${fleet.procs} is more than --fleet-hosts ${fleet.hosts}: each process runs at least one host`);
+    if (fleet.procs > fleet.hosts)
+      throw new Error(`--fleet-procs ${fleet.procs} is more than --fleet-hosts ${fleet.hosts}: each process runs at least one host`);
     // Always a stack of its own: the fleet needs the Temporal cluster, and restarts it.
     return {
-      section, runs: 1, disks: [], modes: ['cold', 'live'], scale: [], scaleRuns: 1, quick, stack: 'own',
-      out: values.out ?? 'bench/results', png: false, idleMs: 0,
+      section,
+      runs: 1,
+      disks: [],
+      modes: ['cold', 'live'],
+      scale: [],
+      scaleRuns: 1,
+      quick,
+      stack: 'own',
+      out: values.out ?? 'bench/results',
+      png: false,
+      idleMs: 0,
       ...(values['host-limit'] ? { hostLimit: positive('host-limit', values['host-limit']) } : {}),
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
       fleet,
@@ -187,8 +204,17 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     // What the guest's writes feel: every disk size, the copy methods side by side.
     const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large'), DISK_KINDS).map((k) => specs[k]);
     return {
-      section, runs: positive('runs', values.runs ?? (quick ? '1' : '3')), disks, modes: ['cold', 'live'], scale: [], scaleRuns: 1, quick, stack,
-      out: values.out ?? 'bench/results', png: false, idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
+      section,
+      runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
+      disks,
+      modes: ['cold', 'live'],
+      scale: [],
+      scaleRuns: 1,
+      quick,
+      stack,
+      out: values.out ?? 'bench/results',
+      png: false,
+      idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
     };
   }
@@ -196,8 +222,17 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     // Downtime must not grow with the image: the small and the large disk side by side.
     const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large,xlarge'), DISK_KINDS).map((k) => specs[k]);
     return {
-      section, runs: positive('runs', values.runs ?? (quick ? '1' : '5')), disks, modes: ['bare'], scale: [], scaleRuns: 1, quick, stack,
-      out: values.out ?? 'bench/results', png: false, idleMs: 0,
+      section,
+      runs: positive('runs', values.runs ?? (quick ? '1' : '5')),
+      disks,
+      modes: ['bare'],
+      scale: [],
+      scaleRuns: 1,
+      quick,
+      stack,
+      out: values.out ?? 'bench/results',
+      png: false,
+      idleMs: 0,
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
     };
   }
@@ -205,8 +240,17 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     // The large disk's upload is what the worker's memory is measured on.
     const large = quick ? { ...specs.large, virtualMiB: 64, dataMiB: 32 } : specs.large;
     return {
-      section, runs: positive('runs', values.runs ?? (quick ? '1' : '3')), disks: [large], modes: ['bare', 'cold'], scale: [], scaleRuns: 1, quick, stack,
-      out: values.out ?? 'bench/results', png: false, idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
+      section,
+      runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
+      disks: [large],
+      modes: ['bare', 'cold'],
+      scale: [],
+      scaleRuns: 1,
+      quick,
+      stack,
+      out: values.out ?? 'bench/results',
+      png: false,
+      idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
     };
   }
@@ -214,7 +258,15 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const modes = list('modes', values.modes ?? (quick ? 'bare,cold' : MODES.join(',')), MODES);
   if (!modes.includes('bare')) throw new Error('--modes must include bare: every figure is a ratio to bare in the same run');
   const scaleRaw = values.scale ?? (quick ? '1' : '1,5,10,20');
-  const scale = [...new Set(scaleRaw.split(',').map((s) => s.trim()).filter(Boolean).map((s) => positive('scale', s)))].sort((a, b) => a - b);
+  const scale = [
+    ...new Set(
+      scaleRaw
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+        .map((s) => positive('scale', s)),
+    ),
+  ].sort((a, b) => a - b);
   return {
     section,
     runs: positive('runs', values.runs ?? (quick ? '1' : '5')),

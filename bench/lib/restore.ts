@@ -34,7 +34,10 @@ export interface RestoreSample {
 
 /** Watches a domain's lifecycle events; downtime is the first Stopped to the next Started. */
 function watchLifecycle(uri: string, name: string) {
-  const proc = spawn('virsh', ['-c', uri, 'event', '--domain', name, '--event', 'lifecycle', '--loop'], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, LC_ALL: 'C' } });
+  const proc = spawn('virsh', ['-c', uri, 'event', '--domain', name, '--event', 'lifecycle', '--loop'], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    env: { ...process.env, LC_ALL: 'C' },
+  });
   let stoppedAt: number | undefined;
   let startedAt: number | undefined;
   createInterface({ input: proc.stdout }).on('line', (line) => {
@@ -70,7 +73,11 @@ async function bare(ctx: RestoreBenchCtx, guest: Guest, imageId: string): Promis
   return { downtimeMs: await watch.downtime(), wallMs };
 }
 
-async function vmsnap(ctx: RestoreBenchCtx, guest: Guest, imageId: string): Promise<Omit<RestoreSample, 'disk' | 'variant' | 'run' | 'ok'>> {
+async function vmsnap(
+  ctx: RestoreBenchCtx,
+  guest: Guest,
+  imageId: string,
+): Promise<Omit<RestoreSample, 'disk' | 'variant' | 'run' | 'ok'>> {
   const watch = watchLifecycle(ctx.libvirtUri, guest.name);
   await watch.ready;
   const t0 = Date.now();
@@ -110,7 +117,11 @@ export async function runRestoreBench(ctx: RestoreBenchCtx): Promise<RestoreSamp
   }
   await ctx.freshWorker();
   for (const s of subjects) {
-    const snap = await startSnapshot(ctx.client, { instance: s.guest.uuid, imageName: `${ctx.prefix}-restore-${s.spec.kind}`, mode: 'cold' }, ctx.taskQueue);
+    const snap = await startSnapshot(
+      ctx.client,
+      { instance: s.guest.uuid, imageName: `${ctx.prefix}-restore-${s.spec.kind}`, mode: 'cold' },
+      ctx.taskQueue,
+    );
     s.imageId = (await snap.result()).imageId;
     ctx.glance.created.add(s.imageId);
     ctx.log(`restore ${s.spec.kind}: image ${s.imageId}`);
@@ -126,7 +137,9 @@ export async function runRestoreBench(ctx: RestoreBenchCtx): Promise<RestoreSamp
           const r = variant === 'bare' ? await bare(ctx, guest, imageId) : await vmsnap(ctx, guest, imageId);
           samples.push({ disk: spec.kind, variant, run, ok: r.downtimeMs !== undefined, ...r });
           const steps = r.swapMs !== undefined ? ` (swap ${r.swapMs} ms, start ${r.startMs} ms)` : '';
-          ctx.log(`restore ${spec.kind} ${variant} run ${run}: downtime ${r.downtimeMs} ms, wall ${r.wallMs} ms${r.reportedDowntimeMs !== undefined ? `, reported ${r.reportedDowntimeMs} ms${steps}` : ''}`);
+          ctx.log(
+            `restore ${spec.kind} ${variant} run ${run}: downtime ${r.downtimeMs} ms, wall ${r.wallMs} ms${r.reportedDowntimeMs !== undefined ? `, reported ${r.reportedDowntimeMs} ms${steps}` : ''}`,
+          );
         } catch (err) {
           samples.push({ disk: spec.kind, variant, run, ok: false, error: (err as Error).message });
           ctx.log(`restore ${spec.kind} ${variant} run ${run} failed: ${(err as Error).message}`);
@@ -144,11 +157,20 @@ function median(xs: number[]): number | undefined {
   return s.length % 2 ? s[m] : (s[m - 1]! + s[m]!) / 2;
 }
 
-export async function writeRestoreResults(out: string, samples: RestoreSample[], meta: { startedAt: string; machine: string; notes: string[] }): Promise<string[]> {
+export async function writeRestoreResults(
+  out: string,
+  samples: RestoreSample[],
+  meta: { startedAt: string; machine: string; notes: string[] },
+): Promise<string[]> {
   await writeFile(join(out, 'restore.json'), `${JSON.stringify({ ...meta, samples }, null, 2)}\n`);
   const disks = [...new Set(samples.map((s) => s.disk))];
   const med = (disk: string, variant: string, key: 'downtimeMs' | 'wallMs' | 'reportedDowntimeMs' | 'swapMs' | 'startMs') =>
-    median(samples.filter((s) => s.ok && s.disk === disk && s.variant === variant).map((s) => s[key]).filter((v): v is number => typeof v === 'number'));
+    median(
+      samples
+        .filter((s) => s.ok && s.disk === disk && s.variant === variant)
+        .map((s) => s[key])
+        .filter((v): v is number => typeof v === 'number'),
+    );
   const ratio = (a?: number, b?: number) => (a !== undefined && b ? (a / b).toFixed(2) : '-');
   const rows = disks.map((d) => {
     const bd = med(d, 'bare', 'downtimeMs');
@@ -157,7 +179,14 @@ export async function writeRestoreResults(out: string, samples: RestoreSample[],
     const vw = med(d, 'vmsnap', 'wallMs');
     const n = (v: string) => samples.filter((s) => s.ok && s.disk === d && s.variant === v).length;
     const steps = `${med(d, 'vmsnap', 'swapMs') ?? '-'} / ${med(d, 'vmsnap', 'startMs') ?? '-'}`;
-    return { d, bd, vd, bw, vw, line: `| ${d} | ${n('bare')}/${n('vmsnap')} | ${bd ?? '-'} | ${vd ?? '-'} | ${ratio(vd, bd)} | ${med(d, 'vmsnap', 'reportedDowntimeMs') ?? '-'} | ${steps} | ${bw ?? '-'} | ${vw ?? '-'} | ${ratio(vw, bw)} |` };
+    return {
+      d,
+      bd,
+      vd,
+      bw,
+      vw,
+      line: `| ${d} | ${n('bare')}/${n('vmsnap')} | ${bd ?? '-'} | ${vd ?? '-'} | ${ratio(vd, bd)} | ${med(d, 'vmsnap', 'reportedDowntimeMs') ?? '-'} | ${steps} | ${bw ?? '-'} | ${vw ?? '-'} | ${ratio(vw, bw)} |`,
+    };
   });
   const targets: string[] = [];
   for (const r of rows) {
@@ -172,7 +201,9 @@ export async function writeRestoreResults(out: string, samples: RestoreSample[],
     if (!smallest?.vd || !r.vd) continue;
     const growth = r.vd / smallest.vd;
     const bareGrowth = smallest.bd && r.bd ? ` (bare: ${(r.bd / smallest.bd).toFixed(2)})` : '';
-    targets.push(`${growth <= 1.25 ? 'pass' : 'MISS'}: vmsnap downtime ${r.d} / ${smallest.d} ${growth.toFixed(2)}${bareGrowth} (must not grow with the image's size; ≤ 1.25)`);
+    targets.push(
+      `${growth <= 1.25 ? 'pass' : 'MISS'}: vmsnap downtime ${r.d} / ${smallest.d} ${growth.toFixed(2)}${bareGrowth} (must not grow with the image's size; ≤ 1.25)`,
+    );
   }
   const md = [
     '# Restore benchmark',

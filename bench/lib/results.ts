@@ -122,7 +122,9 @@ function summarizeMode(samples: Sample[]): ModeSummary {
   for (const name of phaseNames) phasesMs[name] = med(ok.map((s) => s.phasesMs?.[name]));
   const peaks = ok.map((s) => (s.uploaderPeakRssKiB !== undefined ? s.uploaderPeakRssKiB / 1024 : undefined));
   const overIdle = ok.map((s) =>
-    s.mode !== 'bare' && s.uploaderPeakRssKiB !== undefined && s.workerIdleRssKiB !== undefined ? (s.uploaderPeakRssKiB - s.workerIdleRssKiB) / 1024 : undefined,
+    s.mode !== 'bare' && s.uploaderPeakRssKiB !== undefined && s.workerIdleRssKiB !== undefined
+      ? (s.uploaderPeakRssKiB - s.workerIdleRssKiB) / 1024
+      : undefined,
   );
   const isVmsnap = samples[0]?.mode !== 'bare';
   const fdThroughput = ok.map((s) => (s.uploadFdMs ? s.imageBytes! / MiB / (s.uploadFdMs / 1000) : undefined));
@@ -138,7 +140,9 @@ function summarizeMode(samples: Sample[]): ModeSummary {
     wallRangeMs: minMax(ok.map((s) => s.wallMs ?? NaN)),
     pauseRangeMs: minMax(ok.map((s) => s.pauseMs ?? NaN)),
   };
-  const cpuPerGiB = med(ok.map((s) => (s.uploaderCpuS !== undefined && s.imageBytes ? s.uploaderCpuS / (s.imageBytes / (1024 * MiB)) : undefined)));
+  const cpuPerGiB = med(
+    ok.map((s) => (s.uploaderCpuS !== undefined && s.imageBytes ? s.uploaderCpuS / (s.imageBytes / (1024 * MiB)) : undefined)),
+  );
   if (Number.isFinite(cpuPerGiB)) summary.uploaderCpuSPerGiB = cpuPerGiB;
   const consistency: Record<string, number> = {};
   for (const s of ok) {
@@ -216,7 +220,12 @@ export function scaleGrowth(scale: ScaleSample[]): BenchResults['scaleGrowth'] {
   return out;
 }
 
-function margin(value: number | undefined, comparison: '<=' | '>=', limit: number, unit: Target['unit']): { pass: boolean | null; margin: string } {
+function margin(
+  value: number | undefined,
+  comparison: '<=' | '>=',
+  limit: number,
+  unit: Target['unit'],
+): { pass: boolean | null; margin: string } {
   if (value === undefined || !Number.isFinite(value)) return { pass: null, margin: 'not measured' };
   const pass = comparison === '<=' ? value <= limit : value >= limit;
   if (unit === 'failures') return { pass, margin: pass ? 'none failed' : `${value} failed` };
@@ -231,27 +240,104 @@ function target(t: Omit<Target, 'pass' | 'margin'>): Target {
 }
 
 /** The targets of issue 7, each with the figure it is judged on. */
-export function evaluateTargets(summary: DiskSummary[], scale: ScaleSample[], live: { available: boolean; reason?: string }, modes: Mode[]): Target[] {
+export function evaluateTargets(
+  summary: DiskSummary[],
+  scale: ScaleSample[],
+  live: { available: boolean; reason?: string },
+  modes: Mode[],
+): Target[] {
   const targets: Target[] = [];
   for (const d of summary) {
     const r = d.ratios.cold;
     if (r) {
-      targets.push(target({ id: `cold-pause-${d.disk}`, label: 'cold pause ≤ 1.05 × bare pause', scope: d.disk, value: r.pause, unit: 'x', comparison: '<=', limit: 1.05 }));
-      targets.push(target({ id: `cold-wall-${d.disk}`, label: 'end-to-end ≤ 1.10 × bare', scope: `${d.disk}, cold`, value: r.wall, unit: 'x', comparison: '<=', limit: 1.1 }));
+      targets.push(
+        target({
+          id: `cold-pause-${d.disk}`,
+          label: 'cold pause ≤ 1.05 × bare pause',
+          scope: d.disk,
+          value: r.pause,
+          unit: 'x',
+          comparison: '<=',
+          limit: 1.05,
+        }),
+      );
+      targets.push(
+        target({
+          id: `cold-wall-${d.disk}`,
+          label: 'end-to-end ≤ 1.10 × bare',
+          scope: `${d.disk}, cold`,
+          value: r.wall,
+          unit: 'x',
+          comparison: '<=',
+          limit: 1.1,
+        }),
+      );
     }
     const l = d.ratios.live;
-    if (l) targets.push(target({ id: `live-wall-${d.disk}`, label: 'end-to-end ≤ 1.10 × bare', scope: `${d.disk}, live`, value: l.wall, unit: 'x', comparison: '<=', limit: 1.1 }));
+    if (l)
+      targets.push(
+        target({
+          id: `live-wall-${d.disk}`,
+          label: 'end-to-end ≤ 1.10 × bare',
+          scope: `${d.disk}, live`,
+          value: l.wall,
+          unit: 'x',
+          comparison: '<=',
+          limit: 1.1,
+        }),
+      );
   }
   if (modes.includes('live')) {
     const measured = summary.filter((d) => d.modes.live);
     if (!live.available || measured.length === 0) {
-      targets.push({ id: 'live-pause', label: 'live pause ≤ 50 ms', scope: 'all disks', value: undefined, unit: 'ms', comparison: '<=', limit: 50, pass: null, margin: 'not measured', note: live.reason ?? 'live mode not run' });
+      targets.push({
+        id: 'live-pause',
+        label: 'live pause ≤ 50 ms',
+        scope: 'all disks',
+        value: undefined,
+        unit: 'ms',
+        comparison: '<=',
+        limit: 50,
+        pass: null,
+        margin: 'not measured',
+        note: live.reason ?? 'live mode not run',
+      });
     }
     for (const d of measured) {
-      targets.push(target({ id: `live-pause-${d.disk}`, label: 'live pause ≤ 50 ms', scope: d.disk, value: d.modes.live?.pauseMs, unit: 'ms', comparison: '<=', limit: 50 }));
+      targets.push(
+        target({
+          id: `live-pause-${d.disk}`,
+          label: 'live pause ≤ 50 ms',
+          scope: d.disk,
+          value: d.modes.live?.pauseMs,
+          unit: 'ms',
+          comparison: '<=',
+          limit: 50,
+        }),
+      );
       // Issue 13: what the guest feels, not only STOP/RESUME: its writes must keep completing.
-      targets.push(target({ id: `live-write-stall-${d.disk}`, label: 'live: longest guest write stall ≤ 50 ms', scope: d.disk, value: d.modes.live?.copyWriteStallMs, unit: 'ms', comparison: '<=', limit: 50 }));
-      targets.push(target({ id: `live-write-rate-${d.disk}`, label: 'live: guest write rate during the copy ≥ 0.8 × idle', scope: d.disk, value: d.modes.live?.copyWriteRatio, unit: 'x', comparison: '>=', limit: 0.8 }));
+      targets.push(
+        target({
+          id: `live-write-stall-${d.disk}`,
+          label: 'live: longest guest write stall ≤ 50 ms',
+          scope: d.disk,
+          value: d.modes.live?.copyWriteStallMs,
+          unit: 'ms',
+          comparison: '<=',
+          limit: 50,
+        }),
+      );
+      targets.push(
+        target({
+          id: `live-write-rate-${d.disk}`,
+          label: 'live: guest write rate during the copy ≥ 0.8 × idle',
+          scope: d.disk,
+          value: d.modes.live?.copyWriteRatio,
+          unit: 'x',
+          comparison: '>=',
+          limit: 0.8,
+        }),
+      );
     }
   }
   // Throughput and memory are about big uploads: judged on the large disk (else the biggest measured).
@@ -261,7 +347,18 @@ export function evaluateTargets(summary: DiskSummary[], scale: ScaleSample[], li
     for (const mode of ['cold', 'live'] as const) {
       const r = big.ratios[mode];
       if (!r) continue;
-      targets.push(target({ id: `throughput-${mode}`, label: 'upload throughput ≥ 0.95 × curl', scope: `${big.disk}, ${mode}`, value: r.throughput, unit: 'x', comparison: '>=', limit: 0.95, ...(note ? { note } : {}) }));
+      targets.push(
+        target({
+          id: `throughput-${mode}`,
+          label: 'upload throughput ≥ 0.95 × curl',
+          scope: `${big.disk}, ${mode}`,
+          value: r.throughput,
+          unit: 'x',
+          comparison: '>=',
+          limit: 0.95,
+          ...(note ? { note } : {}),
+        }),
+      );
       const m = big.modes[mode];
       targets.push(
         target({
@@ -306,7 +403,16 @@ export function evaluateTargets(summary: DiskSummary[], scale: ScaleSample[], li
       limit: 0,
     });
     // Fewer than 20 at once says nothing about 20: not judged.
-    targets.push(top >= 20 ? scaleTarget : { ...scaleTarget, pass: null, margin: `${failures} failed at ${top}; 20 not run`, note: `only ${top} concurrent measured in this run` });
+    targets.push(
+      top >= 20
+        ? scaleTarget
+        : {
+            ...scaleTarget,
+            pass: null,
+            margin: `${failures} failed at ${top}; 20 not run`,
+            note: `only ${top} concurrent measured in this run`,
+          },
+    );
   }
   return targets;
 }

@@ -38,7 +38,9 @@ export async function runScaleLevel(opts: {
   const maxConcurrentConverts = copies?.stop();
 
   const done = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
-  const errors = settled.flatMap((s) => (s.status === 'rejected' ? [String((s.reason as Error)?.message ?? s.reason).split('\n')[0] ?? ''] : []));
+  const errors = settled.flatMap((s) =>
+    s.status === 'rejected' ? [String((s.reason as Error)?.message ?? s.reason).split('\n')[0] ?? ''] : [],
+  );
   // Images are not what is measured here: delete them so the disk does not fill up.
   const ctx = opts.mode === 'bare' ? opts.bare : opts.vmsnap!;
   for (const d of done) await deleteImage(ctx, d.result.imageId).catch(() => undefined);
@@ -51,7 +53,9 @@ export async function runScaleLevel(opts: {
     errors,
     perSnapshotMs: done.map((d) => d.ms),
     pauseMs: done.map((d) =>
-      opts.mode === 'bare' ? (d.result.phasesMs.suspend ?? 0) + (d.result.phasesMs.convert ?? 0) + (d.result.phasesMs.resume ?? 0) : (d.result.reportedPauseMs ?? 0),
+      opts.mode === 'bare'
+        ? (d.result.phasesMs.suspend ?? 0) + (d.result.phasesMs.convert ?? 0) + (d.result.phasesMs.resume ?? 0)
+        : (d.result.reportedPauseMs ?? 0),
     ),
     waitingMs: opts.mode === 'bare' ? [] : done.map((d) => d.result.phasesMs['waiting-for-host'] ?? 0),
     ...(maxConcurrentConverts !== undefined ? { maxConcurrentConverts } : {}),

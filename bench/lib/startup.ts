@@ -92,7 +92,16 @@ export async function runStartupBench(opts: {
         const xs = ok.map(pick).filter((x): x is number => x !== undefined);
         return xs.length ? median(xs) : undefined;
       };
-      return [kind, { startMs: med((s) => s.startMs), idleRssKiB: med((s) => s.idleRssKiB), uploadRssKiB: med((s) => s.uploadRssKiB), wallMs: med((s) => s.wallMs), ok: ok.length }];
+      return [
+        kind,
+        {
+          startMs: med((s) => s.startMs),
+          idleRssKiB: med((s) => s.idleRssKiB),
+          uploadRssKiB: med((s) => s.uploadRssKiB),
+          wallMs: med((s) => s.wallMs),
+          ok: ok.length,
+        },
+      ];
     }),
   ) as StartupResults['summary'];
   const ratiosOf = (kind: WorkerKind) => {
@@ -121,9 +130,19 @@ export async function runStartupBench(opts: {
 const mib = (kib: number | undefined) => (kib === undefined ? '?' : (kib / 1024).toFixed(0));
 const fmt = (x: number | undefined) => (x === undefined ? '?' : x.toFixed(2));
 
-export async function writeStartupResults(out: string, r: StartupResults, meta: { startedAt: string; machine: string; notes: string[] }): Promise<void> {
-  await writeFile(join(out, 'startup.json'), JSON.stringify({ schema: 'vmsnap-bench-startup/1', ...meta, commands: WORKER_COMMANDS, ...r }, null, 2) + '\n');
-  const env = (k: WorkerKind) => Object.entries(WORKER_ENV[k] ?? {}).map(([n, v]) => `${n}=${v} `).join('');
+export async function writeStartupResults(
+  out: string,
+  r: StartupResults,
+  meta: { startedAt: string; machine: string; notes: string[] },
+): Promise<void> {
+  await writeFile(
+    join(out, 'startup.json'),
+    JSON.stringify({ schema: 'vmsnap-bench-startup/1', ...meta, commands: WORKER_COMMANDS, ...r }, null, 2) + '\n',
+  );
+  const env = (k: WorkerKind) =>
+    Object.entries(WORKER_ENV[k] ?? {})
+      .map(([n, v]) => `${n}=${v} `)
+      .join('');
   const row = (k: WorkerKind) =>
     `| ${k} (\`${env(k)}node ${WORKER_COMMANDS[k].join(' ')}\`) | ${Math.round(r.summary[k].startMs ?? NaN)} | ${mib(r.summary[k].idleRssKiB)} | ${mib(r.summary[k].uploadRssKiB)} | ${((r.summary[k].wallMs ?? NaN) / 1000).toFixed(1)} | ${r.summary[k].ok} |`;
   const ratioRow = (k: 'compiled' | 'deployed') =>

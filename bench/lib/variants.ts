@@ -124,13 +124,36 @@ export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Pr
       { op: 'add', path: '/container_format', value: 'bare' },
     ];
     await step('patch', () =>
-      curl('-X', 'PATCH', '-H', 'Content-Type: application/openstack-images-v2.1-json-patch', '-d', JSON.stringify(patch), `${ctx.glanceUrl}/v2/images/${imageId}`),
+      curl(
+        '-X',
+        'PATCH',
+        '-H',
+        'Content-Type: application/openstack-images-v2.1-json-patch',
+        '-d',
+        JSON.stringify(patch),
+        `${ctx.glanceUrl}/v2/images/${imageId}`,
+      ),
     );
     const imageBytes = (await stat(copy)).size;
     let peak = 0;
     let cpu: number | undefined;
     const upload = await step('upload', async () => {
-      const sub = execa('curl', ['-sS', '--fail-with-body', ...auth, '-T', copy, '-H', 'Content-Type: application/octet-stream', '-w', '%{speed_upload}', `${ctx.glanceUrl}/v2/images/${imageId}/file`], limit);
+      const sub = execa(
+        'curl',
+        [
+          '-sS',
+          '--fail-with-body',
+          ...auth,
+          '-T',
+          copy,
+          '-H',
+          'Content-Type: application/octet-stream',
+          '-w',
+          '%{speed_upload}',
+          `${ctx.glanceUrl}/v2/images/${imageId}/file`,
+        ],
+        limit,
+      );
       const sampler = sub.pid ? sampleRss(sub.pid, 50) : undefined;
       try {
         return await sub;
@@ -165,7 +188,10 @@ export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Pr
 export function liveModeAvailable(): { available: boolean; reason?: string } {
   const problems = validateSnapshotRequest({ instance: 'vmsnap-bench-probe', imageName: 'probe', mode: 'live' });
   if (problems.length === 0) return { available: true };
-  return { available: false, reason: `validateSnapshotRequest refuses mode "live": ${problems.map((p) => `${p.field}: ${p.message}`).join('; ')}` };
+  return {
+    available: false,
+    reason: `validateSnapshotRequest refuses mode "live": ${problems.map((p) => `${p.field}: ${p.message}`).join('; ')}`,
+  };
 }
 
 export interface VmsnapCtx extends GlanceCtx {
@@ -189,7 +215,13 @@ class SnapshotTimeout extends Error {
  */
 export async function cancelAndWait(handle: SnapshotHandle, waitMs: number): Promise<void> {
   await handle.cancel().catch(() => undefined);
-  const ended = await Promise.race([handle.result().then(() => true, () => true), sleep(waitMs).then(() => false)]);
+  const ended = await Promise.race([
+    handle.result().then(
+      () => true,
+      () => true,
+    ),
+    sleep(waitMs).then(() => false),
+  ]);
   if (!ended) await handle.terminate('vmsnap benchmark: cancelled snapshot did not end').catch(() => undefined);
 }
 
@@ -206,7 +238,13 @@ export function lastOpenStretch(samples: RssSample[]): RssSample[] {
 }
 
 /** One snapshot through the programmatic client, with the worker's RSS sampled every 50 ms. */
-export async function runVmsnap(ctx: VmsnapCtx, guest: Guest, imageName: string, mode: 'cold' | 'live', opts: { sampleRss?: boolean } = {}): Promise<VariantResult> {
+export async function runVmsnap(
+  ctx: VmsnapCtx,
+  guest: Guest,
+  imageName: string,
+  mode: 'cold' | 'live',
+  opts: { sampleRss?: boolean } = {},
+): Promise<VariantResult> {
   const imageId = randomUUID();
   // 'live' goes in as data: the request type may not name it yet, validation decides.
   const request = { instance: guest.uuid, imageName, imageId, mode } as SnapshotRequest;
@@ -241,7 +279,19 @@ export async function runVmsnap(ctx: VmsnapCtx, guest: Guest, imageName: string,
     const first = open[0];
     const last = open.at(-1);
     const phasesMs = Object.fromEntries(Object.entries(result.phaseDurationsMs).map(([k, v]) => [k, v ?? 0]));
-    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'md5', 'priorPowerState', 'phaseDurationsMs']);
+    const known = new Set([
+      'imageId',
+      'imageName',
+      'instanceId',
+      'host',
+      'diskFormat',
+      'size',
+      'virtualSize',
+      'sha512',
+      'md5',
+      'priorPowerState',
+      'phaseDurationsMs',
+    ]);
     const resultExtra = Object.fromEntries(Object.entries(result).filter(([k]) => !known.has(k)));
     const cpuFirst = first?.cpu;
     const cpuLast = last?.cpu;

@@ -28,7 +28,12 @@ export interface BenchWorker {
   stop(graceMs?: number): Promise<void>;
 }
 
-export async function startBenchWorker(env: Record<string, string>, cwd: string, timeoutMs = 120_000, kind: WorkerKind = 'tsx'): Promise<BenchWorker> {
+export async function startBenchWorker(
+  env: Record<string, string>,
+  cwd: string,
+  timeoutMs = 120_000,
+  kind: WorkerKind = 'tsx',
+): Promise<BenchWorker> {
   const t0 = performance.now();
   let startMs = 0;
   const proc: ChildProcess = spawn(process.execPath, [...WORKER_COMMANDS[kind]], {
@@ -54,7 +59,8 @@ export async function startBenchWorker(env: Record<string, string>, cwd: string,
   const tail = () => lines.slice(-20).join('\n');
   const deadline = Date.now() + timeoutMs;
   while (!started) {
-    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`the vmsnap worker exited (${proc.exitCode ?? proc.signalCode}) during start:\n${tail()}`);
+    if (proc.exitCode !== null || proc.signalCode !== null)
+      throw new Error(`the vmsnap worker exited (${proc.exitCode ?? proc.signalCode}) during start:\n${tail()}`);
     if (Date.now() > deadline) {
       proc.kill('SIGKILL');
       throw new Error(`the vmsnap worker did not start within ${timeoutMs / 1000} s:\n${tail()}`);

@@ -28,7 +28,11 @@ export function sampleWrites(libvirtUri: string, domain: string, device: string,
  * measured between the samples that saw the count move, the completed writes per second, and
  * the sampling's own longest gap (a stall shorter than that cannot be seen).
  */
-export function writeActivity(samples: WriteSample[], from: number, to: number): { longestStallMs: number; writesPerSecond: number; worstSampleGapMs: number } | undefined {
+export function writeActivity(
+  samples: WriteSample[],
+  from: number,
+  to: number,
+): { longestStallMs: number; writesPerSecond: number; worstSampleGapMs: number } | undefined {
   const inside = samples.filter((s) => s.at >= from && s.at <= to);
   if (inside.length < 2) return undefined;
   let longestStallMs = 0;

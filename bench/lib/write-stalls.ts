@@ -61,7 +61,9 @@ export async function runWriteStallBench(o: {
           samples.push(s);
           o.log(
             `write-stalls ${disk.kind} ${variant} run ${run}: ` +
-              (s.ok ? `copy ${s.copyMs} ms, stall ${s.stallMs?.toFixed(0)} ms (idle ${s.idleStallMs?.toFixed(0)}), rate ${s.rateRatio?.toFixed(2)}× idle` : `FAILED ${s.error}`),
+              (s.ok
+                ? `copy ${s.copyMs} ms, stall ${s.stallMs?.toFixed(0)} ms (idle ${s.idleStallMs?.toFixed(0)}), rate ${s.rateRatio?.toFixed(2)}× idle`
+                : `FAILED ${s.error}`),
           );
         }
       }
@@ -94,7 +96,12 @@ async function oneRun(
         await o.hypervisor.resume(guest.uuid);
       }
     } else {
-      await o.hypervisor.liveCopy(guest.uuid, { target, targetFormat: 'qcow2', quiesce: 'never', method: variant === 'live-pull' ? 'pull' : 'push' });
+      await o.hypervisor.liveCopy(guest.uuid, {
+        target,
+        targetFormat: 'qcow2',
+        quiesce: 'never',
+        method: variant === 'live-pull' ? 'pull' : 'push',
+      });
     }
   } catch (err) {
     error = (err as Error).message;
@@ -123,20 +130,26 @@ async function oneRun(
 const f0 = (n: number | undefined) => (n === undefined ? '–' : n.toFixed(0));
 const f2 = (n: number | undefined) => (n === undefined ? '–' : n.toFixed(2));
 
-export async function writeStallResults(out: string, samples: StallSample[], meta: { startedAt: string; machine: string; command: string; disks: DiskSpec[] }): Promise<string[]> {
+export async function writeStallResults(
+  out: string,
+  samples: StallSample[],
+  meta: { startedAt: string; machine: string; command: string; disks: DiskSpec[] },
+): Promise<string[]> {
   const targets: string[] = [];
   const lines = [
-    '# What the guest\'s disk writes feel during a copy (issue 13)',
+    "# What the guest's disk writes feel during a copy (issue 13)",
     '',
     `Run ${meta.startedAt}: \`${meta.command}\`. ${meta.machine}.`,
     '',
     'Driver level, same guest per disk, variants alternating run by run, medians. Idle = the window just before each copy, the baseline of the same run. ' +
-      'A stall is the longest stretch with no completed guest write (the guest writes its counter with fsync every 20 ms); it cannot be told apart from the sampler\'s own gap (QMP through libvirt, answered by QEMU\'s main loop), which is shown beside it.',
+      "A stall is the longest stretch with no completed guest write (the guest writes its counter with fsync every 20 ms); it cannot be told apart from the sampler's own gap (QMP through libvirt, answered by QEMU's main loop), which is shown beside it.",
     '',
   ];
   for (const disk of meta.disks) {
     lines.push(`## ${disk.kind}: ${disk.virtualMiB} MiB virtual, ${disk.dataMiB} MiB data`, '');
-    lines.push('| variant | copy, ms | longest stall, ms | idle stall, ms | stall − idle stall, ms | write rate vs idle | sampler gap copy / idle, ms | runs (failed) |');
+    lines.push(
+      '| variant | copy, ms | longest stall, ms | idle stall, ms | stall − idle stall, ms | write rate vs idle | sampler gap copy / idle, ms | runs (failed) |',
+    );
     lines.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const variant of STALL_VARIANTS) {
       const all = samples.filter((s) => s.disk === disk.kind && s.variant === variant);
@@ -149,7 +162,9 @@ export async function writeStallResults(out: string, samples: StallSample[], met
       if (variant === 'live-pull' && ok.length) {
         const stall = m('stallMs')!;
         const rate = m('rateRatio')!;
-        targets.push(`${disk.kind} live (pull): longest stall ${stall.toFixed(0)} ms (limit 50): ${stall <= 50 ? 'pass' : 'MISS'}; write rate ${rate.toFixed(2)}× idle (limit 0.8): ${rate >= 0.8 ? 'pass' : 'MISS'}`);
+        targets.push(
+          `${disk.kind} live (pull): longest stall ${stall.toFixed(0)} ms (limit 50): ${stall <= 50 ? 'pass' : 'MISS'}; write rate ${rate.toFixed(2)}× idle (limit 0.8): ${rate >= 0.8 ? 'pass' : 'MISS'}`,
+        );
       }
     }
     lines.push('');

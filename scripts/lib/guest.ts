@@ -62,21 +62,12 @@ export interface CreateGuestOptions {
 }
 
 /** States as printed by `virsh domstate`. */
-export type DomainState =
-  | 'running'
-  | 'idle'
-  | 'paused'
-  | 'in shutdown'
-  | 'shut off'
-  | 'crashed'
-  | 'pmsuspended'
-  | 'no state';
+export type DomainState = 'running' | 'idle' | 'paused' | 'in shutdown' | 'shut off' | 'crashed' | 'pmsuspended' | 'no state';
 
 // ---------------------------------------------------------------------------------------------
 // libvirt via virsh
 
-const LIBVIRT_HINT =
-  `check libvirt is up: virsh -c ${LIBVIRT_URI} version (without systemd start it with: virtlogd -d && libvirtd -d)`;
+const LIBVIRT_HINT = `check libvirt is up: virsh -c ${LIBVIRT_URI} version (without systemd start it with: virtlogd -d && libvirtd -d)`;
 
 async function virsh(args: string[]): Promise<string> {
   const r = await execa('virsh', ['-c', LIBVIRT_URI, ...args], { reject: false });

@@ -81,7 +81,8 @@ password_hash_rounds = 4
 
 async function manage(conf: string, args: string[]): Promise<void> {
   const r = await execa('keystone-manage', ['--config-file', conf, ...args], { reject: false, all: true });
-  if (r.exitCode !== 0) throw new Error(`keystone: keystone-manage ${args[0]} failed: ${(r.all ?? '').trim().split('\n').slice(-3).join(' | ')}`);
+  if (r.exitCode !== 0)
+    throw new Error(`keystone: keystone-manage ${args[0]} failed: ${(r.all ?? '').trim().split('\n').slice(-3).join(' | ')}`);
 }
 
 /** A fresh Keystone database, bootstrapped with the admin user; the accounts are made once it runs. */
@@ -94,11 +95,16 @@ export async function initKeystone(cfg: KeystoneStackConfig, adminPassword: stri
   await manage(conf, ['credential_setup', '--keystone-user', 'root', '--keystone-group', 'root']);
   await manage(conf, [
     'bootstrap',
-    '--bootstrap-password', adminPassword,
-    '--bootstrap-admin-url', `${keystoneUrl(cfg)}/`,
-    '--bootstrap-internal-url', `${keystoneUrl(cfg)}/`,
-    '--bootstrap-public-url', `${keystoneUrl(cfg)}/`,
-    '--bootstrap-region-id', REGION,
+    '--bootstrap-password',
+    adminPassword,
+    '--bootstrap-admin-url',
+    `${keystoneUrl(cfg)}/`,
+    '--bootstrap-internal-url',
+    `${keystoneUrl(cfg)}/`,
+    '--bootstrap-public-url',
+    `${keystoneUrl(cfg)}/`,
+    '--bootstrap-region-id',
+    REGION,
   ]);
 }
 
@@ -110,7 +116,12 @@ class KeystoneAdmin {
     private readonly dispatcher: Agent,
   ) {}
 
-  async call<T>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown, token = this.token): Promise<{ body: T; subjectToken?: string }> {
+  async call<T>(
+    method: 'GET' | 'POST' | 'PUT',
+    path: string,
+    body?: unknown,
+    token = this.token,
+  ): Promise<{ body: T; subjectToken?: string }> {
     const res = await request(`${this.url}${path}`, {
       method,
       dispatcher: this.dispatcher,
@@ -124,12 +135,17 @@ class KeystoneAdmin {
   }
 
   async login(user: string, password: string, project: string): Promise<string> {
-    const { subjectToken } = await this.call('POST', '/auth/tokens', {
-      auth: {
-        identity: { methods: ['password'], password: { user: { name: user, domain: { id: 'default' }, password } } },
-        scope: { project: { name: project, domain: { id: 'default' } } },
+    const { subjectToken } = await this.call(
+      'POST',
+      '/auth/tokens',
+      {
+        auth: {
+          identity: { methods: ['password'], password: { user: { name: user, domain: { id: 'default' }, password } } },
+          scope: { project: { name: project, domain: { id: 'default' } } },
+        },
       },
-    }, '');
+      '',
+    );
     if (!subjectToken) throw new Error('keystone: no token in the answer to a login');
     return subjectToken;
   }
@@ -160,12 +176,21 @@ export async function provisionKeystone(cfg: KeystoneStackConfig, ca: string, ad
     await admin.asAdmin(adminPassword);
     const serviceId = await admin.create('services', { type: 'image', name: 'glance', description: 'OpenStack Image service' });
     for (const iface of ['public', 'internal', 'admin']) {
-      await admin.create('endpoints', { service_id: serviceId, interface: iface, region_id: REGION, url: `http://127.0.0.1:${cfg.glancePort}` });
+      await admin.create('endpoints', {
+        service_id: serviceId,
+        interface: iface,
+        region_id: REGION,
+        url: `http://127.0.0.1:${cfg.glancePort}`,
+      });
     }
     const adminRole = await admin.id('roles', 'admin');
     const memberRole = await admin.id('roles', 'member');
     const account = async (user: string, project: string, role: string, password: string) => {
-      const projectId = await admin.create('projects', { name: project, domain_id: 'default', description: `${project} project of the vmsnap stack` });
+      const projectId = await admin.create('projects', {
+        name: project,
+        domain_id: 'default',
+        description: `${project} project of the vmsnap stack`,
+      });
       const userId = await admin.create('users', { name: user, domain_id: 'default', password, default_project_id: projectId });
       await admin.call('PUT', `/projects/${projectId}/users/${userId}/roles/${role}`);
       return { userId, projectId };
@@ -210,7 +235,11 @@ export function writeCloudsYaml(cfg: KeystoneStackConfig, ca: string, accounts: 
   const clouds = {
     clouds: {
       vmsnap: { ...common, auth: user('vmsnap', 'vmsnap') },
-      'vmsnap-appcred': { ...common, auth_type: 'v3applicationcredential', auth: { auth_url: keystoneUrl(cfg), application_credential_id: accounts.applicationCredentialId } },
+      'vmsnap-appcred': {
+        ...common,
+        auth_type: 'v3applicationcredential',
+        auth: { auth_url: keystoneUrl(cfg), application_credential_id: accounts.applicationCredentialId },
+      },
       'vmsnap-admin': { ...common, auth: user('admin', 'admin') },
     },
   };
@@ -221,7 +250,10 @@ export function writeCloudsYaml(cfg: KeystoneStackConfig, ca: string, accounts: 
       'vmsnap-admin': { auth: { password: accounts.adminPassword } },
     },
   };
-  for (const [file, doc] of [[paths.cloudsYaml, clouds], [paths.secureYaml, secure]] as const) {
+  for (const [file, doc] of [
+    [paths.cloudsYaml, clouds],
+    [paths.secureYaml, secure],
+  ] as const) {
     writeFileSync(file, `# Written by the vmsnap stack (scripts/lib/keystone.ts).\n${stringify(doc)}`, { mode: 0o600 });
     chmodSync(file, 0o600);
   }

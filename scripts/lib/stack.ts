@@ -62,7 +62,8 @@ function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
 function tokenLifetime(raw: string | undefined): number {
   if (raw === undefined || raw === '') return 3600;
   const value = Number(raw);
-  if (!Number.isInteger(value) || value < 10) throw new Error(`VMSNAP_KEYSTONE_TOKEN_LIFETIME=${raw} is not a token lifetime: give whole seconds, 10 or more`);
+  if (!Number.isInteger(value) || value < 10)
+    throw new Error(`VMSNAP_KEYSTONE_TOKEN_LIFETIME=${raw} is not a token lifetime: give whole seconds, 10 or more`);
   return value;
 }
 
@@ -88,7 +89,8 @@ export function stackConfig(env = process.env): StackConfig {
   const temporalPort = port(env, 'VMSNAP_TEMPORAL_PORT', 7233);
   const dataDir = resolve(env.VMSNAP_DATA_DIR || '.data/dev');
   const database = env.VMSNAP_TEMPORAL_DATABASE || 'temporal';
-  if (!/^[a-z_][a-z0-9_]{0,40}$/.test(database)) throw new Error(`VMSNAP_TEMPORAL_DATABASE=${database} is not a database name: use lower-case letters, digits and _`);
+  if (!/^[a-z_][a-z0-9_]{0,40}$/.test(database))
+    throw new Error(`VMSNAP_TEMPORAL_DATABASE=${database} is not a database name: use lower-case letters, digits and _`);
   return {
     dataDir,
     temporalPort,
@@ -201,13 +203,20 @@ function temporalService(cfg: StackConfig): Service {
     start: () => ({
       command: cfg.temporalBin,
       args: [
-        'server', 'start-dev',
-        '--ip', '127.0.0.1',
-        '--port', String(cfg.temporalPort),
-        '--ui-port', String(cfg.temporalUiPort),
-        '--db-filename', join(cfg.dataDir, 'temporal.sqlite'),
-        '--namespace', 'default',
-        '--log-level', 'warn',
+        'server',
+        'start-dev',
+        '--ip',
+        '127.0.0.1',
+        '--port',
+        String(cfg.temporalPort),
+        '--ui-port',
+        String(cfg.temporalUiPort),
+        '--db-filename',
+        join(cfg.dataDir, 'temporal.sqlite'),
+        '--namespace',
+        'default',
+        '--log-level',
+        'warn',
         ...Object.values(SEARCH_ATTRIBUTES).flatMap((name) => ['--search-attribute', `${name}=Keyword`]),
       ],
     }),
@@ -314,8 +323,7 @@ function glanceService(cfg: StackConfig): Service {
  */
 function libvirtService(cfg: StackConfig): Service {
   const marker = join(cfg.dataDir, 'run', 'libvirt.started-by-us');
-  const answers = async () =>
-    (await execa('virsh', ['-c', cfg.libvirtUri, 'version'], { reject: false, timeout: 5000 })).exitCode === 0;
+  const answers = async () => (await execa('virsh', ['-c', cfg.libvirtUri, 'version'], { reject: false, timeout: 5000 })).exitCode === 0;
   const daemons = [
     { program: 'virtlogd', pidFile: '/run/virtlogd.pid' },
     { program: 'libvirtd', pidFile: '/run/libvirtd.pid' },
@@ -335,7 +343,8 @@ function libvirtService(cfg: StackConfig): Service {
         for (const d of daemons) {
           if (runningPid(d.pidFile, d.program) === undefined) {
             const r = await execa(d.program, ['-d'], { reject: false, all: true });
-            if (r.exitCode !== 0) throw new Error(`libvirt: ${d.program} -d failed: ${r.all ?? ''} (is libvirt-daemon-system installed? run ./scripts/setup)`);
+            if (r.exitCode !== 0)
+              throw new Error(`libvirt: ${d.program} -d failed: ${r.all ?? ''} (is libvirt-daemon-system installed? run ./scripts/setup)`);
           }
         }
         mkdirSync(join(cfg.dataDir, 'run'), { recursive: true });
@@ -369,7 +378,10 @@ async function removeGuestsUnder(cfg: StackConfig): Promise<string[]> {
   const list = await execa('virsh', ['-c', cfg.libvirtUri, 'list', '--all', '--name'], { reject: false, timeout: 10_000 });
   if (list.exitCode !== 0) return [];
   const removed: string[] = [];
-  for (const name of list.stdout.split('\n').map((s) => s.trim()).filter(Boolean)) {
+  for (const name of list.stdout
+    .split('\n')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const xml = await execa('virsh', ['-c', cfg.libvirtUri, 'dumpxml', name], { reject: false });
     if (xml.exitCode !== 0 || !xml.stdout.includes(cfg.dataDir + '/')) continue;
     await execa('virsh', ['-c', cfg.libvirtUri, 'destroy', name], { reject: false });
@@ -414,7 +426,10 @@ const asRoot = () => process.getuid?.() === 0;
 async function postgresAccount(): Promise<{ uid: number; gid: number }> {
   const id = async (flag: string) => {
     const r = await execa('id', [flag, 'postgres'], { reject: false });
-    if (r.exitCode !== 0) throw new Error('postgresql: as root the server runs as the postgres OS user, which does not exist: run ./scripts/setup (Debian package postgresql)');
+    if (r.exitCode !== 0)
+      throw new Error(
+        'postgresql: as root the server runs as the postgres OS user, which does not exist: run ./scripts/setup (Debian package postgresql)',
+      );
     return Number(r.stdout.trim());
   };
   return { uid: await id('-u'), gid: await id('-g') };
@@ -427,7 +442,10 @@ function ensureReachable(cfg: StackConfig, cluster: string, uid: number): void {
     if (st.uid !== uid && (st.mode & 0o001) === 0) {
       // Our own data dir (e.g. from mkdtemp) may let others through; o+x does not let them list it.
       if (dir === cfg.dataDir) chmodSync(dir, (st.mode & 0o7777) | 0o001);
-      else throw new Error(`postgresql: the postgres OS user cannot reach ${cluster}: ${dir} is closed to others: chmod o+x it, or use another VMSNAP_DATA_DIR`);
+      else
+        throw new Error(
+          `postgresql: the postgres OS user cannot reach ${cluster}: ${dir} is closed to others: chmod o+x it, or use another VMSNAP_DATA_DIR`,
+        );
     }
     if (dir === dirname(dir)) return;
   }
@@ -463,7 +481,8 @@ async function initCluster(cfg: StackConfig, account: { uid: number; gid: number
       all: true,
       input: `CREATE DATABASE ${PG_DATABASE}\n`,
     });
-    if (create.exitCode !== 0 || /\bERROR:/.test(create.all ?? '')) throw new Error(`postgresql: creating database ${PG_DATABASE} failed: ${lastLines(create.all)}`);
+    if (create.exitCode !== 0 || /\bERROR:/.test(create.all ?? ''))
+      throw new Error(`postgresql: creating database ${PG_DATABASE} failed: ${lastLines(create.all)}`);
   } finally {
     rmSync(pwfile, { force: true });
   }
@@ -484,7 +503,9 @@ function postgresService(cfg: StackConfig): Service {
     async prepare() {
       for (const p of ['initdb', 'postgres']) {
         if (!existsSync(join(cfg.postgresBin, p))) {
-          throw new Error(`postgresql: ${join(cfg.postgresBin, p)} is missing: run ./scripts/setup (Debian package postgresql), or set VMSNAP_POSTGRES_BIN`);
+          throw new Error(
+            `postgresql: ${join(cfg.postgresBin, p)} is missing: run ./scripts/setup (Debian package postgresql), or set VMSNAP_POSTGRES_BIN`,
+          );
         }
       }
       const account = asRoot() ? await postgresAccount() : undefined;
@@ -496,7 +517,8 @@ function postgresService(cfg: StackConfig): Service {
         ensureReachable(cfg, cluster, account.uid);
       }
       if (!existsSync(join(pgdata, 'PG_VERSION'))) await initCluster(cfg, account);
-      else if (!existsSync(passfile)) throw new Error(`postgresql: the cluster in ${pgdata} has lost its password file ${passfile}: remove ${cluster} to start afresh`);
+      else if (!existsSync(passfile))
+        throw new Error(`postgresql: the cluster in ${pgdata} has lost its password file ${passfile}: remove ${cluster} to start afresh`);
     },
     start: () => {
       // Sockets go in the cluster dir (0700), not /run/postgresql, which may not exist or be ours.
@@ -551,7 +573,12 @@ function postgresService(cfg: StackConfig): Service {
 function keystoneService(cfg: StackConfig): Service {
   const paths = keystonePaths(cfg.dataDir);
   const tls = tlsPaths(cfg.dataDir);
-  const kcfg = { dataDir: cfg.dataDir, keystonePort: cfg.keystonePort, glancePort: cfg.glancePort, tokenLifetimeS: cfg.keystoneTokenLifetimeS };
+  const kcfg = {
+    dataDir: cfg.dataDir,
+    keystonePort: cfg.keystonePort,
+    glancePort: cfg.glancePort,
+    tokenLifetimeS: cfg.keystoneTokenLifetimeS,
+  };
   let adminPassword: string | undefined;
   let ca: Agent | undefined;
   const service = ownedService({
@@ -572,16 +599,27 @@ function keystoneService(cfg: StackConfig): Service {
     start: () => ({
       command: 'uwsgi',
       args: [
-        '--plugins', 'python3',
-        '--https-socket', `127.0.0.1:${cfg.keystonePort},${tls.cert},${tls.key}`,
-        '--wsgi-file', '/usr/bin/keystone-wsgi-public',
-        '--env', `OS_KEYSTONE_CONFIG_FILES=${paths.conf}`,
+        '--plugins',
+        'python3',
+        '--https-socket',
+        `127.0.0.1:${cfg.keystonePort},${tls.cert},${tls.key}`,
+        '--wsgi-file',
+        '/usr/bin/keystone-wsgi-public',
+        '--env',
+        `OS_KEYSTONE_CONFIG_FILES=${paths.conf}`,
         // One process: Keystone's SQLite database takes one writer at a time.
-        '--master', '--processes', '1', '--threads', '1',
-        '--die-on-term', '--need-app', '--disable-logging',
+        '--master',
+        '--processes',
+        '1',
+        '--threads',
+        '1',
+        '--die-on-term',
+        '--need-app',
+        '--disable-logging',
         // uwsgi's HTTPS socket closes each connection after its answer without saying so, and a
         // client that reuses it (keystoneauth in Glance, undici) gets a reset: say so.
-        '--add-header', 'Connection: close',
+        '--add-header',
+        'Connection: close',
       ],
     }),
     async healthy() {

@@ -109,27 +109,46 @@ history.persistenceMaxQPS:
 /** Creates the two databases when missing and brings their schemas to the server's version. */
 async function ensureSchemas(cfg: StackConfig): Promise<void> {
   const access = postgresAccess(cfg);
-  const admin = new pg.Client({ host: '127.0.0.1', port: cfg.postgresPort, user: access.user, database: access.database, password: access.password(), connectionTimeoutMillis: 5000 });
+  const admin = new pg.Client({
+    host: '127.0.0.1',
+    port: cfg.postgresPort,
+    user: access.user,
+    database: access.database,
+    password: access.password(),
+    connectionTimeoutMillis: 5000,
+  });
   admin.on('error', () => undefined);
   await admin.connect().catch((err: Error) => {
-    throw new Error(`temporal-server: PostgreSQL on 127.0.0.1:${cfg.postgresPort} does not answer (${err.message}): start the stack's postgresql first`);
+    throw new Error(
+      `temporal-server: PostgreSQL on 127.0.0.1:${cfg.postgresPort} does not answer (${err.message}): start the stack's postgresql first`,
+    );
   });
   try {
     const dbs = temporalDatabases(cfg);
-    for (const [kind, database] of [['temporal', dbs.persistence], ['visibility', dbs.visibility]] as const) {
+    for (const [kind, database] of [
+      ['temporal', dbs.persistence],
+      ['visibility', dbs.visibility],
+    ] as const) {
       const sql = (args: string[]) =>
-        execa(cfg.temporalSqlToolBin, ['--ep', '127.0.0.1', '-p', String(cfg.postgresPort), '-u', access.user, '--pl', 'postgres12', '--db', database, ...args], {
-          env: { SQL_PASSWORD: access.password() }, // not on the command line, where ps shows it
-          reject: false,
-          all: true,
-        });
+        execa(
+          cfg.temporalSqlToolBin,
+          ['--ep', '127.0.0.1', '-p', String(cfg.postgresPort), '-u', access.user, '--pl', 'postgres12', '--db', database, ...args],
+          {
+            env: { SQL_PASSWORD: access.password() }, // not on the command line, where ps shows it
+            reject: false,
+            all: true,
+          },
+        );
       const exists = (await admin.query('SELECT 1 FROM pg_database WHERE datname = $1', [database])).rowCount === 1;
       const steps: string[][] = exists ? [] : [['create-database'], ['setup-schema', '-v', '0.0']];
       // A no-op when the schema is current; an upgrade after the server's version changed.
       steps.push(['update-schema', '--schema-name', `postgresql/v12/${kind}`]);
       for (const step of steps) {
         const r = await sql(step);
-        if (r.exitCode !== 0) throw new Error(`temporal-server: temporal-sql-tool ${step[0]} on ${database} failed: ${r.all?.trim().split('\n').slice(-3).join(' | ')}`);
+        if (r.exitCode !== 0)
+          throw new Error(
+            `temporal-server: temporal-sql-tool ${step[0]} on ${database} failed: ${r.all?.trim().split('\n').slice(-3).join(' | ')}`,
+          );
       }
     }
   } finally {
@@ -157,7 +176,8 @@ async function registerNamespace(cfg: StackConfig): Promise<void> {
   for (const name of Object.values(SEARCH_ATTRIBUTES)) {
     if (list?.stdout.includes(`"${name}"`)) continue;
     const r = await cli(cfg, ['operator', 'search-attribute', 'create', '-n', 'default', '--name', name, '--type', 'Keyword']);
-    if (r.exitCode !== 0 && !/already/i.test(r.all ?? '')) throw new Error(`temporal-server: creating search attribute ${name} failed: ${r.all}`);
+    if (r.exitCode !== 0 && !/already/i.test(r.all ?? ''))
+      throw new Error(`temporal-server: creating search attribute ${name} failed: ${r.all}`);
   }
 }
 
@@ -178,7 +198,9 @@ export function clusterServices(cfg: StackConfig): Service[] {
       }
       // Found the hard way: the server records them in a smallint column and exits at start.
       if (p.workerMembership > 32767) {
-        throw new Error(`temporal-server: its membership ports (${p.frontendMembership}-${p.workerMembership}, the Temporal port + 14 to 17) must be 32767 or less, as Temporal's PostgreSQL schema stores them in a smallint: choose VMSNAP_TEMPORAL_PORT 32750 or less`);
+        throw new Error(
+          `temporal-server: its membership ports (${p.frontendMembership}-${p.workerMembership}, the Temporal port + 14 to 17) must be 32767 or less, as Temporal's PostgreSQL schema stores them in a smallint: choose VMSNAP_TEMPORAL_PORT 32750 or less`,
+        );
       }
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       await ensureSchemas(cfg);
@@ -188,7 +210,11 @@ export function clusterServices(cfg: StackConfig): Service[] {
     },
     start: () => ({ command: cfg.temporalServerBin, args: ['--config-file', configFile, '--allow-no-auth', 'start'] }),
     healthy: async () => (await cli(cfg, ['operator', 'cluster', 'health'])).exitCode === 0,
-    endpoints: () => ({ grpc: address, metrics: `http://127.0.0.1:${p.metrics}/metrics`, databases: Object.values(temporalDatabases(cfg)).join(',') }),
+    endpoints: () => ({
+      grpc: address,
+      metrics: `http://127.0.0.1:${p.metrics}/metrics`,
+      databases: Object.values(temporalDatabases(cfg)).join(','),
+    }),
     startTimeoutMs: 90_000,
   });
   const uiDir = join(cfg.dataDir, 'temporal-ui');
@@ -215,7 +241,11 @@ export function clusterServices(cfg: StackConfig): Service[] {
       async up() {
         // Right after a stop (a restart) the old server's ports can take a moment to be let go.
         if ((await server.status()).pid === undefined) {
-          await waitUntil(async () => (await Promise.all(Object.values(p).map((port) => portIsFree(port)))).every(Boolean), 30_000, 'temporal-server: its ports are still in use 30 s after it stopped').catch(() => undefined);
+          await waitUntil(
+            async () => (await Promise.all(Object.values(p).map((port) => portIsFree(port)))).every(Boolean),
+            30_000,
+            'temporal-server: its ports are still in use 30 s after it stopped',
+          ).catch(() => undefined);
         }
         await server.up();
         await registerNamespace(cfg);

@@ -53,7 +53,10 @@ export function snapshotDir(snapshotsDir: string, imageId: string): string {
 async function qemuUser(): Promise<{ uid: number; gid: number } | undefined> {
   const passwd = await readFile('/etc/passwd', 'utf8').catch(() => '');
   for (const name of ['libvirt-qemu', 'qemu']) {
-    const fields = passwd.split('\n').find((l) => l.startsWith(`${name}:`))?.split(':');
+    const fields = passwd
+      .split('\n')
+      .find((l) => l.startsWith(`${name}:`))
+      ?.split(':');
     if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
   }
   return undefined;
@@ -93,9 +96,12 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
       // The copy reads the whole virtual disk; its size scales qemu-img's percent to bytes.
       const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
       let percent = 0;
-      const stop = keepHeartbeating(
-        (): StepProgress => ({ phase: 'converting', percent, bytesDone: Math.round((bytesTotal * percent) / 100), bytesTotal }),
-      );
+      const stop = keepHeartbeating((): StepProgress => ({
+        phase: 'converting',
+        percent,
+        bytesDone: Math.round((bytesTotal * percent) / 100),
+        bytesTotal,
+      }));
       try {
         await diskTool.convert({
           source: disk.path,
@@ -165,7 +171,14 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
         // Raw or compressed output is one more local pass over our own file.
         const path = join(dir, `disk.${input.diskFormat}`);
         if (input.diskFormat === 'raw' || input.compress) {
-          await diskTool.convert({ source: live, sourceFormat: 'qcow2', target: path, targetFormat: input.diskFormat, compress: input.compress, signal });
+          await diskTool.convert({
+            source: live,
+            sourceFormat: 'qcow2',
+            target: path,
+            targetFormat: input.diskFormat,
+            compress: input.compress,
+            signal,
+          });
           await rm(live, { force: true });
         } else {
           await rename(live, path);

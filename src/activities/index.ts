@@ -17,7 +17,13 @@ export type { ActivityDeps } from './deps.js';
 
 /** Activities of the main task queue: image record, store, reconciler and retention. */
 export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'identity' | 'settings' | 'workflows'>) {
-  return withTypedFailures({ ...imageRecordActivities(deps), ...instanceStateActivities(deps), ...reconcileMainActivities(deps), ...retentionActivities(deps), ...restoreImageActivities(deps) });
+  return withTypedFailures({
+    ...imageRecordActivities(deps),
+    ...instanceStateActivities(deps),
+    ...reconcileMainActivities(deps),
+    ...retentionActivities(deps),
+    ...restoreImageActivities(deps),
+  });
 }
 
 /** Activities bound to the hypervisor host that holds the instance. */

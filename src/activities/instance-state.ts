@@ -51,12 +51,23 @@ export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 
       return store.releaseTaskState(input.instanceId, input.owner);
     },
 
-    async recordInstanceFault(fault: { instanceId: string; code: string; message: string; details: Record<string, unknown> }): Promise<void> {
+    async recordInstanceFault(fault: {
+      instanceId: string;
+      code: string;
+      message: string;
+      details: Record<string, unknown>;
+    }): Promise<void> {
       await store.recordFault(fault);
     },
 
     /** An action event; the action is createImage unless named (rebuild for a restore). */
-    async recordInstanceEvent(event: { instanceId: string; event: string; requestId: string; details: Record<string, unknown>; action?: string }): Promise<void> {
+    async recordInstanceEvent(event: {
+      instanceId: string;
+      event: string;
+      requestId: string;
+      details: Record<string, unknown>;
+      action?: string;
+    }): Promise<void> {
       await store.recordEvent({ ...event, action: event.action ?? 'createImage' });
     },
   };

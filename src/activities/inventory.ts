@@ -6,7 +6,12 @@ export async function syncInventory({ hypervisor, store, host }: Pick<ActivityDe
   const instances = await hypervisor.listInstances();
   await store.syncHostInstances(
     host,
-    instances.map((i) => ({ id: i.id, name: i.name, powerState: i.powerState, ...(i.baseImageRef ? { baseImageRef: i.baseImageRef } : {}) })),
+    instances.map((i) => ({
+      id: i.id,
+      name: i.name,
+      powerState: i.powerState,
+      ...(i.baseImageRef ? { baseImageRef: i.baseImageRef } : {}),
+    })),
   );
   return instances.length;
 }

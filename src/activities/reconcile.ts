@@ -66,8 +66,19 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
       if (!(await store.releaseTaskState(snapshot.instanceId, snapshot.owner))) return;
       const what = snapshot.restore ? 'restore' : 'snapshot';
       const message = `${what} ${snapshot.owner} ended without finishing (terminated or lost) in task state ${snapshot.taskState}; the reconciler undid it`;
-      await store.recordFault({ instanceId: snapshot.instanceId, code: snapshot.restore ? 'RestoreAbandoned' : 'SnapshotAbandoned', message, details: { owner: snapshot.owner, imageId: snapshot.imageId } });
-      await store.recordEvent({ instanceId: snapshot.instanceId, action: snapshot.restore ? 'rebuild' : 'createImage', event: 'error', requestId: snapshot.owner, details: { code: snapshot.restore ? 'RestoreAbandoned' : 'SnapshotAbandoned' } });
+      await store.recordFault({
+        instanceId: snapshot.instanceId,
+        code: snapshot.restore ? 'RestoreAbandoned' : 'SnapshotAbandoned',
+        message,
+        details: { owner: snapshot.owner, imageId: snapshot.imageId },
+      });
+      await store.recordEvent({
+        instanceId: snapshot.instanceId,
+        action: snapshot.restore ? 'rebuild' : 'createImage',
+        event: 'error',
+        requestId: snapshot.owner,
+        details: { code: snapshot.restore ? 'RestoreAbandoned' : 'SnapshotAbandoned' },
+      });
     },
 
     /**

@@ -66,7 +66,8 @@ export function retentionPolicyProblems(policy: unknown): InputProblem[] {
   }
   const problems: InputProblem[] = [];
   for (const key of Object.keys(policy)) {
-    if (!RULES.some(([k]) => k === key)) problems.push({ field: `retention.${key}`, message: 'unknown rule; known: keepLast, keepDaily, keepWeekly' });
+    if (!RULES.some(([k]) => k === key))
+      problems.push({ field: `retention.${key}`, message: 'unknown rule; known: keepLast, keepDaily, keepWeekly' });
   }
   for (const [key] of RULES) {
     const n = (policy as Record<string, unknown>)[key];
@@ -137,7 +138,10 @@ export function decideRetention(images: Image[], policy: RetentionPolicy): Reten
   for (const d of decisions) {
     const image = byId.get(d.imageId)!;
     if (image.status !== 'active') {
-      Object.assign(d, { rule: 'not-active', reason: `${image.status}: only active images are pruned (an unfinished one is the reconciler's)` });
+      Object.assign(d, {
+        rule: 'not-active',
+        reason: `${image.status}: only active images are pruned (an unfinished one is the reconciler's)`,
+      });
     } else if (image.protected === true) {
       Object.assign(d, { rule: 'protected', reason: 'protected in Glance: kept, and not counted by the rules' });
     } else if (ruled) {
@@ -151,20 +155,31 @@ export function decideRetention(images: Image[], policy: RetentionPolicy): Reten
   const instances = new Map<string, Entry[]>();
   for (const e of entries) instances.set(e.decision.instanceId, [...(instances.get(e.decision.instanceId) ?? []), e]);
   for (const group of instances.values()) {
-    mark(group, policy.keepLast ?? 0, (e) => e.decision.imageId, (e, n, of) => ['keep-last', `keep-last ${of}: newest #${n} of its instance`]);
+    mark(
+      group,
+      policy.keepLast ?? 0,
+      (e) => e.decision.imageId,
+      (e, n, of) => ['keep-last', `keep-last ${of}: newest #${n} of its instance`],
+    );
     mark(group, policy.keepDaily ?? 0, day, (e, n, of) => ['keep-daily', `keep-daily ${of}: newest of ${day(e)} (day #${n})`]);
     mark(group, policy.keepWeekly ?? 0, week, (e, n, of) => ['keep-weekly', `keep-weekly ${of}: newest of ${week(e)} (week #${n})`]);
   }
 
   const rules = RULES.filter(([key]) => (policy[key] ?? 0) > 0).map(([key, flag]) => `${flag} ${policy[key]}`);
   for (const { decision } of entries) {
-    if (decision.rule === 'no-rule') Object.assign(decision, { action: 'delete', rule: 'prune', reason: `kept by none of ${rules.join(', ')}` });
+    if (decision.rule === 'no-rule')
+      Object.assign(decision, { action: 'delete', rule: 'prune', reason: `kept by none of ${rules.join(', ')}` });
   }
   return decisions;
 }
 
 /** One rule, as Proxmox's prune applies it to entries sorted newest first. */
-function mark(entries: Entry[], count: number, period: (e: Entry) => string, keep: (e: Entry, n: number, of: number) => [RetentionRule, string]): void {
+function mark(
+  entries: Entry[],
+  count: number,
+  period: (e: Entry) => string,
+  keep: (e: Entry, n: number, of: number) => [RetentionRule, string],
+): void {
   if (count <= 0) return;
   // Periods that already hold a kept image do not count for this rule.
   const covered = new Set(entries.filter((e) => e.decision.rule !== 'no-rule').map(period));
@@ -190,7 +205,9 @@ async function inUseBy(sources: RetentionSources, imageId: string, instances: In
   const instance = instances.find((i) => i.baseImageRef === imageId);
   if (instance) return `in use: base image of instance ${instance.name} (${instance.id})`;
   // Glance filters on extra properties; the check below guards against a filter it ignored.
-  const derived = (await sources.imageService.listImages({ base_image_ref: imageId })).find((i) => i.base_image_ref === imageId && i.id !== imageId);
+  const derived = (await sources.imageService.listImages({ base_image_ref: imageId })).find(
+    (i) => i.base_image_ref === imageId && i.id !== imageId,
+  );
   if (derived) return `in use: base image of image ${derived.id} ("${derived.name}")`;
   return undefined;
 }
@@ -199,10 +216,14 @@ async function inUseBy(sources: RetentionSources, imageId: string, instances: In
 export async function planRetention(sources: RetentionSources, scheduleId: string, policy: RetentionPolicy): Promise<RetentionPlan> {
   const problems = retentionPolicyProblems(policy);
   if (problems.length) {
-    throw new VmsnapError('InvalidInput', `invalid retention policy: ${problems.map((p) => `${p.field} ${p.message}`).join('; ')}`, { problems });
+    throw new VmsnapError('InvalidInput', `invalid retention policy: ${problems.map((p) => `${p.field} ${p.message}`).join('; ')}`, {
+      problems,
+    });
   }
   // The filters narrow the listing; isScheduleImage is what makes an image a candidate.
-  const images = (await sources.imageService.listImages({ tag: VMSNAP_IMAGE_TAG, vmsnap_schedule: scheduleId })).filter((i) => isScheduleImage(i, scheduleId));
+  const images = (await sources.imageService.listImages({ tag: VMSNAP_IMAGE_TAG, vmsnap_schedule: scheduleId })).filter((i) =>
+    isScheduleImage(i, scheduleId),
+  );
   const decisions = decideRetention(images, policy);
   const doomed = decisions.filter((d) => d.action === 'delete');
   if (doomed.length) {
@@ -226,10 +247,16 @@ export function retentionActivities({ imageService, store }: Pick<ActivityDeps, 
      * plan and delete (and a retry may come much later), and somebody may have protected it,
      * booted from it or made an image from it meanwhile.
      */
-    async deleteExpiredImage(input: { scheduleId: string; imageId: string }): Promise<{ deleted: boolean; kept?: { rule: RetentionRule; reason: string } }> {
+    async deleteExpiredImage(input: {
+      scheduleId: string;
+      imageId: string;
+    }): Promise<{ deleted: boolean; kept?: { rule: RetentionRule; reason: string } }> {
       const image = await imageService.getImage(input.imageId);
       if (!image) return { deleted: false }; // gone already: nothing to keep
-      const kept = (rule: RetentionRule, reason: string) => ({ deleted: false, kept: { rule, reason: `${reason} (found when about to delete it)` } });
+      const kept = (rule: RetentionRule, reason: string) => ({
+        deleted: false,
+        kept: { rule, reason: `${reason} (found when about to delete it)` },
+      });
       if (!isScheduleImage(image, input.scheduleId)) return kept('not-active', `no longer an image vmsnap made for ${input.scheduleId}`);
       if (image.status !== 'active') return kept('not-active', `${image.status}, no longer active`);
       if (image.protected === true) return kept('protected', 'protected in Glance');

@@ -66,20 +66,23 @@ export function uploadActivities({ imageService }: ActivityDeps) {
         const stale = Object.entries(properties).some(([k, v]) => queued[k] !== v);
         if (stale || queued.disk_format !== input.diskFormat || queued.container_format !== 'bare' || queued.min_disk !== minDisk) {
           // Formats are set before the data, as Nova does.
-          await imageService.updateImage(input.imageId, { ...properties, disk_format: input.diskFormat, container_format: 'bare', min_disk: minDisk });
+          await imageService.updateImage(input.imageId, {
+            ...properties,
+            disk_format: input.diskFormat,
+            container_format: 'bare',
+            min_disk: minDisk,
+          });
         }
         const bytesTotal = (await stat(input.path)).size;
         let bytesSent = 0;
-        const stop = keepHeartbeating(
-          (): StepProgress => ({
-            phase: 'uploading',
-            percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
-            bytesDone: bytesSent,
-            bytesTotal,
-            // Every byte is out: what is left is Glance storing them and answering.
-            ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
-          }),
-        );
+        const stop = keepHeartbeating((): StepProgress => ({
+          phase: 'uploading',
+          percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
+          bytesDone: bytesSent,
+          bytesTotal,
+          // Every byte is out: what is left is Glance storing them and answering.
+          ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
+        }));
         const progress = (n: number) => {
           const done = n >= bytesTotal && bytesSent < bytesTotal;
           bytesSent = n;
@@ -99,7 +102,8 @@ export function uploadActivities({ imageService }: ActivityDeps) {
 
       image = await imageService.getImage(input.imageId);
       if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
-      if (image.status !== 'active') throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
+      if (image.status !== 'active')
+        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
       verify(image, sent);
       return sent;
     },

@@ -43,7 +43,11 @@ export async function listInstances(config: Config, options: { includeDeleted?: 
     });
   } catch (err) {
     // A store no worker has migrated yet has no tables; an unreachable one says why.
-    throw new ClientError('StoreUnavailable', `cannot read the vmsnap inventory (${(err as Error).message}): start a host worker (npm run worker), or check VMSNAP_STORE_URL`, { cause: err });
+    throw new ClientError(
+      'StoreUnavailable',
+      `cannot read the vmsnap inventory (${(err as Error).message}): start a host worker (npm run worker), or check VMSNAP_STORE_URL`,
+      { cause: err },
+    );
   }
 }
 

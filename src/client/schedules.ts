@@ -13,7 +13,13 @@ import {
   type ScheduleSpecDescription,
 } from '@temporalio/client';
 import { existsSync } from 'node:fs';
-import { planRetention, retentionPolicyProblems, type RetentionPlan, type RetentionPolicy, type RetentionSources } from '../activities/retention.js';
+import {
+  planRetention,
+  retentionPolicyProblems,
+  type RetentionPlan,
+  type RetentionPolicy,
+  type RetentionSources,
+} from '../activities/retention.js';
 import { connectCloud } from '../drivers/cloud.js';
 import type { Config } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
@@ -140,15 +146,21 @@ export function durationText(ms: number): string {
 
 const CRON_SHORTHAND = /^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$/;
 const CRON_FIELD = /^[0-9A-Za-z*?,/#-]+$/;
-const CRON_HELP = 'give 5 fields, minute hour day-of-month month day-of-week, like "0 3 * * *" (03:00 UTC daily), or @daily, @hourly; or use --every 6h';
+const CRON_HELP =
+  'give 5 fields, minute hour day-of-month month day-of-week, like "0 3 * * *" (03:00 UTC daily), or @daily, @hourly; or use --every 6h';
 
 /** A first check of a cron expression; Temporal checks the values themselves. */
 function cronProblem(cron: string): string | undefined {
-  const expr = cron.trim().replace(/^(CRON_TZ|TZ)=\S+\s+/, '').replace(/\s+#.*$/, '');
+  const expr = cron
+    .trim()
+    .replace(/^(CRON_TZ|TZ)=\S+\s+/, '')
+    .replace(/\s+#.*$/, '');
   if (CRON_SHORTHAND.test(expr)) return undefined;
-  if (expr.startsWith('@every ')) return parseDuration(expr.slice(7).split('/')[0] ?? '') ? undefined : `"${cron}" has no valid @every interval: ${CRON_HELP}`;
+  if (expr.startsWith('@every '))
+    return parseDuration(expr.slice(7).split('/')[0] ?? '') ? undefined : `"${cron}" has no valid @every interval: ${CRON_HELP}`;
   const fields = expr.split(/\s+/);
-  if (fields.length < 5 || fields.length > 7 || !fields.every((f) => CRON_FIELD.test(f))) return `"${cron}" is not a cron expression: ${CRON_HELP}`;
+  if (fields.length < 5 || fields.length > 7 || !fields.every((f) => CRON_FIELD.test(f)))
+    return `"${cron}" is not a cron expression: ${CRON_HELP}`;
   return undefined;
 }
 
@@ -181,11 +193,16 @@ export function validateScheduleOptions(options: CreateScheduleOptions): InputPr
     if (problem) problems.push({ field: 'cron', message: problem });
   } else {
     const ms = parseDuration(options.every ?? '');
-    if (ms === undefined || ms < 1000) problems.push({ field: 'every', message: `"${options.every}" is not an interval: give a duration like 30m, 6h or 1d (units s, m, h, d, w)` });
+    if (ms === undefined || ms < 1000)
+      problems.push({
+        field: 'every',
+        message: `"${options.every}" is not an interval: give a duration like 30m, 6h or 1d (units s, m, h, d, w)`,
+      });
   }
   if (options.catchupWindow !== undefined) {
     const ms = parseDuration(options.catchupWindow);
-    if (ms === undefined || ms < MIN_CATCHUP_MS) problems.push({ field: 'catchupWindow', message: `"${options.catchupWindow}" is not a duration of 10s or more, like 10m or 1h` });
+    if (ms === undefined || ms < MIN_CATCHUP_MS)
+      problems.push({ field: 'catchupWindow', message: `"${options.catchupWindow}" is not a duration of 10s or more, like 10m or 1h` });
   }
   if (options.retention !== undefined) problems.push(...retentionPolicyProblems(options.retention));
   const prefix = options.imageNamePrefix ?? name;
@@ -238,7 +255,11 @@ function grpcCode(err: unknown): number | undefined {
  * retention after each run. A bad schedule is refused (InvalidInput) before anything is created,
  * or by Temporal (a cron value out of range), likewise InvalidInput; a name taken is ScheduleExists.
  */
-export async function createSchedule(client: Client, options: CreateScheduleOptions, taskQueue = DEFAULT_TASK_QUEUE): Promise<VmsnapScheduleDetails> {
+export async function createSchedule(
+  client: Client,
+  options: CreateScheduleOptions,
+  taskQueue = DEFAULT_TASK_QUEUE,
+): Promise<VmsnapScheduleDetails> {
   const problems = validateScheduleOptions(options);
   if (problems.length) throw new VmsnapError('InvalidInput', `invalid schedule: ${describeProblems(problems)}`, { problems });
   const scheduleId = scheduleIdOf(options.name);
@@ -271,11 +292,17 @@ export async function createSchedule(client: Client, options: CreateScheduleOpti
     });
   } catch (err) {
     if (err instanceof ScheduleAlreadyRunning) {
-      throw new ScheduleError('ScheduleExists', `a schedule named ${options.name} exists already: choose another name, or delete it first (vmsnap schedule delete ${options.name})`);
+      throw new ScheduleError(
+        'ScheduleExists',
+        `a schedule named ${options.name} exists already: choose another name, or delete it first (vmsnap schedule delete ${options.name})`,
+      );
     }
     // The schedule client throws a TypeError for a spec Temporal refused (a cron value out of range).
     if (err instanceof TypeError || grpcCode(err) === 3) {
-      throw new VmsnapError('InvalidInput', `Temporal refused the schedule (${oneLine((err as Error).message)}): correct the cron expression or interval`);
+      throw new VmsnapError(
+        'InvalidInput',
+        `Temporal refused the schedule (${oneLine((err as Error).message)}): correct the cron expression or interval`,
+      );
     }
     throw err;
   }
@@ -283,7 +310,12 @@ export async function createSchedule(client: Client, options: CreateScheduleOpti
 }
 
 function runOf(r: ScheduleExecutionResult): ScheduleRun {
-  return { workflowId: r.action.workflow.workflowId, runId: r.action.workflow.firstExecutionRunId, scheduledAt: r.scheduledAt.toISOString(), startedAt: r.takenAt.toISOString() };
+  return {
+    workflowId: r.action.workflow.workflowId,
+    runId: r.action.workflow.firstExecutionRunId,
+    scheduledAt: r.scheduledAt.toISOString(),
+    startedAt: r.takenAt.toISOString(),
+  };
 }
 
 function vmsnapMemo(memo: Record<string, unknown> | undefined): Partial<ScheduleMemo> {
@@ -321,7 +353,12 @@ function scheduleOf(d: ScheduleDescription): VmsnapSchedule {
 /** What a run's report says, in counts. */
 function summaryOf(report: ScheduledSnapshotsReport): Pick<ScheduleRun, 'completed' | 'busy' | 'failed' | 'deletedImages'> {
   const count = (status: string) => report.snapshots.filter((s) => s.status === status).length;
-  return { completed: count('completed'), busy: count('busy'), failed: count('failed'), deletedImages: report.retention?.deleted.length ?? 0 };
+  return {
+    completed: count('completed'),
+    busy: count('busy'),
+    failed: count('failed'),
+    deletedImages: report.retention?.deleted.length ?? 0,
+  };
 }
 
 /** A schedule in detail: its settings, state, counters, and its latest runs with their outcome. */
@@ -373,12 +410,20 @@ export async function listSchedules(client: Client): Promise<VmsnapSchedule[]> {
   return found.sort((a, b) => a.name.localeCompare(b.name));
 }
 
-export async function pauseSchedule(client: Client, nameOrId: string, note = 'paused with vmsnap schedule pause'): Promise<VmsnapScheduleDetails> {
+export async function pauseSchedule(
+  client: Client,
+  nameOrId: string,
+  note = 'paused with vmsnap schedule pause',
+): Promise<VmsnapScheduleDetails> {
   await onSchedule(nameOrId, () => client.schedule.getHandle(scheduleIdOf(nameOrId)).pause(note));
   return describeSchedule(client, nameOrId);
 }
 
-export async function unpauseSchedule(client: Client, nameOrId: string, note = 'unpaused with vmsnap schedule unpause'): Promise<VmsnapScheduleDetails> {
+export async function unpauseSchedule(
+  client: Client,
+  nameOrId: string,
+  note = 'unpaused with vmsnap schedule unpause',
+): Promise<VmsnapScheduleDetails> {
   await onSchedule(nameOrId, () => client.schedule.getHandle(scheduleIdOf(nameOrId)).unpause(note));
   return describeSchedule(client, nameOrId);
 }
@@ -399,7 +444,10 @@ export async function deleteSchedule(client: Client, nameOrId: string): Promise<
 async function withSources<T>(config: Config, use: (sources: RetentionSources) => Promise<T>): Promise<T> {
   // The in-use check needs the inventory: a preview without it could show an image as deletable.
   if (config.storeUrl.startsWith('sqlite:') && !existsSync(config.storePath)) {
-    throw new ClientError('StoreUnavailable', `no vmsnap store at ${config.storePath}: point VMSNAP_STORE_URL (or VMSNAP_DATA_DIR) at the workers' store`);
+    throw new ClientError(
+      'StoreUnavailable',
+      `no vmsnap store at ${config.storePath}: point VMSNAP_STORE_URL (or VMSNAP_DATA_DIR) at the workers' store`,
+    );
   }
   const cloud = await connectCloud(config);
   const store = createStore(config);

@@ -44,14 +44,22 @@ export type ListableStatus = keyof typeof LISTABLE_STATUSES;
 
 function statusOf(name: string): SnapshotStatus {
   switch (name) {
-    case 'RUNNING': return 'running';
-    case 'COMPLETED': return 'completed';
-    case 'FAILED': return 'failed';
-    case 'CANCELLED': return 'cancelled';
-    case 'TERMINATED': return 'terminated';
-    case 'TIMED_OUT': return 'timed-out';
-    case 'CONTINUED_AS_NEW': return 'continued-as-new';
-    default: return 'unknown';
+    case 'RUNNING':
+      return 'running';
+    case 'COMPLETED':
+      return 'completed';
+    case 'FAILED':
+      return 'failed';
+    case 'CANCELLED':
+      return 'cancelled';
+    case 'TERMINATED':
+      return 'terminated';
+    case 'TIMED_OUT':
+      return 'timed-out';
+    case 'CONTINUED_AS_NEW':
+      return 'continued-as-new';
+    default:
+      return 'unknown';
   }
 }
 
@@ -86,7 +94,10 @@ export async function startSnapshot(client: Client, request: SnapshotRequest, ta
     });
   } catch (err) {
     if (err instanceof WorkflowExecutionAlreadyStartedError) {
-      throw new VmsnapError('InstanceBusy', `a snapshot of ${request.instance} is already running (workflow ${workflowId}): wait for it or cancel it`);
+      throw new VmsnapError(
+        'InstanceBusy',
+        `a snapshot of ${request.instance} is already running (workflow ${workflowId}): wait for it or cancel it`,
+      );
     }
     throw err;
   }
@@ -118,7 +129,11 @@ export async function getProgress(handle: SnapshotHandle): Promise<SnapshotProgr
 }
 
 /** Percent and bytes of the pending step of a workflow in `phase`, from its heartbeat (snapshots and restores). */
-export async function stepProgress(handle: { client: WorkflowClient }, description: WorkflowExecutionDescription, phase: string): Promise<Partial<SnapshotProgressDetails>> {
+export async function stepProgress(
+  handle: { client: WorkflowClient },
+  description: WorkflowExecutionDescription,
+  phase: string,
+): Promise<Partial<SnapshotProgressDetails>> {
   const pending = description.raw.pendingActivities ?? [];
   // One step runs at a time; the one that reports progress is the one worth showing.
   let fallback: Partial<SnapshotProgressDetails> = {};
@@ -133,7 +148,13 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     // The query and describe() are two calls: a heartbeat of a step that just ended is not news.
     const heartbeat = details.find(isStepProgress);
     if (heartbeat && heartbeat.phase === phase) {
-      return { percent: heartbeat.percent, bytesDone: heartbeat.bytesDone, bytesTotal: heartbeat.bytesTotal, ...(heartbeat.note ? { note: heartbeat.note } : {}), step };
+      return {
+        percent: heartbeat.percent,
+        bytesDone: heartbeat.bytesDone,
+        bytesTotal: heartbeat.bytesTotal,
+        ...(heartbeat.note ? { note: heartbeat.note } : {}),
+        step,
+      };
     }
     fallback = { step };
   }
@@ -142,7 +163,13 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
 
 function isStepProgress(value: unknown): value is StepProgress {
   const v = value as Partial<StepProgress> | null;
-  return typeof v === 'object' && v !== null && typeof v.percent === 'number' && typeof v.bytesDone === 'number' && typeof v.bytesTotal === 'number';
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    typeof v.percent === 'number' &&
+    typeof v.bytesDone === 'number' &&
+    typeof v.bytesTotal === 'number'
+  );
 }
 
 /** Heartbeat details are payloads: run them through the client's codecs and converter as Temporal would. */
@@ -225,10 +252,16 @@ export async function listSnapshots(client: Client, options: ListSnapshotsOption
 }
 
 /** listSnapshots for any kind of vmsnap workflow; each row also says its workflow type. */
-export async function listWorkflows(client: Client, kind: WorkflowKind, options: ListSnapshotsOptions = {}): Promise<(SnapshotSummary & { workflowType: string })[]> {
+export async function listWorkflows(
+  client: Client,
+  kind: WorkflowKind,
+  options: ListSnapshotsOptions = {},
+): Promise<(SnapshotSummary & { workflowType: string })[]> {
   const limit = options.limit ?? 20;
   if (!Number.isInteger(limit) || limit <= 0) throw new VmsnapError('InvalidInput', `limit must be a positive whole number (got ${limit})`);
-  const filters = [kind.types.length === 1 ? `WorkflowType = ${quote(kind.types[0]!)}` : `WorkflowType IN (${kind.types.map(quote).join(', ')})`];
+  const filters = [
+    kind.types.length === 1 ? `WorkflowType = ${quote(kind.types[0]!)}` : `WorkflowType IN (${kind.types.map(quote).join(', ')})`,
+  ];
   const instances = [options.instance ?? []].flat();
   if (instances.length) filters.push(`${INSTANCE_ID.name} IN (${instances.map(quote).join(', ')})`);
   if (options.status) filters.push(`ExecutionStatus = ${quote(LISTABLE_STATUSES[options.status])}`);
@@ -254,7 +287,12 @@ export async function findSnapshot(client: Client, ref: string, aliases: string[
 }
 
 /** findSnapshot for any kind of vmsnap workflow. */
-export async function findWorkflow(client: Client, kind: WorkflowKind, ref: string, aliases: string[] = []): Promise<(SnapshotSummary & { workflowType: string }) | undefined> {
+export async function findWorkflow(
+  client: Client,
+  kind: WorkflowKind,
+  ref: string,
+  aliases: string[] = [],
+): Promise<(SnapshotSummary & { workflowType: string }) | undefined> {
   const refs = [...new Set([ref, ...aliases])];
   const ids = new Set([ref, ...refs.map(kind.idOf)]);
   const candidates: (SnapshotSummary & { workflowType: string })[] = [];

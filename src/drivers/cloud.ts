@@ -44,7 +44,12 @@ export async function connectCloud(
       }
     }
     const glanceUrl = config.glance.url ?? (await identity.endpoint('image'));
-    const imageService = new GlanceImageService({ url: glanceUrl, identity, cacert: cloud.cacert, uploadStallMs: config.glance.uploadStallMs });
+    const imageService = new GlanceImageService({
+      url: glanceUrl,
+      identity,
+      cacert: cloud.cacert,
+      uploadStallMs: config.glance.uploadStallMs,
+    });
     return {
       identity,
       imageService,

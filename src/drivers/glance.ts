@@ -62,7 +62,13 @@ const TRANSIENT_CODES = new Set([
 ]);
 const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 
-const ACTIONS: Record<string, string> = { POST: 'create images', PUT: 'upload image data', PATCH: 'update images', DELETE: 'delete images', GET: 'read images' };
+const ACTIONS: Record<string, string> = {
+  POST: 'create images',
+  PUT: 'upload image data',
+  PATCH: 'update images',
+  DELETE: 'delete images',
+  GET: 'read images',
+};
 
 interface Reply {
   status: number;
@@ -106,9 +112,13 @@ export class GlanceImageService implements ImageService {
   async createImage(image: NewImage): Promise<{ image: Image; created: boolean }> {
     const clash = Object.keys(image.properties).filter((k) => CREATE_FIELDS.has(k));
     if (clash.length > 0) {
-      throw new VmsnapError('InvalidInput', `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`, {
-        properties: clash,
-      });
+      throw new VmsnapError(
+        'InvalidInput',
+        `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`,
+        {
+          properties: clash,
+        },
+      );
     }
     const path = '/v2/images';
     const body = {
@@ -191,7 +201,12 @@ export class GlanceImageService implements ImageService {
     return this.parseImage('PATCH', path, reply);
   }
 
-  async uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult> {
+  async uploadFile(
+    id: string,
+    path: string,
+    onProgress?: (bytesSent: number, bytesTotal: number) => void,
+    signal?: AbortSignal,
+  ): Promise<UploadResult> {
     const urlPath = `${this.imagePath(id)}/file`;
     signal?.throwIfAborted();
     let size: number;
@@ -233,12 +248,16 @@ export class GlanceImageService implements ImageService {
       clearTimeout(watchdog);
       watchdog = setTimeout(() => {
         stalled.abort(
-          new VmsnapError('ImageServiceUnavailable', `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`, {
-            method: 'PUT',
-            path: urlPath,
-            url: this.shownUrl,
-            sent,
-          }),
+          new VmsnapError(
+            'ImageServiceUnavailable',
+            `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
+            {
+              method: 'PUT',
+              path: urlPath,
+              url: this.shownUrl,
+              sent,
+            },
+          ),
         );
       }, this.stallMs);
     };
@@ -271,7 +290,13 @@ export class GlanceImageService implements ImageService {
 
     try {
       const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
-      const reply = await this.send('PUT', urlPath, { 'content-type': 'application/octet-stream', 'content-length': String(size) }, open, both);
+      const reply = await this.send(
+        'PUT',
+        urlPath,
+        { 'content-type': 'application/octet-stream', 'content-length': String(size) },
+        open,
+        both,
+      );
       if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
     } catch (err) {
       if (readError) throw this.localFileError(path, readError);
@@ -281,10 +306,14 @@ export class GlanceImageService implements ImageService {
       file?.destroy();
     }
     if (sent !== size) {
-      throw new VmsnapError('ImageServiceError', `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`, {
-        expected: size,
-        sent,
-      });
+      throw new VmsnapError(
+        'ImageServiceError',
+        `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`,
+        {
+          expected: size,
+          sent,
+        },
+      );
     }
     report();
     return { size: sent, sha512: sha512.digest('hex'), md5: md5.digest('hex') };
@@ -303,12 +332,16 @@ export class GlanceImageService implements ImageService {
       clearTimeout(watchdog);
       watchdog = setTimeout(() => {
         stalled.abort(
-          new VmsnapError('ImageServiceUnavailable', `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`, {
-            method: 'GET',
-            path: urlPath,
-            url: this.shownUrl,
-            received,
-          }),
+          new VmsnapError(
+            'ImageServiceUnavailable',
+            `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`,
+            {
+              method: 'GET',
+              path: urlPath,
+              url: this.shownUrl,
+              received,
+            },
+          ),
         );
       }, this.timeoutMs);
     };
@@ -324,11 +357,15 @@ export class GlanceImageService implements ImageService {
       }
     };
     const corrupt = (why: string) =>
-      new VmsnapError('ImageCorrupt', `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`, {
-        imageId: id,
-        expected,
-        received,
-      });
+      new VmsnapError(
+        'ImageCorrupt',
+        `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`,
+        {
+          imageId: id,
+          expected,
+          received,
+        },
+      );
     try {
       arm();
       const body = await this.openDownload(urlPath, both);
@@ -352,8 +389,10 @@ export class GlanceImageService implements ImageService {
         if (err instanceof VmsnapError) throw err;
         if (both.aborted) throw both.reason ?? err;
         const code = errorCode(err);
-        if (code && ['ENOSPC', 'EDQUOT'].includes(code)) throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, { path });
-        if (code && code.startsWith('E') && !TRANSIENT_CODES.has(code)) throw new VmsnapError('InvalidInput', `cannot write ${path}: ${(err as Error).message}`, { path, code });
+        if (code && ['ENOSPC', 'EDQUOT'].includes(code))
+          throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, { path });
+        if (code && code.startsWith('E') && !TRANSIENT_CODES.has(code))
+          throw new VmsnapError('InvalidInput', `cannot write ${path}: ${(err as Error).message}`, { path, code });
         throw this.transportError('GET', urlPath, err);
       }
       const sum = sha512.digest('hex');
@@ -377,7 +416,12 @@ export class GlanceImageService implements ImageService {
       if (token) this.rememberToken(token);
       let res;
       try {
-        res = await this.pool.request({ method: 'GET', path: `${this.prefix}${path}`, headers: { accept: 'application/octet-stream', 'user-agent': 'vmsnap', ...auth }, signal });
+        res = await this.pool.request({
+          method: 'GET',
+          path: `${this.prefix}${path}`,
+          headers: { accept: 'application/octet-stream', 'user-agent': 'vmsnap', ...auth },
+          signal,
+        });
       } catch (err) {
         if (signal.aborted) throw signal.reason ?? err;
         throw tlsError(err, 'Glance', this.shownUrl, this.cacert) ?? this.transportError('GET', path, err);
@@ -389,7 +433,11 @@ export class GlanceImageService implements ImageService {
         continue;
       }
       if (res.statusCode === 204) {
-        throw new VmsnapError('ImageServiceError', `Glance GET ${path} answered 204: the image has no data`, { method: 'GET', path, status: 204 });
+        throw new VmsnapError('ImageServiceError', `Glance GET ${path} answered 204: the image has no data`, {
+          method: 'GET',
+          path,
+          status: 204,
+        });
       }
       throw this.httpError('GET', path, { status: res.statusCode, text });
     }
@@ -439,7 +487,13 @@ export class GlanceImageService implements ImageService {
     }
   }
 
-  private async sendOnce(method: string, path: string, headers: Record<string, string>, body: string | Readable | undefined, signal?: AbortSignal): Promise<Reply> {
+  private async sendOnce(
+    method: string,
+    path: string,
+    headers: Record<string, string>,
+    body: string | Readable | undefined,
+    signal?: AbortSignal,
+  ): Promise<Reply> {
     const all: Record<string, string> = { accept: 'application/json', 'user-agent': 'vmsnap', ...headers };
     try {
       const res = await this.pool.request({
@@ -498,15 +552,27 @@ export class GlanceImageService implements ImageService {
     }
     if (status === 408 || status === 429) {
       // Timeouts and rate limiting by Glance or a proxy in front of it pass with time.
-      return new VmsnapError('ImageServiceUnavailable', `${head}: Glance (or a proxy in front of it) is busy or timed out; the request can be retried.`, details);
+      return new VmsnapError(
+        'ImageServiceUnavailable',
+        `${head}: Glance (or a proxy in front of it) is busy or timed out; the request can be retried.`,
+        details,
+      );
     }
     if (status === 404) {
-      return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, details);
+      return new VmsnapError(
+        'ImageNotFound',
+        `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`,
+        details,
+      );
     }
     if (status === 409 && /transition from (saving|uploading|importing)/i.test(said)) {
       // An earlier upload of this image is still in Glance's hands (its client died a moment
       // ago); Glance puts the image back to queued shortly, so the same upload can be retried.
-      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`, details);
+      return new VmsnapError(
+        'ImageServiceUnavailable',
+        `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`,
+        details,
+      );
     }
     if (status === 409) {
       return new VmsnapError(
@@ -532,10 +598,20 @@ export class GlanceImageService implements ImageService {
     }
     if (status === 403) {
       const caller = this.identity.knownCaller();
-      const who = caller ? `user ${caller.userName} (${caller.userId}) lacks a role on project ${caller.projectName} (${caller.projectId})` : `${this.identity.description} lacks a role`;
-      return new VmsnapError('ImageServiceError', `${head}: ${who} that lets it ${ACTIONS[method] ?? 'do this'}. Grant the role (usually member) on the project, or check Glance's policy.`, details);
+      const who = caller
+        ? `user ${caller.userName} (${caller.userId}) lacks a role on project ${caller.projectName} (${caller.projectId})`
+        : `${this.identity.description} lacks a role`;
+      return new VmsnapError(
+        'ImageServiceError',
+        `${head}: ${who} that lets it ${ACTIONS[method] ?? 'do this'}. Grant the role (usually member) on the project, or check Glance's policy.`,
+        details,
+      );
     }
-    return new VmsnapError('ImageServiceError', `${head}: Glance rejected the request. Check the values sent (names, formats, properties) against Glance's schema and configuration.`, details);
+    return new VmsnapError(
+      'ImageServiceError',
+      `${head}: Glance rejected the request. Check the values sent (names, formats, properties) against Glance's schema and configuration.`,
+      details,
+    );
   }
 
   private transportError(method: string, path: string, err: unknown): VmsnapError {
@@ -551,7 +627,11 @@ export class GlanceImageService implements ImageService {
       );
     }
     if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
-      return new VmsnapError('ImageServiceError', `Glance ${method} ${path}: the file changed size while it was uploaded; nothing may write to a snapshot file while it is uploaded.`, details);
+      return new VmsnapError(
+        'ImageServiceError',
+        `Glance ${method} ${path}: the file changed size while it was uploaded; nothing may write to a snapshot file while it is uploaded.`,
+        details,
+      );
     }
     return new VmsnapError(
       'ImageServiceError',
@@ -563,10 +643,14 @@ export class GlanceImageService implements ImageService {
   private localFileError(path: string, err: unknown): VmsnapError {
     const code = errorCode(err);
     const reason = err instanceof Error ? err.message : String(err);
-    return new VmsnapError('InvalidInput', `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`, {
-      path,
-      code,
-    });
+    return new VmsnapError(
+      'InvalidInput',
+      `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`,
+      {
+        path,
+        code,
+      },
+    );
   }
 
   /** Glance's own words from an error body (HTML or JSON), short and without the token. */

@@ -39,7 +39,10 @@ export function tlsError(err: unknown, service: string, url: string, cacert: str
   const fix = cacert
     ? `the CA in ${cacert} (OS_CACERT or cacert in clouds.yaml) does not sign it: point OS_CACERT at the CA that does`
     : 'set OS_CACERT (or cacert in clouds.yaml) to the CA that signs it';
-  return new VmsnapError('ConfigError', `config: the TLS certificate of ${service} at ${url} is not trusted (${code}): ${fix}`, { setting: 'OS_CACERT', code });
+  return new VmsnapError('ConfigError', `config: the TLS certificate of ${service} at ${url} is not trusted (${code}): ${fix}`, {
+    setting: 'OS_CACERT',
+    code,
+  });
 }
 
 /** The CA bundle to trust, read once, or undefined for the system's. */

@@ -76,7 +76,7 @@ export interface Hypervisor {
   /** Stops (destroy) and undefines a domain; one that is gone already is success. */
   undefine(id: string): Promise<void>;
   /** Watches the guest's completed disk writes (optional: a driver without it reports no figure). */
-  watchWrites?(id: string, device: string): Promise<WriteWatch>;  // device: target name or disk path
+  watchWrites?(id: string, device: string): Promise<WriteWatch>; // device: target name or disk path
 }
 
 // ---------------------------------------------------------------------------------------------

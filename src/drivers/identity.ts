@@ -49,8 +49,12 @@ export class NoAuth implements Identity {
   }
 
   async endpoint(serviceType: string): Promise<string> {
-    throw new VmsnapError('ConfigError', `config: OS_AUTH_TYPE is none, so there is no service catalog to find the ${serviceType} endpoint in: set VMSNAP_GLANCE_URL`, {
-      setting: 'VMSNAP_GLANCE_URL',
-    });
+    throw new VmsnapError(
+      'ConfigError',
+      `config: OS_AUTH_TYPE is none, so there is no service catalog to find the ${serviceType} endpoint in: set VMSNAP_GLANCE_URL`,
+      {
+        setting: 'VMSNAP_GLANCE_URL',
+      },
+    );
   }
 }

@@ -49,8 +49,12 @@ function authBody(auth: Exclude<KeystoneAuth, { type: 'none' | 'token' }>): unkn
         };
     return { auth: { identity: { methods: ['application_credential'], application_credential: credential } } };
   }
-  const user = auth.userId ? { id: auth.userId, password: auth.password } : { name: auth.username, domain: domain(auth.userDomainName, auth.userDomainId), password: auth.password };
-  const project = auth.projectId ? { id: auth.projectId } : { name: auth.projectName, domain: domain(auth.projectDomainName, auth.projectDomainId) };
+  const user = auth.userId
+    ? { id: auth.userId, password: auth.password }
+    : { name: auth.username, domain: domain(auth.userDomainName, auth.userDomainId), password: auth.password };
+  const project = auth.projectId
+    ? { id: auth.projectId }
+    : { name: auth.projectName, domain: domain(auth.projectDomainName, auth.projectDomainId) };
   return { auth: { identity: { methods: ['password'], password: { user } }, scope: { project } } };
 }
 
@@ -153,11 +157,18 @@ export class KeystoneSession implements Identity {
       // and hands out its catalog.
       const res =
         this.auth.type === 'token'
-          ? await request(`${path}`, { method: 'GET', headers: { ...headers, 'x-auth-token': this.auth.token, 'x-subject-token': this.auth.token }, dispatcher: this.dispatcher })
+          ? await request(`${path}`, {
+              method: 'GET',
+              headers: { ...headers, 'x-auth-token': this.auth.token, 'x-subject-token': this.auth.token },
+              dispatcher: this.dispatcher,
+            })
           : await request(path, { method: 'POST', headers, body: JSON.stringify(authBody(this.auth)), dispatcher: this.dispatcher });
       reply = { statusCode: res.statusCode, headers: res.headers, text: await res.body.text() };
     } catch (err) {
-      throw tlsError(err, 'Keystone', this.auth.authUrl, this.settings.cacert) ?? this.unavailable(`failed: ${errorCode(err) ?? (err as Error).message}`);
+      throw (
+        tlsError(err, 'Keystone', this.auth.authUrl, this.settings.cacert) ??
+        this.unavailable(`failed: ${errorCode(err) ?? (err as Error).message}`)
+      );
     }
     const { statusCode } = reply;
     if (statusCode >= 500 || statusCode === 408 || statusCode === 429) throw this.unavailable(`answered ${statusCode}`);
@@ -168,13 +179,20 @@ export class KeystoneSession implements Identity {
           : this.auth.type === 'v3applicationcredential'
             ? `${this.description}: check the application credential's id or name and its secret (OS_APPLICATION_CREDENTIAL_SECRET), and that it has not expired`
             : `${this.description}: check the password (OS_PASSWORD), that the user and the project exist in their domains, and that the user has a role on the project`;
-      throw new VmsnapError('ConfigError', `config: Keystone refused ${what} (HTTP ${statusCode})`, { setting: 'OS_PASSWORD', status: statusCode });
-    }
-    if (statusCode !== 200 && statusCode !== 201) {
-      throw new VmsnapError('ConfigError', `config: Keystone at ${this.auth.authUrl} answered ${statusCode} to the token request for ${this.description}: check the auth settings (OS_AUTH_URL must be Keystone's v3 URL)`, {
-        setting: 'OS_AUTH_URL',
+      throw new VmsnapError('ConfigError', `config: Keystone refused ${what} (HTTP ${statusCode})`, {
+        setting: 'OS_PASSWORD',
         status: statusCode,
       });
+    }
+    if (statusCode !== 200 && statusCode !== 201) {
+      throw new VmsnapError(
+        'ConfigError',
+        `config: Keystone at ${this.auth.authUrl} answered ${statusCode} to the token request for ${this.description}: check the auth settings (OS_AUTH_URL must be Keystone's v3 URL)`,
+        {
+          setting: 'OS_AUTH_URL',
+          status: statusCode,
+        },
+      );
     }
     const value = this.auth.type === 'token' ? this.auth.token : reply.headers['x-subject-token'];
     let body: KeystoneTokenBody;
@@ -187,9 +205,13 @@ export class KeystoneSession implements Identity {
     const expires = Date.parse(t?.expires_at ?? '');
     const issued = Date.parse(t?.issued_at ?? '');
     if (typeof value !== 'string' || !t || Number.isNaN(expires) || !t.user?.id || !t.project?.id) {
-      throw new VmsnapError('ConfigError', `config: ${this.auth.authUrl} did not answer with a project-scoped Keystone v3 token: is OS_AUTH_URL Keystone's v3 URL, and does the credential name a project?`, {
-        setting: 'OS_AUTH_URL',
-      });
+      throw new VmsnapError(
+        'ConfigError',
+        `config: ${this.auth.authUrl} did not answer with a project-scoped Keystone v3 token: is OS_AUTH_URL Keystone's v3 URL, and does the credential name a project?`,
+        {
+          setting: 'OS_AUTH_URL',
+        },
+      );
     }
     // Keystone's clock decides the lifetime; ours when it started, seen from here. A fixed token
     // was issued long ago: what is left of it is all it has.
@@ -213,8 +235,12 @@ export class KeystoneSession implements Identity {
   }
 
   private unavailable(what: string): VmsnapError {
-    return new VmsnapError('IdentityServiceUnavailable', `Keystone at ${this.auth.authUrl} ${what} while authenticating ${this.description}: is Keystone running and reachable? The request can be retried.`, {
-      url: this.auth.authUrl,
-    });
+    return new VmsnapError(
+      'IdentityServiceUnavailable',
+      `Keystone at ${this.auth.authUrl} ${what} while authenticating ${this.description}: is Keystone running and reachable? The request can be retried.`,
+      {
+        url: this.auth.authUrl,
+      },
+    );
   }
 }

@@ -106,7 +106,10 @@ async function qemuOwner(domainName: string | undefined): Promise<{ uid: number;
   }
   const passwd = await fs.readFile('/etc/passwd', 'utf8').catch(() => '');
   for (const name of ['libvirt-qemu', 'qemu']) {
-    const fields = passwd.split('\n').find((l) => l.startsWith(`${name}:`))?.split(':');
+    const fields = passwd
+      .split('\n')
+      .find((l) => l.startsWith(`${name}:`))
+      ?.split(':');
     if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
   }
   return undefined;
@@ -240,7 +243,11 @@ export class LiveCopier {
     const pull = { socketDir: `${target}.nbd`, socket: path.join(`${target}.nbd`, 'sock'), scratch: `${target}.scratch` };
     let usePull = method !== 'push';
     if (usePull && Buffer.byteLength(pull.socket) > MAX_SOCKET_PATH) {
-      if (method === 'pull') throw new VmsnapError('InvalidInput', `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`);
+      if (method === 'pull')
+        throw new VmsnapError(
+          'InvalidInput',
+          `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`,
+        );
       usePull = false;
     }
     if (signal?.aborted) throw abortError(signal);
@@ -267,7 +274,9 @@ export class LiveCopier {
       if (owner) await fs.chown(pull.socketDir, owner.uid, owner.gid).catch(() => undefined);
     }
     const writeXml = () =>
-      fs.writeFile(xmlFile, usePull ? pullXml(disks, root, pull.socket, pull.scratch) : backupXml(disks, root, target, opts.targetFormat), { mode: 0o600 });
+      fs.writeFile(xmlFile, usePull ? pullXml(disks, root, pull.socket, pull.scratch) : backupXml(disks, root, target, opts.targetFormat), {
+        mode: 0o600,
+      });
     await writeXml();
 
     const quiescer = new Quiescer(this.run, id);
@@ -275,7 +284,8 @@ export class LiveCopier {
     let jobStarted = false;
     try {
       if (quiesce !== 'never') {
-        const why = state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
+        const why =
+          state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
         if (why === undefined) frozen = true;
         else if (quiesce === 'require') {
           throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
@@ -325,7 +335,10 @@ export class LiveCopier {
         await this.waitForJob(id, opts);
       }
       await fsyncFileAndEntry(target);
-      const result: LiveCopyResult = { consistency: frozen ? 'filesystem-consistent' : 'crash-consistent', method: usePull ? 'pull' : 'push' };
+      const result: LiveCopyResult = {
+        consistency: frozen ? 'filesystem-consistent' : 'crash-consistent',
+        method: usePull ? 'pull' : 'push',
+      };
       if (notes.length) result.quiesceNote = notes.join('; ');
       return result;
     } catch (err) {
@@ -498,7 +511,10 @@ export class LiveCopier {
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id).catch(() => ''));
       if (job.type === JOB.none) return;
       if (Date.now() > deadline) {
-        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`);
+        throw new VmsnapError(
+          'HypervisorError',
+          `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`,
+        );
       }
       await sleep(100);
     }

@@ -165,7 +165,9 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   if (opts.signal?.aborted) throw abortError(opts.signal);
   if (!opts.nbdSocket) await requireImage(what, opts.source);
   // json: takes any socket path as is (an nbd+unix:// URL would need it escaped).
-  const source = opts.nbdSocket ? `json:${JSON.stringify({ driver: opts.sourceFormat, file: { driver: 'nbd', server: { type: 'unix', path: opts.nbdSocket }, export: opts.source } })}` : opts.source;
+  const source = opts.nbdSocket
+    ? `json:${JSON.stringify({ driver: opts.sourceFormat, file: { driver: 'nbd', server: { type: 'unix', path: opts.nbdSocket }, export: opts.source } })}`
+    : opts.source;
 
   const args = [
     'convert',
@@ -254,14 +256,7 @@ interface QemuImgInfoJson {
 export async function info(file: string, opts: { forceShare?: boolean; format?: string } = {}): Promise<ImageInfo> {
   const what = `qemu-img info ${file}`;
   await requireImage(what, file);
-  const args = [
-    'info',
-    '--output=json',
-    ...(opts.forceShare ? ['-U'] : []),
-    ...(opts.format ? ['-f', opts.format] : []),
-    '--',
-    file,
-  ];
+  const args = ['info', '--output=json', ...(opts.forceShare ? ['-U'] : []), ...(opts.format ? ['-f', opts.format] : []), '--', file];
   const r = await execa(QEMU_IMG, args, { env, reject: false, stdin: 'ignore', timeout: META_TIMEOUT_MS });
   if (r.timedOut) throw timedOut(what);
   if (r.failed) {

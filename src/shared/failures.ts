@@ -42,19 +42,33 @@ export const ERRORS = {
   InvalidInput: never(EXIT.usage, 'correct the request as the message says; nothing was changed'),
   InstanceNotFound: never(EXIT.notFound, 'check the UUID or name (virsh list --all on its host, vmsnap instances)'),
   InstanceBusy: never(EXIT.busy, 'wait for the running snapshot or task to end (vmsnap status), then try again'),
-  InstanceInvalidState: never(EXIT.failed, 'bring the instance into a state the request allows (running, paused or shut off), or ask for another mode'),
+  InstanceInvalidState: never(
+    EXIT.failed,
+    'bring the instance into a state the request allows (running, paused or shut off), or ask for another mode',
+  ),
   DiskNotFound: never(EXIT.failed, "check the instance's root disk (virsh domblklist) and that the worker's host can read it"),
   ConvertFailed: later('qemu-img could not read or write the disk: check the host storage; retries are automatic'),
-  ImageCorrupt: never(EXIT.failed, "qemu-img check found the disk or its copy damaged: repair the instance's disk (qemu-img check -r) before the next snapshot"),
+  ImageCorrupt: never(
+    EXIT.failed,
+    "qemu-img check found the disk or its copy damaged: repair the instance's disk (qemu-img check -r) before the next snapshot",
+  ),
   ImageNotFound: never(EXIT.failed, 'check the image id in Glance (openstack image show)'),
   ImageConflict: never(EXIT.failed, 'the image id is taken in Glance: start a new snapshot, which picks a new id'),
-  ImageServiceError: { retryable: false, exit: EXIT.failed, hint: 'Glance refused the request: check the role, quota and image properties the message names' },
+  ImageServiceError: {
+    retryable: false,
+    exit: EXIT.failed,
+    hint: 'Glance refused the request: check the role, quota and image properties the message names',
+  },
   ImageServiceUnavailable: later('Glance is unreachable or busy: check it is running; retries are automatic'),
   IdentityServiceUnavailable: later('Keystone is unreachable or busy: check it is running; retries are automatic'),
   HypervisorError: later('libvirt or QEMU failed: check libvirtd and the instance on its host; retries are automatic'),
   NoSpace: never(EXIT.failed, 'free space in VMSNAP_SNAPSHOTS_DIR on the host (or point it at a larger disk), then snapshot again'),
   ConfigError: never(EXIT.unavailable, 'correct the setting the message names, in the environment or the file VMSNAP_CONFIG_FILE names'),
-  StoreError: { retryable: 'transient', exit: EXIT.unavailable, hint: 'check the store (VMSNAP_STORE_URL): a locked or unreachable store is retried, a bad setting is not' },
+  StoreError: {
+    retryable: 'transient',
+    exit: EXIT.unavailable,
+    hint: 'check the store (VMSNAP_STORE_URL): a locked or unreachable store is retried, a bad setting is not',
+  },
 } as const satisfies Record<string, FailureKind>;
 export type ErrorCode = keyof typeof ERRORS;
 
@@ -94,7 +108,9 @@ export function failureKind(type: string | undefined): FailureKind {
 }
 
 /** Types no retry can fix: retry policies stop at once on these (nonRetryableErrorTypes). */
-export const PERMANENT_FAILURE_TYPES: FailureType[] = (Object.keys(FAILURES) as FailureType[]).filter((type) => FAILURES[type].retryable === false);
+export const PERMANENT_FAILURE_TYPES: FailureType[] = (Object.keys(FAILURES) as FailureType[]).filter(
+  (type) => FAILURES[type].retryable === false,
+);
 
 /**
  * The failure type of what ended a workflow or child: its ApplicationFailure type, or what ended it

@@ -15,15 +15,43 @@ const MAX_METADATA_VALUE = 255;
  * at all. Checked here so such a request fails before anything changes.
  */
 const GLANCE_REFUSED_CHARACTERS = /[\u{10000}-\u{10FFFF}]|\p{Cs}/u;
-const REFUSED_MESSAGE = 'must not contain characters outside the Basic Multilingual Plane (emoji and other 4-byte UTF-8): Glance refuses them';
+const REFUSED_MESSAGE =
+  'must not contain characters outside the Basic Multilingual Plane (emoji and other 4-byte UTF-8): Glance refuses them';
 
 /** Keys vmsnap sets itself or Glance owns: a user's metadata may not set them. */
 export const RESERVED_PROPERTY_KEYS = new Set([
-  'id', 'name', 'status', 'visibility', 'protected', 'os_hidden', 'owner', 'owner_id', 'user_id',
-  'size', 'virtual_size', 'checksum', 'os_hash_algo', 'os_hash_value', 'disk_format',
-  'container_format', 'min_disk', 'min_ram', 'created_at', 'updated_at', 'tags', 'locations',
-  'direct_url', 'self', 'file', 'schema', 'stores', 'image_type', 'instance_uuid',
-  'base_image_ref', 'image_location', 'image_state',
+  'id',
+  'name',
+  'status',
+  'visibility',
+  'protected',
+  'os_hidden',
+  'owner',
+  'owner_id',
+  'user_id',
+  'size',
+  'virtual_size',
+  'checksum',
+  'os_hash_algo',
+  'os_hash_value',
+  'disk_format',
+  'container_format',
+  'min_disk',
+  'min_ram',
+  'created_at',
+  'updated_at',
+  'tags',
+  'locations',
+  'direct_url',
+  'self',
+  'file',
+  'schema',
+  'stores',
+  'image_type',
+  'instance_uuid',
+  'base_image_ref',
+  'image_location',
+  'image_state',
 ]);
 
 /** Prefixes never inherited nor accepted (Nova's list, plus Glance's own namespace). */
@@ -47,7 +75,19 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   }
   const r = input as Record<string, unknown>;
   const problems: InputProblem[] = [];
-  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'quiesce', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId', 'scheduleId']);
+  const known = new Set([
+    'instance',
+    'imageName',
+    'metadata',
+    'mode',
+    'quiesce',
+    'diskFormat',
+    'compress',
+    'imageId',
+    'userId',
+    'projectId',
+    'scheduleId',
+  ]);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
@@ -104,7 +144,12 @@ function metadataProblems(metadata: unknown): InputProblem[] {
   }
   const entries = Object.entries(metadata);
   if (entries.length > MAX_METADATA_ENTRIES) {
-    return [{ field: 'metadata', message: `at most ${MAX_METADATA_ENTRIES} entries (Glance keeps at most 128 properties per image, and vmsnap sets some)` }];
+    return [
+      {
+        field: 'metadata',
+        message: `at most ${MAX_METADATA_ENTRIES} entries (Glance keeps at most 128 properties per image, and vmsnap sets some)`,
+      },
+    ];
   }
   const problems: InputProblem[] = [];
   for (const [key, value] of entries) {
@@ -115,7 +160,8 @@ function metadataProblems(metadata: unknown): InputProblem[] {
       problems.push({ field, message: 'is reserved: vmsnap or Glance sets it' });
     }
     if (typeof value !== 'string') problems.push({ field, message: 'values must be strings' });
-    else if ([...value].length > MAX_METADATA_VALUE) problems.push({ field, message: `values are at most ${MAX_METADATA_VALUE} characters` });
+    else if ([...value].length > MAX_METADATA_VALUE)
+      problems.push({ field, message: `values are at most ${MAX_METADATA_VALUE} characters` });
     else if (GLANCE_REFUSED_CHARACTERS.test(value)) problems.push({ field, message: REFUSED_MESSAGE });
     else if (value.includes('\u0000')) problems.push({ field, message: 'must not contain NUL characters' });
   }
@@ -146,12 +192,16 @@ export function validateRestoreRequest(input: unknown): InputProblem[] {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
   problems.push(...instanceProblems(r.instance));
-  if (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId)) problems.push({ field: 'imageId', message: 'required: the Glance image id (a UUID)' });
+  if (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId))
+    problems.push({ field: 'imageId', message: 'required: the Glance image id (a UUID)' });
   for (const field of ['allowOtherImage', 'allowGrow'] as const) {
     if (r[field] !== undefined && typeof r[field] !== 'boolean') problems.push({ field, message: 'must be true or false' });
   }
   if (r.asNew !== undefined && (typeof r.asNew !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(r.asNew))) {
-    problems.push({ field: 'asNew', message: 'the new instance name: 1-64 letters, digits, "_", "." and "-", starting with a letter or digit' });
+    problems.push({
+      field: 'asNew',
+      message: 'the new instance name: 1-64 letters, digits, "_", "." and "-", starting with a letter or digit',
+    });
   }
   return problems;
 }

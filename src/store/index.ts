@@ -15,5 +15,7 @@ export function createStore(config: Pick<Config, 'storeUrl'>, options: PostgresS
   // loadConfig writes SQLite stores as sqlite:///abs/path, percent-encoded as a file: URL is.
   if (url.startsWith('sqlite:///')) return new SqliteStore(fileURLToPath(`file://${url.slice('sqlite://'.length)}`));
   // The URL is not quoted: whatever it is, it may hold a password.
-  throw new VmsnapError('ConfigError', 'config: VMSNAP_STORE_URL must be sqlite:///path or postgresql://...', { setting: 'VMSNAP_STORE_URL' });
+  throw new VmsnapError('ConfigError', 'config: VMSNAP_STORE_URL must be sqlite:///path or postgresql://...', {
+    setting: 'VMSNAP_STORE_URL',
+  });
 }

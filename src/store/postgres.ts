@@ -9,7 +9,20 @@ import pg from 'pg';
 import { parsePostgresUrl, type PostgresTarget } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { ALL_TASK_STATES, POSTGRES_TYPES, checkTaskState, firstSchema } from './schema.js';
-import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
+import {
+  EVENT_COLUMNS,
+  FAULT_COLUMNS,
+  INSTANCE_COLUMNS,
+  UUID,
+  toEvent,
+  toFault,
+  toHost,
+  toInstance,
+  type EventRow,
+  type FaultRow,
+  type HostRow,
+  type InstanceRow,
+} from './rows.js';
 import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface PostgresStoreOptions {
@@ -38,7 +51,16 @@ const MIGRATION_LOCK = 130212460126576;
  * server (a standby during failover).
  */
 const RETRYABLE_STATES = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '53300', '55P03', '25006']);
-const RETRYABLE_SYSTEM_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED']);
+const RETRYABLE_SYSTEM_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'ECONNABORTED',
+]);
 // node-postgres reports a lost or timed-out connection as a plain Error without a code.
 const RETRYABLE_MESSAGES = /Connection terminated|timeout exceeded when trying to connect|connection error/i;
 
@@ -73,7 +95,10 @@ function passwordFromFile(target: PostgresTarget, file: string): string | undefi
     content = readFileSync(file, 'utf8');
   } catch (err) {
     if (err instanceof VmsnapError) throw err;
-    throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`);
+    throw new VmsnapError(
+      'StoreError',
+      `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`,
+    );
   }
   const user = target.user ?? userInfo().username;
   const wanted = [target.host.startsWith('/') ? 'localhost' : target.host, String(target.port), target.database ?? user, user];
@@ -96,7 +121,10 @@ export function postgresClientConfig(target: PostgresTarget, options: PostgresSt
   if (password === undefined && target.passfile !== undefined) {
     password = passwordFromFile(target, target.passfile);
     if (password === undefined) {
-      throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${target.passfile} has no line for this host, port, database and user`);
+      throw new VmsnapError(
+        'StoreError',
+        `postgres store ${target.display}: password file ${target.passfile} has no line for this host, port, database and user`,
+      );
     }
   }
   const ca = target.sslrootcert === undefined ? undefined : readFileSync(target.sslrootcert, 'utf8');
@@ -193,17 +221,26 @@ export class PostgresStore implements Store {
           [host, ids, unique.map((i) => i.name), unique.map((i) => i.powerState), unique.map((i) => i.baseImageRef ?? null)],
         );
       }
-      await client.query('UPDATE instances SET deleted_at = now() WHERE host = $1 AND deleted_at IS NULL AND id <> ALL ($2::text[])', [host, ids]);
+      await client.query('UPDATE instances SET deleted_at = now() WHERE host = $1 AND deleted_at IS NULL AND id <> ALL ($2::text[])', [
+        host,
+        ids,
+      ]);
     });
   }
 
   async findInstance(ref: string): Promise<InstanceRecord | undefined> {
     return this.run('findInstance', async () => {
       if (UUID.test(ref)) {
-        const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND deleted_at IS NULL`, [ref]);
+        const { rows } = await this.pool.query<InstanceRow>(
+          `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND deleted_at IS NULL`,
+          [ref],
+        );
         return rows[0] && toInstance(rows[0]);
       }
-      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`, [ref]);
+      const { rows } = await this.pool.query<InstanceRow>(
+        `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`,
+        [ref],
+      );
       if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
       return rows[0] && toInstance(rows[0]);
     });
@@ -221,14 +258,18 @@ export class PostgresStore implements Store {
   async listInstances(options: { includeDeleted?: boolean } = {}): Promise<InstanceRecord[]> {
     return this.run('listInstances', async () => {
       const where = options.includeDeleted ? '' : 'WHERE deleted_at IS NULL';
-      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name COLLATE "C", id COLLATE "C"`);
+      const { rows } = await this.pool.query<InstanceRow>(
+        `SELECT ${INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name COLLATE "C", id COLLATE "C"`,
+      );
       return rows.map(toInstance);
     });
   }
 
   async listInstancesWithTask(): Promise<InstanceRecord[]> {
     return this.run('listInstancesWithTask', async () => {
-      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id COLLATE "C"`);
+      const { rows } = await this.pool.query<InstanceRow>(
+        `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id COLLATE "C"`,
+      );
       return rows.map(toInstance);
     });
   }
@@ -282,7 +323,9 @@ export class PostgresStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', async () => {
-      const { rows } = await this.pool.query<FaultRow>(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`, [instanceId]);
+      const { rows } = await this.pool.query<FaultRow>(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`, [
+        instanceId,
+      ]);
       return rows.map(toFault);
     });
   }
@@ -299,7 +342,10 @@ export class PostgresStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', async () => {
-      const { rows } = await this.pool.query<EventRow>(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`, [instanceId]);
+      const { rows } = await this.pool.query<EventRow>(
+        `SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`,
+        [instanceId],
+      );
       return rows.map(toEvent);
     });
   }
@@ -359,7 +405,10 @@ export class PostgresStore implements Store {
   private wrap(err: unknown, operation: string): VmsnapError {
     if (err instanceof VmsnapError) return err;
     const sqlState = err instanceof pg.DatabaseError ? err.code : undefined;
-    const systemCode = !sqlState && err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' ? (err as NodeJS.ErrnoException).code : undefined;
+    const systemCode =
+      !sqlState && err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string'
+        ? (err as NodeJS.ErrnoException).code
+        : undefined;
     let message = err instanceof Error ? err.message : String(err);
     // Servers and drivers do not put passwords in messages; this makes sure of it.
     for (const secret of [this.target.password, this.password]) if (secret) message = message.replaceAll(secret, '***');

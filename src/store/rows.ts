@@ -65,7 +65,14 @@ export function toFault(r: FaultRow): InstanceFault {
 }
 
 export function toEvent(r: EventRow): InstanceActionEvent {
-  return { instanceId: r.instance_id, action: r.action, event: r.event, requestId: r.request_id, details: details(r.details), createdAt: iso(r.created_at) };
+  return {
+    instanceId: r.instance_id,
+    action: r.action,
+    event: r.event,
+    requestId: r.request_id,
+    details: details(r.details),
+    createdAt: iso(r.created_at),
+  };
 }
 
 export function toHost(r: HostRow): { host: string; taskQueue: string; seenAt: string } {

@@ -11,7 +11,12 @@ export interface ColumnTypes {
 
 export const SQLITE_TYPES: ColumnTypes = { text: 'TEXT', time: 'TEXT', json: 'TEXT', id: 'INTEGER PRIMARY KEY AUTOINCREMENT' };
 // json, not jsonb: details come back as they were written.
-export const POSTGRES_TYPES: ColumnTypes = { text: 'text', time: 'timestamptz', json: 'json', id: 'bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY' };
+export const POSTGRES_TYPES: ColumnTypes = {
+  text: 'text',
+  time: 'timestamptz',
+  json: 'json',
+  id: 'bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY',
+};
 
 export const SNAPSHOT_TASK_STATES = ['image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading'];
 export const ALL_TASK_STATES = [...SNAPSHOT_TASK_STATES, 'rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning'];

@@ -8,7 +8,20 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { VmsnapError } from '../shared/errors.js';
 import { ALL_TASK_STATES, INSTANCE_INDEXES, SQLITE_TYPES, firstSchema, instancesTable } from './schema.js';
-import { EVENT_COLUMNS, FAULT_COLUMNS, INSTANCE_COLUMNS, UUID, toEvent, toFault, toHost, toInstance, type EventRow, type FaultRow, type HostRow, type InstanceRow } from './rows.js';
+import {
+  EVENT_COLUMNS,
+  FAULT_COLUMNS,
+  INSTANCE_COLUMNS,
+  UUID,
+  toEvent,
+  toFault,
+  toHost,
+  toInstance,
+  type EventRow,
+  type FaultRow,
+  type HostRow,
+  type InstanceRow,
+} from './rows.js';
 import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface SqliteStoreOptions {
@@ -60,7 +73,9 @@ export class SqliteStore implements Store {
       this.db
         .transaction(() => {
           this.db.exec('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)');
-          const { version } = this.db.prepare('SELECT COALESCE(MAX(version), 0) AS version FROM schema_version').get() as { version: number };
+          const { version } = this.db.prepare('SELECT COALESCE(MAX(version), 0) AS version FROM schema_version').get() as {
+            version: number;
+          };
           if (version > MIGRATIONS.length) {
             throw new VmsnapError(
               'StoreError',
@@ -102,10 +117,13 @@ export class SqliteStore implements Store {
   async findInstance(ref: string): Promise<InstanceRecord | undefined> {
     return this.run('findInstance', () => {
       if (UUID.test(ref)) {
-        const row = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL`).get(ref) as InstanceRow | undefined;
+        const row = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL`).get(ref) as
+          InstanceRow | undefined;
         return row && toInstance(row);
       }
-      const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = ? AND deleted_at IS NULL LIMIT 2`).all(ref) as InstanceRow[];
+      const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = ? AND deleted_at IS NULL LIMIT 2`).all(
+        ref,
+      ) as InstanceRow[];
       if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
       return rows[0] && toInstance(rows[0]);
     });
@@ -156,13 +174,12 @@ export class SqliteStore implements Store {
    */
   async releaseTaskState(instanceId: string, owner: string): Promise<boolean> {
     return this.run('releaseTaskState', () => {
-      const result = this.stmt('UPDATE instances SET task_state = NULL, task_owner = NULL, updated_at = ? WHERE id = ? AND task_owner = ?').run(
-        now(),
-        instanceId,
-        owner,
-      );
+      const result = this.stmt(
+        'UPDATE instances SET task_state = NULL, task_owner = NULL, updated_at = ? WHERE id = ? AND task_owner = ?',
+      ).run(now(), instanceId, owner);
       if (result.changes === 1) return true;
-      const row = this.stmt('SELECT task_state FROM instances WHERE id = ?').get(instanceId) as { task_state: TaskState | null } | undefined;
+      const row = this.stmt('SELECT task_state FROM instances WHERE id = ?').get(instanceId) as
+        { task_state: TaskState | null } | undefined;
       return row !== undefined && row.task_state === null;
     });
   }
@@ -182,7 +199,9 @@ export class SqliteStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', () => {
-      const rows = this.stmt(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = ? ORDER BY id`).all(instanceId) as FaultRow[];
+      const rows = this.stmt(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = ? ORDER BY id`).all(
+        instanceId,
+      ) as FaultRow[];
       return rows.map(toFault);
     });
   }
@@ -198,7 +217,9 @@ export class SqliteStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', () => {
-      const rows = this.stmt(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = ? ORDER BY id`).all(instanceId) as EventRow[];
+      const rows = this.stmt(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = ? ORDER BY id`).all(
+        instanceId,
+      ) as EventRow[];
       return rows.map(toEvent);
     });
   }
@@ -249,6 +270,8 @@ export class SqliteStore implements Store {
     // Every SQLITE_BUSY* (plain, _SNAPSHOT, _RECOVERY, _TIMEOUT) means another connection held
     // the lock: trying again later can succeed. Anything else is a bug, a bad file or a full disk.
     const transient = code?.startsWith('SQLITE_BUSY') ?? false;
-    return new VmsnapError('StoreError', `sqlite store ${this.path}: ${operation}: ${message}`, code ? { sqliteCode: code } : {}, { transient });
+    return new VmsnapError('StoreError', `sqlite store ${this.path}: ${operation}: ${message}`, code ? { sqliteCode: code } : {}, {
+      transient,
+    });
   }
 }

@@ -18,7 +18,11 @@ function withoutSourcesContent(bundle: string): string {
   return `${bundle.slice(0, data)}${Buffer.from(JSON.stringify(map)).toString('base64')}\n`;
 }
 
-const { code } = await bundleWorkflowCode({ workflowsPath, workflowInterceptorModules: [workflowInterceptorsPath], logger: quietBundlerLogger });
+const { code } = await bundleWorkflowCode({
+  workflowsPath,
+  workflowInterceptorModules: [workflowInterceptorsPath],
+  logger: quietBundlerLogger,
+});
 const written = withoutSourcesContent(code);
 await writeFile(prebuiltBundlePath, written);
 console.log(`wrote ${prebuiltBundlePath} (${Math.round(written.length / 1024)} KiB)`);

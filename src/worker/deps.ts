@@ -7,7 +7,12 @@ import { LibvirtHypervisor } from '../drivers/libvirt.js';
 import type { Config } from '../shared/config.js';
 import type { Store } from '../store/store.js';
 
-export function buildDeps(config: Config, store: Store, cloud: Pick<Cloud, 'identity' | 'imageService'>, extra: Pick<ActivityDeps, 'workflows'> & Partial<ActivityDeps>): ActivityDeps {
+export function buildDeps(
+  config: Config,
+  store: Store,
+  cloud: Pick<Cloud, 'identity' | 'imageService'>,
+  extra: Pick<ActivityDeps, 'workflows'> & Partial<ActivityDeps>,
+): ActivityDeps {
   return {
     store,
     hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),

@@ -21,8 +21,19 @@ export async function resumeAbandonedPauses(deps: Deps): Promise<string[]> {
     if (events.lastIndexOf('pause') <= events.lastIndexOf('resume')) continue;
     if ((await deps.workflows.runStatus(owner)) === 'running') continue;
     const outcome = await resumeIfPresent(deps.hypervisor, instance.id);
-    await deps.store.recordEvent({ instanceId: instance.id, action: 'createImage', event: 'resume', requestId: owner, details: { outcome, by: 'host pause watch' } });
-    Runtime.instance().logger.warn('resumed a guest whose snapshot run is gone', { instanceId: instance.id, owner, outcome, host: deps.host });
+    await deps.store.recordEvent({
+      instanceId: instance.id,
+      action: 'createImage',
+      event: 'resume',
+      requestId: owner,
+      details: { outcome, by: 'host pause watch' },
+    });
+    Runtime.instance().logger.warn('resumed a guest whose snapshot run is gone', {
+      instanceId: instance.id,
+      owner,
+      outcome,
+      host: deps.host,
+    });
     resumed.push(instance.id);
   }
   return resumed;

@@ -28,7 +28,12 @@ export interface VmsnapWorker {
 /** Token renewals are worth a line: an operator sees that they happen, and how often. */
 function logRenewal({ expiresInMs, caller, renewal }: { expiresInMs: number; caller: Caller; renewal: boolean }): void {
   // The first token is part of start-up, which the start-up line reports.
-  if (renewal) Runtime.instance().logger.info('identity: new Keystone token', { user: caller.userName, project: caller.projectName, validForS: Math.round(expiresInMs / 1000) });
+  if (renewal)
+    Runtime.instance().logger.info('identity: new Keystone token', {
+      user: caller.userName,
+      project: caller.projectName,
+      validForS: Math.round(expiresInMs / 1000),
+    });
 }
 
 export async function startVmsnapWorker(

@@ -31,7 +31,10 @@ async function load(): Promise<WorkflowBundleOption> {
 
 /** The bundler's progress chatter hides the worker's own start-up line: warnings and errors only. */
 export const quietBundlerLogger = {
-  log() {}, trace() {}, debug() {}, info() {},
+  log() {},
+  trace() {},
+  debug() {},
+  info() {},
   warn: (m: string) => console.warn(m),
   error: (m: string) => console.error(m),
 };

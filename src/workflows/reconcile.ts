@@ -67,9 +67,24 @@ type Attempt = (what: string, step: () => Promise<void>) => Promise<void>;
 export async function reconcile(options: ReconcileOptions = {}): Promise<ReconcileReport> {
   const staleAfterMs = options?.staleImageAfterMs ?? STALE_IMAGE_MS;
   if (typeof staleAfterMs !== 'number' || !Number.isFinite(staleAfterMs) || staleAfterMs < 0) {
-    throw ApplicationFailure.create({ type: 'InvalidInput', message: 'staleImageAfterMs must be a number of milliseconds, 0 or more', nonRetryable: true });
+    throw ApplicationFailure.create({
+      type: 'InvalidInput',
+      message: 'staleImageAfterMs must be a number of milliseconds, 0 or more',
+      nonRetryable: true,
+    });
   }
-  const report: ReconcileReport = { resumed: [], thawed: [], releasedTasks: [], deletedImages: [], sweptImages: [], removedDirs: [], undoneRestores: [], removedPreRestoreDisks: [], removedNewInstances: [], errors: [] };
+  const report: ReconcileReport = {
+    resumed: [],
+    thawed: [],
+    releasedTasks: [],
+    deletedImages: [],
+    sweptImages: [],
+    removedDirs: [],
+    undoneRestores: [],
+    removedPreRestoreDisks: [],
+    removedNewInstances: [],
+    errors: [],
+  };
   // Each item on its own: a failure is reported, and Glance away makes the round wait, not fail.
   const attempt: Attempt = async (what, step) => {
     try {
@@ -104,7 +119,17 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
   });
   await removeLeftoversOnHosts(report, attempt);
 
-  if (report.resumed.length + report.thawed.length + report.releasedTasks.length + report.deletedImages.length + report.removedDirs.length + report.undoneRestores.length + report.removedPreRestoreDisks.length + report.removedNewInstances.length > 0) {
+  if (
+    report.resumed.length +
+      report.thawed.length +
+      report.releasedTasks.length +
+      report.deletedImages.length +
+      report.removedDirs.length +
+      report.undoneRestores.length +
+      report.removedPreRestoreDisks.length +
+      report.removedNewInstances.length >
+    0
+  ) {
     log.info('reconcile: undid abandoned snapshots', { ...report });
   }
   return report;
@@ -147,9 +172,18 @@ async function undoSnapshot(snapshot: AbandonedSnapshot, report: ReconcileReport
 }
 
 /** A restore never deletes the image it restores from: only the instance's side is undone. */
-async function undoRestore(snapshot: AbandonedSnapshot, restore: NonNullable<AbandonedSnapshot['restore']>, report: ReconcileReport, attempt: Attempt): Promise<void> {
+async function undoRestore(
+  snapshot: AbandonedSnapshot,
+  restore: NonNullable<AbandonedSnapshot['restore']>,
+  report: ReconcileReport,
+  attempt: Attempt,
+): Promise<void> {
   await attempt(`undo restore of ${snapshot.instanceId}`, async () => {
-    await proxyActivities<HostActivities>({ ...hostOptions(snapshot.host), startToCloseTimeout: '5m', scheduleToCloseTimeout: '10m' }).undoRestore({
+    await proxyActivities<HostActivities>({
+      ...hostOptions(snapshot.host),
+      startToCloseTimeout: '5m',
+      scheduleToCloseTimeout: '10m',
+    }).undoRestore({
       instanceId: snapshot.instanceId,
       owner: snapshot.owner,
       priorPowerState: restore.priorPowerState,
@@ -165,7 +199,10 @@ async function removeLeftoversOnHosts(report: ReconcileReport, attempt: Attempt)
   const running = await main.runningSnapshotImageIds();
   for (const host of await main.listHosts()) {
     await attempt(`temp dirs on ${host}`, async () => {
-      const removed = await proxyActivities<HostActivities>(hostOptions(host)).removeOrphanSnapshotDirs({ keep: running, graceMs: DIR_GRACE_MS });
+      const removed = await proxyActivities<HostActivities>(hostOptions(host)).removeOrphanSnapshotDirs({
+        keep: running,
+        graceMs: DIR_GRACE_MS,
+      });
       report.removedDirs.push(...removed);
     });
     await attempt(`pre-restore disks on ${host}`, async () => {
@@ -174,7 +211,9 @@ async function removeLeftoversOnHosts(report: ReconcileReport, attempt: Attempt)
     // Added after histories were recorded: runs of older workers replay without this step.
     if (patched('reconcile-new-instances')) {
       await attempt(`abandoned new instances on ${host}`, async () => {
-        report.removedNewInstances.push(...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })));
+        report.removedNewInstances.push(
+          ...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })),
+        );
       });
     }
   }

@@ -17,7 +17,19 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import {
+  Compensations,
+  RETRY,
+  STORE_STEP,
+  commonSteps,
+  failure,
+  instanceNotFound,
+  lookUpInstance,
+  onHost,
+  onMain,
+  setDetails,
+  typedFailure,
+} from './steps.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
@@ -42,10 +54,21 @@ function restoreSteps(settings: SnapshotSettings, host: string) {
       retry: imageRetry,
     } satisfies ActivityOptions,
     // Heartbeats: a dead worker's stop or start moves to another after the heartbeat timeout.
-    power: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, retry: { ...RETRY, maximumAttempts: 5 } } satisfies ActivityOptions,
+    power: {
+      taskQueue,
+      startToCloseTimeout: powerMs,
+      heartbeatTimeout: settings.heartbeatTimeoutMs,
+      retry: { ...RETRY, maximumAttempts: 5 },
+    } satisfies ActivityOptions,
     // The guest must get its disk back and run again: retried until it does (or the host is gone
     // for good; then the reconciler finishes the job).
-    undo: { taskQueue, startToCloseTimeout: powerMs, heartbeatTimeout: settings.heartbeatTimeoutMs, scheduleToCloseTimeout: '30m', retry: RETRY } satisfies ActivityOptions,
+    undo: {
+      taskQueue,
+      startToCloseTimeout: powerMs,
+      heartbeatTimeout: settings.heartbeatTimeoutMs,
+      scheduleToCloseTimeout: '30m',
+      retry: RETRY,
+    } satisfies ActivityOptions,
   };
 }
 
@@ -60,7 +83,12 @@ async function lookUp(ref: string, settings: SnapshotSettings): Promise<Instance
 
 function refuseBadInput(problems: { field: string; message: string }[], what: string): void {
   if (problems.length) {
-    throw ApplicationFailure.create({ type: 'InvalidInput', message: `invalid ${what}: ${describeProblems(problems)}`, nonRetryable: true, details: [problems] });
+    throw ApplicationFailure.create({
+      type: 'InvalidInput',
+      message: `invalid ${what}: ${describeProblems(problems)}`,
+      nonRetryable: true,
+      details: [problems],
+    });
   }
 }
 
@@ -71,7 +99,10 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   const imageId = request.imageId;
   const progress: RestoreProgress = { phase: 'starting', imageId, taskState: null, phaseDurationsMs: {} };
   setHandler(restoreProgressQuery, () => progress);
-  upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }, { key: PHASE, value: 'starting' }]);
+  upsertSearchAttributes([
+    { key: IMAGE_ID, value: imageId },
+    { key: PHASE, value: 'starting' },
+  ]);
   upsertMemo({ instance: request.instance, imageId, action: 'restore' });
   const describe = () =>
     setDetails([
@@ -96,7 +127,10 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   const instanceId = instance.id;
   const host = instance.host;
   progress.instanceId = instanceId;
-  upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: host }]);
+  upsertSearchAttributes([
+    { key: INSTANCE_ID, value: instanceId },
+    { key: HOST, value: host },
+  ]);
   const steps = restoreSteps(settings, host);
   const setTaskState = async (expected: TaskState | null, next: TaskState | null) => {
     await onMain(steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({ instanceId, expected, next, owner });
@@ -112,7 +146,11 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   enter('checking-image');
   let image;
   try {
-    image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({ imageId, instanceId, allowOtherImage: request.allowOtherImage ?? false });
+    image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({
+      imageId,
+      instanceId,
+      allowOtherImage: request.allowOtherImage ?? false,
+    });
   } catch (err) {
     const result = restoreFailure(err);
     progress.error = (result as Error).message;
@@ -130,12 +168,24 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     await recordEvent('start', { imageId, priorPowerState });
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`);
+      throw failure(
+        'InstanceInvalidState',
+        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`,
+      );
     }
 
     enter('downloading');
-    undo.push('undo restore', () => onHost(steps.undo, 'compensation: remove new files, previous disk back, guest started').undoRestore({ instanceId, owner, priorPowerState }));
-    const prepared = await onHost(steps.download, `download ${image.size} bytes beside the disk, verify sha512, qemu-img check`).prepareRestoreImage({
+    undo.push('undo restore', () =>
+      onHost(steps.undo, 'compensation: remove new files, previous disk back, guest started').undoRestore({
+        instanceId,
+        owner,
+        priorPowerState,
+      }),
+    );
+    const prepared = await onHost(
+      steps.download,
+      `download ${image.size} bytes beside the disk, verify sha512, qemu-img check`,
+    ).prepareRestoreImage({
       instanceId,
       imageId,
       imageFormat: image.diskFormat,
@@ -149,7 +199,10 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     enter('stopping');
     // Stop, swap, task state → rebuild_spawning, start: one host step, so the guest's downtime
     // holds no round trip through Temporal.
-    const done = await onHost(steps.power, `stop the guest, swap the disk (keep the previous one), start it (${priorPowerState}) and confirm it runs`).stopSwapStart({
+    const done = await onHost(
+      steps.power,
+      `stop the guest, swap the disk (keep the previous one), start it (${priorPowerState}) and confirm it runs`,
+    ).stopSwapStart({
       instanceId,
       owner,
       imageId,
@@ -187,12 +240,19 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     enter('compensating');
     await CancellationScope.nonCancellable(async () => {
       await undo.run();
-      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
+      await undo.attempt('reset task state', () =>
+        onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
+      );
       progress.taskState = null;
       if (taskAcquired) {
         const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
         await undo.attempt('record fault', () =>
-          onMain(steps.store, 'record instance fault').recordInstanceFault({ instanceId, code, message: progress.error ?? code, details: { workflowId, runId, imageId, action: 'rebuild' } }),
+          onMain(steps.store, 'record instance fault').recordInstanceFault({
+            instanceId,
+            code,
+            message: progress.error ?? code,
+            details: { workflowId, runId, imageId, action: 'rebuild' },
+          }),
         );
         await undo.attempt('record event', () => recordEvent('error', { imageId, code }));
       }
@@ -230,10 +290,17 @@ async function restoreAsNew(
     const startAs: PowerState = powerState === 'running' || powerState === 'paused' ? powerState : 'shutdown';
     await recordEvent('start', { imageId, asNew: name });
     enter('checking-image');
-    const image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({ imageId, instanceId, allowOtherImage: request.allowOtherImage ?? false });
+    const image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({
+      imageId,
+      instanceId,
+      allowOtherImage: request.allowOtherImage ?? false,
+    });
     diskPath = await onHost(steps.quick, 'path of the new disk').newInstanceDiskPath({ instanceId, name });
     enter('downloading');
-    const prepared = await onHost(steps.download, `download ${image.size} bytes to the new instance's disk, verify sha512, qemu-img check`).prepareRestoreImage({
+    const prepared = await onHost(
+      steps.download,
+      `download ${image.size} bytes to the new instance's disk, verify sha512, qemu-img check`,
+    ).prepareRestoreImage({
       instanceId,
       imageId,
       imageFormat: image.diskFormat,
@@ -243,7 +310,13 @@ async function restoreAsNew(
       newDiskPath: diskPath,
     });
     enter('starting-guest');
-    const made = await onHost(steps.power, `define instance ${name} on the new disk and start it`).defineNewInstance({ instanceId, owner, name, diskPath, powerState: startAs });
+    const made = await onHost(steps.power, `define instance ${name} on the new disk and start it`).defineNewInstance({
+      instanceId,
+      owner,
+      name,
+      diskPath,
+      powerState: startAs,
+    });
     enter('finishing');
     await recordEvent('finish', { imageId, newInstanceId: made.newInstanceId });
     enter('completed');
@@ -290,7 +363,11 @@ export async function rollbackRestore(request: RollbackRequest): Promise<Rollbac
   const settings = await onMain(STORE_STEP, 'read settings of the workers').getSnapshotSettings();
   const instance = await lookUp(request.instance, settings);
   const instanceId = instance.id;
-  upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: instance.host }, { key: PHASE, value: 'rollback' }]);
+  upsertSearchAttributes([
+    { key: INSTANCE_ID, value: instanceId },
+    { key: HOST, value: instance.host },
+    { key: PHASE, value: 'rollback' },
+  ]);
   upsertMemo({ instance: request.instance, action: 'rollback' });
   const steps = restoreSteps(settings, instance.host);
   const store = onMain(steps.store, 'task state');
@@ -301,17 +378,33 @@ export async function rollbackRestore(request: RollbackRequest): Promise<Rollbac
   try {
     await store.setTaskState({ instanceId, expected: null, next: 'rebuilding', owner });
     const kept = await onHost(steps.quick, 'find the pre-restore disk').preRestoreDisk(instanceId);
-    if (!kept) throw failure('DiskNotFound', `instance ${instanceId} has no pre-restore disk: it was never restored, or its disk was removed after the retention window`);
+    if (!kept)
+      throw failure(
+        'DiskNotFound',
+        `instance ${instanceId} has no pre-restore disk: it was never restored, or its disk was removed after the retention window`,
+      );
     priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     await recordEvent('start', { rollback: true, priorPowerState });
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be rolled back`);
+      throw failure(
+        'InstanceInvalidState',
+        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be rolled back`,
+      );
     }
     await store.setTaskState({ instanceId, expected: 'rebuilding', next: 'rebuild_spawning', owner });
-    const done = await onHost(steps.power, 'stop the guest, put the pre-restore disk back, start it').rollbackDisk({ instanceId, owner, powerState: priorPowerState });
+    const done = await onHost(steps.power, 'stop the guest, put the pre-restore disk back, start it').rollbackDisk({
+      instanceId,
+      owner,
+      powerState: priorPowerState,
+    });
     await store.setTaskState({ instanceId, expected: 'rebuild_spawning', next: null, owner });
     await recordEvent('finish', { rollback: true });
-    return { instanceId, diskPath: kept.path.replace(/\.vmsnap-pre-restore$/, ''), priorPowerState, downtimeMs: priorPowerState === 'shutdown' ? 0 : done.startedAt - done.stoppedAt };
+    return {
+      instanceId,
+      diskPath: kept.path.replace(/\.vmsnap-pre-restore$/, ''),
+      priorPowerState,
+      downtimeMs: priorPowerState === 'shutdown' ? 0 : done.startedAt - done.stoppedAt,
+    };
   } catch (err) {
     const result = restoreFailure(err);
     await CancellationScope.nonCancellable(async () => {

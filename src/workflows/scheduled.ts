@@ -104,7 +104,9 @@ export async function scheduledSnapshots(input: ScheduledSnapshotsInput): Promis
       nonRetryable: true,
     });
   }
-  const startedAt = workflowInfo().startTime.toISOString().replace(/\.\d{3}Z$/, 'Z');
+  const startedAt = workflowInfo()
+    .startTime.toISOString()
+    .replace(/\.\d{3}Z$/, 'Z');
   const targets = await findTargets(input.instances);
   const snapshots = await Promise.all(targets.map((target) => snapshotTarget(input, target, startedAt)));
   const report: ScheduledSnapshotsReport = { scheduleId: input.scheduleId, startedAt, snapshots, retention: await applyRetention(input) };
@@ -145,10 +147,17 @@ async function findTargets(instances: string[]): Promise<Target[]> {
   const found = new Map<string, Found>();
   for (const ref of instances) found.set(ref, await lookup(ref));
   if ([...found.values()].includes(null)) {
-    const hosts = await main(lookupOptions, 'list hosts').listHosts().catch(() => [] as string[]);
+    const hosts = await main(lookupOptions, 'list hosts')
+      .listHosts()
+      .catch(() => [] as string[]);
     await Promise.allSettled(
       hosts.map((host) =>
-        proxyActivities<HostActivities>({ taskQueue: hostTaskQueue(host), scheduleToCloseTimeout: '15s', retry: { ...retry, maximumAttempts: 2 }, summary: `discover instances on ${host}` }).discoverInstances(),
+        proxyActivities<HostActivities>({
+          taskQueue: hostTaskQueue(host),
+          scheduleToCloseTimeout: '15s',
+          retry: { ...retry, maximumAttempts: 2 },
+          summary: `discover instances on ${host}`,
+        }).discoverInstances(),
       ),
     );
     for (const [ref, record] of found) if (!record) found.set(ref, await lookup(ref));
@@ -193,10 +202,19 @@ async function snapshotTarget(input: ScheduledSnapshotsInput, target: Target, st
   } catch (err) {
     if (CancellationScope.current().consideredCancelled) throw err;
     if (err instanceof WorkflowExecutionAlreadyStartedError) {
-      return { ...outcome, status: 'busy', error: { type: 'InstanceBusy', message: `a snapshot of ${target.instance} is running already (workflow ${workflowId})` } };
+      return {
+        ...outcome,
+        status: 'busy',
+        error: { type: 'InstanceBusy', message: `a snapshot of ${target.instance} is running already (workflow ${workflowId})` },
+      };
     }
     const error = failureOf(err);
-    log.warn('scheduled snapshot did not complete', { instance: target.instance, workflowId, failureType: error.type, error: error.message });
+    log.warn('scheduled snapshot did not complete', {
+      instance: target.instance,
+      workflowId,
+      failureType: error.type,
+      error: error.message,
+    });
     return { ...outcome, status: error.type === 'InstanceBusy' ? 'busy' : 'failed', error };
   }
 }
@@ -207,11 +225,17 @@ async function applyRetention(input: ScheduledSnapshotsInput): Promise<Scheduled
   if (!((policy.keepLast ?? 0) > 0 || (policy.keepDaily ?? 0) > 0 || (policy.keepWeekly ?? 0) > 0)) return null;
   const retention: NonNullable<ScheduledSnapshotsReport['retention']> = { decisions: [], deleted: [], errors: [] };
   try {
-    const plan = await main(retentionOptions, `plan retention of ${input.scheduleId}`).planScheduleRetention({ scheduleId: input.scheduleId, policy });
+    const plan = await main(retentionOptions, `plan retention of ${input.scheduleId}`).planScheduleRetention({
+      scheduleId: input.scheduleId,
+      policy,
+    });
     retention.decisions = plan.decisions;
     for (const d of plan.decisions.filter((x) => x.action === 'delete')) {
       try {
-        const outcome = await main(retentionOptions, `retention: delete image ${d.imageId} (${d.name})`).deleteExpiredImage({ scheduleId: input.scheduleId, imageId: d.imageId });
+        const outcome = await main(retentionOptions, `retention: delete image ${d.imageId} (${d.name})`).deleteExpiredImage({
+          scheduleId: input.scheduleId,
+          imageId: d.imageId,
+        });
         if (outcome.deleted) retention.deleted.push(d.imageId);
         // Protected or put to use meanwhile: kept after all, and the decision says why.
         if (outcome.kept) Object.assign(d, { action: 'keep', ...outcome.kept });

@@ -24,7 +24,19 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { SlotActivities } from '../activities/index.js';
-import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import {
+  Compensations,
+  RETRY,
+  STORE_STEP,
+  commonSteps,
+  failure,
+  instanceNotFound,
+  lookUpInstance,
+  onHost,
+  onMain,
+  setDetails,
+  typedFailure,
+} from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
@@ -82,7 +94,15 @@ function stepOptions(settings: SnapshotSettings, host: string) {
 
 type Steps = ReturnType<typeof stepOptions>;
 type Mode = 'cold' | 'live';
-type Copy = { path: string; size: number; virtualSize: number; consistency: Consistency; quiesceNote?: string; guestPauseMs: number; guestWriteStallMs?: number };
+type Copy = {
+  path: string;
+  size: number;
+  virtualSize: number;
+  consistency: Consistency;
+  quiesceNote?: string;
+  guestPauseMs: number;
+  guestWriteStallMs?: number;
+};
 
 /** What the steps of one snapshot share. */
 interface Snapshot {
@@ -143,7 +163,10 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     // 5-7. The copy: live while the guest runs, or cold (pause, convertDisk, resume).
     const priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`);
+      throw failure(
+        'InstanceInvalidState',
+        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`,
+      );
     }
     const { mode, modeReason } = await chooseMode(s, priorPowerState);
     const copy = mode === 'live' ? await liveCopy(s) : await coldCopy(s, priorPowerState);
@@ -229,7 +252,12 @@ async function findInstance(ref: string, settings: SnapshotSettings, track: Trac
 function taskState(s: Snapshot) {
   let acquired = false;
   const set = async (expected: TaskState | null, next: TaskState | null) => {
-    await onMain(s.steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({ instanceId: s.instanceId, expected, next, owner: s.owner });
+    await onMain(s.steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({
+      instanceId: s.instanceId,
+      expected,
+      next,
+      owner: s.owner,
+    });
     s.track.taskState(next);
   };
   return {
@@ -241,13 +269,20 @@ function taskState(s: Snapshot) {
     /** Compensation's end: task state None (if we still hold it), and a fault if we held it. */
     async release(result: unknown) {
       const { instanceId, owner, imageId, undo, steps } = s;
-      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
+      await undo.attempt('reset task state', () =>
+        onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
+      );
       s.track.progress.taskState = null;
       if (!acquired) return;
       const code = result instanceof ApplicationFailure ? (result.type ?? 'SnapshotFailed') : 'Cancelled';
       const { workflowId, runId } = workflowInfo();
       await undo.attempt('record fault', () =>
-        onMain(steps.store, 'record instance fault').recordInstanceFault({ instanceId, code, message: s.track.progress.error ?? code, details: { workflowId, runId, imageId } }),
+        onMain(steps.store, 'record instance fault').recordInstanceFault({
+          instanceId,
+          code,
+          message: s.track.progress.error ?? code,
+          details: { workflowId, runId, imageId },
+        }),
       );
       await undo.attempt('record event', () => recordEvent(s, 'error', { imageId, code }));
     },
@@ -255,7 +290,12 @@ function taskState(s: Snapshot) {
 }
 
 function recordEvent(s: Snapshot, event: string, details: Record<string, unknown>) {
-  return onMain(s.steps.store, `record ${event} event`).recordInstanceEvent({ instanceId: s.instanceId, event, requestId: s.owner, details });
+  return onMain(s.steps.store, `record ${event} event`).recordInstanceEvent({
+    instanceId: s.instanceId,
+    event,
+    requestId: s.owner,
+    details,
+  });
 }
 
 /**
@@ -269,7 +309,10 @@ async function chooseMode(s: Snapshot, priorPowerState: string): Promise<{ mode:
   const support = await onHost(s.steps.quick, 'can this host copy the disk live?').liveCopySupport(s.instanceId);
   if (support.supported) return { mode: 'live' };
   if (wanted === 'live') {
-    throw failure('InstanceInvalidState', `a live snapshot of ${s.instanceId} is not possible: ${support.reason ?? 'unsupported'}; ask for mode "cold" or "auto"`);
+    throw failure(
+      'InstanceInvalidState',
+      `a live snapshot of ${s.instanceId} is not possible: ${support.reason ?? 'unsupported'}; ask for mode "cold" or "auto"`,
+    );
   }
   return { mode: 'cold', modeReason: support.reason ?? 'live copy is not supported here' };
 }
@@ -285,7 +328,11 @@ async function liveCopy(s: Snapshot): Promise<Copy> {
   removeTempDir(s);
   if ((request.quiesce ?? 'try') !== 'never') {
     // The driver thaws on every path but a dead worker's; thawing twice is harmless.
-    s.undo.push('thaw filesystems', () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }), { guest: true });
+    s.undo.push(
+      'thaw filesystems',
+      () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }),
+      { guest: true },
+    );
   }
   return onHost(s.steps.convert, 'live point-in-time copy of the root disk (QEMU backup job)').liveCopyDisk({
     instanceId,
@@ -304,7 +351,11 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
   let paused: { drop(): void } | undefined;
   if (priorPowerState === 'running') {
     track.enter('pausing');
-    paused = s.undo.push('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }), { guest: true });
+    paused = s.undo.push(
+      'resume instance',
+      () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }),
+      { guest: true },
+    );
     ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
   }
   track.enter('converting');
@@ -329,7 +380,8 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
   const pauseMs = resumption.resumedAt - pausedAt;
   track.paused(pauseMs);
   if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
-  if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
+  if (resumption.outcome === 'not-paused')
+    throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
   return { ...disk, consistency: 'crash-consistent', guestPauseMs: pauseMs };
 }
 
@@ -341,17 +393,20 @@ async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number): P
   const copyScope = new CancellationScope();
   const timerScope = new CancellationScope();
   let exceeded = false;
-  const timer = timerScope.run(() => sleep(budgetMs)).then(
-    () => {
-      exceeded = true;
-      copyScope.cancel();
-    },
-    () => undefined, // the copy ended first
-  );
+  const timer = timerScope
+    .run(() => sleep(budgetMs))
+    .then(
+      () => {
+        exceeded = true;
+        copyScope.cancel();
+      },
+      () => undefined, // the copy ended first
+    );
   try {
     return await copyScope.run(copy);
   } catch (err) {
-    if (exceeded) throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${budgetMs} ms; the guest was resumed`);
+    if (exceeded)
+      throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${budgetMs} ms; the guest was resumed`);
     throw err;
   } finally {
     timerScope.cancel();
@@ -377,7 +432,9 @@ class HostSlot {
 
   async acquire(options: ActivityOptions, host: string): Promise<void> {
     this.held = this.scope
-      .run(() => proxyActivities<SlotActivities>({ ...options, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner: this.owner }))
+      .run(() =>
+        proxyActivities<SlotActivities>({ ...options, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner: this.owner }),
+      )
       .catch(() => undefined); // it ends when we let go
     await condition(() => this.acquired);
   }
@@ -408,14 +465,20 @@ class Tracker {
   ) {
     this.progress = { phase: 'starting', imageId, taskState: null, phaseDurationsMs: {} };
     setHandler(progressQuery, () => this.progress);
-    upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }, { key: PHASE, value: 'starting' }]);
+    upsertSearchAttributes([
+      { key: IMAGE_ID, value: imageId },
+      { key: PHASE, value: 'starting' },
+    ]);
     upsertMemo({ instance: request.instance, imageName: request.imageName, imageId, diskFormat });
     this.describe();
   }
 
   found(instanceId: string, host: string): void {
     this.progress.instanceId = instanceId;
-    upsertSearchAttributes([{ key: INSTANCE_ID, value: instanceId }, { key: HOST, value: host }]);
+    upsertSearchAttributes([
+      { key: INSTANCE_ID, value: instanceId },
+      { key: HOST, value: host },
+    ]);
   }
 
   enter(phase: SnapshotPhase): void {

@@ -1,7 +1,16 @@
 // What the saga workflows (snapshot, restore) share: their steps on the main and host queues, each
 // with a one-line summary for the Web UI, the compensation stack, and the workflow failure typed
 // like its cause. Deterministic code only.
-import { ActivityFailure, ApplicationFailure, TimeoutFailure, isCancellation, log, proxyActivities, setCurrentDetails, type ActivityOptions } from '@temporalio/workflow';
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  TimeoutFailure,
+  isCancellation,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  type ActivityOptions,
+} from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import type { InstanceRecord } from '../store/store.js';
 import type { SnapshotSettings } from '../shared/config.js';
@@ -9,7 +18,12 @@ import { PERMANENT_FAILURE_TYPES, type FailureType } from '../shared/failures.js
 import { hostTaskQueue } from '../shared/names.js';
 
 /** Every step's retries: backing off to 30 s, never on a failure no retry can fix. */
-export const RETRY = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '30s', nonRetryableErrorTypes: PERMANENT_FAILURE_TYPES };
+export const RETRY = {
+  initialInterval: '1s',
+  backoffCoefficient: 2,
+  maximumInterval: '30s',
+  nonRetryableErrorTypes: PERMANENT_FAILURE_TYPES,
+};
 export const STORE_STEP: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...RETRY, maximumAttempts: 10 } };
 
 /** The steps both sagas take, from the worker's settings (recorded in history). */
@@ -56,7 +70,11 @@ export function setDetails(paragraphs: string[]): void {
  * The instance by UUID or name: the inventory first; on a miss, every host rediscovers (each with
  * the `discovery` options of its queue), then it is looked up again. Null if still unknown.
  */
-export async function lookUpInstance(ref: string, store: ActivityOptions, discovery: (host: string) => ActivityOptions): Promise<InstanceRecord | null> {
+export async function lookUpInstance(
+  ref: string,
+  store: ActivityOptions,
+  discovery: (host: string) => ActivityOptions,
+): Promise<InstanceRecord | null> {
   const lookup = onMain(store, `look up instance ${ref}`);
   const instance = await lookup.findInstance(ref);
   if (instance) return instance;
@@ -66,7 +84,10 @@ export async function lookUpInstance(ref: string, store: ActivityOptions, discov
 }
 
 export function instanceNotFound(ref: string): ApplicationFailure {
-  return failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
+  return failure(
+    'InstanceNotFound',
+    `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`,
+  );
 }
 
 interface Compensation {
@@ -126,10 +147,21 @@ export function typedFailure(err: unknown, action: 'Snapshot' | 'Restore'): unkn
   if (isCancellation(err)) return err;
   const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
   if (cause instanceof ApplicationFailure) {
-    return ApplicationFailure.create({ type: cause.type ?? `${action}Failed`, message: cause.message, nonRetryable: true, details: cause.details ?? undefined, cause: err as Error });
+    return ApplicationFailure.create({
+      type: cause.type ?? `${action}Failed`,
+      message: cause.message,
+      nonRetryable: true,
+      details: cause.details ?? undefined,
+      cause: err as Error,
+    });
   }
   if (cause instanceof TimeoutFailure) {
-    return ApplicationFailure.create({ type: `${action}TimedOut`, message: `a step timed out (${cause.timeoutType}): is the host worker running?`, nonRetryable: true, cause: err as Error });
+    return ApplicationFailure.create({
+      type: `${action}TimedOut`,
+      message: `a step timed out (${cause.timeoutType}): is the host worker running?`,
+      nonRetryable: true,
+      cause: err as Error,
+    });
   }
   return failure(`${action}Failed`, (err as Error)?.message ?? String(err));
 }

@@ -19,7 +19,8 @@ const libvirtUri = process.env.VMSNAP_LIBVIRT_URI ?? 'qemu:///system';
 const dataDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
 const out = mkdtempSync(join(tmpdir(), 'vmsnap-bench-smoke-'));
 
-const positive = (v: number | undefined, what: string) => assert.ok(typeof v === 'number' && Number.isFinite(v) && v > 0, `${what} should be a positive number, got ${v}`);
+const positive = (v: number | undefined, what: string) =>
+  assert.ok(typeof v === 'number' && Number.isFinite(v) && v > 0, `${what} should be a positive number, got ${v}`);
 
 let harnessPid: number | undefined;
 
@@ -30,7 +31,10 @@ describe('benchmark harness, quick mode', { timeout: 300_000 }, () => {
     // Backstop for a harness killed before its own cleanup: its guests carry its pid.
     if (harnessPid === undefined) return;
     const list = await execa('virsh', ['-c', libvirtUri, 'list', '--all', '--name'], { reject: false });
-    for (const name of list.stdout.split('\n').map((l) => l.trim()).filter((l) => l.startsWith(`vmsnap-bench-${harnessPid}-`))) {
+    for (const name of list.stdout
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.startsWith(`vmsnap-bench-${harnessPid}-`))) {
       await removeGuest(name, join(dataDir, 'guests')).catch(() => undefined);
     }
   });
@@ -73,7 +77,11 @@ describe('benchmark harness, quick mode', { timeout: 300_000 }, () => {
       positive(s.idleRate, `${s.mode} idle counter rate`);
       positive(s.progressRatio, `${s.mode} guest progress`);
       // Both copied the same disk the same way: about the same image.
-      assert.deepEqual(s.pauseEvents?.map((e) => e.type), ['STOP', 'RESUME'], `${s.mode}: one pause seen through QEMU events`);
+      assert.deepEqual(
+        s.pauseEvents?.map((e) => e.type),
+        ['STOP', 'RESUME'],
+        `${s.mode}: one pause seen through QEMU events`,
+      );
       // What the guest's disk felt: sampled, and a paused guest completes no write, so the
       // longest stall covers most of the pause.
       positive(s.copyWriteStallMs, `${s.mode} write stall during the copy`);
@@ -83,13 +91,22 @@ describe('benchmark harness, quick mode', { timeout: 300_000 }, () => {
       // Not the whole pause: a write the guest issued just before it completes while QEMU drains,
       // and the guest writes every 20 ms, so a short pause can show as that much less.
       const seen = s.pauseMs! - GUEST_WRITE_INTERVAL_MS - s.writeSampleGapMs!;
-      assert.ok(s.copyWriteStallMs! >= seen, `${s.mode}: stall ${s.copyWriteStallMs} ms while paused ${s.pauseMs} ms (sampling gap ${s.writeSampleGapMs} ms)`);
+      assert.ok(
+        s.copyWriteStallMs! >= seen,
+        `${s.mode}: stall ${s.copyWriteStallMs} ms while paused ${s.pauseMs} ms (sampling gap ${s.writeSampleGapMs} ms)`,
+      );
     }
-    assert.ok(Math.abs(bare.imageBytes! - cold.imageBytes!) < 4 * 1024 * 1024, `bare ${bare.imageBytes} and cold ${cold.imageBytes} images should be about the same size`);
+    assert.ok(
+      Math.abs(bare.imageBytes! - cold.imageBytes!) < 4 * 1024 * 1024,
+      `bare ${bare.imageBytes} and cold ${cold.imageBytes} images should be about the same size`,
+    );
     assert.ok(bare.pauseMs! < bare.wallMs!, 'the pause is part of the wall time');
     positive(cold.reportedPauseMs, "vmsnap's own pause figure");
     positive(cold.workerIdleRssKiB, 'worker idle RSS');
-    assert.ok(cold.workerIdleRssKiB! > 20 * 1024, `a Node worker holds more than 20 MiB (got ${cold.workerIdleRssKiB} KiB): RSS read from the wrong process?`);
+    assert.ok(
+      cold.workerIdleRssKiB! > 20 * 1024,
+      `a Node worker holds more than 20 MiB (got ${cold.workerIdleRssKiB} KiB): RSS read from the wrong process?`,
+    );
 
     // Ratios to bare, of the same run.
     const small = results.summary.find((d) => d.disk === 'small');
@@ -99,7 +116,10 @@ describe('benchmark harness, quick mode', { timeout: 300_000 }, () => {
     assert.ok(Number.isFinite(small?.overheadMs.cold?.ofMedians), 'orchestration overhead on the small disk');
 
     // Scale 1: both variants, no failure.
-    assert.deepEqual(results.scale.map((s) => [s.n, s.mode, s.failures]).sort(), [[1, 'bare', 0], [1, 'cold', 0]]);
+    assert.deepEqual(results.scale.map((s) => [s.n, s.mode, s.failures]).sort(), [
+      [1, 'bare', 0],
+      [1, 'cold', 0],
+    ]);
     for (const s of results.scale) positive(s.wallMs, `scale ${s.mode} wall`);
 
     // Targets: judged where measured, "not judged" where not.

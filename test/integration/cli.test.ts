@@ -9,7 +9,17 @@ import { after, before, describe, it } from 'node:test';
 import { createGuest, guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { getProgress, type SnapshotHandle } from '../../src/client/snapshots.js';
 import { snapshotWorkflowId } from '../../src/shared/names.js';
-import { VMSNAP_BIN, cliEnv, createBusyGuest, deleteImages, eventually, stopLeftoverSnapshots, vmsnap, vmsnapRunning, type CliRun } from '../support/cli.js';
+import {
+  VMSNAP_BIN,
+  cliEnv,
+  createBusyGuest,
+  deleteImages,
+  eventually,
+  stopLeftoverSnapshots,
+  vmsnap,
+  vmsnapRunning,
+  type CliRun,
+} from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const small = `vmsnap-test-cli-${process.pid}`;
@@ -59,9 +69,25 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
 
   it('snapshot --wait --json: exit 0, one JSON document, the image active in Glance; status and list show it', async () => {
     // --mode live on top of the harness's cold default: the flag must reach the workflow.
-    const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-${process.pid}`, '--metadata', 'purpose=cli-test', '--mode', 'live', '--wait', '--json']);
+    const run = await vmsnap(h, [
+      'snapshot',
+      guest.uuid,
+      '--name',
+      `vmsnap-test-cli-${process.pid}`,
+      '--metadata',
+      'purpose=cli-test',
+      '--mode',
+      'live',
+      '--wait',
+      '--json',
+    ]);
     assert.equal(run.exitCode, 0, show(run));
-    const doc = json<{ workflowId: string; imageId: string; status: string; result: { imageId: string; sha512: string; instanceId: string; mode: string; guestPauseMs: number; guestWriteStallMs?: number } }>(run);
+    const doc = json<{
+      workflowId: string;
+      imageId: string;
+      status: string;
+      result: { imageId: string; sha512: string; instanceId: string; mode: string; guestPauseMs: number; guestWriteStallMs?: number };
+    }>(run);
     assert.equal(doc.result.mode, 'live');
     // Beside QEMU's STOP/RESUME figure (0: the vCPUs never stop), what the guest's writes felt.
     assert.equal(doc.result.guestPauseMs, 0);
@@ -77,7 +103,10 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
     assert.equal(image?.purpose, 'cli-test');
     // Done means done: no step (the host slot holder included) is left pending, cancel requested.
     const described = await h.client.workflow.getHandle(doc.workflowId).describe();
-    assert.deepEqual((described.raw.pendingActivities ?? []).map((a) => a.activityType?.name), []);
+    assert.deepEqual(
+      (described.raw.pendingActivities ?? []).map((a) => a.activityType?.name),
+      [],
+    );
 
     const status = await vmsnap(h, ['status', guest.uuid, '--json']);
     assert.equal(status.exitCode, 0, show(status));
@@ -119,10 +148,25 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
     assert.ok(!run.stdout.includes('\r') && !run.stdout.includes('\x1b['), 'no terminal control characters in a pipe');
     const phases = run.stdout.split('\n').flatMap((l) => /^\d\d:\d\d:\d\d (\S+)$/.exec(l)?.[1] ?? []);
     // A phase shorter than a poll can go unseen; those seen come once each, in the workflow's order.
-    const order = ['starting', 'creating-image', 'waiting-for-host', 'pausing', 'converting', 'copying', 'resuming', 'uploading', 'finishing', 'completed'];
+    const order = [
+      'starting',
+      'creating-image',
+      'waiting-for-host',
+      'pausing',
+      'converting',
+      'copying',
+      'resuming',
+      'uploading',
+      'finishing',
+      'completed',
+    ];
     assert.ok(phases.length >= 3, show(run));
     assert.equal(phases.at(-1), 'completed');
-    assert.deepEqual(phases, order.filter((p) => phases.includes(p)), show(run));
+    assert.deepEqual(
+      phases,
+      order.filter((p) => phases.includes(p)),
+      show(run),
+    );
     assert.match(run.stdout, /^snapshot of vmsnap-test-cli-\d+ completed in /m);
     // The summary says how the copy was taken: mode and consistency.
     assert.match(run.stdout, /^ {2}mode\s+cold, crash-consistent$/m, show(run));
@@ -176,7 +220,10 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
       // A progress line (percent, bytes, speed) at most every few seconds while qemu-img copies.
       await eventually(
         'a converting progress line',
-        async () => (/^\d\d:\d\d:\d\d converting \d+% \([\d.]+ [KMG]iB of 1\.0 GiB, [\d.]+ [KMG]iB\/s, ETA /m.test(waiting.output().stdout) ? true : undefined),
+        async () =>
+          /^\d\d:\d\d:\d\d converting \d+% \([\d.]+ [KMG]iB of 1\.0 GiB, [\d.]+ [KMG]iB\/s, ETA /m.test(waiting.output().stdout)
+            ? true
+            : undefined,
         60_000,
       );
       const imageId = /image ([0-9a-f-]{36})/.exec(waiting.output().stdout)?.[1];
@@ -300,14 +347,23 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
     assert.match(text.stdout, new RegExp(`^${guest.uuid}\\s+${small}\\s+${h.config.host}\\s+running\\s+None`, 'm'));
     // How old the power state is shows: it is read from libvirt every discovery interval only.
     assert.match(text.stdout, new RegExp(`^${guest.uuid}\\s.*\\s(\\d+(\\.\\d)? s|\\d+ min \\d+ s) ago$`, 'm'), text.stdout);
-    assert.ok(rows.every((r) => typeof (r as { powerStateAt?: string }).powerStateAt === 'string'), 'powerStateAt in --json');
+    assert.ok(
+      rows.every((r) => typeof (r as { powerStateAt?: string }).powerStateAt === 'string'),
+      'powerStateAt in --json',
+    );
     const missing = await vmsnap(h, ['instances'], { VMSNAP_STORE_PATH: `/nonexistent/${process.pid}/vmsnap.sqlite` });
     assert.equal(missing.exitCode, 5, show(missing));
     assertOneLineError(missing, /no vmsnap store at .*: start a host worker/);
   });
 
   it('a closed stdout ends the CLI quietly (vmsnap snapshot --help | head -5)', async () => {
-    const child = execa(VMSNAP_BIN, ['snapshot', '--help'], { env: cliEnv(h), extendEnv: false, reject: false, stdin: 'ignore', buffer: { stdout: false } });
+    const child = execa(VMSNAP_BIN, ['snapshot', '--help'], {
+      env: cliEnv(h),
+      extendEnv: false,
+      reject: false,
+      stdin: 'ignore',
+      buffer: { stdout: false },
+    });
     // The reader is gone before the CLI writes a byte: every write fails with EPIPE.
     child.stdout?.destroy();
     const ended = await child;
@@ -318,7 +374,8 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
   it('--help lists the commands and the exit codes', async () => {
     const run = await vmsnap(h, ['--help']);
     assert.equal(run.exitCode, 0);
-    for (const word of ['snapshot', 'status', 'list', 'cancel', 'instances', 'Exit codes:', 'InstanceBusy', 'ConfigError']) assert.ok(run.stdout.includes(word), word);
+    for (const word of ['snapshot', 'status', 'list', 'cancel', 'instances', 'Exit codes:', 'InstanceBusy', 'ConfigError'])
+      assert.ok(run.stdout.includes(word), word);
     const unknownOption = await vmsnap(h, ['list', '--frobnicate']);
     assert.equal(unknownOption.exitCode, 2);
     assertOneLineError(unknownOption, /unknown option '--frobnicate'/);

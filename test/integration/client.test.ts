@@ -61,7 +61,7 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
     const code = await readmeExample();
     // Preconditions, or the example would snapshot whatever `vmsnap-demo` the stack knows, on a
     // task queue other workers may serve.
-    assert.match(code, /config\.temporal\.taskQueue/, "the example starts on the configured task queue (VMSNAP_TASK_QUEUE)");
+    assert.match(code, /config\.temporal\.taskQueue/, 'the example starts on the configured task queue (VMSNAP_TASK_QUEUE)');
     assert.match(code, /process\.argv\[2\]/, 'the example takes the instance from its command line');
     // As the README says to run it: a file in the repository's root. A directory of its own that
     // links to src/ stands in for the root, so nothing is written into the working tree.
@@ -93,7 +93,11 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
   });
 
   it('listSnapshots finds a snapshot by instance and status, with its image id and phase', async () => {
-    const handle = await startSnapshot(h.client, { instance: small, imageName: `vmsnap-test-client-${process.pid}` }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: small, imageName: `vmsnap-test-client-${process.pid}` },
+      h.config.temporal.taskQueue,
+    );
     const result = await snapshotResult(handle);
     images.add(result.imageId);
     // Started by name: the workflow records the instance's UUID once it found it.
@@ -116,7 +120,11 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
   });
 
   it('getProgress has phase, percent and bytes while the copy runs; cancelSnapshot ends it cancelled', async () => {
-    const handle = await startSnapshot(h.client, { instance: bigGuest.uuid, imageName: `vmsnap-test-client-big-${process.pid}`, compress: true }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: bigGuest.uuid, imageName: `vmsnap-test-client-big-${process.pid}`, compress: true },
+      h.config.temporal.taskQueue,
+    );
     const seen: SnapshotProgressDetails[] = [];
     const copying = await eventually(
       'progress of the copy with bytes done',
@@ -135,7 +143,10 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
     assert.ok(copying.percent! > 0 && copying.percent! < 100, `percent ${copying.percent}`);
     assert.equal(copying.step?.activityType, 'convertDisk');
     assert.ok(copying.phaseDurationsMs['creating-image']! > 0);
-    assert.ok(seen.every((p) => p.imageId === copying.imageId), 'the image id is known from the first moment');
+    assert.ok(
+      seen.every((p) => p.imageId === copying.imageId),
+      'the image id is known from the first moment',
+    );
 
     // Started by UUID: found by it, or by the name with the UUID as an alias (the CLI takes
     // aliases from the store); the name alone does not lead to it.
@@ -156,7 +167,10 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
     );
     assert.equal(row.imageId, copying.imageId);
     assert.equal(row.phase, 'cancelled', 'a cancelled snapshot says so, not failed');
-    await assert.rejects(cancelSnapshot(h.client, bigGuest.uuid), (e: unknown) => e instanceof ClientError && e.code === 'SnapshotNotFound');
+    await assert.rejects(
+      cancelSnapshot(h.client, bigGuest.uuid),
+      (e: unknown) => e instanceof ClientError && e.code === 'SnapshotNotFound',
+    );
   });
 
   it('startSnapshot refuses a bad request before anything starts', async () => {

@@ -17,7 +17,12 @@ it('docker-compose.yml validates and names the deployment services', async () =>
   const services = (await execa('docker-compose', ['-f', 'docker-compose.yml', 'config', '--services'])).stdout.split('\n');
   assert.equal(services.length, names.length);
   assert.ok(existsSync('Dockerfile'), 'the worker service builds from ./Dockerfile');
-  type Svc = { command?: string[]; image?: string; depends_on?: Record<string, { condition: string }>; environment?: Record<string, string> };
+  type Svc = {
+    command?: string[];
+    image?: string;
+    depends_on?: Record<string, { condition: string }>;
+    environment?: Record<string, string>;
+  };
   const all = (parse(stdout) as { services: Record<string, Svc> }).services;
   const worker = all['vmsnap-worker'];
   assert.deepEqual(worker?.command, ['node', '--max-semi-space-size=1', 'dist/worker/main.js', '--role', 'main']);
@@ -33,11 +38,17 @@ it('docker-compose.yml validates and names the deployment services', async () =>
 });
 
 it('the Dockerfile builds in one stage and runs dist/ with production dependencies in the last', () => {
-  const stages = readFileSync('Dockerfile', 'utf8').split(/^FROM /m).slice(1);
+  const stages = readFileSync('Dockerfile', 'utf8')
+    .split(/^FROM /m)
+    .slice(1);
   assert.ok(stages.length >= 2, 'a multi-stage build');
   const final = stages.at(-1)!;
   assert.match(stages[0]!, /npm run build/);
   assert.match(stages[0]!, /npm prune --omit=dev/);
   assert.match(final, /^CMD \["node", "--max-semi-space-size=1", "dist\/worker\/main\.js"\]$/m);
-  assert.doesNotMatch(final, /COPY (src|tsconfig)|tsx|npm (ci|install)(?! --omit=dev)/, 'no sources, compiler or dev install in the final image');
+  assert.doesNotMatch(
+    final,
+    /COPY (src|tsconfig)|tsx|npm (ci|install)(?! --omit=dev)/,
+    'no sources, compiler or dev install in the final image',
+  );
 });

@@ -24,7 +24,11 @@ let guest: Guest;
 let afterPause: () => void = () => undefined;
 
 function allHeld(invariants: Invariants): void {
-  assert.deepEqual(Object.values(invariants), Object.values(invariants).map(() => true), JSON.stringify(invariants));
+  assert.deepEqual(
+    Object.values(invariants),
+    Object.values(invariants).map(() => true),
+    JSON.stringify(invariants),
+  );
 }
 
 describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
@@ -47,7 +51,16 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
   });
 
   const check = (imageName: string, outcome: string, expectedOutcome = 'completed') =>
-    checkInvariants({ store: h.store, glanceUrl: h.glanceUrl, snapshotsDir: h.config.snapshotsDir, guest, priorState: 'running', imageName, expectedOutcome, outcome });
+    checkInvariants({
+      store: h.store,
+      glanceUrl: h.glanceUrl,
+      snapshotsDir: h.config.snapshotsDir,
+      guest,
+      priorState: 'running',
+      imageName,
+      expectedOutcome,
+      outcome,
+    });
 
   it('Glance unreachable for a while: retried with backoff, the snapshot completes', async () => {
     proxy.setRule({ path: ALL, kind: 'reset' });
@@ -59,9 +72,17 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
     proxy.setRule(undefined);
     const outcome = await outcomeOf(handle);
     const invariants = await check(imageName, outcome);
-    recordFaultRow({ fault: 'Glance unreachable for a while', outcome, invariants, note: `${proxy.requests.filter((r) => r.status === 0).length} requests reset, then retried` });
+    recordFaultRow({
+      fault: 'Glance unreachable for a while',
+      outcome,
+      invariants,
+      note: `${proxy.requests.filter((r) => r.status === 0).length} requests reset, then retried`,
+    });
     assert.equal(outcome, 'completed');
-    assert.ok(proxy.requests.some((r) => r.status === 0), 'requests were cut while Glance was away');
+    assert.ok(
+      proxy.requests.some((r) => r.status === 0),
+      'requests were cut while Glance was away',
+    );
     allHeld(invariants);
   });
 
@@ -96,13 +117,21 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
         workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
       });
       assert.equal(waiting.waitingFor, 'Glance');
-      assert.ok(waiting.errors.some((e) => /waiting for Glance/.test(e)), waiting.errors.join('\n'));
+      assert.ok(
+        waiting.errors.some((e) => /waiting for Glance/.test(e)),
+        waiting.errors.join('\n'),
+      );
 
       afterPause = () => undefined;
       proxy.setRule(undefined);
       await reconcilerRemovesQueuedImage(h, imageName);
       const invariants = await check(imageName, outcome, 'ImageServiceUnavailable');
-      recordFaultRow({ fault: 'Glance gone for good', outcome, invariants, note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Glance answers again' });
+      recordFaultRow({
+        fault: 'Glance gone for good',
+        outcome,
+        invariants,
+        note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Glance answers again',
+      });
       allHeld(invariants);
     } finally {
       afterPause = () => undefined;

@@ -24,13 +24,32 @@ let slow: Guest;
 let small: Guest;
 
 function allHeld(invariants: Invariants): void {
-  assert.deepEqual(Object.values(invariants), Object.values(invariants).map(() => true), JSON.stringify(invariants));
+  assert.deepEqual(
+    Object.values(invariants),
+    Object.values(invariants).map(() => true),
+    JSON.stringify(invariants),
+  );
 }
 
-async function run(fault: string, opts: { guest: Guest; request?: object; expected: string; priorState: DomainState | null; note?: string; during?: (handle: Awaited<ReturnType<typeof startSnapshot>>) => Promise<void>; harness?: Harness }) {
+async function run(
+  fault: string,
+  opts: {
+    guest: Guest;
+    request?: object;
+    expected: string;
+    priorState: DomainState | null;
+    note?: string;
+    during?: (handle: Awaited<ReturnType<typeof startSnapshot>>) => Promise<void>;
+    harness?: Harness;
+  },
+) {
   const harness = opts.harness ?? h;
   const imageName = `vmsnap-test-${tag}-${fault.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}`;
-  const handle = await startSnapshot(harness.client, { instance: opts.guest.uuid, imageName, ...opts.request }, harness.config.temporal.taskQueue);
+  const handle = await startSnapshot(
+    harness.client,
+    { instance: opts.guest.uuid, imageName, ...opts.request },
+    harness.config.temporal.taskQueue,
+  );
   await opts.during?.(handle);
   const outcome = await outcomeOf(handle);
   const invariants = await checkInvariants({
@@ -106,9 +125,19 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
   });
 
   it('pause budget exceeded: the copy is cancelled and the guest resumed in time', async () => {
-    const budgeted = await startHarness({ name: 'faults-host-budget', env: { VMSNAP_PAUSE_BUDGET_MS: '1500', VMSNAP_HEARTBEAT_TIMEOUT_MS: '5000' } });
+    const budgeted = await startHarness({
+      name: 'faults-host-budget',
+      env: { VMSNAP_PAUSE_BUDGET_MS: '1500', VMSNAP_HEARTBEAT_TIMEOUT_MS: '5000' },
+    });
     try {
-      await run('pause budget exceeded', { guest: slow, harness: budgeted, request: { compress: true }, expected: 'PauseBudgetExceeded', priorState: 'running', note: 'budget 1.5 s, copy of 512 MiB compressed takes ~8 s' });
+      await run('pause budget exceeded', {
+        guest: slow,
+        harness: budgeted,
+        request: { compress: true },
+        expected: 'PauseBudgetExceeded',
+        priorState: 'running',
+        note: 'budget 1.5 s, copy of 512 MiB compressed takes ~8 s',
+      });
       const events = (await budgeted.store.listEvents(slow.uuid)).filter((e) => e.event === 'pause' || e.event === 'resume');
       const paused = Date.parse(events.at(-1)!.createdAt) - Date.parse(events.at(-2)!.createdAt);
       assert.ok(paused < 1500 + 4000, `the guest was paused ${paused} ms for a 1500 ms budget`);
@@ -124,16 +153,46 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
     // the task state's compare-and-swap can keep them apart.
     const [byClient, byCli] = await Promise.all([
       startSnapshot(h.client, { instance: small.uuid, imageName }, h.config.temporal.taskQueue).then(outcomeOf),
-      execa('.tools/bin/temporal', [
-        'workflow', 'execute', '--output', 'json', '--address', h.config.temporal.address, '--task-queue', h.config.temporal.taskQueue,
-        '--type', 'snapshotInstance', '--workflow-id', `snapshot-${small.name}`,
-        '--input', JSON.stringify({ instance: small.name, imageName }),
-      ], { reject: false }),
+      execa(
+        '.tools/bin/temporal',
+        [
+          'workflow',
+          'execute',
+          '--output',
+          'json',
+          '--address',
+          h.config.temporal.address,
+          '--task-queue',
+          h.config.temporal.taskQueue,
+          '--type',
+          'snapshotInstance',
+          '--workflow-id',
+          `snapshot-${small.name}`,
+          '--input',
+          JSON.stringify({ instance: small.name, imageName }),
+        ],
+        { reject: false },
+      ),
     ]);
-    const cliOutcome = byCli.exitCode === 0 ? 'completed' : /InstanceBusy/.test(byCli.stdout + byCli.stderr) ? 'InstanceBusy' : `other: ${byCli.stderr}`;
+    const cliOutcome =
+      byCli.exitCode === 0 ? 'completed' : /InstanceBusy/.test(byCli.stdout + byCli.stderr) ? 'InstanceBusy' : `other: ${byCli.stderr}`;
     assert.deepEqual([byClient, cliOutcome].sort(), ['InstanceBusy', 'completed']);
-    const invariants = await checkInvariants({ store: h.store, glanceUrl: h.glanceUrl, snapshotsDir: h.config.snapshotsDir, guest: small, priorState: 'running', imageName, expectedOutcome: 'completed', outcome: 'completed' });
-    recordFaultRow({ fault: 'two requests racing (client by UUID, temporal CLI by name)', outcome: `${byClient} + ${cliOutcome}`, invariants, note: 'one image; the loser is refused InstanceBusy' });
+    const invariants = await checkInvariants({
+      store: h.store,
+      glanceUrl: h.glanceUrl,
+      snapshotsDir: h.config.snapshotsDir,
+      guest: small,
+      priorState: 'running',
+      imageName,
+      expectedOutcome: 'completed',
+      outcome: 'completed',
+    });
+    recordFaultRow({
+      fault: 'two requests racing (client by UUID, temporal CLI by name)',
+      outcome: `${byClient} + ${cliOutcome}`,
+      invariants,
+      note: 'one image; the loser is refused InstanceBusy',
+    });
     allHeld(invariants);
   });
 
@@ -144,16 +203,35 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       [{ instance: '123e4567-e89b-12d3-a456-42661417400', imageName: 'x' }, 'InstanceNotFound', /no instance/], // malformed UUID: a name nobody has
       [{ instance: small.uuid, imageName: 'n'.repeat(256) }, 'InvalidInput', /imageName: must be at most 255/],
       [{ instance: small.uuid, imageName: 'x', metadata: { image_type: 'base' } }, 'InvalidInput', /metadata.image_type: is reserved/],
-      [{ instance: small.uuid, imageName: 'x', metadata: { os_glance_import_task: 'x' } }, 'InvalidInput', /metadata.os_glance_import_task: is reserved/],
+      [
+        { instance: small.uuid, imageName: 'x', metadata: { os_glance_import_task: 'x' } },
+        'InvalidInput',
+        /metadata.os_glance_import_task: is reserved/,
+      ],
       [{ instance: '../../etc/passwd', imageName: 'x' }, 'InvalidInput', /instance: must be a UUID or a name/],
       [{ instance: 'vm; rm -rf /', imageName: 'x' }, 'InvalidInput', /instance: must be a UUID or a name/],
       [{ instance: '$(reboot)', imageName: 'x' }, 'InvalidInput', /instance: must be a UUID or a name/],
-      [{ instance: small.uuid, imageName: 'x', metadata: Object.fromEntries(Array.from({ length: 500 }, (_, i) => [`k${i}`, 'v'.repeat(200)])) }, 'InvalidInput', /metadata: at most 96 entries/],
+      [
+        {
+          instance: small.uuid,
+          imageName: 'x',
+          metadata: Object.fromEntries(Array.from({ length: 500 }, (_, i) => [`k${i}`, 'v'.repeat(200)])),
+        },
+        'InvalidInput',
+        /metadata: at most 96 entries/,
+      ],
       ['just a string', 'InvalidInput', /must be a JSON object/],
     ];
     for (const [input, type, message] of cases) {
-      const handle = await h.client.workflow.start('snapshotInstance', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-bad-${randomUUID()}`, args: [input] });
-      const err = await handle.result().then(() => undefined, (e: { cause?: { type?: string; message?: string } }) => e);
+      const handle = await h.client.workflow.start('snapshotInstance', {
+        taskQueue: h.config.temporal.taskQueue,
+        workflowId: `vmsnap-test-bad-${randomUUID()}`,
+        args: [input],
+      });
+      const err = await handle.result().then(
+        () => undefined,
+        (e: { cause?: { type?: string; message?: string } }) => e,
+      );
       assert.equal(err?.cause?.type, type, JSON.stringify(input).slice(0, 80));
       assert.match(err?.cause?.message ?? '', message);
     }
@@ -164,13 +242,20 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
   });
 
   it('qemu-img failing on a corrupt disk: non-retryable, compensated', async () => {
-    const broken = await createGuest({ name: `vmsnap-test-fh-corrupt-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, start: false });
+    const broken = await createGuest({
+      name: `vmsnap-test-fh-corrupt-${tag}`,
+      guestsDir: h.guestsDir,
+      assetsDir: h.assetsDir,
+      start: false,
+    });
     try {
       await execa('dd', ['if=/dev/urandom', `of=${broken.diskPath}`, 'bs=512', 'count=8', 'conv=notrunc']);
       const { handle } = await run('qemu-img: corrupt disk', { guest: broken, expected: 'ImageCorrupt', priorState: 'shut off' });
       const history = await handle.fetchHistory();
       const copies = history.events?.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'convertDisk') ?? [];
-      const attempts = history.events?.filter((e) => e.activityTaskStartedEventAttributes && Number(e.activityTaskStartedEventAttributes.attempt) > 1) ?? [];
+      const attempts =
+        history.events?.filter((e) => e.activityTaskStartedEventAttributes && Number(e.activityTaskStartedEventAttributes.attempt) > 1) ??
+        [];
       assert.equal(copies.length, 1);
       assert.equal(attempts.length, 0, 'a corrupt disk is not retried');
     } finally {
@@ -179,7 +264,12 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
   });
 
   it('qemu-img failing on a missing disk: non-retryable, compensated', async () => {
-    const broken = await createGuest({ name: `vmsnap-test-fh-nodisk-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, start: false });
+    const broken = await createGuest({
+      name: `vmsnap-test-fh-nodisk-${tag}`,
+      guestsDir: h.guestsDir,
+      assetsDir: h.assetsDir,
+      start: false,
+    });
     try {
       rmSync(broken.diskPath);
       await run('qemu-img: missing disk', { guest: broken, expected: 'DiskNotFound', priorState: 'shut off' });
@@ -194,7 +284,13 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
     await execa('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', full]);
     const cramped = await startHarness({ name: 'faults-host-full', env: { VMSNAP_SNAPSHOTS_DIR: full } });
     try {
-      await run('snapshots dir full', { guest: slow, harness: cramped, expected: 'NoSpace', priorState: 'running', note: '4 MiB tmpfs for a 512 MiB copy' });
+      await run('snapshots dir full', {
+        guest: slow,
+        harness: cramped,
+        expected: 'NoSpace',
+        priorState: 'running',
+        note: '4 MiB tmpfs for a 512 MiB copy',
+      });
     } finally {
       await cramped.close();
       await execa('umount', [full]);

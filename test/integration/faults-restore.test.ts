@@ -78,12 +78,21 @@ async function invariants(outcomeAsExpected: boolean): Promise<Invariants> {
 }
 
 function allHeld(inv: Invariants): void {
-  assert.deepEqual(Object.values(inv), Object.values(inv).map(() => true), JSON.stringify(inv));
+  assert.deepEqual(
+    Object.values(inv),
+    Object.values(inv).map(() => true),
+    JSON.stringify(inv),
+  );
 }
 
 describe('restore faults on the real stack', { timeout: 900_000 }, () => {
   before(async () => {
-    guest = await createSlowGuest({ name: guestName, guestsDir: join(dataDir, 'guests'), assetsDir: join(dataDir, 'guest-assets'), dataMiB: 256 });
+    guest = await createSlowGuest({
+      name: guestName,
+      guestsDir: join(dataDir, 'guests'),
+      assetsDir: join(dataDir, 'guest-assets'),
+      dataMiB: 256,
+    });
     store = new SqliteStore(env.VMSNAP_STORE_PATH);
     await store.migrate();
     client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
@@ -111,7 +120,12 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     await startWorker();
     const result = await handle.result();
     const inv = await invariants(true);
-    recordFaultRow({ fault: 'restore: worker SIGKILL during download', outcome: 'completed', invariants: inv, note: `download retried from byte 0 on a new worker after the 6 s heartbeat timeout; downtime ${result.downtimeMs} ms` });
+    recordFaultRow({
+      fault: 'restore: worker SIGKILL during download',
+      outcome: 'completed',
+      invariants: inv,
+      note: `download retried from byte 0 on a new worker after the 6 s heartbeat timeout; downtime ${result.downtimeMs} ms`,
+    });
     allHeld(inv);
   });
 
@@ -125,7 +139,12 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     await startWorker();
     const result = await handle.result();
     const inv = await invariants(true);
-    recordFaultRow({ fault: 'restore: worker SIGKILL during the stop and swap', outcome: 'completed', invariants: inv, note: `stop, swap and start retried on a new worker; pre-restore disk kept: ${existsSync(result.preRestorePath ?? '')}` });
+    recordFaultRow({
+      fault: 'restore: worker SIGKILL during the stop and swap',
+      outcome: 'completed',
+      invariants: inv,
+      note: `stop, swap and start retried on a new worker; pre-restore disk kept: ${existsSync(result.preRestorePath ?? '')}`,
+    });
     allHeld(inv);
     assert.ok(existsSync(restoreFiles(guest.diskPath).preRestore));
   });
@@ -139,7 +158,10 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     await handle.terminate('test: a restore lost mid-way');
     // The stop already running ends on its own (destroy after the shutdown timeout).
     await sleep(6000);
-    const report: ReconcileReport = await client.workflow.execute('reconcile', { taskQueue: env.VMSNAP_TASK_QUEUE, workflowId: `vmsnap-test-reconcile-${randomUUID()}` });
+    const report: ReconcileReport = await client.workflow.execute('reconcile', {
+      taskQueue: env.VMSNAP_TASK_QUEUE,
+      workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+    });
     assert.deepEqual(report.undoneRestores, [guest.uuid], JSON.stringify(report));
     assert.equal(await guestState(guestName), 'running');
     const now = (await readCounter(guest.diskPath, 'qcow2')).a;
@@ -147,7 +169,12 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     const faults = await store.listFaults(guest.uuid);
     assert.equal(faults.at(-1)?.code, 'RestoreAbandoned');
     const inv = await invariants(true);
-    recordFaultRow({ fault: 'restore: workflow terminated while the guest stops', outcome: 'terminated, reconciled', invariants: inv, note: 'the stop gave up at its next heartbeat; the reconciler removed the new files; the guest runs on its previous disk' });
+    recordFaultRow({
+      fault: 'restore: workflow terminated while the guest stops',
+      outcome: 'terminated, reconciled',
+      invariants: inv,
+      note: 'the stop gave up at its next heartbeat; the reconciler removed the new files; the guest runs on its previous disk',
+    });
     allHeld(inv);
   });
 });

@@ -44,12 +44,26 @@ async function startWorker(extra: Record<string, string> = {}): Promise<WorkerPr
 }
 
 async function invariantsAfter(imageName: string, outcome: string) {
-  return checkInvariants({ store, glanceUrl: await stackGlanceUrl(), snapshotsDir: env.VMSNAP_SNAPSHOTS_DIR, guest, priorState: 'running', imageName, expectedOutcome: 'completed', outcome });
+  return checkInvariants({
+    store,
+    glanceUrl: await stackGlanceUrl(),
+    snapshotsDir: env.VMSNAP_SNAPSHOTS_DIR,
+    guest,
+    priorState: 'running',
+    imageName,
+    expectedOutcome: 'completed',
+    outcome,
+  });
 }
 
 describe('worker and server faults on the real stack', { timeout: 600_000 }, () => {
   before(async () => {
-    guest = await createSlowGuest({ name: guestName, guestsDir: join(dataDir, 'guests'), assetsDir: join(dataDir, 'guest-assets'), dataMiB: 512 });
+    guest = await createSlowGuest({
+      name: guestName,
+      guestsDir: join(dataDir, 'guests'),
+      assetsDir: join(dataDir, 'guest-assets'),
+      dataMiB: 512,
+    });
     store = new SqliteStore(env.VMSNAP_STORE_PATH);
     await store.migrate();
   });
@@ -78,9 +92,18 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
       await startWorker();
       const outcome = await outcomeOf(handle);
       const invariants = await invariantsAfter(imageName, outcome);
-      recordFaultRow({ fault: 'worker SIGKILL during convert', outcome, invariants, note: 'copy retried on a new worker after the 3 s heartbeat timeout' });
+      recordFaultRow({
+        fault: 'worker SIGKILL during convert',
+        outcome,
+        invariants,
+        note: 'copy retried on a new worker after the 3 s heartbeat timeout',
+      });
       assert.equal(outcome, 'completed');
-      assert.deepEqual(Object.values(invariants), Object.values(invariants).map(() => true), JSON.stringify(invariants));
+      assert.deepEqual(
+        Object.values(invariants),
+        Object.values(invariants).map(() => true),
+        JSON.stringify(invariants),
+      );
     } finally {
       await client.connection.close();
     }
@@ -100,9 +123,18 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
       await startWorker();
       const outcome = await outcomeOf(handle);
       const invariants = await invariantsAfter(imageName, outcome);
-      recordFaultRow({ fault: 'worker SIGKILL during upload', outcome, invariants, note: 'PUT retried from byte 0 on a new worker; hashes verified' });
+      recordFaultRow({
+        fault: 'worker SIGKILL during upload',
+        outcome,
+        invariants,
+        note: 'PUT retried from byte 0 on a new worker; hashes verified',
+      });
       assert.equal(outcome, 'completed');
-      assert.deepEqual(Object.values(invariants), Object.values(invariants).map(() => true), JSON.stringify(invariants));
+      assert.deepEqual(
+        Object.values(invariants),
+        Object.values(invariants).map(() => true),
+        JSON.stringify(invariants),
+      );
     } finally {
       await client.connection.close();
     }
@@ -111,7 +143,12 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
   it('the Temporal server stopped and started again mid-snapshot: the snapshot completes', async () => {
     // A Temporal of its own (SQLite persistence), so stopping it disturbs no other test.
     const serverDir = join(dir, 'temporal');
-    const cfg = stackConfig({ ...process.env, VMSNAP_DATA_DIR: serverDir, VMSNAP_TEMPORAL_PORT: '27433', VMSNAP_TEMPORAL_UI_PORT: '28433' });
+    const cfg = stackConfig({
+      ...process.env,
+      VMSNAP_DATA_DIR: serverDir,
+      VMSNAP_TEMPORAL_PORT: '27433',
+      VMSNAP_TEMPORAL_UI_PORT: '28433',
+    });
     const temporal = services(cfg).find((s) => s.name === 'temporal')!;
     await temporal.up();
     const address = '127.0.0.1:27433';
@@ -135,9 +172,18 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
         });
       }
       const invariants = await invariantsAfter(imageName, outcome);
-      recordFaultRow({ fault: 'Temporal server restart mid-snapshot', outcome, invariants, note: 'dev server with SQLite persistence stopped for 3 s during the copy' });
+      recordFaultRow({
+        fault: 'Temporal server restart mid-snapshot',
+        outcome,
+        invariants,
+        note: 'dev server with SQLite persistence stopped for 3 s during the copy',
+      });
       assert.equal(outcome, 'completed');
-      assert.deepEqual(Object.values(invariants), Object.values(invariants).map(() => true), JSON.stringify(invariants));
+      assert.deepEqual(
+        Object.values(invariants),
+        Object.values(invariants).map(() => true),
+        JSON.stringify(invariants),
+      );
     } finally {
       for (const w of workers) await w.stop('SIGKILL');
       await connection.close();

@@ -166,7 +166,13 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     assert.equal(image.container_format, 'bare');
     assert.equal(image.image_state, 'creating');
 
-    image = await glance.updateImage(spec.id, { disk_format: 'raw', image_state: 'available', image_type: null, never_set: null, min_disk: 5 });
+    image = await glance.updateImage(spec.id, {
+      disk_format: 'raw',
+      image_state: 'available',
+      image_type: null,
+      never_set: null,
+      min_disk: 5,
+    });
     assert.equal(image.disk_format, 'raw');
     assert.equal(image.image_state, 'available');
     assert.equal(image.min_disk, 5);
@@ -365,7 +371,9 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     const reports: [number, number][] = [];
     const started = Date.now();
     // requestTimeoutMs stays at its minute: the stall setting alone must cut the upload.
-    const err = await rejection(service(proxy.url, { uploadStallMs: 1_000 }).uploadFile(spec.id, path, (n, total) => reports.push([n, total])));
+    const err = await rejection(
+      service(proxy.url, { uploadStallMs: 1_000 }).uploadFile(spec.id, path, (n, total) => reports.push([n, total])),
+    );
     const took = Date.now() - started;
     proxy.setRule(undefined);
     assert.equal(err.code, 'ImageServiceUnavailable');
@@ -456,7 +464,12 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     proxy.setRule({ kind: 'status', status: 403, path: /./, method: 'POST', body: 'Forbidden' });
     err = await rejection(through.createImage(newImage()));
     assert.equal(err.code, 'ImageServiceError');
-    assert.match(err.message, new RegExp(`user ${caller.userName} \\(${caller.userId}\\) lacks a role on project ${caller.projectName} \\(${caller.projectId}\\) that lets it create images`));
+    assert.match(
+      err.message,
+      new RegExp(
+        `user ${caller.userName} \\(${caller.userId}\\) lacks a role on project ${caller.projectName} \\(${caller.projectId}\\) that lets it create images`,
+      ),
+    );
   });
 
   it('an aborted upload rejects promptly with the abort reason, and Glance takes the image back to queued', async () => {
@@ -510,7 +523,9 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     peak = Math.max(peak, process.memoryUsage.rss());
     const growthMiB = (peak - baseline) / MiB;
-    t.diagnostic(`upload 200 MiB sparse: ${(200 / seconds).toFixed(0)} MiB/s, RSS growth ${growthMiB.toFixed(1)} MiB (baseline ${(baseline / MiB).toFixed(0)} MiB)`);
+    t.diagnostic(
+      `upload 200 MiB sparse: ${(200 / seconds).toFixed(0)} MiB/s, RSS growth ${growthMiB.toFixed(1)} MiB (baseline ${(baseline / MiB).toFixed(0)} MiB)`,
+    );
 
     assert.equal(result.size, 200 * MiB);
     const image = await glance.getImage(spec.id);

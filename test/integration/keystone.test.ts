@@ -31,7 +31,11 @@ const ALL = /.*/;
 const lifetimeS = Number(process.env.VMSNAP_KEYSTONE_TOKEN_LIFETIME ?? 3600);
 
 function allHeld(invariants: Invariants): void {
-  assert.deepEqual(Object.values(invariants), Object.values(invariants).map(() => true), JSON.stringify(invariants));
+  assert.deepEqual(
+    Object.values(invariants),
+    Object.values(invariants).map(() => true),
+    JSON.stringify(invariants),
+  );
 }
 
 /** Distinct tokens the proxy saw, in the order they first came. */
@@ -83,7 +87,16 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
     });
 
     const check = (imageName: string, outcome: string, expectedOutcome = 'completed') =>
-      checkInvariants({ store: h.store, glanceUrl: h.glanceUrl, snapshotsDir: h.config.snapshotsDir, guest, priorState: 'running', imageName, expectedOutcome, outcome });
+      checkInvariants({
+        store: h.store,
+        glanceUrl: h.glanceUrl,
+        snapshotsDir: h.config.snapshotsDir,
+        guest,
+        priorState: 'running',
+        imageName,
+        expectedOutcome,
+        outcome,
+      });
 
     it('a token revoked mid-snapshot: Glance answers 401, vmsnap gets a new token and completes', async () => {
       let revoked: string | undefined;
@@ -101,12 +114,23 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
         const outcome = await outcomeOf(await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue));
         const invariants = await check(imageName, outcome);
         const refused = glanceProxy.requests.filter((r) => r.status === 401);
-        recordFaultRow({ fault: 'Keystone token revoked mid-snapshot', outcome, invariants, note: `${refused.length} request refused with 401, sent again with a new token` });
+        recordFaultRow({
+          fault: 'Keystone token revoked mid-snapshot',
+          outcome,
+          invariants,
+          note: `${refused.length} request refused with 401, sent again with a new token`,
+        });
         assert.equal(outcome, 'completed');
         assert.ok(revoked, 'a token was revoked');
         assert.ok(refused.length >= 1, 'Glance refused the revoked token');
-        assert.ok(refused.every((r) => r.headers['x-auth-token'] === revoked), 'only the revoked token was refused');
-        assert.ok(glanceProxy.requests.some((r) => r.status < 300 && r.headers['x-auth-token'] !== revoked && r.headers['x-auth-token']), 'a new token was used');
+        assert.ok(
+          refused.every((r) => r.headers['x-auth-token'] === revoked),
+          'only the revoked token was refused',
+        );
+        assert.ok(
+          glanceProxy.requests.some((r) => r.status < 300 && r.headers['x-auth-token'] !== revoked && r.headers['x-auth-token']),
+          'a new token was used',
+        );
         allHeld(invariants);
       } finally {
         afterPause = async () => undefined;
@@ -125,12 +149,18 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
         const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
         // Keystone stays away until it has refused two requests.
         const deadline = Date.now() + 120_000;
-        while (keystoneProxy.requests.filter((r) => r.status === 0).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        while (keystoneProxy.requests.filter((r) => r.status === 0).length < 2 && Date.now() < deadline)
+          await new Promise((r) => setTimeout(r, 100));
         keystoneProxy.setRule(undefined);
         const outcome = await outcomeOf(handle);
         const invariants = await check(imageName, outcome);
         const cut = keystoneProxy.requests.filter((r) => r.status === 0).length;
-        recordFaultRow({ fault: 'Keystone unreachable for a while', outcome, invariants, note: `${cut} token requests cut, retried with backoff` });
+        recordFaultRow({
+          fault: 'Keystone unreachable for a while',
+          outcome,
+          invariants,
+          note: `${cut} token requests cut, retried with backoff`,
+        });
         assert.equal(outcome, 'completed');
         assert.ok(cut >= 2, 'token requests were cut while Keystone was away');
         allHeld(invariants);
@@ -159,7 +189,12 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
         keystoneProxy.setRule(undefined);
         await reconcilerRemovesQueuedImage(h, imageName);
         const invariants = await check(imageName, outcome, 'IdentityServiceUnavailable');
-        recordFaultRow({ fault: 'Keystone gone for good', outcome, invariants, note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Keystone answers again' });
+        recordFaultRow({
+          fault: 'Keystone gone for good',
+          outcome,
+          invariants,
+          note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Keystone answers again',
+        });
         allHeld(invariants);
       } finally {
         afterPause = async () => undefined;
@@ -173,7 +208,9 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
     const guest = await createGuest({ name: `vmsnap-test-${tag}-ac`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     try {
       assert.match(h.cloud.identity.description, /^application credential /);
-      const result = await (await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${tag}-appcred` }, h.config.temporal.taskQueue)).result();
+      const result = await (
+        await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${tag}-appcred` }, h.config.temporal.taskQueue)
+      ).result();
       const image = await h.glance.getImage(result.imageId);
       assert.equal(image?.status, 'active');
       assert.equal(image?.owner, accounts!.vmsnapProjectId);
@@ -193,7 +230,11 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
     const guest = await createGuest({ name: `vmsnap-test-${tag}-own`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     const imageName = `vmsnap-test-${tag}-other-project`;
     try {
-      const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName, projectId: randomUUID().replace(/-/g, '') }, h.config.temporal.taskQueue);
+      const handle = await startSnapshot(
+        h.client,
+        { instance: guest.uuid, imageName, projectId: randomUUID().replace(/-/g, '') },
+        h.config.temporal.taskQueue,
+      );
       const outcome = await outcomeOf(handle);
       assert.equal(outcome, 'InvalidInput');
       assert.deepEqual(await findImagesByName(h.glanceUrl, imageName), []);
@@ -213,16 +254,27 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
       // A slow link to Glance: the upload alone lasts longer than two token lifetimes.
       glanceProxy.setRule({ kind: 'stretch', ms: lifetimeS * 2_200, method: 'PUT', path: /\/file$/ });
       const started = Date.now();
-      const result = await (await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${tag}-long` }, h.config.temporal.taskQueue)).result();
+      const result = await (
+        await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${tag}-long` }, h.config.temporal.taskQueue)
+      ).result();
       const tookS = (Date.now() - started) / 1000;
       const tokens = tokensSeen(glanceProxy);
-      console.log(`snapshot of ${tookS.toFixed(0)} s with ${lifetimeS} s tokens: ${tokens.length} tokens used, ${glanceProxy.requests.length} Glance requests`);
+      console.log(
+        `snapshot of ${tookS.toFixed(0)} s with ${lifetimeS} s tokens: ${tokens.length} tokens used, ${glanceProxy.requests.length} Glance requests`,
+      );
       assert.ok(tookS > 2 * lifetimeS, `the snapshot outlived two token lifetimes (${tookS} s)`);
       assert.ok(tokens.length >= 2, `tokens were renewed during the snapshot (${tokens.length} used)`);
-      assert.deepEqual(glanceProxy.requests.filter((r) => r.status === 401), [], 'Glance never had to refuse a token');
+      assert.deepEqual(
+        glanceProxy.requests.filter((r) => r.status === 401),
+        [],
+        'Glance never had to refuse a token',
+      );
       const put = glanceProxy.requests.findIndex((r) => r.method === 'PUT');
       const after = glanceProxy.requests.slice(put + 1).map((r) => r.headers['x-auth-token']);
-      assert.ok(after.length > 0 && after.every((t) => t !== glanceProxy.requests[put]!.headers['x-auth-token']), 'after the long upload, a renewed token');
+      assert.ok(
+        after.length > 0 && after.every((t) => t !== glanceProxy.requests[put]!.headers['x-auth-token']),
+        'after the long upload, a renewed token',
+      );
       assert.equal((await h.glance.getImage(result.imageId))?.os_hash_value, result.sha512);
       await h.glance.deleteImage(result.imageId);
     } finally {
@@ -237,23 +289,49 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
     after(() => rmSync(dir, { recursive: true, force: true }));
 
     const cases: [string, Record<string, string>, RegExp][] = [
-      ['wrong password', { OS_PASSWORD: 'not-the-password' }, /Keystone refused user vmsnap on project vmsnap at https:\/\/127\.0\.0\.1:\d+\/v3: check the password \(OS_PASSWORD\)/],
-      ['wrong project', { OS_PROJECT_NAME: 'no-such-project' }, /Keystone refused user vmsnap on project no-such-project at https:.*the user has a role on the project/],
-      ['missing endpoint', { OS_REGION_NAME: 'Nowhere' }, /has no image endpoint for interface public in region Nowhere \(it has [^)]*public\/RegionOne[^)]*\): set OS_INTERFACE and OS_REGION_NAME/],
-      ['wrong CA', { OS_CACERT: '/etc/ssl/certs/ca-certificates.crt' }, /the TLS certificate of Keystone at https:\/\/127\.0\.0\.1:\d+\/v3 is not trusted \(\w+\): the CA in \/etc\/ssl\/certs\/ca-certificates\.crt .* does not sign it/],
-      ['no credentials at all', { OS_CLOUD: '', OS_CLIENT_CONFIG_FILE: join(dir, 'none.yaml') }, /no OpenStack credentials are set: set OS_CLOUD/],
+      [
+        'wrong password',
+        { OS_PASSWORD: 'not-the-password' },
+        /Keystone refused user vmsnap on project vmsnap at https:\/\/127\.0\.0\.1:\d+\/v3: check the password \(OS_PASSWORD\)/,
+      ],
+      [
+        'wrong project',
+        { OS_PROJECT_NAME: 'no-such-project' },
+        /Keystone refused user vmsnap on project no-such-project at https:.*the user has a role on the project/,
+      ],
+      [
+        'missing endpoint',
+        { OS_REGION_NAME: 'Nowhere' },
+        /has no image endpoint for interface public in region Nowhere \(it has [^)]*public\/RegionOne[^)]*\): set OS_INTERFACE and OS_REGION_NAME/,
+      ],
+      [
+        'wrong CA',
+        { OS_CACERT: '/etc/ssl/certs/ca-certificates.crt' },
+        /the TLS certificate of Keystone at https:\/\/127\.0\.0\.1:\d+\/v3 is not trusted \(\w+\): the CA in \/etc\/ssl\/certs\/ca-certificates\.crt .* does not sign it/,
+      ],
+      [
+        'no credentials at all',
+        { OS_CLOUD: '', OS_CLIENT_CONFIG_FILE: join(dir, 'none.yaml') },
+        /no OpenStack credentials are set: set OS_CLOUD/,
+      ],
     ];
     for (const [what, bad, message] of cases) {
       it(what, async () => {
         const store = join(dir, `${what.replace(/\W+/g, '-')}.sqlite`);
-        const worker = startWorkerProcess({ VMSNAP_STORE_PATH: store, VMSNAP_HOST: `test-ks-bad-${process.pid}`, VMSNAP_METRICS_ADDRESS: 'off', ...bad });
+        const worker = startWorkerProcess({
+          VMSNAP_STORE_PATH: store,
+          VMSNAP_HOST: `test-ks-bad-${process.pid}`,
+          VMSNAP_METRICS_ADDRESS: 'off',
+          ...bad,
+        });
         assert.equal(await worker.exited(), 5, worker.lines.join('\n'));
         // Log records are JSON; what the operator reads is the one line that is not.
         const said = worker.lines.filter((l) => !l.startsWith('{'));
         assert.equal(said.length, 1, `one line:\n${worker.lines.join('\n')}`);
         assert.match(said[0]!, /^vmsnap worker: config: /);
         assert.match(said[0]!, message);
-        for (const secret of [accounts!.vmsnapPassword, accounts!.applicationCredentialSecret, accounts!.adminPassword]) assert.ok(!worker.lines.join('\n').includes(secret));
+        for (const secret of [accounts!.vmsnapPassword, accounts!.applicationCredentialSecret, accounts!.adminPassword])
+          assert.ok(!worker.lines.join('\n').includes(secret));
         assert.equal(existsSync(store), false, 'nothing was created: not even the store');
       });
     }

@@ -193,7 +193,7 @@ describe('LibvirtHypervisor', { timeout: 400_000 }, () => {
     await rejectsWith(hv.watchPauses(randomUUID()), 'InstanceNotFound');
   });
 
-  test('a bad URI is a retryable HypervisorError with virsh\'s message', async () => {
+  test("a bad URI is a retryable HypervisorError with virsh's message", async () => {
     const e = await rejectsWith(new LibvirtHypervisor({ uri: 'qemu:///nonsense' }).listInstances(), 'HypervisorError');
     assert.equal(e.retryable, true);
     assert.match(e.message, /connect/);

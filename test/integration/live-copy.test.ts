@@ -107,96 +107,111 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     assert.match(s.reason ?? '', /shut off.*cold copy/);
     await rejectsWith(hv.liveCopySupport(randomUUID()), 'InstanceNotFound');
     await rejectsWith(hv.liveCopySupport('../x'), 'InvalidInput');
-    const e = await rejectsWith(hv.liveCopy(off.uuid, { target: path.join(outDir, 'off.qcow2'), targetFormat: 'qcow2' }), 'InstanceInvalidState');
+    const e = await rejectsWith(
+      hv.liveCopy(off.uuid, { target: path.join(outDir, 'off.qcow2'), targetFormat: 'qcow2' }),
+      'InstanceInvalidState',
+    );
     assert.equal(e.retryable, false);
   });
 
   for (const method of ['pull', 'push'] as const)
-  test(`point in time (${method}): the guest runs on during the copy, the copy holds one counter value from within it`, async (t) => {
-    assert.ok(main);
-    const g = main;
-    const target = path.join(outDir, `pit-${method}.qcow2`);
-    const watch = await hv.watchPauses(g.uuid);
-    const reads: { at: number; c: Counter }[] = [];
-    const pending: Promise<void>[] = [];
-    let firstAt = 0;
-    const readDuring = () => {
-      pending.push(
-        readCounter(g.diskPath, 'qcow2').then((c) => {
-          reads.push({ at: Date.now(), c });
-        }),
+    test(`point in time (${method}): the guest runs on during the copy, the copy holds one counter value from within it`, async (t) => {
+      assert.ok(main);
+      const g = main;
+      const target = path.join(outDir, `pit-${method}.qcow2`);
+      const watch = await hv.watchPauses(g.uuid);
+      const reads: { at: number; c: Counter }[] = [];
+      const pending: Promise<void>[] = [];
+      let firstAt = 0;
+      const readDuring = () => {
+        pending.push(
+          readCounter(g.diskPath, 'qcow2').then((c) => {
+            reads.push({ at: Date.now(), c });
+          }),
+        );
+      };
+      const progress: number[] = [];
+
+      const before = await readCounter(g.diskPath, 'qcow2');
+      const t0 = Date.now();
+      const result = await hv.liveCopy(g.uuid, {
+        target,
+        targetFormat: 'qcow2',
+        quiesce: 'never',
+        // Slowed down so the copy takes seconds: the guest gets to write a lot meanwhile.
+        bandwidthMiBps: PIT_BANDWIDTH_MIBPS[method],
+        method,
+        onProgress: (percent) => {
+          progress.push(percent);
+          if (pending.length === 0) {
+            firstAt = Date.now();
+            readDuring();
+          } else if (pending.length === 1 && Date.now() - firstAt >= 2000) readDuring();
+        },
+      });
+      const copyMs = Date.now() - t0;
+      const end = Date.now();
+      const afterCopy = await readCounter(g.diskPath, 'qcow2');
+      const pauses = await watch.stop();
+      await Promise.all(pending);
+
+      assert.deepEqual(result, { consistency: 'crash-consistent', method });
+      assert.equal(
+        reads.length,
+        2,
+        `expected two counter reads during the copy (copy took ${copyMs} ms, progress ${progress.length} calls)`,
       );
-    };
-    const progress: number[] = [];
+      const [r1, r2] = reads as [{ at: number; c: Counter }, { at: number; c: Counter }];
+      assert.ok(r2.c.a > r1.c.a, `guest counter did not advance during the copy: ${r1.c.a} -> ${r2.c.a}`);
+      assert.ok(r2.at <= end + 1000, 'second read was not during the copy');
+      assert.equal(progress.at(-1), 100);
+      assert.ok(
+        progress.every((p, i) => i === 0 || p >= (progress[i - 1] ?? 0)),
+        `progress went backwards: ${progress.join(',')}`,
+      );
 
-    const before = await readCounter(g.diskPath, 'qcow2');
-    const t0 = Date.now();
-    const result = await hv.liveCopy(g.uuid, {
-      target,
-      targetFormat: 'qcow2',
-      quiesce: 'never',
-      // Slowed down so the copy takes seconds: the guest gets to write a lot meanwhile.
-      bandwidthMiBps: PIT_BANDWIDTH_MIBPS[method],
-      method,
-      onProgress: (percent) => {
-        progress.push(percent);
-        if (pending.length === 0) {
-          firstAt = Date.now();
-          readDuring();
-        } else if (pending.length === 1 && Date.now() - firstAt >= 2000) readDuring();
-      },
+      const copy = await readCounter(target, 'qcow2');
+      assertConsistent(copy, 'copy');
+      assert.ok(copy.a >= before.a, `copy (${copy.a}) is older than the counter before the copy (${before.a})`);
+      assert.ok(copy.a <= afterCopy.a, `copy (${copy.a}) is newer than the counter after the copy (${afterCopy.a})`);
+      // The copy is the state at the job's start: the guest wrote much more while it ran.
+      assert.ok(afterCopy.a > copy.a, 'guest wrote nothing during the copy?');
+
+      // No pause at all: QEMU emitted no STOP.
+      assert.deepEqual(pauses, { pausedMs: 0, events: [] });
+
+      // The bulk data arrived intact, and the image is a sound standalone qcow2.
+      const check = await execa('qemu-io', ['-r', '-f', 'qcow2', '-c', `read -P ${BULK_PATTERN} ${BULK_OFFSET} ${BULK_LEN}`, target], {
+        reject: false,
+      });
+      assert.ok(!check.failed && !/Pattern verification failed/.test(check.stdout), check.stdout + check.stderr);
+      const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', '-f', 'qcow2', target])).stdout) as {
+        'virtual-size': number;
+        'actual-size': number;
+        'backing-filename'?: string;
+      };
+      assert.equal(info['virtual-size'], DISK_MIB * MiB);
+      assert.equal(info['backing-filename'], undefined);
+      await execa('qemu-img', ['check', '-f', 'qcow2', target]);
+      // Sparse: about the data, not the 1 GiB virtual size.
+      assert.ok(info['actual-size'] < BULK_LEN + 16 * MiB, `copy allocates ${info['actual-size']} bytes for ${BULK_LEN} bytes of data`);
+
+      // Nothing left behind: no job, no checkpoint, no scratch image or socket, the file is ours
+      // (libvirt hands a push target back to root).
+      assert.equal(await jobType(g.name), 'None');
+      assert.deepEqual(
+        (await fs.readdir(outDir)).filter((f) => f.startsWith(`pit-${method}.`)),
+        [`pit-${method}.qcow2`],
+      );
+      assert.equal((await virsh('checkpoint-list', g.name, '--name')).trim(), '');
+      const st = await fs.stat(target);
+      assert.equal(st.uid, process.getuid?.());
+      assert.equal(st.mode & 0o777, 0o600);
+      t.diagnostic(
+        `live copy (${method}) ${copyMs} ms at ${PIT_BANDWIDTH_MIBPS[method]} MiB/s; counter ${before.a} before, ${copy.a} in the copy, ${afterCopy.a} after; ` +
+          `during: ${r1.c.a} -> ${r2.c.a} in ${r2.at - r1.at} ms; copy actual size ${info['actual-size']} bytes`,
+      );
     });
-    const copyMs = Date.now() - t0;
-    const end = Date.now();
-    const afterCopy = await readCounter(g.diskPath, 'qcow2');
-    const pauses = await watch.stop();
-    await Promise.all(pending);
-
-    assert.deepEqual(result, { consistency: 'crash-consistent', method });
-    assert.equal(reads.length, 2, `expected two counter reads during the copy (copy took ${copyMs} ms, progress ${progress.length} calls)`);
-    const [r1, r2] = reads as [{ at: number; c: Counter }, { at: number; c: Counter }];
-    assert.ok(r2.c.a > r1.c.a, `guest counter did not advance during the copy: ${r1.c.a} -> ${r2.c.a}`);
-    assert.ok(r2.at <= end + 1000, 'second read was not during the copy');
-    assert.equal(progress.at(-1), 100);
-    assert.ok(progress.every((p, i) => i === 0 || p >= (progress[i - 1] ?? 0)), `progress went backwards: ${progress.join(',')}`);
-
-    const copy = await readCounter(target, 'qcow2');
-    assertConsistent(copy, 'copy');
-    assert.ok(copy.a >= before.a, `copy (${copy.a}) is older than the counter before the copy (${before.a})`);
-    assert.ok(copy.a <= afterCopy.a, `copy (${copy.a}) is newer than the counter after the copy (${afterCopy.a})`);
-    // The copy is the state at the job's start: the guest wrote much more while it ran.
-    assert.ok(afterCopy.a > copy.a, 'guest wrote nothing during the copy?');
-
-    // No pause at all: QEMU emitted no STOP.
-    assert.deepEqual(pauses, { pausedMs: 0, events: [] });
-
-    // The bulk data arrived intact, and the image is a sound standalone qcow2.
-    const check = await execa('qemu-io', ['-r', '-f', 'qcow2', '-c', `read -P ${BULK_PATTERN} ${BULK_OFFSET} ${BULK_LEN}`, target], { reject: false });
-    assert.ok(!check.failed && !/Pattern verification failed/.test(check.stdout), check.stdout + check.stderr);
-    const info = JSON.parse((await execa('qemu-img', ['info', '--output=json', '-f', 'qcow2', target])).stdout) as {
-      'virtual-size': number;
-      'actual-size': number;
-      'backing-filename'?: string;
-    };
-    assert.equal(info['virtual-size'], DISK_MIB * MiB);
-    assert.equal(info['backing-filename'], undefined);
-    await execa('qemu-img', ['check', '-f', 'qcow2', target]);
-    // Sparse: about the data, not the 1 GiB virtual size.
-    assert.ok(info['actual-size'] < BULK_LEN + 16 * MiB, `copy allocates ${info['actual-size']} bytes for ${BULK_LEN} bytes of data`);
-
-    // Nothing left behind: no job, no checkpoint, no scratch image or socket, the file is ours
-    // (libvirt hands a push target back to root).
-    assert.equal(await jobType(g.name), 'None');
-    assert.deepEqual((await fs.readdir(outDir)).filter((f) => f.startsWith(`pit-${method}.`)), [`pit-${method}.qcow2`]);
-    assert.equal((await virsh('checkpoint-list', g.name, '--name')).trim(), '');
-    const st = await fs.stat(target);
-    assert.equal(st.uid, process.getuid?.());
-    assert.equal(st.mode & 0o777, 0o600);
-    t.diagnostic(
-      `live copy (${method}) ${copyMs} ms at ${PIT_BANDWIDTH_MIBPS[method]} MiB/s; counter ${before.a} before, ${copy.a} in the copy, ${afterCopy.a} after; ` +
-        `during: ${r1.c.a} -> ${r2.c.a} in ${r2.at - r1.at} ms; copy actual size ${info['actual-size']} bytes`,
-    );
-  });
 
   test('abort mid-copy: rejects with AbortError, no job left, no target file, guest running', async () => {
     assert.ok(main);
@@ -304,18 +319,24 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
   test('targets: raw works (sparse by pull, fully allocated by push); an existing file is replaced; bad options, a missing dir and a dir QEMU cannot enter are refused', async (t) => {
     assert.ok(main && agent);
     const g = main;
-    const virtualSize = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', agent.diskPath])).stdout)['virtual-size'] as number;
+    const virtualSize = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', agent.diskPath])).stdout)[
+      'virtual-size'
+    ] as number;
     // On the small guest: a raw copy of the big one would write all 8 GiB.
     for (const method of ['pull', 'push'] as const) {
       const raw = path.join(outDir, 'copy.raw');
       await fs.writeFile(raw, 'junk that is not an image');
-      assert.deepEqual(await hv.liveCopy(agent.uuid, { target: raw, targetFormat: 'raw', quiesce: 'never', method }), { consistency: 'crash-consistent', method });
+      assert.deepEqual(await hv.liveCopy(agent.uuid, { target: raw, targetFormat: 'raw', quiesce: 'never', method }), {
+        consistency: 'crash-consistent',
+        method,
+      });
       assertConsistent(await readCounter(raw, 'raw'), `raw copy (${method})`);
       const st = await fs.stat(raw);
       assert.equal(st.size, virtualSize);
       // qemu-img leaves holes as holes; QEMU's backup job writes them as allocated zeroes
       // (fallocate), so a push copy takes the whole virtual size on the host.
-      if (method === 'push') assert.ok(st.blocks * 512 >= virtualSize, `raw push copy allocates ${st.blocks * 512} bytes: sparse after all?`);
+      if (method === 'push')
+        assert.ok(st.blocks * 512 >= virtualSize, `raw push copy allocates ${st.blocks * 512} bytes: sparse after all?`);
       else assert.ok(st.blocks * 512 < virtualSize / 2, `raw pull copy allocates ${st.blocks * 512} bytes of ${virtualSize}`);
       t.diagnostic(`raw live copy (${method}) of a ${virtualSize}-byte disk holding ~2 sectors of data allocates ${st.blocks * 512} bytes`);
     }
@@ -325,7 +346,10 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     await fs.mkdir(deep, { mode: 0o711 });
     await fs.chmod(deep, 0o711);
     const long = path.join(deep, 'long-name.qcow2');
-    assert.deepEqual(await hv.liveCopy(agent.uuid, { target: long, targetFormat: 'qcow2', quiesce: 'never' }), { consistency: 'crash-consistent', method: 'push' });
+    assert.deepEqual(await hv.liveCopy(agent.uuid, { target: long, targetFormat: 'qcow2', quiesce: 'never' }), {
+      consistency: 'crash-consistent',
+      method: 'push',
+    });
     await rejectsWith(hv.liveCopy(agent.uuid, { target: long, targetFormat: 'qcow2', quiesce: 'never', method: 'pull' }), 'InvalidInput');
     assert.ok(await exists(long), 'a refused copy changed nothing');
     await rejectsWith(hv.liveCopy(agent.uuid, { target: long, targetFormat: 'qcow2', method: 'fast' as 'pull' }), 'InvalidInput');
@@ -364,10 +388,13 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     });
     await running;
     const t0 = Date.now();
-    const e = await rejectsWith(hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }), 'HypervisorError');
+    const e = await rejectsWith(
+      hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }),
+      'HypervisorError',
+    );
     assert.equal(e.retryable, true);
     assert.match(e.message, /already has a pull-mode backup job.*virsh domjobabort/);
-    assert.ok(Date.now() - t0 < 5000, 'waited for libvirt\'s job lock instead of failing at once');
+    assert.ok(Date.now() - t0 < 5000, "waited for libvirt's job lock instead of failing at once");
     assert.equal(await exists(path.join(outDir, 'second.qcow2')), false);
     ac.abort();
     await assert.rejects(first, (err: Error) => err.name === 'AbortError');

@@ -53,7 +53,11 @@ describe('worker process: logs, metrics, secrets', { timeout: 400_000 }, () => {
   });
 
   it('logs JSON lines with instance and workflow ids, exposes metrics, and leaks no secret', async () => {
-    const handle = await startSnapshot(client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-obs` }, env.VMSNAP_TASK_QUEUE);
+    const handle = await startSnapshot(
+      client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-obs` },
+      env.VMSNAP_TASK_QUEUE,
+    );
     const result = await handle.result();
 
     // Logs: every line is JSON; every line about this snapshot names the instance and workflow.
@@ -83,11 +87,23 @@ describe('worker process: logs, metrics, secrets', { timeout: 400_000 }, () => {
       ...tokens.map((t, i): [string, string] => [`token ${i + 1}`, t]),
     ];
     const history = await execa('.tools/bin/temporal', [
-      'workflow', 'show', '--output', 'json', '--address', process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233', '--workflow-id', handle.workflowId,
+      'workflow',
+      'show',
+      '--output',
+      'json',
+      '--address',
+      process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233',
+      '--workflow-id',
+      handle.workflowId,
     ]);
     assert.match(history.stdout, /snapshotInstance/);
     const described = JSON.stringify((await handle.describe()).raw);
-    for (const [what, text] of [['logs', worker.lines.join('\n')], ['history', history.stdout], ['description', described], ['metrics', metrics]]) {
+    for (const [what, text] of [
+      ['logs', worker.lines.join('\n')],
+      ['history', history.stdout],
+      ['description', described],
+      ['metrics', metrics],
+    ]) {
       for (const [name, secret] of secrets) {
         assert.ok(text && !text.includes(secret), `the ${name} appears in the ${what}`);
         assert.ok(!text.includes(Buffer.from(secret).toString('base64')), `the ${name} appears base64-encoded in the ${what}`);

@@ -33,7 +33,16 @@ describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
   });
 
   it('resumes the guest of a terminated snapshot within 5 s, and the CLI says it will run again', async () => {
-    const run = vmsnapRunning(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-pw-${process.pid}`, '--mode', 'cold', '--compress', '--wait']);
+    const run = vmsnapRunning(h, [
+      'snapshot',
+      guest.uuid,
+      '--name',
+      `vmsnap-test-pw-${process.pid}`,
+      '--mode',
+      'cold',
+      '--compress',
+      '--wait',
+    ]);
     try {
       const handle = h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid));
       await waitForPhase(handle, 'converting');
@@ -52,10 +61,16 @@ describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
 
       const ended = await run.proc;
       assert.equal(ended.exitCode, 1);
-      assert.match(run.output().stderr, /^vmsnap: the snapshot workflow was terminated while the guest was paused \(phase (pausing|converting)\): its host worker resumes it within seconds/m);
+      assert.match(
+        run.output().stderr,
+        /^vmsnap: the snapshot workflow was terminated while the guest was paused \(phase (pausing|converting)\): its host worker resumes it within seconds/m,
+      );
 
       // The reconciler finds the resume recorded and undoes the rest.
-      const report: ReconcileReport = await h.client.workflow.execute('reconcile', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-reconcile-${randomUUID()}` });
+      const report: ReconcileReport = await h.client.workflow.execute('reconcile', {
+        taskQueue: h.config.temporal.taskQueue,
+        workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+      });
       assert.deepEqual(report.resumed, [], 'already resumed by the host');
       assert.deepEqual(report.releasedTasks, [guest.uuid]);
       assert.ok(report.deletedImages.includes(imageId));

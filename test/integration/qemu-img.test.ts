@@ -76,7 +76,7 @@ describe('qemu-img driver', { timeout: 300_000 }, () => {
     if (dir) await fs.rm(dir, { recursive: true, force: true });
   });
 
-  test('info shows the overlay\'s backing file', async () => {
+  test("info shows the overlay's backing file", async () => {
     const i = await info(p('overlay.qcow2'), { format: 'qcow2' });
     assert.equal(i.format, 'qcow2');
     assert.equal(i.virtualSize, 64 * MiB);
@@ -247,7 +247,7 @@ describe('qemu-img driver', { timeout: 300_000 }, () => {
     await fs.rm(p('refs.qcow2'));
   });
 
-  test('a running guest\'s disk: locked without forceShare, readable with it', async () => {
+  test("a running guest's disk: locked without forceShare, readable with it", async () => {
     const guest: Guest = await createGuest({ name: guestName, guestsDir, assetsDir });
     const target = p('live.qcow2');
     const e = await rejectsWith(

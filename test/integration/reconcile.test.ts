@@ -29,7 +29,8 @@ async function reconcileNow(fixture?: string): Promise<ReconcileReport> {
     workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
   });
   const report = (await handle.result()) as ReconcileReport;
-  if (fixture) await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, fixture);
+  if (fixture)
+    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, fixture);
   return report;
 }
 
@@ -46,7 +47,11 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
   });
 
   it('undoes a snapshot terminated while the guest was paused', async () => {
-    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-terminated`, compress: true }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-terminated`, compress: true },
+      h.config.temporal.taskQueue,
+    );
     await waitForPhase(handle, 'converting');
     const { imageId } = (await handle.query('progress')) as { imageId: string };
     await handle.terminate('test: a workflow lost mid-snapshot');

@@ -44,7 +44,11 @@ describe('restore with a guest agent, on the real stack', { timeout: 900_000 }, 
         }),
     });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, guestAgent: true });
-    const snap = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-ragent`, mode: 'cold' }, h.config.temporal.taskQueue);
+    const snap = await startSnapshot(
+      h.client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-ragent`, mode: 'cold' },
+      h.config.temporal.taskQueue,
+    );
     imageId = (await snap.result()).imageId;
   });
 
@@ -64,14 +68,21 @@ describe('restore with a guest agent, on the real stack', { timeout: 900_000 }, 
     const mine = pings.filter((p) => p.id === guest.uuid);
     // Right after the start the kernel is still booting: the agent does not answer yet, and the
     // restore waited for it rather than taking "running" for done.
-    assert.ok(mine.some((p) => !p.answered), `the restore asked before the agent was up (${JSON.stringify(mine)})`);
+    assert.ok(
+      mine.some((p) => !p.answered),
+      `the restore asked before the agent was up (${JSON.stringify(mine)})`,
+    );
     assert.equal(mine.at(-1)?.answered, true, 'it ended on an answer');
     // The agent answers now, as the restore said.
     const time = await virsh('domtime', guestName);
     assert.equal(time.exitCode, 0, time.stderr);
     assert.equal(await guestState(guestName), 'running');
     const first = (await readCounter(guest.diskPath, 'qcow2')).a;
-    await eventually('the restored guest counts', async () => ((await readCounter(guest.diskPath, 'qcow2')).a > first ? true : undefined), 120_000);
+    await eventually(
+      'the restored guest counts',
+      async () => ((await readCounter(guest.diskPath, 'qcow2')).a > first ? true : undefined),
+      120_000,
+    );
     assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
     rmSync(result.preRestorePath ?? '', { force: true });
   });
@@ -81,24 +92,43 @@ describe('restore with a guest agent, on the real stack', { timeout: 900_000 }, 
     const handle = await startRestore(h.client, { instance: guest.uuid, imageId, asNew: newName }, h.config.temporal.taskQueue);
     // The new domain is defined and starting: its confirmation waits for its agent, seconds under TCG.
     await waitForPhase(handle, 'starting-guest', 300_000);
-    await eventually('the new domain is defined', async () => ((await virsh('domuuid', newName)).exitCode === 0 ? true : undefined), 60_000, 100);
+    await eventually(
+      'the new domain is defined',
+      async () => ((await virsh('domuuid', newName)).exitCode === 0 ? true : undefined),
+      60_000,
+      100,
+    );
     await handle.terminate('test: a restore as new lost mid-way');
     const disk = join(guest.dir, `${newName}.vmsnap-new.qcow2`);
     assert.ok(existsSync(disk), 'the new disk is there before the reconciler runs');
 
-    const report: ReconcileReport = await h.client.workflow.execute('reconcile', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-reconcile-${randomUUID()}` });
+    const report: ReconcileReport = await h.client.workflow.execute('reconcile', {
+      taskQueue: h.config.temporal.taskQueue,
+      workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+    });
     assert.deepEqual(report.removedNewInstances, [newName], JSON.stringify(report));
     assert.equal((await virsh('domuuid', newName)).exitCode, 1, 'the new domain is gone');
     assert.ok(!existsSync(disk) && !existsSync(`${disk}.vmsnap-download`), 'its disk is gone');
-    assert.deepEqual(readdirSync(join(h.config.snapshotsDir, 'new-instances')).filter((f) => f.startsWith(newName)), [], 'its claim is gone');
+    assert.deepEqual(
+      readdirSync(join(h.config.snapshotsDir, 'new-instances')).filter((f) => f.startsWith(newName)),
+      [],
+      'its claim is gone',
+    );
     // The original was never touched.
     assert.equal((await virsh('domid', guestName)).stdout.trim(), idBefore);
     assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
     // A second round finds nothing left.
-    const again: ReconcileReport = await h.client.workflow.execute('reconcile', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-reconcile-${randomUUID()}` });
+    const again: ReconcileReport = await h.client.workflow.execute('reconcile', {
+      taskQueue: h.config.temporal.taskQueue,
+      workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+    });
     assert.deepEqual(again.removedNewInstances, []);
     const before = (await readCounter(guest.diskPath, 'qcow2')).a;
-    const counting = await eventually('the original counts on', async () => ((await readCounter(guest.diskPath, 'qcow2')).a > before ? true : undefined), 60_000).catch(() => false);
+    const counting = await eventually(
+      'the original counts on',
+      async () => ((await readCounter(guest.diskPath, 'qcow2')).a > before ? true : undefined),
+      60_000,
+    ).catch(() => false);
     recordFaultRow({
       fault: 'restore as new: workflow terminated while the new guest boots',
       outcome: 'terminated, reconciled',

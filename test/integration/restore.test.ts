@@ -53,7 +53,11 @@ function noRestoreLeftovers(): void {
 async function restoreInvariants(outcomeAsExpected: boolean): Promise<Invariants> {
   const files = restoreFiles(guest.diskPath);
   const before = (await readCounter(guest.diskPath, 'qcow2')).a;
-  const counting = await eventually('counting', async () => ((await readCounter(guest.diskPath, 'qcow2')).a > before ? true : undefined), 60_000).catch(() => false);
+  const counting = await eventually(
+    'counting',
+    async () => ((await readCounter(guest.diskPath, 'qcow2')).a > before ? true : undefined),
+    60_000,
+  ).catch(() => false);
   return {
     'prior power state': (await guestState(guestName)) === 'running' && counting,
     'task state None': (await h.store.getInstance(guest.uuid))?.taskState === null,
@@ -64,10 +68,15 @@ async function restoreInvariants(outcomeAsExpected: boolean): Promise<Invariants
 }
 
 async function counterAbove(value: number, what: string): Promise<number> {
-  return eventually(what, async () => {
-    const c = await readCounter(guest.diskPath, 'qcow2');
-    return c.a > value ? c.a : undefined;
-  }, 120_000, 250);
+  return eventually(
+    what,
+    async () => {
+      const c = await readCounter(guest.diskPath, 'qcow2');
+      return c.a > value ? c.a : undefined;
+    },
+    120_000,
+    250,
+  );
 }
 
 describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
@@ -84,7 +93,11 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     // The image: a cold snapshot of the counting guest at counter N.
-    const snap = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-restore` }, h.config.temporal.taskQueue);
+    const snap = await startSnapshot(
+      h.client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-restore` },
+      h.config.temporal.taskQueue,
+    );
     const result = await snap.result();
     imageId = result.imageId;
     images.push(imageId);
@@ -118,7 +131,10 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     } finally {
       proxy.setRule(undefined);
     }
-    assert.ok(proxy.requests.some((r) => r.method === 'GET' && /\/file$/.test(r.path)), 'the download went through the proxy');
+    assert.ok(
+      proxy.requests.some((r) => r.method === 'GET' && /\/file$/.test(r.path)),
+      'the download went through the proxy',
+    );
     assert.equal(await guestState(guestName), 'running');
     assert.equal(await domId(), idBefore, 'the guest was never restarted');
     assert.equal(statSync(guest.diskPath).ino, inodeBefore, 'the disk is the same file');
@@ -128,7 +144,12 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
     const faults = await h.store.listFaults(guest.uuid);
     assert.equal(faults.at(-1)?.code, 'ImageCorrupt');
-    recordFaultRow({ fault: 'restore: a byte of the download flipped', outcome: 'failed ImageCorrupt', invariants: await restoreInvariants(true), note: 'sha512 mismatch found while streaming; guest never stopped (same domain id)' });
+    recordFaultRow({
+      fault: 'restore: a byte of the download flipped',
+      outcome: 'failed ImageCorrupt',
+      invariants: await restoreInvariants(true),
+      note: 'sha512 mismatch found while streaming; guest never stopped (same domain id)',
+    });
   });
 
   it('Glance dying mid-download: the download is retried and the restore completes', async () => {
@@ -156,7 +177,7 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
   });
 
   let atStop: number;
-  it('restores the image: the guest continues from the image\'s counter, the previous disk is kept', async () => {
+  it("restores the image: the guest continues from the image's counter, the previous disk is kept", async () => {
     // Let the guest run well past the image's counter, so the two disks tell apart.
     const ranOn = await counterAbove(atImage + 300, 'the guest counts past the image');
     const handle = await startRestore(h.client, { instance: guestName, imageId }, h.config.temporal.taskQueue);
@@ -170,7 +191,10 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.equal(result.confirmedBy, 'power-state', 'no guest agent: the domain running is the confirmation');
     assert.ok(result.downtimeMs > 0 && result.downtimeMs < 120_000, `downtime ${result.downtimeMs} ms`);
     assert.equal(await guestState(guestName), 'running');
-    assert.ok(first >= atImage && first < ranOn, `after the restore the disk holds ${first}: from the image (${atImage}), not from before (${ranOn}+)`);
+    assert.ok(
+      first >= atImage && first < ranOn,
+      `after the restore the disk holds ${first}: from the image (${atImage}), not from before (${ranOn}+)`,
+    );
     const later = await counterAbove(first, 'the restored guest counts');
     assert.ok(later < ranOn, `counting on from the image's value: ${later} < ${ranOn}`);
 
@@ -186,7 +210,10 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     const record = await h.store.getInstance(guest.uuid);
     assert.equal(record?.taskState, null);
     const events = (await h.store.listEvents(guest.uuid)).filter((e) => e.requestId.startsWith(`${handle.workflowId}/`));
-    assert.deepEqual(events.map((e) => `${e.action}:${e.event}`), ['rebuild:start', 'rebuild:stop', 'rebuild:swap', 'rebuild:started', 'rebuild:finish']);
+    assert.deepEqual(
+      events.map((e) => `${e.action}:${e.event}`),
+      ['rebuild:start', 'rebuild:stop', 'rebuild:swap', 'rebuild:started', 'rebuild:finish'],
+    );
   });
 
   it('rolls back with the CLI: the pre-restore disk is back and the guest counts on from it', async () => {
@@ -234,11 +261,21 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
       const started = await vmsnap(h, ['restore', guestName, '--image', imageId, '--json']);
       assert.equal(started.exitCode, 0, started.stderr);
       const { workflowId } = JSON.parse(started.stdout) as { workflowId: string };
-      const status = await eventually('the restore is downloading', async () => {
-        const run = await vmsnap(h, ['restore', 'status', guestName, '--json']);
-        const doc = JSON.parse(run.stdout) as { status: string; action: string; workflowId: string; progress?: { phase: string; taskState: string | null } };
-        return run.exitCode === 0 && doc.progress?.phase === 'downloading' ? doc : undefined;
-      }, 60_000, 500);
+      const status = await eventually(
+        'the restore is downloading',
+        async () => {
+          const run = await vmsnap(h, ['restore', 'status', guestName, '--json']);
+          const doc = JSON.parse(run.stdout) as {
+            status: string;
+            action: string;
+            workflowId: string;
+            progress?: { phase: string; taskState: string | null };
+          };
+          return run.exitCode === 0 && doc.progress?.phase === 'downloading' ? doc : undefined;
+        },
+        60_000,
+        500,
+      );
       assert.equal(status.workflowId, workflowId);
       assert.equal(status.action, 'restore');
       assert.equal(status.status, 'running');
@@ -247,12 +284,20 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
       assert.equal(text.exitCode, 0, text.stderr);
       assert.match(text.stdout, /status\s+running/);
       assert.match(text.stdout, /phase\s+downloading/);
-      const listed = await eventually('the restore is listed', async () => {
-        const run = await vmsnap(h, ['restore', 'list', '--instance', guestName, '--status', 'running', '--json']);
-        const rows = JSON.parse(run.stdout) as { workflowId: string; action: string; status: string }[];
-        return rows.length ? rows : undefined;
-      }, 30_000, 500);
-      assert.deepEqual(listed.map((r) => [r.workflowId, r.action, r.status]), [[workflowId, 'restore', 'running']]);
+      const listed = await eventually(
+        'the restore is listed',
+        async () => {
+          const run = await vmsnap(h, ['restore', 'list', '--instance', guestName, '--status', 'running', '--json']);
+          const rows = JSON.parse(run.stdout) as { workflowId: string; action: string; status: string }[];
+          return rows.length ? rows : undefined;
+        },
+        30_000,
+        500,
+      );
+      assert.deepEqual(
+        listed.map((r) => [r.workflowId, r.action, r.status]),
+        [[workflowId, 'restore', 'running']],
+      );
 
       const cancel = await vmsnap(h, ['restore', 'cancel', guestName, '--wait', '--json'], {}, 180_000);
       assert.equal(cancel.exitCode, 0, cancel.stderr);
@@ -299,7 +344,12 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
       // The new guest counts on from the image's counter, on its own disk.
       const first = (await readCounter(result.diskPath, 'qcow2')).a;
       assert.ok(first >= atImage, `new disk at ${first}`);
-      await eventually('the new guest counts', async () => ((await readCounter(result.diskPath, 'qcow2')).a > first ? true : undefined), 120_000, 250);
+      await eventually(
+        'the new guest counts',
+        async () => ((await readCounter(result.diskPath, 'qcow2')).a > first ? true : undefined),
+        120_000,
+        250,
+      );
       // The original ran on, untouched.
       assert.equal(await domId(), idBefore);
       assert.equal(statSync(guest.diskPath).ino, inodeBefore);
@@ -318,7 +368,14 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     const otherId = randomUUID();
     images.push(otherId);
     try {
-      await h.glance.createImage({ id: otherId, name: `vmsnap-test-${process.pid}-other`, visibility: 'private', min_disk: 0, min_ram: 0, properties: { image_type: 'snapshot', instance_uuid: randomUUID() } });
+      await h.glance.createImage({
+        id: otherId,
+        name: `vmsnap-test-${process.pid}-other`,
+        visibility: 'private',
+        min_disk: 0,
+        min_ram: 0,
+        properties: { image_type: 'snapshot', instance_uuid: randomUUID() },
+      });
       await h.glance.updateImage(otherId, { disk_format: 'qcow2', container_format: 'bare' });
       await h.glance.uploadFile(otherId, file);
     } finally {

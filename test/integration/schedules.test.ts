@@ -81,7 +81,11 @@ async function reports(d: VmsnapScheduleDetails): Promise<ScheduledSnapshotsRepo
 }
 
 async function reconcileNow(options: { staleImageAfterMs?: number } = {}): Promise<ReconcileReport> {
-  return h.client.workflow.execute('reconcile', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-reconcile-${randomUUID()}`, args: [options] });
+  return h.client.workflow.execute('reconcile', {
+    taskQueue: h.config.temporal.taskQueue,
+    workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+    args: [options],
+  });
 }
 
 /** A vmsnap-tagged image made by hand, as if by a run Temporal does not know. */
@@ -187,7 +191,10 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     assert.match(decisions.find((d) => d.imageId === 'a-03')!.reason, /^kept by none of keep-last 1, keep-daily 2, keep-weekly 2$/);
     // No rule: everything is kept.
     assert.ok(decideRetention(images, {}).every((d) => d.action === 'keep'));
-    assert.deepEqual(['2026-12-28', '2027-01-01', '2027-01-04', '2026-01-01'].map((d) => isoWeek(`${d}T00:00:00.000Z`)), ['2026-W53', '2026-W53', '2027-W01', '2026-W01']);
+    assert.deepEqual(
+      ['2026-12-28', '2027-01-01', '2027-01-04', '2026-01-01'].map((d) => isoWeek(`${d}T00:00:00.000Z`)),
+      ['2026-W53', '2026-W53', '2027-W01', '2026-W01'],
+    );
   });
 
   it('the sweeper removes a stale orphan image of an unknown run, and keeps young and active ones', async () => {
@@ -215,7 +222,11 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
 
   it('a schedule snapshots the guest on its interval; retention keeps the newest 2, a protected one, and deletes the rest', async () => {
     const ofGuest = (r: ScheduledSnapshotsReport) => r.snapshots.find((s) => s.instance === guestName);
-    const created = await createSchedule(h.client, { name: timed, instances: [guestName, missing], every: '6s', retention: { keepLast: 2 } }, h.config.temporal.taskQueue);
+    const created = await createSchedule(
+      h.client,
+      { name: timed, instances: [guestName, missing], every: '6s', retention: { keepLast: 2 } },
+      h.config.temporal.taskQueue,
+    );
     assert.equal(created.scheduleId, `vmsnap-schedule-${timed}`);
     assert.equal(created.every, '6s');
     assert.deepEqual(created.retention, { keepLast: 2 });
@@ -237,14 +248,23 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     await setProtected(protectedId, true);
 
     // Several runs: each makes an image, then prunes the schedule's images to the newest 2.
-    await eventually('four completed runs', async () => ((await describeSchedule(h.client, timed)).recentRuns.filter((r) => r.completed === 1).length >= 4 ? true : undefined), 90_000, 500);
+    await eventually(
+      'four completed runs',
+      async () => ((await describeSchedule(h.client, timed)).recentRuns.filter((r) => r.completed === 1).length >= 4 ? true : undefined),
+      90_000,
+      500,
+    );
     const paused = await pauseSchedule(h.client, timed, 'test: looking at what retention kept');
     assert.equal(paused.paused, true);
     assert.equal(paused.note, 'test: looking at what retention kept');
-    const settled = await eventually('no run going on', async () => {
-      const d = await describeSchedule(h.client, timed);
-      return d.running.length === 0 ? d : undefined;
-    }, 60_000);
+    const settled = await eventually(
+      'no run going on',
+      async () => {
+        const d = await describeSchedule(h.client, timed);
+        return d.running.length === 0 ? d : undefined;
+      },
+      60_000,
+    );
 
     const runs = await reports(settled);
     const made = runs.map((r) => ofGuest(r)!);
@@ -278,12 +298,18 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     const last = runs.at(-1)!.retention!;
     assert.deepEqual(last.errors, []);
     assert.equal(last.decisions.find((d) => d.imageId === protectedId)?.rule, 'protected');
-    assert.deepEqual(last.decisions.filter((d) => d.rule === 'keep-last').map((d) => d.imageId), unprotected.slice(-2).reverse());
+    assert.deepEqual(
+      last.decisions.filter((d) => d.rule === 'keep-last').map((d) => d.imageId),
+      unprotected.slice(-2).reverse(),
+    );
     assert.equal(settled.lastReport?.startedAt, runs.at(-1)!.startedAt);
 
     // Dry run with the schedule's own rules: all is as it should be, nothing to delete.
     const own = await previewRetention(h.client, h.config, timed);
-    assert.deepEqual(own.decisions.filter((d) => d.action === 'delete'), []);
+    assert.deepEqual(
+      own.decisions.filter((d) => d.action === 'delete'),
+      [],
+    );
 
     // Dry run "what if keep-last 1" from the CLI: it would delete the older of the two, but does not.
     const [newest, older] = unprotected.slice(-2).reverse() as [string, string];
@@ -306,14 +332,23 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     // An image in use as a base is never deleted: made into another image (base_image_ref) ...
     const derived = randomUUID();
     planted.add(derived);
-    await h.glance.createImage({ id: derived, name: `vmsnap-test-sched-derived-${pid}`, visibility: 'private', min_disk: 0, min_ram: 0, properties: { base_image_ref: older } });
+    await h.glance.createImage({
+      id: derived,
+      name: `vmsnap-test-sched-derived-${pid}`,
+      visibility: 'private',
+      min_disk: 0,
+      min_ram: 0,
+      properties: { base_image_ref: older },
+    });
     const withDerived = await previewRetention(h.client, h.config, timed, { policy: { keepLast: 1 } });
     assert.deepEqual([verdict(withDerived, older)?.action, verdict(withDerived, older)?.rule], ['keep', 'in-use']);
     assert.match(verdict(withDerived, older)!.reason, new RegExp(`base image of image ${derived}`));
     await h.glance.deleteImage(derived);
     // ... or booted from by an instance of the inventory.
     const fakeHost = `test-sched-fake-${pid}`;
-    await h.store.syncHostInstances(fakeHost, [{ id: randomUUID(), name: `vmsnap-test-sched-booted-${pid}`, powerState: 'shutdown', baseImageRef: older }]);
+    await h.store.syncHostInstances(fakeHost, [
+      { id: randomUUID(), name: `vmsnap-test-sched-booted-${pid}`, powerState: 'shutdown', baseImageRef: older },
+    ]);
     try {
       const withInstance = await previewRetention(h.client, h.config, timed, { policy: { keepLast: 1 } });
       assert.equal(verdict(withInstance, older)?.rule, 'in-use');
@@ -324,11 +359,16 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
 
     // A busy instance is reported, not fatal: a run triggered while another task holds the guest.
     const runAfter = async (what: string, previous: VmsnapScheduleDetails) =>
-      eventually(what, async () => {
-        const d = await describeSchedule(h.client, timed);
-        const latest = d.recentRuns.at(-1);
-        return latest && latest.workflowId !== previous.recentRuns.at(-1)?.workflowId && latest.status === 'completed' ? d : undefined;
-      }, 60_000, 500);
+      eventually(
+        what,
+        async () => {
+          const d = await describeSchedule(h.client, timed);
+          const latest = d.recentRuns.at(-1);
+          return latest && latest.workflowId !== previous.recentRuns.at(-1)?.workflowId && latest.status === 'completed' ? d : undefined;
+        },
+        60_000,
+        500,
+      );
     assert.ok(await h.store.compareAndSwapTaskState(guest.uuid, null, 'image_uploading', 'test-someone-else'));
     let busyRun: VmsnapScheduleDetails;
     try {
@@ -353,11 +393,18 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     // Paused again before looking: on a loaded machine the next 6 s tick may already have run
     // and pruned once more, so the newest two are read from the runs, not assumed.
     await pauseSchedule(h.client, timed, 'test: looking again');
-    const quiet = await eventually('no run going on after unpause', async () => {
-      const d = await describeSchedule(h.client, timed);
-      return d.running.length === 0 ? d : undefined;
-    }, 60_000);
-    const madeSince = (await reports(quiet)).map(ofGuest).filter((s) => s?.status === 'completed').map((s) => s!.imageId!);
+    const quiet = await eventually(
+      'no run going on after unpause',
+      async () => {
+        const d = await describeSchedule(h.client, timed);
+        return d.running.length === 0 ? d : undefined;
+      },
+      60_000,
+    );
+    const madeSince = (await reports(quiet))
+      .map(ofGuest)
+      .filter((s) => s?.status === 'completed')
+      .map((s) => s!.imageId!);
     assert.ok(madeSince.includes(newer.imageId!), `the run after unpause is among the reports: ${JSON.stringify(madeSince)}`);
     const newestTwo = madeSince.slice(-2);
     assert.deepEqual(new Set((await scheduleImages(timed)).map((i) => i.id)), new Set([protectedId, ...newestTwo]));
@@ -373,7 +420,24 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
   });
 
   it('the CLI: create with cron, list, describe, pause and unpause with a note, delete; bad input exits 2', async () => {
-    const create = await vmsnap(h, ['schedule', 'create', cron, '--instance', guest.uuid, '--instance', `${guestName}`, '--cron', '0 3 * * *', '--keep-last', '3', '--keep-daily', '7', '--keep-weekly', '4', '--json']);
+    const create = await vmsnap(h, [
+      'schedule',
+      'create',
+      cron,
+      '--instance',
+      guest.uuid,
+      '--instance',
+      `${guestName}`,
+      '--cron',
+      '0 3 * * *',
+      '--keep-last',
+      '3',
+      '--keep-daily',
+      '7',
+      '--keep-weekly',
+      '4',
+      '--json',
+    ]);
     assert.equal(create.exitCode, 0, show(create));
     const doc = json<VmsnapScheduleDetails>(create);
     assert.equal(doc.scheduleId, scheduleIdOf(cron));
@@ -390,11 +454,20 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
       const rows = json<{ name: string; scheduleId: string; paused: boolean }[]>(run);
       return rows.some((r) => r.name === cron) ? rows : undefined;
     });
-    assert.ok(list.every((r) => r.scheduleId.startsWith('vmsnap-schedule-')), 'only vmsnap schedules are listed');
+    assert.ok(
+      list.every((r) => r.scheduleId.startsWith('vmsnap-schedule-')),
+      'only vmsnap schedules are listed',
+    );
     // The reconciler's schedule (another kind of schedule in the same namespace) is not one of them.
     assert.ok(!(await listSchedules(h.client)).some((s) => s.scheduleId.startsWith('vmsnap-reconcile-')));
     const table = await vmsnap(h, ['schedule', 'list']);
-    assert.match(table.stdout, new RegExp(`^${cron}\\s+cron "0 3 \\* \\* \\*" \\(UTC\\)\\s+${guest.uuid},${guestName}\\s+keep-last 3, keep-daily 7, keep-weekly 4\\s+active\\s`, 'm'));
+    assert.match(
+      table.stdout,
+      new RegExp(
+        `^${cron}\\s+cron "0 3 \\* \\* \\*" \\(UTC\\)\\s+${guest.uuid},${guestName}\\s+keep-last 3, keep-daily 7, keep-weekly 4\\s+active\\s`,
+        'm',
+      ),
+    );
 
     const pause = await vmsnap(h, ['schedule', 'pause', cron, '--note', 'maintenance window', '--json']);
     assert.equal(pause.exitCode, 0, show(pause));

@@ -35,7 +35,11 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
 
   it('an upload cut off halfway is retried from byte 0 and the image verifies', async () => {
     proxy.setRule({ method: 'PUT', path: /^\/v2\/images\/[^/]+\/file$/, kind: 'reset', afterBytes: 64 * 1024, times: 1 });
-    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-retried` }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-retried` },
+      h.config.temporal.taskQueue,
+    );
     const result = await handle.result();
     const puts = proxy.requests.filter((r) => r.method === 'PUT');
     assert.equal(puts.length, 2, 'one cut-off PUT, one that went through');
@@ -51,7 +55,13 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
   });
 
   it('an upload that fails for good leaves the guest running and nothing half-made', async () => {
-    proxy.setRule({ method: 'PUT', path: /^\/v2\/images\/[^/]+\/file$/, kind: 'status', status: 413, body: 'Image exceeds the storage quota' });
+    proxy.setRule({
+      method: 'PUT',
+      path: /^\/v2\/images\/[^/]+\/file$/,
+      kind: 'status',
+      status: 413,
+      body: 'Image exceeds the storage quota',
+    });
     const imageName = `vmsnap-test-${process.pid}-upload-fails`;
     const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
     const err = await handle.result().then(
@@ -60,8 +70,15 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
     );
     assert.ok(err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure);
     assert.equal(err.cause.type, 'ImageServiceError');
-    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotCompensated);
-    assert.ok(proxy.requests.some((r) => r.method === 'PUT' && r.status === 413), 'the upload was tried and refused');
+    await recordHistory(
+      h.config.temporal.address,
+      { workflowId: handle.workflowId, runId: (await handle.describe()).runId },
+      REPLAY_FIXTURES.snapshotCompensated,
+    );
+    assert.ok(
+      proxy.requests.some((r) => r.method === 'PUT' && r.status === 413),
+      'the upload was tried and refused',
+    );
 
     // 1. The guest runs again and keeps counting.
     assert.equal(await guestState(guestName), 'running');
@@ -79,6 +96,9 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
     assert.equal(faults.length, 1);
     assert.equal(faults[0]?.code, 'ImageServiceError');
     assert.match(faults[0]?.message ?? '', /413|size|quota/i);
-    assert.deepEqual((await h.store.listEvents(guest.uuid)).slice(-4).map((e) => e.event), ['start', 'pause', 'resume', 'error']);
+    assert.deepEqual(
+      (await h.store.listEvents(guest.uuid)).slice(-4).map((e) => e.event),
+      ['start', 'pause', 'resume', 'error'],
+    );
   });
 });

@@ -38,7 +38,9 @@ function observeLiveCopy(real: Hypervisor): Hypervisor {
         opts.onProgress?.(percent, done, total);
         if (!reading) {
           reading = true;
-          void readCounter(disk, 'qcow2').then((c) => during.push(c.a)).finally(() => (reading = false));
+          void readCounter(disk, 'qcow2')
+            .then((c) => during.push(c.a))
+            .finally(() => (reading = false));
         }
       },
     });
@@ -71,9 +73,17 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
   });
 
   it('copies a running guest live: one point in time, and the guest kept running', async () => {
-    const handle = await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` },
+      h.config.temporal.taskQueue,
+    );
     const result = await handle.result();
-    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotLive);
+    await recordHistory(
+      h.config.temporal.address,
+      { workflowId: handle.workflowId, runId: (await handle.describe()).runId },
+      REPLAY_FIXTURES.snapshotLive,
+    );
     assert.equal(result.mode, 'live');
     assert.ok(result.guestPauseMs <= 50, `QEMU reported a ${result.guestPauseMs} ms pause`);
     assert.equal(result.consistency, 'crash-consistent', 'no guest agent here');
@@ -85,7 +95,10 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     try {
       const image = await readCounter(downloaded.path, 'qcow2');
       assert.ok(image.a === image.b || image.a === image.b + 1, `one point in time: A=${image.a} B=${image.b}`);
-      assert.ok(image.a >= seen.before.a && image.a <= seen.after.a, `taken during the copy: ${seen.before.a} <= ${image.a} <= ${seen.after.a}`);
+      assert.ok(
+        image.a >= seen.before.a && image.a <= seen.after.a,
+        `taken during the copy: ${seen.before.a} <= ${image.a} <= ${seen.after.a}`,
+      );
       assert.ok(await patternHolds(downloaded.path, 'qcow2'), 'the bulk data came through');
     } finally {
       rmSync(downloaded.path, { force: true });
@@ -99,7 +112,13 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     const images: { mode: string; path: string }[] = [];
     try {
       for (const mode of ['live', 'cold'] as const) {
-        const result = await (await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-${mode}-pair`, mode, diskFormat: 'raw' }, h.config.temporal.taskQueue)).result();
+        const result = await (
+          await startSnapshot(
+            h.client,
+            { instance: slow.uuid, imageName: `vmsnap-test-${tag}-${mode}-pair`, mode, diskFormat: 'raw' },
+            h.config.temporal.taskQueue,
+          )
+        ).result();
         assert.equal(result.mode, mode);
         images.push({ mode, path: (await downloadImage(h.glanceUrl, result.imageId)).path });
       }
@@ -133,7 +152,13 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     const off = await createGuest({ name: `vmsnap-test-live-off-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     try {
       await execa('virsh', ['-c', 'qemu:///system', 'destroy', off.name]);
-      const result = await (await startSnapshot(h.client, { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'live' }, h.config.temporal.taskQueue)).result();
+      const result = await (
+        await startSnapshot(
+          h.client,
+          { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'live' },
+          h.config.temporal.taskQueue,
+        )
+      ).result();
       assert.equal(result.mode, 'cold');
       assert.match(result.modeReason ?? '', /shutdown: a cold copy needs no pause/);
       assert.equal(result.guestPauseMs, 0);
@@ -143,15 +168,28 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
   });
 
   it('quiesces through the guest agent, and refuses "require" without one', async () => {
-    const withAgent = await createGuest({ name: `vmsnap-test-live-agent-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, guestAgent: true });
+    const withAgent = await createGuest({
+      name: `vmsnap-test-live-agent-${tag}`,
+      guestsDir: h.guestsDir,
+      assetsDir: h.assetsDir,
+      guestAgent: true,
+    });
     try {
       const result = await (
-        await startSnapshot(h.client, { instance: withAgent.uuid, imageName: `vmsnap-test-${tag}-live-agent`, mode: 'live', quiesce: 'require' }, h.config.temporal.taskQueue)
+        await startSnapshot(
+          h.client,
+          { instance: withAgent.uuid, imageName: `vmsnap-test-${tag}-live-agent`, mode: 'live', quiesce: 'require' },
+          h.config.temporal.taskQueue,
+        )
       ).result();
       assert.equal(result.consistency, 'filesystem-consistent');
       assert.equal((await h.glance.getImage(result.imageId))?.vmsnap_consistency, 'filesystem-consistent');
 
-      const refused = await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live-noagent`, mode: 'live', quiesce: 'require' }, h.config.temporal.taskQueue);
+      const refused = await startSnapshot(
+        h.client,
+        { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live-noagent`, mode: 'live', quiesce: 'require' },
+        h.config.temporal.taskQueue,
+      );
       assert.equal(await outcomeOf(refused), 'InstanceInvalidState');
       assert.equal(await guestState(slow.name), 'running');
       assert.equal((await h.store.getInstance(slow.uuid))?.taskState, null);

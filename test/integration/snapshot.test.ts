@@ -38,10 +38,11 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
   before(async () => {
     h = await startHarness({
       name: 'snapshot',
-      wrapHypervisor: (real: Hypervisor) => observePause(real, async (id) => {
-        const disk = diskOf.get(id);
-        if (disk) atPause.set(id, await readCounter(disk, 'qcow2'));
-      }),
+      wrapHypervisor: (real: Hypervisor) =>
+        observePause(real, async (id) => {
+          const disk = diskOf.get(id);
+          if (disk) atPause.set(id, await readCounter(disk, 'qcow2'));
+        }),
     });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     diskOf.set(guest.uuid, guest.diskPath);
@@ -106,21 +107,32 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     assert.equal(record?.taskState, null);
     assert.deepEqual(readdirSync(h.config.snapshotsDir), []);
     const events = await h.store.listEvents(guest.uuid);
-    assert.deepEqual(events.map((e: { event: string }) => e.event), ['start', 'pause', 'resume', 'finish']);
+    assert.deepEqual(
+      events.map((e: { event: string }) => e.event),
+      ['start', 'pause', 'resume', 'finish'],
+    );
 
     // Determinism: the history of this real run replays against the current workflow code.
     const history = await handle.fetchHistory();
     await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history);
     // `VMSNAP_RECORD_HISTORY=1 ./scripts/test test/integration/snapshot.test.ts` refreshes the
     // fixture that test/unit/replay.test.ts replays (README: Layout).
-    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotCold);
+    await recordHistory(
+      h.config.temporal.address,
+      { workflowId: handle.workflowId, runId: (await handle.describe()).runId },
+      REPLAY_FIXTURES.snapshotCold,
+    );
   });
 
   it('leaves an already-paused guest paused, and copies what is on its disk', async () => {
     await execa('virsh', ['-c', h.config.libvirtUri, 'suspend', guestName]);
     try {
       const onDisk = await readCounter(guest.diskPath, 'qcow2');
-      const handle = await startSnapshot(h.client, { instance: guestName, imageName: `vmsnap-test-${process.pid}-paused`, diskFormat: 'raw' }, h.config.temporal.taskQueue);
+      const handle = await startSnapshot(
+        h.client,
+        { instance: guestName, imageName: `vmsnap-test-${process.pid}-paused`, diskFormat: 'raw' },
+        h.config.temporal.taskQueue,
+      );
       const result = await handle.result();
       assert.equal(result.priorPowerState, 'paused');
       assert.equal(result.guestPauseMs, 0);
@@ -140,7 +152,11 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
   it('snapshots a shut-off guest without pausing it, and leaves it shut off', async () => {
     await execa('virsh', ['-c', h.config.libvirtUri, 'destroy', guestName]);
     const onDisk = await readCounter(guest.diskPath, 'qcow2');
-    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-off` }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-off` },
+      h.config.temporal.taskQueue,
+    );
     const result = await handle.result();
     assert.equal(result.priorPowerState, 'shutdown');
     assert.equal(result.guestPauseMs, 0);
@@ -174,7 +190,11 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
   });
 
   it('refuses an unknown instance and a bad request with typed failures', async () => {
-    const unknown = await startSnapshot(h.client, { instance: '00000000-0000-4000-8000-000000000000', imageName: 'x' }, h.config.temporal.taskQueue);
+    const unknown = await startSnapshot(
+      h.client,
+      { instance: '00000000-0000-4000-8000-000000000000', imageName: 'x' },
+      h.config.temporal.taskQueue,
+    );
     assert.equal((await failureOf(unknown)).type, 'InstanceNotFound');
 
     // Past the client's own validation, as `temporal workflow start` would send it.

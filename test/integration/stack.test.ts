@@ -42,7 +42,7 @@ function processesOfOurs(): number[] {
       /* gone meanwhile */
     }
   }
-  for (let grew = true; grew; ) {
+  for (let grew = true; grew;) {
     grew = false;
     for (const [pid, parent] of parents) {
       if (!ours.has(pid) && ours.has(parent)) {
@@ -88,10 +88,14 @@ describe('dev stack', { timeout: 400_000 }, () => {
     assert.equal(anonymous.status, 401);
     const cloudEnv = { ...process.env, ...clientEnv(cfg) };
     assert.equal(cloudEnv.OS_CLOUD, 'vmsnap');
-    for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!]) assert.equal(statSync(file).mode & 0o777, 0o600, file);
+    for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!])
+      assert.equal(statSync(file).mode & 0o777, 0o600, file);
     const accounts = readAccounts(dataDir)!;
     const secrets = [accounts.adminPassword, accounts.glancePassword, accounts.vmsnapPassword, accounts.applicationCredentialSecret];
-    assert.ok(secrets.every((s) => s.length >= 20), 'passwords and the application credential secret were made');
+    assert.ok(
+      secrets.every((s) => s.length >= 20),
+      'passwords and the application credential secret were made',
+    );
     const cloudsYaml = readFileSync(cloudEnv.OS_CLIENT_CONFIG_FILE!, 'utf8');
     for (const secret of secrets) assert.ok(!cloudsYaml.includes(secret), 'clouds.yaml holds no secret: they are in secure.yaml');
     const token = await execa('openstack', ['token', 'issue', '-f', 'value', '-c', 'id'], { env: cloudEnv });
@@ -111,18 +115,24 @@ describe('dev stack', { timeout: 400_000 }, () => {
     assert.ok(password.length >= 32);
     const shown = JSON.stringify([clientEnv(cfg), ...(await Promise.all(stack.map((s) => s.status())))]);
     assert.ok(!shown.includes(password), 'the password is never in the env or the status');
-    const env = await execa('node_modules/.bin/tsx', ['scripts/stack.ts', 'env'], { env: { VMSNAP_DATA_DIR: dataDir, VMSNAP_POSTGRES_PORT: '25432' } });
+    const env = await execa('node_modules/.bin/tsx', ['scripts/stack.ts', 'env'], {
+      env: { VMSNAP_DATA_DIR: dataDir, VMSNAP_POSTGRES_PORT: '25432' },
+    });
     assert.match(env.stdout, /^export VMSNAP_POSTGRES_URL=postgresql:\/\/vmsnap@127\.0\.0\.1:25432\/vmsnap\?passfile=/m);
     assert.match(env.stdout, /^export OS_CLOUD=vmsnap$/m);
     assert.match(env.stdout, new RegExp(`^export OS_CLIENT_CONFIG_FILE=${dataDir}/clouds.yaml$`, 'm'));
     assert.ok(!env.stdout.includes(password));
-    for (const secret of secrets) assert.ok(!env.stdout.includes(secret) && !shown.includes(secret), 'no Keystone secret in the env or the status');
+    for (const secret of secrets)
+      assert.ok(!env.stdout.includes(secret) && !shown.includes(secret), 'no Keystone secret in the env or the status');
   });
 
   it('up a second time is harmless and keeps the same processes', async () => {
     const before = (await Promise.all(stack.map((s) => s.status()))).map((s) => s.pid);
     const again = await Promise.all(stack.map((s) => s.up()));
-    assert.deepEqual(again.map((s) => s.pid), before);
+    assert.deepEqual(
+      again.map((s) => s.pid),
+      before,
+    );
     assert.ok(again.every((s) => s.healthy));
   });
 

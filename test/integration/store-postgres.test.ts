@@ -177,7 +177,11 @@ describe('PostgresStore', () => {
       await store.migrate();
       const db = await testDatabase();
       const versions = await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`);
-      assert.deepEqual(versions.rows.map((r) => r.version), [1, 2], 'each migration ran once (2: the rebuild task states)');
+      assert.deepEqual(
+        versions.rows.map((r) => r.version),
+        [1, 2],
+        'each migration ran once (2: the rebuild task states)',
+      );
       await store.syncHostInstances('host-a', [{ id: VM1, name: 'web', powerState: 'running' }]);
 
       for (const p of procs) p.say('go');
@@ -199,9 +203,19 @@ describe('PostgresStore', () => {
       await db.query('CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)');
       await db.query(MIGRATIONS[0]!);
       await db.query('INSERT INTO schema_version (version, applied_at) VALUES (1, now())');
-      await db.query(`INSERT INTO instances (id, name, host, power_state, task_state, task_owner, updated_at) VALUES ($1, 'web', 'host-a', 'running', 'image_uploading', 'wf-old', now())`, [VM1]);
-      await db.query(`INSERT INTO instance_faults (instance_id, code, message, details, created_at) VALUES ($1, 'UploadFailed', 'before the upgrade', '{"n":1}', now())`, [VM1]);
-      await assert.rejects(db.query(`UPDATE instances SET task_state = 'rebuilding' WHERE id = $1`, [VM1]), /instances_task_state_check/, 'version 1 refuses the rebuild states');
+      await db.query(
+        `INSERT INTO instances (id, name, host, power_state, task_state, task_owner, updated_at) VALUES ($1, 'web', 'host-a', 'running', 'image_uploading', 'wf-old', now())`,
+        [VM1],
+      );
+      await db.query(
+        `INSERT INTO instance_faults (instance_id, code, message, details, created_at) VALUES ($1, 'UploadFailed', 'before the upgrade', '{"n":1}', now())`,
+        [VM1],
+      );
+      await assert.rejects(
+        db.query(`UPDATE instances SET task_state = 'rebuilding' WHERE id = $1`, [VM1]),
+        /instances_task_state_check/,
+        'version 1 refuses the rebuild states',
+      );
     } finally {
       await db.query('SET search_path = public');
     }
@@ -210,25 +224,40 @@ describe('PostgresStore', () => {
     try {
       await store.migrate();
       const versions = await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`);
-      assert.deepEqual(versions.rows.map((r) => r.version), [1, 2]);
+      assert.deepEqual(
+        versions.rows.map((r) => r.version),
+        [1, 2],
+      );
       // What was there is there: the running snapshot's task state and its fault.
       const before = await store.getInstance(VM1);
       assert.equal(before?.taskState, 'image_uploading');
       assert.equal(before?.taskOwner, 'wf-old');
-      assert.deepEqual((await store.listFaults(VM1)).map((f) => [f.code, f.message, f.details]), [['UploadFailed', 'before the upgrade', { n: 1 }]]);
+      assert.deepEqual(
+        (await store.listFaults(VM1)).map((f) => [f.code, f.message, f.details]),
+        [['UploadFailed', 'before the upgrade', { n: 1 }]],
+      );
       assert.ok(await store.releaseTaskState(VM1, 'wf-old'));
       // A restore's task states, step by step as the workflow moves them.
       assert.ok(await store.compareAndSwapTaskState(VM1, null, 'rebuilding', 'wf-restore'));
       assert.ok(await store.compareAndSwapTaskState(VM1, 'rebuilding', 'rebuild_block_device_mapping', 'wf-restore'));
       assert.ok(await store.compareAndSwapTaskState(VM1, 'rebuild_block_device_mapping', 'rebuild_spawning', 'wf-restore'));
       assert.equal((await store.getInstance(VM1))?.taskState, 'rebuild_spawning');
-      assert.deepEqual((await store.listInstancesWithTask()).map((i) => i.taskState), ['rebuild_spawning']);
+      assert.deepEqual(
+        (await store.listInstancesWithTask()).map((i) => i.taskState),
+        ['rebuild_spawning'],
+      );
       assert.ok(await store.compareAndSwapTaskState(VM1, 'rebuild_spawning', null, 'wf-restore'));
       // The constraint was replaced, not dropped.
-      await assert.rejects(db.query(`UPDATE ${schema}.instances SET task_state = 'deleting' WHERE id = $1`, [VM1]), /instances_task_state_check/);
+      await assert.rejects(
+        db.query(`UPDATE ${schema}.instances SET task_state = 'deleting' WHERE id = $1`, [VM1]),
+        /instances_task_state_check/,
+      );
       // Migrating again changes nothing.
       await store.migrate();
-      assert.deepEqual((await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`)).rows.map((r) => r.version), [1, 2]);
+      assert.deepEqual(
+        (await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`)).rows.map((r) => r.version),
+        [1, 2],
+      );
     } finally {
       await store.close();
     }
@@ -239,7 +268,12 @@ describe('PostgresStore', () => {
     const store = new PostgresStore(`postgresql://${stack.user}:${wrong}@127.0.0.1:${stack.port}/${stack.database}`);
     try {
       await assert.rejects(store.findInstance(VM1), (err: unknown) => {
-        isStoreError(false, 'findInstance', 'password authentication failed', `postgresql://${stack.user}@127.0.0.1:${stack.port}/${stack.database}`)(err);
+        isStoreError(
+          false,
+          'findInstance',
+          'password authentication failed',
+          `postgresql://${stack.user}@127.0.0.1:${stack.port}/${stack.database}`,
+        )(err);
         const e = err as VmsnapError;
         assert.equal(e.details.sqlState, '28P01');
         for (const secret of [wrong, stackPassword()]) {
@@ -256,7 +290,10 @@ describe('PostgresStore', () => {
     const port = await freePort();
     const store = new PostgresStore(`postgresql://vmsnap:not-needed@127.0.0.1:${port}/vmsnap`);
     try {
-      await assert.rejects(store.compareAndSwapTaskState(VM1, null, 'image_snapshot_pending', 'wf-1'), isStoreError(true, `127.0.0.1:${port}`, 'ECONNREFUSED'));
+      await assert.rejects(
+        store.compareAndSwapTaskState(VM1, null, 'image_snapshot_pending', 'wf-1'),
+        isStoreError(true, `127.0.0.1:${port}`, 'ECONNREFUSED'),
+      );
     } finally {
       await store.close();
     }
@@ -286,7 +323,11 @@ describe('PostgresStore', () => {
 
   it('reads a libpq password file, and refuses one that others can read', async () => {
     const file = join(root, 'pgpass');
-    writeFileSync(file, `# comment\nother:*:*:*:nope\n127.0.0.1:${stack.port}:*:${stack.user}:${stackPassword().replace(/[\\:]/g, '\\$&')}\n`, { mode: 0o600 });
+    writeFileSync(
+      file,
+      `# comment\nother:*:*:*:nope\n127.0.0.1:${stack.port}:*:${stack.user}:${stackPassword().replace(/[\\:]/g, '\\$&')}\n`,
+      { mode: 0o600 },
+    );
     const { schema } = await freshSchemaUrl();
     const url = withParameter(
       withParameter(`postgresql://${stack.user}@127.0.0.1:${stack.port}/${database}`, 'passfile', file),
@@ -337,11 +378,15 @@ describe('PostgresStore', () => {
       const times: number[] = [];
       for (let i = 0; i < 200; i++) {
         const start = process.hrtime.bigint();
-        assert.ok(await store.compareAndSwapTaskState(VM1, i % 2 ? 'image_snapshot_pending' : null, i % 2 ? null : 'image_snapshot_pending', 'wf'));
+        assert.ok(
+          await store.compareAndSwapTaskState(VM1, i % 2 ? 'image_snapshot_pending' : null, i % 2 ? null : 'image_snapshot_pending', 'wf'),
+        );
         times.push(Number(process.hrtime.bigint() - start) / 1e6);
       }
       times.sort((a, b) => a - b);
-      t.diagnostic(`${name}: CAS p50 ${times[100]!.toFixed(3)} ms, p95 ${times[190]!.toFixed(3)} ms, max ${times[199]!.toFixed(3)} ms (200 sequential)`);
+      t.diagnostic(
+        `${name}: CAS p50 ${times[100]!.toFixed(3)} ms, p95 ${times[190]!.toFixed(3)} ms, max ${times[199]!.toFixed(3)} ms (200 sequential)`,
+      );
       await store.close();
     }
   });

@@ -36,7 +36,10 @@ describe('systemd units (deploy/systemd)', () => {
     assert.deepEqual(await verify(UNITS.map((u) => join(dir, u))), []);
     const broken = join(dir, 'vmsnap-broken.service');
     writeFileSync(broken, readFileSync(join(dir, UNITS[0]!), 'utf8').replace('KillMode=control-group', 'KillMode=control-grup'));
-    assert.ok((await verify([broken])).some((l) => /kill mode/i.test(l)), 'verify reports a bad KillMode');
+    assert.ok(
+      (await verify([broken])).some((l) => /kill mode/i.test(l)),
+      'verify reports a bad KillMode',
+    );
   });
 
   it('run the compiled worker with restart, a clean stop, secrets as credentials', () => {
@@ -46,9 +49,13 @@ describe('systemd units (deploy/systemd)', () => {
       assert.deepEqual(s.get('ExecStart'), [`/usr/bin/node --max-semi-space-size=1 /opt/vmsnap/dist/worker/main.js --role ${role}`], unit);
       assert.deepEqual(s.get('Restart'), ['on-failure'], unit);
       assert.deepEqual(s.get('KillMode'), ['control-group'], unit);
-      assert.ok(Number.parseInt(s.get('TimeoutStopSec')?.[0] ?? '0', 10) >= 60, `${unit}: TimeoutStopSec leaves a running step time to hand over`);
+      assert.ok(
+        Number.parseInt(s.get('TimeoutStopSec')?.[0] ?? '0', 10) >= 60,
+        `${unit}: TimeoutStopSec leaves a running step time to hand over`,
+      );
       assert.ok(s.get('EnvironmentFile')?.length, unit);
-      for (const file of ['clouds.yaml', 'secure.yaml']) assert.ok(s.get('LoadCredential')?.includes(`${file}:/etc/vmsnap/${file}`), `${unit}: ${file}`);
+      for (const file of ['clouds.yaml', 'secure.yaml'])
+        assert.ok(s.get('LoadCredential')?.includes(`${file}:/etc/vmsnap/${file}`), `${unit}: ${file}`);
       assert.ok(s.get('Environment')?.includes('OS_CLIENT_CONFIG_FILE=%d/clouds.yaml OS_CLIENT_SECURE_FILE=%d/secure.yaml'), unit);
       assert.ok(!s.get('Environment')?.some((e) => /TOKEN=|PASSWORD|API_KEY=/.test(e)), `${unit}: no secret in the unit`);
     }
@@ -60,7 +67,10 @@ describe('systemd units (deploy/systemd)', () => {
   });
 
   it('are hardened (systemd-analyze security --offline)', async () => {
-    for (const [unit, most] of [[UNITS[0]!, 4.0], [UNITS[1]!, 2.5]] as const) {
+    for (const [unit, most] of [
+      [UNITS[0]!, 4.0],
+      [UNITS[1]!, 2.5],
+    ] as const) {
       const r = await execa('systemd-analyze', ['security', '--offline=true', '--no-pager', join(dir, unit)], { reject: false });
       const score = Number(/Overall exposure level for \S+: ([\d.]+)/.exec(r.stdout)?.[1]);
       assert.ok(score <= most, `${unit}: exposure ${score} (at most ${most} expected)\n${r.stdout.slice(-2000)}`);

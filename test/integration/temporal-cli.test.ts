@@ -60,7 +60,18 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
     const workflowId = snapshotWorkflowId(guest.uuid);
     const imageName = `vmsnap-test-tcli-${process.pid}`;
     const input = `{"instance": "${guest.uuid}", "imageName": "${imageName}", "metadata": {"purpose": "backup"}}`;
-    const started = await temporal(['workflow', 'start', '--type', 'snapshotInstance', '--task-queue', h.config.temporal.taskQueue, '--workflow-id', workflowId, '--input', input]);
+    const started = await temporal([
+      'workflow',
+      'start',
+      '--type',
+      'snapshotInstance',
+      '--task-queue',
+      h.config.temporal.taskQueue,
+      '--workflow-id',
+      workflowId,
+      '--input',
+      input,
+    ]);
     assert.equal(started.exitCode, 0, started.stderr);
 
     // The query as README shows it, in JSON: the phase, and the image id from the first moment.
@@ -90,7 +101,14 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
 
     // The search attributes find it with the CLI too.
     const listed = await eventually('the workflow in temporal workflow list', async () => {
-      const list = await temporal(['workflow', 'list', '--query', `VmsnapInstanceId = '${guest.uuid}' AND VmsnapPhase = 'completed'`, '--output', 'json']);
+      const list = await temporal([
+        'workflow',
+        'list',
+        '--query',
+        `VmsnapInstanceId = '${guest.uuid}' AND VmsnapPhase = 'completed'`,
+        '--output',
+        'json',
+      ]);
       const rows = parse<{ execution: { workflowId: string } }[] | null>(list) ?? [];
       return rows.find((r) => r.execution.workflowId === workflowId);
     });
@@ -100,8 +118,16 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
   it('a bad input fails at once with a non-retryable InvalidInput naming both fields', async () => {
     const workflowId = `vmsnap-test-tcli-bad-${process.pid}`;
     const started = await temporal([
-      'workflow', 'start', '--type', 'snapshotInstance', '--task-queue', h.config.temporal.taskQueue,
-      '--workflow-id', workflowId, '--input', '{"instance": "../x", "imageName": ""}',
+      'workflow',
+      'start',
+      '--type',
+      'snapshotInstance',
+      '--task-queue',
+      h.config.temporal.taskQueue,
+      '--workflow-id',
+      workflowId,
+      '--input',
+      '{"instance": "../x", "imageName": ""}',
     ]);
     assert.equal(started.exitCode, 0, started.stderr);
     const result = await temporal(['workflow', 'result', '--workflow-id', workflowId, '--output', 'json']);

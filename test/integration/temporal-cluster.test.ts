@@ -48,7 +48,13 @@ let store: { url: string; drop(): Promise<void> };
 
 async function temporalDb<T extends pg.QueryResultRow>(sql: string): Promise<T[]> {
   const access = postgresAccess(cfg);
-  const client = new pg.Client({ host: '127.0.0.1', port: cfg.postgresPort, user: access.user, password: access.password(), database: temporalDatabases(cfg).persistence });
+  const client = new pg.Client({
+    host: '127.0.0.1',
+    port: cfg.postgresPort,
+    user: access.user,
+    password: access.password(),
+    database: temporalDatabases(cfg).persistence,
+  });
   await client.connect();
   try {
     return (await client.query<T>(sql)).rows;
@@ -65,7 +71,13 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
     h = await startHarness({
       name: 'cluster',
       // The host's pause watch would resume a guest left paused first: the reconciler test is about the reconciler.
-      env: { TEMPORAL_ADDRESS: address, VMSNAP_STORE_URL: store.url, VMSNAP_STORE_PATH: '', VMSNAP_PAUSE_WATCH_MS: '0', VMSNAP_LIVE_BANDWIDTH_MIBPS: '128' },
+      env: {
+        TEMPORAL_ADDRESS: address,
+        VMSNAP_STORE_URL: store.url,
+        VMSNAP_STORE_PATH: '',
+        VMSNAP_PAUSE_WATCH_MS: '0',
+        VMSNAP_LIVE_BANDWIDTH_MIBPS: '128',
+      },
     });
     guest = await createSlowGuest({ name: `vmsnap-test-cluster-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 128 });
   });
@@ -78,7 +90,13 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
     await server?.down();
     // The cluster's databases go with it.
     const access = postgresAccess(cfg);
-    const admin = new pg.Client({ host: '127.0.0.1', port: cfg.postgresPort, user: access.user, password: access.password(), database: access.database });
+    const admin = new pg.Client({
+      host: '127.0.0.1',
+      port: cfg.postgresPort,
+      user: access.user,
+      password: access.password(),
+      database: access.database,
+    });
     await admin.connect();
     for (const db of Object.values(temporalDatabases(cfg))) await admin.query(`DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
     await admin.end();
@@ -90,13 +108,27 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
     for (const name of Object.values(SEARCH_ATTRIBUTES)) assert.match(list.stdout, new RegExp(`"${name}"`), `search attribute ${name}`);
     const health = await execa(cfg.temporalBin, ['operator', 'cluster', 'health', '--address', address]);
     assert.match(health.stdout, /SERVING/);
-    const cluster = JSON.parse((await execa(cfg.temporalBin, ['operator', 'cluster', 'describe', '--address', address, '-o', 'json'])).stdout) as Record<string, unknown>;
+    const cluster = JSON.parse(
+      (await execa(cfg.temporalBin, ['operator', 'cluster', 'describe', '--address', address, '-o', 'json'])).stdout,
+    ) as Record<string, unknown>;
     assert.equal(cluster.persistenceStore, 'postgres12');
     assert.equal(cluster.visibilityStore, 'postgres12');
-    assert.equal(`v${String(cluster.serverVersion)}`, /^TEMPORAL_SERVER_VERSION=(\S+)/m.exec(readFileSync('scripts/versions.env', 'utf8'))?.[1], 'the pinned server');
+    assert.equal(
+      `v${String(cluster.serverVersion)}`,
+      /^TEMPORAL_SERVER_VERSION=(\S+)/m.exec(readFileSync('scripts/versions.env', 'utf8'))?.[1],
+      'the pinned server',
+    );
     // Four services, each on its own port of the derived range, found by one another through the ring.
     const ports = clusterPorts(cfg.temporalPort);
-    for (const p of [ports.history, ports.matching, ports.worker, ports.historyMembership, ports.matchingMembership, ports.workerMembership, ports.frontendMembership]) {
+    for (const p of [
+      ports.history,
+      ports.matching,
+      ports.worker,
+      ports.historyMembership,
+      ports.matchingMembership,
+      ports.workerMembership,
+      ports.frontendMembership,
+    ]) {
       assert.equal(await portIsFree(p), false, `port ${p} is served`);
     }
     const page = await fetch(`http://127.0.0.1:${cfg.temporalUiPort}/`);
@@ -108,7 +140,13 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
 
   it('takes a cold and a live snapshot, found again through SQL visibility', async () => {
     for (const mode of ['cold', 'live'] as const) {
-      const result = await (await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${tag}-cluster-${mode}`, mode }, h.config.temporal.taskQueue)).result();
+      const result = await (
+        await startSnapshot(
+          h.client,
+          { instance: guest.uuid, imageName: `vmsnap-test-${tag}-cluster-${mode}`, mode },
+          h.config.temporal.taskQueue,
+        )
+      ).result();
       assert.equal(result.mode, mode);
       assert.ok(await h.glance.getImage(result.imageId), `${mode} image in Glance`);
     }
@@ -118,7 +156,10 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
       'both snapshots listed by instance',
       async () => {
         const ids: string[] = [];
-        for await (const w of h.client.workflow.list({ query: `${SEARCH_ATTRIBUTES.instanceId} = '${guest.uuid}' AND ExecutionStatus = 'Completed'` })) ids.push(w.workflowId);
+        for await (const w of h.client.workflow.list({
+          query: `${SEARCH_ATTRIBUTES.instanceId} = '${guest.uuid}' AND ExecutionStatus = 'Completed'`,
+        }))
+          ids.push(w.workflowId);
         return ids.length >= 2 ? ids : undefined;
       },
       30_000,
@@ -138,7 +179,10 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
         'the triggered run completed',
         async () => {
           for (const run of (await describeSchedule(h.client, name)).recentRuns) {
-            const r = (await h.client.workflow.getHandle(run.workflowId, run.runId).result().catch(() => undefined)) as ScheduledSnapshotsReport | undefined;
+            const r = (await h.client.workflow
+              .getHandle(run.workflowId, run.runId)
+              .result()
+              .catch(() => undefined)) as ScheduledSnapshotsReport | undefined;
             if (r) return r;
           }
           return undefined;
@@ -146,19 +190,29 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
         120_000,
         500,
       );
-      assert.deepEqual(report.snapshots.map((s) => s.status), ['completed']);
+      assert.deepEqual(
+        report.snapshots.map((s) => s.status),
+        ['completed'],
+      );
     } finally {
       await deleteSchedule(h.client, name).catch(() => undefined);
     }
   });
 
   it('the reconciler undoes a snapshot terminated while the guest was paused', async () => {
-    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${tag}-cluster-terminated`, mode: 'cold', compress: true }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${tag}-cluster-terminated`, mode: 'cold', compress: true },
+      h.config.temporal.taskQueue,
+    );
     await waitForPhase(handle, 'converting');
     const { imageId } = (await handle.query('progress')) as { imageId: string };
     await handle.terminate('test: a workflow lost mid-snapshot');
     assert.equal(await guestState(guest.name), 'paused');
-    const report = await h.client.workflow.execute<() => Promise<ReconcileReport>>('reconcile', { taskQueue: h.config.temporal.taskQueue, workflowId: `vmsnap-test-reconcile-${randomUUID()}` });
+    const report = await h.client.workflow.execute<() => Promise<ReconcileReport>>('reconcile', {
+      taskQueue: h.config.temporal.taskQueue,
+      workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+    });
     assert.deepEqual(report.resumed, [guest.uuid]);
     assert.ok(report.deletedImages.includes(imageId));
     assert.deepEqual(report.errors, []);
@@ -167,7 +221,11 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
 
   it('completes a snapshot across a Temporal server restart mid-copy', async () => {
     const imageName = `vmsnap-test-${tag}-cluster-restart`;
-    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName, mode: 'cold', compress: true }, h.config.temporal.taskQueue);
+    const handle = await startSnapshot(
+      h.client,
+      { instance: guest.uuid, imageName, mode: 'cold', compress: true },
+      h.config.temporal.taskQueue,
+    );
     await waitForPhase(handle, 'converting');
     await server!.down();
     await sleep(2000);
@@ -181,8 +239,21 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
       });
     }
     assert.equal(outcome, 'completed');
-    const invariants = await checkInvariants({ store: h.store, glanceUrl: h.glanceUrl, snapshotsDir: h.config.snapshotsDir, guest, priorState: 'running', imageName, expectedOutcome: 'completed', outcome });
-    assert.deepEqual(Object.values(invariants), Object.values(invariants).map(() => true), JSON.stringify(invariants));
+    const invariants = await checkInvariants({
+      store: h.store,
+      glanceUrl: h.glanceUrl,
+      snapshotsDir: h.config.snapshotsDir,
+      guest,
+      priorState: 'running',
+      imageName,
+      expectedOutcome: 'completed',
+      outcome,
+    });
+    assert.deepEqual(
+      Object.values(invariants),
+      Object.values(invariants).map(() => true),
+      JSON.stringify(invariants),
+    );
     const counter = await readCounter(guest.diskPath, 'qcow2');
     assert.ok(counter.a > 0);
   });

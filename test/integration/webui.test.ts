@@ -56,7 +56,16 @@ describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () 
     // launch() gives the browser a fresh, temporary profile of its own.
     browser = await chromium.launch({
       executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
     });
   });
 
@@ -108,7 +117,13 @@ describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () 
     const deadline = Date.now() + 30_000;
     let shown: { text: string; bottom: number; height: number } | undefined;
     while (!shown) {
-      assert.ok(Date.now() < deadline, `no current details in the Web UI: frames ${page.frames().map((f) => f.url()).join(', ')}`);
+      assert.ok(
+        Date.now() < deadline,
+        `no current details in the Web UI: frames ${page
+          .frames()
+          .map((f) => f.url())
+          .join(', ')}`,
+      );
       await page.waitForTimeout(200);
       const sized = (await page.evaluate(`(() => {
         const f = document.querySelector('iframe[title="output"][height]');
@@ -131,10 +146,14 @@ describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () 
     }
     await page.screenshot({ path: join(shots, 'current-details.png') });
 
-    const paragraphs = details.split('\n\n').map((p) => p.replace(/\*\*|`/g, '').trim()).filter(Boolean);
+    const paragraphs = details
+      .split('\n\n')
+      .map((p) => p.replace(/\*\*|`/g, '').trim())
+      .filter(Boolean);
     assert.ok(paragraphs.length >= 3, details);
     const text = shown.text.replace(/\s+/g, ' ');
-    for (const p of paragraphs) assert.ok(text.includes(p.replace(/\s+/g, ' ')), `"${p}" is not in the Web UI's current details: ${shown.text}`);
+    for (const p of paragraphs)
+      assert.ok(text.includes(p.replace(/\s+/g, ' ')), `"${p}" is not in the Web UI's current details: ${shown.text}`);
     assert.ok(text.includes(result.imageId) && text.includes('before the schema migration of the web frontend, kept for a week'));
     // Every line of text lies inside the iframe: none is cut off by its height.
     assert.ok(shown.bottom <= shown.height, `the last line ends at ${shown.bottom} px, the iframe shows ${shown.height} px: clipped`);

@@ -39,13 +39,26 @@ export interface CliRun {
 
 /** Runs `vmsnap ...args` to its end; never throws for a non-zero exit. */
 export async function vmsnap(h: Harness, args: string[], extraEnv: Record<string, string> = {}, timeoutMs = 120_000): Promise<CliRun> {
-  const r = await execa(VMSNAP_BIN, args, { env: cliEnv(h, extraEnv), extendEnv: false, reject: false, timeout: timeoutMs, stdin: 'ignore' });
+  const r = await execa(VMSNAP_BIN, args, {
+    env: cliEnv(h, extraEnv),
+    extendEnv: false,
+    reject: false,
+    timeout: timeoutMs,
+    stdin: 'ignore',
+  });
   return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** Starts `vmsnap ...args` and returns the running process, its output collected as it comes. */
 export function vmsnapRunning(h: Harness, args: string[]): { proc: ResultPromise; output: () => { stdout: string; stderr: string } } {
-  const proc = execa(VMSNAP_BIN, args, { env: cliEnv(h), extendEnv: false, reject: false, timeout: 180_000, stdin: 'ignore', buffer: false });
+  const proc = execa(VMSNAP_BIN, args, {
+    env: cliEnv(h),
+    extendEnv: false,
+    reject: false,
+    timeout: 180_000,
+    stdin: 'ignore',
+    buffer: false,
+  });
   let stdout = '';
   let stderr = '';
   proc.stdout?.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -89,7 +102,12 @@ export async function createBusyGuest(h: Harness, name: string, diskSizeMiB = 10
     await rm(dir, { recursive: true, force: true });
   }
   await execa('virsh', ['-c', h.config.libvirtUri, 'start', name]);
-  await eventually(`guest ${name} counting`, async () => ((await readCounter(guest.diskPath, 'qcow2')).a > 0 ? true : undefined), 120_000, 500);
+  await eventually(
+    `guest ${name} counting`,
+    async () => ((await readCounter(guest.diskPath, 'qcow2')).a > 0 ? true : undefined),
+    120_000,
+    500,
+  );
   return guest;
 }
 
@@ -106,7 +124,13 @@ export async function stopLeftoverSnapshots(h: Harness): Promise<void> {
     running.map(async (id) => {
       const handle = h.client.workflow.getHandle(id);
       await handle.cancel().catch(() => undefined);
-      const ended = await Promise.race([handle.result().then(() => true, () => true), sleep(30_000).then(() => false)]);
+      const ended = await Promise.race([
+        handle.result().then(
+          () => true,
+          () => true,
+        ),
+        sleep(30_000).then(() => false),
+      ]);
       if (!ended) await handle.terminate('left running by a test').catch(() => undefined);
     }),
   );

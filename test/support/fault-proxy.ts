@@ -93,7 +93,15 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     return undefined;
   }
 
-  function forward(req: IncomingMessage, res: ServerResponse, record: ProxiedRequest, resetAfterBytes?: number, stretchMs?: number, flipAt?: number, cutAfter?: number): void {
+  function forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    record: ProxiedRequest,
+    resetAfterBytes?: number,
+    stretchMs?: number,
+    flipAt?: number,
+    cutAfter?: number,
+  ): void {
     const headers = endToEnd(req.headers);
     headers.host = target.host;
     const upstream = send({

@@ -52,7 +52,10 @@ export function recordFaultRow(row: FaultRow): void {
     `| --- | --- | ${columns.map(() => ':---:').join(' | ')} | --- | --- |`,
     ...Object.values(report.rows)
       .sort((a, b) => a.fault.localeCompare(b.fault))
-      .map((r) => `| ${r.fault} | ${r.outcome} | ${columns.map((c) => (r.invariants[c] ? 'held' : '**BROKEN**')).join(' | ')} | ${r.note ?? ''} | ${r.at?.slice(0, 16).replace('T', ' ')} |`),
+      .map(
+        (r) =>
+          `| ${r.fault} | ${r.outcome} | ${columns.map((c) => (r.invariants[c] ? 'held' : '**BROKEN**')).join(' | ')} | ${r.note ?? ''} | ${r.at?.slice(0, 16).replace('T', ' ')} |`,
+      ),
     '',
   ];
   writeFileSync(MD_FILE, lines.join('\n'));

@@ -35,8 +35,15 @@ export const REPLAY_FIXTURES = {
 export async function recordHistory(address: string, execution: { workflowId: string; runId?: string }, path: string): Promise<void> {
   if (process.env.VMSNAP_RECORD_HISTORY !== '1') return;
   const shown = await execa('.tools/bin/temporal', [
-    'workflow', 'show', '--output', 'json', '--address', address,
-    '--workflow-id', execution.workflowId, ...(execution.runId ? ['--run-id', execution.runId] : []),
+    'workflow',
+    'show',
+    '--output',
+    'json',
+    '--address',
+    address,
+    '--workflow-id',
+    execution.workflowId,
+    ...(execution.runId ? ['--run-id', execution.runId] : []),
   ]);
   writeFileSync(path, shown.stdout);
 }

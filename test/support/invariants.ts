@@ -45,8 +45,7 @@ export async function checkInvariants(ctx: {
   }
   const record = await ctx.store.getInstance(ctx.guest.uuid);
   const images = await findImagesByName(ctx.glanceUrl, ctx.imageName);
-  const imagesOk =
-    ctx.outcome === 'completed' ? images.length === 1 && images[0]?.status === 'active' : images.length === 0;
+  const imagesOk = ctx.outcome === 'completed' ? images.length === 1 && images[0]?.status === 'active' : images.length === 0;
   const faults = await ctx.store.listFaults(ctx.guest.uuid);
   const faultOk = ctx.outcome === 'completed' || faults.at(-1)?.code === ctx.outcome;
   return {

@@ -5,7 +5,13 @@ import { execa } from 'execa';
 import { createGuest, readCounter, type Guest } from '../../scripts/lib/guest.js';
 
 export async function createSlowGuest(opts: { name: string; guestsDir: string; assetsDir: string; dataMiB: number }): Promise<Guest> {
-  const guest = await createGuest({ name: opts.name, guestsDir: opts.guestsDir, assetsDir: opts.assetsDir, diskSizeMiB: opts.dataMiB + 64, start: false });
+  const guest = await createGuest({
+    name: opts.name,
+    guestsDir: opts.guestsDir,
+    assetsDir: opts.assetsDir,
+    diskSizeMiB: opts.dataMiB + 64,
+    start: false,
+  });
   // Pattern data from 8 MiB on: clear of the counter records at 1 MiB and at size - 1 MiB.
   await execa('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 8M ${opts.dataMiB}M`, guest.diskPath]);
   await execa('virsh', ['-c', 'qemu:///system', 'start', opts.name]);
@@ -18,7 +24,11 @@ export async function createSlowGuest(opts: { name: string; guestsDir: string; a
 }
 
 /** Polls until the snapshot's progress query reports the phase. */
-export async function waitForPhase(handle: { query: (name: string) => Promise<unknown> }, phase: string, timeoutMs = 60_000): Promise<void> {
+export async function waitForPhase(
+  handle: { query: (name: string) => Promise<unknown> },
+  phase: string,
+  timeoutMs = 60_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const progress = (await handle.query('progress').catch(() => undefined)) as { phase?: string } | undefined;

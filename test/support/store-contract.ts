@@ -61,17 +61,20 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
         { id: VM2, name: 'db', powerState: 'shutoff' },
       ]);
       const byId = await store.findInstance(VM1);
-      assert.deepEqual({ ...byId, updatedAt: undefined }, {
-        id: VM1,
-        name: 'web',
-        host: 'host-a',
-        powerState: 'running',
-        taskState: null,
-        taskOwner: null,
-        baseImageRef: 'img-1',
-        updatedAt: undefined,
-        deletedAt: null,
-      });
+      assert.deepEqual(
+        { ...byId, updatedAt: undefined },
+        {
+          id: VM1,
+          name: 'web',
+          host: 'host-a',
+          powerState: 'running',
+          taskState: null,
+          taskOwner: null,
+          baseImageRef: 'img-1',
+          updatedAt: undefined,
+          deletedAt: null,
+        },
+      );
       assert.match(byId!.updatedAt, ISO_UTC);
       assert.equal((await store.findInstance('db'))?.id, VM2);
       assert.equal((await store.findInstance('db'))?.baseImageRef, null);
@@ -130,12 +133,26 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       assert.match(gone?.deletedAt ?? '', ISO_UTC);
       assert.equal(gone?.taskState, 'image_snapshot_pending', 'a task in progress survives deletion');
       assert.equal(gone?.taskOwner, 'wf-2');
-      assert.deepEqual((await store.listInstancesWithTask()).map((i) => i.id), [VM2]);
-      assert.deepEqual((await store.listInstances()).map((i) => i.name), ['cache', 'web'], 'by name, deleted ones left out');
-      assert.deepEqual((await store.listInstances({ includeDeleted: true })).map((i) => i.name), ['cache', 'db', 'web']);
+      assert.deepEqual(
+        (await store.listInstancesWithTask()).map((i) => i.id),
+        [VM2],
+      );
+      assert.deepEqual(
+        (await store.listInstances()).map((i) => i.name),
+        ['cache', 'web'],
+        'by name, deleted ones left out',
+      );
+      assert.deepEqual(
+        (await store.listInstances({ includeDeleted: true })).map((i) => i.name),
+        ['cache', 'db', 'web'],
+      );
       assert.equal((await store.findInstance(VM3))?.deletedAt, null, 'other hosts are untouched');
       assert.equal(await store.releaseTaskState(VM2, 'wf-2'), true, 'the running task can still finish');
-      assert.equal(await store.compareAndSwapTaskState(VM2, null, 'image_snapshot_pending', 'wf-3'), false, 'no new task on a deleted instance');
+      assert.equal(
+        await store.compareAndSwapTaskState(VM2, null, 'image_snapshot_pending', 'wf-3'),
+        false,
+        'no new task on a deleted instance',
+      );
 
       // Seen again: alive again.
       await store.syncHostInstances('host-a', [
@@ -174,7 +191,14 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
     it("walks Nova's createImage task states back to None", async () => {
       await store.syncHostInstances('host-a', [{ id: VM1, name: 'web', powerState: 'running' }]);
       const owner = 'snapshot-vm1/run-1';
-      const steps: (TaskState | null)[] = [null, 'image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading', null];
+      const steps: (TaskState | null)[] = [
+        null,
+        'image_snapshot_pending',
+        'image_snapshot',
+        'image_pending_upload',
+        'image_uploading',
+        null,
+      ];
       for (let i = 1; i < steps.length; i++) {
         assert.equal(await store.compareAndSwapTaskState(VM1, steps[i - 1]!, steps[i]!, owner), true, `${steps[i - 1]} -> ${steps[i]}`);
         const now = await store.getInstance(VM1);

@@ -22,7 +22,8 @@ export function startWorkerProcess(
   env: Record<string, string>,
   how: 'all' | 'main' | 'host' | { command: string[]; cwd: string } = 'all',
 ): WorkerProcess {
-  const [file, ...args] = typeof how === 'string' ? [process.execPath, '--import', 'tsx', 'src/worker/main.ts', '--role', how] : how.command;
+  const [file, ...args] =
+    typeof how === 'string' ? [process.execPath, '--import', 'tsx', 'src/worker/main.ts', '--role', how] : how.command;
   const proc = spawn(file!, args, {
     ...(typeof how === 'string' ? { env: { ...process.env, ...env } } : { env, cwd: how.cwd }),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -38,7 +39,8 @@ export function startWorkerProcess(
       for (;;) {
         const line = lines.find((l) => pattern.test(l));
         if (line) return line;
-        if (proc.exitCode !== null) throw new Error(`worker exited (${proc.exitCode}) before logging ${pattern}:\n${lines.slice(-20).join('\n')}`);
+        if (proc.exitCode !== null)
+          throw new Error(`worker exited (${proc.exitCode}) before logging ${pattern}:\n${lines.slice(-20).join('\n')}`);
         if (Date.now() > deadline) throw new Error(`worker did not log ${pattern} within ${timeoutMs} ms:\n${lines.slice(-20).join('\n')}`);
         await sleep(100);
       }

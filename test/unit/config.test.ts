@@ -28,7 +28,10 @@ describe('config', () => {
       [{ VMSNAP_HOST: 'a/b' }, /VMSNAP_HOST must be/],
       [{ VMSNAP_TASK_QUEUE: 'a b' }, /VMSNAP_TASK_QUEUE must be/],
       [{ VMSNAP_DISCOVERY_INTERVAL_MS: '-1' }, /VMSNAP_DISCOVERY_INTERVAL_MS must be a positive whole number/],
-      [{ TEMPORAL_TLS_CLIENT_CERT_PATH: '/nonexistent/cert.pem', TEMPORAL_TLS_CLIENT_KEY_PATH: '/nonexistent/key.pem' }, /TEMPORAL_TLS_CLIENT_CERT_PATH names a file that does not exist/],
+      [
+        { TEMPORAL_TLS_CLIENT_CERT_PATH: '/nonexistent/cert.pem', TEMPORAL_TLS_CLIENT_KEY_PATH: '/nonexistent/key.pem' },
+        /TEMPORAL_TLS_CLIENT_CERT_PATH names a file that does not exist/,
+      ],
       [{ TEMPORAL_TLS_CERT: '/etc/hostname' }, /TEMPORAL_TLS_CERT is no longer read: use Temporal's name TEMPORAL_TLS_CLIENT_CERT_PATH/],
       [{ TEMPORAL_CONFIG_FILE: '/nonexistent/temporal.toml' }, /TEMPORAL_CONFIG_FILE names a file that does not exist/],
       [{ VMSNAP_STORE_URL_FILE: '/nonexistent/store-url' }, /VMSNAP_STORE_URL_FILE could not be read/],
@@ -39,12 +42,18 @@ describe('config', () => {
   });
 
   it('never echoes the Glance credentials it refuses', () => {
-    assert.throws(() => loadConfig({ VMSNAP_GLANCE_URL: 'http://admin:s3cr3t@glance:9292' }), (err: Error) => !err.message.includes('s3cr3t'));
+    assert.throws(
+      () => loadConfig({ VMSNAP_GLANCE_URL: 'http://admin:s3cr3t@glance:9292' }),
+      (err: Error) => !err.message.includes('s3cr3t'),
+    );
   });
 
   it('reads a JSON config file, with the environment taking precedence', () => {
     const file = join(mkdtempSync(join(tmpdir(), 'vmsnap-config-')), 'vmsnap.json');
-    writeFileSync(file, JSON.stringify({ VMSNAP_GLANCE_URL: 'http://glance.example:9292/', OS_AUTH_TYPE: 'none', VMSNAP_HOST: 'from-file' }));
+    writeFileSync(
+      file,
+      JSON.stringify({ VMSNAP_GLANCE_URL: 'http://glance.example:9292/', OS_AUTH_TYPE: 'none', VMSNAP_HOST: 'from-file' }),
+    );
     const c = loadConfig({ VMSNAP_CONFIG_FILE: file, VMSNAP_HOST: 'from-env' });
     assert.equal(c.glance.url, 'http://glance.example:9292');
     assert.equal(c.cloud?.auth.type, 'none');
@@ -61,9 +70,18 @@ describe('config', () => {
     writeFileSync(
       toml,
       [
-        '[profile.default]', 'address = "temporal.example:7233"', 'namespace = "ops"',
-        '[profile.cloud]', 'address = "ns.a1b2c.tmprl.cloud:7233"', 'namespace = "ns.a1b2c"', 'api_key = "key-from-file"',
-        '[profile.mtls]', 'address = "t.example:7233"', '[profile.mtls.tls]', `server_ca_cert_path = "${ca}"`, 'server_name = "t.internal"',
+        '[profile.default]',
+        'address = "temporal.example:7233"',
+        'namespace = "ops"',
+        '[profile.cloud]',
+        'address = "ns.a1b2c.tmprl.cloud:7233"',
+        'namespace = "ns.a1b2c"',
+        'api_key = "key-from-file"',
+        '[profile.mtls]',
+        'address = "t.example:7233"',
+        '[profile.mtls.tls]',
+        `server_ca_cert_path = "${ca}"`,
+        'server_name = "t.internal"',
       ].join('\n'),
     );
     const d = loadConfig({ TEMPORAL_CONFIG_FILE: toml });

@@ -20,7 +20,14 @@ function readers(paths: string[]): string {
 
 const code = readers(files('src', /\.ts$/).filter((p) => !p.endsWith(join('cli', 'options.ts'))));
 const temporal = readers(files('node_modules/@temporalio/envconfig/lib', /\.js$/));
-const stack = readers([...files('scripts', /\.ts$/), ...files('bench', /\.ts$/), ...files('test', /\.ts$/), 'scripts/test', 'docker-compose.yml', ...files('deploy', /./)]);
+const stack = readers([
+  ...files('scripts', /\.ts$/),
+  ...files('bench', /\.ts$/),
+  ...files('test', /\.ts$/),
+  'scripts/test',
+  'docker-compose.yml',
+  ...files('deploy', /./),
+]);
 // A setting some code reads: its name in code other than where it is described.
 const exists = (name: string, where: string) => where.includes(name) || where.includes(`${name.replace(/_FILE$/, '')}`);
 
@@ -33,5 +40,6 @@ it('vmsnap --help names only settings that exist', () => {
 
 it('README names only settings that exist', () => {
   const named = [...new Set(readFileSync('README.md', 'utf8').match(NAME))];
-  for (const name of named) assert.ok(exists(name, code) || exists(name, temporal) || exists(name, stack), `README names ${name}, which nothing reads`);
+  for (const name of named)
+    assert.ok(exists(name, code) || exists(name, temporal) || exists(name, stack), `README names ${name}, which nothing reads`);
 });

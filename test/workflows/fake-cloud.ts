@@ -76,7 +76,15 @@ export class FakeCloud {
   hooks: Record<string, Hook> = {};
 
   addInstance(id: string, power: PowerState = 'running'): FakeInstance {
-    const instance: FakeInstance = { id, name: `guest-${id.slice(0, 8)}`, host: this.host, power, taskState: null, taskOwner: null, frozen: false };
+    const instance: FakeInstance = {
+      id,
+      name: `guest-${id.slice(0, 8)}`,
+      host: this.host,
+      power,
+      taskState: null,
+      taskOwner: null,
+      frozen: false,
+    };
     this.instances.set(id, instance);
     return instance;
   }
@@ -87,20 +95,22 @@ export class FakeCloud {
 
   private instance(id: string): FakeInstance {
     const found = this.instances.get(id);
-    if (!found || found.power === 'gone') throw ApplicationFailure.create({ type: 'InstanceNotFound', message: `no instance ${id}`, nonRetryable: true });
+    if (!found || found.power === 'gone')
+      throw ApplicationFailure.create({ type: 'InstanceNotFound', message: `no instance ${id}`, nonRetryable: true });
     return found;
   }
 
   /** The activities of the three task queues, each call logged and open to a hook. */
   activities(client: () => Client) {
-    const hooked = <A extends unknown[], R>(name: string, body: (...args: A) => Promise<R>) =>
-      (async (...args: A): Promise<R> => {
+    const hooked =
+      <A extends unknown[], R>(name: string, body: (...args: A) => Promise<R>) =>
+      async (...args: A): Promise<R> => {
         this.calls.push(name);
         const hook = this.hooks[name];
         const run = () => body(...args);
         if (!hook) return run();
         return (await hook({ args, run, workflowId: Context.current().info.workflowExecution?.workflowId ?? '' })) as R;
-      });
+      };
     const record = (instanceId: string, event: string, requestId: string, details: Record<string, unknown> = {}) => {
       this.events.push({ instanceId, event, requestId, details });
     };
@@ -109,7 +119,17 @@ export class FakeCloud {
       findInstance: hooked('findInstance', async (ref: string) => {
         const found = [...this.instances.values()].find((i) => (i.id === ref || i.name === ref) && i.power !== 'gone');
         return found
-          ? { id: found.id, name: found.name, host: found.host, powerState: found.power, taskState: found.taskState, taskOwner: found.taskOwner, baseImageRef: null, updatedAt: '', deletedAt: null }
+          ? {
+              id: found.id,
+              name: found.name,
+              host: found.host,
+              powerState: found.power,
+              taskState: found.taskState,
+              taskOwner: found.taskOwner,
+              baseImageRef: null,
+              updatedAt: '',
+              deletedAt: null,
+            }
           : null;
       }),
       listHosts: hooked('listHosts', async () => [this.host]),
@@ -121,7 +141,11 @@ export class FakeCloud {
           return;
         }
         if (instance.taskState === change.next && instance.taskOwner === change.owner) return;
-        throw ApplicationFailure.create({ type: 'InstanceBusy', message: `instance ${change.instanceId} is in task state ${instance.taskState ?? 'None'}`, nonRetryable: true });
+        throw ApplicationFailure.create({
+          type: 'InstanceBusy',
+          message: `instance ${change.instanceId} is in task state ${instance.taskState ?? 'None'}`,
+          nonRetryable: true,
+        });
       }),
       releaseTaskState: hooked('releaseTaskState', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
         const instance = this.instances.get(instanceId);
@@ -133,9 +157,12 @@ export class FakeCloud {
       recordInstanceFault: hooked('recordInstanceFault', async (fault: { instanceId: string; code: string; message: string }) => {
         this.faults.push({ instanceId: fault.instanceId, code: fault.code, message: fault.message });
       }),
-      recordInstanceEvent: hooked('recordInstanceEvent', async (e: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }) => {
-        record(e.instanceId, e.event, e.requestId, e.details);
-      }),
+      recordInstanceEvent: hooked(
+        'recordInstanceEvent',
+        async (e: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }) => {
+          record(e.instanceId, e.event, e.requestId, e.details);
+        },
+      ),
       createImageRecord: hooked('createImageRecord', async (input: { imageId: string; instanceId: string; requestId: string }) => {
         const created = !this.images.has(input.imageId);
         if (created) this.images.set(input.imageId, { status: 'queued', instanceId: input.instanceId, owner: input.requestId });
@@ -157,7 +184,8 @@ export class FakeCloud {
           const { status } = await client().workflow.getHandle(workflowId, runId).describe();
           if (status.name === 'RUNNING') continue;
           const events = this.events.filter((e) => e.instanceId === instance.id && e.requestId === owner).map((e) => e.event);
-          const imageId = this.events.find((e) => e.instanceId === instance.id && e.requestId === owner && e.event === 'start')?.details.imageId;
+          const imageId = this.events.find((e) => e.instanceId === instance.id && e.requestId === owner && e.event === 'start')?.details
+            .imageId;
           abandoned.push({
             instanceId: instance.id,
             host: instance.host,
@@ -175,7 +203,11 @@ export class FakeCloud {
         if (!instance || instance.taskOwner !== snapshot.owner) return;
         instance.taskState = null;
         instance.taskOwner = null;
-        this.faults.push({ instanceId: snapshot.instanceId, code: 'SnapshotAbandoned', message: `snapshot ${snapshot.owner} ended without finishing` });
+        this.faults.push({
+          instanceId: snapshot.instanceId,
+          code: 'SnapshotAbandoned',
+          message: `snapshot ${snapshot.owner} ended without finishing`,
+        });
         record(snapshot.instanceId, 'error', snapshot.owner, { code: 'SnapshotAbandoned' });
       }),
       findOrphanImages: hooked('findOrphanImages', async () => []),
@@ -184,7 +216,9 @@ export class FakeCloud {
     const host = {
       discoverInstances: hooked('discoverInstances', async () => ({ host: this.host, instances: this.instances.size })),
       getPowerState: hooked('getPowerState', async (instanceId: string) => this.instance(instanceId).power),
-      liveCopySupport: hooked('liveCopySupport', async () => (this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' })),
+      liveCopySupport: hooked('liveCopySupport', async () =>
+        this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' },
+      ),
       pauseInstance: hooked('pauseInstance', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
         record(instanceId, 'pause', owner);
         this.instance(instanceId).power = 'paused';
@@ -209,14 +243,24 @@ export class FakeCloud {
         this.tempDirs.add(input.imageId);
         return { path: `/fake/${input.imageId}/disk`, diskFormat: input.diskFormat, size: 1024, virtualSize: 4096 };
       }),
-      liveCopyDisk: hooked('liveCopyDisk', async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; quiesce: string; owner: string }) => {
-        this.tempDirs.add(input.imageId);
-        if (input.quiesce !== 'never') {
-          record(input.instanceId, 'freeze', input.owner);
-          record(input.instanceId, 'thaw', input.owner);
-        }
-        return { path: `/fake/${input.imageId}/disk`, diskFormat: input.diskFormat, size: 1024, virtualSize: 4096, consistency: 'crash-consistent' as const, guestPauseMs: 0 };
-      }),
+      liveCopyDisk: hooked(
+        'liveCopyDisk',
+        async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; quiesce: string; owner: string }) => {
+          this.tempDirs.add(input.imageId);
+          if (input.quiesce !== 'never') {
+            record(input.instanceId, 'freeze', input.owner);
+            record(input.instanceId, 'thaw', input.owner);
+          }
+          return {
+            path: `/fake/${input.imageId}/disk`,
+            diskFormat: input.diskFormat,
+            size: 1024,
+            virtualSize: 4096,
+            consistency: 'crash-consistent' as const,
+            guestPauseMs: 0,
+          };
+        },
+      ),
       uploadImage: hooked('uploadImage', async (input: { imageId: string }) => {
         const image = this.images.get(input.imageId);
         if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
@@ -281,7 +325,11 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
   // Workflow logs of expected failures would bury the test output.
   Runtime.install({ logger: new DefaultLogger('ERROR') });
   const env = await TestWorkflowEnvironment.createLocal({
-    server: { executable: { type: 'existing-path', path: TEMPORAL_CLI }, searchAttributes: [INSTANCE_ID, IMAGE_ID, PHASE, HOST], extraArgs: ['--log-level', 'error'] },
+    server: {
+      executable: { type: 'existing-path', path: TEMPORAL_CLI },
+      searchAttributes: [INSTANCE_ID, IMAGE_ID, PHASE, HOST],
+      extraArgs: ['--log-level', 'error'],
+    },
   });
   const byWorkflow = new Map<string, Activities>();
   const route = <K extends keyof Activities>(kind: K): Activities[K] => {
@@ -303,13 +351,23 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
   // Heartbeats carry cancellation: sent at once, so a cancelled fake step ends without delay.
   const throttle = { maxHeartbeatThrottleInterval: '50ms', defaultHeartbeatThrottleInterval: '50ms' };
   const workers = [
-    await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle: await workflowBundle(), activities: route('main'), ...throttle }),
+    await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle: await workflowBundle(),
+      activities: route('main'),
+      ...throttle,
+    }),
     await Worker.create({ connection: env.nativeConnection, taskQueue: hostTaskQueue(host), activities: route('host'), ...throttle }),
     // As many slots as tests run at once: the limit itself is the real slot worker's.
     await Worker.create({ connection: env.nativeConnection, taskQueue: hostSlotTaskQueue(host), activities: route('slot'), ...throttle }),
   ];
   const running = Promise.all(workers.map((w) => w.run()));
-  const serve = (cloud: FakeCloud, workflowId: string) => byWorkflow.set(workflowId, cloud.activities(() => env.client));
+  const serve = (cloud: FakeCloud, workflowId: string) =>
+    byWorkflow.set(
+      workflowId,
+      cloud.activities(() => env.client),
+    );
   return {
     env,
     client: env.client,
@@ -329,7 +387,8 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
       for (;;) {
         const progress = await handle.query<SnapshotProgress>('progress');
         if (progress.phase === phase) return;
-        if (['completed', 'failed', 'cancelled'].includes(progress.phase)) throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
+        if (['completed', 'failed', 'cancelled'].includes(progress.phase))
+          throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     },

@@ -18,12 +18,18 @@ function newGuest() {
 }
 
 // Bounded, so a dev server or worker that hangs fails the run instead of stalling it.
-before(async () => {
-  t = await startFastTemporal('reconcile');
-}, { timeout: 180_000 });
-after(async () => {
-  await t?.close();
-}, { timeout: 60_000 });
+before(
+  async () => {
+    t = await startFastTemporal('reconcile');
+  },
+  { timeout: 180_000 },
+);
+after(
+  async () => {
+    await t?.close();
+  },
+  { timeout: 60_000 },
+);
 
 // Terminate runs no compensation; the reconciler undoes what the terminated snapshot left. One at
 // a time: both guests sit on the one fake host, and a terminated run's slot is held until its
@@ -61,7 +67,10 @@ describe('reconcile after terminate, fast (local Temporal, fake activities)', { 
     assert.deepEqual([instance.power, instance.taskState], ['running', null]);
     assert.equal(cloud.images.get(imageId), undefined);
     assert.deepEqual([...cloud.tempDirs], []);
-    assert.deepEqual(cloud.faults.map((f) => f.code), ['SnapshotAbandoned']);
+    assert.deepEqual(
+      cloud.faults.map((f) => f.code),
+      ['SnapshotAbandoned'],
+    );
     assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
 
     // A second round finds nothing left to do.

@@ -45,7 +45,10 @@ function assertUndone(cloud: FakeCloud, instanceId: string, imageId: string, fau
   assert.equal(instance.frozen, false);
   assert.equal(cloud.images.get(imageId), undefined, 'no unfinished image');
   assert.deepEqual([...cloud.tempDirs], [], 'no temp dir');
-  assert.deepEqual(cloud.faults.map((f) => f.code), [fault]);
+  assert.deepEqual(
+    cloud.faults.map((f) => f.code),
+    [fault],
+  );
   assert.equal(cloud.eventsOf(instanceId).at(-1), 'error');
 }
 
@@ -67,12 +70,18 @@ function cancelDuringStep(cloud: FakeCloud, step: string) {
 }
 
 // Bounded, so a dev server or worker that hangs fails the run instead of stalling it.
-before(async () => {
-  t = await startFastTemporal('saga');
-}, { timeout: 180_000 });
-after(async () => {
-  await t?.close();
-}, { timeout: 60_000 });
+before(
+  async () => {
+    t = await startFastTemporal('saga');
+  },
+  { timeout: 180_000 },
+);
+after(
+  async () => {
+    await t?.close();
+  },
+  { timeout: 60_000 },
+);
 
 // Each test has a cloud of its own: they run side by side.
 describe('snapshotInstance saga, fast (local Temporal, fake activities)', { timeout: 120_000, concurrency: true }, () => {
@@ -90,7 +99,15 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual([...cloud.tempDirs], []);
     assert.deepEqual(cloud.faults, []);
     assert.ok(!('completed' in result.phaseDurationsMs));
-    for (const phase of ['creating-image', 'waiting-for-host', 'pausing', 'converting', 'resuming', 'uploading', 'finishing'] as SnapshotPhase[]) {
+    for (const phase of [
+      'creating-image',
+      'waiting-for-host',
+      'pausing',
+      'converting',
+      'resuming',
+      'uploading',
+      'finishing',
+    ] as SnapshotPhase[]) {
       assert.ok(phase in result.phaseDurationsMs, `phase ${phase} timed`);
     }
   });
@@ -153,7 +170,11 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   it('upload fails after the copy: the guest already runs, the image is deleted, the failure keeps its type', async () => {
     const { cloud, id } = newGuest();
     cloud.hooks.uploadImage = async () => {
-      throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance answered 413: Image exceeds the storage quota', nonRetryable: true });
+      throw ApplicationFailure.create({
+        type: 'ImageServiceError',
+        message: 'Glance answered 413: Image exceeds the storage quota',
+        nonRetryable: true,
+      });
     };
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'upload' });
     const cause = await failureOf(handle);
@@ -180,7 +201,10 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     const instance = cloud.instances.get(id)!;
     assert.deepEqual([instance.power, instance.taskState], ['running', null]);
     assert.deepEqual([...cloud.tempDirs], []);
-    assert.deepEqual(cloud.faults.map((f) => f.code), ['ImageServiceError']);
+    assert.deepEqual(
+      cloud.faults.map((f) => f.code),
+      ['ImageServiceError'],
+    );
     const after = cloud.calls.slice(cloud.calls.indexOf('deleteImageRecord'));
     assert.deepEqual(after, ['deleteImageRecord', 'releaseTaskState', 'recordInstanceFault', 'recordInstanceEvent']);
   });
@@ -192,7 +216,12 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     { phase: 'creating-image', step: 'createImageRecord', undo: ['deleteImageRecord', 'releaseTaskState'] },
     { phase: 'pausing', step: 'pauseInstance', undo: ['resumeInstance', 'deleteImageRecord', 'releaseTaskState'] },
     { phase: 'converting', step: 'convertDisk', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
-    { phase: 'copying', step: 'liveCopyDisk', undo: ['thawInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'], live: true },
+    {
+      phase: 'copying',
+      step: 'liveCopyDisk',
+      undo: ['thawInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'],
+      live: true,
+    },
     { phase: 'resuming', step: 'resumeInstance', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
     { phase: 'uploading', step: 'uploadImage', undo: ['removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
     // Verified before the cancel: the image is complete and kept, the rest is cleaned up.

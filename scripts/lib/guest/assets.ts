@@ -92,9 +92,7 @@ export async function buildGuestAssets(
         const s = await fs.stat(f);
         return `${f}:${s.size}:${s.mtimeMs}`;
       } catch {
-        throw new GuestError(
-          `guest asset input ${f} is missing: install busybox-static and the modules of kernel ${kernel.version}`,
-        );
+        throw new GuestError(`guest asset input ${f} is missing: install busybox-static and the modules of kernel ${kernel.version}`);
       }
     }),
   );
@@ -105,7 +103,14 @@ export async function buildGuestAssets(
 
   const existing = await fs.readFile(stampFile, 'utf8').catch(() => '');
   if (existing === stamp) {
-    const present = await Promise.all([kernelOut, initrdOut].map((f) => fs.access(f).then(() => true, () => false)));
+    const present = await Promise.all(
+      [kernelOut, initrdOut].map((f) =>
+        fs.access(f).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
     if (present.every(Boolean)) return { kernel: kernelOut, initrd: initrdOut };
   }
 

@@ -23,7 +23,12 @@ export interface Outcome<R = SnapshotResult> {
  * Waits for the snapshot to end, showing its progress (on a terminal one line kept current;
  * otherwise plain lines). Resolves with how it ended; never rejects for a failed snapshot.
  */
-export async function follow(session: Session, handle: SnapshotHandle, view: ProgressView | undefined, pollMs: number): Promise<{ result?: SnapshotResult; error?: unknown; lastPhase?: string }> {
+export async function follow(
+  session: Session,
+  handle: SnapshotHandle,
+  view: ProgressView | undefined,
+  pollMs: number,
+): Promise<{ result?: SnapshotResult; error?: unknown; lastPhase?: string }> {
   let settled = false;
   const outcome = snapshotResult(handle).then(
     (result) => ({ result }),
@@ -44,7 +49,9 @@ export async function follow(session: Session, handle: SnapshotHandle, view: Pro
         if (++misses === 3) {
           const queue = session.getConfig().temporal.taskQueue;
           view.end();
-          session.io.stderr.write(`vmsnap: no worker answers on task queue ${queue} yet: is a vmsnap worker running with VMSNAP_TASK_QUEUE=${queue}? still waiting\n`);
+          session.io.stderr.write(
+            `vmsnap: no worker answers on task queue ${queue} yet: is a vmsnap worker running with VMSNAP_TASK_QUEUE=${queue}? still waiting\n`,
+          );
         }
       }
     }
@@ -78,13 +85,18 @@ export async function followWork(
   result: () => Promise<unknown>,
   progress: (() => Promise<RestoreProgressDetails>) | undefined,
   instance: string,
-): Promise<{ outcome: { status: string; result?: unknown; error?: { type: string; message: string } }; cause?: { said: unknown; code: ExitCode } }> {
+): Promise<{
+  outcome: { status: string; result?: unknown; error?: { type: string; message: string } };
+  cause?: { said: unknown; code: ExitCode };
+}> {
   const { io } = session;
   const stream = g.json ? io.stderr : io.stdout;
   const view = !progress || (g.json && !io.stderr.isTTY) ? undefined : new ProgressView(stream, stream.isTTY ? 'tty' : 'plain');
   const onInterrupt = () => {
     view?.end();
-    io.stderr.write(`vmsnap: stopped waiting; the restore of ${instance} goes on: follow it with vmsnap restore status ${instance}, stop it with vmsnap restore cancel ${instance}\n`);
+    io.stderr.write(
+      `vmsnap: stopped waiting; the restore of ${instance} goes on: follow it with vmsnap restore status ${instance}, stop it with vmsnap restore cancel ${instance}\n`,
+    );
     process.exit(EXIT.interrupted);
   };
   process.once('SIGINT', onInterrupt);
@@ -112,8 +124,16 @@ export async function followWork(
     const outcome = outcomeOf({ error });
     view?.finish(outcome.status);
     // Said as a restore's failure (the generic line speaks of snapshots); the exit code is the type's.
-    const said = outcome.error ? new VmsnapError(outcome.error.type as ErrorCode, `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ${outcome.error.message}`) : error;
-    return { outcome: { status: outcome.status, ...(outcome.error ? { error: outcome.error } : {}) }, cause: { said, code: exitCodeOf(error) } };
+    const said = outcome.error
+      ? new VmsnapError(
+          outcome.error.type as ErrorCode,
+          `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ${outcome.error.message}`,
+        )
+      : error;
+    return {
+      outcome: { status: outcome.status, ...(outcome.error ? { error: outcome.error } : {}) },
+      cause: { said, code: exitCodeOf(error) },
+    };
   } finally {
     process.off('SIGINT', onInterrupt);
   }
@@ -123,7 +143,8 @@ export async function followWork(
 const PAUSED_PHASES = new Set(['pausing', 'converting', 'resuming']);
 
 function terminatedText(lastPhase: string | undefined): string {
-  const rest = 'the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again';
+  const rest =
+    'the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again';
   if (lastPhase && PAUSED_PHASES.has(lastPhase)) {
     return `the snapshot workflow was terminated while the guest was paused (phase ${lastPhase}): its host worker resumes it within seconds (VMSNAP_PAUSE_WATCH_MS, 2 s by default); ${rest}`;
   }
@@ -132,14 +153,21 @@ function terminatedText(lastPhase: string | undefined): string {
 }
 
 /** `snapshot --wait`: follows the snapshot and sets the exit code from how it ended. */
-export async function waitAndReport(session: Session, g: GlobalOptions, handle: SnapshotHandle, instance: string): Promise<Outcome & { cause?: unknown }> {
+export async function waitAndReport(
+  session: Session,
+  g: GlobalOptions,
+  handle: SnapshotHandle,
+  instance: string,
+): Promise<Outcome & { cause?: unknown }> {
   const { io } = session;
   // Progress goes where a person looks: stdout, or stderr when stdout carries the JSON document.
   const stream = g.json ? io.stderr : io.stdout;
   const view = g.json && !io.stderr.isTTY ? undefined : new ProgressView(stream, stream.isTTY ? 'tty' : 'plain');
   const onInterrupt = () => {
     view?.end();
-    io.stderr.write(`vmsnap: stopped waiting; the snapshot goes on: follow it with vmsnap status ${instance}, stop it with vmsnap cancel ${instance}\n`);
+    io.stderr.write(
+      `vmsnap: stopped waiting; the snapshot goes on: follow it with vmsnap status ${instance}, stop it with vmsnap cancel ${instance}\n`,
+    );
     process.exit(EXIT.interrupted);
   };
   process.once('SIGINT', onInterrupt);

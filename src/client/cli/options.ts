@@ -53,7 +53,13 @@ export function nonNegativeInt(value: string): number {
 
 /** Repeatable, and comma-separated: --instance a --instance b,c. */
 export function listOption(value: string, previous: string[] | undefined): string[] {
-  return [...(previous ?? []), ...value.split(',').map((v) => v.trim()).filter(Boolean)];
+  return [
+    ...(previous ?? []),
+    ...value
+      .split(',')
+      .map((v) => v.trim())
+      .filter(Boolean),
+  ];
 }
 
 export function version(): string {

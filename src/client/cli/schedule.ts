@@ -52,7 +52,9 @@ function retentionOf(opts: { keepLast?: number; keepDaily?: number; keepWeekly?:
 export function registerScheduleCommands(program: Command, session: Session): void {
   const schedule = program
     .command('schedule')
-    .description('snapshots on a schedule (cron or interval), with retention: create, list, describe, pause, unpause, trigger, delete; retention --dry-run')
+    .description(
+      'snapshots on a schedule (cron or interval), with retention: create, list, describe, pause, unpause, trigger, delete; retention --dry-run',
+    )
     .addHelpText('after', `\n${SCHEDULE_HELP}\n`);
 
   schedule
@@ -65,7 +67,11 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     .option('--keep-last <n>', 'retention: keep the n newest images of each instance', nonNegativeInt)
     .option('--keep-daily <n>', 'retention: keep the newest image of each of the last n days that have one', nonNegativeInt)
     .option('--keep-weekly <n>', 'retention: keep the newest image of each of the last n weeks that have one', nonNegativeInt)
-    .option('--catchup-window <duration>', 'how late a run missed while Temporal was away may still start', schedules.DEFAULT_CATCHUP_WINDOW)
+    .option(
+      '--catchup-window <duration>',
+      'how late a run missed while Temporal was away may still start',
+      schedules.DEFAULT_CATCHUP_WINDOW,
+    )
     .option('--image-prefix <prefix>', 'images are named <prefix>-<instance>-<time> (default: the schedule name)')
     .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
     .addOption(new Option('--format <format>', 'disk format of the images (default qcow2)').choices(['qcow2', 'raw']))
@@ -73,70 +79,111 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     .option('--paused', 'create it paused')
     .option('--note <text>', "the schedule's note, e.g. why it is paused")
     .action(
-      withGlobals(async (
-        g,
-        name: string,
-        opts: { instance: string[]; cron?: string; every?: string; keepLast?: number; keepDaily?: number; keepWeekly?: number; catchupWindow: string; imagePrefix?: string; metadata?: Record<string, string>; format?: 'qcow2' | 'raw'; compress?: boolean; paused?: boolean; note?: string },
-      ) => {
-        const retention = retentionOf(opts);
-        const options: CreateScheduleOptions = {
-          name,
-          instances: opts.instance,
-          ...(opts.cron !== undefined ? { cron: opts.cron } : {}),
-          ...(opts.every !== undefined ? { every: opts.every } : {}),
-          catchupWindow: opts.catchupWindow,
-          ...(retention ? { retention } : {}),
-          ...(opts.imagePrefix !== undefined ? { imageNamePrefix: opts.imagePrefix } : {}),
-          ...(opts.metadata ? { metadata: opts.metadata } : {}),
-          ...(opts.format ? { diskFormat: opts.format } : {}),
-          ...(opts.compress ? { compress: true } : {}),
-          ...(opts.paused ? { paused: true } : {}),
-          ...(opts.note !== undefined ? { note: opts.note } : {}),
-        };
-        // Refused before any connection, in the words of the command line.
-        const problems = schedules.validateScheduleOptions(options);
-        if (problems.length) {
-          const words = problems.map((p) => {
-            if (p.field === 'cron' && options.cron === undefined) return 'give --cron <expression> or --every <duration>, one of the two';
-            if (p.field.startsWith('metadata.')) return `--metadata ${p.field.slice('metadata.'.length)} ${p.message}`;
-            return `${SCHEDULE_FLAGS[p.field] ?? p.field} ${p.message}`;
-          });
-          throw new VmsnapError('InvalidInput', `invalid schedule: ${words.join('; ')}`, { problems });
-        }
-        const created = await schedules.createSchedule(await session.getClient(), options, session.getConfig().temporal.taskQueue);
-        session.show(g, created, () =>
-          [
-            `created schedule ${created.name} (${created.scheduleId}): ${whenText(created)}, instances ${created.instances.join(', ')}; ${retentionText(created.retention)}`,
-            created.paused ? `it is paused: start it with vmsnap schedule unpause ${name}` : `next run ${since(created.nextRuns[0])}; see it with vmsnap schedule describe ${name}`,
-          ].join('\n'),
-        );
-      }),
+      withGlobals(
+        async (
+          g,
+          name: string,
+          opts: {
+            instance: string[];
+            cron?: string;
+            every?: string;
+            keepLast?: number;
+            keepDaily?: number;
+            keepWeekly?: number;
+            catchupWindow: string;
+            imagePrefix?: string;
+            metadata?: Record<string, string>;
+            format?: 'qcow2' | 'raw';
+            compress?: boolean;
+            paused?: boolean;
+            note?: string;
+          },
+        ) => {
+          const retention = retentionOf(opts);
+          const options: CreateScheduleOptions = {
+            name,
+            instances: opts.instance,
+            ...(opts.cron !== undefined ? { cron: opts.cron } : {}),
+            ...(opts.every !== undefined ? { every: opts.every } : {}),
+            catchupWindow: opts.catchupWindow,
+            ...(retention ? { retention } : {}),
+            ...(opts.imagePrefix !== undefined ? { imageNamePrefix: opts.imagePrefix } : {}),
+            ...(opts.metadata ? { metadata: opts.metadata } : {}),
+            ...(opts.format ? { diskFormat: opts.format } : {}),
+            ...(opts.compress ? { compress: true } : {}),
+            ...(opts.paused ? { paused: true } : {}),
+            ...(opts.note !== undefined ? { note: opts.note } : {}),
+          };
+          // Refused before any connection, in the words of the command line.
+          const problems = schedules.validateScheduleOptions(options);
+          if (problems.length) {
+            const words = problems.map((p) => {
+              if (p.field === 'cron' && options.cron === undefined) return 'give --cron <expression> or --every <duration>, one of the two';
+              if (p.field.startsWith('metadata.')) return `--metadata ${p.field.slice('metadata.'.length)} ${p.message}`;
+              return `${SCHEDULE_FLAGS[p.field] ?? p.field} ${p.message}`;
+            });
+            throw new VmsnapError('InvalidInput', `invalid schedule: ${words.join('; ')}`, { problems });
+          }
+          const created = await schedules.createSchedule(await session.getClient(), options, session.getConfig().temporal.taskQueue);
+          session.show(g, created, () =>
+            [
+              `created schedule ${created.name} (${created.scheduleId}): ${whenText(created)}, instances ${created.instances.join(', ')}; ${retentionText(created.retention)}`,
+              created.paused
+                ? `it is paused: start it with vmsnap schedule unpause ${name}`
+                : `next run ${since(created.nextRuns[0])}; see it with vmsnap schedule describe ${name}`,
+            ].join('\n'),
+          );
+        },
+      ),
     );
 
   schedule
     .command('list')
     .description("list vmsnap's schedules")
-    .action(withGlobals(async (g) => {
-      const rows = await schedules.listSchedules(await session.getClient());
-      session.showList(g, rows, {
-        empty: 'no vmsnap schedules: create one with vmsnap schedule create',
-        header: ['NAME', 'WHEN', 'INSTANCES', 'RETENTION', 'STATE', 'NEXT RUN'],
-        row: (r) => [r.name, whenText(r), r.instances.join(','), retentionText(r.retention), r.paused ? 'paused' : 'active', r.paused ? '-' : since(r.nextRuns[0])],
-      });
-    }));
+    .action(
+      withGlobals(async (g) => {
+        const rows = await schedules.listSchedules(await session.getClient());
+        session.showList(g, rows, {
+          empty: 'no vmsnap schedules: create one with vmsnap schedule create',
+          header: ['NAME', 'WHEN', 'INSTANCES', 'RETENTION', 'STATE', 'NEXT RUN'],
+          row: (r) => [
+            r.name,
+            whenText(r),
+            r.instances.join(','),
+            retentionText(r.retention),
+            r.paused ? 'paused' : 'active',
+            r.paused ? '-' : since(r.nextRuns[0]),
+          ],
+        });
+      }),
+    );
 
   /** A command on one schedule by name: it runs, then shows its document (--json) or its text. */
-  const onOne = <T>(verb: string, description: string, run: (client: Client, name: string) => Promise<T>, text: (doc: T, name: string) => string, nameHelp = 'the schedule name') =>
+  const onOne = <T>(
+    verb: string,
+    description: string,
+    run: (client: Client, name: string) => Promise<T>,
+    text: (doc: T, name: string) => string,
+    nameHelp = 'the schedule name',
+  ) =>
     schedule
       .command(verb)
       .description(description)
       .argument('<name>', nameHelp)
-      .action(withGlobals(async (g, name: string) => {
-        const doc = await run(await session.getClient(), name);
-        session.show(g, doc, () => text(doc, name));
-      }));
+      .action(
+        withGlobals(async (g, name: string) => {
+          const doc = await run(await session.getClient(), name);
+          session.show(g, doc, () => text(doc, name));
+        }),
+      );
 
-  onOne('describe', 'show a schedule: settings, state, next runs and its latest runs with their outcome', schedules.describeSchedule, describeText, 'the schedule name (or its id, vmsnap-schedule-<name>)');
+  onOne(
+    'describe',
+    'show a schedule: settings, state, next runs and its latest runs with their outcome',
+    schedules.describeSchedule,
+    describeText,
+    'the schedule name (or its id, vmsnap-schedule-<name>)',
+  );
 
   const stateCommand = (verb: 'pause' | 'unpause', description: string) =>
     schedule
@@ -144,11 +191,16 @@ export function registerScheduleCommands(program: Command, session: Session): vo
       .description(description)
       .argument('<name>', 'the schedule name')
       .option('--note <text>', 'why (shown by describe)')
-      .action(withGlobals(async (g, name: string, opts: { note?: string }) => {
-        const client = await session.getClient();
-        const d = verb === 'pause' ? await schedules.pauseSchedule(client, name, opts.note) : await schedules.unpauseSchedule(client, name, opts.note);
-        session.show(g, d, () => `schedule ${d.name} ${d.paused ? 'paused' : 'active'}${d.note ? `: ${d.note}` : ''}`);
-      }));
+      .action(
+        withGlobals(async (g, name: string, opts: { note?: string }) => {
+          const client = await session.getClient();
+          const d =
+            verb === 'pause'
+              ? await schedules.pauseSchedule(client, name, opts.note)
+              : await schedules.unpauseSchedule(client, name, opts.note);
+          session.show(g, d, () => `schedule ${d.name} ${d.paused ? 'paused' : 'active'}${d.note ? `: ${d.note}` : ''}`);
+        }),
+      );
   stateCommand('pause', 'pause a schedule: no runs until unpaused (a run going on goes on)');
   stateCommand('unpause', 'unpause a schedule: it runs again at its next time');
 
@@ -161,7 +213,12 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     },
     (_doc, name) => `started a run of schedule ${name}; see it with vmsnap schedule describe ${name}`,
   );
-  onOne('delete', 'delete a schedule; a run going on goes on, and its images stay', schedules.deleteSchedule, (_doc, name) => `deleted schedule ${name}; the images it made stay in Glance`);
+  onOne(
+    'delete',
+    'delete a schedule; a run going on goes on, and its images stay',
+    schedules.deleteSchedule,
+    (_doc, name) => `deleted schedule ${name}; the images it made stay in Glance`,
+  );
 
   schedule
     .command('retention')
@@ -171,14 +228,19 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     .option('--keep-last <n>', "what if: this keep-last instead of the schedule's", nonNegativeInt)
     .option('--keep-daily <n>', "what if: this keep-daily instead of the schedule's", nonNegativeInt)
     .option('--keep-weekly <n>', "what if: this keep-weekly instead of the schedule's", nonNegativeInt)
-    .action(withGlobals(async (g, name: string, opts: { dryRun?: boolean; keepLast?: number; keepDaily?: number; keepWeekly?: number }) => {
-      if (!opts.dryRun) {
-        throw new VmsnapError('InvalidInput', `retention is applied by each run of the schedule: add --dry-run to see what it would keep and delete now (vmsnap schedule trigger ${name} runs it)`);
-      }
-      const policy = retentionOf(opts);
-      const plan = await schedules.previewRetention(await session.getClient(), session.getConfig(), name, policy ? { policy } : {});
-      session.show(g, { ...plan, dryRun: true }, () => retentionPlanText(name, plan));
-    }));
+    .action(
+      withGlobals(async (g, name: string, opts: { dryRun?: boolean; keepLast?: number; keepDaily?: number; keepWeekly?: number }) => {
+        if (!opts.dryRun) {
+          throw new VmsnapError(
+            'InvalidInput',
+            `retention is applied by each run of the schedule: add --dry-run to see what it would keep and delete now (vmsnap schedule trigger ${name} runs it)`,
+          );
+        }
+        const policy = retentionOf(opts);
+        const plan = await schedules.previewRetention(await session.getClient(), session.getConfig(), name, policy ? { policy } : {});
+        session.show(g, { ...plan, dryRun: true }, () => retentionPlanText(name, plan));
+      }),
+    );
 }
 
 function describeText(d: VmsnapScheduleDetails): string {
@@ -197,13 +259,15 @@ function describeText(d: VmsnapScheduleDetails): string {
   if (!d.recentRuns.length) return settings;
   const runs = table([
     ['RUN', 'STARTED', 'STATUS', 'SNAPSHOTS', 'DELETED'],
-    ...[...d.recentRuns].reverse().map((r) => [
-      r.workflowId,
-      since(r.startedAt),
-      r.status ?? '-',
-      r.completed === undefined ? '-' : `${r.completed} ok, ${r.busy} busy, ${r.failed} failed`,
-      r.deletedImages === undefined ? '-' : String(r.deletedImages),
-    ]),
+    ...[...d.recentRuns]
+      .reverse()
+      .map((r) => [
+        r.workflowId,
+        since(r.startedAt),
+        r.status ?? '-',
+        r.completed === undefined ? '-' : `${r.completed} ok, ${r.busy} busy, ${r.failed} failed`,
+        r.deletedImages === undefined ? '-' : String(r.deletedImages),
+      ]),
   ]);
   return `${settings}\n\n${runs}`;
 }

@@ -36,92 +36,144 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
     .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
     .addOption(new Option('--format <format>', 'disk format of the image (default qcow2)').choices(['qcow2', 'raw']))
     .option('--compress', 'compress the qcow2 image: smaller upload, slower copy')
-    .addOption(new Option('--mode <mode>', 'live: copy while the guest runs; cold: pause it for the copy; auto: live where possible (default: the workers\' VMSNAP_DEFAULT_MODE)').choices(['auto', 'cold', 'live']))
-    .addOption(new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices(['try', 'require', 'never']))
+    .addOption(
+      new Option(
+        '--mode <mode>',
+        "live: copy while the guest runs; cold: pause it for the copy; auto: live where possible (default: the workers' VMSNAP_DEFAULT_MODE)",
+      ).choices(['auto', 'cold', 'live']),
+    )
+    .addOption(
+      new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices([
+        'try',
+        'require',
+        'never',
+      ]),
+    )
     .option('--image-id <uuid>', 'id of the new image (default: a new UUID, printed at once)')
     .option('--wait', 'wait until the snapshot ends, showing its progress')
     .addHelpText('after', `\n${EXIT_CODES_HELP}\n`)
-    .action(withGlobals(async (g, instance: string, opts: { name: string; metadata?: Record<string, string>; format?: 'qcow2' | 'raw'; compress?: boolean; mode?: 'auto' | 'cold' | 'live'; quiesce?: 'try' | 'require' | 'never'; imageId?: string; wait?: boolean }) => {
-      const request: SnapshotRequest = {
-        instance,
-        imageName: opts.name,
-        // The image id is chosen here so that it is known (and printed) from the first moment.
-        imageId: opts.imageId ?? randomUUID(),
-        ...(opts.metadata ? { metadata: opts.metadata } : {}),
-        ...(opts.format ? { diskFormat: opts.format } : {}),
-        ...(opts.compress ? { compress: true } : {}),
-        ...(opts.mode ? { mode: opts.mode } : {}),
-        ...(opts.quiesce ? { quiesce: opts.quiesce } : {}),
-      };
-      // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
-      const problems = validateSnapshotRequest(request);
-      if (problems.length) {
-        throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`, { problems });
-      }
-      const config = session.getConfig();
-      const client = await session.getClient();
-      const handle = await startSnapshot(client, request, config.temporal.taskQueue);
-      const runId = handle.firstExecutionRunId;
-      const started = { workflowId: handle.workflowId, runId, instance, imageId: request.imageId! };
-      if (!opts.wait) {
-        if (g.json) session.json({ ...started, status: 'running' });
-        session.say(g, `started snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
-        session.say(g, `follow it with: vmsnap status ${instance}${session.webUiLink(handle.workflowId, runId) ? `, or ${session.webUiLink(handle.workflowId, runId)}` : ''}`);
-        return;
-      }
-      session.say(g, `snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
-      const { cause, ...outcome } = await waitAndReport(session, g, handle, instance);
-      if (g.json) session.json({ ...started, ...outcome });
-      if (outcome.result) session.say(g, resultText(instance, outcome.result, session.webUiLink(handle.workflowId, runId)));
-      // After the JSON document, so that stdout holds that one document (with the error in it).
-      if (cause) session.fail(g, cause);
-    }));
+    .action(
+      withGlobals(
+        async (
+          g,
+          instance: string,
+          opts: {
+            name: string;
+            metadata?: Record<string, string>;
+            format?: 'qcow2' | 'raw';
+            compress?: boolean;
+            mode?: 'auto' | 'cold' | 'live';
+            quiesce?: 'try' | 'require' | 'never';
+            imageId?: string;
+            wait?: boolean;
+          },
+        ) => {
+          const request: SnapshotRequest = {
+            instance,
+            imageName: opts.name,
+            // The image id is chosen here so that it is known (and printed) from the first moment.
+            imageId: opts.imageId ?? randomUUID(),
+            ...(opts.metadata ? { metadata: opts.metadata } : {}),
+            ...(opts.format ? { diskFormat: opts.format } : {}),
+            ...(opts.compress ? { compress: true } : {}),
+            ...(opts.mode ? { mode: opts.mode } : {}),
+            ...(opts.quiesce ? { quiesce: opts.quiesce } : {}),
+          };
+          // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
+          const problems = validateSnapshotRequest(request);
+          if (problems.length) {
+            throw new VmsnapError(
+              'InvalidInput',
+              `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`,
+              { problems },
+            );
+          }
+          const config = session.getConfig();
+          const client = await session.getClient();
+          const handle = await startSnapshot(client, request, config.temporal.taskQueue);
+          const runId = handle.firstExecutionRunId;
+          const started = { workflowId: handle.workflowId, runId, instance, imageId: request.imageId! };
+          if (!opts.wait) {
+            if (g.json) session.json({ ...started, status: 'running' });
+            session.say(g, `started snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
+            session.say(
+              g,
+              `follow it with: vmsnap status ${instance}${session.webUiLink(handle.workflowId, runId) ? `, or ${session.webUiLink(handle.workflowId, runId)}` : ''}`,
+            );
+            return;
+          }
+          session.say(g, `snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
+          const { cause, ...outcome } = await waitAndReport(session, g, handle, instance);
+          if (g.json) session.json({ ...started, ...outcome });
+          if (outcome.result) session.say(g, resultText(instance, outcome.result, session.webUiLink(handle.workflowId, runId)));
+          // After the JSON document, so that stdout holds that one document (with the error in it).
+          if (cause) session.fail(g, cause);
+        },
+      ),
+    );
 
   program
     .command('status')
     .description("show a snapshot's state: phase, percent and bytes while it runs, its result or error after")
     .argument('<instance|workflow-id>', 'instance UUID or name (its latest snapshot), or a workflow id')
-    .action(withGlobals(async (g, ref: string) => {
-      const config = session.getConfig();
-      const client = await session.getClient();
-      const found = await findSnapshot(client, ref, await instanceAliases(config, ref));
-      if (!found) throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
-      const handle = client.workflow.getHandle(found.workflowId, found.runId) as SnapshotHandle;
-      const doc: SnapshotSummary & { progress?: SnapshotProgressDetails; progressError?: string; result?: SnapshotResult; error?: Outcome['error'] } = { ...found };
-      if (found.status === 'running') {
-        try {
-          doc.progress = await client.withDeadline(Date.now() + 5000, () => getProgress(handle));
-        } catch (err) {
-          doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
+    .action(
+      withGlobals(async (g, ref: string) => {
+        const config = session.getConfig();
+        const client = await session.getClient();
+        const found = await findSnapshot(client, ref, await instanceAliases(config, ref));
+        if (!found)
+          throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
+        const handle = client.workflow.getHandle(found.workflowId, found.runId) as SnapshotHandle;
+        const doc: SnapshotSummary & {
+          progress?: SnapshotProgressDetails;
+          progressError?: string;
+          result?: SnapshotResult;
+          error?: Outcome['error'];
+        } = { ...found };
+        if (found.status === 'running') {
+          try {
+            doc.progress = await client.withDeadline(Date.now() + 5000, () => getProgress(handle));
+          } catch (err) {
+            doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
+          }
+        } else {
+          const ended = outcomeOf(
+            await snapshotResult(handle).then(
+              (result) => ({ result }),
+              (error: unknown) => ({ error }),
+            ),
+          );
+          doc.result = ended.result;
+          doc.error = ended.error;
         }
-      } else {
-        const ended = outcomeOf(await snapshotResult(handle).then((result) => ({ result }), (error: unknown) => ({ error })));
-        doc.result = ended.result;
-        doc.error = ended.error;
-      }
-      session.show(g, doc, () => {
-        const p = doc.progress;
-        const view = new ProgressView(io.stdout, 'plain');
-        const link = session.webUiLink(found.workflowId, found.runId);
-        return table([
-          ['workflow', `${found.workflowId} (run ${found.runId})`],
-          ['status', found.status],
-          ['phase', p ? describeProgress(view, p) : (found.phase ?? '-')],
-          ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
-          ['image', doc.result?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
-          ...(p ? [['task state', p.taskState ?? 'None']] : []),
-          ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
-          ['started', since(found.startTime)],
-          ['closed', since(found.closeTime)],
-          ...(doc.result ? [['size', `${formatBytes(doc.result.size)} ${doc.result.diskFormat}, sha512 ${doc.result.sha512.slice(0, 16)}…`]] : []),
-          ...(doc.result ? [['paused', formatDuration(doc.result.guestPauseMs)]] : []),
-          ...(doc.result?.guestWriteStallMs !== undefined ? [['writes held', `${doc.result.guestWriteStallMs} ms at most (live copy)`]] : []),
-          ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
-          ...(doc.progressError ? [['note', doc.progressError]] : []),
-          ...(link ? [['web UI', link]] : []),
-        ]);
-      });
-    }));
+        session.show(g, doc, () => {
+          const p = doc.progress;
+          const view = new ProgressView(io.stdout, 'plain');
+          const link = session.webUiLink(found.workflowId, found.runId);
+          return table([
+            ['workflow', `${found.workflowId} (run ${found.runId})`],
+            ['status', found.status],
+            ['phase', p ? describeProgress(view, p) : (found.phase ?? '-')],
+            ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
+            ['image', doc.result?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
+            ...(p ? [['task state', p.taskState ?? 'None']] : []),
+            ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
+            ['started', since(found.startTime)],
+            ['closed', since(found.closeTime)],
+            ...(doc.result
+              ? [['size', `${formatBytes(doc.result.size)} ${doc.result.diskFormat}, sha512 ${doc.result.sha512.slice(0, 16)}…`]]
+              : []),
+            ...(doc.result ? [['paused', formatDuration(doc.result.guestPauseMs)]] : []),
+            ...(doc.result?.guestWriteStallMs !== undefined
+              ? [['writes held', `${doc.result.guestWriteStallMs} ms at most (live copy)`]]
+              : []),
+            ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
+            ...(doc.progressError ? [['note', doc.progressError]] : []),
+            ...(link ? [['web UI', link]] : []),
+          ]);
+        });
+      }),
+    );
 
   program
     .command('list')
@@ -129,41 +181,44 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
     .option('--instance <instance>', 'only snapshots of this instance (UUID or name)')
     .addOption(new Option('--status <status>', 'only snapshots in this state').choices(Object.keys(LISTABLE_STATUSES)))
     .option('--limit <n>', 'at most this many', positiveInt, 20)
-    .action(withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
-      const instance = await instanceFilter(session, opts.instance);
-      const rows = await listSnapshots(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
-      session.showList(g, rows, {
-        empty: 'no snapshots found',
-        header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
-        row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
-      });
-    }));
+    .action(
+      withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
+        const instance = await instanceFilter(session, opts.instance);
+        const rows = await listSnapshots(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
+        session.showList(g, rows, {
+          empty: 'no snapshots found',
+          header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
+          row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
+        });
+      }),
+    );
 
   program
     .command('cancel')
     .description('cancel a running snapshot: it resumes the guest, deletes the unfinished image and ends cancelled')
     .argument('<instance|workflow-id>', 'instance UUID or name, or a workflow id')
     .option('--wait', 'wait until the snapshot has undone its work and ended')
-    .action(withGlobals(async (g, ref: string, opts: { wait?: boolean }) => {
-      const config = session.getConfig();
-      const client = await session.getClient();
-      const { handle, runId } = await cancelSnapshot(client, ref, await instanceAliases(config, ref));
-      const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
-      if (!opts.wait) {
-        if (g.json) session.json(doc);
-        session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap status ${ref}`);
-        return;
-      }
-      const outcome = outcomeOf(await follow(session, handle, undefined, 1000));
-      if (g.json) session.json({ ...doc, ...outcome });
-      if (outcome.status === 'cancelled') {
-        session.say(g, `snapshot ${handle.workflowId} cancelled: the guest is back in its prior state and no image was kept`);
-      } else {
-        session.exitCode = EXIT.failed;
-        io.stderr.write(`vmsnap: the snapshot ended ${outcome.status} before the cancellation took effect: see vmsnap status ${ref}\n`);
-      }
-    }));
-
+    .action(
+      withGlobals(async (g, ref: string, opts: { wait?: boolean }) => {
+        const config = session.getConfig();
+        const client = await session.getClient();
+        const { handle, runId } = await cancelSnapshot(client, ref, await instanceAliases(config, ref));
+        const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
+        if (!opts.wait) {
+          if (g.json) session.json(doc);
+          session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap status ${ref}`);
+          return;
+        }
+        const outcome = outcomeOf(await follow(session, handle, undefined, 1000));
+        if (g.json) session.json({ ...doc, ...outcome });
+        if (outcome.status === 'cancelled') {
+          session.say(g, `snapshot ${handle.workflowId} cancelled: the guest is back in its prior state and no image was kept`);
+        } else {
+          session.exitCode = EXIT.failed;
+          io.stderr.write(`vmsnap: the snapshot ended ${outcome.status} before the cancellation took effect: see vmsnap status ${ref}\n`);
+        }
+      }),
+    );
 }
 
 function resultText(instance: string, result: SnapshotResult, link: string | undefined): string {
@@ -179,7 +234,9 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  md5       ${result.md5}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
     `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
-    ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
+    ...(result.guestWriteStallMs !== undefined
+      ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`]
+      : []),
     `  phases    ${phases}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');
