@@ -23,6 +23,7 @@ import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
 import { startWriteWatch } from './libvirt-writes.js';
 import { attrs, firstTagAttrs, firstText } from './libvirt-xml.js';
+import { VirshShells, type VirshOutput } from './virsh-shell.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 // A stuck libvirtd (e.g. a domain job holding its lock) should fail the call, not hang it.
@@ -96,10 +97,12 @@ function parseRootDisk(xml: string, id: string): RootDisk {
 export class LibvirtHypervisor implements Hypervisor {
   private readonly uri: string;
   private readonly live: LiveCopier;
+  private readonly shells: VirshShells;
 
   constructor(opts: { uri: string }) {
     if (!opts.uri) throw new VmsnapError('ConfigError', 'libvirt URI is empty (e.g. qemu:///system)');
     this.uri = opts.uri;
+    this.shells = new VirshShells(opts.uri);
     this.live = new LiveCopier(
       (args, id, timeoutMs) => this.virsh(args, id, timeoutMs),
       (id) => this.state(id),
@@ -112,14 +115,9 @@ export class LibvirtHypervisor implements Hypervisor {
    * (retryable) otherwise.
    */
   private async virsh(args: string[], id?: string, timeoutMs = VIRSH_TIMEOUT_MS): Promise<string> {
-    const r = await execa('virsh', ['-c', this.uri, ...args], {
-      env: { LC_ALL: 'C' },
-      reject: false,
-      stdin: 'ignore',
-      timeout: timeoutMs,
-    });
+    const r = (await this.shells.run(args, timeoutMs)) ?? (await this.virshProcess(args, timeoutMs));
     if (!r.failed) return r.stdout;
-    if (r.exitCode === undefined && !r.signal && (r as { code?: string }).code === 'ENOENT') {
+    if (r.spawnError?.code === 'ENOENT') {
       throw new VmsnapError('ConfigError', 'virsh not found in PATH: install libvirt-clients');
     }
     const said = r.stderr
@@ -129,7 +127,7 @@ export class LibvirtHypervisor implements Hypervisor {
       .join('; ');
     const why = r.timedOut
       ? `no answer after ${timeoutMs / 1000} s${said ? ` (${said})` : ''}`
-      : said || (r.shortMessage ?? 'virsh failed without a message');
+      : said || 'virsh failed without a message';
     const details = { command: ['virsh', ...args].join(' '), stderr: r.stderr };
     if (id && NOT_FOUND_RE.test(why)) {
       throw new VmsnapError('InstanceNotFound', `instance ${id} does not exist on this host (${this.uri})`, details);
@@ -138,6 +136,19 @@ export class LibvirtHypervisor implements Hypervisor {
       throw new VmsnapError('InstanceInvalidState', `instance ${id}: virsh ${args[0]}: ${why}`, details);
     }
     throw new VmsnapError('HypervisorError', `virsh ${args[0]} failed: ${why}`, details);
+  }
+
+  /** A virsh process of its own, for arguments a shell line cannot carry. */
+  private async virshProcess(args: string[], timeoutMs: number): Promise<VirshOutput> {
+    const r = await execa('virsh', ['-c', this.uri, ...args], { env: { LC_ALL: 'C' }, reject: false, stdin: 'ignore', timeout: timeoutMs });
+    const code = (r as { code?: string }).code;
+    return {
+      stdout: r.stdout,
+      stderr: r.stderr || (r.failed ? (r.shortMessage ?? '') : ''),
+      failed: r.failed,
+      timedOut: r.timedOut,
+      ...(r.exitCode === undefined && !r.signal && code ? { spawnError: Object.assign(new Error(r.shortMessage), { code }) } : {}),
+    };
   }
 
   private async state(id: string): Promise<PowerState> {
