@@ -8,6 +8,10 @@ import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import type { Consistency, DiskFormat, StepProgress } from '../shared/types.js';
 import { VmsnapError } from '../shared/errors.js';
+import type { FailureType } from '../shared/failures.js';
+import { fsyncFileAndEntry } from '../drivers/files.js';
+import { ApplicationFailure } from '@temporalio/activity';
+import { resumeIfPresent, type ResumeOutcome } from './power.js';
 
 export interface ConvertDiskInput {
   instanceId: string;
@@ -16,6 +20,28 @@ export interface ConvertDiskInput {
   compress: boolean;
   /** -U: read past QEMU's image lock. Safe only while the guest is paused. */
   forceShare: boolean;
+}
+
+export interface ColdCopyDiskInput {
+  instanceId: string;
+  imageId: string;
+  diskFormat: DiskFormat;
+  compress: boolean;
+  /** The snapshot run: the pause and the resume are recorded under it. */
+  owner: string;
+  /** Pause a running guest for the copy (and resume it); false for a paused or shut-off one. */
+  pause: boolean;
+  /** -U: read past QEMU's image lock; for a guest whose QEMU runs (paused). */
+  forceShare: boolean;
+  /** With pause: the copy is given up and the guest resumed when it stays paused longer (0: no limit). */
+  pauseBudgetMs: number;
+}
+
+export interface ColdCopiedDisk extends ConvertedDisk {
+  /** From the pause to the resume, ms (0 without a pause). */
+  guestPauseMs: number;
+  /** What the resume found, with a pause: resumed, or the guest gone or no longer paused. */
+  resumeOutcome?: ResumeOutcome;
 }
 
 export interface LiveCopyDiskInput {
@@ -73,16 +99,40 @@ async function freshDir(snapshotsDir: string, imageId: string): Promise<string> 
   return dir;
 }
 
+// A resume that fails is tried again this often before the step gives up (the workflow's
+// compensation then resumes, with retries of its own).
+const RESUME_ATTEMPTS = 3;
+
 export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, settings }: ActivityDeps) {
   /** Private file, checked (qcow2) and measured: what the upload may send. */
-  async function finish(path: string, diskFormat: DiskFormat): Promise<ConvertedDisk> {
+  async function finish(path: string, diskFormat: DiskFormat, knownVirtualSize?: number): Promise<ConvertedDisk> {
     await chmod(path, 0o600);
-    const info = await diskTool.info(path, { format: diskFormat });
+    const virtualSize = knownVirtualSize ?? (await diskTool.info(path, { format: diskFormat })).virtualSize;
     if (diskFormat === 'qcow2') {
       const check = await diskTool.check(path, 'qcow2');
       if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of the copy failed: ${check.message}`);
     }
-    return { path, diskFormat, size: (await stat(path)).size, virtualSize: info.virtualSize };
+    return { path, diskFormat, size: (await stat(path)).size, virtualSize };
+  }
+
+  /** The recorded resume: retried a little here, since a retry of the whole step would pause the guest again. */
+  async function resume(instanceId: string, owner: string): Promise<ResumeOutcome> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const outcome = await resumeIfPresent(hypervisor, instanceId);
+        await store.recordEvent({ instanceId, action: 'createImage', event: 'resume', requestId: owner, details: { outcome } });
+        return outcome;
+      } catch (err) {
+        if (attempt >= RESUME_ATTEMPTS) {
+          throw ApplicationFailure.create({
+            type: 'HypervisorError',
+            message: `the guest could not be resumed after the copy: ${(err as Error).message}`,
+            nonRetryable: true, // the workflow's compensation resumes it
+          });
+        }
+        await new Promise((r) => setTimeout(r, 200 * attempt));
+      }
+    }
   }
 
   return {
@@ -116,6 +166,80 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
         return await finish(target, input.diskFormat);
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
+        throw err;
+      } finally {
+        stop();
+      }
+    },
+
+    /**
+     * Nova's cold snapshot in one host step: suspend, qemu-img convert, resume. Whatever can wait
+     * is kept out of the pause: the disk, its size and the target are looked up before it, and the
+     * copy's fsync and check come after the resume. The guest is resumed on every path but a dead
+     * worker's (then the workflow's compensation or the reconciler resume it: the pause is recorded
+     * before it happens). A failure after the resume says so (details.guestResumed).
+     */
+    async coldCopyDisk(input: ColdCopyDiskInput): Promise<ColdCopiedDisk> {
+      const { instanceId, owner } = input;
+      const disk = await hypervisor.rootDisk(instanceId);
+      const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
+      const dir = await freshDir(snapshotsDir, input.imageId);
+      const target = join(dir, `disk.${input.diskFormat}`);
+      await writeFile(target, '', { mode: 0o600 });
+      let percent = 0;
+      const stop = keepHeartbeating((): StepProgress => ({
+        phase: 'converting',
+        percent,
+        bytesDone: Math.round((bytesTotal * percent) / 100),
+        bytesTotal,
+      }));
+      const budget = new AbortController();
+      let overBudget: NodeJS.Timeout | undefined;
+      let pausedAt = 0;
+      let resumedAt = 0;
+      let resumeOutcome: ResumeOutcome | undefined;
+      try {
+        if (input.pause) {
+          await store.recordEvent({ instanceId, action: 'createImage', event: 'pause', requestId: owner, details: {} });
+          await hypervisor.pause(instanceId);
+          pausedAt = Date.now();
+          if (input.pauseBudgetMs > 0) overBudget = setTimeout(() => budget.abort(), input.pauseBudgetMs);
+        }
+        try {
+          await diskTool.convert({
+            source: disk.path,
+            sourceFormat: disk.format,
+            target,
+            targetFormat: input.diskFormat,
+            compress: input.compress,
+            forceShare: input.forceShare,
+            onProgress: (p) => (percent = p),
+            signal: AbortSignal.any([Context.current().cancellationSignal, budget.signal]),
+            fsync: false, // after the resume: the guest need not wait for our disk
+          });
+        } finally {
+          clearTimeout(overBudget);
+          if (input.pause) {
+            resumeOutcome = await resume(instanceId, owner);
+            resumedAt = Date.now();
+          }
+        }
+        await fsyncFileAndEntry(target);
+        const copy = await finish(target, input.diskFormat, bytesTotal);
+        return { ...copy, guestPauseMs: resumedAt - pausedAt, ...(resumeOutcome ? { resumeOutcome } : {}) };
+      } catch (err) {
+        await rm(dir, { recursive: true, force: true });
+        // Set once the guest runs again: the workflow need not resume it.
+        const resumed = resumeOutcome !== undefined;
+        if (budget.signal.aborted && resumed) {
+          throw ApplicationFailure.create({
+            type: 'PauseBudgetExceeded' satisfies FailureType,
+            message: `the copy took longer than the pause budget of ${input.pauseBudgetMs} ms; the guest was resumed`,
+            nonRetryable: true,
+            details: [{ guestResumed: true }],
+          });
+        }
+        if (resumed && err instanceof VmsnapError) err.details.guestResumed = true;
         throw err;
       } finally {
         stop();

@@ -4,7 +4,7 @@
 // recorded as an event before it happens, and each resume after: if a snapshot's workflow is lost
 // (terminated) in between, the reconciler knows the guest was paused by vmsnap and resumes it.
 import type { ActivityDeps } from './deps.js';
-import type { PowerState } from '../drivers/hypervisor.js';
+import type { LiveCopySupport, PowerState } from '../drivers/hypervisor.js';
 import { VmsnapError } from '../shared/errors.js';
 
 export interface PowerChange {
@@ -35,6 +35,13 @@ export function powerActivities({ hypervisor, store }: Pick<ActivityDeps, 'hyper
       return hypervisor.liveCopySupport(instanceId);
     },
 
+    /** The power state and, for a running guest when asked, whether it can be copied live: one host step. */
+    async inspectInstance(input: { instanceId: string; liveSupport: boolean }): Promise<InstanceInspection> {
+      const { powerState } = await hypervisor.getInstance(input.instanceId);
+      if (!input.liveSupport || powerState !== 'running') return { powerState };
+      return { powerState, liveSupport: await hypervisor.liveCopySupport(input.instanceId) };
+    },
+
     /**
      * Runs on every path, also as compensation. An instance that is gone or no longer paused
      * (shut down, crashed) has nothing to resume: that is reported, not retried forever.
@@ -46,6 +53,12 @@ export function powerActivities({ hypervisor, store }: Pick<ActivityDeps, 'hyper
       return { resumedAt, outcome };
     },
   };
+}
+
+export interface InstanceInspection {
+  powerState: PowerState;
+  /** Asked for and running only. */
+  liveSupport?: LiveCopySupport;
 }
 
 export type ResumeOutcome = 'resumed' | 'gone' | 'not-paused';

@@ -125,9 +125,7 @@ export class LibvirtHypervisor implements Hypervisor {
       .map((l) => l.replace(/^error: /, '').trim())
       .filter(Boolean)
       .join('; ');
-    const why = r.timedOut
-      ? `no answer after ${timeoutMs / 1000} s${said ? ` (${said})` : ''}`
-      : said || 'virsh failed without a message';
+    const why = r.timedOut ? `no answer after ${timeoutMs / 1000} s${said ? ` (${said})` : ''}` : said || 'virsh failed without a message';
     const details = { command: ['virsh', ...args].join(' '), stderr: r.stderr };
     if (id && NOT_FOUND_RE.test(why)) {
       throw new VmsnapError('InstanceNotFound', `instance ${id} does not exist on this host (${this.uri})`, details);

@@ -43,6 +43,8 @@ export interface ConvertOptions {
   rateLimitMiBps?: number;
   /** -m: parallel requests (qemu-img's default is 8). */
   parallel?: number;
+  /** fsync the target before resolving (default true). false: the caller makes it durable later, e.g. after a guest's pause. */
+  fsync?: boolean;
 }
 
 export interface ImageInfo {
@@ -238,7 +240,7 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   }
   // qemu-img convert writes its output with cache=unsafe (no flush at all): make the image durable
   // so a host crash cannot leave a file that looks complete but holds stale or zero blocks.
-  await fsyncFileAndEntry(opts.target);
+  if (opts.fsync !== false) await fsyncFileAndEntry(opts.target);
 }
 
 interface QemuImgInfoJson {

@@ -5,6 +5,7 @@
 // an instance fault is recorded. Deterministic code only: all I/O lives in activities.
 import {
   ActivityCancellationType,
+  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   condition,
@@ -26,6 +27,7 @@ import {
 import type { SlotActivities } from '../activities/index.js';
 import {
   Compensations,
+  LOCAL_STORE_STEP,
   RETRY,
   STORE_STEP,
   commonSteps,
@@ -34,6 +36,7 @@ import {
   lookUpInstance,
   onHost,
   onMain,
+  onMainLocal,
   setDetails,
   typedFailure,
 } from './steps.js';
@@ -48,6 +51,23 @@ export const progressQuery = defineQuery<SnapshotProgress>('progress');
 
 const retry = RETRY;
 const storeOptions = STORE_STEP;
+
+/**
+ * Snapshots started from here on take the lean shape (issue 15): store steps and the Glance
+ * record as local activities, power state and live support read in one host step, the cold copy
+ * (suspend, convert, resume) as one host step, image_pending_upload from the start of the copy as
+ * in Nova, and the temp dir removed while the task state is reset. Runs started before replay the
+ * steps they recorded.
+ */
+const LEAN = 'lean-snapshot';
+// The workflow's own pause-budget timer backs up the host step's, which is exact: it only fires
+// when the host worker cannot keep its own (it hangs or died).
+const PAUSE_BUDGET_MARGIN_MS = 2000;
+
+/** A store step: local in the lean shape, else an activity on the main queue. */
+function onStore(lean: boolean, summary: string) {
+  return lean ? onMainLocal(LOCAL_STORE_STEP, summary) : onMain(storeOptions, summary);
+}
 
 const snapshotsTotal = metricMeter.createCounter('vmsnap_snapshots', 'snapshots', 'Snapshots by outcome');
 const pauseDuration = metricMeter.createHistogram('vmsnap_pause_duration', 'int', 'ms', 'How long vmsnap kept a guest paused');
@@ -116,24 +136,27 @@ interface Snapshot {
   steps: Steps;
   track: Tracker;
   undo: Compensations;
+  /** The lean shape (see LEAN); false while replaying a run started before it. */
+  lean: boolean;
 }
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
   refuseInvalid(request);
+  const lean = patched(LEAN);
   const { workflowId, runId } = workflowInfo();
   const owner = `${workflowId}/${runId}`;
   const imageId = request.imageId ?? uuid4();
   const diskFormat = request.diskFormat ?? 'qcow2';
   const track = new Tracker(request, imageId, diskFormat);
-  const settings = await onMain(storeOptions, 'read snapshot settings of the workers').getSnapshotSettings();
+  const settings = await onStore(lean, 'read snapshot settings of the workers').getSnapshotSettings();
   const slot = new HostSlot(owner);
 
   // 1. findInstance: the inventory, and on a miss every host rediscovers.
-  const { id: instanceId, host, baseImageRef } = await findInstance(request.instance, settings, track);
+  const { id: instanceId, host, baseImageRef } = await findInstance(request.instance, settings, track, lean);
   track.found(instanceId, host);
   const steps = stepOptions(settings, host);
   const undo = new Compensations({ instanceId, imageId });
-  const s: Snapshot = { request, owner, imageId, diskFormat, instanceId, settings, steps, track, undo };
+  const s: Snapshot = { request, owner, imageId, diskFormat, instanceId, settings, steps, track, undo, lean };
   const task = taskState(s);
   try {
     // 2. Task state None → image_snapshot_pending by compare-and-swap, else InstanceBusy.
@@ -143,7 +166,14 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     // 3. createImageRecord: Glance image with our id, status queued.
     track.enter('creating-image');
     const image = undo.push('delete image', () => onMain(steps.image, 'compensation: delete the image').deleteImageRecord(imageId));
-    await onMain(steps.image, `create image ${imageId} in Glance`).createImageRecord({
+    const glance = lean
+      ? onMainLocal(
+          // A cancelled snapshot deletes the image: its creation must be over by then.
+          { ...steps.image, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED },
+          `create image ${imageId} in Glance`,
+        )
+      : onMain(steps.image, `create image ${imageId} in Glance`);
+    await glance.createImageRecord({
       imageId,
       imageName: request.imageName,
       instanceId,
@@ -160,20 +190,21 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     track.enter('waiting-for-host');
     await slot.acquire(steps.slot, host);
 
-    // 5-7. The copy: live while the guest runs, or cold (pause, convertDisk, resume).
-    const priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
-    if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure(
-        'InstanceInvalidState',
-        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`,
-      );
+    // 5-7. The copy: live while the guest runs, or cold (pause, convert, resume).
+    const { priorPowerState, mode, modeReason } = lean ? await inspect(s) : await inspectStepByStep(s);
+    let copy: Copy;
+    if (lean) {
+      // 8. As Nova's libvirt driver: image_pending_upload while the copy is made, image_uploading after.
+      await task.set('image_snapshot', 'image_pending_upload');
+      copy = mode === 'live' ? await liveCopy(s) : await coldCopyInOneStep(s, priorPowerState);
+      await task.set('image_pending_upload', 'image_uploading');
+    } else {
+      copy = mode === 'live' ? await liveCopy(s) : await coldCopy(s, priorPowerState);
+      await task.set('image_snapshot', 'image_pending_upload');
+      await task.set('image_pending_upload', 'image_uploading');
     }
-    const { mode, modeReason } = await chooseMode(s, priorPowerState);
-    const copy = mode === 'live' ? await liveCopy(s) : await coldCopy(s, priorPowerState);
 
-    // 8-9. Task state → image_pending_upload → image_uploading; upload, verified against Glance.
-    await task.set('image_snapshot', 'image_pending_upload');
-    await task.set('image_pending_upload', 'image_uploading');
+    // 9. Upload, verified against Glance.
     track.enter('uploading');
     const uploaded = await onHost(steps.upload, `upload ${copy.size} bytes to Glance and verify`).uploadImage({
       imageId,
@@ -188,10 +219,24 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
 
     // 10. Temp dir removed, task state → None, the result.
     track.enter('finishing');
-    await onHost(steps.cleanup, 'remove the snapshot temp dir').removeSnapshotFiles(imageId);
-    await task.set('image_uploading', null);
-    await recordEvent(s, 'finish', { imageId });
-    await slot.released();
+    if (lean) {
+      // Side by side: none waits for another. A temp dir that cannot be removed is the reconciler's.
+      await Promise.all([
+        onHost(steps.cleanup, 'remove the snapshot temp dir')
+          .removeSnapshotFiles(imageId)
+          .catch((e: Error) => {
+            if (isCancellation(e)) throw e;
+            log.warn('the snapshot temp dir was not removed; the reconciler will', { imageId, error: e.message });
+          }),
+        task.set('image_uploading', null).then(() => recordEvent(s, 'finish', { imageId })),
+        slot.released(),
+      ]);
+    } else {
+      await onHost(steps.cleanup, 'remove the snapshot temp dir').removeSnapshotFiles(imageId);
+      await task.set('image_uploading', null);
+      await recordEvent(s, 'finish', { imageId });
+      await slot.released();
+    }
     track.completed();
     log.info('snapshot completed', { imageId, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
     return {
@@ -241,8 +286,9 @@ function refuseInvalid(request: SnapshotRequest): void {
 }
 
 /** The inventory first; on a miss, every host rediscovers, then it is looked up again. */
-async function findInstance(ref: string, settings: SnapshotSettings, track: Tracker) {
-  const instance = await lookUpInstance(ref, storeOptions, (host) => stepOptions(settings, host).discovery);
+async function findInstance(ref: string, settings: SnapshotSettings, track: Tracker, lean: boolean) {
+  const discovery = (host: string) => stepOptions(settings, host).discovery;
+  const instance = await lookUpInstance(ref, storeOptions, discovery, lean ? LOCAL_STORE_STEP : undefined);
   if (instance) return instance;
   track.refused();
   throw instanceNotFound(ref);
@@ -252,7 +298,7 @@ async function findInstance(ref: string, settings: SnapshotSettings, track: Trac
 function taskState(s: Snapshot) {
   let acquired = false;
   const set = async (expected: TaskState | null, next: TaskState | null) => {
-    await onMain(s.steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({
+    await onStore(s.lean, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({
       instanceId: s.instanceId,
       expected,
       next,
@@ -268,16 +314,16 @@ function taskState(s: Snapshot) {
     },
     /** Compensation's end: task state None (if we still hold it), and a fault if we held it. */
     async release(result: unknown) {
-      const { instanceId, owner, imageId, undo, steps } = s;
+      const { instanceId, owner, imageId, undo } = s;
       await undo.attempt('reset task state', () =>
-        onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
+        onStore(s.lean, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
       );
       s.track.progress.taskState = null;
       if (!acquired) return;
       const code = result instanceof ApplicationFailure ? (result.type ?? 'SnapshotFailed') : 'Cancelled';
       const { workflowId, runId } = workflowInfo();
       await undo.attempt('record fault', () =>
-        onMain(steps.store, 'record instance fault').recordInstanceFault({
+        onStore(s.lean, 'record instance fault').recordInstanceFault({
           instanceId,
           code,
           message: s.track.progress.error ?? code,
@@ -290,7 +336,7 @@ function taskState(s: Snapshot) {
 }
 
 function recordEvent(s: Snapshot, event: string, details: Record<string, unknown>) {
-  return onMain(s.steps.store, `record ${event} event`).recordInstanceEvent({
+  return onStore(s.lean, `record ${event} event`).recordInstanceEvent({
     instanceId: s.instanceId,
     event,
     requestId: s.owner,
@@ -298,15 +344,56 @@ function recordEvent(s: Snapshot, event: string, details: Record<string, unknown
   });
 }
 
+type PriorPowerState = 'running' | 'paused' | 'shutdown';
+interface Inspected {
+  priorPowerState: PriorPowerState;
+  mode: Mode;
+  modeReason?: string;
+}
+
+function wantedMode(s: Snapshot) {
+  return s.request.mode ?? s.settings.defaultMode;
+}
+
+/** The power state and whether a running guest can be copied live, in one host step. */
+async function inspect(s: Snapshot): Promise<Inspected> {
+  const live = wantedMode(s) !== 'cold';
+  const { powerState, liveSupport } = await onHost(
+    s.steps.quick,
+    live ? 'read power state and live-copy support' : 'read power state',
+  ).inspectInstance({ instanceId: s.instanceId, liveSupport: live });
+  const priorPowerState = snapshottable(s, powerState);
+  return { priorPowerState, ...(await chooseMode(s, priorPowerState, async () => liveSupport ?? { supported: false })) };
+}
+
+/** The same in two host steps, as runs started before the lean shape recorded it. */
+async function inspectStepByStep(s: Snapshot): Promise<Inspected> {
+  const priorPowerState = snapshottable(s, await onHost(s.steps.quick, 'read power state').getPowerState(s.instanceId));
+  const support = () => onHost(s.steps.quick, 'can this host copy the disk live?').liveCopySupport(s.instanceId);
+  return { priorPowerState, ...(await chooseMode(s, priorPowerState, support)) };
+}
+
+function snapshottable(s: Snapshot, powerState: string): PriorPowerState {
+  if (powerState === 'running' || powerState === 'paused' || powerState === 'shutdown') return powerState;
+  throw failure(
+    'InstanceInvalidState',
+    `instance ${s.instanceId} is ${powerState}: only running, paused or shut-off instances can be snapshotted`,
+  );
+}
+
 /**
  * Live keeps a running guest running where the host can; a guest that is not running is copied
  * cold, which needs no pause either. `mode` "live" where the host cannot is refused.
  */
-async function chooseMode(s: Snapshot, priorPowerState: string): Promise<{ mode: Mode; modeReason?: string }> {
-  const wanted = s.request.mode ?? s.settings.defaultMode;
+async function chooseMode(
+  s: Snapshot,
+  priorPowerState: string,
+  liveSupport: () => Promise<{ supported: boolean; reason?: string }>,
+): Promise<{ mode: Mode; modeReason?: string }> {
+  const wanted = wantedMode(s);
   if (wanted === 'cold') return { mode: 'cold' };
   if (priorPowerState !== 'running') return { mode: 'cold', modeReason: `the instance is ${priorPowerState}: a cold copy needs no pause` };
-  const support = await onHost(s.steps.quick, 'can this host copy the disk live?').liveCopySupport(s.instanceId);
+  const support = await liveSupport();
   if (support.supported) return { mode: 'live' };
   if (wanted === 'live') {
     throw failure(
@@ -342,6 +429,60 @@ async function liveCopy(s: Snapshot): Promise<Copy> {
     quiesce: request.quiesce ?? 'try',
     owner,
   });
+}
+
+/**
+ * Nova's way: a running guest is paused for the copy and resumed before the upload, all in one
+ * host step, so that no trip through Temporal falls into the pause.
+ */
+async function coldCopyInOneStep(s: Snapshot, priorPowerState: PriorPowerState): Promise<Copy> {
+  const { instanceId, owner, steps, track } = s;
+  const pause = priorPowerState === 'running';
+  track.enter('converting');
+  // The host step resumes on every path but a dead worker's; then this does.
+  const paused = pause
+    ? s.undo.push('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }), {
+        guest: true,
+      })
+    : undefined;
+  removeTempDir(s);
+  const budgetMs = s.settings.pauseBudgetMs;
+  const copy = () =>
+    onHost(
+      steps.convert,
+      pause ? `pause, copy the root disk to ${s.diskFormat}, resume` : `copy the root disk to ${s.diskFormat}`,
+    ).coldCopyDisk({
+      instanceId,
+      imageId: s.imageId,
+      diskFormat: s.diskFormat,
+      compress: s.request.compress ?? false,
+      owner,
+      pause,
+      // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
+      forceShare: priorPowerState !== 'shutdown',
+      pauseBudgetMs: pause ? budgetMs : 0,
+    });
+  let disk;
+  try {
+    disk = pause && budgetMs > 0 ? await withinPauseBudget(copy, budgetMs + PAUSE_BUDGET_MARGIN_MS, budgetMs) : await copy();
+  } catch (err) {
+    if (guestResumed(err)) paused?.drop();
+    throw err;
+  }
+  paused?.drop();
+  const { guestPauseMs, resumeOutcome, ...converted } = disk;
+  if (!pause) return { ...converted, consistency: 'crash-consistent', guestPauseMs: 0 };
+  track.paused(guestPauseMs);
+  if (resumeOutcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
+  if (resumeOutcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
+  return { ...converted, consistency: 'crash-consistent', guestPauseMs };
+}
+
+/** The host step failed after it had resumed the guest (it says so in its failure's details). */
+function guestResumed(err: unknown): boolean {
+  const cause = err instanceof ActivityFailure ? err.cause : undefined;
+  const details = cause instanceof ApplicationFailure ? cause.details?.[0] : undefined;
+  return (details as { guestResumed?: unknown } | undefined)?.guestResumed === true;
 }
 
 /** Nova's way: a running guest is paused for the copy and resumed before the upload. */
@@ -389,7 +530,7 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
  * Runs the copy, cancelling it when the guest has been paused longer than the budget: the
  * cancelled convert kills qemu-img, and the caller's compensation resumes the guest.
  */
-async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number): Promise<T> {
+async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number, reportedMs = budgetMs): Promise<T> {
   const copyScope = new CancellationScope();
   const timerScope = new CancellationScope();
   let exceeded = false;
@@ -406,7 +547,7 @@ async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number): P
     return await copyScope.run(copy);
   } catch (err) {
     if (exceeded)
-      throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${budgetMs} ms; the guest was resumed`);
+      throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${reportedMs} ms; the guest was resumed`);
     throw err;
   } finally {
     timerScope.cancel();

@@ -8,8 +8,10 @@ import {
   isCancellation,
   log,
   proxyActivities,
+  proxyLocalActivities,
   setCurrentDetails,
   type ActivityOptions,
+  type LocalActivityOptions,
 } from '@temporalio/workflow';
 import type { HostActivities, MainActivities } from '../activities/index.js';
 import type { InstanceRecord } from '../store/store.js';
@@ -25,6 +27,8 @@ export const RETRY = {
   nonRetryableErrorTypes: PERMANENT_FAILURE_TYPES,
 };
 export const STORE_STEP: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...RETRY, maximumAttempts: 10 } };
+/** The same as a local activity: run by the workflow's own worker, with no round trip through the server. */
+export const LOCAL_STORE_STEP: LocalActivityOptions = { startToCloseTimeout: '30s', retry: { ...RETRY, maximumAttempts: 10 } };
 
 /** The steps both sagas take, from the worker's settings (recorded in history). */
 export function commonSteps(settings: SnapshotSettings, host: string) {
@@ -55,6 +59,14 @@ export function onHost(options: ActivityOptions, summary: string) {
 export function onMain(options: ActivityOptions, summary: string) {
   return proxyActivities<MainActivities>({ ...options, summary });
 }
+/**
+ * A short main-queue step (a store write, a Glance record) as a local activity: the workflow's
+ * worker runs it within the workflow task, so it costs the step itself, not two trips through
+ * the server. Still recorded in history and retried; for steps of seconds, not hours.
+ */
+export function onMainLocal(options: LocalActivityOptions, summary: string) {
+  return proxyLocalActivities<MainActivities>({ ...options, summary });
+}
 
 /**
  * Sets the workflow's current details (Web UI, `temporal workflow metadata`): one markdown
@@ -74,11 +86,13 @@ export async function lookUpInstance(
   ref: string,
   store: ActivityOptions,
   discovery: (host: string) => ActivityOptions,
+  local?: LocalActivityOptions,
 ): Promise<InstanceRecord | null> {
-  const lookup = onMain(store, `look up instance ${ref}`);
+  const onStore = (summary: string) => (local ? onMainLocal(local, summary) : onMain(store, summary));
+  const lookup = onStore(`look up instance ${ref}`);
   const instance = await lookup.findInstance(ref);
   if (instance) return instance;
-  const hosts = await onMain(store, 'list hosts').listHosts();
+  const hosts = await onStore('list hosts').listHosts();
   await Promise.allSettled(hosts.map((h) => onHost(discovery(h), `discover instances on ${h}`).discoverInstances()));
   return lookup.findInstance(ref);
 }

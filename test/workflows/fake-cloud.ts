@@ -74,6 +74,8 @@ export class FakeCloud {
   liveSupported = false;
   /** Per activity: runs instead of the default (which it may call through `run`). */
   hooks: Record<string, Hook> = {};
+  /** What coldCopyDisk does while the guest is paused (the copy itself); resolves by default. */
+  duringColdCopy: () => Promise<void> = async () => undefined;
 
   addInstance(id: string, power: PowerState = 'running'): FakeInstance {
     const instance: FakeInstance = {
@@ -218,6 +220,70 @@ export class FakeCloud {
       getPowerState: hooked('getPowerState', async (instanceId: string) => this.instance(instanceId).power),
       liveCopySupport: hooked('liveCopySupport', async () =>
         this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' },
+      ),
+      inspectInstance: hooked('inspectInstance', async ({ instanceId, liveSupport }: { instanceId: string; liveSupport: boolean }) => {
+        const powerState = this.instance(instanceId).power as PowerState;
+        if (!liveSupport || powerState !== 'running') return { powerState };
+        return {
+          powerState,
+          liveSupport: this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' },
+        };
+      }),
+      // As the real one: pause, copy, resume on every path (a dead worker aside), and the budget kept here.
+      coldCopyDisk: hooked(
+        'coldCopyDisk',
+        async (input: {
+          instanceId: string;
+          imageId: string;
+          diskFormat: 'qcow2' | 'raw';
+          owner: string;
+          pause: boolean;
+          pauseBudgetMs: number;
+        }) => {
+          const instance = this.instance(input.instanceId);
+          if (input.pause) {
+            record(input.instanceId, 'pause', input.owner);
+            instance.power = 'paused';
+          }
+          this.tempDirs.add(input.imageId);
+          const pausedAt = Date.now();
+          let overBudget = false;
+          let resumeOutcome: 'resumed' | 'gone' | 'not-paused' | undefined;
+          try {
+            const budget =
+              input.pause && input.pauseBudgetMs > 0
+                ? new Promise<void>((resolve) => setTimeout(() => ((overBudget = true), resolve()), input.pauseBudgetMs))
+                : new Promise<void>(() => undefined);
+            await Promise.race([this.duringColdCopy(), budget]);
+          } catch (err) {
+            this.tempDirs.delete(input.imageId);
+            throw err;
+          } finally {
+            if (input.pause) {
+              const now = this.instances.get(input.instanceId);
+              resumeOutcome = !now || now.power === 'gone' ? 'gone' : now.power === 'paused' ? 'resumed' : 'not-paused';
+              if (resumeOutcome === 'resumed') now!.power = 'running';
+              record(input.instanceId, 'resume', input.owner, { outcome: resumeOutcome });
+            }
+          }
+          if (overBudget) {
+            this.tempDirs.delete(input.imageId);
+            throw ApplicationFailure.create({
+              type: 'PauseBudgetExceeded',
+              message: `the copy took longer than the pause budget of ${input.pauseBudgetMs} ms; the guest was resumed`,
+              nonRetryable: true,
+              details: [{ guestResumed: true }],
+            });
+          }
+          return {
+            path: `/fake/${input.imageId}/disk`,
+            diskFormat: input.diskFormat,
+            size: 1024,
+            virtualSize: 4096,
+            guestPauseMs: input.pause ? Date.now() - pausedAt : 0,
+            ...(resumeOutcome ? { resumeOutcome } : {}),
+          };
+        },
       ),
       pauseInstance: hooked('pauseInstance', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
         record(instanceId, 'pause', owner);

@@ -35,17 +35,20 @@ after(
 // a time: both guests sit on the one fake host, and a terminated run's slot is held until its
 // holder sees the run gone.
 describe('reconcile after terminate, fast (local Temporal, fake activities)', { timeout: 120_000 }, () => {
-  /** A snapshot terminated while the guest is paused for its copy. */
+  /** A snapshot terminated while the guest is paused for its copy, and its host step lost with its worker (no resume). */
   async function terminatedWhilePaused(cloud: FakeCloud, id: string): Promise<string> {
-    cloud.hooks.convertDisk = async (call) => {
-      await call.run();
+    cloud.hooks.coldCopyDisk = async (call) => {
+      const [input] = call.args as [{ owner: string; imageId: string }];
+      cloud.events.push({ instanceId: id, event: 'pause', requestId: input.owner, details: {} });
+      cloud.instances.get(id)!.power = 'paused';
+      cloud.tempDirs.add(input.imageId);
       return untilCancelled(); // the copy runs until the workflow is gone
     };
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'terminated' });
     await t.waitForPhase(handle, 'converting');
     const { imageId } = await handle.query<SnapshotProgress>('progress');
     await handle.terminate('test: a workflow lost mid-snapshot');
-    delete cloud.hooks.convertDisk;
+    delete cloud.hooks.coldCopyDisk;
     return imageId;
   }
 
@@ -54,7 +57,7 @@ describe('reconcile after terminate, fast (local Temporal, fake activities)', { 
     const imageId = await terminatedWhilePaused(cloud, id);
 
     // Terminate ran no compensation: the guest is paused, the task state held, the image queued.
-    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_snapshot']);
+    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_pending_upload']);
     assert.equal(cloud.images.get(imageId)?.status, 'queued');
     assert.ok(cloud.tempDirs.has(imageId));
     assert.equal(cloud.faults.length, 0);
@@ -90,7 +93,7 @@ describe('reconcile after terminate, fast (local Temporal, fake activities)', { 
     assert.deepEqual(report.releasedTasks, [], 'a guest still paused keeps its task state');
     assert.equal(report.errors.length, 1);
     assert.match(report.errors[0] ?? '', new RegExp(`resume ${id}`));
-    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_snapshot']);
+    assert.deepEqual([instance.power, instance.taskState], ['paused', 'image_pending_upload']);
 
     delete cloud.hooks.resumeInstance;
     const next = await t.reconcile(cloud);

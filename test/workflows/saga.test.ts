@@ -87,29 +87,52 @@ after(
 describe('snapshotInstance saga, fast (local Temporal, fake activities)', { timeout: 120_000, concurrency: true }, () => {
   it('cold: pauses, copies, resumes before the upload, and leaves a verified image', async () => {
     const { cloud, id } = newGuest();
+    const states: (string | null)[] = [];
+    cloud.hooks.setTaskState = async (call) => {
+      await call.run();
+      states.push(cloud.instances.get(id)!.taskState);
+    };
+    cloud.hooks.coldCopyDisk = async (call) => {
+      states.push(`copying in ${cloud.instances.get(id)!.taskState}`);
+      return call.run();
+    };
     const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'cold' })).result();
     assert.equal(result.mode, 'cold');
     assert.equal(result.modeReason, undefined);
     assert.equal(cloud.images.get(result.imageId)?.status, 'active');
     assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'finish']);
-    const order = cloud.calls.filter((c) => ['pauseInstance', 'convertDisk', 'resumeInstance', 'uploadImage'].includes(c));
-    assert.deepEqual(order, ['pauseInstance', 'convertDisk', 'resumeInstance', 'uploadImage']);
+    // One host step reads the power state, one pauses, copies and resumes.
+    const host = cloud.calls.filter((c) =>
+      [
+        'getPowerState',
+        'liveCopySupport',
+        'inspectInstance',
+        'pauseInstance',
+        'convertDisk',
+        'coldCopyDisk',
+        'resumeInstance',
+        'uploadImage',
+      ].includes(c),
+    );
+    assert.deepEqual(host, ['inspectInstance', 'coldCopyDisk', 'uploadImage']);
+    // Nova's task states: image_pending_upload while the copy is made.
+    assert.deepEqual(states, [
+      'image_snapshot_pending',
+      'image_snapshot',
+      'image_pending_upload',
+      'copying in image_pending_upload',
+      'image_uploading',
+      null,
+    ]);
     assert.equal(cloud.instances.get(id)?.power, 'running');
     assert.equal(cloud.instances.get(id)?.taskState, null);
     assert.deepEqual([...cloud.tempDirs], []);
     assert.deepEqual(cloud.faults, []);
     assert.ok(!('completed' in result.phaseDurationsMs));
-    for (const phase of [
-      'creating-image',
-      'waiting-for-host',
-      'pausing',
-      'converting',
-      'resuming',
-      'uploading',
-      'finishing',
-    ] as SnapshotPhase[]) {
+    for (const phase of ['creating-image', 'waiting-for-host', 'converting', 'uploading', 'finishing'] as SnapshotPhase[]) {
       assert.ok(phase in result.phaseDurationsMs, `phase ${phase} timed`);
     }
+    assert.ok(result.guestPauseMs >= 0);
   });
 
   it('live where the host can: never pauses, and a shut-off guest is copied cold with the reason', async () => {
@@ -119,7 +142,8 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     const live = await (await t.startSnapshot(cloud, { instance: id, imageName: 'live' })).result();
     assert.equal(live.mode, 'live');
     assert.equal(live.guestPauseMs, 0);
-    assert.ok(!cloud.calls.includes('pauseInstance'));
+    assert.ok(!cloud.calls.includes('pauseInstance') && !cloud.calls.includes('coldCopyDisk'));
+    assert.ok(!cloud.calls.includes('liveCopySupport'), 'the power state and live support come in one host step');
     assert.deepEqual(cloud.eventsOf(id), ['start', 'freeze', 'thaw', 'finish']);
 
     const off = randomUUID();
@@ -142,14 +166,27 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual(cloud.faults, []);
   });
 
-  it('pause budget blown: the copy is cancelled, the guest resumed, and the snapshot fails PauseBudgetExceeded', async () => {
+  it('pause budget blown: the host step gives up the copy and resumes the guest; the snapshot fails PauseBudgetExceeded', async () => {
     const { cloud, id } = newGuest();
     cloud.settings.pauseBudgetMs = 300;
-    cloud.hooks.convertDisk = async (call) => {
-      await call.run();
-      return untilCancelled(); // a copy slower than the budget
-    };
+    cloud.duringColdCopy = () => new Promise(() => undefined); // a copy slower than the budget
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'budget' });
+    assert.equal(await failureType(handle), 'PauseBudgetExceeded');
+    assertUndone(cloud, id, await imageIdOf(handle), 'PauseBudgetExceeded');
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
+    assert.ok(!cloud.calls.includes('resumeInstance'), 'the host step said it resumed the guest: no second resume');
+  });
+
+  it('pause budget blown and the host step hangs: the workflow cancels it and resumes the guest itself', async () => {
+    const { cloud, id } = newGuest();
+    cloud.settings.pauseBudgetMs = 300;
+    cloud.hooks.coldCopyDisk = async (call) => {
+      const [input] = call.args as [{ owner: string }];
+      cloud.events.push({ instanceId: id, event: 'pause', requestId: input.owner, details: {} });
+      cloud.instances.get(id)!.power = 'paused';
+      return untilCancelled(); // keeps no budget of its own
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'budget-hang' });
     assert.equal(await failureType(handle), 'PauseBudgetExceeded');
     assertUndone(cloud, id, await imageIdOf(handle), 'PauseBudgetExceeded');
     assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
@@ -157,14 +194,30 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
 
   it('resume finds the guest gone: InstanceNotFound, and the rest is undone', async () => {
     const { cloud, id } = newGuest();
-    cloud.hooks.resumeInstance = (call) => {
+    cloud.duringColdCopy = async () => {
       cloud.instances.get(id)!.power = 'gone'; // destroyed during the copy
-      return call.run();
     };
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'gone' });
     assert.equal(await failureType(handle), 'InstanceNotFound');
     assertUndone(cloud, id, await imageIdOf(handle), 'InstanceNotFound', 'gone');
-    assert.equal(cloud.calls.filter((c) => c === 'resumeInstance').length, 1, 'compensation does not resume again');
+    assert.ok(!cloud.calls.includes('resumeInstance'), 'compensation does not resume again');
+  });
+
+  it('cancelled while the guest is paused in the copy: the host step resumes it before it ends', async () => {
+    const { cloud, id } = newGuest();
+    let inCopy: (workflowId: string) => void = () => undefined;
+    const reached = new Promise<string>((resolve) => (inCopy = resolve));
+    cloud.hooks.coldCopyDisk = async (call) => {
+      inCopy(call.workflowId);
+      return call.run();
+    };
+    cloud.duringColdCopy = () => untilCancelled();
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'cancel-paused' });
+    await t.client.workflow.getHandle(await reached).cancel();
+    assert.ok((await failureOf(handle)) instanceof CancelledFailure);
+    assertUndone(cloud, id, await imageIdOf(handle), 'Cancelled');
+    const events = cloud.eventsOf(id);
+    assert.deepEqual(events.slice(0, 3), ['start', 'pause', 'resume'], 'resumed by the host step as it ended');
   });
 
   it('upload fails after the copy: the guest already runs, the image is deleted, the failure keeps its type', async () => {
@@ -214,15 +267,13 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
   // `undo`: the compensation steps after it, in order: the guest first, then the rest in reverse.
   const cancelCases: { phase: SnapshotPhase; step: string; undo: string[]; live?: boolean; keepsImage?: boolean }[] = [
     { phase: 'creating-image', step: 'createImageRecord', undo: ['deleteImageRecord', 'releaseTaskState'] },
-    { phase: 'pausing', step: 'pauseInstance', undo: ['resumeInstance', 'deleteImageRecord', 'releaseTaskState'] },
-    { phase: 'converting', step: 'convertDisk', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
+    { phase: 'converting', step: 'coldCopyDisk', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
     {
       phase: 'copying',
       step: 'liveCopyDisk',
       undo: ['thawInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'],
       live: true,
     },
-    { phase: 'resuming', step: 'resumeInstance', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
     { phase: 'uploading', step: 'uploadImage', undo: ['removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
     // Verified before the cancel: the image is complete and kept, the rest is cleaned up.
     { phase: 'finishing', step: 'removeSnapshotFiles', undo: ['removeSnapshotFiles', 'releaseTaskState'], keepsImage: true },
@@ -258,7 +309,7 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     await handle.cancel();
     assert.ok((await failureOf(handle)) instanceof CancelledFailure);
     assertUndone(cloud, id, await imageIdOf(handle), 'Cancelled');
-    assert.ok(!cloud.calls.includes('getPowerState'), 'no step past the slot ran');
+    assert.ok(!cloud.calls.includes('inspectInstance'), 'no step past the slot ran');
     assert.equal((await handle.describe()).raw.pendingActivities?.length ?? 0, 0, 'the slot holder ended with the snapshot');
   });
 });
