@@ -247,21 +247,38 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
     },
 
     async liveCopyDisk(input: LiveCopyDiskInput): Promise<LiveCopiedDisk> {
-      const dir = await freshDir(snapshotsDir, input.imageId);
-      // QEMU, not root, writes the backup target: the private dir must be its own.
-      const qemu = await qemuUser();
-      if (qemu) await chown(dir, qemu.uid, qemu.gid);
-      else await chmod(dir, 0o711);
+      const signal = Context.current().cancellationSignal;
+      // Side by side, as none needs another: the temp dir, the disk and its size (the total from
+      // the first heartbeat on: the job copies the whole virtual disk), and the pause watch, which
+      // must be live before the copy starts.
+      const prepared = await Promise.allSettled([
+        (async () => {
+          const dir = await freshDir(snapshotsDir, input.imageId);
+          // QEMU, not root, writes the backup target: the private dir must be its own.
+          const qemu = await qemuUser();
+          if (qemu) await chown(dir, qemu.uid, qemu.gid);
+          else await chmod(dir, 0o711);
+          return dir;
+        })(),
+        (async () => {
+          const disk = await hypervisor.rootDisk(input.instanceId);
+          return { disk, virtualSize: (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize };
+        })(),
+        hypervisor.watchPauses(input.instanceId),
+      ]);
+      const [madeDir, found, watch] = prepared;
+      if (madeDir.status === 'rejected' || found.status === 'rejected' || watch.status === 'rejected') {
+        if (watch.status === 'fulfilled') await watch.value.stop().catch(() => undefined);
+        await rm(snapshotDir(snapshotsDir, input.imageId), { recursive: true, force: true });
+        throw prepared.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason;
+      }
+      const dir = madeDir.value;
+      const { disk, virtualSize } = found.value;
+      const pauses = watch.value;
       // The job writes a sparse qcow2 (a raw target would be written in full, holes and all).
       const live = join(dir, 'live.qcow2');
-      const signal = Context.current().cancellationSignal;
-
-      // The job copies the whole virtual disk: its size is the total from the first heartbeat on.
-      const disk = await hypervisor.rootDisk(input.instanceId);
-      const virtualSize = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
       let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: virtualSize };
       const stop = keepHeartbeating(() => progress, 1000);
-      const pauses = await hypervisor.watchPauses(input.instanceId);
       // The vCPUs never stop, but the guest's writes may wait: that is what it feels.
       const writes = await hypervisor.watchWrites?.(input.instanceId, disk.path).catch(() => undefined);
       let watching = true;
@@ -288,8 +305,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
         } finally {
           if (input.quiesce !== 'never') await quiesceEvent('thaw');
         }
-        const { pausedMs } = await pauses.stop();
-        const written = await writes?.stop();
+        const [{ pausedMs }, written] = await Promise.all([pauses.stop(), writes?.stop()]);
         watching = false;
 
         // Raw or compressed output is one more local pass over our own file.
@@ -307,7 +323,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
         } else {
           await rename(live, path);
         }
-        const copy = await finish(path, input.diskFormat);
+        const copy = await finish(path, input.diskFormat, virtualSize);
         return {
           ...copy,
           consistency: copied.consistency,

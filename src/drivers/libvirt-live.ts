@@ -41,6 +41,7 @@ const THAW_ATTEMPTS = 3;
 const FROZEN_MAX_MS = 5_000;
 // After domjobabort QEMU stops the job within milliseconds; this only bounds a stuck libvirtd.
 const ABORT_WAIT_MS = 30_000;
+const ABORT_POLL_MS = 20;
 
 // virDomainJobType and virDomainJobOperation values in `domjobinfo --rawstats`.
 const JOB = { none: 0, bounded: 1, unbounded: 2, completed: 3, failed: 4, cancelled: 5 } as const;
@@ -54,6 +55,8 @@ const MAX_SOCKET_PATH = 107;
 // requests may queue behind in QEMU's thread pool. Two keep the copy near disk speed here.
 const PULL_PARALLEL = 2;
 const QUIESCE_MODES = new Set<QuiesceMode>(['never', 'try', 'require']);
+// The guest agent's channel in the domain XML: without it there is nothing to freeze, and asking costs a call.
+const GUEST_AGENT_RE = /name=['"]org\.qemu\.guest_agent\.0['"]/;
 
 interface JobStats {
   type: number;
@@ -253,6 +256,10 @@ export class LiveCopier {
     if (signal?.aborted) throw abortError(signal);
 
     const xml = await this.run(['dumpxml', id], id);
+    // virsh falls back to a lookup by name; a domain *named* like this UUID is not this instance.
+    if (firstText(xml, 'uuid')?.toLowerCase() !== id.toLowerCase()) {
+      throw new VmsnapError('InstanceNotFound', `instance ${id} does not exist on this host`);
+    }
     const state = await this.state(id);
     if (state !== 'running' && state !== 'paused') {
       throw new VmsnapError('InstanceInvalidState', `instance ${id} is ${state}: a live copy needs it running`, { state });
@@ -285,7 +292,11 @@ export class LiveCopier {
     try {
       if (quiesce !== 'never') {
         const why =
-          state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
+          state === 'paused'
+            ? 'the instance is paused, and the guest agent only answers a running guest'
+            : !GUEST_AGENT_RE.test(xml)
+              ? 'the QEMU guest agent is not configured (the instance has no guest agent channel)'
+              : await quiescer.freeze();
         if (why === undefined) frozen = true;
         else if (quiesce === 'require') {
           throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
@@ -296,7 +307,7 @@ export class LiveCopier {
       if (signal?.aborted) throw abortError(signal);
 
       try {
-        await this.begin(id, xmlFile, usePull ? pull.scratch : target);
+        await this.begin(id, xmlFile, usePull ? pull.scratch : target, !usePull);
       } catch (e) {
         // Pull cannot start here (no NBD, QEMU cannot create the socket): the old way still works.
         if (!usePull || method === 'pull' || !pullUnavailable(e)) throw e;
@@ -304,7 +315,7 @@ export class LiveCopier {
         notes.push(`copied by QEMU itself (push): pull mode did not start: ${libvirtSaid(e)}`);
         usePull = false;
         await writeXml();
-        await this.begin(id, xmlFile, target);
+        await this.begin(id, xmlFile, target, true);
       }
       jobStarted = true;
 
@@ -436,9 +447,9 @@ export class LiveCopier {
     );
   }
 
-  private async begin(id: string, xmlFile: string, target: string): Promise<void> {
-    // The completion record of an earlier job must not be mistaken for ours.
-    await this.run(['domjobinfo', id, '--completed', '--rawstats'], id).catch(() => undefined);
+  private async begin(id: string, xmlFile: string, target: string, push: boolean): Promise<void> {
+    // The completion record of an earlier job must not be mistaken for ours (a push job's end is read from it).
+    if (push) await this.run(['domjobinfo', id, '--completed', '--rawstats'], id).catch(() => undefined);
     try {
       await this.run(['backup-begin', id, xmlFile], id);
     } catch (e) {
@@ -471,13 +482,14 @@ export class LiveCopier {
         // A broken progress callback must not break the copy.
       }
     };
-    for (;;) {
+    // Often at first, so that a small disk's job is not waited on for a whole interval.
+    for (let pollMs = 20; ; pollMs = Math.min(POLL_MS, pollMs * 2)) {
       if (opts.signal?.aborted) throw abortError(opts.signal);
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
       const running = (job.type === JOB.bounded || job.type === JOB.unbounded) && job.operation === OP_BACKUP;
       if (!running) break;
       report(job.processed ?? 0, job.total ?? 0);
-      await sleep(POLL_MS, undefined, opts.signal ? { signal: opts.signal } : undefined).catch(() => undefined);
+      await sleep(pollMs, undefined, opts.signal ? { signal: opts.signal } : undefined).catch(() => undefined);
     }
     // --keep-completed leaves the record for an operator to look at too.
     const done = parseJobStats(await this.run(['domjobinfo', id, '--completed', '--rawstats', '--keep-completed'], id));
@@ -516,7 +528,7 @@ export class LiveCopier {
           `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`,
         );
       }
-      await sleep(100);
+      await sleep(ABORT_POLL_MS);
     }
   }
 }

@@ -97,12 +97,13 @@ function parseRootDisk(xml: string, id: string): RootDisk {
 export class LibvirtHypervisor implements Hypervisor {
   private readonly uri: string;
   private readonly live: LiveCopier;
-  private readonly shells: VirshShells;
+  private readonly shells: VirshShells | undefined;
 
-  constructor(opts: { uri: string }) {
+  /** shells: false runs a virsh process per command (as a virsh wrapper in PATH sees each command). */
+  constructor(opts: { uri: string; shells?: boolean }) {
     if (!opts.uri) throw new VmsnapError('ConfigError', 'libvirt URI is empty (e.g. qemu:///system)');
     this.uri = opts.uri;
-    this.shells = new VirshShells(opts.uri);
+    this.shells = opts.shells === false ? undefined : new VirshShells(opts.uri);
     this.live = new LiveCopier(
       (args, id, timeoutMs) => this.virsh(args, id, timeoutMs),
       (id) => this.state(id),
@@ -115,7 +116,7 @@ export class LibvirtHypervisor implements Hypervisor {
    * (retryable) otherwise.
    */
   private async virsh(args: string[], id?: string, timeoutMs = VIRSH_TIMEOUT_MS): Promise<string> {
-    const r = (await this.shells.run(args, timeoutMs)) ?? (await this.virshProcess(args, timeoutMs));
+    const r = (await this.shells?.run(args, timeoutMs)) ?? (await this.virshProcess(args, timeoutMs));
     if (!r.failed) return r.stdout;
     if (r.spawnError?.code === 'ENOENT') {
       throw new VmsnapError('ConfigError', 'virsh not found in PATH: install libvirt-clients');
@@ -227,9 +228,7 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   async liveCopy(id: string, opts: LiveCopyOptions): Promise<LiveCopyResult> {
-    const uuid = checkId(id);
-    await this.getInstance(uuid);
-    return this.live.copy(uuid, opts);
+    return this.live.copy(checkId(id), opts); // which checks the domain's UUID itself
   }
 
   async thawFilesystems(id: string): Promise<void> {

@@ -25,6 +25,9 @@ export interface VirshOutput {
 const KEEP_IDLE = 4;
 // An idle shell is closed after this long: nothing lingers once the work is done.
 const IDLE_MS = 20_000;
+// libvirt's words for a connection that is gone or never came (virsh would reconnect on its own;
+// a new shell is as cheap and certain).
+const LOST_CONNECTION = /connect|connection|End of file while reading|Cannot (recv|write) data|Broken pipe|Reconnected/i;
 // Arguments virsh's parser takes as they are; anything else is quoted.
 const PLAIN_ARG = /^[A-Za-z0-9_.,:=@%+/-]+$/;
 
@@ -206,8 +209,9 @@ export class VirshShells {
     shell ??= new Shell(this.uri);
     clearTimeout(shell.idleTimer);
     const out = await shell.run(line, timeoutMs);
-    // A shell whose command failed may have lost its connection: a fresh one is cheap.
-    if (out.failed || !shell.alive || this.idle.length >= KEEP_IDLE) {
+    // A failed command (no such domain, no guest agent) leaves the shell as good as before, unless
+    // its connection to libvirtd is what failed: then the next command gets a fresh shell.
+    if (out.timedOut || (out.failed && LOST_CONNECTION.test(out.stderr)) || !shell.alive || this.idle.length >= KEEP_IDLE) {
       shell.close();
       return out;
     }

@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { createGuest, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
+import { VirshShells } from '../../src/drivers/virsh-shell.js';
 import { rejectsWith } from '../support/assertions.js';
 
 const uri = process.env.VMSNAP_LIBVIRT_URI ?? 'qemu:///system';
@@ -116,27 +117,54 @@ describe('LibvirtHypervisor', { timeout: 400_000 }, () => {
     shimDir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmsnap-test-shim-'));
     const log = path.join(shimDir, 'calls.log');
     const realVirsh = (await execa('sh', ['-c', 'command -v virsh'])).stdout.trim();
-    await fs.writeFile(path.join(shimDir, 'virsh'), `#!/bin/sh\necho "$*" >> '${log}'\nexec '${realVirsh}' "$@"\n`, {
-      mode: 0o755,
-    });
+    // A virsh shell (no command in its arguments) gets its commands on stdin: those are logged too.
+    await fs.writeFile(
+      path.join(shimDir, 'virsh'),
+      `#!/bin/sh\nif [ "$#" -le 2 ]; then tee -a '${log}' | '${realVirsh}' "$@"; exit; fi\necho "$*" >> '${log}'\nexec '${realVirsh}' "$@"\n`,
+      { mode: 0o755 },
+    );
     const oldPath = process.env.PATH;
     process.env.PATH = `${shimDir}:${oldPath ?? ''}`;
-    try {
-      for (const bad of ['../etc; rm -rf /', '--help', '', `${randomUUID()} x`, `${randomUUID()}\n`]) {
-        await rejectsWith(hv.getInstance(bad), 'InvalidInput');
-        await rejectsWith(hv.pause(bad), 'InvalidInput');
-        await rejectsWith(hv.resume(bad), 'InvalidInput');
-        await rejectsWith(hv.rootDisk(bad), 'InvalidInput');
-        await rejectsWith(hv.liveCopySupport(bad), 'InvalidInput');
-        await rejectsWith(hv.liveCopy(bad, { target: '/nonexistent/x.qcow2', targetFormat: 'qcow2' }), 'InvalidInput');
-        await rejectsWith(hv.watchPauses(bad), 'InvalidInput');
+    // Made now, so that its shells are started through the shim; one without shells as well.
+    for (const hv of [new LibvirtHypervisor({ uri }), new LibvirtHypervisor({ uri, shells: false })])
+      try {
+        for (const bad of ['../etc; rm -rf /', '--help', '', `${randomUUID()} x`, `${randomUUID()}\n`]) {
+          await rejectsWith(hv.getInstance(bad), 'InvalidInput');
+          await rejectsWith(hv.pause(bad), 'InvalidInput');
+          await rejectsWith(hv.resume(bad), 'InvalidInput');
+          await rejectsWith(hv.rootDisk(bad), 'InvalidInput');
+          await rejectsWith(hv.liveCopySupport(bad), 'InvalidInput');
+          await rejectsWith(hv.liveCopy(bad, { target: '/nonexistent/x.qcow2', targetFormat: 'qcow2' }), 'InvalidInput');
+          await rejectsWith(hv.watchPauses(bad), 'InvalidInput');
+        }
+        assert.equal(await fs.readFile(log, 'utf8').catch(() => ''), '', 'virsh was called');
+        // Control: the shim does see real calls.
+        await hv.getInstance(novaUuid);
+        assert.match(await fs.readFile(log, 'utf8'), /dumpxml/);
+        await fs.rm(log);
+      } finally {
+        process.env.PATH = oldPath;
       }
-      assert.equal(await fs.readFile(log, 'utf8').catch(() => ''), '', 'virsh was called');
-      // Control: the shim does see real calls.
-      await hv.getInstance(novaUuid);
-      assert.match(await fs.readFile(log, 'utf8'), /dumpxml/);
+  });
+
+  test('virsh shells: arguments quoted, failures and missing domains as from a process, and the shell goes on after a failure', async () => {
+    const shells = new VirshShells(uri);
+    try {
+      const echoed = await shells.run(['echo', "it's", 'a "b" c', 'd\\e', ''], 10_000);
+      assert.deepEqual(
+        { stdout: echoed?.stdout, failed: echoed?.failed },
+        { stdout: `it's a "b" c d\\e `, failed: false },
+        'arguments come back as they were sent',
+      );
+      assert.equal(await shells.run(['echo', 'two\nlines'], 10_000), undefined, 'a newline cannot go through a shell line');
+      const missing = await shells.run(['domstate', randomUUID()], 10_000);
+      assert.equal(missing?.failed, true);
+      assert.match(missing?.stderr ?? '', /failed to get domain/);
+      // The same shell answers on after a failed command.
+      const state = await shells.run(['domstate', novaUuid], 10_000);
+      assert.deepEqual({ stdout: state?.stdout.trim(), failed: state?.failed }, { stdout: 'shut off', failed: false });
     } finally {
-      process.env.PATH = oldPath;
+      shells.close();
     }
   });
 

@@ -290,6 +290,8 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     );
     const oldPath = process.env.PATH;
     process.env.PATH = `${shimDir}:${oldPath ?? ''}`;
+    // A process per command, so that the shim sees (and holds) backup-begin.
+    const hv = new LibvirtHypervisor({ uri, shells: false });
     try {
       const target = path.join(outDir, 'watchdog.qcow2');
       const r = await hv.liveCopy(agent.uuid, { target, targetFormat: 'qcow2', quiesce: 'try' });
