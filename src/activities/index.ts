@@ -39,7 +39,7 @@ export function createHostActivities(deps: ActivityDeps) {
 }
 
 /** The activity that holds a host's snapshot slot, for the host's slot worker. */
-export function createSlotActivities(deps: Pick<ActivityDeps, 'workflows'>) {
+export function createSlotActivities(deps: Pick<ActivityDeps, 'workflows' | 'hypervisor'>) {
   return slotActivities(deps);
 }
 

@@ -36,10 +36,8 @@ export function powerActivities({ hypervisor, store }: Pick<ActivityDeps, 'hyper
     },
 
     /** The power state and, for a running guest when asked, whether it can be copied live: one host step. */
-    async inspectInstance(input: { instanceId: string; liveSupport: boolean }): Promise<InstanceInspection> {
-      const { powerState } = await hypervisor.getInstance(input.instanceId);
-      if (!input.liveSupport || powerState !== 'running') return { powerState };
-      return { powerState, liveSupport: await hypervisor.liveCopySupport(input.instanceId) };
+    async inspectInstance(input: InspectInput): Promise<InstanceInspection> {
+      return inspectInstance(hypervisor, input);
     },
 
     /**
@@ -59,6 +57,22 @@ export interface InstanceInspection {
   powerState: PowerState;
   /** Asked for and running only. */
   liveSupport?: LiveCopySupport;
+}
+
+export interface InspectInput {
+  instanceId: string;
+  liveSupport: boolean;
+}
+
+/** What a snapshot's slot holder hands over with the slot: the instance as it found it, when it could look. */
+export interface SlotAcquired {
+  inspection?: InstanceInspection;
+}
+
+export async function inspectInstance(hypervisor: ActivityDeps['hypervisor'], input: InspectInput): Promise<InstanceInspection> {
+  const { powerState } = await hypervisor.getInstance(input.instanceId);
+  if (!input.liveSupport || powerState !== 'running') return { powerState };
+  return { powerState, liveSupport: await hypervisor.liveCopySupport(input.instanceId) };
 }
 
 export type ResumeOutcome = 'resumed' | 'gone' | 'not-paused';

@@ -25,6 +25,7 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { SlotActivities } from '../activities/index.js';
+import type { InspectInput, InstanceInspection, SlotAcquired } from '../activities/power.js';
 import {
   Compensations,
   LOCAL_STORE_STEP,
@@ -188,10 +189,11 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     // 4. Task state → image_snapshot; at most max-concurrent-snapshots per host, as Nova does.
     await task.set('image_snapshot_pending', 'image_snapshot');
     track.enter('waiting-for-host');
-    await slot.acquire(steps.slot, host);
+    const liveSupport = wantedMode(s) !== 'cold';
+    const found = await slot.acquire(steps.slot, host, lean ? { instanceId, liveSupport } : undefined);
 
     // 5-7. The copy: live while the guest runs, or cold (pause, convert, resume).
-    const { priorPowerState, mode, modeReason } = lean ? await inspect(s) : await inspectStepByStep(s);
+    const { priorPowerState, mode, modeReason } = lean ? await inspect(s, found) : await inspectStepByStep(s);
     let copy: Copy;
     if (lean) {
       // 8. As Nova's libvirt driver: image_pending_upload while the copy is made, image_uploading after.
@@ -355,13 +357,18 @@ function wantedMode(s: Snapshot) {
   return s.request.mode ?? s.settings.defaultMode;
 }
 
-/** The power state and whether a running guest can be copied live, in one host step. */
-async function inspect(s: Snapshot): Promise<Inspected> {
+/**
+ * The power state and whether a running guest can be copied live: as the slot holder found them,
+ * else in one host step.
+ */
+async function inspect(s: Snapshot, found: InstanceInspection | undefined): Promise<Inspected> {
   const live = wantedMode(s) !== 'cold';
-  const { powerState, liveSupport } = await onHost(
-    s.steps.quick,
-    live ? 'read power state and live-copy support' : 'read power state',
-  ).inspectInstance({ instanceId: s.instanceId, liveSupport: live });
+  const { powerState, liveSupport } =
+    found ??
+    (await onHost(s.steps.quick, live ? 'read power state and live-copy support' : 'read power state').inspectInstance({
+      instanceId: s.instanceId,
+      liveSupport: live,
+    }));
   const priorPowerState = snapshottable(s, powerState);
   return { priorPowerState, ...(await chooseMode(s, priorPowerState, async () => liveSupport ?? { supported: false })) };
 }
@@ -561,23 +568,33 @@ async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number, re
  */
 class HostSlot {
   private acquired = false;
+  private inspection?: InstanceInspection;
   private readonly scope: CancellationScope;
   private held?: Promise<unknown>;
 
   constructor(private readonly owner: string) {
-    setHandler(defineSignal(SLOT_ACQUIRED_SIGNAL), () => {
+    setHandler(defineSignal<[SlotAcquired?]>(SLOT_ACQUIRED_SIGNAL), (acquired) => {
       this.acquired = true;
+      this.inspection = acquired?.inspection;
     });
     this.scope = new CancellationScope();
   }
 
-  async acquire(options: ActivityOptions, host: string): Promise<void> {
+  /**
+   * Resolves once the slot is ours. With `inspect`, the holder reads the instance as it takes the
+   * slot and hands that over (undefined when it could not, or is older than that).
+   */
+  async acquire(options: ActivityOptions, host: string, inspect?: InspectInput): Promise<InstanceInspection | undefined> {
     this.held = this.scope
       .run(() =>
-        proxyActivities<SlotActivities>({ ...options, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner: this.owner }),
+        proxyActivities<SlotActivities>({ ...options, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({
+          owner: this.owner,
+          ...(inspect ? { inspect } : {}),
+        }),
       )
       .catch(() => undefined); // it ends when we let go
     await condition(() => this.acquired);
+    return this.inspection;
   }
 
   release(): void {

@@ -13,6 +13,7 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
 import type { AbandonedSnapshot } from '../../src/activities/reconcile.js';
 import type { TaskStateChange } from '../../src/activities/instance-state.js';
+import type { InspectInput } from '../../src/activities/power.js';
 import type { PowerState } from '../../src/drivers/hypervisor.js';
 import type { SnapshotSettings } from '../../src/shared/config.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../../src/shared/names.js';
@@ -115,6 +116,14 @@ export class FakeCloud {
       };
     const record = (instanceId: string, event: string, requestId: string, details: Record<string, unknown> = {}) => {
       this.events.push({ instanceId, event, requestId, details });
+    };
+    const inspectNow = async ({ instanceId, liveSupport }: InspectInput) => {
+      const powerState = this.instance(instanceId).power as PowerState;
+      if (!liveSupport || powerState !== 'running') return { powerState };
+      return {
+        powerState,
+        liveSupport: this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' },
+      };
     };
     const main = {
       getSnapshotSettings: hooked('getSnapshotSettings', async () => this.settings),
@@ -221,14 +230,7 @@ export class FakeCloud {
       liveCopySupport: hooked('liveCopySupport', async () =>
         this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' },
       ),
-      inspectInstance: hooked('inspectInstance', async ({ instanceId, liveSupport }: { instanceId: string; liveSupport: boolean }) => {
-        const powerState = this.instance(instanceId).power as PowerState;
-        if (!liveSupport || powerState !== 'running') return { powerState };
-        return {
-          powerState,
-          liveSupport: this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' },
-        };
-      }),
+      inspectInstance: hooked('inspectInstance', inspectNow),
       // As the real one: pause, copy, resume on every path (a dead worker aside), and the budget kept here.
       coldCopyDisk: hooked(
         'coldCopyDisk',
@@ -342,9 +344,13 @@ export class FakeCloud {
     };
     const slot = {
       // As the real one: tells the snapshot it may go on, then holds the slot until cancelled.
-      holdSnapshotSlot: hooked('holdSnapshotSlot', async ({ owner }: { owner: string }) => {
+      // With the instance as it found it, when asked and able (as inspectInstance reads it).
+      holdSnapshotSlot: hooked('holdSnapshotSlot', async ({ owner, inspect }: { owner: string; inspect?: InspectInput }) => {
         const [workflowId, runId] = owner.split('/') as [string, string];
-        await client().workflow.getHandle(workflowId, runId).signal(SLOT_ACQUIRED_SIGNAL);
+        const inspection = inspect ? await inspectNow(inspect).catch(() => undefined) : undefined;
+        await client()
+          .workflow.getHandle(workflowId, runId)
+          .signal(SLOT_ACQUIRED_SIGNAL, inspection ? { inspection } : {});
         await untilCancelled();
       }),
     };

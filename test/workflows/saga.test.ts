@@ -101,7 +101,7 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.equal(result.modeReason, undefined);
     assert.equal(cloud.images.get(result.imageId)?.status, 'active');
     assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'finish']);
-    // One host step reads the power state, one pauses, copies and resumes.
+    // The slot holder reads the power state; one host step pauses, copies and resumes.
     const host = cloud.calls.filter((c) =>
       [
         'getPowerState',
@@ -114,7 +114,7 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
         'uploadImage',
       ].includes(c),
     );
-    assert.deepEqual(host, ['inspectInstance', 'coldCopyDisk', 'uploadImage']);
+    assert.deepEqual(host, ['coldCopyDisk', 'uploadImage']);
     // Nova's task states: image_pending_upload while the copy is made.
     assert.deepEqual(states, [
       'image_snapshot_pending',
@@ -153,6 +153,22 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.match(cold.modeReason ?? '', /shutdown/);
     assert.equal(cloud.instances.get(off)?.power, 'shutdown');
     assert.deepEqual(cloud.eventsOf(off), ['start', 'finish']);
+  });
+
+  it('a slot holder that brings no inspection (a host worker before issue 15): one host step reads it', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    cloud.hooks.holdSnapshotSlot = async (call) => {
+      const [{ owner }] = call.args as [{ owner: string }];
+      const [workflowId, runId] = owner.split('/') as [string, string];
+      await t.client.workflow.getHandle(workflowId, runId).signal('snapshotSlotAcquired');
+      return untilCancelled();
+    };
+    const result = await (await t.startSnapshot(cloud, { instance: id, imageName: 'old-holder' })).result();
+    assert.equal(result.mode, 'live');
+    assert.equal(cloud.calls.filter((c) => c === 'inspectInstance').length, 1);
+    assert.ok(!cloud.calls.includes('getPowerState') && !cloud.calls.includes('liveCopySupport'));
   });
 
   it('refuses an instance with a task in progress and changes nothing', async () => {
