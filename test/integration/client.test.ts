@@ -138,10 +138,11 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
     );
     images.add(copying.imageId);
     assert.equal(copying.instanceId, bigGuest.uuid);
-    assert.equal(copying.taskState, 'image_snapshot');
+    // As in Nova: image_pending_upload while the copy is made.
+    assert.equal(copying.taskState, 'image_pending_upload');
     assert.equal(copying.bytesTotal, 1024 * 1024 * 1024, 'the virtual disk is what the copy reads');
     assert.ok(copying.percent! > 0 && copying.percent! < 100, `percent ${copying.percent}`);
-    assert.equal(copying.step?.activityType, 'convertDisk');
+    assert.equal(copying.step?.activityType, 'coldCopyDisk');
     assert.ok(copying.phaseDurationsMs['creating-image']! > 0);
     assert.ok(
       seen.every((p) => p.imageId === copying.imageId),

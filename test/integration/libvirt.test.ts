@@ -125,9 +125,9 @@ describe('LibvirtHypervisor', { timeout: 400_000 }, () => {
     );
     const oldPath = process.env.PATH;
     process.env.PATH = `${shimDir}:${oldPath ?? ''}`;
-    // Made now, so that its shells are started through the shim; one without shells as well.
-    for (const hv of [new LibvirtHypervisor({ uri }), new LibvirtHypervisor({ uri, shells: false })])
-      try {
+    try {
+      // Made now, so that its shells are started through the shim; one without shells as well.
+      for (const hv of [new LibvirtHypervisor({ uri }), new LibvirtHypervisor({ uri, shells: false })]) {
         for (const bad of ['../etc; rm -rf /', '--help', '', `${randomUUID()} x`, `${randomUUID()}\n`]) {
           await rejectsWith(hv.getInstance(bad), 'InvalidInput');
           await rejectsWith(hv.pause(bad), 'InvalidInput');
@@ -142,9 +142,10 @@ describe('LibvirtHypervisor', { timeout: 400_000 }, () => {
         await hv.getInstance(novaUuid);
         assert.match(await fs.readFile(log, 'utf8'), /dumpxml/);
         await fs.rm(log);
-      } finally {
-        process.env.PATH = oldPath;
       }
+    } finally {
+      process.env.PATH = oldPath;
+    }
   });
 
   test('virsh shells: arguments quoted, failures and missing domains as from a process, and the shell goes on after a failure', async () => {

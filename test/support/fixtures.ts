@@ -21,6 +21,13 @@ export const REPLAY_FIXTURES = {
   snapshotLive: fixture('snapshot-live-history.json'),
   /** Upload refused for good, then compensation (test/integration/snapshot-compensation.test.ts). */
   snapshotCompensated: fixture('snapshot-compensated-history.json'),
+  /**
+   * The three above as recorded before the `lean-snapshot` patch (issue 15): never re-recorded,
+   * they keep the step-by-step path of snapshotInstance replaying.
+   */
+  snapshotColdBeforeLean: fixture('snapshot-cold-before-lean-history.json'),
+  snapshotLiveBeforeLean: fixture('snapshot-live-before-lean-history.json'),
+  snapshotCompensatedBeforeLean: fixture('snapshot-compensated-before-lean-history.json'),
   /** One run of a schedule: child snapshots, one failing, and retention (test/integration/schedules.test.ts). */
   scheduledSnapshots: fixture('scheduled-snapshots-history.json'),
   /** The reconciler undoing a terminated snapshot (test/integration/reconcile.test.ts). */

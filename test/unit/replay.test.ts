@@ -13,6 +13,9 @@ const cases: [string, string][] = [
   ['a snapshotInstance history from before the wait-for-slot-release patch replays', REPLAY_FIXTURES.snapshotBeforeSlotRelease],
   ['a recorded live snapshotInstance history replays deterministically', REPLAY_FIXTURES.snapshotLive],
   ['a recorded compensated snapshotInstance history replays deterministically', REPLAY_FIXTURES.snapshotCompensated],
+  ['a cold snapshotInstance history from before the lean-snapshot patch replays', REPLAY_FIXTURES.snapshotColdBeforeLean],
+  ['a live snapshotInstance history from before the lean-snapshot patch replays', REPLAY_FIXTURES.snapshotLiveBeforeLean],
+  ['a compensated snapshotInstance history from before the lean-snapshot patch replays', REPLAY_FIXTURES.snapshotCompensatedBeforeLean],
   ['a recorded scheduledSnapshots history replays deterministically', REPLAY_FIXTURES.scheduledSnapshots],
   ['a recorded reconcile history replays deterministically', REPLAY_FIXTURES.reconcile],
 ];
