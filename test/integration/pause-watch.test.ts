@@ -48,7 +48,9 @@ describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
       await waitForPhase(handle, 'converting');
       const { imageId } = (await handle.query('progress')) as { imageId: string };
       images.add(imageId);
-      assert.equal(await guestState(guestName), 'paused');
+      // The copy's host step pauses the guest itself: wait until it has.
+      for (const deadline = Date.now() + 60_000; (await guestState(guestName)) !== 'paused'; await sleep(50))
+        assert.ok(Date.now() < deadline, 'the guest was paused for the copy');
       await handle.terminate('test: a snapshot terminated while the guest is paused');
       const terminatedAt = Date.now();
       while ((await guestState(guestName)) !== 'running' && Date.now() - terminatedAt < 30_000) await sleep(100);

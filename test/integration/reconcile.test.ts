@@ -53,18 +53,23 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
       h.config.temporal.taskQueue,
     );
     await waitForPhase(handle, 'converting');
+    // The copy's host step pauses the guest itself: wait until it has.
+    for (const deadline = Date.now() + 60_000; (await guestState(guestName)) !== 'paused'; await sleep(50))
+      assert.ok(Date.now() < deadline, 'the guest was paused for the copy');
     const { imageId } = (await handle.query('progress')) as { imageId: string };
     await handle.terminate('test: a workflow lost mid-snapshot');
 
     // Terminate ran no compensation: the guest is still paused and the task state held.
     assert.equal(await guestState(guestName), 'paused');
-    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, 'image_snapshot');
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, 'image_pending_upload');
     assert.ok(await h.glance.getImage(imageId), 'the queued image is still there');
 
     const started = Date.now();
     const report = await reconcileNow(REPLAY_FIXTURES.reconcile);
     const tookMs = Date.now() - started;
-    assert.deepEqual(report.resumed, [guest.uuid]);
+    // The host step learns at its next heartbeat that its run is gone, and resumes the guest as it
+    // ends; whichever comes first, it or the reconciler, resumes it (the pause watch is off here).
+    assert.ok(report.resumed.length === 0 || report.resumed[0] === guest.uuid, JSON.stringify(report.resumed));
     assert.deepEqual(report.releasedTasks, [guest.uuid]);
     assert.ok(report.deletedImages.includes(imageId));
     assert.deepEqual(report.errors, []);

@@ -206,6 +206,9 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
       h.config.temporal.taskQueue,
     );
     await waitForPhase(handle, 'converting');
+    // The copy's host step pauses the guest itself: wait until it has.
+    for (const deadline = Date.now() + 60_000; (await guestState(guest.name)) !== 'paused'; await sleep(50))
+      assert.ok(Date.now() < deadline, 'the guest was paused for the copy');
     const { imageId } = (await handle.query('progress')) as { imageId: string };
     await handle.terminate('test: a workflow lost mid-snapshot');
     assert.equal(await guestState(guest.name), 'paused');
@@ -213,7 +216,8 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
       taskQueue: h.config.temporal.taskQueue,
       workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
     });
-    assert.deepEqual(report.resumed, [guest.uuid]);
+    // The host step resumes the guest once it learns its run is gone, or the reconciler does.
+    assert.ok(report.resumed.length === 0 || report.resumed[0] === guest.uuid, JSON.stringify(report.resumed));
     assert.ok(report.deletedImages.includes(imageId));
     assert.deepEqual(report.errors, []);
     assert.equal(await guestState(guest.name), 'running');
