@@ -182,6 +182,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
     async coldCopyDisk(input: ColdCopyDiskInput): Promise<ColdCopiedDisk> {
       const { instanceId, owner } = input;
       const disk = await hypervisor.rootDisk(instanceId);
+      // room check (NoSpace) runs here, before the pause
       const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
       const dir = await freshDir(snapshotsDir, input.imageId);
       const target = join(dir, `disk.${input.diskFormat}`);
