@@ -9,20 +9,8 @@ import pg from 'pg';
 import { parsePostgresUrl, type PostgresTarget } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { ALL_TASK_STATES, POSTGRES_TYPES, checkTaskState, firstSchema } from './schema.js';
-import {
-  EVENT_COLUMNS,
-  FAULT_COLUMNS,
-  INSTANCE_COLUMNS,
-  UUID,
-  toEvent,
-  toFault,
-  toHost,
-  toInstance,
-  type EventRow,
-  type FaultRow,
-  type HostRow,
-  type InstanceRow,
-} from './rows.js';
+import * as mapping from './rows.js';
+import type { EventRow, FaultRow, HostRow, InstanceRow } from './rows.js';
 import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface PostgresStoreOptions {
@@ -230,27 +218,27 @@ export class PostgresStore implements Store {
 
   async findInstance(ref: string): Promise<InstanceRecord | undefined> {
     return this.run('findInstance', async () => {
-      if (UUID.test(ref)) {
+      if (mapping.UUID.test(ref)) {
         const { rows } = await this.pool.query<InstanceRow>(
-          `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND deleted_at IS NULL`,
+          `SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND deleted_at IS NULL`,
           [ref],
         );
-        return rows[0] && toInstance(rows[0]);
+        return rows[0] && mapping.toInstance(rows[0]);
       }
       const { rows } = await this.pool.query<InstanceRow>(
-        `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`,
+        `SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`,
         [ref],
       );
       if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
-      return rows[0] && toInstance(rows[0]);
+      return rows[0] && mapping.toInstance(rows[0]);
     });
   }
 
   /** By id, deleted or not (deletedAt tells): a running workflow must still see its instance. */
   async getInstance(id: string): Promise<InstanceRecord | undefined> {
     return this.run('getInstance', async () => {
-      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = $1`, [id]);
-      return rows[0] && toInstance(rows[0]);
+      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE id = $1`, [id]);
+      return rows[0] && mapping.toInstance(rows[0]);
     });
   }
 
@@ -259,18 +247,18 @@ export class PostgresStore implements Store {
     return this.run('listInstances', async () => {
       const where = options.includeDeleted ? '' : 'WHERE deleted_at IS NULL';
       const { rows } = await this.pool.query<InstanceRow>(
-        `SELECT ${INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name COLLATE "C", id COLLATE "C"`,
+        `SELECT ${mapping.INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name COLLATE "C", id COLLATE "C"`,
       );
-      return rows.map(toInstance);
+      return rows.map(mapping.toInstance);
     });
   }
 
   async listInstancesWithTask(): Promise<InstanceRecord[]> {
     return this.run('listInstancesWithTask', async () => {
       const { rows } = await this.pool.query<InstanceRow>(
-        `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id COLLATE "C"`,
+        `SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id COLLATE "C"`,
       );
-      return rows.map(toInstance);
+      return rows.map(mapping.toInstance);
     });
   }
 
@@ -323,10 +311,11 @@ export class PostgresStore implements Store {
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', async () => {
-      const { rows } = await this.pool.query<FaultRow>(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`, [
-        instanceId,
-      ]);
-      return rows.map(toFault);
+      const { rows } = await this.pool.query<FaultRow>(
+        `SELECT ${mapping.FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`,
+        [instanceId],
+      );
+      return rows.map(mapping.toFault);
     });
   }
 
@@ -343,10 +332,10 @@ export class PostgresStore implements Store {
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', async () => {
       const { rows } = await this.pool.query<EventRow>(
-        `SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`,
+        `SELECT ${mapping.EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`,
         [instanceId],
       );
-      return rows.map(toEvent);
+      return rows.map(mapping.toEvent);
     });
   }
 
@@ -363,7 +352,7 @@ export class PostgresStore implements Store {
   async listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]> {
     return this.run('listHosts', async () => {
       const { rows } = await this.pool.query<HostRow>('SELECT host, task_queue, seen_at FROM hosts ORDER BY host COLLATE "C"');
-      return rows.map(toHost);
+      return rows.map(mapping.toHost);
     });
   }
 

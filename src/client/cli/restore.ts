@@ -8,19 +8,8 @@ import { ClientError } from '../errors.js';
 import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
 import { ProgressView, formatBytes, formatDuration } from '../progress.js';
-import {
-  cancelRestore,
-  findRestore,
-  getRestoreProgress,
-  listRestores,
-  resolveImage,
-  restoreResult,
-  startRestore,
-  startRollback,
-  type RestoreHandle,
-  type RestoreProgressDetails,
-  type RestoreSummary,
-} from '../restores.js';
+import * as restores from '../restores.js';
+import type { RestoreHandle, RestoreProgressDetails, RestoreSummary } from '../restores.js';
 import { LISTABLE_STATUSES, oneLine, type ListableStatus, type SnapshotProgressDetails } from '../snapshots.js';
 import { describeProgress, followWork, outcomeOf } from './follow.js';
 import { describeCliProblem, instanceFilter, positiveInt, since } from './options.js';
@@ -59,7 +48,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
           });
           if (probe.length)
             throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
-          const imageId = await resolveImage(config, opts.image);
+          const imageId = await restores.resolveImage(config, opts.image);
           const request: RestoreRequest = {
             instance,
             imageId,
@@ -68,7 +57,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
             ...(opts.asNew ? { asNew: opts.asNew } : {}),
           };
           const client = await session.getClient();
-          const handle = await startRestore(client, request, config.temporal.taskQueue);
+          const handle = await restores.startRestore(client, request, config.temporal.taskQueue);
           const runId = handle.firstExecutionRunId;
           const started = { workflowId: handle.workflowId, runId, instance, imageId };
           if (!opts.wait) {
@@ -85,8 +74,8 @@ export function registerRestoreCommands(program: Command, session: Session): voi
           const ended = await followWork(
             session,
             g,
-            () => restoreResult(handle),
-            () => getRestoreProgress(handle),
+            () => restores.restoreResult(handle),
+            () => restores.getRestoreProgress(handle),
             instance,
           );
           if (g.json) session.json({ ...started, ...ended.outcome });
@@ -110,7 +99,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
             `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`,
           );
         const config = session.getConfig();
-        const handle = await startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
+        const handle = await restores.startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
         const ended = await followWork(session, g, () => handle.result(), undefined, instance);
         if (g.json) session.json({ workflowId: handle.workflowId, runId: handle.firstExecutionRunId, instance, ...ended.outcome });
         const r = ended.outcome.result as RollbackResult | undefined;
@@ -131,7 +120,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
       withGlobals(async (g, ref: string) => {
         const config = session.getConfig();
         const client = await session.getClient();
-        const found = await findRestore(client, ref, await instanceAliases(config, ref));
+        const found = await restores.findRestore(client, ref, await instanceAliases(config, ref));
         if (!found)
           throw new ClientError(
             'RestoreNotFound',
@@ -146,7 +135,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
         } = { ...found };
         if (found.status === 'running' && found.action === 'restore') {
           try {
-            doc.progress = await client.withDeadline(Date.now() + 5000, () => getRestoreProgress(handle));
+            doc.progress = await client.withDeadline(Date.now() + 5000, () => restores.getRestoreProgress(handle));
           } catch (err) {
             doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
           }
@@ -204,7 +193,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
     .action(
       withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
         const instance = await instanceFilter(session, opts.instance);
-        const rows = await listRestores(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
+        const rows = await restores.listRestores(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
         session.showList(g, rows, {
           empty: 'no restores found',
           header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
@@ -233,7 +222,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
       const g = cmd.optsWithGlobals<GlobalOptions>();
       const config = session.getConfig();
       const client = await session.getClient();
-      const { handle, runId } = await cancelRestore(client, ref, await instanceAliases(config, ref));
+      const { handle, runId } = await restores.cancelRestore(client, ref, await instanceAliases(config, ref));
       const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
       // `restore` has a --wait of its own, which commander gives the flag to: read either.
       if (!(opts.wait ?? cmd.optsWithGlobals<{ wait?: boolean }>().wait)) {
