@@ -64,7 +64,6 @@ async function main(): Promise<void> {
     console.log(`   image id        ${result.imageId} (active in Glance ${worker.glanceUrl}, as ${worker.identity})`);
     console.log(`   size            ${result.size} bytes (${result.diskFormat}, virtual ${result.virtualSize})`);
     console.log(`   sha512          ${result.sha512}`);
-    console.log(`   md5             ${result.md5}`);
     console.log(`   mode            ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}`);
     console.log(`   guest pause     ${result.guestPauseMs} ms (as the guest saw it)`);
     console.log(`   phases (ms)     ${JSON.stringify(result.phaseDurationsMs)}`);

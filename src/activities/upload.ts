@@ -1,12 +1,11 @@
 // Upload of the converted disk to Glance, and the end-to-end integrity check: the bytes vmsnap
-// hashed while sending must be the bytes Glance stored (size, md5 checksum, sha512 multihash).
+// hashed while sending must be the bytes Glance stored (size, and sha512: Glance's os_hash_value).
 import { Context } from '@temporalio/activity';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import type { Image, UploadResult } from '../drivers/image-service.js';
+import { hashFile } from '../drivers/upload-body.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { DiskFormat, StepProgress } from '../shared/types.js';
 
@@ -21,29 +20,14 @@ export interface UploadImageInput {
 
 const GiB = 1024 ** 3;
 
-/** sha512 and md5 of a file in one streaming pass. */
-export async function hashFile(path: string): Promise<UploadResult> {
-  const sha512 = createHash('sha512');
-  const md5 = createHash('md5');
-  let size = 0;
-  for await (const chunk of createReadStream(path)) {
-    const bytes = chunk as Buffer;
-    sha512.update(bytes);
-    md5.update(bytes);
-    size += bytes.length;
-  }
-  return { size, sha512: sha512.digest('hex'), md5: md5.digest('hex') };
-}
-
 function verify(image: Image, sent: UploadResult): void {
   const problems: string[] = [];
   if (image.size !== sent.size) problems.push(`size ${image.size} != ${sent.size}`);
-  if (image.checksum !== sent.md5) problems.push(`md5 ${image.checksum} != ${sent.md5}`);
   if (image.os_hash_algo === 'sha512' && image.os_hash_value !== sent.sha512) problems.push('sha512 differs');
   if (image.os_hash_algo !== 'sha512') problems.push(`Glance hashed with ${image.os_hash_algo ?? 'nothing'}, not sha512`);
   if (problems.length) {
     throw new VmsnapError('ImageCorrupt', `image ${image.id} in Glance does not match what was sent: ${problems.join(', ')}`, {
-      glance: { size: image.size, checksum: image.checksum, os_hash_value: image.os_hash_value },
+      glance: { size: image.size, os_hash_algo: image.os_hash_algo, os_hash_value: image.os_hash_value },
       sent,
     });
   }

@@ -5,14 +5,15 @@
 // put in a request header: messages and details are built from method, path and status, and
 // scrubbed of the token as a second line of defence.
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { rm, stat, type FileHandle } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool } from 'undici';
 import { VmsnapError } from '../shared/errors.js';
 import { errorCode, readCa, tlsError } from './http-errors.js';
 import { NoAuth, type Identity } from './identity.js';
+import { readChunks } from './upload-body.js';
 import type { DownloadOptions, DownloadResult, Image, ImageService, NewImage, UploadResult } from './image-service.js';
 
 export interface GlanceOptions {
@@ -36,7 +37,6 @@ export interface GlanceOptions {
 
 const PATCH_CONTENT_TYPE = 'application/openstack-images-v2.1-json-patch';
 const PROGRESS_INTERVAL_MS = 500;
-const READ_CHUNK = 1 << 20; // 1 MiB reads: fewer syscalls and hash calls than the 64 KiB default
 
 // Fields createImage sets itself; a property of the same name would silently replace them.
 const CREATE_FIELDS = new Set(['id', 'name', 'visibility', 'min_disk', 'min_ram']);
@@ -219,10 +219,10 @@ export class GlanceImageService implements ImageService {
     }
     signal?.throwIfAborted();
 
-    // One pass over the bytes: they are hashed and counted on their way to the socket, so the
-    // result describes exactly what Glance was sent. A second sending (after a 401) starts over.
-    let sha512 = createHash('sha512');
-    let md5 = createHash('md5');
+    // One pass over the bytes: each chunk is hashed (sha512, Glance's os_hash_value) and counted
+    // on its way to the socket, so the result describes exactly what Glance was sent. A second
+    // sending (after a 401) starts over.
+    let hash = createHash('sha512');
     let sent = 0;
     let lastReport = 0;
     const report = (): void => {
@@ -234,11 +234,9 @@ export class GlanceImageService implements ImageService {
         // Progress is advisory; a failing callback must not break the upload.
       }
     };
-    // A plain pipe rather than pipeline: pipeline would also fail the file stream with undici's
-    // error, and a read error must stay distinguishable from a network one. The file is closed in
-    // the finally below whatever happens.
+    // A read error must stay distinguishable from a network one: undici reports both alike.
     let readError: unknown;
-    let file: ReadStream | undefined;
+    const files = new Set<FileHandle>();
     // An upload may last as long as the image is large; what must not last is silence. The
     // watchdog cuts it when no byte moved for stallMs, or no answer came that long after the
     // last one (undici's own headers timeout would count the whole upload).
@@ -261,33 +259,26 @@ export class GlanceImageService implements ImageService {
         );
       }, this.stallMs);
     };
-    const open = (): Readable => {
+    const open = (): AsyncIterable<Buffer> => {
       arm();
-      file?.destroy();
-      sha512 = createHash('sha512');
-      md5 = createHash('md5');
+      hash = createHash('sha512');
       sent = 0;
-      const tap = new Transform({
-        transform(chunk: Buffer, _encoding, callback) {
-          sha512.update(chunk);
-          md5.update(chunk);
+      return readChunks(
+        path,
+        size,
+        hash,
+        files,
+        (err) => (readError = err),
+        (chunk) => {
           sent += chunk.length;
           arm();
           // The last byte is reported at once: from then on the wait is Glance's answer.
           if (sent === size || Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
-          callback(null, chunk);
         },
-      });
-      const opened = createReadStream(path, { highWaterMark: READ_CHUNK });
-      opened.on('error', (err) => {
-        readError = err;
-        tap.destroy(err);
-      });
-      opened.pipe(tap);
-      file = opened;
-      return tap;
+      );
     };
 
+    let sha512: string;
     try {
       const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
       const reply = await this.send(
@@ -298,25 +289,26 @@ export class GlanceImageService implements ImageService {
         both,
       );
       if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
+      if (sent !== size) {
+        throw new VmsnapError(
+          'ImageServiceError',
+          `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`,
+          {
+            expected: size,
+            sent,
+          },
+        );
+      }
+      sha512 = hash.digest('hex');
     } catch (err) {
       if (readError) throw this.localFileError(path, readError);
       throw err;
     } finally {
       clearTimeout(watchdog);
-      file?.destroy();
-    }
-    if (sent !== size) {
-      throw new VmsnapError(
-        'ImageServiceError',
-        `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`,
-        {
-          expected: size,
-          sent,
-        },
-      );
+      await Promise.all([...files].map((f) => f.close().catch(() => undefined)));
     }
     report();
-    return { size: sent, sha512: sha512.digest('hex'), md5: md5.digest('hex') };
+    return { size: sent, sha512 };
   }
 
   async downloadFile(id: string, path: string, opts: DownloadOptions): Promise<DownloadResult> {
@@ -473,7 +465,7 @@ export class GlanceImageService implements ImageService {
     method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE',
     path: string,
     headers: Record<string, string> = {},
-    body?: string | (() => Readable),
+    body?: string | (() => AsyncIterable<Buffer>),
     signal?: AbortSignal,
   ): Promise<Reply> {
     for (let attempt = 1; ; attempt++) {
@@ -491,7 +483,7 @@ export class GlanceImageService implements ImageService {
     method: string,
     path: string,
     headers: Record<string, string>,
-    body: string | Readable | undefined,
+    body: string | AsyncIterable<Buffer> | undefined,
     signal?: AbortSignal,
   ): Promise<Reply> {
     const all: Record<string, string> = { accept: 'application/json', 'user-agent': 'vmsnap', ...headers };
@@ -500,7 +492,8 @@ export class GlanceImageService implements ImageService {
         method: method as 'GET',
         path: `${this.prefix}${path}`,
         headers: all,
-        body,
+        // undici sends an async iterable chunk by chunk (its types name only streams).
+        body: body as string | Readable | undefined,
         signal,
         // A streamed body is watched by its sender (uploadFile's watchdog), not by a deadline.
         ...(body !== undefined && typeof body !== 'string' ? { headersTimeout: 0 } : {}),

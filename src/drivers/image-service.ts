@@ -11,7 +11,7 @@ export interface Image {
   status: ImageStatus;
   visibility: string;
   size: number | null;
-  checksum: string | null; // md5, hex
+  checksum: string | null; // md5, hex (Glance's; vmsnap checks os_hash_value)
   os_hash_algo: string | null; // 'sha512'
   os_hash_value: string | null; // hex
   disk_format: string | null;
@@ -35,10 +35,9 @@ export interface NewImage {
 }
 
 export interface UploadResult {
-  /** Bytes sent, and hashes of exactly those bytes, computed while streaming. */
+  /** Bytes sent, and the sha512 of exactly those bytes (Glance's os_hash_value), computed while streaming. */
   size: number;
   sha512: string;
-  md5: string;
 }
 
 export interface DownloadResult {

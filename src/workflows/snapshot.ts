@@ -203,7 +203,6 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       size: uploaded.size,
       virtualSize: copy.virtualSize,
       sha512: uploaded.sha512,
-      md5: uploaded.md5,
       priorPowerState,
       mode,
       ...(modeReason ? { modeReason } : {}),

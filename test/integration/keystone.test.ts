@@ -217,7 +217,6 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
       assert.equal(image?.owner_id, accounts!.vmsnapProjectId);
       assert.equal(image?.user_id, accounts!.vmsnapUserId);
       assert.equal(image?.os_hash_value, result.sha512);
-      assert.equal(image?.checksum, result.md5);
       await h.glance.deleteImage(result.imageId);
     } finally {
       await removeGuest(guest.name, h.guestsDir).catch(() => undefined);

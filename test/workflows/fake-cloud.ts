@@ -265,7 +265,7 @@ export class FakeCloud {
         const image = this.images.get(input.imageId);
         if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
         image.status = 'active';
-        return { size: 1024, sha512: 'f'.repeat(128), md5: 'f'.repeat(32) };
+        return { size: 1024, sha512: 'f'.repeat(128) };
       }),
       removeSnapshotFiles: hooked('removeSnapshotFiles', async (imageId: string) => {
         this.tempDirs.delete(imageId);

@@ -231,7 +231,6 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  image     ${result.imageId} "${result.imageName}", active in Glance`,
     `  size      ${formatBytes(result.size)} ${result.diskFormat} (virtual ${formatBytes(result.virtualSize)})`,
     `  sha512    ${result.sha512}`,
-    `  md5       ${result.md5}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
     `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
     ...(result.guestWriteStallMs !== undefined
