@@ -279,6 +279,29 @@ export async function info(file: string, opts: { forceShare?: boolean; format?: 
   return out;
 }
 
+/**
+ * `qemu-img measure --output=json`: the bytes a convert of `file` into `targetFormat` needs
+ * (`required`: allocated data and metadata; `fullyAllocated`: every cluster written). Read with
+ * -U, so a running guest's disk can be measured before it is touched.
+ */
+export async function measure(
+  file: string,
+  opts: { format?: string; targetFormat: string },
+): Promise<{ required: number; fullyAllocated: number }> {
+  const what = `qemu-img measure ${file}`;
+  await requireImage(what, file);
+  const args = ['measure', '--output=json', '-U', ...(opts.format ? ['-f', opts.format] : []), '-O', opts.targetFormat, '--', file];
+  const r = await execa(QEMU_IMG, args, { env, reject: false, stdin: 'ignore', timeout: META_TIMEOUT_MS });
+  if (r.timedOut) throw timedOut(what);
+  if (r.failed) {
+    if (r.exitCode === undefined && !r.signal) throw spawnFailure(what, r as { code?: string; message: string });
+    throw mapFailure(what, file, r.stderr);
+  }
+  const j = JSON.parse(r.stdout) as { required?: number; 'fully-allocated'?: number };
+  if (typeof j.required !== 'number') throw new VmsnapError('ConvertFailed', `${what}: unexpected output: ${r.stdout.slice(0, 200)}`);
+  return { required: j.required, fullyAllocated: j['fully-allocated'] ?? j.required };
+}
+
 interface QemuImgCheckJson {
   'check-errors'?: number;
   corruptions?: number;

@@ -62,7 +62,10 @@ export const ERRORS = {
   ImageServiceUnavailable: later('Glance is unreachable or busy: check it is running; retries are automatic'),
   IdentityServiceUnavailable: later('Keystone is unreachable or busy: check it is running; retries are automatic'),
   HypervisorError: later('libvirt or QEMU failed: check libvirtd and the instance on its host; retries are automatic'),
-  NoSpace: never(EXIT.failed, 'free space in VMSNAP_SNAPSHOTS_DIR on the host (or point it at a larger disk), then snapshot again'),
+  NoSpace: never(
+    EXIT.failed,
+    'the message names the dir, the space needed and what is free: free that much there (snapshots: VMSNAP_SNAPSHOTS_DIR on the host, or point it at a larger disk), then try again',
+  ),
   ConfigError: never(EXIT.unavailable, 'correct the setting the message names, in the environment or the file VMSNAP_CONFIG_FILE names'),
   StoreError: {
     retryable: 'transient',

@@ -355,7 +355,14 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
       () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }),
       { guest: true },
     );
-    ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
+    ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({
+      instanceId,
+      owner,
+      // The copy's room is checked first: one that cannot fit never pauses the guest.
+      imageId: s.imageId,
+      diskFormat: s.diskFormat,
+      compress: s.request.compress ?? false,
+    }));
   }
   track.enter('converting');
   removeTempDir(s);
