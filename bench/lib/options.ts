@@ -2,10 +2,12 @@
 import { parseArgs } from 'node:util';
 
 export type Mode = 'bare' | 'cold' | 'live';
-export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge';
+export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge' | 'g1' | 'g2' | 'g4';
 
 export const MODES: readonly Mode[] = ['bare', 'cold', 'live'];
-export const DISK_KINDS: readonly DiskKind[] = ['small', 'large', 'sparse', 'xlarge'];
+export const DISK_KINDS = ['small', 'large', 'sparse', 'xlarge'] as const;
+/** The growth section's disks: 1, 2 and 4 GiB of data (--growth-mib scales them down for a smoke run). */
+export const GROWTH_KINDS: readonly DiskKind[] = ['g1', 'g2', 'g4'];
 /** The snapshot benchmark's disks; xlarge is the restore section's third size. */
 const SNAPSHOT_DISKS = 'small,large,sparse';
 
@@ -18,7 +20,7 @@ export interface DiskSpec {
 
 export interface BenchOptions {
   /** all: vmsnap against bare commands; startup: the worker compiled against tsx (start, memory). */
-  section: 'all' | 'startup' | 'restore' | 'write-stalls' | 'fleet';
+  section: 'all' | 'startup' | 'restore' | 'write-stalls' | 'fleet' | 'growth';
   runs: number;
   disks: DiskSpec[];
   modes: Mode[];
@@ -42,7 +44,7 @@ export interface BenchOptions {
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --section all|startup|restore|write-stalls|fleet
+  --section all|startup|restore|write-stalls|fleet|growth
                         all (default): vmsnap against the bare commands; startup: the worker as
                         deployed (dist/, prebuilt bundle) against tsx + bundling at start: time
                         to polling, idle RSS, RSS uploading the large disk (startup.{json,md});
@@ -52,7 +54,10 @@ export const USAGE = `usage: npm run bench -- [options]
                         vs idle) for cold, live pull (default) and live push, driver level
                         (write-stalls.{json,md}); fleet: simulated hosts (no guests) on the
                         Temporal cluster and a PostgreSQL store, real Glance uploads, load in
-                        four stages, faults (fleet.{json,md})
+                        four stages, faults (fleet.{json,md}); growth: bare, cold and live
+                        on disks with 1, 2 and 4 GiB of data, how end-to-end time and pause
+                        grow per GiB (growth.{json,md})
+  --growth-mib N        data of the growth section's first disk, doubled twice (default 1024)
   --fleet-hosts N       simulated hosts (default 100; quick 10)
   --fleet-procs N       processes they run in (default 10; quick 2)
   --fleet-snapshots N   snapshots in all (default 1000; quick 40)
@@ -124,6 +129,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'sparse-data-mib': { type: 'string' },
       'xlarge-mib': { type: 'string' },
       'xlarge-data-mib': { type: 'string' },
+      'growth-mib': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -151,7 +157,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     xlarge: positive('xlarge-mib', values['xlarge-mib'] ?? '3072'),
     xlargeData: positive('xlarge-data-mib', values['xlarge-data-mib'] ?? '2000'),
   };
-  const specs: Record<DiskKind, DiskSpec> = {
+  const specs: Record<(typeof DISK_KINDS)[number], DiskSpec> = {
     small: { kind: 'small', virtualMiB: sizes.small, dataMiB: 0 },
     large: { kind: 'large', virtualMiB: sizes.large, dataMiB: sizes.largeData },
     sparse: { kind: 'sparse', virtualMiB: sizes.sparse, dataMiB: sizes.sparseData },
@@ -166,9 +172,28 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     }
   }
 
-  const section = values.section ?? 'all';
-  if (section !== 'all' && section !== 'startup' && section !== 'restore' && section !== 'write-stalls' && section !== 'fleet') {
-    throw new Error(`--section must be all, startup, restore, write-stalls or fleet (got "${section}")`);
+  const section = (values.section ?? 'all') as BenchOptions['section'];
+  if (!['all', 'startup', 'restore', 'write-stalls', 'fleet', 'growth'].includes(section)) {
+    throw new Error(`--section must be all, startup, restore, write-stalls, fleet or growth (got "${section}")`);
+  }
+  if (section === 'growth') {
+    // Data from 8 MiB on, 1 GiB of the disk left empty (sparse), as on the large disk.
+    const first = positive('growth-mib', values['growth-mib'] ?? (quick ? '64' : '1024'));
+    const disks = GROWTH_KINDS.map((kind, i) => ({ kind, dataMiB: first * 2 ** i, virtualMiB: first * 2 ** i + Math.max(64, first) }));
+    return {
+      section,
+      runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
+      disks,
+      modes: list('modes', values.modes ?? MODES.join(','), MODES),
+      scale: [],
+      scaleRuns: 1,
+      quick,
+      stack,
+      out: values.out ?? 'bench/results',
+      png: false,
+      idleMs: positive('idle-ms', values['idle-ms'] ?? (quick ? '1500' : '3000')),
+      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+    };
   }
   if (section === 'fleet') {
     const faults = values['fleet-faults'] ?? (quick ? 'off' : 'on');
