@@ -330,7 +330,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     return r.samples.some((s) => !s.ok) ? 1 : 0;
   }
   // The growth disks' runs are long enough that a warm-up round would only double the run.
-  const warmups = opts.quick || opts.section === 'growth' ? 0 : 1;
+  const warmups = opts.warmups ?? (opts.quick || opts.section === 'growth' ? 0 : 1);
   const maxScale = opts.scale.length ? Math.max(...opts.scale) : 0;
   const smallSpec = opts.disks.find((d) => d.kind === 'small') ?? { kind: 'small' as const, virtualMiB: 64, dataMiB: 0 };
   let smallGuest: Guest | undefined;

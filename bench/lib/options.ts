@@ -27,6 +27,8 @@ export interface BenchOptions {
   scale: number[];
   /** Repetitions of each scale level. */
   scaleRuns: number;
+  /** Unmeasured rounds per disk before the measured ones (undefined: 1, none in quick and growth). */
+  warmups?: number;
   quick: boolean;
   /** own: start a private stack in .data/bench; env: use the stack the environment names. */
   stack: 'own' | 'env';
@@ -68,6 +70,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
   --scale LIST          concurrent snapshot counts, e.g. 1,5,10,20 (default; "" for none)
   --scale-runs N        repetitions of each scale level (default 1)
+  --warmups N           unmeasured rounds per disk before the runs (default 1; quick and growth 0)
   --quick               smoke size: 1 run, small disk, bare+cold, scale 1, no PNG
   --stack own|env       own: private stack in .data/bench on ports 7333/9392/5100/5532 (default; or
                         VMSNAP_BENCH_DATA_DIR, VMSNAP_BENCH_TEMPORAL_PORT, _TEMPORAL_UI_PORT,
@@ -130,6 +133,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'xlarge-mib': { type: 'string' },
       'xlarge-data-mib': { type: 'string' },
       'growth-mib': { type: 'string' },
+      warmups: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -298,6 +302,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     disks,
     modes,
     scale,
+    ...(values.warmups !== undefined ? { warmups: values.warmups === '0' ? 0 : positive('warmups', values.warmups) } : {}),
     scaleRuns: positive('scale-runs', values['scale-runs'] ?? '1'),
     quick,
     stack,
