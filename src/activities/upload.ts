@@ -40,64 +40,69 @@ export interface UploadedImage extends UploadResult {
 }
 
 export function uploadActivities({ imageService }: ActivityDeps) {
+  async function upload(input: UploadImageInput, bytesTotal: number, progress: (n: number) => void): Promise<UploadedImage> {
+    let image = await imageService.getImage(input.imageId);
+    if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the snapshot`);
+
+    let sent: UploadResult;
+    let started = performance.now();
+    if (image.status === 'active') {
+      // An earlier attempt's PUT went through but its result was lost: verify what is there.
+      sent = await hashFile(input.path);
+    } else if (image.status === 'queued') {
+      const queued = image;
+      const minDisk = Math.ceil(input.virtualSize / GiB);
+      const properties = input.properties ?? {};
+      const stale = Object.entries(properties).some(([k, v]) => queued[k] !== v);
+      if (stale || queued.disk_format !== input.diskFormat || queued.container_format !== 'bare' || queued.min_disk !== minDisk) {
+        // Formats are set before the data, as Nova does.
+        await imageService.updateImage(input.imageId, {
+          ...properties,
+          disk_format: input.diskFormat,
+          container_format: 'bare',
+          min_disk: minDisk,
+        });
+      }
+      started = performance.now();
+      sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
+    } else if (image.status === 'saving' || image.status === 'uploading') {
+      // Glance puts an interrupted PUT back to queued once the old connection dies: try again soon.
+      throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`);
+    } else {
+      throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
+    }
+
+    image = await imageService.getImage(input.imageId);
+    if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
+    if (image.status !== 'active')
+      throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
+    verify(image, sent);
+    return { ...sent, sendAndVerifyMs: Math.round(performance.now() - started) };
+  }
+
   return {
     async uploadImage(input: UploadImageInput): Promise<UploadedImage> {
-      let image = await imageService.getImage(input.imageId);
-      if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the snapshot`);
-
-      let sent: UploadResult;
-      let started = performance.now();
-      if (image.status === 'active') {
-        // An earlier attempt's PUT went through but its result was lost: verify what is there.
-        sent = await hashFile(input.path);
-      } else if (image.status === 'queued') {
-        const queued = image;
-        const minDisk = Math.ceil(input.virtualSize / GiB);
-        const properties = input.properties ?? {};
-        const stale = Object.entries(properties).some(([k, v]) => queued[k] !== v);
-        if (stale || queued.disk_format !== input.diskFormat || queued.container_format !== 'bare' || queued.min_disk !== minDisk) {
-          // Formats are set before the data, as Nova does.
-          await imageService.updateImage(input.imageId, {
-            ...properties,
-            disk_format: input.diskFormat,
-            container_format: 'bare',
-            min_disk: minDisk,
-          });
-        }
-        const bytesTotal = (await stat(input.path)).size;
-        started = performance.now();
-        let bytesSent = 0;
-        const stop = keepHeartbeating((): StepProgress => ({
-          phase: 'uploading',
-          percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
-          bytesDone: bytesSent,
-          bytesTotal,
-          // Every byte is out: what is left is Glance storing them and answering.
-          ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
-        }));
-        const progress = (n: number) => {
+      const bytesTotal = (await stat(input.path)).size;
+      let bytesSent = 0;
+      // From the first Glance call to the last: a Glance slow to answer (a loaded Keystone behind
+      // it) must not look like a dead worker.
+      const stop = keepHeartbeating((): StepProgress => ({
+        phase: 'uploading',
+        percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
+        bytesDone: bytesSent,
+        bytesTotal,
+        // Every byte is out: what is left is Glance storing them and answering.
+        ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
+      }));
+      try {
+        return await upload(input, bytesTotal, (n) => {
           const done = n >= bytesTotal && bytesSent < bytesTotal;
           bytesSent = n;
           if (done) stop.beat();
-        };
-        try {
-          sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
-        } finally {
-          stop();
-        }
-      } else if (image.status === 'saving' || image.status === 'uploading') {
-        // Glance puts an interrupted PUT back to queued once the old connection dies: try again soon.
-        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`);
-      } else {
-        throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
+        });
+      } finally {
+        stop();
       }
-
-      image = await imageService.getImage(input.imageId);
-      if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
-      if (image.status !== 'active')
-        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
-      verify(image, sent);
-      return { ...sent, sendAndVerifyMs: Math.round(performance.now() - started) };
     },
   };
 }
