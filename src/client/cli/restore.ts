@@ -1,6 +1,6 @@
 // `vmsnap restore ...`: restore an instance from an image, roll a restore back, and see, list and
 // cancel restores as the snapshot commands do for snapshots (same exit codes, --json, text).
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { VmsnapError } from '../../shared/errors.js';
 import type { RestoreRequest, RestoreResult, RollbackResult } from '../../shared/types.js';
 import { validateRestoreRequest, validateRollbackRequest } from '../../shared/validation.js';
@@ -10,9 +10,9 @@ import { instanceAliases } from '../inventory.js';
 import { ProgressView, formatBytes, formatDuration } from '../progress.js';
 import * as restores from '../restores.js';
 import type { RestoreHandle, RestoreProgressDetails, RestoreSummary } from '../restores.js';
-import { LISTABLE_STATUSES, oneLine, type ListableStatus, type SnapshotProgressDetails } from '../snapshots.js';
+import { oneLine, type SnapshotProgressDetails } from '../snapshots.js';
 import { describeProgress, followWork, outcomeOf } from './follow.js';
-import { describeCliProblem, instanceFilter, positiveInt, since } from './options.js';
+import { addListOptions, describeCliProblem, listFilter, since, type ListOptions } from './options.js';
 import { table, withGlobals, type GlobalOptions, type Session } from './session.js';
 
 export function registerRestoreCommands(program: Command, session: Session): void {
@@ -184,32 +184,27 @@ export function registerRestoreCommands(program: Command, session: Session): voi
       }),
     );
 
-  restore
-    .command('list')
-    .description('list restores and rollbacks, most recently started first (from Temporal visibility)')
-    .option('--instance <instance>', 'only restores of this instance (UUID or name)')
-    .addOption(new Option('--status <status>', 'only restores in this state').choices(Object.keys(LISTABLE_STATUSES)))
-    .option('--limit <n>', 'at most this many', positiveInt, 20)
-    .action(
-      withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
-        const instance = await instanceFilter(session, opts.instance);
-        const rows = await restores.listRestores(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
-        session.showList(g, rows, {
-          empty: 'no restores found',
-          header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
-          row: (r) => [
-            r.workflowId,
-            r.action,
-            r.status,
-            r.phase ?? '-',
-            r.instanceId ?? '-',
-            r.imageId ?? '-',
-            since(r.startTime),
-            since(r.closeTime),
-          ],
-        });
-      }),
-    );
+  const list = restore.command('list').description('list restores and rollbacks, most recently started first (from Temporal visibility)');
+  addListOptions(list, 'restores');
+  list.action(
+    withGlobals(async (g, opts: ListOptions) => {
+      const rows = await restores.listRestores(await session.getClient(), await listFilter(session, opts));
+      session.showList(g, rows, {
+        empty: 'no restores found',
+        header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
+        row: (r) => [
+          r.workflowId,
+          r.action,
+          r.status,
+          r.phase ?? '-',
+          r.instanceId ?? '-',
+          r.imageId ?? '-',
+          since(r.startTime),
+          since(r.closeTime),
+        ],
+      });
+    }),
+  );
 
   restore
     .command('cancel')

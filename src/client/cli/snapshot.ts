@@ -9,7 +9,6 @@ import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
 import { ProgressView, formatBytes, formatDuration } from '../progress.js';
 import {
-  LISTABLE_STATUSES,
   cancelSnapshot,
   findSnapshot,
   getProgress,
@@ -17,13 +16,12 @@ import {
   oneLine,
   snapshotResult,
   startSnapshot,
-  type ListableStatus,
   type SnapshotHandle,
   type SnapshotProgressDetails,
   type SnapshotSummary,
 } from '../snapshots.js';
 import { describeProgress, follow, outcomeOf, waitAndReport, type Outcome } from './follow.js';
-import { describeCliProblem, instanceFilter, metadataOption, positiveInt, since } from './options.js';
+import { addListOptions, describeCliProblem, listFilter, metadataOption, since, type ListOptions } from './options.js';
 import { table, withGlobals, type Session } from './session.js';
 
 export function registerSnapshotCommands(program: Command, session: Session): void {
@@ -175,23 +173,18 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
       }),
     );
 
-  program
-    .command('list')
-    .description('list snapshots, most recently started first (from Temporal visibility)')
-    .option('--instance <instance>', 'only snapshots of this instance (UUID or name)')
-    .addOption(new Option('--status <status>', 'only snapshots in this state').choices(Object.keys(LISTABLE_STATUSES)))
-    .option('--limit <n>', 'at most this many', positiveInt, 20)
-    .action(
-      withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
-        const instance = await instanceFilter(session, opts.instance);
-        const rows = await listSnapshots(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
-        session.showList(g, rows, {
-          empty: 'no snapshots found',
-          header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
-          row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
-        });
-      }),
-    );
+  const list = program.command('list').description('list snapshots, most recently started first (from Temporal visibility)');
+  addListOptions(list, 'snapshots');
+  list.action(
+    withGlobals(async (g, opts: ListOptions) => {
+      const rows = await listSnapshots(await session.getClient(), await listFilter(session, opts));
+      session.showList(g, rows, {
+        empty: 'no snapshots found',
+        header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
+        row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
+      });
+    }),
+  );
 
   program
     .command('cancel')
