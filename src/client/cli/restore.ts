@@ -1,5 +1,6 @@
 // `vmsnap restore ...`: restore an instance from an image, roll a restore back, and see, list and
 // cancel restores as the snapshot commands do for snapshots (same exit codes, --json, text).
+import type { WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 import { VmsnapError } from '../../shared/errors.js';
 import type { RestoreRequest, RestoreResult, RollbackResult } from '../../shared/types.js';
@@ -7,12 +8,12 @@ import { validateRestoreRequest, validateRollbackRequest } from '../../shared/va
 import { ClientError } from '../errors.js';
 import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
-import { ProgressView, formatBytes, formatDuration } from '../progress.js';
+import { formatBytes, formatDuration } from '../progress.js';
 import * as restores from '../restores.js';
-import type { RestoreHandle, RestoreProgressDetails, RestoreSummary } from '../restores.js';
-import { oneLine, type SnapshotProgressDetails } from '../snapshots.js';
-import { describeProgress, followWork, outcomeOf } from './follow.js';
+import type { RestoreHandle, RestoreProgressDetails } from '../restores.js';
+import { followWork, outcomeOf } from './follow.js';
 import { addListOptions, describeCliProblem, listFilter, since, type ListOptions } from './options.js';
+import { readStatus, statusRows } from './status.js';
 import { table, withGlobals, type GlobalOptions, type Session } from './session.js';
 
 export function registerRestoreCommands(program: Command, session: Session): void {
@@ -127,60 +128,33 @@ export function registerRestoreCommands(program: Command, session: Session): voi
             `no restore of ${ref} found: check the instance UUID or name, or see vmsnap restore list`,
           );
         const handle = client.workflow.getHandle(found.workflowId, found.runId) as RestoreHandle;
-        const doc: RestoreSummary & {
-          progress?: RestoreProgressDetails;
-          progressError?: string;
-          result?: unknown;
-          error?: { type: string; message: string };
-        } = { ...found };
-        if (found.status === 'running' && found.action === 'restore') {
-          try {
-            doc.progress = await client.withDeadline(Date.now() + 5000, () => restores.getRestoreProgress(handle));
-          } catch (err) {
-            doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
-          }
-        } else if (found.status !== 'running') {
-          const ended = outcomeOf(
-            await handle.result().then(
-              (result) => ({ result }),
-              (error: unknown) => ({ error }),
+        // A rollback answers no progress query: while it runs, visibility's phase is all there is.
+        const progress = found.action === 'restore' ? (h: WorkflowHandle) => restores.getRestoreProgress(h as RestoreHandle) : undefined;
+        const status = await readStatus<RestoreProgressDetails, RestoreResult | RollbackResult>(found, handle, progress);
+        const r = found.action === 'restore' ? (status.result as RestoreResult | undefined) : undefined;
+        session.show(g, { ...found, ...status }, () =>
+          table(
+            statusRows(
+              session,
+              found,
+              status,
+              r?.imageId,
+              [
+                ...(r
+                  ? [
+                      [
+                        'downtime',
+                        `${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
+                      ],
+                    ]
+                  : []),
+                ...(r?.newInstance ? [['new instance', `${r.newInstance.name} (${r.newInstance.id})`]] : []),
+                ...(r?.preRestorePath ? [['pre-restore', `${r.preRestorePath}, kept until ${r.preRestoreKeptUntil}`]] : []),
+              ],
+              `, ${found.action}`,
             ),
-          );
-          doc.result = ended.result;
-          doc.error = ended.error;
-        }
-        if (g.json) {
-          session.json(doc);
-          return;
-        }
-        const p = doc.progress;
-        const r = found.action === 'restore' ? (doc.result as RestoreResult | undefined) : undefined;
-        const view = new ProgressView(io.stdout, 'plain');
-        const lines = [
-          ['workflow', `${found.workflowId} (run ${found.runId}), ${found.action}`],
-          ['status', found.status],
-          ['phase', p ? describeProgress(view, p as unknown as SnapshotProgressDetails) : (found.phase ?? '-')],
-          ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
-          ['image', r?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
-          ...(p ? [['task state', p.taskState ?? 'None']] : []),
-          ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
-          ['started', since(found.startTime)],
-          ['closed', since(found.closeTime)],
-          ...(r
-            ? [
-                [
-                  'downtime',
-                  `${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
-                ],
-              ]
-            : []),
-          ...(r?.newInstance ? [['new instance', `${r.newInstance.name} (${r.newInstance.id})`]] : []),
-          ...(r?.preRestorePath ? [['pre-restore', `${r.preRestorePath}, kept until ${r.preRestoreKeptUntil}`]] : []),
-          ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
-          ...(doc.progressError ? [['note', doc.progressError]] : []),
-          ...(session.webUiLink(found.workflowId, found.runId) ? [['web UI', session.webUiLink(found.workflowId, found.runId)!]] : []),
-        ];
-        session.say(g, table(lines));
+          ),
+        );
       }),
     );
 

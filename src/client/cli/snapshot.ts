@@ -7,21 +7,19 @@ import { validateSnapshotRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
 import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
-import { ProgressView, formatBytes, formatDuration } from '../progress.js';
+import { formatBytes, formatDuration } from '../progress.js';
 import {
   cancelSnapshot,
   findSnapshot,
   getProgress,
   listSnapshots,
-  oneLine,
-  snapshotResult,
   startSnapshot,
   type SnapshotHandle,
   type SnapshotProgressDetails,
-  type SnapshotSummary,
 } from '../snapshots.js';
-import { describeProgress, follow, outcomeOf, waitAndReport, type Outcome } from './follow.js';
+import { follow, outcomeOf, waitAndReport } from './follow.js';
 import { addListOptions, describeCliProblem, listFilter, metadataOption, since, type ListOptions } from './options.js';
+import { readStatus, statusRows } from './status.js';
 import { table, withGlobals, type Session } from './session.js';
 
 export function registerSnapshotCommands(program: Command, session: Session): void {
@@ -122,54 +120,17 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
         if (!found)
           throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
         const handle = client.workflow.getHandle(found.workflowId, found.runId) as SnapshotHandle;
-        const doc: SnapshotSummary & {
-          progress?: SnapshotProgressDetails;
-          progressError?: string;
-          result?: SnapshotResult;
-          error?: Outcome['error'];
-        } = { ...found };
-        if (found.status === 'running') {
-          try {
-            doc.progress = await client.withDeadline(Date.now() + 5000, () => getProgress(handle));
-          } catch (err) {
-            doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
-          }
-        } else {
-          const ended = outcomeOf(
-            await snapshotResult(handle).then(
-              (result) => ({ result }),
-              (error: unknown) => ({ error }),
-            ),
-          );
-          doc.result = ended.result;
-          doc.error = ended.error;
-        }
-        session.show(g, doc, () => {
-          const p = doc.progress;
-          const view = new ProgressView(io.stdout, 'plain');
-          const link = session.webUiLink(found.workflowId, found.runId);
-          return table([
-            ['workflow', `${found.workflowId} (run ${found.runId})`],
-            ['status', found.status],
-            ['phase', p ? describeProgress(view, p) : (found.phase ?? '-')],
-            ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
-            ['image', doc.result?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
-            ...(p ? [['task state', p.taskState ?? 'None']] : []),
-            ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
-            ['started', since(found.startTime)],
-            ['closed', since(found.closeTime)],
-            ...(doc.result
-              ? [['size', `${formatBytes(doc.result.size)} ${doc.result.diskFormat}, sha512 ${doc.result.sha512.slice(0, 16)}…`]]
-              : []),
-            ...(doc.result ? [['paused', formatDuration(doc.result.guestPauseMs)]] : []),
-            ...(doc.result?.guestWriteStallMs !== undefined
-              ? [['writes held', `${doc.result.guestWriteStallMs} ms at most (live copy)`]]
-              : []),
-            ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
-            ...(doc.progressError ? [['note', doc.progressError]] : []),
-            ...(link ? [['web UI', link]] : []),
-          ]);
-        });
+        const status = await readStatus<SnapshotProgressDetails, SnapshotResult>(found, handle, (h) => getProgress(h as SnapshotHandle));
+        const r = status.result;
+        session.show(g, { ...found, ...status }, () =>
+          table(
+            statusRows(session, found, status, r?.imageId, [
+              ...(r ? [['size', `${formatBytes(r.size)} ${r.diskFormat}, sha512 ${r.sha512.slice(0, 16)}…`]] : []),
+              ...(r ? [['paused', formatDuration(r.guestPauseMs)]] : []),
+              ...(r?.guestWriteStallMs !== undefined ? [['writes held', `${r.guestWriteStallMs} ms at most (live copy)`]] : []),
+            ]),
+          ),
+        );
       }),
     );
 
