@@ -26,7 +26,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../shared/errors.js';
 import type { LiveCopyOptions, LiveCopyResult, LiveCopySupport, PowerState, QuiesceMode } from './hypervisor.js';
 import { domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
-import { fsyncFileAndEntry, removeRegularFile } from './files.js';
+import { fsyncFileAndEntry, qemuUser, removeRegularFile } from './files.js';
 import { AbortError, convert } from './qemu-img.js';
 
 /** Runs `virsh -c URI args...` and returns stdout; failures are VmsnapErrors (see LibvirtHypervisor). */
@@ -104,15 +104,7 @@ async function qemuOwner(domainName: string | undefined): Promise<{ uid: number;
     const st = await fs.stat(`/proc/${pid}`).catch(() => undefined);
     if (st) return { uid: st.uid, gid: st.gid };
   }
-  const passwd = await fs.readFile('/etc/passwd', 'utf8').catch(() => '');
-  for (const name of ['libvirt-qemu', 'qemu']) {
-    const fields = passwd
-      .split('\n')
-      .find((l) => l.startsWith(`${name}:`))
-      ?.split(':');
-    if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
-  }
-  return undefined;
+  return qemuUser();
 }
 
 /**
