@@ -32,8 +32,11 @@ async function agentFiles(): Promise<string[]> {
   return [QEMU_GA, ...libs];
 }
 
+let writes = 0;
+
 async function writeAtomic(file: string, data: Buffer | string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
+  // Unique per call: two guests built at once in one process write the same kernel.
+  const tmp = `${file}.tmp-${process.pid}-${++writes}`;
   await fs.writeFile(tmp, data);
   await fs.chmod(tmp, 0o644); // readable by QEMU whatever the umask
   await fs.rename(tmp, file);
