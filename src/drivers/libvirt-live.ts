@@ -236,10 +236,7 @@ export class LiveCopier {
     let usePull = method !== 'push';
     if (usePull && Buffer.byteLength(pull.socket) > MAX_SOCKET_PATH) {
       if (method === 'pull')
-        throw new VmsnapError(
-          'InvalidInput',
-          `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`,
-        );
+        throw new VmsnapError('InvalidInput', `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`);
       usePull = false;
     }
     if (signal?.aborted) throw abortError(signal);
@@ -276,8 +273,7 @@ export class LiveCopier {
     let jobStarted = false;
     try {
       if (quiesce !== 'never') {
-        const why =
-          state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
+        const why = state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
         if (why === undefined) frozen = true;
         else if (quiesce === 'require') {
           throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
@@ -483,11 +479,10 @@ export class LiveCopier {
       const how = done.type === JOB.cancelled ? 'was cancelled (not by vmsnap)' : 'failed';
       throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, { errmsg: said });
     }
-    throw new VmsnapError(
-      'HypervisorError',
-      `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`,
-      { jobType: done.type, operation: done.operation },
-    );
+    throw new VmsnapError('HypervisorError', `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`, {
+      jobType: done.type,
+      operation: done.operation,
+    });
   }
 
   /** domjobabort, then wait until libvirt has no job on the domain any more. */
@@ -503,10 +498,7 @@ export class LiveCopier {
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id).catch(() => ''));
       if (job.type === JOB.none) return;
       if (Date.now() > deadline) {
-        throw new VmsnapError(
-          'HypervisorError',
-          `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`,
-        );
+        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`);
       }
       await sleep(100);
     }

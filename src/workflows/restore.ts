@@ -17,19 +17,7 @@ import {
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import {
-  Compensations,
-  RETRY,
-  STORE_STEP,
-  commonSteps,
-  failure,
-  instanceNotFound,
-  lookUpInstance,
-  onHost,
-  onMain,
-  setDetails,
-  typedFailure,
-} from './steps.js';
+import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { RestoreImage } from '../activities/restore-image.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
@@ -187,10 +175,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     await recordEvent('start', { imageId, priorPowerState });
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure(
-        'InstanceInvalidState',
-        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`,
-      );
+      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`);
     }
 
     enter('downloading');
@@ -249,9 +234,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     enter('compensating');
     await CancellationScope.nonCancellable(async () => {
       await undo.run();
-      await undo.attempt('reset task state', () =>
-        onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
-      );
+      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
       progress.taskState = null;
       if (taskAcquired) {
         const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
@@ -385,10 +368,7 @@ export async function rollbackRestore(request: RollbackRequest): Promise<Rollbac
     priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     await recordEvent('start', { rollback: true, priorPowerState });
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure(
-        'InstanceInvalidState',
-        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be rolled back`,
-      );
+      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be rolled back`);
     }
     await store.setTaskState({ instanceId, expected: 'rebuilding', next: 'rebuild_spawning', owner });
     const done = await onHost(steps.power, 'stop the guest, put the pre-restore disk back, start it').rollbackDisk({

@@ -346,9 +346,7 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     await h.glance.deleteImage(derived);
     // ... or booted from by an instance of the inventory.
     const fakeHost = `test-sched-fake-${pid}`;
-    await h.store.syncHostInstances(fakeHost, [
-      { id: randomUUID(), name: `vmsnap-test-sched-booted-${pid}`, powerState: 'shutdown', baseImageRef: older },
-    ]);
+    await h.store.syncHostInstances(fakeHost, [{ id: randomUUID(), name: `vmsnap-test-sched-booted-${pid}`, powerState: 'shutdown', baseImageRef: older }]);
     try {
       const withInstance = await previewRetention(h.client, h.config, timed, { policy: { keepLast: 1 } });
       assert.equal(verdict(withInstance, older)?.rule, 'in-use');
@@ -463,10 +461,7 @@ describe('scheduled snapshots on the real stack', { timeout: 600_000 }, () => {
     const table = await vmsnap(h, ['schedule', 'list']);
     assert.match(
       table.stdout,
-      new RegExp(
-        `^${cron}\\s+cron "0 3 \\* \\* \\*" \\(UTC\\)\\s+${guest.uuid},${guestName}\\s+keep-last 3, keep-daily 7, keep-weekly 4\\s+active\\s`,
-        'm',
-      ),
+      new RegExp(`^${cron}\\s+cron "0 3 \\* \\* \\*" \\(UTC\\)\\s+${guest.uuid},${guestName}\\s+keep-last 3, keep-daily 7, keep-weekly 4\\s+active\\s`, 'm'),
     );
 
     const pause = await vmsnap(h, ['schedule', 'pause', cron, '--note', 'maintenance window', '--json']);

@@ -72,10 +72,7 @@ export async function mkdirForQemu(dir: string): Promise<void> {
  * defined domain does not depend on /boot changing underneath. With guestAgent the initramfs is a
  * separate one (initrd-agent.img, own stamp) that also holds qemu-ga; the plain one is unchanged.
  */
-export async function buildGuestAssets(
-  assetsDir: string,
-  opts: { guestAgent?: boolean } = {},
-): Promise<{ kernel: string; initrd: string }> {
+export async function buildGuestAssets(assetsDir: string, opts: { guestAgent?: boolean } = {}): Promise<{ kernel: string; initrd: string }> {
   const agent = opts.guestAgent === true;
   const dir = path.resolve(assetsDir);
   const kernelOut = path.join(dir, 'vmlinuz');
@@ -84,9 +81,7 @@ export async function buildGuestAssets(
   const initScript = agent ? agentInitScript() : INIT_SCRIPT;
 
   const kernel = await findKernel();
-  const moduleFiles = [...VIRTIO_MODULES, ...(agent ? AGENT_MODULES : [])].map(
-    (m) => `/lib/modules/${kernel.version}/kernel/drivers/${m}.ko`,
-  );
+  const moduleFiles = [...VIRTIO_MODULES, ...(agent ? AGENT_MODULES : [])].map((m) => `/lib/modules/${kernel.version}/kernel/drivers/${m}.ko`);
   const agentBinaries = agent ? await agentFiles() : [];
   const inputs = [kernel.path, BUSYBOX, ...moduleFiles, ...agentBinaries];
   const stats = await Promise.all(

@@ -101,10 +101,7 @@ export function addListOptions(command: Command, noun: string): void {
 }
 
 /** The list filter as the client takes it: an --instance also matches its other names. */
-export async function listFilter(
-  session: Session,
-  opts: ListOptions,
-): Promise<{ instance?: string[]; status?: ListableStatus; limit: number }> {
+export async function listFilter(session: Session, opts: ListOptions): Promise<{ instance?: string[]; status?: ListableStatus; limit: number }> {
   return { instance: await instanceFilter(session, opts.instance), status: opts.status, limit: opts.limit };
 }
 

@@ -65,9 +65,7 @@ function retentionOf(opts: { keepLast?: number; keepDaily?: number; keepWeekly?:
 export function registerScheduleCommands(program: Command, session: Session): void {
   const schedule = program
     .command('schedule')
-    .description(
-      'snapshots on a schedule (cron or interval), with retention: create, list, describe, pause, unpause, trigger, delete; retention --dry-run',
-    )
+    .description('snapshots on a schedule (cron or interval), with retention: create, list, describe, pause, unpause, trigger, delete; retention --dry-run')
     .addHelpText('after', `\n${SCHEDULE_HELP}\n`);
 
   const create = schedule
@@ -79,11 +77,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     .option('--every <duration>', 'when, as an interval, e.g. 6h, 30m, 1d');
   addKeepOptions(create, 'retention: keep');
   create
-    .option(
-      '--catchup-window <duration>',
-      'how late a run missed while Temporal was away may still start',
-      schedules.DEFAULT_CATCHUP_WINDOW,
-    )
+    .option('--catchup-window <duration>', 'how late a run missed while Temporal was away may still start', schedules.DEFAULT_CATCHUP_WINDOW)
     .option('--image-prefix <prefix>', 'images are named <prefix>-<instance>-<time> (default: the schedule name)')
     .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
     .addOption(new Option('--format <format>', 'disk format of the images (default qcow2)').choices(['qcow2', 'raw']))
@@ -206,10 +200,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
       .action(
         withGlobals(async (g, name: string, opts: { note?: string }) => {
           const client = await session.getClient();
-          const d =
-            verb === 'pause'
-              ? await schedules.pauseSchedule(client, name, opts.note)
-              : await schedules.unpauseSchedule(client, name, opts.note);
+          const d = verb === 'pause' ? await schedules.pauseSchedule(client, name, opts.note) : await schedules.unpauseSchedule(client, name, opts.note);
           session.show(g, d, () => `schedule ${d.name} ${d.paused ? 'paused' : 'active'}${d.note ? `: ${d.note}` : ''}`);
         }),
       );

@@ -8,15 +8,7 @@ import { ClientError } from '../errors.js';
 import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
 import { formatBytes, formatDuration } from '../progress.js';
-import {
-  cancelSnapshot,
-  findSnapshot,
-  getProgress,
-  listSnapshots,
-  startSnapshot,
-  type SnapshotHandle,
-  type SnapshotProgressDetails,
-} from '../snapshots.js';
+import { cancelSnapshot, findSnapshot, getProgress, listSnapshots, startSnapshot, type SnapshotHandle, type SnapshotProgressDetails } from '../snapshots.js';
 import { follow, outcomeOf, waitAndReport } from './follow.js';
 import { addListOptions, describeCliProblem, listFilter, metadataOption, since, type ListOptions } from './options.js';
 import { readStatus, statusRows } from './status.js';
@@ -39,11 +31,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
       ).choices(['auto', 'cold', 'live']),
     )
     .addOption(
-      new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices([
-        'try',
-        'require',
-        'never',
-      ]),
+      new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices(['try', 'require', 'never']),
     )
     .option('--image-id <uuid>', 'id of the new image (default: a new UUID, printed at once)')
     .option('--wait', 'wait until the snapshot ends, showing its progress')
@@ -78,11 +66,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
           // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
           const problems = validateSnapshotRequest(request);
           if (problems.length) {
-            throw new VmsnapError(
-              'InvalidInput',
-              `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`,
-              { problems },
-            );
+            throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`, { problems });
           }
           const config = session.getConfig();
           const client = await session.getClient();
@@ -117,8 +101,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
         const config = session.getConfig();
         const client = await session.getClient();
         const found = await findSnapshot(client, ref, await instanceAliases(config, ref));
-        if (!found)
-          throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
+        if (!found) throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
         const handle = client.workflow.getHandle(found.workflowId, found.runId) as SnapshotHandle;
         const status = await readStatus<SnapshotProgressDetails, SnapshotResult>(found, handle, (h) => getProgress(h as SnapshotHandle));
         const r = status.result;
@@ -188,9 +171,7 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  md5       ${result.md5}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
     `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
-    ...(result.guestWriteStallMs !== undefined
-      ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`]
-      : []),
+    ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${phases}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');
