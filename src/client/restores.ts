@@ -10,15 +10,8 @@ import type { RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest } 
 import { UUID_PATTERN, describeProblems, validateRestoreRequest, validateRollbackRequest, type InputProblem } from '../shared/validation.js';
 import type { restoreInstance, rollbackRestore } from '../workflows/restore.js';
 import { ClientError } from './errors.js';
-import {
-  findWorkflow,
-  listWorkflows,
-  stepProgress,
-  type ListSnapshotsOptions,
-  type SnapshotProgressDetails,
-  type SnapshotSummary,
-  type WorkflowKind,
-} from './snapshots.js';
+import { findWorkflow, listWorkflows, stepProgress } from './snapshots.js';
+import type { ListSnapshotsOptions, SnapshotProgressDetails, SnapshotSummary, WorkflowKind } from './snapshots.js';
 
 export const RESTORE_WORKFLOW_TYPE = 'restoreInstance';
 export const ROLLBACK_WORKFLOW_TYPE = 'rollbackRestore';
