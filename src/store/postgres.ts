@@ -279,14 +279,8 @@ export class PostgresStore implements Store {
   }
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
-    await this.run('recordFault', () =>
-      this.pool.query('INSERT INTO instance_faults (instance_id, code, message, details, created_at) VALUES ($1, $2, $3, $4, now())', [
-        text(fault.instanceId),
-        text(fault.code),
-        text(fault.message),
-        JSON.stringify(fault.details),
-      ]),
-    );
+    const values = mapping.faultValues(fault).map(text);
+    await this.run('recordFault', () => this.pool.query(`INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) VALUES ($1, $2, $3, $4, now())`, values));
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
@@ -298,14 +292,9 @@ export class PostgresStore implements Store {
   }
 
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
+    const values = mapping.eventValues(event).map(text);
     await this.run('recordEvent', () =>
-      this.pool.query('INSERT INTO instance_actions_events (instance_id, action, event, request_id, details, created_at) VALUES ($1, $2, $3, $4, $5, now())', [
-        text(event.instanceId),
-        text(event.action),
-        text(event.event),
-        text(event.requestId),
-        JSON.stringify(event.details),
-      ]),
+      this.pool.query(`INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, now())`, values),
     );
   }
 

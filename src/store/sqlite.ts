@@ -172,13 +172,7 @@ export class SqliteStore implements Store {
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
     this.run('recordFault', () => {
-      this.stmt('INSERT INTO instance_faults (instance_id, code, message, details, created_at) VALUES (?, ?, ?, ?, ?)').run(
-        fault.instanceId,
-        fault.code,
-        fault.message,
-        JSON.stringify(fault.details),
-        now(),
-      );
+      this.stmt(`INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) VALUES (?, ?, ?, ?, ?)`).run(...mapping.faultValues(fault), now());
     });
   }
 
@@ -192,14 +186,7 @@ export class SqliteStore implements Store {
 
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
     this.run('recordEvent', () => {
-      this.stmt('INSERT INTO instance_actions_events (instance_id, action, event, request_id, details, created_at) VALUES (?, ?, ?, ?, ?, ?)').run(
-        event.instanceId,
-        event.action,
-        event.event,
-        event.requestId,
-        JSON.stringify(event.details),
-        now(),
-      );
+      this.stmt(`INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`).run(...mapping.eventValues(event), now());
     });
   }
 
