@@ -3,8 +3,7 @@ import type { Mode } from './options.js';
 import type { BenchResults, DiskSummary, ModeSummary, Target } from './results.js';
 
 const fmt = (v: number | undefined, digits = 0) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
-const ms = (v: number | undefined) =>
-  v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`;
+const ms = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
 const mib = (v: number | undefined) => fmt(v, v !== undefined && Math.abs(v) < 10 ? 1 : 0);
 const x = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : `${v.toFixed(2)}×`);
 
@@ -50,10 +49,7 @@ function growthSection(r: BenchResults): string[] {
     const s = g.slopes[m]!;
     out.push(`| ${m} | ${fmt(s.wallMsPerGiB)} | ${x(s.wallToBare)} | ${fmt(s.pauseMsPerGiB)} | ${x(s.pauseToBare)} |`);
   }
-  out.push(
-    '',
-    'Slopes: least squares over the three disks’ medians; a ratio to bare’s slope above 1 means vmsnap adds time that grows with the data.',
-  );
+  out.push('', 'Slopes: least squares over the three disks’ medians; a ratio to bare’s slope above 1 means vmsnap adds time that grows with the data.');
   return out;
 }
 

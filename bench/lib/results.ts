@@ -146,9 +146,7 @@ function summarizeMode(samples: Sample[]): ModeSummary {
     wallRangeMs: minMax(ok.map((s) => s.wallMs ?? NaN)),
     pauseRangeMs: minMax(ok.map((s) => s.pauseMs ?? NaN)),
   };
-  const cpuPerGiB = med(
-    ok.map((s) => (s.uploaderCpuS !== undefined && s.imageBytes ? s.uploaderCpuS / (s.imageBytes / (1024 * MiB)) : undefined)),
-  );
+  const cpuPerGiB = med(ok.map((s) => (s.uploaderCpuS !== undefined && s.imageBytes ? s.uploaderCpuS / (s.imageBytes / (1024 * MiB)) : undefined)));
   if (Number.isFinite(cpuPerGiB)) summary.uploaderCpuSPerGiB = cpuPerGiB;
   const consistency: Record<string, number> = {};
   for (const s of ok) {
@@ -226,12 +224,7 @@ export function scaleGrowth(scale: ScaleSample[]): BenchResults['scaleGrowth'] {
   return out;
 }
 
-function margin(
-  value: number | undefined,
-  comparison: '<=' | '>=',
-  limit: number,
-  unit: Target['unit'],
-): { pass: boolean | null; margin: string } {
+function margin(value: number | undefined, comparison: '<=' | '>=', limit: number, unit: Target['unit']): { pass: boolean | null; margin: string } {
   if (value === undefined || !Number.isFinite(value)) return { pass: null, margin: 'not measured' };
   const pass = comparison === '<=' ? value <= limit : value >= limit;
   if (unit === 'failures') return { pass, margin: pass ? 'none failed' : `${value} failed` };

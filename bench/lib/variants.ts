@@ -300,18 +300,7 @@ export async function runVmsnap(
     const first = open[0];
     const last = open.at(-1);
     const phasesMs = Object.fromEntries(Object.entries(result.phaseDurationsMs).map(([k, v]) => [k, v ?? 0]));
-    const known = new Set([
-      'imageId',
-      'imageName',
-      'instanceId',
-      'host',
-      'diskFormat',
-      'size',
-      'virtualSize',
-      'sha512',
-      'priorPowerState',
-      'phaseDurationsMs',
-    ]);
+    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'priorPowerState', 'phaseDurationsMs']);
     const resultExtra = Object.fromEntries(Object.entries(result).filter(([k]) => !known.has(k)));
     const cpuFirst = first?.cpu;
     const cpuLast = last?.cpu;

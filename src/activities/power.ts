@@ -31,8 +31,7 @@ export function powerActivities(deps: Pick<ActivityDeps, 'hypervisor' | 'store' 
     },
 
     async pauseInstance({ instanceId, owner, imageId, diskFormat, compress }: PauseInput): Promise<{ pausedAt: number }> {
-      if (imageId && diskFormat)
-        await ensureRoomForCopy(deps, { instanceId, imageId, diskFormat, compress: compress ?? false, live: false });
+      if (imageId && diskFormat) await ensureRoomForCopy(deps, { instanceId, imageId, diskFormat, compress: compress ?? false, live: false });
       await store.recordEvent({ instanceId, action: 'createImage', event: 'pause', requestId: owner, details: {} });
       await hypervisor.pause(instanceId);
       return { pausedAt: Date.now() };

@@ -102,11 +102,7 @@ function mapFailure(what: string, image: string, stderr: string, target?: string
   if (!openedTarget && /Could not open/.test(all)) {
     if (/No such file or directory/.test(all)) {
       const backing = /backing file/i.test(all);
-      return new VmsnapError(
-        'DiskNotFound',
-        `${what}: ${backing ? `a backing file of ${image} is missing` : `${image} does not exist`}: ${line}`,
-        details,
-      );
+      return new VmsnapError('DiskNotFound', `${what}: ${backing ? `a backing file of ${image} is missing` : `${image} does not exist`}: ${line}`, details);
     }
     if (/Permission denied/.test(all)) {
       return new VmsnapError('ConvertFailed', `${what}: cannot read ${image}: ${line}`, details);
@@ -284,10 +280,7 @@ export async function info(file: string, opts: { forceShare?: boolean; format?: 
  * (`required`: allocated data and metadata; `fullyAllocated`: every cluster written). Read with
  * -U, so a running guest's disk can be measured before it is touched.
  */
-export async function measure(
-  file: string,
-  opts: { format?: string; targetFormat: string },
-): Promise<{ required: number; fullyAllocated: number }> {
+export async function measure(file: string, opts: { format?: string; targetFormat: string }): Promise<{ required: number; fullyAllocated: number }> {
   const what = `qemu-img measure ${file}`;
   await requireImage(what, file);
   const args = ['measure', '--output=json', '-U', ...(opts.format ? ['-f', opts.format] : []), '-O', opts.targetFormat, '--', file];

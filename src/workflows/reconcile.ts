@@ -211,9 +211,7 @@ async function removeLeftoversOnHosts(report: ReconcileReport, attempt: Attempt)
     // Added after histories were recorded: runs of older workers replay without this step.
     if (patched('reconcile-new-instances')) {
       await attempt(`abandoned new instances on ${host}`, async () => {
-        report.removedNewInstances.push(
-          ...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })),
-        );
+        report.removedNewInstances.push(...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })));
       });
     }
   }
