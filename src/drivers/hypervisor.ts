@@ -46,6 +46,11 @@ export interface Hypervisor {
    * (retryable: another job on the domain, the job failed); an AbortError when aborted.
    */
   liveCopy(id: string, opts: LiveCopyOptions): Promise<LiveCopyResult>;
+  /**
+   * Ends a live copy's job on the instance that copies into dir (its worker died, its snapshot was
+   * terminated) and removes its scratch image and socket; true if there was one. A gone instance has none.
+   */
+  abortLiveCopy?(id: string, dir: string): Promise<boolean>;
   /** Starts watching the guest's vCPU stops (QEMU STOP/RESUME events); resolves once the watch is live. */
   /**
    * Thaws filesystems frozen through the guest agent (compensation after a lost worker). An

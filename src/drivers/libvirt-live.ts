@@ -25,7 +25,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../shared/errors.js';
 import type { LiveCopyOptions, LiveCopyResult, LiveCopySupport, PowerState, QuiesceMode } from './hypervisor.js';
-import { domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
+import { decodeEntities, domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
 import { fsyncFileAndEntry, removeRegularFile } from './files.js';
 import { AbortError, convert } from './qemu-img.js';
 
@@ -407,6 +407,33 @@ export class LiveCopier {
   }
 
   /**
+   * Ends the backup job of instance id that copies into dir, if there is one, and removes its
+   * scratch image and NBD socket: what a live copy leaves when its worker died and its snapshot was
+   * terminated (a pull job never ends by itself, and no retry takes it over). Returns whether there
+   * was such a job. Another job, or one copying elsewhere, is left alone.
+   */
+  async abortLeftover(id: string, dir: string): Promise<boolean> {
+    let job: JobStats;
+    try {
+      job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
+    } catch (e) {
+      if (e instanceof VmsnapError && e.code === 'InstanceNotFound') return false;
+      throw e;
+    }
+    if (job.type === JOB.none || job.operation !== OP_BACKUP) return false;
+    const xml = await this.run(['backup-dumpxml', id], id);
+    const prefix = encodeEntities(path.join(path.resolve(dir), '/'));
+    const files = [...xml.matchAll(/\b(?:file|socket)=(?:'([^']*)'|"([^"]*)")/g)].map((m) => m[1] ?? m[2] ?? '');
+    if (!files.some((f) => f.startsWith(prefix))) return false;
+    await this.abortJob(id);
+    for (const f of files.filter((f) => f.startsWith(prefix)).map(decodeEntities)) {
+      if (/\.scratch$/.test(f)) await removeRegularFile(f);
+      else if (path.basename(f) === 'sock') await fs.rm(path.dirname(f), { recursive: true, force: true });
+    }
+    return true;
+  }
+
+  /**
    * Another job on the domain makes backup-begin wait 30 s for libvirt's job lock and fail. A
    * backup job writing to our own target is what an earlier attempt of this very copy left (e.g.
    * the worker died): that one is aborted; any other job is reported.
@@ -425,7 +452,7 @@ export class LiveCopier {
       }
     }
     // A pull job never ends by itself: one whose copy died with its worker (and whose snapshot was
-    // terminated, so no retry takes it over) stays until someone aborts it.
+    // terminated, so no retry takes it over) stays until the reconciler (abortLeftover) or someone aborts it.
     const pullJob = /mode=['"]pull['"]/.test(xml);
     throw new VmsnapError(
       'HypervisorError',

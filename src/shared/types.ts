@@ -141,6 +141,7 @@ export type RestorePhase =
   | 'finishing'
   | 'compensating'
   | 'completed'
+  | 'cancelled'
   | 'failed';
 
 /** Answer of a restore's `progress` query. */
