@@ -117,6 +117,19 @@ export interface LiveCopyOptions {
   bandwidthMiBps?: number;
   /** pull: QEMU serves the point in time over NBD and qemu-img reads it; push: QEMU's backup job writes the target itself; auto (default): pull, else push where pull cannot start. */
   method?: LiveCopyMethod;
+  /** How a pull copy is made; unset fields take the defaults that measured best (the write-stalls benchmark compares the others). */
+  pull?: PullTuning;
+}
+
+export interface PullTuning {
+  /** Requests qemu-img keeps in flight against QEMU's NBD export (qemu-img -m). */
+  parallel?: number;
+  /** Directory of the scratch image that keeps the overwritten blocks' old data; default beside the target. */
+  scratchDir?: string;
+  /** Format of the scratch image. */
+  scratchFormat?: 'qcow2' | 'raw';
+  /** Run the reader (qemu-img) at the lowest CPU and I/O priority (nice 19, ionice idle). */
+  lowPriority?: boolean;
 }
 
 export type LiveCopyMethod = 'auto' | 'pull' | 'push';

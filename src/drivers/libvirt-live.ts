@@ -240,7 +240,13 @@ export class LiveCopier {
     // The scratch image sits beside the target (QEMU must reach that directory for a push target
     // too), the socket in a directory of QEMU's own beside it: both QEMU and we see it there,
     // whatever private /tmp either has, and only QEMU and root can connect.
-    const pull = { socketDir: `${target}.nbd`, socket: path.join(`${target}.nbd`, 'sock'), scratch: `${target}.scratch` };
+    const tuning = opts.pull ?? {};
+    const scratchFormat = tuning.scratchFormat ?? 'qcow2';
+    const pull = {
+      socketDir: `${target}.nbd`,
+      socket: path.join(`${target}.nbd`, 'sock'),
+      scratch: tuning.scratchDir ? path.join(tuning.scratchDir, `${path.basename(target)}.${process.pid}.scratch`) : `${target}.scratch`,
+    };
     let usePull = method !== 'push';
     if (usePull && Buffer.byteLength(pull.socket) > MAX_SOCKET_PATH) {
       if (method === 'pull')
@@ -274,9 +280,13 @@ export class LiveCopier {
       if (owner) await fs.chown(pull.socketDir, owner.uid, owner.gid).catch(() => undefined);
     }
     const writeXml = () =>
-      fs.writeFile(xmlFile, usePull ? pullXml(disks, root, pull.socket, pull.scratch) : backupXml(disks, root, target, opts.targetFormat), {
-        mode: 0o600,
-      });
+      fs.writeFile(
+        xmlFile,
+        usePull ? pullXml(disks, root, pull.socket, pull.scratch, scratchFormat) : backupXml(disks, root, target, opts.targetFormat),
+        {
+          mode: 0o600,
+        },
+      );
     await writeXml();
 
     const quiescer = new Quiescer(this.run, id);
@@ -377,7 +387,8 @@ export class LiveCopier {
       sourceFormat: 'raw',
       target,
       targetFormat: opts.targetFormat,
-      parallel: PULL_PARALLEL,
+      parallel: opts.pull?.parallel ?? PULL_PARALLEL,
+      ...(opts.pull?.lowPriority ? { lowPriority: true } : {}),
       ...(opts.bandwidthMiBps ? { rateLimitMiBps: opts.bandwidthMiBps } : {}),
       onProgress: report,
       ...(opts.signal ? { signal: opts.signal } : {}),
@@ -554,13 +565,13 @@ function pullUnavailable(e: unknown): boolean {
 }
 
 /** Pull-mode backup of the root disk, served over NBD on a unix socket, the old data of overwritten blocks kept in a qcow2 scratch image. */
-function pullXml(disks: DomainDisk[], root: DomainDisk, socket: string, scratch: string): string {
+function pullXml(disks: DomainDisk[], root: DomainDisk, socket: string, scratch: string, format: 'qcow2' | 'raw'): string {
   const x = encodeEntities;
   const lines = disks
     .filter((d) => d.dev)
     .map((d) =>
       d === root
-        ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      <scratch file='${x(scratch)}'/>\n      <driver type='qcow2'/>\n    </disk>`
+        ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      <scratch file='${x(scratch)}'/>\n      <driver type='${format}'/>\n    </disk>`
         : `    <disk name='${x(d.dev)}' backup='no'/>`,
     );
   return `<domainbackup mode='pull'>\n  <server transport='unix' socket='${x(socket)}'/>\n  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;

@@ -43,6 +43,8 @@ export interface ConvertOptions {
   rateLimitMiBps?: number;
   /** -m: parallel requests (qemu-img's default is 8). */
   parallel?: number;
+  /** Lowest CPU and I/O priority (nice 19, ionice idle): the host's guests go first. */
+  lowPriority?: boolean;
 }
 
 export interface ImageInfo {
@@ -188,7 +190,10 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   // If the worker dies (SIGKILL, OOM), the kernel kills qemu-img too: an orphaned copy would go
   // on writing into a temp dir that the retry on another worker starts over in. setpriv execs
   // qemu-img, so the pid, the signals and the exit status are qemu-img's own.
-  const sub = execa('setpriv', ['--pdeathsig', 'KILL', QEMU_IMG, ...args], {
+  const command = ['setpriv', '--pdeathsig', 'KILL', QEMU_IMG, ...args];
+  // ionice and nice exec what follows, as setpriv does: still one process, qemu-img's own pid.
+  if (opts.lowPriority) command.unshift('ionice', '-c', '3', 'nice', '-n', '19');
+  const sub = execa(command[0]!, command.slice(1), {
     env,
     reject: false,
     // Progress is consumed as it streams; nothing to keep.
