@@ -11,10 +11,12 @@ export const STALL_VARIANTS = [
   'pull-m1',
   'pull-m4',
   'pull-shm',
-  'pull-raw',
   'pull-nice',
   'pull-r64',
   'pull-r32',
+  'pull-direct',
+  'pull-direct-nice',
+  'pull-tmpfs',
 ] as const;
 export type StallVariant = (typeof STALL_VARIANTS)[number];
 
@@ -34,14 +36,20 @@ export function liveOptionsOf(variant: StallVariant): Pick<LiveCopyOptions, 'met
     case 'pull-shm':
       // RAM instead of the target's disk for the old data of overwritten blocks.
       return { method: 'pull', pull: { scratchDir: '/dev/shm' } };
-    case 'pull-raw':
-      return { method: 'pull', pull: { scratchFormat: 'raw' } };
     case 'pull-nice':
       return { method: 'pull', pull: { lowPriority: true } };
     case 'pull-r64':
       return { method: 'pull', bandwidthMiBps: 64 };
     case 'pull-r32':
       return { method: 'pull', bandwidthMiBps: 32 };
+    case 'pull-direct':
+      // The copy's writes past the page cache: no writeback burst for the guest's flushes to queue behind.
+      return { method: 'pull', pull: { targetCache: 'none' } };
+    case 'pull-tmpfs':
+      // Diagnostic, not a setting: target and scratch in RAM, so the copy does no disk I/O at all.
+      return { method: 'pull', pull: { scratchDir: '/dev/shm' } };
+    case 'pull-direct-nice':
+      return { method: 'pull', pull: { targetCache: 'none', lowPriority: true } };
     default:
       return undefined;
   }

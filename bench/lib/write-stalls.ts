@@ -91,7 +91,7 @@ async function oneRun(
   variant: StallVariant,
   run: number,
 ): Promise<StallSample> {
-  const target = join(o.workDir, `stall-${disk.kind}-${variant}.qcow2`);
+  const target = join(variant === 'pull-tmpfs' ? '/dev/shm' : o.workDir, `stall-${disk.kind}-${variant}.qcow2`);
   const sampler = sampleWrites(o.libvirtUri, guest.name, 'vda', 5);
   const idleFrom = performance.now();
   await sleep(o.idleMs);

@@ -126,10 +126,10 @@ export interface PullTuning {
   parallel?: number;
   /** Directory of the scratch image that keeps the overwritten blocks' old data; default beside the target. */
   scratchDir?: string;
-  /** Format of the scratch image. */
-  scratchFormat?: 'qcow2' | 'raw';
   /** Run the reader (qemu-img) at the lowest CPU and I/O priority (nice 19, ionice idle). */
   lowPriority?: boolean;
+  /** Cache mode of the copy's writes (qemu-img -t): none writes past the page cache, so no burst of writeback queues the guest's flushes. */
+  targetCache?: 'none' | 'writeback' | 'unsafe';
 }
 
 export type LiveCopyMethod = 'auto' | 'pull' | 'push';

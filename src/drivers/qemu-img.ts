@@ -45,6 +45,8 @@ export interface ConvertOptions {
   parallel?: number;
   /** Lowest CPU and I/O priority (nice 19, ionice idle): the host's guests go first. */
   lowPriority?: boolean;
+  /** -t: the target's cache mode; qemu-img's default for convert is unsafe (page cache, no flush until the end). */
+  targetCache?: 'none' | 'writeback' | 'unsafe';
 }
 
 export interface ImageInfo {
@@ -182,6 +184,7 @@ export async function convert(opts: ConvertOptions): Promise<void> {
     ...(opts.compress ? ['-c'] : []),
     ...(opts.rateLimitMiBps ? ['-r', `${opts.rateLimitMiBps}M`] : []),
     ...(opts.parallel ? ['-m', String(opts.parallel)] : []),
+    ...(opts.targetCache ? ['-t', opts.targetCache] : []),
     // "--" keeps a path starting with "-" from being read as an option.
     '--',
     source,
