@@ -26,6 +26,8 @@ export { STALL_VARIANTS, type StallVariant } from './stall-variants.js';
 
 /** The idle variant's window: about as long as the large disk's live copy. */
 const IDLE_VARIANT_MS = 3000;
+/** Sampling goes on this long after each copy (see oneRun). */
+const TAIL_MS = 500;
 
 export interface StallSample {
   disk: string;
@@ -123,20 +125,22 @@ async function oneRun(
     error = (err as Error).message;
   }
   const to = performance.now();
-  // A little after the copy, so the last stretch of the copy is closed by a sample.
-  await sleep(200);
+  // A stall that the copy began is counted until the guest's next write, after the copy too (a
+  // pause outlasts a short cold copy); the rate is the copy's own window.
+  await sleep(TAIL_MS);
   const all = await sampler.stop();
   await rm(target, { force: true });
   const idle = writeActivity(all, idleFrom, from);
   const during = writeActivity(all, from, to);
+  const stall = writeActivity(all, from, to + TAIL_MS);
   const base = { disk: disk.kind, variant, run };
-  if (error || !idle || !during) return { ...base, ok: false, error: error ?? 'too few write samples' };
+  if (error || !idle || !during || !stall) return { ...base, ok: false, error: error ?? 'too few write samples' };
   return {
     ...base,
     ok: true,
     copyMs: Math.round(to - from),
     idleStallMs: idle.longestStallMs,
-    stallMs: during.longestStallMs,
+    stallMs: stall.longestStallMs,
     rateRatio: idle.writesPerSecond > 0 ? during.writesPerSecond / idle.writesPerSecond : 0,
     sampleGapMs: during.worstSampleGapMs,
     idleSampleGapMs: idle.worstSampleGapMs,
@@ -209,6 +213,7 @@ export async function writeStallResults(
       "A stall is the longest stretch with no completed guest write (the guest writes its counter with fsync every 20 ms, QEMU's write count read every 5 ms); " +
       "it cannot be told apart from the sampler's own gap (QMP through libvirt, answered by QEMU's main loop), shown beside it. " +
       `The idle floor is the \`idle\` row: the same guest, nothing copied, a ${IDLE_VARIANT_MS / 1000} s window; every stall is also shown above it. ` +
+      `A stall begun during the copy counts until the guest's next write, up to ${TAIL_MS} ms after the copy (a pause outlasts a short cold copy). ` +
       'The write rate is writes per second during the copy ÷ in the idle window just before it. ' +
       '`bare-cold` is what an operator scripts: `virsh suspend; qemu-img convert -U; virsh resume`.',
     '',
