@@ -31,16 +31,7 @@ import pg from 'pg';
 import { parsePostgresUrl } from '../src/shared/config.js';
 import { postgresClientConfig } from '../src/store/postgres.js';
 import { createStore } from '../src/store/index.js';
-import {
-  cancelAndWait,
-  deleteImage,
-  liveModeAvailable,
-  runBare,
-  runVmsnap,
-  type BareCtx,
-  type GlanceCtx,
-  type VmsnapCtx,
-} from './lib/variants.js';
+import { cancelAndWait, deleteImage, liveModeAvailable, runBare, runVmsnap, type BareCtx, type GlanceCtx, type VmsnapCtx } from './lib/variants.js';
 import { hashCpuSPerGiB, runtimeFloorKiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -125,8 +116,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   cleanups.push({
     what: 'delete images',
     run: async () => {
-      for (const id of [...glance.created])
-        await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
+      for (const id of [...glance.created]) await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
     },
   });
   if (opts.section === 'fleet' && opts.fleet) return runFleet(opts, opts.fleet, stack, glance, workDir, startedAt, tag);
@@ -443,12 +433,9 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     `Order: variants alternate run by run (the first variant of run k is the k-th); ${warmups} unmeasured warm-up round(s) per disk; images are deleted after each run, outside the timings.`,
     `Guests: the counter test guest (scripts/lib/guest.ts) under TCG, 1 vCPU, 128 MiB, counting every 20 ms; scale guests count every ${SCALE_GUEST_INTERVAL_MS} ms so 20 TCG guests do not saturate the host’s CPUs by themselves.`,
   );
-  if (stack.kind === 'own')
-    notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
+  if (stack.kind === 'own') notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
   else
-    notes.push(
-      `Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`,
-    );
+    notes.push(`Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`);
   if (!live.available && opts.modes.includes('live')) notes.push(`vmsnap live: not yet available: ${live.reason}`);
 
   const summary = summarize(opts.disks, modes, samples);
@@ -494,8 +481,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       log(`no PNG: ${(err as Error).message}`);
     }
   }
-  for (const t of results.targets)
-    log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
+  for (const t of results.targets) log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
   for (const e of errors) log(`error: ${e}`);
   return errors.length || samples.some((s) => !s.ok) ? 1 : 0;
 }

@@ -131,10 +131,7 @@ export async function runFleetBench(ctx: {
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', template, '16M']);
   await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 1M', template]);
   const perHost = Math.ceil(opts.snapshots / opts.hosts);
-  const hostNames = Array.from(
-    { length: opts.hosts },
-    (_, h) => `fleet-p${String(h % opts.procs).padStart(2, '0')}-h${String(h).padStart(3, '0')}`,
-  );
+  const hostNames = Array.from({ length: opts.hosts }, (_, h) => `fleet-p${String(h % opts.procs).padStart(2, '0')}-h${String(h).padStart(3, '0')}`);
   const instances: { id: string; host: string }[] = [];
   for (const host of hostNames) {
     for (const id of await SimulatedHypervisor.provision(join(dir, host), host, perHost, template, uuidOf)) instances.push({ id, host });
@@ -277,8 +274,7 @@ export async function runFleetBench(ctx: {
           ctx.glance.created.add(r.imageId);
         } catch (err) {
           if (err instanceof WorkflowFailedError)
-            run.outcome =
-              err.cause instanceof ApplicationFailure ? (err.cause.type ?? 'ApplicationFailure') : (err.cause?.name ?? 'failed');
+            run.outcome = err.cause instanceof ApplicationFailure ? (err.cause.type ?? 'ApplicationFailure') : (err.cause?.name ?? 'failed');
           else if (tries > 120) run.outcome = `lost: ${(err as Error).message}`;
           else await sleep(1000);
         }
@@ -330,9 +326,7 @@ export async function runFleetBench(ctx: {
         startRpcMs: p50p95(done.map((r) => r.startRpcMs)),
         storeMs: p50p95(inStage.map((p) => p.storeMs)),
         temporalDescribeMs: p50p95(inStage.flatMap((p) => (p.describeMs !== undefined ? [p.describeMs] : []))),
-        cores: Object.fromEntries(
-          Object.entries(cpu1).map(([k, v]) => [k, Math.round(((v - (cpu0 as Record<string, number>)[k]!) / wallS) * 100) / 100]),
-        ),
+        cores: Object.fromEntries(Object.entries(cpu1).map(([k, v]) => [k, Math.round(((v - (cpu0 as Record<string, number>)[k]!) / wallS) * 100) / 100])),
       };
       stages.push(stage);
       log(
@@ -349,9 +343,7 @@ export async function runFleetBench(ctx: {
       const at = Date.now();
       const inFlightThere = runs.filter((r) => r.endedAt === undefined && victimHosts.has(r.host));
       for (const v of victims) v.child.kill('SIGKILL');
-      log(
-        `fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`,
-      );
+      log(`fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`);
       await sleep(5000);
       for (const v of victims) await startProc(v.index);
       const restartedAt = Date.now();
@@ -371,9 +363,7 @@ export async function runFleetBench(ctx: {
       const inFlight = runs.filter((r) => r.endedAt === undefined);
       await ctx.restartTemporal();
       const up = Date.now();
-      log(
-        `fleet fault: Temporal server restarted (${((up - at) / 1000).toFixed(1)} s until healthy), ${inFlight.length} snapshots in flight`,
-      );
+      log(`fleet fault: Temporal server restarted (${((up - at) / 1000).toFixed(1)} s until healthy), ${inFlight.length} snapshots in flight`);
       while (!runs.some((r) => (r.endedAt ?? 0) > up)) await sleep(100);
       const firstAfter = Math.min(...runs.filter((r) => (r.endedAt ?? 0) > up).map((r) => r.endedAt!));
       while (inFlight.some((r) => r.endedAt === undefined)) await sleep(200);

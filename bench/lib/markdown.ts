@@ -3,8 +3,7 @@ import type { Mode } from './options.js';
 import type { BenchResults, DiskSummary, ModeSummary, Target } from './results.js';
 
 const fmt = (v: number | undefined, digits = 0) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
-const ms = (v: number | undefined) =>
-  v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`;
+const ms = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
 const mib = (v: number | undefined) => fmt(v, v !== undefined && Math.abs(v) < 10 ? 1 : 0);
 const x = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : `${v.toFixed(2)}×`);
 
@@ -116,9 +115,7 @@ export function renderMarkdown(r: BenchResults): string {
   out.push('| target | scope | measured | limit | result | by how much |');
   out.push('| --- | --- | ---: | ---: | --- | --- |');
   for (const t of r.targets)
-    out.push(
-      `| ${t.label} | ${t.scope} | ${targetValue(t)} | ${targetLimit(t)} | ${verdict(t)} | ${t.margin}${t.note ? ` (${t.note})` : ''} |`,
-    );
+    out.push(`| ${t.label} | ${t.scope} | ${targetValue(t)} | ${targetLimit(t)} | ${verdict(t)} | ${t.margin}${t.note ? ` (${t.note})` : ''} |`);
   out.push('');
   if (!r.live.available) out.push(`vmsnap live: not yet available (${r.live.reason ?? 'unknown'}).`, '');
 

@@ -143,9 +143,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const stack = values.stack ?? (quick && stackEnvPresent ? 'env' : 'own');
   if (stack !== 'own' && stack !== 'env') throw new Error(`--stack must be own or env (got "${stack}")`);
   if (stack === 'env' && !stackEnvPresent) {
-    throw new Error(
-      '--stack env needs TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")',
-    );
+    throw new Error('--stack env needs TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")');
   }
 
   const sizes = {
@@ -166,9 +164,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   for (const spec of Object.values(specs)) {
     // Data runs from 8 MiB on and must stay clear of record B at (size - 1 MiB).
     if (spec.dataMiB > 0 && 8 + spec.dataMiB > spec.virtualMiB - 2) {
-      throw new Error(
-        `${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`,
-      );
+      throw new Error(`${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`);
     }
   }
 

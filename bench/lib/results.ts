@@ -140,9 +140,7 @@ function summarizeMode(samples: Sample[]): ModeSummary {
     wallRangeMs: minMax(ok.map((s) => s.wallMs ?? NaN)),
     pauseRangeMs: minMax(ok.map((s) => s.pauseMs ?? NaN)),
   };
-  const cpuPerGiB = med(
-    ok.map((s) => (s.uploaderCpuS !== undefined && s.imageBytes ? s.uploaderCpuS / (s.imageBytes / (1024 * MiB)) : undefined)),
-  );
+  const cpuPerGiB = med(ok.map((s) => (s.uploaderCpuS !== undefined && s.imageBytes ? s.uploaderCpuS / (s.imageBytes / (1024 * MiB)) : undefined)));
   if (Number.isFinite(cpuPerGiB)) summary.uploaderCpuSPerGiB = cpuPerGiB;
   const consistency: Record<string, number> = {};
   for (const s of ok) {
@@ -220,12 +218,7 @@ export function scaleGrowth(scale: ScaleSample[]): BenchResults['scaleGrowth'] {
   return out;
 }
 
-function margin(
-  value: number | undefined,
-  comparison: '<=' | '>=',
-  limit: number,
-  unit: Target['unit'],
-): { pass: boolean | null; margin: string } {
+function margin(value: number | undefined, comparison: '<=' | '>=', limit: number, unit: Target['unit']): { pass: boolean | null; margin: string } {
   if (value === undefined || !Number.isFinite(value)) return { pass: null, margin: 'not measured' };
   const pass = comparison === '<=' ? value <= limit : value >= limit;
   if (unit === 'failures') return { pass, margin: pass ? 'none failed' : `${value} failed` };
@@ -240,12 +233,7 @@ function target(t: Omit<Target, 'pass' | 'margin'>): Target {
 }
 
 /** The targets of issue 7, each with the figure it is judged on. */
-export function evaluateTargets(
-  summary: DiskSummary[],
-  scale: ScaleSample[],
-  live: { available: boolean; reason?: string },
-  modes: Mode[],
-): Target[] {
+export function evaluateTargets(summary: DiskSummary[], scale: ScaleSample[], live: { available: boolean; reason?: string }, modes: Mode[]): Target[] {
   const targets: Target[] = [];
   for (const d of summary) {
     const r = d.ratios.cold;

@@ -34,9 +34,7 @@ export async function openStack(kind: 'own' | 'env', log: (line: string) => void
         TEMPORAL_ADDRESS: env.TEMPORAL_ADDRESS ?? '',
         TEMPORAL_NAMESPACE: env.TEMPORAL_NAMESPACE || 'default',
         // The cloud as the shell names it: OS_CLOUD and its files, or OS_* credentials.
-        ...Object.fromEntries(
-          Object.entries(env).filter((e): e is [string, string] => /^OS_|^VMSNAP_GLANCE_URL$/.test(e[0]) && e[1] !== undefined),
-        ),
+        ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => /^OS_|^VMSNAP_GLANCE_URL$/.test(e[0]) && e[1] !== undefined)),
         VMSNAP_DATA_DIR: resolve(env.VMSNAP_DATA_DIR ?? ''),
         VMSNAP_LIBVIRT_URI: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
       },

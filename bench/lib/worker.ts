@@ -28,12 +28,7 @@ export interface BenchWorker {
   stop(graceMs?: number): Promise<void>;
 }
 
-export async function startBenchWorker(
-  env: Record<string, string>,
-  cwd: string,
-  timeoutMs = 120_000,
-  kind: WorkerKind = 'tsx',
-): Promise<BenchWorker> {
+export async function startBenchWorker(env: Record<string, string>, cwd: string, timeoutMs = 120_000, kind: WorkerKind = 'tsx'): Promise<BenchWorker> {
   const t0 = performance.now();
   let startMs = 0;
   const proc: ChildProcess = spawn(process.execPath, [...WORKER_COMMANDS[kind]], {

@@ -233,9 +233,7 @@ export async function writeStallResults(
         const over = r.overFloorMs;
         targets.push(
           `${disk.kind} live (pull): longest stall ${r.stallMs.toFixed(0)} ms (limit 50): ${r.stallMs <= 50 ? 'pass' : 'MISS'}` +
-            (over !== undefined
-              ? `, ${over.toFixed(0)} ms over the idle floor of ${f0(floorMs)} ms (${over <= 50 ? 'within' : 'over'} 50)`
-              : '') +
+            (over !== undefined ? `, ${over.toFixed(0)} ms over the idle floor of ${f0(floorMs)} ms (${over <= 50 ? 'within' : 'over'} 50)` : '') +
             `; write rate ${r.rateRatio.toFixed(2)}× idle (limit 0.8): ${r.rateRatio >= 0.8 ? 'pass' : 'MISS'}`,
         );
       }

@@ -62,8 +62,7 @@ function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
 function tokenLifetime(raw: string | undefined): number {
   if (raw === undefined || raw === '') return 3600;
   const value = Number(raw);
-  if (!Number.isInteger(value) || value < 10)
-    throw new Error(`VMSNAP_KEYSTONE_TOKEN_LIFETIME=${raw} is not a token lifetime: give whole seconds, 10 or more`);
+  if (!Number.isInteger(value) || value < 10) throw new Error(`VMSNAP_KEYSTONE_TOKEN_LIFETIME=${raw} is not a token lifetime: give whole seconds, 10 or more`);
   return value;
 }
 
@@ -159,9 +158,7 @@ export function ownedService(spec: {
       if (runningPid(pidFile, spec.program) === undefined) {
         for (const p of spec.ports()) {
           if (!(await portIsFree(p))) {
-            throw new Error(
-              `${spec.name}: port ${p} on 127.0.0.1 is in use by another process: stop it, or choose other ports (VMSNAP_*_PORT)`,
-            );
+            throw new Error(`${spec.name}: port ${p} on 127.0.0.1 is in use by another process: stop it, or choose other ports (VMSNAP_*_PORT)`);
           }
         }
         await spec.prepare?.();
@@ -343,8 +340,7 @@ function libvirtService(cfg: StackConfig): Service {
         for (const d of daemons) {
           if (runningPid(d.pidFile, d.program) === undefined) {
             const r = await execa(d.program, ['-d'], { reject: false, all: true });
-            if (r.exitCode !== 0)
-              throw new Error(`libvirt: ${d.program} -d failed: ${r.all ?? ''} (is libvirt-daemon-system installed? run ./scripts/setup)`);
+            if (r.exitCode !== 0) throw new Error(`libvirt: ${d.program} -d failed: ${r.all ?? ''} (is libvirt-daemon-system installed? run ./scripts/setup)`);
           }
         }
         mkdirSync(join(cfg.dataDir, 'run'), { recursive: true });
@@ -427,9 +423,7 @@ async function postgresAccount(): Promise<{ uid: number; gid: number }> {
   const id = async (flag: string) => {
     const r = await execa('id', [flag, 'postgres'], { reject: false });
     if (r.exitCode !== 0)
-      throw new Error(
-        'postgresql: as root the server runs as the postgres OS user, which does not exist: run ./scripts/setup (Debian package postgresql)',
-      );
+      throw new Error('postgresql: as root the server runs as the postgres OS user, which does not exist: run ./scripts/setup (Debian package postgresql)');
     return Number(r.stdout.trim());
   };
   return { uid: await id('-u'), gid: await id('-g') };
@@ -443,9 +437,7 @@ function ensureReachable(cfg: StackConfig, cluster: string, uid: number): void {
       // Our own data dir (e.g. from mkdtemp) may let others through; o+x does not let them list it.
       if (dir === cfg.dataDir) chmodSync(dir, (st.mode & 0o7777) | 0o001);
       else
-        throw new Error(
-          `postgresql: the postgres OS user cannot reach ${cluster}: ${dir} is closed to others: chmod o+x it, or use another VMSNAP_DATA_DIR`,
-        );
+        throw new Error(`postgresql: the postgres OS user cannot reach ${cluster}: ${dir} is closed to others: chmod o+x it, or use another VMSNAP_DATA_DIR`);
     }
     if (dir === dirname(dir)) return;
   }
@@ -503,9 +495,7 @@ function postgresService(cfg: StackConfig): Service {
     async prepare() {
       for (const p of ['initdb', 'postgres']) {
         if (!existsSync(join(cfg.postgresBin, p))) {
-          throw new Error(
-            `postgresql: ${join(cfg.postgresBin, p)} is missing: run ./scripts/setup (Debian package postgresql), or set VMSNAP_POSTGRES_BIN`,
-          );
+          throw new Error(`postgresql: ${join(cfg.postgresBin, p)} is missing: run ./scripts/setup (Debian package postgresql), or set VMSNAP_POSTGRES_BIN`);
         }
       }
       const account = asRoot() ? await postgresAccount() : undefined;

@@ -2,12 +2,13 @@
 // reads the disk of a paused (or shut-off) guest. Live: a QEMU block backup job holds a point in
 // time while the guest runs, read out by qemu-img over NBD (pull) or copied by QEMU (push).
 import { Context } from '@temporalio/activity';
-import { chmod, chown, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import type { Consistency, DiskFormat, StepProgress } from '../shared/types.js';
 import { VmsnapError } from '../shared/errors.js';
+import { qemuUser } from '../drivers/files.js';
 
 export interface ConvertDiskInput {
   instanceId: string;
@@ -47,19 +48,6 @@ export interface LiveCopiedDisk extends ConvertedDisk {
 /** The temp dir of one snapshot; the image id is a validated UUID, so it is a safe file name. */
 export function snapshotDir(snapshotsDir: string, imageId: string): string {
   return join(snapshotsDir, imageId);
-}
-
-/** uid and gid QEMU runs as (Debian: libvirt-qemu, RHEL: qemu), if this host has that user. */
-async function qemuUser(): Promise<{ uid: number; gid: number } | undefined> {
-  const passwd = await readFile('/etc/passwd', 'utf8').catch(() => '');
-  for (const name of ['libvirt-qemu', 'qemu']) {
-    const fields = passwd
-      .split('\n')
-      .find((l) => l.startsWith(`${name}:`))
-      ?.split(':');
-    if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
-  }
-  return undefined;
 }
 
 /** A fresh, private temp dir: a retry starts over, whatever an earlier attempt left. */

@@ -102,8 +102,7 @@ export function uploadActivities({ imageService }: ActivityDeps) {
 
       image = await imageService.getImage(input.imageId);
       if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
-      if (image.status !== 'active')
-        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
+      if (image.status !== 'active') throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
       verify(image, sent);
       return sent;
     },

@@ -112,13 +112,9 @@ export class GlanceImageService implements ImageService {
   async createImage(image: NewImage): Promise<{ image: Image; created: boolean }> {
     const clash = Object.keys(image.properties).filter((k) => CREATE_FIELDS.has(k));
     if (clash.length > 0) {
-      throw new VmsnapError(
-        'InvalidInput',
-        `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`,
-        {
-          properties: clash,
-        },
-      );
+      throw new VmsnapError('InvalidInput', `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`, {
+        properties: clash,
+      });
     }
     const path = '/v2/images';
     const body = {
@@ -201,12 +197,7 @@ export class GlanceImageService implements ImageService {
     return this.parseImage('PATCH', path, reply);
   }
 
-  async uploadFile(
-    id: string,
-    path: string,
-    onProgress?: (bytesSent: number, bytesTotal: number) => void,
-    signal?: AbortSignal,
-  ): Promise<UploadResult> {
+  async uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult> {
     const urlPath = `${this.imagePath(id)}/file`;
     signal?.throwIfAborted();
     let size: number;
@@ -290,13 +281,7 @@ export class GlanceImageService implements ImageService {
 
     try {
       const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
-      const reply = await this.send(
-        'PUT',
-        urlPath,
-        { 'content-type': 'application/octet-stream', 'content-length': String(size) },
-        open,
-        both,
-      );
+      const reply = await this.send('PUT', urlPath, { 'content-type': 'application/octet-stream', 'content-length': String(size) }, open, both);
       if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
     } catch (err) {
       if (readError) throw this.localFileError(path, readError);
@@ -357,15 +342,11 @@ export class GlanceImageService implements ImageService {
       }
     };
     const corrupt = (why: string) =>
-      new VmsnapError(
-        'ImageCorrupt',
-        `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`,
-        {
-          imageId: id,
-          expected,
-          received,
-        },
-      );
+      new VmsnapError('ImageCorrupt', `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`, {
+        imageId: id,
+        expected,
+        received,
+      });
     try {
       arm();
       const body = await this.openDownload(urlPath, both);
@@ -389,8 +370,7 @@ export class GlanceImageService implements ImageService {
         if (err instanceof VmsnapError) throw err;
         if (both.aborted) throw both.reason ?? err;
         const code = errorCode(err);
-        if (code && ['ENOSPC', 'EDQUOT'].includes(code))
-          throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, { path });
+        if (code && ['ENOSPC', 'EDQUOT'].includes(code)) throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, { path });
         if (code && code.startsWith('E') && !TRANSIENT_CODES.has(code))
           throw new VmsnapError('InvalidInput', `cannot write ${path}: ${(err as Error).message}`, { path, code });
         throw this.transportError('GET', urlPath, err);
@@ -559,20 +539,12 @@ export class GlanceImageService implements ImageService {
       );
     }
     if (status === 404) {
-      return new VmsnapError(
-        'ImageNotFound',
-        `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`,
-        details,
-      );
+      return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, details);
     }
     if (status === 409 && /transition from (saving|uploading|importing)/i.test(said)) {
       // An earlier upload of this image is still in Glance's hands (its client died a moment
       // ago); Glance puts the image back to queued shortly, so the same upload can be retried.
-      return new VmsnapError(
-        'ImageServiceUnavailable',
-        `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`,
-        details,
-      );
+      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`, details);
     }
     if (status === 409) {
       return new VmsnapError(
@@ -643,14 +615,10 @@ export class GlanceImageService implements ImageService {
   private localFileError(path: string, err: unknown): VmsnapError {
     const code = errorCode(err);
     const reason = err instanceof Error ? err.message : String(err);
-    return new VmsnapError(
-      'InvalidInput',
-      `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`,
-      {
-        path,
-        code,
-      },
-    );
+    return new VmsnapError('InvalidInput', `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`, {
+      path,
+      code,
+    });
   }
 
   /** Glance's own words from an error body (HTML or JSON), short and without the token. */

@@ -2,8 +2,7 @@
 // Errors are VmsnapError: ImageServiceUnavailable (retryable: network, 5xx, 503),
 // ImageServiceError (4xx that no retry fixes), ImageNotFound, ImageConflict.
 
-export type ImageStatus =
-  'queued' | 'saving' | 'uploading' | 'importing' | 'active' | 'killed' | 'deleted' | 'pending_delete' | 'deactivated';
+export type ImageStatus = 'queued' | 'saving' | 'uploading' | 'importing' | 'active' | 'killed' | 'deleted' | 'pending_delete' | 'deactivated';
 
 export interface Image {
   id: string;
@@ -70,12 +69,7 @@ export interface ImageService {
   /** JSON-patch replace/add of top-level fields (disk_format, container_format, properties). */
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */
-  uploadFile(
-    id: string,
-    path: string,
-    onProgress?: (bytesSent: number, bytesTotal: number) => void,
-    signal?: AbortSignal,
-  ): Promise<UploadResult>;
+  uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult>;
   /**
    * Streams the image data into a new private file at `path` (replaced if there), hashing sha512
    * on the way. Bytes that differ from `expected` (size or sha512): ImageCorrupt, file removed.

@@ -27,7 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../shared/errors.js';
 import type { LiveCopyOptions, LiveCopyResult, LiveCopySupport, PowerState, QuiesceMode } from './hypervisor.js';
 import { decodeEntities, domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
-import { fsyncFileAndEntry, removeRegularFile } from './files.js';
+import { fsyncFileAndEntry, qemuUser, removeRegularFile } from './files.js';
 import { AbortError, convert } from './qemu-img.js';
 
 /** Runs `virsh -c URI args...` and returns stdout; failures are VmsnapErrors (see LibvirtHypervisor). */
@@ -105,15 +105,7 @@ async function qemuOwner(domainName: string | undefined): Promise<{ uid: number;
     const st = await fs.stat(`/proc/${pid}`).catch(() => undefined);
     if (st) return { uid: st.uid, gid: st.gid };
   }
-  const passwd = await fs.readFile('/etc/passwd', 'utf8').catch(() => '');
-  for (const name of ['libvirt-qemu', 'qemu']) {
-    const fields = passwd
-      .split('\n')
-      .find((l) => l.startsWith(`${name}:`))
-      ?.split(':');
-    if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
-  }
-  return undefined;
+  return qemuUser();
 }
 
 /**
@@ -250,10 +242,7 @@ export class LiveCopier {
     let usePull = method !== 'push';
     if (usePull && Buffer.byteLength(pull.socket) > MAX_SOCKET_PATH) {
       if (method === 'pull')
-        throw new VmsnapError(
-          'InvalidInput',
-          `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`,
-        );
+        throw new VmsnapError('InvalidInput', `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`);
       usePull = false;
     }
     if (signal?.aborted) throw abortError(signal);
@@ -303,8 +292,7 @@ export class LiveCopier {
     let jobStarted = false;
     try {
       if (quiesce !== 'never') {
-        const why =
-          state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
+        const why = state === 'paused' ? 'the instance is paused, and the guest agent only answers a running guest' : await quiescer.freeze();
         if (why === undefined) frozen = true;
         else if (quiesce === 'require') {
           throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
@@ -539,11 +527,10 @@ export class LiveCopier {
       const how = done.type === JOB.cancelled ? 'was cancelled (not by vmsnap)' : 'failed';
       throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, { errmsg: said });
     }
-    throw new VmsnapError(
-      'HypervisorError',
-      `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`,
-      { jobType: done.type, operation: done.operation },
-    );
+    throw new VmsnapError('HypervisorError', `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`, {
+      jobType: done.type,
+      operation: done.operation,
+    });
   }
 
   /** domjobabort, then wait until libvirt has no job on the domain any more. */
@@ -559,10 +546,7 @@ export class LiveCopier {
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id).catch(() => ''));
       if (job.type === JOB.none) return;
       if (Date.now() > deadline) {
-        throw new VmsnapError(
-          'HypervisorError',
-          `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`,
-        );
+        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`);
       }
       await sleep(100);
     }
@@ -594,7 +578,7 @@ function backupXml(disks: DomainDisk[], root: DomainDisk, target: string, format
     .filter((d) => d.dev)
     .map((d) =>
       d === root
-        ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      <target file='${x(target)}'/>\n      <driver type='qcow2'/>\n    </disk>`
+        ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      <target file='${x(target)}'/>\n      <driver type='${format}'/>\n    </disk>`
         : `    <disk name='${x(d.dev)}' backup='no'/>`,
     );
   return `<domainbackup mode='push'>\n  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;

@@ -106,11 +106,7 @@ function mapFailure(what: string, image: string, stderr: string, target?: string
   if (!openedTarget && /Could not open/.test(all)) {
     if (/No such file or directory/.test(all)) {
       const backing = /backing file/i.test(all);
-      return new VmsnapError(
-        'DiskNotFound',
-        `${what}: ${backing ? `a backing file of ${image} is missing` : `${image} does not exist`}: ${line}`,
-        details,
-      );
+      return new VmsnapError('DiskNotFound', `${what}: ${backing ? `a backing file of ${image} is missing` : `${image} does not exist`}: ${line}`, details);
     }
     if (/Permission denied/.test(all)) {
       return new VmsnapError('ConvertFailed', `${what}: cannot read ${image}: ${line}`, details);

@@ -90,9 +90,7 @@ export async function startWorkers(opts: {
     return created;
   };
   // Side by side: the main worker's start is mostly the workflow thread's, the host's is libvirt's.
-  const workers = (
-    await Promise.all([opts.roles.includes('main') ? createMain() : [], opts.roles.includes('host') ? createHost() : []])
-  ).flat();
+  const workers = (await Promise.all([opts.roles.includes('main') ? createMain() : [], opts.roles.includes('host') ? createHost() : []])).flat();
   const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
   // Workers also stop on their own (SIGTERM, SIGINT): discovery must stop with them.
   const running = Promise.all(workers.map((w) => w.run()));

@@ -164,8 +164,7 @@ async function undoSnapshot(snapshot: AbandonedSnapshot, report: ReconcileReport
     // Added after histories were recorded: runs of older workers replay without this step.
     if (patched('reconcile-abort-live-copy')) {
       await attempt(`end live copy job of ${snapshot.instanceId}`, async () => {
-        if (await host.abortAbandonedLiveCopy({ instanceId: snapshot.instanceId, imageId }))
-          report.abortedLiveCopies.push(snapshot.instanceId);
+        if (await host.abortAbandonedLiveCopy({ instanceId: snapshot.instanceId, imageId })) report.abortedLiveCopies.push(snapshot.instanceId);
       });
     }
     await attempt(`remove temp dir ${imageId}`, () => host.removeSnapshotFiles(imageId));
@@ -222,9 +221,7 @@ async function removeLeftoversOnHosts(report: ReconcileReport, attempt: Attempt)
     // Added after histories were recorded: runs of older workers replay without this step.
     if (patched('reconcile-new-instances')) {
       await attempt(`abandoned new instances on ${host}`, async () => {
-        report.removedNewInstances.push(
-          ...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })),
-        );
+        report.removedNewInstances.push(...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })));
       });
     }
   }

@@ -24,19 +24,7 @@ import {
   type ActivityOptions,
 } from '@temporalio/workflow';
 import type { SlotActivities } from '../activities/index.js';
-import {
-  Compensations,
-  RETRY,
-  STORE_STEP,
-  commonSteps,
-  failure,
-  instanceNotFound,
-  lookUpInstance,
-  onHost,
-  onMain,
-  setDetails,
-  typedFailure,
-} from './steps.js';
+import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
@@ -163,10 +151,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     // 5-7. The copy: live while the guest runs, or cold (pause, convertDisk, resume).
     const priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure(
-        'InstanceInvalidState',
-        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`,
-      );
+      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be snapshotted`);
     }
     const { mode, modeReason } = await chooseMode(s, priorPowerState);
     const copy = mode === 'live' ? await liveCopy(s) : await coldCopy(s, priorPowerState);
@@ -269,9 +254,7 @@ function taskState(s: Snapshot) {
     /** Compensation's end: task state None (if we still hold it), and a fault if we held it. */
     async release(result: unknown) {
       const { instanceId, owner, imageId, undo, steps } = s;
-      await undo.attempt('reset task state', () =>
-        onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
-      );
+      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
       s.track.progress.taskState = null;
       if (!acquired) return;
       const code = result instanceof ApplicationFailure ? (result.type ?? 'SnapshotFailed') : 'Cancelled';
@@ -328,11 +311,9 @@ async function liveCopy(s: Snapshot): Promise<Copy> {
   removeTempDir(s);
   if ((request.quiesce ?? 'try') !== 'never') {
     // The driver thaws on every path but a dead worker's; thawing twice is harmless.
-    s.undo.push(
-      'thaw filesystems',
-      () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }),
-      { guest: true },
-    );
+    s.undo.push('thaw filesystems', () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }), {
+      guest: true,
+    });
   }
   return onHost(s.steps.convert, 'live point-in-time copy of the root disk (QEMU backup job)').liveCopyDisk({
     instanceId,
@@ -351,11 +332,9 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
   let paused: { drop(): void } | undefined;
   if (priorPowerState === 'running') {
     track.enter('pausing');
-    paused = s.undo.push(
-      'resume instance',
-      () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }),
-      { guest: true },
-    );
+    paused = s.undo.push('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }), {
+      guest: true,
+    });
     ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
   }
   track.enter('converting');
@@ -380,8 +359,7 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
   const pauseMs = resumption.resumedAt - pausedAt;
   track.paused(pauseMs);
   if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
-  if (resumption.outcome === 'not-paused')
-    throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
+  if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
   return { ...disk, consistency: 'crash-consistent', guestPauseMs: pauseMs };
 }
 
@@ -405,8 +383,7 @@ async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number): P
   try {
     return await copyScope.run(copy);
   } catch (err) {
-    if (exceeded)
-      throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${budgetMs} ms; the guest was resumed`);
+    if (exceeded) throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${budgetMs} ms; the guest was resumed`);
     throw err;
   } finally {
     timerScope.cancel();
@@ -432,9 +409,7 @@ class HostSlot {
 
   async acquire(options: ActivityOptions, host: string): Promise<void> {
     this.held = this.scope
-      .run(() =>
-        proxyActivities<SlotActivities>({ ...options, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner: this.owner }),
-      )
+      .run(() => proxyActivities<SlotActivities>({ ...options, summary: `hold a snapshot slot of ${host}` }).holdSnapshotSlot({ owner: this.owner }))
       .catch(() => undefined); // it ends when we let go
     await condition(() => this.acquired);
   }

@@ -70,11 +70,7 @@ export function setDetails(paragraphs: string[]): void {
  * The instance by UUID or name: the inventory first; on a miss, every host rediscovers (each with
  * the `discovery` options of its queue), then it is looked up again. Null if still unknown.
  */
-export async function lookUpInstance(
-  ref: string,
-  store: ActivityOptions,
-  discovery: (host: string) => ActivityOptions,
-): Promise<InstanceRecord | null> {
+export async function lookUpInstance(ref: string, store: ActivityOptions, discovery: (host: string) => ActivityOptions): Promise<InstanceRecord | null> {
   const lookup = onMain(store, `look up instance ${ref}`);
   const instance = await lookup.findInstance(ref);
   if (instance) return instance;
@@ -84,10 +80,7 @@ export async function lookUpInstance(
 }
 
 export function instanceNotFound(ref: string): ApplicationFailure {
-  return failure(
-    'InstanceNotFound',
-    `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`,
-  );
+  return failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
 }
 
 interface Compensation {

@@ -91,10 +91,7 @@ describe('benchmark harness, quick mode', { timeout: 300_000 }, () => {
       // Not the whole pause: a write the guest issued just before it completes while QEMU drains,
       // and the guest writes every 20 ms, so a short pause can show as that much less.
       const seen = s.pauseMs! - GUEST_WRITE_INTERVAL_MS - s.writeSampleGapMs!;
-      assert.ok(
-        s.copyWriteStallMs! >= seen,
-        `${s.mode}: stall ${s.copyWriteStallMs} ms while paused ${s.pauseMs} ms (sampling gap ${s.writeSampleGapMs} ms)`,
-      );
+      assert.ok(s.copyWriteStallMs! >= seen, `${s.mode}: stall ${s.copyWriteStallMs} ms while paused ${s.pauseMs} ms (sampling gap ${s.writeSampleGapMs} ms)`);
     }
     assert.ok(
       Math.abs(bare.imageBytes! - cold.imageBytes!) < 4 * 1024 * 1024,
@@ -103,10 +100,7 @@ describe('benchmark harness, quick mode', { timeout: 300_000 }, () => {
     assert.ok(bare.pauseMs! < bare.wallMs!, 'the pause is part of the wall time');
     positive(cold.reportedPauseMs, "vmsnap's own pause figure");
     positive(cold.workerIdleRssKiB, 'worker idle RSS');
-    assert.ok(
-      cold.workerIdleRssKiB! > 20 * 1024,
-      `a Node worker holds more than 20 MiB (got ${cold.workerIdleRssKiB} KiB): RSS read from the wrong process?`,
-    );
+    assert.ok(cold.workerIdleRssKiB! > 20 * 1024, `a Node worker holds more than 20 MiB (got ${cold.workerIdleRssKiB} KiB): RSS read from the wrong process?`);
 
     // Ratios to bare, of the same run.
     const small = results.summary.find((d) => d.disk === 'small');

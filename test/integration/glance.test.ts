@@ -371,9 +371,7 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     const reports: [number, number][] = [];
     const started = Date.now();
     // requestTimeoutMs stays at its minute: the stall setting alone must cut the upload.
-    const err = await rejection(
-      service(proxy.url, { uploadStallMs: 1_000 }).uploadFile(spec.id, path, (n, total) => reports.push([n, total])),
-    );
+    const err = await rejection(service(proxy.url, { uploadStallMs: 1_000 }).uploadFile(spec.id, path, (n, total) => reports.push([n, total])));
     const took = Date.now() - started;
     proxy.setRule(undefined);
     assert.equal(err.code, 'ImageServiceUnavailable');

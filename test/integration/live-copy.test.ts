@@ -107,10 +107,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     assert.match(s.reason ?? '', /shut off.*cold copy/);
     await rejectsWith(hv.liveCopySupport(randomUUID()), 'InstanceNotFound');
     await rejectsWith(hv.liveCopySupport('../x'), 'InvalidInput');
-    const e = await rejectsWith(
-      hv.liveCopy(off.uuid, { target: path.join(outDir, 'off.qcow2'), targetFormat: 'qcow2' }),
-      'InstanceInvalidState',
-    );
+    const e = await rejectsWith(hv.liveCopy(off.uuid, { target: path.join(outDir, 'off.qcow2'), targetFormat: 'qcow2' }), 'InstanceInvalidState');
     assert.equal(e.retryable, false);
   });
 
@@ -156,11 +153,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
       await Promise.all(pending);
 
       assert.deepEqual(result, { consistency: 'crash-consistent', method });
-      assert.equal(
-        reads.length,
-        2,
-        `expected two counter reads during the copy (copy took ${copyMs} ms, progress ${progress.length} calls)`,
-      );
+      assert.equal(reads.length, 2, `expected two counter reads during the copy (copy took ${copyMs} ms, progress ${progress.length} calls)`);
       const [r1, r2] = reads as [{ at: number; c: Counter }, { at: number; c: Counter }];
       assert.ok(r2.c.a > r1.c.a, `guest counter did not advance during the copy: ${r1.c.a} -> ${r2.c.a}`);
       assert.ok(r2.at <= end + 1000, 'second read was not during the copy');
@@ -319,9 +312,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
   test('targets: raw works (sparse by pull, fully allocated by push); an existing file is replaced; bad options, a missing dir and a dir QEMU cannot enter are refused', async (t) => {
     assert.ok(main && agent);
     const g = main;
-    const virtualSize = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', agent.diskPath])).stdout)[
-      'virtual-size'
-    ] as number;
+    const virtualSize = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', agent.diskPath])).stdout)['virtual-size'] as number;
     // On the small guest: a raw copy of the big one would write all 8 GiB.
     for (const method of ['pull', 'push'] as const) {
       const raw = path.join(outDir, 'copy.raw');
@@ -335,8 +326,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
       assert.equal(st.size, virtualSize);
       // qemu-img leaves holes as holes; QEMU's backup job writes them as allocated zeroes
       // (fallocate), so a push copy takes the whole virtual size on the host.
-      if (method === 'push')
-        assert.ok(st.blocks * 512 >= virtualSize, `raw push copy allocates ${st.blocks * 512} bytes: sparse after all?`);
+      if (method === 'push') assert.ok(st.blocks * 512 >= virtualSize, `raw push copy allocates ${st.blocks * 512} bytes: sparse after all?`);
       else assert.ok(st.blocks * 512 < virtualSize / 2, `raw pull copy allocates ${st.blocks * 512} bytes of ${virtualSize}`);
       t.diagnostic(`raw live copy (${method}) of a ${virtualSize}-byte disk holding ~2 sectors of data allocates ${st.blocks * 512} bytes`);
     }
@@ -388,10 +378,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     });
     await running;
     const t0 = Date.now();
-    const e = await rejectsWith(
-      hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }),
-      'HypervisorError',
-    );
+    const e = await rejectsWith(hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }), 'HypervisorError');
     assert.equal(e.retryable, true);
     assert.match(e.message, /already has a pull-mode backup job.*virsh domjobabort/);
     assert.ok(Date.now() - t0 < 5000, "waited for libvirt's job lock instead of failing at once");

@@ -89,10 +89,7 @@ describe('reconciler: a live copy left by a dead worker', { timeout: 300_000 }, 
       const socket = join(tempDir, 'live.qcow2.nbd', 'sock');
       const reading = Date.now() + 30_000;
       while (qemuImgProcessesUnder(tempDir).length === 0 && Date.now() < reading) await sleep(100);
-      assert.ok(
-        qemuImgProcessesUnder(tempDir).length > 0,
-        `qemu-img reads the NBD export; worker said:\n${first.lines.slice(-15).join('\n')}`,
-      );
+      assert.ok(qemuImgProcessesUnder(tempDir).length > 0, `qemu-img reads the NBD export; worker said:\n${first.lines.slice(-15).join('\n')}`);
       assert.equal(await jobType(), 'Unbounded');
 
       await first.stop('SIGKILL');

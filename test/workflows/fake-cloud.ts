@@ -95,8 +95,7 @@ export class FakeCloud {
 
   private instance(id: string): FakeInstance {
     const found = this.instances.get(id);
-    if (!found || found.power === 'gone')
-      throw ApplicationFailure.create({ type: 'InstanceNotFound', message: `no instance ${id}`, nonRetryable: true });
+    if (!found || found.power === 'gone') throw ApplicationFailure.create({ type: 'InstanceNotFound', message: `no instance ${id}`, nonRetryable: true });
     return found;
   }
 
@@ -184,8 +183,7 @@ export class FakeCloud {
           const { status } = await client().workflow.getHandle(workflowId, runId).describe();
           if (status.name === 'RUNNING') continue;
           const events = this.events.filter((e) => e.instanceId === instance.id && e.requestId === owner).map((e) => e.event);
-          const imageId = this.events.find((e) => e.instanceId === instance.id && e.requestId === owner && e.event === 'start')?.details
-            .imageId;
+          const imageId = this.events.find((e) => e.instanceId === instance.id && e.requestId === owner && e.event === 'start')?.details.imageId;
           abandoned.push({
             instanceId: instance.id,
             host: instance.host,
@@ -388,8 +386,7 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
       for (;;) {
         const progress = await handle.query<SnapshotProgress>('progress');
         if (progress.phase === phase) return;
-        if (['completed', 'failed', 'cancelled'].includes(progress.phase))
-          throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
+        if (['completed', 'failed', 'cancelled'].includes(progress.phase)) throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     },

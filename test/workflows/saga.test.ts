@@ -99,15 +99,7 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual([...cloud.tempDirs], []);
     assert.deepEqual(cloud.faults, []);
     assert.ok(!('completed' in result.phaseDurationsMs));
-    for (const phase of [
-      'creating-image',
-      'waiting-for-host',
-      'pausing',
-      'converting',
-      'resuming',
-      'uploading',
-      'finishing',
-    ] as SnapshotPhase[]) {
+    for (const phase of ['creating-image', 'waiting-for-host', 'pausing', 'converting', 'resuming', 'uploading', 'finishing'] as SnapshotPhase[]) {
       assert.ok(phase in result.phaseDurationsMs, `phase ${phase} timed`);
     }
   });
