@@ -25,7 +25,7 @@ import { openStack, type BenchStack } from './lib/stack.js';
 import { runStartupBench, writeStartupResults } from './lib/startup.js';
 import { runRestoreBench, writeRestoreResults } from './lib/restore.js';
 import { renderSvg } from './lib/svg.js';
-import { runWriteStallBench, writeStallResults } from './lib/write-stalls.js';
+import { runWriteStallBench, writeStallResults, type StallVariant } from './lib/write-stalls.js';
 import { runFleetBench, writeFleetResults } from './lib/fleet.js';
 import pg from 'pg';
 import { parsePostgresUrl } from '../src/shared/config.js';
@@ -225,6 +225,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   if (opts.section === 'write-stalls') {
     const stallSamples = await runWriteStallBench({
       runs: opts.runs,
+      ...(opts.stallVariants ? { variants: opts.stallVariants as StallVariant[] } : {}),
       disks: opts.disks,
       idleMs: opts.idleMs,
       libvirtUri: stack.libvirtUri,

@@ -1,5 +1,6 @@
 // Command line of the benchmark. Defaults give the full run; --quick a smoke-sized one.
 import { parseArgs } from 'node:util';
+import { DEFAULT_STALL_VARIANTS, STALL_VARIANTS } from './stall-variants.js';
 
 export type Mode = 'bare' | 'cold' | 'live';
 export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge' | 'g1' | 'g2' | 'g4';
@@ -41,6 +42,8 @@ export interface BenchOptions {
   hostLimit?: number;
   /** Longest one snapshot (either variant) may take before it is cancelled and counted failed. */
   runTimeoutMs: number;
+  /** The write-stalls section's variants (see bench/lib/write-stalls.ts). */
+  stallVariants?: string[];
   /** The fleet section: simulated hosts on the Temporal cluster. */
   fleet?: { hosts: number; procs: number; snapshots: number; copyMs: number; faults: boolean };
 }
@@ -60,6 +63,8 @@ export const USAGE = `usage: npm run bench -- [options]
                         on disks with 1, 2 and 4 GiB of data, how end-to-end time and pause
                         grow per GiB (growth.{json,md})
   --growth-mib N        data of the growth section's first disk, doubled twice (default 1024)
+  --stall-variants LIST write-stalls variants (default ${DEFAULT_STALL_VARIANTS.join(',')}; also
+                        ${STALL_VARIANTS.filter((v) => !DEFAULT_STALL_VARIANTS.includes(v)).join(',')}: live pull tunings)
   --fleet-hosts N       simulated hosts (default 100; quick 10)
   --fleet-procs N       processes they run in (default 10; quick 2)
   --fleet-snapshots N   snapshots in all (default 1000; quick 40)
@@ -125,6 +130,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'fleet-snapshots': { type: 'string' },
       'fleet-copy-ms': { type: 'string' },
       'fleet-faults': { type: 'string' },
+      'stall-variants': { type: 'string' },
       'small-mib': { type: 'string' },
       'large-mib': { type: 'string' },
       'large-data-mib': { type: 'string' },
@@ -227,7 +233,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   }
   if (section === 'write-stalls') {
     // What the guest's writes feel: every disk size, the copy methods side by side.
-    const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large'), DISK_KINDS).map((k) => specs[k]);
+    const disks = list('disks', values.disks ?? (quick ? 'small' : SNAPSHOT_DISKS), DISK_KINDS).map((k) => specs[k]);
+    const stallVariants = list('stall-variants', values['stall-variants'] ?? DEFAULT_STALL_VARIANTS.join(','), STALL_VARIANTS);
     return {
       section,
       runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
@@ -241,6 +248,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       png: false,
       idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+      stallVariants,
     };
   }
   if (section === 'restore') {

@@ -211,6 +211,10 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.live.copy(uuid, opts);
   }
 
+  async abortLiveCopy(id: string, dir: string): Promise<boolean> {
+    return this.live.abortLeftover(checkId(id), dir);
+  }
+
   async thawFilesystems(id: string): Promise<void> {
     const uuid = checkId(id);
     try {

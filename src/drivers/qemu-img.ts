@@ -43,6 +43,10 @@ export interface ConvertOptions {
   rateLimitMiBps?: number;
   /** -m: parallel requests (qemu-img's default is 8). */
   parallel?: number;
+  /** Lowest CPU and I/O priority (nice 19, ionice idle): the host's guests go first. */
+  lowPriority?: boolean;
+  /** -t: the target's cache mode; qemu-img's default for convert is unsafe (page cache, no flush until the end). */
+  targetCache?: 'none' | 'writeback' | 'unsafe';
 }
 
 export interface ImageInfo {
@@ -176,6 +180,7 @@ export async function convert(opts: ConvertOptions): Promise<void> {
     ...(opts.compress ? ['-c'] : []),
     ...(opts.rateLimitMiBps ? ['-r', `${opts.rateLimitMiBps}M`] : []),
     ...(opts.parallel ? ['-m', String(opts.parallel)] : []),
+    ...(opts.targetCache ? ['-t', opts.targetCache] : []),
     // "--" keeps a path starting with "-" from being read as an option.
     '--',
     source,
@@ -184,7 +189,10 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   // If the worker dies (SIGKILL, OOM), the kernel kills qemu-img too: an orphaned copy would go
   // on writing into a temp dir that the retry on another worker starts over in. setpriv execs
   // qemu-img, so the pid, the signals and the exit status are qemu-img's own.
-  const sub = execa('setpriv', ['--pdeathsig', 'KILL', QEMU_IMG, ...args], {
+  const command = ['setpriv', '--pdeathsig', 'KILL', QEMU_IMG, ...args];
+  // ionice and nice exec what follows, as setpriv does: still one process, qemu-img's own pid.
+  if (opts.lowPriority) command.unshift('ionice', '-c', '3', 'nice', '-n', '19');
+  const sub = execa(command[0]!, command.slice(1), {
     env,
     reject: false,
     // Progress is consumed as it streams; nothing to keep.

@@ -131,7 +131,17 @@ export interface RestoreRequest {
 }
 
 export type RestorePhase =
-  'starting' | 'checking-image' | 'downloading' | 'converting' | 'stopping' | 'starting-guest' | 'finishing' | 'compensating' | 'completed' | 'failed';
+  | 'starting'
+  | 'checking-image'
+  | 'downloading'
+  | 'converting'
+  | 'stopping'
+  | 'starting-guest'
+  | 'finishing'
+  | 'compensating'
+  | 'completed'
+  | 'cancelled'
+  | 'failed';
 
 /** Answer of a restore's `progress` query. */
 export interface RestoreProgress {

@@ -10,7 +10,9 @@ import {
   ApplicationFailure,
   CancellationScope,
   defineQuery,
+  isCancellation,
   log,
+  patched,
   setHandler,
   upsertMemo,
   upsertSearchAttributes,
@@ -27,6 +29,11 @@ import { describeProblems, validateRestoreRequest, validateRollbackRequest } fro
 import type { InstanceRecord, TaskState } from '../store/store.js';
 
 export const restoreProgressQuery = defineQuery<RestoreProgress>('progress');
+
+/** The last phase: `cancelled` as a snapshot's reads (histories before the patch recorded `failed`). */
+function endPhase(result: unknown): RestorePhase {
+  return isCancellation(result) && patched('restore-cancelled-phase') ? 'cancelled' : 'failed';
+}
 
 function restoreSteps(settings: SnapshotSettings, host: string) {
   const { taskQueue, imageRetry, ...common } = commonSteps(settings, host);
@@ -161,7 +168,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   } catch (err) {
     const result = restoreFailure(err);
     progress.error = (result as Error).message;
-    enter('failed');
+    enter(endPhase(result));
     throw result;
   }
 
@@ -249,7 +256,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
         await undo.attempt('record event', () => recordEvent('error', { imageId, code }));
       }
     });
-    enter('failed');
+    enter(endPhase(result));
     throw result;
   }
 }
@@ -332,7 +339,7 @@ async function restoreAsNew(
       const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
       await recordEvent('error', { imageId, code, workflowId, runId }).catch(() => undefined);
     });
-    enter('failed');
+    enter(endPhase(result));
     throw result;
   }
 }

@@ -401,6 +401,40 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     assert.equal(await jobType(g.name), 'None');
   });
 
+  test('a root disk served by an iothread is copied by push (ending a pull copy there makes QEMU abort); pull is refused', async () => {
+    const name = `${prefix}-iothread`;
+    try {
+      const g = await createGuest({
+        name,
+        guestsDir,
+        assetsDir,
+        beforeStart: async (guest) => {
+          const xml = await virsh('dumpxml', '--inactive', guest.name);
+          const withIothread = xml
+            .replace(/<vcpu/, '<iothreads>1</iothreads>\n  <vcpu')
+            .replace(/(<driver name='qemu' type='qcow2'[^/]*)\/>/, "$1 iothread='1'/>");
+          assert.match(withIothread, /iothread='1'/);
+          const file = path.join(outDir, 'iothread.xml');
+          await fs.writeFile(file, withIothread);
+          await virsh('define', file);
+        },
+      });
+      const target = path.join(outDir, 'iothread.qcow2');
+      const e = await rejectsWith(hv.liveCopy(g.uuid, { target, targetFormat: 'qcow2', quiesce: 'never', method: 'pull' }), 'InvalidInput');
+      assert.match(e.message, /iothread.*push/);
+      assert.equal(await jobType(name), 'None');
+      // Before: auto pulled, and QEMU aborted as qemu-img disconnected (the guest was gone).
+      const r = await hv.liveCopy(g.uuid, { target, targetFormat: 'qcow2', quiesce: 'never' });
+      assert.equal(r.method, 'push');
+      assert.match(r.quiesceNote ?? '', /iothread/);
+      assertConsistent(await readCounter(target, 'qcow2'), 'copy of the iothread guest');
+      assert.equal((await virsh('domstate', name)).trim(), 'running');
+      await assertAdvancing(g);
+    } finally {
+      await removeGuest(name, guestsDir);
+    }
+  });
+
   // Last on this guest: see the driver notes on QEMU 7.2 and pauses that overlap a backup job.
   test('watchPauses measures a real suspend/resume', async (t) => {
     assert.ok(main);

@@ -268,6 +268,7 @@ export class FakeCloud {
       removeSnapshotFiles: hooked('removeSnapshotFiles', async (imageId: string) => {
         this.tempDirs.delete(imageId);
       }),
+      abortAbandonedLiveCopy: hooked('abortAbandonedLiveCopy', async () => false),
       removeOrphanSnapshotDirs: hooked('removeOrphanSnapshotDirs', async () => [] as string[]),
       prunePreRestoreDisks: hooked('prunePreRestoreDisks', async () => [] as string[]),
       removeAbandonedNewInstances: hooked('removeAbandonedNewInstances', async () => [] as string[]),
