@@ -10,6 +10,7 @@ import { rm, stat, type FileHandle } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool } from 'undici';
+import { StallWatchdog } from './stall-watchdog.js';
 import { VmsnapError } from '../shared/errors.js';
 import { errorCode, readCa, tlsError } from './http-errors.js';
 import { NoAuth, type Identity } from './identity.js';
@@ -228,30 +229,18 @@ export class GlanceImageService implements ImageService {
     // A read error must stay distinguishable from a network one: undici reports both alike.
     let readError: unknown;
     const files = new Set<FileHandle>();
-    // An upload may last as long as the image is large; what must not last is silence. The
-    // watchdog cuts it when no byte moved for stallMs, or no answer came that long after the
-    // last one (undici's own headers timeout would count the whole upload).
-    const stalled = new AbortController();
-    let watchdog: NodeJS.Timeout | undefined;
-    const arm = (): void => {
-      clearTimeout(watchdog);
-      watchdog = setTimeout(() => {
-        stalled.abort(
-          new VmsnapError(
-            'ImageServiceUnavailable',
-            `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
-            {
-              method: 'PUT',
-              path: urlPath,
-              url: this.shownUrl,
-              sent,
-            },
-          ),
-        );
-      }, this.stallMs);
-    };
+    // No byte taken for stallMs, or no answer that long after the last one, cuts the upload.
+    const watchdog = new StallWatchdog(
+      this.stallMs,
+      () =>
+        new VmsnapError(
+          'ImageServiceUnavailable',
+          `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
+          { method: 'PUT', path: urlPath, url: this.shownUrl, sent },
+        ),
+    );
     const open = (): AsyncIterable<Buffer> => {
-      arm();
+      watchdog.arm();
       hash = createHash('sha512');
       sent = 0;
       return readChunks(
@@ -262,7 +251,7 @@ export class GlanceImageService implements ImageService {
         (err) => (readError = err),
         (chunk) => {
           sent += chunk.length;
-          arm();
+          watchdog.arm();
           // The last byte is reported at once: from then on the wait is Glance's answer.
           if (sent === size || Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
         },
@@ -271,7 +260,7 @@ export class GlanceImageService implements ImageService {
 
     let sha512: string;
     try {
-      const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
+      const both = watchdog.signal(signal);
       const reply = await this.send('PUT', urlPath, { 'content-type': 'application/octet-stream', 'content-length': String(size) }, open, both);
       if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
       if (sent !== size) {
@@ -289,7 +278,7 @@ export class GlanceImageService implements ImageService {
       if (readError) throw this.localFileError(path, readError);
       throw err;
     } finally {
-      clearTimeout(watchdog);
+      watchdog.stop();
       await Promise.all([...files].map((f) => f.close().catch(() => undefined)));
     }
     report();
@@ -300,29 +289,18 @@ export class GlanceImageService implements ImageService {
     const urlPath = `${this.imagePath(id)}/file`;
     const { expected, onProgress, signal } = opts;
     signal?.throwIfAborted();
-    // As for uploads: a download may last long, silence may not. No byte for timeoutMs (from
-    // Glance or onto the disk) cuts it.
-    const stalled = new AbortController();
-    let watchdog: NodeJS.Timeout | undefined;
+    // As for uploads: no byte for timeoutMs (from Glance or onto the disk) cuts it.
     let received = 0;
-    const arm = (): void => {
-      clearTimeout(watchdog);
-      watchdog = setTimeout(() => {
-        stalled.abort(
-          new VmsnapError(
-            'ImageServiceUnavailable',
-            `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`,
-            {
-              method: 'GET',
-              path: urlPath,
-              url: this.shownUrl,
-              received,
-            },
-          ),
-        );
-      }, this.timeoutMs);
-    };
-    const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
+    const watchdog = new StallWatchdog(
+      this.timeoutMs,
+      () =>
+        new VmsnapError(
+          'ImageServiceUnavailable',
+          `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`,
+          { method: 'GET', path: urlPath, url: this.shownUrl, received },
+        ),
+    );
+    const both = watchdog.signal(signal);
     const sha512 = createHash('sha512');
     let lastReport = 0;
     const report = (): void => {
@@ -340,7 +318,7 @@ export class GlanceImageService implements ImageService {
         received,
       });
     try {
-      arm();
+      watchdog.arm();
       const body = await this.openDownload(urlPath, both);
       const tap = new Transform({
         transform(chunk: Buffer, _encoding, callback) {
@@ -351,7 +329,7 @@ export class GlanceImageService implements ImageService {
             return;
           }
           sha512.update(chunk);
-          arm();
+          watchdog.arm();
           if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
           callback(null, chunk);
         },
@@ -376,7 +354,7 @@ export class GlanceImageService implements ImageService {
       await rm(path, { force: true });
       throw err;
     } finally {
-      clearTimeout(watchdog);
+      watchdog.stop();
     }
   }
 
