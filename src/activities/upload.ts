@@ -52,60 +52,68 @@ function verify(image: Image, sent: UploadResult): void {
 export function uploadActivities({ imageService }: ActivityDeps) {
   return {
     async uploadImage(input: UploadImageInput): Promise<UploadResult> {
-      let image = await imageService.getImage(input.imageId);
-      if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the snapshot`);
-
-      let sent: UploadResult;
-      if (image.status === 'active') {
-        // An earlier attempt's PUT went through but its result was lost: verify what is there.
-        sent = await hashFile(input.path);
-      } else if (image.status === 'queued') {
-        const queued = image;
-        const minDisk = Math.ceil(input.virtualSize / GiB);
-        const properties = input.properties ?? {};
-        const stale = Object.entries(properties).some(([k, v]) => queued[k] !== v);
-        if (stale || queued.disk_format !== input.diskFormat || queued.container_format !== 'bare' || queued.min_disk !== minDisk) {
-          // Formats are set before the data, as Nova does.
-          await imageService.updateImage(input.imageId, {
-            ...properties,
-            disk_format: input.diskFormat,
-            container_format: 'bare',
-            min_disk: minDisk,
-          });
-        }
-        const bytesTotal = (await stat(input.path)).size;
-        let bytesSent = 0;
-        const stop = keepHeartbeating((): StepProgress => ({
+      let bytesTotal: number | undefined;
+      let bytesSent = 0;
+      // From the first Glance call to the last, not only while the data goes: a Glance slow to
+      // answer (tens of seconds under a fleet's load) must not look like a lost worker, or every
+      // retry adds its requests to the queue that made it slow.
+      const heartbeat = keepHeartbeating((): StepProgress => {
+        if (bytesTotal === undefined)
+          return { phase: 'uploading', percent: 0, bytesDone: 0, bytesTotal: 0, note: 'asking Glance for the image' };
+        return {
           phase: 'uploading',
           percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
           bytesDone: bytesSent,
           bytesTotal,
           // Every byte is out: what is left is Glance storing them and answering.
           ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
-        }));
-        const progress = (n: number) => {
-          const done = n >= bytesTotal && bytesSent < bytesTotal;
-          bytesSent = n;
-          if (done) stop.beat();
         };
-        try {
-          sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
-        } finally {
-          stop();
-        }
-      } else if (image.status === 'saving' || image.status === 'uploading') {
-        // Glance puts an interrupted PUT back to queued once the old connection dies: try again soon.
-        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`);
-      } else {
-        throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
-      }
+      });
+      try {
+        let image = await imageService.getImage(input.imageId);
+        if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the snapshot`);
 
-      image = await imageService.getImage(input.imageId);
-      if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
-      if (image.status !== 'active')
-        throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
-      verify(image, sent);
-      return sent;
+        let sent: UploadResult;
+        if (image.status === 'active') {
+          // An earlier attempt's PUT went through but its result was lost: verify what is there.
+          sent = await hashFile(input.path);
+        } else if (image.status === 'queued') {
+          const queued = image;
+          const minDisk = Math.ceil(input.virtualSize / GiB);
+          const properties = input.properties ?? {};
+          const stale = Object.entries(properties).some(([k, v]) => queued[k] !== v);
+          if (stale || queued.disk_format !== input.diskFormat || queued.container_format !== 'bare' || queued.min_disk !== minDisk) {
+            // Formats are set before the data, as Nova does.
+            await imageService.updateImage(input.imageId, {
+              ...properties,
+              disk_format: input.diskFormat,
+              container_format: 'bare',
+              min_disk: minDisk,
+            });
+          }
+          const total = (bytesTotal = (await stat(input.path)).size);
+          const progress = (n: number) => {
+            const done = n >= total && bytesSent < total;
+            bytesSent = n;
+            if (done) heartbeat.beat();
+          };
+          sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
+        } else if (image.status === 'saving' || image.status === 'uploading') {
+          // Glance puts an interrupted PUT back to queued once the old connection dies: try again soon.
+          throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`);
+        } else {
+          throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
+        }
+
+        image = await imageService.getImage(input.imageId);
+        if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
+        if (image.status !== 'active')
+          throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
+        verify(image, sent);
+        return sent;
+      } finally {
+        heartbeat.stop();
+      }
     },
   };
 }
