@@ -81,7 +81,10 @@ const pct = (xs: number[], p: number) => {
 const p50p95 = (xs: number[]) => ({ p50: pct(xs, 50), p95: pct(xs, 95) });
 
 export interface ServerStage {
-  /** Requests the frontend refused (ResourceExhausted: a poll or rate limit), by cause. */
+  /**
+   * ResourceExhausted answers by operation and cause: ConcurrentLimit is the frontend's poll limit
+   * refusing a worker; BusyWorkflow is history retrying a task start while the workflow is locked.
+   */
   refused: Record<string, number>;
   /** Mean schedule-to-start (ms) of workflow tasks, host-queue activities and slot holders (these wait for a free slot too). */
   workflowTaskStartMs: number;
@@ -443,7 +446,20 @@ export async function runFleetBench(ctx: {
         `fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`,
       );
       await sleep(5000);
-      for (const v of victims) await startProc(v.index);
+      // As systemd's Restart=on-failure would: a start that fails (seen once at load ~30) is tried again.
+      const restartFailures: string[] = [];
+      for (const v of victims) {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await startProc(v.index);
+            break;
+          } catch (err) {
+            restartFailures.push((err as Error).message);
+            if (attempt === 5) throw err;
+            await sleep(5000);
+          }
+        }
+      }
       const restartedAt = Date.now();
       while (inFlightThere.some((r) => r.endedAt === undefined)) await sleep(200);
       const endedAt = Math.max(at, ...inFlightThere.map((r) => r.endedAt!));
@@ -452,6 +468,7 @@ export async function runFleetBench(ctx: {
         inFlightOnKilledHosts: inFlightThere.length,
         outcomes: countBy(inFlightThere.map((r) => r.outcome!)),
         restartToPollingS: Math.round((restartedAt - at) / 100) / 10,
+        ...(restartFailures.length ? { restartFailures } : {}),
         recoveryS: Math.round((endedAt - at) / 100) / 10,
       });
     }
@@ -532,6 +549,17 @@ function countBy(xs: string[]): Record<string, number> {
 
 export type FleetResults = Awaited<ReturnType<typeof runFleetBench>>;
 
+/** What fleet.md says of how the run was made. */
+export const FLEET_NOTES = [
+  'Stack: its own, Temporal in cluster mode (the Temporal server, 4 history shards, persistence and visibility on the stack PostgreSQL), Keystone and Glance as in the other sections; vmsnap store: a PostgreSQL database of its own.',
+  'Hosts: bench/fleet-worker.ts processes, each running its hosts as separate host workers (own host name, host and slot queues, simulated hypervisor) over one Temporal connection, Keystone session and store pool (4 connections), each host worker with VMSNAP_HOST_POLLERS=2 long polls on each of its two queues (the default). Main worker: dist/worker/main.js --role main.',
+  'Simulated hypervisor (bench/lib/sim-hypervisor.ts): pause/resume write a state file per instance; live copies sleep the copy time and copy a 16 MiB qcow2 (1 MiB data); cold copies run the real qemu-img convert, then sleep the copy time with the guest "paused". Uploads are real, to Glance through Keystone.',
+  'Stages: snapshots kept in flight at a quarter, half, one and two times the host count; end-to-end = start call to result. Store read: getInstance every second from the bench process. Temporal describe: DescribeWorkflowExecution of the latest snapshot every second. Cores: CPU seconds of each process tree over the stage wall time.',
+  "Images are deleted after the run. Glance caches tokens for 300 s (VMSNAP_GLANCE_TOKEN_CACHE, keystonemiddleware's default; the other sections check each one with Keystone).",
+  'Server columns: from the Temporal server\'s Prometheus endpoint over the stage: mean schedule-to-start (slot holders also wait there for a free slot), mean latency of its PostgreSQL calls, ResourceExhausted answers. CPU pressure: /proc/pressure/cpu "some", the share of the stage in which some runnable task of the machine waited for a core (other work shares this machine).',
+  'The stage with the Temporal server restart shows its cores negative or low: the restarted server is a new process, counted from zero.',
+];
+
 export async function writeFleetResults(out: string, r: FleetResults, meta: { startedAt: string; notes: string[] }): Promise<void> {
   await writeFile(join(out, 'fleet.json'), JSON.stringify({ schema: 'vmsnap-bench-fleet/1', ...meta, ...r }, null, 2) + '\n');
   const cores = Object.keys(r.stages[0]?.cores ?? {});
@@ -542,7 +570,7 @@ export async function writeFleetResults(out: string, r: FleetResults, meta: { st
     '',
     `**Overall**: ${r.overall.snapshots} snapshots${r.overall.snapshots < r.overall.planned ? ` (of ${r.overall.planned} planned: the ${r.options.minutes}-minute time box ended the run)` : ''} in ${r.overall.wallS} s = **${r.overall.perMinute} snapshots/min**; outcomes ${JSON.stringify(r.outcomes)}.`,
     '',
-    '| in flight | snapshots | wall s | per min | end-to-end p50 / p95 ms | start RPC p50 / p95 ms | store read p50 / p95 ms | Temporal describe p50 / p95 ms | workflow task / host activity / slot schedule-to-start ms | Temporal → PostgreSQL ms | refused by the frontend | CPU pressure % / load | ' +
+    '| in flight | snapshots | wall s | per min | end-to-end p50 / p95 ms | start RPC p50 / p95 ms | store read p50 / p95 ms | Temporal describe p50 / p95 ms | workflow task / host activity / slot schedule-to-start ms | Temporal → PostgreSQL ms | ResourceExhausted (operation, cause) | CPU pressure % / load | ' +
       cores.map((c) => `${c} cores`).join(' | ') +
       ' |',
     '|' + ' --- |'.repeat(12 + cores.length),
