@@ -580,7 +580,7 @@ export async function writeFleetResults(out: string, r: FleetResults, meta: { st
           Object.entries(s.server.refused)
             .map(([k, v]) => `${k}: ${v}`)
             .join(', ') || 0
-        } | ` +
+        } | ${s.cpuPressurePct} / ${s.loadAverage} | ` +
         cores.map((c) => String(s.cores[c])).join(' | ') +
         ' |',
     ),
