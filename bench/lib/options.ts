@@ -45,7 +45,7 @@ export interface BenchOptions {
   /** The write-stalls section's variants (see bench/lib/write-stalls.ts). */
   stallVariants?: string[];
   /** The fleet section: simulated hosts on the Temporal cluster. */
-  fleet?: { hosts: number; procs: number; snapshots: number; copyMs: number; faults: boolean };
+  fleet?: { hosts: number; procs: number; snapshots: number; copyMs: number; faults: boolean; minutes?: number };
 }
 
 export const USAGE = `usage: npm run bench -- [options]
@@ -70,6 +70,8 @@ export const USAGE = `usage: npm run bench -- [options]
   --fleet-snapshots N   snapshots in all (default 1000; quick 40)
   --fleet-copy-ms N     how long one simulated copy takes (default 1000)
   --fleet-faults on|off kill a tenth of the host processes, restart Temporal (default on; quick off)
+  --fleet-minutes N     start no snapshot after N minutes; those running finish and the report
+                        says how many of the planned ran (default: no limit)
   --runs N              runs per variant and disk (default 5; median reported)
   --disks LIST          small,large,sparse,xlarge (default small,large,sparse; restore: small,large,xlarge)
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
@@ -131,6 +133,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'fleet-copy-ms': { type: 'string' },
       'fleet-faults': { type: 'string' },
       'stall-variants': { type: 'string' },
+      'fleet-minutes': { type: 'string' },
       'small-mib': { type: 'string' },
       'large-mib': { type: 'string' },
       'large-data-mib': { type: 'string' },
@@ -210,6 +213,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       snapshots: positive('fleet-snapshots', values['fleet-snapshots'] ?? (quick ? '40' : '1000')),
       copyMs: positive('fleet-copy-ms', values['fleet-copy-ms'] ?? '1000'),
       faults: faults === 'on',
+      ...(values['fleet-minutes'] ? { minutes: positive('fleet-minutes', values['fleet-minutes']) } : {}),
     };
     if (fleet.procs > fleet.hosts)
       throw new Error(`--fleet-procs ${fleet.procs} is more than --fleet-hosts ${fleet.hosts}: each process runs at least one host`);

@@ -88,6 +88,7 @@ async function startRole(name: string, role: 'main' | 'host', config: Config): P
       deps,
       discoveryIntervalMs: config.discoveryIntervalMs,
       maxConcurrentSnapshots: config.maxConcurrentSnapshots,
+      hostPollers: config.hostPollers,
     }),
   );
 }
