@@ -58,6 +58,7 @@ for (const host of hosts) {
       discoveryIntervalMs: config.discoveryIntervalMs,
       pauseWatchIntervalMs: config.pauseWatchIntervalMs,
       maxConcurrentSnapshots: config.maxConcurrentSnapshots,
+      hostPollers: config.hostPollers,
     }),
   );
 }

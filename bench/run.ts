@@ -13,35 +13,26 @@ import { connectClient, type SnapshotHandle } from '../src/client/snapshots.js';
 import { LibvirtHypervisor } from '../src/drivers/libvirt.js';
 import { connectCloud } from '../src/drivers/cloud.js';
 import { loadConfig } from '../src/shared/config.js';
-import { createDataGuest, ensureRandomFile, removeGuestQuietly } from './lib/guests.js';
+import { createDataGuest, ensureRandomFile, RANDOM_PIECE_MIB, removeGuestQuietly } from './lib/guests.js';
 import { describeMachine } from './lib/machine.js';
 import { renderMarkdown } from './lib/markdown.js';
 import { measureRun, type Sample } from './lib/measure.js';
 import { parseOptions, type BenchOptions, type DiskSpec, type Mode } from './lib/options.js';
 import { renderPng } from './lib/png.js';
-import { evaluateTargets, scaleGrowth, summarize, type BenchResults, type ScaleSample } from './lib/results.js';
+import { evaluateTargets, growthOf, growthTargets, scaleGrowth, summarize, type BenchResults, type ScaleSample } from './lib/results.js';
 import { runScaleLevel } from './lib/scale.js';
 import { openStack, type BenchStack } from './lib/stack.js';
 import { runStartupBench, writeStartupResults } from './lib/startup.js';
 import { runRestoreBench, writeRestoreResults } from './lib/restore.js';
 import { renderSvg } from './lib/svg.js';
-import { runWriteStallBench, writeStallResults } from './lib/write-stalls.js';
-import { runFleetBench, writeFleetResults } from './lib/fleet.js';
+import { runWriteStallBench, writeStallResults, type StallVariant } from './lib/write-stalls.js';
+import { FLEET_NOTES, runFleetBench, writeFleetResults } from './lib/fleet.js';
 import pg from 'pg';
 import { parsePostgresUrl } from '../src/shared/config.js';
 import { postgresClientConfig } from '../src/store/postgres.js';
 import { createStore } from '../src/store/index.js';
-import {
-  cancelAndWait,
-  deleteImage,
-  liveModeAvailable,
-  runBare,
-  runVmsnap,
-  type BareCtx,
-  type GlanceCtx,
-  type VmsnapCtx,
-} from './lib/variants.js';
-import { hashCpuSPerGiB, runtimeFloorKiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
+import { cancelAndWait, deleteImage, liveModeAvailable, runBare, runVmsnap, type BareCtx, type GlanceCtx, type VmsnapCtx } from './lib/variants.js';
+import { ensureBuilt, runtimeFloorKiB, sha512FloorCpuSPerGiB, startBenchWorker, type BenchWorker } from './lib/worker.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 /** Scale guests count slowly: 20 TCG guests counting every 20 ms would saturate a small host by themselves. */
@@ -107,7 +98,10 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   const samples: Sample[] = [];
   const scale: ScaleSample[] = [];
 
-  const stack: BenchStack = await openStack(opts.stack, log, opts.section === 'fleet' ? 'cluster' : undefined);
+  // The fleet: the Temporal cluster, and Glance caching tokens as a production one does (a fleet's
+  // uploads would otherwise each wait for a check by the stack's one Keystone thread).
+  const stack: BenchStack =
+    opts.section === 'fleet' ? await openStack(opts.stack, log, 'cluster', { VMSNAP_GLANCE_TOKEN_CACHE: '300' }) : await openStack(opts.stack, log);
   cleanups.push({ what: 'stack down', run: () => stack.down() });
   const machine = await describeMachine(stack.libvirtUri);
   log(`machine: ${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')}`);
@@ -125,8 +119,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   cleanups.push({
     what: 'delete images',
     run: async () => {
-      for (const id of [...glance.created])
-        await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
+      for (const id of [...glance.created]) await deleteImage(glance, id).catch((err: Error) => log(`cleanup: image ${id}: ${err.message}`));
     },
   });
   if (opts.section === 'fleet' && opts.fleet) return runFleet(opts, opts.fleet, stack, glance, workDir, startedAt, tag);
@@ -147,7 +140,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       ...place,
       name,
       spec,
-      randomFile: join(workDir, 'random.bin'),
+      randomFile,
       ...(intervalMs !== undefined ? { intervalMs } : {}),
     });
   };
@@ -188,6 +181,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     ? `${hostLimit.setting}=${hostLimit.value}${opts.hostLimit === undefined ? " (the worker's default)" : ''}: at most ${hostLimit.value} snapshots copy at once per host, the rest wait for a slot`
     : 'the worker has no per-host concurrency limit setting yet: every snapshot runs at once';
 
+  await ensureBuilt(ROOT);
   const config = loadConfig(workerEnv);
   const client: Client = await connectClient(config.temporal);
   cleanups.push({ what: 'close the Temporal client', run: () => client.connection.close() });
@@ -209,7 +203,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   const freshWorker = async (): Promise<BenchWorker> => {
     await worker?.stop();
     log('starting a vmsnap worker process');
-    worker = await startBenchWorker(workerEnv, ROOT);
+    worker = await startBenchWorker(workerEnv, ROOT, 120_000, 'deployed');
     log(`worker pid ${worker.pid}`);
     return worker;
   };
@@ -226,14 +220,15 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
 
   // Built once up front: guests booted in parallel would each build them, racing on the same files.
   await buildGuestAssets(place.assetsDir);
-  const maxData = Math.max(0, ...opts.disks.map((d) => d.dataMiB));
-  if (maxData > 0) {
-    log(`writing ${maxData} MiB of random data to copy into the disks`);
-    await ensureRandomFile(join(workDir, 'random.bin'), maxData);
-  }
+  // Also what the sha512 floor is measured on: at least 64 MiB.
+  const randomFile = join(workDir, 'random.bin');
+  const randomMiB = Math.max(64, Math.min(RANDOM_PIECE_MIB, Math.max(0, ...opts.disks.map((d) => d.dataMiB))));
+  log(`writing ${randomMiB} MiB of random data to copy into the disks`);
+  await ensureRandomFile(randomFile, randomMiB);
   if (opts.section === 'write-stalls') {
     const stallSamples = await runWriteStallBench({
       runs: opts.runs,
+      ...(opts.stallVariants ? { variants: opts.stallVariants as StallVariant[] } : {}),
       disks: opts.disks,
       idleMs: opts.idleMs,
       libvirtUri: stack.libvirtUri,
@@ -328,7 +323,8 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     log(`wrote ${join(out, 'startup.json')}, startup.md`);
     return r.samples.some((s) => !s.ok) ? 1 : 0;
   }
-  const warmups = opts.quick ? 0 : 1;
+  // The growth disks' runs are long enough that a warm-up round would only double the run.
+  const warmups = opts.warmups ?? (opts.quick || opts.section === 'growth' ? 0 : 1);
   const maxScale = opts.scale.length ? Math.max(...opts.scale) : 0;
   const smallSpec = opts.disks.find((d) => d.kind === 'small') ?? { kind: 'small' as const, virtualMiB: 64, dataMiB: 0 };
   let smallGuest: Guest | undefined;
@@ -428,29 +424,27 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   }
   await worker?.stop();
   const floor = await runtimeFloorKiB(ROOT);
-  const hashCost = hashCpuSPerGiB();
+  const hashCost = await sha512FloorCpuSPerGiB(randomFile);
   machine.loadAverageEnd = os.loadavg().map((l) => Math.round(l * 100) / 100);
 
   notes.push(
     'Guest-visible pause: QEMU STOP/RESUME events with QEMU’s own timestamps (LibvirtHypervisor.watchPauses, i.e. virsh qemu-monitor-event), the same watch for every variant.',
     'bare: virsh suspend; qemu-img convert -U -O qcow2; virsh resume; curl POST /v2/images; curl PATCH disk_format/container_format; curl -T; rm of the copy. Its wall time is the sum of those commands.',
-    'vmsnap: startSnapshot() to handle.result() through Temporal, against a worker process (src/worker/main.ts run by tsx, INFO logs, SQLite store), so wall time includes Temporal’s task dispatch, the task-state and event writes, and the sha512/md5 verification against Glance.',
-    'Upload throughput: image bytes / upload step. bare: the curl -T alone; vmsnap: the workflow’s uploading phase (PATCH formats, PUT while hashing, verify), so it also carries activity dispatch. The /proc fd-window figure is the PUT alone as seen from the worker.',
+    'vmsnap: startSnapshot() to handle.result() through Temporal, against a worker process run as deployed (`node --max-semi-space-size=1 dist/worker/main.js` with MALLOC_ARENA_MAX=2, the prebuilt workflow bundle, as `npm start`; built first when src/ is newer), INFO logs, SQLite store; so wall time includes Temporal’s task dispatch, the task-state and event writes, and the sha512 check against Glance.',
+    'Upload throughput: image bytes / upload time. bare: the curl -T alone; vmsnap: the PUT while hashing (sha512) and the check of Glance’s record, by uploadImage’s own clock (sendAndVerifyMs in its result, read from the history); the uploading phase also holds the PATCH of the formats and the activity’s dispatch. The /proc fd-window figure is the file held open, as seen from outside.',
     `Guest progress: the guest’s counter steps per second across the snapshot (readCounter before and after) ÷ steps per second in the ${opts.idleMs} ms idle window just before.`,
-    'Worker RSS: /proc/<pid>/status VmRSS every 50 ms; the upload window is while the worker holds the snapshot file open (/proc/<pid>/fd, last unbroken stretch); idle is the median over the idle window before the run. The worker runs TypeScript through tsx, which costs memory precompiled JS would not.',
-    'fsync diagnostic: bare times an fsync of its copy right after resume (not counted in its times); vmsnap fsyncs its copy inside the pause, before resuming.',
+    'Worker RSS and CPU: /proc/<pid>/status VmRSS and /proc/<pid>/stat utime+stime every 50 ms; the upload window is while the worker holds the snapshot file open (/proc/<pid>/fd, last unbroken stretch); idle is the median over the idle window before the run. CPU per GiB is judged against the sha512 floor measured at the end of the same run (Node reading the bench’s random file in 4 MiB chunks and hashing it, median of 3).',
+    'fsync diagnostic: bare times an fsync of its copy right after resume (not counted in its times); vmsnap fsyncs its copy as part of its copy step.',
     `Order: variants alternate run by run (the first variant of run k is the k-th); ${warmups} unmeasured warm-up round(s) per disk; images are deleted after each run, outside the timings.`,
     `Guests: the counter test guest (scripts/lib/guest.ts) under TCG, 1 vCPU, 128 MiB, counting every 20 ms; scale guests count every ${SCALE_GUEST_INTERVAL_MS} ms so 20 TCG guests do not saturate the host’s CPUs by themselves.`,
   );
-  if (stack.kind === 'own')
-    notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
+  if (stack.kind === 'own') notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
   else
-    notes.push(
-      `Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`,
-    );
+    notes.push(`Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`);
   if (!live.available && opts.modes.includes('live')) notes.push(`vmsnap live: not yet available: ${live.reason}`);
 
   const summary = summarize(opts.disks, modes, samples);
+  const growth = opts.section === 'growth' ? growthOf(summary, modes) : undefined;
   const results: BenchResults = {
     schema: 'vmsnap-bench/1',
     startedAt: startedAt.toISOString(),
@@ -473,18 +467,27 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     summary,
     scale,
     scaleGrowth: scaleGrowth(scale),
-    targets: evaluateTargets(summary, scale, live, opts.modes),
+    targets: evaluateTargets(summary, scale, live, opts.modes, hashCost),
+    ...(growth ? { growth } : {}),
     errors,
   };
+  if (growth) results.targets.unshift(...growthTargets(growth));
 
   const out = resolve(ROOT, opts.out);
   await mkdir(out, { recursive: true });
+  if (growth) {
+    await writeFile(join(out, 'growth.json'), JSON.stringify(results, null, 2) + '\n');
+    await writeFile(join(out, 'growth.md'), renderMarkdown(results));
+    log(`wrote ${join(out, 'growth.json')}, growth.md`);
+  }
   const svg = renderSvg(results);
-  await writeFile(join(out, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
-  await writeFile(join(out, 'latest.md'), renderMarkdown(results));
-  await writeFile(join(out, 'latest.svg'), svg);
-  log(`wrote ${join(out, 'latest.json')}, latest.md, latest.svg`);
-  if (opts.png) {
+  if (!growth) {
+    await writeFile(join(out, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+    await writeFile(join(out, 'latest.md'), renderMarkdown(results));
+    await writeFile(join(out, 'latest.svg'), svg);
+    log(`wrote ${join(out, 'latest.json')}, latest.md, latest.svg`);
+  }
+  if (opts.png && !growth) {
     const [, w, h] = /width="(\d+)" height="(\d+)"/.exec(svg) ?? [];
     try {
       const how = await renderPng(join(out, 'latest.svg'), join(out, 'latest.png'), Number(w), Number(h));
@@ -493,8 +496,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       log(`no PNG: ${(err as Error).message}`);
     }
   }
-  for (const t of results.targets)
-    log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
+  for (const t of results.targets) log(`target ${t.pass === null ? 'n/a ' : t.pass ? 'pass' : 'MISS'}  ${t.label} [${t.scope}]: ${t.margin}`);
   for (const e of errors) log(`error: ${e}`);
   return errors.length || samples.some((s) => !s.ok) ? 1 : 0;
 }
@@ -552,6 +554,7 @@ async function runFleet(
     workDir,
     dataDir: stack.dataDir,
     glance,
+    serverMetricsUrl: (await server.status()).endpoints.metrics,
     restartTemporal: async () => {
       await server.down();
       await server.up();
@@ -562,14 +565,7 @@ async function runFleet(
   await mkdir(out, { recursive: true });
   await writeFleetResults(out, r, {
     startedAt: startedAt.toISOString(),
-    notes: [
-      'Stack: its own, Temporal in cluster mode (the Temporal server, 4 history shards, persistence and visibility on the stack PostgreSQL), Keystone and Glance as in the other sections; vmsnap store: a PostgreSQL database of its own.',
-      'Hosts: bench/fleet-worker.ts processes, each running its hosts as separate host workers (own host name, host and slot queues, simulated hypervisor) over one Temporal connection, Keystone session and store pool (4 connections). Main worker: dist/worker/main.js --role main.',
-      'Simulated hypervisor (bench/lib/sim-hypervisor.ts): pause/resume write a state file per instance; live copies sleep the copy time and copy a 16 MiB qcow2 (1 MiB data); cold copies run the real qemu-img convert, then sleep the copy time with the guest "paused". Uploads are real, to Glance through Keystone.',
-      'Stages: snapshots kept in flight at a quarter, half, one and two times the host count; end-to-end = start call to result. Store read: getInstance every second from the bench process. Temporal describe: DescribeWorkflowExecution of the latest snapshot every second. Cores: CPU seconds of each process tree over the stage wall time.',
-      'Images are deleted after the run.',
-      'The stage with the Temporal server restart shows its cores negative or low: the restarted server is a new process, counted from zero.',
-    ],
+    notes: FLEET_NOTES,
   });
   log(`wrote ${join(out, 'fleet.json')}, fleet.md`);
   const c = r.checks;

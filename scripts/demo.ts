@@ -39,11 +39,7 @@ async function main(): Promise<void> {
   const client = worker.client;
   try {
     console.log('== snapshot');
-    const handle = await startSnapshot(
-      client,
-      { instance: GUEST, imageName: `${GUEST}-${new Date().toISOString()}` },
-      config.temporal.taskQueue,
-    );
+    const handle = await startSnapshot(client, { instance: GUEST, imageName: `${GUEST}-${new Date().toISOString()}` }, config.temporal.taskQueue);
     console.log(`   workflow ${handle.workflowId}`);
     let lastPhase = '';
     const watch = (async () => {
@@ -64,14 +60,11 @@ async function main(): Promise<void> {
     console.log(`   image id        ${result.imageId} (active in Glance ${worker.glanceUrl}, as ${worker.identity})`);
     console.log(`   size            ${result.size} bytes (${result.diskFormat}, virtual ${result.virtualSize})`);
     console.log(`   sha512          ${result.sha512}`);
-    console.log(`   md5             ${result.md5}`);
     console.log(`   mode            ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}`);
     console.log(`   guest pause     ${result.guestPauseMs} ms (as the guest saw it)`);
     console.log(`   phases (ms)     ${JSON.stringify(result.phaseDurationsMs)}`);
     console.log(`   guest           ${await guestState(GUEST)}, counter ${before.a} -> ${after.a} one second later`);
-    console.log(
-      `   Web UI          ${clientEnv(stack).VMSNAP_TEMPORAL_UI_URL}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}`,
-    );
+    console.log(`   Web UI          ${clientEnv(stack).VMSNAP_TEMPORAL_UI_URL}/namespaces/${config.temporal.namespace}/workflows/${handle.workflowId}`);
     if (after.a <= before.a) throw new Error('the guest is not counting after the snapshot');
   } finally {
     await worker.shutdown();

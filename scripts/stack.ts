@@ -9,8 +9,7 @@ const USAGE = 'usage: tsx scripts/stack.ts up [--temporal dev|cluster] | down | 
 /** `--temporal dev|cluster` (up only) becomes VMSNAP_TEMPORAL_MODE. */
 function modeFromArgs(command: string | undefined, args: string[]): NodeJS.ProcessEnv {
   if (!args.length) return process.env;
-  if (command !== 'up' || args[0] !== '--temporal' || args.length !== 2)
-    throw new Error(`unexpected arguments "${args.join(' ')}": ${USAGE}`);
+  if (command !== 'up' || args[0] !== '--temporal' || args.length !== 2) throw new Error(`unexpected arguments "${args.join(' ')}": ${USAGE}`);
   if (args[1] !== 'dev' && args[1] !== 'cluster')
     throw new Error(`--temporal ${args[1]}: choose dev (the dev server, default) or cluster (Temporal server on PostgreSQL)`);
   return { ...process.env, VMSNAP_TEMPORAL_MODE: args[1] };

@@ -31,6 +31,8 @@ export interface FleetOptions {
   copyMs: number;
   faults: boolean;
   hostLimit: number;
+  /** Start no snapshot after this many minutes (the run's time box). */
+  minutes?: number;
 }
 
 interface Proc {
@@ -62,8 +64,13 @@ export interface FleetStage {
   startRpcMs: { p50: number; p95: number };
   storeMs: { p50: number; p95: number };
   temporalDescribeMs: { p50: number; p95: number };
+  /** From the Temporal server's metrics over the stage: where tasks waited, and refusals. */
+  server: ServerStage;
   /** CPU cores each part used on average over the stage. */
   cores: Record<string, number>;
+  /** Share of the stage (%) in which some runnable task of the machine waited for a CPU (PSI), and the load at its end. */
+  cpuPressurePct: number;
+  loadAverage: number;
 }
 
 const pct = (xs: number[], p: number) => {
@@ -73,9 +80,82 @@ const pct = (xs: number[], p: number) => {
 };
 const p50p95 = (xs: number[]) => ({ p50: pct(xs, 50), p95: pct(xs, 95) });
 
-function uuidOf(host: string, i: number): string {
-  const h = createHash('sha1').update(`${host}/${i}`).digest('hex');
+export interface ServerStage {
+  /**
+   * ResourceExhausted answers by operation and cause: ConcurrentLimit is the frontend's poll limit
+   * refusing a worker; BusyWorkflow is history retrying a task start while the workflow is locked.
+   */
+  refused: Record<string, number>;
+  /** Mean schedule-to-start (ms) of workflow tasks, host-queue activities and slot holders (these wait for a free slot too). */
+  workflowTaskStartMs: number;
+  hostActivityStartMs: number;
+  slotStartMs: number;
+  /** Mean latency (ms) of the server's calls to its PostgreSQL store. */
+  persistenceMs: number;
+}
+
+/** Counters of the Temporal server's Prometheus endpoint that the report reads, summed by kind. */
+async function serverCounters(url: string | undefined): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  if (!url) return out;
+  const text = await fetch(url, { signal: AbortSignal.timeout(10_000) })
+    .then((r) => r.text())
+    .catch(() => '');
+  const add = (k: string, v: number) => out.set(k, (out.get(k) ?? 0) + v);
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_]+)\{(.*)\} (\S+)$/.exec(line);
+    if (!m) continue;
+    const [, name, labels, raw] = m as unknown as [string, string, string, string];
+    const label = (l: string) => new RegExp(`${l}="([^"]*)"`).exec(labels)?.[1] ?? '';
+    const v = Number(raw);
+    if (name === 'service_errors_resource_exhausted') add(`refused ${label('operation')} ${label('resource_exhausted_cause')}`, v);
+    const s2s = /^task_schedule_to_start_latency_(sum|count)$/.exec(name);
+    if (s2s) {
+      const queue = label('taskqueue');
+      const kind = label('task_type') === 'Workflow' ? 'workflow' : queue.endsWith('_slots') ? 'slot' : 'host';
+      add(`${kind} ${s2s[1]}`, v);
+    }
+    const db = /^persistence_latency_(sum|count)$/.exec(name);
+    if (db) add(`persistence ${db[1]}`, v);
+  }
+  return out;
+}
+
+/** The stage's share of the counters; a server restarted in between counts from zero. */
+function serverStage(before: Map<string, number>, after: Map<string, number>): ServerStage {
+  const delta = (k: string) => {
+    const a = after.get(k) ?? 0;
+    const b = before.get(k) ?? 0;
+    return a >= b ? a - b : a;
+  };
+  const mean = (kind: string) => {
+    const n = delta(`${kind} count`);
+    return n ? Math.round((delta(`${kind} sum`) / n) * 1000 * 10) / 10 : 0;
+  };
+  const refused: Record<string, number> = {};
+  for (const k of after.keys()) if (k.startsWith('refused ') && delta(k)) refused[k.slice('refused '.length)] = delta(k);
+  return {
+    refused,
+    workflowTaskStartMs: mean('workflow'),
+    hostActivityStartMs: mean('host'),
+    slotStartMs: mean('slot'),
+    persistenceMs: mean('persistence'),
+  };
+}
+
+/** Unique to the run (`run` is its work dir): a snapshot workflow an earlier run left is never taken for one of ours. */
+function uuidOf(run: string, host: string, i: number): string {
+  const h = createHash('sha1').update(`${run}/${host}/${i}`).digest('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-a${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+/** Microseconds in which some task waited for a CPU, since boot (Linux PSI; 0 without it). */
+function cpuWaitUs(): number {
+  try {
+    return Number(/^some .*total=(\d+)/m.exec(readFileSync('/proc/pressure/cpu', 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
 }
 
 const CLK_TCK = 100;
@@ -122,6 +202,8 @@ export async function runFleetBench(ctx: {
   dataDir: string;
   glance: GlanceCtx;
   restartTemporal: () => Promise<void>;
+  /** The Temporal server's Prometheus endpoint. */
+  serverMetricsUrl?: string;
   log: (line: string) => void;
 }) {
   const { opts, client, store, log } = ctx;
@@ -131,13 +213,10 @@ export async function runFleetBench(ctx: {
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', template, '16M']);
   await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 1M', template]);
   const perHost = Math.ceil(opts.snapshots / opts.hosts);
-  const hostNames = Array.from(
-    { length: opts.hosts },
-    (_, h) => `fleet-p${String(h % opts.procs).padStart(2, '0')}-h${String(h).padStart(3, '0')}`,
-  );
+  const hostNames = Array.from({ length: opts.hosts }, (_, h) => `fleet-p${String(h % opts.procs).padStart(2, '0')}-h${String(h).padStart(3, '0')}`);
   const instances: { id: string; host: string }[] = [];
   for (const host of hostNames) {
-    for (const id of await SimulatedHypervisor.provision(join(dir, host), host, perHost, template, uuidOf)) instances.push({ id, host });
+    for (const id of await SimulatedHypervisor.provision(join(dir, host), host, perHost, template, (h, i) => uuidOf(dir, h, i))) instances.push({ id, host });
   }
   log(
     `fleet: ${opts.hosts} simulated hosts in ${opts.procs} processes, ${instances.length} instances, ${opts.snapshots} snapshots, copies of ${opts.copyMs} ms`,
@@ -277,8 +356,7 @@ export async function runFleetBench(ctx: {
           ctx.glance.created.add(r.imageId);
         } catch (err) {
           if (err instanceof WorkflowFailedError)
-            run.outcome =
-              err.cause instanceof ApplicationFailure ? (err.cause.type ?? 'ApplicationFailure') : (err.cause?.name ?? 'failed');
+            run.outcome = err.cause instanceof ApplicationFailure ? (err.cause.type ?? 'ApplicationFailure') : (err.cause?.name ?? 'failed');
           else if (tries > 120) run.outcome = `lost: ${(err as Error).message}`;
           else await sleep(1000);
         }
@@ -298,11 +376,16 @@ export async function runFleetBench(ctx: {
       bench: (process.cpuUsage().user + process.cpuUsage().system) / 1e6,
     });
     let next = 0;
+    // The time box: no snapshot starts after it; the stage running then ends with what it started.
+    const deadline = opts.minutes ? Date.now() + opts.minutes * 60_000 : Infinity;
     for (const [s, inFlight] of levels.entries()) {
+      if (Date.now() >= deadline) break;
       const end = Math.min(opts.snapshots, next + perStage);
       const first = next;
       const t0 = Date.now();
       const cpu0 = parts();
+      const wait0 = cpuWaitUs();
+      const counters0 = await serverCounters(ctx.serverMetricsUrl);
       const active = new Set<Promise<void>>();
       const faultsHere: Promise<void>[] = [];
       // A fault that fails is reported, not a crash of the run: the snapshots still need ending.
@@ -310,33 +393,36 @@ export async function runFleetBench(ctx: {
       if (opts.faults && s === 1) faultsHere.push(reported('kill and restart host processes', killAndRestart()));
       if (opts.faults && s === 2) faultsHere.push(reported('Temporal server restart', restartServer()));
       while (next < end || active.size) {
-        while (next < end && active.size < inFlight) {
+        while (next < end && active.size < inFlight && Date.now() < deadline) {
           const p = one(next++, s).finally(() => active.delete(p));
           active.add(p);
         }
+        if (!active.size) break; // the time box is over
         await Promise.race(active);
       }
       await Promise.all(faultsHere);
       const wallS = (Date.now() - t0) / 1000;
       const cpu1 = parts();
+      const server = serverStage(counters0, await serverCounters(ctx.serverMetricsUrl));
       const done = runs.filter((r) => r.stage === s);
       const inStage = probes.filter((p) => p.at >= t0 && p.at <= Date.now());
       const stage: FleetStage = {
         inFlight,
-        snapshots: end - first,
+        snapshots: next - first,
         wallS: Math.round(wallS * 10) / 10,
-        perMinute: Math.round(((end - first) / wallS) * 60 * 10) / 10,
+        perMinute: Math.round(((next - first) / wallS) * 60 * 10) / 10,
         endToEndMs: p50p95(done.map((r) => (r.endedAt ?? 0) - r.startedAt)),
         startRpcMs: p50p95(done.map((r) => r.startRpcMs)),
         storeMs: p50p95(inStage.map((p) => p.storeMs)),
         temporalDescribeMs: p50p95(inStage.flatMap((p) => (p.describeMs !== undefined ? [p.describeMs] : []))),
-        cores: Object.fromEntries(
-          Object.entries(cpu1).map(([k, v]) => [k, Math.round(((v - (cpu0 as Record<string, number>)[k]!) / wallS) * 100) / 100]),
-        ),
+        server,
+        cores: Object.fromEntries(Object.entries(cpu1).map(([k, v]) => [k, Math.round(((v - (cpu0 as Record<string, number>)[k]!) / wallS) * 100) / 100])),
+        cpuPressurePct: Math.round((cpuWaitUs() - wait0) / (wallS * 1e4)),
+        loadAverage: Math.round(os.loadavg()[0]! * 10) / 10,
       };
       stages.push(stage);
       log(
-        `fleet stage ${s + 1}: ${inFlight} in flight, ${stage.snapshots} snapshots in ${stage.wallS} s = ${stage.perMinute}/min; end-to-end p50 ${stage.endToEndMs.p50} ms; start RPC p95 ${stage.startRpcMs.p95} ms; store p95 ${stage.storeMs.p95} ms; cores ${JSON.stringify(stage.cores)}`,
+        `fleet stage ${s + 1}: ${inFlight} in flight, ${stage.snapshots} snapshots in ${stage.wallS} s = ${stage.perMinute}/min; end-to-end p50 ${stage.endToEndMs.p50} ms; start RPC p95 ${stage.startRpcMs.p95} ms; store p95 ${stage.storeMs.p95} ms; server ${JSON.stringify(server)}; CPU pressure ${stage.cpuPressurePct}%, load ${stage.loadAverage}; cores ${JSON.stringify(stage.cores)}`,
       );
     }
     probing = false;
@@ -349,11 +435,22 @@ export async function runFleetBench(ctx: {
       const at = Date.now();
       const inFlightThere = runs.filter((r) => r.endedAt === undefined && victimHosts.has(r.host));
       for (const v of victims) v.child.kill('SIGKILL');
-      log(
-        `fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`,
-      );
+      log(`fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`);
       await sleep(5000);
-      for (const v of victims) await startProc(v.index);
+      // As systemd's Restart=on-failure would: a start that fails (seen once at load ~30) is tried again.
+      const restartFailures: string[] = [];
+      for (const v of victims) {
+        for (let attempt = 1; ; attempt++) {
+          try {
+            await startProc(v.index);
+            break;
+          } catch (err) {
+            restartFailures.push((err as Error).message);
+            if (attempt === 5) throw err;
+            await sleep(5000);
+          }
+        }
+      }
       const restartedAt = Date.now();
       while (inFlightThere.some((r) => r.endedAt === undefined)) await sleep(200);
       const endedAt = Math.max(at, ...inFlightThere.map((r) => r.endedAt!));
@@ -362,6 +459,7 @@ export async function runFleetBench(ctx: {
         inFlightOnKilledHosts: inFlightThere.length,
         outcomes: countBy(inFlightThere.map((r) => r.outcome!)),
         restartToPollingS: Math.round((restartedAt - at) / 100) / 10,
+        ...(restartFailures.length ? { restartFailures } : {}),
         recoveryS: Math.round((endedAt - at) / 100) / 10,
       });
     }
@@ -371,9 +469,7 @@ export async function runFleetBench(ctx: {
       const inFlight = runs.filter((r) => r.endedAt === undefined);
       await ctx.restartTemporal();
       const up = Date.now();
-      log(
-        `fleet fault: Temporal server restarted (${((up - at) / 1000).toFixed(1)} s until healthy), ${inFlight.length} snapshots in flight`,
-      );
+      log(`fleet fault: Temporal server restarted (${((up - at) / 1000).toFixed(1)} s until healthy), ${inFlight.length} snapshots in flight`);
       while (!runs.some((r) => (r.endedAt ?? 0) > up)) await sleep(100);
       const firstAfter = Math.min(...runs.filter((r) => (r.endedAt ?? 0) > up).map((r) => r.endedAt!));
       while (inFlight.some((r) => r.endedAt === undefined)) await sleep(200);
@@ -403,7 +499,12 @@ export async function runFleetBench(ctx: {
       options: opts,
       instances: instances.length,
       stages,
-      overall: { snapshots: runs.length, wallS: Math.round(totalS), perMinute: Math.round((runs.length / totalS) * 60 * 10) / 10 },
+      overall: {
+        snapshots: runs.length,
+        planned: opts.snapshots,
+        wallS: Math.round(totalS),
+        perMinute: Math.round((runs.length / totalS) * 60 * 10) / 10,
+      },
       outcomes,
       faults,
       checks: {
@@ -437,6 +538,17 @@ function countBy(xs: string[]): Record<string, number> {
 
 export type FleetResults = Awaited<ReturnType<typeof runFleetBench>>;
 
+/** What fleet.md says of how the run was made. */
+export const FLEET_NOTES = [
+  'Stack: its own, Temporal in cluster mode (the Temporal server, 4 history shards, persistence and visibility on the stack PostgreSQL), Keystone and Glance as in the other sections; vmsnap store: a PostgreSQL database of its own.',
+  'Hosts: bench/fleet-worker.ts processes, each running its hosts as separate host workers (own host name, host and slot queues, simulated hypervisor) over one Temporal connection, Keystone session and store pool (4 connections), each host worker with VMSNAP_HOST_POLLERS=2 long polls on each of its two queues (the default). Main worker: dist/worker/main.js --role main.',
+  'Simulated hypervisor (bench/lib/sim-hypervisor.ts): pause/resume write a state file per instance; live copies sleep the copy time and copy a 16 MiB qcow2 (1 MiB data); cold copies run the real qemu-img convert, then sleep the copy time with the guest "paused". Uploads are real, to Glance through Keystone.',
+  'Stages: snapshots kept in flight at a quarter, half, one and two times the host count; end-to-end = start call to result. Store read: getInstance every second from the bench process. Temporal describe: DescribeWorkflowExecution of the latest snapshot every second. Cores: CPU seconds of each process tree over the stage wall time.',
+  "Images are deleted after the run. Glance caches tokens for 300 s (VMSNAP_GLANCE_TOKEN_CACHE, keystonemiddleware's default; the other sections check each one with Keystone).",
+  'Server columns: from the Temporal server\'s Prometheus endpoint over the stage: mean schedule-to-start (slot holders also wait there for a free slot), mean latency of its PostgreSQL calls, ResourceExhausted answers. CPU pressure: /proc/pressure/cpu "some", the share of the stage in which some runnable task of the machine waited for a core (other work shares this machine).',
+  'The stage with the Temporal server restart shows its cores negative or low: the restarted server is a new process, counted from zero.',
+];
+
 export async function writeFleetResults(out: string, r: FleetResults, meta: { startedAt: string; notes: string[] }): Promise<void> {
   await writeFile(join(out, 'fleet.json'), JSON.stringify({ schema: 'vmsnap-bench-fleet/1', ...meta, ...r }, null, 2) + '\n');
   const cores = Object.keys(r.stages[0]?.cores ?? {});
@@ -445,15 +557,19 @@ export async function writeFleetResults(out: string, r: FleetResults, meta: { st
     '',
     `${meta.startedAt}; ${r.options.hosts} simulated hosts in ${r.options.procs} processes, ${r.options.snapshots} snapshots (cold and live alternating), simulated copies of ${r.options.copyMs} ms, per-host limit ${r.options.hostLimit}; machine ${r.machine.nproc} CPU, load at end ${r.machine.loadAverage.join(' ')}.`,
     '',
-    `**Overall**: ${r.overall.snapshots} snapshots in ${r.overall.wallS} s = **${r.overall.perMinute} snapshots/min**; outcomes ${JSON.stringify(r.outcomes)}.`,
+    `**Overall**: ${r.overall.snapshots} snapshots${r.overall.snapshots < r.overall.planned ? ` (of ${r.overall.planned} planned: the ${r.options.minutes}-minute time box ended the run)` : ''} in ${r.overall.wallS} s = **${r.overall.perMinute} snapshots/min**; outcomes ${JSON.stringify(r.outcomes)}.`,
     '',
-    '| in flight | snapshots | wall s | per min | end-to-end p50 / p95 ms | start RPC p50 / p95 ms | store read p50 / p95 ms | Temporal describe p50 / p95 ms | ' +
+    '| in flight | snapshots | wall s | per min | end-to-end p50 / p95 ms | start RPC p50 / p95 ms | store read p50 / p95 ms | Temporal describe p50 / p95 ms | workflow task / host activity / slot schedule-to-start ms | Temporal → PostgreSQL ms | ResourceExhausted (operation, cause) | CPU pressure % / load | ' +
       cores.map((c) => `${c} cores`).join(' | ') +
       ' |',
-    '|' + ' --- |'.repeat(8 + cores.length),
+    '|' + ' --- |'.repeat(12 + cores.length),
     ...r.stages.map(
       (s) =>
-        `| ${s.inFlight} | ${s.snapshots} | ${s.wallS} | ${s.perMinute} | ${s.endToEndMs.p50} / ${s.endToEndMs.p95} | ${s.startRpcMs.p50} / ${s.startRpcMs.p95} | ${s.storeMs.p50} / ${s.storeMs.p95} | ${s.temporalDescribeMs.p50} / ${s.temporalDescribeMs.p95} | ` +
+        `| ${s.inFlight} | ${s.snapshots} | ${s.wallS} | ${s.perMinute} | ${s.endToEndMs.p50} / ${s.endToEndMs.p95} | ${s.startRpcMs.p50} / ${s.startRpcMs.p95} | ${s.storeMs.p50} / ${s.storeMs.p95} | ${s.temporalDescribeMs.p50} / ${s.temporalDescribeMs.p95} | ${s.server.workflowTaskStartMs} / ${s.server.hostActivityStartMs} / ${s.server.slotStartMs} | ${s.server.persistenceMs} | ${
+          Object.entries(s.server.refused)
+            .map(([k, v]) => `${k}: ${v}`)
+            .join(', ') || 0
+        } | ${s.cpuPressurePct} / ${s.loadAverage} | ` +
         cores.map((c) => String(s.cores[c])).join(' | ') +
         ' |',
     ),

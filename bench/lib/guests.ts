@@ -9,6 +9,9 @@ import { execa } from 'execa';
 import { createGuest, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import type { DiskSpec } from './options.js';
 
+/** Random data goes into a disk in pieces of at most this much: the random file needs no more. */
+export const RANDOM_PIECE_MIB = 1024;
+
 /** Writes `mib` MiB of random bytes (kept if already there and big enough). */
 export async function ensureRandomFile(file: string, mib: number): Promise<void> {
   const have = await stat(file).then(
@@ -49,7 +52,11 @@ export async function createDataGuest(
     beforeStart: async (guest) => {
       if (spec.dataMiB <= 0) return;
       if (!opts.randomFile) throw new Error(`guest ${opts.name}: data requested but no random file`);
-      await execa('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${opts.randomFile} 8M ${spec.dataMiB}M`, guest.diskPath]);
+      // qemu-io writes less than 2 GiB at once: 1 GiB pieces, each from the random file's start.
+      for (let at = 0; at < spec.dataMiB; at += RANDOM_PIECE_MIB) {
+        const piece = Math.min(RANDOM_PIECE_MIB, spec.dataMiB - at);
+        await execa('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${opts.randomFile} ${8 + at}M ${piece}M`, guest.diskPath]);
+      }
     },
   });
 }

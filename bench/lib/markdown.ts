@@ -3,8 +3,7 @@ import type { Mode } from './options.js';
 import type { BenchResults, DiskSummary, ModeSummary, Target } from './results.js';
 
 const fmt = (v: number | undefined, digits = 0) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
-const ms = (v: number | undefined) =>
-  v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`;
+const ms = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
 const mib = (v: number | undefined) => fmt(v, v !== undefined && Math.abs(v) < 10 ? 1 : 0);
 const x = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : `${v.toFixed(2)}×`);
 
@@ -19,6 +18,39 @@ function targetValue(t: Target): string {
 function targetLimit(t: Target): string {
   const v = t.unit === 'x' ? `${t.limit}×` : t.unit === 'ms' ? `${t.limit} ms` : t.unit === 'MiB' ? `${t.limit} MiB` : String(t.limit);
   return `${t.comparison === '<=' ? '≤' : '≥'} ${v}`;
+}
+
+/** The targets as a table, misses first, then the not judged, then the passes; each with its bare figure. */
+export function targetTable(targets: Target[]): string[] {
+  const rank = (t: Target) => (t.pass === false ? 0 : t.pass === null ? 1 : 2);
+  const rows = [...targets].sort((a, b) => rank(a) - rank(b));
+  return [
+    '| target | scope | measured | limit | result | by how much | measured vs bare (same run) |',
+    '| --- | --- | ---: | ---: | --- | --- | --- |',
+    ...rows.map(
+      (t) =>
+        `| ${t.label} | ${t.scope} | ${targetValue(t)} | ${targetLimit(t)} | ${verdict(t)} | ${t.margin}${t.note ? ` (${t.note})` : ''} | ${t.baseline ?? ''} |`,
+    ),
+  ];
+}
+
+function growthSection(r: BenchResults): string[] {
+  const g = r.growth!;
+  const modes = r.options.modes.filter((m) => g.slopes[m]);
+  const out = ['## Growth with the data (1, 2, 4 GiB)', ''];
+  out.push(`| figure (median) | ${g.points.map((p) => `${p.disk}: ${p.dataGiB} GiB data`).join(' | ')} |`);
+  out.push(`| --- | ${g.points.map(() => '---:').join(' | ')} |`);
+  for (const m of modes) out.push(`| end-to-end, ${m} | ${g.points.map((p) => ms(p.wallMs[m])).join(' | ')} |`);
+  for (const m of modes) out.push(`| guest-visible pause, ${m} | ${g.points.map((p) => ms(p.pauseMs[m])).join(' | ')} |`);
+  out.push('');
+  out.push('| mode | end-to-end grows, ms per GiB | ÷ bare’s slope | pause grows, ms per GiB | ÷ bare’s slope |');
+  out.push('| --- | ---: | ---: | ---: | ---: |');
+  for (const m of modes) {
+    const s = g.slopes[m]!;
+    out.push(`| ${m} | ${fmt(s.wallMsPerGiB)} | ${x(s.wallToBare)} | ${fmt(s.pauseMsPerGiB)} | ${x(s.pauseToBare)} |`);
+  }
+  out.push('', 'Slopes: least squares over the three disks’ medians; a ratio to bare’s slope above 1 means vmsnap adds time that grows with the data.');
+  return out;
 }
 
 const verdict = (t: Target) => (t.pass === null ? 'n/a' : t.pass ? '**pass**' : '**MISS**');
@@ -111,15 +143,17 @@ export function renderMarkdown(r: BenchResults): string {
   out.push('');
   out.push('The machine is shared and noisy: read each ratio against the bare figure next to it, not against another day’s run.');
   out.push('');
-  out.push('## Targets');
+  out.push('## Targets (issue 15), misses first');
   out.push('');
-  out.push('| target | scope | measured | limit | result | by how much |');
-  out.push('| --- | --- | ---: | ---: | --- | --- |');
-  for (const t of r.targets)
-    out.push(
-      `| ${t.label} | ${t.scope} | ${targetValue(t)} | ${targetLimit(t)} | ${verdict(t)} | ${t.margin}${t.note ? ` (${t.note})` : ''} |`,
-    );
+  out.push(...targetTable(r.targets.filter((t) => t.group !== 'other')));
   out.push('');
+  const other = r.targets.filter((t) => t.group === 'other');
+  if (other.length) {
+    out.push('Checks of earlier issues, misses first:', '');
+    out.push(...targetTable(other));
+    out.push('');
+  }
+  if (r.growth) out.push(...growthSection(r), '');
   if (!r.live.available) out.push(`vmsnap live: not yet available (${r.live.reason ?? 'unknown'}).`, '');
 
   for (const d of r.summary) {
@@ -184,12 +218,12 @@ export function renderMarkdown(r: BenchResults): string {
   const floor = r.worker.runtimeFloorKiB;
   if (floor.node || floor.nodeTsx) {
     out.push(
-      `- Memory floor on this machine: an idle \`node\` holds ${fmt((floor.node ?? NaN) / 1024)} MiB, an idle \`node --import tsx\` ${fmt((floor.nodeTsx ?? NaN) / 1024)} MiB (the worker runs under tsx).`,
+      `- Memory floor on this machine: an idle \`node\` holds ${fmt((floor.node ?? NaN) / 1024)} MiB, an idle \`node --import tsx\` ${fmt((floor.nodeTsx ?? NaN) / 1024)} MiB (the worker runs compiled, without tsx).`,
     );
   }
   if (Number.isFinite(r.worker.hashCpuSPerGiB)) {
     out.push(
-      `- Hashing floor on this machine: sha512 + md5 of 1 GiB cost ${r.worker.hashCpuSPerGiB.toFixed(2)} CPU-seconds in one Node thread (vmsnap hashes both while it uploads; curl hashes nothing).`,
+      `- sha512 floor, same run: reading 1 GiB in 4 MiB chunks and hashing it with sha512 cost ${r.worker.hashCpuSPerGiB.toFixed(2)} CPU-seconds in Node (the upload does that and sends; curl hashes nothing).`,
     );
   }
   for (const n of r.notes) out.push(`- ${n}`);

@@ -114,9 +114,7 @@ export async function measureRun(opts: {
       ...(idleRss?.length ? { workerIdleRssKiB: median(idleRss) } : {}),
       ...(idleWrites ? { idleWriteStallMs: idleWrites.longestStallMs } : {}),
       ...(copyWrites ? { copyWriteStallMs: copyWrites.longestStallMs, writeSampleGapMs: copyWrites.worstSampleGapMs } : {}),
-      ...(copyWrites && idleWrites && idleWrites.writesPerSecond > 0
-        ? { copyWriteRatio: copyWrites.writesPerSecond / idleWrites.writesPerSecond }
-        : {}),
+      ...(copyWrites && idleWrites && idleWrites.writesPerSecond > 0 ? { copyWriteRatio: copyWrites.writesPerSecond / idleWrites.writesPerSecond } : {}),
     };
     if (result && result.uploadMs > 0) sample.throughputMiBps = result.imageBytes / (1024 * 1024) / (result.uploadMs / 1000);
     return sample;

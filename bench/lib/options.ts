@@ -1,11 +1,14 @@
 // Command line of the benchmark. Defaults give the full run; --quick a smoke-sized one.
 import { parseArgs } from 'node:util';
+import { DEFAULT_STALL_VARIANTS, STALL_VARIANTS } from './stall-variants.js';
 
 export type Mode = 'bare' | 'cold' | 'live';
-export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge';
+export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge' | 'g1' | 'g2' | 'g4';
 
 export const MODES: readonly Mode[] = ['bare', 'cold', 'live'];
-export const DISK_KINDS: readonly DiskKind[] = ['small', 'large', 'sparse', 'xlarge'];
+export const DISK_KINDS = ['small', 'large', 'sparse', 'xlarge'] as const;
+/** The growth section's disks: 1, 2 and 4 GiB of data (--growth-mib scales them down for a smoke run). */
+export const GROWTH_KINDS: readonly DiskKind[] = ['g1', 'g2', 'g4'];
 /** The snapshot benchmark's disks; xlarge is the restore section's third size. */
 const SNAPSHOT_DISKS = 'small,large,sparse';
 
@@ -18,13 +21,15 @@ export interface DiskSpec {
 
 export interface BenchOptions {
   /** all: vmsnap against bare commands; startup: the worker compiled against tsx (start, memory). */
-  section: 'all' | 'startup' | 'restore' | 'write-stalls' | 'fleet';
+  section: 'all' | 'startup' | 'restore' | 'write-stalls' | 'fleet' | 'growth';
   runs: number;
   disks: DiskSpec[];
   modes: Mode[];
   scale: number[];
   /** Repetitions of each scale level. */
   scaleRuns: number;
+  /** Unmeasured rounds per disk before the measured ones (undefined: 1, none in quick and growth). */
+  warmups?: number;
   quick: boolean;
   /** own: start a private stack in .data/bench; env: use the stack the environment names. */
   stack: 'own' | 'env';
@@ -37,12 +42,14 @@ export interface BenchOptions {
   hostLimit?: number;
   /** Longest one snapshot (either variant) may take before it is cancelled and counted failed. */
   runTimeoutMs: number;
+  /** The write-stalls section's variants (see bench/lib/write-stalls.ts). */
+  stallVariants?: string[];
   /** The fleet section: simulated hosts on the Temporal cluster. */
-  fleet?: { hosts: number; procs: number; snapshots: number; copyMs: number; faults: boolean };
+  fleet?: { hosts: number; procs: number; snapshots: number; copyMs: number; faults: boolean; minutes?: number };
 }
 
 export const USAGE = `usage: npm run bench -- [options]
-  --section all|startup|restore|write-stalls|fleet
+  --section all|startup|restore|write-stalls|fleet|growth
                         all (default): vmsnap against the bare commands; startup: the worker as
                         deployed (dist/, prebuilt bundle) against tsx + bundling at start: time
                         to polling, idle RSS, RSS uploading the large disk (startup.{json,md});
@@ -52,17 +59,25 @@ export const USAGE = `usage: npm run bench -- [options]
                         vs idle) for cold, live pull (default) and live push, driver level
                         (write-stalls.{json,md}); fleet: simulated hosts (no guests) on the
                         Temporal cluster and a PostgreSQL store, real Glance uploads, load in
-                        four stages, faults (fleet.{json,md})
+                        four stages, faults (fleet.{json,md}); growth: bare, cold and live
+                        on disks with 1, 2 and 4 GiB of data, how end-to-end time and pause
+                        grow per GiB (growth.{json,md})
+  --growth-mib N        data of the growth section's first disk, doubled twice (default 1024)
+  --stall-variants LIST write-stalls variants (default ${DEFAULT_STALL_VARIANTS.join(',')}; also
+                        ${STALL_VARIANTS.filter((v) => !DEFAULT_STALL_VARIANTS.includes(v)).join(',')}: live pull tunings)
   --fleet-hosts N       simulated hosts (default 100; quick 10)
   --fleet-procs N       processes they run in (default 10; quick 2)
   --fleet-snapshots N   snapshots in all (default 1000; quick 40)
   --fleet-copy-ms N     how long one simulated copy takes (default 1000)
   --fleet-faults on|off kill a tenth of the host processes, restart Temporal (default on; quick off)
+  --fleet-minutes N     start no snapshot after N minutes; those running finish and the report
+                        says how many of the planned ran (default: no limit)
   --runs N              runs per variant and disk (default 5; median reported)
   --disks LIST          small,large,sparse,xlarge (default small,large,sparse; restore: small,large,xlarge)
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
   --scale LIST          concurrent snapshot counts, e.g. 1,5,10,20 (default; "" for none)
   --scale-runs N        repetitions of each scale level (default 1)
+  --warmups N           unmeasured rounds per disk before the runs (default 1; quick and growth 0)
   --quick               smoke size: 1 run, small disk, bare+cold, scale 1, no PNG
   --stack own|env       own: private stack in .data/bench on ports 7333/9392/5100/5532 (default; or
                         VMSNAP_BENCH_DATA_DIR, VMSNAP_BENCH_TEMPORAL_PORT, _TEMPORAL_UI_PORT,
@@ -117,6 +132,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'fleet-snapshots': { type: 'string' },
       'fleet-copy-ms': { type: 'string' },
       'fleet-faults': { type: 'string' },
+      'stall-variants': { type: 'string' },
+      'fleet-minutes': { type: 'string' },
       'small-mib': { type: 'string' },
       'large-mib': { type: 'string' },
       'large-data-mib': { type: 'string' },
@@ -124,6 +141,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'sparse-data-mib': { type: 'string' },
       'xlarge-mib': { type: 'string' },
       'xlarge-data-mib': { type: 'string' },
+      'growth-mib': { type: 'string' },
+      warmups: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -137,9 +156,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   const stack = values.stack ?? (quick && stackEnvPresent ? 'env' : 'own');
   if (stack !== 'own' && stack !== 'env') throw new Error(`--stack must be own or env (got "${stack}")`);
   if (stack === 'env' && !stackEnvPresent) {
-    throw new Error(
-      '--stack env needs TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")',
-    );
+    throw new Error('--stack env needs TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and VMSNAP_DATA_DIR (e.g. eval "$(npm run -s stack -- env)")');
   }
 
   const sizes = {
@@ -151,7 +168,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     xlarge: positive('xlarge-mib', values['xlarge-mib'] ?? '3072'),
     xlargeData: positive('xlarge-data-mib', values['xlarge-data-mib'] ?? '2000'),
   };
-  const specs: Record<DiskKind, DiskSpec> = {
+  const specs: Record<(typeof DISK_KINDS)[number], DiskSpec> = {
     small: { kind: 'small', virtualMiB: sizes.small, dataMiB: 0 },
     large: { kind: 'large', virtualMiB: sizes.large, dataMiB: sizes.largeData },
     sparse: { kind: 'sparse', virtualMiB: sizes.sparse, dataMiB: sizes.sparseData },
@@ -160,15 +177,32 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   for (const spec of Object.values(specs)) {
     // Data runs from 8 MiB on and must stay clear of record B at (size - 1 MiB).
     if (spec.dataMiB > 0 && 8 + spec.dataMiB > spec.virtualMiB - 2) {
-      throw new Error(
-        `${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`,
-      );
+      throw new Error(`${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`);
     }
   }
 
-  const section = values.section ?? 'all';
-  if (section !== 'all' && section !== 'startup' && section !== 'restore' && section !== 'write-stalls' && section !== 'fleet') {
-    throw new Error(`--section must be all, startup, restore, write-stalls or fleet (got "${section}")`);
+  const section = (values.section ?? 'all') as BenchOptions['section'];
+  if (!['all', 'startup', 'restore', 'write-stalls', 'fleet', 'growth'].includes(section)) {
+    throw new Error(`--section must be all, startup, restore, write-stalls, fleet or growth (got "${section}")`);
+  }
+  if (section === 'growth') {
+    // Data from 8 MiB on, 1 GiB of the disk left empty (sparse), as on the large disk.
+    const first = positive('growth-mib', values['growth-mib'] ?? (quick ? '64' : '1024'));
+    const disks = GROWTH_KINDS.map((kind, i) => ({ kind, dataMiB: first * 2 ** i, virtualMiB: first * 2 ** i + Math.max(64, first) }));
+    return {
+      section,
+      runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
+      disks,
+      modes: list('modes', values.modes ?? MODES.join(','), MODES),
+      scale: [],
+      scaleRuns: 1,
+      quick,
+      stack,
+      out: values.out ?? 'bench/results',
+      png: false,
+      idleMs: positive('idle-ms', values['idle-ms'] ?? (quick ? '1500' : '3000')),
+      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+    };
   }
   if (section === 'fleet') {
     const faults = values['fleet-faults'] ?? (quick ? 'off' : 'on');
@@ -179,6 +213,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       snapshots: positive('fleet-snapshots', values['fleet-snapshots'] ?? (quick ? '40' : '1000')),
       copyMs: positive('fleet-copy-ms', values['fleet-copy-ms'] ?? '1000'),
       faults: faults === 'on',
+      ...(values['fleet-minutes'] ? { minutes: positive('fleet-minutes', values['fleet-minutes']) } : {}),
     };
     if (fleet.procs > fleet.hosts)
       throw new Error(`--fleet-procs ${fleet.procs} is more than --fleet-hosts ${fleet.hosts}: each process runs at least one host`);
@@ -202,7 +237,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   }
   if (section === 'write-stalls') {
     // What the guest's writes feel: every disk size, the copy methods side by side.
-    const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large'), DISK_KINDS).map((k) => specs[k]);
+    const disks = list('disks', values.disks ?? (quick ? 'small' : SNAPSHOT_DISKS), DISK_KINDS).map((k) => specs[k]);
+    const stallVariants = list('stall-variants', values['stall-variants'] ?? DEFAULT_STALL_VARIANTS.join(','), STALL_VARIANTS);
     return {
       section,
       runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
@@ -216,6 +252,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       png: false,
       idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
       runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+      stallVariants,
     };
   }
   if (section === 'restore') {
@@ -273,6 +310,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     disks,
     modes,
     scale,
+    ...(values.warmups !== undefined ? { warmups: values.warmups === '0' ? 0 : positive('warmups', values.warmups) } : {}),
     scaleRuns: positive('scale-runs', values['scale-runs'] ?? '1'),
     quick,
     stack,

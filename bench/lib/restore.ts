@@ -73,11 +73,7 @@ async function bare(ctx: RestoreBenchCtx, guest: Guest, imageId: string): Promis
   return { downtimeMs: await watch.downtime(), wallMs };
 }
 
-async function vmsnap(
-  ctx: RestoreBenchCtx,
-  guest: Guest,
-  imageId: string,
-): Promise<Omit<RestoreSample, 'disk' | 'variant' | 'run' | 'ok'>> {
+async function vmsnap(ctx: RestoreBenchCtx, guest: Guest, imageId: string): Promise<Omit<RestoreSample, 'disk' | 'variant' | 'run' | 'ok'>> {
   const watch = watchLifecycle(ctx.libvirtUri, guest.name);
   await watch.ready;
   const t0 = Date.now();
@@ -117,11 +113,7 @@ export async function runRestoreBench(ctx: RestoreBenchCtx): Promise<RestoreSamp
   }
   await ctx.freshWorker();
   for (const s of subjects) {
-    const snap = await startSnapshot(
-      ctx.client,
-      { instance: s.guest.uuid, imageName: `${ctx.prefix}-restore-${s.spec.kind}`, mode: 'cold' },
-      ctx.taskQueue,
-    );
+    const snap = await startSnapshot(ctx.client, { instance: s.guest.uuid, imageName: `${ctx.prefix}-restore-${s.spec.kind}`, mode: 'cold' }, ctx.taskQueue);
     s.imageId = (await snap.result()).imageId;
     ctx.glance.created.add(s.imageId);
     ctx.log(`restore ${s.spec.kind}: image ${s.imageId}`);

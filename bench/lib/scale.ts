@@ -38,9 +38,7 @@ export async function runScaleLevel(opts: {
   const maxConcurrentConverts = copies?.stop();
 
   const done = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
-  const errors = settled.flatMap((s) =>
-    s.status === 'rejected' ? [String((s.reason as Error)?.message ?? s.reason).split('\n')[0] ?? ''] : [],
-  );
+  const errors = settled.flatMap((s) => (s.status === 'rejected' ? [String((s.reason as Error)?.message ?? s.reason).split('\n')[0] ?? ''] : []));
   // Images are not what is measured here: delete them so the disk does not fill up.
   const ctx = opts.mode === 'bare' ? opts.bare : opts.vmsnap!;
   for (const d of done) await deleteImage(ctx, d.result.imageId).catch(() => undefined);

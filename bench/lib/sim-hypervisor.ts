@@ -36,13 +36,7 @@ export class SimulatedHypervisor implements Hypervisor {
   }
 
   /** Makes `count` instances from one template disk (idempotent: existing ones keep their state). */
-  static async provision(
-    dir: string,
-    host: string,
-    count: number,
-    templateDisk: string,
-    uuidOf: (host: string, i: number) => string,
-  ): Promise<string[]> {
+  static async provision(dir: string, host: string, count: number, templateDisk: string, uuidOf: (host: string, i: number) => string): Promise<string[]> {
     await mkdir(dir, { recursive: true });
     const ids: string[] = [];
     for (let i = 0; i < count; i++) {

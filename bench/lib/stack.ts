@@ -25,7 +25,13 @@ export interface BenchStack {
   down(): Promise<void>;
 }
 
-export async function openStack(kind: 'own' | 'env', log: (line: string) => void, temporalMode?: TemporalMode): Promise<BenchStack> {
+export async function openStack(
+  kind: 'own' | 'env',
+  log: (line: string) => void,
+  temporalMode?: TemporalMode,
+  /** Stack settings of one section (its own stack only), e.g. VMSNAP_GLANCE_TOKEN_CACHE. */
+  settings: Record<string, string> = {},
+): Promise<BenchStack> {
   if (kind === 'env') {
     const env = process.env;
     return {
@@ -34,9 +40,7 @@ export async function openStack(kind: 'own' | 'env', log: (line: string) => void
         TEMPORAL_ADDRESS: env.TEMPORAL_ADDRESS ?? '',
         TEMPORAL_NAMESPACE: env.TEMPORAL_NAMESPACE || 'default',
         // The cloud as the shell names it: OS_CLOUD and its files, or OS_* credentials.
-        ...Object.fromEntries(
-          Object.entries(env).filter((e): e is [string, string] => /^OS_|^VMSNAP_GLANCE_URL$/.test(e[0]) && e[1] !== undefined),
-        ),
+        ...Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => /^OS_|^VMSNAP_GLANCE_URL$/.test(e[0]) && e[1] !== undefined)),
         VMSNAP_DATA_DIR: resolve(env.VMSNAP_DATA_DIR ?? ''),
         VMSNAP_LIBVIRT_URI: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
       },
@@ -51,7 +55,7 @@ export async function openStack(kind: 'own' | 'env', log: (line: string) => void
   // Our own settings win over whatever stack the shell points at (e.g. /tmp/testenv.sh).
   // VMSNAP_BENCH_TEMPORAL_MODE picks the Temporal of the other sections; the fleet asks for the cluster.
   const mode = temporalMode ?? (process.env.VMSNAP_BENCH_TEMPORAL_MODE || 'dev');
-  const cfg = stackConfig({ ...process.env, ...OWN_STACK_ENV, VMSNAP_TEMPORAL_MODE: mode });
+  const cfg = stackConfig({ ...process.env, ...OWN_STACK_ENV, ...settings, VMSNAP_TEMPORAL_MODE: mode });
   recordTemporalMode(cfg);
   const all = services(cfg);
   const started: typeof all = [];

@@ -130,15 +130,8 @@ export async function runStartupBench(opts: {
 const mib = (kib: number | undefined) => (kib === undefined ? '?' : (kib / 1024).toFixed(0));
 const fmt = (x: number | undefined) => (x === undefined ? '?' : x.toFixed(2));
 
-export async function writeStartupResults(
-  out: string,
-  r: StartupResults,
-  meta: { startedAt: string; machine: string; notes: string[] },
-): Promise<void> {
-  await writeFile(
-    join(out, 'startup.json'),
-    JSON.stringify({ schema: 'vmsnap-bench-startup/1', ...meta, commands: WORKER_COMMANDS, ...r }, null, 2) + '\n',
-  );
+export async function writeStartupResults(out: string, r: StartupResults, meta: { startedAt: string; machine: string; notes: string[] }): Promise<void> {
+  await writeFile(join(out, 'startup.json'), JSON.stringify({ schema: 'vmsnap-bench-startup/1', ...meta, commands: WORKER_COMMANDS, ...r }, null, 2) + '\n');
   const env = (k: WorkerKind) =>
     Object.entries(WORKER_ENV[k] ?? {})
       .map(([n, v]) => `${n}=${v} `)

@@ -76,9 +76,7 @@ function ratioPanel(r: BenchResults, x0: number, y0: number, width: number): { s
   const plotH = rowsTotal * rowH;
   for (let e = lo; e <= hi; e++) {
     const x = xOf(2 ** e);
-    out.push(
-      `<line x1="${x}" y1="${top}" x2="${x}" y2="${top + plotH}" stroke="${e === 0 ? COLORS.axis : COLORS.grid}" stroke-width="${e === 0 ? 1.5 : 1}"/>`,
-    );
+    out.push(`<line x1="${x}" y1="${top}" x2="${x}" y2="${top + plotH}" stroke="${e === 0 ? COLORS.axis : COLORS.grid}" stroke-width="${e === 0 ? 1.5 : 1}"/>`);
     const label = e >= 0 ? `${2 ** e}×` : `1/${2 ** -e}×`;
     out.push(`<text x="${x}" y="${top + plotH + 16}" font-size="11" text-anchor="middle" fill="${COLORS.axis}">${label}</text>`);
   }
@@ -97,9 +95,7 @@ function ratioPanel(r: BenchResults, x0: number, y0: number, width: number): { s
         const color = met === undefined ? COLORS.neutral : met ? COLORS.pass : COLORS.miss;
         const a = xOf(1);
         const b = xOf(row.value);
-        out.push(
-          `<rect x="${Math.min(a, b)}" y="${y + 4}" width="${Math.max(1.5, Math.abs(b - a))}" height="${rowH - 8}" fill="${color}" opacity="0.85"/>`,
-        );
+        out.push(`<rect x="${Math.min(a, b)}" y="${y + 4}" width="${Math.max(1.5, Math.abs(b - a))}" height="${rowH - 8}" fill="${color}" opacity="0.85"/>`);
         const clipped = row.value > 2 ** hi || row.value < 2 ** lo ? '›' : '';
         const tx = row.value >= 1 ? b + 5 : b - 5;
         out.push(
@@ -120,9 +116,7 @@ function ratioPanel(r: BenchResults, x0: number, y0: number, width: number): { s
 
 function scalePanel(r: BenchResults, x0: number, y0: number, width: number, height: number): string[] {
   const out: string[] = [];
-  out.push(
-    `<text x="${x0}" y="${y0 + 14}" font-size="14" font-weight="bold" fill="${COLORS.text}">Concurrent snapshots of small guests: wall time</text>`,
-  );
+  out.push(`<text x="${x0}" y="${y0 + 14}" font-size="14" font-weight="bold" fill="${COLORS.text}">Concurrent snapshots of small guests: wall time</text>`);
   wrap(`One worker. ${r.worker.hostLimitNote}.`, 75, 2).forEach((line, i) =>
     out.push(`<text x="${x0}" y="${y0 + 31 + i * 14}" font-size="11" fill="${COLORS.axis}">${esc(line)}</text>`),
   );
@@ -145,11 +139,8 @@ function scalePanel(r: BenchResults, x0: number, y0: number, width: number, heig
     out.push(`<text x="${px - 6}" y="${yOf(s) + 4}" font-size="11" text-anchor="end" fill="${COLORS.axis}">${fmtNum(s)} s</text>`);
   }
   const levels = [...new Set(r.scale.map((s) => s.n))].sort((a, b) => a - b);
-  for (const n of levels)
-    out.push(`<text x="${xOf(n)}" y="${py + ph + 16}" font-size="11" text-anchor="middle" fill="${COLORS.axis}">${n}</text>`);
-  out.push(
-    `<text x="${px + pw / 2}" y="${py + ph + 32}" font-size="11" text-anchor="middle" fill="${COLORS.axis}">snapshots at once</text>`,
-  );
+  for (const n of levels) out.push(`<text x="${xOf(n)}" y="${py + ph + 16}" font-size="11" text-anchor="middle" fill="${COLORS.axis}">${n}</text>`);
+  out.push(`<text x="${px + pw / 2}" y="${py + ph + 32}" font-size="11" text-anchor="middle" fill="${COLORS.axis}">snapshots at once</text>`);
   out.push(`<line x1="${px}" y1="${py + ph}" x2="${px + pw}" y2="${py + ph}" stroke="${COLORS.axis}"/>`);
   out.push(`<line x1="${px}" y1="${py}" x2="${px}" y2="${py + ph}" stroke="${COLORS.axis}"/>`);
   const modes = [...new Set(r.scale.map((s) => s.mode))];
@@ -163,10 +154,7 @@ function scalePanel(r: BenchResults, x0: number, y0: number, width: number, heig
       })
       .filter((p): p is { n: number; s: number; failures: number } => p !== undefined);
     const color = MODE_COLORS[mode];
-    if (pts.length > 1)
-      out.push(
-        `<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map((p) => `${xOf(p.n)},${yOf(p.s)}`).join(' ')}"/>`,
-      );
+    if (pts.length > 1) out.push(`<polyline fill="none" stroke="${color}" stroke-width="2" points="${pts.map((p) => `${xOf(p.n)},${yOf(p.s)}`).join(' ')}"/>`);
     for (const p of pts) {
       out.push(`<circle cx="${xOf(p.n)}" cy="${yOf(p.s)}" r="4" fill="${color}"/>`);
       if (p.failures)
@@ -182,9 +170,7 @@ function scalePanel(r: BenchResults, x0: number, y0: number, width: number, heig
   const colX = (i: number) => px + 40 + i * 110;
   out.push(`<text x="${px}" y="${ty}" font-size="11" font-weight="bold" fill="${COLORS.text}">at once</text>`);
   modes.forEach((mode, i) =>
-    out.push(
-      `<text x="${colX(i + 1)}" y="${ty}" font-size="11" font-weight="bold" text-anchor="end" fill="${MODE_COLORS[mode]}">${mode}</text>`,
-    ),
+    out.push(`<text x="${colX(i + 1)}" y="${ty}" font-size="11" font-weight="bold" text-anchor="end" fill="${MODE_COLORS[mode]}">${mode}</text>`),
   );
   levels.forEach((n, row) => {
     const y = ty + 16 * (row + 1);
@@ -195,9 +181,7 @@ function scalePanel(r: BenchResults, x0: number, y0: number, width: number, heig
       const walls = at.map((s) => s.wallMs / 1000).sort((a, b) => a - b);
       const failures = at.reduce((a, s) => a + s.failures, 0);
       const text = `${fmtNum(walls[Math.floor((walls.length - 1) / 2)] as number)} s${failures ? ` ✗${failures}` : ''}`;
-      out.push(
-        `<text x="${colX(i + 1)}" y="${y}" font-size="11" text-anchor="end" fill="${failures ? COLORS.miss : COLORS.text}">${text}</text>`,
-      );
+      out.push(`<text x="${colX(i + 1)}" y="${y}" font-size="11" text-anchor="end" fill="${failures ? COLORS.miss : COLORS.text}">${text}</text>`);
     });
   });
   out.push(

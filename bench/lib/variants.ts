@@ -19,7 +19,7 @@ export interface VariantResult {
   imageBytes: number;
   /** Start of the first command (bare) or startSnapshot (vmsnap) to the image being in Glance. */
   wallMs: number;
-  /** Duration of the upload step: `curl -T` (bare); the workflow's uploading phase (vmsnap: PATCH, PUT, verify). */
+  /** Duration of the upload: `curl -T` (bare); vmsnap: the PUT while hashing and the check against Glance (uploadImage's own clock). */
   uploadMs: number;
   phasesMs: Record<string, number>;
   /** vmsnap's own pause figure (libvirt calls' timestamps), next to the QEMU events. */
@@ -237,6 +237,26 @@ export function lastOpenStretch(samples: RssSample[]): RssSample[] {
   return end < 0 ? [] : samples.slice(start, end + 1);
 }
 
+/**
+ * The upload step's own clock (uploadImage's sendAndVerifyMs: the PUT while hashing, then the
+ * check against Glance's record), read from the workflow's history: what compares with `curl -T`.
+ */
+export async function uploadStepMs(handle: SnapshotHandle): Promise<number | undefined> {
+  const history = await handle.fetchHistory();
+  const scheduled = new Set<string>();
+  let ms: number | undefined;
+  for (const e of history.events ?? []) {
+    if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadImage') scheduled.add(String(e.eventId));
+    const done = e.activityTaskCompletedEventAttributes;
+    if (done && scheduled.has(String(done.scheduledEventId))) {
+      const data = done.result?.payloads?.[0]?.data;
+      const value = data ? (JSON.parse(Buffer.from(data).toString('utf8')) as { sendAndVerifyMs?: unknown }).sendAndVerifyMs : undefined;
+      if (typeof value === 'number') ms = value;
+    }
+  }
+  return ms;
+}
+
 /** One snapshot through the programmatic client, with the worker's RSS sampled every 50 ms. */
 export async function runVmsnap(
   ctx: VmsnapCtx,
@@ -273,25 +293,14 @@ export async function runVmsnap(
       });
     const wallMs = performance.now() - t0;
     samples = sampler.stop();
+    const sendMs = await uploadStepMs(handle).catch(() => undefined);
     // A stretch of one sample is too short to tell the upload from the fsync before it.
     const stretch = lastOpenStretch(samples);
     const open = stretch.length >= 2 ? stretch : [];
     const first = open[0];
     const last = open.at(-1);
     const phasesMs = Object.fromEntries(Object.entries(result.phaseDurationsMs).map(([k, v]) => [k, v ?? 0]));
-    const known = new Set([
-      'imageId',
-      'imageName',
-      'instanceId',
-      'host',
-      'diskFormat',
-      'size',
-      'virtualSize',
-      'sha512',
-      'md5',
-      'priorPowerState',
-      'phaseDurationsMs',
-    ]);
+    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'priorPowerState', 'phaseDurationsMs']);
     const resultExtra = Object.fromEntries(Object.entries(result).filter(([k]) => !known.has(k)));
     const cpuFirst = first?.cpu;
     const cpuLast = last?.cpu;
@@ -299,7 +308,9 @@ export async function runVmsnap(
       imageId,
       imageBytes: result.size,
       wallMs,
-      uploadMs: phasesMs.uploading ?? 0,
+      // The PUT and its check, as the worker timed them; the phase (which adds the PATCH and the
+      // activity's dispatch) when the history does not say.
+      uploadMs: sendMs ?? phasesMs.uploading ?? 0,
       phasesMs,
       reportedPauseMs: result.guestPauseMs,
       ...(open.length ? { uploaderPeakRssKiB: Math.max(...open.map((s) => s.kib)) } : {}),

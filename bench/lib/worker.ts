@@ -2,10 +2,12 @@
 // benchmark's own heap in the figure: from source through tsx (bundling its workflows at start),
 // or compiled as deployed (dist/, the prebuilt workflow bundle).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { execa } from 'execa';
+import { hashFile } from '../../src/drivers/upload-body.js';
 import { rssKiB } from './proc.js';
 
 /** How the worker runs: node's arguments, from the repository root. */
@@ -18,6 +20,11 @@ export const WORKER_COMMANDS = {
 export const WORKER_ENV: Partial<Record<keyof typeof WORKER_COMMANDS, Record<string, string>>> = { deployed: { MALLOC_ARENA_MAX: '2' } };
 export type WorkerKind = keyof typeof WORKER_COMMANDS;
 
+/** Builds dist/ (compiled worker, prebuilt workflow bundle) when src/ changed since, as setup does. */
+export async function ensureBuilt(root: string): Promise<void> {
+  await execa(join(root, 'scripts/build-if-changed'), { cwd: root, stdio: 'inherit' });
+}
+
 export interface BenchWorker {
   pid: number;
   /** From spawn to its start-up line, which it logs once every worker of it polls. */
@@ -28,12 +35,7 @@ export interface BenchWorker {
   stop(graceMs?: number): Promise<void>;
 }
 
-export async function startBenchWorker(
-  env: Record<string, string>,
-  cwd: string,
-  timeoutMs = 120_000,
-  kind: WorkerKind = 'tsx',
-): Promise<BenchWorker> {
+export async function startBenchWorker(env: Record<string, string>, cwd: string, timeoutMs = 120_000, kind: WorkerKind = 'tsx'): Promise<BenchWorker> {
   const t0 = performance.now();
   let startMs = 0;
   const proc: ChildProcess = spawn(process.execPath, [...WORKER_COMMANDS[kind]], {
@@ -99,19 +101,18 @@ export async function runtimeFloorKiB(cwd: string): Promise<{ node?: number; nod
   return { ...(node ? { node } : {}), ...(nodeTsx ? { nodeTsx } : {}) };
 }
 
-/** CPU seconds per GiB for sha512 + md5 of the same bytes in this process (vmsnap hashes both while uploading). */
-export function hashCpuSPerGiB(): number {
-  const chunk = randomBytes(8 * 1024 * 1024);
-  const sha512 = createHash('sha512');
-  const md5 = createHash('md5');
-  const rounds = 32; // 256 MiB: long enough to measure, short enough not to matter
-  const before = process.cpuUsage();
-  for (let i = 0; i < rounds; i++) {
-    sha512.update(chunk);
-    md5.update(chunk);
+/**
+ * The floor under the worker's CPU per GiB uploaded: CPU seconds per GiB that Node needs to read
+ * `file` in large chunks and sha512 it (what the upload does besides sending), here, now. The
+ * median of three passes over the file (from the page cache after the first).
+ */
+export async function sha512FloorCpuSPerGiB(file: string): Promise<number> {
+  const runs: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const before = process.cpuUsage();
+    const { size } = await hashFile(file);
+    const used = process.cpuUsage(before);
+    runs.push((used.user + used.system) / 1e6 / (size / 1024 ** 3));
   }
-  sha512.digest();
-  md5.digest();
-  const used = process.cpuUsage(before);
-  return (used.user + used.system) / 1e6 / ((rounds * chunk.length) / 1024 ** 3);
+  return runs.sort((a, b) => a - b)[1]!;
 }

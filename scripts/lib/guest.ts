@@ -187,9 +187,7 @@ async function waitAgent(g: Guest, deadline: number): Promise<void> {
     if (!r.failed) return;
     const last = (r.stderr || r.message || '').trim();
     if (Date.now() > deadline) {
-      throw new GuestError(
-        `guest ${g.name}: the guest agent did not answer in time (last: ${last})\n--- console ---\n${await consoleTail(g.consoleLog)}`,
-      );
+      throw new GuestError(`guest ${g.name}: the guest agent did not answer in time (last: ${last})\n--- console ---\n${await consoleTail(g.consoleLog)}`);
     }
     await sleep(250);
   }
@@ -214,9 +212,7 @@ async function waitReady(g: Guest, timeoutMs: number): Promise<void> {
     }
     const state = await guestState(g.name);
     if (state !== 'running') {
-      throw new GuestError(
-        `guest ${g.name} is '${state ?? 'undefined'}' while waiting for it to boot\n--- console ---\n${await consoleTail(g.consoleLog)}`,
-      );
+      throw new GuestError(`guest ${g.name} is '${state ?? 'undefined'}' while waiting for it to boot\n--- console ---\n${await consoleTail(g.consoleLog)}`);
     }
     if (Date.now() > deadline) {
       throw new GuestError(

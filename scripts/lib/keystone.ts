@@ -81,8 +81,7 @@ password_hash_rounds = 4
 
 async function manage(conf: string, args: string[]): Promise<void> {
   const r = await execa('keystone-manage', ['--config-file', conf, ...args], { reject: false, all: true });
-  if (r.exitCode !== 0)
-    throw new Error(`keystone: keystone-manage ${args[0]} failed: ${(r.all ?? '').trim().split('\n').slice(-3).join(' | ')}`);
+  if (r.exitCode !== 0) throw new Error(`keystone: keystone-manage ${args[0]} failed: ${(r.all ?? '').trim().split('\n').slice(-3).join(' | ')}`);
 }
 
 /** A fresh Keystone database, bootstrapped with the admin user; the accounts are made once it runs. */
@@ -116,12 +115,7 @@ class KeystoneAdmin {
     private readonly dispatcher: Agent,
   ) {}
 
-  async call<T>(
-    method: 'GET' | 'POST' | 'PUT',
-    path: string,
-    body?: unknown,
-    token = this.token,
-  ): Promise<{ body: T; subjectToken?: string }> {
+  async call<T>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown, token = this.token): Promise<{ body: T; subjectToken?: string }> {
     const res = await request(`${this.url}${path}`, {
       method,
       dispatcher: this.dispatcher,

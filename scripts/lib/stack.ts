@@ -33,6 +33,8 @@ export interface StackConfig {
   keystonePort: number;
   /** Keystone's token lifetime in seconds; the test stack keeps it short so that renewal is exercised. */
   keystoneTokenLifetimeS: number;
+  /** Glance's keystonemiddleware token cache in seconds; -1 (default): every request checked with Keystone. */
+  glanceTokenCacheS: number;
   libvirtUri: string;
   temporalBin: string;
   /** dev: `temporal server start-dev` (SQLite); cluster: the Temporal server on the stack's PostgreSQL. */
@@ -62,8 +64,14 @@ function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
 function tokenLifetime(raw: string | undefined): number {
   if (raw === undefined || raw === '') return 3600;
   const value = Number(raw);
-  if (!Number.isInteger(value) || value < 10)
-    throw new Error(`VMSNAP_KEYSTONE_TOKEN_LIFETIME=${raw} is not a token lifetime: give whole seconds, 10 or more`);
+  if (!Number.isInteger(value) || value < 10) throw new Error(`VMSNAP_KEYSTONE_TOKEN_LIFETIME=${raw} is not a token lifetime: give whole seconds, 10 or more`);
+  return value;
+}
+
+function tokenCache(raw: string | undefined): number {
+  if (raw === undefined || raw === '') return -1;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < -1) throw new Error(`VMSNAP_GLANCE_TOKEN_CACHE=${raw} is not a cache time: give whole seconds, or -1 for no cache`);
   return value;
 }
 
@@ -98,6 +106,7 @@ export function stackConfig(env = process.env): StackConfig {
     glancePort: port(env, 'VMSNAP_GLANCE_PORT', 9292),
     keystonePort: port(env, 'VMSNAP_KEYSTONE_PORT', 5000),
     keystoneTokenLifetimeS: tokenLifetime(env.VMSNAP_KEYSTONE_TOKEN_LIFETIME),
+    glanceTokenCacheS: tokenCache(env.VMSNAP_GLANCE_TOKEN_CACHE),
     libvirtUri: env.VMSNAP_LIBVIRT_URI || 'qemu:///system',
     temporalBin: resolve(env.VMSNAP_TEMPORAL_BIN || '.tools/bin/temporal'),
     temporalMode: temporalMode(env.VMSNAP_TEMPORAL_MODE, dataDir),
@@ -159,9 +168,7 @@ export function ownedService(spec: {
       if (runningPid(pidFile, spec.program) === undefined) {
         for (const p of spec.ports()) {
           if (!(await portIsFree(p))) {
-            throw new Error(
-              `${spec.name}: port ${p} on 127.0.0.1 is in use by another process: stop it, or choose other ports (VMSNAP_*_PORT)`,
-            );
+            throw new Error(`${spec.name}: port ${p} on 127.0.0.1 is in use by another process: stop it, or choose other ports (VMSNAP_*_PORT)`);
           }
         }
         await spec.prepare?.();
@@ -235,8 +242,9 @@ function temporalService(cfg: StackConfig): Service {
 function glanceConfig(cfg: StackConfig, dir: string, accounts: KeystoneAccounts): string {
   // Glance behind Keystone (paste flavor keystone: keystonemiddleware checks every token with
   // Keystone, as its own service user), sqlite for the registry and a file store for image data,
-  // everything under the data dir. Tokens are checked anew on each request (no cache), so that a
-  // revoked token is refused at once.
+  // everything under the data dir. By default tokens are checked anew on each request (no cache),
+  // so that a revoked token is refused at once; the fleet benchmark caches them as a production
+  // Glance does (keystonemiddleware's default, 300 s), or one Keystone thread paces every upload.
   return `[DEFAULT]
 bind_host = 127.0.0.1
 bind_port = ${cfg.glancePort}
@@ -275,7 +283,7 @@ user_domain_name = Default
 project_name = service
 username = glance
 password = ${accounts.glancePassword}
-token_cache_time = -1
+token_cache_time = ${cfg.glanceTokenCacheS}
 
 [oslo_concurrency]
 lock_path = ${join(dir, 'lock')}
@@ -343,8 +351,7 @@ function libvirtService(cfg: StackConfig): Service {
         for (const d of daemons) {
           if (runningPid(d.pidFile, d.program) === undefined) {
             const r = await execa(d.program, ['-d'], { reject: false, all: true });
-            if (r.exitCode !== 0)
-              throw new Error(`libvirt: ${d.program} -d failed: ${r.all ?? ''} (is libvirt-daemon-system installed? run ./scripts/setup)`);
+            if (r.exitCode !== 0) throw new Error(`libvirt: ${d.program} -d failed: ${r.all ?? ''} (is libvirt-daemon-system installed? run ./scripts/setup)`);
           }
         }
         mkdirSync(join(cfg.dataDir, 'run'), { recursive: true });
@@ -427,9 +434,7 @@ async function postgresAccount(): Promise<{ uid: number; gid: number }> {
   const id = async (flag: string) => {
     const r = await execa('id', [flag, 'postgres'], { reject: false });
     if (r.exitCode !== 0)
-      throw new Error(
-        'postgresql: as root the server runs as the postgres OS user, which does not exist: run ./scripts/setup (Debian package postgresql)',
-      );
+      throw new Error('postgresql: as root the server runs as the postgres OS user, which does not exist: run ./scripts/setup (Debian package postgresql)');
     return Number(r.stdout.trim());
   };
   return { uid: await id('-u'), gid: await id('-g') };
@@ -443,9 +448,7 @@ function ensureReachable(cfg: StackConfig, cluster: string, uid: number): void {
       // Our own data dir (e.g. from mkdtemp) may let others through; o+x does not let them list it.
       if (dir === cfg.dataDir) chmodSync(dir, (st.mode & 0o7777) | 0o001);
       else
-        throw new Error(
-          `postgresql: the postgres OS user cannot reach ${cluster}: ${dir} is closed to others: chmod o+x it, or use another VMSNAP_DATA_DIR`,
-        );
+        throw new Error(`postgresql: the postgres OS user cannot reach ${cluster}: ${dir} is closed to others: chmod o+x it, or use another VMSNAP_DATA_DIR`);
     }
     if (dir === dirname(dir)) return;
   }
@@ -503,9 +506,7 @@ function postgresService(cfg: StackConfig): Service {
     async prepare() {
       for (const p of ['initdb', 'postgres']) {
         if (!existsSync(join(cfg.postgresBin, p))) {
-          throw new Error(
-            `postgresql: ${join(cfg.postgresBin, p)} is missing: run ./scripts/setup (Debian package postgresql), or set VMSNAP_POSTGRES_BIN`,
-          );
+          throw new Error(`postgresql: ${join(cfg.postgresBin, p)} is missing: run ./scripts/setup (Debian package postgresql), or set VMSNAP_POSTGRES_BIN`);
         }
       }
       const account = asRoot() ? await postgresAccount() : undefined;

@@ -119,9 +119,7 @@ async function ensureSchemas(cfg: StackConfig): Promise<void> {
   });
   admin.on('error', () => undefined);
   await admin.connect().catch((err: Error) => {
-    throw new Error(
-      `temporal-server: PostgreSQL on 127.0.0.1:${cfg.postgresPort} does not answer (${err.message}): start the stack's postgresql first`,
-    );
+    throw new Error(`temporal-server: PostgreSQL on 127.0.0.1:${cfg.postgresPort} does not answer (${err.message}): start the stack's postgresql first`);
   });
   try {
     const dbs = temporalDatabases(cfg);
@@ -146,9 +144,7 @@ async function ensureSchemas(cfg: StackConfig): Promise<void> {
       for (const step of steps) {
         const r = await sql(step);
         if (r.exitCode !== 0)
-          throw new Error(
-            `temporal-server: temporal-sql-tool ${step[0]} on ${database} failed: ${r.all?.trim().split('\n').slice(-3).join(' | ')}`,
-          );
+          throw new Error(`temporal-server: temporal-sql-tool ${step[0]} on ${database} failed: ${r.all?.trim().split('\n').slice(-3).join(' | ')}`);
       }
     }
   } finally {
@@ -176,8 +172,7 @@ async function registerNamespace(cfg: StackConfig): Promise<void> {
   for (const name of Object.values(SEARCH_ATTRIBUTES)) {
     if (list?.stdout.includes(`"${name}"`)) continue;
     const r = await cli(cfg, ['operator', 'search-attribute', 'create', '-n', 'default', '--name', name, '--type', 'Keyword']);
-    if (r.exitCode !== 0 && !/already/i.test(r.all ?? ''))
-      throw new Error(`temporal-server: creating search attribute ${name} failed: ${r.all}`);
+    if (r.exitCode !== 0 && !/already/i.test(r.all ?? '')) throw new Error(`temporal-server: creating search attribute ${name} failed: ${r.all}`);
   }
 }
 

@@ -14,7 +14,7 @@ export interface ActivityDeps {
   /** Who the image service calls act for (Keystone): the owner and user of new images. */
   identity: Identity;
   /** qemu-img operations (src/drivers/qemu-img.ts). */
-  diskTool: Pick<typeof qemuImg, 'convert' | 'info' | 'check'>;
+  diskTool: Pick<typeof qemuImg, 'convert' | 'info' | 'check' | 'measure'>;
   /** This host's name, as its task queue and the inventory know it. */
   host: string;
   /** Where per-snapshot temp dirs are made. */

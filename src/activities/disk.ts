@@ -2,14 +2,14 @@
 // reads the disk of a paused (or shut-off) guest. Live: a QEMU block backup job holds a point in
 // time while the guest runs, read out by qemu-img over NBD (pull) or copied by QEMU (push).
 import { Context } from '@temporalio/activity';
-import { chmod, chown, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, chown, mkdir, readdir, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import type { Consistency, DiskFormat, StepProgress } from '../shared/types.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { FailureType } from '../shared/failures.js';
-import { fsyncFileAndEntry } from '../drivers/files.js';
+import { fsyncFileAndEntry, qemuUser } from '../drivers/files.js';
 import { ApplicationFailure } from '@temporalio/activity';
 import { resumeIfPresent, type ResumeOutcome } from './power.js';
 
@@ -75,17 +75,60 @@ export function snapshotDir(snapshotsDir: string, imageId: string): string {
   return join(snapshotsDir, imageId);
 }
 
-/** uid and gid QEMU runs as (Debian: libvirt-qemu, RHEL: qemu), if this host has that user. */
-async function qemuUser(): Promise<{ uid: number; gid: number } | undefined> {
-  const passwd = await readFile('/etc/passwd', 'utf8').catch(() => '');
-  for (const name of ['libvirt-qemu', 'qemu']) {
-    const fields = passwd
-      .split('\n')
-      .find((l) => l.startsWith(`${name}:`))
-      ?.split(':');
-    if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
+export interface CopyPlan {
+  instanceId: string;
+  imageId: string;
+  diskFormat: DiskFormat;
+  compress: boolean;
+  live: boolean;
+}
+
+/** Free bytes where `dir` is (or would be made: its nearest existing parent). */
+async function freeBytesAt(dir: string): Promise<number> {
+  for (let at = dir; ; at = dirname(at)) {
+    try {
+      const fs = await statfs(at);
+      return fs.bavail * fs.bsize;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(at) === at) throw err;
+    }
   }
-  return undefined;
+}
+
+/** Bytes an earlier attempt's files hold in the image's temp dir: freed before the copy starts. */
+async function heldByEarlierAttempt(dir: string): Promise<number> {
+  const names = await readdir(dir).catch(() => []);
+  let bytes = 0;
+  for (const name of names)
+    bytes += await stat(join(dir, name)).then(
+      (st) => st.blocks * 512,
+      () => 0,
+    );
+  return bytes;
+}
+
+/**
+ * Whether the copy fits in the snapshots dir, decided before the guest is touched: a copy that
+ * cannot fit fails with NoSpace and the guest is never paused. `qemu-img measure` (as qcow2:
+ * allocated data plus metadata, which also bounds a sparse raw or a compressed copy) against the
+ * free space; a live copy written as raw or compressed holds its qcow2 and the result at once.
+ */
+export async function ensureRoomForCopy(
+  { hypervisor, diskTool, snapshotsDir }: Pick<ActivityDeps, 'hypervisor' | 'diskTool' | 'snapshotsDir'>,
+  plan: CopyPlan,
+): Promise<void> {
+  const disk = await hypervisor.rootDisk(plan.instanceId);
+  const { required } = await diskTool.measure(disk.path, { format: disk.format, targetFormat: 'qcow2' });
+  const needed = plan.live && (plan.diskFormat === 'raw' || plan.compress) ? 2 * required : required;
+  const dir = snapshotDir(snapshotsDir, plan.imageId);
+  const free = (await freeBytesAt(snapshotsDir)) + (await heldByEarlierAttempt(dir));
+  if (needed <= free) return;
+  const MiB = (n: number) => `${Math.ceil(n / 2 ** 20)} MiB`;
+  throw new VmsnapError(
+    'NoSpace',
+    `the copy of instance ${plan.instanceId}'s disk needs ${MiB(needed)} in ${snapshotsDir} (VMSNAP_SNAPSHOTS_DIR), which has ${MiB(free)} free: free ${MiB(needed - free)} there or point it at a larger disk; the guest was not touched`,
+    { snapshotsDir, neededBytes: needed, freeBytes: free, disk: disk.path },
+  );
 }
 
 /** A fresh, private temp dir: a retry starts over, whatever an earlier attempt left. */
@@ -103,7 +146,8 @@ async function freshDir(snapshotsDir: string, imageId: string): Promise<string> 
 // compensation then resumes, with retries of its own).
 const RESUME_ATTEMPTS = 3;
 
-export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, settings }: ActivityDeps) {
+export function diskActivities(deps: ActivityDeps) {
+  const { hypervisor, diskTool, snapshotsDir, store, settings } = deps;
   /** Private file, checked (qcow2) and measured: what the upload may send. */
   async function finish(path: string, diskFormat: DiskFormat, knownVirtualSize?: number): Promise<ConvertedDisk> {
     await chmod(path, 0o600);
@@ -182,7 +226,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
     async coldCopyDisk(input: ColdCopyDiskInput): Promise<ColdCopiedDisk> {
       const { instanceId, owner } = input;
       const disk = await hypervisor.rootDisk(instanceId);
-      // room check (NoSpace) runs here, before the pause
+      await ensureRoomForCopy(deps, { ...input, live: false });
       const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
       const dir = await freshDir(snapshotsDir, input.imageId);
       const target = join(dir, `disk.${input.diskFormat}`);
@@ -248,6 +292,7 @@ export function diskActivities({ hypervisor, diskTool, snapshotsDir, store, sett
     },
 
     async liveCopyDisk(input: LiveCopyDiskInput): Promise<LiveCopiedDisk> {
+      await ensureRoomForCopy(deps, { ...input, live: true });
       const signal = Context.current().cancellationSignal;
       // Side by side, as none needs another: the temp dir, the disk and its size (the total from
       // the first heartbeat on: the job copies the whole virtual disk), and the pause watch, which

@@ -82,10 +82,7 @@ export function imageRecordActivities({ imageService, identity }: Pick<ActivityD
       });
       // A retried create finds its own image; anything else with this id is not ours to touch.
       if (!created && image.vmsnap_request_id !== input.requestId) {
-        throw new VmsnapError(
-          'ImageConflict',
-          `image ${input.imageId} exists already and was not made by this snapshot: choose another imageId`,
-        );
+        throw new VmsnapError('ImageConflict', `image ${input.imageId} exists already and was not made by this snapshot: choose another imageId`);
       }
       return { imageId: image.id, created };
     },

@@ -51,12 +51,7 @@ export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 
       return store.releaseTaskState(input.instanceId, input.owner);
     },
 
-    async recordInstanceFault(fault: {
-      instanceId: string;
-      code: string;
-      message: string;
-      details: Record<string, unknown>;
-    }): Promise<void> {
+    async recordInstanceFault(fault: { instanceId: string; code: string; message: string; details: Record<string, unknown> }): Promise<void> {
       await store.recordFault(fault);
     },
 

@@ -4,8 +4,10 @@
 // recorded as an event before it happens, and each resume after: if a snapshot's workflow is lost
 // (terminated) in between, the reconciler knows the guest was paused by vmsnap and resumes it.
 import type { ActivityDeps } from './deps.js';
+import { ensureRoomForCopy } from './disk.js';
 import type { LiveCopySupport, PowerState } from '../drivers/hypervisor.js';
 import { VmsnapError } from '../shared/errors.js';
+import type { DiskFormat } from '../shared/types.js';
 
 export interface PowerChange {
   instanceId: string;
@@ -13,13 +15,23 @@ export interface PowerChange {
   owner: string;
 }
 
-export function powerActivities({ hypervisor, store }: Pick<ActivityDeps, 'hypervisor' | 'store'>) {
+/** A cold copy's pause: with the copy it is for, whose room is checked before the guest stops. */
+export interface PauseInput extends PowerChange {
+  /** Absent in runs started before the check (their copy is not measured). */
+  imageId?: string;
+  diskFormat?: DiskFormat;
+  compress?: boolean;
+}
+
+export function powerActivities(deps: Pick<ActivityDeps, 'hypervisor' | 'store' | 'diskTool' | 'snapshotsDir'>) {
+  const { hypervisor, store } = deps;
   return {
     async getPowerState(instanceId: string): Promise<PowerState> {
       return (await hypervisor.getInstance(instanceId)).powerState;
     },
 
-    async pauseInstance({ instanceId, owner }: PowerChange): Promise<{ pausedAt: number }> {
+    async pauseInstance({ instanceId, owner, imageId, diskFormat, compress }: PauseInput): Promise<{ pausedAt: number }> {
+      if (imageId && diskFormat) await ensureRoomForCopy(deps, { instanceId, imageId, diskFormat, compress: compress ?? false, live: false });
       await store.recordEvent({ instanceId, action: 'createImage', event: 'pause', requestId: owner, details: {} });
       await hypervisor.pause(instanceId);
       return { pausedAt: Date.now() };

@@ -4,6 +4,7 @@ import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
 import { UUID_PATTERN } from '../shared/validation.js';
+import { VmsnapError } from '../shared/errors.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
 import { REBUILD_TASK_STATES, type TaskState } from '../store/store.js';
 
@@ -122,8 +123,17 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
   };
 }
 
-export function reconcileHostActivities({ snapshotsDir }: Pick<ActivityDeps, 'snapshotsDir'>) {
+export function reconcileHostActivities({ snapshotsDir, hypervisor }: Pick<ActivityDeps, 'snapshotsDir' | 'hypervisor'>) {
   return {
+    /**
+     * Ends the live copy job a dead snapshot left on its instance (a pull job never ends by
+     * itself: its NBD export and scratch image would stay until the next copy); true if there was one.
+     */
+    async abortAbandonedLiveCopy(input: { instanceId: string; imageId: string }): Promise<boolean> {
+      if (!UUID_PATTERN.test(input.imageId)) throw new VmsnapError('InvalidInput', `image id ${input.imageId} is not a UUID`);
+      return (await hypervisor.abortLiveCopy?.(input.instanceId, join(snapshotsDir, input.imageId))) ?? false;
+    },
+
     /**
      * Removes snapshot temp dirs of snapshots that are not running. A dir younger than the grace
      * period is kept: visibility lags, and a snapshot that just started may not be listed yet.

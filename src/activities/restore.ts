@@ -120,18 +120,12 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
   async function restorableDisk(instanceId: string) {
     const disk = await hypervisor.rootDisk(instanceId);
     if (!RESTORABLE_FORMATS.includes(disk.format)) {
-      throw new VmsnapError(
-        'InstanceInvalidState',
-        `instance ${instanceId}: its disk is ${disk.format}; vmsnap restores qcow2 and raw disks only`,
-      );
+      throw new VmsnapError('InstanceInvalidState', `instance ${instanceId}: its disk is ${disk.format}; vmsnap restores qcow2 and raw disks only`);
     }
     const st = await stat(disk.path).catch(() => undefined);
     if (!st) throw new VmsnapError('DiskNotFound', `instance ${instanceId}: its disk ${disk.path} does not exist`);
     if (!st.isFile())
-      throw new VmsnapError(
-        'InstanceInvalidState',
-        `instance ${instanceId}: its disk ${disk.path} is not a regular file; vmsnap restores file disks only`,
-      );
+      throw new VmsnapError('InstanceInvalidState', `instance ${instanceId}: its disk ${disk.path} is not a regular file; vmsnap restores file disks only`);
     return disk;
   }
 
@@ -147,8 +141,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     const agent = state === 'running' && (await hypervisor.hasGuestAgent(instanceId));
     for (;;) {
       const now = (await hypervisor.getInstance(instanceId)).powerState;
-      if (now === state && (!agent || (await hypervisor.pingGuestAgent(instanceId))))
-        return { startedAt, confirmedBy: agent ? 'guest-agent' : 'power-state' };
+      if (now === state && (!agent || (await hypervisor.pingGuestAgent(instanceId)))) return { startedAt, confirmedBy: agent ? 'guest-agent' : 'power-state' };
       if (now === 'shutdown' || now === 'crashed') {
         throw new VmsnapError('InstanceInvalidState', `instance ${instanceId} is ${now} right after it was started on the restored disk`);
       }
@@ -166,9 +159,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
    * Swaps the verified image in: link(disk, pre-restore), then rename(restored, disk). The guest
    * must be off. Safe to retry at any point of a dead attempt (it looks at what is there).
    */
-  async function swapDisk(
-    input: RestoreStep & { imageId: string; diskPath: string },
-  ): Promise<{ preRestorePath: string; keptUntil: string }> {
+  async function swapDisk(input: RestoreStep & { imageId: string; diskPath: string }): Promise<{ preRestorePath: string; keptUntil: string }> {
     const files = restoreFiles(input.diskPath);
     const keptUntil = new Date(Date.now() + settings.preRestoreRetentionMs).toISOString();
     const marker = await readMarker(files.marker);
@@ -190,10 +181,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       // An earlier attempt renamed it and died before writing the marker.
       const pre = await inode(files.preRestore);
       if (pre !== undefined && pre !== (await inode(input.diskPath))) return done();
-      throw new VmsnapError(
-        'DiskNotFound',
-        `instance ${input.instanceId}: the restored disk ${files.restored} is gone; nothing was swapped`,
-      );
+      throw new VmsnapError('DiskNotFound', `instance ${input.instanceId}: the restored disk ${files.restored} is gone; nothing was swapped`);
     }
     if ((await inode(files.preRestore)) !== (await inode(input.diskPath))) {
       // An earlier restore's pre-restore disk is replaced by this one's. It is renamed aside, not
@@ -243,8 +231,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     const files = restoreFiles(disk.path);
     if (!(await exists(files.preRestore))) {
       // A retry after the rename: the pre-restore disk is in place already.
-      if (!(await readMarker(files.marker)))
-        throw new VmsnapError('DiskNotFound', `instance ${input.instanceId} has no pre-restore disk to roll back to`);
+      if (!(await readMarker(files.marker))) throw new VmsnapError('DiskNotFound', `instance ${input.instanceId} has no pre-restore disk to roll back to`);
     } else {
       await event(input.instanceId, input.owner, 'stop');
       await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
@@ -285,9 +272,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
      */
     async prepareRestoreImage(input: PrepareRestoreInput): Promise<PreparedRestore> {
       const disk = await restorableDisk(input.instanceId);
-      const files = input.newDiskPath
-        ? { download: `${input.newDiskPath}.vmsnap-download`, restored: input.newDiskPath }
-        : restoreFiles(disk.path);
+      const files = input.newDiskPath ? { download: `${input.newDiskPath}.vmsnap-download`, restored: input.newDiskPath } : restoreFiles(disk.path);
       if (input.newDiskPath && (await exists(input.newDiskPath)) && !(await exists(`${input.newDiskPath}.vmsnap-download`))) {
         // Not ours (a retry of ours still has its download beside it, or removed both).
         throw new VmsnapError('InvalidInput', `${input.newDiskPath} exists already: choose another name for the new instance`);
@@ -329,10 +314,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
         });
         const info = await diskTool.info(files.download, { format: input.imageFormat });
         if (info.backingFile) {
-          throw new VmsnapError(
-            'InvalidInput',
-            `image ${input.imageId} has a backing file (${info.backingFile}): vmsnap restores self-contained images only`,
-          );
+          throw new VmsnapError('InvalidInput', `image ${input.imageId} has a backing file (${info.backingFile}): vmsnap restores self-contained images only`);
         }
         const current = await diskTool.info(disk.path, { format: disk.format, forceShare: true });
         if (info.virtualSize > current.virtualSize && !input.allowGrow) {
@@ -432,8 +414,7 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
         const status = await workflows.runStatus(marker.owner);
         if (status === 'running' || (status === 'unknown' && Date.now() - Date.parse(marker.at) < input.graceMs)) continue;
         // A completed run removed its claim itself; if one is left, the instance it made is kept.
-        if (status !== 'completed')
-          await removeNew({ instanceId: marker.instanceId, owner: marker.owner, name: marker.name, diskPath: marker.diskPath });
+        if (status !== 'completed') await removeNew({ instanceId: marker.instanceId, owner: marker.owner, name: marker.name, diskPath: marker.diskPath });
         await rm(join(newInstancesDir, file), { force: true });
         if (status !== 'completed') removed.push(marker.name);
       }

@@ -66,8 +66,7 @@ export function retentionPolicyProblems(policy: unknown): InputProblem[] {
   }
   const problems: InputProblem[] = [];
   for (const key of Object.keys(policy)) {
-    if (!RULES.some(([k]) => k === key))
-      problems.push({ field: `retention.${key}`, message: 'unknown rule; known: keepLast, keepDaily, keepWeekly' });
+    if (!RULES.some(([k]) => k === key)) problems.push({ field: `retention.${key}`, message: 'unknown rule; known: keepLast, keepDaily, keepWeekly' });
   }
   for (const [key] of RULES) {
     const n = (policy as Record<string, unknown>)[key];
@@ -86,10 +85,7 @@ export function hasRetentionRule(policy: RetentionPolicy | undefined): boolean {
 /** An image vmsnap made for this schedule: only these may ever be pruned by it. */
 export function isScheduleImage(image: Image, scheduleId: string): boolean {
   return (
-    Array.isArray(image.tags) &&
-    image.tags.includes(VMSNAP_IMAGE_TAG) &&
-    typeof image.vmsnap_request_id === 'string' &&
-    image.vmsnap_schedule === scheduleId
+    Array.isArray(image.tags) && image.tags.includes(VMSNAP_IMAGE_TAG) && typeof image.vmsnap_request_id === 'string' && image.vmsnap_schedule === scheduleId
   );
 }
 
@@ -167,19 +163,13 @@ export function decideRetention(images: Image[], policy: RetentionPolicy): Reten
 
   const rules = RULES.filter(([key]) => (policy[key] ?? 0) > 0).map(([key, flag]) => `${flag} ${policy[key]}`);
   for (const { decision } of entries) {
-    if (decision.rule === 'no-rule')
-      Object.assign(decision, { action: 'delete', rule: 'prune', reason: `kept by none of ${rules.join(', ')}` });
+    if (decision.rule === 'no-rule') Object.assign(decision, { action: 'delete', rule: 'prune', reason: `kept by none of ${rules.join(', ')}` });
   }
   return decisions;
 }
 
 /** One rule, as Proxmox's prune applies it to entries sorted newest first. */
-function mark(
-  entries: Entry[],
-  count: number,
-  period: (e: Entry) => string,
-  keep: (e: Entry, n: number, of: number) => [RetentionRule, string],
-): void {
+function mark(entries: Entry[], count: number, period: (e: Entry) => string, keep: (e: Entry, n: number, of: number) => [RetentionRule, string]): void {
   if (count <= 0) return;
   // Periods that already hold a kept image do not count for this rule.
   const covered = new Set(entries.filter((e) => e.decision.rule !== 'no-rule').map(period));
@@ -205,9 +195,7 @@ async function inUseBy(sources: RetentionSources, imageId: string, instances: In
   const instance = instances.find((i) => i.baseImageRef === imageId);
   if (instance) return `in use: base image of instance ${instance.name} (${instance.id})`;
   // Glance filters on extra properties; the check below guards against a filter it ignored.
-  const derived = (await sources.imageService.listImages({ base_image_ref: imageId })).find(
-    (i) => i.base_image_ref === imageId && i.id !== imageId,
-  );
+  const derived = (await sources.imageService.listImages({ base_image_ref: imageId })).find((i) => i.base_image_ref === imageId && i.id !== imageId);
   if (derived) return `in use: base image of image ${derived.id} ("${derived.name}")`;
   return undefined;
 }
@@ -221,9 +209,7 @@ export async function planRetention(sources: RetentionSources, scheduleId: strin
     });
   }
   // The filters narrow the listing; isScheduleImage is what makes an image a candidate.
-  const images = (await sources.imageService.listImages({ tag: VMSNAP_IMAGE_TAG, vmsnap_schedule: scheduleId })).filter((i) =>
-    isScheduleImage(i, scheduleId),
-  );
+  const images = (await sources.imageService.listImages({ tag: VMSNAP_IMAGE_TAG, vmsnap_schedule: scheduleId })).filter((i) => isScheduleImage(i, scheduleId));
   const decisions = decideRetention(images, policy);
   const doomed = decisions.filter((d) => d.action === 'delete');
   if (doomed.length) {
@@ -247,10 +233,7 @@ export function retentionActivities({ imageService, store }: Pick<ActivityDeps, 
      * plan and delete (and a retry may come much later), and somebody may have protected it,
      * booted from it or made an image from it meanwhile.
      */
-    async deleteExpiredImage(input: {
-      scheduleId: string;
-      imageId: string;
-    }): Promise<{ deleted: boolean; kept?: { rule: RetentionRule; reason: string } }> {
+    async deleteExpiredImage(input: { scheduleId: string; imageId: string }): Promise<{ deleted: boolean; kept?: { rule: RetentionRule; reason: string } }> {
       const image = await imageService.getImage(input.imageId);
       if (!image) return { deleted: false }; // gone already: nothing to keep
       const kept = (rule: RetentionRule, reason: string) => ({

@@ -1,35 +1,17 @@
 // Programmatic client of restores: start one (image by id or name), follow it, wait for it,
 // roll it back. One restore or rollback per instance at a time (workflow id restore-<instance>).
-import {
-  WorkflowExecutionAlreadyStartedError,
-  type Client,
-  type WorkflowHandle,
-  type WorkflowHandleWithFirstExecutionRunId,
-} from '@temporalio/client';
+import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle, type WorkflowHandleWithFirstExecutionRunId } from '@temporalio/client';
 import { connectCloud } from '../drivers/cloud.js';
 import type { Config } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE, restoreWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest } from '../shared/types.js';
-import {
-  UUID_PATTERN,
-  describeProblems,
-  validateRestoreRequest,
-  validateRollbackRequest,
-  type InputProblem,
-} from '../shared/validation.js';
+import { UUID_PATTERN, describeProblems, validateRestoreRequest, validateRollbackRequest, type InputProblem } from '../shared/validation.js';
 import type { restoreInstance, rollbackRestore } from '../workflows/restore.js';
 import { ClientError } from './errors.js';
-import {
-  findWorkflow,
-  listWorkflows,
-  stepProgress,
-  type ListSnapshotsOptions,
-  type SnapshotProgressDetails,
-  type SnapshotSummary,
-  type WorkflowKind,
-} from './snapshots.js';
+import { findWorkflow, listWorkflows, stepProgress } from './snapshots.js';
+import type { ListSnapshotsOptions, SnapshotProgressDetails, SnapshotSummary, WorkflowKind } from './snapshots.js';
 
 export const RESTORE_WORKFLOW_TYPE = 'restoreInstance';
 export const ROLLBACK_WORKFLOW_TYPE = 'rollbackRestore';
@@ -65,11 +47,7 @@ export async function findRestore(client: Client, ref: string, aliases: string[]
  * Requests cancellation of the running restore (or rollback) of an instance. Before the swap it
  * leaves the instance as it was; after it, the previous disk goes back and the guest is started.
  */
-export async function cancelRestore(
-  client: Client,
-  ref: string,
-  aliases: string[] = [],
-): Promise<RestoreSummary & { handle: RestoreHandle }> {
+export async function cancelRestore(client: Client, ref: string, aliases: string[] = []): Promise<RestoreSummary & { handle: RestoreHandle }> {
   const found = await findRestore(client, ref, aliases);
   if (!found || found.status !== 'running') {
     const last = found ? ` (the last one, ${found.workflowId}, is ${found.status})` : '';
@@ -94,10 +72,7 @@ export async function resolveImage(config: Pick<Config, 'cloud' | 'glance'>, ref
     const found = await cloud.imageService.listImages({ name: ref });
     const matching = found.filter((i) => i.name === ref);
     if (matching.length === 0)
-      throw new VmsnapError(
-        'ImageNotFound',
-        `no image named "${ref}" in Glance (visible to vmsnap's project): give its id or check the name`,
-      );
+      throw new VmsnapError('ImageNotFound', `no image named "${ref}" in Glance (visible to vmsnap's project): give its id or check the name`);
     if (matching.length > 1) {
       throw new VmsnapError(
         'InvalidInput',

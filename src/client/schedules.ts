@@ -13,13 +13,7 @@ import {
   type ScheduleSpecDescription,
 } from '@temporalio/client';
 import { existsSync } from 'node:fs';
-import {
-  planRetention,
-  retentionPolicyProblems,
-  type RetentionPlan,
-  type RetentionPolicy,
-  type RetentionSources,
-} from '../activities/retention.js';
+import { planRetention, retentionPolicyProblems, type RetentionPlan, type RetentionPolicy, type RetentionSources } from '../activities/retention.js';
 import { connectCloud } from '../drivers/cloud.js';
 import type { Config } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
@@ -146,8 +140,7 @@ export function durationText(ms: number): string {
 
 const CRON_SHORTHAND = /^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$/;
 const CRON_FIELD = /^[0-9A-Za-z*?,/#-]+$/;
-const CRON_HELP =
-  'give 5 fields, minute hour day-of-month month day-of-week, like "0 3 * * *" (03:00 UTC daily), or @daily, @hourly; or use --every 6h';
+const CRON_HELP = 'give 5 fields, minute hour day-of-month month day-of-week, like "0 3 * * *" (03:00 UTC daily), or @daily, @hourly; or use --every 6h';
 
 /** A first check of a cron expression; Temporal checks the values themselves. */
 function cronProblem(cron: string): string | undefined {
@@ -156,11 +149,9 @@ function cronProblem(cron: string): string | undefined {
     .replace(/^(CRON_TZ|TZ)=\S+\s+/, '')
     .replace(/\s+#.*$/, '');
   if (CRON_SHORTHAND.test(expr)) return undefined;
-  if (expr.startsWith('@every '))
-    return parseDuration(expr.slice(7).split('/')[0] ?? '') ? undefined : `"${cron}" has no valid @every interval: ${CRON_HELP}`;
+  if (expr.startsWith('@every ')) return parseDuration(expr.slice(7).split('/')[0] ?? '') ? undefined : `"${cron}" has no valid @every interval: ${CRON_HELP}`;
   const fields = expr.split(/\s+/);
-  if (fields.length < 5 || fields.length > 7 || !fields.every((f) => CRON_FIELD.test(f)))
-    return `"${cron}" is not a cron expression: ${CRON_HELP}`;
+  if (fields.length < 5 || fields.length > 7 || !fields.every((f) => CRON_FIELD.test(f))) return `"${cron}" is not a cron expression: ${CRON_HELP}`;
   return undefined;
 }
 
@@ -255,11 +246,7 @@ function grpcCode(err: unknown): number | undefined {
  * retention after each run. A bad schedule is refused (InvalidInput) before anything is created,
  * or by Temporal (a cron value out of range), likewise InvalidInput; a name taken is ScheduleExists.
  */
-export async function createSchedule(
-  client: Client,
-  options: CreateScheduleOptions,
-  taskQueue = DEFAULT_TASK_QUEUE,
-): Promise<VmsnapScheduleDetails> {
+export async function createSchedule(client: Client, options: CreateScheduleOptions, taskQueue = DEFAULT_TASK_QUEUE): Promise<VmsnapScheduleDetails> {
   const problems = validateScheduleOptions(options);
   if (problems.length) throw new VmsnapError('InvalidInput', `invalid schedule: ${describeProblems(problems)}`, { problems });
   const scheduleId = scheduleIdOf(options.name);
@@ -299,10 +286,7 @@ export async function createSchedule(
     }
     // The schedule client throws a TypeError for a spec Temporal refused (a cron value out of range).
     if (err instanceof TypeError || grpcCode(err) === 3) {
-      throw new VmsnapError(
-        'InvalidInput',
-        `Temporal refused the schedule (${oneLine((err as Error).message)}): correct the cron expression or interval`,
-      );
+      throw new VmsnapError('InvalidInput', `Temporal refused the schedule (${oneLine((err as Error).message)}): correct the cron expression or interval`);
     }
     throw err;
   }
@@ -410,20 +394,12 @@ export async function listSchedules(client: Client): Promise<VmsnapSchedule[]> {
   return found.sort((a, b) => a.name.localeCompare(b.name));
 }
 
-export async function pauseSchedule(
-  client: Client,
-  nameOrId: string,
-  note = 'paused with vmsnap schedule pause',
-): Promise<VmsnapScheduleDetails> {
+export async function pauseSchedule(client: Client, nameOrId: string, note = 'paused with vmsnap schedule pause'): Promise<VmsnapScheduleDetails> {
   await onSchedule(nameOrId, () => client.schedule.getHandle(scheduleIdOf(nameOrId)).pause(note));
   return describeSchedule(client, nameOrId);
 }
 
-export async function unpauseSchedule(
-  client: Client,
-  nameOrId: string,
-  note = 'unpaused with vmsnap schedule unpause',
-): Promise<VmsnapScheduleDetails> {
+export async function unpauseSchedule(client: Client, nameOrId: string, note = 'unpaused with vmsnap schedule unpause'): Promise<VmsnapScheduleDetails> {
   await onSchedule(nameOrId, () => client.schedule.getHandle(scheduleIdOf(nameOrId)).unpause(note));
   return describeSchedule(client, nameOrId);
 }
@@ -444,10 +420,7 @@ export async function deleteSchedule(client: Client, nameOrId: string): Promise<
 async function withSources<T>(config: Config, use: (sources: RetentionSources) => Promise<T>): Promise<T> {
   // The in-use check needs the inventory: a preview without it could show an image as deletable.
   if (config.storeUrl.startsWith('sqlite:') && !existsSync(config.storePath)) {
-    throw new ClientError(
-      'StoreUnavailable',
-      `no vmsnap store at ${config.storePath}: point VMSNAP_STORE_URL (or VMSNAP_DATA_DIR) at the workers' store`,
-    );
+    throw new ClientError('StoreUnavailable', `no vmsnap store at ${config.storePath}: point VMSNAP_STORE_URL (or VMSNAP_DATA_DIR) at the workers' store`);
   }
   const cloud = await connectCloud(config);
   const store = createStore(config);

@@ -94,10 +94,7 @@ export async function startSnapshot(client: Client, request: SnapshotRequest, ta
     });
   } catch (err) {
     if (err instanceof WorkflowExecutionAlreadyStartedError) {
-      throw new VmsnapError(
-        'InstanceBusy',
-        `a snapshot of ${request.instance} is already running (workflow ${workflowId}): wait for it or cancel it`,
-      );
+      throw new VmsnapError('InstanceBusy', `a snapshot of ${request.instance} is already running (workflow ${workflowId}): wait for it or cancel it`);
     }
     throw err;
   }
@@ -163,13 +160,7 @@ export async function stepProgress(
 
 function isStepProgress(value: unknown): value is StepProgress {
   const v = value as Partial<StepProgress> | null;
-  return (
-    typeof v === 'object' &&
-    v !== null &&
-    typeof v.percent === 'number' &&
-    typeof v.bytesDone === 'number' &&
-    typeof v.bytesTotal === 'number'
-  );
+  return typeof v === 'object' && v !== null && typeof v.percent === 'number' && typeof v.bytesDone === 'number' && typeof v.bytesTotal === 'number';
 }
 
 /** Heartbeat details are payloads: run them through the client's codecs and converter as Temporal would. */
@@ -259,9 +250,7 @@ export async function listWorkflows(
 ): Promise<(SnapshotSummary & { workflowType: string })[]> {
   const limit = options.limit ?? 20;
   if (!Number.isInteger(limit) || limit <= 0) throw new VmsnapError('InvalidInput', `limit must be a positive whole number (got ${limit})`);
-  const filters = [
-    kind.types.length === 1 ? `WorkflowType = ${quote(kind.types[0]!)}` : `WorkflowType IN (${kind.types.map(quote).join(', ')})`,
-  ];
+  const filters = [kind.types.length === 1 ? `WorkflowType = ${quote(kind.types[0]!)}` : `WorkflowType IN (${kind.types.map(quote).join(', ')})`];
   const instances = [options.instance ?? []].flat();
   if (instances.length) filters.push(`${INSTANCE_ID.name} IN (${instances.map(quote).join(', ')})`);
   if (options.status) filters.push(`ExecutionStatus = ${quote(LISTABLE_STATUSES[options.status])}`);

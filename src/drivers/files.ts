@@ -1,4 +1,4 @@
-// File helpers the drivers and activities share: durable writes and careful removal.
+// File helpers the drivers and activities share: durable writes, careful removal, QEMU's user.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 
@@ -26,4 +26,17 @@ export async function removeRegularFile(file: string): Promise<void> {
   } catch {
     // Already gone (or never created).
   }
+}
+
+/** uid and gid QEMU runs as (Debian: libvirt-qemu, RHEL: qemu), if this host has that user. */
+export async function qemuUser(): Promise<{ uid: number; gid: number } | undefined> {
+  const passwd = await fs.readFile('/etc/passwd', 'utf8').catch(() => '');
+  for (const name of ['libvirt-qemu', 'qemu']) {
+    const fields = passwd
+      .split('\n')
+      .find((l) => l.startsWith(`${name}:`))
+      ?.split(':');
+    if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
+  }
+  return undefined;
 }

@@ -5,14 +5,16 @@
 // put in a request header: messages and details are built from method, path and status, and
 // scrubbed of the token as a second line of defence.
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, type ReadStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { rm, stat, type FileHandle } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool } from 'undici';
+import { StallWatchdog } from './stall-watchdog.js';
 import { VmsnapError } from '../shared/errors.js';
 import { errorCode, readCa, tlsError } from './http-errors.js';
 import { NoAuth, type Identity } from './identity.js';
+import { readChunks } from './upload-body.js';
 import type { DownloadOptions, DownloadResult, Image, ImageService, NewImage, UploadResult } from './image-service.js';
 
 export interface GlanceOptions {
@@ -36,7 +38,6 @@ export interface GlanceOptions {
 
 const PATCH_CONTENT_TYPE = 'application/openstack-images-v2.1-json-patch';
 const PROGRESS_INTERVAL_MS = 500;
-const READ_CHUNK = 1 << 20; // 1 MiB reads: fewer syscalls and hash calls than the 64 KiB default
 
 // Fields createImage sets itself; a property of the same name would silently replace them.
 const CREATE_FIELDS = new Set(['id', 'name', 'visibility', 'min_disk', 'min_ram']);
@@ -112,13 +113,9 @@ export class GlanceImageService implements ImageService {
   async createImage(image: NewImage): Promise<{ image: Image; created: boolean }> {
     const clash = Object.keys(image.properties).filter((k) => CREATE_FIELDS.has(k));
     if (clash.length > 0) {
-      throw new VmsnapError(
-        'InvalidInput',
-        `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`,
-        {
-          properties: clash,
-        },
-      );
+      throw new VmsnapError('InvalidInput', `createImage: properties may not set ${clash.join(', ')}: those are fields of the image itself`, {
+        properties: clash,
+      });
     }
     const path = '/v2/images';
     const body = {
@@ -201,12 +198,7 @@ export class GlanceImageService implements ImageService {
     return this.parseImage('PATCH', path, reply);
   }
 
-  async uploadFile(
-    id: string,
-    path: string,
-    onProgress?: (bytesSent: number, bytesTotal: number) => void,
-    signal?: AbortSignal,
-  ): Promise<UploadResult> {
+  async uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult> {
     const urlPath = `${this.imagePath(id)}/file`;
     signal?.throwIfAborted();
     let size: number;
@@ -219,10 +211,10 @@ export class GlanceImageService implements ImageService {
     }
     signal?.throwIfAborted();
 
-    // One pass over the bytes: they are hashed and counted on their way to the socket, so the
-    // result describes exactly what Glance was sent. A second sending (after a 401) starts over.
-    let sha512 = createHash('sha512');
-    let md5 = createHash('md5');
+    // One pass over the bytes: each chunk is hashed (sha512, Glance's os_hash_value) and counted
+    // on its way to the socket, so the result describes exactly what Glance was sent. A second
+    // sending (after a 401) starts over.
+    let hash = createHash('sha512');
     let sent = 0;
     let lastReport = 0;
     const report = (): void => {
@@ -234,118 +226,81 @@ export class GlanceImageService implements ImageService {
         // Progress is advisory; a failing callback must not break the upload.
       }
     };
-    // A plain pipe rather than pipeline: pipeline would also fail the file stream with undici's
-    // error, and a read error must stay distinguishable from a network one. The file is closed in
-    // the finally below whatever happens.
+    // A read error must stay distinguishable from a network one: undici reports both alike.
     let readError: unknown;
-    let file: ReadStream | undefined;
-    // An upload may last as long as the image is large; what must not last is silence. The
-    // watchdog cuts it when no byte moved for stallMs, or no answer came that long after the
-    // last one (undici's own headers timeout would count the whole upload).
-    const stalled = new AbortController();
-    let watchdog: NodeJS.Timeout | undefined;
-    const arm = (): void => {
-      clearTimeout(watchdog);
-      watchdog = setTimeout(() => {
-        stalled.abort(
-          new VmsnapError(
-            'ImageServiceUnavailable',
-            `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
-            {
-              method: 'PUT',
-              path: urlPath,
-              url: this.shownUrl,
-              sent,
-            },
-          ),
-        );
-      }, this.stallMs);
-    };
-    const open = (): Readable => {
-      arm();
-      file?.destroy();
-      sha512 = createHash('sha512');
-      md5 = createHash('md5');
+    const files = new Set<FileHandle>();
+    // No byte taken for stallMs, or no answer that long after the last one, cuts the upload.
+    const watchdog = new StallWatchdog(
+      this.stallMs,
+      () =>
+        new VmsnapError(
+          'ImageServiceUnavailable',
+          `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
+          { method: 'PUT', path: urlPath, url: this.shownUrl, sent },
+        ),
+    );
+    const open = (): AsyncIterable<Buffer> => {
+      watchdog.arm();
+      hash = createHash('sha512');
       sent = 0;
-      const tap = new Transform({
-        transform(chunk: Buffer, _encoding, callback) {
-          sha512.update(chunk);
-          md5.update(chunk);
+      return readChunks(
+        path,
+        size,
+        hash,
+        files,
+        (err) => (readError = err),
+        (chunk) => {
           sent += chunk.length;
-          arm();
+          watchdog.arm();
           // The last byte is reported at once: from then on the wait is Glance's answer.
           if (sent === size || Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
-          callback(null, chunk);
         },
-      });
-      const opened = createReadStream(path, { highWaterMark: READ_CHUNK });
-      opened.on('error', (err) => {
-        readError = err;
-        tap.destroy(err);
-      });
-      opened.pipe(tap);
-      file = opened;
-      return tap;
+      );
     };
 
+    let sha512: string;
     try {
-      const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
-      const reply = await this.send(
-        'PUT',
-        urlPath,
-        { 'content-type': 'application/octet-stream', 'content-length': String(size) },
-        open,
-        both,
-      );
+      const both = watchdog.signal(signal);
+      const reply = await this.send('PUT', urlPath, { 'content-type': 'application/octet-stream', 'content-length': String(size) }, open, both);
       if (reply.status < 200 || reply.status >= 300) throw this.httpError('PUT', urlPath, reply);
+      if (sent !== size) {
+        throw new VmsnapError(
+          'ImageServiceError',
+          `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`,
+          {
+            expected: size,
+            sent,
+          },
+        );
+      }
+      sha512 = hash.digest('hex');
     } catch (err) {
       if (readError) throw this.localFileError(path, readError);
       throw err;
     } finally {
-      clearTimeout(watchdog);
-      file?.destroy();
-    }
-    if (sent !== size) {
-      throw new VmsnapError(
-        'ImageServiceError',
-        `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`,
-        {
-          expected: size,
-          sent,
-        },
-      );
+      watchdog.stop();
+      await Promise.all([...files].map((f) => f.close().catch(() => undefined)));
     }
     report();
-    return { size: sent, sha512: sha512.digest('hex'), md5: md5.digest('hex') };
+    return { size: sent, sha512 };
   }
 
   async downloadFile(id: string, path: string, opts: DownloadOptions): Promise<DownloadResult> {
     const urlPath = `${this.imagePath(id)}/file`;
     const { expected, onProgress, signal } = opts;
     signal?.throwIfAborted();
-    // As for uploads: a download may last long, silence may not. No byte for timeoutMs (from
-    // Glance or onto the disk) cuts it.
-    const stalled = new AbortController();
-    let watchdog: NodeJS.Timeout | undefined;
+    // As for uploads: no byte for timeoutMs (from Glance or onto the disk) cuts it.
     let received = 0;
-    const arm = (): void => {
-      clearTimeout(watchdog);
-      watchdog = setTimeout(() => {
-        stalled.abort(
-          new VmsnapError(
-            'ImageServiceUnavailable',
-            `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`,
-            {
-              method: 'GET',
-              path: urlPath,
-              url: this.shownUrl,
-              received,
-            },
-          ),
-        );
-      }, this.timeoutMs);
-    };
-    const both = signal ? AbortSignal.any([signal, stalled.signal]) : stalled.signal;
+    const watchdog = new StallWatchdog(
+      this.timeoutMs,
+      () =>
+        new VmsnapError(
+          'ImageServiceUnavailable',
+          `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`,
+          { method: 'GET', path: urlPath, url: this.shownUrl, received },
+        ),
+    );
+    const both = watchdog.signal(signal);
     const sha512 = createHash('sha512');
     let lastReport = 0;
     const report = (): void => {
@@ -357,17 +312,13 @@ export class GlanceImageService implements ImageService {
       }
     };
     const corrupt = (why: string) =>
-      new VmsnapError(
-        'ImageCorrupt',
-        `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`,
-        {
-          imageId: id,
-          expected,
-          received,
-        },
-      );
+      new VmsnapError('ImageCorrupt', `image ${id}: the data Glance sent does not match the image record (${why}); nothing was changed on the instance`, {
+        imageId: id,
+        expected,
+        received,
+      });
     try {
-      arm();
+      watchdog.arm();
       const body = await this.openDownload(urlPath, both);
       const tap = new Transform({
         transform(chunk: Buffer, _encoding, callback) {
@@ -378,7 +329,7 @@ export class GlanceImageService implements ImageService {
             return;
           }
           sha512.update(chunk);
-          arm();
+          watchdog.arm();
           if (Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
           callback(null, chunk);
         },
@@ -389,8 +340,7 @@ export class GlanceImageService implements ImageService {
         if (err instanceof VmsnapError) throw err;
         if (both.aborted) throw both.reason ?? err;
         const code = errorCode(err);
-        if (code && ['ENOSPC', 'EDQUOT'].includes(code))
-          throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, { path });
+        if (code && ['ENOSPC', 'EDQUOT'].includes(code)) throw new VmsnapError('NoSpace', `no space left for the download of image ${id} to ${path}`, { path });
         if (code && code.startsWith('E') && !TRANSIENT_CODES.has(code))
           throw new VmsnapError('InvalidInput', `cannot write ${path}: ${(err as Error).message}`, { path, code });
         throw this.transportError('GET', urlPath, err);
@@ -404,7 +354,7 @@ export class GlanceImageService implements ImageService {
       await rm(path, { force: true });
       throw err;
     } finally {
-      clearTimeout(watchdog);
+      watchdog.stop();
     }
   }
 
@@ -473,7 +423,7 @@ export class GlanceImageService implements ImageService {
     method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE',
     path: string,
     headers: Record<string, string> = {},
-    body?: string | (() => Readable),
+    body?: string | (() => AsyncIterable<Buffer>),
     signal?: AbortSignal,
   ): Promise<Reply> {
     for (let attempt = 1; ; attempt++) {
@@ -491,7 +441,7 @@ export class GlanceImageService implements ImageService {
     method: string,
     path: string,
     headers: Record<string, string>,
-    body: string | Readable | undefined,
+    body: string | AsyncIterable<Buffer> | undefined,
     signal?: AbortSignal,
   ): Promise<Reply> {
     const all: Record<string, string> = { accept: 'application/json', 'user-agent': 'vmsnap', ...headers };
@@ -500,7 +450,8 @@ export class GlanceImageService implements ImageService {
         method: method as 'GET',
         path: `${this.prefix}${path}`,
         headers: all,
-        body,
+        // undici sends an async iterable chunk by chunk (its types name only streams).
+        body: body as string | Readable | undefined,
         signal,
         // A streamed body is watched by its sender (uploadFile's watchdog), not by a deadline.
         ...(body !== undefined && typeof body !== 'string' ? { headersTimeout: 0 } : {}),
@@ -559,20 +510,12 @@ export class GlanceImageService implements ImageService {
       );
     }
     if (status === 404) {
-      return new VmsnapError(
-        'ImageNotFound',
-        `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`,
-        details,
-      );
+      return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, details);
     }
     if (status === 409 && /transition from (saving|uploading|importing)/i.test(said)) {
       // An earlier upload of this image is still in Glance's hands (its client died a moment
       // ago); Glance puts the image back to queued shortly, so the same upload can be retried.
-      return new VmsnapError(
-        'ImageServiceUnavailable',
-        `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`,
-        details,
-      );
+      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`, details);
     }
     if (status === 409) {
       return new VmsnapError(
@@ -643,14 +586,10 @@ export class GlanceImageService implements ImageService {
   private localFileError(path: string, err: unknown): VmsnapError {
     const code = errorCode(err);
     const reason = err instanceof Error ? err.message : String(err);
-    return new VmsnapError(
-      'InvalidInput',
-      `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`,
-      {
-        path,
-        code,
-      },
-    );
+    return new VmsnapError('InvalidInput', `uploadFile: cannot read ${path}: ${reason}. Check that the snapshot file exists and is readable.`, {
+      path,
+      code,
+    });
   }
 
   /** Glance's own words from an error body (HTML or JSON), short and without the token. */

@@ -46,6 +46,11 @@ export interface Hypervisor {
    * (retryable: another job on the domain, the job failed); an AbortError when aborted.
    */
   liveCopy(id: string, opts: LiveCopyOptions): Promise<LiveCopyResult>;
+  /**
+   * Ends a live copy's job on the instance that copies into dir (its worker died, its snapshot was
+   * terminated) and removes its scratch image and socket; true if there was one. A gone instance has none.
+   */
+  abortLiveCopy?(id: string, dir: string): Promise<boolean>;
   /** Starts watching the guest's vCPU stops (QEMU STOP/RESUME events); resolves once the watch is live. */
   /**
    * Thaws filesystems frozen through the guest agent (compensation after a lost worker). An
@@ -112,6 +117,19 @@ export interface LiveCopyOptions {
   bandwidthMiBps?: number;
   /** pull: QEMU serves the point in time over NBD and qemu-img reads it; push: QEMU's backup job writes the target itself; auto (default): pull, else push where pull cannot start. */
   method?: LiveCopyMethod;
+  /** How a pull copy is made; unset fields take the defaults that measured best (the write-stalls benchmark compares the others). */
+  pull?: PullTuning;
+}
+
+export interface PullTuning {
+  /** Requests qemu-img keeps in flight against QEMU's NBD export (qemu-img -m). */
+  parallel?: number;
+  /** Directory of the scratch image that keeps the overwritten blocks' old data; default beside the target. */
+  scratchDir?: string;
+  /** Run the reader (qemu-img) at the lowest CPU and I/O priority (nice 19, ionice idle). */
+  lowPriority?: boolean;
+  /** Cache mode of the copy's writes (qemu-img -t): none writes past the page cache, so no burst of writeback queues the guest's flushes. */
+  targetCache?: 'none' | 'writeback' | 'unsafe';
 }
 
 export type LiveCopyMethod = 'auto' | 'pull' | 'push';

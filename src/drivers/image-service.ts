@@ -2,8 +2,7 @@
 // Errors are VmsnapError: ImageServiceUnavailable (retryable: network, 5xx, 503),
 // ImageServiceError (4xx that no retry fixes), ImageNotFound, ImageConflict.
 
-export type ImageStatus =
-  'queued' | 'saving' | 'uploading' | 'importing' | 'active' | 'killed' | 'deleted' | 'pending_delete' | 'deactivated';
+export type ImageStatus = 'queued' | 'saving' | 'uploading' | 'importing' | 'active' | 'killed' | 'deleted' | 'pending_delete' | 'deactivated';
 
 export interface Image {
   id: string;
@@ -11,7 +10,7 @@ export interface Image {
   status: ImageStatus;
   visibility: string;
   size: number | null;
-  checksum: string | null; // md5, hex
+  checksum: string | null; // md5, hex (Glance's; vmsnap checks os_hash_value)
   os_hash_algo: string | null; // 'sha512'
   os_hash_value: string | null; // hex
   disk_format: string | null;
@@ -35,10 +34,9 @@ export interface NewImage {
 }
 
 export interface UploadResult {
-  /** Bytes sent, and hashes of exactly those bytes, computed while streaming. */
+  /** Bytes sent, and the sha512 of exactly those bytes (Glance's os_hash_value), computed while streaming. */
   size: number;
   sha512: string;
-  md5: string;
 }
 
 export interface DownloadResult {
@@ -70,12 +68,7 @@ export interface ImageService {
   /** JSON-patch replace/add of top-level fields (disk_format, container_format, properties). */
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */
-  uploadFile(
-    id: string,
-    path: string,
-    onProgress?: (bytesSent: number, bytesTotal: number) => void,
-    signal?: AbortSignal,
-  ): Promise<UploadResult>;
+  uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult>;
   /**
    * Streams the image data into a new private file at `path` (replaced if there), hashing sha512
    * on the way. Bytes that differ from `expected` (size or sha512): ImageCorrupt, file removed.

@@ -52,9 +52,7 @@ function authBody(auth: Exclude<KeystoneAuth, { type: 'none' | 'token' }>): unkn
   const user = auth.userId
     ? { id: auth.userId, password: auth.password }
     : { name: auth.username, domain: domain(auth.userDomainName, auth.userDomainId), password: auth.password };
-  const project = auth.projectId
-    ? { id: auth.projectId }
-    : { name: auth.projectName, domain: domain(auth.projectDomainName, auth.projectDomainId) };
+  const project = auth.projectId ? { id: auth.projectId } : { name: auth.projectName, domain: domain(auth.projectDomainName, auth.projectDomainId) };
   return { auth: { identity: { methods: ['password'], password: { user } }, scope: { project } } };
 }
 
@@ -165,10 +163,7 @@ export class KeystoneSession implements Identity {
           : await request(path, { method: 'POST', headers, body: JSON.stringify(authBody(this.auth)), dispatcher: this.dispatcher });
       reply = { statusCode: res.statusCode, headers: res.headers, text: await res.body.text() };
     } catch (err) {
-      throw (
-        tlsError(err, 'Keystone', this.auth.authUrl, this.settings.cacert) ??
-        this.unavailable(`failed: ${errorCode(err) ?? (err as Error).message}`)
-      );
+      throw tlsError(err, 'Keystone', this.auth.authUrl, this.settings.cacert) ?? this.unavailable(`failed: ${errorCode(err) ?? (err as Error).message}`);
     }
     const { statusCode } = reply;
     if (statusCode >= 500 || statusCode === 408 || statusCode === 429) throw this.unavailable(`answered ${statusCode}`);

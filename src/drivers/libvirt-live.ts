@@ -13,7 +13,8 @@
 //   cannot start it with a rate). Measured on QEMU 7.2 under TCG: that copy fills QEMU's I/O thread
 //   pool and main loop, and the guest's writes wait behind it (stalls of 0.3-1 s, write rate
 //   0.25-0.55 x idle); pull kept 0.6-0.9 x. Push remains for hosts where pull cannot start (a
-//   socket path too long, QEMU unable to create the socket).
+//   socket path too long, QEMU unable to create the socket) and for root disks served by an
+//   iothread (QEMU 7.2 aborts when a pull copy's NBD client of such a disk disconnects).
 //
 // Optional quiesce: the guest agent freezes the guest's filesystems just before the job starts and
 // thaws them as soon as it has started (the point in time is already fixed then), so the guest's
@@ -25,8 +26,8 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../shared/errors.js';
 import type { LiveCopyOptions, LiveCopyResult, LiveCopySupport, PowerState, QuiesceMode } from './hypervisor.js';
-import { domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
-import { fsyncFileAndEntry, removeRegularFile } from './files.js';
+import { decodeEntities, domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
+import { fsyncFileAndEntry, qemuUser, removeRegularFile } from './files.js';
 import { AbortError, convert } from './qemu-img.js';
 
 /** Runs `virsh -c URI args...` and returns stdout; failures are VmsnapErrors (see LibvirtHypervisor). */
@@ -107,15 +108,7 @@ async function qemuOwner(domainName: string | undefined): Promise<{ uid: number;
     const st = await fs.stat(`/proc/${pid}`).catch(() => undefined);
     if (st) return { uid: st.uid, gid: st.gid };
   }
-  const passwd = await fs.readFile('/etc/passwd', 'utf8').catch(() => '');
-  for (const name of ['libvirt-qemu', 'qemu']) {
-    const fields = passwd
-      .split('\n')
-      .find((l) => l.startsWith(`${name}:`))
-      ?.split(':');
-    if (fields) return { uid: Number(fields[2]), gid: Number(fields[3]) };
-  }
-  return undefined;
+  return qemuUser();
 }
 
 /**
@@ -243,14 +236,16 @@ export class LiveCopier {
     // The scratch image sits beside the target (QEMU must reach that directory for a push target
     // too), the socket in a directory of QEMU's own beside it: both QEMU and we see it there,
     // whatever private /tmp either has, and only QEMU and root can connect.
-    const pull = { socketDir: `${target}.nbd`, socket: path.join(`${target}.nbd`, 'sock'), scratch: `${target}.scratch` };
+    const tuning = opts.pull ?? {};
+    const pull = {
+      socketDir: `${target}.nbd`,
+      socket: path.join(`${target}.nbd`, 'sock'),
+      scratch: tuning.scratchDir ? path.join(tuning.scratchDir, `${path.basename(target)}.${process.pid}.scratch`) : `${target}.scratch`,
+    };
     let usePull = method !== 'push';
     if (usePull && Buffer.byteLength(pull.socket) > MAX_SOCKET_PATH) {
       if (method === 'pull')
-        throw new VmsnapError(
-          'InvalidInput',
-          `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`,
-        );
+        throw new VmsnapError('InvalidInput', `live copy target ${target}: its NBD socket path would be longer than ${MAX_SOCKET_PATH} bytes`);
       usePull = false;
     }
     if (signal?.aborted) throw abortError(signal);
@@ -267,12 +262,25 @@ export class LiveCopier {
     const disks = domainDisks(xml);
     const root = rootOf(disks);
     if (!root?.dev) throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device to copy`);
+    const notes: string[] = [];
+    // Measured with QEMU 7.2: when the NBD client of a pull job on a disk served by an iothread
+    // disconnects, QEMU aborts (blockdev-nbd.c asserts it runs in the main thread) and the guest
+    // dies. Push works there. Newer QEMU is not checked here, so none is trusted with it.
+    if (usePull && root.iothread !== undefined) {
+      if (method === 'pull') {
+        throw new VmsnapError(
+          'InvalidInput',
+          `instance ${id}: its root disk is served by an iothread, and ending a pull copy of such a disk makes QEMU abort (the guest would die); copy it by push (VMSNAP_LIVE_METHOD=push or auto)`,
+        );
+      }
+      usePull = false;
+      notes.push('copied by QEMU itself (push): the root disk is served by an iothread, where ending a pull copy makes QEMU abort');
+    }
     await this.clearOwnLeftover(id, target);
     await this.prepareTarget(target);
 
     const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'vmsnap-backup-'));
     const xmlFile = path.join(tmp, 'backup.xml');
-    const notes: string[] = [];
     if (usePull) {
       await fs.rm(pull.socketDir, { recursive: true, force: true });
       await fs.mkdir(pull.socketDir, { mode: 0o700 });
@@ -388,7 +396,9 @@ export class LiveCopier {
       sourceFormat: 'raw',
       target,
       targetFormat: opts.targetFormat,
-      parallel: PULL_PARALLEL,
+      parallel: opts.pull?.parallel ?? PULL_PARALLEL,
+      ...(opts.pull?.lowPriority ? { lowPriority: true } : {}),
+      ...(opts.pull?.targetCache ? { targetCache: opts.pull.targetCache } : {}),
       ...(opts.bandwidthMiBps ? { rateLimitMiBps: opts.bandwidthMiBps } : {}),
       onProgress: report,
       ...(opts.signal ? { signal: opts.signal } : {}),
@@ -418,6 +428,33 @@ export class LiveCopier {
   }
 
   /**
+   * Ends the backup job of instance id that copies into dir, if there is one, and removes its
+   * scratch image and NBD socket: what a live copy leaves when its worker died and its snapshot was
+   * terminated (a pull job never ends by itself, and no retry takes it over). Returns whether there
+   * was such a job. Another job, or one copying elsewhere, is left alone.
+   */
+  async abortLeftover(id: string, dir: string): Promise<boolean> {
+    let job: JobStats;
+    try {
+      job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
+    } catch (e) {
+      if (e instanceof VmsnapError && e.code === 'InstanceNotFound') return false;
+      throw e;
+    }
+    if (job.type === JOB.none || job.operation !== OP_BACKUP) return false;
+    const xml = await this.run(['backup-dumpxml', id], id);
+    const prefix = encodeEntities(path.join(path.resolve(dir), '/'));
+    const files = [...xml.matchAll(/\b(?:file|socket)=(?:'([^']*)'|"([^"]*)")/g)].map((m) => m[1] ?? m[2] ?? '');
+    if (!files.some((f) => f.startsWith(prefix))) return false;
+    await this.abortJob(id);
+    for (const f of files.filter((f) => f.startsWith(prefix)).map(decodeEntities)) {
+      if (/\.scratch$/.test(f)) await removeRegularFile(f);
+      else if (path.basename(f) === 'sock') await fs.rm(path.dirname(f), { recursive: true, force: true });
+    }
+    return true;
+  }
+
+  /**
    * Another job on the domain makes backup-begin wait 30 s for libvirt's job lock and fail. A
    * backup job writing to our own target is what an earlier attempt of this very copy left (e.g.
    * the worker died): that one is aborted; any other job is reported.
@@ -436,7 +473,7 @@ export class LiveCopier {
       }
     }
     // A pull job never ends by itself: one whose copy died with its worker (and whose snapshot was
-    // terminated, so no retry takes it over) stays until someone aborts it.
+    // terminated, so no retry takes it over) stays until the reconciler (abortLeftover) or someone aborts it.
     const pullJob = /mode=['"]pull['"]/.test(xml);
     throw new VmsnapError(
       'HypervisorError',
@@ -503,11 +540,10 @@ export class LiveCopier {
       const how = done.type === JOB.cancelled ? 'was cancelled (not by vmsnap)' : 'failed';
       throw new VmsnapError('HypervisorError', `live copy of instance ${id} ${how}: ${said}`, { errmsg: said });
     }
-    throw new VmsnapError(
-      'HypervisorError',
-      `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`,
-      { jobType: done.type, operation: done.operation },
-    );
+    throw new VmsnapError('HypervisorError', `live copy of instance ${id}: the backup job ended without a completion record (libvirtd restarted?)`, {
+      jobType: done.type,
+      operation: done.operation,
+    });
   }
 
   /** domjobabort, then wait until libvirt has no job on the domain any more. */
@@ -523,10 +559,7 @@ export class LiveCopier {
       const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id).catch(() => ''));
       if (job.type === JOB.none) return;
       if (Date.now() > deadline) {
-        throw new VmsnapError(
-          'HypervisorError',
-          `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`,
-        );
+        throw new VmsnapError('HypervisorError', `instance ${id}: the backup job is still there ${ABORT_WAIT_MS / 1000} s after domjobabort`);
       }
       await sleep(ABORT_POLL_MS);
     }

@@ -49,16 +49,12 @@ export async function startPauseWatch(uri: string, id: string, state: (id: strin
   let registered = false;
   let onChange: (() => void) | undefined;
 
-  const sub: ResultPromise = execa(
-    'virsh',
-    ['-c', uri, 'qemu-monitor-event', id, '--loop', '--timestamp', '--regex', '--event', '^(STOP|RESUME)$'],
-    {
-      env: { LC_ALL: 'C', LIBVIRT_LOG_FILTERS: '2:rpc.netclient', LIBVIRT_LOG_OUTPUTS: '2:stderr' },
-      reject: false,
-      stdin: 'ignore',
-      buffer: false,
-    },
-  );
+  const sub: ResultPromise = execa('virsh', ['-c', uri, 'qemu-monitor-event', id, '--loop', '--timestamp', '--regex', '--event', '^(STOP|RESUME)$'], {
+    env: { LC_ALL: 'C', LIBVIRT_LOG_FILTERS: '2:rpc.netclient', LIBVIRT_LOG_OUTPUTS: '2:stderr' },
+    reject: false,
+    stdin: 'ignore',
+    buffer: false,
+  });
   const exited = sub.then((r) => r);
 
   eachLine(sub.stdout, (line) => {

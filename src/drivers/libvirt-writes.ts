@@ -25,13 +25,7 @@ export interface WriteCounters {
  * `virsh` shell: a process per read would cost more than the interval. A virsh that cannot run
  * gives no reads; nothing else depends on it.
  */
-export function readWriteCounters(
-  uri: string,
-  domain: string,
-  device: string,
-  everyMs: number,
-  onRead: (c: WriteCounters) => void,
-): { stop(): Promise<void> } {
+export function readWriteCounters(uri: string, domain: string, device: string, everyMs: number, onRead: (c: WriteCounters) => void): { stop(): Promise<void> } {
   const virsh = spawn('virsh', ['-c', uri], { stdio: ['pipe', 'pipe', 'ignore'] });
   let buffered = '';
   let stopped = false;

@@ -54,6 +54,8 @@ export interface DomainDisk {
   type: string;
   /** Target device name (vda, sda, ...): how libvirt's backup XML names the disk. */
   dev: string;
+  /** The iothread that serves the disk (its <driver iothread>), if any. */
+  iothread?: string;
 }
 
 /** Every <disk> of the domain, in order. */
@@ -65,7 +67,13 @@ export function domainDisks(xml: string): DomainDisk[] {
     const a = attrs(m[1] ?? '');
     // In a running domain's XML <target> comes after <backingStore>; neither <backingStore> nor
     // <mirror> holds a <target>, so the first one in the body is the disk's.
-    out.push({ device: a.device ?? 'disk', type: a.type ?? 'file', dev: firstTagAttrs(m[2] ?? '', 'target')?.dev ?? '' });
+    const iothread = firstTagAttrs(m[2] ?? '', 'driver')?.iothread;
+    out.push({
+      device: a.device ?? 'disk',
+      type: a.type ?? 'file',
+      dev: firstTagAttrs(m[2] ?? '', 'target')?.dev ?? '',
+      ...(iothread ? { iothread } : {}),
+    });
   }
   return out;
 }

@@ -8,17 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VmsnapError } from '../shared/errors.js';
-import type {
-  Hypervisor,
-  InstanceInfo,
-  LiveCopyOptions,
-  LiveCopyResult,
-  LiveCopySupport,
-  PauseWatch,
-  PowerState,
-  RootDisk,
-  WriteWatch,
-} from './hypervisor.js';
+import type { Hypervisor, InstanceInfo, LiveCopyOptions, LiveCopyResult, LiveCopySupport, PauseWatch, PowerState, RootDisk, WriteWatch } from './hypervisor.js';
 import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
 import { startWriteWatch } from './libvirt-writes.js';
@@ -231,16 +221,16 @@ export class LibvirtHypervisor implements Hypervisor {
     return this.live.copy(checkId(id), opts); // which checks the domain's UUID itself
   }
 
+  async abortLiveCopy(id: string, dir: string): Promise<boolean> {
+    return this.live.abortLeftover(checkId(id), dir);
+  }
+
   async thawFilesystems(id: string): Promise<void> {
     const uuid = checkId(id);
     try {
       await this.virsh(['domfsthaw', uuid], uuid);
     } catch (e) {
-      if (
-        e instanceof VmsnapError &&
-        (e.code === 'InstanceNotFound' || /not configured|not running|not connected|not responding/i.test(e.message))
-      )
-        return;
+      if (e instanceof VmsnapError && (e.code === 'InstanceNotFound' || /not configured|not running|not connected|not responding/i.test(e.message))) return;
       throw e;
     }
   }
@@ -286,8 +276,7 @@ export class LibvirtHypervisor implements Hypervisor {
       await this.virsh(['start', uuid, ...(opts.paused ? ['--paused'] : [])], uuid);
     } catch (e) {
       // "domain is already active" is an error to libvirt, success to us.
-      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && ['running', 'paused'].includes((await this.stateOrNull(uuid)) ?? ''))
-        return;
+      if (e instanceof VmsnapError && e.code !== 'InstanceNotFound' && ['running', 'paused'].includes((await this.stateOrNull(uuid)) ?? '')) return;
       throw e;
     }
   }
@@ -308,10 +297,7 @@ export class LibvirtHypervisor implements Hypervisor {
   async defineCopy(id: string, opts: { name: string; diskPath: string }): Promise<string> {
     const uuid = checkId(id);
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(opts.name))
-      throw new VmsnapError(
-        'InvalidInput',
-        `new instance name ${JSON.stringify(opts.name)}: use letters, digits, ".", "_", "-" (at most 64)`,
-      );
+      throw new VmsnapError('InvalidInput', `new instance name ${JSON.stringify(opts.name)}: use letters, digits, ".", "_", "-" (at most 64)`);
     const taken = await this.virsh(['domuuid', opts.name]).then(
       () => true,
       () => false,
@@ -328,10 +314,7 @@ export class LibvirtHypervisor implements Hypervisor {
         path === disk.path || path === esc(disk.path) ? `${head}${q}${esc(opts.diskPath)}${q}` : m,
       )
       // Console files and logs of the original stay its own.
-      .replace(
-        /(<(?:source path|log file)=)(['"])([^'"]*)\2/g,
-        (_m, head: string, q: string, path: string) => `${head}${q}${path}.${esc(opts.name)}${q}`,
-      );
+      .replace(/(<(?:source path|log file)=)(['"])([^'"]*)\2/g, (_m, head: string, q: string, path: string) => `${head}${q}${path}.${esc(opts.name)}${q}`);
     if (!xml.includes(esc(opts.diskPath)))
       throw new VmsnapError('DiskNotFound', `instance ${uuid}: could not point a copy of its definition at ${opts.diskPath}`);
     const dir = await mkdtemp(join(tmpdir(), 'vmsnap-define-'));

@@ -45,6 +45,10 @@ export interface ConvertOptions {
   parallel?: number;
   /** fsync the target before resolving (default true). false: the caller makes it durable later, e.g. after a guest's pause. */
   fsync?: boolean;
+  /** Lowest CPU and I/O priority (nice 19, ionice idle): the host's guests go first. */
+  lowPriority?: boolean;
+  /** -t: the target's cache mode; qemu-img's default for convert is unsafe (page cache, no flush until the end). */
+  targetCache?: 'none' | 'writeback' | 'unsafe';
 }
 
 export interface ImageInfo {
@@ -104,11 +108,7 @@ function mapFailure(what: string, image: string, stderr: string, target?: string
   if (!openedTarget && /Could not open/.test(all)) {
     if (/No such file or directory/.test(all)) {
       const backing = /backing file/i.test(all);
-      return new VmsnapError(
-        'DiskNotFound',
-        `${what}: ${backing ? `a backing file of ${image} is missing` : `${image} does not exist`}: ${line}`,
-        details,
-      );
+      return new VmsnapError('DiskNotFound', `${what}: ${backing ? `a backing file of ${image} is missing` : `${image} does not exist`}: ${line}`, details);
     }
     if (/Permission denied/.test(all)) {
       return new VmsnapError('ConvertFailed', `${what}: cannot read ${image}: ${line}`, details);
@@ -182,6 +182,7 @@ export async function convert(opts: ConvertOptions): Promise<void> {
     ...(opts.compress ? ['-c'] : []),
     ...(opts.rateLimitMiBps ? ['-r', `${opts.rateLimitMiBps}M`] : []),
     ...(opts.parallel ? ['-m', String(opts.parallel)] : []),
+    ...(opts.targetCache ? ['-t', opts.targetCache] : []),
     // "--" keeps a path starting with "-" from being read as an option.
     '--',
     source,
@@ -190,7 +191,10 @@ export async function convert(opts: ConvertOptions): Promise<void> {
   // If the worker dies (SIGKILL, OOM), the kernel kills qemu-img too: an orphaned copy would go
   // on writing into a temp dir that the retry on another worker starts over in. setpriv execs
   // qemu-img, so the pid, the signals and the exit status are qemu-img's own.
-  const sub = execa('setpriv', ['--pdeathsig', 'KILL', QEMU_IMG, ...args], {
+  const command = ['setpriv', '--pdeathsig', 'KILL', QEMU_IMG, ...args];
+  // ionice and nice exec what follows, as setpriv does: still one process, qemu-img's own pid.
+  if (opts.lowPriority) command.unshift('ionice', '-c', '3', 'nice', '-n', '19');
+  const sub = execa(command[0]!, command.slice(1), {
     env,
     reject: false,
     // Progress is consumed as it streams; nothing to keep.
@@ -279,6 +283,26 @@ export async function info(file: string, opts: { forceShare?: boolean; format?: 
   };
   if (j['backing-filename']) out.backingFile = j['backing-filename'];
   return out;
+}
+
+/**
+ * `qemu-img measure --output=json`: the bytes a convert of `file` into `targetFormat` needs
+ * (`required`: allocated data and metadata; `fullyAllocated`: every cluster written). Read with
+ * -U, so a running guest's disk can be measured before it is touched.
+ */
+export async function measure(file: string, opts: { format?: string; targetFormat: string }): Promise<{ required: number; fullyAllocated: number }> {
+  const what = `qemu-img measure ${file}`;
+  await requireImage(what, file);
+  const args = ['measure', '--output=json', '-U', ...(opts.format ? ['-f', opts.format] : []), '-O', opts.targetFormat, '--', file];
+  const r = await execa(QEMU_IMG, args, { env, reject: false, stdin: 'ignore', timeout: META_TIMEOUT_MS });
+  if (r.timedOut) throw timedOut(what);
+  if (r.failed) {
+    if (r.exitCode === undefined && !r.signal) throw spawnFailure(what, r as { code?: string; message: string });
+    throw mapFailure(what, file, r.stderr);
+  }
+  const j = JSON.parse(r.stdout) as { required?: number; 'fully-allocated'?: number };
+  if (typeof j.required !== 'number') throw new VmsnapError('ConvertFailed', `${what}: unexpected output: ${r.stdout.slice(0, 200)}`);
+  return { required: j.required, fullyAllocated: j['fully-allocated'] ?? j.required };
 }
 
 interface QemuImgCheckJson {

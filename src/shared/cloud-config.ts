@@ -204,8 +204,7 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
   for (const [variable, key] of Object.entries(AUTH_VARIABLES)) if (env[variable]) envAuth[key] = env[variable];
   for (const pair of PAIRS) if (pair.some((k) => envAuth[k] !== undefined)) for (const k of pair) delete auth[k];
   Object.assign(auth, envAuth);
-  const setting = (key: string) =>
-    envAuth[key] !== undefined || !fromFile ? (VARIABLE_OF[key] ?? key) : `auth.${key} of ${where} in ${fromFile.file}`;
+  const setting = (key: string) => (envAuth[key] !== undefined || !fromFile ? (VARIABLE_OF[key] ?? key) : `auth.${key} of ${where} in ${fromFile.file}`);
   const get = (key: string) => text(auth[key], setting(key));
 
   const rawType = env.OS_AUTH_TYPE || text(entry.auth_type, 'auth_type');
@@ -217,17 +216,12 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
         ? 'token'
         : 'password';
   if (!type)
-    throw configError(
-      env.OS_AUTH_TYPE ? 'OS_AUTH_TYPE' : 'auth_type',
-      `is "${rawType}": vmsnap knows password, v3applicationcredential, token and none`,
-    );
+    throw configError(env.OS_AUTH_TYPE ? 'OS_AUTH_TYPE' : 'auth_type', `is "${rawType}": vmsnap knows password, v3applicationcredential, token and none`);
 
   const rawInterface = (env.OS_INTERFACE || env.OS_ENDPOINT_TYPE || text(entry.interface, 'interface') || 'public').replace(/URL$/, '');
-  if (!['public', 'internal', 'admin'].includes(rawInterface))
-    throw configError('OS_INTERFACE', `is "${rawInterface}": use public, internal or admin`);
+  if (!['public', 'internal', 'admin'].includes(rawInterface)) throw configError('OS_INTERFACE', `is "${rawInterface}": use public, internal or admin`);
   const cacert = env.OS_CACERT || text(entry.cacert, 'cacert');
-  if (cacert && !existsSync(cacert))
-    throw configError(env.OS_CACERT ? 'OS_CACERT' : `cacert of ${where}`, `names a file that does not exist: ${cacert}`);
+  if (cacert && !existsSync(cacert)) throw configError(env.OS_CACERT ? 'OS_CACERT' : `cacert of ${where}`, `names a file that does not exist: ${cacert}`);
   const settings = {
     ...(name ? { cloud: name, file: fromFile?.file } : {}),
     regionName: env.OS_REGION_NAME || text(entry.region_name, 'region_name'),
@@ -237,11 +231,7 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
   if (type === 'none') return { ...settings, auth: { type } };
 
   const authUrl = get('auth_url');
-  if (!authUrl)
-    throw configError(
-      'OS_AUTH_URL',
-      `is not set (nor auth.auth_url of ${where}): set it to Keystone's URL, like https://keystone.example:5000/v3`,
-    );
+  if (!authUrl) throw configError('OS_AUTH_URL', `is not set (nor auth.auth_url of ${where}): set it to Keystone's URL, like https://keystone.example:5000/v3`);
   let parsed: URL;
   try {
     parsed = new URL(authUrl);
@@ -249,20 +239,17 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
     throw configError(setting('auth_url'), `is not a URL: set it like https://keystone.example:5000/v3`);
   }
   if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') throw configError(setting('auth_url'), 'must be an http or https URL');
-  if (parsed.username || parsed.password)
-    throw configError(setting('auth_url'), 'must not carry credentials: set OS_USERNAME and OS_PASSWORD');
+  if (parsed.username || parsed.password) throw configError(setting('auth_url'), 'must not carry credentials: set OS_USERNAME and OS_PASSWORD');
   // Keystone v3 lives under /v3; an auth URL without a version is the identity root (as keystoneauth finds it).
   const v3 = /\/v3\/?$/.test(parsed.pathname) ? authUrl.replace(/\/+$/, '') : `${authUrl.replace(/\/+$/, '')}/v3`;
-  if (/\/v2\.0\/?$/.test(parsed.pathname))
-    throw configError(setting('auth_url'), 'points at Keystone v2.0, which is gone: use the /v3 URL');
+  if (/\/v2\.0\/?$/.test(parsed.pathname)) throw configError(setting('auth_url'), 'points at Keystone v2.0, which is gone: use the /v3 URL');
 
   const forbidden = (keys: string[], why: string) => {
     const given = keys.filter((k) => get(k) !== undefined);
     if (given.length) throw configError(setting(given[0]!), `is set, but ${why}: unset it, or set OS_AUTH_TYPE to match`);
   };
   const need = (keys: string[], what: string) => {
-    if (keys.every((k) => get(k) === undefined))
-      throw configError(keys.map((k) => VARIABLE_OF[k] ?? k).join(' or '), `is not set (nor in ${where}): ${what}`);
+    if (keys.every((k) => get(k) === undefined)) throw configError(keys.map((k) => VARIABLE_OF[k] ?? k).join(' or '), `is not set (nor in ${where}): ${what}`);
   };
   const domainFor = (nameKey: string, domainKeys: string[], who: string) => {
     if (get(nameKey) !== undefined) need(domainKeys, `${who} by name needs its domain (usually "Default")`);
@@ -284,10 +271,7 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
     return { ...settings, auth: { type, authUrl: v3, token: get('token')! } };
   }
   if (type === 'v3applicationcredential') {
-    forbidden(
-      ['password', 'token', 'project_name', 'project_id'],
-      'an application credential carries its own project and is used with its secret only',
-    );
+    forbidden(['password', 'token', 'project_name', 'project_id'], 'an application credential carries its own project and is used with its secret only');
     need(['application_credential_secret'], 'an application credential needs its secret');
     need(['application_credential_id', 'application_credential_name'], 'name the application credential by id, or by name with its user');
     if (!get('application_credential_id')) {

@@ -46,6 +46,12 @@ export interface Config {
   snapshot: SnapshotSettings;
   /** Snapshots a host runs at once (Nova's max_concurrent_snapshots); more wait for a slot. */
   maxConcurrentSnapshots: number;
+  /**
+   * Long polls a host worker keeps open on each of its two queues. Every open poll counts against
+   * the Temporal frontend's per-namespace limit (frontend.namespaceCount, 1,200 by default), which
+   * a fleet shares: the SDK's default (10 and 5) put 100 hosts over it.
+   */
+  hostPollers: number;
   /** How often the reconciler runs (0: no schedule, e.g. in tests that run it themselves). */
   reconcileIntervalMs: number;
   /** host:port of the worker's Prometheus endpoint; undefined = none. */
@@ -165,8 +171,7 @@ export function parsePostgresUrl(value: string, setting = 'VMSNAP_STORE_URL'): P
   } catch {
     throw bad(`is not a valid URL: set it like ${POSTGRES_EXAMPLE} (percent-encode special characters of the password)`);
   }
-  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')
-    throw bad(`must be a postgres:// or postgresql:// URL (got "${url.protocol}")`);
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') throw bad(`must be a postgres:// or postgresql:// URL (got "${url.protocol}")`);
   // An unencoded "#" or "?" in the password splits the URL in the wrong place.
   if (url.hash) throw bad(`has a "#" part: percent-encode "#" in the password as %23`);
   for (const key of url.searchParams.keys()) {
@@ -320,9 +325,9 @@ export function loadConfig(rawEnv: Env = process.env): Config {
     discoveryIntervalMs: positiveInt('VMSNAP_DISCOVERY_INTERVAL_MS', env.VMSNAP_DISCOVERY_INTERVAL_MS || '15000'),
     pauseWatchIntervalMs: wholeNumber('VMSNAP_PAUSE_WATCH_MS', env.VMSNAP_PAUSE_WATCH_MS || '2000'),
     maxConcurrentSnapshots: positiveInt('VMSNAP_MAX_CONCURRENT_SNAPSHOTS', env.VMSNAP_MAX_CONCURRENT_SNAPSHOTS || '5'),
+    hostPollers: positiveInt('VMSNAP_HOST_POLLERS', env.VMSNAP_HOST_POLLERS || '2'),
     reconcileIntervalMs: wholeNumber('VMSNAP_RECONCILE_INTERVAL_MS', env.VMSNAP_RECONCILE_INTERVAL_MS || '60000'),
-    metricsAddress:
-      env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),
+    metricsAddress: env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),
     logLevel: logLevel(env.VMSNAP_LOG_LEVEL || 'INFO'),
     snapshot: {
       pauseBudgetMs: wholeNumber('VMSNAP_PAUSE_BUDGET_MS', env.VMSNAP_PAUSE_BUDGET_MS || '0'),

@@ -42,10 +42,7 @@ export const ERRORS = {
   InvalidInput: never(EXIT.usage, 'correct the request as the message says; nothing was changed'),
   InstanceNotFound: never(EXIT.notFound, 'check the UUID or name (virsh list --all on its host, vmsnap instances)'),
   InstanceBusy: never(EXIT.busy, 'wait for the running snapshot or task to end (vmsnap status), then try again'),
-  InstanceInvalidState: never(
-    EXIT.failed,
-    'bring the instance into a state the request allows (running, paused or shut off), or ask for another mode',
-  ),
+  InstanceInvalidState: never(EXIT.failed, 'bring the instance into a state the request allows (running, paused or shut off), or ask for another mode'),
   DiskNotFound: never(EXIT.failed, "check the instance's root disk (virsh domblklist) and that the worker's host can read it"),
   ConvertFailed: later('qemu-img could not read or write the disk: check the host storage; retries are automatic'),
   ImageCorrupt: never(
@@ -62,7 +59,10 @@ export const ERRORS = {
   ImageServiceUnavailable: later('Glance is unreachable or busy: check it is running; retries are automatic'),
   IdentityServiceUnavailable: later('Keystone is unreachable or busy: check it is running; retries are automatic'),
   HypervisorError: later('libvirt or QEMU failed: check libvirtd and the instance on its host; retries are automatic'),
-  NoSpace: never(EXIT.failed, 'free space in VMSNAP_SNAPSHOTS_DIR on the host (or point it at a larger disk), then snapshot again'),
+  NoSpace: never(
+    EXIT.failed,
+    'the message names the dir, the space needed and what is free: free that much there (snapshots: VMSNAP_SNAPSHOTS_DIR on the host, or point it at a larger disk), then try again',
+  ),
   ConfigError: never(EXIT.unavailable, 'correct the setting the message names, in the environment or the file VMSNAP_CONFIG_FILE names'),
   StoreError: {
     retryable: 'transient',
@@ -108,9 +108,7 @@ export function failureKind(type: string | undefined): FailureKind {
 }
 
 /** Types no retry can fix: retry policies stop at once on these (nonRetryableErrorTypes). */
-export const PERMANENT_FAILURE_TYPES: FailureType[] = (Object.keys(FAILURES) as FailureType[]).filter(
-  (type) => FAILURES[type].retryable === false,
-);
+export const PERMANENT_FAILURE_TYPES: FailureType[] = (Object.keys(FAILURES) as FailureType[]).filter((type) => FAILURES[type].retryable === false);
 
 /**
  * The failure type of what ended a workflow or child: its ApplicationFailure type, or what ended it

@@ -59,8 +59,7 @@ export function readTemporalSettings(env: Env): TemporalConnectionSettings {
   }
   for (const { key, setting } of TLS_FILES) {
     const source: ConfigDataSource | undefined = profile.tls?.[key];
-    if (source && 'path' in source && !existsSync(source.path))
-      throw configError(setting, `names a file that does not exist: ${source.path}`);
+    if (source && 'path' in source && !existsSync(source.path)) throw configError(setting, `names a file that does not exist: ${source.path}`);
   }
   if (Boolean(profile.tls?.clientCert) !== Boolean(profile.tls?.clientKey)) {
     throw configError('TEMPORAL_TLS_CLIENT_CERT_PATH', 'and TEMPORAL_TLS_CLIENT_KEY_PATH go together: set both or neither');

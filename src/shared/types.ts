@@ -79,11 +79,10 @@ export interface SnapshotResult {
   instanceId: string;
   host: string;
   diskFormat: DiskFormat;
-  /** Bytes uploaded to Glance, and their hashes as Glance recorded and vmsnap verified them. */
+  /** Bytes uploaded to Glance, and their sha512 as Glance recorded it (os_hash_value) and vmsnap verified it. */
   size: number;
   virtualSize: number;
   sha512: string;
-  md5: string;
   /** Power state before the snapshot; the instance is in it again now. */
   priorPowerState: string;
   /** cold or live; and why not live when auto chose cold. */
@@ -141,6 +140,7 @@ export type RestorePhase =
   | 'finishing'
   | 'compensating'
   | 'completed'
+  | 'cancelled'
   | 'failed';
 
 /** Answer of a restore's `progress` query. */

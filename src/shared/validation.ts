@@ -15,8 +15,7 @@ const MAX_METADATA_VALUE = 255;
  * at all. Checked here so such a request fails before anything changes.
  */
 const GLANCE_REFUSED_CHARACTERS = /[\u{10000}-\u{10FFFF}]|\p{Cs}/u;
-const REFUSED_MESSAGE =
-  'must not contain characters outside the Basic Multilingual Plane (emoji and other 4-byte UTF-8): Glance refuses them';
+const REFUSED_MESSAGE = 'must not contain characters outside the Basic Multilingual Plane (emoji and other 4-byte UTF-8): Glance refuses them';
 
 /** Keys vmsnap sets itself or Glance owns: a user's metadata may not set them. */
 export const RESERVED_PROPERTY_KEYS = new Set([
@@ -75,19 +74,7 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   }
   const r = input as Record<string, unknown>;
   const problems: InputProblem[] = [];
-  const known = new Set([
-    'instance',
-    'imageName',
-    'metadata',
-    'mode',
-    'quiesce',
-    'diskFormat',
-    'compress',
-    'imageId',
-    'userId',
-    'projectId',
-    'scheduleId',
-  ]);
+  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'quiesce', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId', 'scheduleId']);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
@@ -160,8 +147,7 @@ function metadataProblems(metadata: unknown): InputProblem[] {
       problems.push({ field, message: 'is reserved: vmsnap or Glance sets it' });
     }
     if (typeof value !== 'string') problems.push({ field, message: 'values must be strings' });
-    else if ([...value].length > MAX_METADATA_VALUE)
-      problems.push({ field, message: `values are at most ${MAX_METADATA_VALUE} characters` });
+    else if ([...value].length > MAX_METADATA_VALUE) problems.push({ field, message: `values are at most ${MAX_METADATA_VALUE} characters` });
     else if (GLANCE_REFUSED_CHARACTERS.test(value)) problems.push({ field, message: REFUSED_MESSAGE });
     else if (value.includes('\u0000')) problems.push({ field, message: 'must not contain NUL characters' });
   }
@@ -192,8 +178,7 @@ export function validateRestoreRequest(input: unknown): InputProblem[] {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
   problems.push(...instanceProblems(r.instance));
-  if (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId))
-    problems.push({ field: 'imageId', message: 'required: the Glance image id (a UUID)' });
+  if (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId)) problems.push({ field: 'imageId', message: 'required: the Glance image id (a UUID)' });
   for (const field of ['allowOtherImage', 'allowGrow'] as const) {
     if (r[field] !== undefined && typeof r[field] !== 'boolean') problems.push({ field, message: 'must be true or false' });
   }

@@ -9,20 +9,8 @@ import pg from 'pg';
 import { parsePostgresUrl, type PostgresTarget } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { ALL_TASK_STATES, POSTGRES_TYPES, checkTaskState, firstSchema } from './schema.js';
-import {
-  EVENT_COLUMNS,
-  FAULT_COLUMNS,
-  INSTANCE_COLUMNS,
-  UUID,
-  toEvent,
-  toFault,
-  toHost,
-  toInstance,
-  type EventRow,
-  type FaultRow,
-  type HostRow,
-  type InstanceRow,
-} from './rows.js';
+import * as mapping from './rows.js';
+import type { EventRow, FaultRow, HostRow, InstanceRow } from './rows.js';
 import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface PostgresStoreOptions {
@@ -51,16 +39,7 @@ const MIGRATION_LOCK = 130212460126576;
  * server (a standby during failover).
  */
 const RETRYABLE_STATES = new Set(['40001', '40P01', '57P01', '57P02', '57P03', '53300', '55P03', '25006']);
-const RETRYABLE_SYSTEM_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EAI_AGAIN',
-  'ECONNABORTED',
-]);
+const RETRYABLE_SYSTEM_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED']);
 // node-postgres reports a lost or timed-out connection as a plain Error without a code.
 const RETRYABLE_MESSAGES = /Connection terminated|timeout exceeded when trying to connect|connection error/i;
 
@@ -95,10 +74,7 @@ function passwordFromFile(target: PostgresTarget, file: string): string | undefi
     content = readFileSync(file, 'utf8');
   } catch (err) {
     if (err instanceof VmsnapError) throw err;
-    throw new VmsnapError(
-      'StoreError',
-      `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`,
-    );
+    throw new VmsnapError('StoreError', `postgres store ${target.display}: password file ${file} cannot be read: ${(err as Error).message}`);
   }
   const user = target.user ?? userInfo().username;
   const wanted = [target.host.startsWith('/') ? 'localhost' : target.host, String(target.port), target.database ?? user, user];
@@ -221,36 +197,29 @@ export class PostgresStore implements Store {
           [host, ids, unique.map((i) => i.name), unique.map((i) => i.powerState), unique.map((i) => i.baseImageRef ?? null)],
         );
       }
-      await client.query('UPDATE instances SET deleted_at = now() WHERE host = $1 AND deleted_at IS NULL AND id <> ALL ($2::text[])', [
-        host,
-        ids,
-      ]);
+      await client.query('UPDATE instances SET deleted_at = now() WHERE host = $1 AND deleted_at IS NULL AND id <> ALL ($2::text[])', [host, ids]);
     });
   }
 
   async findInstance(ref: string): Promise<InstanceRecord | undefined> {
     return this.run('findInstance', async () => {
-      if (UUID.test(ref)) {
-        const { rows } = await this.pool.query<InstanceRow>(
-          `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND deleted_at IS NULL`,
-          [ref],
-        );
-        return rows[0] && toInstance(rows[0]);
+      if (mapping.UUID.test(ref)) {
+        const { rows } = await this.pool.query<InstanceRow>(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND deleted_at IS NULL`, [ref]);
+        return rows[0] && mapping.toInstance(rows[0]);
       }
-      const { rows } = await this.pool.query<InstanceRow>(
-        `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`,
-        [ref],
-      );
+      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE name = $1 AND deleted_at IS NULL LIMIT 2`, [
+        ref,
+      ]);
       if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
-      return rows[0] && toInstance(rows[0]);
+      return rows[0] && mapping.toInstance(rows[0]);
     });
   }
 
   /** By id, deleted or not (deletedAt tells): a running workflow must still see its instance. */
   async getInstance(id: string): Promise<InstanceRecord | undefined> {
     return this.run('getInstance', async () => {
-      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = $1`, [id]);
-      return rows[0] && toInstance(rows[0]);
+      const { rows } = await this.pool.query<InstanceRow>(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE id = $1`, [id]);
+      return rows[0] && mapping.toInstance(rows[0]);
     });
   }
 
@@ -259,18 +228,18 @@ export class PostgresStore implements Store {
     return this.run('listInstances', async () => {
       const where = options.includeDeleted ? '' : 'WHERE deleted_at IS NULL';
       const { rows } = await this.pool.query<InstanceRow>(
-        `SELECT ${INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name COLLATE "C", id COLLATE "C"`,
+        `SELECT ${mapping.INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name COLLATE "C", id COLLATE "C"`,
       );
-      return rows.map(toInstance);
+      return rows.map(mapping.toInstance);
     });
   }
 
   async listInstancesWithTask(): Promise<InstanceRecord[]> {
     return this.run('listInstancesWithTask', async () => {
       const { rows } = await this.pool.query<InstanceRow>(
-        `SELECT ${INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id COLLATE "C"`,
+        `SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id COLLATE "C"`,
       );
-      return rows.map(toInstance);
+      return rows.map(mapping.toInstance);
     });
   }
 
@@ -310,43 +279,32 @@ export class PostgresStore implements Store {
   }
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
-    await this.run('recordFault', () =>
-      this.pool.query('INSERT INTO instance_faults (instance_id, code, message, details, created_at) VALUES ($1, $2, $3, $4, now())', [
-        text(fault.instanceId),
-        text(fault.code),
-        text(fault.message),
-        JSON.stringify(fault.details),
-      ]),
-    );
+    const values = mapping.faultValues(fault).map(text);
+    await this.run('recordFault', () => this.pool.query(`INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) VALUES ($1, $2, $3, $4, now())`, values));
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', async () => {
-      const { rows } = await this.pool.query<FaultRow>(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`, [
-        instanceId,
-      ]);
-      return rows.map(toFault);
+      const { rows } = await this.pool.query<FaultRow>(`SELECT ${mapping.FAULT_COLUMNS} FROM instance_faults WHERE instance_id = $1 ORDER BY id`, [instanceId]);
+      return rows.map(mapping.toFault);
     });
   }
 
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
+    const values = mapping.eventValues(event).map(text);
     await this.run('recordEvent', () =>
-      this.pool.query(
-        'INSERT INTO instance_actions_events (instance_id, action, event, request_id, details, created_at) VALUES ($1, $2, $3, $4, $5, now())',
-        [text(event.instanceId), text(event.action), text(event.event), text(event.requestId), JSON.stringify(event.details)],
-      ),
+      this.pool.query(`INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, now())`, values),
     );
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', async () => {
-      const { rows } = await this.pool.query<EventRow>(
-        `SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`,
-        [instanceId],
-      );
-      return rows.map(toEvent);
+      const { rows } = await this.pool.query<EventRow>(`SELECT ${mapping.EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = $1 ORDER BY id`, [
+        instanceId,
+      ]);
+      return rows.map(mapping.toEvent);
     });
   }
 
@@ -363,7 +321,7 @@ export class PostgresStore implements Store {
   async listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]> {
     return this.run('listHosts', async () => {
       const { rows } = await this.pool.query<HostRow>('SELECT host, task_queue, seen_at FROM hosts ORDER BY host COLLATE "C"');
-      return rows.map(toHost);
+      return rows.map(mapping.toHost);
     });
   }
 
@@ -406,9 +364,7 @@ export class PostgresStore implements Store {
     if (err instanceof VmsnapError) return err;
     const sqlState = err instanceof pg.DatabaseError ? err.code : undefined;
     const systemCode =
-      !sqlState && err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string'
-        ? (err as NodeJS.ErrnoException).code
-        : undefined;
+      !sqlState && err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string' ? (err as NodeJS.ErrnoException).code : undefined;
     let message = err instanceof Error ? err.message : String(err);
     // Servers and drivers do not put passwords in messages; this makes sure of it.
     for (const secret of [this.target.password, this.password]) if (secret) message = message.replaceAll(secret, '***');

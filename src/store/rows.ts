@@ -11,6 +11,15 @@ export const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_o
 export const FAULT_COLUMNS = 'instance_id, code, message, details, created_at';
 export const EVENT_COLUMNS = 'instance_id, action, event, request_id, details, created_at';
 
+/** A new fault's or event's values in the order of its COLUMNS, all but created_at (the store's clock). */
+export function faultValues(f: Omit<InstanceFault, 'createdAt'>): string[] {
+  return [f.instanceId, f.code, f.message, JSON.stringify(f.details)];
+}
+
+export function eventValues(e: Omit<InstanceActionEvent, 'createdAt'>): string[] {
+  return [e.instanceId, e.action, e.event, e.requestId, JSON.stringify(e.details)];
+}
+
 export interface InstanceRow {
   id: string;
   name: string;

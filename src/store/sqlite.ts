@@ -8,20 +8,8 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { VmsnapError } from '../shared/errors.js';
 import { ALL_TASK_STATES, INSTANCE_INDEXES, SQLITE_TYPES, firstSchema, instancesTable } from './schema.js';
-import {
-  EVENT_COLUMNS,
-  FAULT_COLUMNS,
-  INSTANCE_COLUMNS,
-  UUID,
-  toEvent,
-  toFault,
-  toHost,
-  toInstance,
-  type EventRow,
-  type FaultRow,
-  type HostRow,
-  type InstanceRow,
-} from './rows.js';
+import * as mapping from './rows.js';
+import type { EventRow, FaultRow, HostRow, InstanceRow } from './rows.js';
 import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
 
 export interface SqliteStoreOptions {
@@ -116,24 +104,21 @@ export class SqliteStore implements Store {
 
   async findInstance(ref: string): Promise<InstanceRecord | undefined> {
     return this.run('findInstance', () => {
-      if (UUID.test(ref)) {
-        const row = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL`).get(ref) as
-          InstanceRow | undefined;
-        return row && toInstance(row);
+      if (mapping.UUID.test(ref)) {
+        const row = this.stmt(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL`).get(ref) as InstanceRow | undefined;
+        return row && mapping.toInstance(row);
       }
-      const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE name = ? AND deleted_at IS NULL LIMIT 2`).all(
-        ref,
-      ) as InstanceRow[];
+      const rows = this.stmt(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE name = ? AND deleted_at IS NULL LIMIT 2`).all(ref) as InstanceRow[];
       if (rows.length > 1) throw new VmsnapError('InvalidInput', `instance name ${ref} is ambiguous: use its UUID`);
-      return rows[0] && toInstance(rows[0]);
+      return rows[0] && mapping.toInstance(rows[0]);
     });
   }
 
   /** By id, deleted or not (deletedAt tells): a running workflow must still see its instance. */
   async getInstance(id: string): Promise<InstanceRecord | undefined> {
     return this.run('getInstance', () => {
-      const row = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE id = ?`).get(id) as InstanceRow | undefined;
-      return row && toInstance(row);
+      const row = this.stmt(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE id = ?`).get(id) as InstanceRow | undefined;
+      return row && mapping.toInstance(row);
     });
   }
 
@@ -141,15 +126,15 @@ export class SqliteStore implements Store {
   async listInstances(options: { includeDeleted?: boolean } = {}): Promise<InstanceRecord[]> {
     return this.run('listInstances', () => {
       const where = options.includeDeleted ? '' : 'WHERE deleted_at IS NULL';
-      const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name, id`).all() as InstanceRow[];
-      return rows.map(toInstance);
+      const rows = this.stmt(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances ${where} ORDER BY name, id`).all() as InstanceRow[];
+      return rows.map(mapping.toInstance);
     });
   }
 
   async listInstancesWithTask(): Promise<InstanceRecord[]> {
     return this.run('listInstancesWithTask', () => {
-      const rows = this.stmt(`SELECT ${INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id`).all() as InstanceRow[];
-      return rows.map(toInstance);
+      const rows = this.stmt(`SELECT ${mapping.INSTANCE_COLUMNS} FROM instances WHERE task_state IS NOT NULL ORDER BY id`).all() as InstanceRow[];
+      return rows.map(mapping.toInstance);
     });
   }
 
@@ -174,53 +159,42 @@ export class SqliteStore implements Store {
    */
   async releaseTaskState(instanceId: string, owner: string): Promise<boolean> {
     return this.run('releaseTaskState', () => {
-      const result = this.stmt(
-        'UPDATE instances SET task_state = NULL, task_owner = NULL, updated_at = ? WHERE id = ? AND task_owner = ?',
-      ).run(now(), instanceId, owner);
+      const result = this.stmt('UPDATE instances SET task_state = NULL, task_owner = NULL, updated_at = ? WHERE id = ? AND task_owner = ?').run(
+        now(),
+        instanceId,
+        owner,
+      );
       if (result.changes === 1) return true;
-      const row = this.stmt('SELECT task_state FROM instances WHERE id = ?').get(instanceId) as
-        { task_state: TaskState | null } | undefined;
+      const row = this.stmt('SELECT task_state FROM instances WHERE id = ?').get(instanceId) as { task_state: TaskState | null } | undefined;
       return row !== undefined && row.task_state === null;
     });
   }
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
     this.run('recordFault', () => {
-      this.stmt('INSERT INTO instance_faults (instance_id, code, message, details, created_at) VALUES (?, ?, ?, ?, ?)').run(
-        fault.instanceId,
-        fault.code,
-        fault.message,
-        JSON.stringify(fault.details),
-        now(),
-      );
+      this.stmt(`INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) VALUES (?, ?, ?, ?, ?)`).run(...mapping.faultValues(fault), now());
     });
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
   async listFaults(instanceId: string): Promise<InstanceFault[]> {
     return this.run('listFaults', () => {
-      const rows = this.stmt(`SELECT ${FAULT_COLUMNS} FROM instance_faults WHERE instance_id = ? ORDER BY id`).all(
-        instanceId,
-      ) as FaultRow[];
-      return rows.map(toFault);
+      const rows = this.stmt(`SELECT ${mapping.FAULT_COLUMNS} FROM instance_faults WHERE instance_id = ? ORDER BY id`).all(instanceId) as FaultRow[];
+      return rows.map(mapping.toFault);
     });
   }
 
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
     this.run('recordEvent', () => {
-      this.stmt(
-        'INSERT INTO instance_actions_events (instance_id, action, event, request_id, details, created_at) VALUES (?, ?, ?, ?, ?, ?)',
-      ).run(event.instanceId, event.action, event.event, event.requestId, JSON.stringify(event.details), now());
+      this.stmt(`INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`).run(...mapping.eventValues(event), now());
     });
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
   async listEvents(instanceId: string): Promise<InstanceActionEvent[]> {
     return this.run('listEvents', () => {
-      const rows = this.stmt(`SELECT ${EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = ? ORDER BY id`).all(
-        instanceId,
-      ) as EventRow[];
-      return rows.map(toEvent);
+      const rows = this.stmt(`SELECT ${mapping.EVENT_COLUMNS} FROM instance_actions_events WHERE instance_id = ? ORDER BY id`).all(instanceId) as EventRow[];
+      return rows.map(mapping.toEvent);
     });
   }
 
@@ -235,7 +209,7 @@ export class SqliteStore implements Store {
   /** Sorted by host name. */
   async listHosts(): Promise<{ host: string; taskQueue: string; seenAt: string }[]> {
     return this.run('listHosts', () => {
-      return (this.stmt('SELECT host, task_queue, seen_at FROM hosts ORDER BY host').all() as HostRow[]).map(toHost);
+      return (this.stmt('SELECT host, task_queue, seen_at FROM hosts ORDER BY host').all() as HostRow[]).map(mapping.toHost);
     });
   }
 

@@ -3,13 +3,7 @@
 
 /** Nova's task states for a snapshot and a restore (rebuild); null is Nova's None (no task in progress). */
 export type TaskState =
-  | 'image_snapshot_pending'
-  | 'image_snapshot'
-  | 'image_pending_upload'
-  | 'image_uploading'
-  | 'rebuilding'
-  | 'rebuild_block_device_mapping'
-  | 'rebuild_spawning';
+  'image_snapshot_pending' | 'image_snapshot' | 'image_pending_upload' | 'image_uploading' | 'rebuilding' | 'rebuild_block_device_mapping' | 'rebuild_spawning';
 
 export const REBUILD_TASK_STATES: readonly TaskState[] = ['rebuilding', 'rebuild_block_device_mapping', 'rebuild_spawning'];
 

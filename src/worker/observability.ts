@@ -7,9 +7,7 @@ import type { LogLevel } from '@temporalio/common';
 function jsonLine(entry: LogEntry): void {
   const { message, level, timestampNanos, meta } = entry;
   const time = new Date(Number(timestampNanos / 1_000_000n)).toISOString();
-  process.stdout.write(
-    `${JSON.stringify({ time, level, message, ...meta }, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`,
-  );
+  process.stdout.write(`${JSON.stringify({ time, level, message, ...meta }, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
 }
 
 /**

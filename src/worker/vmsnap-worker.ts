@@ -53,6 +53,7 @@ export async function startVmsnapWorker(
     discoveryIntervalMs: config.discoveryIntervalMs,
     pauseWatchIntervalMs: config.pauseWatchIntervalMs,
     maxConcurrentSnapshots: config.maxConcurrentSnapshots,
+    hostPollers: config.hostPollers,
     deps: buildDeps(config, store, cloud, { workflows: new TemporalWorkflowLookup(client), ...opts.overrides }),
     ...(opts.keepReconcileSchedule ? { reconcile: { client, intervalMs: config.reconcileIntervalMs } } : {}),
   });

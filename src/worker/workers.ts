@@ -36,6 +36,8 @@ export async function startWorkers(opts: {
   pauseWatchIntervalMs?: number;
   /** With the host role: snapshots this host runs at once. */
   maxConcurrentSnapshots: number;
+  /** With the host role: long polls on each of the host's queues (config hostPollers). */
+  hostPollers: number;
   /** With the main role: keep the reconciler's schedule at this interval (0: none). */
   reconcile?: { client: Client; intervalMs: number };
 }): Promise<RunningWorkers> {
@@ -67,6 +69,8 @@ export async function startWorkers(opts: {
         // Heartbeats carry cancellation: without this they are throttled to 80% of the heartbeat
         // timeout, and a cancelled copy (or a blown pause budget) would keep a guest paused longer.
         maxHeartbeatThrottleInterval: '1s',
+        // Few: each open poll counts against the frontend's limit that the whole fleet shares.
+        activityTaskPollerBehavior: { type: 'simple-maximum', maximum: opts.hostPollers },
       }),
       await Worker.create({
         connection,
@@ -76,6 +80,7 @@ export async function startWorkers(opts: {
         // The limit itself: the worker runs no more slot holders than this at once.
         maxConcurrentActivityTaskExecutions: opts.maxConcurrentSnapshots,
         maxHeartbeatThrottleInterval: '1s',
+        activityTaskPollerBehavior: { type: 'simple-maximum', maximum: Math.min(opts.hostPollers, opts.maxConcurrentSnapshots) },
       }),
     ];
     await deps.store.registerHost(deps.host, taskQueue);
@@ -90,9 +95,7 @@ export async function startWorkers(opts: {
     return created;
   };
   // Side by side: the main worker's start is mostly the workflow thread's, the host's is libvirt's.
-  const workers = (
-    await Promise.all([opts.roles.includes('main') ? createMain() : [], opts.roles.includes('host') ? createHost() : []])
-  ).flat();
+  const workers = (await Promise.all([opts.roles.includes('main') ? createMain() : [], opts.roles.includes('host') ? createHost() : []])).flat();
   const startSchedule = opts.roles.includes('main') && opts.reconcile && opts.reconcile.intervalMs > 0 ? opts.reconcile : undefined;
   // Workers also stop on their own (SIGTERM, SIGINT): discovery must stop with them.
   const running = Promise.all(workers.map((w) => w.run()));

@@ -22,6 +22,8 @@ export interface ReconcileReport {
   removedPreRestoreDisks: string[];
   /** New instances (restore as new) whose restore ended without completing, removed with their disks. */
   removedNewInstances: string[];
+  /** Instances whose dead snapshot's live copy job (NBD export, scratch image) was ended. */
+  abortedLiveCopies: string[];
   errors: string[];
   /**
    * Set when Glance (or Keystone before it) did not answer: what needs it waits for the next
@@ -83,6 +85,7 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
     undoneRestores: [],
     removedPreRestoreDisks: [],
     removedNewInstances: [],
+    abortedLiveCopies: [],
     errors: [],
   };
   // Each item on its own: a failure is reported, and Glance away makes the round wait, not fail.
@@ -127,7 +130,8 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
       report.removedDirs.length +
       report.undoneRestores.length +
       report.removedPreRestoreDisks.length +
-      report.removedNewInstances.length >
+      report.removedNewInstances.length +
+      report.abortedLiveCopies.length >
     0
   ) {
     log.info('reconcile: undid abandoned snapshots', { ...report });
@@ -157,6 +161,12 @@ async function undoSnapshot(snapshot: AbandonedSnapshot, report: ReconcileReport
   }
   const imageId = snapshot.imageId;
   if (imageId) {
+    // Added after histories were recorded: runs of older workers replay without this step.
+    if (patched('reconcile-abort-live-copy')) {
+      await attempt(`end live copy job of ${snapshot.instanceId}`, async () => {
+        if (await host.abortAbandonedLiveCopy({ instanceId: snapshot.instanceId, imageId })) report.abortedLiveCopies.push(snapshot.instanceId);
+      });
+    }
     await attempt(`remove temp dir ${imageId}`, () => host.removeSnapshotFiles(imageId));
     await attempt(`delete image ${imageId}`, async () => {
       if ((await main.deleteImageRecord(imageId)).deleted) report.deletedImages.push(imageId);
@@ -211,9 +221,7 @@ async function removeLeftoversOnHosts(report: ReconcileReport, attempt: Attempt)
     // Added after histories were recorded: runs of older workers replay without this step.
     if (patched('reconcile-new-instances')) {
       await attempt(`abandoned new instances on ${host}`, async () => {
-        report.removedNewInstances.push(
-          ...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })),
-        );
+        report.removedNewInstances.push(...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })));
       });
     }
   }

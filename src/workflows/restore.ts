@@ -10,26 +10,17 @@ import {
   ApplicationFailure,
   CancellationScope,
   defineQuery,
+  isCancellation,
   log,
+  patched,
   setHandler,
   upsertMemo,
   upsertSearchAttributes,
   workflowInfo,
   type ActivityOptions,
 } from '@temporalio/workflow';
-import {
-  Compensations,
-  RETRY,
-  STORE_STEP,
-  commonSteps,
-  failure,
-  instanceNotFound,
-  lookUpInstance,
-  onHost,
-  onMain,
-  setDetails,
-  typedFailure,
-} from './steps.js';
+import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import type { RestoreImage } from '../activities/restore-image.js';
 import type { PowerState } from '../drivers/hypervisor.js';
 import type { SnapshotSettings } from '../shared/config.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
@@ -38,6 +29,11 @@ import { describeProblems, validateRestoreRequest, validateRollbackRequest } fro
 import type { InstanceRecord, TaskState } from '../store/store.js';
 
 export const restoreProgressQuery = defineQuery<RestoreProgress>('progress');
+
+/** The last phase: `cancelled` as a snapshot's reads (histories before the patch recorded `failed`). */
+function endPhase(result: unknown): RestorePhase {
+  return isCancellation(result) && patched('restore-cancelled-phase') ? 'cancelled' : 'failed';
+}
 
 function restoreSteps(settings: SnapshotSettings, host: string) {
   const { taskQueue, imageRetry, ...common } = commonSteps(settings, host);
@@ -75,6 +71,24 @@ function restoreSteps(settings: SnapshotSettings, host: string) {
 const restoreFailure = (err: unknown): unknown => typedFailure(err, 'Restore');
 
 /** Inventory first; on a miss, every host rediscovers, then once more. */
+/** The image downloaded beside the disk (or as a new instance's disk), verified before use. */
+function download(
+  steps: ReturnType<typeof restoreSteps>,
+  instanceId: string,
+  image: RestoreImage,
+  where: string,
+  disk: { allowGrow: boolean; newDiskPath?: string },
+) {
+  return onHost(steps.download, `download ${image.size} bytes ${where}, verify sha512, qemu-img check`).prepareRestoreImage({
+    instanceId,
+    imageId: image.imageId,
+    imageFormat: image.diskFormat,
+    expected: { size: image.size, sha512: image.sha512 },
+    virtualSize: image.virtualSize,
+    ...disk,
+  });
+}
+
 async function lookUp(ref: string, settings: SnapshotSettings): Promise<InstanceRecord> {
   const instance = await lookUpInstance(ref, STORE_STEP, (host) => restoreSteps(settings, host).discovery);
   if (!instance) throw instanceNotFound(ref);
@@ -154,7 +168,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   } catch (err) {
     const result = restoreFailure(err);
     progress.error = (result as Error).message;
-    enter('failed');
+    enter(endPhase(result));
     throw result;
   }
 
@@ -168,10 +182,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     await recordEvent('start', { imageId, priorPowerState });
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure(
-        'InstanceInvalidState',
-        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`,
-      );
+      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`);
     }
 
     enter('downloading');
@@ -182,17 +193,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
         priorPowerState,
       }),
     );
-    const prepared = await onHost(
-      steps.download,
-      `download ${image.size} bytes beside the disk, verify sha512, qemu-img check`,
-    ).prepareRestoreImage({
-      instanceId,
-      imageId,
-      imageFormat: image.diskFormat,
-      expected: { size: image.size, sha512: image.sha512 },
-      virtualSize: image.virtualSize,
-      allowGrow: request.allowGrow ?? false,
-    });
+    const prepared = await download(steps, instanceId, image, 'beside the disk', { allowGrow: request.allowGrow ?? false });
 
     // From here on the guest is touched; until now it ran on, untouched.
     await setTaskState('rebuilding', 'rebuild_block_device_mapping');
@@ -240,9 +241,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     enter('compensating');
     await CancellationScope.nonCancellable(async () => {
       await undo.run();
-      await undo.attempt('reset task state', () =>
-        onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
-      );
+      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
       progress.taskState = null;
       if (taskAcquired) {
         const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
@@ -257,7 +256,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
         await undo.attempt('record event', () => recordEvent('error', { imageId, code }));
       }
     });
-    enter('failed');
+    enter(endPhase(result));
     throw result;
   }
 }
@@ -297,18 +296,8 @@ async function restoreAsNew(
     });
     diskPath = await onHost(steps.quick, 'path of the new disk').newInstanceDiskPath({ instanceId, name });
     enter('downloading');
-    const prepared = await onHost(
-      steps.download,
-      `download ${image.size} bytes to the new instance's disk, verify sha512, qemu-img check`,
-    ).prepareRestoreImage({
-      instanceId,
-      imageId,
-      imageFormat: image.diskFormat,
-      expected: { size: image.size, sha512: image.sha512 },
-      virtualSize: image.virtualSize,
-      allowGrow: true, // a new instance: its disk is the image's size
-      newDiskPath: diskPath,
-    });
+    // A new instance: its disk is the image's size.
+    const prepared = await download(steps, instanceId, image, "to the new instance's disk", { allowGrow: true, newDiskPath: diskPath });
     enter('starting-guest');
     const made = await onHost(steps.power, `define instance ${name} on the new disk and start it`).defineNewInstance({
       instanceId,
@@ -350,7 +339,7 @@ async function restoreAsNew(
       const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
       await recordEvent('error', { imageId, code, workflowId, runId }).catch(() => undefined);
     });
-    enter('failed');
+    enter(endPhase(result));
     throw result;
   }
 }
@@ -386,10 +375,7 @@ export async function rollbackRestore(request: RollbackRequest): Promise<Rollbac
     priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
     await recordEvent('start', { rollback: true, priorPowerState });
     if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure(
-        'InstanceInvalidState',
-        `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be rolled back`,
-      );
+      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be rolled back`);
     }
     await store.setTaskState({ instanceId, expected: 'rebuilding', next: 'rebuild_spawning', owner });
     const done = await onHost(steps.power, 'stop the guest, put the pre-restore disk back, start it').rollbackDisk({

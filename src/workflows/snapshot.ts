@@ -99,8 +99,10 @@ function stepOptions(settings: SnapshotSettings, host: string) {
     // A guest we paused must run again: retried until it succeeds (the activity treats a gone
     // or shut-off instance as done, so this cannot spin forever on a missing VM).
     resume: { taskQueue, startToCloseTimeout: '60s', retry } satisfies ActivityOptions,
-    // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left.
-    cleanup: { taskQueue, scheduleToCloseTimeout: '10m', retry } satisfies ActivityOptions,
+    // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left. Each
+    // attempt has a minute: a task the server handed to a poll that was gone (seen at fleet scale)
+    // is tried again then, not after the whole ten minutes.
+    cleanup: { taskQueue, scheduleToCloseTimeout: '10m', startToCloseTimeout: '60s', retry } satisfies ActivityOptions,
     // Holds one of the host's snapshot slots until cancelled; a lost holder is started again.
     // Waiting for the cancellation to complete lets the snapshot end with no activity pending.
     slot: {
@@ -250,7 +252,6 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       size: uploaded.size,
       virtualSize: copy.virtualSize,
       sha512: uploaded.sha512,
-      md5: uploaded.md5,
       priorPowerState,
       mode,
       ...(modeReason ? { modeReason } : {}),
@@ -317,9 +318,7 @@ function taskState(s: Snapshot) {
     /** Compensation's end: task state None (if we still hold it), and a fault if we held it. */
     async release(result: unknown) {
       const { instanceId, owner, imageId, undo } = s;
-      await undo.attempt('reset task state', () =>
-        onStore(s.lean, 'compensation: task state → None').releaseTaskState({ instanceId, owner }),
-      );
+      await undo.attempt('reset task state', () => onStore(s.lean, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
       s.track.progress.taskState = null;
       if (!acquired) return;
       const code = result instanceof ApplicationFailure ? (result.type ?? 'SnapshotFailed') : 'Cancelled';
@@ -382,10 +381,7 @@ async function inspectStepByStep(s: Snapshot): Promise<Inspected> {
 
 function snapshottable(s: Snapshot, powerState: string): PriorPowerState {
   if (powerState === 'running' || powerState === 'paused' || powerState === 'shutdown') return powerState;
-  throw failure(
-    'InstanceInvalidState',
-    `instance ${s.instanceId} is ${powerState}: only running, paused or shut-off instances can be snapshotted`,
-  );
+  throw failure('InstanceInvalidState', `instance ${s.instanceId} is ${powerState}: only running, paused or shut-off instances can be snapshotted`);
 }
 
 /**
@@ -422,11 +418,9 @@ async function liveCopy(s: Snapshot): Promise<Copy> {
   removeTempDir(s);
   if ((request.quiesce ?? 'try') !== 'never') {
     // The driver thaws on every path but a dead worker's; thawing twice is harmless.
-    s.undo.push(
-      'thaw filesystems',
-      () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }),
-      { guest: true },
-    );
+    s.undo.push('thaw filesystems', () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner }), {
+      guest: true,
+    });
   }
   return onHost(s.steps.convert, 'live point-in-time copy of the root disk (QEMU backup job)').liveCopyDisk({
     instanceId,
@@ -455,10 +449,7 @@ async function coldCopyInOneStep(s: Snapshot, priorPowerState: PriorPowerState):
   removeTempDir(s);
   const budgetMs = s.settings.pauseBudgetMs;
   const copy = () =>
-    onHost(
-      steps.convert,
-      pause ? `pause, copy the root disk to ${s.diskFormat}, resume` : `copy the root disk to ${s.diskFormat}`,
-    ).coldCopyDisk({
+    onHost(steps.convert, pause ? `pause, copy the root disk to ${s.diskFormat}, resume` : `copy the root disk to ${s.diskFormat}`).coldCopyDisk({
       instanceId,
       imageId: s.imageId,
       diskFormat: s.diskFormat,
@@ -499,12 +490,17 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
   let paused: { drop(): void } | undefined;
   if (priorPowerState === 'running') {
     track.enter('pausing');
-    paused = s.undo.push(
-      'resume instance',
-      () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }),
-      { guest: true },
-    );
-    ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({ instanceId, owner }));
+    paused = s.undo.push('resume instance', () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner }), {
+      guest: true,
+    });
+    ({ pausedAt } = await onHost(steps.quick, 'pause the guest (libvirt suspend)').pauseInstance({
+      instanceId,
+      owner,
+      // The copy's room is checked first: one that cannot fit never pauses the guest.
+      imageId: s.imageId,
+      diskFormat: s.diskFormat,
+      compress: s.request.compress ?? false,
+    }));
   }
   track.enter('converting');
   removeTempDir(s);
@@ -528,8 +524,7 @@ async function coldCopy(s: Snapshot, priorPowerState: 'running' | 'paused' | 'sh
   const pauseMs = resumption.resumedAt - pausedAt;
   track.paused(pauseMs);
   if (resumption.outcome === 'gone') throw failure('InstanceNotFound', `instance ${instanceId} was destroyed during the snapshot`);
-  if (resumption.outcome === 'not-paused')
-    throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
+  if (resumption.outcome === 'not-paused') throw failure('InstanceInvalidState', `instance ${instanceId} was shut down during the snapshot`);
   return { ...disk, consistency: 'crash-consistent', guestPauseMs: pauseMs };
 }
 
@@ -553,8 +548,7 @@ async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number, re
   try {
     return await copyScope.run(copy);
   } catch (err) {
-    if (exceeded)
-      throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${reportedMs} ms; the guest was resumed`);
+    if (exceeded) throw failure('PauseBudgetExceeded', `the copy took longer than the pause budget of ${reportedMs} ms; the guest was resumed`);
     throw err;
   } finally {
     timerScope.cancel();

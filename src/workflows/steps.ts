@@ -98,10 +98,7 @@ export async function lookUpInstance(
 }
 
 export function instanceNotFound(ref: string): ApplicationFailure {
-  return failure(
-    'InstanceNotFound',
-    `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`,
-  );
+  return failure('InstanceNotFound', `no instance "${ref}" on any host known to vmsnap: check the UUID or name (virsh list --all on its host)`);
 }
 
 interface Compensation {

@@ -9,17 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { createGuest, guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { getProgress, type SnapshotHandle } from '../../src/client/snapshots.js';
 import { snapshotWorkflowId } from '../../src/shared/names.js';
-import {
-  VMSNAP_BIN,
-  cliEnv,
-  createBusyGuest,
-  deleteImages,
-  eventually,
-  stopLeftoverSnapshots,
-  vmsnap,
-  vmsnapRunning,
-  type CliRun,
-} from '../support/cli.js';
+import { VMSNAP_BIN, cliEnv, createBusyGuest, deleteImages, eventually, stopLeftoverSnapshots, vmsnap, vmsnapRunning, type CliRun } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const small = `vmsnap-test-cli-${process.pid}`;
@@ -148,18 +138,7 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
     assert.ok(!run.stdout.includes('\r') && !run.stdout.includes('\x1b['), 'no terminal control characters in a pipe');
     const phases = run.stdout.split('\n').flatMap((l) => /^\d\d:\d\d:\d\d (\S+)$/.exec(l)?.[1] ?? []);
     // A phase shorter than a poll can go unseen; those seen come once each, in the workflow's order.
-    const order = [
-      'starting',
-      'creating-image',
-      'waiting-for-host',
-      'pausing',
-      'converting',
-      'copying',
-      'resuming',
-      'uploading',
-      'finishing',
-      'completed',
-    ];
+    const order = ['starting', 'creating-image', 'waiting-for-host', 'pausing', 'converting', 'copying', 'resuming', 'uploading', 'finishing', 'completed'];
     assert.ok(phases.length >= 3, show(run));
     assert.equal(phases.at(-1), 'completed');
     assert.deepEqual(
@@ -220,10 +199,7 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
       // A progress line (percent, bytes, speed) at most every few seconds while qemu-img copies.
       await eventually(
         'a converting progress line',
-        async () =>
-          /^\d\d:\d\d:\d\d converting \d+% \([\d.]+ [KMG]iB of 1\.0 GiB, [\d.]+ [KMG]iB\/s, ETA /m.test(waiting.output().stdout)
-            ? true
-            : undefined,
+        async () => (/^\d\d:\d\d:\d\d converting \d+% \([\d.]+ [KMG]iB of 1\.0 GiB, [\d.]+ [KMG]iB\/s, ETA /m.test(waiting.output().stdout) ? true : undefined),
         60_000,
       );
       const imageId = /image ([0-9a-f-]{36})/.exec(waiting.output().stdout)?.[1];

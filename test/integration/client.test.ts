@@ -93,11 +93,7 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
   });
 
   it('listSnapshots finds a snapshot by instance and status, with its image id and phase', async () => {
-    const handle = await startSnapshot(
-      h.client,
-      { instance: small, imageName: `vmsnap-test-client-${process.pid}` },
-      h.config.temporal.taskQueue,
-    );
+    const handle = await startSnapshot(h.client, { instance: small, imageName: `vmsnap-test-client-${process.pid}` }, h.config.temporal.taskQueue);
     const result = await snapshotResult(handle);
     images.add(result.imageId);
     // Started by name: the workflow records the instance's UUID once it found it.
@@ -168,10 +164,7 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
     );
     assert.equal(row.imageId, copying.imageId);
     assert.equal(row.phase, 'cancelled', 'a cancelled snapshot says so, not failed');
-    await assert.rejects(
-      cancelSnapshot(h.client, bigGuest.uuid),
-      (e: unknown) => e instanceof ClientError && e.code === 'SnapshotNotFound',
-    );
+    await assert.rejects(cancelSnapshot(h.client, bigGuest.uuid), (e: unknown) => e instanceof ClientError && e.code === 'SnapshotNotFound');
   });
 
   it('startSnapshot refuses a bad request before anything starts', async () => {

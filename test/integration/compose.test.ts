@@ -46,9 +46,5 @@ it('the Dockerfile builds in one stage and runs dist/ with production dependenci
   assert.match(stages[0]!, /npm run build/);
   assert.match(stages[0]!, /npm prune --omit=dev/);
   assert.match(final, /^CMD \["node", "--max-semi-space-size=1", "dist\/worker\/main\.js"\]$/m);
-  assert.doesNotMatch(
-    final,
-    /COPY (src|tsconfig)|tsx|npm (ci|install)(?! --omit=dev)/,
-    'no sources, compiler or dev install in the final image',
-  );
+  assert.doesNotMatch(final, /COPY (src|tsconfig)|tsx|npm (ci|install)(?! --omit=dev)/, 'no sources, compiler or dev install in the final image');
 });

@@ -29,8 +29,7 @@ const workers: WorkerProcess[] = [];
 /** The environment of a deployed worker: the test stack's endpoints and nothing of the test run's own. */
 function deployedEnv(): Record<string, string> {
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env))
-    if (v !== undefined && !/^(TEMPORAL_|VMSNAP_|OS_CLIENT_|NODE_OPTIONS$)/.test(k)) env[k] = v;
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !/^(TEMPORAL_|VMSNAP_|OS_CLIENT_|NODE_OPTIONS$)/.test(k)) env[k] = v;
   // As the units hand them over: the stack's clouds.yaml and secure.yaml as credential files.
   const credentials = join(dir, 'credentials');
   mkdirSync(credentials, { recursive: true, mode: 0o700 });
@@ -104,15 +103,7 @@ describe('deployed form: production dependencies and dist/ only', { timeout: 900
 
   it('holds no development dependency and no sources', () => {
     // (@types/node does come, through protobufjs of @grpc/proto-loader: a dependency of theirs.)
-    for (const dev of [
-      'tsx',
-      'typescript',
-      'eslint',
-      'typescript-eslint',
-      '@temporalio/testing',
-      'playwright-core',
-      '@types/better-sqlite3',
-    ]) {
+    for (const dev of ['tsx', 'typescript', 'eslint', 'typescript-eslint', '@temporalio/testing', 'playwright-core', '@types/better-sqlite3']) {
       assert.ok(!existsSync(join(app, 'node_modules', dev)), `${dev} was installed`);
     }
     assert.ok(!existsSync(join(app, 'src')));
@@ -146,18 +137,14 @@ describe('deployed form: production dependencies and dist/ only', { timeout: 900
       assert.match(String(started.identity), /^user vmsnap on project vmsnap at https:/);
     }
 
-    const run = await execa(
-      process.execPath,
-      ['bin/vmsnap.js', 'snapshot', guest.uuid, '--name', `vmsnap-test-deploy-${process.pid}`, '--wait', '--json'],
-      {
-        cwd: app,
-        env,
-        extendEnv: false,
-        reject: false,
-        timeout: 300_000,
-        stdin: 'ignore',
-      },
-    );
+    const run = await execa(process.execPath, ['bin/vmsnap.js', 'snapshot', guest.uuid, '--name', `vmsnap-test-deploy-${process.pid}`, '--wait', '--json'], {
+      cwd: app,
+      env,
+      extendEnv: false,
+      reject: false,
+      timeout: 300_000,
+      stdin: 'ignore',
+    });
     assert.equal(run.exitCode, 0, `vmsnap snapshot: exit ${run.exitCode}\n${run.stdout}\n${run.stderr}`);
     const doc = JSON.parse(run.stdout) as { imageId: string; status: string; result: { sha512: string } };
     imageId = doc.imageId;
@@ -168,8 +155,7 @@ describe('deployed form: production dependencies and dist/ only', { timeout: 900
 
     // A clean stop on SIGTERM, as systemd and the container engine send it.
     for (const w of workers) await w.stop('SIGTERM');
-    for (const w of workers)
-      assert.equal(w.proc.exitCode, 0, `worker exit ${w.proc.exitCode ?? w.proc.signalCode}:\n${w.lines.slice(-10).join('\n')}`);
+    for (const w of workers) assert.equal(w.proc.exitCode, 0, `worker exit ${w.proc.exitCode ?? w.proc.signalCode}:\n${w.lines.slice(-10).join('\n')}`);
 
     // Nothing an operator should learn to ignore, and no secret.
     const accounts = readAccounts(dataDir);

@@ -45,11 +45,7 @@ async function run(
 ) {
   const harness = opts.harness ?? h;
   const imageName = `vmsnap-test-${tag}-${fault.replace(/[^a-z0-9]+/gi, '-').toLowerCase()}`;
-  const handle = await startSnapshot(
-    harness.client,
-    { instance: opts.guest.uuid, imageName, ...opts.request },
-    harness.config.temporal.taskQueue,
-  );
+  const handle = await startSnapshot(harness.client, { instance: opts.guest.uuid, imageName, ...opts.request }, harness.config.temporal.taskQueue);
   await opts.during?.(handle);
   const outcome = await outcomeOf(handle);
   const invariants = await checkInvariants({
@@ -174,8 +170,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
         { reject: false },
       ),
     ]);
-    const cliOutcome =
-      byCli.exitCode === 0 ? 'completed' : /InstanceBusy/.test(byCli.stdout + byCli.stderr) ? 'InstanceBusy' : `other: ${byCli.stderr}`;
+    const cliOutcome = byCli.exitCode === 0 ? 'completed' : /InstanceBusy/.test(byCli.stdout + byCli.stderr) ? 'InstanceBusy' : `other: ${byCli.stderr}`;
     assert.deepEqual([byClient, cliOutcome].sort(), ['InstanceBusy', 'completed']);
     const invariants = await checkInvariants({
       store: h.store,
@@ -203,11 +198,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       [{ instance: '123e4567-e89b-12d3-a456-42661417400', imageName: 'x' }, 'InstanceNotFound', /no instance/], // malformed UUID: a name nobody has
       [{ instance: small.uuid, imageName: 'n'.repeat(256) }, 'InvalidInput', /imageName: must be at most 255/],
       [{ instance: small.uuid, imageName: 'x', metadata: { image_type: 'base' } }, 'InvalidInput', /metadata.image_type: is reserved/],
-      [
-        { instance: small.uuid, imageName: 'x', metadata: { os_glance_import_task: 'x' } },
-        'InvalidInput',
-        /metadata.os_glance_import_task: is reserved/,
-      ],
+      [{ instance: small.uuid, imageName: 'x', metadata: { os_glance_import_task: 'x' } }, 'InvalidInput', /metadata.os_glance_import_task: is reserved/],
       [{ instance: '../../etc/passwd', imageName: 'x' }, 'InvalidInput', /instance: must be a UUID or a name/],
       [{ instance: 'vm; rm -rf /', imageName: 'x' }, 'InvalidInput', /instance: must be a UUID or a name/],
       [{ instance: '$(reboot)', imageName: 'x' }, 'InvalidInput', /instance: must be a UUID or a name/],
@@ -253,9 +244,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       const { handle } = await run('qemu-img: corrupt disk', { guest: broken, expected: 'ImageCorrupt', priorState: 'shut off' });
       const history = await handle.fetchHistory();
       const copies = history.events?.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'convertDisk') ?? [];
-      const attempts =
-        history.events?.filter((e) => e.activityTaskStartedEventAttributes && Number(e.activityTaskStartedEventAttributes.attempt) > 1) ??
-        [];
+      const attempts = history.events?.filter((e) => e.activityTaskStartedEventAttributes && Number(e.activityTaskStartedEventAttributes.attempt) > 1) ?? [];
       assert.equal(copies.length, 1);
       assert.equal(attempts.length, 0, 'a corrupt disk is not retried');
     } finally {

@@ -88,6 +88,7 @@ async function startRole(name: string, role: 'main' | 'host', config: Config): P
       deps,
       discoveryIntervalMs: config.discoveryIntervalMs,
       maxConcurrentSnapshots: config.maxConcurrentSnapshots,
+      hostPollers: config.hostPollers,
     }),
   );
 }
@@ -125,9 +126,7 @@ describe('two hosts, one fleet', { timeout: 600_000 }, () => {
 
   it('routes each snapshot to the host that holds the instance; both run in parallel', async () => {
     const [a, b] = await Promise.all(
-      [guestA2, guestB].map(async (g) =>
-        (await startSnapshot(client, { instance: g.uuid, imageName: `vmsnap-test-${tag}-${g.name}` }, queue())).result(),
-      ),
+      [guestA2, guestB].map(async (g) => (await startSnapshot(client, { instance: g.uuid, imageName: `vmsnap-test-${tag}-${g.name}` }, queue())).result()),
     );
     assert.equal(a?.host, hostA);
     assert.equal(b?.host, hostB);
@@ -137,9 +136,7 @@ describe('two hosts, one fleet', { timeout: 600_000 }, () => {
   it("a stopped host worker stalls only its own host's snapshots, which finish when it returns", async () => {
     await running.get(hostB)!.shutdown();
     const stalled = await startSnapshot(client, { instance: guestB.uuid, imageName: `vmsnap-test-${tag}-b-stalled` }, queue());
-    const other = await (
-      await startSnapshot(client, { instance: guestA2.uuid, imageName: `vmsnap-test-${tag}-a-meanwhile` }, queue())
-    ).result();
+    const other = await (await startSnapshot(client, { instance: guestA2.uuid, imageName: `vmsnap-test-${tag}-a-meanwhile` }, queue())).result();
     assert.equal(other.host, hostA, 'host A is unaffected');
     const waiting = await progressOf(stalled);
     assert.equal(waiting.phase, 'waiting-for-host', 'B waits, visibly, for its host');
@@ -173,9 +170,7 @@ describe('two hosts, one fleet', { timeout: 600_000 }, () => {
       await syncInventory({ store, host, hypervisor: seenBy(host, new LibvirtHypervisor({ uri: config.libvirtUri })) });
     }
     assert.equal((await stores[0]!.getInstance(guestB.uuid))?.host, hostA);
-    const moved = await (
-      await startSnapshot(client, { instance: guestB.uuid, imageName: `vmsnap-test-${tag}-b-migrated` }, queue())
-    ).result();
+    const moved = await (await startSnapshot(client, { instance: guestB.uuid, imageName: `vmsnap-test-${tag}-b-migrated` }, queue())).result();
     assert.equal(moved.host, hostA);
   });
 });

@@ -107,10 +107,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     assert.match(s.reason ?? '', /shut off.*cold copy/);
     await rejectsWith(hv.liveCopySupport(randomUUID()), 'InstanceNotFound');
     await rejectsWith(hv.liveCopySupport('../x'), 'InvalidInput');
-    const e = await rejectsWith(
-      hv.liveCopy(off.uuid, { target: path.join(outDir, 'off.qcow2'), targetFormat: 'qcow2' }),
-      'InstanceInvalidState',
-    );
+    const e = await rejectsWith(hv.liveCopy(off.uuid, { target: path.join(outDir, 'off.qcow2'), targetFormat: 'qcow2' }), 'InstanceInvalidState');
     assert.equal(e.retryable, false);
   });
 
@@ -156,11 +153,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
       await Promise.all(pending);
 
       assert.deepEqual(result, { consistency: 'crash-consistent', method });
-      assert.equal(
-        reads.length,
-        2,
-        `expected two counter reads during the copy (copy took ${copyMs} ms, progress ${progress.length} calls)`,
-      );
+      assert.equal(reads.length, 2, `expected two counter reads during the copy (copy took ${copyMs} ms, progress ${progress.length} calls)`);
       const [r1, r2] = reads as [{ at: number; c: Counter }, { at: number; c: Counter }];
       assert.ok(r2.c.a > r1.c.a, `guest counter did not advance during the copy: ${r1.c.a} -> ${r2.c.a}`);
       assert.ok(r2.at <= end + 1000, 'second read was not during the copy');
@@ -321,9 +314,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
   test('targets: raw works (sparse by pull, fully allocated by push); an existing file is replaced; bad options, a missing dir and a dir QEMU cannot enter are refused', async (t) => {
     assert.ok(main && agent);
     const g = main;
-    const virtualSize = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', agent.diskPath])).stdout)[
-      'virtual-size'
-    ] as number;
+    const virtualSize = JSON.parse((await execa('qemu-img', ['info', '-U', '--output=json', agent.diskPath])).stdout)['virtual-size'] as number;
     // On the small guest: a raw copy of the big one would write all 8 GiB.
     for (const method of ['pull', 'push'] as const) {
       const raw = path.join(outDir, 'copy.raw');
@@ -337,8 +328,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
       assert.equal(st.size, virtualSize);
       // qemu-img leaves holes as holes; QEMU's backup job writes them as allocated zeroes
       // (fallocate), so a push copy takes the whole virtual size on the host.
-      if (method === 'push')
-        assert.ok(st.blocks * 512 >= virtualSize, `raw push copy allocates ${st.blocks * 512} bytes: sparse after all?`);
+      if (method === 'push') assert.ok(st.blocks * 512 >= virtualSize, `raw push copy allocates ${st.blocks * 512} bytes: sparse after all?`);
       else assert.ok(st.blocks * 512 < virtualSize / 2, `raw pull copy allocates ${st.blocks * 512} bytes of ${virtualSize}`);
       t.diagnostic(`raw live copy (${method}) of a ${virtualSize}-byte disk holding ~2 sectors of data allocates ${st.blocks * 512} bytes`);
     }
@@ -390,10 +380,7 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     });
     await running;
     const t0 = Date.now();
-    const e = await rejectsWith(
-      hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }),
-      'HypervisorError',
-    );
+    const e = await rejectsWith(hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }), 'HypervisorError');
     assert.equal(e.retryable, true);
     assert.match(e.message, /already has a pull-mode backup job.*virsh domjobabort/);
     assert.ok(Date.now() - t0 < 5000, "waited for libvirt's job lock instead of failing at once");
@@ -414,6 +401,40 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     assert.equal(r.consistency, 'crash-consistent');
     assertConsistent(await readCounter(target, 'qcow2'), 'copy after taking over');
     assert.equal(await jobType(g.name), 'None');
+  });
+
+  test('a root disk served by an iothread is copied by push (ending a pull copy there makes QEMU abort); pull is refused', async () => {
+    const name = `${prefix}-iothread`;
+    try {
+      const g = await createGuest({
+        name,
+        guestsDir,
+        assetsDir,
+        beforeStart: async (guest) => {
+          const xml = await virsh('dumpxml', '--inactive', guest.name);
+          const withIothread = xml
+            .replace(/<vcpu/, '<iothreads>1</iothreads>\n  <vcpu')
+            .replace(/(<driver name='qemu' type='qcow2'[^/]*)\/>/, "$1 iothread='1'/>");
+          assert.match(withIothread, /iothread='1'/);
+          const file = path.join(outDir, 'iothread.xml');
+          await fs.writeFile(file, withIothread);
+          await virsh('define', file);
+        },
+      });
+      const target = path.join(outDir, 'iothread.qcow2');
+      const e = await rejectsWith(hv.liveCopy(g.uuid, { target, targetFormat: 'qcow2', quiesce: 'never', method: 'pull' }), 'InvalidInput');
+      assert.match(e.message, /iothread.*push/);
+      assert.equal(await jobType(name), 'None');
+      // Before: auto pulled, and QEMU aborted as qemu-img disconnected (the guest was gone).
+      const r = await hv.liveCopy(g.uuid, { target, targetFormat: 'qcow2', quiesce: 'never' });
+      assert.equal(r.method, 'push');
+      assert.match(r.quiesceNote ?? '', /iothread/);
+      assertConsistent(await readCounter(target, 'qcow2'), 'copy of the iothread guest');
+      assert.equal((await virsh('domstate', name)).trim(), 'running');
+      await assertAdvancing(g);
+    } finally {
+      await removeGuest(name, guestsDir);
+    }
   });
 
   // Last on this guest: see the driver notes on QEMU 7.2 and pauses that overlap a backup job.

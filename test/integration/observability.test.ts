@@ -53,11 +53,7 @@ describe('worker process: logs, metrics, secrets', { timeout: 400_000 }, () => {
   });
 
   it('logs JSON lines with instance and workflow ids, exposes metrics, and leaks no secret', async () => {
-    const handle = await startSnapshot(
-      client,
-      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-obs` },
-      env.VMSNAP_TASK_QUEUE,
-    );
+    const handle = await startSnapshot(client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-obs` }, env.VMSNAP_TASK_QUEUE);
     const result = await handle.result();
 
     // Logs: every line is JSON; every line about this snapshot names the instance and workflow.

@@ -33,16 +33,7 @@ describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
   });
 
   it('resumes the guest of a terminated snapshot within 5 s, and the CLI says it will run again', async () => {
-    const run = vmsnapRunning(h, [
-      'snapshot',
-      guest.uuid,
-      '--name',
-      `vmsnap-test-pw-${process.pid}`,
-      '--mode',
-      'cold',
-      '--compress',
-      '--wait',
-    ]);
+    const run = vmsnapRunning(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-pw-${process.pid}`, '--mode', 'cold', '--compress', '--wait']);
     try {
       const handle = h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid));
       await waitForPhase(handle, 'converting');

@@ -149,10 +149,7 @@ describe('qemu-img driver', { timeout: 300_000 }, () => {
     });
     await qemuImg('compare', '-q', '-f', 'qcow2', '-F', 'qcow2', p('overlay.qcow2'), p('compressed.qcow2'));
     await fs.rm(p('compressed.qcow2'));
-    await rejectsWith(
-      convert({ source: p('overlay.qcow2'), sourceFormat: 'qcow2', target: p('x.raw'), targetFormat: 'raw', compress: true }),
-      'InvalidInput',
-    );
+    await rejectsWith(convert({ source: p('overlay.qcow2'), sourceFormat: 'qcow2', target: p('x.raw'), targetFormat: 'raw', compress: true }), 'InvalidInput');
   });
 
   test('abort kills qemu-img, waits for it and removes the partial target', async () => {
@@ -195,19 +192,13 @@ describe('qemu-img driver', { timeout: 300_000 }, () => {
   });
 
   test('missing source or backing file: DiskNotFound', async () => {
-    const e = await rejectsWith(
-      convert({ source: p('nope.qcow2'), sourceFormat: 'qcow2', target: p('out.qcow2'), targetFormat: 'qcow2' }),
-      'DiskNotFound',
-    );
+    const e = await rejectsWith(convert({ source: p('nope.qcow2'), sourceFormat: 'qcow2', target: p('out.qcow2'), targetFormat: 'qcow2' }), 'DiskNotFound');
     assert.equal(e.retryable, false);
     await rejectsWith(info(p('nope.qcow2')), 'DiskNotFound');
     await rejectsWith(check(p('nope.qcow2'), 'qcow2'), 'DiskNotFound');
 
     await qemuImg('create', '-q', '-f', 'qcow2', '-b', 'gone.qcow2', '-F', 'qcow2', '-u', p('orphan.qcow2'), '64M');
-    const b = await rejectsWith(
-      convert({ source: p('orphan.qcow2'), sourceFormat: 'qcow2', target: p('out.qcow2'), targetFormat: 'qcow2' }),
-      'DiskNotFound',
-    );
+    const b = await rejectsWith(convert({ source: p('orphan.qcow2'), sourceFormat: 'qcow2', target: p('out.qcow2'), targetFormat: 'qcow2' }), 'DiskNotFound');
     assert.match(b.message, /backing file/);
     assert.ok(!existsSync(p('out.qcow2')));
     await fs.rm(p('orphan.qcow2'));
@@ -218,10 +209,7 @@ describe('qemu-img driver', { timeout: 300_000 }, () => {
     const fh = await fs.open(p('bad.qcow2'), 'r+');
     await fh.write(Buffer.from('this is not a qcow2 header at all'.repeat(16)), 0, undefined, 0);
     await fh.close();
-    const e = await rejectsWith(
-      convert({ source: p('bad.qcow2'), sourceFormat: 'qcow2', target: p('out.raw'), targetFormat: 'raw' }),
-      'ImageCorrupt',
-    );
+    const e = await rejectsWith(convert({ source: p('bad.qcow2'), sourceFormat: 'qcow2', target: p('out.raw'), targetFormat: 'raw' }), 'ImageCorrupt');
     assert.equal(e.retryable, false);
     assert.match(e.message, /not in qcow2 format/);
     assert.ok(!existsSync(p('out.raw')));
@@ -250,10 +238,7 @@ describe('qemu-img driver', { timeout: 300_000 }, () => {
   test("a running guest's disk: locked without forceShare, readable with it", async () => {
     const guest: Guest = await createGuest({ name: guestName, guestsDir, assetsDir });
     const target = p('live.qcow2');
-    const e = await rejectsWith(
-      convert({ source: guest.diskPath, sourceFormat: 'qcow2', target, targetFormat: 'qcow2' }),
-      'InstanceInvalidState',
-    );
+    const e = await rejectsWith(convert({ source: guest.diskPath, sourceFormat: 'qcow2', target, targetFormat: 'qcow2' }), 'InstanceInvalidState');
     assert.match(e.message, /lock/);
     assert.ok(!existsSync(target));
     await rejectsWith(info(guest.diskPath, { format: 'qcow2' }), 'InstanceInvalidState');

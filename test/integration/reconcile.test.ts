@@ -29,8 +29,7 @@ async function reconcileNow(fixture?: string): Promise<ReconcileReport> {
     workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
   });
   const report = (await handle.result()) as ReconcileReport;
-  if (fixture)
-    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, fixture);
+  if (fixture) await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, fixture);
   return report;
 }
 

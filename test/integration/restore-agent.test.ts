@@ -78,11 +78,7 @@ describe('restore with a guest agent, on the real stack', { timeout: 900_000 }, 
     assert.equal(time.exitCode, 0, time.stderr);
     assert.equal(await guestState(guestName), 'running');
     const first = (await readCounter(guest.diskPath, 'qcow2')).a;
-    await eventually(
-      'the restored guest counts',
-      async () => ((await readCounter(guest.diskPath, 'qcow2')).a > first ? true : undefined),
-      120_000,
-    );
+    await eventually('the restored guest counts', async () => ((await readCounter(guest.diskPath, 'qcow2')).a > first ? true : undefined), 120_000);
     assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
     rmSync(result.preRestorePath ?? '', { force: true });
   });
@@ -92,12 +88,7 @@ describe('restore with a guest agent, on the real stack', { timeout: 900_000 }, 
     const handle = await startRestore(h.client, { instance: guest.uuid, imageId, asNew: newName }, h.config.temporal.taskQueue);
     // The new domain is defined and starting: its confirmation waits for its agent, seconds under TCG.
     await waitForPhase(handle, 'starting-guest', 300_000);
-    await eventually(
-      'the new domain is defined',
-      async () => ((await virsh('domuuid', newName)).exitCode === 0 ? true : undefined),
-      60_000,
-      100,
-    );
+    await eventually('the new domain is defined', async () => ((await virsh('domuuid', newName)).exitCode === 0 ? true : undefined), 60_000, 100);
     await handle.terminate('test: a restore as new lost mid-way');
     const disk = join(guest.dir, `${newName}.vmsnap-new.qcow2`);
     assert.ok(existsSync(disk), 'the new disk is there before the reconciler runs');

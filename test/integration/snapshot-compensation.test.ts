@@ -35,11 +35,7 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
 
   it('an upload cut off halfway is retried from byte 0 and the image verifies', async () => {
     proxy.setRule({ method: 'PUT', path: /^\/v2\/images\/[^/]+\/file$/, kind: 'reset', afterBytes: 64 * 1024, times: 1 });
-    const handle = await startSnapshot(
-      h.client,
-      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-retried` },
-      h.config.temporal.taskQueue,
-    );
+    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-retried` }, h.config.temporal.taskQueue);
     const result = await handle.result();
     const puts = proxy.requests.filter((r) => r.method === 'PUT');
     assert.equal(puts.length, 2, 'one cut-off PUT, one that went through');

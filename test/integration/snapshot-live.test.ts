@@ -73,17 +73,9 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
   });
 
   it('copies a running guest live: one point in time, and the guest kept running', async () => {
-    const handle = await startSnapshot(
-      h.client,
-      { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` },
-      h.config.temporal.taskQueue,
-    );
+    const handle = await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` }, h.config.temporal.taskQueue);
     const result = await handle.result();
-    await recordHistory(
-      h.config.temporal.address,
-      { workflowId: handle.workflowId, runId: (await handle.describe()).runId },
-      REPLAY_FIXTURES.snapshotLive,
-    );
+    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotLive);
     assert.equal(result.mode, 'live');
     assert.ok(result.guestPauseMs <= 50, `QEMU reported a ${result.guestPauseMs} ms pause`);
     assert.equal(result.consistency, 'crash-consistent', 'no guest agent here');
@@ -95,10 +87,7 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     try {
       const image = await readCounter(downloaded.path, 'qcow2');
       assert.ok(image.a === image.b || image.a === image.b + 1, `one point in time: A=${image.a} B=${image.b}`);
-      assert.ok(
-        image.a >= seen.before.a && image.a <= seen.after.a,
-        `taken during the copy: ${seen.before.a} <= ${image.a} <= ${seen.after.a}`,
-      );
+      assert.ok(image.a >= seen.before.a && image.a <= seen.after.a, `taken during the copy: ${seen.before.a} <= ${image.a} <= ${seen.after.a}`);
       assert.ok(await patternHolds(downloaded.path, 'qcow2'), 'the bulk data came through');
     } finally {
       rmSync(downloaded.path, { force: true });
@@ -153,11 +142,7 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     try {
       await execa('virsh', ['-c', 'qemu:///system', 'destroy', off.name]);
       const result = await (
-        await startSnapshot(
-          h.client,
-          { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'live' },
-          h.config.temporal.taskQueue,
-        )
+        await startSnapshot(h.client, { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'live' }, h.config.temporal.taskQueue)
       ).result();
       assert.equal(result.mode, 'cold');
       assert.match(result.modeReason ?? '', /shutdown: a cold copy needs no pause/);

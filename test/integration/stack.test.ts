@@ -88,8 +88,7 @@ describe('dev stack', { timeout: 400_000 }, () => {
     assert.equal(anonymous.status, 401);
     const cloudEnv = { ...process.env, ...clientEnv(cfg) };
     assert.equal(cloudEnv.OS_CLOUD, 'vmsnap');
-    for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!])
-      assert.equal(statSync(file).mode & 0o777, 0o600, file);
+    for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!]) assert.equal(statSync(file).mode & 0o777, 0o600, file);
     const accounts = readAccounts(dataDir)!;
     const secrets = [accounts.adminPassword, accounts.glancePassword, accounts.vmsnapPassword, accounts.applicationCredentialSecret];
     assert.ok(
@@ -122,8 +121,7 @@ describe('dev stack', { timeout: 400_000 }, () => {
     assert.match(env.stdout, /^export OS_CLOUD=vmsnap$/m);
     assert.match(env.stdout, new RegExp(`^export OS_CLIENT_CONFIG_FILE=${dataDir}/clouds.yaml$`, 'm'));
     assert.ok(!env.stdout.includes(password));
-    for (const secret of secrets)
-      assert.ok(!env.stdout.includes(secret) && !shown.includes(secret), 'no Keystone secret in the env or the status');
+    for (const secret of secrets) assert.ok(!env.stdout.includes(secret) && !shown.includes(secret), 'no Keystone secret in the env or the status');
   });
 
   it('up a second time is harmless and keeps the same processes', async () => {

@@ -248,10 +248,7 @@ describe('PostgresStore', () => {
       );
       assert.ok(await store.compareAndSwapTaskState(VM1, 'rebuild_spawning', null, 'wf-restore'));
       // The constraint was replaced, not dropped.
-      await assert.rejects(
-        db.query(`UPDATE ${schema}.instances SET task_state = 'deleting' WHERE id = $1`, [VM1]),
-        /instances_task_state_check/,
-      );
+      await assert.rejects(db.query(`UPDATE ${schema}.instances SET task_state = 'deleting' WHERE id = $1`, [VM1]), /instances_task_state_check/);
       // Migrating again changes nothing.
       await store.migrate();
       assert.deepEqual(
@@ -268,12 +265,7 @@ describe('PostgresStore', () => {
     const store = new PostgresStore(`postgresql://${stack.user}:${wrong}@127.0.0.1:${stack.port}/${stack.database}`);
     try {
       await assert.rejects(store.findInstance(VM1), (err: unknown) => {
-        isStoreError(
-          false,
-          'findInstance',
-          'password authentication failed',
-          `postgresql://${stack.user}@127.0.0.1:${stack.port}/${stack.database}`,
-        )(err);
+        isStoreError(false, 'findInstance', 'password authentication failed', `postgresql://${stack.user}@127.0.0.1:${stack.port}/${stack.database}`)(err);
         const e = err as VmsnapError;
         assert.equal(e.details.sqlState, '28P01');
         for (const secret of [wrong, stackPassword()]) {
@@ -290,10 +282,7 @@ describe('PostgresStore', () => {
     const port = await freePort();
     const store = new PostgresStore(`postgresql://vmsnap:not-needed@127.0.0.1:${port}/vmsnap`);
     try {
-      await assert.rejects(
-        store.compareAndSwapTaskState(VM1, null, 'image_snapshot_pending', 'wf-1'),
-        isStoreError(true, `127.0.0.1:${port}`, 'ECONNREFUSED'),
-      );
+      await assert.rejects(store.compareAndSwapTaskState(VM1, null, 'image_snapshot_pending', 'wf-1'), isStoreError(true, `127.0.0.1:${port}`, 'ECONNREFUSED'));
     } finally {
       await store.close();
     }
@@ -323,11 +312,7 @@ describe('PostgresStore', () => {
 
   it('reads a libpq password file, and refuses one that others can read', async () => {
     const file = join(root, 'pgpass');
-    writeFileSync(
-      file,
-      `# comment\nother:*:*:*:nope\n127.0.0.1:${stack.port}:*:${stack.user}:${stackPassword().replace(/[\\:]/g, '\\$&')}\n`,
-      { mode: 0o600 },
-    );
+    writeFileSync(file, `# comment\nother:*:*:*:nope\n127.0.0.1:${stack.port}:*:${stack.user}:${stackPassword().replace(/[\\:]/g, '\\$&')}\n`, { mode: 0o600 });
     const { schema } = await freshSchemaUrl();
     const url = withParameter(
       withParameter(`postgresql://${stack.user}@127.0.0.1:${stack.port}/${database}`, 'passfile', file),
@@ -378,15 +363,11 @@ describe('PostgresStore', () => {
       const times: number[] = [];
       for (let i = 0; i < 200; i++) {
         const start = process.hrtime.bigint();
-        assert.ok(
-          await store.compareAndSwapTaskState(VM1, i % 2 ? 'image_snapshot_pending' : null, i % 2 ? null : 'image_snapshot_pending', 'wf'),
-        );
+        assert.ok(await store.compareAndSwapTaskState(VM1, i % 2 ? 'image_snapshot_pending' : null, i % 2 ? null : 'image_snapshot_pending', 'wf'));
         times.push(Number(process.hrtime.bigint() - start) / 1e6);
       }
       times.sort((a, b) => a - b);
-      t.diagnostic(
-        `${name}: CAS p50 ${times[100]!.toFixed(3)} ms, p95 ${times[190]!.toFixed(3)} ms, max ${times[199]!.toFixed(3)} ms (200 sequential)`,
-      );
+      t.diagnostic(`${name}: CAS p50 ${times[100]!.toFixed(3)} ms, p95 ${times[190]!.toFixed(3)} ms, max ${times[199]!.toFixed(3)} ms (200 sequential)`);
       await store.close();
     }
   });

@@ -49,13 +49,9 @@ describe('systemd units (deploy/systemd)', () => {
       assert.deepEqual(s.get('ExecStart'), [`/usr/bin/node --max-semi-space-size=1 /opt/vmsnap/dist/worker/main.js --role ${role}`], unit);
       assert.deepEqual(s.get('Restart'), ['on-failure'], unit);
       assert.deepEqual(s.get('KillMode'), ['control-group'], unit);
-      assert.ok(
-        Number.parseInt(s.get('TimeoutStopSec')?.[0] ?? '0', 10) >= 60,
-        `${unit}: TimeoutStopSec leaves a running step time to hand over`,
-      );
+      assert.ok(Number.parseInt(s.get('TimeoutStopSec')?.[0] ?? '0', 10) >= 60, `${unit}: TimeoutStopSec leaves a running step time to hand over`);
       assert.ok(s.get('EnvironmentFile')?.length, unit);
-      for (const file of ['clouds.yaml', 'secure.yaml'])
-        assert.ok(s.get('LoadCredential')?.includes(`${file}:/etc/vmsnap/${file}`), `${unit}: ${file}`);
+      for (const file of ['clouds.yaml', 'secure.yaml']) assert.ok(s.get('LoadCredential')?.includes(`${file}:/etc/vmsnap/${file}`), `${unit}: ${file}`);
       assert.ok(s.get('Environment')?.includes('OS_CLIENT_CONFIG_FILE=%d/clouds.yaml OS_CLIENT_SECURE_FILE=%d/secure.yaml'), unit);
       assert.ok(!s.get('Environment')?.some((e) => /TOKEN=|PASSWORD|API_KEY=/.test(e)), `${unit}: no secret in the unit`);
     }

@@ -101,14 +101,7 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
 
     // The search attributes find it with the CLI too.
     const listed = await eventually('the workflow in temporal workflow list', async () => {
-      const list = await temporal([
-        'workflow',
-        'list',
-        '--query',
-        `VmsnapInstanceId = '${guest.uuid}' AND VmsnapPhase = 'completed'`,
-        '--output',
-        'json',
-      ]);
+      const list = await temporal(['workflow', 'list', '--query', `VmsnapInstanceId = '${guest.uuid}' AND VmsnapPhase = 'completed'`, '--output', 'json']);
       const rows = parse<{ execution: { workflowId: string } }[] | null>(list) ?? [];
       return rows.find((r) => r.execution.workflowId === workflowId);
     });

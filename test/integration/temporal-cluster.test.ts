@@ -108,9 +108,10 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
     for (const name of Object.values(SEARCH_ATTRIBUTES)) assert.match(list.stdout, new RegExp(`"${name}"`), `search attribute ${name}`);
     const health = await execa(cfg.temporalBin, ['operator', 'cluster', 'health', '--address', address]);
     assert.match(health.stdout, /SERVING/);
-    const cluster = JSON.parse(
-      (await execa(cfg.temporalBin, ['operator', 'cluster', 'describe', '--address', address, '-o', 'json'])).stdout,
-    ) as Record<string, unknown>;
+    const cluster = JSON.parse((await execa(cfg.temporalBin, ['operator', 'cluster', 'describe', '--address', address, '-o', 'json'])).stdout) as Record<
+      string,
+      unknown
+    >;
     assert.equal(cluster.persistenceStore, 'postgres12');
     assert.equal(cluster.visibilityStore, 'postgres12');
     assert.equal(
@@ -141,11 +142,7 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
   it('takes a cold and a live snapshot, found again through SQL visibility', async () => {
     for (const mode of ['cold', 'live'] as const) {
       const result = await (
-        await startSnapshot(
-          h.client,
-          { instance: guest.uuid, imageName: `vmsnap-test-${tag}-cluster-${mode}`, mode },
-          h.config.temporal.taskQueue,
-        )
+        await startSnapshot(h.client, { instance: guest.uuid, imageName: `vmsnap-test-${tag}-cluster-${mode}`, mode }, h.config.temporal.taskQueue)
       ).result();
       assert.equal(result.mode, mode);
       assert.ok(await h.glance.getImage(result.imageId), `${mode} image in Glance`);
@@ -225,11 +222,7 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
 
   it('completes a snapshot across a Temporal server restart mid-copy', async () => {
     const imageName = `vmsnap-test-${tag}-cluster-restart`;
-    const handle = await startSnapshot(
-      h.client,
-      { instance: guest.uuid, imageName, mode: 'cold', compress: true },
-      h.config.temporal.taskQueue,
-    );
+    const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName, mode: 'cold', compress: true }, h.config.temporal.taskQueue);
     await waitForPhase(handle, 'converting');
     await server!.down();
     await sleep(2000);

@@ -152,8 +152,7 @@ describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () 
       .filter(Boolean);
     assert.ok(paragraphs.length >= 3, details);
     const text = shown.text.replace(/\s+/g, ' ');
-    for (const p of paragraphs)
-      assert.ok(text.includes(p.replace(/\s+/g, ' ')), `"${p}" is not in the Web UI's current details: ${shown.text}`);
+    for (const p of paragraphs) assert.ok(text.includes(p.replace(/\s+/g, ' ')), `"${p}" is not in the Web UI's current details: ${shown.text}`);
     assert.ok(text.includes(result.imageId) && text.includes('before the schema migration of the web frontend, kept for a week'));
     // Every line of text lies inside the iframe: none is cut off by its height.
     assert.ok(shown.bottom <= shown.height, `the last line ends at ${shown.bottom} px, the iframe shows ${shown.height} px: clipped`);

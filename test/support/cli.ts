@@ -102,12 +102,7 @@ export async function createBusyGuest(h: Harness, name: string, diskSizeMiB = 10
     await rm(dir, { recursive: true, force: true });
   }
   await execa('virsh', ['-c', h.config.libvirtUri, 'start', name]);
-  await eventually(
-    `guest ${name} counting`,
-    async () => ((await readCounter(guest.diskPath, 'qcow2')).a > 0 ? true : undefined),
-    120_000,
-    500,
-  );
+  await eventually(`guest ${name} counting`, async () => ((await readCounter(guest.diskPath, 'qcow2')).a > 0 ? true : undefined), 120_000, 500);
   return guest;
 }
 

@@ -24,11 +24,7 @@ export async function createSlowGuest(opts: { name: string; guestsDir: string; a
 }
 
 /** Polls until the snapshot's progress query reports the phase. */
-export async function waitForPhase(
-  handle: { query: (name: string) => Promise<unknown> },
-  phase: string,
-  timeoutMs = 60_000,
-): Promise<void> {
+export async function waitForPhase(handle: { query: (name: string) => Promise<unknown> }, phase: string, timeoutMs = 60_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const progress = (await handle.query('progress').catch(() => undefined)) as { phase?: string } | undefined;

@@ -148,11 +148,7 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       );
       assert.equal((await store.findInstance(VM3))?.deletedAt, null, 'other hosts are untouched');
       assert.equal(await store.releaseTaskState(VM2, 'wf-2'), true, 'the running task can still finish');
-      assert.equal(
-        await store.compareAndSwapTaskState(VM2, null, 'image_snapshot_pending', 'wf-3'),
-        false,
-        'no new task on a deleted instance',
-      );
+      assert.equal(await store.compareAndSwapTaskState(VM2, null, 'image_snapshot_pending', 'wf-3'), false, 'no new task on a deleted instance');
 
       // Seen again: alive again.
       await store.syncHostInstances('host-a', [
@@ -191,14 +187,7 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
     it("walks Nova's createImage task states back to None", async () => {
       await store.syncHostInstances('host-a', [{ id: VM1, name: 'web', powerState: 'running' }]);
       const owner = 'snapshot-vm1/run-1';
-      const steps: (TaskState | null)[] = [
-        null,
-        'image_snapshot_pending',
-        'image_snapshot',
-        'image_pending_upload',
-        'image_uploading',
-        null,
-      ];
+      const steps: (TaskState | null)[] = [null, 'image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'image_uploading', null];
       for (let i = 1; i < steps.length; i++) {
         assert.equal(await store.compareAndSwapTaskState(VM1, steps[i - 1]!, steps[i]!, owner), true, `${steps[i - 1]} -> ${steps[i]}`);
         const now = await store.getInstance(VM1);

@@ -18,12 +18,8 @@ export interface WorkerProcess {
 }
 
 /** `how`: a role of the worker run from source, or a whole command line (e.g. the container's) and its directory. */
-export function startWorkerProcess(
-  env: Record<string, string>,
-  how: 'all' | 'main' | 'host' | { command: string[]; cwd: string } = 'all',
-): WorkerProcess {
-  const [file, ...args] =
-    typeof how === 'string' ? [process.execPath, '--import', 'tsx', 'src/worker/main.ts', '--role', how] : how.command;
+export function startWorkerProcess(env: Record<string, string>, how: 'all' | 'main' | 'host' | { command: string[]; cwd: string } = 'all'): WorkerProcess {
+  const [file, ...args] = typeof how === 'string' ? [process.execPath, '--import', 'tsx', 'src/worker/main.ts', '--role', how] : how.command;
   const proc = spawn(file!, args, {
     ...(typeof how === 'string' ? { env: { ...process.env, ...env } } : { env, cwd: how.cwd }),
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -39,8 +35,7 @@ export function startWorkerProcess(
       for (;;) {
         const line = lines.find((l) => pattern.test(l));
         if (line) return line;
-        if (proc.exitCode !== null)
-          throw new Error(`worker exited (${proc.exitCode}) before logging ${pattern}:\n${lines.slice(-20).join('\n')}`);
+        if (proc.exitCode !== null) throw new Error(`worker exited (${proc.exitCode}) before logging ${pattern}:\n${lines.slice(-20).join('\n')}`);
         if (Date.now() > deadline) throw new Error(`worker did not log ${pattern} within ${timeoutMs} ms:\n${lines.slice(-20).join('\n')}`);
         await sleep(100);
       }

@@ -29,11 +29,7 @@ const auth = {
   user_domain_name: 'Default',
   project_domain_name: 'Default',
 };
-const mine = files(
-  'mine',
-  { prod: { auth, region_name: 'RegionOne', interface: 'internal', cacert: ca } },
-  { prod: { auth: { password: PASSWORD } } },
-);
+const mine = files('mine', { prod: { auth, region_name: 'RegionOne', interface: 'internal', cacert: ca } }, { prod: { auth: { password: PASSWORD } } });
 // HOME is not this folder, and no clouds.yaml is in the working directory: only what a test names is found.
 const base = { HOME: join(dir, 'home'), OS_CLIENT_CONFIG_FILE: mine };
 
@@ -87,10 +83,7 @@ describe('cloud settings (clouds.yaml, secure.yaml, OS_*)', () => {
   it('finds clouds.yaml in ~/.config/openstack when nothing names a file', () => {
     const home = join(dir, 'home2');
     mkdirSync(join(home, '.config', 'openstack'), { recursive: true });
-    writeFileSync(
-      join(home, '.config', 'openstack', 'clouds.yaml'),
-      stringify({ clouds: { h: { auth: { ...auth, password: PASSWORD } } } }),
-    );
+    writeFileSync(join(home, '.config', 'openstack', 'clouds.yaml'), stringify({ clouds: { h: { auth: { ...auth, password: PASSWORD } } } }));
     const c = loadCloudSettings({ HOME: home, OS_CLOUD: 'h' });
     assert.equal(c?.file, join(home, '.config', 'openstack', 'clouds.yaml'));
     assert.equal(c?.interface, 'public');
@@ -146,22 +139,13 @@ describe('cloud settings (clouds.yaml, secure.yaml, OS_*)', () => {
         { OS_CLOUD: 'nope', OS_CLIENT_CONFIG_FILE: mine },
         /OS_CLOUD is "nope", which .*clouds\.yaml does not define \(it has: prod\): set OS_CLOUD to one of them/,
       ],
-      [
-        { OS_CLOUD: 'prod', OS_CLIENT_CONFIG_FILE: join(dir, 'missing.yaml') },
-        /OS_CLOUD is "prod" but no clouds\.yaml was found \(looked at .*missing\.yaml/,
-      ],
-      [
-        { OS_AUTH_URL: auth.auth_url, OS_USERNAME: 'u', OS_USER_DOMAIN_NAME: 'Default', OS_PROJECT_ID: 'p' },
-        /OS_PASSWORD is not set .*secure\.yaml/,
-      ],
+      [{ OS_CLOUD: 'prod', OS_CLIENT_CONFIG_FILE: join(dir, 'missing.yaml') }, /OS_CLOUD is "prod" but no clouds\.yaml was found \(looked at .*missing\.yaml/],
+      [{ OS_AUTH_URL: auth.auth_url, OS_USERNAME: 'u', OS_USER_DOMAIN_NAME: 'Default', OS_PROJECT_ID: 'p' }, /OS_PASSWORD is not set .*secure\.yaml/],
       [
         { OS_AUTH_URL: auth.auth_url, OS_USERNAME: 'u', OS_PASSWORD: PASSWORD, OS_PROJECT_ID: 'p' },
         /OS_USER_DOMAIN_NAME or OS_USER_DOMAIN_ID is not set .*a user by name needs its domain/,
       ],
-      [
-        { OS_AUTH_URL: auth.auth_url, OS_USER_ID: 'u', OS_PASSWORD: PASSWORD },
-        /OS_PROJECT_NAME or OS_PROJECT_ID is not set .*project-scoped token/,
-      ],
+      [{ OS_AUTH_URL: auth.auth_url, OS_USER_ID: 'u', OS_PASSWORD: PASSWORD }, /OS_PROJECT_NAME or OS_PROJECT_ID is not set .*project-scoped token/],
       [
         { OS_AUTH_URL: auth.auth_url, OS_USER_ID: 'u', OS_PASSWORD: PASSWORD, OS_PROJECT_NAME: 'p' },
         /OS_PROJECT_DOMAIN_NAME or OS_PROJECT_DOMAIN_ID is not set/,
@@ -190,10 +174,7 @@ describe('cloud settings (clouds.yaml, secure.yaml, OS_*)', () => {
         },
         /OS_USERNAME or OS_USER_ID is not set .*needs its user/,
       ],
-      [
-        { OS_AUTH_URL: auth.auth_url, OS_AUTH_TYPE: 'saml2' },
-        /OS_AUTH_TYPE is "saml2": vmsnap knows password, v3applicationcredential, token and none/,
-      ],
+      [{ OS_AUTH_URL: auth.auth_url, OS_AUTH_TYPE: 'saml2' }, /OS_AUTH_TYPE is "saml2": vmsnap knows password, v3applicationcredential, token and none/],
       [{ OS_AUTH_URL: auth.auth_url, OS_TOKEN: 't', OS_INTERFACE: 'private' }, /OS_INTERFACE is "private": use public, internal or admin/],
       [{ OS_AUTH_URL: auth.auth_url, OS_TOKEN: 't', OS_CACERT: join(dir, 'no-ca.pem') }, /OS_CACERT names a file that does not exist/],
       [{ OS_AUTH_URL: 'https://keystone.example:5000/v2.0', OS_TOKEN: 't' }, /points at Keystone v2\.0, which is gone/],

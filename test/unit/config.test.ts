@@ -50,10 +50,7 @@ describe('config', () => {
 
   it('reads a JSON config file, with the environment taking precedence', () => {
     const file = join(mkdtempSync(join(tmpdir(), 'vmsnap-config-')), 'vmsnap.json');
-    writeFileSync(
-      file,
-      JSON.stringify({ VMSNAP_GLANCE_URL: 'http://glance.example:9292/', OS_AUTH_TYPE: 'none', VMSNAP_HOST: 'from-file' }),
-    );
+    writeFileSync(file, JSON.stringify({ VMSNAP_GLANCE_URL: 'http://glance.example:9292/', OS_AUTH_TYPE: 'none', VMSNAP_HOST: 'from-file' }));
     const c = loadConfig({ VMSNAP_CONFIG_FILE: file, VMSNAP_HOST: 'from-env' });
     assert.equal(c.glance.url, 'http://glance.example:9292');
     assert.equal(c.cloud?.auth.type, 'none');

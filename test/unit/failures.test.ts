@@ -4,15 +4,7 @@ import { ApplicationFailure, CancelledFailure, TerminatedFailure, TimeoutFailure
 import { ClientError, ScheduleError } from '../../src/client/errors.js';
 import { exitCodeOf, exitCodeOfType } from '../../src/client/exit-codes.js';
 import { VmsnapError } from '../../src/shared/errors.js';
-import {
-  ERRORS,
-  EXIT,
-  FAILURES,
-  PERMANENT_FAILURE_TYPES,
-  failureKind,
-  failureTypeOfCause,
-  type ErrorCode,
-} from '../../src/shared/failures.js';
+import { ERRORS, EXIT, FAILURES, PERMANENT_FAILURE_TYPES, failureKind, failureTypeOfCause, type ErrorCode } from '../../src/shared/failures.js';
 
 describe('the table of failures', () => {
   it('says once whether a retry can help, and a VmsnapError follows it', () => {

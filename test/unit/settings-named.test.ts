@@ -40,6 +40,5 @@ it('vmsnap --help names only settings that exist', () => {
 
 it('README names only settings that exist', () => {
   const named = [...new Set(readFileSync('README.md', 'utf8').match(NAME))];
-  for (const name of named)
-    assert.ok(exists(name, code) || exists(name, temporal) || exists(name, stack), `README names ${name}, which nothing reads`);
+  for (const name of named) assert.ok(exists(name, code) || exists(name, temporal) || exists(name, stack), `README names ${name}, which nothing reads`);
 });

@@ -61,10 +61,7 @@ describe('SqliteStore', () => {
     const other = new Database(path);
     other.exec('BEGIN IMMEDIATE');
     try {
-      await assert.rejects(
-        store.compareAndSwapTaskState(VM1, null, 'image_snapshot_pending', 'wf-1'),
-        isStoreError(true, path, 'compareAndSwapTaskState'),
-      );
+      await assert.rejects(store.compareAndSwapTaskState(VM1, null, 'image_snapshot_pending', 'wf-1'), isStoreError(true, path, 'compareAndSwapTaskState'));
       assert.equal((await store.findInstance('web'))?.id, VM1, 'WAL readers do not wait for the writer');
     } finally {
       other.exec('ROLLBACK');

@@ -14,11 +14,7 @@ describe('snapshot request validation', () => {
     assert.deepEqual(fields(null), ['input']);
     assert.deepEqual(fields({}), ['instance', 'imageName']);
     assert.deepEqual(fields({ instance: 'x', imageName: 'y', colour: 'red' }), ['colour']);
-    assert.deepEqual(fields({ instance: 'x', imageName: 'y', mode: 'hot', diskFormat: 'vmdk', compress: 'yes' }), [
-      'mode',
-      'diskFormat',
-      'compress',
-    ]);
+    assert.deepEqual(fields({ instance: 'x', imageName: 'y', mode: 'hot', diskFormat: 'vmdk', compress: 'yes' }), ['mode', 'diskFormat', 'compress']);
     assert.deepEqual(fields({ instance: 'x', imageName: 'y', imageId: 'not-a-uuid', userId: 'a b' }), ['imageId', 'userId']);
   });
 
@@ -36,16 +32,7 @@ describe('snapshot request validation', () => {
   });
 
   it('refuses metadata that sets reserved or never-inherited keys, or is too big', () => {
-    for (const key of [
-      'image_type',
-      'instance_uuid',
-      'owner',
-      'os_glance_foo',
-      'img_signature',
-      'cache_in_nova',
-      'status',
-      'vmsnap_schedule',
-    ]) {
+    for (const key of ['image_type', 'instance_uuid', 'owner', 'os_glance_foo', 'img_signature', 'cache_in_nova', 'status', 'vmsnap_schedule']) {
       assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: { [key]: 'v' } }), [`metadata.${key}`], key);
     }
     assert.deepEqual(fields({ instance: 'x', imageName: 'y', metadata: { k: 'v'.repeat(256) } }), ['metadata.k']);

@@ -98,8 +98,7 @@ export class FakeCloud {
 
   private instance(id: string): FakeInstance {
     const found = this.instances.get(id);
-    if (!found || found.power === 'gone')
-      throw ApplicationFailure.create({ type: 'InstanceNotFound', message: `no instance ${id}`, nonRetryable: true });
+    if (!found || found.power === 'gone') throw ApplicationFailure.create({ type: 'InstanceNotFound', message: `no instance ${id}`, nonRetryable: true });
     return found;
   }
 
@@ -195,8 +194,7 @@ export class FakeCloud {
           const { status } = await client().workflow.getHandle(workflowId, runId).describe();
           if (status.name === 'RUNNING') continue;
           const events = this.events.filter((e) => e.instanceId === instance.id && e.requestId === owner).map((e) => e.event);
-          const imageId = this.events.find((e) => e.instanceId === instance.id && e.requestId === owner && e.event === 'start')?.details
-            .imageId;
+          const imageId = this.events.find((e) => e.instanceId === instance.id && e.requestId === owner && e.event === 'start')?.details.imageId;
           abandoned.push({
             instanceId: instance.id,
             host: instance.host,
@@ -234,14 +232,7 @@ export class FakeCloud {
       // As the real one: pause, copy, resume on every path (a dead worker aside), and the budget kept here.
       coldCopyDisk: hooked(
         'coldCopyDisk',
-        async (input: {
-          instanceId: string;
-          imageId: string;
-          diskFormat: 'qcow2' | 'raw';
-          owner: string;
-          pause: boolean;
-          pauseBudgetMs: number;
-        }) => {
+        async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; owner: string; pause: boolean; pauseBudgetMs: number }) => {
           const instance = this.instance(input.instanceId);
           if (input.pause) {
             record(input.instanceId, 'pause', input.owner);
@@ -333,11 +324,12 @@ export class FakeCloud {
         const image = this.images.get(input.imageId);
         if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
         image.status = 'active';
-        return { size: 1024, sha512: 'f'.repeat(128), md5: 'f'.repeat(32) };
+        return { size: 1024, sha512: 'f'.repeat(128) };
       }),
       removeSnapshotFiles: hooked('removeSnapshotFiles', async (imageId: string) => {
         this.tempDirs.delete(imageId);
       }),
+      abortAbandonedLiveCopy: hooked('abortAbandonedLiveCopy', async () => false),
       removeOrphanSnapshotDirs: hooked('removeOrphanSnapshotDirs', async () => [] as string[]),
       prunePreRestoreDisks: hooked('prunePreRestoreDisks', async () => [] as string[]),
       removeAbandonedNewInstances: hooked('removeAbandonedNewInstances', async () => [] as string[]),
@@ -459,8 +451,7 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
       for (;;) {
         const progress = await handle.query<SnapshotProgress>('progress');
         if (progress.phase === phase) return;
-        if (['completed', 'failed', 'cancelled'].includes(progress.phase))
-          throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
+        if (['completed', 'failed', 'cancelled'].includes(progress.phase)) throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     },

@@ -103,27 +103,11 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'finish']);
     // The slot holder reads the power state; one host step pauses, copies and resumes.
     const host = cloud.calls.filter((c) =>
-      [
-        'getPowerState',
-        'liveCopySupport',
-        'inspectInstance',
-        'pauseInstance',
-        'convertDisk',
-        'coldCopyDisk',
-        'resumeInstance',
-        'uploadImage',
-      ].includes(c),
+      ['getPowerState', 'liveCopySupport', 'inspectInstance', 'pauseInstance', 'convertDisk', 'coldCopyDisk', 'resumeInstance', 'uploadImage'].includes(c),
     );
     assert.deepEqual(host, ['coldCopyDisk', 'uploadImage']);
     // Nova's task states: image_pending_upload while the copy is made.
-    assert.deepEqual(states, [
-      'image_snapshot_pending',
-      'image_snapshot',
-      'image_pending_upload',
-      'copying in image_pending_upload',
-      'image_uploading',
-      null,
-    ]);
+    assert.deepEqual(states, ['image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'copying in image_pending_upload', 'image_uploading', null]);
     assert.equal(cloud.instances.get(id)?.power, 'running');
     assert.equal(cloud.instances.get(id)?.taskState, null);
     assert.deepEqual([...cloud.tempDirs], []);

@@ -32,8 +32,11 @@ async function agentFiles(): Promise<string[]> {
   return [QEMU_GA, ...libs];
 }
 
+let writes = 0;
+
 async function writeAtomic(file: string, data: Buffer | string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
+  // Unique per call: two guests built at once in one process write the same kernel.
+  const tmp = `${file}.tmp-${process.pid}-${++writes}`;
   await fs.writeFile(tmp, data);
   await fs.chmod(tmp, 0o644); // readable by QEMU whatever the umask
   await fs.rename(tmp, file);
@@ -69,10 +72,7 @@ export async function mkdirForQemu(dir: string): Promise<void> {
  * defined domain does not depend on /boot changing underneath. With guestAgent the initramfs is a
  * separate one (initrd-agent.img, own stamp) that also holds qemu-ga; the plain one is unchanged.
  */
-export async function buildGuestAssets(
-  assetsDir: string,
-  opts: { guestAgent?: boolean } = {},
-): Promise<{ kernel: string; initrd: string }> {
+export async function buildGuestAssets(assetsDir: string, opts: { guestAgent?: boolean } = {}): Promise<{ kernel: string; initrd: string }> {
   const agent = opts.guestAgent === true;
   const dir = path.resolve(assetsDir);
   const kernelOut = path.join(dir, 'vmlinuz');
@@ -81,9 +81,7 @@ export async function buildGuestAssets(
   const initScript = agent ? agentInitScript() : INIT_SCRIPT;
 
   const kernel = await findKernel();
-  const moduleFiles = [...VIRTIO_MODULES, ...(agent ? AGENT_MODULES : [])].map(
-    (m) => `/lib/modules/${kernel.version}/kernel/drivers/${m}.ko`,
-  );
+  const moduleFiles = [...VIRTIO_MODULES, ...(agent ? AGENT_MODULES : [])].map((m) => `/lib/modules/${kernel.version}/kernel/drivers/${m}.ko`);
   const agentBinaries = agent ? await agentFiles() : [];
   const inputs = [kernel.path, BUSYBOX, ...moduleFiles, ...agentBinaries];
   const stats = await Promise.all(

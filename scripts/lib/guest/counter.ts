@@ -58,11 +58,7 @@ export async function readCounter(imagePath: string, format?: 'qcow2' | 'raw'): 
   }
   const offA = RECORD_MARGIN;
   const offB = size - RECORD_MARGIN;
-  const r = await execa(
-    'qemu-io',
-    ['-r', '-U', '-f', fmt, '-c', `read -v ${offA} ${SECTOR}`, '-c', `read -v ${offB} ${SECTOR}`, imagePath],
-    { reject: false },
-  );
+  const r = await execa('qemu-io', ['-r', '-U', '-f', fmt, '-c', `read -v ${offA} ${SECTOR}`, '-c', `read -v ${offB} ${SECTOR}`, imagePath], { reject: false });
   if (r.failed || /error|failed/i.test(r.stderr)) {
     throw new GuestError(`qemu-io read of ${imagePath} failed: ${(r.stderr || r.stdout).trim()}`);
   }

@@ -153,21 +153,14 @@ function terminatedText(lastPhase: string | undefined): string {
 }
 
 /** `snapshot --wait`: follows the snapshot and sets the exit code from how it ended. */
-export async function waitAndReport(
-  session: Session,
-  g: GlobalOptions,
-  handle: SnapshotHandle,
-  instance: string,
-): Promise<Outcome & { cause?: unknown }> {
+export async function waitAndReport(session: Session, g: GlobalOptions, handle: SnapshotHandle, instance: string): Promise<Outcome & { cause?: unknown }> {
   const { io } = session;
   // Progress goes where a person looks: stdout, or stderr when stdout carries the JSON document.
   const stream = g.json ? io.stderr : io.stdout;
   const view = g.json && !io.stderr.isTTY ? undefined : new ProgressView(stream, stream.isTTY ? 'tty' : 'plain');
   const onInterrupt = () => {
     view?.end();
-    io.stderr.write(
-      `vmsnap: stopped waiting; the snapshot goes on: follow it with vmsnap status ${instance}, stop it with vmsnap cancel ${instance}\n`,
-    );
+    io.stderr.write(`vmsnap: stopped waiting; the snapshot goes on: follow it with vmsnap status ${instance}, stop it with vmsnap cancel ${instance}\n`);
     process.exit(EXIT.interrupted);
   };
   process.once('SIGINT', onInterrupt);

@@ -54,10 +54,7 @@ function endQuietlyOnClosedOutput(io: CliIo): void {
   }
 }
 
-export async function main(
-  argv: string[],
-  io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env },
-): Promise<number> {
+export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env }): Promise<number> {
   endQuietlyOnClosedOutput(io);
   const session = new Session(io);
   const program = buildProgram(session);

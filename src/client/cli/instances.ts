@@ -16,15 +16,7 @@ export function registerInstanceCommands(program: Command, session: Session): vo
           empty: 'no instances known yet: a host worker discovers them from libvirt when it starts',
           note: 'power states as their host worker last read them from libvirt (POWER READ); vmsnap status shows a running snapshot live',
           header: ['ID', 'NAME', 'HOST', 'POWER', 'TASK', 'UPDATED', 'POWER READ'],
-          row: (r) => [
-            r.id,
-            r.name,
-            r.host,
-            r.deletedAt ? 'deleted' : r.powerState,
-            r.taskState ?? 'None',
-            since(r.updatedAt),
-            age(r.powerStateAt),
-          ],
+          row: (r) => [r.id, r.name, r.host, r.deletedAt ? 'deleted' : r.powerState, r.taskState ?? 'None', since(r.updatedAt), age(r.powerStateAt)],
         });
       }),
     );

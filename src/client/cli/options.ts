@@ -1,11 +1,12 @@
 // Parsing and wording shared by the commands: option values, request problems in the words of
 // the command line, and the few formats of times.
-import { InvalidArgumentError } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { VmsnapError } from '../../shared/errors.js';
 import { validateSnapshotRequest, type InputProblem } from '../../shared/validation.js';
 import { instanceAliases } from '../inventory.js';
 import { formatDuration } from '../progress.js';
+import { LISTABLE_STATUSES, type ListableStatus } from '../snapshots.js';
 import type { Session } from './session.js';
 
 export const SETTINGS_HELP = `Settings (environment, or a JSON file named by VMSNAP_CONFIG_FILE):
@@ -85,7 +86,26 @@ export function since(iso: string | undefined): string {
  * A list command's --instance: refused unless it is an instance UUID or name, then widened to the
  * names the inventory knows it by (a run started by name is found by UUID, and the other way).
  */
-export async function instanceFilter(session: Session, instance: string | undefined): Promise<string[] | undefined> {
+/** What the list commands take: --instance, --status and --limit. */
+export interface ListOptions {
+  instance?: string;
+  status?: ListableStatus;
+  limit: number;
+}
+
+export function addListOptions(command: Command, noun: string): void {
+  command
+    .option('--instance <instance>', `only ${noun} of this instance (UUID or name)`)
+    .addOption(new Option('--status <status>', `only ${noun} in this state`).choices(Object.keys(LISTABLE_STATUSES)))
+    .option('--limit <n>', 'at most this many', positiveInt, 20);
+}
+
+/** The list filter as the client takes it: an --instance also matches its other names. */
+export async function listFilter(session: Session, opts: ListOptions): Promise<{ instance?: string[]; status?: ListableStatus; limit: number }> {
+  return { instance: await instanceFilter(session, opts.instance), status: opts.status, limit: opts.limit };
+}
+
+async function instanceFilter(session: Session, instance: string | undefined): Promise<string[] | undefined> {
   if (instance === undefined) return undefined;
   if (validateSnapshotRequest({ instance, imageName: 'x' }).length) {
     throw new VmsnapError('InvalidInput', `--instance "${instance}" is not an instance UUID or name: give one as virsh list shows it`);

@@ -1,29 +1,19 @@
 // `vmsnap restore ...`: restore an instance from an image, roll a restore back, and see, list and
 // cancel restores as the snapshot commands do for snapshots (same exit codes, --json, text).
-import { Option, type Command } from 'commander';
+import type { WorkflowHandle } from '@temporalio/client';
+import type { Command } from 'commander';
 import { VmsnapError } from '../../shared/errors.js';
 import type { RestoreRequest, RestoreResult, RollbackResult } from '../../shared/types.js';
 import { validateRestoreRequest, validateRollbackRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
 import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
-import { ProgressView, formatBytes, formatDuration } from '../progress.js';
-import {
-  cancelRestore,
-  findRestore,
-  getRestoreProgress,
-  listRestores,
-  resolveImage,
-  restoreResult,
-  startRestore,
-  startRollback,
-  type RestoreHandle,
-  type RestoreProgressDetails,
-  type RestoreSummary,
-} from '../restores.js';
-import { LISTABLE_STATUSES, oneLine, type ListableStatus, type SnapshotProgressDetails } from '../snapshots.js';
-import { describeProgress, followWork, outcomeOf } from './follow.js';
-import { describeCliProblem, instanceFilter, positiveInt, since } from './options.js';
+import { formatBytes, formatDuration } from '../progress.js';
+import * as restores from '../restores.js';
+import type { RestoreHandle, RestoreProgressDetails } from '../restores.js';
+import { followWork, outcomeOf } from './follow.js';
+import { addListOptions, describeCliProblem, listFilter, since, type ListOptions } from './options.js';
+import { readStatus, statusRows } from './status.js';
 import { table, withGlobals, type GlobalOptions, type Session } from './session.js';
 
 export function registerRestoreCommands(program: Command, session: Session): void {
@@ -43,58 +33,47 @@ export function registerRestoreCommands(program: Command, session: Session): voi
       `\nrestore status <instance>: the restore's phase while it runs, its result or error after.\nrestore list: restores and rollbacks, latest first.\nrestore cancel <instance>: undo a running restore (the guest runs on its previous disk).\nrestore rollback <instance>: put the pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`,
     )
     .action(
-      withGlobals(
-        async (
+      withGlobals(async (g, instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }) => {
+        if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
+        const config = session.getConfig();
+        // Checked before the image is looked up: bad input is refused before any connection.
+        const probe = validateRestoreRequest({
+          instance,
+          imageId: '00000000-0000-4000-8000-000000000000',
+          ...(opts.asNew !== undefined ? { asNew: opts.asNew } : {}),
+        });
+        if (probe.length) throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
+        const imageId = await restores.resolveImage(config, opts.image);
+        const request: RestoreRequest = {
+          instance,
+          imageId,
+          ...(opts.allowOtherImage ? { allowOtherImage: true } : {}),
+          ...(opts.allowGrow ? { allowGrow: true } : {}),
+          ...(opts.asNew ? { asNew: opts.asNew } : {}),
+        };
+        const client = await session.getClient();
+        const handle = await restores.startRestore(client, request, config.temporal.taskQueue);
+        const runId = handle.firstExecutionRunId;
+        const started = { workflowId: handle.workflowId, runId, instance, imageId };
+        if (!opts.wait) {
+          if (g.json) session.json({ ...started, status: 'running' });
+          session.say(g, `started restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
+          const link = session.webUiLink(handle.workflowId, runId);
+          session.say(g, `follow it with: vmsnap restore status ${instance}${link ? `, or ${link}` : ''}; cancel it with: vmsnap restore cancel ${instance}`);
+          return;
+        }
+        session.say(g, `restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
+        const ended = await followWork(
+          session,
           g,
-          instance: string,
-          opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean },
-        ) => {
-          if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
-          const config = session.getConfig();
-          // Checked before the image is looked up: bad input is refused before any connection.
-          const probe = validateRestoreRequest({
-            instance,
-            imageId: '00000000-0000-4000-8000-000000000000',
-            ...(opts.asNew !== undefined ? { asNew: opts.asNew } : {}),
-          });
-          if (probe.length)
-            throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
-          const imageId = await resolveImage(config, opts.image);
-          const request: RestoreRequest = {
-            instance,
-            imageId,
-            ...(opts.allowOtherImage ? { allowOtherImage: true } : {}),
-            ...(opts.allowGrow ? { allowGrow: true } : {}),
-            ...(opts.asNew ? { asNew: opts.asNew } : {}),
-          };
-          const client = await session.getClient();
-          const handle = await startRestore(client, request, config.temporal.taskQueue);
-          const runId = handle.firstExecutionRunId;
-          const started = { workflowId: handle.workflowId, runId, instance, imageId };
-          if (!opts.wait) {
-            if (g.json) session.json({ ...started, status: 'running' });
-            session.say(g, `started restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
-            const link = session.webUiLink(handle.workflowId, runId);
-            session.say(
-              g,
-              `follow it with: vmsnap restore status ${instance}${link ? `, or ${link}` : ''}; cancel it with: vmsnap restore cancel ${instance}`,
-            );
-            return;
-          }
-          session.say(g, `restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
-          const ended = await followWork(
-            session,
-            g,
-            () => restoreResult(handle),
-            () => getRestoreProgress(handle),
-            instance,
-          );
-          if (g.json) session.json({ ...started, ...ended.outcome });
-          if (ended.outcome.result)
-            session.say(g, restoreText(instance, ended.outcome.result as RestoreResult, session.webUiLink(handle.workflowId, runId)));
-          if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
-        },
-      ),
+          () => restores.restoreResult(handle),
+          () => restores.getRestoreProgress(handle),
+          instance,
+        );
+        if (g.json) session.json({ ...started, ...ended.outcome });
+        if (ended.outcome.result) session.say(g, restoreText(instance, ended.outcome.result as RestoreResult, session.webUiLink(handle.workflowId, runId)));
+        if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
+      }),
     );
 
   restore
@@ -104,13 +83,9 @@ export function registerRestoreCommands(program: Command, session: Session): voi
     .action(
       withGlobals(async (g, instance: string) => {
         const problems = validateRollbackRequest({ instance });
-        if (problems.length)
-          throw new VmsnapError(
-            'InvalidInput',
-            `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`,
-          );
+        if (problems.length) throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`);
         const config = session.getConfig();
-        const handle = await startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
+        const handle = await restores.startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
         const ended = await followWork(session, g, () => handle.result(), undefined, instance);
         if (g.json) session.json({ workflowId: handle.workflowId, runId: handle.firstExecutionRunId, instance, ...ended.outcome });
         const r = ended.outcome.result as RollbackResult | undefined;
@@ -131,117 +106,62 @@ export function registerRestoreCommands(program: Command, session: Session): voi
       withGlobals(async (g, ref: string) => {
         const config = session.getConfig();
         const client = await session.getClient();
-        const found = await findRestore(client, ref, await instanceAliases(config, ref));
-        if (!found)
-          throw new ClientError(
-            'RestoreNotFound',
-            `no restore of ${ref} found: check the instance UUID or name, or see vmsnap restore list`,
-          );
+        const found = await restores.findRestore(client, ref, await instanceAliases(config, ref));
+        if (!found) throw new ClientError('RestoreNotFound', `no restore of ${ref} found: check the instance UUID or name, or see vmsnap restore list`);
         const handle = client.workflow.getHandle(found.workflowId, found.runId) as RestoreHandle;
-        const doc: RestoreSummary & {
-          progress?: RestoreProgressDetails;
-          progressError?: string;
-          result?: unknown;
-          error?: { type: string; message: string };
-        } = { ...found };
-        if (found.status === 'running' && found.action === 'restore') {
-          try {
-            doc.progress = await client.withDeadline(Date.now() + 5000, () => getRestoreProgress(handle));
-          } catch (err) {
-            doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
-          }
-        } else if (found.status !== 'running') {
-          const ended = outcomeOf(
-            await handle.result().then(
-              (result) => ({ result }),
-              (error: unknown) => ({ error }),
+        // A rollback answers no progress query: while it runs, visibility's phase is all there is.
+        const progress = found.action === 'restore' ? (h: WorkflowHandle) => restores.getRestoreProgress(h as RestoreHandle) : undefined;
+        const status = await readStatus<RestoreProgressDetails, RestoreResult | RollbackResult>(found, handle, progress);
+        const r = found.action === 'restore' ? (status.result as RestoreResult | undefined) : undefined;
+        session.show(g, { ...found, ...status }, () =>
+          table(
+            statusRows(
+              session,
+              found,
+              status,
+              r?.imageId,
+              [
+                ...(r
+                  ? [['downtime', `${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`]]
+                  : []),
+                ...(r?.newInstance ? [['new instance', `${r.newInstance.name} (${r.newInstance.id})`]] : []),
+                ...(r?.preRestorePath ? [['pre-restore', `${r.preRestorePath}, kept until ${r.preRestoreKeptUntil}`]] : []),
+              ],
+              `, ${found.action}`,
             ),
-          );
-          doc.result = ended.result;
-          doc.error = ended.error;
-        }
-        if (g.json) {
-          session.json(doc);
-          return;
-        }
-        const p = doc.progress;
-        const r = found.action === 'restore' ? (doc.result as RestoreResult | undefined) : undefined;
-        const view = new ProgressView(io.stdout, 'plain');
-        const lines = [
-          ['workflow', `${found.workflowId} (run ${found.runId}), ${found.action}`],
-          ['status', found.status],
-          ['phase', p ? describeProgress(view, p as unknown as SnapshotProgressDetails) : (found.phase ?? '-')],
-          ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
-          ['image', r?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
-          ...(p ? [['task state', p.taskState ?? 'None']] : []),
-          ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
-          ['started', since(found.startTime)],
-          ['closed', since(found.closeTime)],
-          ...(r
-            ? [
-                [
-                  'downtime',
-                  `${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
-                ],
-              ]
-            : []),
-          ...(r?.newInstance ? [['new instance', `${r.newInstance.name} (${r.newInstance.id})`]] : []),
-          ...(r?.preRestorePath ? [['pre-restore', `${r.preRestorePath}, kept until ${r.preRestoreKeptUntil}`]] : []),
-          ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
-          ...(doc.progressError ? [['note', doc.progressError]] : []),
-          ...(session.webUiLink(found.workflowId, found.runId) ? [['web UI', session.webUiLink(found.workflowId, found.runId)!]] : []),
-        ];
-        session.say(g, table(lines));
+          ),
+        );
       }),
     );
 
-  restore
-    .command('list')
-    .description('list restores and rollbacks, most recently started first (from Temporal visibility)')
-    .option('--instance <instance>', 'only restores of this instance (UUID or name)')
-    .addOption(new Option('--status <status>', 'only restores in this state').choices(Object.keys(LISTABLE_STATUSES)))
-    .option('--limit <n>', 'at most this many', positiveInt, 20)
-    .action(
-      withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
-        const instance = await instanceFilter(session, opts.instance);
-        const rows = await listRestores(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
-        session.showList(g, rows, {
-          empty: 'no restores found',
-          header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
-          row: (r) => [
-            r.workflowId,
-            r.action,
-            r.status,
-            r.phase ?? '-',
-            r.instanceId ?? '-',
-            r.imageId ?? '-',
-            since(r.startTime),
-            since(r.closeTime),
-          ],
-        });
-      }),
-    );
+  const list = restore.command('list').description('list restores and rollbacks, most recently started first (from Temporal visibility)');
+  addListOptions(list, 'restores');
+  list.action(
+    withGlobals(async (g, opts: ListOptions) => {
+      const rows = await restores.listRestores(await session.getClient(), await listFilter(session, opts));
+      session.showList(g, rows, {
+        empty: 'no restores found',
+        header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
+        row: (r) => [r.workflowId, r.action, r.status, r.phase ?? '-', r.instanceId ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
+      });
+    }),
+  );
 
   restore
     .command('cancel')
-    .description(
-      'cancel a running restore: before the swap the instance is left as it was; after it, the previous disk goes back and the guest is started',
-    )
+    .description('cancel a running restore: before the swap the instance is left as it was; after it, the previous disk goes back and the guest is started')
     .argument('<instance|workflow-id>', 'instance UUID or name, or a workflow id')
     .option('--wait', 'wait until the restore has undone its work and ended')
     .action(async (ref: string, opts: { wait?: boolean }, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOptions>();
       const config = session.getConfig();
       const client = await session.getClient();
-      const { handle, runId } = await cancelRestore(client, ref, await instanceAliases(config, ref));
+      const { handle, runId } = await restores.cancelRestore(client, ref, await instanceAliases(config, ref));
       const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
       // `restore` has a --wait of its own, which commander gives the flag to: read either.
       if (!(opts.wait ?? cmd.optsWithGlobals<{ wait?: boolean }>().wait)) {
         if (g.json) session.json(doc);
-        session.say(
-          g,
-          `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap restore status ${ref}`,
-        );
+        session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap restore status ${ref}`);
         return;
       }
       const ended = outcomeOf(
@@ -258,9 +178,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
         );
       } else {
         session.exitCode = EXIT.failed;
-        io.stderr.write(
-          `vmsnap: the restore ended ${ended.status} before the cancellation took effect: see vmsnap restore status ${ref}\n`,
-        );
+        io.stderr.write(`vmsnap: the restore ended ${ended.status} before the cancellation took effect: see vmsnap restore status ${ref}\n`);
       }
     });
 }
@@ -274,9 +192,7 @@ function restoreText(instance: string, r: RestoreResult, link: string | undefine
     `  image        ${r.imageId}, ${formatBytes(r.downloadedBytes)} downloaded, sha512 verified`,
     `  disk         ${r.diskPath} (${r.diskFormat}, virtual ${formatBytes(r.virtualSize)})`,
     ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
-    ...(r.preRestorePath
-      ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`]
-      : []),
+    ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
     `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
     `  phases       ${phases}`,
     ...(link ? [`  web UI       ${link}`] : []),

@@ -40,6 +40,19 @@ function whenText(s: Pick<VmsnapSchedule, 'cron' | 'every'>): string {
   return s.cron ? `cron "${s.cron}" (UTC)` : s.every ? `every ${s.every}` : '-';
 }
 
+const KEEPS = {
+  last: 'the n newest images of each instance',
+  daily: 'the newest image of each of the last n days that have one',
+  weekly: 'the newest image of each of the last n weeks that have one',
+};
+
+/** --keep-last/daily/weekly, worded the same wherever a retention policy is given. */
+function addKeepOptions(command: Command, lead: string): void {
+  for (const [unit, what] of Object.entries(KEEPS)) {
+    command.addOption(new Option(`--keep-${unit} <n>`, `${lead} ${what}`).argParser(nonNegativeInt));
+  }
+}
+
 function retentionOf(opts: { keepLast?: number; keepDaily?: number; keepWeekly?: number }): RetentionPolicy | undefined {
   const policy: RetentionPolicy = {
     ...(opts.keepLast !== undefined ? { keepLast: opts.keepLast } : {}),
@@ -52,26 +65,19 @@ function retentionOf(opts: { keepLast?: number; keepDaily?: number; keepWeekly?:
 export function registerScheduleCommands(program: Command, session: Session): void {
   const schedule = program
     .command('schedule')
-    .description(
-      'snapshots on a schedule (cron or interval), with retention: create, list, describe, pause, unpause, trigger, delete; retention --dry-run',
-    )
+    .description('snapshots on a schedule (cron or interval), with retention: create, list, describe, pause, unpause, trigger, delete; retention --dry-run')
     .addHelpText('after', `\n${SCHEDULE_HELP}\n`);
 
-  schedule
+  const create = schedule
     .command('create')
     .description('create a schedule that snapshots one instance or a selection, then applies its retention')
     .argument('<name>', 'name of the schedule (letters, digits, "_", "." and "-")')
     .requiredOption('--instance <instance>', 'instance UUID or name; repeat, or separate with commas, for a selection', listOption)
     .option('--cron <expression>', 'when, as a cron expression in UTC, e.g. "0 3 * * *"')
-    .option('--every <duration>', 'when, as an interval, e.g. 6h, 30m, 1d')
-    .option('--keep-last <n>', 'retention: keep the n newest images of each instance', nonNegativeInt)
-    .option('--keep-daily <n>', 'retention: keep the newest image of each of the last n days that have one', nonNegativeInt)
-    .option('--keep-weekly <n>', 'retention: keep the newest image of each of the last n weeks that have one', nonNegativeInt)
-    .option(
-      '--catchup-window <duration>',
-      'how late a run missed while Temporal was away may still start',
-      schedules.DEFAULT_CATCHUP_WINDOW,
-    )
+    .option('--every <duration>', 'when, as an interval, e.g. 6h, 30m, 1d');
+  addKeepOptions(create, 'retention: keep');
+  create
+    .option('--catchup-window <duration>', 'how late a run missed while Temporal was away may still start', schedules.DEFAULT_CATCHUP_WINDOW)
     .option('--image-prefix <prefix>', 'images are named <prefix>-<instance>-<time> (default: the schedule name)')
     .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
     .addOption(new Option('--format <format>', 'disk format of the images (default qcow2)').choices(['qcow2', 'raw']))
@@ -194,10 +200,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
       .action(
         withGlobals(async (g, name: string, opts: { note?: string }) => {
           const client = await session.getClient();
-          const d =
-            verb === 'pause'
-              ? await schedules.pauseSchedule(client, name, opts.note)
-              : await schedules.unpauseSchedule(client, name, opts.note);
+          const d = verb === 'pause' ? await schedules.pauseSchedule(client, name, opts.note) : await schedules.unpauseSchedule(client, name, opts.note);
           session.show(g, d, () => `schedule ${d.name} ${d.paused ? 'paused' : 'active'}${d.note ? `: ${d.note}` : ''}`);
         }),
       );
@@ -220,27 +223,25 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     (_doc, name) => `deleted schedule ${name}; the images it made stay in Glance`,
   );
 
-  schedule
+  const retention = schedule
     .command('retention')
     .description("show what the schedule's retention would keep and delete now, and why (nothing is deleted)")
     .argument('<name>', 'the schedule name')
-    .option('--dry-run', 'required: only show, delete nothing')
-    .option('--keep-last <n>', "what if: this keep-last instead of the schedule's", nonNegativeInt)
-    .option('--keep-daily <n>', "what if: this keep-daily instead of the schedule's", nonNegativeInt)
-    .option('--keep-weekly <n>', "what if: this keep-weekly instead of the schedule's", nonNegativeInt)
-    .action(
-      withGlobals(async (g, name: string, opts: { dryRun?: boolean; keepLast?: number; keepDaily?: number; keepWeekly?: number }) => {
-        if (!opts.dryRun) {
-          throw new VmsnapError(
-            'InvalidInput',
-            `retention is applied by each run of the schedule: add --dry-run to see what it would keep and delete now (vmsnap schedule trigger ${name} runs it)`,
-          );
-        }
-        const policy = retentionOf(opts);
-        const plan = await schedules.previewRetention(await session.getClient(), session.getConfig(), name, policy ? { policy } : {});
-        session.show(g, { ...plan, dryRun: true }, () => retentionPlanText(name, plan));
-      }),
-    );
+    .option('--dry-run', 'required: only show, delete nothing');
+  addKeepOptions(retention, "what if, instead of the schedule's: keep");
+  retention.action(
+    withGlobals(async (g, name: string, opts: { dryRun?: boolean; keepLast?: number; keepDaily?: number; keepWeekly?: number }) => {
+      if (!opts.dryRun) {
+        throw new VmsnapError(
+          'InvalidInput',
+          `retention is applied by each run of the schedule: add --dry-run to see what it would keep and delete now (vmsnap schedule trigger ${name} runs it)`,
+        );
+      }
+      const policy = retentionOf(opts);
+      const plan = await schedules.previewRetention(await session.getClient(), session.getConfig(), name, policy ? { policy } : {});
+      session.show(g, { ...plan, dryRun: true }, () => retentionPlanText(name, plan));
+    }),
+  );
 }
 
 function describeText(d: VmsnapScheduleDetails): string {

@@ -26,9 +26,7 @@ export interface GlobalOptions {
  * A command's action with the global options (--json, --debug) first, then what commander passes:
  * its arguments and its options (the Command itself, last, is taken off).
  */
-export function withGlobals<A extends unknown[]>(
-  action: (g: GlobalOptions, ...args: A) => Promise<void>,
-): (...args: unknown[]) => Promise<void> {
+export function withGlobals<A extends unknown[]>(action: (g: GlobalOptions, ...args: A) => Promise<void>): (...args: unknown[]) => Promise<void> {
   return (...args) => {
     const cmd = args.at(-1) as Command;
     return action(cmd.optsWithGlobals<GlobalOptions>(), ...(args.slice(0, -1) as A));

@@ -7,23 +7,11 @@ import { validateSnapshotRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
 import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
 import { instanceAliases } from '../inventory.js';
-import { ProgressView, formatBytes, formatDuration } from '../progress.js';
-import {
-  LISTABLE_STATUSES,
-  cancelSnapshot,
-  findSnapshot,
-  getProgress,
-  listSnapshots,
-  oneLine,
-  snapshotResult,
-  startSnapshot,
-  type ListableStatus,
-  type SnapshotHandle,
-  type SnapshotProgressDetails,
-  type SnapshotSummary,
-} from '../snapshots.js';
-import { describeProgress, follow, outcomeOf, waitAndReport, type Outcome } from './follow.js';
-import { describeCliProblem, instanceFilter, metadataOption, positiveInt, since } from './options.js';
+import { formatBytes, formatDuration } from '../progress.js';
+import { cancelSnapshot, findSnapshot, getProgress, listSnapshots, startSnapshot, type SnapshotHandle, type SnapshotProgressDetails } from '../snapshots.js';
+import { follow, outcomeOf, waitAndReport } from './follow.js';
+import { addListOptions, describeCliProblem, listFilter, metadataOption, since, type ListOptions } from './options.js';
+import { readStatus, statusRows } from './status.js';
 import { table, withGlobals, type Session } from './session.js';
 
 export function registerSnapshotCommands(program: Command, session: Session): void {
@@ -43,11 +31,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
       ).choices(['auto', 'cold', 'live']),
     )
     .addOption(
-      new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices([
-        'try',
-        'require',
-        'never',
-      ]),
+      new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices(['try', 'require', 'never']),
     )
     .option('--image-id <uuid>', 'id of the new image (default: a new UUID, printed at once)')
     .option('--wait', 'wait until the snapshot ends, showing its progress')
@@ -82,11 +66,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
           // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
           const problems = validateSnapshotRequest(request);
           if (problems.length) {
-            throw new VmsnapError(
-              'InvalidInput',
-              `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`,
-              { problems },
-            );
+            throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`, { problems });
           }
           const config = session.getConfig();
           const client = await session.getClient();
@@ -121,77 +101,34 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
         const config = session.getConfig();
         const client = await session.getClient();
         const found = await findSnapshot(client, ref, await instanceAliases(config, ref));
-        if (!found)
-          throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
+        if (!found) throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
         const handle = client.workflow.getHandle(found.workflowId, found.runId) as SnapshotHandle;
-        const doc: SnapshotSummary & {
-          progress?: SnapshotProgressDetails;
-          progressError?: string;
-          result?: SnapshotResult;
-          error?: Outcome['error'];
-        } = { ...found };
-        if (found.status === 'running') {
-          try {
-            doc.progress = await client.withDeadline(Date.now() + 5000, () => getProgress(handle));
-          } catch (err) {
-            doc.progressError = `no answer to the progress query (${oneLine((err as Error).message)}): is a vmsnap worker running on task queue ${found.taskQueue}?`;
-          }
-        } else {
-          const ended = outcomeOf(
-            await snapshotResult(handle).then(
-              (result) => ({ result }),
-              (error: unknown) => ({ error }),
-            ),
-          );
-          doc.result = ended.result;
-          doc.error = ended.error;
-        }
-        session.show(g, doc, () => {
-          const p = doc.progress;
-          const view = new ProgressView(io.stdout, 'plain');
-          const link = session.webUiLink(found.workflowId, found.runId);
-          return table([
-            ['workflow', `${found.workflowId} (run ${found.runId})`],
-            ['status', found.status],
-            ['phase', p ? describeProgress(view, p) : (found.phase ?? '-')],
-            ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
-            ['image', doc.result?.imageId ?? p?.imageId ?? found.imageId ?? '-'],
-            ...(p ? [['task state', p.taskState ?? 'None']] : []),
-            ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
-            ['started', since(found.startTime)],
-            ['closed', since(found.closeTime)],
-            ...(doc.result
-              ? [['size', `${formatBytes(doc.result.size)} ${doc.result.diskFormat}, sha512 ${doc.result.sha512.slice(0, 16)}…`]]
-              : []),
-            ...(doc.result ? [['paused', formatDuration(doc.result.guestPauseMs)]] : []),
-            ...(doc.result?.guestWriteStallMs !== undefined
-              ? [['writes held', `${doc.result.guestWriteStallMs} ms at most (live copy)`]]
-              : []),
-            ...(doc.error ? [['error', `${doc.error.type}: ${doc.error.message}`]] : []),
-            ...(doc.progressError ? [['note', doc.progressError]] : []),
-            ...(link ? [['web UI', link]] : []),
-          ]);
-        });
+        const status = await readStatus<SnapshotProgressDetails, SnapshotResult>(found, handle, (h) => getProgress(h as SnapshotHandle));
+        const r = status.result;
+        session.show(g, { ...found, ...status }, () =>
+          table(
+            statusRows(session, found, status, r?.imageId, [
+              ...(r ? [['size', `${formatBytes(r.size)} ${r.diskFormat}, sha512 ${r.sha512.slice(0, 16)}…`]] : []),
+              ...(r ? [['paused', formatDuration(r.guestPauseMs)]] : []),
+              ...(r?.guestWriteStallMs !== undefined ? [['writes held', `${r.guestWriteStallMs} ms at most (live copy)`]] : []),
+            ]),
+          ),
+        );
       }),
     );
 
-  program
-    .command('list')
-    .description('list snapshots, most recently started first (from Temporal visibility)')
-    .option('--instance <instance>', 'only snapshots of this instance (UUID or name)')
-    .addOption(new Option('--status <status>', 'only snapshots in this state').choices(Object.keys(LISTABLE_STATUSES)))
-    .option('--limit <n>', 'at most this many', positiveInt, 20)
-    .action(
-      withGlobals(async (g, opts: { instance?: string; status?: ListableStatus; limit: number }) => {
-        const instance = await instanceFilter(session, opts.instance);
-        const rows = await listSnapshots(await session.getClient(), { instance, status: opts.status, limit: opts.limit });
-        session.showList(g, rows, {
-          empty: 'no snapshots found',
-          header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
-          row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
-        });
-      }),
-    );
+  const list = program.command('list').description('list snapshots, most recently started first (from Temporal visibility)');
+  addListOptions(list, 'snapshots');
+  list.action(
+    withGlobals(async (g, opts: ListOptions) => {
+      const rows = await listSnapshots(await session.getClient(), await listFilter(session, opts));
+      session.showList(g, rows, {
+        empty: 'no snapshots found',
+        header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
+        row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
+      });
+    }),
+  );
 
   program
     .command('cancel')
@@ -231,12 +168,9 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  image     ${result.imageId} "${result.imageName}", active in Glance`,
     `  size      ${formatBytes(result.size)} ${result.diskFormat} (virtual ${formatBytes(result.virtualSize)})`,
     `  sha512    ${result.sha512}`,
-    `  md5       ${result.md5}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
     `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
-    ...(result.guestWriteStallMs !== undefined
-      ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`]
-      : []),
+    ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${phases}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');

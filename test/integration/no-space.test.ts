@@ -1,0 +1,85 @@
+// A copy that cannot fit never pauses the guest (issue 15): before the guest is touched, qemu-img
+// measure and the snapshots dir's free space decide, and the snapshot fails with NoSpace. The
+// snapshots dir is a small tmpfs; QEMU's own STOP/RESUME events prove the vCPUs never stopped.
+import assert from 'node:assert/strict';
+import { mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { WorkflowFailedError } from '@temporalio/client';
+import { execa } from 'execa';
+import { removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { startSnapshot } from '../../src/client/snapshots.js';
+import { checkInvariants } from '../support/invariants.js';
+import { startHarness, type Harness } from '../support/harness.js';
+import { createSlowGuest } from '../support/slow-guest.js';
+
+const tag = `${process.pid}`;
+const cramped = join(tmpdir(), `vmsnap-nospace-${tag}`);
+let h: Harness | undefined;
+let guest: Guest | undefined;
+let mounted = false;
+
+describe('a copy that cannot fit', { timeout: 600_000 }, () => {
+  before(async () => {
+    mkdirSync(cramped, { recursive: true });
+    // 16 MiB for a disk with 64 MiB of data.
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=16m,mode=0711', 'tmpfs', cramped]);
+    mounted = true;
+    h = await startHarness({ name: 'no-space', env: { VMSNAP_SNAPSHOTS_DIR: cramped } });
+    guest = await createSlowGuest({ name: `vmsnap-test-nospace-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 64 });
+  });
+
+  after(async () => {
+    if (guest && h) await removeGuest(guest.name, h.guestsDir).catch(() => undefined);
+    await h?.close();
+    if (mounted) await execa('umount', [cramped]);
+    rmSync(cramped, { recursive: true, force: true });
+  });
+
+  for (const mode of ['cold', 'live'] as const) {
+    it(`${mode}: fails with NoSpace before the guest is touched, naming the dir, the space needed and free`, async () => {
+      const harness = h!;
+      const g = guest!;
+      const imageName = `vmsnap-test-${tag}-nospace-${mode}`;
+      const watch = await harness.hypervisor.watchPauses(g.uuid);
+      let error: unknown;
+      const handle = await startSnapshot(harness.client, { instance: g.uuid, imageName, mode }, harness.config.temporal.taskQueue);
+      try {
+        await handle.result();
+      } catch (err) {
+        error = err;
+      }
+      const pauses = await watch.stop();
+
+      assert.ok(error instanceof WorkflowFailedError, `the snapshot failed (${String(error)})`);
+      const cause = error.cause as { type?: string; message: string } | undefined;
+      assert.equal(cause?.type, 'NoSpace', cause?.message);
+      assert.match(cause.message, new RegExp(`needs \\d+ MiB in ${cramped} .*which has \\d+ MiB free`));
+      assert.match(cause.message, /the guest was not touched/);
+
+      // QEMU's own events: the vCPUs never stopped; and vmsnap never recorded a pause.
+      assert.deepEqual(pauses.events, [], JSON.stringify(pauses.events));
+      assert.equal(pauses.pausedMs, 0);
+      const events = await harness.store.listEvents(g.uuid);
+      const mine = events.filter((e) => e.requestId.startsWith(handle.workflowId));
+      assert.ok(!mine.some((e) => e.event === 'pause' || e.event === 'freeze'), JSON.stringify(mine.map((e) => e.event)));
+
+      const invariants = await checkInvariants({
+        store: harness.store,
+        glanceUrl: harness.glanceUrl,
+        snapshotsDir: harness.config.snapshotsDir,
+        guest: g,
+        priorState: 'running',
+        imageName,
+        expectedOutcome: 'NoSpace',
+        outcome: 'NoSpace',
+      });
+      assert.deepEqual(
+        Object.values(invariants),
+        Object.values(invariants).map(() => true),
+        JSON.stringify(invariants),
+      );
+    });
+  }
+});
