@@ -14,7 +14,7 @@ import { startSnapshot } from '../../src/client/snapshots.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { checkInvariants, outcomeOf, qemuImgProcessesUnder, type Invariants } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
-import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
+import { createSlowGuest, waitForGuestState, waitForPhase } from '../support/slow-guest.js';
 
 const virsh = (...args: string[]) => execa('virsh', ['-c', 'qemu:///system', ...args]);
 const tag = `${process.pid}`;
@@ -243,7 +243,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       await execa('dd', ['if=/dev/urandom', `of=${broken.diskPath}`, 'bs=512', 'count=8', 'conv=notrunc']);
       const { handle } = await run('qemu-img: corrupt disk', { guest: broken, expected: 'ImageCorrupt', priorState: 'shut off' });
       const history = await handle.fetchHistory();
-      const copies = history.events?.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'convertDisk') ?? [];
+      const copies = history.events?.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'coldCopyDisk') ?? [];
       const attempts = history.events?.filter((e) => e.activityTaskStartedEventAttributes && Number(e.activityTaskStartedEventAttributes.attempt) > 1) ?? [];
       assert.equal(copies.length, 1);
       assert.equal(attempts.length, 0, 'a corrupt disk is not retried');
@@ -295,6 +295,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       priorState: null,
       async during(handle) {
         await waitForPhase(handle, 'converting');
+        await waitForGuestState(slow.name, 'paused');
         await virsh('destroy', slow.name);
         await virsh('undefine', slow.name);
       },

@@ -2,7 +2,7 @@
 // kill, cancel or terminate something in the middle of a snapshot.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { createGuest, readCounter, type Guest } from '../../scripts/lib/guest.js';
+import { createGuest, guestState, readCounter, type DomainState, type Guest } from '../../scripts/lib/guest.js';
 
 export async function createSlowGuest(opts: { name: string; guestsDir: string; assetsDir: string; dataMiB: number }): Promise<Guest> {
   const guest = await createGuest({
@@ -30,6 +30,15 @@ export async function waitForPhase(handle: { query: (name: string) => Promise<un
     const progress = (await handle.query('progress').catch(() => undefined)) as { phase?: string } | undefined;
     if (progress?.phase === phase) return;
     if (Date.now() > deadline) throw new Error(`snapshot did not reach phase ${phase} within ${timeoutMs} ms (now ${progress?.phase})`);
+    await sleep(50);
+  }
+}
+
+/** Polls until libvirt reports the guest in this state (the copy's host step pauses it after its phase has begun). */
+export async function waitForGuestState(name: string, state: DomainState, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (let now = await guestState(name); now !== state; now = await guestState(name)) {
+    if (Date.now() > deadline) throw new Error(`guest ${name} not ${state} within ${timeoutMs} ms (now ${now})`);
     await sleep(50);
   }
 }

@@ -37,15 +37,20 @@ after(
 describe('reconcile after terminate, fast (local Temporal, fake activities)', { timeout: 120_000 }, () => {
   /** A snapshot terminated while the guest is paused for its copy, and its host step lost with its worker (no resume). */
   async function terminatedWhilePaused(cloud: FakeCloud, id: string): Promise<string> {
+    // The phase starts before the host step runs: terminate only once the step has paused the guest.
+    let paused!: () => void;
+    const guestPaused = new Promise<void>((resolve) => (paused = resolve));
     cloud.hooks.coldCopyDisk = async (call) => {
       const [input] = call.args as [{ owner: string; imageId: string }];
       cloud.events.push({ instanceId: id, event: 'pause', requestId: input.owner, details: {} });
       cloud.instances.get(id)!.power = 'paused';
       cloud.tempDirs.add(input.imageId);
+      paused();
       return untilCancelled(); // the copy runs until the workflow is gone
     };
     const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'terminated' });
     await t.waitForPhase(handle, 'converting');
+    await guestPaused;
     const { imageId } = await handle.query<SnapshotProgress>('progress');
     await handle.terminate('test: a workflow lost mid-snapshot');
     delete cloud.hooks.coldCopyDisk;
