@@ -555,6 +555,7 @@ async function runFleet(
     dataDir: stack.dataDir,
     glance,
     serverMetricsUrl: (await server.status()).endpoints.metrics,
+    postgres: { port: Number(new URL(stackUrl).port), query: (sql, params) => admin.query(sql, params) },
     restartTemporal: async () => {
       await server.down();
       await server.up();

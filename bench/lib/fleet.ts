@@ -202,6 +202,8 @@ export async function runFleetBench(ctx: {
   dataDir: string;
   glance: GlanceCtx;
   restartTemporal: () => Promise<void>;
+  /** The stack's PostgreSQL: its port, and a query on it (pg_stat_activity, max_connections). */
+  postgres: { port: number; query: (sql: string, params?: unknown[]) => Promise<{ rows: Record<string, unknown>[] }> };
   /** The Temporal server's Prometheus endpoint. */
   serverMetricsUrl?: string;
   log: (line: string) => void;
@@ -294,8 +296,23 @@ export async function runFleetBench(ctx: {
     const faults: Record<string, unknown>[] = [];
     let lastHandle: WorkflowHandle | undefined;
     let probing = true;
+    // PostgreSQL's connections, every 5 s: the peak against max_connections goes in the report.
+    const connections = { peak: 0, max: 0, peakByDatabase: {} as Record<string, number> };
+    const countConnections = async () => {
+      const { rows } = await ctx.postgres.query(
+        "SELECT coalesce(datname, '(none)') AS db, count(*)::int AS n, current_setting('max_connections')::int AS max FROM pg_stat_activity GROUP BY 1",
+      );
+      const total = rows.reduce((t, r) => t + (r.n as number), 0);
+      connections.max = (rows[0]?.max as number | undefined) ?? connections.max;
+      if (total > connections.peak) {
+        connections.peak = total;
+        connections.peakByDatabase = Object.fromEntries(rows.map((r) => [r.db as string, r.n as number]));
+      }
+    };
+    let probeCount = 0;
     const probe = (async () => {
       while (probing) {
+        if (probeCount++ % 5 === 0) await countConnections().catch(() => undefined);
         const at = Date.now();
         const pick = instances[Math.floor(Math.random() * instances.length)]!;
         const t0 = performance.now();
@@ -432,11 +449,20 @@ export async function runFleetBench(ctx: {
       await sleep(5000);
       const victims = procs.slice(0, Math.max(1, Math.round(opts.procs / 10)));
       const victimHosts = new Set(victims.flatMap((v) => v.hosts));
+      const ports = await postgresClientPorts(ctx.postgres.port, new Set(victims.map((v) => v.child.pid!)));
       const at = Date.now();
       const inFlightThere = runs.filter((r) => r.endedAt === undefined && victimHosts.has(r.host));
       for (const v of victims) v.child.kill('SIGKILL');
-      log(`fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there`);
-      await sleep(5000);
+      log(
+        `fleet fault: SIGKILL ${victims.length} process(es), ${victimHosts.size} hosts, ${inFlightThere.length} snapshots in flight there, ${ports.length} PostgreSQL connections`,
+      );
+      // The killed processes' connections must be freed (their backends end), or a restart may find no slot.
+      const stillOpen = async () =>
+        (await ctx.postgres.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE client_port = ANY($1::int[])', [ports])).rows[0]!.n as number;
+      let left = ports.length;
+      while (left && Date.now() - at < 5000) left = await stillOpen();
+      const connectionsFreedS = left ? undefined : Math.round((Date.now() - at) / 100) / 10;
+      await sleep(Math.max(0, at + 5000 - Date.now()));
       // As systemd's Restart=on-failure would: a start that fails (seen once at load ~30) is tried again.
       const restartFailures: string[] = [];
       for (const v of victims) {
@@ -457,6 +483,8 @@ export async function runFleetBench(ctx: {
       faults.push({
         fault: `SIGKILL of ${victims.length} of ${opts.procs} host processes (${victimHosts.size} hosts), restarted 5 s later`,
         inFlightOnKilledHosts: inFlightThere.length,
+        postgresConnectionsOfKilled: ports.length,
+        ...(connectionsFreedS !== undefined ? { connectionsFreedS } : { connectionsLeftAfter5s: left }),
         outcomes: countBy(inFlightThere.map((r) => r.outcome!)),
         restartToPollingS: Math.round((restartedAt - at) / 100) / 10,
         ...(restartFailures.length ? { restartFailures } : {}),
@@ -507,6 +535,8 @@ export async function runFleetBench(ctx: {
       },
       outcomes,
       faults,
+      /** PostgreSQL's connections at their most (sampled every 5 s), against its max_connections. */
+      postgresConnections: connections,
       checks: {
         guestsLeftPaused: paused,
         instancesWithTaskState: busy,
@@ -528,6 +558,18 @@ export async function runFleetBench(ctx: {
       ctx.glance.created.delete(id);
     }
   }
+}
+
+/** Local ports of the given processes' TCP connections to PostgreSQL (pg_stat_activity's client_port). */
+async function postgresClientPorts(port: number, pids: Set<number>): Promise<number[]> {
+  const { stdout } = await execa('ss', ['-Htnp', 'state', 'established', 'dst', `127.0.0.1:${port}`]);
+  const ports: number[] = [];
+  for (const line of stdout.split('\n')) {
+    const pid = Number(/pid=(\d+)/.exec(line)?.[1]);
+    const local = /^\s*\S+\s+\S+\s+127\.0\.0\.1:(\d+)/.exec(line)?.[1];
+    if (local && pids.has(pid)) ports.push(Number(local));
+  }
+  return ports;
 }
 
 function countBy(xs: string[]): Record<string, number> {
@@ -580,6 +622,7 @@ export async function writeFleetResults(out: string, r: FleetResults, meta: { st
     `- simulated guests left paused: ${r.checks.guestsLeftPaused}`,
     `- instances left with a task state: ${r.checks.instancesWithTaskState}`,
     `- most copies at once on one host: ${r.checks.maxConcurrentCopiesPerHost} (limit ${r.checks.hostLimit}: ${r.checks.hostLimitRespected ? 'respected' : 'EXCEEDED'})`,
+    `- PostgreSQL connections at most ${r.postgresConnections.peak} of max_connections ${r.postgresConnections.max} (sampled every 5 s; by database then: ${JSON.stringify(r.postgresConnections.peakByDatabase)})`,
     '',
     ...(r.faults.length ? ['## Faults', '', ...r.faults.map((f) => `- ${JSON.stringify(f)}`), ''] : []),
     '## Notes',

@@ -23,7 +23,7 @@ import {
   type KeystoneAccounts,
 } from './keystone.js';
 import { ensureStackTls, tlsPaths } from './tls.js';
-import { clusterServices } from './temporal-cluster.js';
+import { clusterServices, TEMPORAL_SERVER_CONNECTIONS } from './temporal-cluster.js';
 
 export interface StackConfig {
   dataDir: string;
@@ -406,6 +406,18 @@ async function removeGuestsUnder(cfg: StackConfig): Promise<string[]> {
 const PG_USER = 'vmsnap';
 const PG_DATABASE = 'vmsnap';
 
+/**
+ * max_connections, set rather than PostgreSQL's default of 100, which the fleet bench used up (a
+ * restarted host worker was refused, sqlState 53300). Sized for the cluster mode under that bench:
+ * the Temporal server's pools, 4 services × (20 + 10) = 120 (TEMPORAL_SERVER_CONNECTIONS); vmsnap's
+ * pools, the main worker 10 (the store's default) + 10 fleet processes × 4 + the bench 2 = 52; and
+ * 78 for clients, tests and a worker started again, for 250 in all. A slot costs only a little
+ * shared memory. Computed when asked: temporal-cluster.ts imports this module too.
+ */
+function postgresMaxConnections(): number {
+  return TEMPORAL_SERVER_CONNECTIONS + 52 + 78;
+}
+
 function postgresPaths(cfg: StackConfig) {
   const cluster = join(cfg.dataDir, 'postgresql');
   return { cluster, pgdata: join(cluster, 'data'), passfile: cfg.postgresPassfile, pidFile: join(cfg.dataDir, 'run', 'postgresql.pid') };
@@ -523,7 +535,7 @@ function postgresService(cfg: StackConfig): Service {
     },
     start: () => {
       // Sockets go in the cluster dir (0700), not /run/postgresql, which may not exist or be ours.
-      const server = ['-D', pgdata, '-k', cluster, '-p', String(cfg.postgresPort), '-h', '127.0.0.1'];
+      const server = ['-D', pgdata, '-k', cluster, '-p', String(cfg.postgresPort), '-h', '127.0.0.1', '-c', `max_connections=${postgresMaxConnections()}`];
       // setpriv drops to postgres and execs in place: the pid in the pid file is the server's.
       return asRoot()
         ? { command: 'setpriv', args: ['--reuid=postgres', '--regid=postgres', '--init-groups', program, ...server] }

@@ -13,6 +13,14 @@ import { httpOk, ownedService, postgresAccess, type Service, type StackConfig } 
 /** Fixed when the databases are made; small, for a 2-core machine (production: 512 and more). */
 export const HISTORY_SHARDS = 4;
 
+/**
+ * The server's PostgreSQL pools: each of its four services (frontend, history, matching, worker)
+ * opens its own pool per datastore, and keeps them open (maxIdleConns = maxConns).
+ */
+export const TEMPORAL_POOLS = { services: 4, persistence: 20, visibility: 10 };
+/** The most PostgreSQL connections the server holds: 4 × (20 + 10) = 120. */
+export const TEMPORAL_SERVER_CONNECTIONS = TEMPORAL_POOLS.services * (TEMPORAL_POOLS.persistence + TEMPORAL_POOLS.visibility);
+
 /** The frontend is the stack's Temporal port; the other services sit 10 to 18 above it. */
 export function clusterPorts(frontend: number) {
   return {
@@ -61,8 +69,8 @@ persistence:
   visibilityStore: visibility
   numHistoryShards: ${HISTORY_SHARDS}
   datastores:
-    default:${store(dbs.persistence, 20)}
-    visibility:${store(dbs.visibility, 10)}
+    default:${store(dbs.persistence, TEMPORAL_POOLS.persistence)}
+    visibility:${store(dbs.visibility, TEMPORAL_POOLS.visibility)}
 global:
   membership:
     maxJoinDuration: 30s

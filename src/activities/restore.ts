@@ -255,7 +255,10 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     await rm(newInstanceMarker(input.name), { force: true });
   }
 
-  /** Runs a power step with heartbeats, so a dead worker's step moves on after the heartbeat timeout. */
+  /**
+   * Runs a power step with heartbeats from its start, so a dead worker's step (or a task handed to
+   * a worker that was gone) moves on after the heartbeat timeout, not the step's whole timeout.
+   */
   async function beating<T>(step: () => Promise<T>): Promise<T> {
     const stop = keepHeartbeating(() => ({ phase: 'power' }), 1000);
     try {
@@ -271,30 +274,11 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
      * qemu-img and converts it to the disk's format. The guest is not touched. A retry starts over.
      */
     async prepareRestoreImage(input: PrepareRestoreInput): Promise<PreparedRestore> {
-      const disk = await restorableDisk(input.instanceId);
-      const files = input.newDiskPath ? { download: `${input.newDiskPath}.vmsnap-download`, restored: input.newDiskPath } : restoreFiles(disk.path);
-      if (input.newDiskPath && (await exists(input.newDiskPath)) && !(await exists(`${input.newDiskPath}.vmsnap-download`))) {
-        // Not ours (a retry of ours still has its download beside it, or removed both).
-        throw new VmsnapError('InvalidInput', `${input.newDiskPath} exists already: choose another name for the new instance`);
-      }
-      const converted = input.imageFormat !== disk.format;
-      // Room for the download, and for the converted copy beside it (at most the virtual size).
-      const needed = input.expected.size + (converted ? (input.virtualSize ?? input.expected.size * 4) : 0);
-      const fs = await statfs(disk.path);
-      const free = fs.bavail * fs.bsize;
-      if (free < needed) {
-        throw new VmsnapError(
-          'NoSpace',
-          `instance ${input.instanceId}: ${free} bytes free beside its disk ${disk.path}, the restore needs ${needed}; nothing was changed`,
-          { free, needed },
-        );
-      }
-      await rm(files.download, { force: true });
-      await rm(files.restored, { force: true });
-
       let received = 0;
       let phase: StepProgress['phase'] = 'downloading';
       let percent = 0;
+      // From the start: short of its 6 h, the step's timeout is the heartbeat's (a task handed to a
+      // worker that died is tried again after it), and the lookups before the download count too.
       const stop = keepHeartbeating((): StepProgress =>
         phase === 'downloading'
           ? {
@@ -305,58 +289,84 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
             }
           : { phase, percent, bytesDone: 0, bytesTotal: 0 },
       );
-      const signal = Context.current().cancellationSignal;
       try {
-        const got = await imageService.downloadFile(input.imageId, files.download, {
-          expected: input.expected,
-          onProgress: (n) => (received = n),
-          signal,
-        });
-        const info = await diskTool.info(files.download, { format: input.imageFormat });
-        if (info.backingFile) {
-          throw new VmsnapError('InvalidInput', `image ${input.imageId} has a backing file (${info.backingFile}): vmsnap restores self-contained images only`);
+        const disk = await restorableDisk(input.instanceId);
+        const files = input.newDiskPath ? { download: `${input.newDiskPath}.vmsnap-download`, restored: input.newDiskPath } : restoreFiles(disk.path);
+        if (input.newDiskPath && (await exists(input.newDiskPath)) && !(await exists(`${input.newDiskPath}.vmsnap-download`))) {
+          // Not ours (a retry of ours still has its download beside it, or removed both).
+          throw new VmsnapError('InvalidInput', `${input.newDiskPath} exists already: choose another name for the new instance`);
         }
-        const current = await diskTool.info(disk.path, { format: disk.format, forceShare: true });
-        if (info.virtualSize > current.virtualSize && !input.allowGrow) {
+        const converted = input.imageFormat !== disk.format;
+        // Room for the download, and for the converted copy beside it (at most the virtual size).
+        const needed = input.expected.size + (converted ? (input.virtualSize ?? input.expected.size * 4) : 0);
+        const fs = await statfs(disk.path);
+        const free = fs.bavail * fs.bsize;
+        if (free < needed) {
           throw new VmsnapError(
-            'InvalidInput',
-            `image ${input.imageId} is ${info.virtualSize} bytes (virtual), larger than the instance's disk (${current.virtualSize}): allow growing the disk (--allow-grow) to restore it`,
+            'NoSpace',
+            `instance ${input.instanceId}: ${free} bytes free beside its disk ${disk.path}, the restore needs ${needed}; nothing was changed`,
+            { free, needed },
           );
         }
-        const check = await diskTool.check(files.download, input.imageFormat);
-        if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of image ${input.imageId} failed: ${check.message}`);
-        if (converted) {
-          phase = 'converting';
-          await diskTool.convert({
-            source: files.download,
-            sourceFormat: input.imageFormat,
-            target: files.restored,
-            targetFormat: disk.format as 'qcow2' | 'raw',
-            onProgress: (p) => (percent = p),
-            signal,
-          });
-          await rm(files.download, { force: true });
-        } else {
-          await rename(files.download, files.restored);
-        }
-        // On disk before the guest is stopped: durability (a rename over the disk must never leave
-        // unwritten data behind it after a power loss), and the writeback must not fall into the
-        // guest's downtime, where it would grow with the image's size.
-        await fsyncPath(files.restored);
-        await fsyncPath(dirname(files.restored));
-        return {
-          diskPath: disk.path,
-          diskFormat: disk.format,
-          restoredPath: files.restored,
-          downloadedBytes: got.size,
-          sha512: got.sha512,
-          virtualSize: info.virtualSize,
-          converted,
-        };
-      } catch (err) {
         await rm(files.download, { force: true });
         await rm(files.restored, { force: true });
-        throw err;
+
+        const signal = Context.current().cancellationSignal;
+        try {
+          const got = await imageService.downloadFile(input.imageId, files.download, {
+            expected: input.expected,
+            onProgress: (n) => (received = n),
+            signal,
+          });
+          const info = await diskTool.info(files.download, { format: input.imageFormat });
+          if (info.backingFile) {
+            throw new VmsnapError(
+              'InvalidInput',
+              `image ${input.imageId} has a backing file (${info.backingFile}): vmsnap restores self-contained images only`,
+            );
+          }
+          const current = await diskTool.info(disk.path, { format: disk.format, forceShare: true });
+          if (info.virtualSize > current.virtualSize && !input.allowGrow) {
+            throw new VmsnapError(
+              'InvalidInput',
+              `image ${input.imageId} is ${info.virtualSize} bytes (virtual), larger than the instance's disk (${current.virtualSize}): allow growing the disk (--allow-grow) to restore it`,
+            );
+          }
+          const check = await diskTool.check(files.download, input.imageFormat);
+          if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of image ${input.imageId} failed: ${check.message}`);
+          if (converted) {
+            phase = 'converting';
+            await diskTool.convert({
+              source: files.download,
+              sourceFormat: input.imageFormat,
+              target: files.restored,
+              targetFormat: disk.format as 'qcow2' | 'raw',
+              onProgress: (p) => (percent = p),
+              signal,
+            });
+            await rm(files.download, { force: true });
+          } else {
+            await rename(files.download, files.restored);
+          }
+          // On disk before the guest is stopped: durability (a rename over the disk must never leave
+          // unwritten data behind it after a power loss), and the writeback must not fall into the
+          // guest's downtime, where it would grow with the image's size.
+          await fsyncPath(files.restored);
+          await fsyncPath(dirname(files.restored));
+          return {
+            diskPath: disk.path,
+            diskFormat: disk.format,
+            restoredPath: files.restored,
+            downloadedBytes: got.size,
+            sha512: got.sha512,
+            virtualSize: info.virtualSize,
+            converted,
+          };
+        } catch (err) {
+          await rm(files.download, { force: true });
+          await rm(files.restored, { force: true });
+          throw err;
+        }
       } finally {
         stop();
       }
@@ -380,8 +390,8 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
     async defineNewInstance(
       input: RestoreStep & { name: string; diskPath: string; powerState: PowerState },
     ): Promise<{ newInstanceId: string; startedAt: number; confirmedBy: ConfirmedBy }> {
-      await event(input.instanceId, input.owner, 'define-new', { name: input.name, diskPath: input.diskPath });
       return beating(async () => {
+        await event(input.instanceId, input.owner, 'define-new', { name: input.name, diskPath: input.diskPath });
         // A restore terminated meanwhile (its heartbeat says so) defines nothing more.
         Context.current().cancellationSignal.throwIfAborted();
         const newInstanceId = await hypervisor.defineCopy(input.instanceId, { name: input.name, diskPath: input.diskPath });
@@ -438,9 +448,9 @@ export function restoreActivities({ hypervisor, diskTool, imageService, store, s
       preRestorePath: string;
       keptUntil: string;
     }> {
-      // Everything that can be looked up while the guest runs, is.
-      const disk = await restorableDisk(input.instanceId);
       return beating(async () => {
+        // Everything that can be looked up while the guest runs, is.
+        const disk = await restorableDisk(input.instanceId);
         await event(input.instanceId, input.owner, 'stop');
         const stoppedBy = await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs, Context.current().cancellationSignal);
         const stoppedAt = Date.now();

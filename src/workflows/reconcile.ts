@@ -64,6 +64,12 @@ const hostOptions = (host: string): ActivityOptions => ({
   retry,
 });
 
+/**
+ * The workflow has no worker settings (VMSNAP_HEARTBEAT_TIMEOUT_MS, default 10 s): a fixed timeout,
+ * with room for a loaded host (the activity beats every second).
+ */
+const UNDO_HEARTBEAT_TIMEOUT = '30s';
+
 type Attempt = (what: string, step: () => Promise<void>) => Promise<void>;
 
 export async function reconcile(options: ReconcileOptions = {}): Promise<ReconcileReport> {
@@ -189,9 +195,13 @@ async function undoRestore(
   attempt: Attempt,
 ): Promise<void> {
   await attempt(`undo restore of ${snapshot.instanceId}`, async () => {
+    // The undo may wait out a guest's shutdown and start, hence 5 minutes; it heartbeats from its
+    // start, so a worker that died (or a task handed to a poll that was gone) is retried after the
+    // heartbeat timeout, not after the 5 minutes.
     await proxyActivities<HostActivities>({
       ...hostOptions(snapshot.host),
       startToCloseTimeout: '5m',
+      heartbeatTimeout: UNDO_HEARTBEAT_TIMEOUT,
       scheduleToCloseTimeout: '10m',
     }).undoRestore({
       instanceId: snapshot.instanceId,

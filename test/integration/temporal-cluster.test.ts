@@ -14,7 +14,7 @@ import { execa } from 'execa';
 import pg from 'pg';
 import { guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { postgresAccess, services, stackConfig, type StackConfig } from '../../scripts/lib/stack.js';
-import { clusterPorts, temporalDatabases } from '../../scripts/lib/temporal-cluster.js';
+import { clusterPorts, TEMPORAL_SERVER_CONNECTIONS, temporalDatabases } from '../../scripts/lib/temporal-cluster.js';
 import { portIsFree } from '../../scripts/lib/daemon.js';
 import { createSchedule, deleteSchedule, describeSchedule, triggerSchedule } from '../../src/client/schedules.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
@@ -137,6 +137,9 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
     await page.body?.cancel();
     const shards = await temporalDb<{ n: string }>('SELECT count(*) AS n FROM shards');
     assert.ok(Number(shards[0]!.n) > 0, 'history shards live in PostgreSQL');
+    // Room for the server's pools at their fullest beside vmsnap's workers (100, the default, was not).
+    const [max] = await temporalDb<{ max_connections: string }>('SHOW max_connections');
+    assert.ok(Number(max!.max_connections) >= TEMPORAL_SERVER_CONNECTIONS + 100, `max_connections ${max!.max_connections}`);
   });
 
   it('takes a cold and a live snapshot, found again through SQL visibility', async () => {
