@@ -86,6 +86,13 @@ async function inBatches<T, R>(items: T[], limit: number, fn: (item: T) => Promi
 }
 
 /** Variant order of run `run` (1-based): rotated each run, so neither always goes first. */
+/** The results folder (--out), made when missing. */
+async function resultsDir(opts: BenchOptions): Promise<string> {
+  const out = resolve(ROOT, opts.out);
+  await mkdir(out, { recursive: true });
+  return out;
+}
+
 function orderOf(modes: Mode[], run: number): Mode[] {
   const k = (run - 1) % modes.length;
   return [...modes.slice(k), ...modes.slice(0, k)];
@@ -105,6 +112,12 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   cleanups.push({ what: 'stack down', run: () => stack.down() });
   const machine = await describeMachine(stack.libvirtUri);
   log(`machine: ${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')}`);
+  // The machine line of a section's report: the load at its start and at its end.
+  const machineAtEnd = () =>
+    `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')} at end`;
 
   const tag = String(process.pid);
   const prefix = `vmsnap-bench-${tag}`;
@@ -239,16 +252,12 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       dropGuest,
       log,
     });
-    const out = resolve(ROOT, opts.out);
-    await mkdir(out, { recursive: true });
+    const out = await resultsDir(opts);
     const targets = await writeStallResults(out, stallSamples, {
       startedAt: startedAt.toISOString(),
       command: `npm run bench -- ${process.argv.slice(2).join(' ')}`,
       disks: opts.disks,
-      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os
-        .loadavg()
-        .map((l) => l.toFixed(2))
-        .join(' ')} at end`,
+      machine: machineAtEnd(),
     });
     for (const t of targets) log(`target ${t}`);
     log(`wrote ${join(out, 'write-stalls.json')}, write-stalls.md`);
@@ -270,14 +279,10 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       freshWorker,
       log,
     });
-    const out = resolve(ROOT, opts.out);
-    await mkdir(out, { recursive: true });
+    const out = await resultsDir(opts);
     const targets = await writeRestoreResults(out, restoreSamples, {
       startedAt: startedAt.toISOString(),
-      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os
-        .loadavg()
-        .map((l) => l.toFixed(2))
-        .join(' ')} at end`,
+      machine: machineAtEnd(),
       notes: [
         'downtime: libvirt lifecycle events Stopped → Started as `virsh event` receives them, the same watch for both variants.',
         'bare: curl GET of the image file, qemu-img convert -O qcow2, virsh destroy, mv over the disk (the old disk is gone), virsh start.',
@@ -304,14 +309,10 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
       ctx: (pid) => ({ ...glance, client, taskQueue: workerEnv.VMSNAP_TASK_QUEUE!, workerPid: pid, timeoutMs: opts.runTimeoutMs, running }),
       log,
     });
-    const out = resolve(ROOT, opts.out);
-    await mkdir(out, { recursive: true });
+    const out = await resultsDir(opts);
     await writeStartupResults(out, r, {
       startedAt: startedAt.toISOString(),
-      machine: `${machine.nproc} CPU, ${machine.memoryMiB} MiB, load ${machine.loadAverageStart.join(' ')} at start, ${os
-        .loadavg()
-        .map((l) => l.toFixed(2))
-        .join(' ')} at end`,
+      machine: machineAtEnd(),
       notes: [
         'start → polling: from spawn to the worker’s start-up line, which it logs once every worker of it (main, host, slots) polls.',
         `idle RSS: /proc/<pid>/status VmRSS every 100 ms over ${opts.idleMs} ms, from 1 s after that line; median.`,
@@ -473,8 +474,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
   };
   if (growth) results.targets.unshift(...growthTargets(growth));
 
-  const out = resolve(ROOT, opts.out);
-  await mkdir(out, { recursive: true });
+  const out = await resultsDir(opts);
   if (growth) {
     await writeFile(join(out, 'growth.json'), JSON.stringify(results, null, 2) + '\n');
     await writeFile(join(out, 'growth.md'), renderMarkdown(results));
@@ -562,8 +562,7 @@ async function runFleet(
     },
     log,
   });
-  const out = resolve(ROOT, opts.out);
-  await mkdir(out, { recursive: true });
+  const out = await resultsDir(opts);
   await writeFleetResults(out, r, {
     startedAt: startedAt.toISOString(),
     notes: FLEET_NOTES,

@@ -185,24 +185,25 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   if (!['all', 'startup', 'restore', 'write-stalls', 'fleet', 'growth'].includes(section)) {
     throw new Error(`--section must be all, startup, restore, write-stalls, fleet or growth (got "${section}")`);
   }
+  // What every section shares, unless it says otherwise.
+  const common: Omit<BenchOptions, 'runs' | 'disks' | 'modes' | 'idleMs'> = {
+    section,
+    scale: [],
+    scaleRuns: 1,
+    quick,
+    stack,
+    out: values.out ?? 'bench/results',
+    png: false,
+    runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
+  };
+  const runs = (full: string) => positive('runs', values.runs ?? (quick ? '1' : full));
+  const idleMs = (byDefault: string) => positive('idle-ms', values['idle-ms'] ?? byDefault);
+  const hostLimit = values['host-limit'] ? { hostLimit: positive('host-limit', values['host-limit']) } : {};
   if (section === 'growth') {
     // Data from 8 MiB on, 1 GiB of the disk left empty (sparse), as on the large disk.
     const first = positive('growth-mib', values['growth-mib'] ?? (quick ? '64' : '1024'));
     const disks = GROWTH_KINDS.map((kind, i) => ({ kind, dataMiB: first * 2 ** i, virtualMiB: first * 2 ** i + Math.max(64, first) }));
-    return {
-      section,
-      runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
-      disks,
-      modes: list('modes', values.modes ?? MODES.join(','), MODES),
-      scale: [],
-      scaleRuns: 1,
-      quick,
-      stack,
-      out: values.out ?? 'bench/results',
-      png: false,
-      idleMs: positive('idle-ms', values['idle-ms'] ?? (quick ? '1500' : '3000')),
-      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
-    };
+    return { ...common, runs: runs('3'), disks, modes: list('modes', values.modes ?? MODES.join(','), MODES), idleMs: idleMs(quick ? '1500' : '3000') };
   }
   if (section === 'fleet') {
     const faults = values['fleet-faults'] ?? (quick ? 'off' : 'on');
@@ -218,78 +219,23 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     if (fleet.procs > fleet.hosts)
       throw new Error(`--fleet-procs ${fleet.procs} is more than --fleet-hosts ${fleet.hosts}: each process runs at least one host`);
     // Always a stack of its own: the fleet needs the Temporal cluster, and restarts it.
-    return {
-      section,
-      runs: 1,
-      disks: [],
-      modes: ['cold', 'live'],
-      scale: [],
-      scaleRuns: 1,
-      quick,
-      stack: 'own',
-      out: values.out ?? 'bench/results',
-      png: false,
-      idleMs: 0,
-      ...(values['host-limit'] ? { hostLimit: positive('host-limit', values['host-limit']) } : {}),
-      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
-      fleet,
-    };
+    return { ...common, runs: 1, disks: [], modes: ['cold', 'live'], stack: 'own', idleMs: 0, ...hostLimit, fleet };
   }
   if (section === 'write-stalls') {
     // What the guest's writes feel: every disk size, the copy methods side by side.
     const disks = list('disks', values.disks ?? (quick ? 'small' : SNAPSHOT_DISKS), DISK_KINDS).map((k) => specs[k]);
     const stallVariants = list('stall-variants', values['stall-variants'] ?? DEFAULT_STALL_VARIANTS.join(','), STALL_VARIANTS);
-    return {
-      section,
-      runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
-      disks,
-      modes: ['cold', 'live'],
-      scale: [],
-      scaleRuns: 1,
-      quick,
-      stack,
-      out: values.out ?? 'bench/results',
-      png: false,
-      idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
-      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
-      stallVariants,
-    };
+    return { ...common, runs: runs('3'), disks, modes: ['cold', 'live'], idleMs: idleMs('3000'), stallVariants };
   }
   if (section === 'restore') {
     // Downtime must not grow with the image: the small and the large disk side by side.
     const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large,xlarge'), DISK_KINDS).map((k) => specs[k]);
-    return {
-      section,
-      runs: positive('runs', values.runs ?? (quick ? '1' : '5')),
-      disks,
-      modes: ['bare'],
-      scale: [],
-      scaleRuns: 1,
-      quick,
-      stack,
-      out: values.out ?? 'bench/results',
-      png: false,
-      idleMs: 0,
-      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
-    };
+    return { ...common, runs: runs('5'), disks, modes: ['bare'], idleMs: 0 };
   }
   if (section === 'startup') {
     // The large disk's upload is what the worker's memory is measured on.
     const large = quick ? { ...specs.large, virtualMiB: 64, dataMiB: 32 } : specs.large;
-    return {
-      section,
-      runs: positive('runs', values.runs ?? (quick ? '1' : '3')),
-      disks: [large],
-      modes: ['bare', 'cold'],
-      scale: [],
-      scaleRuns: 1,
-      quick,
-      stack,
-      out: values.out ?? 'bench/results',
-      png: false,
-      idleMs: positive('idle-ms', values['idle-ms'] ?? '3000'),
-      runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? '900') * 1000,
-    };
+    return { ...common, runs: runs('3'), disks: [large], modes: ['bare', 'cold'], idleMs: idleMs('3000') };
   }
   const disks = list('disks', values.disks ?? (quick ? 'small' : SNAPSHOT_DISKS), DISK_KINDS).map((k) => specs[k]);
   const modes = list('modes', values.modes ?? (quick ? 'bare,cold' : MODES.join(',')), MODES);
@@ -305,19 +251,16 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     ),
   ].sort((a, b) => a - b);
   return {
-    section,
-    runs: positive('runs', values.runs ?? (quick ? '1' : '5')),
+    ...common,
+    runs: runs('5'),
     disks,
     modes,
     scale,
     ...(values.warmups !== undefined ? { warmups: values.warmups === '0' ? 0 : positive('warmups', values.warmups) } : {}),
     scaleRuns: positive('scale-runs', values['scale-runs'] ?? '1'),
-    quick,
-    stack,
-    out: values.out ?? 'bench/results',
     png: !values['no-png'] && !quick,
-    idleMs: positive('idle-ms', values['idle-ms'] ?? (quick ? '1500' : '3000')),
-    ...(values['host-limit'] ? { hostLimit: positive('host-limit', values['host-limit']) } : {}),
+    idleMs: idleMs(quick ? '1500' : '3000'),
+    ...hostLimit,
     runTimeoutMs: positive('run-timeout-s', values['run-timeout-s'] ?? (quick ? '40' : '900')) * 1000,
   };
 }

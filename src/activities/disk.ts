@@ -10,6 +10,8 @@ import type { Consistency, DiskFormat, StepProgress } from '../shared/types.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { FailureType } from '../shared/failures.js';
 import { fsyncFileAndEntry, qemuUser } from '../drivers/files.js';
+import type { RootDisk } from '../drivers/hypervisor.js';
+import type { ConvertOptions } from '../drivers/qemu-img.js';
 import { ApplicationFailure } from '@temporalio/activity';
 import { resumeIfPresent, type ResumeOutcome } from './power.js';
 
@@ -142,6 +144,18 @@ async function freshDir(snapshotsDir: string, imageId: string): Promise<string> 
   return dir;
 }
 
+/** Heartbeats of a convert that reads `bytesTotal`: qemu-img's percent scaled to bytes. */
+function convertHeartbeats(bytesTotal: number): { onProgress: (percent: number) => void; stop: () => void } {
+  let percent = 0;
+  const stop = keepHeartbeating((): StepProgress => ({
+    phase: 'converting',
+    percent,
+    bytesDone: Math.round((bytesTotal * percent) / 100),
+    bytesTotal,
+  }));
+  return { onProgress: (p) => (percent = p), stop };
+}
+
 // A resume that fails is tried again this often before the step gives up (the workflow's
 // compensation then resumes, with retries of its own).
 const RESUME_ATTEMPTS = 3;
@@ -157,6 +171,37 @@ export function diskActivities(deps: ActivityDeps) {
       if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of the copy failed: ${check.message}`);
     }
     return { path, diskFormat, size: (await stat(path)).size, virtualSize };
+  }
+
+  /** The size the guest sees: a copy reads the whole virtual disk, so this is its total. */
+  async function virtualSizeOf(disk: RootDisk): Promise<number> {
+    return (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
+  }
+
+  /** The copy's file in a fresh temp dir, created 0600 before qemu-img opens it (it keeps an existing file's mode): never readable by others. */
+  async function privateTarget(input: { imageId: string; diskFormat: DiskFormat }): Promise<{ dir: string; target: string }> {
+    const dir = await freshDir(snapshotsDir, input.imageId);
+    const target = join(dir, `disk.${input.diskFormat}`);
+    await writeFile(target, '', { mode: 0o600 });
+    return { dir, target };
+  }
+
+  /** qemu-img convert of the root disk into `target`, in the image's format. */
+  function convertRootDisk(
+    disk: RootDisk,
+    target: string,
+    input: Pick<ConvertDiskInput, 'diskFormat' | 'compress' | 'forceShare'>,
+    run: Pick<ConvertOptions, 'onProgress' | 'signal' | 'fsync'>,
+  ): Promise<void> {
+    return diskTool.convert({
+      source: disk.path,
+      sourceFormat: disk.format,
+      target,
+      targetFormat: input.diskFormat,
+      compress: input.compress,
+      forceShare: input.forceShare,
+      ...run,
+    });
   }
 
   /** The recorded resume: retried a little here, since a retry of the whole step would pause the guest again. */
@@ -182,37 +227,16 @@ export function diskActivities(deps: ActivityDeps) {
   return {
     async convertDisk(input: ConvertDiskInput): Promise<ConvertedDisk> {
       const disk = await hypervisor.rootDisk(input.instanceId);
-      const dir = await freshDir(snapshotsDir, input.imageId);
-      const target = join(dir, `disk.${input.diskFormat}`);
-      // Created 0600 before qemu-img opens it (it keeps an existing file's mode): never readable by others.
-      await writeFile(target, '', { mode: 0o600 });
-
-      // The copy reads the whole virtual disk; its size scales qemu-img's percent to bytes.
-      const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
-      let percent = 0;
-      const stop = keepHeartbeating((): StepProgress => ({
-        phase: 'converting',
-        percent,
-        bytesDone: Math.round((bytesTotal * percent) / 100),
-        bytesTotal,
-      }));
+      const { dir, target } = await privateTarget(input);
+      const progress = convertHeartbeats(await virtualSizeOf(disk));
       try {
-        await diskTool.convert({
-          source: disk.path,
-          sourceFormat: disk.format,
-          target,
-          targetFormat: input.diskFormat,
-          compress: input.compress,
-          forceShare: input.forceShare,
-          onProgress: (p) => (percent = p),
-          signal: Context.current().cancellationSignal,
-        });
+        await convertRootDisk(disk, target, input, { onProgress: progress.onProgress, signal: Context.current().cancellationSignal });
         return await finish(target, input.diskFormat);
       } catch (err) {
         await rm(dir, { recursive: true, force: true });
         throw err;
       } finally {
-        stop();
+        progress.stop();
       }
     },
 
@@ -227,17 +251,9 @@ export function diskActivities(deps: ActivityDeps) {
       const { instanceId, owner } = input;
       const disk = await hypervisor.rootDisk(instanceId);
       await ensureRoomForCopy(deps, { ...input, live: false });
-      const bytesTotal = (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize;
-      const dir = await freshDir(snapshotsDir, input.imageId);
-      const target = join(dir, `disk.${input.diskFormat}`);
-      await writeFile(target, '', { mode: 0o600 });
-      let percent = 0;
-      const stop = keepHeartbeating((): StepProgress => ({
-        phase: 'converting',
-        percent,
-        bytesDone: Math.round((bytesTotal * percent) / 100),
-        bytesTotal,
-      }));
+      const bytesTotal = await virtualSizeOf(disk);
+      const { dir, target } = await privateTarget(input);
+      const progress = convertHeartbeats(bytesTotal);
       const budget = new AbortController();
       let overBudget: NodeJS.Timeout | undefined;
       let pausedAt = 0;
@@ -251,14 +267,8 @@ export function diskActivities(deps: ActivityDeps) {
           if (input.pauseBudgetMs > 0) overBudget = setTimeout(() => budget.abort(), input.pauseBudgetMs);
         }
         try {
-          await diskTool.convert({
-            source: disk.path,
-            sourceFormat: disk.format,
-            target,
-            targetFormat: input.diskFormat,
-            compress: input.compress,
-            forceShare: input.forceShare,
-            onProgress: (p) => (percent = p),
+          await convertRootDisk(disk, target, input, {
+            onProgress: progress.onProgress,
             signal: AbortSignal.any([Context.current().cancellationSignal, budget.signal]),
             fsync: false, // after the resume: the guest need not wait for our disk
           });
@@ -287,7 +297,7 @@ export function diskActivities(deps: ActivityDeps) {
         if (resumed && err instanceof VmsnapError) err.details.guestResumed = true;
         throw err;
       } finally {
-        stop();
+        progress.stop();
       }
     },
 
@@ -308,7 +318,7 @@ export function diskActivities(deps: ActivityDeps) {
         })(),
         (async () => {
           const disk = await hypervisor.rootDisk(input.instanceId);
-          return { disk, virtualSize: (await diskTool.info(disk.path, { format: disk.format, forceShare: true })).virtualSize };
+          return { disk, virtualSize: await virtualSizeOf(disk) };
         })(),
         hypervisor.watchPauses(input.instanceId),
       ]);

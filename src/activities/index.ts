@@ -17,26 +17,21 @@ export type { ActivityDeps } from './deps.js';
 
 /** Activities of the main task queue: image record, store, reconciler and retention. */
 export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'identity' | 'settings' | 'workflows'>) {
-  return withTypedFailures({
-    ...imageRecordActivities(deps),
-    ...instanceStateActivities(deps),
-    ...reconcileMainActivities(deps),
-    ...retentionActivities(deps),
-    ...restoreImageActivities(deps),
-  });
+  return typedGroups(deps, [imageRecordActivities, instanceStateActivities, reconcileMainActivities, retentionActivities, restoreImageActivities]);
 }
 
 /** Activities bound to the hypervisor host that holds the instance. */
 export function createHostActivities(deps: ActivityDeps) {
-  return withTypedFailures({
-    ...powerActivities(deps),
-    ...diskActivities(deps),
-    ...uploadActivities(deps),
-    ...restoreActivities(deps),
-    ...inventoryActivities(deps),
-    ...reconcileHostActivities(deps),
-  });
+  return typedGroups(deps, [powerActivities, diskActivities, uploadActivities, restoreActivities, inventoryActivities, reconcileHostActivities]);
 }
+
+/** Every group built from the same deps, merged into one set whose failures leave typed. */
+function typedGroups<D, G extends ((deps: D) => object)[]>(deps: D, groups: [...G]): AllOf<G> {
+  return withTypedFailures(Object.assign({}, ...groups.map((group) => group(deps)))) as AllOf<G>;
+}
+
+/** The activities of all the groups, as one type (the workflows' proxies read their names from it). */
+type AllOf<G> = G extends [(deps: never) => infer First, ...infer Rest] ? First & AllOf<Rest> : unknown;
 
 /** The activity that holds a host's snapshot slot, for the host's slot worker. */
 export function createSlotActivities(deps: Pick<ActivityDeps, 'workflows' | 'hypervisor'>) {

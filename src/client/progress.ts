@@ -1,7 +1,10 @@
 // Shows a snapshot's progress while the CLI waits: one line rewritten in place on a terminal;
 // plain lines in a pipe or a log (one per phase change, at most one progress line every few
 // seconds), so logs stay short and readable.
-import type { SnapshotProgressDetails } from './snapshots.js';
+import type { StepDetails } from './snapshots.js';
+
+/** What a progress line is made of: the phase and its running step (a snapshot's or a restore's). */
+export type WorkProgress = { phase: string } & StepDetails;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -20,6 +23,13 @@ export function formatDuration(ms: number): string {
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
   return `${Math.floor(s / 3600)} h ${String(Math.floor(s / 60) % 60).padStart(2, '0')} min`;
+}
+
+/** Time spent in each phase, in the order the workflow went through them: "converting 3 s, uploading 1 min 02 s". */
+export function formatPhases(phaseDurationsMs: Partial<Record<string, number>>): string {
+  return Object.entries(phaseDurationsMs)
+    .map(([phase, ms]) => `${phase} ${formatDuration(ms ?? 0)}`)
+    .join(', ');
 }
 
 /**
@@ -79,7 +89,7 @@ export class ProgressView {
   ) {}
 
   /** What to show for a progress report: phase, percent, bytes, speed and time left. */
-  line(p: SnapshotProgressDetails): ProgressLine {
+  line(p: WorkProgress): ProgressLine {
     const line: ProgressLine = { phase: p.phase };
     if (p.percent === undefined || p.bytesDone === undefined || p.bytesTotal === undefined) return line;
     const at = p.step?.lastHeartbeatAt ? Date.parse(p.step.lastHeartbeatAt) : this.now();
@@ -98,7 +108,7 @@ export class ProgressView {
     return line;
   }
 
-  update(p: SnapshotProgressDetails): void {
+  update(p: WorkProgress): void {
     const line = this.line(p);
     if (this.mode === 'tty') {
       const text = describeLine(line, 'tty');

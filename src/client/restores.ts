@@ -11,7 +11,7 @@ import { UUID_PATTERN, describeProblems, validateRestoreRequest, validateRollbac
 import type { restoreInstance, rollbackRestore } from '../workflows/restore.js';
 import { ClientError } from './errors.js';
 import { findWorkflow, listWorkflows, stepProgress } from './snapshots.js';
-import type { ListSnapshotsOptions, SnapshotProgressDetails, SnapshotSummary, WorkflowKind } from './snapshots.js';
+import type { ListSnapshotsOptions, SnapshotSummary, StepDetails, WorkflowKind } from './snapshots.js';
 
 export const RESTORE_WORKFLOW_TYPE = 'restoreInstance';
 export const ROLLBACK_WORKFLOW_TYPE = 'rollbackRestore';
@@ -58,7 +58,7 @@ export async function cancelRestore(client: Client, ref: string, aliases: string
   return { ...found, handle };
 }
 
-export type RestoreProgressDetails = RestoreProgress & Pick<SnapshotProgressDetails, 'percent' | 'bytesDone' | 'bytesTotal' | 'step'>;
+export type RestoreProgressDetails = RestoreProgress & StepDetails;
 
 /**
  * The id of the image a person means: a UUID as it is, else the one image of that name visible

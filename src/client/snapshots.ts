@@ -105,7 +105,10 @@ export function snapshotHandle(client: Client, instance: string, runId?: string)
 }
 
 /** The `progress` query, plus percent and bytes of the step running now (convert or upload). */
-export interface SnapshotProgressDetails extends SnapshotProgress {
+export interface SnapshotProgressDetails extends SnapshotProgress, StepDetails {}
+
+/** The running step of a snapshot or a restore, as its heartbeat and describe() tell it. */
+export interface StepDetails {
   /** Percent, bytes done and total of the running step, from its last heartbeat. */
   percent?: number;
   bytesDone?: number;
@@ -126,14 +129,10 @@ export async function getProgress(handle: SnapshotHandle): Promise<SnapshotProgr
 }
 
 /** Percent and bytes of the pending step of a workflow in `phase`, from its heartbeat (snapshots and restores). */
-export async function stepProgress(
-  handle: { client: WorkflowClient },
-  description: WorkflowExecutionDescription,
-  phase: string,
-): Promise<Partial<SnapshotProgressDetails>> {
+export async function stepProgress(handle: { client: WorkflowClient }, description: WorkflowExecutionDescription, phase: string): Promise<StepDetails> {
   const pending = description.raw.pendingActivities ?? [];
   // One step runs at a time; the one that reports progress is the one worth showing.
-  let fallback: Partial<SnapshotProgressDetails> = {};
+  let fallback: StepDetails = {};
   for (const activity of pending) {
     const step = {
       activityType: activity.activityType?.name ?? 'unknown',

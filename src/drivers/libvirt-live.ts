@@ -573,26 +573,24 @@ function pullUnavailable(e: unknown): boolean {
 
 /** Pull-mode backup of the root disk, served over NBD on a unix socket, the old data of overwritten blocks kept in a qcow2 scratch image. */
 function pullXml(disks: DomainDisk[], root: DomainDisk, socket: string, scratch: string): string {
-  const x = encodeEntities;
-  const lines = disks
-    .filter((d) => d.dev)
-    .map((d) =>
-      d === root
-        ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      <scratch file='${x(scratch)}'/>\n      <driver type='qcow2'/>\n    </disk>`
-        : `    <disk name='${x(d.dev)}' backup='no'/>`,
-    );
-  return `<domainbackup mode='pull'>\n  <server transport='unix' socket='${x(socket)}'/>\n  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;
+  const server = `  <server transport='unix' socket='${encodeEntities(socket)}'/>\n`;
+  return domainBackupXml('pull', server, disks, root, `<scratch file='${encodeEntities(scratch)}'/>`, 'qcow2');
 }
 
-/** Push-mode backup of the root disk only; every other disk is listed with backup='no'. */
+/** Push-mode backup of the root disk only, written by QEMU to `target`. */
 function backupXml(disks: DomainDisk[], root: DomainDisk, target: string, format: 'qcow2' | 'raw'): string {
+  return domainBackupXml('push', '', disks, root, `<target file='${encodeEntities(target)}'/>`, format);
+}
+
+/** A <domainbackup> of the root disk (its file element and driver type given); every other disk is listed with backup='no'. */
+function domainBackupXml(mode: 'pull' | 'push', server: string, disks: DomainDisk[], root: DomainDisk, file: string, driver: 'qcow2' | 'raw'): string {
   const x = encodeEntities;
   const lines = disks
     .filter((d) => d.dev)
     .map((d) =>
       d === root
-        ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      <target file='${x(target)}'/>\n      <driver type='${format}'/>\n    </disk>`
+        ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      ${file}\n      <driver type='${driver}'/>\n    </disk>`
         : `    <disk name='${x(d.dev)}' backup='no'/>`,
     );
-  return `<domainbackup mode='push'>\n  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;
+  return `<domainbackup mode='${mode}'>\n${server}  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;
 }

@@ -16,12 +16,6 @@ import { execa } from 'execa';
 import { VmsnapError } from '../shared/errors.js';
 import { fsyncFileAndEntry, removeRegularFile } from './files.js';
 
-const QEMU_IMG = 'qemu-img';
-// A killed convert gets this long after SIGTERM before SIGKILL.
-const KILL_GRACE_MS = 2000;
-// info/check only read metadata; a hang means stuck storage, not a big image.
-const META_TIMEOUT_MS = 120_000;
-
 export interface ConvertOptions {
   source: string;
   /** Format of the source, as the domain defines it. Always given: probing is unsafe (a guest can write a qcow2 header into a raw disk). */
@@ -72,7 +66,13 @@ export class AbortError extends Error {
   readonly code = 'ABORT_ERR';
 }
 
+// How qemu-img runs: in the C locale, since its messages are parsed.
+const QEMU_IMG = 'qemu-img';
 const env = { LC_ALL: 'C' };
+// A killed convert gets this long after SIGTERM before SIGKILL.
+const KILL_GRACE_MS = 2000;
+// info/check only read metadata; a hang means stuck storage, not a big image.
+const META_TIMEOUT_MS = 120_000;
 
 /** Last non-empty stderr line, without the "qemu-img: " prefix: qemu-img puts the cause there. */
 function lastLine(stderr: string): string {

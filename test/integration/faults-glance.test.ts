@@ -4,7 +4,6 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
@@ -12,7 +11,7 @@ import { recordFaultRow } from '../support/fault-report.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { observePause } from '../support/images.js';
-import { checkInvariants, outcomeOf, reconcilerRemovesQueuedImage, type Invariants } from '../support/invariants.js';
+import { assertAllHeld, checkRunningGuest, outcomeOf, reconcilerRemovesQueuedImage } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const guestName = `vmsnap-test-fg-${process.pid}`;
@@ -22,14 +21,6 @@ let proxy: FaultProxy;
 let guest: Guest;
 /** Runs right after the guest is paused: lets a test make Glance vanish mid-snapshot. */
 let afterPause: () => void = () => undefined;
-
-function allHeld(invariants: Invariants): void {
-  assert.deepEqual(
-    Object.values(invariants),
-    Object.values(invariants).map(() => true),
-    JSON.stringify(invariants),
-  );
-}
 
 describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
   before(async () => {
@@ -50,25 +41,14 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
     await proxy?.close();
   });
 
-  const check = (imageName: string, outcome: string, expectedOutcome = 'completed') =>
-    checkInvariants({
-      store: h.store,
-      glanceUrl: h.glanceUrl,
-      snapshotsDir: h.config.snapshotsDir,
-      guest,
-      priorState: 'running',
-      imageName,
-      expectedOutcome,
-      outcome,
-    });
+  const check = (imageName: string, outcome: string, expectedOutcome = 'completed') => checkRunningGuest(h, guest, imageName, outcome, expectedOutcome);
 
   it('Glance unreachable for a while: retried with backoff, the snapshot completes', async () => {
     proxy.setRule({ path: ALL, kind: 'reset' });
     const imageName = `vmsnap-test-${process.pid}-glance-blip`;
     const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
     // Glance stays away until it has refused two requests (the first call may come late).
-    const deadline = Date.now() + 60_000;
-    while (proxy.requests.filter((r) => r.status === 0).length < 2 && Date.now() < deadline) await sleep(100);
+    await proxy.untilReset(2, 60_000);
     proxy.setRule(undefined);
     const outcome = await outcomeOf(handle);
     const invariants = await check(imageName, outcome);
@@ -83,7 +63,7 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
       proxy.requests.some((r) => r.status === 0),
       'requests were cut while Glance was away',
     );
-    allHeld(invariants);
+    assertAllHeld(invariants);
   });
 
   it('Glance answering 503: retried, the snapshot completes', async () => {
@@ -95,7 +75,7 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
     recordFaultRow({ fault: 'Glance answering 5xx', outcome, invariants, note: '3 answers of 503, then normal' });
     assert.equal(outcome, 'completed');
     assert.equal(proxy.requests.filter((r) => r.status === 503).length, 3);
-    allHeld(invariants);
+    assertAllHeld(invariants);
   });
 
   it('Glance gone for good: compensation, and the reconciler removes the image once Glance is back', async () => {
@@ -109,7 +89,7 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
       const during = await check(imageName, outcome, 'ImageServiceUnavailable');
       assert.equal(during['no unfinished image'], false, 'the image could not be deleted yet');
       const { 'no unfinished image': _pending, ...rest } = during;
-      allHeld(rest as Invariants);
+      assertAllHeld(rest);
 
       // A reconcile round while Glance is away completes, saying it waits for Glance (it failed).
       const waiting: ReconcileReport = await h.client.workflow.execute('reconcile', {
@@ -132,7 +112,7 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
         invariants,
         note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Glance answers again',
       });
-      allHeld(invariants);
+      assertAllHeld(invariants);
     } finally {
       afterPause = () => undefined;
       proxy.setRule(undefined);

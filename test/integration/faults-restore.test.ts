@@ -3,57 +3,36 @@
 // takes over after the heartbeat timeout), and a restore terminated mid-way (the reconciler
 // heals it). A guest with 256 MiB of data makes the download last long enough to hit.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
-import { guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { guestState, readCounter, type Guest } from '../../scripts/lib/guest.js';
 import { restoreFiles } from '../../src/activities/restore.js';
 import { startRestore } from '../../src/client/restores.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
-import { SqliteStore } from '../../src/store/sqlite.js';
+import type { SqliteStore } from '../../src/store/sqlite.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { testCloud } from '../support/cloud.js';
 import { recordFaultRow } from '../support/fault-report.js';
-import type { Invariants } from '../support/invariants.js';
-import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
-import { startWorkerProcess, type WorkerProcess } from '../support/worker-process.js';
+import { assertAllHeld, type Invariants } from '../support/invariants.js';
+import { waitForPhase } from '../support/slow-guest.js';
+import { WorkerTest } from '../support/worker-test.js';
 
-const dataDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
 const guestName = `vmsnap-test-fr-${process.pid}`;
-const dir = mkdtempSync(join(tmpdir(), 'vmsnap-faults-restore-'));
-const env = {
-  VMSNAP_HOST: `test-fr-${process.pid}`,
-  VMSNAP_TASK_QUEUE: `vmsnap-test-fr-${process.pid}`,
-  VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
+const t = new WorkerTest('fr', {
   VMSNAP_DEFAULT_MODE: 'cold',
-  VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
   // Short enough to take over soon, long enough for a loaded 2-CPU host's heartbeats.
   VMSNAP_HEARTBEAT_TIMEOUT_MS: '6000',
-  VMSNAP_RECONCILE_INTERVAL_MS: '0',
-  VMSNAP_METRICS_ADDRESS: 'off',
   // The guest ignores ACPI: the stop waits this long, then destroys. Long enough to hit.
   VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS: '4000',
-};
+});
+const { env, workers } = t;
 let guest: Guest;
 let store: SqliteStore;
 let client: Client;
 let imageId: string;
-const workers: WorkerProcess[] = [];
-
-async function startWorker(): Promise<WorkerProcess> {
-  const w = startWorkerProcess(env);
-  workers.push(w);
-  await w.waitForLine(/vmsnap worker started/);
-  return w;
-}
-
-async function killAll(): Promise<void> {
-  for (const w of workers) await w.stop('SIGKILL');
-}
 
 async function counting(): Promise<boolean> {
   const first = (await readCounter(guest.diskPath, 'qcow2')).a;
@@ -77,47 +56,30 @@ async function invariants(outcomeAsExpected: boolean): Promise<Invariants> {
   };
 }
 
-function allHeld(inv: Invariants): void {
-  assert.deepEqual(
-    Object.values(inv),
-    Object.values(inv).map(() => true),
-    JSON.stringify(inv),
-  );
-}
-
 describe('restore faults on the real stack', { timeout: 900_000 }, () => {
   before(async () => {
-    guest = await createSlowGuest({
-      name: guestName,
-      guestsDir: join(dataDir, 'guests'),
-      assetsDir: join(dataDir, 'guest-assets'),
-      dataMiB: 256,
-    });
-    store = new SqliteStore(env.VMSNAP_STORE_PATH);
-    await store.migrate();
+    ({ guest, store } = await t.setUp(guestName, 256));
     client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
-    await startWorker();
+    await workers.start();
     const snap = await startSnapshot(client, { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-fr` }, env.VMSNAP_TASK_QUEUE);
     imageId = (await snap.result()).imageId;
   });
 
   after(async () => {
-    await killAll();
+    await workers.killAll();
     await (await testCloud()).imageService.deleteImage(imageId).catch(() => undefined);
     await client?.connection.close();
-    await store?.close();
-    await removeGuest(guestName, join(dataDir, 'guests')).catch(() => undefined);
-    rmSync(dir, { recursive: true, force: true });
+    await t.tearDown();
   });
 
   it('a worker killed with SIGKILL during the download: a new worker downloads again and completes', async () => {
-    const first = workers.at(-1)!;
+    const first = workers.all.at(-1)!;
     const handle = await startRestore(client, { instance: guest.uuid, imageId }, env.VMSNAP_TASK_QUEUE);
     await waitForPhase(handle, 'downloading');
     await sleep(300);
     await first.stop('SIGKILL');
     assert.equal(await guestState(guestName), 'running', 'the guest runs on while nobody downloads');
-    await startWorker();
+    await workers.start();
     const result = await handle.result();
     const inv = await invariants(true);
     recordFaultRow({
@@ -126,17 +88,17 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
       invariants: inv,
       note: `download retried from byte 0 on a new worker after the 6 s heartbeat timeout; downtime ${result.downtimeMs} ms`,
     });
-    allHeld(inv);
+    assertAllHeld(inv);
   });
 
   it('a worker killed with SIGKILL while the guest stops for the swap: a new worker finishes the restore', async () => {
-    await killAll();
-    const first = await startWorker();
+    await workers.killAll();
+    const first = await workers.start();
     const handle = await startRestore(client, { instance: guest.uuid, imageId }, env.VMSNAP_TASK_QUEUE);
     await waitForPhase(handle, 'stopping', 300_000);
     await sleep(500);
     await first.stop('SIGKILL');
-    await startWorker();
+    await workers.start();
     const result = await handle.result();
     const inv = await invariants(true);
     recordFaultRow({
@@ -145,13 +107,13 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
       invariants: inv,
       note: `stop, swap and start retried on a new worker; pre-restore disk kept: ${existsSync(result.preRestorePath ?? '')}`,
     });
-    allHeld(inv);
+    assertAllHeld(inv);
     assert.ok(existsSync(restoreFiles(guest.diskPath).preRestore));
   });
 
   it('a restore terminated while the guest stops: the reconciler starts the guest again on a disk that is whole', async () => {
-    await killAll();
-    await startWorker();
+    await workers.killAll();
+    await workers.start();
     const before = (await readCounter(guest.diskPath, 'qcow2')).a;
     const handle = await startRestore(client, { instance: guest.uuid, imageId }, env.VMSNAP_TASK_QUEUE);
     await waitForPhase(handle, 'stopping', 300_000);
@@ -175,6 +137,6 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
       invariants: inv,
       note: 'the stop gave up at its next heartbeat; the reconciler removed the new files; the guest runs on its previous disk',
     });
-    allHeld(inv);
+    assertAllHeld(inv);
   });
 });

@@ -19,7 +19,7 @@ import { recordFaultRow } from '../support/fault-report.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { findImagesByName, observePause } from '../support/images.js';
-import { checkInvariants, outcomeOf, reconcilerRemovesQueuedImage, type Invariants } from '../support/invariants.js';
+import { assertAllHeld, checkRunningGuest, outcomeOf, reconcilerRemovesQueuedImage } from '../support/invariants.js';
 import { createSlowGuest } from '../support/slow-guest.js';
 import { startWorkerProcess } from '../support/worker-process.js';
 
@@ -29,14 +29,6 @@ const stackCloud = loadConfig(process.env).cloud;
 const accounts = readAccounts(dataDir);
 const ALL = /.*/;
 const lifetimeS = Number(process.env.VMSNAP_KEYSTONE_TOKEN_LIFETIME ?? 3600);
-
-function allHeld(invariants: Invariants): void {
-  assert.deepEqual(
-    Object.values(invariants),
-    Object.values(invariants).map(() => true),
-    JSON.stringify(invariants),
-  );
-}
 
 /** Distinct tokens the proxy saw, in the order they first came. */
 function tokensSeen(proxy: FaultProxy): string[] {
@@ -86,17 +78,7 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
       await h?.close();
     });
 
-    const check = (imageName: string, outcome: string, expectedOutcome = 'completed') =>
-      checkInvariants({
-        store: h.store,
-        glanceUrl: h.glanceUrl,
-        snapshotsDir: h.config.snapshotsDir,
-        guest,
-        priorState: 'running',
-        imageName,
-        expectedOutcome,
-        outcome,
-      });
+    const check = (imageName: string, outcome: string, expectedOutcome = 'completed') => checkRunningGuest(h, guest, imageName, outcome, expectedOutcome);
 
     it('a token revoked mid-snapshot: Glance answers 401, vmsnap gets a new token and completes', async () => {
       let revoked: string | undefined;
@@ -131,7 +113,7 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
           glanceProxy.requests.some((r) => r.status < 300 && r.headers['x-auth-token'] !== revoked && r.headers['x-auth-token']),
           'a new token was used',
         );
-        allHeld(invariants);
+        assertAllHeld(invariants);
       } finally {
         afterPause = async () => undefined;
       }
@@ -148,8 +130,7 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
       try {
         const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
         // Keystone stays away until it has refused two requests.
-        const deadline = Date.now() + 120_000;
-        while (keystoneProxy.requests.filter((r) => r.status === 0).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        await keystoneProxy.untilReset(2, 120_000);
         keystoneProxy.setRule(undefined);
         const outcome = await outcomeOf(handle);
         const invariants = await check(imageName, outcome);
@@ -162,7 +143,7 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
         });
         assert.equal(outcome, 'completed');
         assert.ok(cut >= 2, 'token requests were cut while Keystone was away');
-        allHeld(invariants);
+        assertAllHeld(invariants);
       } finally {
         afterPause = async () => undefined;
         keystoneProxy.setRule(undefined);
@@ -182,7 +163,7 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
         const during = await check(imageName, outcome, 'IdentityServiceUnavailable');
         assert.equal(during['no unfinished image'], false, 'the image could not be deleted yet');
         const { 'no unfinished image': _pending, ...rest } = during;
-        allHeld(rest as Invariants);
+        assertAllHeld(rest);
 
         afterPause = async () => undefined;
         keystoneProxy.setRule(undefined);
@@ -194,7 +175,7 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
           invariants,
           note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Keystone answers again',
         });
-        allHeld(invariants);
+        assertAllHeld(invariants);
       } finally {
         afterPause = async () => undefined;
         keystoneProxy.setRule(undefined);

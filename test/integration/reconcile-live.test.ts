@@ -3,48 +3,32 @@
 // ends it (virsh domjobabort), with its scratch image and socket, instead of leaving it until the
 // next copy of the guest trips over it. Real worker processes (one is killed with SIGKILL).
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
 import { execa } from 'execa';
-import { readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { readCounter, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
-import { SqliteStore } from '../../src/store/sqlite.js';
+import type { SqliteStore } from '../../src/store/sqlite.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { qemuImgProcessesUnder } from '../support/invariants.js';
-import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
-import { startWorkerProcess, type WorkerProcess } from '../support/worker-process.js';
+import { waitForPhase } from '../support/slow-guest.js';
+import { WorkerTest } from '../support/worker-test.js';
 
-const dataDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
 const guestName = `vmsnap-test-rl-${process.pid}`;
-const dir = mkdtempSync(join(tmpdir(), 'vmsnap-reconcile-live-'));
-// QEMU's user must reach the live copy's target and scratch image below it.
-chmodSync(dir, 0o711);
-const env = {
-  VMSNAP_HOST: `test-rl-${process.pid}`,
-  VMSNAP_TASK_QUEUE: `vmsnap-test-rl-${process.pid}`,
-  VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
-  VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
+const t = new WorkerTest('rl', {
   VMSNAP_LIVE_METHOD: 'pull',
   // Slow enough that the copy is still running when the worker is killed.
   VMSNAP_LIVE_BANDWIDTH_MIBPS: '8',
-  VMSNAP_RECONCILE_INTERVAL_MS: '0',
-  VMSNAP_METRICS_ADDRESS: 'off',
-};
+});
+const { env, workers } = t;
+// QEMU's user must reach the live copy's target and scratch image below it.
+chmodSync(t.dir, 0o711);
 let guest: Guest;
 let store: SqliteStore;
-const workers: WorkerProcess[] = [];
-
-async function startWorker(): Promise<WorkerProcess> {
-  const w = startWorkerProcess(env);
-  workers.push(w);
-  await w.waitForLine(/vmsnap worker started/);
-  return w;
-}
 
 /** libvirt's job on the guest: "None", "Unbounded" (a pull backup job), ... */
 async function jobType(): Promise<string> {
@@ -54,29 +38,20 @@ async function jobType(): Promise<string> {
 
 describe('reconciler: a live copy left by a dead worker', { timeout: 300_000 }, () => {
   before(async () => {
-    guest = await createSlowGuest({
-      name: guestName,
-      guestsDir: join(dataDir, 'guests'),
-      assetsDir: join(dataDir, 'guest-assets'),
-      dataMiB: 512,
-    });
-    store = new SqliteStore(env.VMSNAP_STORE_PATH);
-    await store.migrate();
+    ({ guest, store } = await t.setUp(guestName, 512));
   });
 
   after(async () => {
-    for (const w of workers) await w.stop('SIGKILL');
+    await workers.killAll();
     // Should the test fail before the reconciler ran, no job may outlive it.
     await execa('virsh', ['-c', 'qemu:///system', 'domjobabort', guestName], { reject: false });
-    await store?.close();
-    await removeGuest(guestName, join(dataDir, 'guests')).catch(() => undefined);
-    rmSync(dir, { recursive: true, force: true });
+    await t.tearDown();
   });
 
   it('worker killed mid-copy, run terminated: the reconciler ends the pull job, scratch and socket removed', async () => {
     const client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
     try {
-      const first = await startWorker();
+      const first = await workers.start();
       const handle = await startSnapshot(
         client,
         { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-live-orphan`, mode: 'live', quiesce: 'never' },
@@ -100,7 +75,7 @@ describe('reconciler: a live copy left by a dead worker', { timeout: 300_000 }, 
       assert.equal(await jobType(), 'Unbounded', 'the pull job outlives its worker and its run');
       assert.ok(existsSync(scratch) && existsSync(socket), 'scratch image and socket are still there');
 
-      await startWorker();
+      await workers.start();
       const run = await client.workflow.start('reconcile', {
         taskQueue: env.VMSNAP_TASK_QUEUE,
         workflowId: `vmsnap-test-reconcile-${randomUUID()}`,

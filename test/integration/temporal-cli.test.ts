@@ -23,6 +23,22 @@ async function temporal(args: string[]): Promise<{ exitCode: number; stdout: str
   return { exitCode: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** `temporal workflow start` of a snapshotInstance on the workers' task queue, with this JSON input. */
+function startSnapshotWorkflow(workflowId: string, input: string) {
+  return temporal([
+    'workflow',
+    'start',
+    '--type',
+    'snapshotInstance',
+    '--task-queue',
+    h.config.temporal.taskQueue,
+    '--workflow-id',
+    workflowId,
+    '--input',
+    input,
+  ]);
+}
+
 function parse<T>(out: { stdout: string; stderr: string }): T {
   try {
     return JSON.parse(out.stdout) as T;
@@ -60,18 +76,7 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
     const workflowId = snapshotWorkflowId(guest.uuid);
     const imageName = `vmsnap-test-tcli-${process.pid}`;
     const input = `{"instance": "${guest.uuid}", "imageName": "${imageName}", "metadata": {"purpose": "backup"}}`;
-    const started = await temporal([
-      'workflow',
-      'start',
-      '--type',
-      'snapshotInstance',
-      '--task-queue',
-      h.config.temporal.taskQueue,
-      '--workflow-id',
-      workflowId,
-      '--input',
-      input,
-    ]);
+    const started = await startSnapshotWorkflow(workflowId, input);
     assert.equal(started.exitCode, 0, started.stderr);
 
     // The query as README shows it, in JSON: the phase, and the image id from the first moment.
@@ -110,18 +115,7 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
 
   it('a bad input fails at once with a non-retryable InvalidInput naming both fields', async () => {
     const workflowId = `vmsnap-test-tcli-bad-${process.pid}`;
-    const started = await temporal([
-      'workflow',
-      'start',
-      '--type',
-      'snapshotInstance',
-      '--task-queue',
-      h.config.temporal.taskQueue,
-      '--workflow-id',
-      workflowId,
-      '--input',
-      '{"instance": "../x", "imageName": ""}',
-    ]);
+    const started = await startSnapshotWorkflow(workflowId, '{"instance": "../x", "imageName": ""}');
     assert.equal(started.exitCode, 0, started.stderr);
     const result = await temporal(['workflow', 'result', '--workflow-id', workflowId, '--output', 'json']);
     assert.notEqual(result.exitCode, 0, 'a failed workflow makes `temporal workflow result` fail');

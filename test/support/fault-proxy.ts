@@ -14,6 +14,7 @@ import {
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { Transform } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export type FaultAction =
   /** Answer this status (and body) at once, without forwarding; the request body is drained. */
@@ -60,6 +61,8 @@ export interface FaultProxy {
   /** Replaces all rules; the first matching rule with times left applies. */
   setRules(rules: FaultRule[]): void;
   requests: ProxiedRequest[];
+  /** Waits until `count` requests were cut (reset), or `timeoutMs` is up: a client may come late, or not at all. */
+  untilReset(count: number, timeoutMs: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -281,6 +284,10 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
       rules = list.map((rule) => ({ rule, left: rule.times ?? Infinity }));
     },
     requests,
+    async untilReset(count, timeoutMs) {
+      const deadline = Date.now() + timeoutMs;
+      while (requests.filter((r) => r.status === 0).length < count && Date.now() < deadline) await sleep(100);
+    },
     close() {
       return new Promise<void>((resolve) => {
         server.close(() => resolve());

@@ -57,6 +57,35 @@ export async function checkInvariants(ctx: {
   };
 }
 
+/** The invariants after a snapshot of `guest`, running before it, on a harness's stack. */
+export function checkRunningGuest(
+  h: Pick<Harness, 'store' | 'glanceUrl' | 'config'>,
+  guest: Guest,
+  imageName: string,
+  outcome: string,
+  expectedOutcome = 'completed',
+): Promise<Invariants> {
+  return checkInvariants({
+    store: h.store,
+    glanceUrl: h.glanceUrl,
+    snapshotsDir: h.config.snapshotsDir,
+    guest,
+    priorState: 'running',
+    imageName,
+    expectedOutcome,
+    outcome,
+  });
+}
+
+/** Asserts that every invariant held; the message names them all, so a failure shows which did not. */
+export function assertAllHeld(invariants: object): void {
+  assert.deepEqual(
+    Object.values(invariants),
+    Object.values(invariants).map(() => true),
+    JSON.stringify(invariants),
+  );
+}
+
 /** How a snapshot ended: 'completed', its failure type, or 'Cancelled' / 'Terminated'. */
 export async function outcomeOf(handle: { result: () => Promise<unknown> }): Promise<string> {
   try {
@@ -66,6 +95,18 @@ export async function outcomeOf(handle: { result: () => Promise<unknown> }): Pro
     if (!(err instanceof WorkflowFailedError)) throw err;
     return failureTypeOfCause(err.cause);
   }
+}
+
+/** How a snapshot ended, asked again (a second apart) while the client's long poll fails in a Temporal outage. */
+export async function outcomeAcrossOutage(handle: { result: () => Promise<unknown> }, attempts: number): Promise<string> {
+  let outcome = '';
+  for (let i = 0; i < attempts && !outcome; i++) {
+    outcome = await outcomeOf(handle).catch(async () => {
+      await sleep(1000);
+      return '';
+    });
+  }
+  return outcome;
 }
 
 /** Pids of qemu-img processes whose command line mentions the dir. */

@@ -1,8 +1,13 @@
 // A test guest whose disk holds bulk data, so that copying it takes seconds: time for a test to
 // kill, cancel or terminate something in the middle of a snapshot.
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { createGuest, guestState, readCounter, type DomainState, type Guest } from '../../scripts/lib/guest.js';
+
+const dataDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
+/** Where a test without a harness keeps its guests: below the test stack's data dir. */
+export const STACK_GUESTS = { guestsDir: join(dataDir, 'guests'), assetsDir: join(dataDir, 'guest-assets') };
 
 export async function createSlowGuest(opts: { name: string; guestsDir: string; assetsDir: string; dataMiB: number }): Promise<Guest> {
   const guest = await createGuest({

@@ -2,6 +2,7 @@
 // process: for tests that read its logs, scrape its metrics, or kill it with SIGKILL.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -49,4 +50,39 @@ export function startWorkerProcess(env: Record<string, string>, how: 'all' | 'ma
       await exited;
     },
   };
+}
+
+/**
+ * What every worker process of a test runs with: a host and task queue of its own (`tag` and the
+ * test's pid), the store and the snapshots below `dir`, no reconciler loop, no metrics endpoint.
+ */
+export function workerTestEnv(tag: string, dir: string) {
+  return {
+    VMSNAP_HOST: `test-${tag}-${process.pid}`,
+    VMSNAP_TASK_QUEUE: `vmsnap-test-${tag}-${process.pid}`,
+    VMSNAP_STORE_PATH: join(dir, 'vmsnap.sqlite'),
+    VMSNAP_SNAPSHOTS_DIR: join(dir, 'snapshots'),
+    VMSNAP_RECONCILE_INTERVAL_MS: '0',
+    VMSNAP_METRICS_ADDRESS: 'off',
+  };
+}
+
+/** The worker processes of a test, all started with one environment: started one by one, killed together. */
+export class WorkerProcesses {
+  readonly all: WorkerProcess[] = [];
+
+  constructor(private readonly env: Record<string, string>) {}
+
+  /** One more worker (`extra` settings on top), once it has started polling. */
+  async start(extra: Record<string, string> = {}): Promise<WorkerProcess> {
+    const w = startWorkerProcess({ ...this.env, ...extra });
+    this.all.push(w);
+    await w.waitForLine(/vmsnap worker started/);
+    return w;
+  }
+
+  /** SIGKILL to every worker started, as a dead machine would. */
+  async killAll(): Promise<void> {
+    for (const w of this.all) await w.stop('SIGKILL');
+  }
 }

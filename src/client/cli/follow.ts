@@ -7,9 +7,9 @@ import { VmsnapError, type ErrorCode } from '../../shared/errors.js';
 import type { SnapshotResult } from '../../shared/types.js';
 import { ClientError } from '../errors.js';
 import { EXIT, exitCodeOf, failureTypeOf, type ExitCode } from '../exit-codes.js';
-import { ProgressView, formatBytes } from '../progress.js';
+import { ProgressView, formatBytes, type WorkProgress } from '../progress.js';
 import type { RestoreProgressDetails } from '../restores.js';
-import { getProgress, oneLine, snapshotResult, type SnapshotHandle, type SnapshotProgressDetails } from '../snapshots.js';
+import { getProgress, oneLine, snapshotResult, type SnapshotHandle } from '../snapshots.js';
 import type { GlobalOptions, Session } from './session.js';
 
 /** How a waited-for snapshot ended, as `snapshot --wait --json` and `cancel --wait --json` print it. */
@@ -72,7 +72,7 @@ export function outcomeOf<R = SnapshotResult>(ended: { result?: R; error?: unkno
   throw err;
 }
 
-export function describeProgress(view: ProgressView, p: SnapshotProgressDetails): string {
+export function describeProgress(view: ProgressView, p: WorkProgress): string {
   const line = view.line(p);
   if (line.percent === undefined) return line.phase;
   return `${line.phase} ${Math.floor(line.percent)}% (${formatBytes(line.bytesDone ?? 0)} of ${formatBytes(line.bytesTotal ?? 0)})`;
@@ -110,7 +110,7 @@ export async function followWork(
     while (!settled && view && progress) {
       try {
         const p = await session.getClient().then((c) => c.withDeadline(Date.now() + 5000, progress));
-        if (!settled) view.update(p as unknown as SnapshotProgressDetails);
+        if (!settled) view.update(p);
       } catch {
         // No answer now (a worker restarting): keep waiting.
       }

@@ -1,5 +1,6 @@
 // Parsing and wording shared by the commands: option values, request problems in the words of
 // the command line, and the few formats of times.
+import type { Client } from '@temporalio/client';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { VmsnapError } from '../../shared/errors.js';
@@ -7,7 +8,7 @@ import { validateSnapshotRequest, type InputProblem } from '../../shared/validat
 import { instanceAliases } from '../inventory.js';
 import { formatDuration } from '../progress.js';
 import { LISTABLE_STATUSES, type ListableStatus } from '../snapshots.js';
-import type { Session } from './session.js';
+import { withGlobals, type ListView, type Session } from './session.js';
 
 export const SETTINGS_HELP = `Settings (environment, or a JSON file named by VMSNAP_CONFIG_FILE):
   TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_TLS_*   the Temporal frontend, read as the temporal CLI
@@ -93,7 +94,29 @@ export interface ListOptions {
   limit: number;
 }
 
-export function addListOptions(command: Command, noun: string): void {
+/** What `list` needs to know of one kind of workflow (snapshot, restore), and how it shows them. */
+export interface ListKind<T> extends ListView<T> {
+  /** What the list holds, in the options' help: "snapshots". */
+  noun: string;
+  description: string;
+  list(client: Client, filter: ListFilter): Promise<T[]>;
+}
+
+type ListFilter = { instance?: string[]; status?: ListableStatus; limit: number };
+
+/** `list` under `parent`: the workflows of this kind that the options select, most recently started first. */
+export function addListCommand<T>(parent: Command, session: Session, kind: ListKind<T>): void {
+  const list = parent.command('list').description(kind.description);
+  addListOptions(list, kind.noun);
+  list.action(
+    withGlobals(async (g, opts: ListOptions) => {
+      const rows = await kind.list(await session.getClient(), await listFilter(session, opts));
+      session.showList(g, rows, kind);
+    }),
+  );
+}
+
+function addListOptions(command: Command, noun: string): void {
   command
     .option('--instance <instance>', `only ${noun} of this instance (UUID or name)`)
     .addOption(new Option('--status <status>', `only ${noun} in this state`).choices(Object.keys(LISTABLE_STATUSES)))
@@ -101,7 +124,7 @@ export function addListOptions(command: Command, noun: string): void {
 }
 
 /** The list filter as the client takes it: an --instance also matches its other names. */
-export async function listFilter(session: Session, opts: ListOptions): Promise<{ instance?: string[]; status?: ListableStatus; limit: number }> {
+async function listFilter(session: Session, opts: ListOptions): Promise<ListFilter> {
   return { instance: await instanceFilter(session, opts.instance), status: opts.status, limit: opts.limit };
 }
 

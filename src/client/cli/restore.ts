@@ -1,23 +1,21 @@
 // `vmsnap restore ...`: restore an instance from an image, roll a restore back, and see, list and
 // cancel restores as the snapshot commands do for snapshots (same exit codes, --json, text).
-import type { WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 import { VmsnapError } from '../../shared/errors.js';
 import type { RestoreRequest, RestoreResult, RollbackResult } from '../../shared/types.js';
 import { validateRestoreRequest, validateRollbackRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
-import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
-import { instanceAliases } from '../inventory.js';
-import { formatBytes, formatDuration } from '../progress.js';
+import { EXIT_CODES_HELP } from '../exit-codes.js';
+import { formatBytes, formatDuration, formatPhases } from '../progress.js';
 import * as restores from '../restores.js';
-import type { RestoreHandle, RestoreProgressDetails } from '../restores.js';
+import type { RestoreHandle, RestoreProgressDetails, RestoreSummary } from '../restores.js';
 import { followWork, outcomeOf } from './follow.js';
-import { addListOptions, describeCliProblem, listFilter, since, type ListOptions } from './options.js';
-import { readStatus, statusRows } from './status.js';
-import { table, withGlobals, type GlobalOptions, type Session } from './session.js';
+import { addListCommand, describeCliProblem, since, type ListKind } from './options.js';
+import { addStatusCommand, type StatusKind } from './status.js';
+import { addCancelCommand, type CancelKind } from './cancel.js';
+import { withGlobals, type Session } from './session.js';
 
 export function registerRestoreCommands(program: Command, session: Session): void {
-  const { io } = session;
   const restore = program
     .command('restore')
     .description('restore an instance from a Glance image (its disk replaced, the previous disk kept for rollback); with --wait, follow it')
@@ -98,95 +96,12 @@ export function registerRestoreCommands(program: Command, session: Session): voi
       }),
     );
 
-  restore
-    .command('status')
-    .description("show a restore's (or rollback's) state: phase, percent and bytes while it runs, its result or error after")
-    .argument('<instance|workflow-id>', 'instance UUID or name (its latest restore), or a workflow id')
-    .action(
-      withGlobals(async (g, ref: string) => {
-        const config = session.getConfig();
-        const client = await session.getClient();
-        const found = await restores.findRestore(client, ref, await instanceAliases(config, ref));
-        if (!found) throw new ClientError('RestoreNotFound', `no restore of ${ref} found: check the instance UUID or name, or see vmsnap restore list`);
-        const handle = client.workflow.getHandle(found.workflowId, found.runId) as RestoreHandle;
-        // A rollback answers no progress query: while it runs, visibility's phase is all there is.
-        const progress = found.action === 'restore' ? (h: WorkflowHandle) => restores.getRestoreProgress(h as RestoreHandle) : undefined;
-        const status = await readStatus<RestoreProgressDetails, RestoreResult | RollbackResult>(found, handle, progress);
-        const r = found.action === 'restore' ? (status.result as RestoreResult | undefined) : undefined;
-        session.show(g, { ...found, ...status }, () =>
-          table(
-            statusRows(
-              session,
-              found,
-              status,
-              r?.imageId,
-              [
-                ...(r
-                  ? [['downtime', `${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`]]
-                  : []),
-                ...(r?.newInstance ? [['new instance', `${r.newInstance.name} (${r.newInstance.id})`]] : []),
-                ...(r?.preRestorePath ? [['pre-restore', `${r.preRestorePath}, kept until ${r.preRestoreKeptUntil}`]] : []),
-              ],
-              `, ${found.action}`,
-            ),
-          ),
-        );
-      }),
-    );
-
-  const list = restore.command('list').description('list restores and rollbacks, most recently started first (from Temporal visibility)');
-  addListOptions(list, 'restores');
-  list.action(
-    withGlobals(async (g, opts: ListOptions) => {
-      const rows = await restores.listRestores(await session.getClient(), await listFilter(session, opts));
-      session.showList(g, rows, {
-        empty: 'no restores found',
-        header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
-        row: (r) => [r.workflowId, r.action, r.status, r.phase ?? '-', r.instanceId ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
-      });
-    }),
-  );
-
-  restore
-    .command('cancel')
-    .description('cancel a running restore: before the swap the instance is left as it was; after it, the previous disk goes back and the guest is started')
-    .argument('<instance|workflow-id>', 'instance UUID or name, or a workflow id')
-    .option('--wait', 'wait until the restore has undone its work and ended')
-    .action(async (ref: string, opts: { wait?: boolean }, cmd: Command) => {
-      const g = cmd.optsWithGlobals<GlobalOptions>();
-      const config = session.getConfig();
-      const client = await session.getClient();
-      const { handle, runId } = await restores.cancelRestore(client, ref, await instanceAliases(config, ref));
-      const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
-      // `restore` has a --wait of its own, which commander gives the flag to: read either.
-      if (!(opts.wait ?? cmd.optsWithGlobals<{ wait?: boolean }>().wait)) {
-        if (g.json) session.json(doc);
-        session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap restore status ${ref}`);
-        return;
-      }
-      const ended = outcomeOf(
-        await handle.result().then(
-          (result) => ({ result }),
-          (error: unknown) => ({ error }),
-        ),
-      );
-      if (g.json) session.json({ ...doc, ...ended });
-      if (ended.status === 'cancelled') {
-        session.say(
-          g,
-          `restore ${handle.workflowId} cancelled: the instance runs on its previous disk, in its prior power state, and nothing of the restore is left beside it`,
-        );
-      } else {
-        session.exitCode = EXIT.failed;
-        io.stderr.write(`vmsnap: the restore ended ${ended.status} before the cancellation took effect: see vmsnap restore status ${ref}\n`);
-      }
-    });
+  addStatusCommand(restore, session, restoreStatus);
+  addListCommand(restore, session, restoreList);
+  addCancelCommand(restore, session, restoreCancel);
 }
 
 function restoreText(instance: string, r: RestoreResult, link: string | undefined): string {
-  const phases = Object.entries(r.phaseDurationsMs)
-    .map(([phase, ms]) => `${phase} ${formatDuration(ms ?? 0)}`)
-    .join(', ');
   return [
     `restore of ${instance} completed`,
     `  image        ${r.imageId}, ${formatBytes(r.downloadedBytes)} downloaded, sha512 verified`,
@@ -194,7 +109,54 @@ function restoreText(instance: string, r: RestoreResult, link: string | undefine
     ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
     ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
     `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
-    `  phases       ${phases}`,
+    `  phases       ${formatPhases(r.phaseDurationsMs)}`,
     ...(link ? [`  web UI       ${link}`] : []),
   ].join('\n');
 }
+
+const restoreStatus: StatusKind<RestoreSummary, RestoreProgressDetails, RestoreResult | RollbackResult> = {
+  description: "show a restore's (or rollback's) state: phase, percent and bytes while it runs, its result or error after",
+  argument: 'instance UUID or name (its latest restore), or a workflow id',
+  find: restores.findRestore,
+  notFound: (ref) => new ClientError('RestoreNotFound', `no restore of ${ref} found: check the instance UUID or name, or see vmsnap restore list`),
+  // A rollback answers no progress query: while it runs, visibility's phase is all there is.
+  progress: (found) => (found.action === 'restore' ? (handle) => restores.getRestoreProgress(handle as RestoreHandle) : undefined),
+  rows: (found, status) => {
+    const r = found.action === 'restore' ? (status.result as RestoreResult | undefined) : undefined;
+    return {
+      image: r?.imageId,
+      middle: [
+        ...(r ? [['downtime', `${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`]] : []),
+        ...(r?.newInstance ? [['new instance', `${r.newInstance.name} (${r.newInstance.id})`]] : []),
+        ...(r?.preRestorePath ? [['pre-restore', `${r.preRestorePath}, kept until ${r.preRestoreKeptUntil}`]] : []),
+      ],
+      what: `, ${found.action}`,
+    };
+  },
+};
+
+const restoreList: ListKind<RestoreSummary> = {
+  noun: 'restores',
+  description: 'list restores and rollbacks, most recently started first (from Temporal visibility)',
+  list: restores.listRestores,
+  empty: 'no restores found',
+  header: ['WORKFLOW ID', 'ACTION', 'STATUS', 'PHASE', 'INSTANCE', 'IMAGE', 'STARTED', 'CLOSED'],
+  row: (r) => [r.workflowId, r.action, r.status, r.phase ?? '-', r.instanceId ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
+};
+
+const restoreCancel: CancelKind<RestoreHandle> = {
+  description: 'cancel a running restore: before the swap the instance is left as it was; after it, the previous disk goes back and the guest is started',
+  wait: 'wait until the restore has undone its work and ended',
+  noun: 'restore',
+  statusCommand: 'vmsnap restore status',
+  cancel: restores.cancelRestore,
+  ended: async (_session, handle) =>
+    outcomeOf(
+      await handle.result().then(
+        (result) => ({ result }),
+        (error: unknown) => ({ error }),
+      ),
+    ),
+  cancelled: (workflowId) =>
+    `restore ${workflowId} cancelled: the instance runs on its previous disk, in its prior power state, and nothing of the restore is left beside it`,
+};

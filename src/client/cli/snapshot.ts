@@ -5,17 +5,25 @@ import { VmsnapError } from '../../shared/errors.js';
 import type { SnapshotRequest, SnapshotResult } from '../../shared/types.js';
 import { validateSnapshotRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
-import { EXIT, EXIT_CODES_HELP } from '../exit-codes.js';
-import { instanceAliases } from '../inventory.js';
-import { formatBytes, formatDuration } from '../progress.js';
-import { cancelSnapshot, findSnapshot, getProgress, listSnapshots, startSnapshot, type SnapshotHandle, type SnapshotProgressDetails } from '../snapshots.js';
+import { EXIT_CODES_HELP } from '../exit-codes.js';
+import { formatBytes, formatDuration, formatPhases } from '../progress.js';
+import {
+  cancelSnapshot,
+  findSnapshot,
+  getProgress,
+  listSnapshots,
+  startSnapshot,
+  type SnapshotHandle,
+  type SnapshotProgressDetails,
+  type SnapshotSummary,
+} from '../snapshots.js';
 import { follow, outcomeOf, waitAndReport } from './follow.js';
-import { addListOptions, describeCliProblem, listFilter, metadataOption, since, type ListOptions } from './options.js';
-import { readStatus, statusRows } from './status.js';
-import { table, withGlobals, type Session } from './session.js';
+import { addListCommand, describeCliProblem, metadataOption, since, type ListKind } from './options.js';
+import { addStatusCommand, type StatusKind } from './status.js';
+import { addCancelCommand, type CancelKind } from './cancel.js';
+import { withGlobals, type Session } from './session.js';
 
 export function registerSnapshotCommands(program: Command, session: Session): void {
-  const { io } = session;
   program
     .command('snapshot')
     .description('snapshot an instance into a new Glance image; with --wait, follow it to the end')
@@ -92,76 +100,12 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
       ),
     );
 
-  program
-    .command('status')
-    .description("show a snapshot's state: phase, percent and bytes while it runs, its result or error after")
-    .argument('<instance|workflow-id>', 'instance UUID or name (its latest snapshot), or a workflow id')
-    .action(
-      withGlobals(async (g, ref: string) => {
-        const config = session.getConfig();
-        const client = await session.getClient();
-        const found = await findSnapshot(client, ref, await instanceAliases(config, ref));
-        if (!found) throw new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`);
-        const handle = client.workflow.getHandle(found.workflowId, found.runId) as SnapshotHandle;
-        const status = await readStatus<SnapshotProgressDetails, SnapshotResult>(found, handle, (h) => getProgress(h as SnapshotHandle));
-        const r = status.result;
-        session.show(g, { ...found, ...status }, () =>
-          table(
-            statusRows(session, found, status, r?.imageId, [
-              ...(r ? [['size', `${formatBytes(r.size)} ${r.diskFormat}, sha512 ${r.sha512.slice(0, 16)}…`]] : []),
-              ...(r ? [['paused', formatDuration(r.guestPauseMs)]] : []),
-              ...(r?.guestWriteStallMs !== undefined ? [['writes held', `${r.guestWriteStallMs} ms at most (live copy)`]] : []),
-            ]),
-          ),
-        );
-      }),
-    );
-
-  const list = program.command('list').description('list snapshots, most recently started first (from Temporal visibility)');
-  addListOptions(list, 'snapshots');
-  list.action(
-    withGlobals(async (g, opts: ListOptions) => {
-      const rows = await listSnapshots(await session.getClient(), await listFilter(session, opts));
-      session.showList(g, rows, {
-        empty: 'no snapshots found',
-        header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
-        row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
-      });
-    }),
-  );
-
-  program
-    .command('cancel')
-    .description('cancel a running snapshot: it resumes the guest, deletes the unfinished image and ends cancelled')
-    .argument('<instance|workflow-id>', 'instance UUID or name, or a workflow id')
-    .option('--wait', 'wait until the snapshot has undone its work and ended')
-    .action(
-      withGlobals(async (g, ref: string, opts: { wait?: boolean }) => {
-        const config = session.getConfig();
-        const client = await session.getClient();
-        const { handle, runId } = await cancelSnapshot(client, ref, await instanceAliases(config, ref));
-        const doc = { workflowId: handle.workflowId, runId, cancelRequested: true };
-        if (!opts.wait) {
-          if (g.json) session.json(doc);
-          session.say(g, `cancellation of ${handle.workflowId} requested: it undoes its work and ends cancelled; see vmsnap status ${ref}`);
-          return;
-        }
-        const outcome = outcomeOf(await follow(session, handle, undefined, 1000));
-        if (g.json) session.json({ ...doc, ...outcome });
-        if (outcome.status === 'cancelled') {
-          session.say(g, `snapshot ${handle.workflowId} cancelled: the guest is back in its prior state and no image was kept`);
-        } else {
-          session.exitCode = EXIT.failed;
-          io.stderr.write(`vmsnap: the snapshot ended ${outcome.status} before the cancellation took effect: see vmsnap status ${ref}\n`);
-        }
-      }),
-    );
+  addStatusCommand(program, session, snapshotStatus);
+  addListCommand(program, session, snapshotList);
+  addCancelCommand(program, session, snapshotCancel);
 }
 
 function resultText(instance: string, result: SnapshotResult, link: string | undefined): string {
-  const phases = Object.entries(result.phaseDurationsMs)
-    .map(([phase, ms]) => `${phase} ${formatDuration(ms ?? 0)}`)
-    .join(', ');
   const total = Object.values(result.phaseDurationsMs).reduce((a: number, b) => a + (b ?? 0), 0);
   return [
     `snapshot of ${instance} completed in ${formatDuration(total)}`,
@@ -171,7 +115,42 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
     `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
     ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
-    `  phases    ${phases}`,
+    `  phases    ${formatPhases(result.phaseDurationsMs)}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');
 }
+
+const snapshotStatus: StatusKind<SnapshotSummary, SnapshotProgressDetails, SnapshotResult> = {
+  description: "show a snapshot's state: phase, percent and bytes while it runs, its result or error after",
+  argument: 'instance UUID or name (its latest snapshot), or a workflow id',
+  find: findSnapshot,
+  notFound: (ref) => new ClientError('SnapshotNotFound', `no snapshot of ${ref} found: check the instance UUID or name, or see vmsnap list`),
+  progress: () => (handle) => getProgress(handle as SnapshotHandle),
+  rows: (_found, { result: r }) => ({
+    image: r?.imageId,
+    middle: [
+      ...(r ? [['size', `${formatBytes(r.size)} ${r.diskFormat}, sha512 ${r.sha512.slice(0, 16)}…`]] : []),
+      ...(r ? [['paused', formatDuration(r.guestPauseMs)]] : []),
+      ...(r?.guestWriteStallMs !== undefined ? [['writes held', `${r.guestWriteStallMs} ms at most (live copy)`]] : []),
+    ],
+  }),
+};
+
+const snapshotList: ListKind<SnapshotSummary> = {
+  noun: 'snapshots',
+  description: 'list snapshots, most recently started first (from Temporal visibility)',
+  list: listSnapshots,
+  empty: 'no snapshots found',
+  header: ['WORKFLOW ID', 'STATUS', 'PHASE', 'IMAGE', 'STARTED', 'CLOSED'],
+  row: (r) => [r.workflowId, r.status, r.phase ?? '-', r.imageId ?? '-', since(r.startTime), since(r.closeTime)],
+};
+
+const snapshotCancel: CancelKind<SnapshotHandle> = {
+  description: 'cancel a running snapshot: it resumes the guest, deletes the unfinished image and ends cancelled',
+  wait: 'wait until the snapshot has undone its work and ended',
+  noun: 'snapshot',
+  statusCommand: 'vmsnap status',
+  cancel: cancelSnapshot,
+  ended: async (session, handle) => outcomeOf(await follow(session, handle, undefined, 1000)),
+  cancelled: (workflowId) => `snapshot ${workflowId} cancelled: the guest is back in its prior state and no image was kept`,
+};

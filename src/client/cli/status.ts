@@ -1,11 +1,14 @@
 // What `vmsnap status` and `vmsnap restore status` share: reading one workflow's state (its
 // progress while it runs, how it ended after) and the rows every status table starts and ends with.
-import type { WorkflowHandle } from '@temporalio/client';
-import { ProgressView } from '../progress.js';
-import { oneLine, type SnapshotProgressDetails } from '../snapshots.js';
+import type { Client, WorkflowHandle } from '@temporalio/client';
+import type { Command } from 'commander';
+import type { ClientError } from '../errors.js';
+import { instanceAliases } from '../inventory.js';
+import { ProgressView, type WorkProgress } from '../progress.js';
+import { oneLine } from '../snapshots.js';
 import { describeProgress, outcomeOf, type Outcome } from './follow.js';
 import { since } from './options.js';
-import type { Session } from './session.js';
+import { table, withGlobals, type GlobalOptions, type Session } from './session.js';
 
 /** A workflow as visibility lists it: what the status rows need. */
 interface Found {
@@ -22,7 +25,7 @@ interface Found {
 }
 
 /** The progress a status shows: a snapshot's, or a restore's (the same fields the table reads). */
-type Progress = Pick<SnapshotProgressDetails, 'taskState' | 'step' | 'imageId'>;
+type Progress = WorkProgress & { taskState: string | null; imageId: string };
 
 export interface Status<P extends Progress, R> {
   progress?: P;
@@ -31,11 +34,45 @@ export interface Status<P extends Progress, R> {
   error?: Outcome['error'];
 }
 
+/** What `status` needs to know of one kind of workflow (snapshot, restore). */
+export interface StatusKind<F extends Found, P extends Progress, R> {
+  /** The command's help: what it shows, and what its argument names. */
+  description: string;
+  argument: string;
+  /** The workflow `ref` names: a workflow id, or the latest of an instance (UUID or one of its names). */
+  find(client: Client, ref: string, aliases: string[]): Promise<F | undefined>;
+  notFound(ref: string): ClientError;
+  /** Its progress query; undefined for a workflow that answers none. */
+  progress(found: F): ((handle: WorkflowHandle) => Promise<P>) | undefined;
+  /** The image its result names, the kind's own rows, and a word after the workflow id. */
+  rows(found: F, status: Status<P, R>): { image?: string; middle: string[][]; what?: string };
+}
+
+/** `status <instance|workflow-id>` under `parent`, for workflows of this kind. */
+export function addStatusCommand<F extends Found, P extends Progress, R>(parent: Command, session: Session, kind: StatusKind<F, P, R>): void {
+  parent
+    .command('status')
+    .description(kind.description)
+    .argument('<instance|workflow-id>', kind.argument)
+    .action(withGlobals((g, ref: string) => showStatus(session, g, ref, kind)));
+}
+
+/** `status`: the workflow `ref` names, its progress or how it ended, as JSON or a table. */
+async function showStatus<F extends Found, P extends Progress, R>(session: Session, g: GlobalOptions, ref: string, kind: StatusKind<F, P, R>): Promise<void> {
+  const config = session.getConfig();
+  const client = await session.getClient();
+  const found = await kind.find(client, ref, await instanceAliases(config, ref));
+  if (!found) throw kind.notFound(ref);
+  const status = await readStatus<P, R>(found, client.workflow.getHandle(found.workflowId, found.runId), kind.progress(found));
+  const { image, middle, what } = kind.rows(found, status);
+  session.show(g, { ...found, ...status }, () => table(statusRows(session, found, status, image, middle, what)));
+}
+
 /**
  * Running: its progress, if `progress` is given (a worker that does not answer within 5 s is
  * named in `progressError`, not thrown). Ended: its result or its typed error.
  */
-export async function readStatus<P extends Progress, R>(
+async function readStatus<P extends Progress, R>(
   found: Found,
   handle: WorkflowHandle,
   progress: ((handle: WorkflowHandle) => Promise<P>) | undefined,
@@ -58,21 +95,14 @@ export async function readStatus<P extends Progress, R>(
 }
 
 /** The table's rows: workflow to closed, then `middle` (the kind's own), then error, note and link. */
-export function statusRows(
-  session: Session,
-  found: Found,
-  status: Status<Progress, unknown>,
-  image: string | undefined,
-  middle: string[][],
-  what = '',
-): string[][] {
+function statusRows(session: Session, found: Found, status: Status<Progress, unknown>, image: string | undefined, middle: string[][], what = ''): string[][] {
   const p = status.progress;
   const view = new ProgressView(session.io.stdout, 'plain');
   const link = session.webUiLink(found.workflowId, found.runId);
   return [
     ['workflow', `${found.workflowId} (run ${found.runId})${what}`],
     ['status', found.status],
-    ['phase', p ? describeProgress(view, p as SnapshotProgressDetails) : (found.phase ?? '-')],
+    ['phase', p ? describeProgress(view, p) : (found.phase ?? '-')],
     ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
     ['image', image ?? p?.imageId ?? found.imageId ?? '-'],
     ...(p ? [['task state', p.taskState ?? 'None']] : []),
