@@ -168,8 +168,10 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
   });
 
   it('a live copy reports percent and bytes of the backup job from its first heartbeat on', async () => {
-    const run = vmsnapRunning(h, ['snapshot', bigGuest.uuid, '--name', `vmsnap-test-cli-live-${process.pid}`, '--mode', 'live', '--wait']);
-    const handle = h.client.workflow.getHandle(snapshotWorkflowId(bigGuest.uuid)) as SnapshotHandle;
+    // The copy rate-limited, so that it lasts long enough to be sampled (unlimited it can end in under a second).
+    const slowed = await startHarness({ name: 'cli-live-64mibps', env: { VMSNAP_LIVE_BANDWIDTH_MIBPS: '64' } });
+    const run = vmsnapRunning(slowed, ['snapshot', bigGuest.uuid, '--name', `vmsnap-test-cli-live-${process.pid}`, '--mode', 'live', '--wait']);
+    const handle = slowed.client.workflow.getHandle(snapshotWorkflowId(bigGuest.uuid)) as SnapshotHandle;
     const copying: { percent?: number; bytesDone?: number; bytesTotal?: number }[] = [];
     try {
       // Sampled as the CLI does (query + describe), as often as the stack answers.
@@ -186,6 +188,7 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
       run.proc.kill();
       const imageId = /image ([0-9a-f-]{36})/.exec(run.output().stdout)?.[1];
       if (imageId) images.add(imageId);
+      await slowed.close();
     }
     assert.ok(copying.length > 0, 'the copy was seen with its heartbeat');
     // Before: the first heartbeats said "0 B of 0 B" until the job's first poll came through.
