@@ -1,6 +1,7 @@
 // The activity factory: builds every activity from its dependencies, split by task queue.
 import type { ActivityDeps } from './deps.js';
 import { withTypedFailures } from './failures.js';
+import { heartbeatingFromStart } from './heartbeat.js';
 import { diskActivities } from './disk.js';
 import { imageRecordActivities } from './image-record.js';
 import { instanceStateActivities } from './instance-state.js';
@@ -22,8 +23,26 @@ export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageSe
 
 /** Activities bound to the hypervisor host that holds the instance. */
 export function createHostActivities(deps: ActivityDeps) {
-  return typedGroups(deps, [powerActivities, diskActivities, uploadActivities, restoreActivities, inventoryActivities, reconcileHostActivities]);
+  const activities = typedGroups(deps, [powerActivities, diskActivities, uploadActivities, restoreActivities, inventoryActivities, reconcileHostActivities]);
+  return heartbeatingFromStart(activities, SHORT_HOST_STEPS);
 }
+
+/**
+ * The host steps of seconds that do not report progress (the workflows' quick, resume and cleanup
+ * options, which carry a heartbeat timeout): they heartbeat from their start, so a task handed to a
+ * host worker that died is tried again after the heartbeat timeout, not after a minute.
+ */
+export const SHORT_HOST_STEPS = [
+  'getPowerState',
+  'inspectInstance',
+  'liveCopySupport',
+  'pauseInstance',
+  'resumeInstance',
+  'thawInstance',
+  'removeSnapshotFiles',
+  'newInstanceDiskPath',
+  'preRestoreDisk',
+] as const;
 
 /** Every group built from the same deps, merged into one set whose failures leave typed. */
 function typedGroups<D, G extends ((deps: D) => object)[]>(deps: D, groups: [...G]): AllOf<G> {

@@ -44,6 +44,10 @@ const RETRYABLE_SYSTEM_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT
 const RETRYABLE_MESSAGES = /Connection terminated|timeout exceeded when trying to connect|connection error/i;
 
 /** PostgreSQL text cannot hold NUL (SQLite can): a fault message from a tool's output might. */
+const placeholder = (i: number) => `$${i}`;
+/** json keeps its input text verbatim, so the text compares; the parameter is json where it is inserted. */
+const sameDetails = (param: string) => `details::text = ${param}::json::text`;
+
 function text(value: string): string {
   return value.replaceAll('\u0000', '\uFFFD');
 }
@@ -280,7 +284,13 @@ export class PostgresStore implements Store {
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
     const values = mapping.faultValues(fault).map(text);
-    await this.run('recordFault', () => this.pool.query(`INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) VALUES ($1, $2, $3, $4, now())`, values));
+    await this.run('recordFault', () =>
+      this.pool.query(
+        `INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) SELECT $1, $2, $3, $4::json, now()
+         WHERE NOT EXISTS (SELECT 1 FROM instance_faults WHERE ${mapping.sameFault(placeholder, sameDetails)})`,
+        values,
+      ),
+    );
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
@@ -294,7 +304,11 @@ export class PostgresStore implements Store {
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
     const values = mapping.eventValues(event).map(text);
     await this.run('recordEvent', () =>
-      this.pool.query(`INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, now())`, values),
+      this.pool.query(
+        `INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) SELECT $1, $2, $3, $4, $5::json, now()
+         WHERE NOT EXISTS (SELECT 1 FROM instance_actions_events WHERE ${mapping.sameEvent(placeholder, sameDetails)})`,
+        values,
+      ),
     );
   }
 

@@ -11,6 +11,19 @@ export const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_o
 export const FAULT_COLUMNS = 'instance_id, code, message, details, created_at';
 export const EVENT_COLUMNS = 'instance_id, action, event, request_id, details, created_at';
 
+/**
+ * Conditions that find a row equal to a new one: recording it again is a no-op. Steps are
+ * at-least-once (a local activity reruns when its workflow task fails), so a fault or event may be
+ * recorded twice; the instance's history must show it once. `param(i)` is the store's placeholder
+ * for the i-th value; `sameDetails(param)` compares the details column with its JSON text.
+ */
+export function sameFault(param: (i: number) => string, sameDetails: (param: string) => string): string {
+  return `instance_id = ${param(1)} AND code = ${param(2)} AND message = ${param(3)} AND ${sameDetails(param(4))}`;
+}
+export function sameEvent(param: (i: number) => string, sameDetails: (param: string) => string): string {
+  return `instance_id = ${param(1)} AND action = ${param(2)} AND event = ${param(3)} AND request_id = ${param(4)} AND ${sameDetails(param(5))}`;
+}
+
 /** A new fault's or event's values in the order of its COLUMNS, all but created_at (the store's clock). */
 export function faultValues(f: Omit<InstanceFault, 'createdAt'>): string[] {
   return [f.instanceId, f.code, f.message, JSON.stringify(f.details)];

@@ -32,6 +32,9 @@ function now(): string {
   return new Date().toISOString();
 }
 
+/** Details are JSON text as written. */
+const sameDetails = (param: string) => `details = ${param}`;
+
 export class SqliteStore implements Store {
   readonly path: string;
   private readonly db: Database.Database;
@@ -172,7 +175,11 @@ export class SqliteStore implements Store {
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
     this.run('recordFault', () => {
-      this.stmt(`INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) VALUES (?, ?, ?, ?, ?)`).run(...mapping.faultValues(fault), now());
+      const values = mapping.faultValues(fault);
+      this.stmt(
+        `INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) SELECT ?, ?, ?, ?, ?
+         WHERE NOT EXISTS (SELECT 1 FROM instance_faults WHERE ${mapping.sameFault(() => '?', sameDetails)})`,
+      ).run(...values, now(), ...values);
     });
   }
 
@@ -186,7 +193,11 @@ export class SqliteStore implements Store {
 
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
     this.run('recordEvent', () => {
-      this.stmt(`INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)`).run(...mapping.eventValues(event), now());
+      const values = mapping.eventValues(event);
+      this.stmt(
+        `INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?
+         WHERE NOT EXISTS (SELECT 1 FROM instance_actions_events WHERE ${mapping.sameEvent(() => '?', sameDetails)})`,
+      ).run(...values, now(), ...values);
     });
   }
 

@@ -98,11 +98,12 @@ function stepOptions(settings: SnapshotSettings, host: string) {
     } satisfies ActivityOptions,
     // A guest we paused must run again: retried until it succeeds (the activity treats a gone
     // or shut-off instance as done, so this cannot spin forever on a missing VM).
-    resume: { taskQueue, startToCloseTimeout: '60s', retry } satisfies ActivityOptions,
-    // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left. Each
-    // attempt has a minute: a task the server handed to a poll that was gone (seen at fleet scale)
-    // is tried again then, not after the whole ten minutes.
-    cleanup: { taskQueue, scheduleToCloseTimeout: '10m', startToCloseTimeout: '60s', retry } satisfies ActivityOptions,
+    // Both heartbeat from their start (activities/index.ts): a task the server handed to a host
+    // worker that died (seen at fleet scale) is tried again after the heartbeat timeout, so a guest
+    // we paused waits seconds, not a minute, for its resume.
+    resume: { taskQueue, startToCloseTimeout: '60s', heartbeatTimeout, retry } satisfies ActivityOptions,
+    // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left.
+    cleanup: { taskQueue, scheduleToCloseTimeout: '10m', startToCloseTimeout: '60s', heartbeatTimeout, retry } satisfies ActivityOptions,
     // Holds one of the host's snapshot slots until cancelled; a lost holder is started again.
     // Waiting for the cancellation to complete lets the snapshot end with no activity pending.
     slot: {

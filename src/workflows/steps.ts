@@ -46,7 +46,14 @@ export function commonSteps(settings: SnapshotSettings, host: string) {
     store: STORE_STEP,
     // Main-queue steps that talk to Glance run on the workflow's own task queue.
     image: { startToCloseTimeout: '60s', retry: imageRetry } satisfies ActivityOptions,
-    quick: { taskQueue, startToCloseTimeout: '60s', retry: { ...RETRY, maximumAttempts: 5 } } satisfies ActivityOptions,
+    // Heartbeats from its start (activities/index.ts): a task lost with its host worker is tried
+    // again after the heartbeat timeout, not the minute.
+    quick: {
+      taskQueue,
+      startToCloseTimeout: '60s',
+      heartbeatTimeout: settings.heartbeatTimeoutMs,
+      retry: { ...RETRY, maximumAttempts: 5 },
+    } satisfies ActivityOptions,
     // Discovery on a host whose worker is down must not hold up the lookup for long.
     discovery: { taskQueue, scheduleToCloseTimeout: '15s', retry: { ...RETRY, maximumAttempts: 2 } } satisfies ActivityOptions,
   };

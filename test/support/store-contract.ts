@@ -271,6 +271,26 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       assert.deepEqual(await store.listEvents(VM2), []);
     });
 
+    it('records a fault or event once when the step that records it runs twice', async () => {
+      // Steps are at-least-once: a local activity reruns when its workflow task fails.
+      const fault = { instanceId: VM1, code: 'Cancelled', message: 'cancelled', details: { workflowId: 'w', runId: 'r', nested: { a: [1, 2] } } };
+      await store.recordFault(fault);
+      await store.recordFault(fault);
+      await store.recordFault({ ...fault, details: { ...fault.details, runId: 'r2' } });
+      assert.deepEqual(
+        (await store.listFaults(VM1)).map((f) => f.details.runId),
+        ['r', 'r2'],
+      );
+      const event = { instanceId: VM1, action: 'createImage', event: 'error', requestId: 'snapshot-1', details: { code: 'Cancelled' } };
+      await store.recordEvent(event);
+      await store.recordEvent(event);
+      await store.recordEvent({ ...event, requestId: 'snapshot-2' });
+      assert.deepEqual(
+        (await store.listEvents(VM1)).map((e) => e.requestId),
+        ['snapshot-1', 'snapshot-2'],
+      );
+    });
+
     it('registers hosts, and a re-registration updates them', async () => {
       assert.deepEqual(await store.listHosts(), []);
       await store.registerHost('host-b', 'vmsnap-host-host-b');

@@ -6,11 +6,14 @@
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { isDeepStrictEqual } from 'node:util';
 import { Context } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { DefaultLogger, Runtime, Worker } from '@temporalio/worker';
+import { heartbeatingFromStart } from '../../src/activities/heartbeat.js';
+import { SHORT_HOST_STEPS } from '../../src/activities/index.js';
 import type { AbandonedSnapshot } from '../../src/activities/reconcile.js';
 import type { TaskStateChange } from '../../src/activities/instance-state.js';
 import type { InspectInput } from '../../src/activities/power.js';
@@ -68,7 +71,7 @@ export class FakeCloud {
   images = new Map<string, FakeImage>();
   tempDirs = new Set<string>();
   events: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }[] = [];
-  faults: { instanceId: string; code: string; message: string }[] = [];
+  faults: { instanceId: string; code: string; message: string; details: Record<string, unknown> }[] = [];
   /** Activity names in the order they were called (retries too). */
   calls: string[] = [];
   settings: SnapshotSettings = { ...FAST_SETTINGS };
@@ -113,8 +116,10 @@ export class FakeCloud {
         if (!hook) return run();
         return (await hook({ args, run, workflowId: Context.current().info.workflowExecution?.workflowId ?? '' })) as R;
       };
+    // As the stores: recording the same event or fault again is a no-op (steps are at-least-once).
     const record = (instanceId: string, event: string, requestId: string, details: Record<string, unknown> = {}) => {
-      this.events.push({ instanceId, event, requestId, details });
+      const entry = { instanceId, event, requestId, details };
+      if (!this.events.some((e) => isDeepStrictEqual(e, entry))) this.events.push(entry);
     };
     const inspectNow = async ({ instanceId, liveSupport }: InspectInput) => {
       const powerState = this.instance(instanceId).power as PowerState;
@@ -164,9 +169,13 @@ export class FakeCloud {
         instance.taskOwner = null;
         return true;
       }),
-      recordInstanceFault: hooked('recordInstanceFault', async (fault: { instanceId: string; code: string; message: string }) => {
-        this.faults.push({ instanceId: fault.instanceId, code: fault.code, message: fault.message });
-      }),
+      recordInstanceFault: hooked(
+        'recordInstanceFault',
+        async (fault: { instanceId: string; code: string; message: string; details: Record<string, unknown> }) => {
+          const entry = { instanceId: fault.instanceId, code: fault.code, message: fault.message, details: fault.details };
+          if (!this.faults.some((f) => isDeepStrictEqual(f, entry))) this.faults.push(entry);
+        },
+      ),
       recordInstanceEvent: hooked(
         'recordInstanceEvent',
         async (e: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }) => {
@@ -216,6 +225,7 @@ export class FakeCloud {
           instanceId: snapshot.instanceId,
           code: 'SnapshotAbandoned',
           message: `snapshot ${snapshot.owner} ended without finishing`,
+          details: {},
         });
         record(snapshot.instanceId, 'error', snapshot.owner, { code: 'SnapshotAbandoned' });
       }),
@@ -422,7 +432,16 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
       activities: route('main'),
       ...throttle,
     }),
-    await Worker.create({ connection: env.nativeConnection, taskQueue: hostTaskQueue(host), activities: route('host'), ...throttle }),
+    // The short host steps heartbeat from their start, as the real host worker's do.
+    await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: hostTaskQueue(host),
+      activities: heartbeatingFromStart(
+        route('host'),
+        SHORT_HOST_STEPS.filter((name) => name in new FakeCloud().activities(() => env.client).host) as (keyof Activities['host'] & string)[],
+      ),
+      ...throttle,
+    }),
     // As many slots as tests run at once: the limit itself is the real slot worker's.
     await Worker.create({ connection: env.nativeConnection, taskQueue: hostSlotTaskQueue(host), activities: route('slot'), ...throttle }),
   ];

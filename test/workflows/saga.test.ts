@@ -296,8 +296,10 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
         cloud.images.delete(imageId);
       }
       assertUndone(cloud, id, imageId, 'Cancelled');
-      const undone = cloud.calls.slice(cloud.calls.indexOf(c.step) + 1).filter((name) => UNDO_STEPS.includes(name));
-      assert.deepEqual(undone, c.undo);
+      // First runs only: steps are at-least-once (a workflow task that fails, for instance when the
+      // cancelled step's end arrives as the workflow completes, reruns its local activities).
+      const undone = new Set(cloud.calls.slice(cloud.calls.indexOf(c.step) + 1).filter((name) => UNDO_STEPS.includes(name)));
+      assert.deepEqual([...undone], c.undo);
     });
   }
 
