@@ -11,7 +11,7 @@ import { snapshotWorkflowId } from '../../src/shared/names.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { deleteImages, stopLeftoverSnapshots, vmsnapRunning } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
-import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
+import { createSlowGuest, waitForGuestState, waitForPhase } from '../support/slow-guest.js';
 
 const guestName = `vmsnap-test-pw-${process.pid}`;
 let h: Harness;
@@ -40,8 +40,7 @@ describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
       const { imageId } = (await handle.query('progress')) as { imageId: string };
       images.add(imageId);
       // The copy's host step pauses the guest itself: wait until it has.
-      for (const deadline = Date.now() + 60_000; (await guestState(guestName)) !== 'paused'; await sleep(50))
-        assert.ok(Date.now() < deadline, 'the guest was paused for the copy');
+      await waitForGuestState(guestName, 'paused');
       await handle.terminate('test: a snapshot terminated while the guest is paused');
       const terminatedAt = Date.now();
       while ((await guestState(guestName)) !== 'running' && Date.now() - terminatedAt < 30_000) await sleep(100);

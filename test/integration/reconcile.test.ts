@@ -16,7 +16,7 @@ import { startHarness, type Harness } from '../support/harness.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 import { checkInvariants } from '../support/invariants.js';
-import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
+import { createSlowGuest, waitForGuestState, waitForPhase } from '../support/slow-guest.js';
 
 const guestName = `vmsnap-test-rec-${process.pid}`;
 let h: Harness;
@@ -53,8 +53,7 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
     );
     await waitForPhase(handle, 'converting');
     // The copy's host step pauses the guest itself: wait until it has.
-    for (const deadline = Date.now() + 60_000; (await guestState(guestName)) !== 'paused'; await sleep(50))
-      assert.ok(Date.now() < deadline, 'the guest was paused for the copy');
+    await waitForGuestState(guestName, 'paused');
     const { imageId } = (await handle.query('progress')) as { imageId: string };
     await handle.terminate('test: a workflow lost mid-snapshot');
 

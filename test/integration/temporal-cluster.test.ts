@@ -25,7 +25,7 @@ import { eventually } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { assertAllHeld, checkRunningGuest, outcomeAcrossOutage } from '../support/invariants.js';
 import { createTestDatabase } from '../support/postgres.js';
-import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
+import { createSlowGuest, waitForGuestState, waitForPhase } from '../support/slow-guest.js';
 
 const tag = process.pid;
 const stackDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
@@ -207,8 +207,7 @@ describe('vmsnap on a Temporal cluster with PostgreSQL', { timeout: 600_000 }, (
     );
     await waitForPhase(handle, 'converting');
     // The copy's host step pauses the guest itself: wait until it has.
-    for (const deadline = Date.now() + 60_000; (await guestState(guest.name)) !== 'paused'; await sleep(50))
-      assert.ok(Date.now() < deadline, 'the guest was paused for the copy');
+    await waitForGuestState(guest.name, 'paused');
     const { imageId } = (await handle.query('progress')) as { imageId: string };
     await handle.terminate('test: a workflow lost mid-snapshot');
     assert.equal(await guestState(guest.name), 'paused');
