@@ -7,7 +7,7 @@ import { imageRecordActivities } from './image-record.js';
 import { instanceStateActivities } from './instance-state.js';
 import { inventoryActivities } from './inventory.js';
 import { powerActivities } from './power.js';
-import { slotActivities } from './slots.js';
+import { slotActivities, slotReleaseActivities } from './slots.js';
 import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
 import { retentionActivities } from './retention.js';
 import { uploadActivities } from './upload.js';
@@ -23,7 +23,15 @@ export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageSe
 
 /** Activities bound to the hypervisor host that holds the instance. */
 export function createHostActivities(deps: ActivityDeps) {
-  const activities = typedGroups(deps, [powerActivities, diskActivities, uploadActivities, restoreActivities, inventoryActivities, reconcileHostActivities]);
+  const activities = typedGroups(deps, [
+    powerActivities,
+    diskActivities,
+    uploadActivities,
+    restoreActivities,
+    inventoryActivities,
+    reconcileHostActivities,
+    slotReleaseActivities,
+  ]);
   return heartbeatingFromStart(activities, SHORT_HOST_STEPS);
 }
 

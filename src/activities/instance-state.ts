@@ -2,7 +2,13 @@
 // (Nova's expected_task_state), instance faults and action events.
 import type { ActivityDeps } from './deps.js';
 import { VmsnapError } from '../shared/errors.js';
+import { ALL_TASK_STATES } from '../store/schema.js';
 import type { InstanceRecord, TaskState } from '../store/store.js';
+
+/** Whether `now` is `next` or a state after it: each action's states are in the order its run moves through them. */
+function isLaterOrSame(now: TaskState | null, next: TaskState | null): boolean {
+  return now !== null && next !== null && ALL_TASK_STATES.indexOf(now) >= ALL_TASK_STATES.indexOf(next);
+}
 
 /** A host worker re-registers every discovery interval (15 s by default). */
 const LIVE_HOST_WINDOW_MS = 10 * 60_000;
@@ -34,8 +40,11 @@ export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 
     async setTaskState(change: TaskStateChange): Promise<void> {
       if (await store.compareAndSwapTaskState(change.instanceId, change.expected, change.next, change.owner)) return;
       const now = await store.getInstance(change.instanceId);
-      // A retry after a lost completion finds the change already made by us: that is success.
+      // A retry after a lost completion finds the change already made by us: that is success. So
+      // does a rerun of an earlier step of ours (a workflow task that failed reruns its local
+      // activities from its start, after later ones already moved the task state on).
       if (now && now.taskState === change.next && (change.next === null || now.taskOwner === change.owner)) return;
+      if (now && now.taskOwner === change.owner && isLaterOrSame(now.taskState, change.next)) return;
       const held = now?.taskState ?? 'None';
       throw new VmsnapError(
         'InstanceBusy',

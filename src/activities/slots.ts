@@ -7,6 +7,24 @@ import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import { inspectInstance, type InspectInput, type SlotAcquired } from './power.js';
 
+/**
+ * The slot holders running in this process, by owner. The host worker runs in the same process as
+ * the slot worker: its step `releaseSnapshotSlot` ends a holder at once, where a cancel reaches the
+ * holder only with its next heartbeat (up to a second, on every snapshot's critical path).
+ */
+const holders = new Map<string, () => void>();
+
+/** The host step that lets go of a snapshot's slot; false when no holder of it runs in this process. */
+export function slotReleaseActivities() {
+  return {
+    async releaseSnapshotSlot(owner: string): Promise<boolean> {
+      const release = holders.get(owner);
+      release?.();
+      return release !== undefined;
+    },
+  };
+}
+
 export function slotActivities({ workflows, hypervisor }: Pick<ActivityDeps, 'workflows' | 'hypervisor'>) {
   return {
     async holdSnapshotSlot(input: { owner: string; inspect?: InspectInput }): Promise<void> {
@@ -19,9 +37,12 @@ export function slotActivities({ workflows, hypervisor }: Pick<ActivityDeps, 'wo
       }
       await workflows.signalSlotAcquired(input.owner, acquired);
       const stop = keepHeartbeating(() => ({ holding: input.owner }), 1000);
+      const released = new Promise<void>((resolve) => holders.set(input.owner, resolve));
       try {
-        await Context.current().cancelled; // rejects when the snapshot lets go of the slot
+        // Ends when the snapshot lets go of the slot: released by its host step, or cancelled.
+        await Promise.race([Context.current().cancelled, released]);
       } finally {
+        holders.delete(input.owner);
         stop();
       }
     },

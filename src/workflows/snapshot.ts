@@ -61,6 +61,11 @@ const storeOptions = STORE_STEP;
  * steps they recorded.
  */
 const LEAN = 'lean-snapshot';
+/**
+ * The slot let go of by a host step (HostSlot.letGo) instead of a cancel that reaches its holder
+ * only with the holder's next heartbeat: up to a second at the end of every snapshot.
+ */
+const SLOT_LET_GO = 'slot-let-go-by-host-step';
 // The workflow's own pause-budget timer backs up the host step's, which is exact: it only fires
 // when the host worker cannot keep its own (it hangs or died).
 const PAUSE_BUDGET_MARGIN_MS = 2000;
@@ -104,6 +109,8 @@ function stepOptions(settings: SnapshotSettings, host: string) {
     resume: { taskQueue, startToCloseTimeout: '60s', heartbeatTimeout, retry } satisfies ActivityOptions,
     // Cleanup is bounded: if the host is gone for good, the reconciler removes what is left.
     cleanup: { taskQueue, scheduleToCloseTimeout: '10m', startToCloseTimeout: '60s', heartbeatTimeout, retry } satisfies ActivityOptions,
+    // One try: when it cannot, the slot is let go of by the cancel (HostSlot.letGo).
+    letGo: { taskQueue, startToCloseTimeout: '10s', retry: { ...retry, maximumAttempts: 1 } } satisfies ActivityOptions,
     // Holds one of the host's snapshot slots until cancelled; a lost holder is started again.
     // Waiting for the cancellation to complete lets the snapshot end with no activity pending.
     slot: {
@@ -220,7 +227,9 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     });
     image.drop(); // active and verified: it stays whatever happens next
     track.uploaded(uploaded.size);
-    slot.release();
+    // The slot is the next snapshot's from here: let go of it by a host step where the run can.
+    const slotLetGo = lean && patched(SLOT_LET_GO) ? slot.letGo(() => onHost(steps.letGo, 'let go of the host slot').releaseSnapshotSlot(owner)) : undefined;
+    if (!slotLetGo) slot.release();
 
     // 10. Temp dir removed, task state → None, the result.
     track.enter('finishing');
@@ -234,7 +243,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
             log.warn('the snapshot temp dir was not removed; the reconciler will', { imageId, error: e.message });
           }),
         task.set('image_uploading', null).then(() => recordEvent(s, 'finish', { imageId })),
-        slot.released(),
+        slotLetGo ?? slot.released(),
       ]);
     } else {
       await onHost(steps.cleanup, 'remove the snapshot temp dir').removeSnapshotFiles(imageId);
@@ -594,6 +603,17 @@ class HostSlot {
 
   release(): void {
     this.scope.cancel();
+  }
+
+  /**
+   * Lets go of the slot through `step`, a host step that ends the holder in its own process at
+   * once; when it cannot (the holder runs elsewhere, a host worker without the step), by the
+   * cancel. Resolves once the holder has ended.
+   */
+  async letGo(step: () => Promise<boolean>): Promise<void> {
+    const ended = await step().catch(() => false);
+    if (!ended) this.release();
+    await this.released();
   }
 
   /**

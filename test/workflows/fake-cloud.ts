@@ -19,6 +19,7 @@ import type { TaskStateChange } from '../../src/activities/instance-state.js';
 import type { InspectInput } from '../../src/activities/power.js';
 import type { PowerState } from '../../src/drivers/hypervisor.js';
 import type { SnapshotSettings } from '../../src/shared/config.js';
+import { ALL_TASK_STATES } from '../../src/store/schema.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../../src/shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../../src/shared/search-attributes.js';
 import type { SnapshotProgress, SnapshotRequest } from '../../src/shared/types.js';
@@ -72,6 +73,8 @@ export class FakeCloud {
   tempDirs = new Set<string>();
   events: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }[] = [];
   faults: { instanceId: string; code: string; message: string; details: Record<string, unknown> }[] = [];
+  /** Slot holders running, by owner: releaseSnapshotSlot ends one. */
+  slotHolders = new Map<string, () => void>();
   /** Activity names in the order they were called (retries too). */
   calls: string[] = [];
   settings: SnapshotSettings = { ...FAST_SETTINGS };
@@ -155,7 +158,9 @@ export class FakeCloud {
           instance.taskOwner = change.next === null ? null : change.owner;
           return;
         }
-        if (instance.taskState === change.next && instance.taskOwner === change.owner) return;
+        // As the real one: a rerun of one of ours (at-least-once steps) is success.
+        const order = ALL_TASK_STATES as (string | null)[];
+        if (instance.taskOwner === change.owner && order.indexOf(instance.taskState) >= order.indexOf(change.next) && change.next !== null) return;
         throw ApplicationFailure.create({
           type: 'InstanceBusy',
           message: `instance ${change.instanceId} is in task state ${instance.taskState ?? 'None'}`,
@@ -339,6 +344,12 @@ export class FakeCloud {
       removeSnapshotFiles: hooked('removeSnapshotFiles', async (imageId: string) => {
         this.tempDirs.delete(imageId);
       }),
+      // As the real one: ends the holder at once where it runs in the same process.
+      releaseSnapshotSlot: hooked('releaseSnapshotSlot', async (owner: string) => {
+        const release = this.slotHolders.get(owner);
+        release?.();
+        return release !== undefined;
+      }),
       abortAbandonedLiveCopy: hooked('abortAbandonedLiveCopy', async () => false),
       removeOrphanSnapshotDirs: hooked('removeOrphanSnapshotDirs', async () => [] as string[]),
       prunePreRestoreDisks: hooked('prunePreRestoreDisks', async () => [] as string[]),
@@ -353,7 +364,15 @@ export class FakeCloud {
         await client()
           .workflow.getHandle(workflowId, runId)
           .signal(SLOT_ACQUIRED_SIGNAL, inspection ? { inspection } : {});
-        await untilCancelled();
+        const released = new Promise<void>((resolve) => this.slotHolders.set(owner, resolve));
+        const context = Context.current();
+        const beat = setInterval(() => context.heartbeat(), 50);
+        try {
+          await Promise.race([context.cancelled, released]);
+        } finally {
+          clearInterval(beat);
+          this.slotHolders.delete(owner);
+        }
       }),
     };
     return { main, host, slot };

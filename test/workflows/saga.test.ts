@@ -106,6 +106,10 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
       ['getPowerState', 'liveCopySupport', 'inspectInstance', 'pauseInstance', 'convertDisk', 'coldCopyDisk', 'resumeInstance', 'uploadImage'].includes(c),
     );
     assert.deepEqual(host, ['coldCopyDisk', 'uploadImage']);
+    // The slot is let go of by a host step that ends its holder at once, not by a cancel that
+    // reaches it only with its next heartbeat.
+    assert.ok(cloud.calls.includes('releaseSnapshotSlot'));
+    assert.equal(cloud.slotHolders.size, 0, 'no slot holder left running');
     // Nova's task states: image_pending_upload while the copy is made.
     assert.deepEqual(states, ['image_snapshot_pending', 'image_snapshot', 'image_pending_upload', 'copying in image_pending_upload', 'image_uploading', null]);
     assert.equal(cloud.instances.get(id)?.power, 'running');
