@@ -1,6 +1,7 @@
 // latest.md: the results as tables a person reads, ratios next to the bare figures of the same run.
 import type { Mode } from './options.js';
 import type { BenchResults, DiskSummary, ModeSummary, Target } from './results.js';
+import { TIMELINE_LABELS } from './timeline.js';
 
 const fmt = (v: number | undefined, digits = 0) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
 const ms = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v >= 10_000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`);
@@ -123,6 +124,29 @@ function phases(d: DiskSummary, modes: Mode[]): string[] {
   return lines;
 }
 
+/**
+ * Where vmsnap's wall time goes, from each run's workflow history (bench/lib/timeline.ts), next to
+ * the bare commands' steps: the steps running are the work bare does too, the rest is orchestration.
+ */
+function timeGoes(d: DiskSummary, modes: Mode[]): string[] {
+  const vm = modes.filter((m) => m !== 'bare' && d.modes[m]?.timelineMs);
+  if (!vm.length) return [];
+  const out = [`Where vmsnap's time goes (median ms per snapshot, from its workflow history; bare: ${phaseList(d.modes.bare?.phasesMs)}):`, ''];
+  out.push(`| share of the wall time | ${vm.join(' | ')} |`, `| --- | ${vm.map(() => '---:').join(' | ')} |`);
+  for (const label of TIMELINE_LABELS) out.push(`| ${label} | ${vm.map((m) => ms(d.modes[m]!.timelineMs![label])).join(' | ')} |`);
+  const stepNames = [...new Set(vm.flatMap((m) => Object.keys(d.modes[m]!.stepsMs ?? {})))].sort();
+  for (const step of stepNames) out.push(`| &nbsp;&nbsp;of which ${step} | ${vm.map((m) => ms(d.modes[m]!.stepsMs?.[step])).join(' | ')} |`);
+  out.push('');
+  return out;
+}
+
+const phaseList = (p: Record<string, number> | undefined) =>
+  p
+    ? Object.entries(p)
+        .map(([k, v]) => `${k} ${ms(v)}`)
+        .join(', ')
+    : '–';
+
 export function renderMarkdown(r: BenchResults): string {
   const m = r.machine;
   const o = r.options;
@@ -176,6 +200,7 @@ export function renderMarkdown(r: BenchResults): string {
     out.push('Phases (median):');
     out.push(...phases(d, o.modes));
     out.push('');
+    out.push(...timeGoes(d, o.modes));
   }
 
   if (r.scale.length) {

@@ -52,6 +52,9 @@ export interface ModeSummary {
   /** vmsnap: what its results said about consistency (live mode), by count. */
   consistency?: Record<string, number>;
   phasesMs: Record<string, number>;
+  /** vmsnap: where the wall time went (medians per label of bench/lib/timeline.ts), and each step's running time. */
+  timelineMs?: Record<string, number>;
+  stepsMs?: Record<string, number>;
   /** Spread of the raw samples, to judge the noise. */
   wallRangeMs: [number, number];
   pauseRangeMs: [number, number];
@@ -121,6 +124,14 @@ const maxOf = (xs: (number | undefined)[]) => {
   return v.length ? Math.max(...v) : undefined;
 };
 
+/** The median of each key over the runs that have it (a key a run lacks counts as 0 in it). */
+function medians(records: (Record<string, number> | undefined)[]): Record<string, number> | undefined {
+  const present = records.filter((r): r is Record<string, number> => r !== undefined);
+  if (!present.length) return undefined;
+  const keys = new Set(present.flatMap((r) => Object.keys(r)));
+  return Object.fromEntries([...keys].map((k) => [k, med(present.map((r) => r[k] ?? 0))]));
+}
+
 function summarizeMode(samples: Sample[]): ModeSummary {
   const ok = samples.filter((s) => s.ok);
   const phaseNames = new Set(ok.flatMap((s) => Object.keys(s.phasesMs ?? {})));
@@ -163,6 +174,10 @@ function summarizeMode(samples: Sample[]): ModeSummary {
   const gap = maxOf(ok.map((s) => s.writeSampleGapMs));
   if (gap !== undefined) summary.writeSampleGapMs = gap;
   if (isVmsnap) {
+    const timeline = medians(ok.map((s) => s.timelineMs));
+    if (timeline) summary.timelineMs = timeline;
+    const steps = medians(ok.map((s) => s.stepsMs));
+    if (steps) summary.stepsMs = steps;
     const peak = maxOf(peaks);
     if (peak !== undefined) summary.workerUploadPeakRssMiB = peak;
     const over = maxOf(overIdle);

@@ -12,6 +12,7 @@ import { startSnapshot, type SnapshotHandle } from '../../src/client/snapshots.j
 import type { SnapshotRequest } from '../../src/shared/types.js';
 import { validateSnapshotRequest } from '../../src/shared/validation.js';
 import { sampleRss, type RssSample } from './proc.js';
+import { historyTimeline, type History } from './timeline.js';
 
 export interface VariantResult {
   imageId: string;
@@ -38,6 +39,9 @@ export interface VariantResult {
   uploaderCpuS?: number;
   /** vmsnap: what the result says beyond the common fields (mode, consistency, guestPauseMs), as it says it. */
   resultExtra?: Record<string, unknown>;
+  /** vmsnap: where its wall time went, by the history (bench/lib/timeline.ts), and each step's running time. */
+  timelineMs?: Record<string, number>;
+  stepsMs?: Record<string, number>;
 }
 
 export interface GlanceCtx {
@@ -241,8 +245,7 @@ export function lastOpenStretch(samples: RssSample[]): RssSample[] {
  * The upload step's own clock (uploadImage's sendAndVerifyMs: the PUT while hashing, then the
  * check against Glance's record), read from the workflow's history: what compares with `curl -T`.
  */
-export async function uploadStepMs(handle: SnapshotHandle): Promise<number | undefined> {
-  const history = await handle.fetchHistory();
+export function uploadStepMs(history: History): number | undefined {
   const scheduled = new Set<string>();
   let ms: number | undefined;
   for (const e of history.events ?? []) {
@@ -273,6 +276,7 @@ export async function runVmsnap(
   // Off for many snapshots at once: one /proc scan per snapshot every 50 ms would load the host.
   const sampler = opts.sampleRss === false ? { stop: (): RssSample[] => [] } : sampleRss(ctx.workerPid, 50, `/${imageId}/`);
   const t0 = performance.now();
+  const clientStart = Date.now(); // the history's clock
   let samples: RssSample[] = [];
   try {
     const handle = await startSnapshot(ctx.client, request, ctx.taskQueue);
@@ -292,8 +296,11 @@ export async function runVmsnap(
         ctx.running.delete(handle.workflowId);
       });
     const wallMs = performance.now() - t0;
+    const clientEnd = Date.now();
     samples = sampler.stop();
-    const sendMs = await uploadStepMs(handle).catch(() => undefined);
+    const history = await handle.fetchHistory().catch(() => undefined);
+    const sendMs = history ? uploadStepMs(history) : undefined;
+    const timeline = history?.events ? historyTimeline(history.events, clientStart, clientEnd) : undefined;
     // A stretch of one sample is too short to tell the upload from the fsync before it.
     const stretch = lastOpenStretch(samples);
     const open = stretch.length >= 2 ? stretch : [];
@@ -318,6 +325,7 @@ export async function runVmsnap(
       ...(first && last && last.t > first.t ? { uploadFdMs: last.t - first.t } : {}),
       ...(cpuFirst !== undefined && cpuLast !== undefined && last !== first ? { uploaderCpuS: cpuLast - cpuFirst } : {}),
       ...(Object.keys(resultExtra).length ? { resultExtra } : {}),
+      ...(timeline ? { timelineMs: timeline.byLabel, stepsMs: timeline.steps } : {}),
     };
   } finally {
     if (!samples.length) sampler.stop(); // after a failure; harmless twice
