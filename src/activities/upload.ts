@@ -33,6 +33,12 @@ function verify(image: Image, sent: UploadResult): void {
   }
 }
 
+/** The image record as createImageRecord leaves it. */
+function newRecord(id: string): Image {
+  const none = { size: null, checksum: null, os_hash_algo: null, os_hash_value: null, disk_format: null, container_format: null };
+  return { id, name: '', status: 'queued', visibility: 'private', protected: false, ...none };
+}
+
 /** What was sent, and how long sending it and checking it against Glance took (the benchmark reads it from the history). */
 export interface UploadedImage extends UploadResult {
   /** From the PUT's start (or the re-hash of an image already active) to the verified record. */
@@ -41,7 +47,10 @@ export interface UploadedImage extends UploadResult {
 
 export function uploadActivities({ imageService }: ActivityDeps) {
   async function upload(input: UploadImageInput, bytesTotal: number, progress: (n: number) => void): Promise<UploadedImage> {
-    let image = await imageService.getImage(input.imageId);
+    // The first attempt follows the record this snapshot has just made, queued and without formats:
+    // no need to read it first (one Glance request less). A retry reads it: an earlier attempt may
+    // have sent the data.
+    let image = Context.current().info.attempt === 1 ? newRecord(input.imageId) : await imageService.getImage(input.imageId);
     if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the snapshot`);
 
     let sent: UploadResult;
