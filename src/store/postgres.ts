@@ -43,11 +43,11 @@ const RETRYABLE_SYSTEM_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT
 // node-postgres reports a lost or timed-out connection as a plain Error without a code.
 const RETRYABLE_MESSAGES = /Connection terminated|timeout exceeded when trying to connect|connection error/i;
 
-/** PostgreSQL text cannot hold NUL (SQLite can): a fault message from a tool's output might. */
 const placeholder = (i: number) => `$${i}`;
 /** json keeps its input text verbatim, so the text compares; the parameter is json where it is inserted. */
 const sameDetails = (param: string) => `details::text = ${param}::json::text`;
 
+/** PostgreSQL text cannot hold NUL (SQLite can): a fault message from a tool's output might. */
 function text(value: string): string {
   return value.replaceAll('\u0000', '\uFFFD');
 }
