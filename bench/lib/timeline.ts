@@ -117,9 +117,10 @@ export function historyTimeline(
     const span = spans.find((s) => s.from <= t && t < s.to);
     const label = span?.label ?? 'between';
     byLabel[label]! += 1;
-    if (span?.name)
-      steps[`${label === 'local activities' ? 'local' : 'step'} ${span.name}`] =
-        (steps[`${label === 'local activities' ? 'local' : 'step'} ${span.name}`] ?? 0) + 1;
+    if (span?.name) {
+      const key = `${label === 'local activities' ? 'local' : 'step'} ${span.name}`;
+      steps[key] = (steps[key] ?? 0) + 1;
+    }
   }
   return { byLabel, steps };
 }
