@@ -34,6 +34,11 @@ function now(): string {
 
 /** Details are JSON text as written. */
 const sameDetails = (param: string) => `details = ${param}`;
+/** The history tables: their columns, and how a row equal to a new one is found. */
+const HISTORY = {
+  instance_faults: { columns: mapping.FAULT_COLUMNS, same: mapping.sameFault(() => '?', sameDetails) },
+  instance_actions_events: { columns: mapping.EVENT_COLUMNS, same: mapping.sameEvent(() => '?', sameDetails) },
+};
 
 export class SqliteStore implements Store {
   readonly path: string;
@@ -174,13 +179,7 @@ export class SqliteStore implements Store {
   }
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
-    this.run('recordFault', () => {
-      const values = mapping.faultValues(fault);
-      this.stmt(
-        `INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) SELECT ?, ?, ?, ?, ?
-         WHERE NOT EXISTS (SELECT 1 FROM instance_faults WHERE ${mapping.sameFault(() => '?', sameDetails)})`,
-      ).run(...values, now(), ...values);
-    });
+    this.run('recordFault', () => this.insertOnce('instance_faults', mapping.faultValues(fault)));
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
@@ -192,13 +191,14 @@ export class SqliteStore implements Store {
   }
 
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
-    this.run('recordEvent', () => {
-      const values = mapping.eventValues(event);
-      this.stmt(
-        `INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?
-         WHERE NOT EXISTS (SELECT 1 FROM instance_actions_events WHERE ${mapping.sameEvent(() => '?', sameDetails)})`,
-      ).run(...values, now(), ...values);
-    });
+    this.run('recordEvent', () => this.insertOnce('instance_actions_events', mapping.eventValues(event)));
+  }
+
+  /** A history row (its values, then created_at), unless an equal one is there already. */
+  private insertOnce(table: keyof typeof HISTORY, values: string[]): void {
+    const { columns, same } = HISTORY[table];
+    const marks = [...values, now()].map(() => '?').join(', ');
+    this.stmt(`INSERT INTO ${table} (${columns}) SELECT ${marks} WHERE NOT EXISTS (SELECT 1 FROM ${table} WHERE ${same})`).run(...values, now(), ...values);
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
