@@ -46,6 +46,11 @@ const RETRYABLE_MESSAGES = /Connection terminated|timeout exceeded when trying t
 const placeholder = (i: number) => `$${i}`;
 /** json keeps its input text verbatim, so the text compares; the parameter is json where it is inserted. */
 const sameDetails = (param: string) => `details::text = ${param}::json::text`;
+/** The history tables: their columns, and how a row equal to a new one is found. */
+const HISTORY = {
+  instance_faults: { columns: mapping.FAULT_COLUMNS, same: mapping.sameFault(placeholder, sameDetails) },
+  instance_actions_events: { columns: mapping.EVENT_COLUMNS, same: mapping.sameEvent(placeholder, sameDetails) },
+};
 
 /** PostgreSQL text cannot hold NUL (SQLite can): a fault message from a tool's output might. */
 function text(value: string): string {
@@ -283,14 +288,7 @@ export class PostgresStore implements Store {
   }
 
   async recordFault(fault: Omit<InstanceFault, 'createdAt'>): Promise<void> {
-    const values = mapping.faultValues(fault).map(text);
-    await this.run('recordFault', () =>
-      this.pool.query(
-        `INSERT INTO instance_faults (${mapping.FAULT_COLUMNS}) SELECT $1, $2, $3, $4::json, now()
-         WHERE NOT EXISTS (SELECT 1 FROM instance_faults WHERE ${mapping.sameFault(placeholder, sameDetails)})`,
-        values,
-      ),
-    );
+    await this.run('recordFault', () => this.insertOnce('instance_faults', mapping.faultValues(fault)));
   }
 
   /** Oldest first, in recording order (timestamps can tie). */
@@ -302,13 +300,17 @@ export class PostgresStore implements Store {
   }
 
   async recordEvent(event: Omit<InstanceActionEvent, 'createdAt'>): Promise<void> {
-    const values = mapping.eventValues(event).map(text);
-    await this.run('recordEvent', () =>
-      this.pool.query(
-        `INSERT INTO instance_actions_events (${mapping.EVENT_COLUMNS}) SELECT $1, $2, $3, $4, $5::json, now()
-         WHERE NOT EXISTS (SELECT 1 FROM instance_actions_events WHERE ${mapping.sameEvent(placeholder, sameDetails)})`,
-        values,
-      ),
+    await this.run('recordEvent', () => this.insertOnce('instance_actions_events', mapping.eventValues(event)));
+  }
+
+  /** A history row (its values, details last, then created_at), unless an equal one is there already. */
+  private async insertOnce(table: keyof typeof HISTORY, values: string[]): Promise<void> {
+    const { columns, same } = HISTORY[table];
+    // The details go in as json, as sameDetails compares them.
+    const params = values.map((_, i) => (i === values.length - 1 ? `${placeholder(i + 1)}::json` : placeholder(i + 1)));
+    await this.pool.query(
+      `INSERT INTO ${table} (${columns}) SELECT ${params.join(', ')}, now() WHERE NOT EXISTS (SELECT 1 FROM ${table} WHERE ${same})`,
+      values.map(text),
     );
   }
 
