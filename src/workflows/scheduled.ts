@@ -3,7 +3,6 @@
 // (snapshot-<instance uuid>), so the two never run at once; each on its own, so one failing or busy
 // instance does not stop the others. Then applies the schedule's retention, and returns a report.
 import {
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   ChildWorkflowFailure,
@@ -22,7 +21,7 @@ import { hostTaskQueue, snapshotWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { DiskFormat, SnapshotRequest } from '../shared/types.js';
 import type { snapshotInstance } from './snapshot.js';
-import { RETRY } from './steps.js';
+import { RETRY, messageOf } from './steps.js';
 
 export interface ScheduledSnapshotsInput {
   /** The schedule's id (vmsnap-schedule-<name>): each image records it as vmsnap_schedule. */
@@ -73,12 +72,6 @@ const retentionOptions: ActivityOptions = { startToCloseTimeout: '2m', retry: { 
 
 function main(options: ActivityOptions, summary: string) {
   return proxyActivities<MainActivities>({ ...options, summary });
-}
-
-/** What went wrong, in the words of the activity's own failure. */
-function messageOf(err: unknown): string {
-  const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
-  return cause instanceof Error ? cause.message : String(cause);
 }
 
 // What ended a child that did not fail by itself.

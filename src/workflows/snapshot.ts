@@ -35,6 +35,7 @@ import {
   failure,
   instanceNotFound,
   lookUpInstance,
+  messageOf,
   onHost,
   onMain,
   onMainLocal,
@@ -611,7 +612,10 @@ class HostSlot {
    * cancel. Resolves once the holder has ended.
    */
   async letGo(step: () => Promise<boolean>): Promise<void> {
-    const ended = await step().catch(() => false);
+    const ended = await step().catch((err: unknown) => {
+      log.warn('the host step did not let go of the snapshot slot: its holder is cancelled instead', { error: messageOf(err) });
+      return false;
+    });
     if (!ended) this.release();
     await this.released();
   }

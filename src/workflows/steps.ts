@@ -153,6 +153,12 @@ export class Compensations {
   }
 }
 
+/** What went wrong, in the words of the activity's own failure. */
+export function messageOf(err: unknown): string {
+  const cause = err instanceof ActivityFailure && err.cause ? err.cause : err;
+  return cause instanceof Error ? cause.message : String(cause);
+}
+
 export function failure(type: FailureType, message: string): ApplicationFailure {
   return ApplicationFailure.create({ type, message, nonRetryable: true });
 }
