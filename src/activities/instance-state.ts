@@ -5,11 +5,6 @@ import { VmsnapError } from '../shared/errors.js';
 import { ALL_TASK_STATES } from '../store/schema.js';
 import type { InstanceRecord, TaskState } from '../store/store.js';
 
-/** Whether `now` is `next` or a state after it: each action's states are in the order its run moves through them. */
-function isLaterOrSame(now: TaskState | null, next: TaskState | null): boolean {
-  return now !== null && next !== null && ALL_TASK_STATES.indexOf(now) >= ALL_TASK_STATES.indexOf(next);
-}
-
 /** A host worker re-registers every discovery interval (15 s by default). */
 const LIVE_HOST_WINDOW_MS = 10 * 60_000;
 
@@ -19,6 +14,17 @@ export interface TaskStateChange {
   next: TaskState | null;
   /** The snapshot workflow's id: owner of the task state while it runs. */
   owner: string;
+}
+
+/**
+ * Whether the change is made already, by us: the task state held by `owner`, at `next` or a state
+ * after it (each action's states are in the order its run moves through them). None is no one's:
+ * reached is made.
+ */
+function madeAlready(now: InstanceRecord | undefined, { next, owner }: TaskStateChange): boolean {
+  if (!now) return false;
+  if (next === null) return now.taskState === null;
+  return now.taskOwner === owner && now.taskState !== null && ALL_TASK_STATES.indexOf(now.taskState) >= ALL_TASK_STATES.indexOf(next);
 }
 
 export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 'store' | 'settings'>) {
@@ -43,8 +49,7 @@ export function instanceStateActivities({ store, settings }: Pick<ActivityDeps, 
       // A retry after a lost completion finds the change already made by us: that is success. So
       // does a rerun of an earlier step of ours (a workflow task that failed reruns its local
       // activities from its start, after later ones already moved the task state on).
-      if (now && now.taskState === change.next && (change.next === null || now.taskOwner === change.owner)) return;
-      if (now && now.taskOwner === change.owner && isLaterOrSame(now.taskState, change.next)) return;
+      if (madeAlready(now, change)) return;
       const held = now?.taskState ?? 'None';
       throw new VmsnapError(
         'InstanceBusy',
