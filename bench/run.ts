@@ -348,6 +348,7 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
           hypervisor,
           idleMs: opts.idleMs,
           ...(mode === 'bare' ? {} : { rssPid: w.pid }),
+          workerPid: w.pid,
           variant: () => (mode === 'bare' ? runBare(bareCtx, guest, imageName) : runVmsnap(vmsnapCtx(w), guest, imageName, mode)),
         });
         // Only big uploads need the memory curve in the JSON.
@@ -439,8 +440,16 @@ async function main(opts: BenchOptions, argv: string[]): Promise<number> {
     `Order: variants alternate run by run (the first variant of run k is the k-th); ${warmups} unmeasured warm-up round(s) per disk; images are deleted after each run, outside the timings.`,
     `Guests: the counter test guest (scripts/lib/guest.ts) under TCG, 1 vCPU, 128 MiB, counting every 20 ms; scale guests count every ${SCALE_GUEST_INTERVAL_MS} ms so 20 TCG guests do not saturate the host’s CPUs by themselves.`,
   );
-  if (stack.kind === 'own') notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
-  else
+  if (stack.kind === 'own') {
+    notes.push('Stack: its own, in .data/bench (Temporal 7333, Glance 9392, PostgreSQL 5532), started before and stopped after.');
+    // Every Glance request costs a Keystone token check unless Glance caches tokens: say which.
+    const cacheS = Number(process.env.VMSNAP_GLANCE_TOKEN_CACHE || -1);
+    notes.push(
+      cacheS > 0
+        ? `Glance caches validated tokens for ${cacheS} s (VMSNAP_GLANCE_TOKEN_CACHE, keystonemiddleware's token_cache_time), as a production Glance does: most requests skip the Keystone check.`
+        : "Glance checks every request's token with Keystone (the stack's default, token_cache_time -1): each Glance request of either variant includes a Keystone validation.",
+    );
+  } else
     notes.push(`Stack: the existing one named by the environment (${stack.env.TEMPORAL_ADDRESS}, ${glance.glanceUrl}), shared with whatever else runs on it.`);
   if (!live.available && opts.modes.includes('live')) notes.push(`vmsnap live: not yet available: ${live.reason}`);
 

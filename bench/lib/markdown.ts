@@ -1,6 +1,7 @@
 // latest.md: the results as tables a person reads, ratios next to the bare figures of the same run.
 import type { Mode } from './options.js';
 import type { BenchResults, DiskSummary, ModeSummary, Target } from './results.js';
+import { CPU_GROUPS, type CpuUse } from './cpu-use.js';
 import { TIMELINE_LABELS } from './timeline.js';
 
 const fmt = (v: number | undefined, digits = 0) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(digits));
@@ -140,6 +141,32 @@ function timeGoes(d: DiskSummary, modes: Mode[]): string[] {
   return out;
 }
 
+const cpuS = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(2));
+/** The groups that used any CPU in any of the columns, in CPU_GROUPS order, then the machine. */
+function cpuRows(uses: (CpuUse | undefined)[]): (keyof CpuUse)[] {
+  const groups = CPU_GROUPS.filter((g) => uses.some((u) => (u?.[g] ?? 0) >= 0.01));
+  return [...groups, 'machine busy'];
+}
+
+/**
+ * Who burnt the CPU while each variant ran (median CPU-seconds per run): on a machine of few
+ * cores, a variant is slower than bare where it, or a service it calls, needs more CPU.
+ */
+function cpuTable(d: DiskSummary, modes: Mode[], nproc: number): string[] {
+  const cols = modes.filter((m) => d.modes[m]?.cpuUseS);
+  if (!cols.length) return [];
+  const gib = (m: Mode) => (d.modes[m]!.imageMiB || NaN) / 1024;
+  const out = [`CPU-seconds while each variant ran (median per run; ${nproc} CPUs, so the machine can give ${nproc} CPU-s per second of wall):`, ''];
+  out.push(`| process | ${cols.join(' | ')} |`, `| --- | ${cols.map(() => '---:').join(' | ')} |`);
+  for (const g of cpuRows(cols.map((m) => d.modes[m]!.cpuUseS))) out.push(`| ${g} | ${cols.map((m) => cpuS(d.modes[m]!.cpuUseS![g])).join(' | ')} |`);
+  out.push(
+    `| machine busy ÷ (wall × ${nproc}) | ${cols.map((m) => `${Math.round(((d.modes[m]!.cpuUseS!['machine busy'] ?? NaN) / ((d.modes[m]!.wallMs / 1000) * nproc)) * 100)} %`).join(' | ')} |`,
+  );
+  out.push(`| Glance CPU-s per GiB of image | ${cols.map((m) => cpuS((d.modes[m]!.cpuUseS!.glance ?? NaN) / gib(m))).join(' | ')} |`);
+  out.push('');
+  return out;
+}
+
 const phaseList = (p: Record<string, number> | undefined) =>
   p
     ? Object.entries(p)
@@ -201,6 +228,7 @@ export function renderMarkdown(r: BenchResults): string {
     out.push(...phases(d, o.modes));
     out.push('');
     out.push(...timeGoes(d, o.modes));
+    out.push(...cpuTable(d, o.modes, m.nproc));
   }
 
   if (r.scale.length) {
@@ -224,6 +252,16 @@ export function renderMarkdown(r: BenchResults): string {
       );
     }
     out.push('');
+    const withCpu = r.scale.filter((s) => s.cpuUseS);
+    if (withCpu.length) {
+      out.push(`CPU-seconds by process during each level (${m.nproc} CPUs):`, '');
+      out.push(`| process | ${withCpu.map((s) => `${s.n} ${s.mode} #${s.rep}`).join(' | ')} |`, `| --- | ${withCpu.map(() => '---:').join(' | ')} |`);
+      for (const g of cpuRows(withCpu.map((s) => s.cpuUseS))) out.push(`| ${g} | ${withCpu.map((s) => cpuS(s.cpuUseS![g])).join(' | ')} |`);
+      out.push(
+        `| machine busy ÷ (wall × ${m.nproc}) | ${withCpu.map((s) => `${Math.round(((s.cpuUseS!['machine busy'] ?? NaN) / ((s.wallMs / 1000) * m.nproc)) * 100)} %`).join(' | ')} |`,
+      );
+      out.push('');
+    }
     for (const [mode, g] of Object.entries(r.scaleGrowth)) {
       if (!g) continue;
       const ratios = Object.entries(g.wallRatioToOne)

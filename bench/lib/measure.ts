@@ -6,6 +6,7 @@ import type { Guest } from '../../scripts/lib/guest.js';
 import type { Hypervisor, PauseEvent } from '../../src/drivers/hypervisor.js';
 import { counterNow, rate } from './guests.js';
 import type { DiskKind, Mode } from './options.js';
+import { watchCpuUse, type CpuUse } from './cpu-use.js';
 import { sampleRss } from './proc.js';
 import { median } from './stats.js';
 import type { VariantResult } from './variants.js';
@@ -53,6 +54,8 @@ export interface Sample extends Partial<VariantResult> {
   copyWriteRatio?: number;
   /** The sampling's longest gap during the copy: stalls shorter than this are not seen. */
   writeSampleGapMs?: number;
+  /** CPU-seconds by process group while the variant ran (bench/lib/cpu-use.ts). */
+  cpuUseS?: CpuUse;
 }
 
 export async function measureRun(opts: {
@@ -67,6 +70,8 @@ export async function measureRun(opts: {
   libvirtUri?: string;
   /** A process whose idle RSS is wanted (the vmsnap worker). */
   rssPid?: number;
+  /** The vmsnap worker, whose CPU counts as its own group (also while bare runs beside it). */
+  workerPid?: number;
   variant: () => Promise<VariantResult>;
 }): Promise<Sample> {
   const base: Sample = { disk: opts.disk, mode: opts.mode, run: opts.run, position: opts.position, ok: false };
@@ -86,11 +91,13 @@ export async function measureRun(opts: {
     let result: VariantResult | undefined;
     let error: string | undefined;
     const variantStart = performance.now();
+    const cpu = watchCpuUse(opts.workerPid);
     try {
       result = await opts.variant();
     } catch (err) {
       error = (err as Error).message;
     }
+    const cpuUseS = cpu.stop();
     const c2 = await counterNow(opts.guest);
     stopped = true;
     const pauses = await watch.stop();
@@ -108,6 +115,7 @@ export async function measureRun(opts: {
       ...(error ? { error } : {}),
       pauseMs: pauses.pausedMs,
       pauseEvents: pauses.events,
+      cpuUseS,
       idleRate,
       snapshotRate,
       ...(idleRate > 0 ? { progressRatio: snapshotRate / idleRate } : {}),

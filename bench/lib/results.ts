@@ -1,5 +1,6 @@
 // The results document (latest.json): raw samples, their medians and ratios to bare, the scale
 // runs, and the targets with pass/miss.
+import type { CpuUse } from './cpu-use.js';
 import type { Machine } from './machine.js';
 import type { Sample } from './measure.js';
 import type { BenchOptions, DiskKind, DiskSpec, Mode } from './options.js';
@@ -22,6 +23,8 @@ export interface ScaleSample {
   maxConcurrentConverts?: number;
   /** CPU seconds the worker used during the level (vmsnap only). */
   workerCpuS?: number;
+  /** CPU-seconds by process group during the level (bench/lib/cpu-use.ts). */
+  cpuUseS?: CpuUse;
   /** The host's 1-minute load average when the level ended. */
   loadAverage1m: number;
 }
@@ -55,6 +58,8 @@ export interface ModeSummary {
   /** vmsnap: where the wall time went (medians per label of bench/lib/timeline.ts), and each step's running time. */
   timelineMs?: Record<string, number>;
   stepsMs?: Record<string, number>;
+  /** CPU-seconds by process group while it ran (medians per group, bench/lib/cpu-use.ts). */
+  cpuUseS?: CpuUse;
   /** Spread of the raw samples, to judge the noise. */
   wallRangeMs: [number, number];
   pauseRangeMs: [number, number];
@@ -159,6 +164,8 @@ function summarizeMode(samples: Sample[]): ModeSummary {
   };
   const cpuPerGiB = med(ok.map((s) => (s.uploaderCpuS !== undefined && s.imageBytes ? s.uploaderCpuS / (s.imageBytes / (1024 * MiB)) : undefined)));
   if (Number.isFinite(cpuPerGiB)) summary.uploaderCpuSPerGiB = cpuPerGiB;
+  const cpuUse = medians(ok.map((s) => s.cpuUseS as Record<string, number> | undefined));
+  if (cpuUse) summary.cpuUseS = cpuUse;
   const consistency: Record<string, number> = {};
   for (const s of ok) {
     const c = s.resultExtra?.consistency;

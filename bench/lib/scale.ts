@@ -3,6 +3,7 @@
 import type { Guest } from '../../scripts/lib/guest.js';
 import type { Mode } from './options.js';
 import os from 'node:os';
+import { watchCpuUse } from './cpu-use.js';
 import { convertChildren, cpuSeconds, sampleMax } from './proc.js';
 import type { ScaleSample } from './results.js';
 import { deleteImage, runBare, runVmsnap, type BareCtx, type VariantResult, type VmsnapCtx } from './variants.js';
@@ -31,10 +32,12 @@ export async function runScaleLevel(opts: {
   const copies = opts.vmsnap && opts.mode === 'cold' ? sampleMax(() => convertChildren(opts.vmsnap!.workerPid), 25) : undefined;
   const workerPid = opts.mode === 'bare' ? undefined : opts.vmsnap?.workerPid;
   const cpu0 = workerPid ? cpuSeconds(workerPid) : undefined;
+  const cpu = watchCpuUse(opts.vmsnap?.workerPid);
   const t0 = performance.now();
   const settled = await Promise.allSettled(guests.map(one));
   const wallMs = performance.now() - t0;
   const cpu1 = workerPid ? cpuSeconds(workerPid) : undefined;
+  const cpuUseS = cpu.stop();
   const maxConcurrentConverts = copies?.stop();
 
   const done = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
@@ -58,6 +61,7 @@ export async function runScaleLevel(opts: {
     waitingMs: opts.mode === 'bare' ? [] : done.map((d) => d.result.phasesMs['waiting-for-host'] ?? 0),
     ...(maxConcurrentConverts !== undefined ? { maxConcurrentConverts } : {}),
     ...(cpu0 !== undefined && cpu1 !== undefined ? { workerCpuS: cpu1 - cpu0 } : {}),
+    cpuUseS,
     loadAverage1m: Math.round(os.loadavg()[0]! * 100) / 100,
   };
 }
