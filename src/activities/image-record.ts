@@ -4,12 +4,15 @@ import type { ActivityDeps } from './deps.js';
 import type { Identity } from '../drivers/identity.js';
 import type { Image } from '../drivers/image-service.js';
 import { VmsnapError } from '../shared/errors.js';
+import type { DiskFormat } from '../shared/types.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
 import { RESERVED_PROPERTY_KEYS, isNeverInherited } from '../shared/validation.js';
 
 export interface CreateImageRecordInput {
   imageId: string;
   imageName: string;
+  /** The image's disk format, set on the record with container format bare (older runs set them at upload). */
+  diskFormat?: DiskFormat;
   instanceId: string;
   baseImageRef: string | null;
   metadata: Record<string, string>;
@@ -77,6 +80,7 @@ export function imageRecordActivities({ imageService, identity }: Pick<ActivityD
         visibility: 'private',
         min_disk: base ? Number(base.min_disk ?? 0) : 0,
         min_ram: base ? Number(base.min_ram ?? 0) : 0,
+        ...(input.diskFormat ? { disk_format: input.diskFormat, container_format: 'bare' } : {}),
         properties,
         tags: [VMSNAP_IMAGE_TAG],
       });

@@ -14,8 +14,10 @@ export interface UploadImageInput {
   path: string;
   diskFormat: DiskFormat;
   virtualSize: number;
-  /** Properties known only after the copy (mode, consistency), set with the formats. */
+  /** Properties known only after the copy (mode, consistency), set after the data with min_disk. */
   properties?: Record<string, string>;
+  /** The record was made with its formats (createImageRecord's diskFormat); older runs set them here. */
+  formatsSet?: boolean;
 }
 
 const GiB = 1024 ** 3;
@@ -33,10 +35,11 @@ function verify(image: Image, sent: UploadResult): void {
   }
 }
 
-/** The image record as createImageRecord leaves it. */
-function newRecord(id: string): Image {
-  const none = { size: null, checksum: null, os_hash_algo: null, os_hash_value: null, disk_format: null, container_format: null };
-  return { id, name: '', status: 'queued', visibility: 'private', protected: false, ...none };
+/** The image record as createImageRecord leaves it: queued, with its formats or without. */
+function newRecord(id: string, diskFormat: DiskFormat | null): Image {
+  const none = { size: null, checksum: null, os_hash_algo: null, os_hash_value: null };
+  const formats = { disk_format: diskFormat, container_format: diskFormat ? 'bare' : null };
+  return { id, name: '', status: 'queued', visibility: 'private', protected: false, ...none, ...formats };
 }
 
 /** What was sent, and how long sending it and checking it against Glance took (the benchmark reads it from the history). */
@@ -47,10 +50,10 @@ export interface UploadedImage extends UploadResult {
 
 export function uploadActivities({ imageService }: ActivityDeps) {
   async function upload(input: UploadImageInput, bytesTotal: number, progress: (n: number) => void): Promise<UploadedImage> {
-    // The first attempt follows the record this snapshot has just made, queued and without formats:
-    // no need to read it first (one Glance request less). A retry reads it: an earlier attempt may
-    // have sent the data.
-    let image = Context.current().info.attempt === 1 ? newRecord(input.imageId) : await imageService.getImage(input.imageId);
+    // The first attempt follows the record this snapshot has just made (queued): no need to read it
+    // first. A retry reads it: an earlier attempt may have sent the data.
+    let image =
+      Context.current().info.attempt === 1 ? newRecord(input.imageId, input.formatsSet ? input.diskFormat : null) : await imageService.getImage(input.imageId);
     if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the snapshot`);
 
     let sent: UploadResult;
@@ -59,18 +62,9 @@ export function uploadActivities({ imageService }: ActivityDeps) {
       // An earlier attempt's PUT went through but its result was lost: verify what is there.
       sent = await hashFile(input.path);
     } else if (image.status === 'queued') {
-      const queued = image;
-      const minDisk = Math.ceil(input.virtualSize / GiB);
-      const properties = input.properties ?? {};
-      const stale = Object.entries(properties).some(([k, v]) => queued[k] !== v);
-      if (stale || queued.disk_format !== input.diskFormat || queued.container_format !== 'bare' || queued.min_disk !== minDisk) {
-        // Formats are set before the data, as Nova does.
-        await imageService.updateImage(input.imageId, {
-          ...properties,
-          disk_format: input.diskFormat,
-          container_format: 'bare',
-          min_disk: minDisk,
-        });
+      // Glance takes data only once both formats are set (a record made with them has them).
+      if (image.disk_format !== input.diskFormat || image.container_format !== 'bare') {
+        await imageService.updateImage(input.imageId, { disk_format: input.diskFormat, container_format: 'bare' });
       }
       started = performance.now();
       sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
@@ -81,8 +75,10 @@ export function uploadActivities({ imageService }: ActivityDeps) {
       throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
     }
 
-    image = await imageService.getImage(input.imageId);
-    if (!image) throw new VmsnapError('ImageNotFound', `image ${input.imageId} was deleted from Glance during the upload`);
+    // What is known only now goes on after the data; Glance answers the PATCH with the whole
+    // record, the one the check reads (no GET of its own). A retry sets the same values again.
+    const minDisk = Math.ceil(input.virtualSize / GiB);
+    image = await imageService.updateImage(input.imageId, { ...input.properties, min_disk: minDisk });
     if (image.status !== 'active') throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
     verify(image, sent);
     return { ...sent, sendAndVerifyMs: Math.round(performance.now() - started) };

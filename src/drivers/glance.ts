@@ -125,6 +125,8 @@ export class GlanceImageService implements ImageService {
       visibility: image.visibility,
       min_disk: image.min_disk,
       min_ram: image.min_ram,
+      ...(image.disk_format ? { disk_format: image.disk_format } : {}),
+      ...(image.container_format ? { container_format: image.container_format } : {}),
       ...(image.tags ? { tags: image.tags } : {}),
     };
     const reply = await this.send('POST', path, { 'content-type': 'application/json' }, JSON.stringify(body));

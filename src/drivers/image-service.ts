@@ -27,6 +27,9 @@ export interface NewImage {
   visibility: 'private' | 'shared' | 'community' | 'public';
   min_disk: number;
   min_ram: number;
+  /** Set at creation when known (Glance takes data only once both are set). */
+  disk_format?: string;
+  container_format?: string;
   /** Extra properties, string values (image_type, instance_uuid, owner, user_id, ...). */
   properties: Record<string, string>;
   /** Image tags: vmsnap tags its images so it can find them again without listing all. */

@@ -67,6 +67,12 @@ const LEAN = 'lean-snapshot';
  * only with the holder's next heartbeat: up to a second at the end of every snapshot.
  */
 const SLOT_LET_GO = 'slot-let-go-by-host-step';
+/**
+ * The image record made with its formats, and what is known only after the copy (mode,
+ * consistency, min_disk) set after the data, by the PATCH whose answer the end-to-end check
+ * reads: three Glance requests per snapshot (POST, PUT, PATCH), as the bare commands, not five.
+ */
+const FORMATS_AT_CREATE = 'image-formats-at-create';
 // The workflow's own pause-budget timer backs up the host step's, which is exact: it only fires
 // when the host worker cannot keep its own (it hangs or died).
 const PAUSE_BUDGET_MARGIN_MS = 2000;
@@ -185,8 +191,10 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
           `create image ${imageId} in Glance`,
         )
       : onMain(steps.image, `create image ${imageId} in Glance`);
+    const formatsAtCreate = patched(FORMATS_AT_CREATE);
     await glance.createImageRecord({
       imageId,
+      ...(formatsAtCreate ? { diskFormat } : {}),
       imageName: request.imageName,
       instanceId,
       baseImageRef,
@@ -225,6 +233,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       diskFormat,
       virtualSize: copy.virtualSize,
       properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
+      ...(formatsAtCreate ? { formatsSet: true } : {}),
     });
     image.drop(); // active and verified: it stays whatever happens next
     track.uploaded(uploaded.size);
