@@ -9,7 +9,7 @@ import { keepHeartbeating } from './heartbeat.js';
 import type { Consistency, DiskFormat, StepProgress } from '../shared/types.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { FailureType } from '../shared/failures.js';
-import { fsyncFileAndEntry, qemuUser } from '../drivers/files.js';
+import { bootId, qemuUser } from '../drivers/files.js';
 import type { RootDisk } from '../drivers/hypervisor.js';
 import type { ConvertOptions } from '../drivers/qemu-img.js';
 import { ApplicationFailure } from '@temporalio/activity';
@@ -61,6 +61,11 @@ export interface ConvertedDisk {
   diskFormat: DiskFormat;
   size: number;
   virtualSize: number;
+  /**
+   * The host's boot the copy was made in: it is not fsynced (the upload does that while it sends),
+   * so a copy from an earlier boot may be torn, and the upload refuses it (CopyLost).
+   */
+  bootId: string;
 }
 
 export interface LiveCopiedDisk extends ConvertedDisk {
@@ -170,7 +175,7 @@ export function diskActivities(deps: ActivityDeps) {
       const check = await diskTool.check(path, 'qcow2');
       if (!check.ok) throw new VmsnapError('ImageCorrupt', `qemu-img check of the copy failed: ${check.message}`);
     }
-    return { path, diskFormat, size: (await stat(path)).size, virtualSize };
+    return { path, diskFormat, size: (await stat(path)).size, virtualSize, bootId: await bootId() };
   }
 
   /** The size the guest sees: a copy reads the whole virtual disk, so this is its total. */
@@ -243,7 +248,7 @@ export function diskActivities(deps: ActivityDeps) {
     /**
      * Nova's cold snapshot in one host step: suspend, qemu-img convert, resume. Whatever can wait
      * is kept out of the pause: the disk, its size and the target are looked up before it, and the
-     * copy's fsync and check come after the resume. The guest is resumed on every path but a dead
+     * copy's check comes after the resume (its fsync, in the upload). The guest is resumed on every path but a dead
      * worker's (then the workflow's compensation or the reconciler resume it: the pause is recorded
      * before it happens). A failure after the resume says so (details.guestResumed).
      */
@@ -270,7 +275,7 @@ export function diskActivities(deps: ActivityDeps) {
           await convertRootDisk(disk, target, input, {
             onProgress: progress.onProgress,
             signal: AbortSignal.any([Context.current().cancellationSignal, budget.signal]),
-            fsync: false, // after the resume: the guest need not wait for our disk
+            fsync: false, // the upload makes it durable while it sends it: nobody waits for the disk
           });
         } finally {
           clearTimeout(overBudget);
@@ -279,7 +284,6 @@ export function diskActivities(deps: ActivityDeps) {
             resumedAt = Date.now();
           }
         }
-        await fsyncFileAndEntry(target);
         const copy = await finish(target, input.diskFormat, bytesTotal);
         return { ...copy, guestPauseMs: resumedAt - pausedAt, ...(resumeOutcome ? { resumeOutcome } : {}) };
       } catch (err) {
@@ -374,6 +378,7 @@ export function diskActivities(deps: ActivityDeps) {
             targetFormat: input.diskFormat,
             compress: input.compress,
             signal,
+            fsync: false, // made durable while it is uploaded
           });
           await rm(live, { force: true });
         } else {

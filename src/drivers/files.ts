@@ -19,6 +19,14 @@ export async function fsyncFileAndEntry(file: string): Promise<void> {
   if (st.isFile()) await fsyncPath(path.dirname(path.resolve(file)));
 }
 
+/**
+ * This boot of the host (the kernel's boot_id): a copy not yet written back from the page cache is
+ * lost with a crash, and a copy made in another boot is not to be trusted.
+ */
+export async function bootId(): Promise<string> {
+  return (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+}
+
 /** Removes a file we (or libvirt for us) created, but never anything that is not a regular file (a block device target). */
 export async function removeRegularFile(file: string): Promise<void> {
   try {

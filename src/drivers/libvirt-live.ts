@@ -27,7 +27,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../shared/errors.js';
 import type { LiveCopyOptions, LiveCopyResult, LiveCopySupport, PowerState, QuiesceMode } from './hypervisor.js';
 import { decodeEntities, domainDisks, domainPlatform, encodeEntities, firstText, type DomainDisk } from './libvirt-xml.js';
-import { fsyncFileAndEntry, qemuUser, removeRegularFile } from './files.js';
+import { qemuUser, removeRegularFile } from './files.js';
 import { AbortError, convert } from './qemu-img.js';
 
 /** Runs `virsh -c URI args...` and returns stdout; failures are VmsnapErrors (see LibvirtHypervisor). */
@@ -353,7 +353,7 @@ export class LiveCopier {
         }
         await this.waitForJob(id, opts);
       }
-      await fsyncFileAndEntry(target);
+      // Not fsynced here: the upload makes the copy durable while it sends it.
       const result: LiveCopyResult = {
         consistency: frozen ? 'filesystem-consistent' : 'crash-consistent',
         method: usePull ? 'pull' : 'push',

@@ -140,6 +140,8 @@ type Copy = {
   quiesceNote?: string;
   guestPauseMs: number;
   guestWriteStallMs?: number;
+  /** The host's boot the copy was made in (older copy steps did not say, and fsynced instead). */
+  bootId?: string;
 };
 
 /** What the steps of one snapshot share. */
@@ -234,6 +236,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       virtualSize: copy.virtualSize,
       properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
       ...(formatsAtCreate ? { formatsSet: true } : {}),
+      ...(copy.bootId ? { copyBootId: copy.bootId } : {}),
     });
     image.drop(); // active and verified: it stays whatever happens next
     track.uploaded(uploaded.size);

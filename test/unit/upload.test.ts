@@ -11,6 +11,7 @@ import { after, describe, it } from 'node:test';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import type { ActivityDeps } from '../../src/activities/deps.js';
 import { uploadActivities, type UploadedImage, type UploadImageInput } from '../../src/activities/upload.js';
+import { bootId } from '../../src/drivers/files.js';
 import { hashFile } from '../../src/drivers/upload-body.js';
 import type { Image, ImageService } from '../../src/drivers/image-service.js';
 import { VmsnapError } from '../../src/shared/errors.js';
@@ -106,6 +107,19 @@ describe('uploadImage', () => {
     const result = await uploadOnce(glance.service, input({ formatsSet: true }), 2);
     assert.deepEqual(glance.calls, ['GET', 'PATCH min_disk,vmsnap_consistency,vmsnap_mode']);
     assert.equal(result.sha512, sha512);
+  });
+
+  it('a copy made in this boot of the host is uploaded; one from an earlier boot is refused before Glance is asked (CopyLost)', async () => {
+    const now = fakeGlance({ disk_format: 'qcow2', container_format: 'bare' });
+    await uploadOnce(now.service, input({ formatsSet: true, copyBootId: await bootId() }));
+    assert.deepEqual(now.calls, ['PUT', 'PATCH min_disk,vmsnap_consistency,vmsnap_mode']);
+
+    const before = fakeGlance({ disk_format: 'qcow2', container_format: 'bare' });
+    await assert.rejects(
+      uploadOnce(before.service, input({ formatsSet: true, copyBootId: '00000000-0000-4000-8000-000000000000' })),
+      (err: unknown) => err instanceof VmsnapError && err.code === 'CopyLost',
+    );
+    assert.deepEqual(before.calls, []);
   });
 
   it('Glance keeping other bytes than were sent fails ImageCorrupt', async () => {
