@@ -155,7 +155,8 @@ function cpuRows(uses: (CpuUse | undefined)[]): (keyof CpuUse)[] {
 function cpuTable(d: DiskSummary, modes: Mode[], nproc: number): string[] {
   const cols = modes.filter((m) => d.modes[m]?.cpuUseS);
   if (!cols.length) return [];
-  const gib = (m: Mode) => (d.modes[m]!.imageMiB || NaN) / 1024;
+  // Per GiB only where the image is big enough for the figure to mean anything.
+  const gib = (m: Mode) => (d.modes[m]!.imageMiB >= 64 ? d.modes[m]!.imageMiB / 1024 : NaN);
   const out = [`CPU-seconds while each variant ran (median per run; ${nproc} CPUs, so the machine can give ${nproc} CPU-s per second of wall):`, ''];
   out.push(`| process | ${cols.join(' | ')} |`, `| --- | ${cols.map(() => '---:').join(' | ')} |`);
   for (const g of cpuRows(cols.map((m) => d.modes[m]!.cpuUseS))) out.push(`| ${g} | ${cols.map((m) => cpuS(d.modes[m]!.cpuUseS![g])).join(' | ')} |`);
