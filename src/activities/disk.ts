@@ -62,8 +62,8 @@ export interface ConvertedDisk {
   size: number;
   virtualSize: number;
   /**
-   * The host's boot the copy was made in: it is not fsynced (the upload does that while it sends),
-   * so a copy from an earlier boot may be torn, and the upload refuses it (CopyLost).
+   * The host's boot the copy was made in: the copy is a temp file and never fsynced, so one from an
+   * earlier boot may be torn, and the upload refuses it (CopyLost).
    */
   bootId: string;
 }
@@ -248,7 +248,7 @@ export function diskActivities(deps: ActivityDeps) {
     /**
      * Nova's cold snapshot in one host step: suspend, qemu-img convert, resume. Whatever can wait
      * is kept out of the pause: the disk, its size and the target are looked up before it, and the
-     * copy's check comes after the resume (its fsync, in the upload). The guest is resumed on every path but a dead
+     * copy's check comes after the resume (no fsync: see ConvertedDisk.bootId). The guest is resumed on every path but a dead
      * worker's (then the workflow's compensation or the reconciler resume it: the pause is recorded
      * before it happens). A failure after the resume says so (details.guestResumed).
      */
@@ -275,7 +275,7 @@ export function diskActivities(deps: ActivityDeps) {
           await convertRootDisk(disk, target, input, {
             onProgress: progress.onProgress,
             signal: AbortSignal.any([Context.current().cancellationSignal, budget.signal]),
-            fsync: false, // the upload makes it durable while it sends it: nobody waits for the disk
+            fsync: false, // a temp file: see ConvertedDisk.bootId
           });
         } finally {
           clearTimeout(overBudget);
@@ -378,7 +378,7 @@ export function diskActivities(deps: ActivityDeps) {
             targetFormat: input.diskFormat,
             compress: input.compress,
             signal,
-            fsync: false, // made durable while it is uploaded
+            fsync: false, // a temp file: see ConvertedDisk.bootId
           });
           await rm(live, { force: true });
         } else {

@@ -353,7 +353,7 @@ export class LiveCopier {
         }
         await this.waitForJob(id, opts);
       }
-      // Not fsynced here: the upload makes the copy durable while it sends it.
+      // Not fsynced: a temp file, uploaded and deleted; the upload refuses one from before a host restart.
       const result: LiveCopyResult = {
         consistency: frozen ? 'filesystem-consistent' : 'crash-consistent',
         method: usePull ? 'pull' : 'push',
