@@ -248,9 +248,10 @@ export function diskActivities(deps: ActivityDeps) {
     /**
      * Nova's cold snapshot in one host step: suspend, qemu-img convert, resume. Whatever can wait
      * is kept out of the pause: the disk, its size and the target are looked up before it, and the
-     * copy's check comes after the resume (no fsync: see ConvertedDisk.bootId). The guest is resumed on every path but a dead
-     * worker's (then the workflow's compensation or the reconciler resume it: the pause is recorded
-     * before it happens). A failure after the resume says so (details.guestResumed).
+     * copy's check comes after the resume (no fsync: see ConvertedDisk.bootId). The guest is
+     * resumed on every path but a dead worker's (then the workflow's compensation or the
+     * reconciler resume it: the pause is recorded before it happens). A failure after the resume
+     * says so (details.guestResumed).
      */
     async coldCopyDisk(input: ColdCopyDiskInput): Promise<ColdCopiedDisk> {
       const { instanceId, owner } = input;

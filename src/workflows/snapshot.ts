@@ -70,7 +70,7 @@ const SLOT_LET_GO = 'slot-let-go-by-host-step';
 /**
  * The image record made with its formats, and what is known only after the copy (mode,
  * consistency, min_disk) set after the data, by the PATCH whose answer the end-to-end check
- * reads: three Glance requests per snapshot (POST, PUT, PATCH), as the bare commands, not five.
+ * reads: three Glance requests per snapshot (POST, PUT, PATCH), as the bare commands, not four.
  */
 const FORMATS_AT_CREATE = 'image-formats-at-create';
 // The workflow's own pause-budget timer backs up the host step's, which is exact: it only fires
