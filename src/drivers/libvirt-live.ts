@@ -402,6 +402,7 @@ export class LiveCopier {
       ...(opts.bandwidthMiBps ? { rateLimitMiBps: opts.bandwidthMiBps } : {}),
       onProgress: report,
       ...(opts.signal ? { signal: opts.signal } : {}),
+      fsync: false, // a temp file: the upload refuses one from before a host restart
     });
     const job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
     if (!((job.type === JOB.bounded || job.type === JOB.unbounded) && job.operation === OP_BACKUP)) {

@@ -37,7 +37,7 @@ export interface ConvertOptions {
   rateLimitMiBps?: number;
   /** -m: parallel requests (qemu-img's default is 8). */
   parallel?: number;
-  /** fsync the target before resolving (default true). false: the caller makes it durable later, e.g. after a guest's pause. */
+  /** fsync the target before resolving (default true). false: a snapshot's temp copy, which needs no durability (see ConvertedDisk.bootId). */
   fsync?: boolean;
   /** Lowest CPU and I/O priority (nice 19, ionice idle): the host's guests go first. */
   lowPriority?: boolean;
