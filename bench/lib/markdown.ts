@@ -142,10 +142,16 @@ function timeGoes(d: DiskSummary, modes: Mode[]): string[] {
 }
 
 const cpuS = (v: number | undefined) => (v === undefined || !Number.isFinite(v) ? '–' : v.toFixed(2));
-/** The groups that used any CPU in any of the columns, in CPU_GROUPS order, then the machine. */
-function cpuRows(uses: (CpuUse | undefined)[]): (keyof CpuUse)[] {
-  const groups = CPU_GROUPS.filter((g) => uses.some((u) => (u?.[g] ?? 0) >= 0.01));
-  return [...groups, 'machine busy'];
+/**
+ * CPU-seconds by process group, a column per run (or median of runs): the groups that used any CPU
+ * in any column, the machine's busy time, and that as a share of what the machine could give.
+ */
+function cpuUseRows(cols: { use: CpuUse; wallMs: number }[], nproc: number): string[] {
+  const groups = CPU_GROUPS.filter((g) => cols.some((c) => (c.use[g] ?? 0) >= 0.01));
+  const out = [...groups, 'machine busy' as const].map((g) => `| ${g} | ${cols.map((c) => cpuS(c.use[g])).join(' | ')} |`);
+  const share = (c: { use: CpuUse; wallMs: number }) => Math.round(((c.use['machine busy'] ?? NaN) / ((c.wallMs / 1000) * nproc)) * 100);
+  out.push(`| machine busy ÷ (wall × ${nproc}) | ${cols.map((c) => `${share(c)} %`).join(' | ')} |`);
+  return out;
 }
 
 /**
@@ -159,9 +165,11 @@ function cpuTable(d: DiskSummary, modes: Mode[], nproc: number): string[] {
   const gib = (m: Mode) => (d.modes[m]!.imageMiB >= 64 ? d.modes[m]!.imageMiB / 1024 : NaN);
   const out = [`CPU-seconds while each variant ran (median per run; ${nproc} CPUs, so the machine can give ${nproc} CPU-s per second of wall):`, ''];
   out.push(`| process | ${cols.join(' | ')} |`, `| --- | ${cols.map(() => '---:').join(' | ')} |`);
-  for (const g of cpuRows(cols.map((m) => d.modes[m]!.cpuUseS))) out.push(`| ${g} | ${cols.map((m) => cpuS(d.modes[m]!.cpuUseS![g])).join(' | ')} |`);
   out.push(
-    `| machine busy ÷ (wall × ${nproc}) | ${cols.map((m) => `${Math.round(((d.modes[m]!.cpuUseS!['machine busy'] ?? NaN) / ((d.modes[m]!.wallMs / 1000) * nproc)) * 100)} %`).join(' | ')} |`,
+    ...cpuUseRows(
+      cols.map((m) => ({ use: d.modes[m]!.cpuUseS!, wallMs: d.modes[m]!.wallMs })),
+      nproc,
+    ),
   );
   out.push(`| Glance CPU-s per GiB of image | ${cols.map((m) => cpuS((d.modes[m]!.cpuUseS!.glance ?? NaN) / gib(m))).join(' | ')} |`);
   out.push('');
@@ -257,9 +265,11 @@ export function renderMarkdown(r: BenchResults): string {
     if (withCpu.length) {
       out.push(`CPU-seconds by process during each level (${m.nproc} CPUs):`, '');
       out.push(`| process | ${withCpu.map((s) => `${s.n} ${s.mode} #${s.rep}`).join(' | ')} |`, `| --- | ${withCpu.map(() => '---:').join(' | ')} |`);
-      for (const g of cpuRows(withCpu.map((s) => s.cpuUseS))) out.push(`| ${g} | ${withCpu.map((s) => cpuS(s.cpuUseS![g])).join(' | ')} |`);
       out.push(
-        `| machine busy ÷ (wall × ${m.nproc}) | ${withCpu.map((s) => `${Math.round(((s.cpuUseS!['machine busy'] ?? NaN) / ((s.wallMs / 1000) * m.nproc)) * 100)} %`).join(' | ')} |`,
+        ...cpuUseRows(
+          withCpu.map((s) => ({ use: s.cpuUseS!, wallMs: s.wallMs })),
+          m.nproc,
+        ),
       );
       out.push('');
     }
