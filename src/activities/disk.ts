@@ -63,7 +63,10 @@ export interface ConvertedDisk {
   virtualSize: number;
   /**
    * The host's boot the copy was made in: the copy is a temp file and never fsynced, so one from an
-   * earlier boot may be torn, and the upload refuses it (CopyLost).
+   * earlier boot may be torn, and the upload refuses it (CopyLost). Not covered: a disk error while
+   * the kernel writes the copy back, followed by the eviction of those pages before the upload
+   * reads them (the upload would send what is on disk); a copy usually lives seconds, well inside
+   * the kernel's 30 s writeback delay. Nova writes its copy with O_DIRECT (-t none) instead.
    */
   bootId: string;
 }
