@@ -2,7 +2,7 @@
 // Temporal, the vmsnap worker, the guests, ...): on 2 shared cores, a step that is CPU-bound is
 // slow because of whoever else is burning CPU, and this is what shows who.
 import { readdirSync, readFileSync } from 'node:fs';
-import { CLK_TCK, cmdline } from './proc.js';
+import { CLK_TCK, cmdline, cpuTimes } from './proc.js';
 
 export const CPU_GROUPS = [
   'glance',
@@ -22,7 +22,6 @@ export type CpuGroup = (typeof CPU_GROUPS)[number];
 export type CpuUse = Partial<Record<CpuGroup | 'machine busy' | 'machine total', number>>;
 
 interface Reading {
-  at: number;
   machineBusy: number;
   machineTotal: number;
   /** pid → [group, own CPU-s, reaped children's CPU-s] */
@@ -51,18 +50,10 @@ function read(workerPid: number | undefined): Reading {
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     const pid = Number(entry);
-    try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      // utime, stime, cutime, cstime: fields 14-17 (11-14 after the command name)
-      const own = (Number(f[11]) + Number(f[12])) / CLK_TCK;
-      const children = (Number(f[13]) + Number(f[14])) / CLK_TCK;
-      procs.set(pid, [groupOf(pid, workerPid), own, children]);
-    } catch {
-      // ended while listed
-    }
+    const times = cpuTimes(pid); // undefined: ended while listed
+    if (times) procs.set(pid, [groupOf(pid, workerPid), times.own, times.children]);
   }
-  return { at: performance.now(), machineBusy: busy / CLK_TCK, machineTotal: (busy + idle + iowait) / CLK_TCK, procs };
+  return { machineBusy: busy / CLK_TCK, machineTotal: (busy + idle + iowait) / CLK_TCK, procs };
 }
 
 /**

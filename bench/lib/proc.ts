@@ -24,11 +24,16 @@ export function rssKiB(pid: number): number | undefined {
 
 /** CPU time (user + system) a process has used so far, in seconds; undefined once it is gone. */
 export function cpuSeconds(pid: number): number | undefined {
+  return cpuTimes(pid)?.own;
+}
+
+/** CPU seconds a process used itself (utime + stime) and its reaped children did (cutime + cstime); undefined once it is gone. */
+export function cpuTimes(pid: number): { own: number; children: number } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may hold spaces) start at field 3; utime, stime are 14, 15.
+    // Fields after the command name (which may hold spaces) start at field 3; utime, stime, cutime, cstime are 14-17.
     const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
+    return { own: (Number(rest[11]) + Number(rest[12])) / CLK_TCK, children: (Number(rest[13]) + Number(rest[14])) / CLK_TCK };
   } catch {
     return undefined;
   }
