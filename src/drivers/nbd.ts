@@ -1,15 +1,20 @@
 // Reads an NBD export (the pull backup job's point-in-time view, or qemu-nbd's) with libnbd, the
 // NBD client QEMU's and libguestfs' people maintain, from Debian: its allocation map with nbdinfo
 // (libnbd-bin), and byte ranges through one long-lived python3-libnbd process that answers read
-// requests on a pipe. So only allocated extents are ever read, and each read costs a pipe round
-// trip, not a process.
+// requests. So only allocated extents are ever read, and each read costs a round trip, not a process.
 //
 // Why a Python process: libnbd has no tool that reads a byte range to a pipe (nbdcopy copies a
 // whole export, zeros included), and no Node binding. Its Python binding is a thin layer over the
-// C library, and the pipe protocol is one line per request ("offset length") answered by exactly
-// that many bytes, in order, after an 8-byte big-endian export size once connected.
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import type { Readable, Writable } from 'node:stream';
+// C library. The reader connects to the export, listens on a unix socket in a private (0700) temp
+// dir, prints the export's size, and takes one connection: a line per request ("offset length"),
+// answered by exactly that many bytes, in order. Node reads the answers with `onread` straight
+// into each request's buffer: no 64 KiB chunk per read to allocate, copy and collect (through the
+// child's stdout that cost more CPU than the reading itself).
+import { spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { execa } from 'execa';
 import { VmsnapError } from '../shared/errors.js';
 import type { Extent, ReadRange } from './qcow2-stream.js';
@@ -19,9 +24,11 @@ const PYTHON = '/usr/bin/python3';
 /** QEMU's NBD server takes at most 32 MiB per request. */
 const MAX_READ = 32 << 20;
 const NBDINFO_TIMEOUT_MS = 120_000;
+/** Reads into a request's own buffer; this one only takes bytes that arrive before their request is known. */
+const SCRATCH = 64 << 10;
 
 const READER = `
-import fcntl, struct, sys
+import socket, sys
 try:
     import nbd
 except ImportError:
@@ -30,21 +37,28 @@ except ImportError:
 try:
     h = nbd.NBD()
     h.connect_uri(sys.argv[1])
-    out = sys.stdout.buffer
-    try:
-        fcntl.fcntl(1, 1031, 1 << 20)  # F_SETPIPE_SZ: fewer, larger pipe transfers (if stdout is a pipe)
-    except OSError:
-        pass
-    out.write(struct.pack(">Q", h.get_size()))
-    out.flush()
-    for line in sys.stdin.buffer:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(sys.argv[2])
+    server.listen(1)
+    print(h.get_size(), flush=True)
+    conn, _ = server.accept()
+    server.close()
+    # One buffer, read into and sent from: no allocation per request.
+    h.set_pread_initialize(False)
+    space = memoryview(bytearray(0))
+    for line in conn.makefile("rb"):
         offset, length = map(int, line.split())
-        out.write(h.pread(length, offset))
-        out.flush()
+        if length > len(space):
+            space = memoryview(bytearray(length))
+        part = space[:length]
+        cookie = h.aio_pread(nbd.Buffer.from_buffer(part), offset)
+        while not h.aio_command_completed(cookie):
+            h.poll(-1)
+        conn.sendall(part)
 except nbd.Error as e:
     sys.stderr.write("%s\\n" % e.string)
     sys.exit(1)
-except BrokenPipeError:
+except (BrokenPipeError, ConnectionResetError):
     sys.exit(0)
 `;
 
@@ -89,21 +103,19 @@ async function nbdinfo(uri: string, args: string[], signal?: AbortSignal): Promi
  * `zero` when it reads as zeros (NBD_STATE_ZERO), whether a hole or not.
  */
 export async function readAllocationMap(uri: string, signal?: AbortSignal): Promise<AllocationMap> {
-  const [sizeText, mapText] = await Promise.all([nbdinfo(uri, ['--size'], signal), nbdinfo(uri, ['--map', '--json'], signal)]);
-  const virtualSize = Number(sizeText.trim());
-  const raw = JSON.parse(mapText) as { offset: number; length: number; type: number }[];
+  const raw = JSON.parse(await nbdinfo(uri, ['--map', '--json'], signal)) as { offset: number; length: number; type: number }[];
   const extents: Extent[] = [];
-  let pos = 0;
+  // nbdinfo maps the whole export, so the map ends at its size.
+  let virtualSize = 0;
   for (const e of raw) {
-    if (e.offset !== pos) throw unreadable(uri, `nbdinfo's map has a gap or overlap at ${pos}`);
+    if (e.offset !== virtualSize) throw unreadable(uri, `nbdinfo's map has a gap or overlap at ${virtualSize}`);
     const zero = (e.type & 2) !== 0;
     const last = extents.at(-1);
     // nbdinfo splits long runs; one extent per run keeps the map small.
     if (last && last.zero === zero) last.length += e.length;
     else extents.push({ offset: e.offset, length: e.length, zero });
-    pos += e.length;
+    virtualSize += e.length;
   }
-  if (!Number.isSafeInteger(virtualSize) || pos !== virtualSize) throw unreadable(uri, `nbdinfo's map ends at ${pos}, the export has ${sizeText.trim()} bytes`);
   return { virtualSize, extents };
 }
 
@@ -127,28 +139,34 @@ interface Pending {
 
 /** Connects to the export; resolves once connected (a bad socket or export name fails here). */
 export async function openNbdReader(uri: string): Promise<NbdReader> {
+  const dir = await mkdtemp(join(tmpdir(), 'vmsnap-nbd-'));
+  const path = join(dir, 'reader.sock');
   // The kernel kills the reader if the worker dies; setpriv execs it, so the pid is python's.
-  const child: ChildProcessByStdio<Writable, Readable, Readable> = spawn('setpriv', ['--pdeathsig', 'KILL', PYTHON, '-c', READER, uri], {
-    env: { LC_ALL: 'C' },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const child = spawn('setpriv', ['--pdeathsig', 'KILL', PYTHON, '-c', READER, uri, path], { env: { LC_ALL: 'C' }, stdio: ['ignore', 'pipe', 'pipe'] });
   const pending: Pending[] = [];
+  const scratch = Buffer.allocUnsafe(SCRATCH);
   let stderr = '';
+  let stdout = '';
   let failure: Error | undefined;
-  let size = -1;
   let bytesRead = 0;
-  let head = Buffer.alloc(0);
-  let onConnected: { resolve: () => void; reject: (err: Error) => void } | undefined;
-  const connected = new Promise<void>((resolve, reject) => (onConnected = { resolve, reject }));
+  let socket: net.Socket | undefined;
+  let onReady: { resolve: (size: number) => void; reject: (err: Error) => void } | undefined;
+  const ready = new Promise<number>((resolve, reject) => (onReady = { resolve, reject }));
   const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
 
   const fail = (err: Error) => {
     failure ??= err;
-    onConnected?.reject(failure);
+    onReady?.reject(failure);
     for (const p of pending.splice(0)) p.reject(failure);
+    socket?.destroy();
   };
   child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (s: string) => (stderr = (stderr + s).slice(-4096)));
+  child.stderr.on('data', (text: string) => (stderr = (stderr + text).slice(-4096)));
+  child.stdout.setEncoding('utf8');
+  child.stdout.on('data', (text: string) => {
+    stdout += text;
+    if (stdout.includes('\n')) onReady?.resolve(Number(stdout.trim()));
+  });
   child.once('error', (err: NodeJS.ErrnoException) => {
     fail(err.code === 'ENOENT' ? new VmsnapError('ConfigError', 'setpriv not found in PATH: install util-linux') : unreadable(uri, err.message));
   });
@@ -157,28 +175,24 @@ export async function openNbdReader(uri: string): Promise<NbdReader> {
     if (code === 2) fail(new VmsnapError('ConfigError', `cannot read NBD export ${uri}: ${why}: install python3-libnbd (scripts/setup does)`));
     else fail(unreadable(uri, why));
   });
-  // A closed pipe shows as the process's exit, reported above.
-  child.stdin.on('error', () => undefined);
 
-  child.stdout.on('data', (chunk: Buffer) => {
+  /** Where the next bytes go: the rest of the oldest request's buffer, so the kernel copies them there. */
+  const nextBuffer = () => {
+    const p = pending[0];
+    return p ? p.buf.subarray(p.filled) : scratch;
+  };
+  /** Bytes arrived in `buf`: in place when it was a request's buffer, else handed on to the requests waiting. */
+  const arrived = (nread: number, buf: Uint8Array): boolean => {
     let at = 0;
-    if (size < 0) {
-      head = Buffer.concat([head, chunk]);
-      if (head.length < 8) return;
-      size = Number(head.readBigUInt64BE(0));
-      chunk = head;
-      at = 8;
-      onConnected?.resolve();
-    }
-    while (at < chunk.length) {
+    while (at < nread) {
       const p = pending[0];
       if (!p) {
         fail(unreadable(uri, 'the reader sent bytes nobody asked for'));
-        child.kill('SIGKILL');
-        return;
+        return false;
       }
-      const n = Math.min(chunk.length - at, p.buf.length - p.filled);
-      chunk.copy(p.buf, p.filled, at, at + n);
+      const n = Math.min(nread - at, p.buf.length - p.filled);
+      const inPlace = buf.buffer === p.buf.buffer && buf.byteOffset === p.buf.byteOffset + p.filled;
+      if (!inPlace) p.buf.set(buf.subarray(at, at + n), p.filled);
       p.filled += n;
       at += n;
       if (p.filled === p.buf.length) {
@@ -187,17 +201,28 @@ export async function openNbdReader(uri: string): Promise<NbdReader> {
         p.resolve(p.buf);
       }
     }
-  });
+    return true;
+  };
 
+  let size: number;
   try {
-    await connected;
+    size = await ready;
+    socket = net.connect({ path, onread: { buffer: nextBuffer, callback: arrived } });
+    socket.on('error', (err) => fail(unreadable(uri, err.message)));
+    // The reader closes its end as it exits: its exit (above) says why, with libnbd's message.
+    socket.on('close', () => void exited.then(() => fail(unreadable(uri, lastLine(stderr) || 'the reader closed its connection'))));
+    await new Promise<void>((resolve, reject) => {
+      socket!.once('connect', resolve);
+      socket!.once('error', reject);
+    });
   } catch (err) {
     child.kill('SIGKILL');
     await exited;
-    throw err;
+    await rm(dir, { recursive: true, force: true });
+    throw failure ?? err;
   }
 
-  const read: ReadRange = (offset, length) => {
+  const read: ReadRange = (offset, length, into) => {
     if (failure) return Promise.reject(failure);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || length > MAX_READ || offset + length > size) {
       return Promise.reject(
@@ -205,26 +230,27 @@ export async function openNbdReader(uri: string): Promise<NbdReader> {
       );
     }
     return new Promise<Buffer>((resolve, reject) => {
-      pending.push({ buf: Buffer.allocUnsafe(length), filled: 0, resolve, reject });
-      child.stdin.write(`${offset} ${length}\n`);
+      pending.push({ buf: into?.length === length ? into : Buffer.allocUnsafe(length), filled: 0, resolve, reject });
+      socket!.write(`${offset} ${length}\n`);
     });
   };
 
+  let closing: Promise<void> | undefined;
   return {
     size,
     read,
     get bytesRead() {
       return bytesRead;
     },
-    async close() {
-      if (child.exitCode === null && child.signalCode === null) {
+    close() {
+      closing ??= (async () => {
         fail(unreadable(uri, 'the reader was closed'));
-        child.stdin.end();
-        // A read in progress ends at its next request line; one stuck on a hung server needs the kill.
-        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+        // It only reads: nothing to finish, and the interpreter's own exit takes tens of ms.
+        child.kill('SIGKILL');
         await exited;
-        clearTimeout(timer);
-      }
+        await rm(dir, { recursive: true, force: true });
+      })();
+      return closing;
     },
   };
 }

@@ -31,8 +31,22 @@ export interface Extent {
   zero: boolean;
 }
 
-/** Reads exactly `length` bytes at `offset` of the guest disk. */
-export type ReadRange = (offset: number, length: number) => Promise<Buffer>;
+/**
+ * Reads exactly `length` bytes at `offset` of the guest disk, into `into` (exactly `length` long)
+ * when given and the source can: the writer reuses its buffers where it keeps them to itself.
+ */
+export type ReadRange = (offset: number, length: number, into?: Buffer) => Promise<Buffer>;
+
+export interface ChunksOptions {
+  /** Stops the stream between reads. */
+  signal?: AbortSignal;
+  /**
+   * Read into a few buffers used in turn instead of a fresh one per read (less for the garbage
+   * collector): a chunk is then valid only until the next one is pulled, as an upload body that
+   * sends each chunk before it pulls the next needs. Not for consumers that queue chunks.
+   */
+  reuseBuffers?: boolean;
+}
 
 export interface Qcow2StreamOptions {
   /** Read allocated clusters once before the stream and leave out those that read all zeros (default true). */
@@ -57,8 +71,8 @@ export interface Qcow2Stream {
   readonly compressedClusters: number;
   /** Bytes read from the disk while planning (the measuring pass; 0 without it). */
   readonly plannedBytesRead: number;
-  /** The image, in order. Each call reads the disk again; `signal` stops it between reads. */
-  chunks(signal?: AbortSignal): AsyncGenerator<Buffer>;
+  /** The image, in order. Each call reads the disk again. */
+  chunks(options?: ChunksOptions): AsyncGenerator<Buffer>;
 }
 
 const QCOW2_MAGIC = 0x514649fb;
@@ -183,9 +197,19 @@ async function* prefetch<T, R>(items: Iterator<T>, depth: number, load: (item: T
   }
 }
 
-/** Reads a unit, padded with zeros to whole clusters, and checks the source kept its word. */
-async function readUnit(read: ReadRange, u: Unit, c: number): Promise<Buffer> {
-  const buf = await read(u.offset, u.length);
+/**
+ * Buffers for reads through prefetch(), used in turn: the (depth + 1)th read ahead is issued only
+ * once the result of the first was handed on and the next one pulled, so depth + 1 buffers suffice.
+ */
+function bufferRing(depth: number, size: number): () => Buffer {
+  const ring = Array.from({ length: depth + 1 }, () => Buffer.allocUnsafeSlow(size));
+  let turn = 0;
+  return () => ring[turn++ % ring.length]!;
+}
+
+/** Reads a unit (into `into` if given), padded with zeros to whole clusters, and checks the source kept its word. */
+async function readUnit(read: ReadRange, u: Unit, c: number, into?: Buffer): Promise<Buffer> {
+  const buf = await read(u.offset, u.length, into?.subarray(0, u.length));
   if (buf.length !== u.length) {
     throw new VmsnapError('ConvertFailed', `qcow2 stream: reading ${u.length} bytes at ${u.offset} returned ${buf.length}`);
   }
@@ -378,7 +402,8 @@ export async function planQcow2Stream(
     const keep = new Uint32Array(candidates.length);
     const lengths = compress ? new Uint32Array(candidates.length) : undefined;
     let n = 0;
-    for await (const [u, buf] of prefetch(unitsOf(candidates, maxUnit, c, virtualSize), readAhead, (u) => readUnit(read, u, c))) {
+    const into = bufferRing(readAhead, Math.min(requestSize, candidates.length * c));
+    for await (const [u, buf] of prefetch(unitsOf(candidates, maxUnit, c, virtualSize), readAhead, (u) => readUnit(read, u, c, into()))) {
       options.signal?.throwIfAborted();
       plannedBytesRead += u.length;
       const first = n;
@@ -396,7 +421,7 @@ export async function planQcow2Stream(
   const layout = layOut(virtualSize, stored, c, compressedLength);
   const compressedClusters = compressedLength?.reduce((sum, len) => sum + (len > 0 ? 1 : 0), 0) ?? 0;
 
-  async function* chunks(signal?: AbortSignal): AsyncGenerator<Buffer> {
+  async function* chunks({ signal, reuseBuffers = false }: ChunksOptions = {}): AsyncGenerator<Buffer> {
     let sent = 0;
     for (const part of metadata(virtualSize, clusterBits, layout, stored, compressedLength)) {
       sent += part.length;
@@ -404,7 +429,8 @@ export async function planQcow2Stream(
     }
     let at = layout.dataOffset;
     const units = unitsOf(stored, maxUnit, c, virtualSize);
-    for await (const [u, buf] of prefetch(units, readAhead, (u) => readUnit(read, u, c))) {
+    const into = reuseBuffers ? bufferRing(readAhead, Math.min(requestSize, stored.length * c)) : () => undefined;
+    for await (const [u, buf] of prefetch(units, readAhead, (u) => readUnit(read, u, c, into()))) {
       signal?.throwIfAborted();
       const part = compressedLength ? await compressedUnit(buf, u, at, c, compressedLength) : buf;
       at += part.length;

@@ -17,6 +17,8 @@ async function running(pid: number): Promise<boolean> {
 export interface ServedDisk {
   uri: string;
   socket: string;
+  /** qemu-nbd's pid. */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -32,6 +34,7 @@ export async function serveDisk(dir: string, file: string, format: 'raw' | 'qcow
   return {
     uri: nbdUnixUri(socket),
     socket,
+    pid,
     async stop() {
       try {
         process.kill(pid, 'SIGKILL');
