@@ -59,7 +59,7 @@ function streamed(name: string, baseline: string, options: Qcow2StreamOptions): 
       const map = await readAllocationMap(served.uri);
       const reader = await openNbdReader(served.uri);
       try {
-        const plan = await planQcow2Stream(map, reader.read, options);
+        const plan = await planQcow2Stream(map, reader, options);
         // As an upload body sends it: each chunk written before the next is pulled, so buffers are reused.
         const file = await open(out, 'w');
         try {

@@ -6,8 +6,10 @@
 // Why a Python process: libnbd has no tool that reads a byte range to a pipe (nbdcopy copies a
 // whole export, zeros included), and no Node binding. Its Python binding is a thin layer over the
 // C library. The reader connects to the export, listens on a unix socket in a private (0700) temp
-// dir, prints the export's size, and takes one connection: a line per request ("offset length"),
-// answered by exactly that many bytes, in order. Node reads the answers with `onread` straight
+// dir, prints the export's size, and takes one connection: a line per request, answered in order.
+// "offset length 0" is answered by those bytes; "offset length cluster" by one byte per cluster,
+// 1 if it holds a non-zero byte (the measuring pass: the data is looked at where it is read, and
+// only the verdict crosses over). Node reads the answers with `onread` straight
 // into each request's buffer: no 64 KiB chunk per read to allocate, copy and collect (through the
 // child's stdout that cost more CPU than the reading itself).
 import { spawn } from 'node:child_process';
@@ -17,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { VmsnapError } from '../shared/errors.js';
-import type { Extent, ReadRange } from './qcow2-stream.js';
+import type { DiskSource, Extent, ReadRange } from './qcow2-stream.js';
 
 /** Debian's interpreter, which python3-libnbd installs into (a python3 first on PATH, pyenv's or a venv's, lacks it). */
 const PYTHON = '/usr/bin/python3';
@@ -45,16 +47,24 @@ try:
     server.close()
     # One buffer, read into and sent from: no allocation per request.
     h.set_pread_initialize(False)
-    space = memoryview(bytearray(0))
+    data = bytearray(0)
+    zero = b""
     for line in conn.makefile("rb"):
-        offset, length = map(int, line.split())
-        if length > len(space):
-            space = memoryview(bytearray(length))
-        part = space[:length]
+        offset, length, cluster = map(int, line.split())
+        if length > len(data):
+            data = bytearray(length)
+        part = memoryview(data)[:length]
         cookie = h.aio_pread(nbd.Buffer.from_buffer(part), offset)
         while not h.aio_command_completed(cookie):
             h.poll(-1)
-        conn.sendall(part)
+        if cluster == 0:
+            conn.sendall(part)
+            continue
+        # A zero scan: one byte per cluster, 1 if it holds a non-zero byte (a slice compare is a memcmp).
+        if len(zero) != cluster:
+            zero = bytes(cluster)
+        flags = bytes(int(data[at : at + cluster] != zero[: min(cluster, length - at)]) for at in range(0, length, cluster))
+        conn.sendall(flags)
 except nbd.Error as e:
     sys.stderr.write("%s\\n" % e.string)
     sys.exit(1)
@@ -119,12 +129,14 @@ export async function readAllocationMap(uri: string, signal?: AbortSignal): Prom
   return { virtualSize, extents };
 }
 
-export interface NbdReader {
+export interface NbdReader extends DiskSource {
   /** The export's size in bytes. */
   readonly size: number;
   /** Reads exactly `length` bytes at `offset`; calls may overlap, they are answered in order. */
   readonly read: ReadRange;
-  /** Bytes read so far. */
+  /** Which clusters of a range hold a non-zero byte (1) or not (0), without moving the data. */
+  readonly nonZeroClusters: NonNullable<DiskSource['nonZeroClusters']>;
+  /** Bytes read from the export so far (by either call). */
   readonly bytesRead: number;
   /** Ends the reader process; reads still waiting fail. */
   close(): Promise<void>;
@@ -133,6 +145,8 @@ export interface NbdReader {
 interface Pending {
   buf: Buffer;
   filled: number;
+  /** Bytes of the export the request reads. */
+  reads: number;
   resolve: (buf: Buffer) => void;
   reject: (err: Error) => void;
 }
@@ -197,7 +211,7 @@ export async function openNbdReader(uri: string): Promise<NbdReader> {
       at += n;
       if (p.filled === p.buf.length) {
         pending.shift();
-        bytesRead += p.buf.length;
+        bytesRead += p.reads;
         p.resolve(p.buf);
       }
     }
@@ -222,7 +236,8 @@ export async function openNbdReader(uri: string): Promise<NbdReader> {
     throw failure ?? err;
   }
 
-  const read: ReadRange = (offset, length, into) => {
+  /** Sends a request whose answer is `answer` bytes long, read into `into` when it fits. */
+  const request = (offset: number, length: number, cluster: number, answer: number, into?: Buffer): Promise<Buffer> => {
     if (failure) return Promise.reject(failure);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0 || length > MAX_READ || offset + length > size) {
       return Promise.reject(
@@ -230,15 +245,21 @@ export async function openNbdReader(uri: string): Promise<NbdReader> {
       );
     }
     return new Promise<Buffer>((resolve, reject) => {
-      pending.push({ buf: into?.length === length ? into : Buffer.allocUnsafe(length), filled: 0, resolve, reject });
-      socket!.write(`${offset} ${length}\n`);
+      pending.push({ buf: into?.length === answer ? into : Buffer.allocUnsafe(answer), filled: 0, reads: length, resolve, reject });
+      socket!.write(`${offset} ${length} ${cluster}\n`);
     });
+  };
+  const read: ReadRange = (offset, length, into) => request(offset, length, 0, length, into);
+  const nonZeroClusters = (offset: number, length: number, cluster: number) => {
+    if (!Number.isSafeInteger(cluster) || cluster <= 0) return Promise.reject(new VmsnapError('InvalidInput', `NBD zero scan: cluster size ${cluster}`));
+    return request(offset, length, cluster, Math.ceil(length / cluster));
   };
 
   let closing: Promise<void> | undefined;
   return {
     size,
     read,
+    nonZeroClusters,
     get bytesRead() {
       return bytesRead;
     },

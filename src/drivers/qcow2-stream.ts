@@ -37,6 +37,17 @@ export interface Extent {
  */
 export type ReadRange = (offset: number, length: number, into?: Buffer) => Promise<Buffer>;
 
+/** The disk as the writer reads it. */
+export interface DiskSource {
+  read: ReadRange;
+  /**
+   * Optional: one byte per cluster of the range (the last may be partial), 1 when it holds a
+   * non-zero byte, else 0, found where the data is: the measuring pass without compression then
+   * moves no data. Without it, the writer reads the range and looks itself.
+   */
+  nonZeroClusters?: (offset: number, length: number, clusterSize: number) => Promise<Uint8Array>;
+}
+
 export interface ChunksOptions {
   /** Stops the stream between reads. */
   signal?: AbortSignal;
@@ -371,13 +382,72 @@ function sourceChanged(offset: number, was: number, now: number): VmsnapError {
   );
 }
 
+interface MeasuringPass {
+  source: DiskSource;
+  candidates: Uint32Array;
+  c: number;
+  maxUnit: number;
+  virtualSize: number;
+  readAhead: number;
+  signal?: AbortSignal;
+}
+
+interface Measured {
+  /** Guest clusters to store, ascending. */
+  stored: Uint32Array;
+  /** Compressed size of each stored cluster (0: stored plain), when compressing. */
+  compressedLength?: Uint32Array;
+  bytesRead: number;
+}
+
+/** The measuring pass where the source finds the zero clusters itself: no data moves. */
+async function measureAtSource(pass: MeasuringPass, nonZeroClusters: NonNullable<DiskSource['nonZeroClusters']>): Promise<Measured> {
+  const { candidates, c } = pass;
+  const stored = new Uint32Array(candidates.length);
+  let n = 0;
+  let bytesRead = 0;
+  const units = unitsOf(candidates, pass.maxUnit, c, pass.virtualSize);
+  for await (const [u, flags] of prefetch(units, pass.readAhead, (u) => nonZeroClusters(u.offset, u.length, c))) {
+    pass.signal?.throwIfAborted();
+    if (flags.length !== u.count) throw new VmsnapError('ConvertFailed', `qcow2 stream: ${flags.length} zero flags for ${u.count} clusters`);
+    bytesRead += u.length;
+    for (let k = 0; k < u.count; k++) if (flags[k]) stored[n++] = candidates[u.first + k]!;
+  }
+  return { stored: stored.subarray(0, n), bytesRead };
+}
+
+/** The measuring pass that reads the data: zero clusters found here, and each cluster's compressed size when compressing. */
+async function measureByReading(pass: MeasuringPass, compress: boolean): Promise<Measured> {
+  const { candidates, c } = pass;
+  const zero = Buffer.alloc(c);
+  const stored = new Uint32Array(candidates.length);
+  const lengths = compress ? new Uint32Array(candidates.length) : undefined;
+  let n = 0;
+  let bytesRead = 0;
+  const units = unitsOf(candidates, pass.maxUnit, c, pass.virtualSize);
+  const into = bufferRing(pass.readAhead, Math.min(pass.maxUnit, candidates.length) * c);
+  for await (const [u, buf] of prefetch(units, pass.readAhead, (u) => readUnit(pass.source.read, u, c, into()))) {
+    pass.signal?.throwIfAborted();
+    bytesRead += u.length;
+    const first = n;
+    for (let k = 0; k < u.count; k++) {
+      if (!isAllZero(buf.subarray(k * c, (k + 1) * c), zero)) stored[n++] = candidates[u.first + k]!;
+    }
+    if (lengths) {
+      const kept = Array.from({ length: n - first }, (_, j) => buf.subarray((stored[first + j]! - candidates[u.first]!) * c).subarray(0, c));
+      lengths.set(await compressedSizes(kept, c), first);
+    }
+  }
+  return { stored: stored.subarray(0, n), compressedLength: lengths?.subarray(0, n), bytesRead };
+}
+
 /**
- * Plans a qcow2 image of a disk of `virtualSize` bytes whose allocation is `extents`, reading data
- * through `read`. With the measuring pass (the default), this reads every allocated cluster once.
+ * Plans a qcow2 image of a disk of `virtualSize` bytes whose allocation is `extents`, read from
+ * `source`. With the measuring pass (the default), this reads every allocated cluster once.
  */
 export async function planQcow2Stream(
   disk: { virtualSize: number; extents: readonly Extent[] },
-  read: ReadRange,
+  source: DiskSource,
   options: Qcow2StreamOptions = {},
 ): Promise<Qcow2Stream> {
   const clusterBits = options.clusterBits ?? 16;
@@ -392,31 +462,15 @@ export async function planQcow2Stream(
   if (!Number.isInteger(readAhead) || readAhead < 1) throw invalid(`readAhead ${readAhead} is not a positive whole number`);
   const compress = options.compress ?? false;
   const maxUnit = requestSize / c;
-  const zero = Buffer.alloc(c);
 
   const candidates = clustersToRead(virtualSize, disk.extents, c);
   let stored = candidates;
   let compressedLength: Uint32Array | undefined;
   let plannedBytesRead = 0;
   if (compress || (options.scanZeros ?? true)) {
-    const keep = new Uint32Array(candidates.length);
-    const lengths = compress ? new Uint32Array(candidates.length) : undefined;
-    let n = 0;
-    const into = bufferRing(readAhead, Math.min(requestSize, candidates.length * c));
-    for await (const [u, buf] of prefetch(unitsOf(candidates, maxUnit, c, virtualSize), readAhead, (u) => readUnit(read, u, c, into()))) {
-      options.signal?.throwIfAborted();
-      plannedBytesRead += u.length;
-      const first = n;
-      for (let k = 0; k < u.count; k++) {
-        if (!isAllZero(buf.subarray(k * c, (k + 1) * c), zero)) keep[n++] = candidates[u.first + k]!;
-      }
-      if (lengths) {
-        const kept = Array.from({ length: n - first }, (_, j) => buf.subarray((keep[first + j]! - candidates[u.first]!) * c).subarray(0, c));
-        lengths.set(await compressedSizes(kept, c), first);
-      }
-    }
-    stored = keep.subarray(0, n);
-    compressedLength = lengths?.subarray(0, n);
+    const pass: MeasuringPass = { source, candidates, c, maxUnit, virtualSize, readAhead, signal: options.signal };
+    const measured = !compress && source.nonZeroClusters ? await measureAtSource(pass, source.nonZeroClusters) : await measureByReading(pass, compress);
+    ({ stored, compressedLength, bytesRead: plannedBytesRead } = measured);
   }
   const layout = layOut(virtualSize, stored, c, compressedLength);
   const compressedClusters = compressedLength?.reduce((sum, len) => sum + (len > 0 ? 1 : 0), 0) ?? 0;
@@ -430,7 +484,7 @@ export async function planQcow2Stream(
     let at = layout.dataOffset;
     const units = unitsOf(stored, maxUnit, c, virtualSize);
     const into = reuseBuffers ? bufferRing(readAhead, Math.min(requestSize, stored.length * c)) : () => undefined;
-    for await (const [u, buf] of prefetch(units, readAhead, (u) => readUnit(read, u, c, into()))) {
+    for await (const [u, buf] of prefetch(units, readAhead, (u) => readUnit(source.read, u, c, into()))) {
       signal?.throwIfAborted();
       const part = compressedLength ? await compressedUnit(buf, u, at, c, compressedLength) : buf;
       at += part.length;

@@ -116,6 +116,29 @@ describe('NBD reader', () => {
     });
   });
 
+  it('finds the clusters that hold a non-zero byte without sending the data', async () => {
+    const cluster = 64 * 1024;
+    // Clusters 1, 3 (one byte at its end) and the partial last one hold data; cluster 2 holds written zeros.
+    const size = 5 * cluster + 4096;
+    const file = await rawDisk(size, [
+      [cluster + 5, randomBytes(100)],
+      [2 * cluster, Buffer.alloc(cluster)],
+      [4 * cluster - 1, Buffer.from([7])],
+      [5 * cluster + 4000, Buffer.from([1])],
+    ]);
+    await withServed(file, 'raw', async (s) => {
+      const reader = await openNbdReader(s.uri);
+      try {
+        assert.deepEqual([...(await reader.nonZeroClusters(0, size, cluster))], [0, 1, 0, 1, 0, 1]);
+        assert.deepEqual([...(await reader.nonZeroClusters(2 * cluster, 2 * cluster, cluster))], [0, 1]);
+        assert.equal(reader.bytesRead, size + 2 * cluster, 'counted as read from the export');
+        await rejectsWith(reader.nonZeroClusters(0, cluster, 0), 'InvalidInput');
+      } finally {
+        await reader.close();
+      }
+    });
+  });
+
   it('a socket path with spaces and URI characters works', async () => {
     const odd = join(dir, 'a dir?with #odd %20 chars');
     await mkdir(odd);
@@ -150,7 +173,7 @@ describe('NBD reader', () => {
       for (const scanZeros of [false, true]) {
         const reader = await openNbdReader(s.uri);
         try {
-          const plan = await planQcow2Stream(map, reader.read, { scanZeros });
+          const plan = await planQcow2Stream(map, reader, { scanZeros });
           let streamed = 0;
           for await (const chunk of plan.chunks()) streamed += chunk.length;
           assert.equal(streamed, plan.size);

@@ -72,7 +72,7 @@ async function streamDisk(source: string, format: 'raw' | 'qcow2', options: Qcow
     const map = await readAllocationMap(served.uri);
     const reader = await openNbdReader(served.uri);
     try {
-      const plan = await planQcow2Stream(map, reader.read, options);
+      const plan = await planQcow2Stream(map, reader, options);
       const out = `${fresh('out')}.qcow2`;
       await writeStream(plan, out);
       assert.equal((await stat(out)).size, plan.size, 'the stream is exactly as long as announced');
@@ -288,7 +288,7 @@ function memoryDisk(content: Buffer) {
     content.copy(into, 0, offset, offset + length);
     return into;
   };
-  return { read, reads };
+  return { source: { read }, reads };
 }
 
 async function collect(plan: Qcow2Stream): Promise<Buffer> {
@@ -304,7 +304,7 @@ describe('qcow2 stream, the writer alone', () => {
 
   it('a plan streams the same bytes each time (a retried upload sends the same image)', async () => {
     const disk = memoryDisk(content);
-    const plan = await planQcow2Stream({ virtualSize: size, extents: [{ offset: 0, length: size, zero: false }] }, disk.read);
+    const plan = await planQcow2Stream({ virtualSize: size, extents: [{ offset: 0, length: size, zero: false }] }, disk.source);
     const first = await collect(plan);
     const second = await collect(plan);
     assert.equal(first.length, plan.size);
@@ -320,7 +320,7 @@ describe('qcow2 stream, the writer alone', () => {
   it('reused buffers give the same bytes to a consumer that is done with each chunk before it pulls the next', async () => {
     const mixed = Buffer.alloc(size);
     for (let at = 0; at < size; at += 3 * CLUSTER) randomBytes(CLUSTER).copy(mixed, at);
-    const plan = await planQcow2Stream({ virtualSize: size, extents: [{ offset: 0, length: size, zero: false }] }, memoryDisk(mixed).read, {
+    const plan = await planQcow2Stream({ virtualSize: size, extents: [{ offset: 0, length: size, zero: false }] }, memoryDisk(mixed).source, {
       requestSize: 2 * CLUSTER,
       readAhead: 2,
     });
@@ -339,7 +339,7 @@ describe('qcow2 stream, the writer alone', () => {
       { offset: MiB, length: CLUSTER, zero: false },
       { offset: MiB + CLUSTER, length: size - MiB - CLUSTER, zero: true },
     ];
-    const plan = await planQcow2Stream({ virtualSize: size, extents }, disk.read);
+    const plan = await planQcow2Stream({ virtualSize: size, extents }, disk.source);
     await collect(plan);
     assert.deepEqual(disk.reads, [
       [MiB, CLUSTER],
@@ -352,7 +352,7 @@ describe('qcow2 stream, the writer alone', () => {
     Buffer.from('a compressible cluster '.repeat(3000)).copy(changing, 2 * MiB, 0, CLUSTER);
     const plan = await planQcow2Stream(
       { virtualSize: size, extents: [{ offset: 0, length: size, zero: false }] },
-      async (offset, length) => Buffer.from(changing.subarray(offset, offset + length)),
+      { read: async (offset, length) => Buffer.from(changing.subarray(offset, offset + length)) },
       { compress: true },
     );
     assert.equal(plan.compressedClusters, 1);
@@ -364,8 +364,10 @@ describe('qcow2 stream, the writer alone', () => {
   it('a read error ends the stream with that error', async () => {
     const plan = await planQcow2Stream(
       { virtualSize: size, extents: [{ offset: MiB, length: CLUSTER, zero: false }] },
-      async () => {
-        throw new Error('export gone');
+      {
+        read: async () => {
+          throw new Error('export gone');
+        },
       },
       { scanZeros: false },
     );
@@ -392,7 +394,7 @@ describe('qcow2 stream, the writer alone', () => {
       ['cluster bits', { virtualSize: size, extents: [] }, { clusterBits: 22 }],
     ];
     for (const [what, input, options] of bad) {
-      const err = await rejectsWith(planQcow2Stream(input, disk.read, options), 'InvalidInput');
+      const err = await rejectsWith(planQcow2Stream(input, disk.source, options), 'InvalidInput');
       assert.match(err.message, /qcow2 stream: /, what);
     }
     assert.deepEqual(disk.reads, []);
