@@ -63,7 +63,10 @@ try:
         # A zero scan: one byte per cluster, 1 if it holds a non-zero byte (a slice compare is a memcmp).
         if len(zero) != cluster:
             zero = bytes(cluster)
-        flags = bytes(int(data[at : at + cluster] != zero[: min(cluster, length - at)]) for at in range(0, length, cluster))
+        flags = bytearray()
+        for at in range(0, length, cluster):
+            end = min(at + cluster, length)  # the buffer may be longer than this request
+            flags.append(data[at:end] != zero[: end - at])
         conn.sendall(flags)
 except nbd.Error as e:
     sys.stderr.write("%s\\n" % e.string)

@@ -64,7 +64,7 @@ describe('NBD allocation map', () => {
     ]);
   });
 
-  it("a qcow2 disk's zero clusters are zero though allocated, its data is data", async () => {
+  it("a qcow2 disk's zero clusters are zero, its data is data", async () => {
     const file = join(dir, `disk-${++serial}.qcow2`);
     await execa('qemu-img', ['create', '-q', '-f', 'qcow2', file, '64M']);
     await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 1 0 1M', '-c', 'write -z 1M 1M', '-c', 'write -P 2 2M 64k', file]);
@@ -74,6 +74,19 @@ describe('NBD allocation map', () => {
       { offset: MiB, length: MiB, zero: true },
       { offset: 2 * MiB, length: 64 * 1024, zero: false },
       { offset: 2 * MiB + 64 * 1024, length: 62 * MiB - 64 * 1024, zero: true },
+    ]);
+  });
+
+  it('allocated clusters that read as zeros (NBD "zero", not a hole) are zero', async () => {
+    // Metadata preallocation: every cluster allocated, over a sparse file: QEMU says zero, not hole.
+    const file = join(dir, `disk-${++serial}.qcow2`);
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', file, '8M']);
+    await execa('qemu-io', ['-f', 'qcow2', '-c', 'write -P 3 1M 64k', file]);
+    const map = await withServed(file, 'qcow2', (s) => readAllocationMap(s.uri));
+    assert.deepEqual(map.extents, [
+      { offset: 0, length: MiB, zero: true },
+      { offset: MiB, length: 64 * 1024, zero: false },
+      { offset: MiB + 64 * 1024, length: 7 * MiB - 64 * 1024, zero: true },
     ]);
   });
 
@@ -118,20 +131,20 @@ describe('NBD reader', () => {
 
   it('finds the clusters that hold a non-zero byte without sending the data', async () => {
     const cluster = 64 * 1024;
-    // Clusters 1, 3 (one byte at its end) and the partial last one hold data; cluster 2 holds written zeros.
+    // Clusters 1 and 3 (one byte at its end) hold data; cluster 2 and the partial last one hold written zeros.
     const size = 5 * cluster + 4096;
     const file = await rawDisk(size, [
       [cluster + 5, randomBytes(100)],
       [2 * cluster, Buffer.alloc(cluster)],
       [4 * cluster - 1, Buffer.from([7])],
-      [5 * cluster + 4000, Buffer.from([1])],
+      [5 * cluster, Buffer.alloc(4096)],
     ]);
     await withServed(file, 'raw', async (s) => {
       const reader = await openNbdReader(s.uri);
       try {
-        assert.deepEqual([...(await reader.nonZeroClusters(0, size, cluster))], [0, 1, 0, 1, 0, 1]);
-        assert.deepEqual([...(await reader.nonZeroClusters(2 * cluster, 2 * cluster, cluster))], [0, 1]);
-        assert.equal(reader.bytesRead, size + 2 * cluster, 'counted as read from the export');
+        assert.deepEqual([...(await reader.nonZeroClusters(0, size, cluster))], [0, 1, 0, 1, 0, 0]);
+        assert.deepEqual([...(await reader.nonZeroClusters(3 * cluster, 2 * cluster + 4096, cluster))], [1, 0, 0]);
+        assert.equal(reader.bytesRead, size + 2 * cluster + 4096, 'counted as read from the export');
         await rejectsWith(reader.nonZeroClusters(0, cluster, 0), 'InvalidInput');
       } finally {
         await reader.close();
