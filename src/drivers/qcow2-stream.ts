@@ -1,6 +1,6 @@
 // A standalone qcow2 image (version 3, 64 KiB clusters, 16-bit refcounts, no backing file) written
-// as a stream, strictly in order, from a disk's allocation map and a function that reads a byte
-// range of the disk: no seek and no temporary file, so it can go straight into an upload.
+// as a stream, strictly in order, from a disk's allocation map and a source that reads byte ranges
+// of the disk: no seek and no temporary file, so it can go straight into an upload.
 //
 // Layout, each part cluster-aligned:  header | L1 table | refcount table | refcount blocks |
 // L2 tables | data clusters in guest order. Every offset and refcount is computed before the first
@@ -8,15 +8,18 @@
 //
 // Zero clusters: a cluster that the map says reads as zeros is never read; a cluster that is
 // allocated but reads all zeros is not stored either (as `qemu-img convert` does). The second needs
-// the data before the header, so planning reads every allocated cluster once (the measuring pass)
-// and the stream reads the stored ones again: allocated bytes are read twice. `scanZeros: false`
-// trusts the map alone (one read, but allocated zeros are stored as data).
+// the data before the header, so planning looks at every allocated cluster once (the measuring
+// pass) and the stream reads the stored ones: allocated bytes are read twice. A source with
+// `nonZeroClusters` (the NBD reader) looks where it reads and hands over one byte per cluster, so the
+// pass moves no data. `scanZeros: false` trusts the map alone (one read; allocated zeros stored).
 //
 // Compression is streamed too, with the same measuring pass: the layout needs each compressed
 // cluster's size, so planning deflates every cluster to learn it and the stream deflates it again
 // (zlib is deterministic for the same input and settings; a different size means the source changed
 // and the stream fails rather than write a broken image). It costs twice the deflate CPU; clusters
-// that do not shrink are stored plain, as QEMU does.
+// that do not shrink are stored plain, as QEMU does. Kept in guest order, a plain cluster after
+// compressed ones starts on the next cluster boundary: on a mixed disk (a tar of /usr: 300 MiB) the
+// image came out 1 % larger than `qemu-img convert -c`'s, which packs compressed data apart.
 //
 // The source must not change between planning and the end of the stream (a point-in-time view,
 // such as a backup job's NBD export). A plan can be streamed any number of times (a retried upload).
