@@ -465,6 +465,7 @@ export async function planQcow2Stream(
   if (!Number.isInteger(readAhead) || readAhead < 1) throw invalid(`readAhead ${readAhead} is not a positive whole number`);
   const compress = options.compress ?? false;
   const maxUnit = requestSize / c;
+  options.signal?.throwIfAborted();
 
   const candidates = clustersToRead(virtualSize, disk.extents, c);
   let stored = candidates;
@@ -479,6 +480,7 @@ export async function planQcow2Stream(
   const compressedClusters = compressedLength?.reduce((sum, len) => sum + (len > 0 ? 1 : 0), 0) ?? 0;
 
   async function* chunks({ signal, reuseBuffers = false }: ChunksOptions = {}): AsyncGenerator<Buffer> {
+    signal?.throwIfAborted();
     let sent = 0;
     for (const part of metadata(virtualSize, clusterBits, layout, stored, compressedLength)) {
       sent += part.length;

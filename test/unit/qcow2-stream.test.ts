@@ -361,6 +361,26 @@ describe('qcow2 stream, the writer alone', () => {
     assert.match(err.message, /changed while it was streamed/);
   });
 
+  it('an abort stops planning and streaming between reads', async () => {
+    const disk = memoryDisk(content);
+    const whole = { virtualSize: size, extents: [{ offset: 0, length: size, zero: false }] };
+    await assert.rejects(planQcow2Stream(whole, disk.source, { signal: AbortSignal.abort() }), { name: 'AbortError' });
+    const plan = await planQcow2Stream(whole, disk.source, { scanZeros: false, requestSize: CLUSTER });
+    const controller = new AbortController();
+    const chunks: Buffer[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const chunk of plan.chunks({ signal: controller.signal })) {
+          chunks.push(chunk);
+          // The sixth chunk is the first data cluster (after the header, L1, refcount table and block, and the L2 table).
+          if (chunks.length === 6) controller.abort();
+        }
+      })(),
+      { name: 'AbortError' },
+    );
+    assert.equal(chunks.length, 6);
+  });
+
   it('a read error ends the stream with that error', async () => {
     const plan = await planQcow2Stream(
       { virtualSize: size, extents: [{ offset: MiB, length: CLUSTER, zero: false }] },
