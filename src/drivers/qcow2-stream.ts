@@ -525,12 +525,12 @@ async function compressedSizes(clusters: Buffer[], c: number): Promise<number[]>
  * compressed ones packed, plain ones on cluster boundaries (zeros in between).
  */
 async function compressedUnit(buf: Buffer, u: Unit, at: number, c: number, compressedLength: Uint32Array): Promise<Buffer> {
-  const sizes = await Promise.all(
+  const deflated = await Promise.all(
     Array.from({ length: u.count }, (_, k) => (compressedLength[u.first + k]! > 0 ? deflateRaw(buf.subarray(k * c, (k + 1) * c), DEFLATE) : undefined)),
   );
   const parts: Buffer[] = [];
   let cursor = at;
-  sizes.forEach((z, k) => {
+  deflated.forEach((z, k) => {
     const planned = compressedLength[u.first + k]!;
     if (z) {
       if (z.length !== planned) throw sourceChanged(u.offset + k * c, planned, z.length);
