@@ -14,7 +14,7 @@ import { sampleWrites, writeActivity } from './write-activity.js';
 
 /** Steps before the copy, and the copy's own, in the order each variant runs them. */
 const BEFORE_COPY = ['starting', 'creating-image', 'waiting-for-host'];
-const COPY = ['suspend', 'convert', 'resume', 'pausing', 'converting', 'copying', 'resuming'];
+const COPY = ['suspend', 'convert', 'resume', 'converting', 'copying'];
 
 /** Where the copy lay in the run: from the variant's start, the steps before it, then its own. */
 function copyWindow(start: number, phasesMs: Record<string, number>): [number, number] | undefined {

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { execa } from 'execa';
 import type { Guest } from '../../scripts/lib/guest.js';
-import { restoreFiles } from '../../src/activities/restore.js';
+import { restoreFiles } from '../../src/activities/restore-files.js';
 import { startRestore } from '../../src/client/restores.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { DiskSpec } from './options.js';

@@ -49,7 +49,8 @@ async function ownership(identity: Identity, input: CreateImageRecordInput): Pro
   if (others.length && !caller.roles.includes('admin')) {
     throw new VmsnapError(
       'InvalidInput',
-      `the request names ${others.join(' and ')} as the image's owner, but vmsnap acts as user ${caller.userName} on project ${caller.projectName} without the admin role: leave projectId and userId out, or give vmsnap's user the admin role`,
+      `the request names ${others.join(' and ')} as the image's owner, but vmsnap acts as user ${caller.userName} on project ${caller.projectName} ` +
+        `without the admin role: leave projectId and userId out, or give vmsnap's user the admin role`,
       { field: input.projectId !== caller.projectId ? 'projectId' : 'userId' },
     );
   }

@@ -1,37 +1,64 @@
-// The activity factory: builds every activity from its dependencies, split by task queue.
+// The activity factory: builds every activity from its dependencies, split by task queue. Each
+// activity is a named function of its module that takes its dependencies and its input; this file
+// only says which queue runs which.
+import { coldCopyDisk } from './cold-copy.js';
 import type { ActivityDeps } from './deps.js';
 import { withTypedFailures } from './failures.js';
 import { heartbeatingFromStart } from './heartbeat.js';
-import { diskActivities } from './disk.js';
 import { imageRecordActivities } from './image-record.js';
 import { instanceStateActivities } from './instance-state.js';
 import { inventoryActivities } from './inventory.js';
+import { liveCopyDisk } from './live-copy.js';
+import { defineNewInstance, newInstanceDiskPath, removeAbandonedNewInstances, removeNewInstance } from './new-instance.js';
 import { powerActivities } from './power.js';
-import { slotActivities, slotReleaseActivities } from './slots.js';
 import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
-import { retentionActivities } from './retention.js';
-import { uploadActivities } from './upload.js';
-import { restoreActivities } from './restore.js';
+import { prepareRestoreImage } from './restore-download.js';
+import { preRestoreDisk, prunePreRestoreDisks } from './restore-files.js';
 import { restoreImageActivities } from './restore-image.js';
+import { rollbackDisk, stopSwapStart, undoRestore } from './restore-swap.js';
+import { retentionActivities } from './retention.js';
+import { removeSnapshotFiles } from './snapshot-files.js';
+import { slotActivities, slotReleaseActivities } from './slots.js';
+import { uploadActivities } from './upload.js';
 
 export type { ActivityDeps } from './deps.js';
 
 /** Activities of the main task queue: image record, store, reconciler and retention. */
 export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'identity' | 'settings' | 'workflows'>) {
-  return typedGroups(deps, [imageRecordActivities, instanceStateActivities, reconcileMainActivities, retentionActivities, restoreImageActivities]);
+  return withTypedFailures({
+    ...imageRecordActivities(deps),
+    ...instanceStateActivities(deps),
+    ...reconcileMainActivities(deps),
+    ...retentionActivities(deps),
+    ...restoreImageActivities(deps),
+  });
 }
 
 /** Activities bound to the hypervisor host that holds the instance. */
 export function createHostActivities(deps: ActivityDeps) {
-  const activities = typedGroups(deps, [
-    powerActivities,
-    diskActivities,
-    uploadActivities,
-    restoreActivities,
-    inventoryActivities,
-    reconcileHostActivities,
-    slotReleaseActivities,
-  ]);
+  const activities = withTypedFailures({
+    ...powerActivities(deps),
+    ...inventoryActivities(deps),
+    ...reconcileHostActivities(deps),
+    ...slotReleaseActivities(),
+    ...uploadActivities(deps),
+    // A snapshot's copy and its temp dir.
+    coldCopyDisk: (input: Parameters<typeof coldCopyDisk>[1]) => coldCopyDisk(deps, input),
+    liveCopyDisk: (input: Parameters<typeof liveCopyDisk>[1]) => liveCopyDisk(deps, input),
+    removeSnapshotFiles: async (imageId: string) => removeSnapshotFiles(deps.snapshotsDir, imageId),
+    // A restore, its undo and its rollback.
+    prepareRestoreImage: (input: Parameters<typeof prepareRestoreImage>[1]) => prepareRestoreImage(deps, input),
+    stopSwapStart: (input: Parameters<typeof stopSwapStart>[1]) => stopSwapStart(deps, input),
+    undoRestore: (input: Parameters<typeof undoRestore>[1]) => undoRestore(deps, input),
+    preRestoreDisk: (instanceId: string) => preRestoreDisk(deps, instanceId),
+    rollbackDisk: (input: Parameters<typeof rollbackDisk>[1]) => rollbackDisk(deps, input),
+    prunePreRestoreDisks: ({ host }: { host: string }) => prunePreRestoreDisks(deps, host),
+    // A restore as a new instance.
+    newInstanceDiskPath: (input: Parameters<typeof newInstanceDiskPath>[1]) => newInstanceDiskPath(deps, input),
+    defineNewInstance: (input: Parameters<typeof defineNewInstance>[1]) => defineNewInstance(deps, input),
+    removeNewInstance: (input: Parameters<typeof removeNewInstance>[1]) => removeNewInstance(deps, input),
+    removeAbandonedNewInstances: (input: Parameters<typeof removeAbandonedNewInstances>[1]) => removeAbandonedNewInstances(deps, input),
+  });
   return heartbeatingFromStart(activities, SHORT_HOST_STEPS);
 }
 
@@ -40,29 +67,11 @@ export function createHostActivities(deps: ActivityDeps) {
  * options, which carry a heartbeat timeout): they heartbeat from their start, so a task handed to a
  * host worker that died is tried again after the heartbeat timeout, not after a minute.
  */
-export const SHORT_HOST_STEPS = [
-  'getPowerState',
-  'inspectInstance',
-  'liveCopySupport',
-  'pauseInstance',
-  'resumeInstance',
-  'thawInstance',
-  'removeSnapshotFiles',
-  'newInstanceDiskPath',
-  'preRestoreDisk',
-] as const;
-
-/** Every group built from the same deps, merged into one set whose failures leave typed. */
-function typedGroups<D, G extends ((deps: D) => object)[]>(deps: D, groups: [...G]): AllOf<G> {
-  return withTypedFailures(Object.assign({}, ...groups.map((group) => group(deps)))) as AllOf<G>;
-}
-
-/** The activities of all the groups, as one type (the workflows' proxies read their names from it). */
-type AllOf<G> = G extends [(deps: never) => infer First, ...infer Rest] ? First & AllOf<Rest> : unknown;
+export const SHORT_HOST_STEPS = ['inspectInstance', 'resumeInstance', 'thawInstance', 'removeSnapshotFiles', 'newInstanceDiskPath', 'preRestoreDisk'] as const;
 
 /** The activity that holds a host's snapshot slot, for the host's slot worker. */
 export function createSlotActivities(deps: Pick<ActivityDeps, 'workflows' | 'hypervisor'>) {
-  return slotActivities(deps);
+  return withTypedFailures(slotActivities(deps));
 }
 
 export type SlotActivities = ReturnType<typeof createSlotActivities>;

@@ -1,7 +1,7 @@
 // The Glance side of a restore: is this image one vmsnap may put on this instance? Checked before
 // anything else happens, so a refused image changes nothing.
 import type { ActivityDeps } from './deps.js';
-import { RESTORABLE_FORMATS } from './restore.js';
+import { RESTORABLE_FORMATS } from './restore-files.js';
 import { VmsnapError } from '../shared/errors.js';
 
 export interface CheckRestoreImageInput {

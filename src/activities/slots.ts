@@ -5,7 +5,7 @@
 import { Context } from '@temporalio/activity';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
-import { inspectInstance, type InspectInput, type SlotAcquired } from './power.js';
+import { inspectInstance, type InspectInput, type SlotAcquired } from './inspection.js';
 
 /**
  * The slot holders running in this process, by owner. The host worker runs in the same process as
@@ -27,14 +27,11 @@ export function slotReleaseActivities() {
 
 export function slotActivities({ workflows, hypervisor }: Pick<ActivityDeps, 'workflows' | 'hypervisor'>) {
   return {
-    async holdSnapshotSlot(input: { owner: string; inspect?: InspectInput }): Promise<void> {
+    async holdSnapshotSlot(input: { owner: string; inspect: InspectInput }): Promise<void> {
       // The snapshot's next step would read the instance on this host: read now, it comes with
       // the slot (one trip through Temporal less). Failing that, the snapshot asks itself.
-      const acquired: SlotAcquired = {};
-      if (input.inspect) {
-        const inspection = await inspectInstance(hypervisor, input.inspect).catch(() => undefined);
-        if (inspection) acquired.inspection = inspection;
-      }
+      const inspection = await inspectInstance(hypervisor, input.inspect).catch(() => undefined);
+      const acquired: SlotAcquired = inspection ? { inspection } : {};
       await workflows.signalSlotAcquired(input.owner, acquired);
       const stop = keepHeartbeating(() => ({ holding: input.owner }), 1000);
       const released = new Promise<void>((resolve) => holders.set(input.owner, resolve));

@@ -3,7 +3,7 @@
 import { WorkflowNotFoundError, type Client } from '@temporalio/client';
 import { SLOT_ACQUIRED_SIGNAL } from '../shared/names.js';
 import { IMAGE_ID } from '../shared/search-attributes.js';
-import type { SlotAcquired } from './power.js';
+import type { SlotAcquired } from './inspection.js';
 
 export type RunStatus = 'running' | 'completed' | 'closed' | 'unknown';
 
@@ -12,8 +12,8 @@ export interface WorkflowLookup {
   runStatus(owner: string): Promise<RunStatus>;
   /** Image ids of the snapshots running now (from visibility, which may lag a little). */
   runningSnapshotImageIds(): Promise<string[]>;
-  /** Tells the snapshot run "<workflow id>/<run id>" that it holds a slot on its host (with what the holder found, if anything). */
-  signalSlotAcquired(owner: string, acquired?: SlotAcquired): Promise<void>;
+  /** Tells the snapshot run "<workflow id>/<run id>" that it holds a slot on its host (with what the holder found, if it could look). */
+  signalSlotAcquired(owner: string, acquired: SlotAcquired): Promise<void>;
 }
 
 function splitOwner(owner: string): [string, string] | undefined {
@@ -47,8 +47,8 @@ export class TemporalWorkflowLookup implements WorkflowLookup {
     return ids;
   }
 
-  async signalSlotAcquired(owner: string, acquired?: SlotAcquired): Promise<void> {
+  async signalSlotAcquired(owner: string, acquired: SlotAcquired): Promise<void> {
     const ids = splitOwner(owner);
-    if (ids) await this.client.workflow.getHandle(...ids).signal(SLOT_ACQUIRED_SIGNAL, ...(acquired ? [acquired] : []));
+    if (ids) await this.client.workflow.getHandle(...ids).signal(SLOT_ACQUIRED_SIGNAL, acquired);
   }
 }

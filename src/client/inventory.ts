@@ -30,7 +30,8 @@ export async function listInstances(config: Config, options: { includeDeleted?: 
   if (isMissingSqlite(config)) {
     throw new ClientError(
       'StoreUnavailable',
-      `no vmsnap store at ${config.storePath}: start a host worker (npm run worker) to create it and discover instances, or point VMSNAP_STORE_URL (or VMSNAP_DATA_DIR) at its store`,
+      `no vmsnap store at ${config.storePath}: start a host worker (npm run worker) to create it and discover instances, or point VMSNAP_STORE_URL ` +
+        `(or VMSNAP_DATA_DIR) at its store`,
     );
   }
   try {

@@ -165,6 +165,9 @@ function nameOf(scheduleId: string): string {
 }
 
 /** Problems with a schedule to create; an empty list means it is valid. Nothing is contacted. */
+/** A snapshot request's fields as a schedule names them. */
+const SCHEDULE_FIELD: Record<string, string> = { instance: 'instances', imageName: 'imageNamePrefix' };
+
 export function validateScheduleOptions(options: CreateScheduleOptions): InputProblem[] {
   const problems: InputProblem[] = [];
   const name = options.name;
@@ -211,7 +214,7 @@ export function validateScheduleOptions(options: CreateScheduleOptions): InputPr
       ...(options.compress !== undefined ? { compress: options.compress } : {}),
     };
     for (const p of validateSnapshotRequest(sample)) {
-      const field = p.field === 'instance' ? 'instances' : p.field === 'imageName' ? 'imageNamePrefix' : p.field;
+      const field = SCHEDULE_FIELD[p.field] ?? p.field;
       const message = p.field === 'instance' ? `"${instance}" ${p.message}` : p.message;
       const key = `${field}: ${message}`;
       if (!seen.has(key)) problems.push({ field, message });

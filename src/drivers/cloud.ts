@@ -18,7 +18,9 @@ export interface Cloud {
 }
 
 const NO_CLOUD =
-  'config: no OpenStack credentials are set: set OS_CLOUD (and OS_CLIENT_CONFIG_FILE if your clouds.yaml is elsewhere), or OS_AUTH_URL with OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and their domains, or an application credential (OS_APPLICATION_CREDENTIAL_ID and _SECRET); for a standalone Glance without Keystone set OS_AUTH_TYPE=none and VMSNAP_GLANCE_URL';
+  'config: no OpenStack credentials are set: set OS_CLOUD (and OS_CLIENT_CONFIG_FILE if your clouds.yaml is elsewhere), or OS_AUTH_URL with ' +
+  'OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME and their domains, or an application credential (OS_APPLICATION_CREDENTIAL_ID and _SECRET); for a ' +
+  'standalone Glance without Keystone set OS_AUTH_TYPE=none and VMSNAP_GLANCE_URL';
 
 /**
  * Authenticates and finds Glance. Keystone out of reach is retried for about `patienceMs` (a

@@ -139,7 +139,8 @@ export class GlanceImageService implements ImageService {
     // Glance keeps the rows of deleted images and never hands their ids out again.
     throw new VmsnapError(
       'ImageConflict',
-      `Glance POST ${path} answered 409 for image id ${image.id}, but there is no such image: the id belonged to an image that was deleted, and Glance never reuses an image id. Create the snapshot under a new id.`,
+      `Glance POST ${path} answered 409 for image id ${image.id}, but there is no such image: the id belonged to an image that was deleted, and ` +
+        `Glance never reuses an image id. Create the snapshot under a new id.`,
       { method: 'POST', path, status: 409, url: this.shownUrl, glanceMessage: this.glanceMessage(reply.text) },
     );
   }
@@ -237,7 +238,9 @@ export class GlanceImageService implements ImageService {
       () =>
         new VmsnapError(
           'ImageServiceUnavailable',
-          `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms (${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
+          `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms ` +
+            `(${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is ` +
+            `Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
           { method: 'PUT', path: urlPath, url: this.shownUrl, sent },
         ),
     );
@@ -268,7 +271,8 @@ export class GlanceImageService implements ImageService {
       if (sent !== size) {
         throw new VmsnapError(
           'ImageServiceError',
-          `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while it is uploaded.`,
+          `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while ` +
+            `it is uploaded.`,
           {
             expected: size,
             sent,
@@ -298,7 +302,8 @@ export class GlanceImageService implements ImageService {
       () =>
         new VmsnapError(
           'ImageServiceUnavailable',
-          `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? The download can be retried.`,
+          `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? ` +
+            `The download can be retried.`,
           { method: 'GET', path: urlPath, url: this.shownUrl, received },
         ),
     );
@@ -404,7 +409,8 @@ export class GlanceImageService implements ImageService {
       if (image?.protected) {
         throw new VmsnapError(
           'ImageServiceError',
-          `Glance DELETE ${path} answered 403: image ${id} is protected and Glance refuses to delete it. Unset its 'protected' flag first (openstack image set --unprotected ${id}) if it really is to be deleted.`,
+          `Glance DELETE ${path} answered 403: image ${id} is protected and Glance refuses to delete it. Unset its 'protected' flag first (openstack ` +
+            `image set --unprotected ${id}) if it really is to be deleted.`,
           { method: 'DELETE', path, status: 403, url: this.shownUrl, protected: true },
         );
       }
@@ -484,7 +490,8 @@ export class GlanceImageService implements ImageService {
     if (!image || typeof image !== 'object' || typeof image.id !== 'string' || typeof image.status !== 'string') {
       throw new VmsnapError(
         'ImageServiceError',
-        `Glance ${method} ${path} answered ${reply.status} with something that is not an image: ${this.scrub(reply.text.slice(0, 200))}. Is ${this.shownUrl} really a Glance v2 endpoint?`,
+        `Glance ${method} ${path} answered ${reply.status} with something that is not an image: ${this.scrub(reply.text.slice(0, 200))}. Is ` +
+          `${this.shownUrl} really a Glance v2 endpoint?`,
         { method, path, status: reply.status, url: this.shownUrl },
       );
     }
@@ -522,14 +529,16 @@ export class GlanceImageService implements ImageService {
     if (status === 409) {
       return new VmsnapError(
         'ImageConflict',
-        `${head}: the image's state does not allow this (for instance data uploaded to an image that is active or being uploaded already). Check the image status in Glance.`,
+        `${head}: the image's state does not allow this (for instance data uploaded to an image that is active or being uploaded already). Check the ` +
+          `image status in Glance.`,
         details,
       );
     }
     if (status === 413) {
       return new VmsnapError(
         'ImageServiceError',
-        `${head}: the image exceeds Glance's size limit (image_size_cap) or the owner's image storage quota. Raise the limit or quota, or free space, then snapshot again.`,
+        `${head}: the image exceeds Glance's size limit (image_size_cap) or the owner's image storage quota. Raise the limit or quota, or free ` +
+          `space, then snapshot again.`,
         details,
       );
     }
@@ -537,7 +546,8 @@ export class GlanceImageService implements ImageService {
       // Refused twice, the second time with a token just issued: Glance and Keystone disagree.
       return new VmsnapError(
         'ImageServiceError',
-        `${head}: Glance did not accept a token just issued to ${this.identity.description}. Check that Glance's [keystone_authtoken] points at the same Keystone, and its service user.`,
+        `${head}: Glance did not accept a token just issued to ${this.identity.description}. Check that Glance's [keystone_authtoken] points at the ` +
+          `same Keystone, and its service user.`,
         details,
       );
     }

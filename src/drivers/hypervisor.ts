@@ -2,6 +2,9 @@
 // Nova's virt driver interface. Errors are VmsnapError: InstanceNotFound, InstanceInvalidState
 // (e.g. resume of a shut-off instance), DiskNotFound, InvalidInput (an id that is not a UUID),
 // ConfigError (no virsh), HypervisorError (anything else; retryable).
+import type { Consistency, QuiesceMode } from '../shared/types.js';
+
+export type { Consistency, QuiesceMode };
 
 /** Nova's power states, as far as a snapshot cares. */
 export type PowerState = 'running' | 'paused' | 'shutdown' | 'crashed' | 'suspended' | 'nostate';
@@ -87,15 +90,6 @@ export interface Hypervisor {
 // ---------------------------------------------------------------------------------------------
 // Live snapshot mode: the guest keeps running while its root disk is copied.
 
-/** How good the live copy is: crash-consistent (as after power loss) or with the guest's filesystems frozen. */
-export type Consistency = 'crash-consistent' | 'filesystem-consistent';
-
-/**
- * Guest filesystem freeze through the QEMU guest agent around the copy's point in time:
- * never; try (no agent or a failing one: go on crash-consistent, say why); require (else fail).
- */
-export type QuiesceMode = 'never' | 'try' | 'require';
-
 export interface LiveCopySupport {
   supported: boolean;
   /** Why not, for an operator (set when supported is false). */
@@ -103,7 +97,10 @@ export interface LiveCopySupport {
 }
 
 export interface LiveCopyOptions {
-  /** Absolute path of the image to create. An existing regular file there is replaced. QEMU (not root) opens it: its directory must be searchable by QEMU's user. */
+  /**
+   * Absolute path of the image to create. An existing regular file there is replaced. QEMU (not
+   * root) opens it: its directory must be searchable by QEMU's user.
+   */
   target: string;
   /** qcow2 comes out sparse (about the data's size); raw is sparse by pull and fully allocated by push (QEMU's job writes the holes as zeroes). */
   targetFormat: 'qcow2' | 'raw';
@@ -113,9 +110,16 @@ export interface LiveCopyOptions {
   signal?: AbortSignal;
   /** Default 'try'. */
   quiesce?: QuiesceMode;
-  /** Limit the copy's read/write rate (MiB/s) to spare the host's storage. Pull: from the first byte (qemu-img -r). Push: applied right after the job starts (libvirt's backup XML has no rate), so the first instant runs at full speed. */
+  /**
+   * Limit the copy's read/write rate (MiB/s) to spare the host's storage. Pull: from the first byte
+   * (qemu-img -r). Push: applied right after the job starts (libvirt's backup XML has no rate), so
+   * the first instant runs at full speed.
+   */
   bandwidthMiBps?: number;
-  /** pull: QEMU serves the point in time over NBD and qemu-img reads it; push: QEMU's backup job writes the target itself; auto (default): pull, else push where pull cannot start. */
+  /**
+   * pull: QEMU serves the point in time over NBD and qemu-img reads it; push: QEMU's backup job
+   * writes the target itself; auto (default): pull, else push where pull cannot start.
+   */
   method?: LiveCopyMethod;
   /** How a pull copy is made; unset fields take the defaults that measured best (the write-stalls benchmark compares the others). */
   pull?: PullTuning;

@@ -38,7 +38,10 @@ interface KeystoneTokenBody {
 }
 
 function authBody(auth: Exclude<KeystoneAuth, { type: 'none' | 'token' }>): unknown {
-  const domain = (name?: string, id?: string) => (id ? { id } : name ? { name } : undefined);
+  const domain = (name?: string, id?: string) => {
+    if (id) return { id };
+    return name ? { name } : undefined;
+  };
   if (auth.type === 'v3applicationcredential') {
     const credential = auth.applicationCredentialId
       ? { id: auth.applicationCredentialId, secret: auth.applicationCredentialSecret }
@@ -140,7 +143,10 @@ export class KeystoneSession implements Identity {
     const offered = services.flatMap((s) => s.endpoints.map((e) => `${e.interface}/${e.region_id ?? e.region ?? 'no region'}`));
     throw new VmsnapError(
       'ConfigError',
-      `config: the service catalog of ${this.auth.authUrl} has no ${serviceType} endpoint for interface ${wanted}${regionName ? ` in region ${regionName}` : ''} (${offered.length ? `it has ${offered.join(', ')}` : `no ${serviceType} service at all`}): set OS_INTERFACE and OS_REGION_NAME to one it has, register the endpoint in Keystone, or name it with VMSNAP_GLANCE_URL`,
+      `config: the service catalog of ${this.auth.authUrl} has no ${serviceType} endpoint for interface ` +
+        `${wanted}${regionName ? ` in region ${regionName}` : ''} ` +
+        `(${offered.length ? `it has ${offered.join(', ')}` : `no ${serviceType} service at all`}): set OS_INTERFACE and OS_REGION_NAME to one it has, ` +
+        `register the endpoint in Keystone, or name it with VMSNAP_GLANCE_URL`,
       { setting: 'OS_REGION_NAME', serviceType, interface: wanted, region: regionName },
     );
   }
@@ -168,13 +174,7 @@ export class KeystoneSession implements Identity {
     const { statusCode } = reply;
     if (statusCode >= 500 || statusCode === 408 || statusCode === 429) throw this.unavailable(`answered ${statusCode}`);
     if (statusCode === 401 || statusCode === 404 || statusCode === 403) {
-      const what =
-        this.auth.type === 'token'
-          ? 'the fixed token (OS_TOKEN): it has expired or was revoked. Set a new one, or use a password or application credential so that vmsnap renews tokens itself'
-          : this.auth.type === 'v3applicationcredential'
-            ? `${this.description}: check the application credential's id or name and its secret (OS_APPLICATION_CREDENTIAL_SECRET), and that it has not expired`
-            : `${this.description}: check the password (OS_PASSWORD), that the user and the project exist in their domains, and that the user has a role on the project`;
-      throw new VmsnapError('ConfigError', `config: Keystone refused ${what} (HTTP ${statusCode})`, {
+      throw new VmsnapError('ConfigError', `config: Keystone refused ${this.refusedWhat()} (HTTP ${statusCode})`, {
         setting: 'OS_PASSWORD',
         status: statusCode,
       });
@@ -182,7 +182,8 @@ export class KeystoneSession implements Identity {
     if (statusCode !== 200 && statusCode !== 201) {
       throw new VmsnapError(
         'ConfigError',
-        `config: Keystone at ${this.auth.authUrl} answered ${statusCode} to the token request for ${this.description}: check the auth settings (OS_AUTH_URL must be Keystone's v3 URL)`,
+        `config: Keystone at ${this.auth.authUrl} answered ${statusCode} to the token request for ${this.description}: check the auth settings ` +
+          `(OS_AUTH_URL must be Keystone's v3 URL)`,
         {
           setting: 'OS_AUTH_URL',
           status: statusCode,
@@ -202,7 +203,8 @@ export class KeystoneSession implements Identity {
     if (typeof value !== 'string' || !t || Number.isNaN(expires) || !t.user?.id || !t.project?.id) {
       throw new VmsnapError(
         'ConfigError',
-        `config: ${this.auth.authUrl} did not answer with a project-scoped Keystone v3 token: is OS_AUTH_URL Keystone's v3 URL, and does the credential name a project?`,
+        `config: ${this.auth.authUrl} did not answer with a project-scoped Keystone v3 token: is OS_AUTH_URL Keystone's v3 URL, and does the ` +
+          `credential name a project?`,
         {
           setting: 'OS_AUTH_URL',
         },
@@ -227,6 +229,20 @@ export class KeystoneSession implements Identity {
     this.tokensIssued++;
     this.opts.onToken?.({ expiresInMs: token.expiresAt - Date.now(), caller: token.caller, renewal: this.tokensIssued > 1 });
     return token;
+  }
+
+  /** What Keystone refused, and what to check. */
+  private refusedWhat(): string {
+    if (this.auth.type === 'token') {
+      const fix = 'Set a new one, or use a password or application credential so that vmsnap renews tokens itself';
+      return `the fixed token (OS_TOKEN): it has expired or was revoked. ${fix}`;
+    }
+    if (this.auth.type === 'v3applicationcredential') {
+      const check = "the application credential's id or name and its secret (OS_APPLICATION_CREDENTIAL_SECRET), and that it has not expired";
+      return `${this.description}: check ${check}`;
+    }
+    const check = 'the password (OS_PASSWORD), that the user and the project exist in their domains, and that the user has a role on the project';
+    return `${this.description}: check ${check}`;
   }
 
   private unavailable(what: string): VmsnapError {

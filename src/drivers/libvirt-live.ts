@@ -56,6 +56,13 @@ const MAX_SOCKET_PATH = 107;
 // requests may queue behind in QEMU's thread pool. Two keep the copy near disk speed here.
 const PULL_PARALLEL = 2;
 const QUIESCE_MODES = new Set<QuiesceMode>(['never', 'try', 'require']);
+
+/** Why the guest's filesystems cannot be frozen before even asking its agent, if they cannot. */
+function unquiescable(state: PowerState, xml: string): string | undefined {
+  if (state === 'paused') return 'the instance is paused, and the guest agent only answers a running guest';
+  if (!GUEST_AGENT_RE.test(xml)) return 'the QEMU guest agent is not configured (the instance has no guest agent channel)';
+  return undefined;
+}
 // The guest agent's channel in the domain XML: without it there is nothing to freeze, and asking costs a call.
 const GUEST_AGENT_RE = /name=['"]org\.qemu\.guest_agent\.0['"]/;
 
@@ -270,7 +277,8 @@ export class LiveCopier {
       if (method === 'pull') {
         throw new VmsnapError(
           'InvalidInput',
-          `instance ${id}: its root disk is served by an iothread, and ending a pull copy of such a disk makes QEMU abort (the guest would die); copy it by push (VMSNAP_LIVE_METHOD=push or auto)`,
+          `instance ${id}: its root disk is served by an iothread, and ending a pull copy of such a disk makes QEMU abort (the guest would die); ` +
+            `copy it by push (VMSNAP_LIVE_METHOD=push or auto)`,
         );
       }
       usePull = false;
@@ -299,12 +307,7 @@ export class LiveCopier {
     let jobStarted = false;
     try {
       if (quiesce !== 'never') {
-        const why =
-          state === 'paused'
-            ? 'the instance is paused, and the guest agent only answers a running guest'
-            : !GUEST_AGENT_RE.test(xml)
-              ? 'the QEMU guest agent is not configured (the instance has no guest agent channel)'
-              : await quiescer.freeze();
+        const why = unquiescable(state, xml) ?? (await quiescer.freeze());
         if (why === undefined) frozen = true;
         else if (quiesce === 'require') {
           throw new VmsnapError('InstanceInvalidState', `instance ${id}: cannot quiesce the guest (quiesce=require): ${why}`, {
@@ -480,7 +483,8 @@ export class LiveCopier {
       'HypervisorError',
       pullJob
         ? `instance ${id} already has a pull-mode backup job (an NBD export); if no copy of this instance is running, end it with \`virsh domjobabort ${id}\``
-        : `instance ${id} already has a ${job.operation === OP_BACKUP ? 'backup' : `libvirt (operation ${job.operation ?? '?'})`} job running; try again when it has finished`,
+        : `instance ${id} already has a ${job.operation === OP_BACKUP ? 'backup' : `libvirt (operation ${job.operation ?? '?'})`} job running; try ` +
+            `again when it has finished`,
       { operation: job.operation },
     );
   }

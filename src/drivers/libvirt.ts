@@ -56,6 +56,12 @@ function novaImageRef(xml: string): string | undefined {
   return undefined;
 }
 
+/** Where a local disk's <source> names its image, by disk type. */
+const SOURCE_OF: Record<string, (source: Record<string, string>) => string | undefined> = {
+  file: (source) => source.file,
+  block: (source) => source.dev,
+};
+
 function parseRootDisk(xml: string, id: string): RootDisk {
   const re = /<disk(\s[^>]*)?>([\s\S]*?)<\/disk>/g;
   let m: RegExpExecArray | null;
@@ -67,11 +73,12 @@ function parseRootDisk(xml: string, id: string): RootDisk {
     const body = (m[2] ?? '').split(/<backingStore\b|<mirror\b/)[0] ?? '';
     const type = disk.type ?? 'file';
     const source = firstTagAttrs(body, 'source') ?? {};
-    const path = type === 'file' ? source.file : type === 'block' ? source.dev : undefined;
+    const path = SOURCE_OF[type]?.(source);
     if (!path) {
       throw new VmsnapError(
         'DiskNotFound',
-        `instance ${id}: the root disk is of type '${type}'${type === 'file' || type === 'block' ? ' without a source' : ''}; only local file and block disks can be snapshotted`,
+        `instance ${id}: the root disk is of type '${type}'${type === 'file' || type === 'block' ? ' without a source' : ''}; only local file and ` +
+          `block disks can be snapshotted`,
         { instance: id, diskType: type },
       );
     }

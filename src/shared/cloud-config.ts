@@ -180,6 +180,13 @@ const AUTH_TYPES: Record<string, KeystoneAuth['type']> = {
   noauth: 'none',
 };
 
+/** The auth type a cloud implies when it names none: what its credentials are. */
+function impliedAuthType(get: (key: string) => string | undefined): KeystoneAuth['type'] {
+  if (get('application_credential_secret') || get('application_credential_id')) return 'v3applicationcredential';
+  if (get('token') && !get('password')) return 'token';
+  return 'password';
+}
+
 function text(value: unknown, setting: string): string | undefined {
   if (value === undefined || value === null || value === '') return undefined;
   if (typeof value === 'string') return value;
@@ -208,13 +215,7 @@ export function loadCloudSettings(env: Env): CloudSettings | undefined {
   const get = (key: string) => text(auth[key], setting(key));
 
   const rawType = env.OS_AUTH_TYPE || text(entry.auth_type, 'auth_type');
-  const type = rawType
-    ? AUTH_TYPES[rawType.toLowerCase()]
-    : get('application_credential_secret') || get('application_credential_id')
-      ? 'v3applicationcredential'
-      : get('token') && !get('password')
-        ? 'token'
-        : 'password';
+  const type = rawType ? AUTH_TYPES[rawType.toLowerCase()] : impliedAuthType(get);
   if (!type)
     throw configError(env.OS_AUTH_TYPE ? 'OS_AUTH_TYPE' : 'auth_type', `is "${rawType}": vmsnap knows password, v3applicationcredential, token and none`);
 
@@ -317,7 +318,10 @@ export function describeAuth(auth: KeystoneAuth): string {
     case 'token':
       return `a fixed token (OS_TOKEN) at ${auth.authUrl}`;
     case 'v3applicationcredential':
-      return `application credential ${auth.applicationCredentialId ?? `"${auth.applicationCredentialName}" of user ${auth.username ?? auth.userId}`} at ${auth.authUrl}`;
+      return (
+        `application credential ` +
+        `${auth.applicationCredentialId ?? `"${auth.applicationCredentialName}" of user ${auth.username ?? auth.userId}`} at ${auth.authUrl}`
+      );
     case 'password':
       return `user ${auth.username ?? auth.userId} on project ${auth.projectName ?? auth.projectId} at ${auth.authUrl}`;
   }

@@ -296,7 +296,8 @@ export function loadConfig(rawEnv: Env = process.env): Config {
   if (env.VMSNAP_GLANCE_TOKEN) {
     throw configError(
       'VMSNAP_GLANCE_TOKEN',
-      'is no longer read (a fixed token expires within hours): set OS_CLOUD with a clouds.yaml, or OS_AUTH_URL with a password or application credential; a token you only have as such goes in OS_TOKEN with OS_AUTH_TYPE=token',
+      'is no longer read (a fixed token expires within hours): set OS_CLOUD with a clouds.yaml, or OS_AUTH_URL with a password or application ' +
+        'credential; a token you only have as such goes in OS_TOKEN with OS_AUTH_TYPE=token',
     );
   }
   const cloud = loadCloudSettings(env);

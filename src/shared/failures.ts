@@ -62,7 +62,8 @@ export const ERRORS = {
   HypervisorError: later('libvirt or QEMU failed: check libvirtd and the instance on its host; retries are automatic'),
   NoSpace: never(
     EXIT.failed,
-    'the message names the dir, the space needed and what is free: free that much there (snapshots: VMSNAP_SNAPSHOTS_DIR on the host, or point it at a larger disk), then try again',
+    'the message names the dir, the space needed and what is free: free that much there (snapshots: VMSNAP_SNAPSHOTS_DIR on the host, or point it at ' +
+      'a larger disk), then try again',
   ),
   ConfigError: never(EXIT.unavailable, 'correct the setting the message names, in the environment or the file VMSNAP_CONFIG_FILE names'),
   StoreError: {
@@ -83,7 +84,8 @@ export const OUTCOMES = {
   Cancelled: never(EXIT.failed, 'vmsnap undid its work (guest state, temp files, unfinished image); start a new one with vmsnap snapshot'),
   Terminated: never(
     EXIT.failed,
-    'a guest it had paused runs again within seconds (its host worker resumes it, VMSNAP_PAUSE_WATCH_MS); the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again',
+    'a guest it had paused runs again within seconds (its host worker resumes it, VMSNAP_PAUSE_WATCH_MS); the reconciler removes its unfinished ' +
+      'image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again',
   ),
   TimedOut: never(EXIT.failed, 'the workflow ran out of time: check the workers, then start again'),
   SnapshotNotFound: never(EXIT.notFound, 'check the instance or workflow id (vmsnap status, vmsnap list)'),

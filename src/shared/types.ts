@@ -3,7 +3,13 @@
 
 export type DiskFormat = 'qcow2' | 'raw';
 export type SnapshotMode = 'auto' | 'cold' | 'live';
+/** How good a copy is: crash-consistent (as after power loss) or with the guest's filesystems frozen. */
 export type Consistency = 'crash-consistent' | 'filesystem-consistent';
+/**
+ * Guest filesystem freeze through the QEMU guest agent around a live copy's point in time: never;
+ * try (no agent or a failing one: go on crash-consistent, say why); require (else fail).
+ */
+export type QuiesceMode = 'never' | 'try' | 'require';
 
 /** Input of the snapshotInstance workflow (also what `temporal workflow start --input` takes). */
 export interface SnapshotRequest {
@@ -20,7 +26,7 @@ export interface SnapshotRequest {
    */
   mode?: SnapshotMode;
   /** Live mode: freeze the guest's filesystems (QEMU guest agent) while the copy starts. Default try. */
-  quiesce?: 'never' | 'try' | 'require';
+  quiesce?: QuiesceMode;
   /** Format of the uploaded image; default qcow2. */
   diskFormat?: DiskFormat;
   /** qcow2 compression (smaller upload, slower copy); default false. */
@@ -38,10 +44,8 @@ export type SnapshotPhase =
   | 'starting'
   | 'creating-image'
   | 'waiting-for-host'
-  | 'pausing'
   | 'converting'
   | 'copying'
-  | 'resuming'
   | 'uploading'
   | 'finishing'
   | 'compensating'

@@ -101,6 +101,14 @@ function passwordFromFile(target: PostgresTarget, file: string): string | undefi
  * password file now: a password callback that fails mid-handshake leaves the socket open until
  * the server's authentication timeout.
  */
+/** libpq's sslmode as node-postgres takes it: verify-ca checks the chain but not the host name. */
+function sslOptions(mode: PostgresTarget['sslmode'], ca: string | undefined): pg.PoolConfig['ssl'] {
+  if (mode === 'disable') return false;
+  if (mode === 'require') return { rejectUnauthorized: false };
+  if (mode === 'verify-ca') return { ca, checkServerIdentity: () => undefined };
+  return { ca };
+}
+
 export function postgresClientConfig(target: PostgresTarget, options: PostgresStoreOptions = {}): pg.PoolConfig {
   let password = target.password;
   if (password === undefined && target.passfile !== undefined) {
@@ -113,14 +121,7 @@ export function postgresClientConfig(target: PostgresTarget, options: PostgresSt
     }
   }
   const ca = target.sslrootcert === undefined ? undefined : readFileSync(target.sslrootcert, 'utf8');
-  const ssl: pg.PoolConfig['ssl'] =
-    target.sslmode === 'disable'
-      ? false
-      : target.sslmode === 'require'
-        ? { rejectUnauthorized: false }
-        : target.sslmode === 'verify-ca'
-          ? { ca, checkServerIdentity: () => undefined }
-          : { ca };
+  const ssl = sslOptions(target.sslmode, ca);
   return {
     host: target.host,
     port: target.port,
@@ -191,7 +192,7 @@ export class PostgresStore implements Store {
   async syncHostInstances(host: string, instances: DiscoveredInstance[]): Promise<void> {
     // The last report of an id wins, as in SQLite's row-by-row upsert (one INSERT may not touch
     // a row twice). Sorted, so that concurrent syncs lock shared rows in the same order.
-    const unique = [...new Map(instances.map((i) => [i.id, i])).values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const unique = [...new Map(instances.map((i) => [i.id, i])).values()].sort((a, b) => (a.id < b.id ? -1 : 1)); // ids are unique here
     const ids = unique.map((i) => i.id);
     await this.transaction('syncHostInstances', async (client) => {
       // now() is the transaction's start: every row of this sync gets the same time.
@@ -327,7 +328,8 @@ export class PostgresStore implements Store {
   async registerHost(host: string, taskQueue: string): Promise<void> {
     await this.run('registerHost', () =>
       this.pool.query(
-        'INSERT INTO hosts (host, task_queue, seen_at) VALUES ($1, $2, now()) ON CONFLICT (host) DO UPDATE SET task_queue = excluded.task_queue, seen_at = excluded.seen_at',
+        'INSERT INTO hosts (host, task_queue, seen_at) VALUES ($1, $2, now()) ON CONFLICT (host) DO UPDATE SET task_queue = excluded.task_queue, ' +
+          'seen_at = excluded.seen_at',
         [host, taskQueue],
       ),
     );
@@ -376,6 +378,13 @@ export class PostgresStore implements Store {
     }
   }
 
+  /** Whether a retry may succeed: a lost connection or a conflict, not a bad statement. */
+  private transient(sqlState: string | undefined, systemCode: string | undefined, message: string): boolean {
+    if (sqlState) return sqlState.startsWith('08') || RETRYABLE_STATES.has(sqlState);
+    if (systemCode) return RETRYABLE_SYSTEM_CODES.has(systemCode) || (systemCode === 'ENOENT' && this.target.host.startsWith('/'));
+    return RETRYABLE_MESSAGES.test(message);
+  }
+
   private wrap(err: unknown, operation: string): VmsnapError {
     if (err instanceof VmsnapError) return err;
     const sqlState = err instanceof pg.DatabaseError ? err.code : undefined;
@@ -384,12 +393,8 @@ export class PostgresStore implements Store {
     let message = err instanceof Error ? err.message : String(err);
     // Servers and drivers do not put passwords in messages; this makes sure of it.
     for (const secret of [this.target.password, this.password]) if (secret) message = message.replaceAll(secret, '***');
-    const transient = sqlState
-      ? sqlState.startsWith('08') || RETRYABLE_STATES.has(sqlState)
-      : systemCode
-        ? RETRYABLE_SYSTEM_CODES.has(systemCode) || (systemCode === 'ENOENT' && this.target.host.startsWith('/'))
-        : RETRYABLE_MESSAGES.test(message);
-    const details = sqlState ? { sqlState } : systemCode ? { systemCode } : {};
+    const transient = this.transient(sqlState, systemCode, message);
+    const details = sqlState ? { sqlState } : { ...(systemCode ? { systemCode } : {}) };
     return new VmsnapError('StoreError', `postgres store ${this.display}: ${operation}: ${message}`, details, { transient });
   }
 }

@@ -212,7 +212,8 @@ export class SqliteStore implements Store {
   async registerHost(host: string, taskQueue: string): Promise<void> {
     this.run('registerHost', () => {
       this.stmt(
-        'INSERT INTO hosts (host, task_queue, seen_at) VALUES (?, ?, ?) ON CONFLICT (host) DO UPDATE SET task_queue = excluded.task_queue, seen_at = excluded.seen_at',
+        'INSERT INTO hosts (host, task_queue, seen_at) VALUES (?, ?, ?) ON CONFLICT (host) DO UPDATE SET task_queue = excluded.task_queue, seen_at = ' +
+          'excluded.seen_at',
       ).run(host, taskQueue, now());
     });
   }

@@ -3,10 +3,10 @@
 // task state back to None. Runs on a schedule and once at main worker start. Every item is tried
 // on its own: one unreachable host must not keep the others from being cleaned.
 // It is also the sweeper of vmsnap images that will never be finished (see findOrphanImages).
-import { ActivityFailure, ApplicationFailure, log, patched, proxyActivities, type ActivityOptions } from '@temporalio/workflow';
-import type { HostActivities, MainActivities } from '../activities/index.js';
+import { ActivityFailure, ApplicationFailure, log } from '@temporalio/workflow';
 import type { AbandonedSnapshot } from '../activities/reconcile.js';
-import { hostTaskQueue } from '../shared/names.js';
+import { attempt as tryStep } from './saga.js';
+import { HOUSEKEEPING, onHost, onMain } from './steps.js';
 
 export interface ReconcileReport {
   resumed: string[];
@@ -54,21 +54,8 @@ const DIR_GRACE_MS = 10 * 60_000;
  */
 const STALE_IMAGE_MS = 10 * 60_000;
 
-const retry = { initialInterval: '1s', maximumInterval: '10s', backoffCoefficient: 2 };
-const main = proxyActivities<MainActivities>({ startToCloseTimeout: '60s', retry: { ...retry, maximumAttempts: 3 } });
-// A host that does not answer within this time is tried again on the next round.
-const hostOptions = (host: string): ActivityOptions => ({
-  taskQueue: hostTaskQueue(host),
-  scheduleToCloseTimeout: '2m',
-  startToCloseTimeout: '60s',
-  retry,
-});
-
-/**
- * The workflow has no worker settings (VMSNAP_HEARTBEAT_TIMEOUT_MS, default 10 s): a fixed timeout,
- * with room for a loaded host (the activity beats every second).
- */
-const UNDO_HEARTBEAT_TIMEOUT = '30s';
+const main = (summary: string) => onMain(HOUSEKEEPING.main, summary);
+const onHostOf = (host: string, summary: string) => onHost(HOUSEKEEPING.host(host), summary);
 
 type Attempt = (what: string, step: () => Promise<void>) => Promise<void>;
 
@@ -96,31 +83,34 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
   };
   // Each item on its own: a failure is reported, and Glance away makes the round wait, not fail.
   const attempt: Attempt = async (what, step) => {
-    try {
-      await step();
-    } catch (err) {
-      const message = (err instanceof ActivityFailure && err.cause ? err.cause : (err as Error)).message;
-      if (isServiceUnavailable(err)) {
-        report.waitingFor = 'Glance';
-        report.errors.push(`${what}: waiting for Glance (${message}); the next round tries again`);
-        log.warn(`reconcile: ${what} waits for Glance`, { error: message });
-        return;
-      }
-      report.errors.push(`${what}: ${message}`);
-      log.warn(`reconcile: ${what} failed`, { error: message });
+    let unavailable = false;
+    const message = await tryStep(() =>
+      step().catch((err: unknown) => {
+        unavailable = isServiceUnavailable(err);
+        throw err;
+      }),
+    );
+    if (message === undefined) return;
+    if (unavailable) {
+      report.waitingFor = 'Glance';
+      report.errors.push(`${what}: waiting for Glance (${message}); the next round tries again`);
+      log.warn(`reconcile: ${what} waits for Glance`, { error: message });
+      return;
     }
+    report.errors.push(`${what}: ${message}`);
+    log.warn(`reconcile: ${what} failed`, { error: message });
   };
 
-  for (const snapshot of await main.findAbandonedSnapshots()) {
+  for (const snapshot of await main('find abandoned snapshots and restores').findAbandonedSnapshots()) {
     if (snapshot.restore) await undoRestore(snapshot, snapshot.restore, report, attempt);
     else await undoSnapshot(snapshot, report, attempt);
   }
   // Glance away must not fail the run (the Web UI would show every round "Failed"): the sweep
   // waits for the next round, and the report says what it waits for.
   await attempt('find orphan images', async () => {
-    for (const { imageId, status, owner, reason } of await main.findOrphanImages({ staleAfterMs })) {
+    for (const { imageId, status, owner, reason } of await main('find orphan images').findOrphanImages({ staleAfterMs })) {
       await attempt(`delete orphan image ${imageId}`, async () => {
-        if (!(await main.deleteImageRecord(imageId)).deleted) return;
+        if (!(await main(`delete orphan image ${imageId}`).deleteImageRecord(imageId)).deleted) return;
         report.deletedImages.push(imageId);
         report.sweptImages.push({ imageId, status, owner, reason });
       });
@@ -128,61 +118,46 @@ export async function reconcile(options: ReconcileOptions = {}): Promise<Reconci
   });
   await removeLeftoversOnHosts(report, attempt);
 
-  if (
-    report.resumed.length +
-      report.thawed.length +
-      report.releasedTasks.length +
-      report.deletedImages.length +
-      report.removedDirs.length +
-      report.undoneRestores.length +
-      report.removedPreRestoreDisks.length +
-      report.removedNewInstances.length +
-      report.abortedLiveCopies.length >
-    0
-  ) {
-    log.info('reconcile: undid abandoned snapshots', { ...report });
-  }
+  const { errors: _errors, sweptImages: _swept, waitingFor: _waiting, ...done } = report;
+  if (Object.values(done).some((list) => list.length > 0)) log.info('reconcile: undid abandoned snapshots', { ...report });
   return report;
 }
 
-/** As the snapshot's compensation would have: thaw, resume, temp dir, image, task state. */
+/** As the snapshot's compensation would have: thaw, resume, end the live copy job, temp dir, image, task state. */
 async function undoSnapshot(snapshot: AbandonedSnapshot, report: ReconcileReport, attempt: Attempt): Promise<void> {
-  const host = proxyActivities<HostActivities>(hostOptions(snapshot.host));
+  const { instanceId, owner, imageId } = snapshot;
+  const host = (summary: string) => onHostOf(snapshot.host, summary);
   let thawed = !snapshot.frozenByUs;
   let resumed = !snapshot.pausedByUs;
   if (snapshot.frozenByUs) {
     // A worker that died between freeze and thaw left the guest's filesystems frozen.
-    await attempt(`thaw ${snapshot.instanceId}`, async () => {
-      await host.thawInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
-      report.thawed.push(snapshot.instanceId);
+    await attempt(`thaw ${instanceId}`, async () => {
+      await host('thaw the guest filesystems').thawInstance({ instanceId, owner });
+      report.thawed.push(instanceId);
       thawed = true;
     });
   }
   if (snapshot.pausedByUs) {
-    await attempt(`resume ${snapshot.instanceId}`, async () => {
-      await host.resumeInstance({ instanceId: snapshot.instanceId, owner: snapshot.owner });
-      report.resumed.push(snapshot.instanceId);
+    await attempt(`resume ${instanceId}`, async () => {
+      await host('resume the guest').resumeInstance({ instanceId, owner });
+      report.resumed.push(instanceId);
       resumed = true;
     });
   }
-  const imageId = snapshot.imageId;
   if (imageId) {
-    // Added after histories were recorded: runs of older workers replay without this step.
-    if (patched('reconcile-abort-live-copy')) {
-      await attempt(`end live copy job of ${snapshot.instanceId}`, async () => {
-        if (await host.abortAbandonedLiveCopy({ instanceId: snapshot.instanceId, imageId })) report.abortedLiveCopies.push(snapshot.instanceId);
-      });
-    }
-    await attempt(`remove temp dir ${imageId}`, () => host.removeSnapshotFiles(imageId));
+    await attempt(`end live copy job of ${instanceId}`, async () => {
+      if (await host('end the live copy job').abortAbandonedLiveCopy({ instanceId, imageId })) report.abortedLiveCopies.push(instanceId);
+    });
+    await attempt(`remove temp dir ${imageId}`, () => host('remove the snapshot temp dir').removeSnapshotFiles(imageId));
     await attempt(`delete image ${imageId}`, async () => {
-      if ((await main.deleteImageRecord(imageId)).deleted) report.deletedImages.push(imageId);
+      if ((await main(`delete image ${imageId}`).deleteImageRecord(imageId)).deleted) report.deletedImages.push(imageId);
     });
   }
   // A guest we could not thaw or resume keeps its task state: the next round tries again.
   if (thawed && resumed) {
-    await attempt(`release task state of ${snapshot.instanceId}`, async () => {
-      await main.releaseAbandonedTask(snapshot);
-      report.releasedTasks.push(snapshot.instanceId);
+    await attempt(`release task state of ${instanceId}`, async () => {
+      await main('task state → None').releaseAbandonedTask(snapshot);
+      report.releasedTasks.push(instanceId);
     });
   }
 }
@@ -194,45 +169,28 @@ async function undoRestore(
   report: ReconcileReport,
   attempt: Attempt,
 ): Promise<void> {
-  await attempt(`undo restore of ${snapshot.instanceId}`, async () => {
-    // The undo may wait out a guest's shutdown and start, hence 5 minutes; it heartbeats from its
-    // start, so a worker that died (or a task handed to a poll that was gone) is retried after the
-    // heartbeat timeout, not after the 5 minutes.
-    await proxyActivities<HostActivities>({
-      ...hostOptions(snapshot.host),
-      startToCloseTimeout: '5m',
-      heartbeatTimeout: UNDO_HEARTBEAT_TIMEOUT,
-      scheduleToCloseTimeout: '10m',
-    }).undoRestore({
-      instanceId: snapshot.instanceId,
-      owner: snapshot.owner,
-      priorPowerState: restore.priorPowerState,
-    });
-    report.undoneRestores.push(snapshot.instanceId);
-    await main.releaseAbandonedTask(snapshot);
-    report.releasedTasks.push(snapshot.instanceId);
+  const { instanceId, owner } = snapshot;
+  await attempt(`undo restore of ${instanceId}`, async () => {
+    const undo = onHost(HOUSEKEEPING.undoRestore(snapshot.host), 'remove new files, previous disk back, guest started');
+    await undo.undoRestore({ instanceId, owner, priorPowerState: restore.priorPowerState });
+    report.undoneRestores.push(instanceId);
+    await main('task state → None').releaseAbandonedTask(snapshot);
+    report.releasedTasks.push(instanceId);
   });
 }
 
-/** Temp dirs of snapshots not running, and pre-restore disks past their retention, on every host. */
+/** Temp dirs of snapshots not running, pre-restore disks past their retention, abandoned new instances, on every host. */
 async function removeLeftoversOnHosts(report: ReconcileReport, attempt: Attempt): Promise<void> {
-  const running = await main.runningSnapshotImageIds();
-  for (const host of await main.listHosts()) {
+  const running = await main('image ids of running snapshots').runningSnapshotImageIds();
+  for (const host of await main('list hosts').listHosts()) {
     await attempt(`temp dirs on ${host}`, async () => {
-      const removed = await proxyActivities<HostActivities>(hostOptions(host)).removeOrphanSnapshotDirs({
-        keep: running,
-        graceMs: DIR_GRACE_MS,
-      });
-      report.removedDirs.push(...removed);
+      report.removedDirs.push(...(await onHostOf(host, 'remove orphan temp dirs').removeOrphanSnapshotDirs({ keep: running, graceMs: DIR_GRACE_MS })));
     });
     await attempt(`pre-restore disks on ${host}`, async () => {
-      report.removedPreRestoreDisks.push(...(await proxyActivities<HostActivities>(hostOptions(host)).prunePreRestoreDisks({ host })));
+      report.removedPreRestoreDisks.push(...(await onHostOf(host, 'remove expired pre-restore disks').prunePreRestoreDisks({ host })));
     });
-    // Added after histories were recorded: runs of older workers replay without this step.
-    if (patched('reconcile-new-instances')) {
-      await attempt(`abandoned new instances on ${host}`, async () => {
-        report.removedNewInstances.push(...(await proxyActivities<HostActivities>(hostOptions(host)).removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })));
-      });
-    }
+    await attempt(`abandoned new instances on ${host}`, async () => {
+      report.removedNewInstances.push(...(await onHostOf(host, 'remove abandoned new instances').removeAbandonedNewInstances({ graceMs: DIR_GRACE_MS })));
+    });
   }
 }

@@ -2,85 +2,64 @@
 // verified beside the disk while the guest runs; only then is the guest stopped, the disk swapped
 // (the previous one kept as the pre-restore file) and the guest started in its prior power state.
 // On failure, cancellation or timeout the compensation (non-cancellable) removes what was made,
-// puts the previous disk back if it was swapped, starts the guest again, and task state goes back
-// to None. rollbackRestore puts the pre-restore disk back later, while it is kept.
+// puts the previous disk back if it was swapped, starts the guest again, and the task state goes
+// back to None. rollbackRestore puts the pre-restore disk back later, while it is kept.
 // Deterministic code only: all I/O lives in activities.
-import {
-  ActivityCancellationType,
-  ApplicationFailure,
-  CancellationScope,
-  defineQuery,
-  isCancellation,
-  log,
-  patched,
-  setHandler,
-  upsertMemo,
-  upsertSearchAttributes,
-  workflowInfo,
-  type ActivityOptions,
-} from '@temporalio/workflow';
-import { Compensations, RETRY, STORE_STEP, commonSteps, failure, instanceNotFound, lookUpInstance, onHost, onMain, setDetails, typedFailure } from './steps.js';
+import { CancellationScope, log, workflowInfo } from '@temporalio/workflow';
 import type { RestoreImage } from '../activities/restore-image.js';
-import type { PowerState } from '../drivers/hypervisor.js';
-import type { SnapshotSettings } from '../shared/config.js';
-import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
-import type { RestorePhase, RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
-import { describeProblems, validateRestoreRequest, validateRollbackRequest } from '../shared/validation.js';
-import type { InstanceRecord, TaskState } from '../store/store.js';
+import { failure, faultCode, refuseInvalid, typedFailure } from './failures.js';
+import { findInstance, settled, type SettledPowerState } from './instance.js';
+import { Compensations } from './saga.js';
+import { STORE_STEP, onHost, onMain, onMainLocal, stepOptions, type Steps } from './steps.js';
+import { TaskStateHolder } from './task-state.js';
+import { Tracker } from './tracker.js';
+import type { RestorePhase, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
+import { validateRestoreRequest, validateRollbackRequest } from '../shared/validation.js';
+import type { InstanceRecord } from '../store/store.js';
 
-export const restoreProgressQuery = defineQuery<RestoreProgress>('progress');
-
-/** The last phase: `cancelled` as a snapshot's reads (histories before the patch recorded `failed`). */
-function endPhase(result: unknown): RestorePhase {
-  return isCancellation(result) && patched('restore-cancelled-phase') ? 'cancelled' : 'failed';
+/** What every restore and rollback starts with: the run, its tracker, the instance and its steps. */
+interface Run {
+  owner: string;
+  track: Tracker<RestorePhase>;
+  instance: InstanceRecord;
+  steps: Steps;
+  undo: Compensations;
 }
 
-function restoreSteps(settings: SnapshotSettings, host: string) {
-  const { taskQueue, imageRetry, ...common } = commonSteps(settings, host);
-  // Stopping may wait out the graceful shutdown; starting waits for the guest (and its agent).
-  const powerMs = settings.restoreShutdownTimeoutMs + settings.restoreStartTimeoutMs + 60_000;
-  return {
-    ...common,
-    // The download is retried like any Glance call; a cancel waits until its files are removed.
-    download: {
-      taskQueue,
-      startToCloseTimeout: '6h',
-      heartbeatTimeout: settings.heartbeatTimeoutMs,
-      cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-      retry: imageRetry,
-    } satisfies ActivityOptions,
-    // Heartbeats: a dead worker's stop or start moves to another after the heartbeat timeout.
-    power: {
-      taskQueue,
-      startToCloseTimeout: powerMs,
-      heartbeatTimeout: settings.heartbeatTimeoutMs,
-      retry: { ...RETRY, maximumAttempts: 5 },
-    } satisfies ActivityOptions,
-    // The guest must get its disk back and run again: retried until it does (or the host is gone
-    // for good; then the reconciler finishes the job).
-    undo: {
-      taskQueue,
-      startToCloseTimeout: powerMs,
-      heartbeatTimeout: settings.heartbeatTimeoutMs,
-      scheduleToCloseTimeout: '30m',
-      retry: RETRY,
-    } satisfies ActivityOptions,
-  };
+async function start(kind: 'restore' | 'rollback', ref: string, imageId: string, headline: (instance: string) => string): Promise<Run> {
+  const { workflowId, runId } = workflowInfo();
+  const track = new Tracker<RestorePhase>(kind, imageId, headline, ref, { instance: ref, ...(imageId ? { imageId } : {}), action: kind });
+  const settings = await onMainLocal(STORE_STEP, 'read settings of the workers').getSnapshotSettings();
+  const instance = await findInstance(ref).catch((err: unknown) => {
+    track.refused(err);
+    throw err;
+  });
+  track.found(instance.id, instance.host);
+  const undo = new Compensations({ instanceId: instance.id, ...(imageId ? { imageId } : {}) });
+  return { owner: `${workflowId}/${runId}`, track, instance, steps: stepOptions(settings, instance.host), undo };
 }
 
-const restoreFailure = (err: unknown): unknown => typedFailure(err, 'Restore');
+/** The power state, as one host step reads it. */
+async function powerState(run: Run): Promise<string> {
+  return (await onHost(run.steps.quick, 'read power state').inspectInstance({ instanceId: run.instance.id, liveSupport: false })).powerState;
+}
 
-/** Inventory first; on a miss, every host rediscovers, then once more. */
+/** Compensation, in a non-cancellable scope: undo in reverse, then the task state back to None with a fault. */
+async function compensate(run: Run, task: TaskStateHolder | undefined, err: unknown): Promise<unknown> {
+  const result = typedFailure(err, 'Restore');
+  run.track.compensating(result);
+  await CancellationScope.nonCancellable(async () => {
+    await run.undo.run();
+    await task?.release(result, run.undo);
+  });
+  run.track.ended(result);
+  return result;
+}
+
 /** The image downloaded beside the disk (or as a new instance's disk), verified before use. */
-function download(
-  steps: ReturnType<typeof restoreSteps>,
-  instanceId: string,
-  image: RestoreImage,
-  where: string,
-  disk: { allowGrow: boolean; newDiskPath?: string },
-) {
-  return onHost(steps.download, `download ${image.size} bytes ${where}, verify sha512, qemu-img check`).prepareRestoreImage({
-    instanceId,
+function download(run: Run, image: RestoreImage, where: string, disk: { allowGrow: boolean; newDiskPath?: string }) {
+  return onHost(run.steps.download, `download ${image.size} bytes ${where}, verify sha512, qemu-img check`).prepareRestoreImage({
+    instanceId: run.instance.id,
     imageId: image.imageId,
     imageFormat: image.diskFormat,
     expected: { size: image.size, sha512: image.sha512 },
@@ -89,134 +68,63 @@ function download(
   });
 }
 
-async function lookUp(ref: string, settings: SnapshotSettings): Promise<InstanceRecord> {
-  const instance = await lookUpInstance(ref, STORE_STEP, (host) => restoreSteps(settings, host).discovery);
-  if (!instance) throw instanceNotFound(ref);
-  return instance;
-}
-
-function refuseBadInput(problems: { field: string; message: string }[], what: string): void {
-  if (problems.length) {
-    throw ApplicationFailure.create({
-      type: 'InvalidInput',
-      message: `invalid ${what}: ${describeProblems(problems)}`,
-      nonRetryable: true,
-      details: [problems],
-    });
-  }
+function checkImage(run: Run, request: RestoreRequest): Promise<RestoreImage> {
+  return onMain(run.steps.image, `check image ${request.imageId} in Glance`).checkRestoreImage({
+    imageId: request.imageId,
+    instanceId: run.instance.id,
+    allowOtherImage: request.allowOtherImage ?? false,
+  });
 }
 
 export async function restoreInstance(request: RestoreRequest): Promise<RestoreResult> {
-  refuseBadInput(validateRestoreRequest(request), 'restore request');
-  const { workflowId, runId } = workflowInfo();
-  const owner = `${workflowId}/${runId}`;
-  const imageId = request.imageId;
-  const progress: RestoreProgress = { phase: 'starting', imageId, taskState: null, phaseDurationsMs: {} };
-  setHandler(restoreProgressQuery, () => progress);
-  upsertSearchAttributes([
-    { key: IMAGE_ID, value: imageId },
-    { key: PHASE, value: 'starting' },
-  ]);
-  upsertMemo({ instance: request.instance, imageId, action: 'restore' });
-  const describe = () =>
-    setDetails([
-      `**restore: ${progress.phase}**`,
-      `image \`${imageId}\` → instance \`${progress.instanceId ?? request.instance}\``,
-      `task state: ${progress.taskState ?? 'None'}`,
-      ...(progress.error ? [`error: ${progress.error}`] : []),
-    ]);
-  let phaseStartedAt = Date.now();
-  const enter = (phase: RestorePhase) => {
-    progress.phaseDurationsMs[progress.phase] = (progress.phaseDurationsMs[progress.phase] ?? 0) + Date.now() - phaseStartedAt;
-    phaseStartedAt = Date.now();
-    progress.phase = phase;
-    upsertSearchAttributes([{ key: PHASE, value: phase }]);
-    describe();
-    log.info(`restore phase ${phase}`, { imageId, phase, ...(progress.error ? { error: progress.error } : {}) });
-  };
-  describe();
+  refuseInvalid(validateRestoreRequest(request), 'restore request');
+  const { imageId } = request;
+  // 1. findInstance: the inventory, and on a miss every host rediscovers.
+  const run = await start('restore', request.instance, imageId, (instance) => `image \`${imageId}\` → instance \`${instance}\``);
+  if (request.asNew) return restoreAsNew(run, request, request.asNew);
+  const { track, steps, undo, owner } = run;
+  const instanceId = run.instance.id;
 
-  const settings = await onMain(STORE_STEP, 'read settings of the workers').getSnapshotSettings();
-  const instance = await lookUp(request.instance, settings);
-  const instanceId = instance.id;
-  const host = instance.host;
-  progress.instanceId = instanceId;
-  upsertSearchAttributes([
-    { key: INSTANCE_ID, value: instanceId },
-    { key: HOST, value: host },
-  ]);
-  const steps = restoreSteps(settings, host);
-  const setTaskState = async (expected: TaskState | null, next: TaskState | null) => {
-    await onMain(steps.store, `task state ${expected ?? 'None'} → ${next ?? 'None'}`).setTaskState({ instanceId, expected, next, owner });
-    progress.taskState = next;
-    describe();
-  };
-  const recordEvent = (event: string, details: Record<string, unknown>) =>
-    onMain(steps.store, `record ${event} event`).recordInstanceEvent({ instanceId, event, requestId: owner, details, action: 'rebuild' });
-
-  if (request.asNew) return restoreAsNew(request, request.asNew, { instanceId, host, owner, steps, progress, enter, recordEvent });
-
-  // The image is checked before the task state is taken: a refused image changes nothing at all.
-  enter('checking-image');
-  let image;
-  try {
-    image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({
-      imageId,
-      instanceId,
-      allowOtherImage: request.allowOtherImage ?? false,
-    });
-  } catch (err) {
-    const result = restoreFailure(err);
-    progress.error = (result as Error).message;
-    enter(endPhase(result));
+  // 2. checkRestoreImage: active, a format vmsnap restores, this instance's snapshot. Before the
+  //    task state is taken: a refused image changes nothing at all.
+  track.enter('checking-image');
+  const image = await checkImage(run, request).catch((err: unknown) => {
+    const result = typedFailure(err, 'Restore');
+    track.refused(result);
     throw result;
-  }
+  });
 
-  // For compensation: a step counts from the moment it is scheduled.
-  const undo = new Compensations({ instanceId, imageId });
-  let taskAcquired = false;
-  let priorPowerState: PowerState | undefined;
+  const task = new TaskStateHolder({ action: 'Restore', instanceId, owner, steps, track, details: { imageId } });
   try {
-    await setTaskState(null, 'rebuilding');
-    taskAcquired = true;
-    priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
-    await recordEvent('start', { imageId, priorPowerState });
-    if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be restored`);
-    }
+    // 3. Task state None → rebuilding (compare-and-swap); the guest must be running, paused or off.
+    await task.take('rebuilding');
+    const priorPowerState = await powerState(run);
+    await task.event('start', { imageId, priorPowerState });
+    const prior = settled(instanceId, priorPowerState, 'restored');
 
-    enter('downloading');
-    undo.push('undo restore', () =>
-      onHost(steps.undo, 'compensation: remove new files, previous disk back, guest started').undoRestore({
-        instanceId,
-        owner,
-        priorPowerState,
-      }),
-    );
-    const prepared = await download(steps, instanceId, image, 'beside the disk', { allowGrow: request.allowGrow ?? false });
+    // 4. The image downloaded beside the disk and verified, while the guest runs on.
+    track.enter('downloading');
+    const undoRestore = () => onHost(steps.undoRestore, 'compensation: remove new files, previous disk back, guest started');
+    undo.push('undo restore', () => undoRestore().undoRestore({ instanceId, owner, priorPowerState: prior }), { guest: true });
+    const prepared = await download(run, image, 'beside the disk', { allowGrow: request.allowGrow ?? false });
 
-    // From here on the guest is touched; until now it ran on, untouched.
-    await setTaskState('rebuilding', 'rebuild_block_device_mapping');
-    enter('stopping');
-    // Stop, swap, task state → rebuild_spawning, start: one host step, so the guest's downtime
-    // holds no round trip through Temporal.
-    const done = await onHost(
-      steps.power,
-      `stop the guest, swap the disk (keep the previous one), start it (${priorPowerState}) and confirm it runs`,
-    ).stopSwapStart({
-      instanceId,
-      owner,
-      imageId,
-      powerState: priorPowerState,
-    });
-    progress.taskState = 'rebuild_spawning';
-    enter('finishing');
-    await setTaskState('rebuild_spawning', null);
-    await recordEvent('finish', { imageId });
-    enter('completed');
+    // 5. Task state → rebuild_block_device_mapping: from here on the guest is touched.
+    await task.move('rebuilding', 'rebuild_block_device_mapping');
+
+    // 6. Stop, swap, task state → rebuild_spawning, start: one host step, so the guest's downtime
+    //    holds no round trip through Temporal.
+    track.enter('stopping');
+    const summary = `stop the guest, swap the disk (keep the previous one), start it (${prior}) and confirm it runs`;
+    const done = await onHost(steps.power, summary).stopSwapStart({ instanceId, owner, imageId, powerState: prior });
+    track.taskState('rebuild_spawning');
+
+    // 7. Task state → None.
+    track.enter('finishing');
+    await task.finish('rebuild_spawning');
+    track.completed();
     const result: RestoreResult = {
       instanceId,
-      host,
+      host: run.instance.host,
       imageId,
       diskPath: prepared.diskPath,
       diskFormat: prepared.diskFormat,
@@ -225,39 +133,17 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
       downloadedBytes: prepared.downloadedBytes,
       sha512: prepared.sha512,
       virtualSize: prepared.virtualSize,
-      priorPowerState,
-      downtimeMs: priorPowerState === 'shutdown' ? 0 : Math.max(0, done.startedAt - done.stoppedAt),
+      priorPowerState: prior,
+      downtimeMs: prior === 'shutdown' ? 0 : Math.max(0, done.startedAt - done.stoppedAt),
       stoppedBy: done.stoppedBy,
-      // Absent from workers older than these fields.
-      ...(done.confirmedBy ? { confirmedBy: done.confirmedBy } : {}),
-      ...(done.downtimeStepsMs ? { downtimeStepsMs: done.downtimeStepsMs } : {}),
-      phaseDurationsMs: progress.phaseDurationsMs,
+      confirmedBy: done.confirmedBy,
+      downtimeStepsMs: done.downtimeStepsMs,
+      phaseDurationsMs: track.progress.phaseDurationsMs,
     };
     log.info('restore completed', { imageId, downtimeMs: result.downtimeMs });
     return result;
   } catch (err) {
-    const result = restoreFailure(err);
-    progress.error = (result as Error).message;
-    enter('compensating');
-    await CancellationScope.nonCancellable(async () => {
-      await undo.run();
-      await undo.attempt('reset task state', () => onMain(steps.store, 'compensation: task state → None').releaseTaskState({ instanceId, owner }));
-      progress.taskState = null;
-      if (taskAcquired) {
-        const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
-        await undo.attempt('record fault', () =>
-          onMain(steps.store, 'record instance fault').recordInstanceFault({
-            instanceId,
-            code,
-            message: progress.error ?? code,
-            details: { workflowId, runId, imageId, action: 'rebuild' },
-          }),
-        );
-        await undo.attempt('record event', () => recordEvent('error', { imageId, code }));
-      }
-    });
-    enter(endPhase(result));
-    throw result;
+    throw await compensate(run, task, err);
   }
 }
 
@@ -266,39 +152,32 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
  * (new name, UUID and MACs) like the instance runs on it. The instance itself is never touched,
  * so its task state is not taken; a failure removes the new domain and disk.
  */
-async function restoreAsNew(
-  request: RestoreRequest,
-  name: string,
-  ctx: {
-    instanceId: string;
-    host: string;
-    owner: string;
-    steps: ReturnType<typeof restoreSteps>;
-    progress: RestoreProgress;
-    enter: (phase: RestorePhase) => void;
-    recordEvent: (event: string, details: Record<string, unknown>) => Promise<void>;
-  },
-): Promise<RestoreResult> {
-  const { instanceId, host, owner, steps, progress, enter, recordEvent } = ctx;
-  const { workflowId, runId } = workflowInfo();
-  const imageId = request.imageId;
-  let diskPath: string | undefined;
+async function restoreAsNew(run: Run, request: RestoreRequest, name: string): Promise<RestoreResult> {
+  const { track, steps, undo, owner } = run;
+  const { imageId } = request;
+  const instanceId = run.instance.id;
+  const task = new TaskStateHolder({ action: 'Restore', instanceId, owner, steps, track, details: { imageId, asNew: name } });
   try {
-    const powerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
-    // The new instance runs as the original does; one that is off stays defined and off.
-    const startAs: PowerState = powerState === 'running' || powerState === 'paused' ? powerState : 'shutdown';
-    await recordEvent('start', { imageId, asNew: name });
-    enter('checking-image');
-    const image = await onMain(steps.image, `check image ${imageId} in Glance`).checkRestoreImage({
-      imageId,
-      instanceId,
-      allowOtherImage: request.allowOtherImage ?? false,
-    });
-    diskPath = await onHost(steps.quick, 'path of the new disk').newInstanceDiskPath({ instanceId, name });
-    enter('downloading');
-    // A new instance: its disk is the image's size.
-    const prepared = await download(steps, instanceId, image, "to the new instance's disk", { allowGrow: true, newDiskPath: diskPath });
-    enter('starting-guest');
+    // 2. The new instance runs as the original does; one that is off stays defined and off.
+    const priorPowerState = await powerState(run);
+    const startAs: SettledPowerState = priorPowerState === 'running' || priorPowerState === 'paused' ? priorPowerState : 'shutdown';
+    await task.event('start', { imageId, asNew: name });
+
+    // 3. checkRestoreImage, as for a restore in place.
+    track.enter('checking-image');
+    const image = await checkImage(run, request);
+
+    // 4. The new disk's path is claimed before anything is made (the reconciler finds a dead run's).
+    const diskPath = await onHost(steps.quick, 'path of the new disk').newInstanceDiskPath({ instanceId, name });
+    const removeNew = () => onHost(steps.undoRestore, 'compensation: remove the new instance and its disk');
+    undo.push('remove the new instance', () => removeNew().removeNewInstance({ instanceId, owner, name, diskPath }));
+
+    // 5. The image downloaded to the new disk and verified: a new instance's disk is the image's size.
+    track.enter('downloading');
+    const prepared = await download(run, image, "to the new instance's disk", { allowGrow: true, newDiskPath: diskPath });
+
+    // 6. The new domain defined on it and started as the original runs.
+    track.enter('starting-guest');
     const made = await onHost(steps.power, `define instance ${name} on the new disk and start it`).defineNewInstance({
       instanceId,
       owner,
@@ -306,12 +185,12 @@ async function restoreAsNew(
       diskPath,
       powerState: startAs,
     });
-    enter('finishing');
-    await recordEvent('finish', { imageId, newInstanceId: made.newInstanceId });
-    enter('completed');
+    track.enter('finishing');
+    await task.event('finish', { imageId, newInstanceId: made.newInstanceId });
+    track.completed();
     return {
       instanceId,
-      host,
+      host: run.instance.host,
       imageId,
       diskPath,
       diskFormat: prepared.diskFormat,
@@ -319,89 +198,59 @@ async function restoreAsNew(
       downloadedBytes: prepared.downloadedBytes,
       sha512: prepared.sha512,
       virtualSize: prepared.virtualSize,
-      priorPowerState: powerState,
+      priorPowerState,
       downtimeMs: 0,
       stoppedBy: 'none',
-      ...(made.confirmedBy ? { confirmedBy: made.confirmedBy } : {}),
-      phaseDurationsMs: progress.phaseDurationsMs,
+      confirmedBy: made.confirmedBy,
+      phaseDurationsMs: track.progress.phaseDurationsMs,
     };
   } catch (err) {
-    const result = restoreFailure(err);
-    progress.error = (result as Error).message;
-    enter('compensating');
-    await CancellationScope.nonCancellable(async () => {
-      if (diskPath) {
-        const path = diskPath;
-        await onHost(steps.undo, 'compensation: remove the new instance and its disk')
-          .removeNewInstance({ instanceId, owner, name, diskPath: path })
-          .catch((e: Error) => log.error('compensation failed: remove the new instance', { error: e.message }));
-      }
-      const code = result instanceof ApplicationFailure ? (result.type ?? 'RestoreFailed') : 'Cancelled';
-      await recordEvent('error', { imageId, code, workflowId, runId }).catch(() => undefined);
-    });
-    enter(endPhase(result));
+    // The instance's task state was never taken: compensation records the error event, no fault.
+    const result = await compensate(run, undefined, err);
+    await undo.attempt('record event', () => task.event('error', { imageId, code: faultCode(result, 'Restore') }));
     throw result;
   }
 }
 
 /** Puts the pre-restore disk back (while it is kept) and starts the guest in its power state. */
 export async function rollbackRestore(request: RollbackRequest): Promise<RollbackResult> {
-  refuseBadInput(validateRollbackRequest(request), 'rollback request');
-  const { workflowId, runId } = workflowInfo();
-  const owner = `${workflowId}/${runId}`;
-  const settings = await onMain(STORE_STEP, 'read settings of the workers').getSnapshotSettings();
-  const instance = await lookUp(request.instance, settings);
-  const instanceId = instance.id;
-  upsertSearchAttributes([
-    { key: INSTANCE_ID, value: instanceId },
-    { key: HOST, value: instance.host },
-    { key: PHASE, value: 'rollback' },
-  ]);
-  upsertMemo({ instance: request.instance, action: 'rollback' });
-  const steps = restoreSteps(settings, instance.host);
-  const store = onMain(steps.store, 'task state');
-  const recordEvent = (event: string, details: Record<string, unknown>) =>
-    onMain(steps.store, `record ${event} event`).recordInstanceEvent({ instanceId, event, requestId: owner, details, action: 'rebuild' });
-
-  let priorPowerState: PowerState | undefined;
+  refuseInvalid(validateRollbackRequest(request), 'rollback request');
+  // 1. findInstance.
+  const run = await start('rollback', request.instance, '', (instance) => `pre-restore disk → instance \`${instance}\``);
+  const { track, steps, undo, owner } = run;
+  const instanceId = run.instance.id;
+  const task = new TaskStateHolder({ action: 'Restore', instanceId, owner, steps, track, details: { rollback: true } });
   try {
-    await store.setTaskState({ instanceId, expected: null, next: 'rebuilding', owner });
+    // 2. Task state None → rebuilding; there must be a pre-restore disk, and a settled guest.
+    await task.take('rebuilding');
     const kept = await onHost(steps.quick, 'find the pre-restore disk').preRestoreDisk(instanceId);
-    if (!kept)
-      throw failure(
-        'DiskNotFound',
-        `instance ${instanceId} has no pre-restore disk: it was never restored, or its disk was removed after the retention window`,
-      );
-    priorPowerState = await onHost(steps.quick, 'read power state').getPowerState(instanceId);
-    await recordEvent('start', { rollback: true, priorPowerState });
-    if (priorPowerState !== 'running' && priorPowerState !== 'paused' && priorPowerState !== 'shutdown') {
-      throw failure('InstanceInvalidState', `instance ${instanceId} is ${priorPowerState}: only running, paused or shut-off instances can be rolled back`);
+    if (!kept) {
+      const why = 'it was never restored, or its disk was removed after the retention window';
+      throw failure('DiskNotFound', `instance ${instanceId} has no pre-restore disk: ${why}`);
     }
-    await store.setTaskState({ instanceId, expected: 'rebuilding', next: 'rebuild_spawning', owner });
-    const done = await onHost(steps.power, 'stop the guest, put the pre-restore disk back, start it').rollbackDisk({
-      instanceId,
-      owner,
-      powerState: priorPowerState,
-    });
-    await store.setTaskState({ instanceId, expected: 'rebuild_spawning', next: null, owner });
-    await recordEvent('finish', { rollback: true });
+    const priorPowerState = await powerState(run);
+    await task.event('start', { rollback: true, priorPowerState });
+    const prior = settled(instanceId, priorPowerState, 'rolled back');
+    // The guest runs again in its prior state whatever happens; the disk is whichever is in place.
+    const startGuest = () => onHost(steps.undoRestore, 'compensation: guest started');
+    undo.push('start the guest', () => startGuest().undoRestore({ instanceId, owner, priorPowerState: prior }), { guest: true });
+
+    // 3. Task state → rebuild_spawning; stop, the pre-restore disk back, start: one host step.
+    await task.move('rebuilding', 'rebuild_spawning');
+    track.enter('stopping');
+    const done = await onHost(steps.power, 'stop the guest, put the pre-restore disk back, start it').rollbackDisk({ instanceId, owner, powerState: prior });
+
+    // 4. Task state → None.
+    track.enter('finishing');
+    await task.finish('rebuild_spawning');
+    track.completed();
     return {
       instanceId,
       diskPath: kept.path.replace(/\.vmsnap-pre-restore$/, ''),
-      priorPowerState,
-      downtimeMs: priorPowerState === 'shutdown' ? 0 : done.startedAt - done.stoppedAt,
+      priorPowerState: prior,
+      downtimeMs: prior === 'shutdown' ? 0 : done.startedAt - done.stoppedAt,
     };
   } catch (err) {
-    const result = restoreFailure(err);
-    await CancellationScope.nonCancellable(async () => {
-      // The guest runs again in its prior state whatever happened; the disk is whichever is in place.
-      if (priorPowerState) {
-        await onHost(steps.undo, 'compensation: guest started')
-          .undoRestore({ instanceId, owner, priorPowerState })
-          .catch((e: Error) => log.error('compensation failed: start the guest', { error: e.message }));
-      }
-      await store.releaseTaskState({ instanceId, owner }).catch(() => undefined);
-    });
-    throw result;
+    throw await compensate(run, task, err);
   }
 }

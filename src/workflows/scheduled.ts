@@ -2,26 +2,17 @@
 // as a child snapshotInstance with the workflow id a manual snapshot of it would have
 // (snapshot-<instance uuid>), so the two never run at once; each on its own, so one failing or busy
 // instance does not stop the others. Then applies the schedule's retention, and returns a report.
-import {
-  ApplicationFailure,
-  CancellationScope,
-  ChildWorkflowFailure,
-  ParentClosePolicy,
-  log,
-  proxyActivities,
-  startChild,
-  workflowInfo,
-  type ActivityOptions,
-} from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, ChildWorkflowFailure, ParentClosePolicy, log, startChild, workflowInfo } from '@temporalio/workflow';
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
-import type { HostActivities, MainActivities } from '../activities/index.js';
+import type { MainActivities } from '../activities/index.js';
 import type { RetentionDecision, RetentionPolicy } from '../activities/retention.js';
 import { failureTypeOfCause } from '../shared/failures.js';
-import { hostTaskQueue, snapshotWorkflowId } from '../shared/names.js';
+import { snapshotWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
 import type { DiskFormat, SnapshotRequest } from '../shared/types.js';
 import type { snapshotInstance } from './snapshot.js';
-import { RETRY, messageOf } from './steps.js';
+import { messageOf } from './failures.js';
+import { HOUSEKEEPING, onHost, onMain } from './steps.js';
 
 export interface ScheduledSnapshotsInput {
   /** The schedule's id (vmsnap-schedule-<name>): each image records it as vmsnap_schedule. */
@@ -63,15 +54,6 @@ export interface ScheduledSnapshotsReport {
     deleted: string[];
     errors: string[];
   } | null;
-}
-
-const retry = RETRY;
-const lookupOptions: ActivityOptions = { startToCloseTimeout: '30s', retry: { ...retry, maximumAttempts: 5 } };
-// Listing a schedule's images and checking each candidate is a handful of Glance calls.
-const retentionOptions: ActivityOptions = { startToCloseTimeout: '2m', retry: { ...retry, maximumAttempts: 5 } };
-
-function main(options: ActivityOptions, summary: string) {
-  return proxyActivities<MainActivities>({ ...options, summary });
 }
 
 // What ended a child that did not fail by itself.
@@ -130,7 +112,7 @@ async function findTargets(instances: string[]): Promise<Target[]> {
   type Found = Awaited<ReturnType<MainActivities['findInstance']>>;
   const lookup = async (ref: string): Promise<Found> => {
     try {
-      return await main(lookupOptions, `look up instance ${ref}`).findInstance(ref);
+      return await onMain(HOUSEKEEPING.lookup, `look up instance ${ref}`).findInstance(ref);
     } catch (err) {
       // The child looks it up again; the store may be back by then.
       log.warn('scheduled snapshots: instance lookup failed', { instance: ref, error: messageOf(err) });
@@ -140,19 +122,10 @@ async function findTargets(instances: string[]): Promise<Target[]> {
   const found = new Map<string, Found>();
   for (const ref of instances) found.set(ref, await lookup(ref));
   if ([...found.values()].includes(null)) {
-    const hosts = await main(lookupOptions, 'list hosts')
+    const hosts = await onMain(HOUSEKEEPING.lookup, 'list hosts')
       .listHosts()
       .catch(() => [] as string[]);
-    await Promise.allSettled(
-      hosts.map((host) =>
-        proxyActivities<HostActivities>({
-          taskQueue: hostTaskQueue(host),
-          scheduleToCloseTimeout: '15s',
-          retry: { ...retry, maximumAttempts: 2 },
-          summary: `discover instances on ${host}`,
-        }).discoverInstances(),
-      ),
-    );
+    await Promise.allSettled(hosts.map((host) => onHost(HOUSEKEEPING.discovery(host), `discover instances on ${host}`).discoverInstances()));
     for (const [ref, record] of found) if (!record) found.set(ref, await lookup(ref));
   }
   const targets = new Map<string, Target>();
@@ -218,14 +191,14 @@ async function applyRetention(input: ScheduledSnapshotsInput): Promise<Scheduled
   if (!((policy.keepLast ?? 0) > 0 || (policy.keepDaily ?? 0) > 0 || (policy.keepWeekly ?? 0) > 0)) return null;
   const retention: NonNullable<ScheduledSnapshotsReport['retention']> = { decisions: [], deleted: [], errors: [] };
   try {
-    const plan = await main(retentionOptions, `plan retention of ${input.scheduleId}`).planScheduleRetention({
+    const plan = await onMain(HOUSEKEEPING.retention, `plan retention of ${input.scheduleId}`).planScheduleRetention({
       scheduleId: input.scheduleId,
       policy,
     });
     retention.decisions = plan.decisions;
     for (const d of plan.decisions.filter((x) => x.action === 'delete')) {
       try {
-        const outcome = await main(retentionOptions, `retention: delete image ${d.imageId} (${d.name})`).deleteExpiredImage({
+        const outcome = await onMain(HOUSEKEEPING.retention, `retention: delete image ${d.imageId} (${d.name})`).deleteExpiredImage({
           scheduleId: input.scheduleId,
           imageId: d.imageId,
         });

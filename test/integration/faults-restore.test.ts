@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import { guestState, readCounter, type Guest } from '../../scripts/lib/guest.js';
-import { restoreFiles } from '../../src/activities/restore.js';
+import { restoreFiles } from '../../src/activities/restore-files.js';
 import { startRestore } from '../../src/client/restores.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { SqliteStore } from '../../src/store/sqlite.js';

@@ -11,8 +11,9 @@ import { ApplicationFailure } from '@temporalio/common';
 import { execa } from 'execa';
 import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startRestore } from '../../src/client/restores.js';
+import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
-import { restoreFiles } from '../../src/activities/restore.js';
+import { restoreFiles } from '../../src/activities/restore-files.js';
 import { downloadImage } from '../support/images.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { eventually, vmsnap } from '../support/cli.js';
@@ -176,6 +177,7 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     const ranOn = await counterAbove(atImage + 300, 'the guest counts past the image');
     const handle = await startRestore(h.client, { instance: guestName, imageId }, h.config.temporal.taskQueue);
     const result = await handle.result();
+    await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, REPLAY_FIXTURES.restore);
     const first = (await readCounter(guest.diskPath, 'qcow2')).a;
 
     assert.equal(result.instanceId, guest.uuid);

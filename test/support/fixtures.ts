@@ -2,32 +2,26 @@ import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 
-const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/${name}`, import.meta.url));
+/** The recorded histories; a folder per release below it. */
+export const FIXTURES_DIR = fileURLToPath(new URL('../fixtures/', import.meta.url));
+const fixture = (name: string) => `${FIXTURES_DIR}${name}`;
 
 /**
  * Every recorded history test/unit/replay.test.ts replays, each from a real run of the test that
- * names it (re-recorded with VMSNAP_RECORD_HISTORY=1). A change to workflow code that would break
- * running workflows fails there.
+ * names it (re-recorded with VMSNAP_RECORD_HISTORY=1). Before the first release these are the one
+ * current shape of each workflow, re-recorded whenever a workflow's commands change; from a release
+ * on, that release's histories are kept in a folder named after it (CONTRIBUTING.md), and a change
+ * that breaks their replay needs `patched()`.
  */
 export const REPLAY_FIXTURES = {
   /** Cold snapshot of a running guest (test/integration/snapshot.test.ts). */
   snapshotCold: fixture('snapshot-cold-history.json'),
-  /**
-   * The same, recorded before the `wait-for-slot-release` patch: never re-recorded, it keeps the
-   * unpatched path of snapshotInstance replaying.
-   */
-  snapshotBeforeSlotRelease: fixture('snapshot-running-history.json'),
   /** Live snapshot (test/integration/snapshot-live.test.ts). */
   snapshotLive: fixture('snapshot-live-history.json'),
   /** Upload refused for good, then compensation (test/integration/snapshot-compensation.test.ts). */
   snapshotCompensated: fixture('snapshot-compensated-history.json'),
-  /**
-   * The three above as recorded before the `lean-snapshot` patch (issue 15): never re-recorded,
-   * they keep the step-by-step path of snapshotInstance replaying.
-   */
-  snapshotColdBeforeLean: fixture('snapshot-cold-before-lean-history.json'),
-  snapshotLiveBeforeLean: fixture('snapshot-live-before-lean-history.json'),
-  snapshotCompensatedBeforeLean: fixture('snapshot-compensated-before-lean-history.json'),
+  /** A restore in place of a running guest (test/integration/restore.test.ts). */
+  restore: fixture('restore-history.json'),
   /** One run of a schedule: child snapshots, one failing, and retention (test/integration/schedules.test.ts). */
   scheduledSnapshots: fixture('scheduled-snapshots-history.json'),
   /** The reconciler undoing a terminated snapshot (test/integration/reconcile.test.ts). */

@@ -16,13 +16,13 @@ import { heartbeatingFromStart } from '../../src/activities/heartbeat.js';
 import { SHORT_HOST_STEPS } from '../../src/activities/index.js';
 import type { AbandonedSnapshot } from '../../src/activities/reconcile.js';
 import type { TaskStateChange } from '../../src/activities/instance-state.js';
-import type { InspectInput } from '../../src/activities/power.js';
+import type { InspectInput } from '../../src/activities/inspection.js';
 import type { PowerState } from '../../src/drivers/hypervisor.js';
 import type { SnapshotSettings } from '../../src/shared/config.js';
 import { ALL_TASK_STATES } from '../../src/store/schema.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../../src/shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../../src/shared/search-attributes.js';
-import type { SnapshotProgress, SnapshotRequest } from '../../src/shared/types.js';
+import type { RestoreRequest, RollbackRequest, SnapshotProgress, SnapshotRequest } from '../../src/shared/types.js';
 import { workflowBundle } from '../../src/worker/workflow-bundle.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 
@@ -36,6 +36,10 @@ export interface FakeInstance {
   taskState: string | null;
   taskOwner: string | null;
   frozen: boolean;
+  /** What the instance's disk holds: 'original', or the image id restored onto it. */
+  disk: string;
+  /** The pre-restore disk a restore kept (what it held, and the restore run that kept it). */
+  preRestore?: { disk: string; owner: string };
 }
 
 export interface FakeImage {
@@ -71,6 +75,8 @@ export class FakeCloud {
   instances = new Map<string, FakeInstance>();
   images = new Map<string, FakeImage>();
   tempDirs = new Set<string>();
+  /** Files a restore keeps beside a disk while it runs (download, restored image, a new instance's disk). */
+  restoreFiles = new Set<string>();
   events: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }[] = [];
   faults: { instanceId: string; code: string; message: string; details: Record<string, unknown> }[] = [];
   /** Slot holders running, by owner: releaseSnapshotSlot ends one. */
@@ -93,6 +99,7 @@ export class FakeCloud {
       taskState: null,
       taskOwner: null,
       frozen: false,
+      disk: 'original',
     };
     this.instances.set(id, instance);
     return instance;
@@ -198,6 +205,15 @@ export class FakeCloud {
         this.images.delete(imageId);
         return { deleted: true, status: image.status };
       }),
+      // As the real one: an active snapshot of this instance (or any active image, when allowed).
+      checkRestoreImage: hooked('checkRestoreImage', async (input: { imageId: string; instanceId: string; allowOtherImage: boolean }) => {
+        const image = this.images.get(input.imageId);
+        if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
+        if (image.status !== 'active' || (!input.allowOtherImage && image.instanceId !== input.instanceId)) {
+          throw ApplicationFailure.create({ type: 'InvalidInput', message: `image ${input.imageId} cannot be restored here`, nonRetryable: true });
+        }
+        return { imageId: input.imageId, name: 'fake', diskFormat: 'qcow2', size: 1024, sha512: 'f'.repeat(128), virtualSize: 4096 };
+      }),
       // The reconciler's: the same rules as src/activities/reconcile.ts, on this cloud.
       findAbandonedSnapshots: hooked('findAbandonedSnapshots', async () => {
         const abandoned: AbandonedSnapshot[] = [];
@@ -239,10 +255,6 @@ export class FakeCloud {
     };
     const host = {
       discoverInstances: hooked('discoverInstances', async () => ({ host: this.host, instances: this.instances.size })),
-      getPowerState: hooked('getPowerState', async (instanceId: string) => this.instance(instanceId).power),
-      liveCopySupport: hooked('liveCopySupport', async () =>
-        this.liveSupported ? { supported: true } : { supported: false, reason: 'the fake host has no backup API' },
-      ),
       inspectInstance: hooked('inspectInstance', inspectNow),
       // As the real one: pause, copy, resume on every path (a dead worker aside), and the budget kept here.
       coldCopyDisk: hooked(
@@ -288,16 +300,12 @@ export class FakeCloud {
             diskFormat: input.diskFormat,
             size: 1024,
             virtualSize: 4096,
+            bootId: 'fake-boot',
             guestPauseMs: input.pause ? Date.now() - pausedAt : 0,
             ...(resumeOutcome ? { resumeOutcome } : {}),
           };
         },
       ),
-      pauseInstance: hooked('pauseInstance', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
-        record(instanceId, 'pause', owner);
-        this.instance(instanceId).power = 'paused';
-        return { pausedAt: Date.now() };
-      }),
       resumeInstance: hooked('resumeInstance', async ({ instanceId, owner }: { instanceId: string; owner: string }) => {
         const instance = this.instances.get(instanceId);
         let outcome: 'resumed' | 'gone' | 'not-paused' = 'not-paused';
@@ -313,10 +321,6 @@ export class FakeCloud {
         this.instance(instanceId).frozen = false;
         record(instanceId, 'thaw', owner, { by: 'compensation' });
       }),
-      convertDisk: hooked('convertDisk', async (input: { imageId: string; diskFormat: 'qcow2' | 'raw' }) => {
-        this.tempDirs.add(input.imageId);
-        return { path: `/fake/${input.imageId}/disk`, diskFormat: input.diskFormat, size: 1024, virtualSize: 4096 };
-      }),
       liveCopyDisk: hooked(
         'liveCopyDisk',
         async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; quiesce: string; owner: string }) => {
@@ -330,6 +334,7 @@ export class FakeCloud {
             diskFormat: input.diskFormat,
             size: 1024,
             virtualSize: 4096,
+            bootId: 'fake-boot',
             consistency: 'crash-consistent' as const,
             guestPauseMs: 0,
           };
@@ -340,6 +345,71 @@ export class FakeCloud {
         if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
         image.status = 'active';
         return { size: 1024, sha512: 'f'.repeat(128) };
+      }),
+      // A restore, as src/activities/restore-*.ts do it on this cloud's instances.
+      prepareRestoreImage: hooked('prepareRestoreImage', async (input: { instanceId: string; imageId: string; newDiskPath?: string }) => {
+        this.instance(input.instanceId);
+        const file = input.newDiskPath ?? `${input.instanceId}.vmsnap-restore`;
+        this.restoreFiles.add(file);
+        const restored = { diskPath: `/fake/${input.instanceId}.qcow2`, diskFormat: 'qcow2', restoredPath: file };
+        return { ...restored, downloadedBytes: 1024, sha512: 'f'.repeat(128), virtualSize: 4096, converted: false };
+      }),
+      stopSwapStart: hooked('stopSwapStart', async (input: { instanceId: string; owner: string; imageId: string; powerState: PowerState }) => {
+        const instance = this.instance(input.instanceId);
+        const stoppedAt = Date.now();
+        instance.power = 'shutdown';
+        if (instance.preRestore?.owner !== input.owner) {
+          instance.preRestore = { disk: instance.disk, owner: input.owner };
+          instance.disk = input.imageId;
+          this.restoreFiles.delete(`${input.instanceId}.vmsnap-restore`);
+        }
+        if (instance.taskState === 'rebuild_block_device_mapping') instance.taskState = 'rebuild_spawning';
+        instance.power = input.powerState;
+        const startedAt = Date.now();
+        record(input.instanceId, 'started', input.owner, { powerState: input.powerState });
+        const downtimeStepsMs = { swapAndTaskState: 0, start: startedAt - stoppedAt, confirm: 0 };
+        return { stoppedBy: 'shutdown', stoppedAt, startedAt, confirmedBy: 'power-state', downtimeStepsMs, preRestorePath: '/fake/pre', keptUntil: '' };
+      }),
+      undoRestore: hooked('undoRestore', async (input: { instanceId: string; owner: string; priorPowerState?: string }) => {
+        const instance = this.instance(input.instanceId);
+        this.restoreFiles.delete(`${input.instanceId}.vmsnap-restore`);
+        const swappedBack = instance.preRestore?.owner === input.owner;
+        if (swappedBack) {
+          instance.power = 'shutdown';
+          instance.disk = instance.preRestore!.disk;
+          delete instance.preRestore;
+          record(input.instanceId, 'swap-back', input.owner);
+        }
+        const prior = input.priorPowerState;
+        if ((prior === 'running' || prior === 'paused') && instance.power === 'shutdown') instance.power = prior;
+        return { swappedBack };
+      }),
+      preRestoreDisk: hooked('preRestoreDisk', async (instanceId: string) => {
+        const kept = this.instance(instanceId).preRestore;
+        return kept ? { path: `/fake/${instanceId}.qcow2.vmsnap-pre-restore`, keptUntil: '', imageId: kept.disk } : null;
+      }),
+      rollbackDisk: hooked('rollbackDisk', async (input: { instanceId: string; owner: string; powerState: PowerState }) => {
+        const instance = this.instance(input.instanceId);
+        const stoppedAt = Date.now();
+        if (instance.preRestore) {
+          instance.power = 'shutdown';
+          instance.disk = instance.preRestore.disk;
+          delete instance.preRestore;
+        }
+        instance.power = input.powerState;
+        return { stoppedAt, startedAt: Date.now() };
+      }),
+      newInstanceDiskPath: hooked('newInstanceDiskPath', async (input: { instanceId: string; name: string }) => `/fake/${input.name}.vmsnap-new.qcow2`),
+      defineNewInstance: hooked('defineNewInstance', async (input: { instanceId: string; name: string; diskPath: string; powerState: PowerState }) => {
+        this.restoreFiles.delete(input.diskPath); // the new instance's disk from now on
+        const newInstanceId = randomUUID();
+        const made = this.addInstance(newInstanceId, input.powerState);
+        made.name = input.name;
+        return { newInstanceId, startedAt: Date.now(), confirmedBy: 'power-state' };
+      }),
+      removeNewInstance: hooked('removeNewInstance', async (input: { instanceId: string; name: string; diskPath: string }) => {
+        for (const i of this.instances.values()) if (i.name === input.name && i.id !== input.instanceId) this.instances.delete(i.id);
+        this.restoreFiles.delete(input.diskPath);
       }),
       removeSnapshotFiles: hooked('removeSnapshotFiles', async (imageId: string) => {
         this.tempDirs.delete(imageId);
@@ -357,10 +427,10 @@ export class FakeCloud {
     };
     const slot = {
       // As the real one: tells the snapshot it may go on, then holds the slot until cancelled.
-      // With the instance as it found it, when asked and able (as inspectInstance reads it).
-      holdSnapshotSlot: hooked('holdSnapshotSlot', async ({ owner, inspect }: { owner: string; inspect?: InspectInput }) => {
+      // With the instance as it found it, when able (as inspectInstance reads it).
+      holdSnapshotSlot: hooked('holdSnapshotSlot', async ({ owner, inspect }: { owner: string; inspect: InspectInput }) => {
         const [workflowId, runId] = owner.split('/') as [string, string];
-        const inspection = inspect ? await inspectNow(inspect).catch(() => undefined) : undefined;
+        const inspection = await inspectNow(inspect).catch(() => undefined);
         await client()
           .workflow.getHandle(workflowId, runId)
           .signal(SLOT_ACQUIRED_SIGNAL, inspection ? { inspection } : {});
@@ -399,10 +469,13 @@ export interface FastTemporal {
   newCloud(): FakeCloud;
   /** Starts a snapshot on the cloud, as the client does (workflow id snapshot-<instance>). */
   startSnapshot(cloud: FakeCloud, request: SnapshotRequest): Promise<WorkflowHandle>;
+  /** Starts a restore (or a rollback) on the cloud, as the client does (workflow id restore-<instance>). */
+  startRestore(cloud: FakeCloud, request: RestoreRequest): Promise<WorkflowHandle>;
+  startRollback(cloud: FakeCloud, request: RollbackRequest): Promise<WorkflowHandle>;
   /** Runs the reconciler once on the cloud. */
   reconcile(cloud: FakeCloud): Promise<ReconcileReport>;
-  /** Resolves once the snapshot shows this phase (or fails if it ended first). */
-  waitForPhase(handle: WorkflowHandle, phase: SnapshotProgress['phase']): Promise<void>;
+  /** Resolves once the run shows this phase (or fails if it ended first). */
+  waitForPhase(handle: WorkflowHandle, phase: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -479,6 +552,16 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
       const workflowId = `snapshot-${request.instance}`;
       serve(cloud, workflowId);
       return env.client.workflow.start('snapshotInstance', { taskQueue, workflowId, args: [request] });
+    },
+    startRestore(cloud, request) {
+      const workflowId = `restore-${request.instance}`;
+      serve(cloud, workflowId);
+      return env.client.workflow.start('restoreInstance', { taskQueue, workflowId, args: [request] });
+    },
+    startRollback(cloud, request) {
+      const workflowId = `restore-${request.instance}`;
+      serve(cloud, workflowId);
+      return env.client.workflow.start('rollbackRestore', { taskQueue, workflowId, args: [request] });
     },
     reconcile(cloud) {
       const workflowId = `reconcile-${randomUUID()}`;

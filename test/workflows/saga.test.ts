@@ -143,20 +143,19 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual(cloud.eventsOf(off), ['start', 'finish']);
   });
 
-  it('a slot holder that brings no inspection (a host worker before issue 15): one host step reads it', async () => {
+  it('a slot holder that could not read the instance: one host step reads it', async () => {
     const { cloud, id } = newGuest();
     cloud.liveSupported = true;
     cloud.settings.defaultMode = 'auto';
     cloud.hooks.holdSnapshotSlot = async (call) => {
       const [{ owner }] = call.args as [{ owner: string }];
       const [workflowId, runId] = owner.split('/') as [string, string];
-      await t.client.workflow.getHandle(workflowId, runId).signal('snapshotSlotAcquired');
+      await t.client.workflow.getHandle(workflowId, runId).signal('snapshotSlotAcquired', {});
       return untilCancelled();
     };
     const result = await (await t.startSnapshot(cloud, { instance: id, imageName: 'old-holder' })).result();
     assert.equal(result.mode, 'live');
     assert.equal(cloud.calls.filter((c) => c === 'inspectInstance').length, 1);
-    assert.ok(!cloud.calls.includes('getPowerState') && !cloud.calls.includes('liveCopySupport'));
   });
 
   it('refuses an instance with a task in progress and changes nothing', async () => {
@@ -170,7 +169,22 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual(cloud.faults, []);
   });
 
-  it('pause budget blown: the host step gives up the copy and resumes the guest; the snapshot fails PauseBudgetExceeded', async () => {
+  it('the host step fails with the guest still paused (it could not resume): the compensation resumes it', async () => {
+    const { cloud, id } = newGuest();
+    cloud.hooks.coldCopyDisk = async (call) => {
+      const [input] = call.args as [{ owner: string }];
+      cloud.events.push({ instanceId: id, event: 'pause', requestId: input.owner, details: {} });
+      cloud.instances.get(id)!.power = 'paused';
+      throw ApplicationFailure.create({ type: 'HypervisorError', message: 'the guest could not be resumed after the copy', nonRetryable: true });
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'resume-failed' });
+    assert.equal(await failureType(handle), 'HypervisorError');
+    assertUndone(cloud, id, await imageIdOf(handle), 'HypervisorError');
+    assert.equal(cloud.calls.filter((c) => c === 'resumeInstance').length, 1, "the compensation's resume");
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'error']);
+  });
+
+  it('pause budget blown in the host step: PauseBudgetExceeded, and no second resume after the one the step reports', async () => {
     const { cloud, id } = newGuest();
     cloud.settings.pauseBudgetMs = 300;
     cloud.duringColdCopy = () => new Promise(() => undefined); // a copy slower than the budget

@@ -60,12 +60,15 @@ export async function follow(
   return { ...(await outcome), ...(lastPhase ? { lastPhase } : {}) };
 }
 
+/** How a run that did not complete ended, by its failure type. */
+const ENDED_AS: Record<string, Outcome['status']> = { Cancelled: 'cancelled', Terminated: 'terminated', TimedOut: 'timed-out' };
+
 export function outcomeOf<R = SnapshotResult>(ended: { result?: R; error?: unknown }): Outcome<R> {
   if (ended.result) return { status: 'completed', result: ended.result };
   const err = ended.error;
   if (err instanceof WorkflowFailedError) {
     const type = failureTypeOf(err);
-    const status = type === 'Cancelled' ? 'cancelled' : type === 'Terminated' ? 'terminated' : type === 'TimedOut' ? 'timed-out' : 'failed';
+    const status = ENDED_AS[type] ?? 'failed';
     const message = err.cause instanceof ApplicationFailure ? err.cause.message : (err.cause?.message ?? err.message);
     return { status, error: { type, message: oneLine(message) } };
   }
@@ -95,7 +98,8 @@ export async function followWork(
   const onInterrupt = () => {
     view?.end();
     io.stderr.write(
-      `vmsnap: stopped waiting; the restore of ${instance} goes on: follow it with vmsnap restore status ${instance}, stop it with vmsnap restore cancel ${instance}\n`,
+      `vmsnap: stopped waiting; the restore of ${instance} goes on: follow it with vmsnap restore status ${instance}, stop it with vmsnap restore ` +
+        `cancel ${instance}\n`,
     );
     process.exit(EXIT.interrupted);
   };
@@ -127,7 +131,8 @@ export async function followWork(
     const said = outcome.error
       ? new VmsnapError(
           outcome.error.type as ErrorCode,
-          `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ${outcome.error.message}`,
+          `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ` +
+            `${outcome.error.message}`,
         )
       : error;
     return {
@@ -139,17 +144,24 @@ export async function followWork(
   }
 }
 
-/** Phases in which a cold snapshot holds the guest paused. */
-const PAUSED_PHASES = new Set(['pausing', 'converting', 'resuming']);
+/** The phase in which a cold snapshot holds the guest paused. */
+const PAUSED_PHASES = new Set(['converting']);
 
 function terminatedText(lastPhase: string | undefined): string {
   const rest =
-    'the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then snapshot again';
+    'the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then ' +
+    'snapshot again';
   if (lastPhase && PAUSED_PHASES.has(lastPhase)) {
-    return `the snapshot workflow was terminated while the guest was paused (phase ${lastPhase}): its host worker resumes it within seconds (VMSNAP_PAUSE_WATCH_MS, 2 s by default); ${rest}`;
+    return (
+      `the snapshot workflow was terminated while the guest was paused (phase ${lastPhase}): its host worker resumes it within seconds ` +
+      `(VMSNAP_PAUSE_WATCH_MS, 2 s by default); ${rest}`
+    );
   }
   const where = lastPhase ? ` in phase ${lastPhase}` : '';
-  return `the snapshot workflow was terminated${where}${lastPhase ? ', with the guest not paused by it' : ''}: a guest it had paused runs again within seconds (its host worker resumes it); ${rest}`;
+  return (
+    `the snapshot workflow was terminated${where}${lastPhase ? ', with the guest not paused by it' : ''}: a guest it had paused runs again ` +
+    `within seconds (its host worker resumes it); ${rest}`
+  );
 }
 
 /** `snapshot --wait`: follows the snapshot and sets the exit code from how it ended. */

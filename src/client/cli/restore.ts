@@ -28,7 +28,9 @@ export function registerRestoreCommands(program: Command, session: Session): voi
     .option('--wait', 'wait until the restore ends, showing its progress')
     .addHelpText(
       'after',
-      `\nrestore status <instance>: the restore's phase while it runs, its result or error after.\nrestore list: restores and rollbacks, latest first.\nrestore cancel <instance>: undo a running restore (the guest runs on its previous disk).\nrestore rollback <instance>: put the pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`,
+      `\nrestore status <instance>: the restore's phase while it runs, its result or error after.\nrestore list: restores and rollbacks, latest ` +
+        `first.\nrestore cancel <instance>: undo a running restore (the guest runs on its previous disk).\nrestore rollback <instance>: put the ` +
+        `pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`,
     )
     .action(
       withGlobals(async (g, instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }) => {
@@ -108,7 +110,8 @@ function restoreText(instance: string, r: RestoreResult, link: string | undefine
     `  disk         ${r.diskPath} (${r.diskFormat}, virtual ${formatBytes(r.virtualSize)})`,
     ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
     ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
-    `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
+    `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ` +
+      `${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
     `  phases       ${formatPhases(r.phaseDurationsMs)}`,
     ...(link ? [`  web UI       ${link}`] : []),
   ].join('\n');

@@ -37,7 +37,8 @@ function retentionText(policy: RetentionPolicy): string {
 }
 
 function whenText(s: Pick<VmsnapSchedule, 'cron' | 'every'>): string {
-  return s.cron ? `cron "${s.cron}" (UTC)` : s.every ? `every ${s.every}` : '-';
+  if (s.cron) return `cron "${s.cron}" (UTC)`;
+  return s.every ? `every ${s.every}` : '-';
 }
 
 const KEEPS = {
@@ -133,7 +134,8 @@ export function registerScheduleCommands(program: Command, session: Session): vo
           const created = await schedules.createSchedule(await session.getClient(), options, session.getConfig().temporal.taskQueue);
           session.show(g, created, () =>
             [
-              `created schedule ${created.name} (${created.scheduleId}): ${whenText(created)}, instances ${created.instances.join(', ')}; ${retentionText(created.retention)}`,
+              `created schedule ${created.name} (${created.scheduleId}): ${whenText(created)}, instances ${created.instances.join(', ')}; ` +
+                `${retentionText(created.retention)}`,
               created.paused
                 ? `it is paused: start it with vmsnap schedule unpause ${name}`
                 : `next run ${since(created.nextRuns[0])}; see it with vmsnap schedule describe ${name}`,
@@ -277,5 +279,6 @@ function retentionPlanText(name: string, plan: RetentionPlan): string {
   const doomed = plan.decisions.filter((d) => d.action === 'delete').length;
   const head = `retention of schedule ${name} (${retentionText(plan.policy)}), dry run: ${plan.decisions.length - doomed} kept, ${doomed} would be deleted`;
   if (!plan.decisions.length) return head;
-  return `${head}\n${table([['ACTION', 'IMAGE', 'CREATED', 'NAME', 'WHY'], ...plan.decisions.map((d) => [d.action, d.imageId, since(d.createdAt || undefined), d.name, d.reason])])}`;
+  const rows = plan.decisions.map((d) => [d.action, d.imageId, since(d.createdAt || undefined), d.name, d.reason]);
+  return `${head}\n${table([['ACTION', 'IMAGE', 'CREATED', 'NAME', 'WHY'], ...rows])}`;
 }

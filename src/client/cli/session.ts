@@ -140,7 +140,10 @@ function errorLine(err: unknown, config: Config | undefined): string {
   if (err instanceof CommanderError) return `${oneLine(err.message.replace(/^error: /, '')).replace(/\.$/, '')}: see vmsnap --help`;
   const grpc = err as { code?: unknown; details?: unknown };
   if (exitCodeOf(err) === EXIT.unavailable && typeof grpc.code === 'number') {
-    return `lost Temporal at ${config?.temporal.address ?? 'TEMPORAL_ADDRESS'} (${oneLine(String(grpc.details ?? (err as Error).message))}): is the Temporal server running?`;
+    return (
+      `lost Temporal at ${config?.temporal.address ?? 'TEMPORAL_ADDRESS'} (${oneLine(String(grpc.details ?? (err as Error).message))}): is the ` +
+      `Temporal server running?`
+    );
   }
   return `${oneLine(err instanceof Error ? err.message : String(err))}: run again with --debug for details`;
 }

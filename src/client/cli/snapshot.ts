@@ -86,7 +86,8 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
             session.say(g, `started snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
             session.say(
               g,
-              `follow it with: vmsnap status ${instance}${session.webUiLink(handle.workflowId, runId) ? `, or ${session.webUiLink(handle.workflowId, runId)}` : ''}`,
+              `follow it with: vmsnap status ` +
+                `${instance}${session.webUiLink(handle.workflowId, runId) ? `, or ${session.webUiLink(handle.workflowId, runId)}` : ''}`,
             );
             return;
           }
@@ -113,7 +114,8 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  size      ${formatBytes(result.size)} ${result.diskFormat} (virtual ${formatBytes(result.virtualSize)})`,
     `  sha512    ${result.sha512}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
-    `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
+    `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ` +
+      `${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
     ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${formatPhases(result.phaseDurationsMs)}`,
     ...(link ? [`  web UI    ${link}`] : []),

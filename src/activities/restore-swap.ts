@@ -1,0 +1,124 @@
+// The steps of a restore that touch the guest: stop, swap the verified image in, start (one host
+// step, so that no round trip through Temporal sits inside the downtime); its undo; and the
+// rollback to the pre-restore disk. Each is idempotent: a retry after a dead worker goes on from
+// where it was.
+import { Context } from '@temporalio/activity';
+import { rename, rm } from 'node:fs/promises';
+import type { ActivityDeps } from './deps.js';
+import { beating, startAndConfirm, type ConfirmedBy } from './guest-start.js';
+import { exists, inode, readMarker, restorableDisk, restoreFiles, swapDisk, type RestoreStep } from './restore-files.js';
+import type { PowerState } from '../drivers/hypervisor.js';
+import { VmsnapError } from '../shared/errors.js';
+
+function event({ store }: Pick<ActivityDeps, 'store'>, step: RestoreStep, name: string, details: Record<string, unknown> = {}) {
+  return store.recordEvent({ instanceId: step.instanceId, action: 'rebuild', event: name, requestId: step.owner, details });
+}
+
+export interface StoppedSwappedStarted {
+  stoppedBy: 'shutdown' | 'destroy' | 'none';
+  stoppedAt: number;
+  startedAt: number;
+  confirmedBy: ConfirmedBy;
+  /** Where the downtime went, for the benchmark and the curious: stop → swapped → started, then the confirmation. */
+  downtimeStepsMs: { swapAndTaskState: number; start: number; confirm: number };
+  preRestorePath: string;
+  keptUntil: string;
+}
+
+/** Task state rebuild_block_device_mapping → rebuild_spawning, as Nova's compute manager moves it between the two. */
+async function spawning({ store }: Pick<ActivityDeps, 'store'>, step: RestoreStep): Promise<void> {
+  if (await store.compareAndSwapTaskState(step.instanceId, 'rebuild_block_device_mapping', 'rebuild_spawning', step.owner)) return;
+  const now = await store.getInstance(step.instanceId);
+  // A retry finds its own change made already.
+  if (now?.taskState === 'rebuild_spawning' && now.taskOwner === step.owner) return;
+  const found = now?.taskState ?? 'None';
+  throw new VmsnapError(
+    'InstanceBusy',
+    `instance ${step.instanceId} task state changed under this restore (expected rebuild_block_device_mapping, found ${found})`,
+  );
+}
+
+/**
+ * The guest's downtime in one step: stop the guest (graceful, destroy after the timeout), swap the
+ * verified image in, task state → rebuild_spawning, start the guest in its prior power state and
+ * confirm it runs. A stopped guest is not stopped again, a swapped disk not swapped again.
+ */
+export function stopSwapStart(deps: ActivityDeps, input: RestoreStep & { imageId: string; powerState: PowerState }): Promise<StoppedSwappedStarted> {
+  const { hypervisor, settings } = deps;
+  return beating(async () => {
+    // Everything that can be looked up while the guest runs, is.
+    const disk = await restorableDisk(deps, input.instanceId);
+    await event(deps, input, 'stop');
+    const stoppedBy = await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs, Context.current().cancellationSignal);
+    const stoppedAt = Date.now();
+    const swapped = await swapDisk(deps, { ...input, diskPath: disk.path });
+    await spawning(deps, input);
+    const swappedAt = Date.now();
+    const { startedAt, confirmedBy } = await startAndConfirm(deps, input.instanceId, input.powerState);
+    const confirmedAt = Date.now();
+    await event(deps, input, 'started', { powerState: input.powerState, confirmedBy });
+    // Outside the downtime: freeing an earlier pre-restore disk's blocks.
+    await rm(restoreFiles(disk.path).superseded, { force: true });
+    const downtimeStepsMs = { swapAndTaskState: swappedAt - stoppedAt, start: startedAt - swappedAt, confirm: confirmedAt - startedAt };
+    return { stoppedBy, stoppedAt, startedAt, confirmedBy, downtimeStepsMs, ...swapped };
+  });
+}
+
+/**
+ * Compensation (and the reconciler's undo of an abandoned restore): removes what this restore left
+ * beside the disk; if it swapped the disk, stops the guest and puts the previous disk back; then
+ * starts the guest in its prior power state. Idempotent.
+ */
+export function undoRestore(deps: ActivityDeps, input: RestoreStep & { priorPowerState: string | undefined }): Promise<{ swappedBack: boolean }> {
+  const { hypervisor, settings } = deps;
+  return beating(async () => {
+    const disk = await hypervisor.rootDisk(input.instanceId);
+    const files = restoreFiles(disk.path);
+    await rm(files.download, { force: true });
+    await rm(files.restored, { force: true });
+    // An earlier restore's pre-restore disk this one replaced: its marker is gone already.
+    await rm(files.superseded, { force: true });
+    const marker = await readMarker(files.marker);
+    const pre = await inode(files.preRestore);
+    const cur = await inode(disk.path);
+    let swappedBack = false;
+    if (pre !== undefined && pre === cur && !marker) {
+      // Died between link and rename: the pre-restore name is only a second name of the disk.
+      await rm(files.preRestore, { force: true });
+    } else if (pre !== undefined && (marker?.owner === input.owner || (!marker && pre !== cur))) {
+      await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
+      await rename(files.preRestore, disk.path);
+      await rm(files.marker, { force: true });
+      swappedBack = true;
+      await event(deps, input, 'swap-back');
+    }
+    const prior = input.priorPowerState;
+    if ((prior === 'running' || prior === 'paused') && (await hypervisor.getInstance(input.instanceId)).powerState === 'shutdown') {
+      await startAndConfirm(deps, input.instanceId, prior);
+      await event(deps, input, 'started', { powerState: prior, by: 'compensation' });
+    }
+    return { swappedBack };
+  });
+}
+
+/** Rollback: the guest is stopped, the pre-restore disk renamed over the restored one, started again. */
+export function rollbackDisk(deps: ActivityDeps, input: RestoreStep & { powerState: PowerState }): Promise<{ stoppedAt: number; startedAt: number }> {
+  const { hypervisor, settings } = deps;
+  return beating(async () => {
+    const disk = await restorableDisk(deps, input.instanceId);
+    const files = restoreFiles(disk.path);
+    if (!(await exists(files.preRestore))) {
+      // A retry after the rename: the pre-restore disk is in place already.
+      if (!(await readMarker(files.marker))) throw new VmsnapError('DiskNotFound', `instance ${input.instanceId} has no pre-restore disk to roll back to`);
+    } else {
+      await event(deps, input, 'stop');
+      await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
+      await rename(files.preRestore, disk.path);
+    }
+    const stoppedAt = Date.now();
+    await rm(files.marker, { force: true });
+    const { startedAt } = await startAndConfirm(deps, input.instanceId, input.powerState);
+    await event(deps, input, 'started', { powerState: input.powerState });
+    return { stoppedAt, startedAt };
+  });
+}
