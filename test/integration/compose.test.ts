@@ -1,5 +1,5 @@
 // docker-compose.yml and the Dockerfile are validated offline: no Docker engine runs here, but the
-// compose file must parse and describe the deployment the README promises, and the image must run
+// compose file must parse and describe the deployment docs/deployment.md promises, and the image must run
 // the compiled worker from production dependencies (deploy.test.ts runs that very command line).
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';

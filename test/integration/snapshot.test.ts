@@ -115,7 +115,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     const history = await handle.fetchHistory();
     await Worker.runReplayHistory({ workflowBundle: await workflowBundle() }, history);
     // `VMSNAP_RECORD_HISTORY=1 ./scripts/test test/integration/snapshot.test.ts` refreshes the
-    // fixture that test/unit/replay.test.ts replays (README: Layout).
+    // fixture that test/unit/replay.test.ts replays (docs/development.md).
     await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotCold);
   });
 

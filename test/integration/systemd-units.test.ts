@@ -1,7 +1,7 @@
 // The systemd units of deploy/systemd, checked offline: no systemd runs here, but
 // `systemd-analyze verify` parses them as systemd would (it ignores a bad line with a message and
 // still exits 0, so any message about our units fails), and `security --offline` scores their
-// hardening. The settings README "Deployment" promises are checked by name.
+// hardening. The settings docs/deployment.md promises are checked by name.
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

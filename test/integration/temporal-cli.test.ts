@@ -1,4 +1,4 @@
-// Snapshots started and watched with the Temporal CLI alone, as README documents: the workflow
+// Snapshots started and watched with the Temporal CLI alone, as docs/usage.md documents: the workflow
 // input is the documented JSON, the `progress` query answers JSON, a bad input fails at once with
 // a non-retryable InvalidInput naming the fields. Real workers (in this process), guest and Glance.
 import assert from 'node:assert/strict';
@@ -79,7 +79,7 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
     const started = await startSnapshotWorkflow(workflowId, input);
     assert.equal(started.exitCode, 0, started.stderr);
 
-    // The query as README shows it, in JSON: the phase, and the image id from the first moment.
+    // The query as docs/usage.md shows it, in JSON: the phase, and the image id from the first moment.
     const query = await temporal(['workflow', 'query', '--workflow-id', workflowId, '--type', 'progress', '--output', 'json']);
     assert.equal(query.exitCode, 0, query.stderr);
     const answer = parse<{ queryResult: { phase: string; imageId: string }[] }>(query);
