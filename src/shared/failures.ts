@@ -57,7 +57,12 @@ export const ERRORS = {
     exit: EXIT.failed,
     hint: 'Glance refused the request: check the role, quota and image properties the message names',
   },
-  ImageServiceUnavailable: later('Glance is unreachable or busy: check it is running; retries are automatic'),
+  ImageStuck: never(
+    EXIT.failed,
+    'Glance kept the image saving after an upload was cut off, each time the snapshot made a new one: check glance-api, its log and its store, ' +
+      'then snapshot again',
+  ),
+  ImageServiceUnavailable: later('Glance stayed unreachable or busy through every retry: check that glance-api runs and can be reached, then snapshot again'),
   IdentityServiceUnavailable: later('Keystone is unreachable or busy: check it is running; retries are automatic'),
   HypervisorError: later('libvirt or QEMU failed: check libvirtd and the instance on its host; retries are automatic'),
   NoSpace: never(

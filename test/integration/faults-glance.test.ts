@@ -5,13 +5,15 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { startSnapshot } from '../../src/client/snapshots.js';
+import { IMAGE_ID } from '../../src/shared/search-attributes.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import { observePause } from '../support/images.js';
-import { assertAllHeld, checkRunningGuest, outcomeOf, reconcilerRemovesQueuedImage } from '../support/invariants.js';
+import { findImagesByName, observePause } from '../support/images.js';
+import { assertAllHeld, checkRunningGuest, outcomeOf } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
 const guestName = `vmsnap-test-fg-${process.pid}`;
@@ -21,6 +23,43 @@ let proxy: FaultProxy;
 let guest: Guest;
 /** Runs right after the guest is paused: lets a test make Glance vanish mid-snapshot. */
 let afterPause: () => void = () => undefined;
+
+/** A Temporal timestamp in milliseconds. */
+function millis(time: { seconds?: unknown; nanos?: number | null } | null | undefined): number {
+  return Number(time?.seconds ?? 0) * 1000 + Math.round((time?.nanos ?? 0) / 1e6);
+}
+
+/**
+ * From a failed snapshot's history: how many attempts the compensation's delete of the image made,
+ * and how long after the upload's last attempt failed the task state was released (the local
+ * activity's marker, recorded when the workflow task that ran it completed: an upper bound).
+ */
+async function compensationAfterUpload(handle: WorkflowHandle): Promise<{ deleteAttempts: number; releasedAfterMs: number }> {
+  const events = (await handle.fetchHistory()).events ?? [];
+  const scheduledAs = (id: unknown) => events.find((e) => String(e.eventId) === String(id))?.activityTaskScheduledEventAttributes?.activityType?.name;
+  const uploadFailed = events.find(
+    (e) => e.activityTaskFailedEventAttributes && scheduledAs(e.activityTaskFailedEventAttributes.scheduledEventId) === 'uploadImage',
+  );
+  const deleteStarted = events.find(
+    (e) => e.activityTaskStartedEventAttributes && scheduledAs(e.activityTaskStartedEventAttributes.scheduledEventId) === 'deleteImageRecord',
+  );
+  // A local activity's marker names its activity type in its details' payloads (JSON).
+  const released = events.find((e) =>
+    Object.values(e.markerRecordedEventAttributes?.details ?? {}).some((d) =>
+      (d.payloads ?? []).some((p) =>
+        Buffer.from(p.data ?? [])
+          .toString()
+          .includes('"releaseTaskState"'),
+      ),
+    ),
+  );
+  assert.ok(uploadFailed && deleteStarted && released, 'the upload failed, then the delete ran, then the task state was released');
+  assert.ok(Number(uploadFailed.eventId) < Number(deleteStarted.eventId) && Number(deleteStarted.eventId) < Number(released.eventId), 'in that order');
+  return {
+    deleteAttempts: Number(deleteStarted.activityTaskStartedEventAttributes?.attempt),
+    releasedAfterMs: millis(released.eventTime) - millis(uploadFailed.eventTime),
+  };
+}
 
 describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
   before(async () => {
@@ -78,13 +117,69 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
     assertAllHeld(invariants);
   });
 
-  it('Glance gone for good: compensation, and the reconciler removes the image once Glance is back', async () => {
+  it('a retried upload finds its image still saving (Glance holds a cut-off PUT): a new record, the stuck one deleted, the snapshot completes', async () => {
+    proxy.requests.length = 0;
+    // The first PUT dies on the client's side only: Glance goes on waiting for its bytes, image saving.
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'hold', afterBytes: 65536, times: 1 });
+    const imageName = `vmsnap-test-${process.pid}-glance-stuck`;
+    try {
+      const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
+      const outcome = await outcomeOf(handle);
+      const invariants = await check(imageName, outcome);
+      const puts = proxy.requests.filter((r) => r.method === 'PUT');
+      const stuckId = /\/v2\/images\/([^/]+)\/file/.exec(puts[0]?.path ?? '')?.[1];
+      const result = (await handle.result()) as { imageId: string };
+      const described = await handle.describe();
+      recordFaultRow({
+        fault: 'Glance holds a cut-off upload (image stuck saving)',
+        outcome,
+        invariants,
+        note: `the retry found the image saving: a new record ${result.imageId.slice(0, 8)} replaced it at once, the stuck one was deleted`,
+      });
+      assert.equal(outcome, 'completed');
+      assert.ok(stuckId, 'the first PUT went through the proxy');
+      assert.equal(puts[0]?.status, 0, 'the first PUT was cut');
+      assert.notEqual(result.imageId, stuckId, 'the snapshot went on with a new image');
+      assert.equal(puts.at(-1)?.path, `/v2/images/${result.imageId}/file`);
+      // The first upload step ended ImageStuck (not after its retries ran out).
+      const history = await handle.fetchHistory();
+      const failed = (history.events ?? []).map((e) => e.activityTaskFailedEventAttributes?.failure).filter((f) => f);
+      assert.deepEqual(
+        failed.map((f) => f?.cause?.applicationFailureInfo?.type ?? f?.applicationFailureInfo?.type),
+        ['ImageStuck'],
+      );
+      assert.equal(await h.glance.getImage(stuckId), undefined, 'the stuck image is deleted');
+      assert.equal(described.typedSearchAttributes.get(IMAGE_ID), result.imageId);
+      assert.equal(described.memo?.imageId, result.imageId);
+      assert.deepEqual(described.memo?.replacedImageIds, [stuckId]);
+      assertAllHeld(invariants);
+    } finally {
+      proxy.setRule(undefined);
+      proxy.releaseHeld();
+    }
+  });
+
+  it('Glance gone for good: compensation lets go at once, the failure names the upload, and the sweep removes the image once Glance is back', async () => {
     proxy.setRule(undefined);
     afterPause = () => proxy.setRule({ path: ALL, kind: 'reset' });
     const imageName = `vmsnap-test-${process.pid}-glance-gone`;
     try {
-      const outcome = await outcomeOf(await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue));
+      const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
+      const failure = await handle.result().then(
+        () => assert.fail('the snapshot should have failed'),
+        (err: unknown) => err,
+      );
+      const outcome = await outcomeOf(handle);
       assert.equal(outcome, 'ImageServiceUnavailable');
+      // From the history: the compensation tried the delete once, then let go of the task state.
+      const { deleteAttempts, releasedAfterMs } = await compensationAfterUpload(handle);
+      assert.equal(deleteAttempts, 1, 'the delete that cannot succeed is not retried');
+
+      // The failure is the upload's, said as final: which step, that its attempts are used up, no "can be retried".
+      const message = failure instanceof WorkflowFailedError ? (failure.cause?.message ?? '') : String(failure);
+      assert.match(message, /^upload to Glance gave up after 4 attempts: Glance (GET|PUT) \/v2\/images\//);
+      assert.doesNotMatch(message, /can be retried|retry shortly/i);
+
       // While Glance is away nobody can delete the queued image; everything else is undone.
       const during = await check(imageName, outcome, 'ImageServiceUnavailable');
       assert.equal(during['no unfinished image'], false, 'the image could not be deleted yet');
@@ -104,13 +199,28 @@ describe('Glance faults on the real stack', { timeout: 300_000 }, () => {
 
       afterPause = () => undefined;
       proxy.setRule(undefined);
-      await reconcilerRemovesQueuedImage(h, imageName);
+      // What the sweep goes by: the image is tagged vmsnap and made by this run, which is closed.
+      const [left] = await findImagesByName(h.glanceUrl, imageName);
+      const image = await h.glance.getImage(left?.id ?? '');
+      assert.ok((image?.tags as string[] | undefined)?.includes('vmsnap'), 'tagged vmsnap');
+      assert.equal(image?.vmsnap_request_id, `${handle.workflowId}/${(await handle.describe()).runId}`);
+      assert.equal(image?.status, 'queued');
+      const swept: ReconcileReport = await h.client.workflow.execute('reconcile', {
+        taskQueue: h.config.temporal.taskQueue,
+        workflowId: `vmsnap-test-reconcile-${randomUUID()}`,
+      });
+      assert.deepEqual(
+        swept.sweptImages.filter((i) => i.imageId === image?.id).map((i) => i.reason),
+        ['queued, its run ended without completing'],
+      );
       const invariants = await check(imageName, outcome, 'ImageServiceUnavailable');
       recordFaultRow({
         fault: 'Glance gone for good',
         outcome,
         invariants,
-        note: 'retries exhausted, compensation; the queued image is removed by the reconciler once Glance answers again',
+        note:
+          `the upload's 4 attempts, then one try of the delete: task state released ${(releasedAfterMs / 1000).toFixed(1)} s after the last ` +
+          'upload attempt; the queued image is swept by the reconciler once Glance answers again',
       });
       assertAllHeld(invariants);
     } finally {

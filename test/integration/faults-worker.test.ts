@@ -11,6 +11,7 @@ import { services, stackConfig } from '../../scripts/lib/stack.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { SqliteStore } from '../../src/store/sqlite.js';
 import { stackGlanceUrl } from '../support/cloud.js';
+import { startFaultProxy } from '../support/fault-proxy.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { assertAllHeld, checkInvariants, outcomeAcrossOutage, outcomeOf, qemuImgProcessesUnder } from '../support/invariants.js';
 import { waitForPhase } from '../support/slow-guest.js';
@@ -23,6 +24,14 @@ const t = new WorkerTest('fw', {
   VMSNAP_HEARTBEAT_TIMEOUT_MS: '3000',
 });
 const { env, workers } = t;
+
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
+    await sleep(50);
+  }
+}
 let guest: Guest;
 let store: SqliteStore;
 
@@ -90,6 +99,60 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
       await workers.start();
       await completedAndHeld(imageName, await outcomeOf(handle), 'worker SIGKILL during upload', 'PUT retried from byte 0 on a new worker; hashes verified');
     } finally {
+      await client.connection.close();
+    }
+  });
+
+  it('a worker stopped with SIGTERM during the upload: it exits at once, and its attempt goes to another worker', async () => {
+    const client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
+    // The first PUT crawls (a slow link), so the upload is surely in flight when the signal comes.
+    const proxy = await startFaultProxy(await stackGlanceUrl());
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'stretch', ms: 300_000, times: 1 });
+    // The stall watchdog could fire only after 10 minutes, and a lost attempt would be noticed only
+    // after a heartbeat timeout of 2 minutes: an exit or a retry sooner is not theirs.
+    const slowToNotice = { VMSNAP_GLANCE_URL: proxy.url, VMSNAP_GLANCE_STALL_MS: '600000', VMSNAP_HEARTBEAT_TIMEOUT_MS: '120000' };
+    try {
+      await workers.killAll();
+      const stopped = await workers.start(slowToNotice);
+      const imageName = `vmsnap-test-${process.pid}-sigterm-upload`;
+      const handle = await startSnapshot(client, { instance: guest.uuid, imageName }, env.VMSNAP_TASK_QUEUE);
+      await waitForPhase(handle, 'uploading');
+      await waitFor(() => proxy.requests.some((r) => r.method === 'PUT'), 'the PUT reaches Glance');
+      await workers.start(slowToNotice);
+
+      const signalled = Date.now();
+      stopped.proc.kill('SIGTERM');
+      const code = await Promise.race([stopped.exited(), sleep(60_000).then(() => 'still running after 60 s')]);
+      const exitMs = Date.now() - signalled;
+      assert.equal(code, 0, `the worker exits by itself after SIGTERM (${stopped.lines.slice(-5).join('\n')})`);
+
+      const outcome = await outcomeOf(handle);
+      // The stopped worker reported its attempt as failed: the retry did not wait for the heartbeat timeout.
+      const history = await handle.fetchHistory();
+      const uploads = (history.events ?? []).filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadImage');
+      const first = (history.events ?? []).find(
+        (e) => e.activityTaskStartedEventAttributes && String(e.activityTaskStartedEventAttributes.scheduledEventId) === String(uploads[0]?.eventId),
+      )?.activityTaskStartedEventAttributes;
+      assert.ok(Number(first?.attempt) >= 2, 'the upload was tried again');
+      const lastFailure = first?.lastFailure;
+      assert.ok(
+        lastFailure && !lastFailure.timeoutFailureInfo,
+        `the attempt was reported by the stopped worker, not timed out: ${JSON.stringify(lastFailure)}`,
+      );
+      assert.match(lastFailure.message ?? '', /shutting down/);
+      // Figures, not bounds: how soon the process was gone, and the next attempt at Glance (after the retry's 1 s backoff).
+      const retriedMs = (proxy.requests.find((r) => r.at >= signalled)?.at ?? NaN) - signalled;
+      const replaced = ((await handle.describe()).memo?.replacedImageIds as string[] | undefined)?.length ?? 0;
+      await completedAndHeld(
+        imageName,
+        outcome,
+        'worker SIGTERM during upload',
+        `the worker exited ${exitMs} ms after SIGTERM (stall watchdog at 600 s, heartbeat timeout 120 s); its attempt, reported failed, reached ` +
+          `Glance again from another worker ${retriedMs} ms after the signal${replaced ? ' (into a new image record: the first was left saving)' : ''}`,
+      );
+    } finally {
+      await workers.killAll();
+      await proxy.close();
       await client.connection.close();
     }
   });

@@ -34,7 +34,13 @@ export type FaultAction =
   /** Forward, but cut the connection after this many bytes of the response body: a server dying mid-download. */
   | { kind: 'cut'; afterBytes: number }
   /** Read the whole request body and never answer (a server hung after taking the data). */
-  | { kind: 'silent' };
+  | { kind: 'silent' }
+  /**
+   * Forward, and once this many request-body bytes have gone upstream, cut the client's connection
+   * but keep the one upstream open with nothing more on it (a link that died on the client's side
+   * only): Glance keeps such an upload going, its image saving, until releaseHeld() or close().
+   */
+  | { kind: 'hold'; afterBytes: number };
 
 export type FaultRule = FaultAction & {
   /** HTTP method to match (any when absent). */
@@ -52,6 +58,8 @@ export interface ProxiedRequest {
   status: number;
   /** The request headers as received (tests check what a client sent, e.g. its auth header). */
   headers: IncomingHttpHeaders;
+  /** When it arrived (Date.now()). */
+  at: number;
 }
 
 export interface FaultProxy {
@@ -63,6 +71,8 @@ export interface FaultProxy {
   requests: ProxiedRequest[];
   /** Waits until `count` requests were cut (reset), or `timeoutMs` is up: a client may come late, or not at all. */
   untilReset(count: number, timeoutMs: number): Promise<void>;
+  /** Ends the upstream connections a 'hold' rule kept open. */
+  releaseHeld(): void;
   close(): Promise<void>;
 }
 
@@ -84,6 +94,7 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
   const send = tls ? httpsRequest : httpRequest;
   let rules: { rule: FaultRule; left: number }[] = [];
   const requests: ProxiedRequest[] = [];
+  const held = new Set<{ destroy(): void }>();
 
   function matchRule(method: string, path: string): FaultRule | undefined {
     for (const entry of rules) {
@@ -104,6 +115,7 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     stretchMs?: number,
     flipAt?: number,
     cutAfter?: number,
+    holdAfter?: number,
   ): void {
     const headers = endToEnd(req.headers);
     headers.host = target.host;
@@ -168,9 +180,9 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
       req.resume();
     });
     // The client went away (or we reset it): stop the upstream request too, as a real
-    // connection loss would.
+    // connection loss would (unless the rule holds it open).
     res.on('close', () => {
-      if (!res.writableFinished) upstream.destroy();
+      if (!res.writableFinished && !held.has(upstream)) upstream.destroy();
     });
 
     // Pump the body by hand so bytes can be counted for a mid-body reset; backpressure is kept
@@ -180,6 +192,16 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     const length = Number(req.headers['content-length'] ?? 0);
     let holdUntil = 0;
     req.on('data', (chunk: Buffer) => {
+      if (holdAfter !== undefined && forwarded + chunk.length >= holdAfter) {
+        const head = chunk.subarray(0, Math.max(0, holdAfter - forwarded));
+        forwarded += head.length;
+        done = true;
+        record.status = 0;
+        req.pause();
+        held.add(upstream);
+        upstream.write(head, () => req.socket.destroy());
+        return;
+      }
       if (resetAfterBytes !== undefined && forwarded + chunk.length >= resetAfterBytes) {
         const head = chunk.subarray(0, Math.max(0, resetAfterBytes - forwarded));
         forwarded += head.length;
@@ -215,13 +237,15 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     req.on('end', () => {
       if (!done) upstream.end();
     });
-    req.on('error', () => upstream.destroy());
+    req.on('error', () => {
+      if (!held.has(upstream)) upstream.destroy();
+    });
   }
 
   const server = createServer((req, res) => {
     const method = req.method ?? 'GET';
     const path = req.url ?? '/';
-    const record: ProxiedRequest = { method, path, status: 0, headers: req.headers };
+    const record: ProxiedRequest = { method, path, status: 0, headers: req.headers, at: Date.now() };
     requests.push(record);
     const rule = matchRule(method, path);
 
@@ -247,6 +271,10 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
         return;
       }
       forward(req, res, record, rule.afterBytes);
+      return;
+    }
+    if (rule?.kind === 'hold') {
+      forward(req, res, record, undefined, undefined, undefined, undefined, rule.afterBytes);
       return;
     }
     if (rule?.kind === 'cut') {
@@ -288,7 +316,13 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
       const deadline = Date.now() + timeoutMs;
       while (requests.filter((r) => r.status === 0).length < count && Date.now() < deadline) await sleep(100);
     },
+    releaseHeld() {
+      for (const upstream of held) upstream.destroy();
+      held.clear();
+    },
     close() {
+      for (const upstream of held) upstream.destroy();
+      held.clear();
       return new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

@@ -43,7 +43,8 @@ export interface FakeInstance {
 }
 
 export interface FakeImage {
-  status: 'queued' | 'active';
+  /** saving: an upload was cut off and Glance still holds the image (a test sets it). */
+  status: 'queued' | 'saving' | 'active';
   instanceId: string;
   owner: string;
 }
@@ -343,6 +344,9 @@ export class FakeCloud {
       uploadImage: hooked('uploadImage', async (input: { imageId: string }) => {
         const image = this.images.get(input.imageId);
         if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
+        if (image.status === 'saving') {
+          throw ApplicationFailure.create({ type: 'ImageStuck', message: `image ${input.imageId} is still saving in Glance`, nonRetryable: true });
+        }
         image.status = 'active';
         return { size: 1024, sha512: 'f'.repeat(128) };
       }),
