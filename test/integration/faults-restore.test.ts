@@ -56,9 +56,10 @@ function invariants(outcome: string, expectedOutcome: string, expectedFault?: st
   });
 }
 
-/** The run's events in the store (stop, started, ...), as its host step records them. */
-async function eventsOf(workflowId: string): Promise<string[]> {
-  return (await store.listEvents(guest.uuid)).filter((e) => e.requestId.startsWith(`${workflowId}/`)).map((e) => e.event);
+/** The run's events in the store (stop, started, ...), as its host step records them under the run's id. */
+async function eventsOf(handle: { workflowId: string; firstExecutionRunId: string }): Promise<string[]> {
+  const owner = `${handle.workflowId}/${handle.firstExecutionRunId}`;
+  return (await store.listEvents(guest.uuid)).filter((e) => e.requestId === owner).map((e) => e.event);
 }
 
 describe('restore faults on the real stack', { timeout: 900_000 }, () => {
@@ -116,7 +117,7 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     const handle = await startRestore(client, { instance: guest.uuid, imageId }, env.VMSNAP_TASK_QUEUE);
     // The host step has begun the stop (its event is recorded just before it asks the guest to
     // shut down, which the guest ignores for 4 s) and has not started the guest again.
-    const atKill = await eventually('the stop under way', async () => ((await eventsOf(handle.workflowId)).includes('stop') ? eventsOf(handle.workflowId) : undefined), 300_000, 100);
+    const atKill = await eventually('the stop under way', async () => ((await eventsOf(handle)).includes('stop') ? eventsOf(handle) : undefined), 300_000, 100);
     await first.stop('SIGKILL');
     await startWorker();
     const result = await handle.result();
@@ -139,7 +140,7 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     const before = (await readCounter(guest.diskPath, 'qcow2')).a;
     const handle = await startRestore(client, { instance: guest.uuid, imageId }, env.VMSNAP_TASK_QUEUE);
     await waitForPhase(handle, 'stopping', 300_000);
-    const atTerminate = await eventually('the stop under way', async () => ((await eventsOf(handle.workflowId)).includes('stop') ? eventsOf(handle.workflowId) : undefined), 300_000, 100);
+    const atTerminate = await eventually('the stop under way', async () => ((await eventsOf(handle)).includes('stop') ? eventsOf(handle) : undefined), 300_000, 100);
     await handle.terminate('test: a restore lost mid-way');
     // The stop already running ends on its own: it learns at a heartbeat that its run is gone.
     const ended = await worker.waitForLine(/"message":"Activity (completed|failed)[^"]*".*"activityType":"stopSwapStart"/, 60_000);

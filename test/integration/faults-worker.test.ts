@@ -17,7 +17,7 @@ import { eventually } from '../support/cli.js';
 import { closeTestCloud, stackGlanceUrl, testCloud } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { evidence, recordFaultRow, type Evidence } from '../support/fault-report.js';
-import { eventMs, onlyActivityRun } from '../support/history.js';
+import { activityRuns, activitySummaries, eventMs, onlyActivityRun } from '../support/history.js';
 import { checkInvariants, outcomeAcrossOutage, outcomeOf, qemuImgProcessesUnder } from '../support/invariants.js';
 import { freePorts } from '../support/ports.js';
 import { waitForPhase } from '../support/slow-guest.js';
@@ -128,6 +128,60 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
         ),
         evidence(`the upload step completed on attempt ${upload.attempt}`, upload.ended === 'completed' && (upload.attempt ?? 0) >= 2),
       ]);
+    } finally {
+      await client.connection.close();
+    }
+  });
+
+  it('a worker killed with SIGKILL during the copy, the snapshot cancelled meanwhile: the compensation on a new worker resumes the guest', async () => {
+    const client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
+    try {
+      await workers.killAll();
+      const first = await startWorker();
+      const imageName = `vmsnap-test-${process.pid}-kill-cancel`;
+      const handle = await startSnapshot(client, { instance: guest.uuid, imageName, compress: true }, env.VMSNAP_TASK_QUEUE);
+      await waitForPhase(handle, 'converting');
+      const atKill = await eventually(
+        'the copy under way',
+        async () => {
+          const p = await getProgress(handle);
+          return p.phase === 'converting' && (p.bytesDone ?? 0) > 0 && qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length > 0 ? p : undefined;
+        },
+        120_000,
+        100,
+      );
+      await first.stop('SIGKILL');
+      await eventually('qemu-img gone with its worker', async () => (qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length === 0 ? true : undefined), 30_000, 100);
+      const pausedAtCancel = await guestState(guestName);
+      // The copy step that paused the guest is dead: only the workflow's compensation can resume it.
+      await handle.cancel();
+      await startWorker();
+      const outcome = await outcomeOf(handle);
+      const history = await handle.fetchHistory();
+      const copy = onlyActivityRun(history, 'coldCopyDisk');
+      const resume = activityRuns(history, 'resumeInstance');
+      const summaries = activitySummaries(history).filter((a) => a.type === 'resumeInstance');
+      recordFaultRow({
+        fault: 'worker SIGKILL during convert, then the snapshot cancelled',
+        outcome,
+        invariants: await checkInvariants({
+          store,
+          snapshotsDir: env.VMSNAP_SNAPSHOTS_DIR,
+          guest,
+          priorState: 'running',
+          image: { name: imageName },
+          expectedOutcome: 'Cancelled',
+          outcome,
+        }),
+        evidence: [
+          evidence(`SIGKILL with the copy at ${atKill.percent?.toFixed(0)} %, the guest ${pausedAtCancel} at the cancel`, pausedAtCancel === 'paused'),
+          evidence(`the copy step ended ${copy.ended} (attempt ${copy.attempt ?? 'none'}), never resuming the guest`, copy.ended !== 'completed'),
+          evidence(
+            `the guest resumed by "${summaries.map((a) => a.summary).join(', ')}", which ${resume.map((r) => r.ended).join(', ')}`,
+            summaries.some((a) => a.summary === 'compensation: resume the guest') && resume.some((r) => r.ended === 'completed'),
+          ),
+        ],
+      });
     } finally {
       await client.connection.close();
     }
