@@ -218,7 +218,7 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
 
       // While it copies, status shows the phase with percent and bytes (from the copy's heartbeat).
       const s = await eventually(
-        'status with the copy\'s percent and bytes',
+        "status with the copy's percent and bytes",
         async () => {
           const status = await vmsnap(h, ['status', busy, '--json']);
           assert.equal(status.exitCode, 0, show(status));

@@ -148,7 +148,10 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
         const put = proxy.requests.find((r) => r.method === 'PUT');
         return [
           copyCancelled(history, 'uploadImage'),
-          evidence(`the PUT had sent ${atCancel} bytes at the cancel and ended unanswered (${put?.bytesIn} sent)`, put !== undefined && atCancel > 0 && put.status !== 204),
+          evidence(
+            `the PUT had sent ${atCancel} bytes at the cancel and ended unanswered (${put?.bytesIn} sent)`,
+            put !== undefined && atCancel > 0 && put.status !== 204,
+          ),
         ];
       },
     });
@@ -189,7 +192,10 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
         note: 'budget 1.5 s, a compressed copy of 512 MiB',
         evidence: () => [
           // The guest ran again when the budget was spent, not when the copy was done.
-          evidence(`qemu-img ${copies[0]?.ended} at ${copies[0]?.percent.toFixed(0)} % when the guest was resumed`, copies.length === 1 && copies[0]!.ended === 'aborted'),
+          evidence(
+            `qemu-img ${copies[0]?.ended} at ${copies[0]?.percent.toFixed(0)} % when the guest was resumed`,
+            copies.length === 1 && copies[0]!.ended === 'aborted',
+          ),
         ],
       });
       const events = (await budgeted.store.listEvents(slow.uuid)).filter((e) => e.event === 'pause' || e.event === 'resume');
@@ -316,9 +322,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
         priorState: 'shut off',
         evidence: ({ history, lastFault }) => {
           const copy = onlyActivityRun(history, 'coldCopyDisk');
-          return [
-            evidence(`the copy step failed on attempt ${copy.attempt} (not retried): ${lastFault}`, copy.ended === 'failed' && copy.attempt === 1),
-          ];
+          return [evidence(`the copy step failed on attempt ${copy.attempt} (not retried): ${lastFault}`, copy.ended === 'failed' && copy.attempt === 1)];
         },
       });
     } finally {

@@ -140,7 +140,12 @@ describe('restore faults on the real stack', { timeout: 900_000 }, () => {
     const before = (await readCounter(guest.diskPath, 'qcow2')).a;
     const handle = await startRestore(client, { instance: guest.uuid, imageId }, env.VMSNAP_TASK_QUEUE);
     await waitForPhase(handle, 'stopping', 300_000);
-    const atTerminate = await eventually('the stop under way', async () => ((await eventsOf(handle)).includes('stop') ? eventsOf(handle) : undefined), 300_000, 100);
+    const atTerminate = await eventually(
+      'the stop under way',
+      async () => ((await eventsOf(handle)).includes('stop') ? eventsOf(handle) : undefined),
+      300_000,
+      100,
+    );
     await handle.terminate('test: a restore lost mid-way');
     // The stop already running ends on its own: it learns at a heartbeat that its run is gone.
     const ended = await worker.waitForLine(/"message":"Activity (completed|failed)[^"]*".*"activityType":"stopSwapStart"/, 60_000);

@@ -85,7 +85,12 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
         100,
       );
       await first.stop('SIGKILL');
-      await eventually('qemu-img gone with its worker', async () => (qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length === 0 ? true : undefined), 30_000, 100);
+      await eventually(
+        'qemu-img gone with its worker',
+        async () => (qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length === 0 ? true : undefined),
+        30_000,
+        100,
+      );
       assert.equal(await guestState(guestName), 'paused', 'paused by the dead worker, until the new one resumes it');
 
       await startWorker();
@@ -151,7 +156,12 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
         100,
       );
       await first.stop('SIGKILL');
-      await eventually('qemu-img gone with its worker', async () => (qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length === 0 ? true : undefined), 30_000, 100);
+      await eventually(
+        'qemu-img gone with its worker',
+        async () => (qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length === 0 ? true : undefined),
+        30_000,
+        100,
+      );
       const pausedAtCancel = await guestState(guestName);
       // The copy step that paused the guest is dead: only the workflow's compensation can resume it.
       await handle.cancel();

@@ -95,7 +95,9 @@ describe('Keystone: vmsnap on a real OpenStack', { timeout: 600_000 }, () => {
       try {
         const outcome = await outcomeOf(await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue));
         const refused = glanceProxy.requests.filter((r) => r.status === 401);
-        const renewed = glanceProxy.requests.filter((r) => r.status < 300 && r.headers['x-auth-token'] !== revoked && r.startedAt > (refused.at(-1)?.startedAt ?? Infinity));
+        const renewed = glanceProxy.requests.filter(
+          (r) => r.status < 300 && r.headers['x-auth-token'] !== revoked && r.startedAt > (refused.at(-1)?.startedAt ?? Infinity),
+        );
         recordFaultRow({
           fault: 'Keystone token revoked mid-snapshot',
           outcome,

@@ -129,7 +129,7 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
       await h.store.recordEvent({ instanceId: agent.uuid, action: 'createImage', event: 'freeze', requestId: owner, details: {} });
       const report = await reconcileNow();
       assert.deepEqual(report.thawed, [agent.uuid]);
-      assert.equal(await freezeStatus(), 'thawed', "the guest agent says its filesystems are thawed");
+      assert.equal(await freezeStatus(), 'thawed', 'the guest agent says its filesystems are thawed');
       assert.deepEqual(report.resumed, [], 'it was not paused');
       assert.deepEqual(report.releasedTasks, [agent.uuid]);
       const events = (await h.store.listEvents(agent.uuid)).filter((e) => e.requestId === owner).map((e) => e.event);

@@ -147,7 +147,10 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
       outcome: failure.type ?? '',
       invariants: await restoreInvariants(failure.type ?? '', 'ImageCorrupt'),
       evidence: [
-        evidence(`${flipped.length} download(s) with byte 70000 flipped, ${flipped[0]?.bytesOut} bytes sent`, flipped.length > 0 && flipped[0]!.bytesOut > 70_000),
+        evidence(
+          `${flipped.length} download(s) with byte 70000 flipped, ${flipped[0]?.bytesOut} bytes sent`,
+          flipped.length > 0 && flipped[0]!.bytesOut > 70_000,
+        ),
         evidence(`failure: ${failure.message}`, /sha512/.test(failure.message)),
       ],
       note: 'guest never stopped (same domain id)',

@@ -206,5 +206,4 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
     assert.match(failure.message, /instance: /);
     assert.match(failure.message, /imageName: must be at most 255/);
   });
-
 });

@@ -256,7 +256,17 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
   const server = createServer((req, res) => {
     const method = req.method ?? 'GET';
     const path = req.url ?? '/';
-    const record: ProxiedRequest = { method, path, status: 0, headers: req.headers, bytesIn: 0, bytesOut: 0, reset: false, startedAt: Date.now(), complete: false };
+    const record: ProxiedRequest = {
+      method,
+      path,
+      status: 0,
+      headers: req.headers,
+      bytesIn: 0,
+      bytesOut: 0,
+      reset: false,
+      startedAt: Date.now(),
+      complete: false,
+    };
     requests.push(record);
     const rule = matchRule(method, path);
     if (rule) record.fault = rule.kind;

@@ -90,7 +90,8 @@ export class WorkerProcesses {
   async start(extra: Record<string, string> = {}): Promise<WorkerProcess> {
     const w = startWorkerProcess({ ...this.env, ...extra });
     this.all.push(w);
-    await w.waitForLine(/vmsnap worker started/);
+    // A worker builds its workflow bundle as it starts: on a loaded 2-core host that can take minutes.
+    await w.waitForLine(/vmsnap worker started/, 180_000);
     return w;
   }
 
