@@ -2,14 +2,18 @@
 // runs no compensation) is undone by the next reconcile: guest resumed, task state None, image
 // and temp dir gone, a fault recorded. Also: orphan temp dirs, and the schedule itself.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, rmSync, utimesSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomUUID } from 'node:crypto';
 import { execa } from 'execa';
 import { createGuest, guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { syncInventory } from '../../src/activities/inventory.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
+import type { Hypervisor } from '../../src/drivers/hypervisor.js';
+import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { reconcileWorkflowId } from '../../src/shared/names.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import { ensureReconcileSchedule } from '../../src/worker/reconcile-schedule.js';
@@ -38,7 +42,17 @@ async function reconcileNow(fixture?: string): Promise<ReconcileReport> {
 describe('reconciler on the real stack', { timeout: 300_000 }, () => {
   before(async () => {
     // The host's pause watch would resume the guest first: this file is about the reconciler.
-    h = await startHarness({ name: 'reconcile', env: { VMSNAP_PAUSE_WATCH_MS: '0' } });
+    h = await startHarness({
+      name: 'reconcile',
+      env: { VMSNAP_PAUSE_WATCH_MS: '0' },
+      // The real driver; its thaw runs a virsh process per command, which the thaw test sees.
+      wrapHypervisor: (real) => {
+        const perCommand = new LibvirtHypervisor({ uri: process.env.VMSNAP_LIBVIRT_URI ?? 'qemu:///system', shells: false });
+        const observed = Object.create(real) as Hypervisor;
+        observed.thawFilesystems = (id) => perCommand.thawFilesystems(id);
+        return observed;
+      },
+    });
     guest = await createSlowGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 512 });
   });
 
@@ -114,22 +128,45 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
   });
 
   it('thaws a guest whose worker died between freeze and thaw', async () => {
-    // A guest whose agent really froze its filesystems: the state a worker leaves when it dies mid-quiesce.
+    // A guest with a guest agent, so that a thaw reaches something: the test guest's agent has no
+    // filesystem it can freeze (its root is an initramfs), so the thaw is seen where it goes out,
+    // virsh domfsthaw, and in the agent's answer. On a guest without an agent the driver takes
+    // "not configured" for done: that would show here as a failed domfsthaw.
     const agent = await createGuest({ name: `${guestName}-agent`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, guestAgent: true });
-    const freezeStatus = async () => {
-      const r = await execa('virsh', ['-c', h.config.libvirtUri, 'qemu-agent-command', agent.name, '{"execute":"guest-fsfreeze-status"}'], { reject: false });
-      return r.exitCode === 0 ? (JSON.parse(r.stdout) as { return: string }).return : undefined;
-    };
+    const shim = mkdtempSync(join(tmpdir(), 'vmsnap-test-thaw-shim-'));
+    const log = join(shim, 'calls.log');
+    const realVirsh = (await execa('sh', ['-c', 'command -v virsh'])).stdout.trim();
+    writeFileSync(join(shim, 'virsh'), `#!/bin/sh\n"${realVirsh}" "$@"\nrc=$?\necho "rc=$rc $*" >> '${log}'\nexit $rc\n`, { mode: 0o755 });
+    const oldPath = process.env.PATH;
     try {
-      await eventually('the guest agent answers', async () => await freezeStatus(), 120_000, 500);
-      await execa('virsh', ['-c', h.config.libvirtUri, 'domfsfreeze', agent.name]);
-      assert.equal(await freezeStatus(), 'frozen');
+      await eventually(
+        'the guest agent answers',
+        async () =>
+          (await execa('virsh', ['-c', h.config.libvirtUri, 'qemu-agent-command', agent.name, '{"execute":"guest-ping"}'], { reject: false })).exitCode === 0
+            ? true
+            : undefined,
+        120_000,
+        500,
+      );
+      // The host knows the new guest (discovery, as at a worker's start), then the state a worker
+      // leaves when it dies mid-quiesce: task state held, a freeze with no thaw.
+      await syncInventory({ hypervisor: h.hypervisor, store: h.store, host: h.config.host });
       const owner = `snapshot-${agent.uuid}/${randomUUID()}`;
       assert.ok(await h.store.compareAndSwapTaskState(agent.uuid, null, 'image_snapshot', owner));
       await h.store.recordEvent({ instanceId: agent.uuid, action: 'createImage', event: 'freeze', requestId: owner, details: {} });
+      process.env.PATH = `${shim}:${oldPath ?? ''}`;
       const report = await reconcileNow();
+      process.env.PATH = oldPath;
       assert.deepEqual(report.thawed, [agent.uuid]);
-      assert.equal(await freezeStatus(), 'thawed', 'the guest agent says its filesystems are thawed');
+      const thaws = readFileSync(log, 'utf8')
+        .split('\n')
+        .filter((l) => / domfsthaw /.test(l));
+      assert.deepEqual(
+        thaws.map((l) => l.split(' ')[0]),
+        ['rc=0'],
+        `one domfsthaw of the guest, answered by its agent: ${thaws.join('; ')}`,
+      );
+      assert.ok(thaws[0]!.includes(agent.uuid), `${thaws[0]} names ${agent.uuid}`);
       assert.deepEqual(report.resumed, [], 'it was not paused');
       assert.deepEqual(report.releasedTasks, [agent.uuid]);
       const events = (await h.store.listEvents(agent.uuid)).filter((e) => e.requestId === owner).map((e) => e.event);
@@ -137,7 +174,8 @@ describe('reconciler on the real stack', { timeout: 300_000 }, () => {
       assert.equal((await h.store.getInstance(agent.uuid))?.taskState, null);
       assert.equal(await guestState(agent.name), 'running');
     } finally {
-      await execa('virsh', ['-c', h.config.libvirtUri, 'domfsthaw', agent.name], { reject: false });
+      process.env.PATH = oldPath;
+      rmSync(shim, { recursive: true, force: true });
       await removeGuest(agent.name, h.guestsDir).catch(() => undefined);
     }
   });

@@ -145,19 +145,23 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     res.on('close', () => (record.endedAt ??= Date.now()));
     upstream.on('response', (up) => {
       record.status = up.statusCode ?? 0;
-      up.on('data', (chunk: Buffer) => (record.bytesOut += chunk.length));
+      // Bytes for the client; a cut counts only what it let through.
+      if (cutAfter === undefined) up.on('data', (chunk: Buffer) => (record.bytesOut += chunk.length));
       res.writeHead(up.statusCode ?? 502, up.statusMessage, endToEnd(up.headers));
       if (cutAfter !== undefined) {
         let sent = 0;
         up.on('data', (chunk: Buffer) => {
           if (sent + chunk.length >= cutAfter) {
             record.reset = true;
-            res.write(chunk.subarray(0, Math.max(0, cutAfter - sent)), () => res.socket?.destroy());
+            const head = chunk.subarray(0, Math.max(0, cutAfter - sent));
+            record.bytesOut += head.length;
+            res.write(head, () => res.socket?.destroy());
             up.destroy();
             sent = cutAfter;
             return;
           }
           sent += chunk.length;
+          record.bytesOut += chunk.length;
           if (!res.write(chunk)) up.pause();
         });
         res.on('drain', () => up.resume());
