@@ -223,7 +223,7 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
           const status = await vmsnap(h, ['status', busy, '--json']);
           assert.equal(status.exitCode, 0, show(status));
           const doc = json<{ status: string; progress: { phase: string; percent?: number; bytesTotal?: number } }>(status);
-          return typeof doc.progress.percent === 'number' ? doc : undefined;
+          return typeof doc.progress?.percent === 'number' ? doc : undefined;
         },
         60_000,
         500,
