@@ -40,8 +40,8 @@ export interface InvariantContext {
    */
   expectedFault?: string | null;
   /**
-   * A snapshot's image, by name: one active image when it was meant to be made (by default when the
-   * expected outcome is 'completed'), none otherwise. Or the image a restore read, by id: it stays active.
+   * A snapshot's image, by name: one active image when the run made one (by default when its outcome
+   * is 'completed'), none otherwise: nothing queued or saving either way. Or the image a restore read, by id: it stays active.
    */
   image: { name: string; made?: boolean } | { id: string };
   /** A snapshots dir that must be empty (or absent), and files that must not exist (a restore's). */
@@ -69,7 +69,7 @@ export async function checkInvariants(ctx: InvariantContext): Promise<Invariants
     imageOk = (await (await testCloud()).imageService.getImage(ctx.image.id))?.status === 'active';
   } else {
     const images = await findImagesByName(await stackGlanceUrl(), ctx.image.name);
-    const made = ctx.image.made ?? ctx.expectedOutcome === 'completed';
+    const made = ctx.image.made ?? ctx.outcome === 'completed';
     imageOk = made ? images.length === 1 && images[0]?.status === 'active' : images.length === 0;
   }
   let expectedFault = ctx.expectedFault;
