@@ -477,14 +477,15 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     const path = join(dir, 'sparse-abort.img');
     writeFileSync(path, '');
     truncateSync(path, 2048 * MiB);
-    // 2 GiB: far more than can be sent before the abort, which comes with the first progress report.
+    // 2 GiB: far more than can be sent before the abort, which comes once 32 MiB are on their way
+    // (the PUT has reached the proxy by then).
     const controller = new AbortController();
     proxy.requests.length = 0;
     const upload = service(proxy.url).uploadFile(
       spec.id,
       path,
       (n) => {
-        if (n > 0 && !controller.signal.aborted) controller.abort(new Error('cancelled by test'));
+        if (n >= 32 * MiB && !controller.signal.aborted) controller.abort(new Error('cancelled by test'));
       },
       controller.signal,
     );

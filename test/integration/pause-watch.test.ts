@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { snapshotWorkflowId } from '../../src/shared/names.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
-import { deleteImages, stopLeftoverSnapshots, vmsnapRunning } from '../support/cli.js';
+import { deleteImages, eventually, stopLeftoverSnapshots, vmsnapRunning } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { counterAdvances } from '../support/invariants.js';
 import { createSlowGuest, waitForGuestState, waitForPhase } from '../support/slow-guest.js';
@@ -39,8 +39,10 @@ describe('host pause watch on the real stack', { timeout: 300_000 }, () => {
       await waitForPhase(handle, 'converting');
       const { imageId } = (await handle.query('progress')) as { imageId: string };
       images.add(imageId);
-      // The copy's host step pauses the guest itself: wait until it has.
+      // The copy's host step pauses the guest itself: wait until it has, and until the CLI has
+      // seen the copy (what it says at the end names the phase it saw last).
       await waitForGuestState(guestName, 'paused');
+      await eventually('the CLI following the copy', async () => (/\bconverting\b/.test(run.output().stdout) ? true : undefined), 120_000, 200);
       const owner = (await h.store.getInstance(guest.uuid))?.taskOwner;
       await handle.terminate('test: a snapshot terminated while the guest is paused');
       const terminatedAt = Date.now();
