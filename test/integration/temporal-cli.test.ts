@@ -130,8 +130,15 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
     // The details carry the problems field by field, for programs.
     const problems = failure.applicationFailureInfo?.details?.[0] as { field: string }[] | undefined;
     assert.deepEqual(problems?.map((p) => p.field).sort(), ['imageName', 'instance']);
-    // Nothing ran: no task state was taken on any instance, no image was made.
-    const history = await temporal(['workflow', 'show', '--workflow-id', workflowId, '--output', 'json']);
-    assert.doesNotMatch(history.stdout, /ACTIVITY_TASK_SCHEDULED/, 'no activity ran');
+    // Nothing ran: no step at all, not even a local one (those are markers in the history), so no
+    // task state was taken on any instance and no image was made.
+    const history = parse<{ events: { eventType: string }[] }>(await temporal(['workflow', 'show', '--workflow-id', workflowId, '--output', 'json']));
+    const types = history.events.map((e) => e.eventType);
+    assert.ok(types.includes('EVENT_TYPE_WORKFLOW_EXECUTION_FAILED'), types.join(', '));
+    assert.deepEqual(
+      types.filter((t) => /ACTIVITY|MARKER/.test(t)),
+      [],
+      'no step ran',
+    );
   });
 });
