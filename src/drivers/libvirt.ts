@@ -8,7 +8,19 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VmsnapError } from '../shared/errors.js';
-import type { Hypervisor, InstanceInfo, LiveCopyOptions, LiveCopyResult, LiveCopySupport, PauseWatch, PowerState, RootDisk, WriteWatch } from './hypervisor.js';
+import type {
+  Hypervisor,
+  InstanceInfo,
+  LiveCopyOptions,
+  LiveCopyResult,
+  LiveCopySupport,
+  LiveExportOptions,
+  LiveExportStart,
+  PauseWatch,
+  PowerState,
+  RootDisk,
+  WriteWatch,
+} from './hypervisor.js';
 import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
 import { startWriteWatch } from './libvirt-writes.js';
@@ -230,6 +242,14 @@ export class LibvirtHypervisor implements Hypervisor {
 
   async abortLiveCopy(id: string, dir: string): Promise<boolean> {
     return this.live.abortLeftover(checkId(id), dir);
+  }
+
+  async startLiveExport(id: string, opts: LiveExportOptions): Promise<LiveExportStart> {
+    return this.live.startExport(checkId(id), opts); // which checks the domain's UUID itself
+  }
+
+  async liveExportRunning(id: string, socket: string): Promise<boolean> {
+    return this.live.exportRunning(checkId(id), socket);
   }
 
   async thawFilesystems(id: string): Promise<void> {
