@@ -12,6 +12,7 @@
 // the result says why.
 import { Context } from '@temporalio/activity';
 import { stat } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureRoomForOverlay, type OverlayBound } from './copy-room.js';
 import { virtualSizeOf } from './cold-copy.js';
 import type { ActivityDeps } from './deps.js';
@@ -22,7 +23,7 @@ import { sendAndVerify, type UploadedImage, type UploadTarget } from './upload.j
 import type { LiveExport } from '../drivers/hypervisor.js';
 import type { UploadStream } from '../drivers/image-service.js';
 import { missingNbdTools, nbdUnixUri, openNbdReader, readAllocationMap, type NbdReader } from '../drivers/nbd.js';
-import { planQcow2Stream } from '../drivers/qcow2-stream.js';
+import { planQcow2Stream, type DiskSource } from '../drivers/qcow2-stream.js';
 import { planRawStream } from '../drivers/raw-stream.js';
 import { hashStream } from '../drivers/upload-body.js';
 import { VmsnapError } from '../shared/errors.js';
@@ -188,20 +189,52 @@ function watchOverlay(scratch: string, limitBytes: number, onFull: (bytes: numbe
   };
 }
 
+/**
+ * The reader, paced to `mibps` from the first byte: VMSNAP_LIVE_BANDWIDTH_MIBPS spares the host's
+ * storage, and the stream reads the disk as a copy would. Each read starts in its turn.
+ */
+function paced(reader: NbdReader, mibps: number): DiskSource {
+  const bytesPerMs = (mibps * 2 ** 20) / 1000;
+  let next = performance.now();
+  const turn = async (bytes: number) => {
+    const now = performance.now();
+    const at = Math.max(now, next);
+    next = at + bytes / bytesPerMs;
+    if (at > now) await sleep(at - now);
+  };
+  return {
+    read: async (offset, length, into) => {
+      await turn(length);
+      return reader.read(offset, length, into);
+    },
+    nonZeroClusters: async (offset, length, cluster) => {
+      await turn(length);
+      return reader.nonZeroClusters(offset, length, cluster);
+    },
+  };
+}
+
 /** The image as the upload sends it, made from the export: qcow2 (compressed if asked) or raw. */
-async function planImage(reader: NbdReader, uri: string, input: UploadLiveExportInput, signal: AbortSignal): Promise<UploadStream> {
+async function planImage(
+  reader: NbdReader,
+  uri: string,
+  input: UploadLiveExportInput,
+  { settings }: Pick<ActivityDeps, 'settings'>,
+  signal: AbortSignal,
+): Promise<UploadStream> {
   const map = await readAllocationMap(uri, signal);
   if (map.virtualSize !== reader.size) {
     throw new VmsnapError('ConvertFailed', `live export ${uri}: its map covers ${map.virtualSize} bytes, the export has ${reader.size}`);
   }
+  const source = settings.liveCopyBandwidthMiBps > 0 ? paced(reader, settings.liveCopyBandwidthMiBps) : reader;
   const description = `the image made from live export ${uri}`;
   if (input.diskFormat === 'raw') {
-    const raw = planRawStream(map, reader);
+    const raw = planRawStream(map, source);
     return { size: raw.size, chunks: () => raw.chunks({ signal }), description };
   }
   // The map is the export's word for what is allocated: trusted, without a first pass over the data
   // to find allocated zeros (benchmarks.md: the stream's cost). Compression needs that pass anyway.
-  const qcow2 = await planQcow2Stream(map, reader, { scanZeros: false, compress: input.compress, signal });
+  const qcow2 = await planQcow2Stream(map, source, { scanZeros: false, compress: input.compress, signal });
   // Buffers reused: the upload sends each chunk before it pulls the next (upload-body.ts).
   return { size: qcow2.size, chunks: () => qcow2.chunks({ signal, reuseBuffers: true }), description };
 }
@@ -248,7 +281,7 @@ export async function uploadLiveExport(deps: ActivityDeps, input: UploadLiveExpo
   let watching = true;
   try {
     reader = await openNbdReader(uri);
-    const image = await planImage(reader, uri, input, signal);
+    const image = await planImage(reader, uri, input, deps, signal);
     const uploaded = await sendAndVerify(deps, input, {
       size: image.size,
       send: (progress) => imageService.uploadStream(input.imageId, image, progress, signal),
