@@ -92,9 +92,10 @@ async function acceptStart<T extends typeof snapshotInstance | typeof restoreIns
     } catch (err) {
       if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw await refusal(err, start);
       if (attempt > 1 || !(await endedSoon(client, workflowId, options.endingWaitMs ?? 60_000))) {
+        const what = workflowType === 'snapshotInstance' ? 'snapshot' : 'restore';
         throw new VmsnapError(
           'InstanceBusy',
-          `instance ${request.instance} has a ${workflowType === 'snapshotInstance' ? 'snapshot' : 'restore'} running (workflow ${workflowId}): wait for it to end, then try again`,
+          `instance ${request.instance} has a ${what} running (workflow ${workflowId}): wait for it to end, then try again`,
         );
       }
     }
@@ -115,10 +116,14 @@ async function withinTime<T>(answer: Promise<T>, start: WithStartWorkflowOperati
   answer.catch(() => undefined); // the run is cancelled below; its answer no longer matters
   const handle = await start.workflowHandle().catch(() => undefined);
   await handle?.cancel().catch(() => undefined);
+  const queue = options.taskQueue ?? DEFAULT_TASK_QUEUE;
+  const waited = Math.round(options.acceptTimeoutMs / 1000);
   throw new VmsnapError(
     'ConfigError',
-    `no vmsnap worker answered within ${Math.round(options.acceptTimeoutMs / 1000)} s: is a main worker running on task queue ${options.taskQueue ?? DEFAULT_TASK_QUEUE}? The request was withdrawn`,
-    { setting: 'VMSNAP_TASK_QUEUE' },
+    `no vmsnap worker answered within ${waited} s: is a main worker running on task queue ${queue}? The request was withdrawn`,
+    {
+      setting: 'VMSNAP_TASK_QUEUE',
+    },
   );
 }
 
