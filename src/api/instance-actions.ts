@@ -54,6 +54,12 @@ function actionView(instance: InstanceRecord, run: Run) {
   };
 }
 
+/** Nova's event result: Success or Error once the run ended, null while it runs. */
+function resultOf(end: InstanceActionEvent | undefined): string | null {
+  if (!end) return null;
+  return end.event === 'finish' ? 'Success' : 'Error';
+}
+
 function eventsView(run: Run, faults: InstanceFault[], caller: Caller, instance: InstanceRecord) {
   const end = run.events.find((e) => e.event === 'finish' || e.event === 'error');
   const [workflowId, runId] = run.owner.split('/');
@@ -64,7 +70,7 @@ function eventsView(run: Run, faults: InstanceFault[], caller: Caller, instance:
       event: EVENT_NAMES[run.action] ?? run.action,
       start_time: novaTime(run.events[0]!.createdAt),
       finish_time: end ? novaTime(end.createdAt) : null,
-      result: end ? (end.event === 'finish' ? 'Success' : 'Error') : null,
+      result: resultOf(end),
       traceback: details && end?.event === 'error' ? (fault?.message ?? String(end.details.code ?? 'Error')) : null,
     },
   ];
