@@ -56,6 +56,9 @@ describe("Nova's door: the compute API with the real openstack CLI and openstack
         OS_CLOUD: 'vmsnap-service',
         VMSNAP_DEFAULT_MODE: 'auto',
         VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS: '0',
+        // The slow upload below keeps the task state in view; it must not look stalled (a stalled
+        // upload is cut off and its image replaced by a new record, whose id the client never got).
+        VMSNAP_GLANCE_STALL_MS: '120000',
       },
     });
     guest = await createGuest({ name: named('guest'), guestsDir: h.guestsDir, assetsDir: h.assetsDir });
