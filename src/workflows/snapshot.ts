@@ -7,6 +7,8 @@ import { ActivityFailure, ApplicationFailure, CancellationScope, isCancellation,
 import type { InstanceInspection } from '../activities/inspection.js';
 import type { UploadedImage } from '../activities/upload.js';
 import type { LiveCopySupport } from '../drivers/hypervisor.js';
+import { AcceptanceGate } from './acceptance.js';
+import { rotateBackups } from './backup-rotation.js';
 import { failure, messageOf, refuseInvalid, typedFailure } from './failures.js';
 import { HostSlot } from './host-slot.js';
 import { findInstance, settled, type SettledPowerState } from './instance.js';
@@ -72,6 +74,7 @@ interface Snapshot {
 }
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
+  const acceptance = new AcceptanceGate();
   refuseInvalid(validateSnapshotRequest(request), 'snapshot request');
   const { workflowId, runId } = workflowInfo();
   const owner = `${workflowId}/${runId}`;
@@ -96,7 +99,8 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   const steps = stepOptions(settings, host);
   const undo = new Compensations({ instanceId, imageId });
   const details = { imageId };
-  const task = new TaskStateHolder({ action: 'Snapshot', instanceId, owner, steps, track, details });
+  const novaAction = request.backup ? { novaAction: 'createBackup' } : {};
+  const task = new TaskStateHolder({ action: 'Snapshot', instanceId, owner, steps, track, details, ...novaAction });
   // The image's undo is pushed as its record is made (step 3).
   const image: ImageRecord = { id: imageId, undo: { drop: () => undefined } };
   const s: Snapshot = { request, owner, imageId, image, replaced: [], details, diskFormat, instanceId, baseImageRef, settings, steps, track, undo };
@@ -109,6 +113,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     track.enter('creating-image');
     image.undo = undo.push('delete image', () => deleteImage(s, imageId));
     await createImageRecord(s, imageId);
+    acceptance.accept({ instanceId, imageId, taskState: 'image_snapshot_pending' });
 
     // 4. Task state → image_snapshot; one of the host's snapshot slots (at most N at once, as Nova).
     //    The holder reads the power state and live support as it takes the slot.
@@ -139,6 +144,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       removeTempDir(s),
       task.finish('image_uploading'),
     ]);
+    if (request.backup) await rotateBackups(steps.image, { instanceId, imageId: s.image.id, ...request.backup });
     track.completed();
     log.info('snapshot completed', { imageId: s.image.id, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
     return {
@@ -169,6 +175,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       await task.release(result, undo);
       await slot.released();
     });
+    await acceptance.refuse(result);
     track.ended(result);
     throw result;
   }
@@ -198,6 +205,7 @@ async function createImageRecord(s: Snapshot, imageId: string): Promise<void> {
     projectId: request.projectId,
     requestId: s.owner,
     scheduleId: request.scheduleId,
+    ...(request.backup ? { backupType: request.backup.type } : {}),
   });
 }
 
