@@ -14,6 +14,8 @@ import type { InstanceInspection } from '../activities/inspection.js';
 import type { LiveStreamSource, UploadedLiveExport } from '../activities/live-export.js';
 import type { UploadedImage, UploadTarget } from '../activities/upload.js';
 import type { LiveCopySupport } from '../drivers/hypervisor.js';
+import { AcceptanceGate } from './acceptance.js';
+import { rotateBackups } from './backup-rotation.js';
 import { failure, messageOf, refuseInvalid, typedFailure } from './failures.js';
 import { HostSlot } from './host-slot.js';
 import { findInstance, settled, type SettledPowerState } from './instance.js';
@@ -82,6 +84,7 @@ interface Snapshot {
 }
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
+  const acceptance = new AcceptanceGate();
   refuseInvalid(validateSnapshotRequest(request), 'snapshot request');
   const { workflowId, runId } = workflowInfo();
   const owner = `${workflowId}/${runId}`;
@@ -106,7 +109,8 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   const steps = stepOptions(settings, host);
   const undo = new Compensations({ instanceId, imageId });
   const details = { imageId };
-  const task = new TaskStateHolder({ action: 'Snapshot', instanceId, owner, steps, track, details });
+  const novaAction = request.backup ? { novaAction: 'createBackup' } : {};
+  const task = new TaskStateHolder({ action: 'Snapshot', instanceId, owner, steps, track, details, ...novaAction });
   // The image's undo is pushed as its record is made (step 3).
   const image: ImageRecord = { id: imageId, undo: { drop: () => undefined } };
   const s: Snapshot = { request, owner, imageId, image, replaced: [], details, diskFormat, instanceId, baseImageRef, settings, steps, track, undo };
@@ -119,6 +123,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     track.enter('creating-image');
     image.undo = undo.push('delete image', () => deleteImage(s, imageId));
     await createImageRecord(s, imageId);
+    acceptance.accept({ instanceId, imageId, taskState: 'image_snapshot_pending' });
 
     // 4. Task state → image_snapshot; one of the host's snapshot slots (at most N at once, as Nova).
     //    The holder reads the power state and live support as it takes the slot.
@@ -154,6 +159,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       source.transfer === 'streamed' ? endLiveExport(s) : removeTempDir(s),
       task.finish('image_uploading'),
     ]);
+    if (request.backup) await rotateBackups(steps.image, { instanceId, imageId: s.image.id, ...request.backup });
     track.completed();
     log.info('snapshot completed', { imageId: s.image.id, size: uploaded.size, sha512: uploaded.sha512, mode, ...seen });
     return {
@@ -183,6 +189,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       await task.release(result, undo);
       await slot.released();
     });
+    await acceptance.refuse(result);
     track.ended(result);
     throw result;
   }
@@ -212,6 +219,7 @@ async function createImageRecord(s: Snapshot, imageId: string): Promise<void> {
     projectId: request.projectId,
     requestId: s.owner,
     scheduleId: request.scheduleId,
+    ...(request.backup ? { backupType: request.backup.type } : {}),
   });
 }
 

@@ -16,7 +16,7 @@ import { freePorts } from '../support/ports.js';
 
 const dataDir = mkdtempSync(join(tmpdir(), 'vmsnap-stack-test-'));
 // Ports free when the test runs: fixed ones would collide with another stack on the machine.
-const [temporalPort, uiPort, glancePort, postgresPort, keystonePort] = await freePorts(5);
+const [temporalPort, uiPort, glancePort, postgresPort, keystonePort, apiPort] = await freePorts(6);
 const cfg = stackConfig({
   ...process.env,
   VMSNAP_DATA_DIR: dataDir,
@@ -25,6 +25,7 @@ const cfg = stackConfig({
   VMSNAP_GLANCE_PORT: String(glancePort),
   VMSNAP_POSTGRES_PORT: String(postgresPort),
   VMSNAP_KEYSTONE_PORT: String(keystonePort),
+  VMSNAP_API_PORT: String(apiPort),
 });
 const passfile = join(dataDir, 'postgresql.pgpass');
 const stack = services(cfg);
@@ -93,7 +94,16 @@ describe('dev stack', { timeout: 400_000 }, () => {
     assert.equal(cloudEnv.OS_CLOUD, 'vmsnap');
     for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!]) assert.equal(statSync(file).mode & 0o777, 0o600, file);
     const accounts = readAccounts(dataDir)!;
-    const secrets = [accounts.adminPassword, accounts.glancePassword, accounts.vmsnapPassword, accounts.applicationCredentialSecret];
+    const api = accounts.api!;
+    const secrets = [
+      accounts.adminPassword,
+      accounts.glancePassword,
+      accounts.vmsnapPassword,
+      accounts.applicationCredentialSecret,
+      api.servicePassword,
+      api.otherPassword,
+      api.readerPassword,
+    ];
     assert.ok(
       secrets.every((s) => s.length >= 20),
       'passwords and the application credential secret were made',
@@ -106,6 +116,14 @@ describe('dev stack', { timeout: 400_000 }, () => {
     assert.ok(Array.isArray(((await images.json()) as { images: unknown }).images));
     const appcred = await execa('openstack', ['--os-cloud', 'vmsnap-appcred', 'catalog', 'show', 'image', '-f', 'json'], { env: cloudEnv });
     assert.ok(appcred.stdout.includes(`http://127.0.0.1:${glancePort}`), appcred.stdout);
+
+    // vmsnap's compute API: in the catalog as Nova is, its versions open, the rest behind Keystone.
+    const compute = await execa('openstack', ['catalog', 'show', 'compute', '-f', 'json'], { env: cloudEnv });
+    assert.ok(compute.stdout.includes(`http://127.0.0.1:${apiPort}/v2.1`), compute.stdout);
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/`)).status, 200);
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v2.1/servers`)).status, 401);
+    const servers = await fetch(`http://127.0.0.1:${apiPort}/v2.1/servers`, { headers: { 'x-auth-token': token.stdout.trim() } });
+    assert.equal(servers.status, 200);
 
     const virsh = await execa('virsh', ['-c', cfg.libvirtUri, 'version']);
     assert.match(virsh.stdout, /Running hypervisor: QEMU/);

@@ -264,6 +264,11 @@ export class FakeCloud {
         });
         record(snapshot.instanceId, 'error', snapshot.owner, { code: 'SnapshotAbandoned' });
       }),
+      rotateBackups: hooked('rotateBackups', async (_input: { instanceId: string; backupType: string; rotation: number }) => ({
+        kept: [] as string[],
+        deleted: [] as string[],
+        failed: [] as string[],
+      })),
       findOrphanImages: hooked('findOrphanImages', async () => []),
       runningSnapshotImageIds: hooked('runningSnapshotImageIds', async () => [] as string[]),
     };
@@ -510,6 +515,8 @@ export interface FastTemporal {
   taskQueue: string;
   /** A cloud of its own for one test: tests run side by side. */
   newCloud(): FakeCloud;
+  /** Makes the cloud the one the activities of this workflow id act on (for starts of one's own). */
+  serve(cloud: FakeCloud, workflowId: string): void;
   /** Starts a snapshot on the cloud, as the client does (workflow id snapshot-<instance>). */
   startSnapshot(cloud: FakeCloud, request: SnapshotRequest): Promise<WorkflowHandle>;
   /** Starts a restore (or a rollback) on the cloud, as the client does (workflow id restore-<instance>). */
@@ -581,15 +588,17 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
     await Worker.create({ connection: env.nativeConnection, taskQueue: hostSlotTaskQueue(host), activities: route('slot'), ...throttle }),
   ];
   const running = Promise.all(workers.map((w) => w.run()));
-  const serve = (cloud: FakeCloud, workflowId: string) =>
+  const serve = (cloud: FakeCloud, workflowId: string) => {
     byWorkflow.set(
       workflowId,
       cloud.activities(() => env.client),
     );
+  };
   return {
     env,
     client: env.client,
     taskQueue,
+    serve,
     newCloud: () => new FakeCloud(),
     startSnapshot(cloud, request) {
       const workflowId = `snapshot-${request.instance}`;
