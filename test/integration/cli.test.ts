@@ -182,7 +182,7 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
       while (phase !== 'completed' && phase !== 'failed' && run.proc.exitCode === null) {
         const p = await getProgress(handle).catch(() => undefined);
         phase = p?.phase ?? phase;
-        if (p?.phase === 'copying' && p.step?.activityType === 'liveCopyDisk' && p.bytesTotal !== undefined) copying.push(p);
+        if (p?.phase === 'copying' && p.step?.activityType === 'exportLiveDisk' && p.bytesTotal !== undefined) copying.push(p);
         await sleep(100);
       }
       const ended = await run.proc;

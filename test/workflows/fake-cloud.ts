@@ -468,7 +468,8 @@ export class FakeCloud {
         release?.();
         return release !== undefined;
       }),
-      abortAbandonedLiveCopy: hooked('abortAbandonedLiveCopy', async () => false),
+      // As the real one: ends the backup job whose files are in the snapshot's temp dir, if any.
+      abortAbandonedLiveCopy: hooked('abortAbandonedLiveCopy', async (input: { instanceId: string; imageId: string }) => this.liveJobs.delete(input.imageId)),
       removeOrphanSnapshotDirs: hooked('removeOrphanSnapshotDirs', async () => [] as string[]),
       prunePreRestoreDisks: hooked('prunePreRestoreDisks', async () => [] as string[]),
       removeAbandonedNewInstances: hooked('removeAbandonedNewInstances', async () => [] as string[]),

@@ -388,6 +388,49 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assertUndone(cloud, id, await imageIdOf(handle), 'CopyLost');
   });
 
+  it('streamed, the overlay full mid-upload (NoSpace): not retried, compensation ends the job and undoes the rest', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    cloud.hooks.uploadLiveExport = async () => {
+      throw ApplicationFailure.create({ type: 'NoSpace', message: 'the guest overwrote 48 MiB of its disk during the upload', nonRetryable: true });
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'stream-full' });
+    assert.equal(await failureType(handle), 'NoSpace');
+    assert.equal(cloud.calls.filter((c) => c === 'uploadLiveExport').length, 1);
+    assert.ok(cloud.calls.includes('endLiveExport'));
+    assertUndone(cloud, id, await imageIdOf(handle), 'NoSpace');
+  });
+
+  it('live where the export cannot be streamed: copied and uploaded from the copy, and the result says why', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    cloud.hooks.exportLiveDisk = async (call) => {
+      const [input] = call.args as [{ imageId: string; diskFormat: 'qcow2' | 'raw' }];
+      cloud.tempDirs.add(input.imageId);
+      return {
+        transfer: 'copied',
+        transferNote: 'copied: VMSNAP_LIVE_TRANSFER is copy',
+        path: `/fake/${input.imageId}/disk`,
+        diskFormat: input.diskFormat,
+        size: 1024,
+        virtualSize: 4096,
+        bootId: 'fake-boot',
+        consistency: 'crash-consistent',
+        guestPauseMs: 0,
+      };
+    };
+    const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'copied' })).result();
+    assert.deepEqual(
+      [result.mode, result.transfer, result.transferNote, result.hostScratchBytes],
+      ['live', 'copied', 'copied: VMSNAP_LIVE_TRANSFER is copy', 1024],
+    );
+    const host = cloud.calls.filter((c) => ['exportLiveDisk', 'uploadLiveExport', 'endLiveExport', 'uploadImage', 'removeSnapshotFiles'].includes(c));
+    assert.deepEqual(host, ['exportLiveDisk', 'uploadImage', 'removeSnapshotFiles']);
+    assert.deepEqual([...cloud.liveJobs, ...cloud.tempDirs], []);
+  });
+
   it('an image stuck each time: the snapshot gives up with ImageStuck after two new records, and none is left', async () => {
     const { cloud, id } = newGuest();
     const tried: string[] = [];
