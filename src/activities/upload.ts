@@ -21,6 +21,11 @@ export interface UploadTarget {
   properties?: Record<string, string>;
   /** The record was made with its formats (createImageRecord's diskFormat); older runs set them here. */
   formatsSet?: boolean;
+  /**
+   * The request named the image id (the API's caller was answered with it): an image left stuck
+   * saving is waited for through the retries, never replaced by a record the caller does not know.
+   */
+  keepImageId?: boolean;
 }
 
 export interface UploadImageInput extends UploadTarget {
@@ -105,6 +110,13 @@ export async function sendAndVerify({ imageService }: Pick<ActivityDeps, 'imageS
       }
       started = performance.now();
       sent = await data.send(progress, Context.current().cancellationSignal);
+    } else if ((image.status === 'saving' || image.status === 'uploading') && input.keepImageId) {
+      throw new VmsnapError(
+        'ImageServiceUnavailable',
+        `image ${input.imageId} is still ${image.status} in Glance from an earlier upload attempt that was cut off; its id was given to the ` +
+          'requester, so the upload waits for Glance to give that attempt up instead of making a new record',
+        { imageId: input.imageId, status: image.status },
+      );
     } else if (image.status === 'saving' || image.status === 'uploading') {
       // An earlier attempt's PUT was cut off, and Glance keeps the image so until its side of that
       // connection times out (minutes). Waiting would hold the instance that long: the workflow

@@ -77,7 +77,9 @@ export type SnapshotPhase =
   | 'compensating'
   | 'completed'
   | 'cancelled'
-  | 'failed';
+  | 'failed'
+  /** Ended before it took the instance (busy, unknown, a request it cannot honour): nothing was done. */
+  | 'refused';
 
 /** Answer of the `progress` query. */
 export interface SnapshotProgress {
@@ -184,7 +186,9 @@ export type RestorePhase =
   | 'compensating'
   | 'completed'
   | 'cancelled'
-  | 'failed';
+  | 'failed'
+  /** Ended before it took the instance (busy, unknown, an image it cannot restore): nothing was done. */
+  | 'refused';
 
 /** Answer of a restore's `progress` query. */
 export interface RestoreProgress {

@@ -193,7 +193,7 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
   it("restores the image: the guest continues from the image's counter, the previous disk is kept", async () => {
     // Let the guest run well past the image's counter, so the two disks tell apart.
     const ranOn = await counterAbove(atImage + 300, 'the guest counts past the image');
-    const handle = await startRestore(h.client, { instance: guestName, imageId }, h.config.temporal.taskQueue);
+    const handle = await startRestore(h.client, { instance: guest.uuid, imageId }, h.config.temporal.taskQueue);
     const result = await handle.result();
     await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, REPLAY_FIXTURES.restore);
     const first = (await readCounter(guest.diskPath, 'qcow2')).a;
@@ -256,6 +256,13 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.match(bad.stderr, /instance/);
     const noImage = await vmsnap(h, ['restore', guestName]);
     assert.equal(noImage.exitCode, 2, noImage.stderr);
+    // An image id Glance does not have: exit 3 at the prompt, one line, and the instance untouched.
+    const missing = await vmsnap(h, ['restore', guestName, '--image', randomUUID()], {}, 120_000);
+    assert.equal(missing.exitCode, 3, `${missing.stdout}\n${missing.stderr}`);
+    assert.equal(missing.stderr.trim().split('\n').length, 1, missing.stderr);
+    assert.match(missing.stderr, /^vmsnap: .*not found.*openstack image show/i);
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    assert.equal(await guestState(guestName), 'running');
 
     const run = await vmsnap(h, ['restore', guestName, '--image', `vmsnap-test-${process.pid}-restore`, '--wait', '--json'], {}, 300_000);
     assert.equal(run.exitCode, 0, run.stderr);

@@ -9,6 +9,8 @@ import { EXIT_CODES_HELP } from '../exit-codes.js';
 import { formatBytes, formatDuration, formatPhases } from '../progress.js';
 import * as restores from '../restores.js';
 import type { RestoreHandle, RestoreProgressDetails, RestoreSummary } from '../restores.js';
+import { acceptRestore } from '../acceptance.js';
+import { resolveInstanceId } from '../inventory.js';
 import { followWork, outcomeOf } from './follow.js';
 import { addListCommand, describeCliProblem, since, type ListKind } from './options.js';
 import { addStatusCommand, type StatusKind } from './status.js';
@@ -51,9 +53,16 @@ export function registerRestoreCommands(program: Command, session: Session): voi
           ...(opts.allowGrow ? { allowGrow: true } : {}),
           ...(opts.asNew ? { asNew: opts.asNew } : {}),
         };
+        // The workflow id comes from the UUID whatever was typed; the answer comes once the task state is
+        // taken, or with why not (a busy instance, an image that is missing or not this instance's).
+        const instanceId = await resolveInstanceId(config, instance);
         const client = await session.getClient();
-        const handle = await restores.startRestore(client, request, config.temporal.taskQueue);
-        const runId = handle.firstExecutionRunId;
+        const { handle, accepted } = await acceptRestore(client, request, {
+          instanceId,
+          taskQueue: config.temporal.taskQueue,
+          acceptTimeoutMs: config.acceptTimeoutMs,
+        });
+        const { runId } = accepted;
         const started = { workflowId: handle.workflowId, runId, instance, imageId };
         if (!opts.wait) {
           if (g.json) session.json({ ...started, status: 'running' });
@@ -85,7 +94,8 @@ export function registerRestoreCommands(program: Command, session: Session): voi
         const problems = validateRollbackRequest({ instance });
         if (problems.length) throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`);
         const config = session.getConfig();
-        const handle = await restores.startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
+        const instanceId = await resolveInstanceId(config, instance);
+        const handle = await restores.startRollback(await session.getClient(), { instance: instanceId }, config.temporal.taskQueue);
         const ended = await followWork(session, g, () => handle.result(), undefined, instance);
         if (g.json) session.json({ workflowId: handle.workflowId, runId: handle.firstExecutionRunId, instance, ...ended.outcome });
         const r = ended.outcome.result as RollbackResult | undefined;
