@@ -184,12 +184,13 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     assert.equal((await h.store.getInstance(slow.uuid))?.taskState, null);
   });
 
-  it('a guest that is not running is copied cold, and the result says why', async () => {
+  // mode "live" itself is refused for a guest that is not running (cli.test.ts): auto copies it cold.
+  it('a guest that is not running is copied cold under auto, and the result says why', async () => {
     const off = await createGuest({ name: `vmsnap-test-live-off-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     try {
       await execa('virsh', ['-c', 'qemu:///system', 'destroy', off.name]);
       const result = await (
-        await startSnapshot(h.client, { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'live' }, h.config.temporal.taskQueue)
+        await startSnapshot(h.client, { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'auto' }, h.config.temporal.taskQueue)
       ).result();
       assert.equal(result.mode, 'cold');
       assert.match(result.modeReason ?? '', /shutdown: a cold copy needs no pause/);
