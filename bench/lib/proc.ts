@@ -130,10 +130,10 @@ export function sampleRss(pid: number, intervalMs = 50, openFragment?: string): 
     const kib = rssKiB(pid);
     if (kib === undefined) return;
     const sample: RssSample = { t: Math.round(performance.now() - start), kib };
-    // A streamed live snapshot reads its export through a child (python3-libnbd) named by the
-    // snapshot's socket path: its CPU is the upload's too, and the worker's reaped children's
-    // (counted in once it ends) keep the figure continuous.
-    const reader = openFragment ? childWith(pid, openFragment) : undefined;
+    // A streamed live snapshot reads its export through a child (python3-libnbd) given the
+    // snapshot's socket path (URI-encoded: the fragment without its slashes): its CPU is the
+    // upload's too, and the worker's reaped children's (counted in once it ends) keep the figure continuous.
+    const reader = openFragment ? childWith(pid, openFragment.replaceAll('/', '')) : undefined;
     const times = cpuTimes(pid);
     if (times) sample.cpu = times.own + times.children + (reader !== undefined ? (cpuSeconds(reader) ?? 0) : 0);
     if (openFragment) sample.open = reader !== undefined || hasOpenFile(pid, openFragment);
