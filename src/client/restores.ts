@@ -135,8 +135,8 @@ export function restoreHandle(client: Client, instance: string, runId?: string):
 /** The restore's `progress` query, with percent and bytes of the download while it runs. */
 export async function getRestoreProgress(handle: RestoreHandle): Promise<RestoreProgressDetails> {
   const [progress, description] = await Promise.all([handle.query<RestoreProgress>('progress'), handle.describe()]);
-  const { percent, bytesDone, bytesTotal, step } = await stepProgress(handle, description, progress.phase);
-  return { ...progress, ...(percent !== undefined ? { percent, bytesDone, bytesTotal } : {}), ...(step ? { step } : {}) };
+  const { percent, bytesDone, bytesTotal, note, step } = await stepProgress(handle, description, progress.phase);
+  return { ...progress, ...(percent !== undefined ? { percent, bytesDone, bytesTotal } : {}), ...(note ? { note } : {}), ...(step ? { step } : {}) };
 }
 
 export async function restoreResult(handle: RestoreHandle): Promise<RestoreResult> {

@@ -17,7 +17,7 @@ import { temporalConnectionOptions } from '../shared/temporal-config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE, snapshotWorkflowId } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
-import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';
+import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult, StepNote, StepProgress } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
 import type { snapshotInstance } from '../workflows/snapshot.js';
 import { ClientError } from './errors.js';
@@ -145,6 +145,8 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     };
     const details = await decodePayloads(handle, activity.heartbeatDetails?.payloads ?? []);
     // The query and describe() are two calls: a heartbeat of a step that just ended is not news.
+    const waiting = details.find(isStepNote);
+    if (waiting && waiting.phase === phase) return { note: waiting.note, step };
     const heartbeat = details.find(isStepProgress);
     if (heartbeat && heartbeat.phase === phase) {
       return {
@@ -158,6 +160,11 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     fallback = { step };
   }
   return fallback;
+}
+
+function isStepNote(value: unknown): value is StepNote {
+  const v = value as Partial<StepNote & StepProgress> | null;
+  return typeof v === 'object' && v !== null && typeof v.phase === 'string' && typeof v.note === 'string' && v.percent === undefined;
 }
 
 function isStepProgress(value: unknown): value is StepProgress {

@@ -119,7 +119,8 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     //    holds no round trip through Temporal.
     track.enter('stopping');
     const summary = `stop the guest, swap the disk (keep the previous one), start it (${prior}) and confirm it runs`;
-    const done = await onHost(steps.power, summary).stopSwapStart({ instanceId, owner, imageId, powerState: prior });
+    const forceStop = request.forceStop ?? false;
+    const done = await onHost(steps.power, summary).stopSwapStart({ instanceId, owner, imageId, powerState: prior, forceStop });
     track.taskState('rebuild_spawning');
 
     // 7. Task state → None.
@@ -139,6 +140,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
       virtualSize: prepared.virtualSize,
       priorPowerState: prior,
       downtimeMs: prior === 'shutdown' ? 0 : Math.max(0, done.startedAt - done.stoppedAt),
+      ...(done.shutdownWaitMs !== undefined ? { shutdownWaitMs: done.shutdownWaitMs } : {}),
       stoppedBy: done.stoppedBy,
       confirmedBy: done.confirmedBy,
       downtimeStepsMs: done.downtimeStepsMs,
