@@ -277,13 +277,13 @@ export class LibvirtHypervisor implements Hypervisor {
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline) {
         const lookedAt = Date.now();
-        shutdownWaitMs = lookedAt - asked;
-        if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'shutdown', runningUntil, shutdownWaitMs };
+        if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'shutdown', runningUntil, shutdownWaitMs: Date.now() - asked };
         runningUntil = lookedAt;
         // A step whose restore is gone (terminated) must not destroy the guest after the fact.
         signal?.throwIfAborted();
         await new Promise((r) => setTimeout(r, 100));
       }
+      shutdownWaitMs = Date.now() - asked;
     }
     signal?.throwIfAborted();
     runningUntil = Date.now();
