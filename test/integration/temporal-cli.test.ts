@@ -113,6 +113,53 @@ describe('the Temporal CLI drives snapshotInstance', { timeout: 400_000 }, () =>
     assert.ok(listed);
   });
 
+  it('execute-update-with-start answers once the task state is taken, with the image id; a busy instance is refused, nothing made', async () => {
+    const workflowId = snapshotWorkflowId(guest.uuid);
+    const imageName = `vmsnap-test-tcli-accepted-${process.pid}`;
+    // The line docs/usage.md shows.
+    const accept = (name: string) =>
+      temporal([
+        'workflow',
+        'execute-update-with-start',
+        '--update-name',
+        'accepted',
+        '--id-conflict-policy',
+        'Fail',
+        '--type',
+        'snapshotInstance',
+        '--task-queue',
+        h.config.temporal.taskQueue,
+        '--workflow-id',
+        workflowId,
+        '--input',
+        `{"instance": "${guest.uuid}", "imageName": "${name}"}`,
+        '--output',
+        'json',
+      ]);
+    const accepted = await accept(imageName);
+    assert.equal(accepted.exitCode, 0, `${accepted.stdout}\n${accepted.stderr}`);
+    const answer = JSON.stringify(parse<unknown>(accepted));
+    const imageId = /"imageId":"([0-9a-f-]{36})"/.exec(answer)?.[1];
+    assert.ok(imageId, answer);
+    images.add(imageId);
+    assert.match(answer, /"taskState":"image_snapshot_pending"/);
+    // The image record exists by the time the answer came.
+    assert.ok(await h.glance.getImage(imageId), 'the image record is made before the answer');
+    const result = await temporal(['workflow', 'result', '--workflow-id', workflowId, '--output', 'json']);
+    assert.equal(result.exitCode, 0, result.stderr);
+
+    // Busy: a task held by someone else. The run is refused, the CLI fails with the reason.
+    assert.ok(await h.store.compareAndSwapTaskState(guest.uuid, null, 'image_uploading', 'someone-else'));
+    try {
+      const refused = await accept(`${imageName}-busy`);
+      assert.notEqual(refused.exitCode, 0, refused.stdout);
+      assert.match(refused.stdout + refused.stderr, /InstanceBusy|task in progress/);
+    } finally {
+      await h.store.releaseTaskState(guest.uuid, 'someone-else');
+    }
+    assert.deepEqual(await h.glance.listImages({ name: `${imageName}-busy` }), []);
+  });
+
   it('a bad input fails at once with a non-retryable InvalidInput naming both fields', async () => {
     const workflowId = `vmsnap-test-tcli-bad-${process.pid}`;
     const started = await startSnapshotWorkflow(workflowId, '{"instance": "../x", "imageName": ""}');
