@@ -1,8 +1,9 @@
 // The reconciler's steps: find snapshots whose workflow is gone (terminated, timed out, lost)
 // while they still hold a task state, a paused guest, an image or a temp dir, and undo them.
-import { readdir, rm, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
+import { removeSnapshotFiles } from './snapshot-files.js';
 import { UUID_PATTERN } from '../shared/validation.js';
 import { VmsnapError } from '../shared/errors.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
@@ -146,7 +147,7 @@ export function reconcileHostActivities({ snapshotsDir, hypervisor }: Pick<Activ
         const dir = join(snapshotsDir, name);
         const { mtimeMs } = await stat(dir);
         if (Date.now() - mtimeMs < input.graceMs) continue;
-        await rm(dir, { recursive: true, force: true });
+        await removeSnapshotFiles(snapshotsDir, name); // a pause guard still there is stopped first
         removed.push(name);
       }
       return removed;

@@ -8,7 +8,18 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VmsnapError } from '../shared/errors.js';
-import type { Hypervisor, InstanceInfo, LiveCopyOptions, LiveCopyResult, LiveCopySupport, PauseWatch, PowerState, RootDisk, WriteWatch } from './hypervisor.js';
+import type {
+  Hypervisor,
+  InstanceInfo,
+  LiveCopyOptions,
+  LiveCopyResult,
+  LiveCopySupport,
+  PauseEvent,
+  PauseWatch,
+  PowerState,
+  RootDisk,
+  WriteWatch,
+} from './hypervisor.js';
 import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
 import { startWriteWatch } from './libvirt-writes.js';
@@ -246,10 +257,10 @@ export class LibvirtHypervisor implements Hypervisor {
     return startWriteWatch(this.uri, checkId(id), device);
   }
 
-  async watchPauses(id: string): Promise<PauseWatch> {
+  async watchPauses(id: string, onEvent?: (event: PauseEvent) => void): Promise<PauseWatch> {
     const uuid = checkId(id);
     await this.getInstance(uuid);
-    return startPauseWatch(this.uri, uuid, (i) => this.state(i));
+    return startPauseWatch(this.uri, uuid, (i) => this.state(i), onEvent);
   }
 
   async stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<'shutdown' | 'destroy' | 'none'> {
