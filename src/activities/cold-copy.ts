@@ -75,20 +75,32 @@ export async function coldCopyDisk(deps: ActivityDeps, input: ColdCopyDiskInput)
   const disk = await deps.hypervisor.rootDisk(input.instanceId);
   const bytesTotal = await virtualSizeOf(deps, disk);
   const progress = convertHeartbeats(bytesTotal);
-  const follow = { signal, onProgress: progress.onProgress };
+  // nonce: the guard this attempt started or followed, once it has one.
+  const follow: Follow = { signal, onProgress: progress.onProgress };
   try {
     const ended = (await earlierGuard(deps, input, follow)) ?? (await copyUnderNewGuard(deps, input, disk, follow));
     return await afterTheGuard(deps, ended, bytesTotal, signal);
   } catch (err) {
     // A worker that only stops leaves the guard and its dir to the next attempt, which follows it.
-    if (!isWorkerShutdown(signal)) await removeSnapshotFiles(deps.snapshotsDir, input.imageId);
+    if (!isWorkerShutdown(signal)) await removeUnlessTakenOver(deps, input.imageId, follow.nonce);
     throw err;
   } finally {
     progress.stop();
   }
 }
 
-type Follow = Parameters<typeof followPauseGuard>[2];
+/**
+ * The failed step's temp dir goes, unless another attempt's guard runs in it now (an attempt of
+ * this step on a worker that lost Temporal, while its retry runs elsewhere): that one is its own.
+ */
+async function removeUnlessTakenOver(deps: ActivityDeps, imageId: string, nonce: string | undefined): Promise<void> {
+  const dir = snapshotDir(deps.snapshotsDir, imageId);
+  const [job, state] = await Promise.all([readGuardJob(dir), readGuardState(dir)]);
+  const another = job !== undefined && job.nonce !== nonce && state?.nonce === job.nonce && !state.outcome && (await isGuardRunning(state));
+  if (!another) await removeSnapshotFiles(deps.snapshotsDir, imageId);
+}
+
+type Follow = Parameters<typeof followPauseGuard>[2] & { nonce?: string };
 
 /**
  * This run's guard from an earlier attempt: its outcome, once it has one (followed while it runs).
@@ -99,6 +111,7 @@ async function earlierGuard(deps: ActivityDeps, input: ColdCopyDiskInput, follow
   const dir = snapshotDir(deps.snapshotsDir, input.imageId);
   const job = await readGuardJob(dir);
   if (!job || job.owner !== input.owner || job.instanceId !== input.instanceId) return undefined;
+  follow.nonce = job.nonce;
   const found = await readGuardState(dir);
   let state: GuardState | undefined = found?.nonce === job.nonce ? found : undefined;
   if (state && !state.outcome && (await isGuardRunning(state))) {
@@ -136,6 +149,7 @@ async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, d
     pauseBudgetMs: input.pause ? input.pauseBudgetMs : 0,
   };
   await writeGuardJob(dir, job);
+  follow.nonce = job.nonce;
   const guard = await launchPauseGuard(dir, job.nonce, (message) => Context.current().log.warn(message));
   // It could not arm (e.g. no QEMU events): its outcome says why, and nothing was paused.
   if (!guard.armed.outcome) {

@@ -11,6 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { execa } from 'execa';
 import { createGuest, guestState, removeGuest, type DomainState, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
+import type { ImageService } from '../../src/drivers/image-service.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { checkInvariants, outcomeOf, qemuImgProcessesUnder, type Invariants } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
@@ -69,13 +70,15 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
     h = await startHarness({
       name: 'faults-host',
       env: { VMSNAP_HEARTBEAT_TIMEOUT_MS: '5000' },
-      wrapDiskTool: (real) => ({
-        ...real,
-        async convert(opts) {
-          await real.convert(opts);
-          modes.push({ dir: statSync(join(opts.target, '..')).mode & 0o777, file: statSync(opts.target).mode & 0o777 });
-        },
-      }),
+      // The copy as the upload reads it (a cold copy is made by the pause guard, a process of its own).
+      wrapImageService: (real) => {
+        const observed = Object.create(real) as ImageService;
+        observed.uploadFile = async (id, path, ...rest) => {
+          modes.push({ dir: statSync(join(path, '..')).mode & 0o777, file: statSync(path).mode & 0o777 });
+          return real.uploadFile(id, path, ...rest);
+        };
+        return observed;
+      },
     });
     slow = await createSlowGuest({ name: `vmsnap-test-fh-slow-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 512 });
     small = await createGuest({ name: `vmsnap-test-fh-small-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
