@@ -3,8 +3,8 @@
 // own on the host (worker/pause-guard.ts) that outlives this worker: it resumes the guest at the
 // copy's end, at the pause budget's end and on this step's cancellation, whatever happens to the
 // worker, and leaves its outcome in the temp dir. The step looks up what can wait out of the pause
-// (the disk, its size, the room for the copy), starts the guard, records the pause and makes it
-// once the guard watches QEMU's events, says "go", follows the guard, records the resume with
+// (the disk, its size, the room for the copy, while the guard starts), records the pause and makes
+// it once the guard watches QEMU's events, says "go", follows the guard, records the resume with
 // QEMU's measure of the pause, and checks the copy after the resume (no fsync: see
 // ConvertedDisk.bootId).
 //
@@ -130,7 +130,6 @@ async function earlierGuard(deps: ActivityDeps, input: ColdCopyDiskInput, follow
 /** Room checked, a fresh dir, the guard started and armed, the guest paused, "go"; the guard followed to its outcome. */
 async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, disk: RootDisk, follow: Follow): Promise<Ended> {
   const { instanceId, owner } = input;
-  await ensureRoomForCopy(deps, { ...input, live: false });
   // A fresh dir: whatever an earlier attempt or snapshot left there is stopped and removed first.
   const target = await privateTarget(deps.snapshotsDir, input);
   const dir = dirname(target);
@@ -150,10 +149,17 @@ async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, d
   };
   await writeGuardJob(dir, job);
   follow.nonce = job.nonce;
-  const guard = await launchPauseGuard(dir, job.nonce, (message) => Context.current().log.warn(message));
+  // The guard starts (a process: hundreds of ms) while the room for the copy is measured.
+  const [launched, room] = await Promise.allSettled([
+    launchPauseGuard(dir, job.nonce, (message) => Context.current().log.warn(message)),
+    ensureRoomForCopy(deps, { ...input, live: false }),
+  ]);
+  if (launched.status === 'rejected') throw launched.reason;
+  const guard = launched.value;
   // It could not arm (e.g. no QEMU events): its outcome says why, and nothing was paused.
   if (!guard.armed.outcome) {
     try {
+      if (room.status === 'rejected') throw room.reason; // NoSpace: the guest is never paused
       follow.signal.throwIfAborted();
       if (input.pause) {
         await deps.store.recordEvent({ instanceId, action: 'createImage', event: 'pause', requestId: owner, details: { guard: job.nonce } });

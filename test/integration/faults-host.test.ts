@@ -102,8 +102,10 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       priorState: 'running',
       async during(handle) {
         await waitForPhase(handle, 'converting');
-        await new Promise((r) => setTimeout(r, 1000));
-        assert.ok(qemuImgProcessesUnder(h.config.snapshotsDir).length > 0, 'qemu-img is copying');
+        await waitForGuestState(slow.name, 'paused');
+        for (const deadline = Date.now() + 30_000; !qemuImgProcessesUnder(h.config.snapshotsDir).length; await new Promise((r) => setTimeout(r, 50))) {
+          assert.ok(Date.now() < deadline, 'qemu-img is copying within 30 s of the pause');
+        }
         await handle.cancel();
         await waitForPhase(handle, 'cancelled', 30_000);
         assert.deepEqual(qemuImgProcessesUnder(h.config.snapshotsDir), [], 'qemu-img was killed');

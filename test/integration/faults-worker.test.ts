@@ -14,7 +14,7 @@ import type { SqliteStore } from '../../src/store/sqlite.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { recordFaultRow } from '../support/fault-report.js';
 import { assertAllHeld, checkInvariants, outcomeAcrossOutage, outcomeOf, qemuImgProcessesUnder } from '../support/invariants.js';
-import { waitForPhase } from '../support/slow-guest.js';
+import { waitForGuestState, waitForPhase } from '../support/slow-guest.js';
 import { WorkerTest } from '../support/worker-test.js';
 
 const guestName = `vmsnap-test-fw-${process.pid}`;
@@ -58,8 +58,10 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
       const imageName = `vmsnap-test-${process.pid}-kill-convert`;
       const handle = await startSnapshot(client, { instance: guest.uuid, imageName, compress: true }, env.VMSNAP_TASK_QUEUE);
       await waitForPhase(handle, 'converting');
-      await sleep(1000);
-      assert.ok(qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length > 0, 'qemu-img is copying');
+      await waitForGuestState(guestName, 'paused');
+      for (const deadline = Date.now() + 30_000; !qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length; await sleep(50)) {
+        assert.ok(Date.now() < deadline, 'qemu-img is copying within 30 s of the pause');
+      }
       await first.stop('SIGKILL');
       // The pause guard (a process of its own) owns the copy and the pause: both outlive the worker.
       assert.ok(qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length > 0, "the copy goes on under the dead worker's pause guard");
