@@ -110,7 +110,7 @@ type Follow = Parameters<typeof followPauseGuard>[2] & { nonce?: string };
 async function earlierGuard(deps: ActivityDeps, input: ColdCopyDiskInput, follow: Follow): Promise<Ended | undefined> {
   const dir = snapshotDir(deps.snapshotsDir, input.imageId);
   const job = await readGuardJob(dir);
-  if (!job || job.owner !== input.owner || job.instanceId !== input.instanceId) return undefined;
+  if (!job || job.owner !== input.owner || job.instanceId !== input.instanceId || job.imageId !== input.imageId) return undefined;
   follow.nonce = job.nonce;
   const found = await readGuardState(dir);
   let state: GuardState | undefined = found?.nonce === job.nonce ? found : undefined;

@@ -5,11 +5,16 @@
 // OOM-killed worker (and its virsh shells) would die. Pauses are measured by QEMU's own STOP and
 // RESUME events (a watch of the test's) and libvirt's domstate, never by sleeping.
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
+import { execa } from 'execa';
 import { guestState, type Guest } from '../../scripts/lib/guest.js';
+import { writeGuardJob } from '../../src/activities/pause-guard-files.js';
+import { followPauseGuard, launchPauseGuard } from '../../src/activities/pause-guard-launch.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { PauseEvent } from '../../src/drivers/hypervisor.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
@@ -143,7 +148,48 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
     if ((await guestState(guestName)) === 'paused') await hypervisor.resume(guest.uuid);
   });
 
-  it('every worker process killed mid-pause and none restarted: the guest runs again at the pause budget', async () => {
+  it('under systemd without a scope to be had, the guard still starts: detached, in a session of its own, and the worker says why', async () => {
+    const dir = mkdtempSync(join(t.dir, 'scope-'));
+    await execa('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'source.qcow2'), '16M']);
+    writeFileSync(join(dir, 'disk.qcow2'), '');
+    const nonce = randomUUID();
+    await writeGuardJob(dir, {
+      nonce,
+      owner: 'test/run',
+      instanceId: guest.uuid,
+      imageId: randomUUID(),
+      libvirtUri: 'qemu:///system',
+      source: { path: join(dir, 'source.qcow2'), format: 'qcow2' },
+      target: join(dir, 'disk.qcow2'),
+      targetFormat: 'qcow2',
+      compress: false,
+      forceShare: false,
+      pause: false,
+      pauseBudgetMs: 0,
+    });
+    const warnings: string[] = [];
+    // As systemd starts a unit: no systemd runs here, so systemd-run fails as it does without D-Bus.
+    process.env.INVOCATION_ID = 'vmsnap-test';
+    let guard;
+    try {
+      guard = await launchPauseGuard(dir, nonce, (m) => warnings.push(m));
+    } finally {
+      delete process.env.INVOCATION_ID;
+    }
+    assert.match(warnings.join('\n'), /could not start in a systemd scope/);
+    assert.match(readFileSync(join(dir, 'guard.log'), 'utf8'), /systemd/, "systemd-run's own words are in the guard's log");
+    const stat = readFileSync(`/proc/${guard.pid}/stat`, 'utf8');
+    const [, , pgrp, session] = stat
+      .slice(stat.lastIndexOf(')') + 2)
+      .split(' ')
+      .map(Number);
+    assert.deepEqual([pgrp, session], [guard.pid, guard.pid], 'its own process group and session');
+    guard.go(Date.now());
+    const ended = await followPauseGuard(dir, guard, { signal: new AbortController().signal, onProgress: () => undefined });
+    assert.equal(ended?.outcome?.copy, 'done', JSON.stringify(ended));
+  });
+
+  it('every worker process killed mid-pause and none restarted: the guest runs again at the pause budget', async (ctx) => {
     const budgetMs = 4000;
     const worker = await startWorkerGroup({ VMSNAP_PAUSE_BUDGET_MS: String(budgetMs) });
     const watch = await hypervisor.watchPauses(guest.uuid);
@@ -164,6 +210,7 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
     assert.deepEqual(more, [], 'one pause');
     assert.ok(killedAt < pause.stop + budgetMs, `the worker died ${killedAt - pause.stop} ms into the pause, before the budget ran out`);
     const pausedMs = pause.resume - pause.stop;
+    ctx.diagnostic(`killed ${killedAt - pause.stop} ms into the pause; QEMU: paused ${pausedMs} ms for a budget of ${budgetMs} ms`);
     assert.ok(pausedMs <= budgetMs + 1000, `paused ${pausedMs} ms for a budget of ${budgetMs} ms (target: budget + 1 s)`);
     assert.deepEqual(qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR), [], 'the guard ended its copy');
 
@@ -182,7 +229,7 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
   });
 
   for (const restart of ['while the guard copies', 'after the guard has finished'] as const) {
-    it(`every worker process killed mid-pause, a worker restarted ${restart}: one copy, and guestPauseMs is the whole pause`, async () => {
+    it(`every worker process killed mid-pause, a worker restarted ${restart}: one copy, and guestPauseMs is the whole pause`, async (ctx) => {
       const worker = await startWorkerGroup();
       const watch = await hypervisor.watchPauses(guest.uuid);
       const copies = collectCopies();
@@ -223,6 +270,10 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
           `the new worker's attempt took the guard's copy over:\n${next.lines.filter((l) => /guard/.test(l)).join('\n')}`,
         );
 
+        ctx.diagnostic(
+          `killed ${killedAt - pauses[0]!.stop} ms into the pause; QEMU: paused ${qemuPausedMs} ms; result guestPauseMs ${result.guestPauseMs}; ` +
+            `qemu-img convert pids ${[...copies.pids].join(', ')}`,
+        );
         // Item 2: the result's pause is the guest's whole pause, the part before the kill included.
         assert.ok(
           result.guestPauseMs >= killedAt - pauses[0]!.stop,
