@@ -19,7 +19,7 @@ import { dirname } from 'node:path';
 import { ensureRoomForCopy } from './copy-room.js';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
-import { followPauseGuard, isWorkerShutdown, launchPauseGuard } from './pause-guard-launch.js';
+import { followPauseGuard, GuardProcess, isWorkerShutdown, launchPauseGuard } from './pause-guard-launch.js';
 import { isGuardRunning, readGuardJob, readGuardState, writeGuardJob, type GuardOutcome, type GuardState, type PauseGuardJob } from './pause-guard-files.js';
 import { pausedMsOfRun, resumeRecorded, type ResumeOutcome } from './power.js';
 import { finishCopy, privateTarget, removeSnapshotFiles, snapshotDir, type ConvertedDisk } from './snapshot-files.js';
@@ -57,11 +57,12 @@ interface Ended {
   outcome: GuardOutcome;
 }
 
-/** Heartbeats of a convert that reads `bytesTotal`: qemu-img's percent scaled to bytes. */
-export function convertHeartbeats(bytesTotal: number): { onProgress: (percent: number) => void; stop: () => void } {
+/** Heartbeats of a convert that reads `bytesTotal` (known now, or later through `total`): qemu-img's percent scaled to bytes. */
+export function convertHeartbeats(bytesTotal: number): { onProgress: (percent: number) => void; total: (bytes: number) => void; stop: () => void } {
   let percent = 0;
-  const stop = keepHeartbeating((): StepProgress => ({ phase: 'converting', percent, bytesDone: Math.round((bytesTotal * percent) / 100), bytesTotal }));
-  return { onProgress: (p) => (percent = p), stop };
+  let total = bytesTotal;
+  const stop = keepHeartbeating((): StepProgress => ({ phase: 'converting', percent, bytesDone: Math.round((total * percent) / 100), bytesTotal: total }));
+  return { onProgress: (p) => (percent = p), total: (bytes) => (total = bytes), stop };
 }
 
 /** The size the guest sees: a copy reads the whole virtual disk, so this is its total. */
@@ -72,19 +73,23 @@ export async function virtualSizeOf({ diskTool }: Pick<ActivityDeps, 'diskTool'>
 /** Suspend, convert, resume in one step. A failure after the resume says so (details.guestResumed). */
 export async function coldCopyDisk(deps: ActivityDeps, input: ColdCopyDiskInput): Promise<ColdCopiedDisk> {
   const signal = Context.current().cancellationSignal;
-  const disk = await deps.hypervisor.rootDisk(input.instanceId);
-  const bytesTotal = await virtualSizeOf(deps, disk);
-  const progress = convertHeartbeats(bytesTotal);
+  // The guard's process starts first: node's start and its imports overlap the lookups below.
+  const ahead = await GuardProcess.start(deps.snapshotsDir);
+  const progress = convertHeartbeats(0);
   // nonce: the guard this attempt started or followed, once it has one.
   const follow: Follow = { signal, onProgress: progress.onProgress };
   try {
-    const ended = (await earlierGuard(deps, input, follow)) ?? (await copyUnderNewGuard(deps, input, disk, follow));
+    const disk = await deps.hypervisor.rootDisk(input.instanceId);
+    const bytesTotal = await virtualSizeOf(deps, disk);
+    progress.total(bytesTotal);
+    const ended = (await earlierGuard(deps, input, follow)) ?? (await copyUnderNewGuard(deps, input, disk, follow, ahead));
     return await afterTheGuard(deps, ended, bytesTotal, signal);
   } catch (err) {
     // A worker that only stops leaves the guard and its dir to the next attempt, which follows it.
     if (!isWorkerShutdown(signal)) await removeUnlessTakenOver(deps, input.imageId, follow.nonce);
     throw err;
   } finally {
+    ahead.dismiss(); // not handed a job: not wanted
     progress.stop();
   }
 }
@@ -128,7 +133,7 @@ async function earlierGuard(deps: ActivityDeps, input: ColdCopyDiskInput, follow
 }
 
 /** Room checked, a fresh dir, the guard started and armed, the guest paused, "go"; the guard followed to its outcome. */
-async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, disk: RootDisk, follow: Follow): Promise<Ended> {
+async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, disk: RootDisk, follow: Follow, ahead: GuardProcess): Promise<Ended> {
   const { instanceId, owner } = input;
   // A fresh dir: whatever an earlier attempt or snapshot left there is stopped and removed first.
   const target = await privateTarget(deps.snapshotsDir, input);
@@ -149,26 +154,28 @@ async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, d
   };
   await writeGuardJob(dir, job);
   follow.nonce = job.nonce;
-  // The guard starts (a process: hundreds of ms) while the room for the copy is measured.
+  // The guard arms (libvirt's event registration) while the room for the copy is measured.
   const [launched, room] = await Promise.allSettled([
-    launchPauseGuard(dir, job.nonce, (message) => Context.current().log.warn(message)),
+    launchPauseGuard(ahead, dir, job.nonce, (message) => Context.current().log.warn(message)),
     ensureRoomForCopy(deps, { ...input, live: false }),
   ]);
   if (launched.status === 'rejected') throw launched.reason;
   const guard = launched.value;
   // It could not arm (e.g. no QEMU events): its outcome says why, and nothing was paused.
   if (!guard.armed.outcome) {
+    let pauseRecorded = false;
     try {
       if (room.status === 'rejected') throw room.reason; // NoSpace: the guest is never paused
       follow.signal.throwIfAborted();
       if (input.pause) {
         await deps.store.recordEvent({ instanceId, action: 'createImage', event: 'pause', requestId: owner, details: { guard: job.nonce } });
+        pauseRecorded = true;
         await deps.hypervisor.pause(instanceId);
       }
     } catch (err) {
       guard.abort(); // it gives back a pause QEMU reported
       const ended = await followPauseGuard(dir, guard, follow);
-      if (job.pause) await recordGuardResume(deps, job, ended?.outcome);
+      if (pauseRecorded) await recordGuardResume(deps, job, ended?.outcome);
       throw err;
     }
     guard.go(Date.now());

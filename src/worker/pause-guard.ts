@@ -1,20 +1,33 @@
 // The pause guard: a process of its own on the host that owns a cold copy's pause, so that a
 // paused guest never waits for a worker. The cold copy step (activities/cold-copy.ts) starts it
 // detached (its own session and process group; under systemd in a scope of its own, outside the
-// worker unit's cgroup), pauses the guest once the guard watches QEMU's events, and says "go". The
-// guard copies the disk with qemu-img (its child: a dead worker takes no copy with it) and resumes
-// the guest at the copy's end, at the pause budget's end counted from QEMU's STOP, on SIGTERM (the
-// step's cancellation), and at once when the step goes away before "go". It never resumes a guest
-// someone else resumed meanwhile: that copy is no longer one point in time, and is given up. Its
-// outcome (copy done or failed, QEMU's measured pause, what the resume found) stays in the temp
-// dir, where the step, or its retry on another worker, finds it. It talks to libvirt and qemu-img
-// only: no Temporal, no store, no cloud, no secret.
+// worker unit's cgroup) and hands it its job; once the guard watches QEMU's events, the step pauses
+// the guest and says "go". The guard copies the disk with qemu-img (its child: a dead worker takes
+// no copy with it) and resumes the guest at the copy's end, at the pause budget's end counted from
+// QEMU's STOP, on SIGTERM (the step's cancellation), and at once when the step goes away before
+// "go". It never resumes a guest someone else resumed meanwhile: that copy is no longer one point
+// in time, and is given up. Its outcome (copy done or failed, QEMU's measured pause, what the
+// resume found) stays in the temp dir, where the step, or its retry on another worker, finds it.
+// It talks to libvirt and qemu-img only: no Temporal, no store, no cloud, no secret.
 //
-//   node dist/worker/pause-guard.js <snapshot temp dir> <nonce>
-//   stdin: "go <ms since the epoch the step paused at>" or "abort"; its end before either: the step is gone
+//   node dist/worker/pause-guard.js <its stderr's file, moved into the temp dir with the job>
+//   stdin, one JSON object a line (activities/pause-guard-launch.ts): {"job":{"dir","nonce"}}, then
+//   {"go":<ms since the epoch the step paused at>} or {"abort":true}; stdin's end before the job:
+//   not wanted (it exits); before "go": the step is gone
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { processStart, readGuardJob, writeGuardState, type GuardOutcome, type GuardState, type PauseGuardJob } from '../activities/pause-guard-files.js';
+import { rmSync } from 'node:fs';
+import { rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import {
+  GUARD_LOG,
+  processStart,
+  readGuardJob,
+  writeGuardState,
+  type GuardOutcome,
+  type GuardState,
+  type PauseGuardJob,
+} from '../activities/pause-guard-files.js';
 import { resumeIfPresent } from '../activities/power.js';
 import { bootId } from '../drivers/files.js';
 import type { Hypervisor, PauseEvent, PauseWatch } from '../drivers/hypervisor.js';
@@ -32,17 +45,48 @@ const RESUME_ATTEMPTS = 3;
 // Progress reaches the state file at most this often; phases at once.
 const PROGRESS_EVERY_MS = 500;
 
-/** The step's word on stdin: the first "go" or "abort" line, or "gone" when stdin ends first. */
-function nextCommand(): Promise<Command> {
-  return new Promise((resolve) => {
-    const lines = createInterface({ input: process.stdin });
-    lines.on('line', (line) => {
-      const [word, at] = line.trim().split(/\s+/);
-      if (word === 'go') resolve({ kind: 'go', pausedAt: Number(at) || Date.now() });
-      if (word === 'abort') resolve({ kind: 'abort' });
+/** The step's words on stdin, one JSON object a line; undefined once stdin has ended. */
+class StepWords {
+  private readonly lines: string[] = [];
+  private ended = false;
+  private wake: () => void = () => undefined;
+
+  constructor() {
+    const reader = createInterface({ input: process.stdin });
+    reader.on('line', (line) => {
+      this.lines.push(line);
+      this.wake();
     });
-    lines.on('close', () => resolve({ kind: 'gone' }));
-  });
+    reader.on('close', () => {
+      this.ended = true;
+      this.wake();
+    });
+  }
+
+  async next(): Promise<Record<string, unknown> | undefined> {
+    for (;;) {
+      const line = this.lines.shift();
+      if (line !== undefined) {
+        try {
+          return JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          continue; // not a word of the step's
+        }
+      }
+      if (this.ended) return undefined;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
+  /** The step's "go" or "abort"; "gone" when stdin ends first. */
+  async command(): Promise<Command> {
+    for (;;) {
+      const word = await this.next();
+      if (!word) return { kind: 'gone' };
+      if (typeof word.go === 'number') return { kind: 'go', pausedAt: word.go };
+      if (word.abort) return { kind: 'abort' };
+    }
+  }
 }
 
 class PauseGuard {
@@ -69,6 +113,7 @@ class PauseGuard {
     private readonly dir: string,
     private readonly hypervisor: Hypervisor,
     self: Pick<GuardState, 'pid' | 'procStart' | 'bootId'>,
+    private readonly words: StepWords,
   ) {
     this.state = { nonce: job.nonce, ...self, phase: 'arming', percent: 0 };
   }
@@ -101,7 +146,7 @@ class PauseGuard {
   }
 
   private async copyWhenTold(): Promise<GuardOutcome> {
-    const command = await Promise.race([nextCommand(), this.stop$.then((): Command => ({ kind: 'abort' }))]);
+    const command = await Promise.race([this.words.command(), this.stop$.then((): Command => ({ kind: 'abort' }))]);
     if (command.kind === 'gone' && this.job.pause) await this.lateStop();
     // Over budget or resumed by someone else before "go": a failure of the copy, not a step to start over.
     if (this.stopReason === 'budget' || this.stopReason === 'resumed-elsewhere') return { copy: 'failed', failure: this.stopFailure(), guestPauseMs: 0 };
@@ -127,8 +172,9 @@ class PauseGuard {
     } catch (err) {
       return { copy: 'failed', failure: this.stopFailure() ?? failureOf(err), guestPauseMs: 0 };
     }
-    // Resumed by someone else while qemu-img read: the copy may hold writes from after the pause.
-    if (this.resumedElsewhere) return { copy: 'failed', failure: this.stopFailure()!, guestPauseMs: 0 };
+    // Stopped as qemu-img ended: the guest may have run again before its last reads (the resume
+    // does not wait for qemu-img to die), so the copy may hold writes from after the pause.
+    if (this.stopReason) return { copy: 'failed', failure: this.stopFailure(), guestPauseMs: 0 };
     return { copy: 'done', guestPauseMs: 0 };
   }
 
@@ -227,19 +273,28 @@ function failureOf(err: unknown): NonNullable<GuardOutcome['failure']> {
 }
 
 async function main(): Promise<void> {
-  const [dir, nonce] = process.argv.slice(2);
-  if (!dir || !nonce) throw new Error('usage: pause-guard <snapshot temp dir> <nonce>');
-  // From the first instant: a SIGTERM before the guard is built still counts.
-  let signalled = false;
-  let onSignal = (): void => void (signalled = true);
+  const [log] = process.argv.slice(2);
+  if (!log) throw new Error('usage: pause-guard <log file>');
+  // From the first instant: a SIGTERM before there is a guard ends the process (nothing is paused yet).
+  let onSignal = (): void => {
+    rmSync(log, { force: true });
+    process.exit(0);
+  };
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => onSignal());
-  const job = await readGuardJob(dir);
+  const words = new StepWords();
+  const job = (await words.next())?.job as { dir?: unknown; nonce?: unknown } | undefined;
+  if (typeof job?.dir !== 'string' || typeof job.nonce !== 'string') {
+    await rm(log, { force: true }); // dismissed before its job: nothing to tell
+    return;
+  }
+  const dir = job.dir;
+  await rename(log, join(dir, GUARD_LOG)).catch(() => undefined);
+  const found = await readGuardJob(dir);
   // A newer attempt wrote another job here: this guard is not wanted.
-  if (job?.nonce !== nonce) throw new Error(`no job ${nonce} in ${dir}`);
+  if (found?.nonce !== job.nonce) throw new Error(`no job ${job.nonce} in ${dir}`);
   const self = { pid: process.pid, procStart: processStart(process.pid)?.start ?? '', bootId: await bootId() };
-  const guard = new PauseGuard(job, dir, new LibvirtHypervisor({ uri: job.libvirtUri }), self);
+  const guard = new PauseGuard(found, dir, new LibvirtHypervisor({ uri: found.libvirtUri }), self, words);
   onSignal = () => guard.stop('signal');
-  if (signalled) guard.stop('signal');
   await guard.run();
 }
 

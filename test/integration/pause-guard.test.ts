@@ -14,7 +14,7 @@ import { Client, Connection } from '@temporalio/client';
 import { execa } from 'execa';
 import { guestState, type Guest } from '../../scripts/lib/guest.js';
 import { writeGuardJob } from '../../src/activities/pause-guard-files.js';
-import { followPauseGuard, launchPauseGuard } from '../../src/activities/pause-guard-launch.js';
+import { followPauseGuard, GUARD_NOT_STARTED_LOG, GuardProcess, launchPauseGuard } from '../../src/activities/pause-guard-launch.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { PauseEvent } from '../../src/drivers/hypervisor.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
@@ -170,14 +170,17 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
     const warnings: string[] = [];
     // As systemd starts a unit: no systemd runs here, so systemd-run fails as it does without D-Bus.
     process.env.INVOCATION_ID = 'vmsnap-test';
-    let guard;
+    let ahead;
     try {
-      guard = await launchPauseGuard(dir, nonce, (m) => warnings.push(m));
+      ahead = await GuardProcess.start(join(t.dir, 'snapshots'));
     } finally {
       delete process.env.INVOCATION_ID;
     }
+    assert.equal(ahead.scoped, true, 'started through systemd-run');
+    const guard = await launchPauseGuard(ahead, dir, nonce, (m) => warnings.push(m));
     assert.match(warnings.join('\n'), /could not start in a systemd scope/);
-    assert.match(readFileSync(join(dir, 'guard.log'), 'utf8'), /systemd/, "systemd-run's own words are in the guard's log");
+    assert.match(readFileSync(join(dir, GUARD_NOT_STARTED_LOG), 'utf8'), /systemd/, "systemd-run's own words are kept");
+    assert.notEqual(guard.pid, ahead.pid, 'a guard without a scope took the job');
     const stat = readFileSync(`/proc/${guard.pid}/stat`, 'utf8');
     const [, , pgrp, session] = stat
       .slice(stat.lastIndexOf(')') + 2)

@@ -52,14 +52,15 @@ describe('the pause guard process', () => {
   it('runs in a systemd scope of its own when the worker is a unit, else as a plain detached process', () => {
     assert.equal(underSystemd({ INVOCATION_ID: '0123abcd' }), true);
     assert.equal(underSystemd({}), false);
-    const plain = pauseGuardCommand('/var/lib/vmsnap/snapshots/x', 'n1', false);
+    const log = '/var/lib/vmsnap/snapshots/.pause-guard-x.log';
+    const plain = pauseGuardCommand(log, false);
     assert.equal(plain[0], process.execPath);
-    assert.deepEqual(plain.slice(-2), ['/var/lib/vmsnap/snapshots/x', 'n1']);
-    assert.match(plain.at(-3)!, /[/]worker[/]pause-guard\.ts$/, 'from source, the .ts entry through tsx');
+    assert.equal(plain.at(-1), log);
+    assert.match(plain.at(-2)!, /[/]worker[/]pause-guard\.ts$/, 'from source, the .ts entry through tsx');
     assert.ok(plain.includes('--import'));
-    const scoped = pauseGuardCommand('/var/lib/vmsnap/snapshots/x', 'n1', true);
+    const scoped = pauseGuardCommand(log, true, 't1');
     assert.deepEqual(scoped.slice(0, 2), ['systemd-run', '--scope']);
-    assert.ok(scoped.includes('--unit=vmsnap-pause-guard-n1'));
+    assert.ok(scoped.includes('--unit=vmsnap-pause-guard-t1'));
     assert.deepEqual(scoped.slice(scoped.indexOf('--') + 1), plain);
   });
 
