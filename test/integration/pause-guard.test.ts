@@ -16,7 +16,7 @@ import { guestState, type Guest } from '../../scripts/lib/guest.js';
 import { writeGuardJob } from '../../src/activities/pause-guard-files.js';
 import { followPauseGuard, GUARD_NOT_STARTED_LOG, GuardProcess, launchPauseGuard } from '../../src/activities/pause-guard-launch.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
-import type { PauseEvent } from '../../src/drivers/hypervisor.js';
+import type { PauseEvent, PauseWatch } from '../../src/drivers/hypervisor.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import type { SqliteStore } from '../../src/store/sqlite.js';
 import { stackGlanceUrl } from '../support/cloud.js';
@@ -39,6 +39,20 @@ const groups: WorkerProcess[] = [];
 let guest: Guest;
 let store: SqliteStore;
 let client: Client;
+
+const watches = new Set<PauseWatch>();
+
+/** The guest's vCPU stops as QEMU stamps them; a watch a failed test left running is stopped after it. */
+async function watchGuestPauses(): Promise<PauseWatch> {
+  const watch = await hypervisor.watchPauses(guest.uuid);
+  watches.add(watch);
+  return {
+    stop: () => {
+      watches.delete(watch);
+      return watch.stop();
+    },
+  };
+}
 
 /** A worker in a process group of its own (setsid execs it: the pid is the group's id), started and polling. */
 async function startWorkerGroup(extra: Record<string, string> = {}): Promise<WorkerProcess> {
@@ -145,6 +159,8 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
   // Each test leaves no worker behind, and a guest that a failed test left paused runs again.
   afterEach(async () => {
     for (const w of groups.splice(0)) await killWorkerGroup(w);
+    for (const watch of watches) await watch.stop().catch(() => undefined);
+    watches.clear();
     if ((await guestState(guestName)) === 'paused') await hypervisor.resume(guest.uuid);
   });
 
@@ -195,7 +211,7 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
   it('every worker process killed mid-pause and none restarted: the guest runs again at the pause budget', async (ctx) => {
     const budgetMs = 4000;
     const worker = await startWorkerGroup({ VMSNAP_PAUSE_BUDGET_MS: String(budgetMs) });
-    const watch = await hypervisor.watchPauses(guest.uuid);
+    const watch = await watchGuestPauses();
     const imageName = `vmsnap-test-${process.pid}-guard-budget`;
     // Compressed: the copy takes longer than the budget.
     const handle = await startSnapshot(client, { instance: guest.uuid, imageName, compress: true }, env.VMSNAP_TASK_QUEUE);
@@ -234,7 +250,7 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
   for (const restart of ['while the guard copies', 'after the guard has finished'] as const) {
     it(`every worker process killed mid-pause, a worker restarted ${restart}: one copy, and guestPauseMs is the whole pause`, async (ctx) => {
       const worker = await startWorkerGroup();
-      const watch = await hypervisor.watchPauses(guest.uuid);
+      const watch = await watchGuestPauses();
       const copies = collectCopies();
       const imageName = `vmsnap-test-${process.pid}-guard-${restart.split(' ')[0]}`;
       try {
