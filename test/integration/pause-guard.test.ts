@@ -6,7 +6,7 @@
 // RESUME events (a watch of the test's) and libvirt's domstate, never by sleeping.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -15,7 +15,9 @@ import { execa } from 'execa';
 import { guestState, type Guest } from '../../scripts/lib/guest.js';
 import { writeGuardJob } from '../../src/activities/pause-guard-files.js';
 import { followPauseGuard, GUARD_NOT_STARTED_LOG, GuardProcess, launchPauseGuard } from '../../src/activities/pause-guard-launch.js';
+import { removeSnapshotFiles } from '../../src/activities/snapshot-files.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
+import { snapshotWorkflowId } from '../../src/shared/names.js';
 import type { PauseEvent, PauseWatch } from '../../src/drivers/hypervisor.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import type { SqliteStore } from '../../src/store/sqlite.js';
@@ -161,7 +163,17 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
     for (const w of groups.splice(0)) await killWorkerGroup(w);
     for (const watch of watches) await watch.stop().catch(() => undefined);
     watches.clear();
+    // What a failed test left: its run, the task state it held (no reconciler runs here), a paused guest.
+    await client.workflow
+      .getHandle(snapshotWorkflowId(guest.uuid))
+      .terminate('test: left by a failed test')
+      .catch(() => undefined);
+    const held = await store.getInstance(guest.uuid);
+    if (held?.taskOwner) await store.releaseTaskState(guest.uuid, held.taskOwner);
     if ((await guestState(guestName)) === 'paused') await hypervisor.resume(guest.uuid);
+    for (const name of existsSync(env.VMSNAP_SNAPSHOTS_DIR) ? readdirSync(env.VMSNAP_SNAPSHOTS_DIR) : []) {
+      await removeSnapshotFiles(env.VMSNAP_SNAPSHOTS_DIR, name); // a guard still there is stopped first
+    }
   });
 
   it('under systemd without a scope to be had, the guard still starts: detached, in a session of its own, and the worker says why', async () => {
