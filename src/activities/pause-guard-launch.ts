@@ -193,7 +193,8 @@ export async function followPauseGuard(
   opts: { signal: AbortSignal; onProgress: (percent: number) => void },
 ): Promise<GuardState | undefined> {
   const own = guard instanceof GuardProcess ? guard : undefined;
-  const nonce = guard instanceof GuardProcess ? guard.armed.nonce : guard.nonce;
+  // The pid the guard itself published (under systemd-run, the process started may be its parent).
+  const { nonce, pid } = guard instanceof GuardProcess ? guard.armed : guard;
   const running = own ? async () => own.running() : () => isGuardRunning(guard as GuardState);
   let terminated = false;
   const aborted = new Promise<void>((resolve) => {
@@ -206,7 +207,7 @@ export async function followPauseGuard(
       if (!terminated) {
         terminated = true;
         try {
-          process.kill(guard.pid, 'SIGTERM');
+          process.kill(pid, 'SIGTERM');
         } catch {
           // gone already: its state says how it ended
         }
