@@ -47,10 +47,13 @@ export function underSystemd(env: NodeJS.ProcessEnv = process.env): boolean {
   return Boolean(env.INVOCATION_ID);
 }
 
-/** The guard's environment: what virsh and qemu-img need, and nothing of the worker's (no settings, no secrets). */
+/**
+ * The guard's environment: what virsh and qemu-img need (libvirt's own settings, and the runtime dir
+ * a qemu:///session URI is found in), and nothing of the worker's (no vmsnap settings, no secrets).
+ */
 function guardEnv(): NodeJS.ProcessEnv {
-  const { PATH, HOME, LANG, TZ } = process.env;
-  return Object.fromEntries(Object.entries({ PATH, HOME, LANG, TZ }).filter(([, v]) => v !== undefined));
+  const wanted = (name: string) => ['PATH', 'HOME', 'LANG', 'TZ', 'USER', 'XDG_RUNTIME_DIR'].includes(name) || name.startsWith('LIBVIRT_');
+  return Object.fromEntries(Object.entries(process.env).filter(([name, value]) => value !== undefined && wanted(name)));
 }
 
 /** A guard's process, started ahead of its job; this worker's child. */
