@@ -1,7 +1,7 @@
 // `npm run bench`: vmsnap against the bare commands an operator would script (virsh suspend,
 // qemu-img convert, virsh resume, curl), on the same guests and disks, in one run, the variants
 // alternating run by run. Writes latest.json (raw samples, machine), latest.md and latest.svg.
-// See `npm run bench -- --help` and the README's Benchmarks section.
+// See `npm run bench -- --help` and docs/benchmarks.md.
 import type { Client } from '@temporalio/client';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';

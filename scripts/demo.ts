@@ -69,6 +69,8 @@ async function main(): Promise<void> {
   } finally {
     await worker.shutdown();
   }
+  console.log("== the same through Nova's API (the stack's compute endpoint; it needs a worker running, e.g. `npm run worker` in that environment)");
+  console.log(`   eval "$(npm run -s stack -- env)"; openstack server image create --name ${GUEST}-nova --wait ${GUEST}`);
   console.log(`The stack and the guest keep running: stop them with \`npm run stack -- down\`.`);
 }
 

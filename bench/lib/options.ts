@@ -81,7 +81,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --quick               smoke size: 1 run, small disk, bare+cold, scale 1, no PNG
   --stack own|env       own: private stack in .data/bench on ports 7333/9392/5100/5532 (default; or
                         VMSNAP_BENCH_DATA_DIR, VMSNAP_BENCH_TEMPORAL_PORT, _TEMPORAL_UI_PORT,
-                        _GLANCE_PORT, _KEYSTONE_PORT, _POSTGRES_PORT);
+                        _GLANCE_PORT, _KEYSTONE_PORT, _POSTGRES_PORT, _API_PORT);
                         env: the running stack named by TEMPORAL_ADDRESS, OS_CLOUD (or OS_AUTH_URL) and
                         VMSNAP_DATA_DIR (default with --quick when those are set)
   --out DIR             where latest.{json,md,svg} go (default bench/results)

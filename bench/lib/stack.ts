@@ -12,6 +12,7 @@ export const OWN_STACK_ENV = {
   VMSNAP_GLANCE_PORT: process.env.VMSNAP_BENCH_GLANCE_PORT || '9392',
   VMSNAP_POSTGRES_PORT: process.env.VMSNAP_BENCH_POSTGRES_PORT || '5532',
   VMSNAP_KEYSTONE_PORT: process.env.VMSNAP_BENCH_KEYSTONE_PORT || '5100',
+  VMSNAP_API_PORT: process.env.VMSNAP_BENCH_API_PORT || '8874',
 };
 
 export interface BenchStack {

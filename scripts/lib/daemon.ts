@@ -35,11 +35,20 @@ export function runningPid(pidFile: string, program: string): number | undefined
 }
 
 /** Starts a program detached in its own process group, output appended to a log file. */
-export function startDetached(opts: { command: string; args: string[]; logFile: string; pidFile: string; cwd?: string }): number {
+export function startDetached(opts: {
+  command: string;
+  args: string[];
+  logFile: string;
+  pidFile: string;
+  cwd?: string;
+  /** Set on top of this process's environment. */
+  env?: Record<string, string>;
+}): number {
   mkdirSync(dirname(opts.logFile), { recursive: true });
   mkdirSync(dirname(opts.pidFile), { recursive: true });
   const log = openSync(opts.logFile, 'a');
-  const child = spawn(opts.command, opts.args, { detached: true, stdio: ['ignore', log, log], cwd: opts.cwd });
+  const env = opts.env ? { ...process.env, ...opts.env } : undefined;
+  const child = spawn(opts.command, opts.args, { detached: true, stdio: ['ignore', log, log], cwd: opts.cwd, env });
   closeSync(log);
   if (child.pid === undefined) throw new Error(`could not start ${opts.command}: is it installed? (run ./scripts/setup)`);
   child.unref();

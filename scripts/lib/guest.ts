@@ -20,11 +20,13 @@ import { execa } from 'execa';
 import { buildGuestAssets, mkdirForQemu } from './guest/assets.js';
 import { DEFAULT_INTERVAL_MS, GuestError, LIBVIRT_URI, READY_MARKER } from './guest/common.js';
 import { readCounter } from './guest/counter.js';
-import { domainXml } from './guest/domain-xml.js';
+import { domainXml, type GuestOwner } from './guest/domain-xml.js';
+import { readAccounts } from './keystone.js';
 
 export { buildGuestAssets } from './guest/assets.js';
 export { DEFAULT_INTERVAL_MS, GUEST_AGENT_CHANNEL, GuestError, LIBVIRT_URI, READY_MARKER, RECORD_MARGIN, SECTOR } from './guest/common.js';
 export { readCounter, type Counter } from './guest/counter.js';
+export type { GuestOwner } from './guest/domain-xml.js';
 
 const DEFAULT_DISK_MIB = 64;
 const DEFAULT_MEMORY_MIB = 128;
@@ -57,6 +59,12 @@ export interface CreateGuestOptions {
    * them, but it is a real round trip through libvirt and the agent. Off by default.
    */
   guestAgent?: boolean;
+  /**
+   * Who owns the guest (domain metadata in vmsnap's namespace, read by discovery and the API's
+   * policy). Default: the stack's vmsnap project and user, when guestsDir is in a stack's data dir
+   * (its keystone/accounts.json); null: no owner.
+   */
+  owner?: GuestOwner | null;
   /** Runs once the disk exists and the domain is defined, before it starts (e.g. to write data into the disk with qemu-io). */
   beforeStart?: (guest: Guest) => Promise<void>;
 }
@@ -150,6 +158,7 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
   }
   await fs.writeFile(consoleLog, '');
 
+  const owner = opts.owner === undefined ? stackOwner(opts.guestsDir) : (opts.owner ?? undefined);
   const xmlPath = path.join(dir, 'domain.xml');
   await fs.writeFile(
     xmlPath,
@@ -163,6 +172,7 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
       diskPath,
       consoleLog,
       guestAgent: opts.guestAgent === true,
+      ...(owner ? { owner } : {}),
     }),
   );
   await virsh(['define', xmlPath]);
@@ -175,6 +185,13 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
   await waitReady(guest, deadline - Date.now());
   if (opts.guestAgent) await waitAgent(guest, deadline);
   return guest;
+}
+
+/** The stack's vmsnap project and user, when the guests dir is `<data dir>/guests` of a stack. */
+function stackOwner(guestsDir: string): GuestOwner | undefined {
+  const accounts = readAccounts(path.dirname(path.resolve(guestsDir)));
+  if (!accounts) return undefined;
+  return { projectId: accounts.vmsnapProjectId, userId: accounts.vmsnapUserId, projectName: 'vmsnap', userName: 'vmsnap' };
 }
 
 /**

@@ -2,8 +2,13 @@
 // own), SQLite, fernet tokens. On a new data dir it is bootstrapped and given what a cloud gives a
 // vmsnap operator: an `image` service with Glance's endpoints in the catalog, a `glance` service
 // user (admin in project `service`) for Glance's token checks, and a `vmsnap` user with the member
-// role in its own project, plus an application credential of that user. What clients need is
-// written as clouds.yaml, with the secrets in secure.yaml beside it (both 0600).
+// role in its own project, plus an application credential of that user. For vmsnap's compute API
+// (made on every `up`, so older data dirs get them too): a `compute` service with the API's
+// endpoints, a `vmsnap-service` user with what Nova's service user has (admin in project
+// `service`), and for the policy tests a member of a second project (`vmsnap-other`) and a reader
+// of project vmsnap (`vmsnap-reader`). What clients need is written as clouds.yaml, with the
+// secrets in secure.yaml beside it (both 0600).
+import Database from 'better-sqlite3';
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,6 +22,8 @@ export interface KeystoneStackConfig {
   glancePort: number;
   /** Token lifetime in seconds ([token] expiration); the test stack keeps it short. */
   tokenLifetimeS: number;
+  /** Port of vmsnap's compute API, named by the catalog's compute endpoints. */
+  apiPort: number;
 }
 
 export const REGION = 'RegionOne';
@@ -30,7 +37,24 @@ export interface KeystoneAccounts {
   vmsnapProjectId: string;
   applicationCredentialId: string;
   applicationCredentialSecret: string;
+  /** The compute API's accounts (ensureApiAccounts); absent in data dirs made before it. */
+  api?: ApiAccounts;
 }
+
+export interface ApiAccounts {
+  /** vmsnap-service: admin in project service, as Nova's service user (the API's token checks, workers that own images for others). */
+  servicePassword: string;
+  /** vmsnap-other: member of project vmsnap-other. */
+  otherPassword: string;
+  otherUserId: string;
+  otherProjectId: string;
+  /** vmsnap-reader: reader of project vmsnap. */
+  readerPassword: string;
+  readerUserId: string;
+}
+
+/** The compute endpoint of the stack's API, as clients find it in the catalog. */
+export const computeUrl = (cfg: Pick<KeystoneStackConfig, 'apiPort'>) => `http://127.0.0.1:${cfg.apiPort}/v2.1`;
 
 export function keystonePaths(dataDir: string) {
   const dir = join(dataDir, 'keystone');
@@ -84,6 +108,20 @@ async function manage(conf: string, args: string[]): Promise<void> {
   if (r.exitCode !== 0) throw new Error(`keystone: keystone-manage ${args[0]} failed: ${(r.all ?? '').trim().split('\n').slice(-3).join(' | ')}`);
 }
 
+/**
+ * Keystone's SQLite database in WAL mode (kept in the file): Keystone can leave a read cursor open
+ * within a request, and in SQLite's default mode that reader blocks the request's own commit
+ * until it times out ("database is locked", a 500), now and then, after any earlier read.
+ */
+export function keystoneWal(dataDir: string): void {
+  const db = new Database(keystonePaths(dataDir).db);
+  try {
+    db.pragma('journal_mode = WAL');
+  } finally {
+    db.close();
+  }
+}
+
 /** A fresh Keystone database, bootstrapped with the admin user; the accounts are made once it runs. */
 export async function initKeystone(cfg: KeystoneStackConfig, adminPassword: string): Promise<void> {
   const { dir, conf, db } = keystonePaths(cfg.dataDir);
@@ -115,7 +153,7 @@ class KeystoneAdmin {
     private readonly dispatcher: Agent,
   ) {}
 
-  async call<T>(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown, token = this.token): Promise<{ body: T; subjectToken?: string }> {
+  async call<T>(method: 'GET' | 'POST' | 'PUT' | 'PATCH', path: string, body?: unknown, token = this.token): Promise<{ body: T; subjectToken?: string }> {
     const res = await request(`${this.url}${path}`, {
       method,
       dispatcher: this.dispatcher,
@@ -146,6 +184,12 @@ class KeystoneAdmin {
 
   async asAdmin(password: string): Promise<void> {
     this.token = await this.login('admin', password, 'admin');
+  }
+
+  /** The id of the named item, or undefined (where names are unique: the stack keeps one domain). */
+  async find(collection: string, query: string): Promise<string | undefined> {
+    const { body } = await this.call<Record<string, { id: string }[]>>('GET', `/${collection}?${query}`);
+    return body[collection]?.[0]?.id;
   }
 
   async id(collection: string, name: string): Promise<string> {
@@ -215,6 +259,58 @@ export async function provisionKeystone(cfg: KeystoneStackConfig, ca: string, ad
   }
 }
 
+/**
+ * What vmsnap's compute API needs in Keystone, made where missing (every `up`: a data dir made before
+ * the API gets them): the compute service and its endpoints at the API's port, and its accounts.
+ */
+export async function ensureApiAccounts(cfg: KeystoneStackConfig, ca: string, accounts: KeystoneAccounts): Promise<KeystoneAccounts> {
+  const dispatcher = new Agent({ connect: { ca: readFileSync(ca) } });
+  const admin = new KeystoneAdmin(keystoneUrl(cfg), dispatcher);
+  try {
+    await admin.asAdmin(accounts.adminPassword);
+    const serviceId =
+      (await admin.find('services', 'type=compute')) ??
+      (await admin.create('services', { type: 'compute', name: 'vmsnap', description: "vmsnap's compute API (Nova's)" }));
+    const { body } = await admin.call<{ endpoints: { id: string; interface: string; url: string }[] }>('GET', `/endpoints?service_id=${serviceId}`);
+    for (const iface of ['public', 'internal', 'admin']) {
+      const existing = body.endpoints.find((e) => e.interface === iface);
+      if (!existing) await admin.create('endpoints', { service_id: serviceId, interface: iface, region_id: REGION, url: computeUrl(cfg) });
+      else if (existing.url !== computeUrl(cfg)) await admin.call('PATCH', `/endpoints/${existing.id}`, { endpoint: { url: computeUrl(cfg) } });
+    }
+    if (accounts.api) return accounts;
+    const role = (name: string) => admin.id('roles', name);
+    // A user with a password of our making, in a project, with a role there: made, or (a run that
+    // stopped half way) found and given the password.
+    const account = async (user: string, project: string, roleName: string) => {
+      const projectId =
+        (await admin.find('projects', `name=${project}`)) ??
+        (await admin.create('projects', { name: project, domain_id: 'default', description: `${project} project of the vmsnap stack` }));
+      const password = randomBytes(18).toString('base64url');
+      const found = await admin.find('users', `name=${user}`);
+      const userId = found ?? (await admin.create('users', { name: user, domain_id: 'default', password, default_project_id: projectId }));
+      if (found) await admin.call('PATCH', `/users/${found}`, { user: { password } });
+      await admin.call('PUT', `/projects/${projectId}/users/${userId}/roles/${await role(roleName)}`);
+      return { userId, projectId, password };
+    };
+    const service = await account('vmsnap-service', 'service', 'admin');
+    const other = await account('vmsnap-other', 'vmsnap-other', 'member');
+    const reader = await account('vmsnap-reader', 'vmsnap', 'reader');
+    return {
+      ...accounts,
+      api: {
+        servicePassword: service.password,
+        otherPassword: other.password,
+        otherUserId: other.userId,
+        otherProjectId: other.projectId,
+        readerPassword: reader.password,
+        readerUserId: reader.userId,
+      },
+    };
+  } finally {
+    await dispatcher.close();
+  }
+}
+
 /** clouds.yaml (no secrets) and secure.yaml (the secrets), both 0600, in the stack's data dir. */
 export function writeCloudsYaml(cfg: KeystoneStackConfig, ca: string, accounts: KeystoneAccounts): void {
   const paths = keystonePaths(cfg.dataDir);
@@ -235,6 +331,13 @@ export function writeCloudsYaml(cfg: KeystoneStackConfig, ca: string, accounts: 
         auth: { auth_url: keystoneUrl(cfg), application_credential_id: accounts.applicationCredentialId },
       },
       'vmsnap-admin': { ...common, auth: user('admin', 'admin') },
+      ...(accounts.api
+        ? {
+            'vmsnap-service': { ...common, auth: user('vmsnap-service', 'service') },
+            'vmsnap-other': { ...common, auth: user('vmsnap-other', 'vmsnap-other') },
+            'vmsnap-reader': { ...common, auth: user('vmsnap-reader', 'vmsnap') },
+          }
+        : {}),
     },
   };
   const secure = {
@@ -242,6 +345,13 @@ export function writeCloudsYaml(cfg: KeystoneStackConfig, ca: string, accounts: 
       vmsnap: { auth: { password: accounts.vmsnapPassword } },
       'vmsnap-appcred': { auth: { application_credential_secret: accounts.applicationCredentialSecret } },
       'vmsnap-admin': { auth: { password: accounts.adminPassword } },
+      ...(accounts.api
+        ? {
+            'vmsnap-service': { auth: { password: accounts.api.servicePassword } },
+            'vmsnap-other': { auth: { password: accounts.api.otherPassword } },
+            'vmsnap-reader': { auth: { password: accounts.api.readerPassword } },
+          }
+        : {}),
     },
   };
   for (const [file, doc] of [

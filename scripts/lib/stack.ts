@@ -1,18 +1,23 @@
 // The dev stack: Temporal (the dev server, or a cluster on PostgreSQL: temporal-cluster.ts),
-// Keystone (HTTPS), Glance behind Keystone, libvirt and PostgreSQL, as processes on loopback.
+// Keystone (HTTPS), Glance behind Keystone, libvirt, PostgreSQL and vmsnap's compute API (Nova's
+// door, behind the same Keystone), as processes on loopback.
 // Each service knows how to start, how to tell it is healthy, and how to stop by its own pid.
 import { execa } from 'execa';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
 import { Agent, request } from 'undici';
 import { isAlive, portIsFree, runningPid, startDetached, stopByPid, waitUntil } from './daemon.js';
 import {
+  computeUrl,
+  ensureApiAccounts,
   initKeystone,
   keystoneConfig,
+  keystoneWal,
   keystonePaths,
   keystoneUrl,
   provisionKeystone,
@@ -49,6 +54,10 @@ export interface StackConfig {
   postgresPassfile: string;
   /** Directory of PostgreSQL's initdb and postgres programs. */
   postgresBin: string;
+  /** vmsnap's compute API (Nova's port by default), named by the catalog's compute endpoints. */
+  apiPort: number;
+  /** How long the API keeps Keystone's answer about a token (VMSNAP_API_TOKEN_CACHE_S). */
+  apiTokenCacheS: number;
 }
 
 function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -72,6 +81,13 @@ function tokenCache(raw: string | undefined): number {
   if (raw === undefined || raw === '') return -1;
   const value = Number(raw);
   if (!Number.isInteger(value) || value < -1) throw new Error(`VMSNAP_GLANCE_TOKEN_CACHE=${raw} is not a cache time: give whole seconds, or -1 for no cache`);
+  return value;
+}
+
+function apiTokenCache(raw: string | undefined): number {
+  if (raw === undefined || raw === '') return 60;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) throw new Error(`VMSNAP_API_TOKEN_CACHE_S=${raw} is not a cache time: give whole seconds, 0 for no cache`);
   return value;
 }
 
@@ -117,6 +133,8 @@ export function stackConfig(env = process.env): StackConfig {
     postgresPort: port(env, 'VMSNAP_POSTGRES_PORT', 5432),
     postgresPassfile: resolve(env.VMSNAP_POSTGRES_PASSFILE || join(dataDir, 'postgresql.pgpass')),
     postgresBin: resolve(env.VMSNAP_POSTGRES_BIN || '/usr/lib/postgresql/15/bin'),
+    apiPort: port(env, 'VMSNAP_API_PORT', 8774),
+    apiTokenCacheS: apiTokenCache(env.VMSNAP_API_TOKEN_CACHE_S),
   };
 }
 
@@ -148,7 +166,7 @@ export function ownedService(spec: {
   program: string;
   ports: () => number[];
   prepare?: () => Promise<void>;
-  start: () => { command: string; args: string[] };
+  start: () => { command: string; args: string[]; env?: Record<string, string>; cwd?: string };
   healthy: () => Promise<boolean>;
   endpoints: () => Record<string, string>;
   startTimeoutMs: number;
@@ -172,8 +190,7 @@ export function ownedService(spec: {
           }
         }
         await spec.prepare?.();
-        const { command, args } = spec.start();
-        startDetached({ command, args, logFile, pidFile });
+        startDetached({ ...spec.start(), logFile, pidFile });
       }
       await waitUntil(
         async () => runningPid(pidFile, spec.program) !== undefined && spec.healthy(),
@@ -591,6 +608,7 @@ function keystoneService(cfg: StackConfig): Service {
     keystonePort: cfg.keystonePort,
     glancePort: cfg.glancePort,
     tokenLifetimeS: cfg.keystoneTokenLifetimeS,
+    apiPort: cfg.apiPort,
   };
   let adminPassword: string | undefined;
   let ca: Agent | undefined;
@@ -608,6 +626,7 @@ function keystoneService(cfg: StackConfig): Service {
         adminPassword = randomBytes(18).toString('base64url');
         await initKeystone(kcfg, adminPassword);
       }
+      keystoneWal(cfg.dataDir);
     },
     start: () => ({
       command: 'uwsgi',
@@ -656,7 +675,9 @@ function keystoneService(cfg: StackConfig): Service {
         accounts = await provisionKeystone(kcfg, tls.ca, adminPassword);
         saveAccounts(cfg.dataDir, accounts);
       }
-      writeCloudsYaml(kcfg, tls.ca, accounts);
+      const withApi = await ensureApiAccounts(kcfg, tls.ca, accounts);
+      if (withApi !== accounts) saveAccounts(cfg.dataDir, withApi);
+      writeCloudsYaml(kcfg, tls.ca, withApi);
       await ca?.close();
       ca = undefined;
       return status;
@@ -664,17 +685,51 @@ function keystoneService(cfg: StackConfig): Service {
   };
 }
 
+/** Where this checkout is: the API runs from its sources. */
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+/**
+ * vmsnap's compute API (src/api/), from the sources (as the tests' workers run), acting as the
+ * stack's vmsnap-service user (Nova's service user) on the stack's Temporal and the data dir's
+ * store, on the main task queue: what `npm run worker` with the stack's env serves.
+ */
+function apiService(cfg: StackConfig): Service {
+  const main = join(REPO, 'src', 'api', 'main.ts');
+  const url = `http://127.0.0.1:${cfg.apiPort}`;
+  return ownedService({
+    name: 'api',
+    program: main,
+    dataDir: cfg.dataDir,
+    ports: () => [cfg.apiPort],
+    start: () => ({
+      command: process.execPath,
+      args: ['--import', 'tsx', main],
+      cwd: REPO,
+      env: {
+        ...clientEnv(cfg),
+        OS_CLOUD: 'vmsnap-service',
+        VMSNAP_API_HOST: '127.0.0.1',
+        VMSNAP_API_PORT: String(cfg.apiPort),
+        VMSNAP_API_TOKEN_CACHE_S: String(cfg.apiTokenCacheS),
+      },
+    }),
+    healthy: async () => httpOk(`${url}/`),
+    endpoints: () => ({ url: `${url}/v2.1`, log: join(cfg.dataDir, 'logs', 'api.log') }),
+    startTimeoutMs: 60_000,
+  });
+}
+
 export function services(cfg: StackConfig): Service[] {
   const base = [libvirtService(cfg), keystoneService(cfg), glanceService(cfg)];
-  // The cluster keeps its state in PostgreSQL: the database first.
-  if (cfg.temporalMode === 'cluster') return [...base, postgresService(cfg), ...clusterServices(cfg)];
-  return [...base, temporalService(cfg), postgresService(cfg)];
+  // The cluster keeps its state in PostgreSQL: the database first. The API needs all of them.
+  if (cfg.temporalMode === 'cluster') return [...base, postgresService(cfg), ...clusterServices(cfg), apiService(cfg)];
+  return [...base, temporalService(cfg), postgresService(cfg), apiService(cfg)];
 }
 
 /** Every service `down` stops, both Temporal modes', in stopping order: a mode switched is no leak. */
 export function servicesToStop(cfg: StackConfig): Service[] {
   const cluster = services({ ...cfg, temporalMode: 'cluster' }).reverse();
-  return [...cluster.slice(0, 2), temporalService(cfg), ...cluster.slice(2)];
+  return [...cluster.slice(0, 3), temporalService(cfg), ...cluster.slice(3)];
 }
 
 /** Environment a vmsnap worker or client needs to use this stack. */
@@ -692,5 +747,7 @@ export function clientEnv(cfg: StackConfig): Record<string, string> {
     VMSNAP_TEMPORAL_MODE: cfg.temporalMode,
     // For tests and for VMSNAP_STORE_URL by choice: the stack's workers keep SQLite by default.
     VMSNAP_POSTGRES_URL: postgresUrl(cfg),
+    // vmsnap's compute API, as the catalog's compute endpoint names it.
+    VMSNAP_API_URL: computeUrl(cfg),
   };
 }

@@ -4,11 +4,35 @@
 // All on loopback; every port derives from the stack's Temporal port, so two stacks never share.
 import { execa } from 'execa';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
 import { portIsFree, waitUntil } from './daemon.js';
 import { httpOk, ownedService, postgresAccess, type Service, type StackConfig } from './stack.js';
+
+/** Where scripts/build-cluster-tools puts the server, its SQL tool and the UI server. */
+const TOOLS_BIN = fileURLToPath(new URL('../../.tools/bin', import.meta.url));
+const BUILD_CLUSTER_TOOLS = fileURLToPath(new URL('../build-cluster-tools', import.meta.url));
+
+/**
+ * The cluster's programs, which the demo's setup does not build: the repository's own are built
+ * here when missing or out of date (a no-op in a second when current); others must exist.
+ */
+async function ensureClusterTools(cfg: StackConfig): Promise<void> {
+  const bins = {
+    VMSNAP_TEMPORAL_SERVER_BIN: cfg.temporalServerBin,
+    VMSNAP_TEMPORAL_SQL_TOOL_BIN: cfg.temporalSqlToolBin,
+    VMSNAP_TEMPORAL_UI_BIN: cfg.temporalUiBin,
+  };
+  if (Object.values(bins).some((bin) => dirname(bin) === TOOLS_BIN)) {
+    const build = await execa(BUILD_CLUSTER_TOOLS, { stdio: ['ignore', 'inherit', 'inherit'], reject: false });
+    if (build.exitCode !== 0) throw new Error(`temporal-server: ${BUILD_CLUSTER_TOOLS} failed (exit ${build.exitCode}): see its message above`);
+  }
+  for (const [setting, bin] of Object.entries({ ...bins, VMSNAP_TEMPORAL_BIN: cfg.temporalBin })) {
+    if (!existsSync(bin)) throw new Error(`temporal-server: ${bin} is missing: run ./scripts/setup and scripts/build-cluster-tools, or correct ${setting}`);
+  }
+}
 
 /** Fixed when the databases are made; small, for a 2-core machine (production: 512 and more). */
 export const HISTORY_SHARDS = 4;
@@ -196,9 +220,7 @@ export function clusterServices(cfg: StackConfig): Service[] {
     dataDir: cfg.dataDir,
     ports: () => Object.values(p),
     async prepare() {
-      for (const bin of [cfg.temporalServerBin, cfg.temporalSqlToolBin, cfg.temporalBin]) {
-        if (!existsSync(bin)) throw new Error(`temporal-server: ${bin} is missing: run ./scripts/setup`);
-      }
+      await ensureClusterTools(cfg);
       // Found the hard way: the server records them in a smallint column and exits at start.
       if (p.workerMembership > 32767) {
         throw new Error(

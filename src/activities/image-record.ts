@@ -22,6 +22,8 @@ export interface CreateImageRecordInput {
   requestId: string;
   /** The schedule that asked for the snapshot, if any. */
   scheduleId?: string;
+  /** Nova's createBackup: the image is a backup of this type (image_type backup, backup_type). */
+  backupType?: string;
 }
 
 /** Base image properties a snapshot inherits, as Nova copies the image_* system metadata. */
@@ -57,15 +59,29 @@ async function ownership(identity: Identity, input: CreateImageRecordInput): Pro
   return { userId: input.userId ?? caller.userId, projectId: input.projectId ?? caller.projectId };
 }
 
-export function imageRecordActivities({ imageService, identity }: Pick<ActivityDeps, 'imageService' | 'identity'>) {
+/**
+ * The instance owner's names, as Nova keeps them in the instance's system metadata at boot and
+ * passes them on to its snapshots (owner_project_name, owner_user_name).
+ */
+async function ownerNames(store: ActivityDeps['store'], instanceId: string): Promise<Record<string, string>> {
+  const instance = await store.getInstance(instanceId);
+  return {
+    ...(instance?.projectName ? { owner_project_name: instance.projectName } : {}),
+    ...(instance?.userName ? { owner_user_name: instance.userName } : {}),
+  };
+}
+
+export function imageRecordActivities({ imageService, identity, store }: Pick<ActivityDeps, 'imageService' | 'identity' | 'store'>) {
   return {
     async createImageRecord(input: CreateImageRecordInput): Promise<{ imageId: string; created: boolean }> {
       const { userId, projectId } = await ownership(identity, input);
       const base = input.baseImageRef ? await imageService.getImage(input.baseImageRef) : undefined;
       const properties: Record<string, string> = {
         ...(base ? inheritedProperties(base) : {}),
+        ...(await ownerNames(store, input.instanceId)),
         ...input.metadata,
-        image_type: 'snapshot',
+        image_type: input.backupType === undefined ? 'snapshot' : 'backup',
+        ...(input.backupType === undefined ? {} : { backup_type: input.backupType }),
         instance_uuid: input.instanceId,
         image_location: 'snapshot',
         image_state: 'available',

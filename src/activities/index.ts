@@ -3,6 +3,7 @@
 // only says which queue runs which.
 import { coldCopyDisk } from './cold-copy.js';
 import type { ActivityDeps } from './deps.js';
+import { backupActivities } from './backups.js';
 import { withTypedFailures } from './failures.js';
 import { heartbeatingFromStart } from './heartbeat.js';
 import { imageRecordActivities } from './image-record.js';
@@ -23,7 +24,7 @@ import { uploadActivities } from './upload.js';
 
 export type { ActivityDeps } from './deps.js';
 
-/** Activities of the main task queue: image record, store, reconciler and retention. */
+/** Activities of the main task queue: image record, store, reconciler, retention and backup rotation. */
 export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageService' | 'identity' | 'settings' | 'workflows'>) {
   return withTypedFailures({
     ...imageRecordActivities(deps),
@@ -31,6 +32,7 @@ export function createMainActivities(deps: Pick<ActivityDeps, 'store' | 'imageSe
     ...reconcileMainActivities(deps),
     ...retentionActivities(deps),
     ...restoreImageActivities(deps),
+    ...backupActivities(deps),
   });
 }
 

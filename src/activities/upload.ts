@@ -72,8 +72,15 @@ export function uploadActivities({ imageService }: ActivityDeps) {
       started = performance.now();
       sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
     } else if (image.status === 'saving' || image.status === 'uploading') {
-      // Glance puts an interrupted PUT back to queued once the old connection dies: try again soon.
-      throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is still ${image.status} from an earlier attempt`);
+      // An earlier attempt's PUT was cut off, and Glance keeps the image so until its side of that
+      // connection times out (minutes). Waiting would hold the instance that long: the workflow
+      // makes a new record instead (ImageStuck stops the retries at once).
+      throw new VmsnapError(
+        'ImageStuck',
+        `image ${input.imageId} is still ${image.status} in Glance from an earlier upload attempt that was cut off: it cannot take data until ` +
+          `Glance gives that attempt up`,
+        { imageId: input.imageId, status: image.status },
+      );
     } else {
       throw new VmsnapError('ImageServiceError', `image ${input.imageId} is ${image.status} in Glance and cannot take data`);
     }

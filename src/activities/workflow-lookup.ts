@@ -10,7 +10,10 @@ export type RunStatus = 'running' | 'completed' | 'closed' | 'unknown';
 export interface WorkflowLookup {
   /** Status of the run that owns a task state: "<workflow id>/<run id>". */
   runStatus(owner: string): Promise<RunStatus>;
-  /** Image ids of the snapshots running now (from visibility, which may lag a little). */
+  /**
+   * Image ids of the snapshots running now (from visibility, which may lag a little), and of the
+   * images they replaced (stuck saving): the first of those names the snapshot's temp dir.
+   */
   runningSnapshotImageIds(): Promise<string[]>;
   /** Tells the snapshot run "<workflow id>/<run id>" that it holds a slot on its host (with what the holder found, if it could look). */
   signalSlotAcquired(owner: string, acquired: SlotAcquired): Promise<void>;
@@ -43,6 +46,8 @@ export class TemporalWorkflowLookup implements WorkflowLookup {
     for await (const wf of this.client.workflow.list({ query: `WorkflowType = 'snapshotInstance' AND ExecutionStatus = 'Running'` })) {
       const id = wf.typedSearchAttributes.get(IMAGE_ID);
       if (id) ids.push(id);
+      const replaced = wf.memo?.replacedImageIds;
+      if (Array.isArray(replaced)) ids.push(...replaced.filter((r): r is string => typeof r === 'string'));
     }
     return ids;
   }

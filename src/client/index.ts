@@ -18,7 +18,8 @@ export {
   type SnapshotSummary,
   type StartedSnapshot,
 } from './snapshots.js';
-export { listInstances } from './inventory.js';
+export { listInstances, resolveInstanceId } from './inventory.js';
+export { acceptRestore, acceptSnapshot, type AcceptOptions, type Accepted } from './acceptance.js';
 export {
   RESTORE_WORKFLOW_TYPE,
   ROLLBACK_WORKFLOW_TYPE,
@@ -42,7 +43,7 @@ export { EXIT, EXIT_CODES_HELP, exitCodeOf } from './exit-codes.js';
 export { loadConfig, type Config } from '../shared/config.js';
 export { VmsnapError, type ErrorCode } from '../shared/errors.js';
 export type { InstanceRecord } from '../store/store.js';
-export type { SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';
+export type { Acceptance, BackupRotation, SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';
 export type { RestoreProgress, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
 export {
   DEFAULT_CATCHUP_WINDOW,

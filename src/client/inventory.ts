@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import type { Config } from '../shared/config.js';
 import { createStore } from '../store/index.js';
 import type { InstanceRecord, Store } from '../store/store.js';
+import { VmsnapError } from '../shared/errors.js';
 import { ClientError } from './errors.js';
 
 function isMissingSqlite(config: Config): boolean {
@@ -64,4 +65,21 @@ export async function instanceAliases(config: Config, ref: string): Promise<stri
   } catch {
     return []; // only a help for finding snapshots: without it we look by the reference alone
   }
+}
+
+/**
+ * The UUID of the instance `ref` names (a UUID or an exact name), from the inventory: what
+ * acceptSnapshot and acceptRestore make the workflow id from. InstanceNotFound when the store does
+ * not know it (discovery has not seen it, or it is gone).
+ */
+export async function resolveInstanceId(config: Config, ref: string): Promise<string> {
+  if (isMissingSqlite(config)) {
+    throw new ClientError(
+      'StoreUnavailable',
+      `no vmsnap store at ${config.storePath}: start a host worker (npm run worker) to create it and discover instances`,
+    );
+  }
+  const found = await withStore(config, (store) => store.findInstance(ref));
+  if (!found) throw new VmsnapError('InstanceNotFound', `no instance "${ref}" in the vmsnap inventory: check the UUID or name (vmsnap instances)`);
+  return found.id;
 }

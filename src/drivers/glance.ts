@@ -240,7 +240,7 @@ export class GlanceImageService implements ImageService {
           'ImageServiceUnavailable',
           `Glance PUT ${urlPath}: no progress for ${this.stallMs} ms ` +
             `(${sent === size ? `all ${size} bytes sent, no answer` : `${sent} of ${size} bytes sent, no more taken`}; VMSNAP_GLANCE_STALL_MS). Is ` +
-            `Glance at ${this.shownUrl} overloaded or stuck? The upload can be retried.`,
+            `Glance at ${this.shownUrl} overloaded or stuck?`,
           { method: 'PUT', path: urlPath, url: this.shownUrl, sent },
         ),
     );
@@ -302,8 +302,7 @@ export class GlanceImageService implements ImageService {
       () =>
         new VmsnapError(
           'ImageServiceUnavailable',
-          `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck? ` +
-            `The download can be retried.`,
+          `Glance GET ${urlPath}: no progress for ${this.timeoutMs} ms after ${received} bytes. Is Glance at ${this.shownUrl} overloaded or stuck?`,
           { method: 'GET', path: urlPath, url: this.shownUrl, received },
         ),
     );
@@ -506,25 +505,21 @@ export class GlanceImageService implements ImageService {
     if (status >= 500) {
       return new VmsnapError(
         'ImageServiceUnavailable',
-        `${head}: Glance or its image store is failing or overloaded. Check glance-api and its log at ${this.shownUrl}; the request can be retried.`,
+        `${head}: Glance or its image store is failing or overloaded. Check glance-api and its log at ${this.shownUrl}.`,
         details,
       );
     }
     if (status === 408 || status === 429) {
       // Timeouts and rate limiting by Glance or a proxy in front of it pass with time.
-      return new VmsnapError(
-        'ImageServiceUnavailable',
-        `${head}: Glance (or a proxy in front of it) is busy or timed out; the request can be retried.`,
-        details,
-      );
+      return new VmsnapError('ImageServiceUnavailable', `${head}: Glance (or a proxy in front of it) is busy or timed out.`, details);
     }
     if (status === 404) {
       return new VmsnapError('ImageNotFound', `${head}: there is no such image. Check the image id, and whether somebody deleted the image.`, details);
     }
     if (status === 409 && /transition from (saving|uploading|importing)/i.test(said)) {
       // An earlier upload of this image is still in Glance's hands (its client died a moment
-      // ago); Glance puts the image back to queued shortly, so the same upload can be retried.
-      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image is still being processed by Glance; retry shortly.`, details);
+      // ago): a retry finds out whether Glance gave it up (queued) or keeps it (saving).
+      return new VmsnapError('ImageServiceUnavailable', `${head}: an earlier upload of this image, cut off, is still in Glance's hands.`, details);
     }
     if (status === 409) {
       return new VmsnapError(
@@ -577,7 +572,7 @@ export class GlanceImageService implements ImageService {
       const what = TIMEOUT_CODES.has(code) ? `no answer within ${this.timeoutMs} ms` : reason || code;
       return new VmsnapError(
         'ImageServiceUnavailable',
-        `Glance ${method} ${path} failed: ${code} (${what}). Is Glance running and reachable at ${this.shownUrl}? The request can be retried.`,
+        `Glance ${method} ${path} failed: ${code} (${what}). Is Glance running and reachable at ${this.shownUrl}?`,
         details,
       );
     }

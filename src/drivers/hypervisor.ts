@@ -16,6 +16,19 @@ export interface InstanceInfo {
   powerState: PowerState;
   /** Glance id of the image the instance booted from, when the domain says (Nova metadata). */
   baseImageRef?: string;
+  /** The Keystone project and user that own it, when the domain's metadata says (InstanceOwner). */
+  owner?: InstanceOwner;
+}
+
+/**
+ * An instance's owner as its domain's <metadata> records it: Nova's <nova:owner>, else the same in
+ * vmsnap's own namespace. Ids are Keystone ids; the names are what the metadata says, if anything.
+ */
+export interface InstanceOwner {
+  projectId?: string;
+  userId?: string;
+  projectName?: string;
+  userName?: string;
 }
 
 export interface RootDisk {

@@ -248,7 +248,7 @@ export class KeystoneSession implements Identity {
   private unavailable(what: string): VmsnapError {
     return new VmsnapError(
       'IdentityServiceUnavailable',
-      `Keystone at ${this.auth.authUrl} ${what} while authenticating ${this.description}: is Keystone running and reachable? The request can be retried.`,
+      `Keystone at ${this.auth.authUrl} ${what} while authenticating ${this.description}: is Keystone running and reachable?`,
       {
         url: this.auth.authUrl,
       },

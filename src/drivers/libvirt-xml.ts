@@ -1,5 +1,7 @@
 // Small XML helpers for libvirt's domain XML. libvirt writes well-formed, predictable XML; these
 // read just what vmsnap needs, without an XML library.
+import { NOVA_LIBVIRT_NAMESPACES, VMSNAP_LIBVIRT_NAMESPACE } from '../shared/names.js';
+import type { InstanceOwner } from './hypervisor.js';
 
 export function decodeEntities(s: string): string {
   return s.replace(/&(#x[0-9a-f]+|#\d+|amp|lt|gt|apos|quot);/gi, (_, e: string) => {
@@ -97,4 +99,47 @@ export function domainPlatform(xml: string): DomainPlatform {
   if (type.arch) out.arch = type.arch;
   if (type.machine) out.machine = type.machine;
   return out;
+}
+
+/** Keystone ids: hex UUIDs without dashes as a rule; anything else is not taken as an owner. */
+const KEYSTONE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&');
+
+/**
+ * Who owns the instance, from the domain's <metadata>: Nova's <nova:owner> (<nova:user uuid="…">name
+ * </nova:user>, <nova:project …>), else the same shape in vmsnap's namespace; whatever prefix the
+ * namespace is declared with. Undefined when neither names a project or user.
+ */
+export function domainOwner(xml: string): InstanceOwner | undefined {
+  const meta = /<metadata>([\s\S]*?)<\/metadata>/.exec(xml)?.[1];
+  if (!meta) return undefined;
+  for (const namespace of [...NOVA_LIBVIRT_NAMESPACES, VMSNAP_LIBVIRT_NAMESPACE]) {
+    const owner = ownerIn(meta, namespace);
+    if (owner) return owner;
+  }
+  return undefined;
+}
+
+function ownerIn(meta: string, namespace: string): InstanceOwner | undefined {
+  const prefix = new RegExp(`xmlns:([\\w.-]+)\\s*=\\s*["']${escape(namespace)}["']`).exec(meta)?.[1];
+  if (!prefix) return undefined;
+  const p = escape(prefix);
+  const body = new RegExp(`<${p}:owner(?:\\s[^>]*)?>([\\s\\S]*?)</${p}:owner>`).exec(meta)?.[1];
+  if (!body) return undefined;
+  const part = (tag: string): { id?: string; name?: string } => {
+    const m = new RegExp(`<${p}:${tag}(\\s[^>]*?)?(?:/>|>([^<]*)</${p}:${tag}>)`).exec(body);
+    if (!m) return {};
+    const id = attrs(m[1] ?? '').uuid;
+    const name = decodeEntities(m[2] ?? '').trim();
+    return { ...(id && KEYSTONE_ID.test(id) ? { id } : {}), ...(name ? { name: name.slice(0, 255) } : {}) };
+  };
+  const user = part('user');
+  const project = part('project');
+  if (!user.id && !project.id) return undefined;
+  return {
+    ...(project.id ? { projectId: project.id } : {}),
+    ...(user.id ? { userId: user.id } : {}),
+    ...(project.name ? { projectName: project.name } : {}),
+    ...(user.name ? { userName: user.name } : {}),
+  };
 }

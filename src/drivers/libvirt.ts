@@ -23,7 +23,7 @@ import type {
 import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
 import { startWriteWatch } from './libvirt-writes.js';
-import { attrs, firstTagAttrs, firstText } from './libvirt-xml.js';
+import { attrs, domainOwner, firstTagAttrs, firstText } from './libvirt-xml.js';
 import { VirshShells, type VirshOutput } from './virsh-shell.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -199,6 +199,8 @@ export class LibvirtHypervisor implements Hypervisor {
     };
     const ref = novaImageRef(xml);
     if (ref) info.baseImageRef = ref;
+    const owner = domainOwner(xml);
+    if (owner) info.owner = owner;
     return info;
   }
 

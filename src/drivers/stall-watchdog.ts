@@ -4,6 +4,7 @@
 export class StallWatchdog {
   private readonly controller = new AbortController();
   private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
 
   /** `stalled` builds the abort reason when it fires, so it can say how far the transfer got. */
   constructor(
@@ -18,11 +19,16 @@ export class StallWatchdog {
 
   /** Something moved: the silence counts from now. */
   arm(): void {
+    // undici may still pull a chunk from an aborted body after the transfer ended: that must not
+    // start the clock again.
+    if (this.stopped) return;
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.controller.abort(this.stalled()), this.ms);
+    // It watches a transfer, it does not keep a process alive: a worker told to stop exits at once.
+    this.timer = setTimeout(() => this.controller.abort(this.stalled()), this.ms).unref();
   }
 
   stop(): void {
+    this.stopped = true;
     clearTimeout(this.timer);
   }
 }

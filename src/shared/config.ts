@@ -56,7 +56,25 @@ export interface Config {
   reconcileIntervalMs: number;
   /** host:port of the worker's Prometheus endpoint; undefined = none. */
   metricsAddress?: string;
+  /** The compute API (`vmsnap api`, src/api/): Nova's door, behind Keystone. */
+  api: ApiSettings;
   logLevel: 'TRACE' | 'DEBUG' | 'INFO' | 'WARN' | 'ERROR';
+}
+
+export interface ApiSettings {
+  /** Address to listen on (Nova's osapi_compute_listen, 0.0.0.0). */
+  host: string;
+  /** Port (Nova's osapi_compute_listen_port, 8774). */
+  port: number;
+  /**
+   * How long a token Keystone said is valid is taken as valid without asking again (never past its
+   * expiry): the longest a revoked token is still accepted. 0: every request asks Keystone.
+   */
+  tokenCacheMs: number;
+  /** The URL clients reach the API at, for links (version documents, servers); else the request's Host. */
+  publicUrl?: string;
+  /** How long a createImage, createBackup or rebuild waits for a worker to accept it; past it the request is withdrawn (503). */
+  acceptTimeoutMs: number;
 }
 
 export interface SnapshotSettings {
@@ -109,6 +127,17 @@ function name(setting: string, value: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/.test(value)) {
     throw configError(setting, `must be letters, digits, "_", "." and "-" (got "${value}")`);
   }
+  return value;
+}
+
+function tcpPort(setting: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw configError(setting, `must be a TCP port, 1 to 65535 (got "${value}")`);
+  return n;
+}
+
+function listenHost(setting: string, value: string): string {
+  if (!/^[A-Za-z0-9.:-]{1,253}$/.test(value)) throw configError(setting, `must be an IP address or host name to listen on, like 0.0.0.0 (got "${value}")`);
   return value;
 }
 
@@ -330,6 +359,13 @@ export function loadConfig(rawEnv: Env = process.env): Config {
     reconcileIntervalMs: wholeNumber('VMSNAP_RECONCILE_INTERVAL_MS', env.VMSNAP_RECONCILE_INTERVAL_MS || '60000'),
     metricsAddress: env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),
     logLevel: logLevel(env.VMSNAP_LOG_LEVEL || 'INFO'),
+    api: {
+      host: listenHost('VMSNAP_API_HOST', env.VMSNAP_API_HOST || '0.0.0.0'),
+      port: tcpPort('VMSNAP_API_PORT', env.VMSNAP_API_PORT || '8774'),
+      tokenCacheMs: wholeNumber('VMSNAP_API_TOKEN_CACHE_S', env.VMSNAP_API_TOKEN_CACHE_S || '60') * 1000,
+      ...(env.VMSNAP_API_PUBLIC_URL ? { publicUrl: url('VMSNAP_API_PUBLIC_URL', env.VMSNAP_API_PUBLIC_URL) } : {}),
+      acceptTimeoutMs: positiveInt('VMSNAP_API_ACCEPT_TIMEOUT_MS', env.VMSNAP_API_ACCEPT_TIMEOUT_MS || '60000'),
+    },
     snapshot: {
       pauseBudgetMs: wholeNumber('VMSNAP_PAUSE_BUDGET_MS', env.VMSNAP_PAUSE_BUDGET_MS || '0'),
       heartbeatTimeoutMs: positiveInt('VMSNAP_HEARTBEAT_TIMEOUT_MS', env.VMSNAP_HEARTBEAT_TIMEOUT_MS || '10000'),

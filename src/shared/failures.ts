@@ -44,7 +44,7 @@ export const ERRORS = {
   InstanceBusy: never(EXIT.busy, 'wait for the running snapshot or task to end (vmsnap status), then try again'),
   InstanceInvalidState: never(EXIT.failed, 'bring the instance into a state the request allows (running, paused or shut off), or ask for another mode'),
   DiskNotFound: never(EXIT.failed, "check the instance's root disk (virsh domblklist) and that the worker's host can read it"),
-  ConvertFailed: later('qemu-img could not read or write the disk: check the host storage; retries are automatic'),
+  ConvertFailed: later('qemu-img could not read or write the disk through every retry: check the host storage, then snapshot again'),
   ImageCorrupt: never(
     EXIT.failed,
     "qemu-img check found the disk or its copy damaged: repair the instance's disk (qemu-img check -r) before the next snapshot",
@@ -57,9 +57,14 @@ export const ERRORS = {
     exit: EXIT.failed,
     hint: 'Glance refused the request: check the role, quota and image properties the message names',
   },
-  ImageServiceUnavailable: later('Glance is unreachable or busy: check it is running; retries are automatic'),
-  IdentityServiceUnavailable: later('Keystone is unreachable or busy: check it is running; retries are automatic'),
-  HypervisorError: later('libvirt or QEMU failed: check libvirtd and the instance on its host; retries are automatic'),
+  ImageStuck: never(
+    EXIT.failed,
+    'Glance kept the image saving after an upload was cut off, each time the snapshot made a new one: check glance-api, its log and its store, ' +
+      'then snapshot again',
+  ),
+  ImageServiceUnavailable: later('Glance stayed unreachable or busy through every retry: check that glance-api runs and can be reached, then snapshot again'),
+  IdentityServiceUnavailable: later('Keystone stayed unreachable or busy through every retry: check that it runs and can be reached, then try again'),
+  HypervisorError: later('libvirt or QEMU failed through every retry: check libvirtd and the instance on its host, then try again'),
   NoSpace: never(
     EXIT.failed,
     'the message names the dir, the space needed and what is free: free that much there (snapshots: VMSNAP_SNAPSHOTS_DIR on the host, or point it at ' +

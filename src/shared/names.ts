@@ -41,3 +41,16 @@ export const VMSNAP_IMAGE_TAG = 'vmsnap';
 export function reconcileWorkflowId(taskQueue: string): string {
   return `vmsnap-reconcile-${taskQueue}`;
 }
+
+/**
+ * Namespaces of the domain <metadata> that say who owns an instance: Nova's (<nova:owner>, as its
+ * libvirt driver writes it), and vmsnap's own for domains Nova did not make. The first found wins.
+ */
+export const NOVA_LIBVIRT_NAMESPACES = ['http://openstack.org/xmlns/libvirt/nova/1.1', 'http://openstack.org/xmlns/libvirt/nova/1.0'];
+export const VMSNAP_LIBVIRT_NAMESPACE = 'https://github.com/vmsnap/vmsnap/xmlns/libvirt/1.0';
+
+/**
+ * The update a snapshot or restore answers once its task state is taken (or with the failure that
+ * refused it): a client that starts one with update-with-start answers only once it is accepted.
+ */
+export const ACCEPTED_UPDATE = 'accepted';

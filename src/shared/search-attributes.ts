@@ -1,5 +1,5 @@
 // Typed keys of vmsnap's custom search attributes, all Keyword. The dev stack registers them; a
-// production namespace needs them once: `temporal operator search-attribute create` (README).
+// production namespace needs them once: `temporal operator search-attribute create` (docs/operations.md).
 import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
 import { SEARCH_ATTRIBUTES } from './names.js';
 

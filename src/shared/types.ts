@@ -38,6 +38,32 @@ export interface SnapshotRequest {
   /** Who asks, recorded on the image as Nova does (user_id, owner). */
   userId?: string;
   projectId?: string;
+  /**
+   * Nova's createBackup: the image is a backup of this type (image_type=backup, backup_type), and
+   * after the upload the oldest backups of the instance and type past `rotation` are deleted.
+   */
+  backup?: BackupRotation;
+}
+
+export interface BackupRotation {
+  /** A type of the user's choosing, like "daily" or "weekly" (may be empty, as Nova allows). */
+  type: string;
+  /** How many backups of this instance and type to keep, the new one included. */
+  rotation: number;
+}
+
+/**
+ * The answer of a snapshot's or restore's `accepted` update (ACCEPTED_UPDATE): its task state is
+ * taken (and a snapshot's image record made), so the request is Nova's 202. A refused request
+ * answers with the failure that refused it instead (InstanceBusy, InstanceNotFound, ...).
+ */
+export interface Acceptance {
+  instanceId: string;
+  imageId: string;
+  /** The task state taken (none for a restore as a new instance, which leaves the instance alone). */
+  taskState: string | null;
+  workflowId: string;
+  runId: string;
 }
 
 export type SnapshotPhase =

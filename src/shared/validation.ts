@@ -47,6 +47,7 @@ export const RESERVED_PROPERTY_KEYS = new Set([
   'schema',
   'stores',
   'image_type',
+  'backup_type',
   'instance_uuid',
   'base_image_ref',
   'image_location',
@@ -74,7 +75,20 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   }
   const r = input as Record<string, unknown>;
   const problems: InputProblem[] = [];
-  const known = new Set(['instance', 'imageName', 'metadata', 'mode', 'quiesce', 'diskFormat', 'compress', 'imageId', 'userId', 'projectId', 'scheduleId']);
+  const known = new Set([
+    'instance',
+    'imageName',
+    'metadata',
+    'mode',
+    'quiesce',
+    'diskFormat',
+    'compress',
+    'imageId',
+    'userId',
+    'projectId',
+    'scheduleId',
+    'backup',
+  ]);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
@@ -116,12 +130,29 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
   if (r.scheduleId !== undefined && (typeof r.scheduleId !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$/.test(r.scheduleId))) {
     problems.push({ field: 'scheduleId', message: 'must be 1-200 letters, digits, "_", "." or "-"' });
   }
+  if (r.backup !== undefined) problems.push(...backupProblems(r.backup));
   for (const field of ['userId', 'projectId'] as const) {
     const v = r[field];
     if (v !== undefined && (typeof v !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(v))) {
       problems.push({ field, message: 'must be 1-64 letters, digits, "_" or "-"' });
     }
   }
+  return problems;
+}
+
+/** Nova's createBackup: any backup type of up to 255 characters (empty too), a rotation of 0 or more. */
+function backupProblems(backup: unknown): InputProblem[] {
+  if (typeof backup !== 'object' || backup === null || Array.isArray(backup)) {
+    return [{ field: 'backup', message: 'must be an object like {"type": "daily", "rotation": 7}' }];
+  }
+  const b = backup as Record<string, unknown>;
+  const problems: InputProblem[] = Object.keys(b)
+    .filter((k) => k !== 'type' && k !== 'rotation')
+    .map((k) => ({ field: `backup.${k.slice(0, 64)}`, message: 'unknown field; known fields: type, rotation' }));
+  if (typeof b.type !== 'string' || [...b.type].length > 255 || /\p{Cc}/u.test(b.type) || GLANCE_REFUSED_CHARACTERS.test(b.type)) {
+    problems.push({ field: 'backup.type', message: 'must be a string of at most 255 printable characters (Glance takes it as a property)' });
+  }
+  if (!Number.isInteger(b.rotation) || (b.rotation as number) < 0) problems.push({ field: 'backup.rotation', message: 'must be a whole number, 0 or more' });
   return problems;
 }
 

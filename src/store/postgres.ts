@@ -8,7 +8,7 @@ import { userInfo } from 'node:os';
 import pg from 'pg';
 import { parsePostgresUrl, type PostgresTarget } from '../shared/config.js';
 import { VmsnapError } from '../shared/errors.js';
-import { ALL_TASK_STATES, POSTGRES_TYPES, checkTaskState, firstSchema } from './schema.js';
+import { ALL_TASK_STATES, POSTGRES_TYPES, checkTaskState, firstSchema, ownershipMigration } from './schema.js';
 import * as mapping from './rows.js';
 import type { EventRow, FaultRow, HostRow, InstanceRow } from './rows.js';
 import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
@@ -28,6 +28,7 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE instances DROP CONSTRAINT instances_task_state_check;
   ALTER TABLE instances ADD CONSTRAINT instances_task_state_check ${checkTaskState(ALL_TASK_STATES)};
   `,
+  ownershipMigration(POSTGRES_TYPES),
 ];
 
 /** Advisory lock key that serializes migrations: "vmsnap" in ASCII, as a number. */
@@ -197,14 +198,27 @@ export class PostgresStore implements Store {
     await this.transaction('syncHostInstances', async (client) => {
       // now() is the transaction's start: every row of this sync gets the same time.
       if (unique.length > 0) {
+        const column = (pick: (i: DiscoveredInstance) => string | undefined) => unique.map((i) => pick(i) ?? null);
         await client.query(
-          `INSERT INTO instances (id, name, host, power_state, base_image_ref, updated_at)
-           SELECT t.id, t.name, $1, t.power_state, t.base_image_ref, now()
-           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS t (id, name, power_state, base_image_ref)
+          `INSERT INTO instances (id, name, host, power_state, base_image_ref, project_id, user_id, project_name, user_name, created_at, updated_at)
+           SELECT t.id, t.name, $1, t.power_state, t.base_image_ref, t.project_id, t.user_id, t.project_name, t.user_name, now(), now()
+           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+             AS t (id, name, power_state, base_image_ref, project_id, user_id, project_name, user_name)
            ON CONFLICT (id) DO UPDATE SET
              name = excluded.name, host = excluded.host, power_state = excluded.power_state,
-             base_image_ref = excluded.base_image_ref, updated_at = excluded.updated_at, deleted_at = NULL`,
-          [host, ids, unique.map((i) => i.name), unique.map((i) => i.powerState), unique.map((i) => i.baseImageRef ?? null)],
+             base_image_ref = excluded.base_image_ref, project_id = excluded.project_id, user_id = excluded.user_id,
+             project_name = excluded.project_name, user_name = excluded.user_name, updated_at = excluded.updated_at, deleted_at = NULL`,
+          [
+            host,
+            ids,
+            column((i) => i.name),
+            column((i) => i.powerState),
+            column((i) => i.baseImageRef),
+            column((i) => i.projectId),
+            column((i) => i.userId),
+            column((i) => i.projectName),
+            column((i) => i.userName),
+          ],
         );
       }
       await client.query('UPDATE instances SET deleted_at = now() WHERE host = $1 AND deleted_at IS NULL AND id <> ALL ($2::text[])', [host, ids]);

@@ -7,7 +7,8 @@ type Details = string | Record<string, unknown>;
 
 export const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
-export const INSTANCE_COLUMNS = 'id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at';
+export const INSTANCE_COLUMNS =
+  'id, name, host, power_state, task_state, task_owner, base_image_ref, project_id, user_id, project_name, user_name, created_at, updated_at, deleted_at';
 export const FAULT_COLUMNS = 'instance_id, code, message, details, created_at';
 export const EVENT_COLUMNS = 'instance_id, action, event, request_id, details, created_at';
 
@@ -41,6 +42,12 @@ export interface InstanceRow {
   task_state: TaskState | null;
   task_owner: string | null;
   base_image_ref: string | null;
+  project_id: string | null;
+  user_id: string | null;
+  project_name: string | null;
+  user_name: string | null;
+  /** Null only in a row migrated a moment ago (migration 3 fills it). */
+  created_at: Time | null;
   updated_at: Time;
   deleted_at: Time | null;
 }
@@ -77,6 +84,11 @@ export function toInstance(row: InstanceRow): InstanceRecord {
     taskState: row.task_state,
     taskOwner: row.task_owner,
     baseImageRef: row.base_image_ref,
+    projectId: row.project_id,
+    userId: row.user_id,
+    projectName: row.project_name,
+    userName: row.user_name,
+    createdAt: iso(row.created_at ?? row.updated_at),
     updatedAt: iso(row.updated_at),
     deletedAt: row.deleted_at === null ? null : iso(row.deleted_at),
   };

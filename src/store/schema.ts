@@ -39,6 +39,22 @@ export function instancesTable(t: ColumnTypes, states: string[], table = 'instan
   );`;
 }
 
+/**
+ * Schema version 3: who owns each instance (Nova's <nova:owner>, or vmsnap's own metadata) and when
+ * discovery first saw it. Added columns, not a rebuilt table: migration 2 copies the table of
+ * version 1 column for column. Rows from before keep no owner; their first sighting is unknown,
+ * so their last one stands in for it.
+ */
+export function ownershipMigration(t: ColumnTypes): string {
+  const columns = ['project_id', 'user_id', 'project_name', 'user_name'].map((c) => `ALTER TABLE instances ADD COLUMN ${c} ${t.text};`);
+  return `
+  ${columns.join('\n  ')}
+  ALTER TABLE instances ADD COLUMN created_at ${t.time};
+  UPDATE instances SET created_at = updated_at;
+  CREATE INDEX instances_project ON instances (project_id) WHERE deleted_at IS NULL;
+  `;
+}
+
 export const INSTANCE_INDEXES = `
   CREATE INDEX instances_name ON instances (name) WHERE deleted_at IS NULL;
   CREATE INDEX instances_host ON instances (host);

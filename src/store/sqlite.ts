@@ -7,7 +7,7 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { VmsnapError } from '../shared/errors.js';
-import { ALL_TASK_STATES, INSTANCE_INDEXES, SQLITE_TYPES, firstSchema, instancesTable } from './schema.js';
+import { ALL_TASK_STATES, INSTANCE_INDEXES, SQLITE_TYPES, firstSchema, instancesTable, ownershipMigration } from './schema.js';
 import * as mapping from './rows.js';
 import type { EventRow, FaultRow, HostRow, InstanceRow } from './rows.js';
 import type { DiscoveredInstance, InstanceActionEvent, InstanceFault, InstanceRecord, Store, TaskState } from './store.js';
@@ -17,8 +17,8 @@ export interface SqliteStoreOptions {
   busyTimeoutMs?: number;
 }
 
-/** Ordered schema changes; each runs once, in its own transaction with the version bump. */
-const MIGRATIONS: string[] = [
+/** Ordered schema changes; each runs once, in its own transaction with the version bump. Exported for the upgrade test. */
+export const MIGRATIONS: readonly string[] = [
   firstSchema(SQLITE_TYPES),
   // Restore (Nova's rebuild) task states. SQLite cannot alter a CHECK: the table is rebuilt.
   `${instancesTable(SQLITE_TYPES, ALL_TASK_STATES, 'instances_v2')}
@@ -26,6 +26,7 @@ const MIGRATIONS: string[] = [
   DROP TABLE instances;
   ALTER TABLE instances_v2 RENAME TO instances;${INSTANCE_INDEXES}
   `,
+  ownershipMigration(SQLITE_TYPES),
 ];
 
 function now(): string {
@@ -90,11 +91,13 @@ export class SqliteStore implements Store {
   async syncHostInstances(host: string, instances: DiscoveredInstance[]): Promise<void> {
     this.run('syncHostInstances', () => {
       const upsert = this.stmt(`
-        INSERT INTO instances (id, name, host, power_state, task_state, task_owner, base_image_ref, updated_at, deleted_at)
-        VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, NULL)
+        INSERT INTO instances (id, name, host, power_state, task_state, task_owner, base_image_ref,
+                               project_id, user_id, project_name, user_name, created_at, updated_at, deleted_at)
+        VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?, NULL)
         ON CONFLICT (id) DO UPDATE SET
           name = excluded.name, host = excluded.host, power_state = excluded.power_state,
-          base_image_ref = excluded.base_image_ref, updated_at = excluded.updated_at, deleted_at = NULL`);
+          base_image_ref = excluded.base_image_ref, project_id = excluded.project_id, user_id = excluded.user_id,
+          project_name = excluded.project_name, user_name = excluded.user_name, updated_at = excluded.updated_at, deleted_at = NULL`);
       // One JSON parameter instead of one per id: a host may report more ids than SQLite
       // allows bound variables.
       const markDeleted = this.stmt(`
@@ -103,7 +106,10 @@ export class SqliteStore implements Store {
       this.db
         .transaction(() => {
           const at = now();
-          for (const i of instances) upsert.run(i.id, i.name, host, i.powerState, i.baseImageRef ?? null, at);
+          for (const i of instances) {
+            const owner = [i.projectId, i.userId, i.projectName, i.userName].map((v) => v ?? null);
+            upsert.run(i.id, i.name, host, i.powerState, i.baseImageRef ?? null, ...owner, at, at);
+          }
           markDeleted.run(at, host, JSON.stringify(instances.map((i) => i.id)));
         })
         .immediate();

@@ -16,6 +16,17 @@ export interface InstanceRecord {
   /** Who set the task state (snapshot workflow id and run id): lets a reconciler find orphans. */
   taskOwner: string | null;
   baseImageRef: string | null;
+  /**
+   * Who owns it, as the domain's metadata says (Nova's <nova:owner>, else vmsnap's own): the
+   * Keystone project and user, with their names when the metadata gives them. Null when it does
+   * not say: then only admins see it through the API.
+   */
+  projectId: string | null;
+  userId: string | null;
+  projectName: string | null;
+  userName: string | null;
+  /** ISO time discovery first saw it. */
+  createdAt: string;
   /** ISO time of the last discovery that saw it, or of the last task state change. */
   updatedAt: string;
   /** ISO time discovery last found it missing from its host: it no longer exists there. */
@@ -44,6 +55,11 @@ export interface DiscoveredInstance {
   name: string;
   powerState: string;
   baseImageRef?: string;
+  /** The owner, from the domain's metadata; absent when it names none (a sync then clears it). */
+  projectId?: string;
+  userId?: string;
+  projectName?: string;
+  userName?: string;
 }
 
 export interface Store {
@@ -51,7 +67,8 @@ export interface Store {
   migrate(): Promise<void>;
   /**
    * Records what a host's discovery saw: upserts these instances on that host (an instance seen
-   * on another host moves here) and marks the host's other instances deleted. Task state is kept.
+   * on another host moves here) and marks the host's other instances deleted. Task state and the
+   * time it was first seen are kept; its owner is what the domain says now.
    */
   syncHostInstances(host: string, instances: DiscoveredInstance[]): Promise<void>;
   /** By instance uuid, or else by exact name; deleted instances are not returned. */

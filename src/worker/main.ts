@@ -11,6 +11,27 @@ import { installRuntime } from './observability.js';
 import { startVmsnapWorker } from './vmsnap-worker.js';
 import type { WorkerRole } from './workers.js';
 
+/**
+ * How long a stop may take. Temporal's runtime stops the workers on SIGTERM or SIGINT: running
+ * activities are cancelled at once and report their attempt as failed, so the server retries them
+ * on another worker without waiting for a heartbeat timeout, and then everything is closed. A
+ * service manager restarting every host during an upgrade should not wait longer than this.
+ */
+const STOP_BOUND_MS = 1800;
+
+/** Past the bound, whatever still runs or holds the event loop is named, and the process goes anyway. */
+function boundTheStop(): void {
+  const bound = () =>
+    setTimeout(() => {
+      Runtime.instance().logger.error('vmsnap worker: not stopped within the bound after the signal; exiting anyway', {
+        boundMs: STOP_BOUND_MS,
+        heldBy: process.getActiveResourcesInfo(),
+      });
+      process.exit(1);
+    }, STOP_BOUND_MS).unref();
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, bound);
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { role: { type: 'string', default: 'all' } } });
   const roles: WorkerRole[] = values.role === 'all' ? ['main', 'host'] : [values.role as WorkerRole];
@@ -18,6 +39,7 @@ async function main(): Promise<void> {
 
   const config = loadConfig();
   installRuntime({ logLevel: config.logLevel, metricsAddress: config.metricsAddress });
+  boundTheStop();
   const worker = await startVmsnapWorker(config, { roles, keepReconcileSchedule: true });
   // One line that says what this process is and where it points (never a secret).
   Runtime.instance().logger.info('vmsnap worker started', {

@@ -1,7 +1,7 @@
 // Logs and metrics of a vmsnap worker process: JSON lines on stdout with the instance id and
 // workflow id on every line that concerns a snapshot, and a Prometheus endpoint that carries
 // Temporal's worker metrics and vmsnap's own (snapshots by outcome, pause, phase durations, bytes).
-import { DefaultLogger, Runtime, type ActivityInterceptorsFactory, type LogEntry, type LogMetadata } from '@temporalio/worker';
+import { DefaultLogger, Runtime, makeTelemetryFilterString, type ActivityInterceptorsFactory, type LogEntry, type LogMetadata } from '@temporalio/worker';
 import type { LogLevel } from '@temporalio/common';
 
 function jsonLine(entry: LogEntry): void {
@@ -41,7 +41,12 @@ class VmsnapLogger extends DefaultLogger {
 export function installRuntime(opts: { logLevel?: LogLevel; metricsAddress?: string }): void {
   Runtime.install({
     logger: new VmsnapLogger(opts.logLevel ?? 'INFO', jsonLine),
-    telemetryOptions: opts.metricsAddress ? { metrics: { prometheus: { bindAddress: opts.metricsAddress } } } : {},
+    telemetryOptions: {
+      // The SDK core's own warnings (a slow workflow task, ...) go through the logger too, as JSON
+      // lines, instead of text straight to stderr.
+      logging: { forward: {}, filter: makeTelemetryFilterString({ core: 'WARN' }) },
+      ...(opts.metricsAddress ? { metrics: { prometheus: { bindAddress: opts.metricsAddress } } } : {}),
+    },
   });
 }
 

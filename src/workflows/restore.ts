@@ -7,6 +7,7 @@
 // Deterministic code only: all I/O lives in activities.
 import { CancellationScope, log, workflowInfo } from '@temporalio/workflow';
 import type { RestoreImage } from '../activities/restore-image.js';
+import { AcceptanceGate } from './acceptance.js';
 import { failure, faultCode, refuseInvalid, typedFailure } from './failures.js';
 import { findInstance, settled, type SettledPowerState } from './instance.js';
 import { Compensations } from './saga.js';
@@ -77,20 +78,22 @@ function checkImage(run: Run, request: RestoreRequest): Promise<RestoreImage> {
 }
 
 export async function restoreInstance(request: RestoreRequest): Promise<RestoreResult> {
+  const acceptance = new AcceptanceGate();
   refuseInvalid(validateRestoreRequest(request), 'restore request');
   const { imageId } = request;
   // 1. findInstance: the inventory, and on a miss every host rediscovers.
   const run = await start('restore', request.instance, imageId, (instance) => `image \`${imageId}\` → instance \`${instance}\``);
-  if (request.asNew) return restoreAsNew(run, request, request.asNew);
+  if (request.asNew) return restoreAsNew(run, request, request.asNew, acceptance);
   const { track, steps, undo, owner } = run;
   const instanceId = run.instance.id;
 
   // 2. checkRestoreImage: active, a format vmsnap restores, this instance's snapshot. Before the
   //    task state is taken: a refused image changes nothing at all.
   track.enter('checking-image');
-  const image = await checkImage(run, request).catch((err: unknown) => {
+  const image = await checkImage(run, request).catch(async (err: unknown) => {
     const result = typedFailure(err, 'Restore');
     track.refused(result);
+    await acceptance.refuse(result);
     throw result;
   });
 
@@ -98,6 +101,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   try {
     // 3. Task state None → rebuilding (compare-and-swap); the guest must be running, paused or off.
     await task.take('rebuilding');
+    acceptance.accept({ instanceId, imageId, taskState: 'rebuilding' });
     const priorPowerState = await powerState(run);
     await task.event('start', { imageId, priorPowerState });
     const prior = settled(instanceId, priorPowerState, 'restored');
@@ -143,7 +147,9 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     log.info('restore completed', { imageId, downtimeMs: result.downtimeMs });
     return result;
   } catch (err) {
-    throw await compensate(run, task, err);
+    const result = await compensate(run, task, err);
+    await acceptance.refuse(result);
+    throw result;
   }
 }
 
@@ -152,7 +158,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
  * (new name, UUID and MACs) like the instance runs on it. The instance itself is never touched,
  * so its task state is not taken; a failure removes the new domain and disk.
  */
-async function restoreAsNew(run: Run, request: RestoreRequest, name: string): Promise<RestoreResult> {
+async function restoreAsNew(run: Run, request: RestoreRequest, name: string, acceptance: AcceptanceGate): Promise<RestoreResult> {
   const { track, steps, undo, owner } = run;
   const { imageId } = request;
   const instanceId = run.instance.id;
@@ -162,6 +168,7 @@ async function restoreAsNew(run: Run, request: RestoreRequest, name: string): Pr
     const priorPowerState = await powerState(run);
     const startAs: SettledPowerState = priorPowerState === 'running' || priorPowerState === 'paused' ? priorPowerState : 'shutdown';
     await task.event('start', { imageId, asNew: name });
+    acceptance.accept({ instanceId, imageId, taskState: null });
 
     // 3. checkRestoreImage, as for a restore in place.
     track.enter('checking-image');
@@ -208,6 +215,7 @@ async function restoreAsNew(run: Run, request: RestoreRequest, name: string): Pr
     // The instance's task state was never taken: compensation records the error event, no fault.
     const result = await compensate(run, undefined, err);
     await undo.attempt('record event', () => task.event('error', { imageId, code: faultCode(result, 'Restore') }));
+    await acceptance.refuse(result);
     throw result;
   }
 }

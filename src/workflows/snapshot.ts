@@ -5,11 +5,14 @@
 // and an instance fault is recorded. Deterministic code only: all I/O lives in activities.
 import { ActivityFailure, ApplicationFailure, CancellationScope, isCancellation, log, metricMeter, sleep, uuid4, workflowInfo } from '@temporalio/workflow';
 import type { InstanceInspection } from '../activities/inspection.js';
+import type { UploadedImage } from '../activities/upload.js';
 import type { LiveCopySupport } from '../drivers/hypervisor.js';
-import { failure, refuseInvalid, typedFailure } from './failures.js';
+import { AcceptanceGate } from './acceptance.js';
+import { rotateBackups } from './backup-rotation.js';
+import { failure, messageOf, refuseInvalid, typedFailure } from './failures.js';
 import { HostSlot } from './host-slot.js';
 import { findInstance, settled, type SettledPowerState } from './instance.js';
-import { Compensations } from './saga.js';
+import { Compensations, attempt } from './saga.js';
 import { STORE_STEP, onHost, onMain, onMainLocal, stepOptions, type Steps } from './steps.js';
 import { TaskStateHolder } from './task-state.js';
 import { Tracker } from './tracker.js';
@@ -21,6 +24,9 @@ import { validateSnapshotRequest } from '../shared/validation.js';
 // QEMU's STOP, on the host, whatever becomes of the worker): it only fires when the guard could
 // not keep its own (it died with the guest paused, or never started).
 const PAUSE_BUDGET_MARGIN_MS = 2000;
+
+/** New image records made for images an upload left stuck saving, before the snapshot gives up. */
+const STUCK_IMAGE_REPLACEMENTS = 2;
 
 const pauseDuration = metricMeter.createHistogram('vmsnap_pause_duration', 'int', 'ms', 'How long vmsnap kept a guest paused');
 const uploadedBytes = metricMeter.createCounter('vmsnap_uploaded_bytes', 'bytes', 'Bytes uploaded to the image service');
@@ -40,14 +46,28 @@ interface Copy {
   bootId: string;
 }
 
+/** The Glance image the snapshot fills, and the compensation that deletes it until it is verified. */
+interface ImageRecord {
+  id: string;
+  undo: { drop(): void };
+}
+
 /** What the steps of one snapshot share. */
 interface Snapshot {
   request: SnapshotRequest;
   /** `<workflow id>/<run id>`: owner of the task state, requester of the image. */
   owner: string;
+  /** The first image id: it names the snapshot's temp dir on the host (and the reconciler finds it in the start event). */
   imageId: string;
+  /** The image being filled: the first, or the record that replaced one an upload left stuck. */
+  image: ImageRecord;
+  /** Image ids replaced so far (stuck saving), oldest first. */
+  replaced: string[];
+  /** What the fault and the events of the run say about it (the image id follows a replacement). */
+  details: { imageId: string };
   diskFormat: DiskFormat;
   instanceId: string;
+  baseImageRef: string | null;
   settings: SnapshotSettings;
   steps: Steps;
   track: Tracker<SnapshotPhase>;
@@ -55,12 +75,13 @@ interface Snapshot {
 }
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
+  const acceptance = new AcceptanceGate();
   refuseInvalid(validateSnapshotRequest(request), 'snapshot request');
   const { workflowId, runId } = workflowInfo();
   const owner = `${workflowId}/${runId}`;
   const imageId = request.imageId ?? uuid4();
   const diskFormat = request.diskFormat ?? 'qcow2';
-  const headline = (instance: string) => `instance \`${instance}\` → image \`${imageId}\` (${request.imageName})`;
+  const headline = (instance: string, image: string) => `instance \`${instance}\` → image \`${image}\` (${request.imageName})`;
   const memo = { instance: request.instance, imageName: request.imageName, imageId, diskFormat };
   const track = new Tracker<SnapshotPhase>('snapshot', imageId, headline, request.instance, memo);
   const slot = new HostSlot(owner);
@@ -78,8 +99,12 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   track.found(instanceId, host);
   const steps = stepOptions(settings, host);
   const undo = new Compensations({ instanceId, imageId });
-  const task = new TaskStateHolder({ action: 'Snapshot', instanceId, owner, steps, track, details: { imageId } });
-  const s: Snapshot = { request, owner, imageId, diskFormat, instanceId, settings, steps, track, undo };
+  const details = { imageId };
+  const novaAction = request.backup ? { novaAction: 'createBackup' } : {};
+  const task = new TaskStateHolder({ action: 'Snapshot', instanceId, owner, steps, track, details, ...novaAction });
+  // The image's undo is pushed as its record is made (step 3).
+  const image: ImageRecord = { id: imageId, undo: { drop: () => undefined } };
+  const s: Snapshot = { request, owner, imageId, image, replaced: [], details, diskFormat, instanceId, baseImageRef, settings, steps, track, undo };
   try {
     // 2. Task state None → image_snapshot_pending by compare-and-swap, else InstanceBusy.
     await task.take('image_snapshot_pending');
@@ -87,19 +112,9 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
 
     // 3. createImageRecord: the Glance image with our id and its formats, status queued.
     track.enter('creating-image');
-    const image = undo.push('delete image', () => onMain(steps.image, 'compensation: delete the image').deleteImageRecord(imageId));
-    await onMainLocal(steps.imageRecord, `create image ${imageId} in Glance`).createImageRecord({
-      imageId,
-      diskFormat,
-      imageName: request.imageName,
-      instanceId,
-      baseImageRef,
-      metadata: request.metadata ?? {},
-      userId: request.userId,
-      projectId: request.projectId,
-      requestId: owner,
-      scheduleId: request.scheduleId,
-    });
+    image.undo = undo.push('delete image', () => deleteImage(s, imageId));
+    await createImageRecord(s, imageId);
+    acceptance.accept({ instanceId, imageId, taskState: 'image_snapshot_pending' });
 
     // 4. Task state → image_snapshot; one of the host's snapshot slots (at most N at once, as Nova).
     //    The holder reads the power state and live support as it takes the slot.
@@ -117,17 +132,10 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     // 7. Task state → image_uploading.
     await task.move('image_pending_upload', 'image_uploading');
 
-    // 8. uploadImage: streamed and hashed; verified against the record Glance answers with.
+    // 8. uploadImage: streamed and hashed; verified against the record Glance answers with. An
+    //    image a cut-off attempt left stuck saving is replaced by a new record.
     track.enter('uploading');
-    const uploaded = await onHost(steps.upload, `upload ${copy.size} bytes to Glance and verify`).uploadImage({
-      imageId,
-      path: copy.path,
-      diskFormat,
-      virtualSize: copy.virtualSize,
-      properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
-      copyBootId: copy.bootId,
-    });
-    image.drop(); // active and verified: it stays whatever happens next
+    const uploaded = await upload(s, copy, mode);
     uploadedBytes.add(uploaded.size);
 
     // 9. The slot is the next snapshot's; the temp dir goes and task state → None, side by side.
@@ -137,10 +145,11 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       removeTempDir(s),
       task.finish('image_uploading'),
     ]);
+    if (request.backup) await rotateBackups(steps.image, { instanceId, imageId: s.image.id, ...request.backup });
     track.completed();
-    log.info('snapshot completed', { imageId, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
+    log.info('snapshot completed', { imageId: s.image.id, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
     return {
-      imageId,
+      imageId: s.image.id,
       imageName: request.imageName,
       instanceId,
       host,
@@ -167,6 +176,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       await task.release(result, undo);
       await slot.released();
     });
+    await acceptance.refuse(result);
     track.ended(result);
     throw result;
   }
@@ -180,6 +190,102 @@ interface Inspected {
 
 function wantedMode(s: Snapshot) {
   return s.request.mode ?? s.settings.defaultMode;
+}
+
+/** The Glance record of the snapshot's image (status queued, formats set), under `imageId`. */
+async function createImageRecord(s: Snapshot, imageId: string): Promise<void> {
+  const { request } = s;
+  await onMainLocal(s.steps.imageRecord, `create image ${imageId} in Glance`).createImageRecord({
+    imageId,
+    diskFormat: s.diskFormat,
+    imageName: request.imageName,
+    instanceId: s.instanceId,
+    baseImageRef: s.baseImageRef,
+    metadata: request.metadata ?? {},
+    userId: request.userId,
+    projectId: request.projectId,
+    requestId: s.owner,
+    scheduleId: request.scheduleId,
+    ...(request.backup ? { backupType: request.backup.type } : {}),
+  });
+}
+
+/**
+ * Compensation's delete of an unfinished image: tried once. An image it cannot delete (Glance
+ * gone) is the reconciler's sweep's: tagged vmsnap and made by this run, it is swept once the run
+ * is closed. Retrying here would only hold the task state and the host slot meanwhile.
+ */
+async function deleteImage(s: Snapshot, imageId: string): Promise<void> {
+  const error = await attempt(() => onMain(s.steps.imageCleanup, 'compensation: delete the image').deleteImageRecord(imageId));
+  if (error !== undefined) log.warn("the unfinished image is left to the reconciler's sweep", { imageId, error });
+}
+
+/**
+ * Step 8. A retried upload that finds its image still saving from an attempt that was cut off
+ * (Glance keeps it so until its side of that connection times out, minutes) fails ImageStuck at
+ * once; a new record takes the image's place and the upload starts again.
+ */
+async function upload(s: Snapshot, copy: Copy, mode: Mode): Promise<UploadedImage> {
+  for (;;) {
+    try {
+      const uploaded = await onHost(s.steps.upload, `upload ${copy.size} bytes to Glance and verify`).uploadImage({
+        imageId: s.image.id,
+        path: copy.path,
+        diskFormat: s.diskFormat,
+        virtualSize: copy.virtualSize,
+        properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
+        copyBootId: copy.bootId,
+      });
+      s.image.undo.drop(); // active and verified: it stays whatever happens next
+      return uploaded;
+    } catch (err) {
+      if (failureTypeOf(err) !== 'ImageStuck' || s.replaced.length >= STUCK_IMAGE_REPLACEMENTS) throw uploadFailure(err, s.steps);
+      await replaceStuckImage(s);
+    }
+  }
+}
+
+/**
+ * A new record (same name and properties, a new id) in place of the stuck image, which is deleted
+ * now, or else by the compensation or the reconciler's sweep (it is tagged vmsnap and this run's).
+ * The result, the search attribute, the memo and the events name the new image from here on.
+ */
+async function replaceStuckImage(s: Snapshot): Promise<void> {
+  const stuck = s.image;
+  const imageId = uuid4();
+  log.warn('the image is stuck saving in Glance after a cut-off upload: a new image record replaces it', { imageId: stuck.id, newImageId: imageId });
+  const undo = s.undo.push('delete image', () => deleteImage(s, imageId));
+  await createImageRecord(s, imageId);
+  s.image = { id: imageId, undo };
+  s.replaced.push(stuck.id);
+  s.details.imageId = imageId;
+  s.track.imageReplaced(imageId, { replacedImageIds: [...s.replaced] });
+  const error = await attempt(() => onMain(s.steps.imageCleanup, `delete the stuck image ${stuck.id}`).deleteImageRecord(stuck.id));
+  if (error === undefined) stuck.undo.drop();
+  else log.warn('the stuck image was not deleted yet: the compensation or the reconciler will', { imageId: stuck.id, error });
+}
+
+/** The failure type of a step's failure. */
+function failureTypeOf(err: unknown): string | undefined {
+  const cause = err instanceof ActivityFailure ? err.cause : err;
+  return cause instanceof ApplicationFailure ? (cause.type ?? undefined) : undefined;
+}
+
+/**
+ * The upload's failure as the snapshot's: it says which step failed, and that its retries are
+ * used up (the driver's words say what went wrong, not whether a retry could help).
+ */
+function uploadFailure(err: unknown, steps: Steps): unknown {
+  if (!(err instanceof ActivityFailure) || !(err.cause instanceof ApplicationFailure)) return err;
+  const attempts = steps.upload.retry.maximumAttempts;
+  const step = err.retryState === 'MAXIMUM_ATTEMPTS_REACHED' && attempts ? `upload to Glance gave up after ${attempts} attempts` : 'upload to Glance failed';
+  return ApplicationFailure.create({
+    type: err.cause.type ?? undefined,
+    message: `${step}: ${messageOf(err)}`,
+    nonRetryable: true,
+    details: err.cause.details ?? undefined,
+    cause: err,
+  });
 }
 
 /** The power state and whether a running guest can be copied live: as the slot holder found them, else in one host step. */

@@ -53,6 +53,11 @@ export function stepOptions(settings: SnapshotSettings, host: string) {
     store: STORE_STEP,
     /** A Glance call on the main queue. */
     image: { startToCloseTimeout: '60s', retry: imageRetry } satisfies ActivityOptions,
+    /**
+     * Compensation's delete of an unfinished image: one try, bounded. What it cannot delete (Glance
+     * gone) is the reconciler's sweep's, rather than a reason to hold the task state and the slot.
+     */
+    imageCleanup: { startToCloseTimeout: '10s', retry: tries(1) } satisfies ActivityOptions,
     /** The image record, made locally: a cancelled snapshot deletes it, so its creation must be over by then. */
     imageRecord: { startToCloseTimeout: '60s', retry: imageRetry, cancellationType: WAIT } satisfies LocalActivityOptions,
     // The host steps of seconds heartbeat from their start (activities/index.ts): a task lost with

@@ -24,6 +24,8 @@ export class TaskStateHolder {
       track: Tracker<string>;
       /** Details every fault and event of the run carries (the image id). */
       details: Record<string, unknown>;
+      /** The Nova action its events are recorded under when not the action's own (createBackup). */
+      novaAction?: string;
     },
   ) {}
 
@@ -52,7 +54,7 @@ export class TaskStateHolder {
       event,
       requestId: owner,
       details,
-      action: NOVA_ACTION[action],
+      action: this.run.novaAction ?? NOVA_ACTION[action],
     });
   }
 

@@ -48,13 +48,13 @@ export class Tracker<Phase extends string> {
 
   /**
    * @param imageId the image made or restored ('' for a rollback).
-   * @param headline the Web UI's second line: what is copied where.
+   * @param headline the Web UI's second line: what is copied where (the instance, the image).
    * @param memo what the Web UI's list shows of the run before it has an instance id.
    */
   constructor(
     private readonly kind: Kind,
     imageId: string,
-    private readonly headline: (instance: string) => string,
+    private readonly headline: (instance: string, imageId: string) => string,
     private readonly instanceRef: string,
     memo: Record<string, unknown>,
   ) {
@@ -72,6 +72,14 @@ export class Tracker<Phase extends string> {
       { key: INSTANCE_ID, value: instanceId },
       { key: HOST, value: host },
     ]);
+    this.describe();
+  }
+
+  /** The run goes on with another image (a snapshot's first was left stuck): the progress, search attribute, memo and details follow. */
+  imageReplaced(imageId: string, memo: Record<string, unknown>): void {
+    this.progress.imageId = imageId;
+    upsertSearchAttributes([{ key: IMAGE_ID, value: imageId }]);
+    upsertMemo({ ...memo, imageId });
     this.describe();
   }
 
@@ -128,7 +136,7 @@ export class Tracker<Phase extends string> {
     const { progress, kind } = this;
     setDetails([
       kind === 'snapshot' ? `**${progress.phase}**` : `**${kind}: ${progress.phase}**`,
-      this.headline(progress.instanceId ?? this.instanceRef),
+      this.headline(progress.instanceId ?? this.instanceRef, progress.imageId),
       `task state: ${progress.taskState ?? 'None'}`,
       ...(progress.error ? [`error: ${progress.error}`] : []),
     ]);

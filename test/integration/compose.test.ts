@@ -1,5 +1,5 @@
 // docker-compose.yml and the Dockerfile are validated offline: no Docker engine runs here, but the
-// compose file must parse and describe the deployment the README promises, and the image must run
+// compose file must parse and describe the deployment docs/deployment.md promises, and the image must run
 // the compiled worker from production dependencies (deploy.test.ts runs that very command line).
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
@@ -10,7 +10,7 @@ import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
 
 it('docker-compose.yml validates and names the deployment services', async () => {
   const { stdout } = await execa('docker-compose', ['-f', 'docker-compose.yml', 'config']);
-  const names = ['postgresql', 'temporal-schema', 'temporal', 'temporal-register', 'temporal-ui', 'vmsnap-worker'];
+  const names = ['postgresql', 'temporal-schema', 'temporal', 'temporal-register', 'temporal-ui', 'vmsnap-worker', 'vmsnap-api'];
   for (const service of names) {
     assert.match(stdout, new RegExp(`^  ${service}:`, 'm'), `service ${service} missing`);
   }
@@ -26,6 +26,11 @@ it('docker-compose.yml validates and names the deployment services', async () =>
   const all = (parse(stdout) as { services: Record<string, Svc> }).services;
   const worker = all['vmsnap-worker'];
   assert.deepEqual(worker?.command, ['node', '--max-semi-space-size=1', 'dist/worker/main.js', '--role', 'main']);
+  // The compute API from the same image, on Nova's port, after the namespace is ready.
+  const api = all['vmsnap-api'];
+  assert.deepEqual(api?.command, ['node', '--max-semi-space-size=1', 'dist/api/main.js']);
+  assert.equal(api?.environment?.VMSNAP_API_PORT, '8774');
+  assert.equal(api?.depends_on?.['temporal-register']?.condition, 'service_completed_successfully');
   // The shape the stack's cluster mode runs: the Temporal server (not auto-setup) on PostgreSQL,
   // its schemas by temporal-sql-tool first, vmsnap's search attributes registered before the worker.
   assert.match(all.temporal?.image ?? '', /^temporalio\/server:/);

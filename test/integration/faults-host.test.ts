@@ -1,7 +1,9 @@
 // Faults on the hypervisor host, on the real stack: qemu-img failing on a corrupt or missing
 // disk, cancellation during the copy and the upload, the instance destroyed mid-copy, the
 // snapshots dir full, the pause budget blown, two entry points racing; bad input changing
-// nothing; temp files private.
+// nothing; temp files private. Each fault waits for the phase it targets (a qemu-img process
+// copying, a PUT under way at the proxy in front of Glance, the guest paused) and its row says
+// what showed it landed there (the history's cancelled step, the proxy's byte count).
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, rmSync, statSync } from 'node:fs';
@@ -12,8 +14,13 @@ import { execa } from 'execa';
 import { createGuest, guestState, removeGuest, type DomainState, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import type { ImageService } from '../../src/drivers/image-service.js';
-import { recordFaultRow } from '../support/fault-report.js';
-import { checkInvariants, outcomeOf, qemuImgProcessesUnder, type Invariants } from '../support/invariants.js';
+import { snapshotWorkflowId } from '../../src/shared/names.js';
+import { eventually } from '../support/cli.js';
+import { stackGlanceUrl } from '../support/cloud.js';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
+import { evidence, recordFaultRow, type Evidence } from '../support/fault-report.js';
+import { onlyActivityRun, type History } from '../support/history.js';
+import { checkInvariants, outcomeOf, qemuImgProcessesUnder } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { createSlowGuest, waitForGuestState, waitForPhase } from '../support/slow-guest.js';
 
@@ -21,16 +28,11 @@ const virsh = (...args: string[]) => execa('virsh', ['-c', 'qemu:///system', ...
 const tag = `${process.pid}`;
 const modes: { dir: number; file: number }[] = [];
 let h: Harness;
+let proxy: FaultProxy;
 let slow: Guest;
 let small: Guest;
 
-function allHeld(invariants: Invariants): void {
-  assert.deepEqual(
-    Object.values(invariants),
-    Object.values(invariants).map(() => true),
-    JSON.stringify(invariants),
-  );
-}
+type Handle = Awaited<ReturnType<typeof startSnapshot>>;
 
 async function run(
   fault: string,
@@ -40,7 +42,9 @@ async function run(
     expected: string;
     priorState: DomainState | null;
     note?: string;
-    during?: (handle: Awaited<ReturnType<typeof startSnapshot>>) => Promise<void>;
+    during?: (handle: Handle) => Promise<void>;
+    /** What shows the fault fired where it was meant to, from the run's history and the instance's faults. */
+    evidence: (seen: { history: History; lastFault: string }) => Evidence[];
     harness?: Harness;
   },
 ) {
@@ -49,26 +53,39 @@ async function run(
   const handle = await startSnapshot(harness.client, { instance: opts.guest.uuid, imageName, ...opts.request }, harness.config.temporal.taskQueue);
   await opts.during?.(handle);
   const outcome = await outcomeOf(handle);
-  const invariants = await checkInvariants({
-    store: harness.store,
-    glanceUrl: harness.glanceUrl,
-    snapshotsDir: harness.config.snapshotsDir,
-    guest: opts.guest,
-    priorState: opts.priorState,
-    imageName,
-    expectedOutcome: opts.expected,
+  const history = await handle.fetchHistory();
+  const lastFault = (await harness.store.listFaults(opts.guest.uuid)).at(-1)?.message ?? '';
+  recordFaultRow({
+    fault,
     outcome,
+    invariants: await checkInvariants({
+      store: harness.store,
+      snapshotsDir: harness.config.snapshotsDir,
+      guest: opts.guest,
+      priorState: opts.priorState,
+      image: { name: imageName },
+      expectedOutcome: opts.expected,
+      outcome,
+    }),
+    evidence: opts.evidence({ history, lastFault }),
+    ...(opts.note ? { note: opts.note } : {}),
   });
-  recordFaultRow({ fault, outcome, invariants, ...(opts.note ? { note: opts.note } : {}) });
-  assert.equal(outcome, opts.expected);
-  allHeld(invariants);
-  return { handle, outcome };
+  return { handle, outcome, history };
+}
+
+/** The copy step was cancelled while it ran: a cancel request in the history, and the step ended cancelled. */
+function copyCancelled(history: History, step: string): Evidence {
+  const copy = onlyActivityRun(history, step);
+  return evidence(`${step}: cancel requested, the step ended ${copy.ended}`, copy.cancelRequested && copy.ended === 'canceled');
 }
 
 describe('host faults on the real stack', { timeout: 900_000 }, () => {
   before(async () => {
+    // Plain forwarding: the proxy shows how far the upload had come when it was cancelled.
+    proxy = await startFaultProxy(await stackGlanceUrl());
     h = await startHarness({
       name: 'faults-host',
+      glanceUrl: proxy.url,
       env: { VMSNAP_HEARTBEAT_TIMEOUT_MS: '5000' },
       // The copy as the upload reads it (a cold copy is made by the pause guard, a process of its own).
       wrapImageService: (real) => {
@@ -87,10 +104,16 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
   after(async () => {
     for (const g of [slow, small]) if (g) await removeGuest(g.name, h.guestsDir).catch(() => undefined);
     await h?.close();
+    await proxy?.close();
   });
 
   it('keeps temp dirs 0700 and temp files 0600', async () => {
-    await run('none (baseline)', { guest: small, expected: 'completed', priorState: 'running' });
+    await run('none (baseline)', {
+      guest: small,
+      expected: 'completed',
+      priorState: 'running',
+      evidence: ({ history }) => [evidence('no fault injected; the copy step ran once', onlyActivityRun(history, 'coldCopyDisk').ended === 'completed')],
+    });
     assert.deepEqual(modes.at(-1), { dir: 0o700, file: 0o600 });
   });
 
@@ -103,32 +126,65 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       async during(handle) {
         await waitForPhase(handle, 'converting');
         await waitForGuestState(slow.name, 'paused');
-        for (const deadline = Date.now() + 30_000; !qemuImgProcessesUnder(h.config.snapshotsDir).length; await new Promise((r) => setTimeout(r, 50))) {
-          assert.ok(Date.now() < deadline, 'qemu-img is copying within 30 s of the pause');
-        }
+        await eventually('qemu-img copying', async () => (qemuImgProcessesUnder(h.config.snapshotsDir).length > 0 ? true : undefined), 60_000, 50);
         await handle.cancel();
-        await waitForPhase(handle, 'cancelled', 30_000);
+        await waitForPhase(handle, 'cancelled', 60_000);
         assert.deepEqual(qemuImgProcessesUnder(h.config.snapshotsDir), [], 'qemu-img was killed');
       },
+      evidence: ({ history }) => [copyCancelled(history, 'coldCopyDisk')],
     });
   });
 
   it('cancel during the upload: the unfinished image is deleted', async () => {
-    await run('cancel during upload', {
+    proxy.requests.length = 0;
+    let atCancel = 0;
+    const { history } = await run('cancel during upload', {
       guest: slow,
       expected: 'Cancelled',
       priorState: 'running',
       async during(handle) {
-        await waitForPhase(handle, 'uploading');
+        // Cancelled once bytes are on their way to Glance.
+        const put = await proxy.until('PUT with data', (r) => r.method === 'PUT' && r.bytesIn > 0);
+        atCancel = put.bytesIn;
         await handle.cancel();
       },
+      evidence: ({ history }) => {
+        const put = proxy.requests.find((r) => r.method === 'PUT');
+        return [
+          copyCancelled(history, 'uploadImage'),
+          evidence(
+            `the PUT had sent ${atCancel} bytes at the cancel and ended unanswered (${put?.bytesIn} sent)`,
+            put !== undefined && atCancel > 0 && put.status !== 204,
+          ),
+        ];
+      },
     });
+    assert.equal(onlyActivityRun(history, 'coldCopyDisk').ended, 'completed', 'the copy was done before the upload');
   });
 
   it('pause budget exceeded: the copy is cancelled and the guest resumed in time', async () => {
+    // What qemu-img had done when its copy ended, and how it ended.
+    const copies: { percent: number; ended: 'finished' | 'aborted' }[] = [];
     const budgeted = await startHarness({
       name: 'faults-host-budget',
       env: { VMSNAP_PAUSE_BUDGET_MS: '1500', VMSNAP_HEARTBEAT_TIMEOUT_MS: '5000' },
+      wrapDiskTool: (real) => ({
+        ...real,
+        async convert(opts) {
+          let percent = 0;
+          const onProgress = (p: number) => {
+            percent = p;
+            opts.onProgress?.(p);
+          };
+          try {
+            await real.convert({ ...opts, onProgress });
+            copies.push({ percent, ended: 'finished' });
+          } catch (err) {
+            copies.push({ percent, ended: 'aborted' });
+            throw err;
+          }
+        },
+      }),
     });
     try {
       await run('pause budget exceeded', {
@@ -137,11 +193,23 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
         request: { compress: true },
         expected: 'PauseBudgetExceeded',
         priorState: 'running',
-        note: 'budget 1.5 s, copy of 512 MiB compressed takes ~8 s',
+        note: 'budget 1.5 s, a compressed copy of 512 MiB',
+        evidence: () => [
+          // The guest ran again when the budget was spent, not when the copy was done.
+          evidence(
+            `qemu-img ${copies[0]?.ended} at ${copies[0]?.percent.toFixed(0)} % when the guest was resumed`,
+            copies.length === 1 && copies[0]!.ended === 'aborted',
+          ),
+        ],
       });
       const events = (await budgeted.store.listEvents(slow.uuid)).filter((e) => e.event === 'pause' || e.event === 'resume');
+      assert.deepEqual(
+        events.slice(-2).map((e) => e.event),
+        ['pause', 'resume'],
+      );
+      // Not cut early: recorded before the pause, the pause event is at least the budget before the resume.
       const paused = Date.parse(events.at(-1)!.createdAt) - Date.parse(events.at(-2)!.createdAt);
-      assert.ok(paused < 1500 + 4000, `the guest was paused ${paused} ms for a 1500 ms budget`);
+      assert.ok(paused >= 1500, `the guest was resumed ${paused} ms after its pause, within the 1500 ms budget`);
       assert.deepEqual(qemuImgProcessesUnder(budgeted.config.snapshotsDir), []);
     } finally {
       await budgeted.close();
@@ -176,28 +244,34 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       ),
     ]);
     const cliOutcome = byCli.exitCode === 0 ? 'completed' : /InstanceBusy/.test(byCli.stdout + byCli.stderr) ? 'InstanceBusy' : `other: ${byCli.stderr}`;
-    assert.deepEqual([byClient, cliOutcome].sort(), ['InstanceBusy', 'completed']);
-    const invariants = await checkInvariants({
-      store: h.store,
-      glanceUrl: h.glanceUrl,
-      snapshotsDir: h.config.snapshotsDir,
-      guest: small,
-      priorState: 'running',
-      imageName,
-      expectedOutcome: 'completed',
-      outcome: 'completed',
-    });
+    const outcome = [byClient, cliOutcome].sort().join(' + ');
+    // A race: each run started before the other ended.
+    const a = await h.client.workflow.getHandle(snapshotWorkflowId(small.uuid)).describe();
+    const b = await h.client.workflow.getHandle(`snapshot-${small.name}`).describe();
+    const overlapped = a.startTime < (b.closeTime ?? new Date()) && b.startTime < (a.closeTime ?? new Date());
     recordFaultRow({
       fault: 'two requests racing (client by UUID, temporal CLI by name)',
-      outcome: `${byClient} + ${cliOutcome}`,
-      invariants,
+      outcome,
+      invariants: await checkInvariants({
+        store: h.store,
+        snapshotsDir: h.config.snapshotsDir,
+        guest: small,
+        priorState: 'running',
+        image: { name: imageName, made: true },
+        outcome,
+        expectedOutcome: 'InstanceBusy + completed',
+        // The loser is refused before it changes anything: no fault of the instance.
+        expectedFault: null,
+      }),
+      evidence: [evidence(`two runs of ${small.name} at once: ${a.workflowId} and ${b.workflowId}`, overlapped)],
       note: 'one image; the loser is refused InstanceBusy',
     });
-    allHeld(invariants);
   });
 
   it('bad input is refused with a clear error and changes nothing', async () => {
-    const before = { events: (await h.store.listEvents(small.uuid)).length, images: (await h.glance.listImagesByTag('vmsnap')).length };
+    // Images of this instance only: other tests may make images meanwhile.
+    const imagesOfSmall = async () => (await h.glance.listImages({ instance_uuid: small.uuid })).length;
+    const before = { events: (await h.store.listEvents(small.uuid)).length, images: await imagesOfSmall() };
     const cases: [unknown, string, RegExp][] = [
       [{ instance: randomUUID(), imageName: 'x' }, 'InstanceNotFound', /no instance/],
       [{ instance: '123e4567-e89b-12d3-a456-42661417400', imageName: 'x' }, 'InstanceNotFound', /no instance/], // malformed UUID: a name nobody has
@@ -232,7 +306,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       assert.match(err?.cause?.message ?? '', message);
     }
     assert.equal((await h.store.listEvents(small.uuid)).length, before.events, 'no action recorded');
-    assert.equal((await h.glance.listImagesByTag('vmsnap')).length, before.images, 'no image created');
+    assert.equal(await imagesOfSmall(), before.images, 'no image created');
     assert.equal((await h.store.getInstance(small.uuid))?.taskState, null);
     assert.equal(await guestState(small.name), 'running');
   });
@@ -246,12 +320,15 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
     });
     try {
       await execa('dd', ['if=/dev/urandom', `of=${broken.diskPath}`, 'bs=512', 'count=8', 'conv=notrunc']);
-      const { handle } = await run('qemu-img: corrupt disk', { guest: broken, expected: 'ImageCorrupt', priorState: 'shut off' });
-      const history = await handle.fetchHistory();
-      const copies = history.events?.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'coldCopyDisk') ?? [];
-      const attempts = history.events?.filter((e) => e.activityTaskStartedEventAttributes && Number(e.activityTaskStartedEventAttributes.attempt) > 1) ?? [];
-      assert.equal(copies.length, 1);
-      assert.equal(attempts.length, 0, 'a corrupt disk is not retried');
+      await run('qemu-img: corrupt disk', {
+        guest: broken,
+        expected: 'ImageCorrupt',
+        priorState: 'shut off',
+        evidence: ({ history, lastFault }) => {
+          const copy = onlyActivityRun(history, 'coldCopyDisk');
+          return [evidence(`the copy step failed on attempt ${copy.attempt} (not retried): ${lastFault}`, copy.ended === 'failed' && copy.attempt === 1)];
+        },
+      });
     } finally {
       await removeGuest(broken.name, h.guestsDir);
     }
@@ -266,7 +343,12 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
     });
     try {
       rmSync(broken.diskPath);
-      await run('qemu-img: missing disk', { guest: broken, expected: 'DiskNotFound', priorState: 'shut off' });
+      await run('qemu-img: missing disk', {
+        guest: broken,
+        expected: 'DiskNotFound',
+        priorState: 'shut off',
+        evidence: ({ lastFault }) => [evidence(`fault: ${lastFault}`, lastFault.includes(broken.diskPath))],
+      });
     } finally {
       await removeGuest(broken.name, h.guestsDir);
     }
@@ -284,6 +366,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
         expected: 'NoSpace',
         priorState: 'running',
         note: '4 MiB tmpfs for a 512 MiB copy',
+        evidence: ({ lastFault }) => [evidence(`fault: ${lastFault}`, lastFault.includes(full))],
       });
     } finally {
       await cramped.close();
@@ -293,6 +376,7 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
   });
 
   it('instance destroyed in the middle: a clear outcome, the image removed', async () => {
+    let copying = 0;
     await run('instance destroyed during convert', {
       guest: slow,
       request: { compress: true },
@@ -301,9 +385,15 @@ describe('host faults on the real stack', { timeout: 900_000 }, () => {
       async during(handle) {
         await waitForPhase(handle, 'converting');
         await waitForGuestState(slow.name, 'paused');
+        await eventually('qemu-img copying', async () => (qemuImgProcessesUnder(h.config.snapshotsDir).length > 0 ? true : undefined), 60_000, 50);
+        copying = qemuImgProcessesUnder(h.config.snapshotsDir).length;
         await virsh('destroy', slow.name);
         await virsh('undefine', slow.name);
       },
+      evidence: ({ lastFault }) => [
+        evidence(`destroyed while paused with ${copying} qemu-img copying`, copying > 0),
+        evidence(`fault: ${lastFault}`, /destroyed during the snapshot/.test(lastFault)),
+      ],
     });
   });
 });

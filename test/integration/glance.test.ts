@@ -348,12 +348,16 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     await glance.createImage(spec);
     const path = randomFile('data-stall.bin', 64 * MiB);
     // Held by the proxy unread: the socket fills up and the upload stalls.
-    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'delay', delayMs: 10_000 });
-    const started = Date.now();
+    proxy.requests.length = 0;
+    proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'delay', delayMs: 60_000 });
     const err = await rejection(service(proxy.url, { requestTimeoutMs: 500 }).uploadFile(spec.id, path));
+    // Cut off while the proxy still held it: not a byte of the body had been read.
+    const held = proxy.requests.find((r) => r.method === 'PUT');
+    assert.equal(held?.bytesIn, 0, 'the upload ended while the proxy still held it');
+    proxy.setRule(undefined);
     assert.equal(err.code, 'ImageServiceUnavailable');
     assert.equal(err.retryable, true);
-    assert.ok(Date.now() - started < 5_000);
+    assert.match(err.message, /no progress for 500 ms/, 'the cut-off names the timeout that fired');
     assert.equal((await glance.getImage(spec.id))?.status, 'queued');
   });
 
@@ -361,17 +365,19 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     const spec = newImage();
     await glance.createImage(spec);
     const path = randomFile('data-silent.bin', 8 * MiB);
+    proxy.requests.length = 0;
     proxy.setRule({ method: 'PUT', path: /\/file$/, kind: 'silent' });
     const reports: [number, number][] = [];
-    const started = Date.now();
     // requestTimeoutMs stays at its minute: the stall setting alone must cut the upload.
     const err = await rejection(service(proxy.url, { uploadStallMs: 1_000 }).uploadFile(spec.id, path, (n, total) => reports.push([n, total])));
-    const took = Date.now() - started;
     proxy.setRule(undefined);
     assert.equal(err.code, 'ImageServiceUnavailable');
     assert.equal(err.retryable, true);
+    // The stall setting, not the minute's request timeout, cut it: the message names it.
     assert.match(err.message, /no progress for 1000 ms \(all 8388608 bytes sent, no answer; VMSNAP_GLANCE_STALL_MS\)/);
-    assert.ok(took < 10_000, `cut off after ${took} ms`);
+    // The proxy had every byte and never answered; the client closed the connection.
+    const silent = await proxy.until('the silent PUT closed by the client', (r) => r.method === 'PUT' && r.endedAt !== undefined, 30_000);
+    assert.deepEqual([silent.bytesIn, silent.status, silent.complete], [8 * MiB, 0, false]);
     // The last byte is reported as soon as it is out, so the heartbeat can say what is awaited.
     assert.deepEqual(reports.at(-1), [8 * MiB, 8 * MiB]);
     assert.equal((await glance.getImage(spec.id))?.status, 'queued');
@@ -471,22 +477,22 @@ describe('GlanceImageService against a real Glance', { timeout: 300_000 }, () =>
     const path = join(dir, 'sparse-abort.img');
     writeFileSync(path, '');
     truncateSync(path, 2048 * MiB);
-    // 2 GiB: far more than can be sent before the abort, which comes with the first progress report.
+    // 2 GiB: far more than can be sent before the abort, which comes once 32 MiB are on their way
+    // (the PUT has reached the proxy by then).
     const controller = new AbortController();
-    let aborted = 0;
-    const upload = glance.uploadFile(
+    proxy.requests.length = 0;
+    const upload = service(proxy.url).uploadFile(
       spec.id,
       path,
       (n) => {
-        if (n > 0 && !controller.signal.aborted) {
-          aborted = Date.now();
-          controller.abort(new Error('cancelled by test'));
-        }
+        if (n >= 32 * MiB && !controller.signal.aborted) controller.abort(new Error('cancelled by test'));
       },
       controller.signal,
     );
     await assert.rejects(upload, /cancelled by test/);
-    assert.ok(Date.now() - aborted < 2_000, 'the abort took too long to stop the upload');
+    // The abort stopped the upload: the PUT ended with most of the 2 GiB never sent.
+    const put = await proxy.until('the PUT ended', (r) => r.method === 'PUT' && r.endedAt !== undefined, 30_000);
+    assert.ok(put.bytesIn < 1024 * MiB && !put.complete, `the PUT sent ${put.bytesIn} bytes of 2 GiB and ended unanswered`);
     await waitForStatus(spec.id, 'queued');
   });
 

@@ -7,13 +7,12 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import type { NativeConnection } from '@temporalio/worker';
 import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { syncInventory } from '../../src/activities/inventory.js';
 import { TemporalWorkflowLookup } from '../../src/activities/workflow-lookup.js';
-import { startSnapshot } from '../../src/client/snapshots.js';
+import { getProgress, startSnapshot } from '../../src/client/snapshots.js';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import { loadConfig, type Config } from '../../src/shared/config.js';
@@ -24,6 +23,9 @@ import { buildDeps } from '../../src/worker/deps.js';
 import { closeTestCloud, testCloud } from '../support/cloud.js';
 import { connect, startWorkers, type RunningWorkers } from '../../src/worker/workers.js';
 import '../support/harness.js'; // installs the quiet runtime
+import { eventually } from '../support/cli.js';
+import { eventMs, onlyActivityRun } from '../support/history.js';
+import { deleteImagesOfInstances } from '../support/images.js';
 import { createTestDatabase } from '../support/postgres.js';
 import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
 
@@ -120,6 +122,7 @@ describe('two hosts, one fleet', { timeout: 600_000 }, () => {
     await client?.connection.close();
     await connection?.close();
     for (const g of [guestA, guestA2, guestB]) if (g) await removeGuest(g.name, guestsDir).catch(() => undefined);
+    await deleteImagesOfInstances([guestA, guestA2, guestB].filter(Boolean).map((g) => g.uuid));
     await db?.drop();
     rmSync(dir, { recursive: true, force: true });
   });
@@ -151,12 +154,19 @@ describe('two hosts, one fleet', { timeout: 600_000 }, () => {
     await waitForPhase(slow, 'converting');
     const queued = await startSnapshot(client, { instance: guestA2.uuid, imageName: `vmsnap-test-${tag}-a-queued` }, queue());
     await waitForPhase(queued, 'waiting-for-host');
-    await sleep(2000);
-    assert.equal((await progressOf(slow)).phase, 'converting', 'the first snapshot still copies');
+    // The first copy moves on (two heartbeats with more bytes done) while the second still waits.
+    const copied = async () => (await getProgress(slow)).bytesDone ?? 0;
+    const early = await eventually('the first copy under way', async () => ((await copied()) > 0 ? copied() : undefined), 120_000, 200);
+    await eventually('the first copy moving on', async () => ((await copied()) > early ? true : undefined), 120_000, 200);
     assert.equal((await progressOf(queued)).phase, 'waiting-for-host', 'host A runs one at a time');
-    const [first, second] = await Promise.all([slow.result(), queued.result()]);
-    assert.ok((second.phaseDurationsMs['waiting-for-host'] ?? 0) >= 2000, `waited ${second.phaseDurationsMs['waiting-for-host']} ms`);
-    assert.ok((first.phaseDurationsMs['waiting-for-host'] ?? 0) < 2000);
+    await Promise.all([slow.result(), queued.result()]);
+    // In order: the second snapshot's copy was scheduled only after the first's copy had ended.
+    const firstCopy = onlyActivityRun(await slow.fetchHistory(), 'coldCopyDisk');
+    const secondCopy = onlyActivityRun(await queued.fetchHistory(), 'coldCopyDisk');
+    assert.ok(
+      eventMs(secondCopy.scheduled) >= (firstCopy.endedAt ?? Infinity),
+      `second copy scheduled at ${eventMs(secondCopy.scheduled)}, first copy ended at ${firstCopy.endedAt}`,
+    );
   });
 
   it('a migrated instance moves host in the inventory, and its snapshot follows it', async () => {

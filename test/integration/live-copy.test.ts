@@ -296,8 +296,8 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
       const thawed = at(/^\d+ done .*domfsthaw/);
       const begun = at(/^\d+ done .*backup-begin/);
       assert.ok(frozen && thawed && begun, calls.join('\n'));
-      assert.ok(thawed < begun, 'thawed only after backup-begin returned');
-      assert.ok(thawed - frozen < 6500, `frozen for ${thawed - frozen} ms`);
+      // The shim holds backup-begin for 7 s: a thaw before it returned is the watchdog's.
+      assert.ok(frozen < thawed && thawed < begun, 'thawed after the freeze and before backup-begin returned');
       t.diagnostic(`frozen ${thawed - frozen} ms (watchdog), backup-begin returned ${begun - frozen} ms after the freeze`);
 
       await fs.writeFile(log, '');
@@ -379,11 +379,14 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
       onProgress: () => started(),
     });
     await running;
-    const t0 = Date.now();
+    let firstEnded = false;
+    void first.catch(() => undefined).finally(() => (firstEnded = true));
     const e = await rejectsWith(hv.liveCopy(g.uuid, { target: path.join(outDir, 'second.qcow2'), targetFormat: 'qcow2', quiesce: 'never' }), 'HypervisorError');
     assert.equal(e.retryable, true);
+    // Refused for the job it found, while that job still ran: not after waiting out libvirt's job lock.
     assert.match(e.message, /already has a pull-mode backup job.*virsh domjobabort/);
-    assert.ok(Date.now() - t0 < 5000, "waited for libvirt's job lock instead of failing at once");
+    assert.equal(firstEnded, false, 'the first copy still ran when the second was refused');
+    assert.notEqual(await jobType(g.name), 'None', 'and its job is still on the domain');
     assert.equal(await exists(path.join(outDir, 'second.qcow2')), false);
     ac.abort();
     await assert.rejects(first, (err: Error) => err.name === 'AbortError');
@@ -443,27 +446,37 @@ describe('live copy (libvirt backup API)', { timeout: 600_000 }, () => {
     const g = main;
     assert.equal(await jobType(g.name), 'None');
     const watch = await hv.watchPauses(g.uuid);
+    const beforeSuspend = Date.now();
     await virsh('suspend', g.name);
+    const suspended = Date.now();
     await sleep(500);
+    const beforeResume = Date.now();
     await virsh('resume', g.name);
+    const resumed = Date.now();
     const r = await watch.stop();
     assert.deepEqual(
       r.events.map((e) => e.type),
       ['STOP', 'RESUME'],
     );
-    assert.ok(r.pausedMs >= 450 && r.pausedMs < 3000, `pausedMs ${r.pausedMs}`);
     const [stop, resume] = r.events;
     assert.ok(stop && resume);
     assert.equal(r.pausedMs, resume.at - stop.at);
+    // QEMU's events fall within the commands that caused them: the pause measured is the one made.
+    assert.ok(beforeSuspend <= stop.at && stop.at <= suspended, `STOP at ${stop.at}, suspend ran ${beforeSuspend}-${suspended}`);
+    assert.ok(beforeResume <= resume.at && resume.at <= resumed, `RESUME at ${resume.at}, resume ran ${beforeResume}-${resumed}`);
 
     // A watch started on a paused guest counts from its start; stop() while still paused counts up to then.
     await virsh('suspend', g.name);
+    const watchFrom = Date.now();
     const w2 = await hv.watchPauses(g.uuid);
+    const watching = Date.now();
     await sleep(300);
+    const stopping = Date.now();
     const r2 = await w2.stop();
+    const stopped = Date.now();
     await virsh('resume', g.name);
     assert.deepEqual(r2.events, []);
-    assert.ok(r2.pausedMs >= 250 && r2.pausedMs < 3000, `pausedMs ${r2.pausedMs}`);
+    assert.ok(r2.pausedMs >= stopping - watching && r2.pausedMs <= stopped - watchFrom, `pausedMs ${r2.pausedMs}: from the watch's start to its stop`);
     await assert.rejects(w2.stop(), /already stopped/);
     await rejectsWith(hv.watchPauses(randomUUID()), 'InstanceNotFound');
     await assertAdvancing(g);

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import { execa } from 'execa';
 import { guestState, type Guest } from '../../scripts/lib/guest.js';
-import { writeGuardJob } from '../../src/activities/pause-guard-files.js';
+import { readGuardState, writeGuardJob } from '../../src/activities/pause-guard-files.js';
 import { followPauseGuard, GUARD_NOT_STARTED_LOG, GuardProcess, launchPauseGuard } from '../../src/activities/pause-guard-launch.js';
 import { removeSnapshotFiles } from '../../src/activities/snapshot-files.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
@@ -21,8 +21,7 @@ import { snapshotWorkflowId } from '../../src/shared/names.js';
 import type { PauseEvent, PauseWatch } from '../../src/drivers/hypervisor.js';
 import { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
 import type { SqliteStore } from '../../src/store/sqlite.js';
-import { stackGlanceUrl } from '../support/cloud.js';
-import { recordFaultRow } from '../support/fault-report.js';
+import { evidence, recordFaultRow } from '../support/fault-report.js';
 import { assertAllHeld, checkInvariants, outcomeOf, qemuImgProcessesUnder } from '../support/invariants.js';
 import { waitForGuestState } from '../support/slow-guest.js';
 import { ROOT } from '../support/cli.js';
@@ -137,11 +136,10 @@ function pausesOf(events: PauseEvent[]): { stop: number; resume: number }[] {
 async function invariantsAfter(imageName: string, outcome: string, expectedOutcome: string) {
   return checkInvariants({
     store,
-    glanceUrl: await stackGlanceUrl(),
     snapshotsDir: env.VMSNAP_SNAPSHOTS_DIR,
     guest,
     priorState: 'running',
-    imageName,
+    image: { name: imageName },
     expectedOutcome,
     outcome,
   });
@@ -229,6 +227,7 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
     const handle = await startSnapshot(client, { instance: guest.uuid, imageName, compress: true }, env.VMSNAP_TASK_QUEUE);
     await waitForGuestState(guestName, 'paused');
     await until(() => qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length > 0, 30_000, 'qemu-img copies');
+    const copying = qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR);
     const killed = await killWorkerGroup(worker);
     const killedAt = Date.now();
     assert.ok(killed.length > 1, `the worker's group held the worker and its helpers (pids ${killed.join(', ')})`);
@@ -244,6 +243,11 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
     ctx.diagnostic(`killed ${killedAt - pause.stop} ms into the pause; QEMU: paused ${pausedMs} ms for a budget of ${budgetMs} ms`);
     assert.ok(pausedMs <= budgetMs + 1000, `paused ${pausedMs} ms for a budget of ${budgetMs} ms (target: budget + 1 s)`);
     assert.deepEqual(qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR), [], 'the guard ended its copy');
+    // What the guard itself says it did, read from its temp dir while no worker runs (none could have resumed).
+    const [dir, ...others] = readdirSync(env.VMSNAP_SNAPSHOTS_DIR);
+    assert.deepEqual(others, [], "one snapshot's temp dir");
+    const guard = await readGuardState(join(env.VMSNAP_SNAPSHOTS_DIR, dir!));
+    const guardOutcome = guard?.outcome;
 
     // A worker back later undoes the rest: the snapshot failed for its budget, nothing is left.
     await startWorkerGroup();
@@ -253,7 +257,19 @@ describe('the pause guard: a cold copy outlives its worker', { timeout: 900_000 
       fault: 'worker SIGKILL mid-pause, no worker restarted',
       outcome,
       invariants,
-      note: `every process of the worker's group killed ${killedAt - pause.stop} ms into the pause; the pause guard resumed the guest after ${pausedMs} ms (budget ${budgetMs} ms, QEMU's events); a worker started afterwards undid the rest`,
+      evidence: [
+        evidence(
+          `SIGKILL to every process of the worker's group (${killed.length} pids) ${killedAt - pause.stop} ms into the pause (QEMU's STOP), ` +
+            `qemu-img copying (pids ${copying.join(', ')})`,
+          killed.length > 1 && copying.length > 0 && killedAt > pause.stop && killedAt < pause.stop + budgetMs,
+        ),
+        evidence(
+          `with no worker running, the pause guard (pid ${guard?.pid}) gave up its copy (${guardOutcome?.failure?.type ?? guardOutcome?.copy}) and ` +
+            `resumed the guest (${guardOutcome?.resumeOutcome}): QEMU saw ${pausedMs} ms of pause, the guard ${guardOutcome?.guestPauseMs} ms`,
+          guardOutcome?.failure?.type === 'PauseBudgetExceeded' && guardOutcome.resumeOutcome === 'resumed',
+        ),
+      ],
+      note: `pause budget ${budgetMs} ms (target: running again within budget + 1 s); a worker started afterwards undid the rest`,
     });
     assert.equal(outcome, 'PauseBudgetExceeded');
     assertAllHeld(invariants);

@@ -20,8 +20,9 @@ import {
   type VmsnapScheduleDetails,
 } from '../../src/client/schedules.js';
 import { decideRetention, isoWeek, type RetentionPlan } from '../../src/activities/retention.js';
-import type { Image } from '../../src/drivers/image-service.js';
-import { VMSNAP_IMAGE_TAG } from '../../src/shared/names.js';
+import type { Image, ImageService } from '../../src/drivers/image-service.js';
+import { VMSNAP_IMAGE_TAG, reconcileWorkflowId } from '../../src/shared/names.js';
+import { ensureReconcileSchedule } from '../../src/worker/reconcile-schedule.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
 import type { ScheduledSnapshotsReport } from '../../src/workflows/scheduled.js';
 import { deleteImages, eventually, stopLeftoverSnapshots, vmsnap, type CliRun } from '../support/cli.js';
@@ -39,6 +40,7 @@ let h: Harness;
 let guest: Guest;
 /** Images this file made by hand (planted orphans, a derived image): deleted at the end. */
 const planted = new Set<string>();
+const ours = (id: string) => planted.has(id) || h.madeImages.has(id);
 
 function json<T>(run: CliRun): T {
   try {
@@ -116,7 +118,16 @@ async function plantImage(opts: { active: boolean }): Promise<string> {
 
 describe('scheduled snapshots on the real stack', { timeout: 900_000 }, () => {
   before(async () => {
-    h = await startHarness({ name: 'sched' });
+    h = await startHarness({
+      name: 'sched',
+      // The sweeper of this file sees this file's images only (those it planted, those its workers
+      // made): with staleImageAfterMs 0 it would otherwise delete any other test's unfinished image.
+      wrapImageService: (real) => {
+        const scoped = Object.create(real) as ImageService;
+        scoped.listImagesByTag = async (tag) => (await real.listImagesByTag(tag)).filter((i) => ours(i.id));
+        return scoped;
+      },
+    });
     guest = await createGuest({ name: guestName, guestsDir: h.guestsDir, assetsDir: h.assetsDir, intervalMs: 100 });
   });
 
@@ -209,6 +220,11 @@ describe('scheduled snapshots on the real stack', { timeout: 900_000 }, () => {
     assert.ok(await h.glance.getImage(orphan), 'a young orphan stays');
 
     const report = await reconcileNow({ staleImageAfterMs: 0 });
+    assert.deepEqual(
+      report.deletedImages.filter((id) => !ours(id)),
+      [],
+      'the sweep touched only images of this file',
+    );
     const swept = report.sweptImages.find((s) => s.imageId === orphan);
     assert.ok(swept, JSON.stringify(report));
     assert.equal(swept.status, 'queued');
@@ -457,8 +473,21 @@ describe('scheduled snapshots on the real stack', { timeout: 900_000 }, () => {
       list.every((r) => r.scheduleId.startsWith('vmsnap-schedule-')),
       'only vmsnap schedules are listed',
     );
-    // The reconciler's schedule (another kind of schedule in the same namespace) is not one of them.
-    assert.ok(!(await listSchedules(h.client)).some((s) => s.scheduleId.startsWith('vmsnap-reconcile-')));
+    // The reconciler's schedule (another kind of schedule in the same namespace) is not one of them:
+    // one is made here, seen in the namespace's own list, and left out of vmsnap's.
+    const reconcileId = reconcileWorkflowId(h.config.temporal.taskQueue);
+    await ensureReconcileSchedule(h.client, h.config.temporal.taskQueue, 3600_000);
+    try {
+      await eventually('the reconciler schedule in the namespace', async () => {
+        for await (const s of h.client.schedule.list()) if (s.scheduleId === reconcileId) return true;
+        return undefined;
+      });
+      assert.ok(!(await listSchedules(h.client)).some((s) => s.scheduleId === reconcileId), 'the reconciler schedule is not listed');
+      const cliList = json<{ scheduleId: string }[]>(await vmsnap(h, ['schedule', 'list', '--json']));
+      assert.ok(!cliList.some((s) => s.scheduleId === reconcileId));
+    } finally {
+      await h.client.schedule.getHandle(reconcileId).delete();
+    }
     const table = await vmsnap(h, ['schedule', 'list']);
     assert.match(
       table.stdout,

@@ -1,19 +1,23 @@
 // Compensation on the real stack: Glance refuses the image data for good (413, as its size cap
 // answers), injected by a proxy in front of the real Glance. Afterwards the guest runs, the image
-// is gone, the task state is None, no temp file is left and a fault is recorded.
+// is gone, the task state is None, no temp file is left and a fault is recorded. In cold mode the
+// copy step resumed the guest before the upload, so the compensation has no resume to do: the test
+// shows that order and which undo steps ran. (The compensation's own resume, after a worker died
+// with the guest paused, is in faults-worker.test.ts.)
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { createGuest, guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { stackGlanceUrl } from '../support/cloud.js';
 import { findImagesByName } from '../support/images.js';
 import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
 import { startHarness, type Harness } from '../support/harness.js';
+import { activitySummaries } from '../support/history.js';
+import { counterAdvances } from '../support/invariants.js';
 
 const guestName = `vmsnap-test-comp-${process.pid}`;
 let h: Harness;
@@ -59,6 +63,7 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
       body: 'Image exceeds the storage quota',
     });
     const imageName = `vmsnap-test-${process.pid}-upload-fails`;
+    proxy.requests.length = 0;
     const handle = await startSnapshot(h.client, { instance: guest.uuid, imageName }, h.config.temporal.taskQueue);
     const err = await handle.result().then(
       () => assert.fail('the snapshot should have failed'),
@@ -76,11 +81,22 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
       'the upload was tried and refused',
     );
 
-    // 1. The guest runs again and keeps counting.
+    // 1. The guest runs again and keeps counting: resumed by the copy step, before the upload was tried.
     assert.equal(await guestState(guestName), 'running');
-    const first = await readCounter(guest.diskPath, 'qcow2');
-    await sleep(1000);
-    assert.ok((await readCounter(guest.diskPath, 'qcow2')).a > first.a, 'counter advances');
+    assert.ok(await counterAdvances(guest), 'counter advances');
+    const ofRun = (await h.store.listEvents(guest.uuid)).filter((e) => e.requestId === `${handle.workflowId}/${handle.firstExecutionRunId}`);
+    const resumedAt = Date.parse(ofRun.find((e) => e.event === 'resume')?.createdAt ?? '');
+    const firstPut = proxy.requests.find((r) => r.method === 'PUT');
+    assert.ok(firstPut && resumedAt <= firstPut.startedAt, `resumed at ${resumedAt}, first PUT at ${firstPut?.startedAt}`);
+    // The undo steps that ran: the image and the temp dir; no resume, the guest was running already.
+    const undone = activitySummaries(await handle.fetchHistory())
+      .map((a) => a.summary)
+      .filter((summary) => summary.startsWith('compensation:'));
+    assert.ok(
+      undone.some((u) => /delete the image/.test(u)),
+      JSON.stringify(undone),
+    );
+    assert.ok(!undone.some((u) => /resume/.test(u)), `no resume among the undo steps: ${JSON.stringify(undone)}`);
     // 2. No image of this snapshot is left in Glance (asked of the real Glance, not the proxy).
     assert.deepEqual(await findImagesByName(h.glanceUrl, imageName), []);
     // 3. Task state None.
@@ -93,7 +109,7 @@ describe('snapshot under Glance faults, on the real stack', { timeout: 300_000 }
     assert.equal(faults[0]?.code, 'ImageServiceError');
     assert.match(faults[0]?.message ?? '', /413|size|quota/i);
     assert.deepEqual(
-      (await h.store.listEvents(guest.uuid)).slice(-4).map((e) => e.event),
+      ofRun.map((e) => e.event),
       ['start', 'pause', 'resume', 'error'],
     );
   });

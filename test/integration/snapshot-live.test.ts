@@ -5,14 +5,15 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { createGuest, guestState, readCounter, removeGuest, type Counter, type Guest } from '../../scripts/lib/guest.js';
-import { startSnapshot } from '../../src/client/snapshots.js';
+import { getProgress, startSnapshot } from '../../src/client/snapshots.js';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
 import { downloadImage } from '../support/images.js';
 import { REPLAY_FIXTURES, recordHistory } from '../support/fixtures.js';
-import { outcomeOf } from '../support/invariants.js';
+import { eventually } from '../support/cli.js';
+import { onlyActivityRun } from '../support/history.js';
+import { counterAdvances, outcomeOf } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
 
@@ -128,16 +129,25 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     const imageName = `vmsnap-test-${tag}-live-cancelled`;
     const handle = await startSnapshot(h.client, { instance: slow.uuid, imageName }, h.config.temporal.taskQueue);
     await waitForPhase(handle, 'copying');
-    await sleep(1000);
+    // Cancelled once the copy's heartbeat says bytes are done, and before it says all are.
+    const atCancel = await eventually(
+      'the copy under way',
+      async () => {
+        const p = await getProgress(handle);
+        return p.phase === 'copying' && (p.bytesDone ?? 0) > 0 ? p : undefined;
+      },
+      120_000,
+      100,
+    );
     await handle.cancel();
     assert.equal(await outcomeOf(handle), 'Cancelled');
+    const copy = onlyActivityRun(await handle.fetchHistory(), 'liveCopyDisk');
+    assert.ok(copy.cancelRequested && copy.ended === 'canceled', `the cancel hit the copy (at ${atCancel.percent} %), which ended ${copy.ended}`);
     const job = await execa('virsh', ['-c', 'qemu:///system', 'domjobinfo', slow.name]);
     assert.match(job.stdout, /Job type:\s+None/);
     assert.ok(!existsSync(h.config.snapshotsDir) || readdirSync(h.config.snapshotsDir).length === 0, 'no partial file');
     assert.equal(await guestState(slow.name), 'running');
-    const first = await readCounter(slow.diskPath, 'qcow2');
-    await sleep(1000);
-    assert.ok((await readCounter(slow.diskPath, 'qcow2')).a > first.a);
+    assert.ok(await counterAdvances(slow), 'the guest counts on');
     assert.equal((await h.store.getInstance(slow.uuid))?.taskState, null);
   });
 

@@ -12,16 +12,20 @@ import { readAccounts } from '../../scripts/lib/keystone.js';
 import { clientEnv, services, stackConfig } from '../../scripts/lib/stack.js';
 import { SEARCH_ATTRIBUTES } from '../../src/shared/names.js';
 import { PostgresStore } from '../../src/store/postgres.js';
+import { freePorts } from '../support/ports.js';
 
 const dataDir = mkdtempSync(join(tmpdir(), 'vmsnap-stack-test-'));
+// Ports free when the test runs: fixed ones would collide with another stack on the machine.
+const [temporalPort, uiPort, glancePort, postgresPort, keystonePort, apiPort] = await freePorts(6);
 const cfg = stackConfig({
   ...process.env,
   VMSNAP_DATA_DIR: dataDir,
-  VMSNAP_TEMPORAL_PORT: '27233',
-  VMSNAP_TEMPORAL_UI_PORT: '28233',
-  VMSNAP_GLANCE_PORT: '29292',
-  VMSNAP_POSTGRES_PORT: '25432',
-  VMSNAP_KEYSTONE_PORT: '25000',
+  VMSNAP_TEMPORAL_PORT: String(temporalPort),
+  VMSNAP_TEMPORAL_UI_PORT: String(uiPort),
+  VMSNAP_GLANCE_PORT: String(glancePort),
+  VMSNAP_POSTGRES_PORT: String(postgresPort),
+  VMSNAP_KEYSTONE_PORT: String(keystonePort),
+  VMSNAP_API_PORT: String(apiPort),
 });
 const passfile = join(dataDir, 'postgresql.pgpass');
 const stack = services(cfg);
@@ -75,22 +79,31 @@ describe('dev stack', { timeout: 400_000 }, () => {
   it('comes up, and every service answers', async () => {
     for (const s of stack) assert.equal((await s.up()).healthy, true, `${s.name} is not healthy`);
 
-    const ns = await execa(cfg.temporalBin, ['operator', 'search-attribute', 'list', '--address', '127.0.0.1:27233']);
+    const ns = await execa(cfg.temporalBin, ['operator', 'search-attribute', 'list', '--address', `127.0.0.1:${temporalPort}`]);
     for (const name of Object.values(SEARCH_ATTRIBUTES)) assert.match(ns.stdout, new RegExp(`${name}\\s+Keyword`));
 
-    const ui = await fetch('http://127.0.0.1:28233/');
+    const ui = await fetch(`http://127.0.0.1:${uiPort}/`);
     assert.equal(ui.status, 200);
     assert.match(await ui.text(), /<html/i);
 
     // Glance sits behind Keystone: nothing without a token, the image list with one from the
     // clouds.yaml the stack wrote, read by openstacksdk itself (the openstack CLI).
-    const anonymous = await fetch('http://127.0.0.1:29292/v2/images');
+    const anonymous = await fetch(`http://127.0.0.1:${glancePort}/v2/images`);
     assert.equal(anonymous.status, 401);
     const cloudEnv = { ...process.env, ...clientEnv(cfg) };
     assert.equal(cloudEnv.OS_CLOUD, 'vmsnap');
     for (const file of [cloudEnv.OS_CLIENT_CONFIG_FILE!, cloudEnv.OS_CLIENT_SECURE_FILE!]) assert.equal(statSync(file).mode & 0o777, 0o600, file);
     const accounts = readAccounts(dataDir)!;
-    const secrets = [accounts.adminPassword, accounts.glancePassword, accounts.vmsnapPassword, accounts.applicationCredentialSecret];
+    const api = accounts.api!;
+    const secrets = [
+      accounts.adminPassword,
+      accounts.glancePassword,
+      accounts.vmsnapPassword,
+      accounts.applicationCredentialSecret,
+      api.servicePassword,
+      api.otherPassword,
+      api.readerPassword,
+    ];
     assert.ok(
       secrets.every((s) => s.length >= 20),
       'passwords and the application credential secret were made',
@@ -98,11 +111,19 @@ describe('dev stack', { timeout: 400_000 }, () => {
     const cloudsYaml = readFileSync(cloudEnv.OS_CLIENT_CONFIG_FILE!, 'utf8');
     for (const secret of secrets) assert.ok(!cloudsYaml.includes(secret), 'clouds.yaml holds no secret: they are in secure.yaml');
     const token = await execa('openstack', ['token', 'issue', '-f', 'value', '-c', 'id'], { env: cloudEnv });
-    const images = await fetch('http://127.0.0.1:29292/v2/images', { headers: { 'x-auth-token': token.stdout.trim() } });
+    const images = await fetch(`http://127.0.0.1:${glancePort}/v2/images`, { headers: { 'x-auth-token': token.stdout.trim() } });
     assert.equal(images.status, 200);
     assert.ok(Array.isArray(((await images.json()) as { images: unknown }).images));
     const appcred = await execa('openstack', ['--os-cloud', 'vmsnap-appcred', 'catalog', 'show', 'image', '-f', 'json'], { env: cloudEnv });
-    assert.match(appcred.stdout, /http:\/\/127\.0\.0\.1:29292/);
+    assert.ok(appcred.stdout.includes(`http://127.0.0.1:${glancePort}`), appcred.stdout);
+
+    // vmsnap's compute API: in the catalog as Nova is, its versions open, the rest behind Keystone.
+    const compute = await execa('openstack', ['catalog', 'show', 'compute', '-f', 'json'], { env: cloudEnv });
+    assert.ok(compute.stdout.includes(`http://127.0.0.1:${apiPort}/v2.1`), compute.stdout);
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/`)).status, 200);
+    assert.equal((await fetch(`http://127.0.0.1:${apiPort}/v2.1/servers`)).status, 401);
+    const servers = await fetch(`http://127.0.0.1:${apiPort}/v2.1/servers`, { headers: { 'x-auth-token': token.stdout.trim() } });
+    assert.equal(servers.status, 200);
 
     const virsh = await execa('virsh', ['-c', cfg.libvirtUri, 'version']);
     assert.match(virsh.stdout, /Running hypervisor: QEMU/);
@@ -115,9 +136,9 @@ describe('dev stack', { timeout: 400_000 }, () => {
     const shown = JSON.stringify([clientEnv(cfg), ...(await Promise.all(stack.map((s) => s.status())))]);
     assert.ok(!shown.includes(password), 'the password is never in the env or the status');
     const env = await execa('node_modules/.bin/tsx', ['scripts/stack.ts', 'env'], {
-      env: { VMSNAP_DATA_DIR: dataDir, VMSNAP_POSTGRES_PORT: '25432' },
+      env: { VMSNAP_DATA_DIR: dataDir, VMSNAP_POSTGRES_PORT: String(postgresPort) },
     });
-    assert.match(env.stdout, /^export VMSNAP_POSTGRES_URL=postgresql:\/\/vmsnap@127\.0\.0\.1:25432\/vmsnap\?passfile=/m);
+    assert.match(env.stdout, new RegExp(`^export VMSNAP_POSTGRES_URL=postgresql://vmsnap@127\\.0\\.0\\.1:${postgresPort}/vmsnap\\?passfile=`, 'm'));
     assert.match(env.stdout, /^export OS_CLOUD=vmsnap$/m);
     assert.match(env.stdout, new RegExp(`^export OS_CLIENT_CONFIG_FILE=${dataDir}/clouds.yaml$`, 'm'));
     assert.ok(!env.stdout.includes(password));
@@ -146,11 +167,12 @@ describe('dev stack', { timeout: 400_000 }, () => {
 
   it('refuses a port in use by someone else, naming the port', async () => {
     const blocker = createServer();
-    await new Promise<void>((resolve) => blocker.listen(29393, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const taken = (blocker.address() as { port: number }).port;
     try {
-      const other = stackConfig({ ...process.env, VMSNAP_DATA_DIR: join(dataDir, 'other'), VMSNAP_GLANCE_PORT: '29393' });
+      const other = stackConfig({ ...process.env, VMSNAP_DATA_DIR: join(dataDir, 'other'), VMSNAP_GLANCE_PORT: String(taken) });
       const glance = services(other).find((s) => s.name === 'glance');
-      await assert.rejects(glance!.up(), /port 29393 .* in use/);
+      await assert.rejects(glance!.up(), new RegExp(`port ${taken} .* in use`));
     } finally {
       blocker.close();
     }

@@ -179,8 +179,8 @@ describe('PostgresStore', () => {
       const versions = await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`);
       assert.deepEqual(
         versions.rows.map((r) => r.version),
-        [1, 2],
-        'each migration ran once (2: the rebuild task states)',
+        [1, 2, 3],
+        'each migration ran once (2: the rebuild task states, 3: owners)',
       );
       await store.syncHostInstances('host-a', [{ id: VM1, name: 'web', powerState: 'running' }]);
 
@@ -226,7 +226,7 @@ describe('PostgresStore', () => {
       const versions = await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`);
       assert.deepEqual(
         versions.rows.map((r) => r.version),
-        [1, 2],
+        [1, 2, 3],
       );
       // What was there is there: the running snapshot's task state and its fault.
       const before = await store.getInstance(VM1);
@@ -253,7 +253,48 @@ describe('PostgresStore', () => {
       await store.migrate();
       assert.deepEqual(
         (await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`)).rows.map((r) => r.version),
-        [1, 2],
+        [1, 2, 3],
+      );
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('migration 3 gives a schema of version 2 owners and first sightings: rows and tasks kept', async () => {
+    const { url, schema } = await freshSchemaUrl();
+    const db = await testDatabase();
+    const seen = new Date('2026-01-02T03:04:05.000Z');
+    await db.query(`SET search_path = ${schema}`);
+    try {
+      await db.query('CREATE TABLE schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)');
+      for (const [i, migration] of MIGRATIONS.slice(0, 2).entries()) {
+        await db.query(migration);
+        await db.query('INSERT INTO schema_version (version, applied_at) VALUES ($1, now())', [i + 1]);
+      }
+      await db.query(
+        `INSERT INTO instances (id, name, host, power_state, task_state, task_owner, updated_at) VALUES ($1, 'web', 'host-a', 'running', 'rebuilding', 'wf-old', $2)`,
+        [VM1, seen],
+      );
+    } finally {
+      await db.query('SET search_path = public');
+    }
+    const store = new PostgresStore(url);
+    try {
+      await store.migrate();
+      const before = await store.getInstance(VM1);
+      assert.deepEqual(
+        [before?.taskState, before?.taskOwner, before?.projectId, before?.userId, before?.createdAt, before?.updatedAt],
+        ['rebuilding', 'wf-old', null, null, seen.toISOString(), seen.toISOString()],
+      );
+      await store.syncHostInstances('host-a', [{ id: VM1, name: 'web', powerState: 'running', projectId: 'p1', userId: 'u1', userName: 'alice' }]);
+      const after = await store.getInstance(VM1);
+      assert.deepEqual(
+        [after?.projectId, after?.userId, after?.userName, after?.createdAt, after?.taskState],
+        ['p1', 'u1', 'alice', seen.toISOString(), 'rebuilding'],
+      );
+      assert.deepEqual(
+        (await db.query<{ version: number }>(`SELECT version FROM ${schema}.schema_version ORDER BY version`)).rows.map((r) => r.version),
+        [1, 2, 3],
       );
     } finally {
       await store.close();

@@ -1,7 +1,7 @@
 // The systemd units of deploy/systemd, checked offline: no systemd runs here, but
 // `systemd-analyze verify` parses them as systemd would (it ignores a bad line with a message and
 // still exits 0, so any message about our units fails), and `security --offline` scores their
-// hardening. The settings README "Deployment" promises are checked by name.
+// hardening. The settings docs/deployment.md promises are checked by name.
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -10,7 +10,8 @@ import { after, describe, it } from 'node:test';
 import { execa } from 'execa';
 import { ROOT } from '../support/cli.js';
 
-const UNITS = ['vmsnap-host-worker.service', 'vmsnap-main-worker.service'];
+const UNITS = ['vmsnap-host-worker.service', 'vmsnap-main-worker.service', 'vmsnap-api.service'];
+const WORKERS = UNITS.slice(0, 2);
 const dir = mkdtempSync(join(tmpdir(), 'vmsnap-units-'));
 for (const u of UNITS) copyFileSync(join(ROOT, 'deploy/systemd', u), join(dir, u));
 
@@ -42,14 +43,17 @@ describe('systemd units (deploy/systemd)', () => {
     );
   });
 
-  it('run the compiled worker with restart, a clean stop, secrets as credentials', () => {
+  it('run the compiled worker and API with restart, a clean stop, secrets as credentials', () => {
     for (const unit of UNITS) {
       const s = settings(unit);
       const role = unit.includes('host') ? 'host' : 'main';
-      assert.deepEqual(s.get('ExecStart'), [`/usr/bin/node --max-semi-space-size=1 /opt/vmsnap/dist/worker/main.js --role ${role}`], unit);
+      const exec = unit === 'vmsnap-api.service' ? 'dist/api/main.js' : `dist/worker/main.js --role ${role}`;
+      assert.deepEqual(s.get('ExecStart'), [`/usr/bin/node --max-semi-space-size=1 /opt/vmsnap/${exec}`], unit);
       assert.deepEqual(s.get('Restart'), ['on-failure'], unit);
       assert.deepEqual(s.get('KillMode'), ['control-group'], unit);
-      assert.ok(Number.parseInt(s.get('TimeoutStopSec')?.[0] ?? '0', 10) >= 60, `${unit}: TimeoutStopSec leaves a running step time to hand over`);
+      // A worker's running step needs time to hand over; the API's requests only to finish.
+      const stop = WORKERS.includes(unit) ? 60 : 10;
+      assert.ok(Number.parseInt(s.get('TimeoutStopSec')?.[0] ?? '0', 10) >= stop, `${unit}: TimeoutStopSec of ${stop} s or more`);
       assert.ok(s.get('EnvironmentFile')?.length, unit);
       for (const file of ['clouds.yaml', 'secure.yaml']) assert.ok(s.get('LoadCredential')?.includes(`${file}:/etc/vmsnap/${file}`), `${unit}: ${file}`);
       assert.ok(s.get('Environment')?.includes('OS_CLIENT_CONFIG_FILE=%d/clouds.yaml OS_CLIENT_SECURE_FILE=%d/secure.yaml'), unit);
@@ -66,6 +70,7 @@ describe('systemd units (deploy/systemd)', () => {
     for (const [unit, most] of [
       [UNITS[0]!, 4.0],
       [UNITS[1]!, 2.5],
+      [UNITS[2]!, 2.5],
     ] as const) {
       const r = await execa('systemd-analyze', ['security', '--offline=true', '--no-pager', join(dir, unit)], { reject: false });
       const score = Number(/Overall exposure level for \S+: ([\d.]+)/.exec(r.stdout)?.[1]);

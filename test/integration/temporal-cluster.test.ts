@@ -1,7 +1,7 @@
 // vmsnap on a production-shaped Temporal: the stack's cluster mode (the Temporal server's four
 // services joined by ringpop, persistence and visibility on PostgreSQL, schemas by
 // temporal-sql-tool, the Web UI server on its own), brought up by this file on ports of its own
-// (the test Temporal port + 20 and up) and databases of its own on the test stack's PostgreSQL,
+// (chosen free when it runs) and databases of its own on the test stack's PostgreSQL,
 // so that restarting it disturbs no other file. vmsnap's store is on PostgreSQL too.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -24,19 +24,22 @@ import type { ScheduledSnapshotsReport } from '../../src/workflows/scheduled.js'
 import { eventually } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { assertAllHeld, checkRunningGuest, outcomeAcrossOutage } from '../support/invariants.js';
+import { freePortRange } from '../support/ports.js';
 import { createTestDatabase } from '../support/postgres.js';
 import { createSlowGuest, waitForGuestState, waitForPhase } from '../support/slow-guest.js';
 
 const tag = process.pid;
 const stackDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
-const base = Number(process.env.VMSNAP_TEMPORAL_PORT ?? 17233);
+// 20 ports in a row, free now (the cluster's services sit 10 to 18 above the frontend, the UI at
+// 19), at most 32767 (membership ports are stored in a smallint); VMSNAP_TEST_CLUSTER_PORT fixes the first.
+const first = Number(process.env.VMSNAP_TEST_CLUSTER_PORT || (await freePortRange(20)));
 const dir = mkdtempSync(join(tmpdir(), 'vmsnap-cluster-'));
 const cfg: StackConfig = stackConfig({
   ...process.env,
   VMSNAP_TEMPORAL_MODE: 'cluster',
   VMSNAP_DATA_DIR: dir,
-  VMSNAP_TEMPORAL_PORT: process.env.VMSNAP_TEST_CLUSTER_PORT || String(base + 20),
-  VMSNAP_TEMPORAL_UI_PORT: String(Number(process.env.VMSNAP_TEST_CLUSTER_PORT || base + 20) + 19),
+  VMSNAP_TEMPORAL_PORT: String(first),
+  VMSNAP_TEMPORAL_UI_PORT: String(first + 19),
   VMSNAP_POSTGRES_PASSFILE: join(stackDir, 'postgresql.pgpass'),
   VMSNAP_TEMPORAL_DATABASE: `temporal_ct_${tag}`,
 });

@@ -1,7 +1,9 @@
 // A real HTTP reverse proxy on 127.0.0.1 that sits in front of a service (Glance, or Keystone over
 // HTTPS with the stack's CA) and injects
-// faults on request: a fixed status without forwarding, a delay, or a connection reset. Bodies
-// are streamed both ways, never buffered whole, so multi-GiB uploads pass through it too.
+// faults on request: a fixed status without forwarding, a delay, a connection reset, a flipped
+// byte either way. Bodies are streamed both ways, never buffered whole, so multi-GiB uploads pass
+// through it too. It counts what it saw of each request (bytes each way, resets, when it ended):
+// the evidence that a fault fired, and where.
 import {
   Agent,
   request as httpRequest,
@@ -31,10 +33,18 @@ export type FaultAction =
   | { kind: 'stretch'; ms: number }
   /** Forward, but flip (xor 0xff) the byte at this offset of the response body: a corrupt download. */
   | { kind: 'flip'; atByte: number }
+  /** Forward, but flip (xor 0xff) the byte at this offset of the request body: an upload corrupted on the way. */
+  | { kind: 'flip-request'; atByte: number }
   /** Forward, but cut the connection after this many bytes of the response body: a server dying mid-download. */
   | { kind: 'cut'; afterBytes: number }
   /** Read the whole request body and never answer (a server hung after taking the data). */
-  | { kind: 'silent' };
+  | { kind: 'silent' }
+  /**
+   * Forward, and once this many request-body bytes have gone upstream, cut the client's connection
+   * but keep the one upstream open with nothing more on it (a link that died on the client's side
+   * only): Glance keeps such an upload going, its image saving, until releaseHeld() or close().
+   */
+  | { kind: 'hold'; afterBytes: number };
 
 export type FaultRule = FaultAction & {
   /** HTTP method to match (any when absent). */
@@ -52,6 +62,19 @@ export interface ProxiedRequest {
   status: number;
   /** The request headers as received (tests check what a client sent, e.g. its auth header). */
   headers: IncomingHttpHeaders;
+  /** The rule that applied to it, if any. */
+  fault?: FaultAction['kind'];
+  /** Request body bytes received from the client so far. */
+  bytesIn: number;
+  /** Response body bytes sent to the client so far. */
+  bytesOut: number;
+  /** The proxy cut the client's connection (a reset or cut fault). */
+  reset: boolean;
+  /** When it came in, and when the exchange ended (answered in full, or the connection closed); Date.now(). */
+  startedAt: number;
+  endedAt?: number;
+  /** The answer reached the client in full. */
+  complete: boolean;
 }
 
 export interface FaultProxy {
@@ -63,6 +86,10 @@ export interface FaultProxy {
   requests: ProxiedRequest[];
   /** Waits until `count` requests were cut (reset), or `timeoutMs` is up: a client may come late, or not at all. */
   untilReset(count: number, timeoutMs: number): Promise<void>;
+  /** Ends the upstream connections a 'hold' rule kept open. */
+  releaseHeld(): void;
+  /** Waits until a request matches, and returns it; throws naming `what` when `timeoutMs` is up. */
+  until(what: string, match: (r: ProxiedRequest) => boolean, timeoutMs?: number): Promise<ProxiedRequest>;
   close(): Promise<void>;
 }
 
@@ -84,6 +111,7 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
   const send = tls ? httpsRequest : httpRequest;
   let rules: { rule: FaultRule; left: number }[] = [];
   const requests: ProxiedRequest[] = [];
+  const held = new Set<{ destroy(): void }>();
 
   function matchRule(method: string, path: string): FaultRule | undefined {
     for (const entry of rules) {
@@ -104,6 +132,8 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     stretchMs?: number,
     flipAt?: number,
     cutAfter?: number,
+    holdAfter?: number,
+    requestFlipAt?: number,
   ): void {
     const headers = endToEnd(req.headers);
     headers.host = target.host;
@@ -118,19 +148,30 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     });
 
     let done = false;
+    res.on('finish', () => {
+      record.complete = true;
+      record.endedAt ??= Date.now();
+    });
+    res.on('close', () => (record.endedAt ??= Date.now()));
     upstream.on('response', (up) => {
       record.status = up.statusCode ?? 0;
+      // Bytes for the client; a cut counts only what it let through.
+      if (cutAfter === undefined) up.on('data', (chunk: Buffer) => (record.bytesOut += chunk.length));
       res.writeHead(up.statusCode ?? 502, up.statusMessage, endToEnd(up.headers));
       if (cutAfter !== undefined) {
         let sent = 0;
         up.on('data', (chunk: Buffer) => {
           if (sent + chunk.length >= cutAfter) {
-            res.write(chunk.subarray(0, Math.max(0, cutAfter - sent)), () => res.socket?.destroy());
+            record.reset = true;
+            const head = chunk.subarray(0, Math.max(0, cutAfter - sent));
+            record.bytesOut += head.length;
+            res.write(head, () => res.socket?.destroy());
             up.destroy();
             sent = cutAfter;
             return;
           }
           sent += chunk.length;
+          record.bytesOut += chunk.length;
           if (!res.write(chunk)) up.pause();
         });
         res.on('drain', () => up.resume());
@@ -168,9 +209,9 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
       req.resume();
     });
     // The client went away (or we reset it): stop the upstream request too, as a real
-    // connection loss would.
+    // connection loss would (unless the rule holds it open).
     res.on('close', () => {
-      if (!res.writableFinished) upstream.destroy();
+      if (!res.writableFinished && !held.has(upstream)) upstream.destroy();
     });
 
     // Pump the body by hand so bytes can be counted for a mid-body reset; backpressure is kept
@@ -180,11 +221,26 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     const length = Number(req.headers['content-length'] ?? 0);
     let holdUntil = 0;
     req.on('data', (chunk: Buffer) => {
+      if (holdAfter !== undefined && forwarded + chunk.length >= holdAfter) {
+        const head = chunk.subarray(0, Math.max(0, holdAfter - forwarded));
+        forwarded += head.length;
+        done = true;
+        record.status = 0;
+        record.reset = true;
+        record.bytesIn += head.length;
+        record.endedAt = Date.now();
+        req.pause();
+        held.add(upstream);
+        upstream.write(head, () => req.socket.destroy());
+        return;
+      }
       if (resetAfterBytes !== undefined && forwarded + chunk.length >= resetAfterBytes) {
         const head = chunk.subarray(0, Math.max(0, resetAfterBytes - forwarded));
         forwarded += head.length;
         done = true;
         record.status = 0;
+        record.reset = true;
+        record.bytesIn += head.length;
         req.pause();
         const reset = (): void => {
           upstream.destroy();
@@ -195,7 +251,13 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
         else reset();
         return;
       }
+      if (requestFlipAt !== undefined && requestFlipAt >= forwarded && requestFlipAt < forwarded + chunk.length) {
+        const copy = Buffer.from(chunk);
+        copy[requestFlipAt - forwarded] = copy[requestFlipAt - forwarded]! ^ 0xff;
+        chunk = copy;
+      }
       forwarded += chunk.length;
+      record.bytesIn += chunk.length;
       if (!upstream.write(chunk)) req.pause();
       if (stretchMs !== undefined && length > 0) {
         // Hold the client back until this many bytes are due.
@@ -215,21 +277,38 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     req.on('end', () => {
       if (!done) upstream.end();
     });
-    req.on('error', () => upstream.destroy());
+    req.on('error', () => {
+      if (!held.has(upstream)) upstream.destroy();
+    });
   }
 
   const server = createServer((req, res) => {
     const method = req.method ?? 'GET';
     const path = req.url ?? '/';
-    const record: ProxiedRequest = { method, path, status: 0, headers: req.headers };
+    const record: ProxiedRequest = {
+      method,
+      path,
+      status: 0,
+      headers: req.headers,
+      bytesIn: 0,
+      bytesOut: 0,
+      reset: false,
+      startedAt: Date.now(),
+      complete: false,
+    };
     requests.push(record);
     const rule = matchRule(method, path);
+    if (rule) record.fault = rule.kind;
 
     if (rule?.kind === 'status') {
       record.status = rule.status;
       // Read and discard whatever the client still sends, so it sees the answer rather than a
       // broken pipe, as it would from a server that rejects a body.
-      req.resume();
+      req.on('data', (chunk: Buffer) => (record.bytesIn += chunk.length));
+      res.on('finish', () => {
+        record.complete = true;
+        record.endedAt ??= Date.now();
+      });
       const body = rule.body ?? `fault-proxy: injected ${rule.status}\n`;
       res.writeHead(rule.status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
       res.end(body);
@@ -237,16 +316,24 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     }
     if (rule?.kind === 'silent') {
       record.status = 0;
-      req.resume(); // every byte is taken; no answer follows until the client gives up
+      // Every byte is taken; no answer follows until the client gives up.
+      req.on('data', (chunk: Buffer) => (record.bytesIn += chunk.length));
+      res.on('close', () => (record.endedAt ??= Date.now()));
       return;
     }
     if (rule?.kind === 'reset') {
       if (rule.afterBytes === undefined) {
         record.status = 0;
+        record.reset = true;
+        record.endedAt = Date.now();
         req.socket.destroy();
         return;
       }
       forward(req, res, record, rule.afterBytes);
+      return;
+    }
+    if (rule?.kind === 'hold') {
+      forward(req, res, record, undefined, undefined, undefined, undefined, rule.afterBytes);
       return;
     }
     if (rule?.kind === 'cut') {
@@ -255,6 +342,10 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     }
     if (rule?.kind === 'flip') {
       forward(req, res, record, undefined, undefined, rule.atByte);
+      return;
+    }
+    if (rule?.kind === 'flip-request') {
+      forward(req, res, record, undefined, undefined, undefined, undefined, undefined, rule.atByte);
       return;
     }
     if (rule?.kind === 'stretch') {
@@ -286,9 +377,24 @@ export async function startFaultProxy(targetUrl: string, opts: { ca?: Buffer } =
     requests,
     async untilReset(count, timeoutMs) {
       const deadline = Date.now() + timeoutMs;
-      while (requests.filter((r) => r.status === 0).length < count && Date.now() < deadline) await sleep(100);
+      while (requests.filter((r) => r.reset).length < count && Date.now() < deadline) await sleep(100);
+    },
+    async until(what, match, timeoutMs = 120_000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const found = requests.find(match);
+        if (found) return found;
+        if (Date.now() > deadline) throw new Error(`the proxy saw no ${what} within ${timeoutMs} ms`);
+        await sleep(50);
+      }
+    },
+    releaseHeld() {
+      for (const upstream of held) upstream.destroy();
+      held.clear();
     },
     close() {
+      for (const upstream of held) upstream.destroy();
+      held.clear();
       return new Promise<void>((resolve) => {
         server.close(() => resolve());
         server.closeAllConnections();

@@ -31,7 +31,7 @@ export const REPLAY_FIXTURES = {
 /**
  * With VMSNAP_RECORD_HISTORY=1, writes the run's history (as `temporal workflow show` prints it)
  * to the fixture: do it when a workflow change is meant to be incompatible (and then version the
- * workflow, see README). Otherwise does nothing.
+ * workflow, see CONTRIBUTING.md). Otherwise does nothing.
  */
 export async function recordHistory(address: string, execution: { workflowId: string; runId?: string }, path: string): Promise<void> {
   if (process.env.VMSNAP_RECORD_HISTORY !== '1') return;

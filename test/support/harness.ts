@@ -1,6 +1,7 @@
 // Runs vmsnap's real workers in the test process against the test stack (real Temporal, Glance,
 // libvirt, qemu-img), with a store of its own and a host name of its own, so test files do not
 // see each other's work. Tests may wrap the real drivers to observe them (never to fake them).
+// Every image its workers create is deleted when it closes: no test leaves images in Glance.
 import type { Client } from '@temporalio/client';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,6 +32,8 @@ export interface Harness {
   glanceUrl: string;
   /** The workers' own cloud session (Keystone), for tests that act on its tokens. */
   cloud: Cloud;
+  /** Ids of the images its workers created (deleted at close). */
+  madeImages: Set<string>;
   /** Where the test guests and their assets live. */
   guestsDir: string;
   assetsDir: string;
@@ -66,12 +69,14 @@ export async function startHarness(opts: {
   // The tests' own session, and the workers' own, as a worker process would have.
   const tests = await connectCloud(config);
   const cloud = await connectCloud({ ...config, glance: opts.glanceUrl ? { ...config.glance, url: opts.glanceUrl } : config.glance });
+  const madeImages = new Set<string>();
+  const recording = recordCreated(cloud.imageService, madeImages);
   const worker = await startVmsnapWorker(config, {
     roles: ['main', 'host'],
     cloud,
     overrides: {
       hypervisor: opts.wrapHypervisor ? opts.wrapHypervisor(hypervisor) : hypervisor,
-      imageService: opts.wrapImageService ? opts.wrapImageService(cloud.imageService) : cloud.imageService,
+      imageService: opts.wrapImageService ? opts.wrapImageService(recording) : recording,
       ...(opts.wrapDiskTool ? { diskTool: opts.wrapDiskTool(qemuImg) } : {}),
     },
   });
@@ -83,13 +88,25 @@ export async function startHarness(opts: {
     glance: tests.imageService,
     glanceUrl: tests.glanceUrl,
     cloud,
+    madeImages,
     guestsDir: join(config.dataDir, 'guests'),
     assetsDir: join(config.dataDir, 'guest-assets'),
     async close() {
       await worker.shutdown();
+      for (const id of madeImages) await tests.imageService.deleteImage(id).catch(() => undefined);
       await cloud.close();
       await tests.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** The real image service; the id of every image created through it is noted. */
+function recordCreated(real: ImageService, ids: Set<string>): ImageService {
+  const recording = Object.create(real) as ImageService;
+  recording.createImage = async (image) => {
+    ids.add(image.id);
+    return real.createImage(image);
+  };
+  return recording;
 }

@@ -8,7 +8,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { Hypervisor } from '../../src/drivers/hypervisor.js';
-import { glanceAuth } from './cloud.js';
+import { glanceAuth, testCloud } from './cloud.js';
 
 /** Downloads an image's data to a temp file, hashing it on the way. */
 export async function downloadImage(glanceUrl: string, imageId: string): Promise<{ path: string; sha512: string }> {
@@ -30,6 +30,17 @@ export async function findImagesByName(glanceUrl: string, name: string): Promise
   const res = await fetch(`${glanceUrl}/v2/images?name=${encodeURIComponent(name)}`, { headers: await glanceAuth() });
   if (!res.ok) throw new Error(`image list failed: HTTP ${res.status}`);
   return ((await res.json()) as { images: { id: string; status: string }[] }).images;
+}
+
+/**
+ * Deletes every image of these instances (their snapshots carry instance_uuid): for tests whose
+ * worker processes made them, where no harness saw them being created.
+ */
+export async function deleteImagesOfInstances(instanceIds: string[]): Promise<void> {
+  const glance = (await testCloud()).imageService;
+  for (const instance of instanceIds) {
+    for (const image of await glance.listImages({ instance_uuid: instance })) await glance.deleteImage(image.id).catch(() => undefined);
+  }
 }
 
 /** The real hypervisor, with a hook that runs right after each successful pause. */

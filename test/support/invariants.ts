@@ -1,9 +1,10 @@
-// The invariants every fault test checks afterwards (issue 5):
+// The invariants every fault test checks afterwards (issue 5), for a snapshot or a restore:
 //  1. the VM is in its prior power state, and a running guest's counter advances;
 //  2. the instance's task state is None;
-//  3. no temp files of the snapshot remain;
-//  4. no image of the snapshot is left queued or saving: it is active and verified, or gone;
-//  5. the outcome says what happened, and a failed snapshot recorded a fault.
+//  3. no temp files of the snapshot (or restore) remain;
+//  4. no image of the snapshot is left queued or saving: it is active and verified, or gone (a
+//     restore's image is left active, untouched);
+//  5. the outcome is the one expected, and the instance recorded the fault expected of it.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { WorkflowFailedError } from '@temporalio/client';
@@ -13,6 +14,7 @@ import { guestState, readCounter, type DomainState, type Guest } from '../../scr
 import { failureTypeOfCause } from '../../src/shared/failures.js';
 import type { Store } from '../../src/store/store.js';
 import type { ReconcileReport } from '../../src/workflows/reconcile.js';
+import { stackGlanceUrl, testCloud } from './cloud.js';
 import type { Harness } from './harness.js';
 import { findImagesByName } from './images.js';
 
@@ -24,42 +26,69 @@ export interface Invariants {
   'outcome and fault': boolean;
 }
 
-export async function checkInvariants(ctx: {
+export interface InvariantContext {
   store: Store;
-  glanceUrl: string;
-  snapshotsDir: string;
   guest: Guest;
   /** The state it must be in again; null: it must be gone (destroyed during the snapshot). */
   priorState: DomainState | null;
-  imageName: string;
-  /** 'completed', or the failure type the outcome must carry. */
-  expectedOutcome: string;
-  /** What the snapshot ended with: 'completed', or its failure type. */
+  /** What the run ended with: 'completed', its failure type, 'Terminated', or a combination the test names. */
   outcome: string;
-}): Promise<Invariants> {
-  let vm = (await guestState(ctx.guest.name)) === ctx.priorState;
-  if (vm && ctx.priorState === 'running') {
-    const first = await readCounter(ctx.guest.diskPath, 'qcow2');
-    await sleep(1000);
-    vm = (await readCounter(ctx.guest.diskPath, 'qcow2')).a > first.a;
+  expectedOutcome: string;
+  /**
+   * The fault the instance must have recorded last; null: none is asked for. Default: the outcome,
+   * for a run that did not complete; none for a completed one.
+   */
+  expectedFault?: string | null;
+  /**
+   * A snapshot's image, by name: one active image when the run made one (by default when its outcome
+   * is 'completed'), none otherwise: nothing queued or saving either way. Or the image a restore read, by id: it stays active.
+   */
+  image: { name: string; made?: boolean } | { id: string };
+  /** A snapshots dir that must be empty (or absent), and files that must not exist (a restore's). */
+  snapshotsDir?: string;
+  leftovers?: string[];
+}
+
+/** The guest's counter moves on: polled until it does, for up to `timeoutMs` (a loaded host's TCG guest is slow). */
+export async function counterAdvances(guest: Guest, timeoutMs = 60_000): Promise<boolean> {
+  const first = (await readCounter(guest.diskPath, 'qcow2')).a;
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    await sleep(200);
+    if ((await readCounter(guest.diskPath, 'qcow2')).a > first) return true;
   }
+  return false;
+}
+
+export async function checkInvariants(ctx: InvariantContext): Promise<Invariants> {
+  let vm = (await guestState(ctx.guest.name)) === ctx.priorState;
+  if (vm && ctx.priorState === 'running') vm = await counterAdvances(ctx.guest);
   const record = await ctx.store.getInstance(ctx.guest.uuid);
-  const images = await findImagesByName(ctx.glanceUrl, ctx.imageName);
-  const imagesOk = ctx.outcome === 'completed' ? images.length === 1 && images[0]?.status === 'active' : images.length === 0;
+  let imageOk: boolean;
+  if ('id' in ctx.image) {
+    imageOk = (await (await testCloud()).imageService.getImage(ctx.image.id))?.status === 'active';
+  } else {
+    const images = await findImagesByName(await stackGlanceUrl(), ctx.image.name);
+    const made = ctx.image.made ?? ctx.outcome === 'completed';
+    imageOk = made ? images.length === 1 && images[0]?.status === 'active' : images.length === 0;
+  }
+  let expectedFault = ctx.expectedFault;
+  if (expectedFault === undefined) expectedFault = ctx.expectedOutcome === 'completed' ? null : ctx.expectedOutcome;
   const faults = await ctx.store.listFaults(ctx.guest.uuid);
-  const faultOk = ctx.outcome === 'completed' || faults.at(-1)?.code === ctx.outcome;
+  const faultOk = expectedFault === null || faults.at(-1)?.code === expectedFault;
+  const dirEmpty = !ctx.snapshotsDir || !existsSync(ctx.snapshotsDir) || readdirSync(ctx.snapshotsDir).length === 0;
   return {
     'prior power state': vm,
     'task state None': record?.taskState === null,
-    'no temp files': !existsSync(ctx.snapshotsDir) || readdirSync(ctx.snapshotsDir).length === 0,
-    'no unfinished image': imagesOk,
+    'no temp files': dirEmpty && !(ctx.leftovers ?? []).some((f) => existsSync(f)),
+    'no unfinished image': imageOk,
     'outcome and fault': ctx.outcome === ctx.expectedOutcome && faultOk,
   };
 }
 
 /** The invariants after a snapshot of `guest`, running before it, on a harness's stack. */
 export function checkRunningGuest(
-  h: Pick<Harness, 'store' | 'glanceUrl' | 'config'>,
+  h: Pick<Harness, 'store' | 'config'>,
   guest: Guest,
   imageName: string,
   outcome: string,
@@ -67,11 +96,10 @@ export function checkRunningGuest(
 ): Promise<Invariants> {
   return checkInvariants({
     store: h.store,
-    glanceUrl: h.glanceUrl,
     snapshotsDir: h.config.snapshotsDir,
     guest,
     priorState: 'running',
-    imageName,
+    image: { name: imageName },
     expectedOutcome,
     outcome,
   });

@@ -62,7 +62,7 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       ]);
       const byId = await store.findInstance(VM1);
       assert.deepEqual(
-        { ...byId, updatedAt: undefined },
+        { ...byId, updatedAt: undefined, createdAt: undefined },
         {
           id: VM1,
           name: 'web',
@@ -71,11 +71,17 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
           taskState: null,
           taskOwner: null,
           baseImageRef: 'img-1',
+          projectId: null,
+          userId: null,
+          projectName: null,
+          userName: null,
+          createdAt: undefined,
           updatedAt: undefined,
           deletedAt: null,
         },
       );
       assert.match(byId!.updatedAt, ISO_UTC);
+      assert.match(byId!.createdAt, ISO_UTC);
       assert.equal((await store.findInstance('db'))?.id, VM2);
       assert.equal((await store.findInstance('db'))?.baseImageRef, null);
       assert.equal(await store.findInstance('DB'), undefined, 'names match exactly');
@@ -83,6 +89,39 @@ export function storeContract(name: string, makeStore: () => Promise<Store>, opt
       assert.equal(await store.findInstance(VM3), undefined);
       assert.deepEqual(await store.getInstance(VM2), await store.findInstance(VM2));
       assert.equal(await store.getInstance(VM3), undefined);
+    });
+
+    it("keeps each instance's owner as its host last reported it, and when it was first seen", async () => {
+      const owner = { projectId: 'p1', userId: 'u1', projectName: 'web-team', userName: 'alice' };
+      await store.syncHostInstances('host-a', [
+        { id: VM1, name: 'web', powerState: 'running', ...owner },
+        { id: VM2, name: 'db', powerState: 'running', projectId: 'p2' },
+      ]);
+      const first = (await store.getInstance(VM1))!;
+      assert.deepEqual([first.projectId, first.userId, first.projectName, first.userName], ['p1', 'u1', 'web-team', 'alice']);
+      const db = (await store.getInstance(VM2))!;
+      assert.deepEqual([db.projectId, db.userId, db.projectName, db.userName], ['p2', null, null, null], 'a part the metadata leaves out is null');
+      await sleep(5);
+      // The domain's metadata changed hands, then lost its owner: the store follows it.
+      await store.syncHostInstances('host-a', [
+        { id: VM1, name: 'web', powerState: 'running', projectId: 'p3', userId: 'u3' },
+        { id: VM2, name: 'db', powerState: 'running', projectId: 'p2' },
+      ]);
+      const moved = (await store.getInstance(VM1))!;
+      assert.deepEqual([moved.projectId, moved.userId, moved.projectName, moved.userName], ['p3', 'u3', null, null]);
+      assert.equal(moved.createdAt, first.createdAt, 'first seen stays');
+      assert.ok(moved.updatedAt > first.updatedAt, 'last seen moves');
+      await store.syncHostInstances('host-b', [{ id: VM1, name: 'web', powerState: 'running' }]);
+      const unowned = (await store.getInstance(VM1))!;
+      assert.deepEqual([unowned.projectId, unowned.userId], [null, null]);
+      assert.equal(unowned.createdAt, first.createdAt);
+      assert.deepEqual(
+        (await store.listInstances()).map((i) => [i.name, i.projectId]),
+        [
+          ['db', 'p2'],
+          ['web', null],
+        ],
+      );
     });
 
     it('refuses an ambiguous name and asks for the uuid', async () => {

@@ -2,6 +2,7 @@
 // process: for tests that read its logs, scrape its metrics, or kill it with SIGKILL.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,15 +19,27 @@ export interface WorkerProcess {
   exited(): Promise<number | null>;
 }
 
-/** `how`: a role of the worker run from source, or a whole command line (e.g. the container's) and its directory. */
-export function startWorkerProcess(env: Record<string, string>, how: 'all' | 'main' | 'host' | { command: string[]; cwd: string } = 'all'): WorkerProcess {
+/**
+ * `how`: a role of the worker run from source, or a whole command line (e.g. the container's) and
+ * its directory. With `logFile`, every line also goes to that file, as a service manager would keep it.
+ */
+export function startWorkerProcess(
+  env: Record<string, string>,
+  how: 'all' | 'main' | 'host' | { command: string[]; cwd: string } = 'all',
+  opts: { logFile?: string } = {},
+): WorkerProcess {
   const [file, ...args] = typeof how === 'string' ? [process.execPath, '--import', 'tsx', 'src/worker/main.ts', '--role', how] : how.command;
   const proc = spawn(file!, args, {
     ...(typeof how === 'string' ? { env: { ...process.env, ...env } } : { env, cwd: how.cwd }),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const lines: string[] = [];
-  for (const stream of [proc.stdout!, proc.stderr!]) createInterface({ input: stream }).on('line', (l) => lines.push(l));
+  for (const stream of [proc.stdout!, proc.stderr!]) {
+    createInterface({ input: stream }).on('line', (l) => {
+      lines.push(l);
+      if (opts.logFile) appendFileSync(opts.logFile, `${l}\n`);
+    });
+  }
   const exited = once(proc, 'exit');
   return {
     proc,
@@ -77,7 +90,8 @@ export class WorkerProcesses {
   async start(extra: Record<string, string> = {}): Promise<WorkerProcess> {
     const w = startWorkerProcess({ ...this.env, ...extra });
     this.all.push(w);
-    await w.waitForLine(/vmsnap worker started/);
+    // A worker builds its workflow bundle as it starts: on a loaded 2-core host that can take minutes.
+    await w.waitForLine(/vmsnap worker started/, 180_000);
     return w;
   }
 

@@ -17,6 +17,10 @@ describe('config', () => {
     assert.equal(c.snapshotsDir, '/var/lib/vmsnap/snapshots');
     assert.equal(c.storePath, '/var/lib/vmsnap/vmsnap.sqlite');
     assert.equal(c.host, 'kvm1');
+    // The compute API: Nova's address and port, a minute's token cache.
+    assert.deepEqual(c.api, { host: '0.0.0.0', port: 8774, tokenCacheMs: 60_000, acceptTimeoutMs: 60_000 });
+    const api = loadConfig({ VMSNAP_API_PORT: '18774', VMSNAP_API_TOKEN_CACHE_S: '0', VMSNAP_API_PUBLIC_URL: 'https://compute.example:8774/' }).api;
+    assert.deepEqual([api.port, api.tokenCacheMs, api.publicUrl], [18774, 0, 'https://compute.example:8774']);
   });
 
   it('stops on a bad value with a message naming the setting', () => {
@@ -37,6 +41,10 @@ describe('config', () => {
       [{ VMSNAP_STORE_URL_FILE: '/nonexistent/store-url' }, /VMSNAP_STORE_URL_FILE could not be read/],
       [{ VMSNAP_GLANCE_TOKEN: 'gAAAA-secret' }, /VMSNAP_GLANCE_TOKEN is no longer read.*OS_CLOUD/],
       [{ OS_AUTH_TYPE: 'none' }, /VMSNAP_GLANCE_URL is not set, and OS_AUTH_TYPE is none/],
+      [{ VMSNAP_API_PORT: '70000' }, /VMSNAP_API_PORT must be a TCP port/],
+      [{ VMSNAP_API_HOST: 'a b' }, /VMSNAP_API_HOST must be an IP address or host name/],
+      [{ VMSNAP_API_TOKEN_CACHE_S: '-5' }, /VMSNAP_API_TOKEN_CACHE_S must be a whole number/],
+      [{ VMSNAP_API_PUBLIC_URL: 'compute:8774' }, /VMSNAP_API_PUBLIC_URL must be an http or https URL|VMSNAP_API_PUBLIC_URL is not a URL/],
     ];
     for (const [env, message] of bad) assert.throws(() => loadConfig(env), message);
   });

@@ -1,4 +1,4 @@
-// Help and README name only settings that exist: each is read somewhere in the code (vmsnap's own,
+// Help, README and docs/ name only settings that exist: each is read somewhere in the code (vmsnap's own,
 // Temporal's envconfig for TEMPORAL_*, the stack scripts, tests and compose file for the rest).
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -38,7 +38,11 @@ it('vmsnap --help names only settings that exist', () => {
   assert.ok(!named.includes('VMSNAP_STORE_PATH'), 'the store is VMSNAP_STORE_URL');
 });
 
-it('README names only settings that exist', () => {
-  const named = [...new Set(readFileSync('README.md', 'utf8').match(NAME))];
-  for (const name of named) assert.ok(exists(name, code) || exists(name, temporal) || exists(name, stack), `README names ${name}, which nothing reads`);
+it('README and docs/ name only settings that exist', () => {
+  const pages = ['README.md', ...files('docs', /\.md$/)];
+  for (const page of pages) {
+    const named = [...new Set(readFileSync(page, 'utf8').match(NAME))];
+    for (const name of named) assert.ok(exists(name, code) || exists(name, temporal) || exists(name, stack), `${page} names ${name}, which nothing reads`);
+  }
+  assert.ok(readFileSync(join('docs', 'configuration.md'), 'utf8').match(NAME)!.length > 40, 'docs/configuration.md is the reference of every setting');
 });

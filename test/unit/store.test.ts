@@ -2,13 +2,13 @@
 // permissions, WAL, lock contention errors, and several processes sharing one file.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { VmsnapError } from '../../src/shared/errors.js';
-import { SqliteStore } from '../../src/store/sqlite.js';
+import { MIGRATIONS, SqliteStore } from '../../src/store/sqlite.js';
 import { storeContract } from '../support/store-contract.js';
 
 const root = mkdtempSync(join(tmpdir(), 'vmsnap-store-'));
@@ -91,6 +91,46 @@ describe('SqliteStore', () => {
     raw.close();
     await assert.rejects(store.migrate(), isStoreError(false, 'schema version 999'));
     await store.close();
+  });
+
+  it('migration 3 gives a store of version 2 owners and first sightings: rows and tasks kept', async () => {
+    const path = freshPath();
+    mkdirSync(dirname(path), { recursive: true });
+    const raw = new Database(path);
+    raw.exec('CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)');
+    for (const [i, migration] of MIGRATIONS.slice(0, 2).entries()) {
+      raw.exec(migration);
+      raw.prepare('INSERT INTO schema_version (version, applied_at) VALUES (?, ?)').run(i + 1, new Date().toISOString());
+    }
+    const seen = '2026-01-02T03:04:05.000Z';
+    raw
+      .prepare(
+        `INSERT INTO instances (id, name, host, power_state, task_state, task_owner, updated_at) VALUES (?, 'web', 'host-a', 'running', 'rebuilding', 'wf-old', ?)`,
+      )
+      .run(VM1, seen);
+    raw.close();
+
+    const store = new SqliteStore(path);
+    try {
+      await store.migrate();
+      const before = await store.getInstance(VM1);
+      assert.deepEqual(
+        [before?.taskState, before?.taskOwner, before?.projectId, before?.userId, before?.createdAt, before?.updatedAt],
+        ['rebuilding', 'wf-old', null, null, seen, seen],
+      );
+      await store.syncHostInstances('host-a', [{ id: VM1, name: 'web', powerState: 'running', projectId: 'p1', userId: 'u1' }]);
+      const after = await store.getInstance(VM1);
+      assert.deepEqual([after?.projectId, after?.userId, after?.createdAt, after?.taskState], ['p1', 'u1', seen, 'rebuilding']);
+      const check = new Database(path, { readonly: true });
+      const versions = check.prepare('SELECT version FROM schema_version ORDER BY version').all() as { version: number }[];
+      check.close();
+      assert.deepEqual(
+        versions.map((v) => v.version),
+        [1, 2, 3],
+      );
+    } finally {
+      await store.close();
+    }
   });
 
   it('20 concurrent starts from 4 processes on one file: exactly one wins', async () => {

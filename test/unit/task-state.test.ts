@@ -10,7 +10,9 @@ import type { SnapshotSettings } from '../../src/shared/config.js';
 import { VmsnapError } from '../../src/shared/errors.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 
+// One instance per test: neither depends on what the other left.
 const VM = '22222222-2222-4222-8222-222222222222';
+const VM2 = '33333333-3333-4333-8333-333333333333';
 const root = mkdtempSync(join(tmpdir(), 'vmsnap-task-state-'));
 let store: SqliteStore;
 let steps: ReturnType<typeof instanceStateActivities>;
@@ -18,7 +20,10 @@ let steps: ReturnType<typeof instanceStateActivities>;
 before(async () => {
   store = new SqliteStore(join(root, 'vmsnap.sqlite'));
   await store.migrate();
-  await store.syncHostInstances('host-a', [{ id: VM, name: 'web', powerState: 'running' }]);
+  await store.syncHostInstances('host-a', [
+    { id: VM, name: 'web', powerState: 'running' },
+    { id: VM2, name: 'db', powerState: 'running' },
+  ]);
   steps = instanceStateActivities({ store, settings: {} as SnapshotSettings });
 });
 after(async () => {
@@ -46,9 +51,9 @@ describe('setTaskState', () => {
 
   it('a state the snapshot has not reached yet is still refused: its expected state must hold', async () => {
     const owner = 'snapshot-3/run-1';
-    await steps.setTaskState({ instanceId: VM, expected: null, next: 'image_snapshot_pending', owner });
-    await assert.rejects(steps.setTaskState({ instanceId: VM, expected: 'image_pending_upload', next: 'image_uploading', owner }), busy);
-    assert.equal((await store.getInstance(VM))?.taskState, 'image_snapshot_pending');
-    assert.equal(await steps.releaseTaskState({ instanceId: VM, owner }), true);
+    await steps.setTaskState({ instanceId: VM2, expected: null, next: 'image_snapshot_pending', owner });
+    await assert.rejects(steps.setTaskState({ instanceId: VM2, expected: 'image_pending_upload', next: 'image_uploading', owner }), busy);
+    assert.equal((await store.getInstance(VM2))?.taskState, 'image_snapshot_pending');
+    assert.equal(await steps.releaseTaskState({ instanceId: VM2, owner }), true);
   });
 });

@@ -122,6 +122,15 @@ describe('uploadImage', () => {
     assert.deepEqual(before.calls, []);
   });
 
+  it('a retry that finds the image still saving from a cut-off attempt fails ImageStuck at once, sending nothing', async () => {
+    const glance = fakeGlance({ status: 'saving', disk_format: 'qcow2', container_format: 'bare' });
+    await assert.rejects(
+      uploadOnce(glance.service, input({ formatsSet: true }), 2),
+      (err: unknown) => err instanceof VmsnapError && err.code === 'ImageStuck' && !err.retryable,
+    );
+    assert.deepEqual(glance.calls, ['GET']);
+  });
+
   it('Glance keeping other bytes than were sent fails ImageCorrupt', async () => {
     const glance = fakeGlance({ disk_format: 'qcow2', container_format: 'bare' }, { size: data.length, sha512: 'f'.repeat(128) });
     await assert.rejects(uploadOnce(glance.service, input({ formatsSet: true })), (err: unknown) => err instanceof VmsnapError && err.code === 'ImageCorrupt');

@@ -43,7 +43,8 @@ export interface FakeInstance {
 }
 
 export interface FakeImage {
-  status: 'queued' | 'active';
+  /** saving: an upload was cut off and Glance still holds the image (a test sets it). */
+  status: 'queued' | 'saving' | 'active';
   instanceId: string;
   owner: string;
 }
@@ -250,6 +251,11 @@ export class FakeCloud {
         });
         record(snapshot.instanceId, 'error', snapshot.owner, { code: 'SnapshotAbandoned' });
       }),
+      rotateBackups: hooked('rotateBackups', async (_input: { instanceId: string; backupType: string; rotation: number }) => ({
+        kept: [] as string[],
+        deleted: [] as string[],
+        failed: [] as string[],
+      })),
       findOrphanImages: hooked('findOrphanImages', async () => []),
       runningSnapshotImageIds: hooked('runningSnapshotImageIds', async () => [] as string[]),
     };
@@ -343,6 +349,9 @@ export class FakeCloud {
       uploadImage: hooked('uploadImage', async (input: { imageId: string }) => {
         const image = this.images.get(input.imageId);
         if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
+        if (image.status === 'saving') {
+          throw ApplicationFailure.create({ type: 'ImageStuck', message: `image ${input.imageId} is still saving in Glance`, nonRetryable: true });
+        }
         image.status = 'active';
         return { size: 1024, sha512: 'f'.repeat(128) };
       }),
@@ -467,6 +476,8 @@ export interface FastTemporal {
   taskQueue: string;
   /** A cloud of its own for one test: tests run side by side. */
   newCloud(): FakeCloud;
+  /** Makes the cloud the one the activities of this workflow id act on (for starts of one's own). */
+  serve(cloud: FakeCloud, workflowId: string): void;
   /** Starts a snapshot on the cloud, as the client does (workflow id snapshot-<instance>). */
   startSnapshot(cloud: FakeCloud, request: SnapshotRequest): Promise<WorkflowHandle>;
   /** Starts a restore (or a rollback) on the cloud, as the client does (workflow id restore-<instance>). */
@@ -538,15 +549,17 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
     await Worker.create({ connection: env.nativeConnection, taskQueue: hostSlotTaskQueue(host), activities: route('slot'), ...throttle }),
   ];
   const running = Promise.all(workers.map((w) => w.run()));
-  const serve = (cloud: FakeCloud, workflowId: string) =>
+  const serve = (cloud: FakeCloud, workflowId: string) => {
     byWorkflow.set(
       workflowId,
       cloud.activities(() => env.client),
     );
+  };
   return {
     env,
     client: env.client,
     taskQueue,
+    serve,
     newCloud: () => new FakeCloud(),
     startSnapshot(cloud, request) {
       const workflowId = `snapshot-${request.instance}`;

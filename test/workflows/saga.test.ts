@@ -9,6 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import type { SnapshotPhase, SnapshotProgress, SnapshotResult } from '../../src/shared/types.js';
+import { IMAGE_ID } from '../../src/shared/search-attributes.js';
 import { startFastTemporal, untilCancelled, type FakeCloud, type FastTemporal, type HookCall } from './fake-cloud.js';
 
 let t: FastTemporal;
@@ -278,6 +279,103 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     );
     const after = cloud.calls.slice(cloud.calls.indexOf('deleteImageRecord'));
     assert.deepEqual(after, ['deleteImageRecord', 'releaseTaskState', 'recordInstanceFault', 'recordInstanceEvent']);
+  });
+
+  it('a retried upload finds its image stuck saving: a new record takes its place, the stuck one goes, and the run names the new image', async () => {
+    const { cloud, id } = newGuest();
+    const tried: string[] = [];
+    cloud.hooks.uploadImage = async (call) => {
+      const [{ imageId }] = call.args as [{ imageId: string }];
+      // The first image is left saving by an attempt that was cut off.
+      if (!tried.length) cloud.images.get(imageId)!.status = 'saving';
+      tried.push(imageId);
+      return call.run();
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'stuck' });
+    const result: SnapshotResult = await handle.result();
+    const [stuck] = tried;
+    assert.equal(tried.length, 2);
+    assert.notEqual(result.imageId, stuck);
+    assert.equal(tried[1], result.imageId, 'the upload went on into the new record');
+    assert.equal(cloud.images.get(stuck!), undefined, 'the stuck image is deleted');
+    assert.equal(cloud.images.get(result.imageId)?.status, 'active');
+    assert.deepEqual([...cloud.images.keys()], [result.imageId]);
+    assert.equal(cloud.calls.filter((c) => c === 'createImageRecord').length, 2);
+    // The search attribute, the memo and the progress follow the new image; the temp dir (named by the first) is gone.
+    const described = await handle.describe();
+    assert.equal(described.typedSearchAttributes.get(IMAGE_ID), result.imageId);
+    assert.equal(described.memo?.imageId, result.imageId);
+    assert.deepEqual(described.memo?.replacedImageIds, [stuck]);
+    assert.equal(await imageIdOf(handle), result.imageId);
+    assert.deepEqual([...cloud.tempDirs], []);
+    assert.deepEqual(cloud.faults, []);
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'finish']);
+  });
+
+  it('a replaced image whose upload then fails: the compensation deletes the new record too', async () => {
+    const { cloud, id } = newGuest();
+    const tried: string[] = [];
+    cloud.hooks.uploadImage = async (call) => {
+      const [{ imageId }] = call.args as [{ imageId: string }];
+      tried.push(imageId);
+      if (tried.length === 1) {
+        cloud.images.get(imageId)!.status = 'saving';
+        return call.run();
+      }
+      throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance answered 413', nonRetryable: true });
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'stuck-then-413' });
+    assert.equal(await failureType(handle), 'ImageServiceError');
+    assert.equal(tried.length, 2);
+    assert.equal(await imageIdOf(handle), tried[1]);
+    assertUndone(cloud, id, tried[1]!, 'ImageServiceError');
+    assert.deepEqual([...cloud.images.keys()], [], 'neither image is left');
+  });
+
+  it('an image stuck each time: the snapshot gives up with ImageStuck after two new records, and none is left', async () => {
+    const { cloud, id } = newGuest();
+    const tried: string[] = [];
+    cloud.hooks.uploadImage = async (call) => {
+      const [{ imageId }] = call.args as [{ imageId: string }];
+      tried.push(imageId);
+      cloud.images.get(imageId)!.status = 'saving';
+      return call.run();
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'stuck-always' });
+    assert.equal(await failureType(handle), 'ImageStuck');
+    assert.equal(new Set(tried).size, 3);
+    assertUndone(cloud, id, tried[2]!, 'ImageStuck');
+    assert.deepEqual([...cloud.images.keys()], []);
+  });
+
+  it('Glance gone for good: the compensation tries the delete once and leaves the image to the sweep; the failure names the upload', async () => {
+    const { cloud, id } = newGuest();
+    const gone = (what: string) =>
+      ApplicationFailure.create({ type: 'ImageServiceUnavailable', message: `Glance ${what} failed: ECONNREFUSED. Is Glance running and reachable?` });
+    cloud.hooks.uploadImage = async () => {
+      throw gone('PUT /v2/images/x/file');
+    };
+    cloud.hooks.deleteImageRecord = async () => {
+      throw gone('GET /v2/images/x');
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'glance-gone' });
+    const cause = await failureOf(handle);
+    assert.equal(cloud.calls.filter((c) => c === 'uploadImage').length, 2, 'the upload used its retries');
+    assert.equal(cloud.calls.filter((c) => c === 'deleteImageRecord').length, 1, 'the delete is tried once');
+    assert.ok(cause instanceof ApplicationFailure);
+    assert.equal(cause.type, 'ImageServiceUnavailable');
+    assert.match(cause.message, /^upload to Glance gave up after 2 attempts: Glance PUT /);
+    assert.doesNotMatch(cause.message, /can be retried/);
+    // The image stays for the reconciler's sweep (its run is closed); everything else is let go of.
+    const imageId = await imageIdOf(handle);
+    assert.equal(cloud.images.get(imageId)?.status, 'queued');
+    assert.equal(cloud.instances.get(id)?.taskState, null);
+    assert.deepEqual([...cloud.tempDirs], []);
+    assert.equal(cloud.slotHolders.size, 0);
+    assert.deepEqual(
+      cloud.faults.map((f) => f.code),
+      ['ImageServiceUnavailable'],
+    );
   });
 
   // Cancelled while each step runs, after the step took effect: a step counts from the moment it

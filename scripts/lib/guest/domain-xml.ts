@@ -1,5 +1,14 @@
 // The test guest's libvirt domain XML.
+import { VMSNAP_LIBVIRT_NAMESPACE } from '../../../src/shared/names.js';
 import { GUEST_AGENT_CHANNEL } from './common.js';
+
+/** Who owns the guest: a Keystone project and user, as vmsnap's discovery reads them. */
+export interface GuestOwner {
+  projectId: string;
+  userId: string;
+  projectName?: string;
+  userName?: string;
+}
 
 const xmlEscape = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 
@@ -13,8 +22,21 @@ export function domainXml(o: {
   diskPath: string;
   consoleLog: string;
   guestAgent?: boolean;
+  owner?: GuestOwner;
 }): string {
   const x = xmlEscape;
+  // The shape of Nova's <nova:owner>, in vmsnap's namespace: these guests are not Nova's.
+  const metadata = o.owner
+    ? `
+  <metadata>
+    <vmsnap:instance xmlns:vmsnap='${VMSNAP_LIBVIRT_NAMESPACE}'>
+      <vmsnap:owner>
+        <vmsnap:user uuid='${x(o.owner.userId)}'>${x(o.owner.userName ?? '')}</vmsnap:user>
+        <vmsnap:project uuid='${x(o.owner.projectId)}'>${x(o.owner.projectName ?? '')}</vmsnap:project>
+      </vmsnap:owner>
+    </vmsnap:instance>
+  </metadata>`
+    : '';
   // libvirt picks the host socket path and adds the virtio-serial controller itself.
   const agentChannel = o.guestAgent
     ? `
@@ -27,7 +49,7 @@ export function domainXml(o: {
   // qcow2 file directly (host page cache bypassed), which is what snapshot tools read.
   return `<domain type='qemu'>
   <name>${x(o.name)}</name>
-  <uuid>${x(o.uuid)}</uuid>
+  <uuid>${x(o.uuid)}</uuid>${metadata}
   <memory unit='MiB'>${o.memoryMiB}</memory>
   <vcpu>1</vcpu>
   <os>

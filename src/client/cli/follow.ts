@@ -4,6 +4,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError, type ErrorCode } from '../../shared/errors.js';
+import { PHASE } from '../../shared/search-attributes.js';
 import type { SnapshotResult } from '../../shared/types.js';
 import { ClientError } from '../errors.js';
 import { EXIT, exitCodeOf, failureTypeOf, type ExitCode } from '../exit-codes.js';
@@ -147,6 +148,14 @@ export async function followWork(
 /** The phase in which a cold snapshot holds the guest paused. */
 const PAUSED_PHASES = new Set(['converting']);
 
+/**
+ * The phase a run ended in, as its search attribute recorded it: what the progress query would have
+ * said, when no query was answered in time (a loaded worker) before the run ended.
+ */
+async function phaseAtEnd(handle: SnapshotHandle): Promise<string | undefined> {
+  return (await handle.describe().catch(() => undefined))?.typedSearchAttributes.get(PHASE);
+}
+
 function terminatedText(lastPhase: string | undefined): string {
   const rest =
     'the reconciler removes its unfinished image and frees the task state within a minute (VMSNAP_RECONCILE_INTERVAL_MS): see vmsnap instances, then ' +
@@ -182,8 +191,8 @@ export async function waitAndReport(session: Session, g: GlobalOptions, handle: 
     const outcome = outcomeOf(ended);
     view?.finish(outcome.status);
     // Terminate runs no compensation: say what that left and when it is undone.
-    const cause = outcome.status === 'terminated' ? new ClientError('Terminated', terminatedText(ended.lastPhase)) : ended.error;
-    return { ...outcome, cause };
+    if (outcome.status !== 'terminated') return { ...outcome, cause: ended.error };
+    return { ...outcome, cause: new ClientError('Terminated', terminatedText(ended.lastPhase ?? (await phaseAtEnd(handle)))) };
   } finally {
     process.off('SIGINT', onInterrupt);
   }
