@@ -17,6 +17,7 @@ import type {
   PauseWatch,
   PowerState,
   RootDisk,
+  Stopped,
 } from '../../src/drivers/hypervisor.js';
 
 /** What the benchmark reads back: the most copies this host ran at once. */
@@ -140,7 +141,7 @@ export class SimulatedHypervisor implements Hypervisor {
     return { stop: () => Promise.resolve({ pausedMs: 0, events: [] }) };
   }
 
-  async stop(): Promise<'shutdown' | 'destroy' | 'none'> {
+  async stop(): Promise<Stopped> {
     throw new VmsnapError('InvalidInput', 'the simulated hypervisor does not restore');
   }
 

@@ -39,6 +39,8 @@ export interface Guest {
   consoleLog: string;
   /** Directory holding the disk, the console log and the domain XML. */
   dir: string;
+  /** The owner written into the domain's metadata, if any. */
+  owner?: GuestOwner;
 }
 
 export interface CreateGuestOptions {
@@ -176,7 +178,7 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
     }),
   );
   await virsh(['define', xmlPath]);
-  const guest: Guest = { name, uuid, diskPath, consoleLog, dir };
+  const guest: Guest = { name, uuid, diskPath, consoleLog, dir, ...(owner ? { owner } : {}) };
   if (opts.beforeStart) await opts.beforeStart(guest);
   if (opts.start === false) return guest;
 

@@ -39,8 +39,8 @@ export async function startAndConfirm(
  * Runs a power step with heartbeats from its start, so a dead worker's step (or a task handed to a
  * worker that was gone) moves on after the heartbeat timeout, not the step's whole timeout.
  */
-export async function beating<T>(step: () => Promise<T>): Promise<T> {
-  const stop = keepHeartbeating(() => ({ phase: 'power' }), 1000);
+export async function beating<T>(step: () => Promise<T>, details: () => Record<string, unknown> = () => ({ phase: 'power' })): Promise<T> {
+  const stop = keepHeartbeating(details, 1000);
   try {
     return await step();
   } finally {

@@ -16,7 +16,10 @@ function event({ store }: Pick<ActivityDeps, 'store'>, step: RestoreStep, name: 
 
 export interface StoppedSwappedStarted {
   stoppedBy: 'shutdown' | 'destroy' | 'none';
+  /** The last moment the guest was seen running: its downtime runs from here to startedAt. */
   stoppedAt: number;
+  /** How long the guest was given to shut down by itself (ACPI) before it was off or destroyed. */
+  shutdownWaitMs: number;
   startedAt: number;
   confirmedBy: ConfirmedBy;
   /** Where the downtime went, for the benchmark and the curious: stop → swapped → started, then the confirmation. */
@@ -43,25 +46,42 @@ async function spawning({ store }: Pick<ActivityDeps, 'store'>, step: RestoreSte
  * verified image in, task state → rebuild_spawning, start the guest in its prior power state and
  * confirm it runs. A stopped guest is not stopped again, a swapped disk not swapped again.
  */
-export function stopSwapStart(deps: ActivityDeps, input: RestoreStep & { imageId: string; powerState: PowerState }): Promise<StoppedSwappedStarted> {
+export function stopSwapStart(
+  deps: ActivityDeps,
+  input: RestoreStep & { imageId: string; powerState: PowerState; forceStop?: boolean },
+): Promise<StoppedSwappedStarted> {
   const { hypervisor, settings } = deps;
-  return beating(async () => {
-    // Everything that can be looked up while the guest runs, is.
-    const disk = await restorableDisk(deps, input.instanceId);
-    await event(deps, input, 'stop');
-    const stoppedBy = await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs, Context.current().cancellationSignal);
-    const stoppedAt = Date.now();
-    const swapped = await swapDisk(deps, { ...input, diskPath: disk.path });
-    await spawning(deps, input);
-    const swappedAt = Date.now();
-    const { startedAt, confirmedBy } = await startAndConfirm(deps, input.instanceId, input.powerState);
-    const confirmedAt = Date.now();
-    await event(deps, input, 'started', { powerState: input.powerState, confirmedBy });
-    // Outside the downtime: freeing an earlier pre-restore disk's blocks.
-    await rm(restoreFiles(disk.path).superseded, { force: true });
-    const downtimeStepsMs = { swapAndTaskState: swappedAt - stoppedAt, start: startedAt - swappedAt, confirm: confirmedAt - startedAt };
-    return { stoppedBy, stoppedAt, startedAt, confirmedBy, downtimeStepsMs, ...swapped };
-  });
+  const timeoutMs = input.forceStop ? 0 : settings.restoreShutdownTimeoutMs;
+  // What the step waits for, in its heartbeat: `vmsnap restore status` and --wait show it.
+  let note: string | undefined;
+  return beating(
+    async () => {
+      // Everything that can be looked up while the guest runs, is.
+      const disk = await restorableDisk(deps, input.instanceId);
+      await event(deps, input, 'stop');
+      const asked = Date.now();
+      if (timeoutMs > 0 && input.powerState !== 'shutdown') {
+        const until = new Date(asked + timeoutMs).toISOString().slice(11, 19);
+        note =
+          `asked the guest to shut down (ACPI); it is destroyed if still running at ${until} UTC ` +
+          `(${Math.round(timeoutMs / 1000)} s): vmsnap restore --force-stop skips the wait`;
+      }
+      const { stoppedBy, runningUntil: stoppedAt } = await hypervisor.stop(input.instanceId, timeoutMs, Context.current().cancellationSignal);
+      const shutdownWaitMs = Date.now() - asked;
+      note = undefined;
+      const swapped = await swapDisk(deps, { ...input, diskPath: disk.path });
+      await spawning(deps, input);
+      const swappedAt = Date.now();
+      const { startedAt, confirmedBy } = await startAndConfirm(deps, input.instanceId, input.powerState);
+      const confirmedAt = Date.now();
+      await event(deps, input, 'started', { powerState: input.powerState, confirmedBy });
+      // Outside the downtime: freeing an earlier pre-restore disk's blocks.
+      await rm(restoreFiles(disk.path).superseded, { force: true });
+      const downtimeStepsMs = { swapAndTaskState: swappedAt - stoppedAt, start: startedAt - swappedAt, confirm: confirmedAt - startedAt };
+      return { stoppedBy, stoppedAt, shutdownWaitMs, startedAt, confirmedBy, downtimeStepsMs, ...swapped };
+    },
+    () => ({ phase: 'stopping', ...(note ? { note } : {}) }),
+  );
 }
 
 /**
@@ -107,15 +127,15 @@ export function rollbackDisk(deps: ActivityDeps, input: RestoreStep & { powerSta
   return beating(async () => {
     const disk = await restorableDisk(deps, input.instanceId);
     const files = restoreFiles(disk.path);
+    let stoppedAt = Date.now();
     if (!(await exists(files.preRestore))) {
       // A retry after the rename: the pre-restore disk is in place already.
       if (!(await readMarker(files.marker))) throw new VmsnapError('DiskNotFound', `instance ${input.instanceId} has no pre-restore disk to roll back to`);
     } else {
       await event(deps, input, 'stop');
-      await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs);
+      stoppedAt = (await hypervisor.stop(input.instanceId, settings.restoreShutdownTimeoutMs)).runningUntil;
       await rename(files.preRestore, disk.path);
     }
-    const stoppedAt = Date.now();
     await rm(files.marker, { force: true });
     const { startedAt } = await startAndConfirm(deps, input.instanceId, input.powerState);
     await event(deps, input, 'started', { powerState: input.powerState });

@@ -21,6 +21,11 @@ export interface UploadImageInput {
   formatsSet?: boolean;
   /** The host's boot the copy was made in: a copy from another boot is refused (CopyLost). */
   copyBootId?: string;
+  /**
+   * The request named the image id (the API's caller was answered with it): an image left stuck
+   * saving is waited for through the retries, never replaced by a record the caller does not know.
+   */
+  keepImageId?: boolean;
 }
 
 const GiB = 1024 ** 3;
@@ -71,6 +76,13 @@ export function uploadActivities({ imageService }: ActivityDeps) {
       }
       started = performance.now();
       sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
+    } else if ((image.status === 'saving' || image.status === 'uploading') && input.keepImageId) {
+      throw new VmsnapError(
+        'ImageServiceUnavailable',
+        `image ${input.imageId} is still ${image.status} in Glance from an earlier upload attempt that was cut off; its id was given to the ` +
+          'requester, so the upload waits for Glance to give that attempt up instead of making a new record',
+        { imageId: input.imageId, status: image.status },
+      );
     } else if (image.status === 'saving' || image.status === 'uploading') {
       // An earlier attempt's PUT was cut off, and Glance keeps the image so until its side of that
       // connection times out (minutes). Waiting would hold the instance that long: the workflow

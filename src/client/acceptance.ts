@@ -60,8 +60,14 @@ export async function acceptRestore(client: Client, request: RestoreRequest, opt
   return acceptStart<typeof restoreInstance>(client, 'restoreInstance', restoreWorkflowId(instanceId), { ...request, instance: instanceId }, options);
 }
 
-function checkedUuid(id: string): string {
-  if (!UUID_PATTERN.test(id)) throw new VmsnapError('InvalidInput', `instanceId must be the instance's UUID (got "${id.slice(0, 64)}"): resolve a name first`);
+/** The instance's UUID, lower case: every entry point makes the workflow id from it, whatever was typed. */
+export function checkedUuid(id: string): string {
+  if (!UUID_PATTERN.test(id)) {
+    throw new VmsnapError(
+      'InvalidInput',
+      `the instance must be given by its UUID here (got "${id.slice(0, 64)}"): resolve a name with resolveInstanceId, as the workflow id is made from the UUID`,
+    );
+  }
   return id.toLowerCase();
 }
 
@@ -128,7 +134,7 @@ async function withinTime<T>(answer: Promise<T>, start: WithStartWorkflowOperati
 }
 
 /** Phases in which a run has let go of the instance's task state and only tidies up. */
-const ENDING_PHASES = new Set(['finishing', 'completed', 'failed', 'cancelled']);
+const ENDING_PHASES = new Set(['finishing', 'completed', 'failed', 'cancelled', 'refused']);
 
 /**
  * Whether the run under this id has let go of the instance (its task state None, the last phase)
@@ -175,7 +181,8 @@ async function refusal(err: unknown, start: WithStartWorkflowOperation<Workflow>
 
 function typed(cause: unknown, otherwise: unknown): unknown {
   if (cause instanceof ApplicationFailure && cause.type && Object.hasOwn(ERRORS, cause.type)) {
-    return new VmsnapError(cause.type as ErrorCode, cause.message);
+    // refusedByRun: the CLI words it as the run's refusal, with what to do.
+    return new VmsnapError(cause.type as ErrorCode, cause.message, { refusedByRun: true });
   }
   return otherwise;
 }

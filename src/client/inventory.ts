@@ -5,6 +5,7 @@ import type { Config } from '../shared/config.js';
 import { createStore } from '../store/index.js';
 import type { InstanceRecord, Store } from '../store/store.js';
 import { VmsnapError } from '../shared/errors.js';
+import { UUID_PATTERN } from '../shared/validation.js';
 import { ClientError } from './errors.js';
 
 function isMissingSqlite(config: Config): boolean {
@@ -73,6 +74,8 @@ export async function instanceAliases(config: Config, ref: string): Promise<stri
  * not know it (discovery has not seen it, or it is gone).
  */
 export async function resolveInstanceId(config: Config, ref: string): Promise<string> {
+  // A UUID is the id already: the run itself refuses one no host knows (InstanceNotFound).
+  if (UUID_PATTERN.test(ref)) return ref.toLowerCase();
   if (isMissingSqlite(config)) {
     throw new ClientError(
       'StoreUnavailable',

@@ -78,6 +78,7 @@ export class ProgressView {
   private lastPhase: string | undefined;
   private lastPlainProgressAt = 0;
   private lastPlainPercent: number | undefined;
+  private lastPlainNote: string | undefined;
   private lineOpen = false;
 
   constructor(
@@ -91,7 +92,10 @@ export class ProgressView {
   /** What to show for a progress report: phase, percent, bytes, speed and time left. */
   line(p: WorkProgress): ProgressLine {
     const line: ProgressLine = { phase: p.phase };
-    if (p.percent === undefined || p.bytesDone === undefined || p.bytesTotal === undefined) return line;
+    if (p.percent === undefined || p.bytesDone === undefined || p.bytesTotal === undefined) {
+      if (p.note) line.note = p.note; // a wait without bytes (a guest shutting down)
+      return line;
+    }
     const at = p.step?.lastHeartbeatAt ? Date.parse(p.step.lastHeartbeatAt) : this.now();
     this.meter.add(`${p.phase}/${p.step?.activityType}/${p.step?.attempt}`, at, p.bytesDone);
     const rate = this.meter.rate();
@@ -122,8 +126,15 @@ export class ProgressView {
     if (line.phase !== this.lastPhase) {
       this.lastPhase = line.phase;
       this.lastPlainPercent = undefined;
-      this.out.write(`${clock(this.now())} ${line.phase}\n`);
+      this.lastPlainNote = line.percent === undefined ? line.note : undefined;
+      this.out.write(`${clock(this.now())} ${this.lastPlainNote ? describeLine(line, 'plain') : line.phase}\n`);
       this.lastPlainProgressAt = this.now();
+      return;
+    }
+    // A wait that says what it waits for, once (it comes with the step's first heartbeat).
+    if (line.percent === undefined && line.note && line.note !== this.lastPlainNote) {
+      this.lastPlainNote = line.note;
+      this.out.write(`${clock(this.now())} ${describeLine(line, 'plain')}\n`);
       return;
     }
     if (line.percent === undefined || line.percent === this.lastPlainPercent) return;
@@ -157,7 +168,9 @@ function clock(ms: number): string {
 }
 
 export function describeLine(line: ProgressLine, mode: 'tty' | 'plain'): string {
-  if (line.percent === undefined || line.bytesDone === undefined || line.bytesTotal === undefined) return line.phase;
+  if (line.percent === undefined || line.bytesDone === undefined || line.bytesTotal === undefined) {
+    return line.note ? `${line.phase}: ${line.note}` : line.phase;
+  }
   const pct = `${Math.floor(line.percent)}%`;
   const bytes = `${formatBytes(line.bytesDone)} of ${formatBytes(line.bytesTotal)}`;
   const speed = line.note ?? (line.bytesPerSecond !== undefined ? `${formatBytes(line.bytesPerSecond)}/s` : undefined);

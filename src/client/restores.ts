@@ -12,6 +12,7 @@ import type { restoreInstance, rollbackRestore } from '../workflows/restore.js';
 import { ClientError } from './errors.js';
 import { findWorkflow, listWorkflows, stepProgress } from './snapshots.js';
 import type { ListSnapshotsOptions, SnapshotSummary, StepDetails, WorkflowKind } from './snapshots.js';
+import { checkedUuid } from './acceptance.js';
 
 export const RESTORE_WORKFLOW_TYPE = 'restoreInstance';
 export const ROLLBACK_WORKFLOW_TYPE = 'rollbackRestore';
@@ -98,6 +99,7 @@ async function start<W extends typeof restoreInstance | typeof rollbackRestore>(
 ): Promise<WorkflowHandleWithFirstExecutionRunId<W>> {
   const what = workflowType === ROLLBACK_WORKFLOW_TYPE ? 'rollback' : 'restore';
   if (problems.length) throw new VmsnapError('InvalidInput', `invalid ${what} request: ${describeProblems(problems)}`, { problems });
+  request = { ...request, instance: checkedUuid(request.instance) };
   try {
     return await client.workflow.start<W>(workflowType, {
       taskQueue,
@@ -133,8 +135,8 @@ export function restoreHandle(client: Client, instance: string, runId?: string):
 /** The restore's `progress` query, with percent and bytes of the download while it runs. */
 export async function getRestoreProgress(handle: RestoreHandle): Promise<RestoreProgressDetails> {
   const [progress, description] = await Promise.all([handle.query<RestoreProgress>('progress'), handle.describe()]);
-  const { percent, bytesDone, bytesTotal, step } = await stepProgress(handle, description, progress.phase);
-  return { ...progress, ...(percent !== undefined ? { percent, bytesDone, bytesTotal } : {}), ...(step ? { step } : {}) };
+  const { percent, bytesDone, bytesTotal, note, step } = await stepProgress(handle, description, progress.phase);
+  return { ...progress, ...(percent !== undefined ? { percent, bytesDone, bytesTotal } : {}), ...(note ? { note } : {}), ...(step ? { step } : {}) };
 }
 
 export async function restoreResult(handle: RestoreHandle): Promise<RestoreResult> {

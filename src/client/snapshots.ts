@@ -17,10 +17,11 @@ import { temporalConnectionOptions } from '../shared/temporal-config.js';
 import { VmsnapError } from '../shared/errors.js';
 import { DEFAULT_TASK_QUEUE, snapshotWorkflowId } from '../shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../shared/search-attributes.js';
-import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult, StepProgress } from '../shared/types.js';
+import type { SnapshotPhase, SnapshotProgress, SnapshotRequest, SnapshotResult, StepNote, StepProgress } from '../shared/types.js';
 import { describeProblems, validateSnapshotRequest } from '../shared/validation.js';
 import type { snapshotInstance } from '../workflows/snapshot.js';
 import { ClientError } from './errors.js';
+import { checkedUuid } from './acceptance.js';
 
 export type SnapshotHandle = WorkflowHandle<typeof snapshotInstance>;
 /** What startSnapshot returns: a handle that also knows the run it started. */
@@ -78,12 +79,14 @@ export async function connectClient(temporal: Config['temporal'], options: { con
 }
 
 /**
- * Starts a snapshot. Refuses a bad request before anything starts, and a second snapshot of an
- * instance that has one running (InstanceBusy).
+ * Starts a snapshot of the instance with this UUID, without waiting for it to take the task state
+ * (acceptSnapshot waits). Refuses a bad request or a name before anything starts, and a second
+ * snapshot of an instance that has one running (InstanceBusy).
  */
-export async function startSnapshot(client: Client, request: SnapshotRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<StartedSnapshot> {
-  const problems = validateSnapshotRequest(request);
+export async function startSnapshot(client: Client, given: SnapshotRequest, taskQueue = DEFAULT_TASK_QUEUE): Promise<StartedSnapshot> {
+  const problems = validateSnapshotRequest(given);
   if (problems.length) throw new VmsnapError('InvalidInput', `invalid snapshot request: ${describeProblems(problems)}`, { problems });
+  const request = { ...given, instance: checkedUuid(given.instance) };
   const workflowId = snapshotWorkflowId(request.instance);
   try {
     return await client.workflow.start<typeof snapshotInstance>(SNAPSHOT_WORKFLOW_TYPE, {
@@ -142,6 +145,8 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     };
     const details = await decodePayloads(handle, activity.heartbeatDetails?.payloads ?? []);
     // The query and describe() are two calls: a heartbeat of a step that just ended is not news.
+    const waiting = details.find(isStepNote);
+    if (waiting && waiting.phase === phase) return { note: waiting.note, step };
     const heartbeat = details.find(isStepProgress);
     if (heartbeat && heartbeat.phase === phase) {
       return {
@@ -155,6 +160,11 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     fallback = { step };
   }
   return fallback;
+}
+
+function isStepNote(value: unknown): value is StepNote {
+  const v = value as Partial<StepNote & StepProgress> | null;
+  return typeof v === 'object' && v !== null && typeof v.phase === 'string' && typeof v.note === 'string' && v.percent === undefined;
 }
 
 function isStepProgress(value: unknown): value is StepProgress {
@@ -297,7 +307,9 @@ export async function findWorkflow(
   // Started under another reference (the name, then found by UUID): only visibility knows.
   const validRefs = refs.filter((r) => validateSnapshotRequest({ instance: r, imageName: 'x' }).length === 0);
   if (validRefs.length) candidates.push(...(await listWorkflows(client, kind, { instance: validRefs, limit: 5 })));
-  candidates.sort((a, b) => Number(b.status === 'running') - Number(a.status === 'running') || b.startTime.localeCompare(a.startTime));
+  // Running first, then the latest run that took the instance: a refused one only when no run did.
+  const took = (s: SnapshotSummary) => Number(s.phase !== 'refused');
+  candidates.sort((a, b) => Number(b.status === 'running') - Number(a.status === 'running') || took(b) - took(a) || b.startTime.localeCompare(a.startTime));
   return candidates[0];
 }
 

@@ -81,10 +81,11 @@ export interface Hypervisor {
   // Restore: stop the guest, swap its disk (a file operation, see activities/restore.ts), start it.
   /**
    * Stops the guest: a graceful shutdown (ACPI) first, destroy when it is not off within
-   * timeoutMs (0: destroy at once). Says how it stopped; 'none' when it was not running. An abort
-   * while waiting for the shutdown rejects without destroying.
+   * timeoutMs (0: destroy at once). Says how it stopped ('none' when it was not running) and the
+   * last moment it was seen running: the guest's downtime starts no earlier. An abort while
+   * waiting for the shutdown rejects without destroying.
    */
-  stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<'shutdown' | 'destroy' | 'none'>;
+  stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<Stopped>;
   /** Starts a shut-off guest (paused: with its vCPUs stopped). Starting a running guest is success. */
   start(id: string, opts?: { paused?: boolean }): Promise<void>;
   /** Whether the domain has a QEMU guest agent channel. */
@@ -160,6 +161,12 @@ export interface LiveCopyResult {
   method: 'pull' | 'push';
   /** Why the copy is not filesystem-consistent although quiescing was asked for, or what went wrong around the freeze. */
   quiesceNote?: string;
+}
+
+export interface Stopped {
+  stoppedBy: 'shutdown' | 'destroy' | 'none';
+  /** Epoch ms: the start of the last look that still found the guest running (or the destroy call). */
+  runningUntil: number;
 }
 
 export interface PauseEvent {

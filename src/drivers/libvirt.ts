@@ -18,6 +18,7 @@ import type {
   PauseWatch,
   PowerState,
   RootDisk,
+  Stopped,
   WriteWatch,
 } from './hypervisor.js';
 import { LiveCopier } from './libvirt-live.js';
@@ -265,29 +266,35 @@ export class LibvirtHypervisor implements Hypervisor {
     return startPauseWatch(this.uri, uuid, (i) => this.state(i), onEvent);
   }
 
-  async stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<'shutdown' | 'destroy' | 'none'> {
+  async stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<Stopped> {
     const uuid = checkId(id);
-    if ((await this.state(uuid)) === 'shutdown') return 'none';
+    let runningUntil = Date.now();
+    if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'none', runningUntil };
     if (timeoutMs > 0) {
       // The guest may ignore the request (no ACPI handling) or be slow: that is what destroy is for.
       await this.virsh(['shutdown', uuid, '--mode', 'acpi'], uuid).catch(() => undefined);
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline) {
-        if ((await this.state(uuid)) === 'shutdown') return 'shutdown';
+        const lookedAt = Date.now();
+        if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'shutdown', runningUntil };
+        runningUntil = lookedAt;
         // A step whose restore is gone (terminated) must not destroy the guest after the fact.
         signal?.throwIfAborted();
         await new Promise((r) => setTimeout(r, 100));
       }
     }
     signal?.throwIfAborted();
+    runningUntil = Date.now();
     try {
       await this.virsh(['destroy', uuid], uuid);
     } catch (e) {
       // It went off by itself between the last look and destroy.
-      if (e instanceof VmsnapError && e.code === 'InstanceInvalidState' && (await this.stateOrNull(uuid)) === 'shutdown') return 'shutdown';
+      if (e instanceof VmsnapError && e.code === 'InstanceInvalidState' && (await this.stateOrNull(uuid)) === 'shutdown') {
+        return { stoppedBy: 'shutdown', runningUntil };
+      }
       throw e;
     }
-    return 'destroy';
+    return { stoppedBy: 'destroy', runningUntil };
   }
 
   async start(id: string, opts: { paused?: boolean } = {}): Promise<void> {

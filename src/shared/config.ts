@@ -58,6 +58,11 @@ export interface Config {
   metricsAddress?: string;
   /** The compute API (`vmsnap api`, src/api/): Nova's door, behind Keystone. */
   api: ApiSettings;
+  /**
+   * How long `vmsnap snapshot` and `vmsnap restore` wait for a worker to take the request (its task
+   * state); past it the request is withdrawn and the command says no worker answered.
+   */
+  acceptTimeoutMs: number;
   logLevel: 'TRACE' | 'DEBUG' | 'INFO' | 'WARN' | 'ERROR';
 }
 
@@ -359,6 +364,7 @@ export function loadConfig(rawEnv: Env = process.env): Config {
     reconcileIntervalMs: wholeNumber('VMSNAP_RECONCILE_INTERVAL_MS', env.VMSNAP_RECONCILE_INTERVAL_MS || '60000'),
     metricsAddress: env.VMSNAP_METRICS_ADDRESS === 'off' ? undefined : hostPort('VMSNAP_METRICS_ADDRESS', env.VMSNAP_METRICS_ADDRESS || '127.0.0.1:9464'),
     logLevel: logLevel(env.VMSNAP_LOG_LEVEL || 'INFO'),
+    acceptTimeoutMs: positiveInt('VMSNAP_ACCEPT_TIMEOUT_MS', env.VMSNAP_ACCEPT_TIMEOUT_MS || '60000'),
     api: {
       host: listenHost('VMSNAP_API_HOST', env.VMSNAP_API_HOST || '0.0.0.0'),
       port: tcpPort('VMSNAP_API_PORT', env.VMSNAP_API_PORT || '8774'),

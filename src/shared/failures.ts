@@ -50,7 +50,7 @@ export const ERRORS = {
     "qemu-img check found the disk or its copy damaged: repair the instance's disk (qemu-img check -r) before the next snapshot",
   ),
   CopyLost: never(EXIT.failed, 'the host restarted between the copy of the disk and its upload, so the copy may be torn: nothing was uploaded; snapshot again'),
-  ImageNotFound: never(EXIT.failed, 'check the image id in Glance (openstack image show)'),
+  ImageNotFound: never(EXIT.notFound, 'check the image id in Glance (openstack image show)'),
   ImageConflict: never(EXIT.failed, 'the image id is taken in Glance: start a new snapshot, which picks a new id'),
   ImageServiceError: {
     retryable: false,

@@ -77,7 +77,9 @@ export type SnapshotPhase =
   | 'compensating'
   | 'completed'
   | 'cancelled'
-  | 'failed';
+  | 'failed'
+  /** Ended before it took the instance (busy, unknown, a request it cannot honour): nothing was done. */
+  | 'refused';
 
 /** Answer of the `progress` query. */
 export interface SnapshotProgress {
@@ -101,6 +103,12 @@ export interface StepProgress {
   bytesTotal: number;
   /** What the step waits for when its bytes do not move, e.g. "waiting for Glance to confirm". */
   note?: string;
+}
+
+/** A step without bytes that waits on something (a restore's guest shutting down): its heartbeat says what. */
+export interface StepNote {
+  phase: string;
+  note: string;
 }
 
 export interface SnapshotResult {
@@ -153,6 +161,8 @@ export interface RestoreRequest {
   allowOtherImage?: boolean;
   /** Allow an image whose virtual size is larger than the instance's disk (the disk grows). */
   allowGrow?: boolean;
+  /** Stop the guest at once (destroy), without asking it to shut down first and waiting for it. */
+  forceStop?: boolean;
   /**
    * Restore as a new instance of this name: a new domain (new UUID, name and MACs) like the
    * instance, on a new disk beside its disk holding the image. The instance is left untouched.
@@ -171,7 +181,9 @@ export type RestorePhase =
   | 'compensating'
   | 'completed'
   | 'cancelled'
-  | 'failed';
+  | 'failed'
+  /** Ended before it took the instance (busy, unknown, an image it cannot restore): nothing was done. */
+  | 'refused';
 
 /** Answer of a restore's `progress` query. */
 export interface RestoreProgress {
@@ -201,9 +213,14 @@ export interface RestoreResult {
   virtualSize: number;
   /** Power state before the restore; the instance is in it again now. */
   priorPowerState: string;
-  /** From the guest's stop to running again (0 when it was not running). */
+  /**
+   * The guest's downtime as it lived it: from the last moment it was seen running to running again
+   * on the image (0 when it was not running; a wait for its shutdown while it still runs is not in it).
+   */
   downtimeMs: number;
-  /** How the guest stopped: a graceful shutdown, or destroy after the timeout. */
+  /** How long the guest was given to shut down by itself before it was off or destroyed (not downtime). */
+  shutdownWaitMs?: number;
+  /** How the guest stopped: a graceful shutdown, destroy after the timeout (or at once: forceStop), none (it was off, or restored as new). */
   stoppedBy: 'shutdown' | 'destroy' | 'none';
   /** What showed the guest runs on the image: its guest agent answering, or (no agent) the domain running; none when it stays off. */
   confirmedBy?: 'guest-agent' | 'power-state' | 'none';

@@ -204,13 +204,13 @@ export function validateRestoreRequest(input: unknown): InputProblem[] {
   }
   const r = input as Record<string, unknown>;
   const problems: InputProblem[] = [];
-  const known = new Set(['instance', 'imageId', 'allowOtherImage', 'allowGrow', 'asNew']);
+  const known = new Set(['instance', 'imageId', 'allowOtherImage', 'allowGrow', 'forceStop', 'asNew']);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
   }
   problems.push(...instanceProblems(r.instance));
   if (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId)) problems.push({ field: 'imageId', message: 'required: the Glance image id (a UUID)' });
-  for (const field of ['allowOtherImage', 'allowGrow'] as const) {
+  for (const field of ['allowOtherImage', 'allowGrow', 'forceStop'] as const) {
     if (r[field] !== undefined && typeof r[field] !== 'boolean') problems.push({ field, message: 'must be true or false' });
   }
   if (r.asNew !== undefined && (typeof r.asNew !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(r.asNew))) {

@@ -25,6 +25,11 @@ export class AcceptanceGate {
     });
   }
 
+  /** Whether the request was accepted (its task state taken): a run that ends before was refused. */
+  get isAccepted(): boolean {
+    return this.outcome !== undefined && 'accepted' in this.outcome;
+  }
+
   /** The task state is taken: the request is accepted. */
   accept(what: Pick<Acceptance, 'instanceId' | 'imageId' | 'taskState'>): void {
     const { workflowId, runId } = workflowInfo();

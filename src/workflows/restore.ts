@@ -46,14 +46,14 @@ async function powerState(run: Run): Promise<string> {
 }
 
 /** Compensation, in a non-cancellable scope: undo in reverse, then the task state back to None with a fault. */
-async function compensate(run: Run, task: TaskStateHolder | undefined, err: unknown): Promise<unknown> {
+async function compensate(run: Run, task: TaskStateHolder | undefined, err: unknown, refused = false): Promise<unknown> {
   const result = typedFailure(err, 'Restore');
   run.track.compensating(result);
   await CancellationScope.nonCancellable(async () => {
     await run.undo.run();
     await task?.release(result, run.undo);
   });
-  run.track.ended(result);
+  run.track.ended(result, refused);
   return result;
 }
 
@@ -119,7 +119,8 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     //    holds no round trip through Temporal.
     track.enter('stopping');
     const summary = `stop the guest, swap the disk (keep the previous one), start it (${prior}) and confirm it runs`;
-    const done = await onHost(steps.power, summary).stopSwapStart({ instanceId, owner, imageId, powerState: prior });
+    const forceStop = request.forceStop ?? false;
+    const done = await onHost(steps.power, summary).stopSwapStart({ instanceId, owner, imageId, powerState: prior, forceStop });
     track.taskState('rebuild_spawning');
 
     // 7. Task state → None.
@@ -139,6 +140,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
       virtualSize: prepared.virtualSize,
       priorPowerState: prior,
       downtimeMs: prior === 'shutdown' ? 0 : Math.max(0, done.startedAt - done.stoppedAt),
+      ...(done.shutdownWaitMs !== undefined ? { shutdownWaitMs: done.shutdownWaitMs } : {}),
       stoppedBy: done.stoppedBy,
       confirmedBy: done.confirmedBy,
       downtimeStepsMs: done.downtimeStepsMs,
@@ -147,7 +149,7 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     log.info('restore completed', { imageId, downtimeMs: result.downtimeMs });
     return result;
   } catch (err) {
-    const result = await compensate(run, task, err);
+    const result = await compensate(run, task, err, !acceptance.isAccepted);
     await acceptance.refuse(result);
     throw result;
   }
@@ -213,7 +215,7 @@ async function restoreAsNew(run: Run, request: RestoreRequest, name: string, acc
     };
   } catch (err) {
     // The instance's task state was never taken: compensation records the error event, no fault.
-    const result = await compensate(run, undefined, err);
+    const result = await compensate(run, undefined, err, !acceptance.isAccepted);
     await undo.attempt('record event', () => task.event('error', { imageId, code: faultCode(result, 'Restore') }));
     await acceptance.refuse(result);
     throw result;

@@ -106,6 +106,9 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   const image: ImageRecord = { id: imageId, undo: { drop: () => undefined } };
   const s: Snapshot = { request, owner, imageId, image, replaced: [], details, diskFormat, instanceId, baseImageRef, settings, steps, track, undo };
   try {
+    // An explicit live request the instance cannot honour now is refused before anything changes.
+    if (request.mode === 'live') await inspect(s, undefined);
+
     // 2. Task state None → image_snapshot_pending by compare-and-swap, else InstanceBusy.
     await task.take('image_snapshot_pending');
     await task.event('start', { imageId });
@@ -176,8 +179,8 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       await task.release(result, undo);
       await slot.released();
     });
+    track.ended(result, !acceptance.isAccepted);
     await acceptance.refuse(result);
-    track.ended(result);
     throw result;
   }
 }
@@ -223,7 +226,8 @@ async function deleteImage(s: Snapshot, imageId: string): Promise<void> {
 /**
  * Step 8. A retried upload that finds its image still saving from an attempt that was cut off
  * (Glance keeps it so until its side of that connection times out, minutes) fails ImageStuck at
- * once; a new record takes the image's place and the upload starts again.
+ * once; a new record takes the image's place and the upload starts again. An image id the request
+ * named (the API answered its caller with it) is kept: the upload's retries wait for it instead.
  */
 async function upload(s: Snapshot, copy: Copy, mode: Mode): Promise<UploadedImage> {
   for (;;) {
@@ -235,6 +239,8 @@ async function upload(s: Snapshot, copy: Copy, mode: Mode): Promise<UploadedImag
         virtualSize: copy.virtualSize,
         properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
         copyBootId: copy.bootId,
+        // A named id was promised to the requester: it is kept (waited for), never replaced.
+        keepImageId: s.request.imageId !== undefined,
       });
       s.image.undo.drop(); // active and verified: it stays whatever happens next
       return uploaded;
@@ -299,11 +305,15 @@ async function inspect(s: Snapshot, found: InstanceInspection | undefined): Prom
 
 /**
  * Live keeps a running guest running where the host can; a guest that is not running is copied
- * cold, which needs no pause either. `mode` "live" where the host cannot is refused.
+ * cold, which needs no pause either. `mode` "live" asked for where the host cannot, or of a guest
+ * that is not running, is refused: an explicit request is honoured or refused, never changed.
  */
 function chooseMode(s: Snapshot, priorPowerState: SettledPowerState, support: LiveCopySupport | undefined): Omit<Inspected, 'priorPowerState'> {
   const wanted = wantedMode(s);
   if (wanted === 'cold') return { mode: 'cold' };
+  if (priorPowerState !== 'running' && s.request.mode === 'live') {
+    throw failure('InvalidInput', `a live snapshot of ${s.instanceId} needs a running guest, and it is ${priorPowerState}: ask for mode "cold" or "auto"`);
+  }
   if (priorPowerState !== 'running') return { mode: 'cold', modeReason: `the instance is ${priorPowerState}: a cold copy needs no pause` };
   if (support?.supported) return { mode: 'live' };
   const reason = support?.reason ?? 'live copy is not supported here';

@@ -100,10 +100,13 @@ export class Tracker<Phase extends string> {
     this.describe();
   }
 
-  /** Refused before it took the instance (unknown instance, bad image): nothing was done. */
+  /**
+   * Refused before it took the instance (unknown instance, busy, bad image): nothing was done. The
+   * phase says so, so that `vmsnap status` passes over it for the latest run that did take it.
+   */
   refused(result: unknown): void {
     this.progress.error = (result as Error).message;
-    this.enter(this.endPhase(result));
+    this.enter((isCancellation(result) ? 'cancelled' : 'refused') as Phase);
     this.tagged(this.metrics.outcomes, { outcome: 'refused' }).add(1);
   }
 
@@ -117,7 +120,9 @@ export class Tracker<Phase extends string> {
     this.enter('compensating' as Phase);
   }
 
-  ended(result: unknown): void {
+  /** The end of a run that failed or was cancelled; `refused`: it never took the instance. */
+  ended(result: unknown, refused = false): void {
+    if (refused) return this.refused(result);
     const phase = this.endPhase(result);
     this.enter(phase);
     this.tagged(this.metrics.outcomes, { outcome: phase }).add(1);

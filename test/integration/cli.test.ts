@@ -11,6 +11,7 @@ import { createGuest, guestState, removeGuest, type Guest } from '../../scripts/
 import { getProgress, type SnapshotHandle } from '../../src/client/snapshots.js';
 import { syncInventory } from '../../src/activities/inventory.js';
 import { snapshotWorkflowId } from '../../src/shared/names.js';
+import { PHASE } from '../../src/shared/search-attributes.js';
 import { VMSNAP_BIN, cliEnv, createBusyGuest, deleteImages, eventually, stopLeftoverSnapshots, vmsnap, vmsnapRunning, type CliRun } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
@@ -154,19 +155,51 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
     assert.equal((await h.glance.getImage(imageId))?.disk_format, 'raw');
   });
 
-  it('a snapshot of an instance with a task in progress: snapshot --wait exits 4 (InstanceBusy)', async () => {
+  it('a snapshot of an instance with a task in progress: exit 4 (InstanceBusy) at the prompt, with or without --wait; status passes over it', async () => {
+    // The latest run that took the instance: the first test's.
+    const took = json<{ runId: string; status: string }>(await vmsnap(h, ['status', guest.uuid, '--json']));
+    assert.equal(took.status, 'completed');
+    const imageName = `vmsnap-test-cli-busy-${process.pid}`;
     assert.ok(await h.store.compareAndSwapTaskState(guest.uuid, null, 'image_uploading', 'someone-else'));
     try {
-      const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', `vmsnap-test-cli-busy-${process.pid}`, '--wait', '--json']);
-      assert.equal(run.exitCode, 4, show(run));
-      assertOneLineError(run, /InstanceBusy.*task in progress/);
-      const doc = json<{ status: string; imageId: string; error: { type: string } }>(run);
-      assert.equal(doc.status, 'failed');
-      assert.equal(doc.error.type, 'InstanceBusy');
-      assert.equal(await h.glance.getImage(doc.imageId), undefined, 'no image was made');
+      const waited = await vmsnap(h, ['snapshot', guest.uuid, '--name', imageName, '--wait', '--json']);
+      assert.equal(waited.exitCode, 4, show(waited));
+      assertOneLineError(waited, /refused \(InstanceBusy\): .*task in progress.*: wait for the running snapshot or task to end/);
+      assert.equal(json<{ error: { type: string } }>(waited).error.type, 'InstanceBusy');
+      // Without --wait, by name: it used to say "started snapshot ..." and exit 0 for a run that then failed.
+      const plain = await vmsnap(h, ['snapshot', small, '--name', imageName]);
+      assert.equal(plain.exitCode, 4, show(plain));
+      assertOneLineError(plain, /refused \(InstanceBusy\)/);
+      assert.doesNotMatch(plain.stdout, /started/);
     } finally {
       await h.store.releaseTaskState(guest.uuid, 'someone-else');
     }
+    assert.deepEqual(await h.glance.listImages({ name: imageName }), [], 'no image was made');
+    // The refused runs ran under the UUID's workflow id and say so in their phase; status shows the run that took the instance.
+    const latest = await h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid)).describe();
+    assert.notEqual(latest.runId, took.runId);
+    assert.equal(latest.typedSearchAttributes.get(PHASE), 'refused');
+    const status = json<{ runId: string; status: string }>(await vmsnap(h, ['status', small, '--json']));
+    assert.equal(status.runId, took.runId, 'status shows the run that took the instance, not the refused one');
+    assert.equal(status.status, 'completed');
+  });
+
+  it('--mode live of a shut-off instance is refused at the prompt (exit 2), nothing changed; status shows the mode', async () => {
+    const off = await createGuest({ name: `${small}-off`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, start: false });
+    try {
+      const imageName = `vmsnap-test-cli-off-${process.pid}`;
+      const run = await vmsnap(h, ['snapshot', off.uuid, '--name', imageName, '--mode', 'live']);
+      assert.equal(run.exitCode, 2, show(run));
+      assertOneLineError(run, /refused \(InvalidInput\): a live snapshot of .* needs a running guest, and it is shutdown: ask for mode "cold" or "auto"/);
+      assert.deepEqual(await h.glance.listImages({ name: imageName }), [], 'no image was made');
+      assert.equal((await h.store.getInstance(off.uuid))?.taskState, null);
+      assert.equal(await guestState(off.name), 'shut off');
+    } finally {
+      await removeGuest(off.name, h.guestsDir);
+    }
+    // The mode the latest snapshot was taken in (the plain test's: the harness's default, cold).
+    const status = await vmsnap(h, ['status', guest.uuid]);
+    assert.match(status.stdout, /^mode\s+cold, crash-consistent$/m, show(status));
   });
 
   it('a live copy reports percent and bytes of the backup job from its first heartbeat on', async () => {
@@ -211,10 +244,10 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
       assert.ok(imageId, waiting.output().stdout);
       images.add(imageId);
 
-      // Busy: Temporal refuses a second workflow of the same instance at once.
-      const second = await vmsnap(h, ['snapshot', bigGuest.uuid, '--name', `${imageName}-2`]);
+      // Busy: by name too, Temporal refuses a second workflow of the same instance at once (both ids come from the UUID).
+      const second = await vmsnap(h, ['snapshot', busy, '--name', `${imageName}-2`]);
       assert.equal(second.exitCode, 4, show(second));
-      assertOneLineError(second, /already running.*wait for it or cancel it/);
+      assertOneLineError(second, /has a snapshot running \(workflow snapshot-[0-9a-f-]{36}\): wait for it to end/);
 
       // While it copies, status shows the phase with percent and bytes (from the copy's heartbeat).
       const s = await eventually(

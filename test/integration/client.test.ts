@@ -17,6 +17,7 @@ import {
   findSnapshot,
   getProgress,
   listSnapshots,
+  resolveInstanceId,
   snapshotResult,
   startSnapshot,
   type SnapshotProgressDetails,
@@ -82,7 +83,7 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
       for (const id of printedIds) if (id !== guest.uuid) images.add(id);
       assert.equal(run.exitCode, 0, shown);
       // It printed the progress (a phase) and the image id; the image is there and active.
-      assert.match(run.stdout, /phase: '(starting|creating-image|pausing|converting)'/, shown);
+      assert.match(run.stdout, /phase: '(creating-image|waiting-for-host|converting|copying)'/, shown);
       const found = await findSnapshot(h.client, guest.uuid);
       assert.equal(found?.status, 'completed');
       assert.ok(found.imageId && run.stdout.includes(found.imageId), shown);
@@ -93,10 +94,16 @@ describe('the programmatic client on the real stack', { timeout: 600_000 }, () =
   });
 
   it('listSnapshots finds a snapshot by instance and status, with its image id and phase', async () => {
-    const handle = await startSnapshot(h.client, { instance: small, imageName: `vmsnap-test-client-${process.pid}` }, h.config.temporal.taskQueue);
+    // A name is refused before anything starts: workflow ids are made from the UUID, which resolveInstanceId reads.
+    await assert.rejects(
+      startSnapshot(h.client, { instance: small, imageName: `vmsnap-test-client-${process.pid}` }, h.config.temporal.taskQueue),
+      (e: unknown) => e instanceof VmsnapError && e.code === 'InvalidInput' && /resolveInstanceId/.test(e.message),
+    );
+    const instanceId = await resolveInstanceId(h.config, small);
+    assert.equal(instanceId, guest.uuid);
+    const handle = await startSnapshot(h.client, { instance: instanceId, imageName: `vmsnap-test-client-${process.pid}` }, h.config.temporal.taskQueue);
     const result = await snapshotResult(handle);
     images.add(result.imageId);
-    // Started by name: the workflow records the instance's UUID once it found it.
     const row = await eventually('the snapshot listed by its instance UUID', async () =>
       (await listSnapshots(h.client, { instance: guest.uuid, status: 'completed' })).find((r) => r.workflowId === handle.workflowId),
     );

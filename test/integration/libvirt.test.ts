@@ -98,7 +98,9 @@ describe('LibvirtHypervisor', { timeout: 400_000 }, () => {
     assert.ok(guest);
     const all = await hv.listInstances();
     const byId = new Map(all.map((i) => [i.id, i]));
-    assert.deepEqual(byId.get(guest.uuid), { id: guest.uuid, name: guestName, powerState: 'running' });
+    // The owner is the one createGuest wrote into the domain's metadata (the stack's vmsnap project when run in a stack).
+    const owner = guest.owner ? { owner: guest.owner } : {};
+    assert.deepEqual(byId.get(guest.uuid), { id: guest.uuid, name: guestName, powerState: 'running', ...owner });
     assert.deepEqual(byId.get(novaUuid), { id: novaUuid, name: novaName, powerState: 'shutdown', baseImageRef: baseImage });
     assert.equal(byId.get(cdromUuid)?.powerState, 'shutdown');
   });

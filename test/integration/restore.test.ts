@@ -79,6 +79,34 @@ async function counterAbove(value: number, what: string): Promise<number> {
   );
 }
 
+/**
+ * Watches `virsh domstate` as often as it answers, for the guest's downtime as seen from outside:
+ * the longest stretch surely down, from the end of the first look that found it not running to the
+ * start of the first look that found it running again (a lower bound of the real downtime).
+ */
+function watchDowntime(name: string): { stop(): Promise<{ downMs: number }> } {
+  let stopped = false;
+  let downMs = 0;
+  const done = (async () => {
+    let downSeenAt: number | undefined;
+    while (!stopped) {
+      const lookedAt = Date.now();
+      const state = await guestState(name);
+      if (state === 'running' && downSeenAt !== undefined) {
+        downMs = Math.max(downMs, lookedAt - downSeenAt);
+        downSeenAt = undefined;
+      } else if (state !== 'running' && downSeenAt === undefined) downSeenAt = Date.now();
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await done;
+      return { downMs };
+    },
+  };
+}
+
 describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
   let imageId: string;
   let atImage: number;
@@ -193,7 +221,7 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
   it("restores the image: the guest continues from the image's counter, the previous disk is kept", async () => {
     // Let the guest run well past the image's counter, so the two disks tell apart.
     const ranOn = await counterAbove(atImage + 300, 'the guest counts past the image');
-    const handle = await startRestore(h.client, { instance: guestName, imageId }, h.config.temporal.taskQueue);
+    const handle = await startRestore(h.client, { instance: guest.uuid, imageId }, h.config.temporal.taskQueue);
     const result = await handle.result();
     await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: handle.firstExecutionRunId }, REPLAY_FIXTURES.restore);
     const first = (await readCounter(guest.diskPath, 'qcow2')).a;
@@ -256,12 +284,31 @@ describe('restoreInstance on the real stack', { timeout: 900_000 }, () => {
     assert.match(bad.stderr, /instance/);
     const noImage = await vmsnap(h, ['restore', guestName]);
     assert.equal(noImage.exitCode, 2, noImage.stderr);
+    // An image id Glance does not have: exit 3 at the prompt, one line, and the instance untouched.
+    const missing = await vmsnap(h, ['restore', guestName, '--image', randomUUID()], {}, 120_000);
+    assert.equal(missing.exitCode, 3, `${missing.stdout}\n${missing.stderr}`);
+    assert.equal(missing.stderr.trim().split('\n').length, 1, missing.stderr);
+    assert.match(missing.stderr, /^vmsnap: refused \(ImageNotFound\): there is no image .*: check the image id in Glance \(openstack image show\)$/);
+    assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
+    assert.equal(await guestState(guestName), 'running');
 
-    const run = await vmsnap(h, ['restore', guestName, '--image', `vmsnap-test-${process.pid}-restore`, '--wait', '--json'], {}, 300_000);
+    // --force-stop: destroyed at once, no wait for a shutdown the guest (no ACPI handling) would ignore for the harness's 1 s.
+    const watch = watchDowntime(guestName);
+    const run = await vmsnap(h, ['restore', guestName, '--image', `vmsnap-test-${process.pid}-restore`, '--force-stop', '--wait', '--json'], {}, 300_000);
+    const seen = await watch.stop();
     assert.equal(run.exitCode, 0, run.stderr);
-    const doc = JSON.parse(run.stdout) as { status: string; imageId: string; result: { downtimeMs: number; sha512: string } };
+    const doc = JSON.parse(run.stdout) as {
+      status: string;
+      imageId: string;
+      result: { downtimeMs: number; sha512: string; stoppedBy: string; shutdownWaitMs: number };
+    };
     assert.equal(doc.status, 'completed');
     assert.equal(doc.imageId, imageId);
+    assert.equal(doc.result.stoppedBy, 'destroy');
+    assert.ok(doc.result.shutdownWaitMs < 1000, `no shutdown wait: ${doc.result.shutdownWaitMs} ms`);
+    // The downtime is the guest's as it lived it: at least what `virsh domstate` saw of it.
+    assert.ok(seen.downMs > 0, 'domstate saw the guest down');
+    assert.ok(doc.result.downtimeMs >= seen.downMs, `reported ${doc.result.downtimeMs} ms, domstate saw at least ${seen.downMs} ms down`);
     assert.equal(await guestState(guestName), 'running');
     noRestoreLeftovers();
   });

@@ -585,7 +585,8 @@ export async function startFastTemporal(name: string): Promise<FastTemporal> {
       for (;;) {
         const progress = await handle.query<SnapshotProgress>('progress');
         if (progress.phase === phase) return;
-        if (['completed', 'failed', 'cancelled'].includes(progress.phase)) throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
+        if (['completed', 'failed', 'cancelled', 'refused'].includes(progress.phase))
+          throw new Error(`the snapshot ended (${progress.phase}) before phase ${phase}`);
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     },

@@ -81,7 +81,7 @@ describe('restoreInstance and rollbackRestore, fast (local Temporal, fake activi
     assertUntouched(cloud, id);
     assert.ok(!cloud.calls.includes('setTaskState'), 'the task state was never asked for');
     assert.deepEqual(cloud.faults, []);
-    assert.equal((await handle.query<RestoreProgress>('progress')).phase, 'failed');
+    assert.equal((await handle.query<RestoreProgress>('progress')).phase, 'refused');
   });
 
   it('refuses a busy instance and changes nothing', async () => {
@@ -92,6 +92,8 @@ describe('restoreInstance and rollbackRestore, fast (local Temporal, fake activi
     assert.equal(instance.taskState, 'image_uploading');
     assert.ok(!cloud.calls.includes('prepareRestoreImage'));
     assert.deepEqual(cloud.faults, []);
+    // It never took the instance: its phase says so, and status passes over it.
+    assert.equal((await handle.query<RestoreProgress>('progress')).phase, 'refused');
   });
 
   it('refuses a crashed guest after taking the task state: the task state goes back, a fault says why', async () => {
@@ -105,6 +107,8 @@ describe('restoreInstance and rollbackRestore, fast (local Temporal, fake activi
       ['InstanceInvalidState'],
     );
     assert.ok(!cloud.calls.includes('prepareRestoreImage'));
+    // It had taken the instance (accepted) before it failed: a failure, not a refusal.
+    assert.equal((await handle.query<RestoreProgress>('progress')).phase, 'failed');
   });
 
   it('a failure after the swap: the previous disk goes back and the guest runs again', async () => {

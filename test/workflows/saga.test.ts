@@ -168,6 +168,21 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.equal(cloud.instances.get(id)?.taskOwner, 'snapshot-other/run');
     assert.ok(!cloud.calls.includes('createImageRecord'));
     assert.deepEqual(cloud.faults, []);
+    assert.equal((await handle.query<SnapshotProgress>('progress')).phase, 'refused');
+  });
+
+  it('refuses mode live of a shut-off instance before it takes the task state; auto copies it cold', async () => {
+    const { cloud, id } = newGuest();
+    cloud.instances.get(id)!.power = 'shutdown';
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'live-off', mode: 'live' });
+    assert.equal(await failureType(handle), 'InvalidInput');
+    assert.ok(!cloud.calls.includes('setTaskState') && !cloud.calls.includes('createImageRecord'), cloud.calls.join(', '));
+    assert.equal(cloud.instances.get(id)?.taskState, null);
+    assert.deepEqual(cloud.faults, []);
+    assert.equal((await handle.query<SnapshotProgress>('progress')).phase, 'refused');
+    const auto = await (await t.startSnapshot(cloud, { instance: id, imageName: 'auto-off', mode: 'auto' })).result();
+    assert.equal(auto.mode, 'cold');
+    assert.match(auto.modeReason ?? '', /shutdown/);
   });
 
   it('the host step fails with the guest still paused (it could not resume): the compensation resumes it', async () => {

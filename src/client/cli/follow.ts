@@ -78,7 +78,7 @@ export function outcomeOf<R = SnapshotResult>(ended: { result?: R; error?: unkno
 
 export function describeProgress(view: ProgressView, p: WorkProgress): string {
   const line = view.line(p);
-  if (line.percent === undefined) return line.phase;
+  if (line.percent === undefined) return line.note ? `${line.phase}: ${line.note}` : line.phase;
   return `${line.phase} ${Math.floor(line.percent)}% (${formatBytes(line.bytesDone ?? 0)} of ${formatBytes(line.bytesTotal ?? 0)})`;
 }
 

@@ -9,6 +9,8 @@ import { EXIT_CODES_HELP } from '../exit-codes.js';
 import { formatBytes, formatDuration, formatPhases } from '../progress.js';
 import * as restores from '../restores.js';
 import type { RestoreHandle, RestoreProgressDetails, RestoreSummary } from '../restores.js';
+import { acceptRestore } from '../acceptance.js';
+import { resolveInstanceId } from '../inventory.js';
 import { followWork, outcomeOf } from './follow.js';
 import { addListCommand, describeCliProblem, since, type ListKind } from './options.js';
 import { addStatusCommand, type StatusKind } from './status.js';
@@ -24,6 +26,7 @@ export function registerRestoreCommands(program: Command, session: Session): voi
     .option('--image <id|name>', 'the image to restore (required): its id, or its name when one image has it')
     .option('--allow-other-image', 'accept an image that is not a snapshot of this instance')
     .option('--allow-grow', "accept an image larger (virtual size) than the instance's disk: the disk grows")
+    .option('--force-stop', 'stop the guest at once (destroy) instead of asking it to shut down and waiting (VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS)')
     .option('--as-new <name>', 'restore as a new instance of this name (new UUID, MAC and disk), leaving the instance untouched')
     .option('--wait', 'wait until the restore ends, showing its progress')
     .addHelpText(
@@ -33,47 +36,61 @@ export function registerRestoreCommands(program: Command, session: Session): voi
         `pre-restore disk back while it is kept.\n\n${EXIT_CODES_HELP}\n`,
     )
     .action(
-      withGlobals(async (g, instance: string, opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; asNew?: string; wait?: boolean }) => {
-        if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
-        const config = session.getConfig();
-        // Checked before the image is looked up: bad input is refused before any connection.
-        const probe = validateRestoreRequest({
-          instance,
-          imageId: '00000000-0000-4000-8000-000000000000',
-          ...(opts.asNew !== undefined ? { asNew: opts.asNew } : {}),
-        });
-        if (probe.length) throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
-        const imageId = await restores.resolveImage(config, opts.image);
-        const request: RestoreRequest = {
-          instance,
-          imageId,
-          ...(opts.allowOtherImage ? { allowOtherImage: true } : {}),
-          ...(opts.allowGrow ? { allowGrow: true } : {}),
-          ...(opts.asNew ? { asNew: opts.asNew } : {}),
-        };
-        const client = await session.getClient();
-        const handle = await restores.startRestore(client, request, config.temporal.taskQueue);
-        const runId = handle.firstExecutionRunId;
-        const started = { workflowId: handle.workflowId, runId, instance, imageId };
-        if (!opts.wait) {
-          if (g.json) session.json({ ...started, status: 'running' });
-          session.say(g, `started restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
-          const link = session.webUiLink(handle.workflowId, runId);
-          session.say(g, `follow it with: vmsnap restore status ${instance}${link ? `, or ${link}` : ''}; cancel it with: vmsnap restore cancel ${instance}`);
-          return;
-        }
-        session.say(g, `restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
-        const ended = await followWork(
-          session,
+      withGlobals(
+        async (
           g,
-          () => restores.restoreResult(handle),
-          () => restores.getRestoreProgress(handle),
-          instance,
-        );
-        if (g.json) session.json({ ...started, ...ended.outcome });
-        if (ended.outcome.result) session.say(g, restoreText(instance, ended.outcome.result as RestoreResult, session.webUiLink(handle.workflowId, runId)));
-        if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
-      }),
+          instance: string,
+          opts: { image?: string; allowOtherImage?: boolean; allowGrow?: boolean; forceStop?: boolean; asNew?: string; wait?: boolean },
+        ) => {
+          if (!opts.image) throw new VmsnapError('InvalidInput', 'restore needs --image <id|name>: the image to restore');
+          const config = session.getConfig();
+          // Checked before the image is looked up: bad input is refused before any connection.
+          const probe = validateRestoreRequest({
+            instance,
+            imageId: '00000000-0000-4000-8000-000000000000',
+            ...(opts.asNew !== undefined ? { asNew: opts.asNew } : {}),
+          });
+          if (probe.length) throw new VmsnapError('InvalidInput', `invalid request: ${probe.map(describeCliProblem).join('; ')}: correct it and run again`);
+          const imageId = await restores.resolveImage(config, opts.image);
+          const request: RestoreRequest = {
+            instance,
+            imageId,
+            ...(opts.allowOtherImage ? { allowOtherImage: true } : {}),
+            ...(opts.allowGrow ? { allowGrow: true } : {}),
+            ...(opts.forceStop ? { forceStop: true } : {}),
+            ...(opts.asNew ? { asNew: opts.asNew } : {}),
+          };
+          // The workflow id comes from the UUID whatever was typed; the answer comes once the task state is
+          // taken, or with why not (a busy instance, an image that is missing or not this instance's).
+          const instanceId = await resolveInstanceId(config, instance);
+          const client = await session.getClient();
+          const { handle, accepted } = await acceptRestore(client, request, {
+            instanceId,
+            taskQueue: config.temporal.taskQueue,
+            acceptTimeoutMs: config.acceptTimeoutMs,
+          });
+          const { runId } = accepted;
+          const started = { workflowId: handle.workflowId, runId, instance, imageId };
+          if (!opts.wait) {
+            if (g.json) session.json({ ...started, status: 'running' });
+            session.say(g, `started restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
+            const link = session.webUiLink(handle.workflowId, runId);
+            session.say(g, `follow it with: vmsnap restore status ${instance}${link ? `, or ${link}` : ''}; cancel it with: vmsnap restore cancel ${instance}`);
+            return;
+          }
+          session.say(g, `restore of ${instance} from image ${imageId}: workflow ${handle.workflowId}`);
+          const ended = await followWork(
+            session,
+            g,
+            () => restores.restoreResult(handle),
+            () => restores.getRestoreProgress(handle),
+            instance,
+          );
+          if (g.json) session.json({ ...started, ...ended.outcome });
+          if (ended.outcome.result) session.say(g, restoreText(instance, ended.outcome.result as RestoreResult, session.webUiLink(handle.workflowId, runId)));
+          if (ended.cause) session.fail(g, ended.cause.said, ended.cause.code);
+        },
+      ),
     );
 
   restore
@@ -85,7 +102,8 @@ export function registerRestoreCommands(program: Command, session: Session): voi
         const problems = validateRollbackRequest({ instance });
         if (problems.length) throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`);
         const config = session.getConfig();
-        const handle = await restores.startRollback(await session.getClient(), { instance }, config.temporal.taskQueue);
+        const instanceId = await resolveInstanceId(config, instance);
+        const handle = await restores.startRollback(await session.getClient(), { instance: instanceId }, config.temporal.taskQueue);
         const ended = await followWork(session, g, () => handle.result(), undefined, instance);
         if (g.json) session.json({ workflowId: handle.workflowId, runId: handle.firstExecutionRunId, instance, ...ended.outcome });
         const r = ended.outcome.result as RollbackResult | undefined;
@@ -103,6 +121,17 @@ export function registerRestoreCommands(program: Command, session: Session): voi
   addCancelCommand(restore, session, restoreCancel);
 }
 
+/** What happened to the instance: untouched (as new), or its downtime and how it stopped and came back. */
+function instanceLine(r: RestoreResult): string {
+  const where = `${r.instanceId} on ${r.host}, was ${r.priorPowerState}`;
+  if (r.newInstance) return `${where}, untouched (the image runs as ${r.newInstance.name}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`;
+  if (r.stoppedBy === 'none') return `${where}: it was off, so no downtime; left off`;
+  // A wait under a second is no wait: the guest was destroyed at once (--force-stop) or shut down at once.
+  const waited = (r.shutdownWaitMs ?? 0) >= 1000 ? ` after ${formatDuration(r.shutdownWaitMs!)} of shutdown wait` : '';
+  const stopped = r.stoppedBy === 'shutdown' ? `shut down by itself${waited}` : `destroyed${waited}`;
+  return `${where}, down ${formatDuration(r.downtimeMs)} (${stopped}${r.confirmedBy ? `, running again: confirmed by ${r.confirmedBy}` : ''})`;
+}
+
 function restoreText(instance: string, r: RestoreResult, link: string | undefined): string {
   return [
     `restore of ${instance} completed`,
@@ -110,8 +139,7 @@ function restoreText(instance: string, r: RestoreResult, link: string | undefine
     `  disk         ${r.diskPath} (${r.diskFormat}, virtual ${formatBytes(r.virtualSize)})`,
     ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
     ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
-    `  instance     ${r.instanceId} on ${r.host}, was ${r.priorPowerState}, down ${formatDuration(r.downtimeMs)} (stopped by ` +
-      `${r.stoppedBy}${r.confirmedBy ? `, confirmed by ${r.confirmedBy}` : ''})`,
+    `  instance     ${instanceLine(r)}`,
     `  phases       ${formatPhases(r.phaseDurationsMs)}`,
     ...(link ? [`  web UI       ${link}`] : []),
   ].join('\n');

@@ -122,6 +122,12 @@ function errorType(err: unknown): string {
   return err instanceof Error ? err.name : 'Error';
 }
 
+/** The failure type's "what to do" after the line, unless the message says it already. */
+function withHint(line: string, type: string): string {
+  const hint = knownFailure(type)?.hint;
+  return hint && !line.includes(hint) ? `${line}: ${hint}` : line;
+}
+
 /** `<what happened>: <what to do>` on one line. */
 function errorLine(err: unknown, config: Config | undefined): string {
   if (err instanceof VmsnapError && err.code === 'ConfigError') {
@@ -129,13 +135,14 @@ function errorLine(err: unknown, config: Config | undefined): string {
     const where = setting.startsWith('OS_') ? 'clouds.yaml, secure.yaml' : 'the file VMSNAP_CONFIG_FILE names';
     return `${oneLine(err.message)}: correct ${setting} in the environment (or in ${where})`;
   }
+  if (err instanceof VmsnapError && err.details.refusedByRun) return withHint(`refused (${err.code}): ${oneLine(err.message)}`, err.code);
   if (err instanceof ClientError || err instanceof VmsnapError || err instanceof ScheduleError) return oneLine(err.message);
   if (err instanceof WorkflowFailedError) {
     const type = failureTypeOf(err);
     if (type === 'Cancelled') return `the snapshot was cancelled: ${OUTCOMES.Cancelled.hint}`;
     if (type === 'Terminated') return `the snapshot workflow was terminated: ${OUTCOMES.Terminated.hint}`;
     const cause = err.cause instanceof ApplicationFailure ? err.cause.message : (err.cause?.message ?? err.message);
-    return `snapshot failed (${type}): ${oneLine(cause)}`;
+    return withHint(`snapshot failed (${type}): ${oneLine(cause)}`, type);
   }
   if (err instanceof CommanderError) return `${oneLine(err.message.replace(/^error: /, '')).replace(/\.$/, '')}: see vmsnap --help`;
   const grpc = err as { code?: unknown; details?: unknown };

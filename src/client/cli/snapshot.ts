@@ -1,6 +1,5 @@
 // The snapshot commands: snapshot (and follow it), status, list, cancel.
 import { Option, type Command } from 'commander';
-import { randomUUID } from 'node:crypto';
 import { VmsnapError } from '../../shared/errors.js';
 import type { SnapshotRequest, SnapshotResult } from '../../shared/types.js';
 import { validateSnapshotRequest } from '../../shared/validation.js';
@@ -12,11 +11,12 @@ import {
   findSnapshot,
   getProgress,
   listSnapshots,
-  startSnapshot,
   type SnapshotHandle,
   type SnapshotProgressDetails,
   type SnapshotSummary,
 } from '../snapshots.js';
+import { acceptSnapshot } from '../acceptance.js';
+import { resolveInstanceId } from '../inventory.js';
 import { follow, outcomeOf, waitAndReport } from './follow.js';
 import { addListCommand, describeCliProblem, metadataOption, since, type ListKind } from './options.js';
 import { addStatusCommand, type StatusKind } from './status.js';
@@ -63,8 +63,8 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
           const request: SnapshotRequest = {
             instance,
             imageName: opts.name,
-            // The image id is chosen here so that it is known (and printed) from the first moment.
-            imageId: opts.imageId ?? randomUUID(),
+            // Else the run picks it, and says it in its acceptance (it may replace a record an upload left stuck).
+            ...(opts.imageId ? { imageId: opts.imageId } : {}),
             ...(opts.metadata ? { metadata: opts.metadata } : {}),
             ...(opts.format ? { diskFormat: opts.format } : {}),
             ...(opts.compress ? { compress: true } : {}),
@@ -77,13 +77,19 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
             throw new VmsnapError('InvalidInput', `invalid request: ${problems.map(describeCliProblem).join('; ')}: correct it and run again`, { problems });
           }
           const config = session.getConfig();
+          // The workflow id comes from the UUID whatever was typed; the answer comes once the task state is taken.
+          const instanceId = await resolveInstanceId(config, instance);
           const client = await session.getClient();
-          const handle = await startSnapshot(client, request, config.temporal.taskQueue);
-          const runId = handle.firstExecutionRunId;
-          const started = { workflowId: handle.workflowId, runId, instance, imageId: request.imageId! };
+          const { handle, accepted } = await acceptSnapshot(client, request, {
+            instanceId,
+            taskQueue: config.temporal.taskQueue,
+            acceptTimeoutMs: config.acceptTimeoutMs,
+          });
+          const { runId, imageId } = accepted;
+          const started = { workflowId: handle.workflowId, runId, instance, imageId };
           if (!opts.wait) {
             if (g.json) session.json({ ...started, status: 'running' });
-            session.say(g, `started snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
+            session.say(g, `started snapshot of ${instance}: workflow ${handle.workflowId}, image ${imageId}`);
             session.say(
               g,
               `follow it with: vmsnap status ` +
@@ -91,7 +97,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
             );
             return;
           }
-          session.say(g, `snapshot of ${instance}: workflow ${handle.workflowId}, image ${request.imageId}`);
+          session.say(g, `snapshot of ${instance}: workflow ${handle.workflowId}, image ${imageId}`);
           const { cause, ...outcome } = await waitAndReport(session, g, handle, instance);
           if (g.json) session.json({ ...started, ...outcome });
           if (outcome.result) session.say(g, resultText(instance, outcome.result, session.webUiLink(handle.workflowId, runId)));
@@ -114,12 +120,16 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  size      ${formatBytes(result.size)} ${result.diskFormat} (virtual ${formatBytes(result.virtualSize)})`,
     `  sha512    ${result.sha512}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
-    `  mode      ${result.mode}${result.modeReason ? ` (${result.modeReason})` : ''}, ` +
-      `${result.consistency}${result.quiesceNote ? ` (${result.quiesceNote})` : ''}`,
+    `  mode      ${modeText(result)}`,
     ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${formatPhases(result.phaseDurationsMs)}`,
     ...(link ? [`  web UI    ${link}`] : []),
   ].join('\n');
+}
+
+/** The mode and consistency of the copy, with why where the mode was not the one asked for. */
+function modeText(r: SnapshotResult): string {
+  return `${r.mode}${r.modeReason ? ` (${r.modeReason})` : ''}, ${r.consistency}${r.quiesceNote ? ` (${r.quiesceNote})` : ''}`;
 }
 
 const snapshotStatus: StatusKind<SnapshotSummary, SnapshotProgressDetails, SnapshotResult> = {
@@ -132,6 +142,7 @@ const snapshotStatus: StatusKind<SnapshotSummary, SnapshotProgressDetails, Snaps
     image: r?.imageId,
     middle: [
       ...(r ? [['size', `${formatBytes(r.size)} ${r.diskFormat}, sha512 ${r.sha512.slice(0, 16)}…`]] : []),
+      ...(r ? [['mode', modeText(r)]] : []),
       ...(r ? [['paused', formatDuration(r.guestPauseMs)]] : []),
       ...(r?.guestWriteStallMs !== undefined ? [['writes held', `${r.guestWriteStallMs} ms at most (live copy)`]] : []),
     ],
