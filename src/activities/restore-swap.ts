@@ -59,15 +59,14 @@ export function stopSwapStart(
       // Everything that can be looked up while the guest runs, is.
       const disk = await restorableDisk(deps, input.instanceId);
       await event(deps, input, 'stop');
-      const asked = Date.now();
       if (timeoutMs > 0 && input.powerState !== 'shutdown') {
-        const until = new Date(asked + timeoutMs).toISOString().slice(11, 19);
+        const until = new Date(Date.now() + timeoutMs).toISOString().slice(11, 19);
         note =
           `asked the guest to shut down (ACPI); it is destroyed if still running at ${until} UTC ` +
           `(${Math.round(timeoutMs / 1000)} s): vmsnap restore --force-stop skips the wait`;
       }
-      const { stoppedBy, runningUntil: stoppedAt } = await hypervisor.stop(input.instanceId, timeoutMs, Context.current().cancellationSignal);
-      const shutdownWaitMs = Date.now() - asked;
+      const stopped = await hypervisor.stop(input.instanceId, timeoutMs, Context.current().cancellationSignal);
+      const { stoppedBy, runningUntil: stoppedAt, shutdownWaitMs } = stopped;
       note = undefined;
       const swapped = await swapDisk(deps, { ...input, diskPath: disk.path });
       await spawning(deps, input);

@@ -1,21 +1,13 @@
 // Shows a snapshot's progress while the CLI waits: one line rewritten in place on a terminal;
 // plain lines in a pipe or a log (one per phase change, at most one progress line every few
 // seconds), so logs stay short and readable.
+import { formatBytes } from '../shared/format.js';
 import type { StepDetails } from './snapshots.js';
 
 /** What a progress line is made of: the phase and its running step (a snapshot's or a restore's). */
 export type WorkProgress = { phase: string } & StepDetails;
 
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${v} B` : `${v.toFixed(1)} ${units[u]}`;
-}
+export { formatBytes } from '../shared/format.js';
 
 export function formatDuration(ms: number): string {
   const s = Math.round(ms / 1000);
@@ -100,6 +92,12 @@ export class ProgressView {
     this.meter.add(`${p.phase}/${p.step?.activityType}/${p.step?.attempt}`, at, p.bytesDone);
     const rate = this.meter.rate();
     Object.assign(line, { percent: p.percent, bytesDone: p.bytesDone, bytesTotal: p.bytesTotal });
+    const retrying = retryText(p);
+    if (retrying && p.bytesDone === 0) {
+      // An attempt after a failed one, not under way yet: "0 % (0 B)" would read as a stall.
+      line.note = retrying;
+      return line;
+    }
     if (p.note) {
       // Every byte is out and the other side has not answered yet: a speed or an ETA would lie.
       line.note = p.note;
@@ -161,6 +159,16 @@ export class ProgressView {
     if (this.lineOpen) this.out.write('\n');
     this.lineOpen = false;
   }
+}
+
+/** "retrying (attempt 2 of 8)" for a step past its first attempt; undefined for a first attempt. */
+export function retryText(p: Pick<WorkProgress, 'step'>): string | undefined {
+  return p.step && p.step.attempt > 1 ? `retrying (${attemptText(p.step)})` : undefined;
+}
+
+/** "attempt 2 of 8" ("attempt 2" when the attempts are not limited). */
+export function attemptText(step: { attempt: number; maximumAttempts?: number }): string {
+  return `attempt ${step.attempt}${step.maximumAttempts ? ` of ${step.maximumAttempts}` : ''}`;
 }
 
 function clock(ms: number): string {

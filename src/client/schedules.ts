@@ -267,7 +267,7 @@ export async function createSchedule(client: Client, options: CreateScheduleOpti
   try {
     await client.schedule.create({
       scheduleId,
-      spec: options.cron ? { cronExpressions: [options.cron] } : { intervals: [{ every: parseDuration(options.every!)! }] },
+      spec: options.cron ? { cronExpressions: [options.cron] } : { intervals: [intervalFromNow(parseDuration(options.every!)!)] },
       action: {
         type: 'startWorkflow',
         workflowType: SCHEDULED_WORKFLOW_TYPE,
@@ -294,6 +294,14 @@ export async function createSchedule(client: Client, options: CreateScheduleOpti
     throw err;
   }
   return describeSchedule(client, scheduleId);
+}
+
+/**
+ * An interval whose first run comes one interval after now: Temporal counts intervals from the
+ * epoch, so without an offset `--every 24h` would first run at the next midnight UTC.
+ */
+function intervalFromNow(everyMs: number): { every: number; offset: number } {
+  return { every: everyMs, offset: Date.now() % everyMs };
 }
 
 function runOf(r: ScheduleExecutionResult): ScheduleRun {

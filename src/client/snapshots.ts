@@ -118,8 +118,8 @@ export interface StepDetails {
   bytesTotal?: number;
   /** What the running step waits for when its bytes do not move ("waiting for Glance to confirm"). */
   note?: string;
-  /** The running step: activity type, attempt (1 = first), when it last reported, why it last failed. */
-  step?: { activityType: string; attempt: number; lastHeartbeatAt?: string; lastFailure?: string };
+  /** The running step: activity type, attempt (1 = first) of at most maximumAttempts (0: no limit), when it last reported, why it last failed. */
+  step?: { activityType: string; attempt: number; maximumAttempts?: number; lastHeartbeatAt?: string; lastFailure?: string };
 }
 
 /**
@@ -140,6 +140,7 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     const step = {
       activityType: activity.activityType?.name ?? 'unknown',
       attempt: activity.attempt ?? 1,
+      maximumAttempts: activity.maximumAttempts ?? 0,
       lastHeartbeatAt: tsToIso(activity.lastHeartbeatTime),
       lastFailure: activity.lastFailure?.message ? oneLine(activity.lastFailure.message) : undefined,
     };

@@ -167,6 +167,8 @@ export interface Stopped {
   stoppedBy: 'shutdown' | 'destroy' | 'none';
   /** Epoch ms: the start of the last look that still found the guest running (or the destroy call). */
   runningUntil: number;
+  /** How long the guest was given to shut down by itself after the ACPI request (0: none was made). */
+  shutdownWaitMs: number;
 }
 
 export interface PauseEvent {

@@ -269,19 +269,22 @@ export class LibvirtHypervisor implements Hypervisor {
   async stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<Stopped> {
     const uuid = checkId(id);
     let runningUntil = Date.now();
-    if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'none', runningUntil };
+    if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'none', runningUntil, shutdownWaitMs: 0 };
+    let shutdownWaitMs = 0;
     if (timeoutMs > 0) {
       // The guest may ignore the request (no ACPI handling) or be slow: that is what destroy is for.
+      const asked = Date.now();
       await this.virsh(['shutdown', uuid, '--mode', 'acpi'], uuid).catch(() => undefined);
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline) {
         const lookedAt = Date.now();
-        if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'shutdown', runningUntil };
+        if ((await this.state(uuid)) === 'shutdown') return { stoppedBy: 'shutdown', runningUntil, shutdownWaitMs: Date.now() - asked };
         runningUntil = lookedAt;
         // A step whose restore is gone (terminated) must not destroy the guest after the fact.
         signal?.throwIfAborted();
         await new Promise((r) => setTimeout(r, 100));
       }
+      shutdownWaitMs = Date.now() - asked;
     }
     signal?.throwIfAborted();
     runningUntil = Date.now();
@@ -290,11 +293,11 @@ export class LibvirtHypervisor implements Hypervisor {
     } catch (e) {
       // It went off by itself between the last look and destroy.
       if (e instanceof VmsnapError && e.code === 'InstanceInvalidState' && (await this.stateOrNull(uuid)) === 'shutdown') {
-        return { stoppedBy: 'shutdown', runningUntil };
+        return { stoppedBy: 'shutdown', runningUntil, shutdownWaitMs };
       }
       throw e;
     }
-    return { stoppedBy: 'destroy', runningUntil };
+    return { stoppedBy: 'destroy', runningUntil, shutdownWaitMs };
   }
 
   async start(id: string, opts: { paused?: boolean } = {}): Promise<void> {

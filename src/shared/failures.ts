@@ -47,7 +47,9 @@ export const ERRORS = {
   ConvertFailed: later('qemu-img could not read or write the disk through every retry: check the host storage, then snapshot again'),
   ImageCorrupt: never(
     EXIT.failed,
-    "qemu-img check found the disk or its copy damaged: repair the instance's disk (qemu-img check -r) before the next snapshot",
+    'the message says what is damaged: an instance disk qemu-img check finds damaged, repair it (qemu-img check -r) before the next snapshot; ' +
+      'a copy or an upload that does not match, check the host storage and snapshot again; an image whose bytes do not match its Glance ' +
+      'checksum, restore from another image',
   ),
   CopyLost: never(EXIT.failed, 'the host restarted between the copy of the disk and its upload, so the copy may be torn: nothing was uploaded; snapshot again'),
   ImageNotFound: never(EXIT.notFound, 'check the image id in Glance (openstack image show)'),

@@ -236,6 +236,21 @@ describe('scheduled snapshots on the real stack', { timeout: 900_000 }, () => {
     assert.equal((await h.glance.getImage(active))?.status, 'active');
   });
 
+  it("an interval schedule first runs one interval after it was made, not on the epoch's grid (--every 24h ran at midnight UTC)", async () => {
+    const name = `${timed}-daily`;
+    const day = 24 * 3600 * 1000;
+    const madeFrom = Date.now();
+    try {
+      const created = await createSchedule(h.client, { name, instances: [guestName], every: '24h' }, h.config.temporal.taskQueue);
+      const madeBy = Date.now();
+      const next = Date.parse(created.nextRuns[0] ?? '');
+      // Temporal keeps schedule times to the second.
+      assert.ok(next >= madeFrom + day - 1000 && next <= madeBy + day + 1000, `first run ${created.nextRuns[0]}, made at ${new Date(madeFrom).toISOString()}`);
+    } finally {
+      await deleteSchedule(h.client, name).catch(() => undefined);
+    }
+  });
+
   it('a schedule snapshots the guest on its interval; retention keeps the newest 2, a protected one, and deletes the rest', async () => {
     const ofGuest = (r: ScheduledSnapshotsReport) => r.snapshots.find((s) => s.instance === guestName);
     const created = await createSchedule(

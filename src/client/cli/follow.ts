@@ -4,6 +4,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError, type ErrorCode } from '../../shared/errors.js';
+import { knownFailure } from '../../shared/failures.js';
 import { PHASE } from '../../shared/search-attributes.js';
 import type { SnapshotResult } from '../../shared/types.js';
 import { ClientError } from '../errors.js';
@@ -41,7 +42,11 @@ export async function follow(
   while (!settled) {
     if (view) {
       try {
-        const p = await handle.client.withDeadline(Date.now() + 5000, () => getProgress(handle));
+        const p = await unlessEnded(
+          outcome,
+          handle.client.withDeadline(Date.now() + 5000, () => getProgress(handle)),
+        );
+        if (p === undefined) break;
         misses = 0;
         lastPhase = p.phase;
         if (!settled) view.update(p);
@@ -59,6 +64,21 @@ export async function follow(
     await Promise.race([outcome, sleep(pollMs)]);
   }
   return { ...(await outcome), ...(lastPhase ? { lastPhase } : {}) };
+}
+
+/**
+ * The answer of a progress call, or undefined as soon as the run has ended: a query of a run that
+ * just closed can take seconds (a worker replays it), and the end is what the user waits for.
+ */
+async function unlessEnded<T>(ended: Promise<unknown>, asking: Promise<T>): Promise<T | undefined> {
+  asking.catch(() => undefined); // answered after the end: nobody reads it
+  return Promise.race([ended.then(() => undefined), asking]);
+}
+
+/** ": what to do" for a failure type whose message does not say it already. */
+function hintFor(error: { type: string; message: string }): string {
+  const hint = knownFailure(error.type)?.hint;
+  return hint && !error.message.includes(hint) ? `: ${hint}` : '';
 }
 
 /** How a run that did not complete ended, by its failure type. */
@@ -114,7 +134,11 @@ export async function followWork(
     void ended.then(() => (settled = true));
     while (!settled && view && progress) {
       try {
-        const p = await session.getClient().then((c) => c.withDeadline(Date.now() + 5000, progress));
+        const p = await unlessEnded(
+          ended,
+          session.getClient().then((c) => c.withDeadline(Date.now() + 5000, progress)),
+        );
+        if (p === undefined) break;
         if (!settled) view.update(p);
       } catch {
         // No answer now (a worker restarting): keep waiting.
@@ -133,7 +157,7 @@ export async function followWork(
       ? new VmsnapError(
           outcome.error.type as ErrorCode,
           `${progress ? 'restore' : 'rollback'} of ${instance} ${outcome.status === 'failed' ? `failed (${outcome.error.type})` : outcome.status}: ` +
-            `${outcome.error.message}`,
+            `${outcome.error.message}${hintFor(outcome.error)}`,
         )
       : error;
     return {

@@ -4,7 +4,7 @@ import type { Client, WorkflowHandle } from '@temporalio/client';
 import type { Command } from 'commander';
 import type { ClientError } from '../errors.js';
 import { instanceAliases } from '../inventory.js';
-import { ProgressView, type WorkProgress } from '../progress.js';
+import { ProgressView, attemptText, type WorkProgress } from '../progress.js';
 import { oneLine } from '../snapshots.js';
 import { describeProgress, outcomeOf, type Outcome } from './follow.js';
 import { since } from './options.js';
@@ -106,7 +106,7 @@ function statusRows(session: Session, found: Found, status: Status<Progress, unk
     ['instance', `${found.instanceId ?? '-'}${found.host ? ` on ${found.host}` : ''}`],
     ['image', image ?? p?.imageId ?? found.imageId ?? '-'],
     ...(p ? [['task state', p.taskState ?? 'None']] : []),
-    ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} attempt ${p.step.attempt}: ${p.step.lastFailure}`]] : []),
+    ...(p?.step?.lastFailure ? [['retrying', `${p.step.activityType} ${attemptText(p.step)}: ${p.step.lastFailure}`]] : []),
     ['started', since(found.startTime)],
     ['closed', since(found.closeTime)],
     ...middle,
