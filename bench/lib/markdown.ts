@@ -14,10 +14,12 @@ function targetValue(t: Target): string {
   if (t.unit === 'x') return x(t.value);
   if (t.unit === 'ms') return ms(t.value);
   if (t.unit === 'MiB') return `${t.value.toFixed(0)} MiB`;
+  if (t.unit === '%') return `${t.value.toFixed(t.value < 10 ? 2 : 0)} %`;
   return String(t.value);
 }
 
 function targetLimit(t: Target): string {
+  if (t.unit === '%') return `${t.comparison === '<=' ? '≤' : '≥'} ${t.limit} %`;
   const v = t.unit === 'x' ? `${t.limit}×` : t.unit === 'ms' ? `${t.limit} ms` : t.unit === 'MiB' ? `${t.limit} MiB` : String(t.limit);
   return `${t.comparison === '<=' ? '≤' : '≥'} ${v}`;
 }
@@ -90,6 +92,7 @@ function diskTable(d: DiskSummary, modes: Mode[]): string[] {
   row('guest write rate during the copy (vs idle)', (s) => (s.copyWriteRatio === undefined ? '–' : `${fmt(s.copyWriteRatio * 100)} %`));
   row('write sampling: longest gap between samples', (s) => ms(s.writeSampleGapMs));
   row('image size, MiB', (s) => fmt(s.imageMiB, 1));
+  row('host scratch written, MiB (the copy; streamed: the overlay; worst run)', (s) => fmt(s.hostScratchMiB, 1));
   row('uploader peak RSS while uploading, MiB (curl / worker, worst run)', (s) => mib(s.uploaderPeakRssMiB ?? s.workerUploadPeakRssMiB));
   row('worker RSS peak − idle while uploading, MiB (worst run)', (s) => mib(s.workerRssOverIdleMiB));
   row('worker RSS idle before the run, MiB (median)', (s) => mib(s.workerIdleRssMiB));
@@ -97,6 +100,13 @@ function diskTable(d: DiskSummary, modes: Mode[]): string[] {
   row('fsync of the copy (bare, diagnostic, not in its times)', (s) => ms(s.fsyncMs));
   row('upload throughput from /proc fd window, MiB/s', (s) => fmt(s.uploadFdThroughputMiBps, 1));
   row('uploader CPU per GiB uploaded (curl / worker), s', (s) => fmt(s.uploaderCpuSPerGiB, 2));
+  row('transfer (vmsnap result)', (s) =>
+    s.transfer
+      ? Object.entries(s.transfer)
+          .map(([k, n]) => `${k} ×${n}`)
+          .join(', ')
+      : '–',
+  );
   row('consistency (vmsnap result)', (s) =>
     s.consistency
       ? Object.entries(s.consistency)

@@ -16,9 +16,12 @@ import { sampleWrites, writeActivity } from './write-activity.js';
 const BEFORE_COPY = ['starting', 'creating-image', 'waiting-for-host'];
 const COPY = ['suspend', 'convert', 'resume', 'converting', 'copying'];
 
-/** Where the copy lay in the run: from the variant's start, the steps before it, then its own. */
-function copyWindow(start: number, phasesMs: Record<string, number>): [number, number] | undefined {
-  const copyMs = COPY.reduce((a, k) => a + (phasesMs[k] ?? 0), 0);
+/**
+ * Where the copy lay in the run: from the variant's start, the steps before it, then its own. A
+ * streamed live snapshot's backup job lives through the upload too (issue 29): its window does.
+ */
+function copyWindow(start: number, phasesMs: Record<string, number>, streamed: boolean): [number, number] | undefined {
+  const copyMs = [...COPY, ...(streamed ? ['uploading'] : [])].reduce((a, k) => a + (phasesMs[k] ?? 0), 0);
   if (copyMs <= 0) return undefined;
   const from = start + BEFORE_COPY.reduce((a, k) => a + (phasesMs[k] ?? 0), 0);
   return [from, from + copyMs];
@@ -104,7 +107,7 @@ export async function measureRun(opts: {
     const writeSamples = await writes.stop();
     writesStopped = true;
     const idleWrites = writeActivity(writeSamples, idleFrom, idleTo);
-    const window = result ? copyWindow(variantStart, result.phasesMs) : undefined;
+    const window = result ? copyWindow(variantStart, result.phasesMs, result.resultExtra?.transfer === 'streamed') : undefined;
     const copyWrites = window ? writeActivity(writeSamples, window[0], window[1]) : undefined;
     const idleRate = rate(c0, c1);
     const snapshotRate = rate(c1, c2);

@@ -91,6 +91,24 @@ export function convertChildren(pid: number): number {
   }).length;
 }
 
+/** A child of `pid` whose command line holds `fragment`, or undefined. */
+export function childWith(pid: number, fragment: string): number | undefined {
+  let children: string[];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  } catch {
+    return undefined;
+  }
+  for (const child of children) {
+    try {
+      if (readFileSync(`/proc/${child}/cmdline`, 'utf8').includes(fragment)) return Number(child);
+    } catch {
+      // ended between the two reads
+    }
+  }
+  return undefined;
+}
+
 export interface RssSample {
   /** ms since the sampler started */
   t: number;
@@ -112,9 +130,13 @@ export function sampleRss(pid: number, intervalMs = 50, openFragment?: string): 
     const kib = rssKiB(pid);
     if (kib === undefined) return;
     const sample: RssSample = { t: Math.round(performance.now() - start), kib };
-    const cpu = cpuSeconds(pid);
-    if (cpu !== undefined) sample.cpu = cpu;
-    if (openFragment) sample.open = hasOpenFile(pid, openFragment);
+    // A streamed live snapshot reads its export through a child (python3-libnbd) given the
+    // snapshot's socket path (URI-encoded: the fragment without its slashes): its CPU is the
+    // upload's too, and the worker's reaped children's (counted in once it ends) keep the figure continuous.
+    const reader = openFragment ? childWith(pid, openFragment.replaceAll('/', '')) : undefined;
+    const times = cpuTimes(pid);
+    if (times) sample.cpu = times.own + times.children + (reader !== undefined ? (cpuSeconds(reader) ?? 0) : 0);
+    if (openFragment) sample.open = reader !== undefined || hasOpenFile(pid, openFragment);
     samples.push(sample);
   };
   take();

@@ -7,6 +7,7 @@ export const STALL_VARIANTS = [
   'bare-cold',
   'cold',
   'live-pull',
+  'live-stream',
   'live-push',
   'pull-m1',
   'pull-m4',
@@ -20,7 +21,7 @@ export const STALL_VARIANTS = [
 ] as const;
 export type StallVariant = (typeof STALL_VARIANTS)[number];
 
-export const DEFAULT_STALL_VARIANTS: readonly StallVariant[] = ['idle', 'bare-cold', 'cold', 'live-pull', 'live-push'];
+export const DEFAULT_STALL_VARIANTS: readonly StallVariant[] = ['idle', 'bare-cold', 'cold', 'live-pull', 'live-stream', 'live-push'];
 
 /** The live copy options of a live variant (undefined: not a live copy). */
 export function liveOptionsOf(variant: StallVariant): Pick<LiveCopyOptions, 'method' | 'pull' | 'bandwidthMiBps'> | undefined {

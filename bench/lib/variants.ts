@@ -249,7 +249,8 @@ export function uploadStepMs(history: History): number | undefined {
   const scheduled = new Set<string>();
   let ms: number | undefined;
   for (const e of history.events ?? []) {
-    if (e.activityTaskScheduledEventAttributes?.activityType?.name === 'uploadImage') scheduled.add(String(e.eventId));
+    const type = e.activityTaskScheduledEventAttributes?.activityType?.name;
+    if (type === 'uploadImage' || type === 'uploadLiveExport') scheduled.add(String(e.eventId));
     const done = e.activityTaskCompletedEventAttributes;
     if (done && scheduled.has(String(done.scheduledEventId))) {
       const data = done.result?.payloads?.[0]?.data;
@@ -272,7 +273,8 @@ export async function runVmsnap(
   // 'live' goes in as data: the request type may not name it yet, validation decides.
   const request = { instance: guest.uuid, imageName, imageId, mode } as SnapshotRequest;
   ctx.created.add(imageId);
-  // The worker holds the snapshot file (under <snapshots dir>/<image id>/) open while it uploads.
+  // The worker holds the snapshot file (under <snapshots dir>/<image id>/) open while it uploads; a
+  // stream's reader child names the export's socket there.
   // Off for many snapshots at once: one /proc scan per snapshot every 50 ms would load the host.
   const sampler = opts.sampleRss === false ? { stop: (): RssSample[] => [] } : sampleRss(ctx.workerPid, 50, `/${imageId}/`);
   const t0 = performance.now();

@@ -4,7 +4,10 @@
 //     guest under TCG on a shared host has gaps of its own);
 //   bare-cold: what an operator scripts: `virsh suspend; qemu-img convert -U; virsh resume`;
 //   cold: vmsnap's cold copy (pause, qemu-img convert -U, resume through the driver);
-//   live-pull: LibvirtHypervisor.liveCopy method 'pull' (the default where the host allows it);
+//   live-pull: LibvirtHypervisor.liveCopy method 'pull' (the copy: push, hosts without libnbd);
+//   live-stream: the streamed live snapshot (issue 29, the default): the pull job left running
+//     (startLiveExport) while vmsnap's stream makes the qcow2 from its export and hashes it, as the
+//     upload does (sent nowhere: Glance's share of the host is not in it), then the job ended;
 //   live-push: liveCopy method 'push' (the method before issue 13);
 //   pull-*: tunings of the pull copy (stall-variants.ts), compared to choose the default.
 // Same guest, variants alternating run by run, each after an idle window whose figures are the
@@ -16,7 +19,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import type { Guest } from '../../scripts/lib/guest.js';
 import type { LibvirtHypervisor } from '../../src/drivers/libvirt.js';
+import { createHash } from 'node:crypto';
+import { dirForQemu } from '../../src/activities/live-copy.js';
+import { nbdUnixUri, openNbdReader, readAllocationMap } from '../../src/drivers/nbd.js';
 import { convert } from '../../src/drivers/qemu-img.js';
+import { planQcow2Stream } from '../../src/drivers/qcow2-stream.js';
 import type { DiskSpec } from './options.js';
 import { median } from './stats.js';
 import { DEFAULT_STALL_VARIANTS, STALL_VARIANTS, liveOptionsOf, type StallVariant } from './stall-variants.js';
@@ -86,6 +93,28 @@ export async function runWriteStallBench(o: {
   return samples;
 }
 
+/** The streamed live snapshot at the driver level: the job, the image made from its export and hashed, the job ended. */
+async function streamLive(o: { hypervisor: LibvirtHypervisor; workDir: string }, guest: Guest, name: string): Promise<void> {
+  const dir = await dirForQemu(o.workDir, name);
+  try {
+    const started = await o.hypervisor.startLiveExport(guest.uuid, { dir, quiesce: 'never', method: 'pull' });
+    if (!started.started) throw new Error(`no live export: ${started.reason}`);
+    const uri = nbdUnixUri(started.socket, started.exportName);
+    const reader = await openNbdReader(uri);
+    try {
+      const plan = await planQcow2Stream(await readAllocationMap(uri), reader, { scanZeros: false });
+      const hash = createHash('sha512');
+      for await (const chunk of plan.chunks({ reuseBuffers: true })) hash.update(chunk);
+      hash.digest();
+    } finally {
+      await reader.close();
+    }
+  } finally {
+    await o.hypervisor.abortLiveCopy(guest.uuid, dir);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 async function oneRun(
   o: { idleMs: number; libvirtUri: string; hypervisor: LibvirtHypervisor; workDir: string },
   guest: Guest,
@@ -118,6 +147,8 @@ async function oneRun(
       } finally {
         await o.hypervisor.resume(guest.uuid);
       }
+    } else if (variant === 'live-stream') {
+      await streamLive(o, guest, `stall-${disk.kind}-stream`);
     } else if (live) {
       await o.hypervisor.liveCopy(guest.uuid, { target, targetFormat: 'qcow2', quiesce: 'never', ...live });
     }

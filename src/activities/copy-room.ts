@@ -1,5 +1,6 @@
-// Room first: whether a snapshot's copy fits in the snapshots dir, decided before the guest is
-// touched. A copy that cannot fit fails with NoSpace and the guest is never paused.
+// Room first: whether a snapshot's copy (or a streamed live snapshot's overlay) fits in the
+// snapshots dir, decided before the guest is touched. One that cannot fit fails with NoSpace and
+// the guest is never paused.
 import { readdir, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
@@ -60,6 +61,53 @@ export async function ensureRoomForCopy(
     snapshotsDir,
     neededBytes: needed,
     freeBytes: free,
+    disk: disk.path,
+  });
+}
+
+/** How much the overlay of a streamed live snapshot may hold, and why. */
+export interface OverlayBound {
+  /** The watch ends the job when the overlay holds this many bytes. */
+  limitBytes: number;
+  /** The most copy-before-write can ever put there: the disk's data and metadata (qemu-img measure). */
+  worstCaseBytes: number;
+  freeBytes: number;
+  /** True when the free space, not the worst case, sets the limit. */
+  capped: boolean;
+}
+
+const OVERLAY_FLOOR = 16 * 2 ** 20;
+const RESERVE_MIN = 16 * 2 ** 20;
+const RESERVE_MAX = 2 ** 30;
+
+/**
+ * The bound on a streamed live snapshot's overlay (the old data of the blocks the guest overwrites
+ * while the job runs, kept in the snapshots dir). Copy-before-write keeps each block once at most,
+ * so the overlay never exceeds the disk's data: where the dir holds that and a reserve, nothing can
+ * fill it. Where it does not, the limit is the free space less a reserve (an eighth of it, 16 MiB
+ * to 1 GiB): the guest's writes between the watch's look and the job's end land in the reserve, so
+ * a full dir never fails them (QEMU would fail the guest's write, which pauses it). A dir that
+ * cannot hold the reserve and 16 MiB of overlay is refused: NoSpace, before the guest is touched.
+ */
+export async function ensureRoomForOverlay(
+  { hypervisor, diskTool, snapshotsDir }: Pick<ActivityDeps, 'hypervisor' | 'diskTool' | 'snapshotsDir'>,
+  plan: Pick<CopyPlan, 'instanceId' | 'imageId'>,
+): Promise<OverlayBound> {
+  const disk = await hypervisor.rootDisk(plan.instanceId);
+  const { required: worstCaseBytes } = await diskTool.measure(disk.path, { format: disk.format, targetFormat: 'qcow2' });
+  const freeBytes = (await freeBytesAt(snapshotsDir)) + (await heldByEarlierAttempt(snapshotDir(snapshotsDir, plan.imageId)));
+  const reserve = Math.min(RESERVE_MAX, Math.max(RESERVE_MIN, Math.floor(freeBytes / 8)));
+  if (worstCaseBytes + reserve <= freeBytes) return { limitBytes: worstCaseBytes, worstCaseBytes, freeBytes, capped: false };
+  const limitBytes = freeBytes - reserve;
+  if (limitBytes >= OVERLAY_FLOOR) return { limitBytes, worstCaseBytes, freeBytes, capped: true };
+  const needed = OVERLAY_FLOOR + RESERVE_MIN;
+  const what =
+    `the live snapshot of instance ${plan.instanceId} keeps the old data of the blocks its guest overwrites during the upload: it needs ` +
+    `${MiB(needed)} in ${snapshotsDir} (VMSNAP_SNAPSHOTS_DIR), which has ${MiB(freeBytes)} free`;
+  throw new VmsnapError('NoSpace', `${what}: free ${MiB(needed - freeBytes)} there or point it at a larger disk; the guest was not touched`, {
+    snapshotsDir,
+    neededBytes: needed,
+    freeBytes,
     disk: disk.path,
   });
 }

@@ -10,6 +10,7 @@ import { imageRecordActivities } from './image-record.js';
 import { instanceStateActivities } from './instance-state.js';
 import { inventoryActivities } from './inventory.js';
 import { liveCopyDisk } from './live-copy.js';
+import { endLiveExport, exportLiveDisk, uploadLiveExport } from './live-export.js';
 import { defineNewInstance, newInstanceDiskPath, removeAbandonedNewInstances, removeNewInstance } from './new-instance.js';
 import { powerActivities } from './power.js';
 import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
@@ -47,6 +48,10 @@ export function createHostActivities(deps: ActivityDeps) {
     // A snapshot's copy and its temp dir.
     coldCopyDisk: (input: Parameters<typeof coldCopyDisk>[1]) => coldCopyDisk(deps, input),
     liveCopyDisk: (input: Parameters<typeof liveCopyDisk>[1]) => liveCopyDisk(deps, input),
+    // A live snapshot streamed from the backup job's point in time: the job, the upload, its end.
+    exportLiveDisk: (input: Parameters<typeof exportLiveDisk>[1]) => exportLiveDisk(deps, input),
+    uploadLiveExport: (input: Parameters<typeof uploadLiveExport>[1]) => uploadLiveExport(deps, input),
+    endLiveExport: (input: Parameters<typeof endLiveExport>[1]) => endLiveExport(deps, input),
     removeSnapshotFiles: async (imageId: string) => removeSnapshotFiles(deps.snapshotsDir, imageId),
     // A restore, its undo and its rollback.
     prepareRestoreImage: (input: Parameters<typeof prepareRestoreImage>[1]) => prepareRestoreImage(deps, input),
@@ -69,7 +74,15 @@ export function createHostActivities(deps: ActivityDeps) {
  * options, which carry a heartbeat timeout): they heartbeat from their start, so a task handed to a
  * host worker that died is tried again after the heartbeat timeout, not after a minute.
  */
-export const SHORT_HOST_STEPS = ['inspectInstance', 'resumeInstance', 'thawInstance', 'removeSnapshotFiles', 'newInstanceDiskPath', 'preRestoreDisk'] as const;
+export const SHORT_HOST_STEPS = [
+  'inspectInstance',
+  'resumeInstance',
+  'thawInstance',
+  'removeSnapshotFiles',
+  'endLiveExport',
+  'newInstanceDiskPath',
+  'preRestoreDisk',
+] as const;
 
 /** The activity that holds a host's snapshot slot, for the host's slot worker. */
 export function createSlotActivities(deps: Pick<ActivityDeps, 'workflows' | 'hypervisor'>) {

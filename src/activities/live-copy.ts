@@ -31,8 +31,8 @@ export interface LiveCopiedDisk extends ConvertedDisk {
   guestWriteStallMs?: number;
 }
 
-/** The temp dir, QEMU's own: QEMU, not root, writes the backup target. */
-async function dirForQemu(snapshotsDir: string, imageId: string): Promise<string> {
+/** The temp dir, QEMU's own: QEMU, not root, writes the backup target (or the export's scratch image). */
+export async function dirForQemu(snapshotsDir: string, imageId: string): Promise<string> {
   const dir = await freshDir(snapshotsDir, imageId);
   const qemu = await qemuUser();
   if (qemu) await chown(dir, qemu.uid, qemu.gid);

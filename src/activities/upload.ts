@@ -1,5 +1,7 @@
-// Upload of the converted disk to Glance, and the end-to-end integrity check: the bytes vmsnap
-// hashed while sending must be the bytes Glance stored (size, and sha512: Glance's os_hash_value).
+// Upload of the image to Glance, and the end-to-end integrity check: the bytes vmsnap hashed while
+// sending must be the bytes Glance stored (size, and sha512: Glance's os_hash_value). The data is a
+// copy in the snapshot's temp dir (uploadImage) or an image made as it is sent from a live
+// snapshot's point in time (live-export.ts: uploadLiveExport); both go through sendAndVerify.
 import { Context } from '@temporalio/activity';
 import { stat } from 'node:fs/promises';
 import type { ActivityDeps } from './deps.js';
@@ -10,22 +12,26 @@ import { hashFile } from '../drivers/upload-body.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { DiskFormat, StepProgress } from '../shared/types.js';
 
-export interface UploadImageInput {
+/** The image an upload fills, and what is set on it after the data. */
+export interface UploadTarget {
   imageId: string;
-  path: string;
   diskFormat: DiskFormat;
   virtualSize: number;
   /** Properties known only after the copy (mode, consistency), set after the data with min_disk. */
   properties?: Record<string, string>;
   /** The record was made with its formats (createImageRecord's diskFormat); older runs set them here. */
   formatsSet?: boolean;
-  /** The host's boot the copy was made in: a copy from another boot is refused (CopyLost). */
-  copyBootId?: string;
   /**
    * The request named the image id (the API's caller was answered with it): an image left stuck
    * saving is waited for through the retries, never replaced by a record the caller does not know.
    */
   keepImageId?: boolean;
+}
+
+export interface UploadImageInput extends UploadTarget {
+  path: string;
+  /** The host's boot the copy was made in: a copy from another boot is refused (CopyLost). */
+  copyBootId?: string;
 }
 
 const GiB = 1024 ** 3;
@@ -56,8 +62,36 @@ export interface UploadedImage extends UploadResult {
   sendAndVerifyMs: number;
 }
 
-export function uploadActivities({ imageService }: ActivityDeps) {
-  async function upload(input: UploadImageInput, bytesTotal: number, progress: (n: number) => void): Promise<UploadedImage> {
+/** What an upload sends: `size` bytes, sent (with progress) or hashed again as an upload reads them. */
+export interface ImageData {
+  size: number;
+  send(onProgress: (bytesSent: number) => void, signal: AbortSignal): Promise<UploadResult>;
+  hash(): Promise<UploadResult>;
+}
+
+/**
+ * Sends the data to the image unless an earlier attempt did, sets what is known only now, and
+ * checks Glance's record against what was sent. Heartbeats with the upload's progress throughout.
+ */
+export async function sendAndVerify({ imageService }: Pick<ActivityDeps, 'imageService'>, input: UploadTarget, data: ImageData): Promise<UploadedImage> {
+  const bytesTotal = data.size;
+  let bytesSent = 0;
+  // From the first Glance call to the last: a Glance slow to answer (a loaded Keystone behind
+  // it) must not look like a dead worker.
+  const stop = keepHeartbeating((): StepProgress => ({
+    phase: 'uploading',
+    percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
+    bytesDone: bytesSent,
+    bytesTotal,
+    // Every byte is out: what is left is Glance storing them and answering.
+    ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
+  }));
+  const progress = (n: number) => {
+    const done = n >= bytesTotal && bytesSent < bytesTotal;
+    bytesSent = n;
+    if (done) stop.beat();
+  };
+  try {
     // The first attempt follows the record this snapshot has just made (queued): no need to read it
     // first. A retry reads it: an earlier attempt may have sent the data.
     let image =
@@ -68,14 +102,14 @@ export function uploadActivities({ imageService }: ActivityDeps) {
     let started = performance.now();
     if (image.status === 'active') {
       // An earlier attempt's PUT went through but its result was lost: verify what is there.
-      sent = await hashFile(input.path);
+      sent = await data.hash();
     } else if (image.status === 'queued') {
       // Glance takes data only once both formats are set (a record made with them has them).
       if (image.disk_format !== input.diskFormat || image.container_format !== 'bare') {
         await imageService.updateImage(input.imageId, { disk_format: input.diskFormat, container_format: 'bare' });
       }
       started = performance.now();
-      sent = await imageService.uploadFile(input.imageId, input.path, progress, Context.current().cancellationSignal);
+      sent = await data.send(progress, Context.current().cancellationSignal);
     } else if ((image.status === 'saving' || image.status === 'uploading') && input.keepImageId) {
       throw new VmsnapError(
         'ImageServiceUnavailable',
@@ -104,8 +138,13 @@ export function uploadActivities({ imageService }: ActivityDeps) {
     if (image.status !== 'active') throw new VmsnapError('ImageServiceUnavailable', `image ${input.imageId} is ${image.status} after the upload`);
     verify(image, sent);
     return { ...sent, sendAndVerifyMs: Math.round(performance.now() - started) };
+  } finally {
+    stop();
   }
+}
 
+export function uploadActivities(deps: ActivityDeps) {
+  const { imageService } = deps;
   return {
     async uploadImage(input: UploadImageInput): Promise<UploadedImage> {
       // The copy is a temp file, never fsynced: like bare's, it is read back from the page cache
@@ -117,27 +156,12 @@ export function uploadActivities({ imageService }: ActivityDeps) {
           `the copy ${input.path} was made before this host restarted and may be torn (it was not yet on disk): it is not uploaded`,
         );
       }
-      const bytesTotal = (await stat(input.path)).size;
-      let bytesSent = 0;
-      // From the first Glance call to the last: a Glance slow to answer (a loaded Keystone behind
-      // it) must not look like a dead worker.
-      const stop = keepHeartbeating((): StepProgress => ({
-        phase: 'uploading',
-        percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
-        bytesDone: bytesSent,
-        bytesTotal,
-        // Every byte is out: what is left is Glance storing them and answering.
-        ...(bytesSent >= bytesTotal ? { note: 'waiting for Glance to confirm' } : {}),
-      }));
-      try {
-        return await upload(input, bytesTotal, (n) => {
-          const done = n >= bytesTotal && bytesSent < bytesTotal;
-          bytesSent = n;
-          if (done) stop.beat();
-        });
-      } finally {
-        stop();
-      }
+      const size = (await stat(input.path)).size;
+      return sendAndVerify(deps, input, {
+        size,
+        send: (progress, signal) => imageService.uploadFile(input.imageId, input.path, progress, signal),
+        hash: () => hashFile(input.path),
+      });
     },
   };
 }

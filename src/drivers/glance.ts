@@ -4,7 +4,7 @@
 // with a new token when Glance answers 401 and the body can be sent again. The token is only ever
 // put in a request header: messages and details are built from method, path and status, and
 // scrubbed of the token as a second line of defence.
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { rm, stat, type FileHandle } from 'node:fs/promises';
 import { Transform, type Readable } from 'node:stream';
@@ -14,8 +14,8 @@ import { StallWatchdog } from './stall-watchdog.js';
 import { VmsnapError } from '../shared/errors.js';
 import { errorCode, readCa, tlsError } from './http-errors.js';
 import { NoAuth, type Identity } from './identity.js';
-import { readChunks } from './upload-body.js';
-import type { DownloadOptions, DownloadResult, Image, ImageService, NewImage, UploadResult } from './image-service.js';
+import { hashing, readChunks } from './upload-body.js';
+import type { DownloadOptions, DownloadResult, Image, ImageService, NewImage, UploadResult, UploadStream } from './image-service.js';
 
 export interface GlanceOptions {
   /** Glance endpoint, e.g. http://glance:9292 (a path prefix is kept, a trailing /v2 dropped). */
@@ -70,6 +70,14 @@ const ACTIONS: Record<string, string> = {
   DELETE: 'delete images',
   GET: 'read images',
 };
+
+/** What a PUT sends: `size` bytes, as chunks that are hashed into `hash` and counted by `onChunk` on their way. */
+interface Body {
+  size: number;
+  /** What the data is, for messages: a file's path, a stream's description. */
+  what: string;
+  chunks(hash: Hash, onChunk: (chunk: Buffer) => void): AsyncIterable<Buffer>;
+}
 
 interface Reply {
   status: number;
@@ -202,7 +210,6 @@ export class GlanceImageService implements ImageService {
   }
 
   async uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult> {
-    const urlPath = `${this.imagePath(id)}/file`;
     signal?.throwIfAborted();
     let size: number;
     try {
@@ -212,11 +219,54 @@ export class GlanceImageService implements ImageService {
     } catch (err) {
       throw this.localFileError(path, err);
     }
-    signal?.throwIfAborted();
+    // A read error must stay distinguishable from a network one: undici reports both alike.
+    let readError: unknown;
+    const files = new Set<FileHandle>();
+    const body: Body = {
+      size,
+      what: path,
+      chunks: (hash, onChunk) => readChunks(path, size, hash, files, (err) => (readError = err), onChunk),
+    };
+    try {
+      return await this.sendData(id, body, onProgress, signal);
+    } catch (err) {
+      if (readError) throw this.localFileError(path, readError);
+      throw err;
+    } finally {
+      await Promise.all([...files].map((f) => f.close().catch(() => undefined)));
+    }
+  }
 
-    // One pass over the bytes: each chunk is hashed (sha512, Glance's os_hash_value) and counted
-    // on its way to the socket, so the result describes exactly what Glance was sent. A second
-    // sending (after a 401) starts over.
+  async uploadStream(
+    id: string,
+    data: UploadStream,
+    onProgress?: (bytesSent: number, bytesTotal: number) => void,
+    signal?: AbortSignal,
+  ): Promise<UploadResult> {
+    // An error of the stream itself (its source failed) is the stream's, not a network one.
+    let streamError: unknown;
+    const body: Body = {
+      size: data.size,
+      what: data.description,
+      chunks: (hash, onChunk) => hashing(data.chunks(), hash, onChunk, (err) => (streamError = err)),
+    };
+    try {
+      return await this.sendData(id, body, onProgress, signal);
+    } catch (err) {
+      if (streamError !== undefined && !signal?.aborted) throw streamError;
+      throw err;
+    }
+  }
+
+  /**
+   * PUT of the image data. One pass over the bytes: each chunk is hashed (sha512, Glance's
+   * os_hash_value) and counted on its way to the socket, so the result describes exactly what
+   * Glance was sent. A second sending (after a 401) starts over.
+   */
+  private async sendData(id: string, body: Body, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult> {
+    const urlPath = `${this.imagePath(id)}/file`;
+    const { size } = body;
+    signal?.throwIfAborted();
     let hash = createHash('sha512');
     let sent = 0;
     let lastReport = 0;
@@ -229,9 +279,6 @@ export class GlanceImageService implements ImageService {
         // Progress is advisory; a failing callback must not break the upload.
       }
     };
-    // A read error must stay distinguishable from a network one: undici reports both alike.
-    let readError: unknown;
-    const files = new Set<FileHandle>();
     // No byte taken for stallMs, or no answer that long after the last one, cuts the upload.
     const watchdog = new StallWatchdog(
       this.stallMs,
@@ -248,19 +295,12 @@ export class GlanceImageService implements ImageService {
       watchdog.arm();
       hash = createHash('sha512');
       sent = 0;
-      return readChunks(
-        path,
-        size,
-        hash,
-        files,
-        (err) => (readError = err),
-        (chunk) => {
-          sent += chunk.length;
-          watchdog.arm();
-          // The last byte is reported at once: from then on the wait is Glance's answer.
-          if (sent === size || Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
-        },
-      );
+      return body.chunks(hash, (chunk) => {
+        sent += chunk.length;
+        watchdog.arm();
+        // The last byte is reported at once: from then on the wait is Glance's answer.
+        if (sent === size || Date.now() - lastReport >= PROGRESS_INTERVAL_MS) report();
+      });
     };
 
     let sha512: string;
@@ -271,21 +311,14 @@ export class GlanceImageService implements ImageService {
       if (sent !== size) {
         throw new VmsnapError(
           'ImageServiceError',
-          `uploadFile: ${path} changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot file while ` +
-            `it is uploaded.`,
-          {
-            expected: size,
-            sent,
-          },
+          `upload of ${body.what}: it changed size while it was uploaded (${size} bytes expected, ${sent} sent); nothing may write to a snapshot ` +
+            `file while it is uploaded.`,
+          { expected: size, sent },
         );
       }
       sha512 = hash.digest('hex');
-    } catch (err) {
-      if (readError) throw this.localFileError(path, readError);
-      throw err;
     } finally {
       watchdog.stop();
-      await Promise.all([...files].map((f) => f.close().catch(() => undefined)));
     }
     report();
     return { size: sent, sha512 };

@@ -63,10 +63,20 @@ export interface Hypervisor {
    */
   liveCopy(id: string, opts: LiveCopyOptions): Promise<LiveCopyResult>;
   /**
-   * Ends a live copy's job on the instance that copies into dir (its worker died, its snapshot was
-   * terminated) and removes its scratch image and socket; true if there was one. A gone instance has none.
+   * Ends a live copy's or export's job on the instance whose files are in dir (the export's upload
+   * is verified, its worker died, its snapshot was terminated) and removes its scratch image and
+   * socket; true if there was one. A gone instance has none.
    */
   abortLiveCopy?(id: string, dir: string): Promise<boolean>;
+  /**
+   * Starts a pull backup job of the root disk and leaves it running: its point in time served over
+   * NBD on a unix socket in `opts.dir` until abortLiveCopy(id, dir). Says why not where a pull job
+   * cannot be used (then nothing was started); errors as liveCopy. Optional: a driver without it
+   * copies (liveCopy).
+   */
+  startLiveExport?(id: string, opts: LiveExportOptions): Promise<LiveExportStart>;
+  /** Whether the pull job serving this export's socket still runs. */
+  liveExportRunning?(id: string, socket: string): Promise<boolean>;
   /**
    * Thaws filesystems frozen through the guest agent (compensation after a lost worker). An
    * instance without an agent, not running or gone has nothing frozen: that is success.
@@ -154,6 +164,29 @@ export interface PullTuning {
 }
 
 export type LiveCopyMethod = 'auto' | 'pull' | 'push';
+
+export interface LiveExportOptions {
+  /** Absolute path of a directory QEMU's user can traverse: the NBD socket's directory and the scratch image go in it. */
+  dir: string;
+  /** Default 'try'. */
+  quiesce?: QuiesceMode;
+  /** auto (default): says why not where pull cannot be used; pull: fails there instead; push: nothing is started. */
+  method?: LiveCopyMethod;
+  signal?: AbortSignal;
+}
+
+/** A running pull job's point in time, as a reader reaches it. */
+export interface LiveExport {
+  /** The NBD server's unix socket and the export's name on it. */
+  socket: string;
+  exportName: string;
+  /** The scratch image that keeps the old data of the blocks the guest overwrites while the job runs. */
+  scratch: string;
+  consistency: Consistency;
+  quiesceNote?: string;
+}
+
+export type LiveExportStart = ({ started: true } & LiveExport) | { started: false; reason: string };
 
 export interface LiveCopyResult {
   consistency: Consistency;

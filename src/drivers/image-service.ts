@@ -42,6 +42,16 @@ export interface UploadResult {
   sha512: string;
 }
 
+/** Image data made as it is sent. */
+export interface UploadStream {
+  /** Exactly the bytes `chunks` produces (the Content-Length). */
+  size: number;
+  /** The data, from its start; called again for a second sending (after a 401). */
+  chunks(): AsyncIterable<Buffer>;
+  /** What it is, for messages. */
+  description: string;
+}
+
 export interface DownloadResult {
   /** Bytes written, and the sha512 of exactly those bytes, computed while streaming. */
   size: number;
@@ -72,6 +82,12 @@ export interface ImageService {
   updateImage(id: string, changes: Record<string, string | number | null>): Promise<Image>;
   /** Streams a local file as the image data (never held in memory); a fresh stream per call. */
   uploadFile(id: string, path: string, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult>;
+  /**
+   * Sends the data a stream produces (an image made as it is sent), hashed on the way. An error of
+   * the stream itself is thrown as it is; a stream that produces another size than it announced
+   * fails the upload (ImageServiceError).
+   */
+  uploadStream(id: string, data: UploadStream, onProgress?: (bytesSent: number, bytesTotal: number) => void, signal?: AbortSignal): Promise<UploadResult>;
   /**
    * Streams the image data into a new private file at `path` (replaced if there), hashing sha512
    * on the way. Bytes that differ from `expected` (size or sha512): ImageCorrupt, file removed.

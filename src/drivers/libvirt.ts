@@ -14,6 +14,8 @@ import type {
   LiveCopyOptions,
   LiveCopyResult,
   LiveCopySupport,
+  LiveExportOptions,
+  LiveExportStart,
   PauseEvent,
   PauseWatch,
   PowerState,
@@ -244,6 +246,14 @@ export class LibvirtHypervisor implements Hypervisor {
 
   async abortLiveCopy(id: string, dir: string): Promise<boolean> {
     return this.live.abortLeftover(checkId(id), dir);
+  }
+
+  async startLiveExport(id: string, opts: LiveExportOptions): Promise<LiveExportStart> {
+    return this.live.startExport(checkId(id), opts); // which checks the domain's UUID itself
+  }
+
+  async liveExportRunning(id: string, socket: string): Promise<boolean> {
+    return this.live.exportRunning(checkId(id), socket);
   }
 
   async thawFilesystems(id: string): Promise<void> {

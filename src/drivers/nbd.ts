@@ -278,3 +278,17 @@ export async function openNbdReader(uri: string): Promise<NbdReader> {
     },
   };
 }
+
+let toolsChecked: Promise<string | undefined> | undefined;
+
+/** Why this host cannot read an NBD export (nbdinfo or python3-libnbd missing), or undefined; asked once per process. */
+export function missingNbdTools(): Promise<string | undefined> {
+  toolsChecked ??= (async () => {
+    const info = await execa('nbdinfo', ['--version'], { reject: false, stdin: 'ignore' });
+    if (info.failed) return 'nbdinfo is not installed (Debian: libnbd-bin)';
+    const python = await execa(PYTHON, ['-c', 'import nbd'], { reject: false, stdin: 'ignore' });
+    if (python.failed) return 'the libnbd Python binding is not installed (Debian: python3-libnbd)';
+    return undefined;
+  })();
+  return toolsChecked;
+}

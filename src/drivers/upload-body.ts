@@ -91,3 +91,45 @@ export async function hashFile(path: string): Promise<{ size: number; sha512: st
     bytes += chunk.length;
   return { size: bytes, sha512: hash.digest('hex') };
 }
+
+/**
+ * The chunks of a stream (an image made on the fly), each added to `hash` and seen by `onChunk` as
+ * it is handed on. An error of the source goes to `onSourceError` first: the upload then reports it
+ * as the stream's, not as a network failure. Stopping early ends the source too.
+ */
+export async function* hashing(
+  source: AsyncIterable<Buffer>,
+  hash: Hash,
+  onChunk: (chunk: Buffer) => void,
+  onSourceError: (err: unknown) => void,
+): AsyncGenerator<Buffer> {
+  const chunks = source[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      let next: IteratorResult<Buffer>;
+      try {
+        next = await chunks.next();
+      } catch (err) {
+        onSourceError(err);
+        throw err;
+      }
+      if (next.done) return;
+      hash.update(next.value);
+      onChunk(next.value);
+      yield next.value;
+    }
+  } finally {
+    await chunks.return?.();
+  }
+}
+
+/** Size and sha512 of a stream, read as an upload reads it. */
+export async function hashStream(source: AsyncIterable<Buffer>): Promise<{ size: number; sha512: string }> {
+  const hash = createHash('sha512');
+  let size = 0;
+  for await (const chunk of source) {
+    hash.update(chunk);
+    size += chunk.length;
+  }
+  return { size, sha512: hash.digest('hex') };
+}

@@ -95,6 +95,11 @@ export interface SnapshotSettings {
   liveCopyBandwidthMiBps: number;
   /** VMSNAP_LIVE_METHOD: how a live copy reads the disk (LiveCopyOptions.method). */
   liveCopyMethod: 'auto' | 'pull' | 'push';
+  /**
+   * VMSNAP_LIVE_TRANSFER: stream (a live snapshot by pull is made and sent to Glance straight from the
+   * backup job's point in time, no copy on the host) or copy (into the snapshots dir first, then uploaded).
+   */
+  liveTransfer: 'stream' | 'copy';
   /** Restore: how long the guest may take to shut down gracefully before it is destroyed. */
   restoreShutdownTimeoutMs: number;
   /** Restore: how long the previous disk is kept beside the restored one (rollback window). */
@@ -383,6 +388,7 @@ export function loadConfig(rawEnv: Env = process.env): Config {
       defaultMode: oneOf('VMSNAP_DEFAULT_MODE', env.VMSNAP_DEFAULT_MODE || 'auto', ['auto', 'cold', 'live'] as const),
       liveCopyBandwidthMiBps: wholeNumber('VMSNAP_LIVE_BANDWIDTH_MIBPS', env.VMSNAP_LIVE_BANDWIDTH_MIBPS || '0'),
       liveCopyMethod: oneOf('VMSNAP_LIVE_METHOD', env.VMSNAP_LIVE_METHOD || 'auto', ['auto', 'pull', 'push'] as const),
+      liveTransfer: oneOf('VMSNAP_LIVE_TRANSFER', env.VMSNAP_LIVE_TRANSFER || 'stream', ['stream', 'copy'] as const),
       restoreShutdownTimeoutMs: wholeNumber('VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS', env.VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS || '60000'),
       preRestoreRetentionMs: wholeNumber('VMSNAP_PRE_RESTORE_RETENTION_MS', env.VMSNAP_PRE_RESTORE_RETENTION_MS || String(24 * 3600_000)),
       restoreStartTimeoutMs: positiveInt('VMSNAP_RESTORE_START_TIMEOUT_MS', env.VMSNAP_RESTORE_START_TIMEOUT_MS || '60000'),

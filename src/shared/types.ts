@@ -130,6 +130,19 @@ export interface SnapshotResult {
   consistency: Consistency;
   quiesceNote?: string;
   /**
+   * How the image reached Glance: streamed (live by pull: made from the backup job's point in time as
+   * it was sent, no copy on the host) or copied (into the snapshots dir first: cold, push, or where
+   * the export cannot be streamed). Absent in results written before issue 29 (copied).
+   */
+  transfer?: 'streamed' | 'copied';
+  /** Why a live snapshot was copied, or the bound of a streamed one's overlay. */
+  transferNote?: string;
+  /**
+   * The most the snapshot kept on the host's disk: a copy's size, or a streamed snapshot's overlay
+   * at its largest (the old data of the blocks the guest overwrote while the job ran).
+   */
+  hostScratchBytes?: number;
+  /**
    * How long the guest's vCPUs stood still for this snapshot, as the guest saw it: cold mode, from
    * the pause to the resume; live mode, QEMU's STOP/RESUME events during the copy (normally 0);
    * 0 for a guest that was not running. (Results before issue 14 also carry it as pauseDurationMs,

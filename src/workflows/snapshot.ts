@@ -1,11 +1,18 @@
 // snapshotInstance: Nova's createImage as a saga, step by step as README's "How a snapshot runs".
 // Each step is an activity safe to retry, and pushes its undo as it is scheduled; on failure,
 // cancellation or timeout the undo steps run in reverse in a non-cancellable scope (resume what we
-// paused, remove temp files, delete the unfinished image), then the task state goes back to None
-// and an instance fault is recorded. Deterministic code only: all I/O lives in activities.
+// paused, end a live snapshot's backup job, remove temp files, delete the unfinished image), then
+// the task state goes back to None and an instance fault is recorded. Deterministic code only: all
+// I/O lives in activities.
+//
+// A live snapshot is streamed where the host can: step 6 starts the QEMU backup job and leaves it
+// running, step 8 makes the image from its point in time as it sends it (no copy on the host), and
+// step 9 ends the job once the image is verified. Elsewhere step 6 copies into the temp dir and
+// step 8 uploads the copy, as Nova does.
 import { ActivityFailure, ApplicationFailure, CancellationScope, isCancellation, log, metricMeter, sleep, uuid4, workflowInfo } from '@temporalio/workflow';
 import type { InstanceInspection } from '../activities/inspection.js';
-import type { UploadedImage } from '../activities/upload.js';
+import type { LiveStreamSource, UploadedLiveExport } from '../activities/live-export.js';
+import type { UploadedImage, UploadTarget } from '../activities/upload.js';
 import type { LiveCopySupport } from '../drivers/hypervisor.js';
 import { AcceptanceGate } from './acceptance.js';
 import { rotateBackups } from './backup-rotation.js';
@@ -32,6 +39,9 @@ const pauseDuration = metricMeter.createHistogram('vmsnap_pause_duration', 'int'
 const uploadedBytes = metricMeter.createCounter('vmsnap_uploaded_bytes', 'bytes', 'Bytes uploaded to the image service');
 
 type Mode = 'cold' | 'live';
+
+/** What step 6 made: a copy in the snapshot's temp dir, or (live) a point in time the upload streams. */
+type Source = ({ transfer: 'copied'; transferNote?: string } & Copy) | LiveStreamSource;
 
 /** The copy in the snapshot's temp dir, as the upload needs it. */
 interface Copy {
@@ -129,28 +139,33 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     // 5. Task state → image_pending_upload while the copy is made, as Nova's libvirt driver does.
     await task.move('image_snapshot', 'image_pending_upload');
 
-    // 6. The copy: live while the guest runs, or cold (pause, convert, resume in one host step).
-    const copy = mode === 'live' ? await liveCopy(s) : await coldCopy(s, priorPowerState);
+    // 6. Live: a QEMU backup job's point in time while the guest runs, left running for the upload
+    //    to stream (copied into the temp dir where it cannot be). Cold: pause, convert, resume in
+    //    one host step.
+    const source: Source = mode === 'live' ? await liveCopy(s) : { transfer: 'copied', ...(await coldCopy(s, priorPowerState)) };
 
     // 7. Task state → image_uploading.
     await task.move('image_pending_upload', 'image_uploading');
 
-    // 8. uploadImage: streamed and hashed; verified against the record Glance answers with. An
-    //    image a cut-off attempt left stuck saving is replaced by a new record.
+    // 8. uploadImage (the copy) or uploadLiveExport (the image made from the point in time as it is
+    //    sent): hashed on the way; verified against the record Glance answers with. An image a
+    //    cut-off attempt left stuck saving is replaced by a new record.
     track.enter('uploading');
-    const uploaded = await upload(s, copy, mode);
+    const uploaded = await upload(s, source, mode);
     uploadedBytes.add(uploaded.size);
+    const seen = transferred(source, uploaded);
 
-    // 9. The slot is the next snapshot's; the temp dir goes and task state → None, side by side.
+    // 9. The slot is the next snapshot's; the live export's job ends, the temp dir goes and task
+    //    state → None, side by side.
     track.enter('finishing');
     await Promise.all([
       slot.letGo(() => onHost(steps.letGo, 'let go of the host slot').releaseSnapshotSlot(owner)),
-      removeTempDir(s),
+      source.transfer === 'streamed' ? endLiveExport(s) : removeTempDir(s),
       task.finish('image_uploading'),
     ]);
     if (request.backup) await rotateBackups(steps.image, { instanceId, imageId: s.image.id, ...request.backup });
     track.completed();
-    log.info('snapshot completed', { imageId: s.image.id, size: uploaded.size, sha512: uploaded.sha512, mode, guestPauseMs: copy.guestPauseMs });
+    log.info('snapshot completed', { imageId: s.image.id, size: uploaded.size, sha512: uploaded.sha512, mode, ...seen });
     return {
       imageId: s.image.id,
       imageName: request.imageName,
@@ -158,15 +173,14 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       host,
       diskFormat,
       size: uploaded.size,
-      virtualSize: copy.virtualSize,
+      virtualSize: source.virtualSize,
       sha512: uploaded.sha512,
       priorPowerState,
       mode,
       ...(modeReason ? { modeReason } : {}),
-      consistency: copy.consistency,
-      ...(copy.quiesceNote ? { quiesceNote: copy.quiesceNote } : {}),
-      guestPauseMs: copy.guestPauseMs,
-      ...(copy.guestWriteStallMs !== undefined ? { guestWriteStallMs: copy.guestWriteStallMs } : {}),
+      consistency: source.consistency,
+      ...(source.quiesceNote ? { quiesceNote: source.quiesceNote } : {}),
+      ...seen,
       phaseDurationsMs: track.progress.phaseDurationsMs,
     };
   } catch (err) {
@@ -229,19 +243,31 @@ async function deleteImage(s: Snapshot, imageId: string): Promise<void> {
  * once; a new record takes the image's place and the upload starts again. An image id the request
  * named (the API answered its caller with it) is kept: the upload's retries wait for it instead.
  */
-async function upload(s: Snapshot, copy: Copy, mode: Mode): Promise<UploadedImage> {
+async function upload(s: Snapshot, source: Source, mode: Mode): Promise<UploadedImage | UploadedLiveExport> {
   for (;;) {
     try {
-      const uploaded = await onHost(s.steps.upload, `upload ${copy.size} bytes to Glance and verify`).uploadImage({
+      const target: UploadTarget = {
         imageId: s.image.id,
-        path: copy.path,
         diskFormat: s.diskFormat,
-        virtualSize: copy.virtualSize,
-        properties: { vmsnap_mode: mode, vmsnap_consistency: copy.consistency },
-        copyBootId: copy.bootId,
+        virtualSize: source.virtualSize,
+        properties: { vmsnap_mode: mode, vmsnap_consistency: source.consistency },
+        formatsSet: true, // createImageRecord made the record with them
         // A named id was promised to the requester: it is kept (waited for), never replaced.
         keepImageId: s.request.imageId !== undefined,
-      });
+      };
+      const uploaded =
+        source.transfer === 'streamed'
+          ? await onHost(s.steps.upload, 'make the image from the live point in time, upload it to Glance and verify').uploadLiveExport({
+              ...target,
+              instanceId: s.instanceId,
+              export: source.export,
+              compress: s.request.compress ?? false,
+            })
+          : await onHost(s.steps.upload, `upload ${source.size} bytes to Glance and verify`).uploadImage({
+              ...target,
+              path: source.path,
+              copyBootId: source.bootId,
+            });
       s.image.undo.drop(); // active and verified: it stays whatever happens next
       return uploaded;
     } catch (err) {
@@ -249,6 +275,28 @@ async function upload(s: Snapshot, copy: Copy, mode: Mode): Promise<UploadedImag
       await replaceStuckImage(s);
     }
   }
+}
+
+/**
+ * The result's account of how the image reached Glance and what the guest saw: a streamed live
+ * snapshot's job lived through the upload too, so its pauses add up and its longest stall is the
+ * longer of the two steps'; its host scratch is the overlay's peak, a copy's is the copy.
+ */
+function transferred(source: Source, uploaded: UploadedImage | UploadedLiveExport) {
+  const note = source.transferNote ? { transferNote: source.transferNote } : {};
+  if (source.transfer === 'copied' || !('overlayBytes' in uploaded)) {
+    const stall = source.guestWriteStallMs !== undefined ? { guestWriteStallMs: source.guestWriteStallMs } : {};
+    const scratch = source.transfer === 'copied' ? source.size : 0;
+    return { transfer: source.transfer, ...note, hostScratchBytes: scratch, guestPauseMs: source.guestPauseMs, ...stall };
+  }
+  const stalls = [source.guestWriteStallMs, uploaded.guestWriteStallMs].filter((ms): ms is number => ms !== undefined);
+  return {
+    transfer: source.transfer,
+    ...note,
+    hostScratchBytes: uploaded.overlayBytes,
+    guestPauseMs: source.guestPauseMs + uploaded.guestPauseMs,
+    ...(stalls.length ? { guestWriteStallMs: Math.max(...stalls) } : {}),
+  };
 }
 
 /**
@@ -337,18 +385,34 @@ function undoTempDir(s: Snapshot): void {
   s.undo.push('remove temp files', () => onHost(s.steps.cleanup, 'compensation: remove temp dir').removeSnapshotFiles(s.imageId));
 }
 
-/** A point-in-time copy by a QEMU backup job while the guest runs (quiesced if asked and able). */
-async function liveCopy(s: Snapshot): Promise<Copy> {
+/** The live export's backup job ends and the temp dir goes; a failure is the next snapshot's or the reconciler's. */
+async function endLiveExport(s: Snapshot): Promise<void> {
+  await onHost(s.steps.cleanup, 'end the live backup job, remove the temp dir')
+    .endLiveExport({ instanceId: s.instanceId, imageId: s.imageId })
+    .catch((e: Error) => {
+      if (isCancellation(e)) throw e;
+      log.warn('the live backup job or the temp dir was not removed; the next snapshot of the instance or the reconciler will', {
+        imageId: s.imageId,
+        error: e.message,
+      });
+    });
+}
+
+/**
+ * A point in time by a QEMU backup job while the guest runs (quiesced if asked and able): left
+ * running for the upload to stream, or copied into the temp dir where it cannot be streamed.
+ */
+async function liveCopy(s: Snapshot): Promise<Source> {
   const { request, instanceId, owner } = s;
   const quiesce = request.quiesce ?? 'try';
   s.track.enter('copying');
-  undoTempDir(s);
-  if (quiesce !== 'never') {
-    // The host step thaws on every path but a dead worker's; thawing twice is harmless.
-    const thaw = () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner });
-    s.undo.push('thaw filesystems', thaw, { guest: true });
-  }
-  return onHost(s.steps.copy, 'live point-in-time copy of the root disk (QEMU backup job)').liveCopyDisk({
+  const end = () => onHost(s.steps.cleanup, 'compensation: end the live backup job, remove temp dir').endLiveExport({ instanceId, imageId: s.imageId });
+  s.undo.push('end live export, remove temp files', end);
+  // The host step thaws on every path but a dead worker's; thawing twice is harmless. Once it has
+  // returned, the guest was thawed.
+  const thaw = () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner });
+  const frozen = quiesce !== 'never' ? s.undo.push('thaw filesystems', thaw, { guest: true }) : undefined;
+  const source = await onHost(s.steps.copy, 'live point in time of the root disk (QEMU backup job)').exportLiveDisk({
     instanceId,
     imageId: s.imageId,
     diskFormat: s.diskFormat,
@@ -356,6 +420,8 @@ async function liveCopy(s: Snapshot): Promise<Copy> {
     quiesce,
     owner,
   });
+  frozen?.drop();
+  return source;
 }
 
 /**

@@ -203,8 +203,9 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
   });
 
   it('a live copy reports percent and bytes of the backup job from its first heartbeat on', async () => {
-    // The copy rate-limited, so that it lasts long enough to be sampled (unlimited it can end in under a second).
-    const slowed = await startHarness({ name: 'cli-live-64mibps', env: { VMSNAP_LIVE_BANDWIDTH_MIBPS: '64' } });
+    // The copy rate-limited, so that it lasts long enough to be sampled (unlimited it can end in under a second);
+    // copied, not streamed: the copy's heartbeat is what this is about (a stream's progress is its upload's).
+    const slowed = await startHarness({ name: 'cli-live-64mibps', env: { VMSNAP_LIVE_BANDWIDTH_MIBPS: '64', VMSNAP_LIVE_TRANSFER: 'copy' } });
     const run = vmsnapRunning(slowed, ['snapshot', bigGuest.uuid, '--name', `vmsnap-test-cli-live-${process.pid}`, '--mode', 'live', '--wait']);
     const handle = slowed.client.workflow.getHandle(snapshotWorkflowId(bigGuest.uuid)) as SnapshotHandle;
     const copying: { percent?: number; bytesDone?: number; bytesTotal?: number }[] = [];
@@ -214,7 +215,7 @@ describe('vmsnap CLI on the real stack', { timeout: 600_000 }, () => {
       while (phase !== 'completed' && phase !== 'failed' && run.proc.exitCode === null) {
         const p = await getProgress(handle).catch(() => undefined);
         phase = p?.phase ?? phase;
-        if (p?.phase === 'copying' && p.step?.activityType === 'liveCopyDisk' && p.bytesTotal !== undefined) copying.push(p);
+        if (p?.phase === 'copying' && p.step?.activityType === 'exportLiveDisk' && p.bytesTotal !== undefined) copying.push(p);
         await sleep(100);
       }
       const ended = await run.proc;

@@ -1,14 +1,17 @@
 // A copy that cannot fit never pauses the guest (issue 15): before the guest is touched, qemu-img
 // measure and the snapshots dir's free space decide, and the snapshot fails with NoSpace. The
 // snapshots dir is a small tmpfs; QEMU's own STOP/RESUME events prove the vCPUs never stopped.
+// A streamed live snapshot needs room for its overlay only (issue 29): with the tmpfs at 64 MiB, a
+// 1 GiB guest holding 512 MiB of data is snapshotted live, its overlay capped by the free space.
 import assert from 'node:assert/strict';
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { WorkflowFailedError } from '@temporalio/client';
 import { execa } from 'execa';
-import { removeGuest, type Guest } from '../../scripts/lib/guest.js';
+import { guestState, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { startSnapshot } from '../../src/client/snapshots.js';
 import { assertAllHeld, checkRunningGuest } from '../support/invariants.js';
 import { startHarness, type Harness } from '../support/harness.js';
@@ -18,7 +21,9 @@ const tag = `${process.pid}`;
 const cramped = join(tmpdir(), `vmsnap-nospace-${tag}`);
 let h: Harness | undefined;
 let guest: Guest | undefined;
+let big: Guest | undefined;
 let mounted = false;
+const MiB = 2 ** 20;
 
 describe('a copy that cannot fit', { timeout: 600_000 }, () => {
   before(async () => {
@@ -31,7 +36,7 @@ describe('a copy that cannot fit', { timeout: 600_000 }, () => {
   });
 
   after(async () => {
-    if (guest && h) await removeGuest(guest.name, h.guestsDir).catch(() => undefined);
+    for (const g of [guest, big]) if (g && h) await removeGuest(g.name, h.guestsDir).catch(() => undefined);
     await h?.close();
     if (mounted) await execa('umount', [cramped]);
     rmSync(cramped, { recursive: true, force: true });
@@ -68,4 +73,46 @@ describe('a copy that cannot fit', { timeout: 600_000 }, () => {
       assertAllHeld(await checkRunningGuest(harness, g, imageName, 'NoSpace', 'NoSpace'));
     });
   }
+
+  it('live, streamed: a 1 GiB guest with 512 MiB of data completes with the snapshots dir a 64 MiB tmpfs, the overlay its only use', async () => {
+    const harness = h!;
+    await execa('mount', ['-o', 'remount,size=64m', cramped]);
+    big = await createSlowGuest({
+      name: `vmsnap-test-nospace-big-${tag}`,
+      guestsDir: harness.guestsDir,
+      assetsDir: harness.assetsDir,
+      dataMiB: 512,
+      diskSizeMiB: 1024,
+    });
+    const imageName = `vmsnap-test-${tag}-nospace-streamed`;
+    // The tmpfs's use, sampled while the snapshot runs: the overlay and nothing else.
+    let peakUsed = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const { stdout } = await execa('df', ['--output=used', '-B1', cramped]);
+        peakUsed = Math.max(peakUsed, Number(stdout.trim().split('\n').pop()));
+        await sleep(100);
+      }
+    })();
+    let result;
+    try {
+      result = await (await startSnapshot(harness.client, { instance: big.uuid, imageName, mode: 'live' }, harness.config.temporal.taskQueue)).result();
+    } finally {
+      sampling = false;
+      await sampler;
+    }
+    assert.equal(result.mode, 'live');
+    assert.equal(result.transfer, 'streamed', result.transferNote);
+    assert.match(result.transferNote ?? '', /overlay capped at \d+ MiB by the free space/);
+    assert.equal(result.virtualSize, 1024 * MiB);
+    assert.ok(result.size >= 512 * MiB, `the image holds the data: ${result.size} bytes`);
+    assert.ok(
+      peakUsed < 64 * MiB && (result.hostScratchBytes ?? Infinity) < 64 * MiB,
+      `tmpfs used at most ${peakUsed} bytes, overlay ${result.hostScratchBytes}`,
+    );
+    assert.equal((await harness.glance.getImage(result.imageId))?.status, 'active');
+    assert.deepEqual(readdirSync(cramped), [], 'the overlay and socket removed');
+    assert.equal(await guestState(big.name), 'running');
+  });
 });

@@ -1,10 +1,12 @@
-// Live mode end to end on the real stack: the copy is one point in time while the guest keeps
-// running (its counter advances during the copy; QEMU reports no pause), cancellation leaves no
-// job and no file, a shut-off guest falls back to cold with the reason, and quiescing through
+// Live mode end to end on the real stack: the image, streamed from the backup job's export, is one
+// point in time while the guest keeps running (its counter advances while the image is made; QEMU
+// reports no pause) and nothing but the overlay is written on the host, cancellation mid-stream
+// leaves no job and no file, a shut-off guest falls back to cold with the reason, and quiescing through
 // the QEMU guest agent makes the image filesystem-consistent.
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
 import { createGuest, guestState, readCounter, removeGuest, type Counter, type Guest } from '../../scripts/lib/guest.js';
 import { getProgress, startSnapshot } from '../../src/client/snapshots.js';
@@ -20,13 +22,18 @@ import { createSlowGuest, waitForPhase } from '../support/slow-guest.js';
 const tag = process.pid;
 let h: Harness;
 let slow: Guest;
-/** Counter reads around and during each live copy, by instance. */
+/** Counter reads around each live point in time, and during the copy or stream, by instance. */
 const around = new Map<string, { before: Counter; during: number[]; after: Counter }>();
 const disks = new Map<string, string>();
 
-/** The real driver; its live copy observed from outside: counter before, during and after. */
-function observeLiveCopy(real: Hypervisor): Hypervisor {
+/**
+ * The real driver, its live snapshots observed from outside: the counter before and after the point
+ * in time is taken (the copy, or the start of the job the upload streams from), and during the copy
+ * or for as long as the streamed job runs (until it is ended).
+ */
+function observeLive(real: Hypervisor): Hypervisor {
   const observed = Object.create(real) as Hypervisor;
+  const streaming = new Map<string, () => void>();
   observed.liveCopy = async (id, opts) => {
     const disk = disks.get(id);
     if (!disk) return real.liveCopy(id, opts);
@@ -48,6 +55,28 @@ function observeLiveCopy(real: Hypervisor): Hypervisor {
     around.set(id, { before, during, after: await readCounter(disk, 'qcow2') });
     return result;
   };
+  observed.startLiveExport = async (id, opts) => {
+    const disk = disks.get(id);
+    if (!disk) return real.startLiveExport!(id, opts);
+    const before = await readCounter(disk, 'qcow2');
+    const started = await real.startLiveExport!(id, opts);
+    const seen = { before, during: [] as number[], after: await readCounter(disk, 'qcow2') };
+    around.set(id, seen);
+    // The guest's counter read while the job runs, until it is ended.
+    let running = true;
+    streaming.set(id, () => (running = false));
+    void (async () => {
+      while (running) {
+        seen.during.push((await readCounter(disk, 'qcow2')).a);
+        await sleep(100);
+      }
+    })();
+    return started;
+  };
+  observed.abortLiveCopy = async (id, dir) => {
+    streaming.get(id)?.();
+    return real.abortLiveCopy!(id, dir);
+  };
   return observed;
 }
 
@@ -62,7 +91,7 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
       name: 'live',
       // The default mode of a real deployment; a rate limit makes the copy last seconds.
       env: { VMSNAP_DEFAULT_MODE: 'auto', VMSNAP_LIVE_BANDWIDTH_MIBPS: '192' },
-      wrapHypervisor: observeLiveCopy,
+      wrapHypervisor: observeLive,
     });
     slow = await createSlowGuest({ name: `vmsnap-test-live-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir, dataMiB: 512 });
     disks.set(slow.uuid, slow.diskPath);
@@ -73,7 +102,7 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     await h?.close();
   });
 
-  it('copies a running guest live: one point in time, and the guest kept running', async () => {
+  it('streams a running guest live: one point in time, the guest kept running, nothing but the overlay on the host', async () => {
     const handle = await startSnapshot(h.client, { instance: slow.uuid, imageName: `vmsnap-test-${tag}-live` }, h.config.temporal.taskQueue);
     const result = await handle.result();
     await recordHistory(h.config.temporal.address, { workflowId: handle.workflowId, runId: (await handle.describe()).runId }, REPLAY_FIXTURES.snapshotLive);
@@ -81,18 +110,22 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     assert.ok(result.guestPauseMs <= 50, `QEMU reported a ${result.guestPauseMs} ms pause`);
     assert.equal(result.consistency, 'crash-consistent', 'no guest agent here');
     assert.equal(result.phaseDurationsMs.converting, undefined, 'a live copy has no cold copy phase');
+    assert.equal(result.transfer, 'streamed', result.transferNote);
+    assert.match(result.transferNote ?? '', /^streamed/);
+    // The guest writes only its counter meanwhile: its overlay is a few clusters, not a copy of the disk.
+    assert.ok((result.hostScratchBytes ?? Infinity) <= 0.05 * result.size, `host scratch ${result.hostScratchBytes} of ${result.size} bytes`);
     const events = (await h.store.listEvents(slow.uuid))
       .filter((e) => e.requestId === `${handle.workflowId}/${handle.firstExecutionRunId}`)
       .map((e) => e.event);
     assert.ok(!events.includes('pause'), `no pause recorded: ${events.join(',')}`);
 
     const seen = around.get(slow.uuid)!;
-    assert.ok(new Set(seen.during).size >= 2, `the counter advanced during the copy: ${seen.during.join(',')}`);
+    assert.ok(new Set(seen.during).size >= 2, `the counter advanced while the image was made: ${seen.during.join(',')}`);
     const downloaded = await downloadImage(h.glanceUrl, result.imageId);
     try {
       const image = await readCounter(downloaded.path, 'qcow2');
       assert.ok(image.a === image.b || image.a === image.b + 1, `one point in time: A=${image.a} B=${image.b}`);
-      assert.ok(image.a >= seen.before.a && image.a <= seen.after.a, `taken during the copy: ${seen.before.a} <= ${image.a} <= ${seen.after.a}`);
+      assert.ok(image.a >= seen.before.a && image.a <= seen.after.a, `taken as the job started: ${seen.before.a} <= ${image.a} <= ${seen.after.a}`);
       assert.ok(await patternHolds(downloaded.path, 'qcow2'), 'the bulk data came through');
     } finally {
       rmSync(downloaded.path, { force: true });
@@ -125,24 +158,24 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     }
   });
 
-  it('cancellation mid-copy leaves no job, no partial file, and the guest running', async () => {
+  it('cancellation mid-stream leaves no job, no partial file, and the guest running', async () => {
     const imageName = `vmsnap-test-${tag}-live-cancelled`;
     const handle = await startSnapshot(h.client, { instance: slow.uuid, imageName }, h.config.temporal.taskQueue);
-    await waitForPhase(handle, 'copying');
-    // Cancelled once the copy's heartbeat says bytes are done, and before it says all are.
+    await waitForPhase(handle, 'uploading');
+    // Cancelled once the upload's heartbeat says bytes are sent, and before it says all are.
     const atCancel = await eventually(
-      'the copy under way',
+      'the stream under way',
       async () => {
         const p = await getProgress(handle);
-        return p.phase === 'copying' && (p.bytesDone ?? 0) > 0 ? p : undefined;
+        return p.phase === 'uploading' && (p.bytesDone ?? 0) > 0 && (p.percent ?? 100) < 100 ? p : undefined;
       },
       120_000,
       100,
     );
     await handle.cancel();
     assert.equal(await outcomeOf(handle), 'Cancelled');
-    const copy = onlyActivityRun(await handle.fetchHistory(), 'liveCopyDisk');
-    assert.ok(copy.cancelRequested && copy.ended === 'canceled', `the cancel hit the copy (at ${atCancel.percent} %), which ended ${copy.ended}`);
+    const stream = onlyActivityRun(await handle.fetchHistory(), 'uploadLiveExport');
+    assert.ok(stream.cancelRequested && stream.ended === 'canceled', `the cancel hit the stream (at ${atCancel.percent} %), which ended ${stream.ended}`);
     const job = await execa('virsh', ['-c', 'qemu:///system', 'domjobinfo', slow.name]);
     assert.match(job.stdout, /Job type:\s+None/);
     assert.ok(!existsSync(h.config.snapshotsDir) || readdirSync(h.config.snapshotsDir).length === 0, 'no partial file');
@@ -151,12 +184,13 @@ describe('live snapshots on the real stack', { timeout: 600_000 }, () => {
     assert.equal((await h.store.getInstance(slow.uuid))?.taskState, null);
   });
 
-  it('a guest that is not running is copied cold, and the result says why', async () => {
+  // mode "live" itself is refused for a guest that is not running (cli.test.ts): auto copies it cold.
+  it('a guest that is not running is copied cold under auto, and the result says why', async () => {
     const off = await createGuest({ name: `vmsnap-test-live-off-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     try {
       await execa('virsh', ['-c', 'qemu:///system', 'destroy', off.name]);
       const result = await (
-        await startSnapshot(h.client, { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'live' }, h.config.temporal.taskQueue)
+        await startSnapshot(h.client, { instance: off.uuid, imageName: `vmsnap-test-${tag}-live-off`, mode: 'auto' }, h.config.temporal.taskQueue)
       ).result();
       assert.equal(result.mode, 'cold');
       assert.match(result.modeReason ?? '', /shutdown: a cold copy needs no pause/);

@@ -9,12 +9,13 @@ const dataDir = process.env.VMSNAP_DATA_DIR ?? '.data/test';
 /** Where a test without a harness keeps its guests: below the test stack's data dir. */
 export const STACK_GUESTS = { guestsDir: join(dataDir, 'guests'), assetsDir: join(dataDir, 'guest-assets') };
 
-export async function createSlowGuest(opts: { name: string; guestsDir: string; assetsDir: string; dataMiB: number }): Promise<Guest> {
+/** `diskSizeMiB`: the virtual size, by default just room for the data and the counter. */
+export async function createSlowGuest(opts: { name: string; guestsDir: string; assetsDir: string; dataMiB: number; diskSizeMiB?: number }): Promise<Guest> {
   const guest = await createGuest({
     name: opts.name,
     guestsDir: opts.guestsDir,
     assetsDir: opts.assetsDir,
-    diskSizeMiB: opts.dataMiB + 64,
+    diskSizeMiB: opts.diskSizeMiB ?? opts.dataMiB + 64,
     start: false,
   });
   // Pattern data from 8 MiB on: clear of the counter records at 1 MiB and at size - 1 MiB.

@@ -131,6 +131,16 @@ describe('uploadImage', () => {
     assert.deepEqual(glance.calls, ['GET']);
   });
 
+  it('an image id the requester was given (keepImageId) is waited for through the retries, never given up for a new record', async () => {
+    const glance = fakeGlance({ status: 'saving', disk_format: 'qcow2', container_format: 'bare' });
+    await assert.rejects(
+      uploadOnce(glance.service, input({ formatsSet: true, keepImageId: true }), 2),
+      (err: unknown) =>
+        err instanceof VmsnapError && err.code === 'ImageServiceUnavailable' && err.retryable && /its id was given to the requester/.test(err.message),
+    );
+    assert.deepEqual(glance.calls, ['GET']);
+  });
+
   it('Glance keeping other bytes than were sent fails ImageCorrupt', async () => {
     const glance = fakeGlance({ disk_format: 'qcow2', container_format: 'bare' }, { size: data.length, sha512: 'f'.repeat(128) });
     await assert.rejects(uploadOnce(glance.service, input({ formatsSet: true })), (err: unknown) => err instanceof VmsnapError && err.code === 'ImageCorrupt');

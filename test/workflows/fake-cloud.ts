@@ -65,6 +65,7 @@ export const FAST_SETTINGS: SnapshotSettings = {
   defaultMode: 'cold',
   liveCopyBandwidthMiBps: 0,
   liveCopyMethod: 'auto',
+  liveTransfer: 'stream',
   restoreShutdownTimeoutMs: 0,
   preRestoreRetentionMs: 60_000,
   restoreStartTimeoutMs: 1000,
@@ -76,6 +77,8 @@ export class FakeCloud {
   instances = new Map<string, FakeInstance>();
   images = new Map<string, FakeImage>();
   tempDirs = new Set<string>();
+  /** Live snapshots' backup jobs still running, by the first image id (their temp dir's name). */
+  liveJobs = new Set<string>();
   /** Files a restore keeps beside a disk while it runs (download, restored image, a new instance's disk). */
   restoreFiles = new Set<string>();
   events: { instanceId: string; event: string; requestId: string; details: Record<string, unknown> }[] = [];
@@ -90,6 +93,16 @@ export class FakeCloud {
   hooks: Record<string, Hook> = {};
   /** What coldCopyDisk does while the guest is paused (the copy itself); resolves by default. */
   duringColdCopy: () => Promise<void> = async () => undefined;
+
+  /** Glance taking an upload's data, as the upload steps see it. */
+  fillImage(imageId: string): void {
+    const image = this.images.get(imageId);
+    if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${imageId}`, nonRetryable: true });
+    if (image.status === 'saving') {
+      throw ApplicationFailure.create({ type: 'ImageStuck', message: `image ${imageId} is still saving in Glance`, nonRetryable: true });
+    }
+    image.status = 'active';
+  }
 
   addInstance(id: string, power: PowerState = 'running'): FakeInstance {
     const instance: FakeInstance = {
@@ -347,13 +360,39 @@ export class FakeCloud {
         },
       ),
       uploadImage: hooked('uploadImage', async (input: { imageId: string }) => {
-        const image = this.images.get(input.imageId);
-        if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.imageId}`, nonRetryable: true });
-        if (image.status === 'saving') {
-          throw ApplicationFailure.create({ type: 'ImageStuck', message: `image ${input.imageId} is still saving in Glance`, nonRetryable: true });
-        }
-        image.status = 'active';
+        this.fillImage(input.imageId);
         return { size: 1024, sha512: 'f'.repeat(128) };
+      }),
+      // A live snapshot streamed from its backup job: the job runs from exportLiveDisk to endLiveExport.
+      exportLiveDisk: hooked(
+        'exportLiveDisk',
+        async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; quiesce: string; owner: string }) => {
+          this.tempDirs.add(input.imageId);
+          if (input.quiesce !== 'never') {
+            record(input.instanceId, 'freeze', input.owner);
+            record(input.instanceId, 'thaw', input.owner);
+          }
+          this.liveJobs.add(input.imageId);
+          const ref = { socket: `/fake/${input.imageId}/export.nbd/sock`, exportName: 'vda', scratch: `/fake/${input.imageId}/export.scratch` };
+          return {
+            transfer: 'streamed' as const,
+            export: { ...ref, overlayLimitBytes: 1 << 30 },
+            virtualSize: 4096,
+            consistency: 'crash-consistent' as const,
+            guestPauseMs: 0,
+            transferNote: 'streamed: the overlay can hold all 1 MiB of the disk',
+          };
+        },
+      ),
+      uploadLiveExport: hooked('uploadLiveExport', async (input: { imageId: string; export: { socket: string } }) => {
+        const job = /^\/fake\/([^/]+)\//.exec(input.export.socket)?.[1] ?? '';
+        if (!this.liveJobs.has(job)) throw ApplicationFailure.create({ type: 'CopyLost', message: 'the live backup job is gone', nonRetryable: true });
+        this.fillImage(input.imageId);
+        return { size: 1024, sha512: 'f'.repeat(128), sendAndVerifyMs: 1, overlayBytes: 65536, guestPauseMs: 0 };
+      }),
+      endLiveExport: hooked('endLiveExport', async (input: { instanceId: string; imageId: string }) => {
+        this.liveJobs.delete(input.imageId);
+        this.tempDirs.delete(input.imageId);
       }),
       // A restore, as src/activities/restore-*.ts do it on this cloud's instances.
       prepareRestoreImage: hooked('prepareRestoreImage', async (input: { instanceId: string; imageId: string; newDiskPath?: string }) => {
@@ -429,7 +468,8 @@ export class FakeCloud {
         release?.();
         return release !== undefined;
       }),
-      abortAbandonedLiveCopy: hooked('abortAbandonedLiveCopy', async () => false),
+      // As the real one: ends the backup job whose files are in the snapshot's temp dir, if any.
+      abortAbandonedLiveCopy: hooked('abortAbandonedLiveCopy', async (input: { instanceId: string; imageId: string }) => this.liveJobs.delete(input.imageId)),
       removeOrphanSnapshotDirs: hooked('removeOrphanSnapshotDirs', async () => [] as string[]),
       prunePreRestoreDisks: hooked('prunePreRestoreDisks', async () => [] as string[]),
       removeAbandonedNewInstances: hooked('removeAbandonedNewInstances', async () => [] as string[]),

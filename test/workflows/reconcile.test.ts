@@ -86,6 +86,35 @@ describe('reconcile after terminate, fast (local Temporal, fake activities)', { 
     assert.deepEqual([again.resumed, again.releasedTasks, again.deletedImages, again.errors], [[], [], [], []]);
   });
 
+  it('a streamed live snapshot terminated mid-upload: the next reconcile ends its backup job', async () => {
+    const { cloud, id, instance } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    let streaming!: () => void;
+    const underWay = new Promise<void>((resolve) => (streaming = resolve));
+    cloud.hooks.uploadLiveExport = async () => {
+      streaming();
+      return untilCancelled(); // the stream runs until the workflow is gone
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'terminated-stream' });
+    await underWay;
+    const { imageId } = await handle.query<SnapshotProgress>('progress');
+    await handle.terminate('test: a workflow lost mid-stream');
+    delete cloud.hooks.uploadLiveExport;
+    assert.deepEqual([...cloud.liveJobs], [imageId], 'terminate ran no compensation: the job runs on');
+    assert.equal(instance.taskState, 'image_uploading');
+
+    const report = await t.reconcile(cloud);
+    assert.deepEqual(report.abortedLiveCopies, [id]);
+    assert.deepEqual(report.releasedTasks, [id]);
+    assert.deepEqual(report.deletedImages, [imageId]);
+    assert.deepEqual(report.errors, []);
+    assert.deepEqual([...cloud.liveJobs], []);
+    assert.deepEqual([instance.power, instance.taskState], ['running', null]);
+    const again = await t.reconcile(cloud);
+    assert.deepEqual([again.abortedLiveCopies, again.releasedTasks, again.errors], [[], [], []]);
+  });
+
   it('a resume the host cannot do keeps the task state for the next round, and the round completes', async () => {
     const { cloud, id, instance } = newGuest();
     await terminatedWhilePaused(cloud, id);

@@ -46,6 +46,7 @@ function assertUndone(cloud: FakeCloud, instanceId: string, imageId: string, fau
   assert.equal(instance.frozen, false);
   assert.equal(cloud.images.get(imageId), undefined, 'no unfinished image');
   assert.deepEqual([...cloud.tempDirs], [], 'no temp dir');
+  assert.deepEqual([...cloud.liveJobs], [], 'no live backup job');
   assert.deepEqual(
     cloud.faults.map((f) => f.code),
     [fault],
@@ -132,6 +133,11 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.equal(live.mode, 'live');
     assert.equal(live.guestPauseMs, 0);
     assert.ok(!cloud.calls.includes('pauseInstance') && !cloud.calls.includes('coldCopyDisk'));
+    // Streamed: the upload read the job's point in time, and the job ended once the image was verified.
+    assert.deepEqual([live.transfer, live.hostScratchBytes], ['streamed', 65536]);
+    const host = cloud.calls.filter((c) => ['exportLiveDisk', 'uploadLiveExport', 'endLiveExport', 'uploadImage', 'removeSnapshotFiles'].includes(c));
+    assert.deepEqual(host, ['exportLiveDisk', 'uploadLiveExport', 'endLiveExport']);
+    assert.deepEqual([...cloud.liveJobs, ...cloud.tempDirs], []);
     assert.ok(!cloud.calls.includes('liveCopySupport'), 'the power state and live support come in one host step');
     assert.deepEqual(cloud.eventsOf(id), ['start', 'freeze', 'thaw', 'finish']);
 
@@ -347,6 +353,99 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual([...cloud.images.keys()], [], 'neither image is left');
   });
 
+  it('streamed: a failed upload is retried from the same point in time, the job kept until the image is verified', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    const jobs: string[][] = [];
+    cloud.hooks.uploadLiveExport = async (call) => {
+      jobs.push([...cloud.liveJobs]);
+      if (jobs.length === 1) throw ApplicationFailure.create({ type: 'ImageServiceUnavailable', message: 'Glance PUT failed: ECONNRESET' });
+      return call.run();
+    };
+    const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'stream-retry' })).result();
+    assert.equal(result.transfer, 'streamed');
+    assert.equal(cloud.calls.filter((c) => c === 'exportLiveDisk').length, 1, 'one job, one point in time');
+    assert.equal(jobs.length, 2);
+    assert.deepEqual(jobs[1], jobs[0], 'the retry read the job the first attempt read');
+    assert.deepEqual([...cloud.liveJobs, ...cloud.tempDirs], [], 'ended once the image was verified');
+  });
+
+  it('streamed, image stuck saving: the new record is filled from the same job', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    const sockets: string[] = [];
+    cloud.hooks.uploadLiveExport = async (call) => {
+      const [{ imageId, export: ref }] = call.args as [{ imageId: string; export: { socket: string } }];
+      if (!sockets.length) cloud.images.get(imageId)!.status = 'saving';
+      sockets.push(ref.socket);
+      return call.run();
+    };
+    const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'stream-stuck' })).result();
+    assert.equal(sockets.length, 2);
+    assert.equal(sockets[1], sockets[0]);
+    assert.equal(cloud.images.get(result.imageId)?.status, 'active');
+    assert.deepEqual([...cloud.liveJobs, ...cloud.tempDirs], []);
+  });
+
+  it('streamed, the job gone before the upload (CopyLost): compensation undoes the rest', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    cloud.hooks.exportLiveDisk = async (call) => {
+      const source = await call.run();
+      cloud.liveJobs.clear(); // libvirtd restarted, say
+      return source;
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'stream-lost' });
+    assert.equal(await failureType(handle), 'CopyLost');
+    assertUndone(cloud, id, await imageIdOf(handle), 'CopyLost');
+  });
+
+  it('streamed, the overlay full mid-upload (NoSpace): not retried, compensation ends the job and undoes the rest', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    cloud.hooks.uploadLiveExport = async () => {
+      throw ApplicationFailure.create({ type: 'NoSpace', message: 'the guest overwrote 48 MiB of its disk during the upload', nonRetryable: true });
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'stream-full' });
+    assert.equal(await failureType(handle), 'NoSpace');
+    assert.equal(cloud.calls.filter((c) => c === 'uploadLiveExport').length, 1);
+    assert.ok(cloud.calls.includes('endLiveExport'));
+    assertUndone(cloud, id, await imageIdOf(handle), 'NoSpace');
+  });
+
+  it('live where the export cannot be streamed: copied and uploaded from the copy, and the result says why', async () => {
+    const { cloud, id } = newGuest();
+    cloud.liveSupported = true;
+    cloud.settings.defaultMode = 'auto';
+    cloud.hooks.exportLiveDisk = async (call) => {
+      const [input] = call.args as [{ imageId: string; diskFormat: 'qcow2' | 'raw' }];
+      cloud.tempDirs.add(input.imageId);
+      return {
+        transfer: 'copied',
+        transferNote: 'copied: VMSNAP_LIVE_TRANSFER is copy',
+        path: `/fake/${input.imageId}/disk`,
+        diskFormat: input.diskFormat,
+        size: 1024,
+        virtualSize: 4096,
+        bootId: 'fake-boot',
+        consistency: 'crash-consistent',
+        guestPauseMs: 0,
+      };
+    };
+    const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'copied' })).result();
+    assert.deepEqual(
+      [result.mode, result.transfer, result.transferNote, result.hostScratchBytes],
+      ['live', 'copied', 'copied: VMSNAP_LIVE_TRANSFER is copy', 1024],
+    );
+    const host = cloud.calls.filter((c) => ['exportLiveDisk', 'uploadLiveExport', 'endLiveExport', 'uploadImage', 'removeSnapshotFiles'].includes(c));
+    assert.deepEqual(host, ['exportLiveDisk', 'uploadImage', 'removeSnapshotFiles']);
+    assert.deepEqual([...cloud.liveJobs, ...cloud.tempDirs], []);
+  });
+
   it('an image stuck each time: the snapshot gives up with ImageStuck after two new records, and none is left', async () => {
     const { cloud, id } = newGuest();
     const tried: string[] = [];
@@ -401,15 +500,16 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     { phase: 'converting', step: 'coldCopyDisk', undo: ['resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
     {
       phase: 'copying',
-      step: 'liveCopyDisk',
-      undo: ['thawInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'],
+      step: 'exportLiveDisk',
+      undo: ['thawInstance', 'endLiveExport', 'deleteImageRecord', 'releaseTaskState'],
       live: true,
     },
     { phase: 'uploading', step: 'uploadImage', undo: ['removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'] },
+    { phase: 'uploading', step: 'uploadLiveExport', undo: ['endLiveExport', 'deleteImageRecord', 'releaseTaskState'], live: true },
     // Verified before the cancel: the image is complete and kept, the rest is cleaned up.
     { phase: 'finishing', step: 'removeSnapshotFiles', undo: ['removeSnapshotFiles', 'releaseTaskState'], keepsImage: true },
   ];
-  const UNDO_STEPS = ['thawInstance', 'resumeInstance', 'removeSnapshotFiles', 'deleteImageRecord', 'releaseTaskState'];
+  const UNDO_STEPS = ['thawInstance', 'resumeInstance', 'removeSnapshotFiles', 'endLiveExport', 'deleteImageRecord', 'releaseTaskState'];
   for (const c of cancelCases) {
     it(`cancelled while ${c.phase} (${c.step}): compensation undoes the step`, async () => {
       const { cloud, id } = newGuest();
