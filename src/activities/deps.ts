@@ -10,6 +10,8 @@ import type { WorkflowLookup } from './workflow-lookup.js';
 export interface ActivityDeps {
   store: Store;
   hypervisor: Hypervisor;
+  /** The hypervisor's libvirt URI, for the pause guard's own connection (worker/pause-guard.ts). */
+  libvirtUri: string;
   imageService: ImageService;
   /** Who the image service calls act for (Keystone): the owner and user of new images. */
   identity: Identity;

@@ -3,6 +3,7 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
+import { removeSnapshotFiles } from './snapshot-files.js';
 import { UUID_PATTERN } from '../shared/validation.js';
 import { VmsnapError } from '../shared/errors.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
@@ -31,6 +32,8 @@ export interface OrphanImage {
   /** Why it is an orphan, in words for the report. */
   reason: string;
 }
+
+const STRAY_GUARD_LOG = /^\.pause-guard-[0-9a-f-]+\.log$/;
 
 /** Glance statuses of an image whose data never (fully) arrived. */
 const UNFINISHED_STATUSES = new Set(['queued', 'saving', 'uploading', 'importing', 'killed']);
@@ -142,11 +145,18 @@ export function reconcileHostActivities({ snapshotsDir, hypervisor }: Pick<Activ
       const names = await readdir(snapshotsDir).catch(() => [] as string[]);
       const removed: string[] = [];
       for (const name of names) {
+        // The log of a pause guard that died before it had a job (its step moves or removes it otherwise).
+        if (STRAY_GUARD_LOG.test(name)) {
+          const file = join(snapshotsDir, name);
+          const since = (await stat(file).catch(() => undefined))?.mtimeMs ?? Date.now();
+          if (Date.now() - since >= input.graceMs) await rm(file, { force: true });
+          continue;
+        }
         if (!UUID_PATTERN.test(name) || input.keep.includes(name)) continue;
         const dir = join(snapshotsDir, name);
         const { mtimeMs } = await stat(dir);
         if (Date.now() - mtimeMs < input.graceMs) continue;
-        await rm(dir, { recursive: true, force: true });
+        await removeSnapshotFiles(snapshotsDir, name); // a pause guard still there is stopped first
         removed.push(name);
       }
       return removed;

@@ -1,8 +1,12 @@
 // A snapshot's temp dir on the host (<snapshots dir>/<image id>/, 0700) and the copy in it: made
-// fresh by each attempt, removed on every failure, checked and measured before the upload.
+// fresh by each attempt that copies anew, removed on every failure, checked and measured before the
+// upload. A cold copy's pause guard runs in it (pause-guard-files.ts): whoever removes or remakes
+// the dir stops that guard first, so that it never copies on, or resumes a guest, for a snapshot
+// that is over.
 import { chmod, mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
+import { stopPauseGuard } from './pause-guard-files.js';
 import { bootId } from '../drivers/files.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { DiskFormat } from '../shared/types.js';
@@ -31,6 +35,7 @@ export function snapshotDir(snapshotsDir: string, imageId: string): string {
 /** A fresh, private temp dir: a retry starts over, whatever an earlier attempt left. */
 export async function freshDir(snapshotsDir: string, imageId: string): Promise<string> {
   const dir = snapshotDir(snapshotsDir, imageId);
+  await stopPauseGuard(dir);
   await rm(dir, { recursive: true, force: true });
   // 0711: QEMU's user must traverse it to reach a live copy's target, but may list nothing.
   await mkdir(snapshotsDir, { recursive: true, mode: 0o711 });
@@ -75,5 +80,7 @@ export async function copyingInto<T>(snapshotsDir: string, imageId: string, copy
 }
 
 export async function removeSnapshotFiles(snapshotsDir: string, imageId: string): Promise<void> {
-  await rm(snapshotDir(snapshotsDir, imageId), { recursive: true, force: true });
+  const dir = snapshotDir(snapshotsDir, imageId);
+  await stopPauseGuard(dir);
+  await rm(dir, { recursive: true, force: true });
 }

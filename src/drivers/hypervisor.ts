@@ -77,13 +77,16 @@ export interface Hypervisor {
   startLiveExport?(id: string, opts: LiveExportOptions): Promise<LiveExportStart>;
   /** Whether the pull job serving this export's socket still runs. */
   liveExportRunning?(id: string, socket: string): Promise<boolean>;
-  /** Starts watching the guest's vCPU stops (QEMU STOP/RESUME events); resolves once the watch is live. */
   /**
    * Thaws filesystems frozen through the guest agent (compensation after a lost worker). An
    * instance without an agent, not running or gone has nothing frozen: that is success.
    */
   thawFilesystems(id: string): Promise<void>;
-  watchPauses(id: string): Promise<PauseWatch>;
+  /**
+   * Starts watching the guest's vCPU stops (QEMU STOP/RESUME events); resolves once the watch is
+   * live. onEvent hears each event as it arrives (the pause guard keeps its budget from the STOP).
+   */
+  watchPauses(id: string, onEvent?: (event: PauseEvent) => void): Promise<PauseWatch>;
 
   // Restore: stop the guest, swap its disk (a file operation, see activities/restore.ts), start it.
   /**

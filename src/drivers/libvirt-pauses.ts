@@ -43,7 +43,12 @@ export function pausedMsOf(events: PauseEvent[], pausedAtStart: boolean, started
   return total;
 }
 
-export async function startPauseWatch(uri: string, id: string, state: (id: string) => Promise<PowerState>): Promise<PauseWatch> {
+export async function startPauseWatch(
+  uri: string,
+  id: string,
+  state: (id: string) => Promise<PowerState>,
+  onEvent?: (event: PauseEvent) => void,
+): Promise<PauseWatch> {
   const events: PauseEvent[] = [];
   let stderrTail = '';
   let registered = false;
@@ -60,8 +65,10 @@ export async function startPauseWatch(uri: string, id: string, state: (id: strin
   eachLine(sub.stdout, (line) => {
     const m = EVENT_RE.exec(line);
     if (!m) return;
-    events.push({ type: m[3] as 'STOP' | 'RESUME', at: Date.parse(`${m[1]}T${m[2]}Z`) });
+    const event: PauseEvent = { type: m[3] as 'STOP' | 'RESUME', at: Date.parse(`${m[1]}T${m[2]}Z`) };
+    events.push(event);
     onChange?.();
+    onEvent?.(event);
   });
   eachLine(sub.stderr, (line) => {
     if (REGISTERED_RE.test(line)) {

@@ -16,6 +16,7 @@ import type {
   LiveCopySupport,
   LiveExportOptions,
   LiveExportStart,
+  PauseEvent,
   PauseWatch,
   PowerState,
   RootDisk,
@@ -269,10 +270,10 @@ export class LibvirtHypervisor implements Hypervisor {
     return startWriteWatch(this.uri, checkId(id), device);
   }
 
-  async watchPauses(id: string): Promise<PauseWatch> {
+  async watchPauses(id: string, onEvent?: (event: PauseEvent) => void): Promise<PauseWatch> {
     const uuid = checkId(id);
     await this.getInstance(uuid);
-    return startPauseWatch(this.uri, uuid, (i) => this.state(i));
+    return startPauseWatch(this.uri, uuid, (i) => this.state(i), onEvent);
   }
 
   async stop(id: string, timeoutMs: number, signal?: AbortSignal): Promise<Stopped> {

@@ -16,6 +16,7 @@ export function buildDeps(
   return {
     store,
     hypervisor: new LibvirtHypervisor({ uri: config.libvirtUri }),
+    libvirtUri: config.libvirtUri,
     imageService: cloud.imageService,
     identity: cloud.identity,
     diskTool: qemuImg,

@@ -27,8 +27,9 @@ import type { SnapshotSettings } from '../shared/config.js';
 import type { Consistency, DiskFormat, SnapshotPhase, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { validateSnapshotRequest } from '../shared/validation.js';
 
-// The workflow's own pause-budget timer backs up the host step's, which is exact: it only fires
-// when the host worker cannot keep its own (it hangs or died).
+// The workflow's own pause-budget timer backs up the pause guard's, which is exact (counted from
+// QEMU's STOP, on the host, whatever becomes of the worker): it only fires when the guard could
+// not keep its own (it died with the guest paused, or never started).
 const PAUSE_BUDGET_MARGIN_MS = 2000;
 
 /** New image records made for images an upload left stuck saving, before the snapshot gives up. */
@@ -425,14 +426,16 @@ async function liveCopy(s: Snapshot): Promise<Source> {
 
 /**
  * Nova's way: a running guest is paused for the copy and resumed before the upload, all in one
- * host step, so that no trip through Temporal falls into the pause. The host step keeps the pause
- * budget; the workflow's timer backs it up.
+ * host step, so that no trip through Temporal falls into the pause. The copy and the resume belong
+ * to the step's pause guard, a process on the host that outlives the worker and keeps the pause
+ * budget; a retried step adopts its copy. The workflow's timer backs the budget up, and the result's
+ * guestPauseMs is the guest's whole pause under this run, across attempts (the step sums them).
  */
 async function coldCopy(s: Snapshot, priorPowerState: SettledPowerState): Promise<Copy> {
   const { instanceId, owner, steps } = s;
   const pause = priorPowerState === 'running';
   s.track.enter('converting');
-  // The host step resumes on every path but a dead worker's; then this does.
+  // The pause guard resumes on every path but its own death; then this does.
   const resume = () => onHost(steps.resume, 'compensation: resume the guest').resumeInstance({ instanceId, owner });
   const paused = pause ? s.undo.push('resume instance', resume, { guest: true }) : undefined;
   undoTempDir(s);

@@ -1,23 +1,27 @@
 // Faults of the machinery around a snapshot, on the real stack with real worker processes:
 // a worker killed with SIGKILL during the copy and during the upload (a new worker takes over
-// after the heartbeat timeout), and the Temporal server stopped and started mid-snapshot. Each
+// after the heartbeat timeout; a cold copy goes on under its pause guard, which outlives the
+// worker: pause-guard.test.ts), and the Temporal server stopped and started mid-snapshot. Each
 // kill waits for its phase (the copy's heartbeat with bytes done, the proxy in front of Glance
 // seeing PUT bytes), and its row says what showed it landed there: the step's next attempt in
-// the history, a second PUT after the kill.
+// the history, a second PUT after the kill, the pause guard's own outcome.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Client, Connection } from '@temporalio/client';
 import { guestState, type Guest } from '../../scripts/lib/guest.js';
 import { services, stackConfig } from '../../scripts/lib/stack.js';
+import { readGuardState, type GuardState } from '../../src/activities/pause-guard-files.js';
+import { snapshotDir } from '../../src/activities/snapshot-files.js';
 import { getProgress, startSnapshot } from '../../src/client/snapshots.js';
 import type { SqliteStore } from '../../src/store/sqlite.js';
 import { eventually } from '../support/cli.js';
 import { closeTestCloud, stackGlanceUrl, testCloud } from '../support/cloud.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { evidence, recordFaultRow, type Evidence } from '../support/fault-report.js';
-import { activityRuns, activitySummaries, eventMs, onlyActivityRun } from '../support/history.js';
+import { activityRuns, activitySummaries, eventMs, eventTypes, onlyActivityRun } from '../support/history.js';
 import { checkInvariants, outcomeAcrossOutage, outcomeOf, qemuImgProcessesUnder } from '../support/invariants.js';
 import { freePorts } from '../support/ports.js';
 import { waitForPhase } from '../support/slow-guest.js';
@@ -42,7 +46,32 @@ let guest: Guest;
 let store: SqliteStore;
 /** In front of Glance for the workers: it shows how far an upload had come. */
 let proxy: FaultProxy;
-const startWorker = (extra: Record<string, string> = {}) => workers.start({ VMSNAP_GLANCE_URL: proxy.url, ...extra });
+const startWorker = (extra: Record<string, string> = {}, role: 'all' | 'main' | 'host' = 'all') =>
+  workers.start({ VMSNAP_GLANCE_URL: proxy.url, ...extra }, role);
+
+/** The snapshot's pause guard as its state file in the temp dir says (undefined: none, or the dir is gone); read with no worker running. */
+function guardOf(imageId: string): Promise<GuardState | undefined> {
+  return readGuardState(snapshotDir(env.VMSNAP_SNAPSHOTS_DIR, imageId));
+}
+
+/** The pids of qemu-img convert (not its check) writing into the workers' snapshots dir. */
+function copyProcesses(): number[] {
+  return qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).filter((pid) => {
+    try {
+      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes('convert');
+    } catch {
+      return false; // exited in between
+    }
+  });
+}
+
+/** A guard's state in words, for the report. */
+function guardSays(state: GuardState | undefined): string {
+  if (!state) return 'had left no state';
+  const { outcome } = state;
+  if (!outcome) return `was ${state.phase} (${state.percent.toFixed(0)} %)`;
+  return `had ended: copy ${outcome.copy}, guest ${outcome.resumeOutcome ?? 'not resumed'} after ${outcome.guestPauseMs} ms of pause (${outcome.pauseMeasuredBy ?? 'unmeasured'})`;
+}
 
 /** The fault's row in the report: the snapshot must have completed, every invariant held. */
 async function completedAndHeld(imageName: string, outcome: string, fault: string, seen: Evidence[], note?: string): Promise<void> {
@@ -75,7 +104,7 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
     await closeTestCloud();
   });
 
-  it('a worker killed with SIGKILL during the copy: qemu-img dies with it, a new worker completes', async () => {
+  it('a worker killed with SIGKILL during the copy: the copy goes on under its pause guard, a new worker completes', async () => {
     const client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
     try {
       const first = await startWorker();
@@ -93,20 +122,24 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
         100,
       );
       await first.stop('SIGKILL');
-      await eventually(
-        'qemu-img gone with its worker',
-        async () => (qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length === 0 ? true : undefined),
-        30_000,
-        100,
-      );
-      assert.equal(await guestState(guestName), 'paused', 'paused by the dead worker, until the new one resumes it');
+      // The pause guard, a process of its own, owns the copy and the pause: both outlive the worker.
+      const guardAfterKill = await guardOf(atKill.imageId);
+      const guestAfterKill = await guestState(guestName);
 
-      await startWorker();
+      const next = await startWorker();
       const outcome = await outcomeOf(handle);
       const copy = onlyActivityRun(await handle.fetchHistory(), 'coldCopyDisk');
+      const adopted = next.lines.some((l) => /adopting the outcome of an earlier attempt's pause guard/.test(l));
       await completedAndHeld(imageName, outcome, 'worker SIGKILL during convert', [
         evidence(`SIGKILL with the copy at ${atKill.percent?.toFixed(0)} % (${atKill.bytesDone} bytes), qemu-img running`, (atKill.percent ?? 100) < 100),
-        evidence(`the copy step completed on attempt ${copy.attempt}, on the new worker`, copy.ended === 'completed' && (copy.attempt ?? 0) >= 2),
+        evidence(
+          `after the kill the pause guard ${guardSays(guardAfterKill)}, the guest ${guestAfterKill}`,
+          guardAfterKill?.phase === 'copying' || guardAfterKill?.outcome?.copy === 'done',
+        ),
+        evidence(
+          `the copy step completed on attempt ${copy.attempt}, on the new worker, ${adopted ? 'adopting' : 'not adopting'} the guard's copy`,
+          copy.ended === 'completed' && (copy.attempt ?? 0) >= 2 && adopted,
+        ),
       ]);
     } finally {
       await client.connection.close();
@@ -146,8 +179,15 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
     }
   });
 
-  it('a worker killed with SIGKILL during the copy, the snapshot cancelled meanwhile: the compensation on a new worker resumes the guest', async () => {
+  // Who resumes the guest and who ends the copy step must not be a race between the new worker's
+  // activity poll (the copy step's next attempt) and its workflow task (the cancel). So the test
+  // decides each: the copy is held still (its qemu-img stopped) until the cancel is recorded with
+  // no worker running; the pause guard then finishes and resumes the guest while still no worker
+  // runs; a workflow worker alone comes back first, so the cancel reaches the copy step before any
+  // host worker could start its next attempt; only then a host worker, for the compensation.
+  it('a worker killed with SIGKILL during the copy, the snapshot cancelled meanwhile: the pause guard resumes the guest with no worker, a new worker compensates', async () => {
     const client = new Client({ connection: await Connection.connect({ address: process.env.TEMPORAL_ADDRESS ?? '127.0.0.1:17233' }) });
+    let stalled: number | undefined;
     try {
       await workers.killAll();
       const first = await startWorker();
@@ -158,27 +198,50 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
         'the copy under way',
         async () => {
           const p = await getProgress(handle);
-          return p.phase === 'converting' && (p.bytesDone ?? 0) > 0 && qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length > 0 ? p : undefined;
+          return p.phase === 'converting' && (p.bytesDone ?? 0) > 0 && copyProcesses().length > 0 ? p : undefined;
         },
         120_000,
         100,
       );
+      [stalled] = copyProcesses();
+      process.kill(stalled!, 'SIGSTOP'); // a stalled disk: the copy cannot end before the cancel is in
       await first.stop('SIGKILL');
-      await eventually(
-        'qemu-img gone with its worker',
-        async () => (qemuImgProcessesUnder(env.VMSNAP_SNAPSHOTS_DIR).length === 0 ? true : undefined),
-        30_000,
+      await handle.cancel();
+      const cancelRecorded = eventTypes(await handle.fetchHistory()).includes('WorkflowExecutionCancelRequested');
+      const guardAtCancel = await guardOf(atKill.imageId);
+      const guestAtCancel = await guestState(guestName);
+      process.kill(stalled!, 'SIGCONT');
+      stalled = undefined;
+
+      // Still no worker: the guard copies on, and resumes the guest at the copy's end.
+      const guardEnded = await eventually(
+        'the pause guard ended',
+        async () => {
+          const state = await guardOf(atKill.imageId);
+          return state?.outcome ? state : undefined;
+        },
+        300_000,
         100,
       );
-      const pausedAtCancel = await guestState(guestName);
-      // The copy step that paused the guest is dead: only the workflow's compensation can resume it.
-      await handle.cancel();
-      await startWorker();
+      const guestAfterGuard = await guestState(guestName);
+
+      // A workflow worker alone: the cancel reaches the copy step, which no host worker can retry meanwhile.
+      await startWorker({}, 'main');
+      const copy = await eventually(
+        "the copy step's end in the history",
+        async () => {
+          const [run] = activityRuns(await handle.fetchHistory(), 'coldCopyDisk');
+          return run?.ended ? run : undefined;
+        },
+        120_000,
+        200,
+      );
+      await startWorker({}, 'host'); // for the compensation's host steps
       const outcome = await outcomeOf(handle);
       const history = await handle.fetchHistory();
-      const copy = onlyActivityRun(history, 'coldCopyDisk');
       const resume = activityRuns(history, 'resumeInstance');
-      const summaries = activitySummaries(history).filter((a) => a.type === 'resumeInstance');
+      const cleanup = activityRuns(history, 'removeSnapshotFiles');
+      const compensations = activitySummaries(history).filter((a) => a.summary.startsWith('compensation:'));
       recordFaultRow({
         fault: 'worker SIGKILL during convert, then the snapshot cancelled',
         outcome,
@@ -192,15 +255,31 @@ describe('worker and server faults on the real stack', { timeout: 600_000 }, () 
           outcome,
         }),
         evidence: [
-          evidence(`SIGKILL with the copy at ${atKill.percent?.toFixed(0)} %, the guest ${pausedAtCancel} at the cancel`, pausedAtCancel === 'paused'),
-          evidence(`the copy step ended ${copy.ended} (attempt ${copy.attempt ?? 'none'}), never resuming the guest`, copy.ended !== 'completed'),
+          evidence(`SIGKILL with the copy at ${atKill.percent?.toFixed(0)} % (${atKill.bytesDone} bytes), qemu-img running`, (atKill.percent ?? 100) < 100),
           evidence(
-            `the guest resumed by "${summaries.map((a) => a.summary).join(', ')}", which ${resume.map((r) => r.ended).join(', ')}`,
-            summaries.some((a) => a.summary === 'compensation: resume the guest') && resume.some((r) => r.ended === 'completed'),
+            `the cancel recorded with no worker running (${cancelRecorded ? 'WorkflowExecutionCancelRequested in the history' : 'not in the history'}), ` +
+              `the pause guard ${guardSays(guardAtCancel)}, the guest ${guestAtCancel}`,
+            cancelRecorded && guardAtCancel?.phase === 'copying' && guestAtCancel === 'paused',
+          ),
+          evidence(
+            `still with no worker, the pause guard ${guardSays(guardEnded)}; the guest ${guestAfterGuard}`,
+            guardEnded?.outcome?.copy === 'done' && guardEnded.outcome.resumeOutcome === 'resumed' && guestAfterGuard === 'running',
+          ),
+          evidence(
+            `with a workflow worker alone, the copy step ended ${copy.ended} (cancel requested: ${copy.cancelRequested}, ` +
+              `attempt ${copy.attempt ?? 'none started after the kill'}): no second copy`,
+            (copy.ended === 'canceled' || copy.ended === 'timedOut') && copy.cancelRequested && (copy.attempt ?? 1) === 1,
+          ),
+          evidence(
+            `then on a host worker: ${compensations.map((a) => `"${a.summary}"`).join(', ')}, each completed ` +
+              `(a resume of a guest that runs is done already: it counts as resumed)`,
+            ['compensation: resume the guest', 'compensation: remove temp dir'].every((c) => compensations.some((a) => a.summary === c)) &&
+              [...resume, ...cleanup].every((r) => r.ended === 'completed'),
           ),
         ],
       });
     } finally {
+      if (stalled !== undefined) process.kill(stalled, 'SIGCONT');
       await client.connection.close();
     }
   });

@@ -133,7 +133,7 @@ describe('snapshotInstance on the real stack (cold mode)', { timeout: 600_000 },
       const onDisk = await readCounter(guest.diskPath, 'qcow2');
       const handle = await startSnapshot(
         h.client,
-        { instance: guestName, imageName: `vmsnap-test-${process.pid}-paused`, diskFormat: 'raw' },
+        { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-paused`, diskFormat: 'raw' },
         h.config.temporal.taskQueue,
       );
       const result = await handle.result();

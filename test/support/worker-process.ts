@@ -86,9 +86,9 @@ export class WorkerProcesses {
 
   constructor(private readonly env: Record<string, string>) {}
 
-  /** One more worker (`extra` settings on top), once it has started polling. */
-  async start(extra: Record<string, string> = {}): Promise<WorkerProcess> {
-    const w = startWorkerProcess({ ...this.env, ...extra });
+  /** One more worker (`extra` settings on top; both roles unless `role` says one), once it has started polling. */
+  async start(extra: Record<string, string> = {}, role: 'all' | 'main' | 'host' = 'all'): Promise<WorkerProcess> {
+    const w = startWorkerProcess({ ...this.env, ...extra }, role);
     this.all.push(w);
     // A worker builds its workflow bundle as it starts: on a loaded 2-core host that can take minutes.
     await w.waitForLine(/vmsnap worker started/, 180_000);
