@@ -3,11 +3,13 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { getProgress, startSnapshot } from '../src/client/snapshots.js';
+import { execa } from 'execa';
+import { acceptSnapshot } from '../src/client/acceptance.js';
+import { getProgress } from '../src/client/snapshots.js';
 import { loadConfig } from '../src/shared/config.js';
 import { installRuntime } from '../src/worker/observability.js';
 import { startVmsnapWorker } from '../src/worker/vmsnap-worker.js';
-import { createGuest, guestState, readCounter } from './lib/guest.js';
+import { LIBVIRT_URI, createGuest, guestState, readCounter } from './lib/guest.js';
 import { clientEnv, services, stackConfig } from './lib/stack.js';
 
 // Worker lifecycle chatter would bury the demo's own output: warnings and errors only.
@@ -39,8 +41,11 @@ async function main(): Promise<void> {
   const client = worker.client;
   try {
     console.log('== snapshot');
-    const handle = await startSnapshot(client, { instance: GUEST, imageName: `${GUEST}-${new Date().toISOString()}` }, config.temporal.taskQueue);
-    console.log(`   workflow ${handle.workflowId}`);
+    // The workflow id is made from the instance's UUID; the answer comes once the task state is taken.
+    const instanceId = (await execa('virsh', ['-c', LIBVIRT_URI, 'domuuid', GUEST])).stdout.trim();
+    const request = { instance: instanceId, imageName: `${GUEST}-${new Date().toISOString()}` };
+    const { handle, accepted } = await acceptSnapshot(client, request, { instanceId, taskQueue: config.temporal.taskQueue, acceptTimeoutMs: 120_000 });
+    console.log(`   workflow ${handle.workflowId}, image ${accepted.imageId} (task state ${accepted.taskState})`);
     let lastPhase = '';
     const watch = (async () => {
       for (;;) {
