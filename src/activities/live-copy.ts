@@ -10,6 +10,7 @@ import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
 import { copyingInto, finishCopy, freshDir, removeSnapshotFiles, type ConvertedDisk } from './snapshot-files.js';
 import { qemuUser } from '../drivers/files.js';
+import type { PauseWatch, RootDisk } from '../drivers/hypervisor.js';
 import type { Consistency, DiskFormat, QuiesceMode, StepProgress } from '../shared/types.js';
 
 export interface LiveCopyDiskInput {
@@ -40,13 +41,17 @@ export async function dirForQemu(snapshotsDir: string, imageId: string): Promise
   return dir;
 }
 
-export async function liveCopyDisk(deps: ActivityDeps, input: LiveCopyDiskInput): Promise<LiveCopiedDisk> {
-  const { hypervisor, diskTool, snapshotsDir, store, settings } = deps;
-  await ensureRoomForCopy(deps, { ...input, live: true });
-  const signal = Context.current().cancellationSignal;
-  // Side by side, as none needs another: the temp dir, the disk and its size (the total from the
-  // first heartbeat on: the job copies the whole virtual disk), and the pause watch, which must be
-  // live before the copy starts.
+/**
+ * What a live job needs before it starts, side by side as none needs another: the temp dir QEMU
+ * can write, the disk and its size (the total from the first heartbeat on: the job covers the whole
+ * virtual disk), and the pause watch, which must be live before the job starts. On a failure of
+ * any, the others are undone.
+ */
+export async function prepareLiveJob(
+  deps: Pick<ActivityDeps, 'hypervisor' | 'diskTool' | 'snapshotsDir'>,
+  input: Pick<LiveCopyDiskInput, 'instanceId' | 'imageId'>,
+): Promise<{ dir: string; disk: RootDisk; virtualSize: number; pauses: PauseWatch }> {
+  const { hypervisor, snapshotsDir } = deps;
   const prepared = await Promise.allSettled([
     dirForQemu(snapshotsDir, input.imageId),
     hypervisor.rootDisk(input.instanceId).then(async (disk) => ({ disk, virtualSize: await virtualSizeOf(deps, disk) })),
@@ -58,9 +63,14 @@ export async function liveCopyDisk(deps: ActivityDeps, input: LiveCopyDiskInput)
     await removeSnapshotFiles(snapshotsDir, input.imageId);
     throw prepared.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason;
   }
-  const dir = madeDir.value;
-  const { disk, virtualSize } = found.value;
-  const pauses = watch.value;
+  return { dir: madeDir.value, ...found.value, pauses: watch.value };
+}
+
+export async function liveCopyDisk(deps: ActivityDeps, input: LiveCopyDiskInput): Promise<LiveCopiedDisk> {
+  const { hypervisor, diskTool, snapshotsDir, store, settings } = deps;
+  await ensureRoomForCopy(deps, { ...input, live: true });
+  const signal = Context.current().cancellationSignal;
+  const { dir, disk, virtualSize, pauses } = await prepareLiveJob(deps, input);
   // The job writes a sparse qcow2 (a raw target would be written in full, holes and all).
   const live = join(dir, 'live.qcow2');
   let progress: StepProgress = { phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: virtualSize };

@@ -14,10 +14,9 @@ import { Context } from '@temporalio/activity';
 import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureRoomForOverlay, type OverlayBound } from './copy-room.js';
-import { virtualSizeOf } from './cold-copy.js';
 import type { ActivityDeps } from './deps.js';
 import { keepHeartbeating } from './heartbeat.js';
-import { dirForQemu, liveCopyDisk, type LiveCopiedDisk, type LiveCopyDiskInput } from './live-copy.js';
+import { liveCopyDisk, prepareLiveJob, type LiveCopiedDisk, type LiveCopyDiskInput } from './live-copy.js';
 import { removeSnapshotFiles, snapshotDir } from './snapshot-files.js';
 import { sendAndVerify, type UploadedImage, type UploadTarget } from './upload.js';
 import type { LiveExport } from '../drivers/hypervisor.js';
@@ -89,20 +88,7 @@ export async function exportLiveDisk(deps: ActivityDeps, input: LiveCopyDiskInpu
   await hypervisor.abortLiveCopy?.(input.instanceId, snapshotsDir);
   const bound = await ensureRoomForOverlay(deps, input);
   const signal = Context.current().cancellationSignal;
-  const prepared = await Promise.allSettled([
-    dirForQemu(snapshotsDir, input.imageId),
-    hypervisor.rootDisk(input.instanceId).then(async (disk) => ({ disk, virtualSize: await virtualSizeOf(deps, disk) })),
-    hypervisor.watchPauses(input.instanceId),
-  ]);
-  const [madeDir, found, watch] = prepared;
-  if (madeDir.status === 'rejected' || found.status === 'rejected' || watch.status === 'rejected') {
-    if (watch.status === 'fulfilled') await watch.value.stop().catch(() => undefined);
-    await removeSnapshotFiles(snapshotsDir, input.imageId);
-    throw prepared.find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason;
-  }
-  const dir = madeDir.value;
-  const { disk, virtualSize } = found.value;
-  const pauses = watch.value;
+  const { dir, disk, virtualSize, pauses } = await prepareLiveJob(deps, input);
   const heartbeat = keepHeartbeating((): StepProgress => ({ phase: 'copying', percent: 0, bytesDone: 0, bytesTotal: virtualSize }), 1000);
   const writes = await hypervisor.watchWrites?.(input.instanceId, disk.path).catch(() => undefined);
   let watching = true;
