@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VmsnapError } from '../../src/shared/errors.js';
 import type {
+  InstanceDisk,
   Hypervisor,
   InstanceInfo,
   LiveCopyOptions,
@@ -98,6 +99,11 @@ export class SimulatedHypervisor implements Hypervisor {
   async rootDisk(id: string): Promise<RootDisk> {
     await this.state(id);
     return { path: this.path(id, 'qcow2'), format: 'qcow2' };
+  }
+
+  async disks(id: string): Promise<InstanceDisk[]> {
+    const root = await this.rootDisk(id);
+    return [{ dev: 'vda', device: 'disk', type: 'file', bus: 'virtio', ...root, readonly: false, shareable: false }];
   }
 
   async liveCopySupport(id: string): Promise<LiveCopySupport> {

@@ -37,6 +37,24 @@ export interface RootDisk {
   format: string;
 }
 
+/** One <disk> of the domain, in the domain's order (cdroms and floppies too). */
+export interface InstanceDisk {
+  /** Target device name (vda, sdb ...). */
+  dev: string;
+  /** 'disk', 'cdrom', 'floppy', 'lun'. */
+  device: string;
+  /** Source type: 'file', 'block', 'network', 'volume' ... */
+  type: string;
+  /** Target bus: virtio, scsi, sata, ide ... ('' when none is named). */
+  bus: string;
+  /** The image of a local file or block disk. */
+  path?: string;
+  /** Format QEMU uses for it: 'qcow2', 'raw', ... */
+  format: string;
+  readonly: boolean;
+  shareable: boolean;
+}
+
 export interface Hypervisor {
   listInstances(): Promise<InstanceInfo[]>;
   /** Throws InstanceNotFound for an unknown id. */
@@ -47,6 +65,8 @@ export interface Hypervisor {
   resume(id: string): Promise<void>;
   /** The root disk as the domain defines it (the first disk device). */
   rootDisk(id: string): Promise<RootDisk>;
+  /** Every disk of the domain, in its order. Throws InstanceNotFound / InvalidInput like getInstance. */
+  disks(id: string): Promise<InstanceDisk[]>;
 
   // Live snapshot mode (types below).
   /**

@@ -56,9 +56,23 @@ export interface DomainDisk {
   type: string;
   /** Target device name (vda, sda, ...): how libvirt's backup XML names the disk. */
   dev: string;
+  /** Target bus (virtio, scsi, sata, ide ...); '' when the XML names none. */
+  bus: string;
+  /** The image a local (file or block) disk reads, if it has one. */
+  path?: string;
+  /** Format QEMU uses for it (<driver type>; raw when none is given). */
+  format: string;
+  readonly: boolean;
+  shareable: boolean;
   /** The iothread that serves the disk (its <driver iothread>), if any. */
   iothread?: string;
 }
+
+/** Where a local disk's <source> names its image, by disk type. */
+const SOURCE_OF: Record<string, (source: Record<string, string>) => string | undefined> = {
+  file: (source) => source.file,
+  block: (source) => source.dev,
+};
 
 /** Every <disk> of the domain, in order. */
 export function domainDisks(xml: string): DomainDisk[] {
@@ -67,14 +81,26 @@ export function domainDisks(xml: string): DomainDisk[] {
   let m: RegExpExecArray | null;
   while ((m = re.exec(xml)) !== null) {
     const a = attrs(m[1] ?? '');
-    // In a running domain's XML <target> comes after <backingStore>; neither <backingStore> nor
-    // <mirror> holds a <target>, so the first one in the body is the disk's.
-    const iothread = firstTagAttrs(m[2] ?? '', 'driver')?.iothread;
+    // The disk's own <source>/<driver> come before <backingStore> and <mirror>, which hold <source>s
+    // of other images; cut there so those are never mistaken for the disk's. In a running domain's
+    // XML <target> comes after <backingStore>; neither holds a <target>, so the first is the disk's.
+    const whole = m[2] ?? '';
+    const own = whole.split(/<backingStore\b|<mirror\b/)[0] ?? '';
+    const driver = firstTagAttrs(own, 'driver');
+    const target = firstTagAttrs(whole, 'target');
+    const type = a.type ?? 'file';
+    const path = SOURCE_OF[type]?.(firstTagAttrs(own, 'source') ?? {});
     out.push({
       device: a.device ?? 'disk',
-      type: a.type ?? 'file',
-      dev: firstTagAttrs(m[2] ?? '', 'target')?.dev ?? '',
-      ...(iothread ? { iothread } : {}),
+      type,
+      dev: target?.dev ?? '',
+      bus: target?.bus ?? '',
+      ...(path ? { path } : {}),
+      // No driver type means libvirt lets QEMU treat the disk as raw.
+      format: driver?.type ?? 'raw',
+      readonly: /<readonly\s*\/>/.test(whole),
+      shareable: /<shareable\s*\/>/.test(whole),
+      ...(driver?.iothread ? { iothread: driver.iothread } : {}),
     });
   }
   return out;

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { VmsnapError } from '../shared/errors.js';
 import type {
   Hypervisor,
+  InstanceDisk,
   InstanceInfo,
   LiveCopyOptions,
   LiveCopyResult,
@@ -26,7 +27,7 @@ import type {
 import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
 import { startWriteWatch } from './libvirt-writes.js';
-import { attrs, domainOwner, firstTagAttrs, firstText } from './libvirt-xml.js';
+import { attrs, domainDisks, domainOwner, firstText } from './libvirt-xml.js';
 import { VirshShells, type VirshOutput } from './virsh-shell.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -70,37 +71,18 @@ function novaImageRef(xml: string): string | undefined {
   return undefined;
 }
 
-/** Where a local disk's <source> names its image, by disk type. */
-const SOURCE_OF: Record<string, (source: Record<string, string>) => string | undefined> = {
-  file: (source) => source.file,
-  block: (source) => source.dev,
-};
-
 function parseRootDisk(xml: string, id: string): RootDisk {
-  const re = /<disk(\s[^>]*)?>([\s\S]*?)<\/disk>/g;
-  let m: RegExpExecArray | null;
-  while ((m = re.exec(xml)) !== null) {
-    const disk = attrs(m[1] ?? '');
-    if ((disk.device ?? 'disk') !== 'disk') continue;
-    // The disk's own <source>/<driver> come before <backingStore> and <mirror>, which hold <source>s
-    // of other images; cut there so those are never mistaken for the disk's.
-    const body = (m[2] ?? '').split(/<backingStore\b|<mirror\b/)[0] ?? '';
-    const type = disk.type ?? 'file';
-    const source = firstTagAttrs(body, 'source') ?? {};
-    const path = SOURCE_OF[type]?.(source);
-    if (!path) {
-      throw new VmsnapError(
-        'DiskNotFound',
-        `instance ${id}: the root disk is of type '${type}'${type === 'file' || type === 'block' ? ' without a source' : ''}; only local file and ` +
-          `block disks can be snapshotted`,
-        { instance: id, diskType: type },
-      );
-    }
-    // No driver type means libvirt lets QEMU treat the disk as raw.
-    const format = firstTagAttrs(body, 'driver')?.type ?? 'raw';
-    return { path, format };
+  const root = domainDisks(xml).find((d) => d.device === 'disk');
+  if (!root) throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device`, { instance: id });
+  if (!root.path) {
+    const local = root.type === 'file' || root.type === 'block';
+    throw new VmsnapError(
+      'DiskNotFound',
+      `instance ${id}: the root disk is of type '${root.type}'${local ? ' without a source' : ''}; only local file and block disks can be snapshotted`,
+      { instance: id, diskType: root.type },
+    );
   }
-  throw new VmsnapError('DiskNotFound', `instance ${id} has no disk device`, { instance: id });
+  return { path: root.path, format: root.format };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,6 +214,11 @@ export class LibvirtHypervisor implements Hypervisor {
   async rootDisk(id: string): Promise<RootDisk> {
     const uuid = checkId(id);
     return parseRootDisk(await this.virsh(['dumpxml', uuid], uuid), uuid);
+  }
+
+  async disks(id: string): Promise<InstanceDisk[]> {
+    const uuid = checkId(id);
+    return domainDisks(await this.virsh(['dumpxml', uuid], uuid)).map(({ iothread: _, ...disk }) => disk);
   }
 
   async liveCopySupport(id: string): Promise<LiveCopySupport> {

@@ -1,5 +1,6 @@
 // The shapes that cross the workflow boundary: input, progress, result. Plain JSON only, and
 // never a secret: all of it is stored in Temporal's history.
+import type { DiskSelection } from './disk-set.js';
 
 export type DiskFormat = 'qcow2' | 'raw';
 export type SnapshotMode = 'auto' | 'cold' | 'live';
@@ -43,6 +44,13 @@ export interface SnapshotRequest {
    * after the upload the oldest backups of the instance and type past `rotation` are deleted.
    */
   backup?: BackupRotation;
+  /**
+   * Which disks: root (default: Nova's createImage), all, or the named target devices (root
+   * included). Each disk becomes its own image, all from one point in time; the root image
+   * carries the set's manifest (shared/disk-set.ts). CD-ROMs, read-only and shareable disks are
+   * skipped (result.skippedDisks); a network disk is refused.
+   */
+  disks?: DiskSelection;
 }
 
 export interface BackupRotation {
@@ -156,6 +164,24 @@ export interface SnapshotResult {
    */
   guestWriteStallMs?: number;
   phaseDurationsMs: Partial<Record<SnapshotPhase, number>>;
+  /** Every image the snapshot made, root first: one per disk (one entry for a root-disk snapshot). */
+  disks?: SnapshotDiskResult[];
+  /** The set's id (vmsnap_disk_set on each image), when the request asked for more than the root disk. */
+  diskSetId?: string;
+  /** Disks the selection left out, and why (CD-ROMs, read-only, shareable). */
+  skippedDisks?: { dev: string; reason: string }[];
+}
+
+/** One disk's image in a snapshot's result. */
+export interface SnapshotDiskResult {
+  dev: string;
+  bus: string;
+  role: 'root' | 'data';
+  imageId: string;
+  diskFormat: DiskFormat;
+  size: number;
+  virtualSize: number;
+  sha512: string;
 }
 
 // ---------------------------------------------------------------------------------------------
