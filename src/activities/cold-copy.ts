@@ -18,11 +18,21 @@ import { randomUUID } from 'node:crypto';
 import { dirname } from 'node:path';
 import { ensureRoomForCopy } from './copy-room.js';
 import type { ActivityDeps } from './deps.js';
+import { snapshotDisks, type ChosenDisk } from './disk-choice.js';
 import { keepHeartbeating } from './heartbeat.js';
 import { followPauseGuard, GuardProcess, isWorkerShutdown, launchPauseGuard } from './pause-guard-launch.js';
-import { isGuardRunning, readGuardJob, readGuardState, writeGuardJob, type GuardOutcome, type GuardState, type PauseGuardJob } from './pause-guard-files.js';
+import {
+  isGuardRunning,
+  readGuardJob,
+  readGuardState,
+  writeGuardJob,
+  type GuardCopy,
+  type GuardOutcome,
+  type GuardState,
+  type PauseGuardJob,
+} from './pause-guard-files.js';
 import { pausedMsOfRun, resumeRecorded, type ResumeOutcome } from './power.js';
-import { finishCopy, privateTarget, removeSnapshotFiles, snapshotDir, type ConvertedDisk } from './snapshot-files.js';
+import { finishCopy, privateDataTarget, privateTarget, removeSnapshotFiles, snapshotDir, type ConvertedDisk } from './snapshot-files.js';
 import { bootId } from '../drivers/files.js';
 import type { RootDisk } from '../drivers/hypervisor.js';
 import { VmsnapError } from '../shared/errors.js';
@@ -42,6 +52,13 @@ export interface ColdCopyDiskInput {
   forceShare: boolean;
   /** With pause: the copy is given up and the guest resumed when it stays paused longer (0: no limit). */
   pauseBudgetMs: number;
+  /** A set's data disks (target devices): copied after the root disk inside the same pause. */
+  dataDisks?: string[];
+}
+
+/** A data disk's copy, beside the root disk's. */
+export interface CopiedDataDisk extends ConvertedDisk {
+  dev: string;
 }
 
 export interface ColdCopiedDisk extends ConvertedDisk {
@@ -49,6 +66,8 @@ export interface ColdCopiedDisk extends ConvertedDisk {
   guestPauseMs: number;
   /** What the resume found, with a pause: resumed, or the guest gone or no longer paused. */
   resumeOutcome?: ResumeOutcome;
+  /** The data disks' copies (input.dataDisks), in that order. */
+  dataDisks?: CopiedDataDisk[];
 }
 
 /** A guard that ended with an outcome, and its job. */
@@ -79,11 +98,12 @@ export async function coldCopyDisk(deps: ActivityDeps, input: ColdCopyDiskInput)
   // nonce: the guard this attempt started or followed, once it has one.
   const follow: Follow = { signal, onProgress: progress.onProgress };
   try {
-    const disk = await deps.hypervisor.rootDisk(input.instanceId);
-    const bytesTotal = await virtualSizeOf(deps, disk);
-    progress.total(bytesTotal);
-    const ended = (await earlierGuard(deps, input, follow)) ?? (await copyUnderNewGuard(deps, input, disk, follow, ahead));
-    return await afterTheGuard(deps, ended, bytesTotal, signal);
+    const disks = await snapshotDisks(deps.hypervisor, input.instanceId, input.dataDisks);
+    const sizes = new Map<string, number>();
+    for (const disk of disks) sizes.set(disk.dev, await virtualSizeOf(deps, disk));
+    progress.total([...sizes.values()].reduce((a, b) => a + b, 0));
+    const ended = (await earlierGuard(deps, input, follow)) ?? (await copyUnderNewGuard(deps, input, disks, follow, ahead));
+    return await afterTheGuard(deps, ended, sizes, signal);
   } catch (err) {
     // A worker that only stops leaves the guard and its dir to the next attempt, which follows it.
     if (!isWorkerShutdown(signal)) await removeUnlessTakenOver(deps, input.imageId, follow.nonce);
@@ -133,19 +153,25 @@ async function earlierGuard(deps: ActivityDeps, input: ColdCopyDiskInput, follow
 }
 
 /** Room checked, a fresh dir, the guard started and armed, the guest paused, "go"; the guard followed to its outcome. */
-async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, disk: RootDisk, follow: Follow, ahead: GuardProcess): Promise<Ended> {
+async function copyUnderNewGuard(deps: ActivityDeps, input: ColdCopyDiskInput, disks: ChosenDisk[], follow: Follow, ahead: GuardProcess): Promise<Ended> {
   const { instanceId, owner } = input;
+  const [disk, ...data] = disks as [ChosenDisk, ...ChosenDisk[]];
   // A fresh dir: whatever an earlier attempt or snapshot left there is stopped and removed first.
   const target = await privateTarget(deps.snapshotsDir, input);
   const dir = dirname(target);
+  const dataDisks: GuardCopy[] = [];
+  for (const d of data) {
+    dataDisks.push({ dev: d.dev, source: { path: d.path, format: d.format }, target: await privateDataTarget(dir, d.dev, input.diskFormat) });
+  }
   const job: PauseGuardJob = {
     nonce: randomUUID(),
     owner,
     instanceId,
     imageId: input.imageId,
     libvirtUri: deps.libvirtUri,
-    source: disk,
+    source: { path: disk.path, format: disk.format },
     target,
+    ...(dataDisks.length ? { dataDisks } : {}),
     targetFormat: input.diskFormat,
     compress: input.compress,
     forceShare: input.forceShare,
@@ -203,7 +229,7 @@ async function recordGuardResume(deps: ActivityDeps, job: PauseGuardJob, outcome
 }
 
 /** The guard's outcome as the step's: its resume recorded; its failure thrown; its copy checked and measured. */
-async function afterTheGuard(deps: ActivityDeps, { job, outcome }: Ended, bytesTotal: number, signal: AbortSignal): Promise<ColdCopiedDisk> {
+async function afterTheGuard(deps: ActivityDeps, { job, outcome }: Ended, sizes: Map<string, number>, signal: AbortSignal): Promise<ColdCopiedDisk> {
   if (job.pause) await recordGuardResume(deps, job, outcome);
   signal.throwIfAborted(); // cancelled: the copy is not wanted any more
   const resumed = outcome.resumeOutcome !== undefined;
@@ -216,15 +242,18 @@ async function afterTheGuard(deps: ActivityDeps, { job, outcome }: Ended, bytesT
   }
   if (outcome.copy !== 'done') throw guardFailure(outcome.failure, resumed);
   let copy: ConvertedDisk;
+  const dataDisks: CopiedDataDisk[] = [];
   try {
-    copy = await finishCopy(deps, job.target, job.targetFormat, bytesTotal);
+    const rootSize = sizes.values().next().value ?? 0; // the root disk is the first
+    copy = await finishCopy(deps, job.target, job.targetFormat, rootSize);
+    for (const d of job.dataDisks ?? []) dataDisks.push({ dev: d.dev, ...(await finishCopy(deps, d.target, job.targetFormat, sizes.get(d.dev) ?? 0)) });
   } catch (err) {
     if (resumed && err instanceof VmsnapError) err.details.guestResumed = true;
     throw err;
   }
   const guestPauseMs = job.pause ? pausedMsOfRun(await deps.store.listEvents(job.instanceId), job.owner) : 0;
   const resumeOutcome = outcome.resumeOutcome as ResumeOutcome | undefined; // resumed-elsewhere fails the copy above
-  return { ...copy, guestPauseMs, ...(resumeOutcome ? { resumeOutcome } : {}) };
+  return { ...copy, guestPauseMs, ...(resumeOutcome ? { resumeOutcome } : {}), ...(dataDisks.length ? { dataDisks } : {}) };
 }
 
 /** The guard's failure as the step's, saying whether the guest runs again already (the workflow need not resume it). */

@@ -4,6 +4,7 @@
 import { readdir, stat, statfs } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { ActivityDeps } from './deps.js';
+import { snapshotDisks } from './disk-choice.js';
 import { snapshotDir } from './snapshot-files.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { DiskFormat } from '../shared/types.js';
@@ -14,6 +15,16 @@ export interface CopyPlan {
   diskFormat: DiskFormat;
   compress: boolean;
   live: boolean;
+  /** A set's data disks (target devices), copied with the root disk: the room covers them all. */
+  dataDisks?: string[];
+}
+
+/** `qemu-img measure` (as qcow2) of every disk the snapshot copies, summed. */
+async function measureDisks({ hypervisor, diskTool }: Pick<ActivityDeps, 'hypervisor' | 'diskTool'>, plan: Pick<CopyPlan, 'instanceId' | 'dataDisks'>) {
+  const disks = await snapshotDisks(hypervisor, plan.instanceId, plan.dataDisks);
+  let required = 0;
+  for (const disk of disks) required += (await diskTool.measure(disk.path, { format: disk.format, targetFormat: 'qcow2' })).required;
+  return { required, paths: disks.map((d) => d.path).join(', ') };
 }
 
 /** Free bytes where `dir` is (or would be made: its nearest existing parent). */
@@ -51,17 +62,17 @@ export async function ensureRoomForCopy(
   { hypervisor, diskTool, snapshotsDir }: Pick<ActivityDeps, 'hypervisor' | 'diskTool' | 'snapshotsDir'>,
   plan: CopyPlan,
 ): Promise<void> {
-  const disk = await hypervisor.rootDisk(plan.instanceId);
-  const { required } = await diskTool.measure(disk.path, { format: disk.format, targetFormat: 'qcow2' });
+  const { required, paths } = await measureDisks({ hypervisor, diskTool }, plan);
   const needed = plan.live && (plan.diskFormat === 'raw' || plan.compress) ? 2 * required : required;
   const free = (await freeBytesAt(snapshotsDir)) + (await heldByEarlierAttempt(snapshotDir(snapshotsDir, plan.imageId)));
   if (needed <= free) return;
-  const what = `the copy of instance ${plan.instanceId}'s disk needs ${MiB(needed)} in ${snapshotsDir} (VMSNAP_SNAPSHOTS_DIR), which has ${MiB(free)} free`;
+  const disks = plan.dataDisks?.length ? 'disks' : 'disk';
+  const what = `the copy of instance ${plan.instanceId}'s ${disks} needs ${MiB(needed)} in ${snapshotsDir} (VMSNAP_SNAPSHOTS_DIR), which has ${MiB(free)} free`;
   throw new VmsnapError('NoSpace', `${what}: free ${MiB(needed - free)} there or point it at a larger disk; the guest was not touched`, {
     snapshotsDir,
     neededBytes: needed,
     freeBytes: free,
-    disk: disk.path,
+    disk: paths,
   });
 }
 
@@ -91,10 +102,9 @@ const RESERVE_MAX = 2 ** 30;
  */
 export async function ensureRoomForOverlay(
   { hypervisor, diskTool, snapshotsDir }: Pick<ActivityDeps, 'hypervisor' | 'diskTool' | 'snapshotsDir'>,
-  plan: Pick<CopyPlan, 'instanceId' | 'imageId'>,
+  plan: Pick<CopyPlan, 'instanceId' | 'imageId' | 'dataDisks'>,
 ): Promise<OverlayBound> {
-  const disk = await hypervisor.rootDisk(plan.instanceId);
-  const { required: worstCaseBytes } = await diskTool.measure(disk.path, { format: disk.format, targetFormat: 'qcow2' });
+  const { required: worstCaseBytes, paths } = await measureDisks({ hypervisor, diskTool }, plan);
   const freeBytes = (await freeBytesAt(snapshotsDir)) + (await heldByEarlierAttempt(snapshotDir(snapshotsDir, plan.imageId)));
   const reserve = Math.min(RESERVE_MAX, Math.max(RESERVE_MIN, Math.floor(freeBytes / 8)));
   if (worstCaseBytes + reserve <= freeBytes) return { limitBytes: worstCaseBytes, worstCaseBytes, freeBytes, capped: false };
@@ -108,6 +118,6 @@ export async function ensureRoomForOverlay(
     snapshotsDir,
     neededBytes: needed,
     freeBytes,
-    disk: disk.path,
+    disk: paths,
   });
 }

@@ -3,7 +3,7 @@
 // point-in-time image set are skipped with the reason: CD-ROMs and floppies (media, not the guest's
 // data), read-only disks (nothing the guest writes) and shareable disks (other guests write them).
 // A chosen disk that is not a local file or block device is refused, naming it.
-import type { InstanceDisk } from '../drivers/hypervisor.js';
+import type { Hypervisor, InstanceDisk } from '../drivers/hypervisor.js';
 import type { DiskSelection } from '../shared/disk-set.js';
 import { VmsnapError } from '../shared/errors.js';
 
@@ -78,4 +78,32 @@ export function chooseDisks(instanceId: string, disks: InstanceDisk[], selection
     else chosen.push(local(instanceId, disk, 'data'));
   }
   return { chosen, skipped };
+}
+
+/**
+ * The disks a snapshot copies, looked up again on the host at the copy: the root disk, then each
+ * data disk the workflow chose (by target device). A chosen disk the domain no longer has (detached
+ * since) is DiskNotFound: the set would be short of it.
+ */
+export async function snapshotDisks(hypervisor: Hypervisor, instanceId: string, dataDisks: string[] = []): Promise<ChosenDisk[]> {
+  const disks = await hypervisor.disks(instanceId);
+  const present = dataDisks.filter((dev) => disks.some((d) => d.dev === dev));
+  const { chosen } = chooseDisks(instanceId, disks, present.length ? [rootDev(instanceId, disks), ...present] : 'root');
+  const missing = dataDisks.filter((dev) => !chosen.some((d) => d.dev === dev));
+  if (missing.length) {
+    throw new VmsnapError(
+      'DiskNotFound',
+      `instance ${instanceId}: disk ${missing.join(', ')} can no longer be copied (detached or changed since the snapshot began)`,
+      {
+        instance: instanceId,
+      },
+    );
+  }
+  return chosen;
+}
+
+function rootDev(instanceId: string, disks: InstanceDisk[]): string {
+  const root = disks.find((d) => d.device === 'disk');
+  if (!root) throw new VmsnapError('DiskNotFound', `instance ${instanceId} has no disk device`, { instance: instanceId });
+  return root.dev;
 }

@@ -23,15 +23,16 @@ export function keepHeartbeating(details: () => unknown, intervalMs = 2000): (()
  * "uploading 42% (430.0 MiB of 1.0 GiB), attempt 2", or a wait's "stopping: <what it waits for>".
  */
 export function readable(details: unknown, attempt: number): unknown {
-  const d = details as { phase?: unknown; percent?: unknown; bytesDone?: unknown; bytesTotal?: unknown; note?: unknown } | undefined;
+  const d = details as { phase?: unknown; percent?: unknown; bytesDone?: unknown; bytesTotal?: unknown; note?: unknown; dev?: unknown } | undefined;
   if (typeof d !== 'object' || d === null || typeof d.phase !== 'string') return details;
+  const phase = typeof d.dev === 'string' ? `${d.phase} ${d.dev}` : d.phase;
   const again = attempt > 1 ? `, attempt ${attempt}` : '';
   const note = typeof d.note === 'string' ? d.note : undefined;
   if (typeof d.percent === 'number' && typeof d.bytesDone === 'number' && typeof d.bytesTotal === 'number') {
     const bytes = `${formatBytes(d.bytesDone)} of ${formatBytes(d.bytesTotal)}${note ? `, ${note}` : ''}`;
-    return { summary: `${d.phase} ${Math.floor(d.percent)}% (${bytes})${again}`, ...d };
+    return { summary: `${phase} ${Math.floor(d.percent)}% (${bytes})${again}`, ...d };
   }
-  return note ? { summary: `${d.phase}: ${note}${again}`, ...d } : details;
+  return note ? { summary: `${phase}: ${note}${again}`, ...d } : details;
 }
 
 type Activities = Record<string, (...args: never[]) => Promise<unknown>>;

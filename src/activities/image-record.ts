@@ -3,6 +3,7 @@
 import type { ActivityDeps } from './deps.js';
 import type { Identity } from '../drivers/identity.js';
 import type { Image } from '../drivers/image-service.js';
+import { DISK_SET_PROPERTY, manifestProperties, type DiskSetManifest } from '../shared/disk-set.js';
 import { VmsnapError } from '../shared/errors.js';
 import type { DiskFormat } from '../shared/types.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
@@ -24,6 +25,18 @@ export interface CreateImageRecordInput {
   scheduleId?: string;
   /** Nova's createBackup: the image is a backup of this type (image_type backup, backup_type). */
   backupType?: string;
+  /** One image of a set of disks (shared/disk-set.ts): a data disk's image is hidden and names its root image. */
+  diskSet?: { setId: string; role: 'root' | 'data'; dev: string; rootImageId: string };
+}
+
+/** The properties that tie an image to its set. */
+function setProperties(set: NonNullable<CreateImageRecordInput['diskSet']>): Record<string, string> {
+  return {
+    [DISK_SET_PROPERTY.set]: set.setId,
+    [DISK_SET_PROPERTY.role]: set.role,
+    [DISK_SET_PROPERTY.device]: set.dev,
+    ...(set.role === 'data' ? { [DISK_SET_PROPERTY.rootImage]: set.rootImageId } : {}),
+  };
 }
 
 /** Base image properties a snapshot inherits, as Nova copies the image_* system metadata. */
@@ -90,6 +103,7 @@ export function imageRecordActivities({ imageService, identity, store }: Pick<Ac
         ...(input.baseImageRef ? { base_image_ref: input.baseImageRef } : {}),
         ...(userId ? { user_id: userId } : {}),
         ...(projectId ? { owner: projectId, owner_id: projectId } : {}),
+        ...(input.diskSet ? setProperties(input.diskSet) : {}),
       };
       const { image, created } = await imageService.createImage({
         id: input.imageId,
@@ -100,12 +114,18 @@ export function imageRecordActivities({ imageService, identity, store }: Pick<Ac
         ...(input.diskFormat ? { disk_format: input.diskFormat, container_format: 'bare' } : {}),
         properties,
         tags: [VMSNAP_IMAGE_TAG],
+        ...(input.diskSet?.role === 'data' ? { hidden: true } : {}),
       });
       // A retried create finds its own image; anything else with this id is not ours to touch.
       if (!created && image.vmsnap_request_id !== input.requestId) {
         throw new VmsnapError('ImageConflict', `image ${input.imageId} exists already and was not made by this snapshot: choose another imageId`);
       }
       return { imageId: image.id, created };
+    },
+
+    /** Writes a set's manifest on its root image, once every image of the set is active and verified. */
+    async sealDiskSet(input: { rootImageId: string; manifest: DiskSetManifest }): Promise<void> {
+      await imageService.updateImage(input.rootImageId, manifestProperties(input.manifest));
     },
 
     /** Deletes the snapshot's image: the workflow calls this for an image not active and verified. */

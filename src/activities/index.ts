@@ -3,6 +3,7 @@
 // only says which queue runs which.
 import { coldCopyDisk } from './cold-copy.js';
 import type { ActivityDeps } from './deps.js';
+import { chooseDisks } from './disk-choice.js';
 import { backupActivities } from './backups.js';
 import { withTypedFailures } from './failures.js';
 import { heartbeatingFromStart } from './heartbeat.js';
@@ -22,6 +23,7 @@ import { retentionActivities } from './retention.js';
 import { removeSnapshotFiles } from './snapshot-files.js';
 import { slotActivities, slotReleaseActivities } from './slots.js';
 import { uploadActivities } from './upload.js';
+import type { DiskSelection } from '../shared/disk-set.js';
 
 export type { ActivityDeps } from './deps.js';
 
@@ -45,6 +47,9 @@ export function createHostActivities(deps: ActivityDeps) {
     ...reconcileHostActivities(deps),
     ...slotReleaseActivities(),
     ...uploadActivities(deps),
+    // Which disks a snapshot takes (before it takes the instance: a bad selection changes nothing).
+    chooseInstanceDisks: async ({ instanceId, selection }: { instanceId: string; selection: DiskSelection }) =>
+      chooseDisks(instanceId, await deps.hypervisor.disks(instanceId), selection),
     // A snapshot's copy and its temp dir.
     coldCopyDisk: (input: Parameters<typeof coldCopyDisk>[1]) => coldCopyDisk(deps, input),
     liveCopyDisk: (input: Parameters<typeof liveCopyDisk>[1]) => liveCopyDisk(deps, input),
@@ -76,6 +81,7 @@ export function createHostActivities(deps: ActivityDeps) {
  */
 export const SHORT_HOST_STEPS = [
   'inspectInstance',
+  'chooseInstanceDisks',
   'resumeInstance',
   'thawInstance',
   'removeSnapshotFiles',

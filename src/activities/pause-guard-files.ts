@@ -28,6 +28,8 @@ export interface PauseGuardJob {
   source: { path: string; format: string };
   /** The copy's file, in this dir. */
   target: string;
+  /** A set's data disks, copied after the root disk in the same pause (one point in time for all). */
+  dataDisks?: GuardCopy[];
   targetFormat: DiskFormat;
   compress: boolean;
   forceShare: boolean;
@@ -35,6 +37,13 @@ export interface PauseGuardJob {
   pause: boolean;
   /** With pause: the guest is resumed and the copy given up this long after QEMU's STOP (0: no limit). */
   pauseBudgetMs: number;
+}
+
+/** One more disk the guard copies. */
+export interface GuardCopy {
+  dev: string;
+  source: { path: string; format: string };
+  target: string;
 }
 
 /** arming: watching QEMU's events; armed: waiting for the step's "go"; copying; done: the outcome is in. */
@@ -61,7 +70,7 @@ export interface GuardState {
   procStart: string;
   bootId: string;
   phase: GuardPhase;
-  /** The copy's percent, as qemu-img reports it. */
+  /** The copy's percent (of all its disks), as qemu-img reports it. */
   percent: number;
   outcome?: GuardOutcome;
 }

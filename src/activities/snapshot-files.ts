@@ -54,6 +54,15 @@ export async function privateTarget(snapshotsDir: string, input: { imageId: stri
   return target;
 }
 
+/** A set's data disk's copy in the temp dir `dir` (made by privateTarget), created 0600 like the root disk's. */
+export async function privateDataTarget(dir: string, dev: string, diskFormat: DiskFormat): Promise<string> {
+  // dev is a target device name the domain XML gave (vdb, sdc): checked to be a plain name before it names a file.
+  if (!/^[a-z][a-z0-9]*$/.test(dev)) throw new VmsnapError('InvalidInput', `disk target ${JSON.stringify(dev)} is not a device name like vdb`);
+  const target = join(dir, `disk-${dev}.${diskFormat}`);
+  await writeFile(target, '', { mode: 0o600 });
+  return target;
+}
+
 /** Private, checked (qcow2) and measured: what the upload may send. */
 export async function finishCopy(
   { diskTool }: Pick<ActivityDeps, 'diskTool'>,

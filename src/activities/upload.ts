@@ -26,6 +26,8 @@ export interface UploadTarget {
    * saving is waited for through the retries, never replaced by a record the caller does not know.
    */
   keepImageId?: boolean;
+  /** A set's disk (target device), named in the progress the step reports. */
+  dev?: string;
 }
 
 export interface UploadImageInput extends UploadTarget {
@@ -80,6 +82,7 @@ export async function sendAndVerify({ imageService }: Pick<ActivityDeps, 'imageS
   // it) must not look like a dead worker.
   const stop = keepHeartbeating((): StepProgress => ({
     phase: 'uploading',
+    ...(input.dev ? { dev: input.dev } : {}),
     percent: bytesTotal ? (100 * bytesSent) / bytesTotal : 100,
     bytesDone: bytesSent,
     bytesTotal,

@@ -83,7 +83,9 @@ export class ProgressView {
 
   /** What to show for a progress report: phase, percent, bytes, speed and time left. */
   line(p: WorkProgress): ProgressLine {
-    const line: ProgressLine = { phase: p.phase };
+    // A set's disks moving side by side: each one's percent beside the phase.
+    const disks = p.disks?.map((d) => `${d.dev} ${Math.floor(d.percent)}%`).join(', ');
+    const line: ProgressLine = { phase: disks ? `${p.phase} [${disks}]` : p.phase };
     if (p.percent === undefined || p.bytesDone === undefined || p.bytesTotal === undefined) {
       if (p.note) line.note = p.note; // a wait without bytes (a guest shutting down)
       return line;

@@ -118,6 +118,8 @@ export interface StepDetails {
   bytesTotal?: number;
   /** What the running step waits for when its bytes do not move ("waiting for Glance to confirm"). */
   note?: string;
+  /** A snapshot of several disks: each disk's step (its target device, percent and bytes) when more than one runs. */
+  disks?: { dev: string; percent: number; bytesDone: number; bytesTotal: number }[];
   /** The running step: activity type, attempt (1 = first) of at most maximumAttempts (0: no limit), when it last reported, why it last failed. */
   step?: { activityType: string; attempt: number; maximumAttempts?: number; lastHeartbeatAt?: string; lastFailure?: string };
 }
@@ -134,8 +136,9 @@ export async function getProgress(handle: SnapshotHandle): Promise<SnapshotProgr
 /** Percent and bytes of the pending step of a workflow in `phase`, from its heartbeat (snapshots and restores). */
 export async function stepProgress(handle: { client: WorkflowClient }, description: WorkflowExecutionDescription, phase: string): Promise<StepDetails> {
   const pending = description.raw.pendingActivities ?? [];
-  // One step runs at a time; the one that reports progress is the one worth showing.
+  // One step runs at a time, or one per disk of a set (the uploads): the ones that report progress are worth showing.
   let fallback: StepDetails = {};
+  const perDisk: (StepProgress & { step: NonNullable<StepDetails['step']> })[] = [];
   for (const activity of pending) {
     const step = {
       activityType: activity.activityType?.name ?? 'unknown',
@@ -150,17 +153,35 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     if (waiting && waiting.phase === phase) return { note: waiting.note, step };
     const heartbeat = details.find(isStepProgress);
     if (heartbeat && heartbeat.phase === phase) {
-      return {
-        percent: heartbeat.percent,
-        bytesDone: heartbeat.bytesDone,
-        bytesTotal: heartbeat.bytesTotal,
-        ...(heartbeat.note ? { note: heartbeat.note } : {}),
-        step,
-      };
+      if (heartbeat.dev === undefined) return stepDetails(heartbeat, step);
+      perDisk.push({ ...heartbeat, step });
+      continue;
     }
     fallback = { step };
   }
-  return fallback;
+  const [first, ...others] = perDisk;
+  if (!first) return fallback;
+  if (!others.length) return stepDetails(first, first.step);
+  // Several disks at once: their sum, and each disk's own.
+  const bytesDone = perDisk.reduce((sum, d) => sum + d.bytesDone, 0);
+  const bytesTotal = perDisk.reduce((sum, d) => sum + d.bytesTotal, 0);
+  return {
+    percent: bytesTotal ? (100 * bytesDone) / bytesTotal : 100,
+    bytesDone,
+    bytesTotal,
+    disks: perDisk.map((d) => ({ dev: d.dev ?? '', percent: d.percent, bytesDone: d.bytesDone, bytesTotal: d.bytesTotal })),
+    step: first.step,
+  };
+}
+
+function stepDetails(heartbeat: StepProgress, step: NonNullable<StepDetails['step']>): StepDetails {
+  return {
+    percent: heartbeat.percent,
+    bytesDone: heartbeat.bytesDone,
+    bytesTotal: heartbeat.bytesTotal,
+    ...(heartbeat.note ? { note: heartbeat.note } : {}),
+    step,
+  };
 }
 
 function isStepNote(value: unknown): value is StepNote {

@@ -136,6 +136,7 @@ export class GlanceImageService implements ImageService {
       ...(image.disk_format ? { disk_format: image.disk_format } : {}),
       ...(image.container_format ? { container_format: image.container_format } : {}),
       ...(image.tags ? { tags: image.tags } : {}),
+      ...(image.hidden ? { os_hidden: true } : {}),
     };
     const reply = await this.send('POST', path, { 'content-type': 'application/json' }, JSON.stringify(body));
     if (reply.status >= 200 && reply.status < 300) return { image: this.parseImage('POST', path, reply), created: true };

@@ -34,6 +34,8 @@ export interface NewImage {
   properties: Record<string, string>;
   /** Image tags: vmsnap tags its images so it can find them again without listing all. */
   tags?: string[];
+  /** Glance's os_hidden: left out of image lists unless asked for (a set's data disk images). */
+  hidden?: boolean;
 }
 
 export interface UploadResult {

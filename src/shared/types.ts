@@ -111,6 +111,8 @@ export interface StepProgress {
   bytesTotal: number;
   /** What the step waits for when its bytes do not move, e.g. "waiting for Glance to confirm". */
   note?: string;
+  /** The disk (target device) of a snapshot of several disks this step moves. */
+  dev?: string;
 }
 
 /** A step without bytes that waits on something (a restore's guest shutting down): its heartbeat says what. */

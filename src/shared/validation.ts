@@ -69,6 +69,19 @@ export interface InputProblem {
 }
 
 /** Returns the problems with a request; an empty list means it is valid. */
+const DISK_NAME = /^[a-z][a-z0-9]{0,31}$/;
+
+/** SnapshotRequest.disks: "root", "all" or a list of target device names (vda, vdb ...). */
+function diskSelectionProblems(disks: unknown): InputProblem[] {
+  if (disks === 'root' || disks === 'all') return [];
+  const message = 'must be "root", "all" or a list of the instance\'s target devices like ["vda", "vdb"] (virsh domblklist shows them)';
+  if (!Array.isArray(disks) || disks.length === 0) return [{ field: 'disks', message }];
+  const bad = disks.filter((d) => typeof d !== 'string' || !DISK_NAME.test(d));
+  if (bad.length) return [{ field: 'disks', message: `${JSON.stringify(bad[0])} is not a device name: ${message}` }];
+  if (new Set(disks).size !== disks.length) return [{ field: 'disks', message: 'names a disk twice' }];
+  return [];
+}
+
 export function validateSnapshotRequest(input: unknown): InputProblem[] {
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
     return [{ field: 'input', message: 'must be a JSON object like {"instance": "<uuid or name>", "imageName": "..."}' }];
@@ -88,6 +101,7 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
     'projectId',
     'scheduleId',
     'backup',
+    'disks',
   ]);
   for (const key of Object.keys(r)) {
     if (!known.has(key)) problems.push({ field: key, message: `unknown field; known fields: ${[...known].join(', ')}` });
@@ -123,6 +137,7 @@ export function validateSnapshotRequest(input: unknown): InputProblem[] {
     problems.push({ field: 'diskFormat', message: 'must be "qcow2" or "raw"' });
   }
   if (r.compress !== undefined && typeof r.compress !== 'boolean') problems.push({ field: 'compress', message: 'must be true or false' });
+  if (r.disks !== undefined) problems.push(...diskSelectionProblems(r.disks));
   if (r.compress === true && r.diskFormat === 'raw') problems.push({ field: 'compress', message: 'compression needs diskFormat "qcow2"' });
   if (r.imageId !== undefined && (typeof r.imageId !== 'string' || !UUID_PATTERN.test(r.imageId))) {
     problems.push({ field: 'imageId', message: 'must be a UUID' });

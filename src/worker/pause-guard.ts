@@ -157,18 +157,22 @@ class PauseGuard {
     this.went = true;
     if (this.job.pause && this.job.pauseBudgetMs > 0) this.armBudget(this.stoppedAt ?? command.pausedAt);
     await this.publish({ phase: 'copying' });
+    // The root disk, then each data disk of a set, all inside the one pause.
+    const copies = [{ source: this.job.source, target: this.job.target }, ...(this.job.dataDisks ?? [])];
     try {
-      await qemuImg.convert({
-        source: this.job.source.path,
-        sourceFormat: this.job.source.format,
-        target: this.job.target,
-        targetFormat: this.job.targetFormat,
-        compress: this.job.compress,
-        forceShare: this.job.forceShare,
-        onProgress: (percent) => void this.progress(percent),
-        signal: this.copyStop.signal,
-        fsync: false, // a temp file: see ConvertedDisk.bootId
-      });
+      for (const [i, copy] of copies.entries()) {
+        await qemuImg.convert({
+          source: copy.source.path,
+          sourceFormat: copy.source.format,
+          target: copy.target,
+          targetFormat: this.job.targetFormat,
+          compress: this.job.compress,
+          forceShare: this.job.forceShare,
+          onProgress: (percent) => void this.progress((i * 100 + percent) / copies.length),
+          signal: this.copyStop.signal,
+          fsync: false, // a temp file: see ConvertedDisk.bootId
+        });
+      }
     } catch (err) {
       return { copy: 'failed', failure: this.stopFailure() ?? failureOf(err), guestPauseMs: 0 };
     }

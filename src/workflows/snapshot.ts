@@ -24,7 +24,10 @@ import { STORE_STEP, onHost, onMain, onMainLocal, stepOptions, type Steps } from
 import { TaskStateHolder } from './task-state.js';
 import { Tracker } from './tracker.js';
 import type { SnapshotSettings } from '../shared/config.js';
-import type { Consistency, DiskFormat, SnapshotPhase, SnapshotRequest, SnapshotResult } from '../shared/types.js';
+import type { CopiedDataDisk } from '../activities/cold-copy.js';
+import type { SkippedDisk } from '../activities/disk-choice.js';
+import type { DiskSelection, DiskSetManifest } from '../shared/disk-set.js';
+import type { Consistency, DiskFormat, SnapshotDiskResult, SnapshotPhase, SnapshotRequest, SnapshotResult } from '../shared/types.js';
 import { validateSnapshotRequest } from '../shared/validation.js';
 
 // The workflow's own pause-budget timer backs up the pause guard's, which is exact (counted from
@@ -54,12 +57,30 @@ interface Copy {
   guestWriteStallMs?: number;
   /** The host's boot the copy was made in: the upload refuses a copy from another (CopyLost). */
   bootId: string;
+  /** A set's data disks' copies, from the same pause. */
+  dataDisks?: CopiedDataDisk[];
 }
 
 /** The Glance image the snapshot fills, and the compensation that deletes it until it is verified. */
 interface ImageRecord {
   id: string;
   undo: { drop(): void };
+}
+
+/** A data disk's image in a snapshot of several disks: its own record, undone until the set is sealed. */
+interface DataImage {
+  dev: string;
+  bus: string;
+  image: ImageRecord;
+}
+
+/** A snapshot of several disks: the set's id, the root disk's target and the data disks' images. */
+interface DiskSet {
+  id: string;
+  rootDev: string;
+  rootBus: string;
+  data: DataImage[];
+  skipped: SkippedDisk[];
 }
 
 /** What the steps of one snapshot share. */
@@ -82,6 +103,8 @@ interface Snapshot {
   steps: Steps;
   track: Tracker<SnapshotPhase>;
   undo: Compensations;
+  /** Set when the request asked for more than the root disk (request.disks). */
+  set?: DiskSet;
 }
 
 export async function snapshotInstance(request: SnapshotRequest): Promise<SnapshotResult> {
@@ -118,6 +141,8 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   try {
     // An explicit live request the instance cannot honour now is refused before anything changes.
     if (request.mode === 'live') await inspect(s, undefined);
+    // So is a disk selection the instance cannot honour (a disk it has not, a network disk).
+    if (request.disks !== undefined && request.disks !== 'root') s.set = await chooseSet(s, request.disks);
 
     // 2. Task state None → image_snapshot_pending by compare-and-swap, else InstanceBusy.
     await task.take('image_snapshot_pending');
@@ -127,6 +152,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     track.enter('creating-image');
     image.undo = undo.push('delete image', () => deleteImage(s, imageId));
     await createImageRecord(s, imageId);
+    if (s.set) await createDataImageRecords(s, s.set);
     acceptance.accept({ instanceId, imageId, taskState: 'image_snapshot_pending' });
 
     // 4. Task state → image_snapshot; one of the host's snapshot slots (at most N at once, as Nova).
@@ -151,9 +177,15 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     //    sent): hashed on the way; verified against the record Glance answers with. An image a
     //    cut-off attempt left stuck saving is replaced by a new record.
     track.enter('uploading');
-    const uploaded = await upload(s, source, mode);
-    uploadedBytes.add(uploaded.size);
+    const [uploaded, dataUploads] = await Promise.all([upload(s, source, mode), uploadDataDisks(s, source)]);
+    uploadedBytes.add(uploaded.size + dataUploads.reduce((sum, d) => sum + d.size, 0));
     const seen = transferred(source, uploaded);
+    // Every image is active and verified: the root image gets the set's manifest, and then the
+    // images stay whatever happens next.
+    const disks = diskResults(s, source, uploaded, dataUploads);
+    if (s.set) await sealSet(s, s.set, disks);
+    s.image.undo.drop();
+    for (const d of s.set?.data ?? []) d.image.undo.drop();
 
     // 9. The slot is the next snapshot's; the live export's job ends, the temp dir goes and task
     //    state → None, side by side.
@@ -182,6 +214,8 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
       ...(source.quiesceNote ? { quiesceNote: source.quiesceNote } : {}),
       ...seen,
       phaseDurationsMs: track.progress.phaseDurationsMs,
+      disks,
+      ...(s.set ? { diskSetId: s.set.id, skippedDisks: s.set.skipped } : {}),
     };
   } catch (err) {
     // On failure, cancel or timeout: undo in reverse, task state None, instance fault, typed failure.
@@ -209,10 +243,17 @@ function wantedMode(s: Snapshot) {
   return s.request.mode ?? s.settings.defaultMode;
 }
 
-/** The Glance record of the snapshot's image (status queued, formats set), under `imageId`. */
-async function createImageRecord(s: Snapshot, imageId: string): Promise<void> {
-  const { request } = s;
+/** The Glance record of the snapshot's image (status queued, formats set), under `imageId`; a set's root or data disk's. */
+async function createImageRecord(s: Snapshot, imageId: string, data?: DataImage): Promise<void> {
+  const { request, set } = s;
+  const diskSet = set && {
+    setId: set.id,
+    role: data ? ('data' as const) : ('root' as const),
+    dev: data?.dev ?? set.rootDev,
+    rootImageId: s.image.id,
+  };
   await onMainLocal(s.steps.imageRecord, `create image ${imageId} in Glance`).createImageRecord({
+    ...(diskSet ? { diskSet } : {}),
     imageId,
     diskFormat: s.diskFormat,
     imageName: request.imageName,
@@ -254,6 +295,7 @@ async function upload(s: Snapshot, source: Source, mode: Mode): Promise<Uploaded
         formatsSet: true, // createImageRecord made the record with them
         // A named id was promised to the requester: it is kept (waited for), never replaced.
         keepImageId: s.request.imageId !== undefined,
+        ...(s.set ? { dev: s.set.rootDev } : {}),
       };
       const uploaded =
         source.transfer === 'streamed'
@@ -268,7 +310,6 @@ async function upload(s: Snapshot, source: Source, mode: Mode): Promise<Uploaded
               path: source.path,
               copyBootId: source.bootId,
             });
-      s.image.undo.drop(); // active and verified: it stays whatever happens next
       return uploaded;
     } catch (err) {
       if (failureTypeOf(err) !== 'ImageStuck' || s.replaced.length >= STUCK_IMAGE_REPLACEMENTS) throw uploadFailure(err, s.steps);
@@ -359,6 +400,12 @@ async function inspect(s: Snapshot, found: InstanceInspection | undefined): Prom
 function chooseMode(s: Snapshot, priorPowerState: SettledPowerState, support: LiveCopySupport | undefined): Omit<Inspected, 'priorPowerState'> {
   const wanted = wantedMode(s);
   if (wanted === 'cold') return { mode: 'cold' };
+  if (s.set?.data.length) {
+    if (s.request.mode === 'live') {
+      throw failure('InvalidInput', `a live snapshot of several disks is not built yet: ask for mode "cold" or "auto" to snapshot ${s.instanceId}'s disks`);
+    }
+    return { mode: 'cold', modeReason: 'a snapshot of several disks is copied cold (one pause for every disk)' };
+  }
   if (priorPowerState !== 'running' && s.request.mode === 'live') {
     throw failure('InvalidInput', `a live snapshot of ${s.instanceId} needs a running guest, and it is ${priorPowerState}: ask for mode "cold" or "auto"`);
   }
@@ -440,7 +487,8 @@ async function coldCopy(s: Snapshot, priorPowerState: SettledPowerState): Promis
   const paused = pause ? s.undo.push('resume instance', resume, { guest: true }) : undefined;
   undoTempDir(s);
   const budgetMs = pause ? s.settings.pauseBudgetMs : 0;
-  const summary = pause ? `pause, copy the root disk to ${s.diskFormat}, resume` : `copy the root disk to ${s.diskFormat}`;
+  const what = s.set?.data.length ? `the ${s.set.data.length + 1} disks` : 'the root disk';
+  const summary = pause ? `pause, copy ${what} to ${s.diskFormat}, resume` : `copy ${what} to ${s.diskFormat}`;
   const copy = () =>
     onHost(steps.copy, summary).coldCopyDisk({
       instanceId,
@@ -452,6 +500,7 @@ async function coldCopy(s: Snapshot, priorPowerState: SettledPowerState): Promis
       // A paused or running QEMU holds the image lock; a shut-off instance's disk is free.
       forceShare: priorPowerState !== 'shutdown',
       pauseBudgetMs: budgetMs,
+      ...(s.set?.data.length ? { dataDisks: s.set.data.map((d) => d.dev) } : {}),
     });
   let disk;
   try {
@@ -502,4 +551,107 @@ async function withinPauseBudget<T>(copy: () => Promise<T>, budgetMs: number): P
     timerScope.cancel();
     await timer;
   }
+}
+
+/** The disks of a snapshot of several disks, chosen on the host before the task state is taken. */
+async function chooseSet(s: Snapshot, selection: DiskSelection): Promise<DiskSet> {
+  const { chosen, skipped } = await onHost(s.steps.quick, 'choose the disks to snapshot').chooseInstanceDisks({ instanceId: s.instanceId, selection });
+  const [root, ...data] = chosen;
+  if (!root) throw failure('DiskNotFound', `instance ${s.instanceId} has no disk to snapshot`);
+  for (const d of skipped) log.info('disk left out of the snapshot', { dev: d.dev, reason: d.reason });
+  return {
+    id: uuid4(),
+    rootDev: root.dev,
+    rootBus: root.bus,
+    data: data.map((d) => ({ dev: d.dev, bus: d.bus, image: { id: uuid4(), undo: { drop: () => undefined } } })),
+    skipped,
+  };
+}
+
+/** A record per data disk (hidden, naming the root image), each deleted by compensation until the set is sealed. */
+async function createDataImageRecords(s: Snapshot, set: DiskSet): Promise<void> {
+  await Promise.all(
+    set.data.map(async (d) => {
+      d.image.undo = s.undo.push(`delete image of ${d.dev}`, () => deleteImage(s, d.image.id));
+      await createImageRecord(s, d.image.id, d);
+    }),
+  );
+}
+
+/**
+ * Step 8 for a set's data disks, side by side with the root disk's: each copy into its own image,
+ * hashed and verified the same way. Their ids were given out with the set: a stuck one is waited for.
+ */
+async function uploadDataDisks(s: Snapshot, source: Source): Promise<(UploadedImage & { dev: string })[]> {
+  const data = s.set?.data ?? [];
+  if (!data.length) return [];
+  if (source.transfer !== 'copied' || !source.dataDisks) throw failure('HypervisorError', 'the copy step returned no copies of the data disks');
+  const copies = source.dataDisks;
+  return Promise.all(
+    data.map(async (d) => {
+      const copy = copies.find((c) => c.dev === d.dev);
+      if (!copy) throw failure('DiskNotFound', `the copy step returned no copy of disk ${d.dev}`);
+      try {
+        const uploaded = await onHost(s.steps.upload, `upload disk ${d.dev} (${copy.size} bytes) to Glance and verify`).uploadImage({
+          imageId: d.image.id,
+          diskFormat: s.diskFormat,
+          virtualSize: copy.virtualSize,
+          properties: { vmsnap_mode: 'cold', vmsnap_consistency: source.consistency },
+          formatsSet: true,
+          keepImageId: true,
+          dev: d.dev,
+          path: copy.path,
+          copyBootId: copy.bootId,
+        });
+        return { ...uploaded, dev: d.dev };
+      } catch (err) {
+        throw uploadFailure(err, s.steps);
+      }
+    }),
+  );
+}
+
+/** Every image of the snapshot, root first. */
+function diskResults(s: Snapshot, source: Source, root: UploadedImage | UploadedLiveExport, data: (UploadedImage & { dev: string })[]): SnapshotDiskResult[] {
+  const virtualSizes = new Map((source.transfer === 'copied' ? (source.dataDisks ?? []) : []).map((c) => [c.dev, c.virtualSize]));
+  const rootEntry: SnapshotDiskResult = {
+    dev: s.set?.rootDev ?? 'root',
+    bus: s.set?.rootBus ?? '',
+    role: 'root',
+    imageId: s.image.id,
+    diskFormat: s.diskFormat,
+    size: root.size,
+    virtualSize: source.virtualSize,
+    sha512: root.sha512,
+  };
+  const dataEntries = (s.set?.data ?? []).map((d): SnapshotDiskResult => {
+    const uploaded = data.find((u) => u.dev === d.dev);
+    return {
+      dev: d.dev,
+      bus: d.bus,
+      role: 'data',
+      imageId: d.image.id,
+      diskFormat: s.diskFormat,
+      size: uploaded?.size ?? 0,
+      virtualSize: virtualSizes.get(d.dev) ?? 0,
+      sha512: uploaded?.sha512 ?? '',
+    };
+  });
+  return [rootEntry, ...dataEntries];
+}
+
+/** The set's manifest on its root image: written last, so a root image with a manifest names only active, verified images. */
+async function sealSet(s: Snapshot, set: DiskSet, disks: SnapshotDiskResult[]): Promise<void> {
+  const manifest: DiskSetManifest = {
+    set_id: set.id,
+    disks: disks.map((d) => ({
+      device_name: d.dev,
+      disk_bus: d.bus,
+      boot_index: d.role === 'root' ? 0 : null,
+      image_id: d.imageId,
+      disk_format: d.diskFormat,
+      virtual_size: d.virtualSize,
+    })),
+  };
+  await onMainLocal(s.steps.imageRecord, `record the set of ${disks.length} images on image ${s.image.id}`).sealDiskSet({ rootImageId: s.image.id, manifest });
 }

@@ -17,8 +17,11 @@ import { SHORT_HOST_STEPS } from '../../src/activities/index.js';
 import type { AbandonedSnapshot } from '../../src/activities/reconcile.js';
 import type { TaskStateChange } from '../../src/activities/instance-state.js';
 import type { InspectInput } from '../../src/activities/inspection.js';
-import type { PowerState } from '../../src/drivers/hypervisor.js';
+import { chooseDisks } from '../../src/activities/disk-choice.js';
+import type { InstanceDisk, PowerState } from '../../src/drivers/hypervisor.js';
+import type { DiskSelection, DiskSetManifest } from '../../src/shared/disk-set.js';
 import type { SnapshotSettings } from '../../src/shared/config.js';
+import { VmsnapError } from '../../src/shared/errors.js';
 import { ALL_TASK_STATES } from '../../src/store/schema.js';
 import { SLOT_ACQUIRED_SIGNAL, hostSlotTaskQueue, hostTaskQueue } from '../../src/shared/names.js';
 import { HOST, IMAGE_ID, INSTANCE_ID, PHASE } from '../../src/shared/search-attributes.js';
@@ -40,6 +43,8 @@ export interface FakeInstance {
   disk: string;
   /** The pre-restore disk a restore kept (what it held, and the restore run that kept it). */
   preRestore?: { disk: string; owner: string };
+  /** Data disks beside the root disk vda (target devices); none by default. */
+  dataDisks: string[];
 }
 
 export interface FakeImage {
@@ -47,6 +52,10 @@ export interface FakeImage {
   status: 'queued' | 'saving' | 'active';
   instanceId: string;
   owner: string;
+  /** A set's image: its role and disk, data images hidden (os_hidden). */
+  diskSet?: { setId: string; role: 'root' | 'data'; dev: string; rootImageId: string };
+  /** A set's root image: its manifest, once sealed. */
+  manifest?: DiskSetManifest;
 }
 
 /** The activity's arguments and its default behaviour, for a hook that wraps it. */
@@ -114,6 +123,7 @@ export class FakeCloud {
       taskOwner: null,
       frozen: false,
       disk: 'original',
+      dataDisks: [],
     };
     this.instances.set(id, instance);
     return instance;
@@ -208,10 +218,19 @@ export class FakeCloud {
           record(e.instanceId, e.event, e.requestId, e.details);
         },
       ),
-      createImageRecord: hooked('createImageRecord', async (input: { imageId: string; instanceId: string; requestId: string }) => {
-        const created = !this.images.has(input.imageId);
-        if (created) this.images.set(input.imageId, { status: 'queued', instanceId: input.instanceId, owner: input.requestId });
-        return { imageId: input.imageId, created };
+      createImageRecord: hooked(
+        'createImageRecord',
+        async (input: { imageId: string; instanceId: string; requestId: string; diskSet?: FakeImage['diskSet'] }) => {
+          const created = !this.images.has(input.imageId);
+          const set = input.diskSet ? { diskSet: input.diskSet } : {};
+          if (created) this.images.set(input.imageId, { status: 'queued', instanceId: input.instanceId, owner: input.requestId, ...set });
+          return { imageId: input.imageId, created };
+        },
+      ),
+      sealDiskSet: hooked('sealDiskSet', async (input: { rootImageId: string; manifest: DiskSetManifest }) => {
+        const image = this.images.get(input.rootImageId);
+        if (!image) throw ApplicationFailure.create({ type: 'ImageNotFound', message: `no image ${input.rootImageId}`, nonRetryable: true });
+        image.manifest = input.manifest;
       }),
       deleteImageRecord: hooked('deleteImageRecord', async (imageId: string) => {
         const image = this.images.get(imageId);
@@ -275,10 +294,38 @@ export class FakeCloud {
     const host = {
       discoverInstances: hooked('discoverInstances', async () => ({ host: this.host, instances: this.instances.size })),
       inspectInstance: hooked('inspectInstance', inspectNow),
+      chooseInstanceDisks: hooked('chooseInstanceDisks', async ({ instanceId, selection }: { instanceId: string; selection: DiskSelection }) => {
+        const instance = this.instance(instanceId);
+        const disk = (dev: string): InstanceDisk => ({
+          dev,
+          device: 'disk',
+          type: 'file',
+          bus: 'virtio',
+          path: `/fake/${dev}`,
+          format: 'qcow2',
+          readonly: false,
+          shareable: false,
+        });
+        try {
+          return chooseDisks(instanceId, [disk('vda'), ...instance.dataDisks.map(disk)], selection);
+        } catch (e) {
+          // As withTypedFailures does for the real host step.
+          if (e instanceof VmsnapError) throw ApplicationFailure.create({ type: e.code, message: e.message, nonRetryable: true });
+          throw e;
+        }
+      }),
       // As the real one: pause, copy, resume on every path (a dead worker aside), and the budget kept here.
       coldCopyDisk: hooked(
         'coldCopyDisk',
-        async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; owner: string; pause: boolean; pauseBudgetMs: number }) => {
+        async (input: {
+          instanceId: string;
+          imageId: string;
+          diskFormat: 'qcow2' | 'raw';
+          owner: string;
+          pause: boolean;
+          pauseBudgetMs: number;
+          dataDisks?: string[];
+        }) => {
           const instance = this.instance(input.instanceId);
           if (input.pause) {
             record(input.instanceId, 'pause', input.owner);
@@ -322,6 +369,18 @@ export class FakeCloud {
             bootId: 'fake-boot',
             guestPauseMs: input.pause ? Date.now() - pausedAt : 0,
             ...(resumeOutcome ? { resumeOutcome } : {}),
+            ...(input.dataDisks
+              ? {
+                  dataDisks: input.dataDisks.map((dev) => ({
+                    dev,
+                    path: `/fake/${input.imageId}/disk-${dev}`,
+                    diskFormat: input.diskFormat,
+                    size: 512,
+                    virtualSize: 2048,
+                    bootId: 'fake-boot',
+                  })),
+                }
+              : {}),
           };
         },
       ),

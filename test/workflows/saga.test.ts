@@ -545,4 +545,71 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.ok(!cloud.calls.includes('inspectInstance'), 'no step past the slot ran');
     assert.equal((await handle.describe()).raw.pendingActivities?.length ?? 0, 0, 'the slot holder ended with the snapshot');
   });
+  it('all disks: one pause copies every disk, one image each, the data image hidden, the manifest sealed on the root image last', async () => {
+    const { cloud, id, instance } = newGuest();
+    instance.dataDisks = ['vdb', 'vdc'];
+    const order: string[] = [];
+    cloud.hooks.uploadImage = async (call) => {
+      const out = await call.run();
+      order.push(`upload ${(call.args[0] as { dev?: string }).dev}`);
+      return out;
+    };
+    cloud.hooks.sealDiskSet = async (call) => {
+      order.push('seal');
+      return call.run();
+    };
+    const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'set', disks: 'all' })).result();
+    assert.deepEqual(
+      result.disks?.map((d) => [d.dev, d.role]),
+      [
+        ['vda', 'root'],
+        ['vdb', 'data'],
+        ['vdc', 'data'],
+      ],
+    );
+    assert.ok(result.diskSetId);
+    // One pause for all three copies: the copy step ran once.
+    assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'finish']);
+    assert.equal(cloud.calls.filter((c) => c === 'coldCopyDisk').length, 1);
+    assert.equal(order.at(-1), 'seal', 'the manifest is written once every image is verified');
+    assert.deepEqual(order.slice(0, 3).sort(), ['upload vda', 'upload vdb', 'upload vdc']);
+    const root = cloud.images.get(result.imageId)!;
+    assert.equal(root.status, 'active');
+    assert.deepEqual(
+      root.manifest?.disks.map((d) => [d.device_name, d.boot_index, d.image_id]),
+      result.disks?.map((d) => [d.dev, d.role === 'root' ? 0 : null, d.imageId]),
+    );
+    for (const d of result.disks!.slice(1)) {
+      const image = cloud.images.get(d.imageId)!;
+      assert.equal(image.status, 'active');
+      assert.deepEqual(image.diskSet, { setId: result.diskSetId, role: 'data', dev: d.dev, rootImageId: result.imageId });
+    }
+  });
+
+  it("all disks, a data disk's upload fails for good: every image of the set is deleted, the guest runs, task state None", async () => {
+    const { cloud, id, instance } = newGuest();
+    instance.dataDisks = ['vdb'];
+    cloud.hooks.uploadImage = async (call) => {
+      if ((call.args[0] as { dev?: string }).dev !== 'vdb') return call.run();
+      throw ApplicationFailure.create({ type: 'ImageServiceError', message: 'Glance answered 500 for good', nonRetryable: true });
+    };
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'set', disks: 'all' });
+    assert.equal(await failureType(handle), 'ImageServiceError');
+    assertUndone(cloud, id, await imageIdOf(handle), 'ImageServiceError');
+    assert.equal(cloud.images.size, 0, 'no image of the set is left');
+    assert.ok(!cloud.calls.includes('sealDiskSet'));
+  });
+
+  it('a disk the instance has not: refused before the task state is taken, nothing made', async () => {
+    const { cloud, id, instance } = newGuest();
+    instance.dataDisks = ['vdb'];
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'set', disks: ['vda', 'vdz'] });
+    const cause = await failureOf(handle);
+    assert.ok(cause instanceof ApplicationFailure);
+    assert.equal(cause.type, 'InvalidInput');
+    assert.match(cause.message, /no disk vdz; its disks are vda, vdb/);
+    assert.equal(cloud.images.size, 0);
+    assert.equal(instance.taskState, null);
+    assert.ok(!cloud.calls.includes('setTaskState') && !cloud.calls.includes('createImageRecord'));
+  });
 });

@@ -1,6 +1,7 @@
 // The snapshot commands: snapshot (and follow it), status, list, cancel.
 import { Option, type Command } from 'commander';
 import { VmsnapError } from '../../shared/errors.js';
+import type { DiskSelection } from '../../shared/disk-set.js';
 import type { SnapshotRequest, SnapshotResult } from '../../shared/types.js';
 import { validateSnapshotRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
@@ -41,6 +42,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
     .addOption(
       new Option('--quiesce <when>', 'live mode: freeze the guest filesystems through the guest agent (default try)').choices(['try', 'require', 'never']),
     )
+    .option('--disks <which>', 'root (default, as Nova), all (every disk, one point in time: one image each), or target devices like vda,vdb (root included)')
     .option('--image-id <uuid>', 'id of the new image (default: a new UUID, printed at once)')
     .option('--wait', 'wait until the snapshot ends, showing its progress')
     .addHelpText('after', `\n${EXIT_CODES_HELP}\n`)
@@ -57,6 +59,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
             mode?: 'auto' | 'cold' | 'live';
             quiesce?: 'try' | 'require' | 'never';
             imageId?: string;
+            disks?: string;
             wait?: boolean;
           },
         ) => {
@@ -70,6 +73,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
             ...(opts.compress ? { compress: true } : {}),
             ...(opts.mode ? { mode: opts.mode } : {}),
             ...(opts.quiesce ? { quiesce: opts.quiesce } : {}),
+            ...(opts.disks ? { disks: diskSelection(opts.disks) } : {}),
           };
           // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
           const problems = validateSnapshotRequest(request);
@@ -112,6 +116,21 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
   addCancelCommand(program, session, snapshotCancel);
 }
 
+/** --disks: root, all, or a comma-separated list of target devices. */
+function diskSelection(text: string): DiskSelection {
+  const t = text.trim();
+  if (t === 'root' || t === 'all') return t;
+  return t.split(',').map((d) => d.trim());
+}
+
+/** A snapshot of several disks: each image, and the disks left out. */
+function diskLines(result: SnapshotResult): string[] {
+  if (!result.diskSetId || !result.disks) return [];
+  const images = result.disks.map((d) => `  disk      ${d.dev} (${d.role}) → image ${d.imageId}, ${formatBytes(d.size)}, sha512 ${d.sha512.slice(0, 16)}…`);
+  const skipped = (result.skippedDisks ?? []).map((d) => `  skipped   ${d.dev}: ${d.reason}`);
+  return [`  set       ${result.diskSetId} (${result.disks.length} images; restore it from the root image)`, ...images, ...skipped];
+}
+
 function resultText(instance: string, result: SnapshotResult, link: string | undefined): string {
   const total = Object.values(result.phaseDurationsMs).reduce((a: number, b) => a + (b ?? 0), 0);
   return [
@@ -121,6 +140,7 @@ function resultText(instance: string, result: SnapshotResult, link: string | und
     `  sha512    ${result.sha512}`,
     `  instance  ${result.instanceId} on ${result.host}, was ${result.priorPowerState}, guest paused ${formatDuration(result.guestPauseMs)}`,
     `  mode      ${modeText(result)}`,
+    ...diskLines(result),
     ...(result.guestWriteStallMs !== undefined ? [`  writes    the guest's longest disk write during the copy took ${result.guestWriteStallMs} ms`] : []),
     `  phases    ${formatPhases(result.phaseDurationsMs)}`,
     ...(link ? [`  web UI    ${link}`] : []),
