@@ -13,8 +13,10 @@
 import { Context } from '@temporalio/activity';
 import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { virtualSizeOf } from './cold-copy.js';
 import { ensureRoomForOverlay, type OverlayBound } from './copy-room.js';
 import type { ActivityDeps } from './deps.js';
+import { snapshotDisks } from './disk-choice.js';
 import { keepHeartbeating } from './heartbeat.js';
 import { liveCopyDisk, prepareLiveJob, type LiveCopiedDisk, type LiveCopyDiskInput } from './live-copy.js';
 import { removeSnapshotFiles, snapshotDir } from './snapshot-files.js';
@@ -32,6 +34,15 @@ import type { Consistency, StepProgress } from '../shared/types.js';
 export interface LiveExportRef extends Pick<LiveExport, 'socket' | 'exportName' | 'scratch'> {
   /** The job is ended when the overlay holds this many bytes (OverlayBound.limitBytes). */
   overlayLimitBytes: number;
+  /** A job over several disks: every disk's overlay, summed against the limit (else the scratch alone). */
+  overlayFiles?: string[];
+}
+
+/** A set's data disk in the same job: its export and its size. */
+export interface LiveDataExport {
+  dev: string;
+  export: LiveExportRef;
+  virtualSize: number;
 }
 
 /** Step 6 in live mode: the point in time the upload streams, or a copy where it cannot. */
@@ -48,6 +59,8 @@ export interface LiveStreamSource {
   guestWriteStallMs?: number;
   /** The overlay's bound, in words for the result. */
   transferNote: string;
+  /** A set's data disks, exported by the same job (LiveCopyDiskInput.dataDisks). */
+  dataExports?: LiveDataExport[];
 }
 
 const MiB = (n: number) => `${Math.ceil(n / 2 ** 20)} MiB`;
@@ -70,8 +83,26 @@ async function whyCopied({ settings, hypervisor }: Pick<ActivityDeps, 'settings'
   return missing ? `copied: ${missing}` : undefined;
 }
 
-async function copied(deps: ActivityDeps, input: LiveCopyDiskInput, transferNote: string): Promise<LiveSource> {
+async function copied(deps: ActivityDeps, input: LiveCopyDiskInput & { dataDisks?: string[] }, transferNote: string): Promise<LiveSource> {
+  if (input.dataDisks?.length) throw cannotStreamSet(input.instanceId, transferNote.replace(/^copied: /, ''));
   return { transfer: 'copied', transferNote, ...(await liveCopyDisk(deps, input)) };
+}
+
+/** A live snapshot of several disks is streamed from one job; where it cannot be, it is taken cold. */
+function cannotStreamSet(instanceId: string, reason: string): VmsnapError {
+  return new VmsnapError(
+    'InstanceInvalidState',
+    `a live snapshot of instance ${instanceId}'s disks streams them from one backup job, which cannot be done here (${reason}): take it with mode "cold"`,
+  );
+}
+
+/** The virtual size of each data disk of a set, by target device. */
+async function dataDiskSizes(deps: ActivityDeps, input: { instanceId: string; dataDisks?: string[] }): Promise<Map<string, number>> {
+  const sizes = new Map<string, number>();
+  if (!input.dataDisks?.length) return sizes;
+  const [, ...data] = await snapshotDisks(deps.hypervisor, input.instanceId, input.dataDisks);
+  for (const disk of data) sizes.set(disk.dev, await virtualSizeOf(deps, disk));
+  return sizes;
 }
 
 /**
@@ -79,10 +110,11 @@ async function copied(deps: ActivityDeps, input: LiveCopyDiskInput, transferNote
  * export cannot be streamed, copies the disk into the temp dir as liveCopyDisk does. A retry (the
  * worker died after the job started) ends the job an earlier attempt left and starts anew.
  */
-export async function exportLiveDisk(deps: ActivityDeps, input: LiveCopyDiskInput): Promise<LiveSource> {
+export async function exportLiveDisk(deps: ActivityDeps, input: LiveCopyDiskInput & { dataDisks?: string[] }): Promise<LiveSource> {
   const { hypervisor, snapshotsDir, store, settings } = deps;
   const why = await whyCopied(deps);
   if (why) return copied(deps, input, why);
+  const dataSizes = await dataDiskSizes(deps, input);
   // This snapshot holds the instance's task state: a job of vmsnap's on it is an earlier snapshot's
   // whose end failed (or this step's own, from an attempt whose worker died). It is ended first.
   await hypervisor.abortLiveCopy?.(input.instanceId, snapshotsDir);
@@ -99,7 +131,8 @@ export async function exportLiveDisk(deps: ActivityDeps, input: LiveCopyDiskInpu
     if (input.quiesce !== 'never') await quiesceEvent('freeze');
     let started;
     try {
-      started = await hypervisor.startLiveExport!(input.instanceId, { dir, quiesce: input.quiesce, method: settings.liveCopyMethod, signal });
+      const data = input.dataDisks?.length ? { dataDisks: input.dataDisks } : {};
+      started = await hypervisor.startLiveExport!(input.instanceId, { dir, quiesce: input.quiesce, method: settings.liveCopyMethod, signal, ...data });
     } finally {
       if (input.quiesce !== 'never') await quiesceEvent('thaw');
     }
@@ -107,11 +140,22 @@ export async function exportLiveDisk(deps: ActivityDeps, input: LiveCopyDiskInpu
     watching = false;
     if (!started.started) {
       await removeSnapshotFiles(snapshotsDir, input.imageId);
+      if (input.dataDisks?.length) throw cannotStreamSet(input.instanceId, started.reason);
       return await copied(deps, input, `copied: ${started.reason}`);
     }
+    const overlayFiles = started.dataExports ? { overlayFiles: [started.scratch, ...started.dataExports.map((d) => d.scratch)] } : {};
+    const ref = (exportName: string, scratch: string): LiveExportRef => ({
+      socket: started.socket,
+      exportName,
+      scratch,
+      overlayLimitBytes: bound.limitBytes,
+      ...overlayFiles,
+    });
+    const dataExports = (started.dataExports ?? []).map((d) => ({ dev: d.dev, export: ref(d.exportName, d.scratch), virtualSize: dataSizes.get(d.dev) ?? 0 }));
     return {
       transfer: 'streamed',
-      export: { socket: started.socket, exportName: started.exportName, scratch: started.scratch, overlayLimitBytes: bound.limitBytes },
+      export: ref(started.exportName, started.scratch),
+      ...(dataExports.length ? { dataExports } : {}),
       virtualSize,
       consistency: started.consistency,
       ...(started.quiesceNote ? { quiesceNote: started.quiesceNote } : {}),
@@ -146,7 +190,7 @@ export interface UploadedLiveExport extends UploadedImage {
  * The overlay's size, looked at every OVERLAY_POLL_MS; `onFull` once it reaches the limit. The
  * reserve copy-room.ts keeps free takes what the guest writes before the job is ended.
  */
-function watchOverlay(scratch: string, limitBytes: number, onFull: (bytes: number) => void): { peak(): number; stop(): void } {
+function watchOverlay(scratches: string[], limitBytes: number, onFull: (bytes: number) => void): { peak(): number; stop(): void } {
   let peak = 0;
   let full = false;
   let looking = false;
@@ -154,10 +198,15 @@ function watchOverlay(scratch: string, limitBytes: number, onFull: (bytes: numbe
     if (looking) return;
     looking = true;
     try {
-      const bytes = await stat(scratch).then(
-        (st) => st.blocks * 512,
-        () => 0,
+      const sizes = await Promise.all(
+        scratches.map((scratch) =>
+          stat(scratch).then(
+            (st) => st.blocks * 512,
+            () => 0,
+          ),
+        ),
       );
+      const bytes = sizes.reduce((a, b) => a + b, 0);
       peak = Math.max(peak, bytes);
       if (bytes >= limitBytes && !full) {
         full = true;
@@ -244,7 +293,7 @@ export async function uploadLiveExport(deps: ActivityDeps, input: UploadLiveExpo
   const activity = Context.current().cancellationSignal;
   const overlayFull = new AbortController();
   const signal = AbortSignal.any([activity, overlayFull.signal]);
-  const overlay = watchOverlay(ref.scratch, ref.overlayLimitBytes, (bytes) => {
+  const overlay = watchOverlay(ref.overlayFiles ?? [ref.scratch], ref.overlayLimitBytes, (bytes) => {
     overlayFull.abort(
       new VmsnapError(
         'NoSpace',

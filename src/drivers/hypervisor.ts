@@ -188,6 +188,8 @@ export type LiveCopyMethod = 'auto' | 'pull' | 'push';
 export interface LiveExportOptions {
   /** Absolute path of a directory QEMU's user can traverse: the NBD socket's directory and the scratch image go in it. */
   dir: string;
+  /** A set's data disks (target devices), exported by the same job as the root disk: one point in time for all. */
+  dataDisks?: string[];
   /** Default 'try'. */
   quiesce?: QuiesceMode;
   /** auto (default): says why not where pull cannot be used; pull: fails there instead; push: nothing is started. */
@@ -204,6 +206,8 @@ export interface LiveExport {
   scratch: string;
   consistency: Consistency;
   quiesceNote?: string;
+  /** The data disks' exports on the same socket (LiveExportOptions.dataDisks), each with its own scratch image. */
+  dataExports?: { dev: string; exportName: string; scratch: string }[];
 }
 
 export type LiveExportStart = ({ started: true } & LiveExport) | { started: false; reason: string };

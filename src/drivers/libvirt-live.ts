@@ -281,7 +281,7 @@ export class LiveCopier {
     const xmlFile = path.join(tmp, 'backup.xml');
     if (usePull) await this.socketDirForQemu(pull.socketDir, xml);
     const writeXml = () =>
-      fs.writeFile(xmlFile, usePull ? pullXml(disks, root, pull.socket, pull.scratch) : backupXml(disks, root, target, opts.targetFormat), {
+      fs.writeFile(xmlFile, usePull ? pullXml(disks, new Map([[root.dev, pull.scratch]]), pull.socket) : backupXml(disks, root, target, opts.targetFormat), {
         mode: 0o600,
       });
     await writeXml();
@@ -358,16 +358,19 @@ export class LiveCopier {
     if (signal?.aborted) throw abortError(signal);
 
     const { xml, state, disks, root } = await this.domainToCopy(id);
-    if (root.iothread !== undefined) {
+    const data = dataDisksOf(id, disks, opts.dataDisks ?? []);
+    if ([root, ...data].some((d) => d.iothread !== undefined)) {
       if (method === 'pull') throw iothreadRefusal(id, 'export');
       return { started: false, reason: IOTHREAD_REASON };
     }
-    await this.clearOwnLeftover(id, [paths.scratch]);
-    await removeRegularFile(paths.scratch);
+    // Each disk's overlay beside the root disk's, named after it (abortLeftover removes every *.scratch).
+    const scratches = new Map([[root.dev, paths.scratch], ...data.map((d): [string, string] => [d.dev, dataScratch(paths, d.dev)])]);
+    await this.clearOwnLeftover(id, [...scratches.values()]);
+    await Promise.all([...scratches.values()].map(removeRegularFile));
     const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'vmsnap-backup-'));
     const xmlFile = path.join(tmp, 'backup.xml');
     await this.socketDirForQemu(paths.socketDir, xml);
-    await fs.writeFile(xmlFile, pullXml(disks, root, paths.socket, paths.scratch), { mode: 0o600 });
+    await fs.writeFile(xmlFile, pullXml(disks, scratches, paths.socket), { mode: 0o600 });
 
     const quiescer = new Quiescer(this.run, id);
     const notes: string[] = [];
@@ -384,6 +387,7 @@ export class LiveCopier {
       };
       const frozen = await this.pointInTime(id, { quiesce, state, xml, quiescer, notes, signal }, begin);
       if (!job.started) {
+        await Promise.all([...scratches.values()].map(removeRegularFile));
         await this.cleanExport(paths);
         return { started: false, reason: job.refused };
       }
@@ -394,9 +398,11 @@ export class LiveCopier {
         scratch: paths.scratch,
         consistency: frozen ? 'filesystem-consistent' : 'crash-consistent',
         ...(notes.length ? { quiesceNote: notes.join('; ') } : {}),
+        ...(data.length ? { dataExports: data.map((d) => ({ dev: d.dev, exportName: d.dev, scratch: scratches.get(d.dev)! })) } : {}),
       };
     } catch (err) {
       if (job.started) await this.abortJob(id).catch(() => undefined);
+      await Promise.all([...scratches.values()].map(removeRegularFile));
       await this.cleanExport(paths);
       throw err;
     } finally {
@@ -725,26 +731,48 @@ function pullUnavailable(e: unknown): boolean {
   return /nbd|socket|pull|scratch|unix/i.test(libvirtSaid(e)) || (e instanceof VmsnapError && e.code === 'ConfigError');
 }
 
-/** Pull-mode backup of the root disk, served over NBD on a unix socket, the old data of overwritten blocks kept in a qcow2 scratch image. */
-function pullXml(disks: DomainDisk[], root: DomainDisk, socket: string, scratch: string): string {
+/**
+ * Pull-mode backup of the disks in `scratches` (target device → its scratch image), served over NBD
+ * on a unix socket (each disk an export named after it), the old data of overwritten blocks kept in
+ * each disk's qcow2 scratch image.
+ */
+function pullXml(disks: DomainDisk[], scratches: Map<string, string>, socket: string): string {
   const server = `  <server transport='unix' socket='${encodeEntities(socket)}'/>\n`;
-  return domainBackupXml('pull', server, disks, root, `<scratch file='${encodeEntities(scratch)}'/>`, 'qcow2');
+  const files = new Map([...scratches].map(([dev, scratch]): [string, string] => [dev, `<scratch file='${encodeEntities(scratch)}'/>`]));
+  return domainBackupXml('pull', server, disks, files, 'qcow2');
 }
 
 /** Push-mode backup of the root disk only, written by QEMU to `target`. */
 function backupXml(disks: DomainDisk[], root: DomainDisk, target: string, format: 'qcow2' | 'raw'): string {
-  return domainBackupXml('push', '', disks, root, `<target file='${encodeEntities(target)}'/>`, format);
+  return domainBackupXml('push', '', disks, new Map([[root.dev, `<target file='${encodeEntities(target)}'/>`]]), format);
 }
 
-/** A <domainbackup> of the root disk (its file element and driver type given); every other disk is listed with backup='no'. */
-function domainBackupXml(mode: 'pull' | 'push', server: string, disks: DomainDisk[], root: DomainDisk, file: string, driver: 'qcow2' | 'raw'): string {
+/** A <domainbackup> of the disks in `files` (target device → its file element, driver type given); every other disk is listed with backup='no'. */
+function domainBackupXml(mode: 'pull' | 'push', server: string, disks: DomainDisk[], files: Map<string, string>, driver: 'qcow2' | 'raw'): string {
   const x = encodeEntities;
   const lines = disks
     .filter((d) => d.dev)
-    .map((d) =>
-      d === root
+    .map((d) => {
+      const file = files.get(d.dev);
+      return file
         ? `    <disk name='${x(d.dev)}' backup='yes' type='file'>\n      ${file}\n      <driver type='${driver}'/>\n    </disk>`
-        : `    <disk name='${x(d.dev)}' backup='no'/>`,
-    );
+        : `    <disk name='${x(d.dev)}' backup='no'/>`;
+    });
   return `<domainbackup mode='${mode}'>\n${server}  <disks>\n${lines.join('\n')}\n  </disks>\n</domainbackup>\n`;
+}
+
+/** The scratch image of a set's data disk, beside the root disk's. */
+function dataScratch(paths: ExportPaths, dev: string): string {
+  return path.join(path.dirname(paths.scratch), `export-${dev}.scratch`);
+}
+
+/** The named data disks of the domain, checked: local, writable disks it has now. */
+function dataDisksOf(id: string, disks: DomainDisk[], devs: string[]): DomainDisk[] {
+  return devs.map((dev) => {
+    const disk = disks.find((d) => d.dev === dev && d.device === 'disk');
+    if (!disk || (disk.type !== 'file' && disk.type !== 'block')) {
+      throw new VmsnapError('DiskNotFound', `instance ${id}: disk ${dev} can no longer be exported (detached or changed since the snapshot began)`);
+    }
+    return disk;
+  });
 }

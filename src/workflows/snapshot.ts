@@ -139,10 +139,10 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
   const image: ImageRecord = { id: imageId, undo: { drop: () => undefined } };
   const s: Snapshot = { request, owner, imageId, image, replaced: [], details, diskFormat, instanceId, baseImageRef, settings, steps, track, undo };
   try {
-    // An explicit live request the instance cannot honour now is refused before anything changes.
-    if (request.mode === 'live') await inspect(s, undefined);
-    // So is a disk selection the instance cannot honour (a disk it has not, a network disk).
+    // A disk selection the instance cannot honour (a disk it has not, a network disk) is refused
+    // before anything changes; so is an explicit live request it cannot honour now.
     if (request.disks !== undefined && request.disks !== 'root') s.set = await chooseSet(s, request.disks);
+    if (request.mode === 'live') await inspect(s, undefined);
 
     // 2. Task state None → image_snapshot_pending by compare-and-swap, else InstanceBusy.
     await task.take('image_snapshot_pending');
@@ -177,7 +177,7 @@ export async function snapshotInstance(request: SnapshotRequest): Promise<Snapsh
     //    sent): hashed on the way; verified against the record Glance answers with. An image a
     //    cut-off attempt left stuck saving is replaced by a new record.
     track.enter('uploading');
-    const [uploaded, dataUploads] = await Promise.all([upload(s, source, mode), uploadDataDisks(s, source)]);
+    const [uploaded, dataUploads] = await Promise.all([upload(s, source, mode), uploadDataDisks(s, source, mode)]);
     uploadedBytes.add(uploaded.size + dataUploads.reduce((sum, d) => sum + d.size, 0));
     const seen = transferred(source, uploaded);
     // Every image is active and verified: the root image gets the set's manifest, and then the
@@ -400,11 +400,11 @@ async function inspect(s: Snapshot, found: InstanceInspection | undefined): Prom
 function chooseMode(s: Snapshot, priorPowerState: SettledPowerState, support: LiveCopySupport | undefined): Omit<Inspected, 'priorPowerState'> {
   const wanted = wantedMode(s);
   if (wanted === 'cold') return { mode: 'cold' };
-  if (s.set?.data.length) {
-    if (s.request.mode === 'live') {
-      throw failure('InvalidInput', `a live snapshot of several disks is not built yet: ask for mode "cold" or "auto" to snapshot ${s.instanceId}'s disks`);
-    }
-    return { mode: 'cold', modeReason: 'a snapshot of several disks is copied cold (one pause for every disk)' };
+  const setReason = s.set?.data.length ? unstreamableSet(s.settings) : undefined;
+  if (setReason) {
+    if (s.request.mode === 'live')
+      throw failure('InvalidInput', `a live snapshot of ${s.instanceId}'s disks is not possible: ${setReason}; ask for mode "cold"`);
+    return { mode: 'cold', modeReason: setReason };
   }
   if (priorPowerState !== 'running' && s.request.mode === 'live') {
     throw failure('InvalidInput', `a live snapshot of ${s.instanceId} needs a running guest, and it is ${priorPowerState}: ask for mode "cold" or "auto"`);
@@ -416,6 +416,13 @@ function chooseMode(s: Snapshot, priorPowerState: SettledPowerState, support: Li
     throw failure('InstanceInvalidState', `a live snapshot of ${s.instanceId} is not possible: ${reason}; ask for mode "cold" or "auto"`);
   }
   return { mode: 'cold', modeReason: reason };
+}
+
+/** Why a snapshot of several disks cannot be live with these settings: its disks are streamed from one job, never copied. */
+function unstreamableSet(settings: SnapshotSettings): string | undefined {
+  if (settings.liveTransfer === 'copy') return 'a live snapshot of several disks is streamed, and VMSNAP_LIVE_TRANSFER is copy';
+  if (settings.liveCopyMethod === 'push') return 'a live snapshot of several disks is streamed by pull, and VMSNAP_LIVE_METHOD is push';
+  return undefined;
 }
 
 /** The snapshot's temp dir on the host; a dir that cannot be removed is the reconciler's. */
@@ -459,13 +466,15 @@ async function liveCopy(s: Snapshot): Promise<Source> {
   // returned, the guest was thawed.
   const thaw = () => onHost(s.steps.resume, 'compensation: thaw the guest filesystems').thawInstance({ instanceId, owner });
   const frozen = quiesce !== 'never' ? s.undo.push('thaw filesystems', thaw, { guest: true }) : undefined;
-  const source = await onHost(s.steps.copy, 'live point in time of the root disk (QEMU backup job)').exportLiveDisk({
+  const what = s.set?.data.length ? `the ${s.set.data.length + 1} disks` : 'the root disk';
+  const source = await onHost(s.steps.copy, `live point in time of ${what} (QEMU backup job)`).exportLiveDisk({
     instanceId,
     imageId: s.imageId,
     diskFormat: s.diskFormat,
     compress: request.compress ?? false,
     quiesce,
     owner,
+    ...(s.set?.data.length ? { dataDisks: s.set.data.map((d) => d.dev) } : {}),
   });
   frozen?.drop();
   return source;
@@ -582,24 +591,31 @@ async function createDataImageRecords(s: Snapshot, set: DiskSet): Promise<void> 
  * Step 8 for a set's data disks, side by side with the root disk's: each copy into its own image,
  * hashed and verified the same way. Their ids were given out with the set: a stuck one is waited for.
  */
-async function uploadDataDisks(s: Snapshot, source: Source): Promise<(UploadedImage & { dev: string })[]> {
+async function uploadDataDisks(s: Snapshot, source: Source, mode: Mode): Promise<(UploadedImage & { dev: string })[]> {
   const data = s.set?.data ?? [];
   if (!data.length) return [];
-  if (source.transfer !== 'copied' || !source.dataDisks) throw failure('HypervisorError', 'the copy step returned no copies of the data disks');
-  const copies = source.dataDisks;
+  const properties = { vmsnap_mode: mode, vmsnap_consistency: source.consistency };
   return Promise.all(
     data.map(async (d) => {
-      const copy = copies.find((c) => c.dev === d.dev);
-      if (!copy) throw failure('DiskNotFound', `the copy step returned no copy of disk ${d.dev}`);
+      const target = { imageId: d.image.id, diskFormat: s.diskFormat, properties, formatsSet: true, keepImageId: true, dev: d.dev };
       try {
+        if (source.transfer === 'streamed') {
+          const exported = source.dataExports?.find((e) => e.dev === d.dev);
+          if (!exported) throw failure('DiskNotFound', `the live backup job exports no disk ${d.dev}`);
+          const uploaded = await onHost(s.steps.upload, `make the image of disk ${d.dev} from the live point in time, upload it and verify`).uploadLiveExport({
+            ...target,
+            virtualSize: exported.virtualSize,
+            instanceId: s.instanceId,
+            export: exported.export,
+            compress: s.request.compress ?? false,
+          });
+          return { ...uploaded, dev: d.dev };
+        }
+        const copy = source.dataDisks?.find((c) => c.dev === d.dev);
+        if (!copy) throw failure('DiskNotFound', `the copy step returned no copy of disk ${d.dev}`);
         const uploaded = await onHost(s.steps.upload, `upload disk ${d.dev} (${copy.size} bytes) to Glance and verify`).uploadImage({
-          imageId: d.image.id,
-          diskFormat: s.diskFormat,
+          ...target,
           virtualSize: copy.virtualSize,
-          properties: { vmsnap_mode: 'cold', vmsnap_consistency: source.consistency },
-          formatsSet: true,
-          keepImageId: true,
-          dev: d.dev,
           path: copy.path,
           copyBootId: copy.bootId,
         });
@@ -613,7 +629,8 @@ async function uploadDataDisks(s: Snapshot, source: Source): Promise<(UploadedIm
 
 /** Every image of the snapshot, root first. */
 function diskResults(s: Snapshot, source: Source, root: UploadedImage | UploadedLiveExport, data: (UploadedImage & { dev: string })[]): SnapshotDiskResult[] {
-  const virtualSizes = new Map((source.transfer === 'copied' ? (source.dataDisks ?? []) : []).map((c) => [c.dev, c.virtualSize]));
+  const parts = source.transfer === 'copied' ? (source.dataDisks ?? []) : (source.dataExports ?? []);
+  const virtualSizes = new Map(parts.map((c) => [c.dev, c.virtualSize]));
   const rootEntry: SnapshotDiskResult = {
     dev: s.set?.rootDev ?? 'root',
     bus: s.set?.rootBus ?? '',

@@ -425,17 +425,24 @@ export class FakeCloud {
       // A live snapshot streamed from its backup job: the job runs from exportLiveDisk to endLiveExport.
       exportLiveDisk: hooked(
         'exportLiveDisk',
-        async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; quiesce: string; owner: string }) => {
+        async (input: { instanceId: string; imageId: string; diskFormat: 'qcow2' | 'raw'; quiesce: string; owner: string; dataDisks?: string[] }) => {
           this.tempDirs.add(input.imageId);
           if (input.quiesce !== 'never') {
             record(input.instanceId, 'freeze', input.owner);
             record(input.instanceId, 'thaw', input.owner);
           }
           this.liveJobs.add(input.imageId);
-          const ref = { socket: `/fake/${input.imageId}/export.nbd/sock`, exportName: 'vda', scratch: `/fake/${input.imageId}/export.scratch` };
+          const socket = `/fake/${input.imageId}/export.nbd/sock`;
+          const ref = { socket, exportName: 'vda', scratch: `/fake/${input.imageId}/export.scratch` };
+          const dataExports = (input.dataDisks ?? []).map((dev) => ({
+            dev,
+            export: { socket, exportName: dev, scratch: `/fake/${input.imageId}/export-${dev}.scratch`, overlayLimitBytes: 1 << 30 },
+            virtualSize: 2048,
+          }));
           return {
             transfer: 'streamed' as const,
             export: { ...ref, overlayLimitBytes: 1 << 30 },
+            ...(dataExports.length ? { dataExports } : {}),
             virtualSize: 4096,
             consistency: 'crash-consistent' as const,
             guestPauseMs: 0,

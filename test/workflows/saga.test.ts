@@ -612,4 +612,37 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.equal(instance.taskState, null);
     assert.ok(!cloud.calls.includes('setTaskState') && !cloud.calls.includes('createImageRecord'));
   });
+  it('all disks, live: one backup job exports every disk, each image streamed from it, the job ended once the set is sealed', async () => {
+    const { cloud, id, instance } = newGuest();
+    instance.dataDisks = ['vdb'];
+    cloud.liveSupported = true;
+    const streamed: string[] = [];
+    cloud.hooks.uploadLiveExport = async (call) => {
+      const input = call.args[0] as { dev?: string; export: { exportName: string } };
+      streamed.push(`${input.dev}:${input.export.exportName}`);
+      return call.run();
+    };
+    const result: SnapshotResult = await (await t.startSnapshot(cloud, { instance: id, imageName: 'set', disks: 'all', mode: 'live' })).result();
+    assert.equal(result.mode, 'live');
+    assert.deepEqual(streamed.sort(), ['vda:vda', 'vdb:vdb']);
+    assert.equal(cloud.calls.filter((c) => c === 'exportLiveDisk').length, 1, 'one job, one point in time');
+    const host = cloud.calls.filter((c) => ['exportLiveDisk', 'sealDiskSet', 'endLiveExport'].includes(c));
+    assert.deepEqual(host, ['exportLiveDisk', 'sealDiskSet', 'endLiveExport']);
+    assert.deepEqual([...cloud.liveJobs, ...cloud.tempDirs], []);
+    assert.equal(cloud.images.get(result.disks![1]!.imageId)?.status, 'active');
+  });
+
+  it('all disks, live asked for where the disks cannot be streamed (VMSNAP_LIVE_TRANSFER=copy): refused before anything changes', async () => {
+    const { cloud, id, instance } = newGuest();
+    instance.dataDisks = ['vdb'];
+    cloud.liveSupported = true;
+    cloud.settings.liveTransfer = 'copy';
+    const handle = await t.startSnapshot(cloud, { instance: id, imageName: 'set', disks: 'all', mode: 'live' });
+    const cause = await failureOf(handle);
+    assert.ok(cause instanceof ApplicationFailure);
+    assert.equal(cause.type, 'InvalidInput');
+    assert.match(cause.message, /VMSNAP_LIVE_TRANSFER is copy/);
+    assert.ok(!cloud.calls.includes('setTaskState') && !cloud.calls.includes('createImageRecord'), 'nothing was taken or made');
+    assert.equal(instance.taskState, null);
+  });
 });
