@@ -2,6 +2,7 @@
 // in vmsnap's own namespace (vmsnap-schedule-<name>) and whose action starts scheduledSnapshots
 // on the main task queue: snapshots of the selected instances, then the schedule's retention.
 // Overlap policy SKIP: a run still going when the next is due makes that one skipped, not queued.
+import type { DiskSelection } from '../shared/disk-set.js';
 import {
   ScheduleAlreadyRunning,
   ScheduleNotFoundError,
@@ -55,6 +56,8 @@ export interface CreateScheduleOptions {
   metadata?: Record<string, string>;
   diskFormat?: DiskFormat;
   compress?: boolean;
+  /** Which disks each snapshot takes (SnapshotRequest.disks); default root. */
+  disks?: DiskSelection;
   /** Create it paused. */
   paused?: boolean;
   /** The schedule's note (shown by describe; pause and unpause replace it). */
@@ -212,6 +215,7 @@ export function validateScheduleOptions(options: CreateScheduleOptions): InputPr
       ...(options.metadata !== undefined ? { metadata: options.metadata } : {}),
       ...(options.diskFormat !== undefined ? { diskFormat: options.diskFormat } : {}),
       ...(options.compress !== undefined ? { compress: options.compress } : {}),
+      ...(options.disks !== undefined ? { disks: options.disks } : {}),
     };
     for (const p of validateSnapshotRequest(sample)) {
       const field = SCHEDULE_FIELD[p.field] ?? p.field;
@@ -262,6 +266,7 @@ export async function createSchedule(client: Client, options: CreateScheduleOpti
     ...(options.metadata ? { metadata: options.metadata } : {}),
     ...(options.diskFormat ? { diskFormat: options.diskFormat } : {}),
     ...(options.compress ? { compress: true } : {}),
+    ...(options.disks !== undefined ? { disks: options.disks } : {}),
   };
   const memo: ScheduleMemo = { name: options.name, ...(options.cron ? { cron: options.cron } : { every: options.every! }), catchupWindow };
   try {

@@ -9,6 +9,7 @@ import type { RetentionDecision, RetentionPolicy } from '../activities/retention
 import { failureTypeOfCause } from '../shared/failures.js';
 import { snapshotWorkflowId } from '../shared/names.js';
 import { INSTANCE_ID } from '../shared/search-attributes.js';
+import type { DiskSelection } from '../shared/disk-set.js';
 import type { DiskFormat, SnapshotRequest } from '../shared/types.js';
 import type { snapshotInstance } from './snapshot.js';
 import { messageOf } from './failures.js';
@@ -26,6 +27,8 @@ export interface ScheduledSnapshotsInput {
   metadata?: Record<string, string>;
   diskFormat?: DiskFormat;
   compress?: boolean;
+  /** Which disks each snapshot takes; a set is kept or deleted whole by retention. */
+  disks?: DiskSelection;
 }
 
 export interface ScheduledSnapshotOutcome {
@@ -146,6 +149,7 @@ async function snapshotTarget(input: ScheduledSnapshotsInput, target: Target, st
     ...(input.metadata ? { metadata: input.metadata } : {}),
     ...(input.diskFormat ? { diskFormat: input.diskFormat } : {}),
     ...(input.compress ? { compress: true } : {}),
+    ...(input.disks !== undefined ? { disks: input.disks } : {}),
   };
   const outcome: ScheduledSnapshotOutcome = {
     instance: target.instance,

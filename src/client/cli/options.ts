@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import { VmsnapError } from '../../shared/errors.js';
 import { validateSnapshotRequest, type InputProblem } from '../../shared/validation.js';
 import { instanceAliases } from '../inventory.js';
+import type { DiskSelection } from '../../shared/disk-set.js';
 import { formatDuration } from '../progress.js';
 import { LISTABLE_STATUSES, type ListableStatus } from '../snapshots.js';
 import { withGlobals, type ListView, type Session } from './session.js';
@@ -134,4 +135,11 @@ async function instanceFilter(session: Session, instance: string | undefined): P
     throw new VmsnapError('InvalidInput', `--instance "${instance}" is not an instance UUID or name: give one as virsh list shows it`);
   }
   return [instance, ...(await instanceAliases(session.getConfig(), instance))];
+}
+
+/** --disks: root, all, or a comma-separated list of target devices (checked with the request). */
+export function diskSelection(text: string): DiskSelection {
+  const t = text.trim();
+  if (t === 'root' || t === 'all') return t;
+  return t.split(',').map((d) => d.trim());
 }

@@ -6,7 +6,7 @@ import type { RetentionPlan, RetentionPolicy } from '../../activities/retention.
 import { VmsnapError } from '../../shared/errors.js';
 import * as schedules from '../schedules.js';
 import type { CreateScheduleOptions, VmsnapSchedule, VmsnapScheduleDetails } from '../schedules.js';
-import { listOption, metadataOption, nonNegativeInt, since } from './options.js';
+import { diskSelection, listOption, metadataOption, nonNegativeInt, since } from './options.js';
 import { table, withGlobals, type Session } from './session.js';
 
 const SCHEDULE_FLAGS: Record<string, string> = {
@@ -21,6 +21,7 @@ const SCHEDULE_FLAGS: Record<string, string> = {
   'retention.keepWeekly': '--keep-weekly',
   diskFormat: '--format',
   compress: '--compress',
+  disks: '--disks',
 };
 
 const SCHEDULE_HELP = `Schedules are Temporal Schedules with ids vmsnap-schedule-<name>; each run snapshots the
@@ -83,6 +84,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
     .option('--metadata <key=value>', 'an image property; repeat for more', metadataOption)
     .addOption(new Option('--format <format>', 'disk format of the images (default qcow2)').choices(['qcow2', 'raw']))
     .option('--compress', 'compress the qcow2 images')
+    .option('--disks <which>', 'root (default), all, or target devices like vda,vdb: each snapshot takes these disks, one image each')
     .option('--paused', 'create it paused')
     .option('--note <text>', "the schedule's note, e.g. why it is paused")
     .action(
@@ -102,6 +104,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
             metadata?: Record<string, string>;
             format?: 'qcow2' | 'raw';
             compress?: boolean;
+            disks?: string;
             paused?: boolean;
             note?: string;
           },
@@ -118,6 +121,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
             ...(opts.metadata ? { metadata: opts.metadata } : {}),
             ...(opts.format ? { diskFormat: opts.format } : {}),
             ...(opts.compress ? { compress: true } : {}),
+            ...(opts.disks ? { disks: diskSelection(opts.disks) } : {}),
             ...(opts.paused ? { paused: true } : {}),
             ...(opts.note !== undefined ? { note: opts.note } : {}),
           };

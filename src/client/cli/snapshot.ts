@@ -1,7 +1,6 @@
 // The snapshot commands: snapshot (and follow it), status, list, cancel.
 import { Option, type Command } from 'commander';
 import { VmsnapError } from '../../shared/errors.js';
-import type { DiskSelection } from '../../shared/disk-set.js';
 import type { SnapshotRequest, SnapshotResult } from '../../shared/types.js';
 import { validateSnapshotRequest } from '../../shared/validation.js';
 import { ClientError } from '../errors.js';
@@ -19,7 +18,7 @@ import {
 import { acceptSnapshot } from '../acceptance.js';
 import { resolveInstanceId } from '../inventory.js';
 import { follow, outcomeOf, waitAndReport } from './follow.js';
-import { addListCommand, describeCliProblem, metadataOption, since, type ListKind } from './options.js';
+import { addListCommand, describeCliProblem, diskSelection, metadataOption, since, type ListKind } from './options.js';
 import { addStatusCommand, type StatusKind } from './status.js';
 import { addCancelCommand, type CancelKind } from './cancel.js';
 import { withGlobals, type Session } from './session.js';
@@ -114,13 +113,6 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
   addStatusCommand(program, session, snapshotStatus);
   addListCommand(program, session, snapshotList);
   addCancelCommand(program, session, snapshotCancel);
-}
-
-/** --disks: root, all, or a comma-separated list of target devices. */
-function diskSelection(text: string): DiskSelection {
-  const t = text.trim();
-  if (t === 'root' || t === 'all') return t;
-  return t.split(',').map((d) => d.trim());
 }
 
 /** A snapshot of several disks: each image, and the disks left out. */
