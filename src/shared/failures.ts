@@ -43,7 +43,7 @@ export const ERRORS = {
   InstanceNotFound: never(EXIT.notFound, 'check the UUID or name (virsh list --all on its host, vmsnap instances)'),
   InstanceBusy: never(EXIT.busy, 'wait for the running snapshot or task to end (vmsnap status), then try again'),
   InstanceInvalidState: never(EXIT.failed, 'bring the instance into a state the request allows (running, paused or shut off), or ask for another mode'),
-  DiskNotFound: never(EXIT.failed, "check the instance's disks (virsh domblklist --details): each one snapshotted must be a local file or block device the worker's host can read"),
+  DiskNotFound: never(EXIT.failed, "check the instance's disks (virsh domblklist --details): each one to copy must be a local file or block device"),
   ConvertFailed: later('qemu-img could not read or write the disk through every retry: check the host storage, then snapshot again'),
   ImageCorrupt: never(
     EXIT.failed,
