@@ -293,8 +293,9 @@ async function upload(s: Snapshot, source: Source, mode: Mode): Promise<Uploaded
         virtualSize: source.virtualSize,
         properties: { vmsnap_mode: mode, vmsnap_consistency: source.consistency },
         formatsSet: true, // createImageRecord made the record with them
-        // A named id was promised to the requester: it is kept (waited for), never replaced.
-        keepImageId: s.request.imageId !== undefined,
+        // A named id was promised to the requester, and a set's data images name their root image:
+        // it is kept (waited for), never replaced.
+        keepImageId: s.request.imageId !== undefined || s.set !== undefined,
         ...(s.set ? { dev: s.set.rootDev } : {}),
       };
       const uploaded =

@@ -549,9 +549,12 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     const { cloud, id, instance } = newGuest();
     instance.dataDisks = ['vdb', 'vdc'];
     const order: string[] = [];
+    const keep: unknown[] = [];
     cloud.hooks.uploadImage = async (call) => {
       const out = await call.run();
-      order.push(`upload ${(call.args[0] as { dev?: string }).dev}`);
+      const input = call.args[0] as { dev?: string; keepImageId?: boolean };
+      order.push(`upload ${input.dev}`);
+      keep.push(input.keepImageId);
       return out;
     };
     cloud.hooks.sealDiskSet = async (call) => {
@@ -572,6 +575,8 @@ describe('snapshotInstance saga, fast (local Temporal, fake activities)', { time
     assert.deepEqual(cloud.eventsOf(id), ['start', 'pause', 'resume', 'finish']);
     assert.equal(cloud.calls.filter((c) => c === 'coldCopyDisk').length, 1);
     assert.equal(order.at(-1), 'seal', 'the manifest is written once every image is verified');
+    // The data images name the root image: an upload never replaces any image of a set with a new record.
+    assert.ok(keep.length === 3 && keep.every(Boolean), `every upload keeps its image id: ${JSON.stringify(keep)}`);
     assert.deepEqual(order.slice(0, 3).sort(), ['upload vda', 'upload vdb', 'upload vdc']);
     const root = cloud.images.get(result.imageId)!;
     assert.equal(root.status, 'active');
