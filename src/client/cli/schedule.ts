@@ -121,7 +121,7 @@ export function registerScheduleCommands(program: Command, session: Session): vo
             ...(opts.metadata ? { metadata: opts.metadata } : {}),
             ...(opts.format ? { diskFormat: opts.format } : {}),
             ...(opts.compress ? { compress: true } : {}),
-            ...(opts.disks ? { disks: diskSelection(opts.disks) } : {}),
+            ...(opts.disks !== undefined ? { disks: diskSelection(opts.disks) } : {}),
             ...(opts.paused ? { paused: true } : {}),
             ...(opts.note !== undefined ? { note: opts.note } : {}),
           };

@@ -72,7 +72,7 @@ export function registerSnapshotCommands(program: Command, session: Session): vo
             ...(opts.compress ? { compress: true } : {}),
             ...(opts.mode ? { mode: opts.mode } : {}),
             ...(opts.quiesce ? { quiesce: opts.quiesce } : {}),
-            ...(opts.disks ? { disks: diskSelection(opts.disks) } : {}),
+            ...(opts.disks !== undefined ? { disks: diskSelection(opts.disks) } : {}),
           };
           // Bad input is refused before any connection: it is the user's to fix, whatever the stack does.
           const problems = validateSnapshotRequest(request);
