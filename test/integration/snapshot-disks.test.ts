@@ -274,7 +274,7 @@ describe('snapshots of every disk of an instance, at one point in time, on the r
               `${refused.length} PUTs of the data image's data answered 500 (aimed at ${aimedAt?.id.slice(0, 8) ?? 'nothing'}: ${aimedAt?.how ?? 'no data image was created'})`,
               aimedAt !== undefined && refused.length > 0 && refused.every((r) => r.path === `/v2/images/${aimedAt?.id}/file`),
             ),
-            evidence(`${made.length} images made by the run, all gone after it`, made.length >= 2 && invariants['no unfinished image']),
+            evidence(`${made.length} images made by the run (root and data)`, made.length >= 2),
           ],
           note: `${otherPuts.length} other PUT(s) of image data went through; retries: 4 attempts within ~4 s`,
         });
@@ -287,26 +287,31 @@ describe('snapshots of every disk of an instance, at one point in time, on the r
     });
   }
 
-  it('--disks naming a disk the instance has not: exit 2, one line naming it, nothing changed', async () => {
+  /** Runs `vmsnap snapshot ... --disks <value> --wait` and checks the refusal changed nothing; returns the run. */
+  async function refusedDisks(value: string, imageName: string): Promise<CliRun> {
     const before = new Set(h.madeImages);
     const faultsBefore = (await h.store.listFaults(guest.uuid)).length;
-    const imageName = `vmsnap-test-${tag}-disks-unknown`;
-    const [unknown, empty] = await Promise.all([
-      vmsnap(h, ['snapshot', guest.uuid, '--name', imageName, '--disks', 'vda,vdz', '--wait']),
-      vmsnap(h, ['snapshot', guest.uuid, '--name', imageName, '--disks', '', '--wait']),
-    ]);
-    assert.equal(unknown.exitCode, 2, show(unknown));
-    const lines = unknown.stderr.trim().split('\n');
-    assert.equal(lines.length, 1, `one line on stderr:\n${unknown.stderr}`);
-    assert.match(lines[0] ?? '', /^vmsnap: .*\bvdz\b/, 'the line names the disk');
-    assert.doesNotMatch(unknown.stderr, /\n\s+at /, 'no stack trace');
-    assert.equal(empty.exitCode, 2, show(empty));
-    assert.match(empty.stderr.trim(), /^vmsnap: .*--disks/);
-
+    const run = await vmsnap(h, ['snapshot', guest.uuid, '--name', imageName, '--disks', value, '--wait']);
+    assert.equal(run.exitCode, 2, show(run));
+    const lines = run.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, `one line on stderr:\n${run.stderr}`);
+    assert.match(lines[0] ?? '', /^vmsnap: /);
+    assert.doesNotMatch(run.stderr, /\n\s+at /, 'no stack trace');
     assert.deepEqual(madeSince(before), [], 'no image was made');
     assert.deepEqual(await findImagesByName(h.glanceUrl, imageName), []);
     assert.equal((await h.store.getInstance(guest.uuid))?.taskState, null);
     assert.equal((await h.store.listFaults(guest.uuid)).length, faultsBefore, 'a refused request is no fault of the instance');
     assert.equal(await guestState(guest.name), 'running');
+    return run;
+  }
+
+  it('--disks naming a disk the instance has not: exit 2, one line naming it, nothing changed', async () => {
+    const run = await refusedDisks('vda,vdz', `vmsnap-test-${tag}-disks-unknown`);
+    assert.match(run.stderr, /\bvdz\b/, 'the line names the disk');
+  });
+
+  it('an empty --disks: exit 2, one line naming the option, nothing changed (not a root-disk snapshot)', async () => {
+    const run = await refusedDisks('', `vmsnap-test-${tag}-disks-empty`);
+    assert.match(run.stderr, /--disks/);
   });
 });
