@@ -32,31 +32,40 @@ export interface GuestPlace {
   assetsDir: string;
 }
 
+/** Writes `dataMiB` of random data into an image from 8 MiB on; qemu-io writes less than 2 GiB at once: 1 GiB pieces, each from the random file's start. */
+async function writeRandom(image: string, format: 'qcow2' | 'raw', dataMiB: number, randomFile: string): Promise<void> {
+  for (let at = 0; at < dataMiB; at += RANDOM_PIECE_MIB) {
+    const piece = Math.min(RANDOM_PIECE_MIB, dataMiB - at);
+    await execa('qemu-io', ['-f', format, '-c', `write -q -s ${randomFile} ${8 + at}M ${piece}M`, image]);
+  }
+}
+
 /**
  * Creates and boots a counter guest. Random data goes from 8 MiB on, clear of the counter's
  * records at 1 MiB and size - 1 MiB; random so that neither zero detection nor compression can
- * make it smaller than it is.
+ * make it smaller than it is. A spec with a data disk gets one (vdb), filled the same way, which
+ * the guest writes its counter to in the same step as the root's.
  */
 export async function createDataGuest(
-  opts: GuestPlace & { name: string; spec: Pick<DiskSpec, 'virtualMiB' | 'dataMiB'>; randomFile?: string; intervalMs?: number },
+  opts: GuestPlace & { name: string; spec: Pick<DiskSpec, 'virtualMiB' | 'dataMiB' | 'dataDisk'>; randomFile?: string; intervalMs?: number },
 ): Promise<Guest> {
   const { spec } = opts;
+  const dataDisk = spec.dataDisk;
   return createGuest({
     name: opts.name,
     guestsDir: opts.guestsDir,
     assetsDir: opts.assetsDir,
     diskSizeMiB: spec.virtualMiB,
+    ...(dataDisk ? { dataDisks: [{ format: dataDisk.format, sizeMiB: dataDisk.virtualMiB }] } : {}),
     ...(opts.intervalMs !== undefined ? { intervalMs: opts.intervalMs } : {}),
     // A loaded host boots a TCG guest slowly.
     readyTimeoutMs: 300_000,
     beforeStart: async (guest) => {
-      if (spec.dataMiB <= 0) return;
+      if (spec.dataMiB <= 0 && !dataDisk?.dataMiB) return;
       if (!opts.randomFile) throw new Error(`guest ${opts.name}: data requested but no random file`);
-      // qemu-io writes less than 2 GiB at once: 1 GiB pieces, each from the random file's start.
-      for (let at = 0; at < spec.dataMiB; at += RANDOM_PIECE_MIB) {
-        const piece = Math.min(RANDOM_PIECE_MIB, spec.dataMiB - at);
-        await execa('qemu-io', ['-f', 'qcow2', '-c', `write -q -s ${opts.randomFile} ${8 + at}M ${piece}M`, guest.diskPath]);
-      }
+      if (spec.dataMiB > 0) await writeRandom(guest.diskPath, 'qcow2', spec.dataMiB, opts.randomFile);
+      const disk = guest.dataDisks[0];
+      if (dataDisk && disk && dataDisk.dataMiB > 0) await writeRandom(disk.path, disk.format, dataDisk.dataMiB, opts.randomFile);
     },
   });
 }

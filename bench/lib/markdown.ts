@@ -228,7 +228,9 @@ export function renderMarkdown(r: BenchResults): string {
 
   for (const d of r.summary) {
     const data = d.spec.dataMiB ? `${d.spec.dataMiB} MiB random data` : 'no data besides the counter';
-    out.push(`## ${d.disk}: ${d.spec.virtualMiB} MiB virtual, ${data}`);
+    const dd = d.spec.dataDisk;
+    const beside = dd ? `; beside it a ${dd.format} data disk, ${dd.virtualMiB} MiB virtual, ${dd.dataMiB} MiB random data (vmsnap: disks "all")` : '';
+    out.push(`## ${d.disk}: ${d.spec.virtualMiB} MiB virtual, ${data}${beside}`);
     out.push('');
     if (!d.modes.bare) {
       out.push('Not measured: see Errors below.', '');

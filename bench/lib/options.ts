@@ -3,20 +3,22 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_STALL_VARIANTS, STALL_VARIANTS } from './stall-variants.js';
 
 export type Mode = 'bare' | 'cold' | 'live';
-export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge' | 'g1' | 'g2' | 'g4';
+export type DiskKind = 'small' | 'large' | 'sparse' | 'xlarge' | 'pair' | 'g1' | 'g2' | 'g4';
 
 export const MODES: readonly Mode[] = ['bare', 'cold', 'live'];
-export const DISK_KINDS = ['small', 'large', 'sparse', 'xlarge'] as const;
+export const DISK_KINDS = ['small', 'large', 'sparse', 'xlarge', 'pair'] as const;
 /** The growth section's disks: 1, 2 and 4 GiB of data (--growth-mib scales them down for a smoke run). */
 export const GROWTH_KINDS: readonly DiskKind[] = ['g1', 'g2', 'g4'];
-/** The snapshot benchmark's disks; xlarge is the restore section's third size. */
-const SNAPSHOT_DISKS = 'small,large,sparse';
+/** The snapshot benchmark's disks (pair: a guest with a data disk beside its root); xlarge is the restore section's third size. */
+const SNAPSHOT_DISKS = 'small,large,sparse,pair';
 
 export interface DiskSpec {
   kind: DiskKind;
   virtualMiB: number;
   /** Random (incompressible, non-zero) data written from 8 MiB on, before the guest boots. */
   dataMiB: number;
+  /** A data disk beside the root (vdb), with random data the same way: vmsnap snapshots both (disks: 'all'), bare copies both. */
+  dataDisk?: { virtualMiB: number; dataMiB: number; format: 'raw' };
 }
 
 export interface BenchOptions {
@@ -73,7 +75,9 @@ export const USAGE = `usage: npm run bench -- [options]
   --fleet-minutes N     start no snapshot after N minutes; those running finish and the report
                         says how many of the planned ran (default: no limit)
   --runs N              runs per variant and disk (default 5; median reported)
-  --disks LIST          small,large,sparse,xlarge (default small,large,sparse; restore: small,large,xlarge)
+  --disks LIST          small,large,sparse,xlarge,pair (default small,large,sparse,pair; restore: small,large,xlarge);
+                        pair: a qcow2 root and a raw data disk, vmsnap with disks "all" against
+                        bare's pause, convert of each, resume, curl of each
   --modes LIST          bare,cold,live (default all; live only if the workflow accepts it)
   --scale LIST          concurrent snapshot counts, e.g. 1,5,10,20 (default; "" for none)
   --scale-runs N        repetitions of each scale level (default 1)
@@ -91,6 +95,7 @@ export const USAGE = `usage: npm run bench -- [options]
   --run-timeout-s N     longest one snapshot may take before it is cancelled (default 900; quick 40)
   --large-mib N --large-data-mib N --sparse-mib N --sparse-data-mib N --small-mib N
   --xlarge-mib N --xlarge-data-mib N   disk sizes (xlarge: 3072 MiB, 2000 MiB of data; qemu-io writes < 2 GiB at once)
+  --pair-mib N --pair-data-mib N       each disk of the pair (default 1024 MiB, 256 MiB of data)
 `;
 
 function positive(name: string, raw: string): number {
@@ -141,6 +146,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
       'sparse-data-mib': { type: 'string' },
       'xlarge-mib': { type: 'string' },
       'xlarge-data-mib': { type: 'string' },
+      'pair-mib': { type: 'string' },
+      'pair-data-mib': { type: 'string' },
       'growth-mib': { type: 'string' },
       warmups: { type: 'string' },
       help: { type: 'boolean', default: false },
@@ -167,17 +174,23 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
     sparseData: positive('sparse-data-mib', values['sparse-data-mib'] ?? '100'),
     xlarge: positive('xlarge-mib', values['xlarge-mib'] ?? '3072'),
     xlargeData: positive('xlarge-data-mib', values['xlarge-data-mib'] ?? '2000'),
+    pair: positive('pair-mib', values['pair-mib'] ?? '1024'),
+    pairData: positive('pair-data-mib', values['pair-data-mib'] ?? '256'),
   };
   const specs: Record<(typeof DISK_KINDS)[number], DiskSpec> = {
     small: { kind: 'small', virtualMiB: sizes.small, dataMiB: 0 },
     large: { kind: 'large', virtualMiB: sizes.large, dataMiB: sizes.largeData },
     sparse: { kind: 'sparse', virtualMiB: sizes.sparse, dataMiB: sizes.sparseData },
     xlarge: { kind: 'xlarge', virtualMiB: sizes.xlarge, dataMiB: sizes.xlargeData },
+    // Two disks of the large disk's kind, half its data each: the large disk's bytes, in two images.
+    pair: { kind: 'pair', virtualMiB: sizes.pair, dataMiB: sizes.pairData, dataDisk: { virtualMiB: sizes.pair, dataMiB: sizes.pairData, format: 'raw' } },
   };
   for (const spec of Object.values(specs)) {
     // Data runs from 8 MiB on and must stay clear of record B at (size - 1 MiB).
-    if (spec.dataMiB > 0 && 8 + spec.dataMiB > spec.virtualMiB - 2) {
-      throw new Error(`${spec.kind} disk: ${spec.dataMiB} MiB of data from 8 MiB on does not fit in ${spec.virtualMiB} MiB clear of the counter records`);
+    for (const d of [spec, ...(spec.dataDisk ? [spec.dataDisk] : [])]) {
+      if (d.dataMiB > 0 && 8 + d.dataMiB > d.virtualMiB - 2) {
+        throw new Error(`${spec.kind} disk: ${d.dataMiB} MiB of data from 8 MiB on does not fit in ${d.virtualMiB} MiB clear of the counter records`);
+      }
     }
   }
 
@@ -223,7 +236,7 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv = process.en
   }
   if (section === 'write-stalls') {
     // What the guest's writes feel: every disk size, the copy methods side by side.
-    const disks = list('disks', values.disks ?? (quick ? 'small' : SNAPSHOT_DISKS), DISK_KINDS).map((k) => specs[k]);
+    const disks = list('disks', values.disks ?? (quick ? 'small' : 'small,large,sparse'), DISK_KINDS).map((k) => specs[k]);
     const stallVariants = list('stall-variants', values['stall-variants'] ?? DEFAULT_STALL_VARIANTS.join(','), STALL_VARIANTS);
     return { ...common, runs: runs('3'), disks, modes: ['cold', 'live'], idleMs: idleMs('3000'), stallVariants };
   }

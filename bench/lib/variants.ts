@@ -15,7 +15,10 @@ import { sampleRss, type RssSample } from './proc.js';
 import { historyTimeline, type History } from './timeline.js';
 
 export interface VariantResult {
+  /** The image (the root disk's, when there are several). */
   imageId: string;
+  /** Every image made, root first, when the guest has more than one disk. */
+  imageIds?: string[];
   /** Bytes stored in Glance. */
   imageBytes: number;
   /** Start of the first command (bare) or startSnapshot (vmsnap) to the image being in Glance. */
@@ -78,11 +81,6 @@ export async function glanceImageSize(ctx: GlanceCtx, id: string): Promise<numbe
   return typeof body.size === 'number' ? body.size : undefined;
 }
 
-/**
- * The bare commands: virsh suspend, qemu-img convert -U -O qcow2, virsh resume, then curl: create
- * the image, PATCH its formats, upload with -T. Whatever fails, the guest is resumed and the copy
- * removed.
- */
 export interface BareCtx extends GlanceCtx {
   libvirtUri: string;
   workDir: string;
@@ -90,13 +88,23 @@ export interface BareCtx extends GlanceCtx {
   timeoutMs: number;
 }
 
+/**
+ * The bare commands: virsh suspend, qemu-img convert -U -O qcow2 (of each disk), virsh resume,
+ * then curl for each disk in turn: create the image, PATCH its formats, upload with -T. Whatever
+ * fails, the guest is resumed and the copies removed.
+ */
 export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Promise<VariantResult> {
-  const copy = join(ctx.workDir, `bare-${guest.name}-${randomUUID()}.qcow2`);
+  // Every disk the guest writes, root first: one pause for the copies of all, then one image each.
+  const disks = [{ dev: 'vda', path: guest.diskPath }, ...guest.dataDisks.map((d) => ({ dev: d.dev, path: d.path }))].map((d) => ({
+    ...d,
+    copy: join(ctx.workDir, `bare-${guest.name}-${d.dev}-${randomUUID()}.qcow2`),
+  }));
   const phasesMs: Record<string, number> = {};
+  // A step run once per disk adds up under its one name.
   const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
     const t = performance.now();
     const out = await fn();
-    phasesMs[name] = performance.now() - t;
+    phasesMs[name] = (phasesMs[name] ?? 0) + performance.now() - t;
     return out;
   };
   const limit = { timeout: ctx.timeoutMs };
@@ -109,83 +117,104 @@ export async function runBare(ctx: BareCtx, guest: Guest, imageName: string): Pr
   try {
     await step('suspend', () => virsh('suspend', guest.name));
     suspended = true;
-    await step('convert', () => execa('qemu-img', ['convert', '-U', '-O', 'qcow2', guest.diskPath, copy], limit));
+    for (const d of disks) await step('convert', () => execa('qemu-img', ['convert', '-U', '-O', 'qcow2', d.path, d.copy], limit));
     await step('resume', () => virsh('resume', guest.name));
     suspended = false;
 
-    // Diagnostic, outside the timed steps: what flushing the copy costs (vmsnap fsyncs inside its pause).
+    // Diagnostic, outside the timed steps: what flushing the copies costs (vmsnap fsyncs inside its pause).
     const f0 = performance.now();
-    await fsyncPath(copy);
+    for (const d of disks) await fsyncPath(d.copy);
     fsyncMs = performance.now() - f0;
 
-    const created = await step('create', () =>
-      curl('-X', 'POST', '-H', 'Content-Type: application/json', '-d', JSON.stringify({ name: imageName }), `${ctx.glanceUrl}/v2/images`),
-    );
-    const imageId = (JSON.parse(created.stdout) as { id: string }).id;
-    ctx.created.add(imageId);
-    const patch = [
-      { op: 'add', path: '/disk_format', value: 'qcow2' },
-      { op: 'add', path: '/container_format', value: 'bare' },
-    ];
-    await step('patch', () =>
-      curl(
-        '-X',
-        'PATCH',
-        '-H',
-        'Content-Type: application/openstack-images-v2.1-json-patch',
-        '-d',
-        JSON.stringify(patch),
-        `${ctx.glanceUrl}/v2/images/${imageId}`,
-      ),
-    );
-    const imageBytes = (await stat(copy)).size;
+    const imageIds: string[] = [];
+    let imageBytes = 0;
     let peak = 0;
     let cpu: number | undefined;
-    const upload = await step('upload', async () => {
-      const sub = execa(
-        'curl',
-        [
-          '-sS',
-          '--fail-with-body',
-          ...auth,
-          '-T',
-          copy,
-          '-H',
-          'Content-Type: application/octet-stream',
-          '-w',
-          '%{speed_upload}',
-          `${ctx.glanceUrl}/v2/images/${imageId}/file`,
-        ],
-        limit,
+    const speeds: number[] = [];
+    for (const [i, d] of disks.entries()) {
+      const name = i === 0 ? imageName : `${imageName}-${d.dev}`;
+      const created = await step('create', () =>
+        curl('-X', 'POST', '-H', 'Content-Type: application/json', '-d', JSON.stringify({ name }), `${ctx.glanceUrl}/v2/images`),
       );
-      const sampler = sub.pid ? sampleRss(sub.pid, 50) : undefined;
-      try {
-        return await sub;
-      } finally {
-        // The last sample before curl exited holds (nearly) all the CPU it used.
-        for (const s of sampler?.stop() ?? []) {
-          peak = Math.max(peak, s.kib);
-          cpu = s.cpu ?? cpu;
+      const imageId = (JSON.parse(created.stdout) as { id: string }).id;
+      ctx.created.add(imageId);
+      imageIds.push(imageId);
+      const patch = [
+        { op: 'add', path: '/disk_format', value: 'qcow2' },
+        { op: 'add', path: '/container_format', value: 'bare' },
+      ];
+      await step('patch', () =>
+        curl(
+          '-X',
+          'PATCH',
+          '-H',
+          'Content-Type: application/openstack-images-v2.1-json-patch',
+          '-d',
+          JSON.stringify(patch),
+          `${ctx.glanceUrl}/v2/images/${imageId}`,
+        ),
+      );
+      imageBytes += (await stat(d.copy)).size;
+      const upload = await step('upload', async () => {
+        const sub = execa(
+          'curl',
+          [
+            '-sS',
+            '--fail-with-body',
+            ...auth,
+            '-T',
+            d.copy,
+            '-H',
+            'Content-Type: application/octet-stream',
+            '-w',
+            '%{speed_upload}',
+            `${ctx.glanceUrl}/v2/images/${imageId}/file`,
+          ],
+          limit,
+        );
+        const sampler = sub.pid ? sampleRss(sub.pid, 50) : undefined;
+        try {
+          return await sub;
+        } finally {
+          // The last sample before curl exited holds (nearly) all the CPU it used.
+          let last: number | undefined;
+          for (const s of sampler?.stop() ?? []) {
+            peak = Math.max(peak, s.kib);
+            last = s.cpu ?? last;
+          }
+          if (last !== undefined) cpu = (cpu ?? 0) + last;
         }
-      }
-    });
-    await step('cleanup', () => rm(copy, { force: true }));
+      });
+      speeds.push(Number(upload.stdout.trim()) || 0);
+    }
+    await step('cleanup', () => Promise.all(disks.map((d) => rm(d.copy, { force: true }))));
     const wallMs = Object.values(phasesMs).reduce((a, b) => a + b, 0);
     return {
-      imageId,
+      imageId: imageIds[0]!,
+      ...(imageIds.length > 1 ? { imageIds } : {}),
       imageBytes,
       wallMs,
       uploadMs: phasesMs.upload ?? 0,
       phasesMs,
       ...(peak ? { uploaderPeakRssKiB: peak } : {}),
       ...(fsyncMs !== undefined ? { fsyncMs } : {}),
-      curlSpeedBps: Number(upload.stdout.trim()) || 0,
+      curlSpeedBps: speeds.reduce((a, b) => a + b, 0) / speeds.length,
       ...(cpu !== undefined ? { uploaderCpuS: cpu } : {}),
     };
   } finally {
     if (suspended) await execa('virsh', ['-c', ctx.libvirtUri, 'resume', guest.name], { reject: false });
-    await rm(copy, { force: true });
+    await Promise.all(disks.map((d) => rm(d.copy, { force: true })));
   }
+}
+
+/** Whether the workflow takes `disks: 'all'` now: a snapshot of every disk of an instance (issue 28). */
+export function diskSetAvailable(): { available: boolean; reason?: string } {
+  const problems = validateSnapshotRequest({ instance: 'vmsnap-bench-probe', imageName: 'probe', disks: 'all' });
+  if (problems.length === 0) return { available: true };
+  return {
+    available: false,
+    reason: `validateSnapshotRequest refuses disks "all": ${problems.map((p) => `${p.field}: ${p.message}`).join('; ')}`,
+  };
 }
 
 /** Whether the workflow takes `mode: 'live'` now (the client refuses what the workflow would). */
@@ -267,11 +296,11 @@ export async function runVmsnap(
   guest: Guest,
   imageName: string,
   mode: 'cold' | 'live',
-  opts: { sampleRss?: boolean } = {},
+  opts: { sampleRss?: boolean; disks?: 'all' } = {},
 ): Promise<VariantResult> {
   const imageId = randomUUID();
   // 'live' goes in as data: the request type may not name it yet, validation decides.
-  const request = { instance: guest.uuid, imageName, imageId, mode } as SnapshotRequest;
+  const request = { instance: guest.uuid, imageName, imageId, mode, ...(opts.disks ? { disks: opts.disks } : {}) } as SnapshotRequest;
   ctx.created.add(imageId);
   // The worker holds the snapshot file (under <snapshots dir>/<image id>/) open while it uploads; a
   // stream's reader child names the export's socket there.
@@ -309,13 +338,29 @@ export async function runVmsnap(
     const first = open[0];
     const last = open.at(-1);
     const phasesMs = Object.fromEntries(Object.entries(result.phaseDurationsMs).map(([k, v]) => [k, v ?? 0]));
-    const known = new Set(['imageId', 'imageName', 'instanceId', 'host', 'diskFormat', 'size', 'virtualSize', 'sha512', 'priorPowerState', 'phaseDurationsMs']);
+    const known = new Set([
+      'imageId',
+      'imageName',
+      'instanceId',
+      'host',
+      'diskFormat',
+      'size',
+      'virtualSize',
+      'sha512',
+      'priorPowerState',
+      'phaseDurationsMs',
+      'disks',
+    ]);
     const resultExtra = Object.fromEntries(Object.entries(result).filter(([k]) => !known.has(k)));
     const cpuFirst = first?.cpu;
     const cpuLast = last?.cpu;
+    // A snapshot of several disks: every image, root first, and the bytes of all.
+    const images = result.disks ?? [];
+    for (const d of images) ctx.created.add(d.imageId);
     return {
       imageId,
-      imageBytes: result.size,
+      ...(images.length > 1 ? { imageIds: images.map((d) => d.imageId) } : {}),
+      imageBytes: images.length > 1 ? images.reduce((a, d) => a + d.size, 0) : result.size,
       wallMs,
       // The PUT and its check, as the worker timed them; the phase (which adds the PATCH and the
       // activity's dispatch) when the history does not say.

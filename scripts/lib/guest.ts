@@ -7,6 +7,10 @@
 // next starts, so at any instant the disk holds A == B or A == B + 1. A torn snapshot (e.g. the two
 // ends of the disk copied at different times) shows up as any other combination.
 //
+// A guest with data disks (dataDisks) writes the same value to every disk in one step: vda's A and
+// B, then each data disk's A and B (same layout on each), so the records of a copy of all disks
+// from one instant are no further apart than one step (checkOneInstant).
+//
 // Everything talks to libvirt by running `virsh` (no native bindings), as root, on qemu:///system.
 
 // The parts live in ./guest/: the init script, the cpio writer, the kernel finder, the assets
@@ -20,22 +24,40 @@ import { execa } from 'execa';
 import { buildGuestAssets, mkdirForQemu } from './guest/assets.js';
 import { DEFAULT_INTERVAL_MS, GuestError, LIBVIRT_URI, READY_MARKER } from './guest/common.js';
 import { readCounter } from './guest/counter.js';
-import { domainXml, type GuestOwner } from './guest/domain-xml.js';
+import { domainXml, type DomainExtraDisk, type GuestOwner } from './guest/domain-xml.js';
 import { readAccounts } from './keystone.js';
 
 export { buildGuestAssets } from './guest/assets.js';
 export { DEFAULT_INTERVAL_MS, GUEST_AGENT_CHANNEL, GuestError, LIBVIRT_URI, READY_MARKER, RECORD_MARGIN, SECTOR } from './guest/common.js';
-export { readCounter, type Counter } from './guest/counter.js';
+export { checkOneInstant, readCounter, type Counter } from './guest/counter.js';
 export type { GuestOwner } from './guest/domain-xml.js';
 
 const DEFAULT_DISK_MIB = 64;
+const DEFAULT_DATA_DISK_MIB = 16;
+/** Target devices of data disks, in order; the read-only disk takes the next free one. */
+const DATA_DEVS = 'bcdefghijklmnop'.split('').map((c) => `vd${c}`);
 const DEFAULT_MEMORY_MIB = 128;
 const DEFAULT_READY_TIMEOUT_MS = 120_000;
+
+/** A disk of the guest beside its root disk (vda, diskPath). */
+export interface GuestDisk {
+  /** Target device: vdb, vdc ... */
+  dev: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+}
 
 export interface Guest {
   name: string;
   uuid: string;
+  /** The root disk (vda), qcow2. */
   diskPath: string;
+  /** Data disks (vdb, vdc ...), each written with the same counter as vda; empty for the default guest. */
+  dataDisks: GuestDisk[];
+  /** The read-only disk the guest never writes, when asked for (readonlyDisk). */
+  readonlyDisk?: GuestDisk;
+  /** Target device of the empty CD-ROM drive, when asked for (cdrom). */
+  cdromDev?: string;
   consoleLog: string;
   /** Directory holding the disk, the console log and the domain XML. */
   dir: string;
@@ -67,6 +89,15 @@ export interface CreateGuestOptions {
    * (its keystone/accounts.json); null: no owner.
    */
   owner?: GuestOwner | null;
+  /**
+   * Data disks beside the root disk, as vdb, vdc ... (virtio): the guest writes the same counter to
+   * every disk in one step. Default: none (the one-disk guest, unchanged).
+   */
+  dataDisks?: { format: 'qcow2' | 'raw'; sizeMiB?: number; bus?: 'virtio' }[];
+  /** An empty CD-ROM drive (hdc, IDE): a disk a snapshot of all disks skips. */
+  cdrom?: boolean;
+  /** A read-only raw disk after the data disks, which the guest never writes (a snapshot skips it too). */
+  readonlyDisk?: boolean;
   /** Runs once the disk exists and the domain is defined, before it starts (e.g. to write data into the disk with qemu-io). */
   beforeStart?: (guest: Guest) => Promise<void>;
 }
@@ -148,16 +179,18 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
     throw new GuestError(`intervalMs must be an integer >= 0, got ${intervalMs}`);
   }
 
-  const assets = await buildGuestAssets(opts.assetsDir, { guestAgent: opts.guestAgent === true });
+  const dataDisks = (opts.dataDisks ?? []).map((d, i) => dataDisk(dir, d, i));
+  const readonlyDisk = opts.readonlyDisk ? extraDisk(dir, DATA_DEVS[dataDisks.length], 'raw', DEFAULT_DATA_DISK_MIB, 'readonly') : undefined;
+  const extraDisks = [...dataDisks, ...(readonlyDisk ? [readonlyDisk] : [])];
+
+  const assets = await buildGuestAssets(opts.assetsDir, { guestAgent: opts.guestAgent === true, diskSet: dataDisks.length > 0 });
   await mkdirForQemu(path.resolve(opts.assetsDir)); // cheap; catches a dir made under another umask
   await undefineDomain(name);
   await fs.rm(dir, { recursive: true, force: true });
   await mkdirForQemu(dir);
 
-  const img = await execa('qemu-img', ['create', '-q', '-f', 'qcow2', diskPath, `${diskSizeMiB}M`], { reject: false });
-  if (img.failed) {
-    throw new GuestError(`qemu-img create ${diskPath} failed: ${img.stderr.trim()}; is qemu-utils installed?`);
-  }
+  await createImage(diskPath, 'qcow2', diskSizeMiB);
+  for (const d of extraDisks) await createImage(d.path, d.format, d.sizeMiB);
   await fs.writeFile(consoleLog, '');
 
   const owner = opts.owner === undefined ? stackOwner(opts.guestsDir) : (opts.owner ?? undefined);
@@ -175,10 +208,23 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
       consoleLog,
       guestAgent: opts.guestAgent === true,
       ...(owner ? { owner } : {}),
+      dataDisks: dataDisks.map(domainDisk),
+      ...(readonlyDisk ? { readonlyDisk: { ...domainDisk(readonlyDisk), readonly: true } } : {}),
+      cdrom: opts.cdrom === true,
     }),
   );
   await virsh(['define', xmlPath]);
-  const guest: Guest = { name, uuid, diskPath, consoleLog, dir, ...(owner ? { owner } : {}) };
+  const guest: Guest = {
+    name,
+    uuid,
+    diskPath,
+    dataDisks: dataDisks.map(guestDisk),
+    ...(readonlyDisk ? { readonlyDisk: guestDisk(readonlyDisk) } : {}),
+    ...(opts.cdrom ? { cdromDev: 'hdc' } : {}),
+    consoleLog,
+    dir,
+    ...(owner ? { owner } : {}),
+  };
   if (opts.beforeStart) await opts.beforeStart(guest);
   if (opts.start === false) return guest;
 
@@ -187,6 +233,32 @@ export async function createGuest(opts: CreateGuestOptions): Promise<Guest> {
   await waitReady(guest, deadline - Date.now());
   if (opts.guestAgent) await waitAgent(guest, deadline);
   return guest;
+}
+
+interface ExtraDisk extends GuestDisk {
+  sizeMiB: number;
+}
+
+function extraDisk(dir: string, dev: string | undefined, format: 'qcow2' | 'raw', sizeMiB: number, kind: string): ExtraDisk {
+  if (!dev) throw new GuestError(`too many disks: at most ${DATA_DEVS.length} beside the root disk`);
+  if (!Number.isInteger(sizeMiB) || sizeMiB < 4) throw new GuestError(`sizeMiB of disk ${dev} must be an integer >= 4, got ${sizeMiB}`);
+  return { dev, path: path.join(dir, `${kind}-${dev}.${format}`), format, sizeMiB };
+}
+
+function dataDisk(dir: string, d: NonNullable<CreateGuestOptions['dataDisks']>[number], i: number): ExtraDisk {
+  if (d.format !== 'qcow2' && d.format !== 'raw') throw new GuestError(`data disk ${i + 1}: format must be qcow2 or raw, got ${String(d.format)}`);
+  if (d.bus !== undefined && d.bus !== 'virtio') throw new GuestError(`data disk ${i + 1}: only the virtio bus is supported, got ${String(d.bus)}`);
+  return extraDisk(dir, DATA_DEVS[i], d.format, d.sizeMiB ?? DEFAULT_DATA_DISK_MIB, 'data');
+}
+
+const guestDisk = (d: ExtraDisk): GuestDisk => ({ dev: d.dev, path: d.path, format: d.format });
+const domainDisk = (d: ExtraDisk): DomainExtraDisk => ({ dev: d.dev, path: d.path, format: d.format });
+
+async function createImage(file: string, format: 'qcow2' | 'raw', sizeMiB: number): Promise<void> {
+  const img = await execa('qemu-img', ['create', '-q', '-f', format, file, `${sizeMiB}M`], { reject: false });
+  if (img.failed) {
+    throw new GuestError(`qemu-img create ${file} failed: ${img.stderr.trim()}; is qemu-utils installed?`);
+  }
 }
 
 /** The stack's vmsnap project and user, when the guests dir is `<data dir>/guests` of a stack. */
@@ -227,7 +299,7 @@ async function waitReady(g: Guest, timeoutMs: number): Promise<void> {
     if (marker) {
       // Before the first fsync the record is not yet on the qcow2 file: reads as 0 meanwhile.
       const c = await readCounter(g.diskPath, 'qcow2');
-      if (c.a > 0) return;
+      if (c.a > 0 && (await dataDisksWritten(g))) return;
     }
     const state = await guestState(g.name);
     if (state !== 'running') {
@@ -241,6 +313,15 @@ async function waitReady(g: Guest, timeoutMs: number): Promise<void> {
     }
     await sleep(250);
   }
+}
+
+/** Whether every record of every data disk holds a counter (the last one a step writes is the last disk's B). */
+async function dataDisksWritten(g: Guest): Promise<boolean> {
+  for (const d of g.dataDisks) {
+    const c = await readCounter(d.path, d.format);
+    if (c.a === 0 || c.b === 0) return false;
+  }
+  return true;
 }
 
 /** Destroys (if running) and undefines the domain, then removes its directory. Harmless if gone. */

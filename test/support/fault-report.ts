@@ -89,7 +89,7 @@ export function renderReport(report: Report): string {
   return [
     '# Fault suite report',
     '',
-    `Written by the fault tests (test/integration/faults-*.test.ts, reconcile.test.ts, restore*.test.ts, keystone.test.ts, snapshot-compensation.test.ts) of one run, \`${report.run}\`, on the real stack.`,
+    `Written by the fault tests (test/integration/faults-*.test.ts, reconcile.test.ts, restore*.test.ts, keystone.test.ts, snapshot-compensation.test.ts, snapshot-disks.test.ts) of one run, \`${report.run}\`, on the real stack.`,
     'A row is written only when its fault fired (evidence: what the test saw of the fault itself), and every row is of this run.',
     'Invariants: ' + columns.join(' · ') + '.',
     '',

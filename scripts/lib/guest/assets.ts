@@ -6,7 +6,7 @@ import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { GuestError } from './common.js';
 import { cpioNewc, type CpioEntry } from './cpio.js';
-import { AGENT_MODULES, INIT_SCRIPT, QEMU_GA, VIRTIO_MODULES, agentInitScript } from './init-script.js';
+import { AGENT_MODULES, DISK_SET_INIT_SCRIPT, INIT_SCRIPT, QEMU_GA, VIRTIO_MODULES, agentInitScript } from './init-script.js';
 import { findKernel } from './kernel.js';
 
 const BUSYBOX = '/usr/bin/busybox';
@@ -70,15 +70,19 @@ export async function mkdirForQemu(dir: string): Promise<void> {
  * Builds the guest kernel + initramfs into assetsDir (idempotent: a stamp of the inputs' paths,
  * sizes and mtimes skips the work when nothing changed). The kernel is copied so a running or
  * defined domain does not depend on /boot changing underneath. With guestAgent the initramfs is a
- * separate one (initrd-agent.img, own stamp) that also holds qemu-ga; the plain one is unchanged.
+ * separate one (initrd-agent.img, own stamp) that also holds qemu-ga; with diskSet one whose
+ * counter loop writes every disk (initrd-disks.img, initrd-agent-disks.img); the plain one is unchanged.
  */
-export async function buildGuestAssets(assetsDir: string, opts: { guestAgent?: boolean } = {}): Promise<{ kernel: string; initrd: string }> {
+export async function buildGuestAssets(assetsDir: string, opts: { guestAgent?: boolean; diskSet?: boolean } = {}): Promise<{ kernel: string; initrd: string }> {
   const agent = opts.guestAgent === true;
+  const diskSet = opts.diskSet === true;
   const dir = path.resolve(assetsDir);
   const kernelOut = path.join(dir, 'vmlinuz');
-  const initrdOut = path.join(dir, agent ? 'initrd-agent.img' : 'initrd.img');
-  const stampFile = path.join(dir, agent ? 'stamp-agent' : 'stamp');
-  const initScript = agent ? agentInitScript() : INIT_SCRIPT;
+  const variant = `${agent ? '-agent' : ''}${diskSet ? '-disks' : ''}`;
+  const initrdOut = path.join(dir, `initrd${variant}.img`);
+  const stampFile = path.join(dir, `stamp${variant}`);
+  const base = diskSet ? DISK_SET_INIT_SCRIPT : INIT_SCRIPT;
+  const initScript = agent ? agentInitScript(base) : base;
 
   const kernel = await findKernel();
   const moduleFiles = [...VIRTIO_MODULES, ...(agent ? AGENT_MODULES : [])].map((m) => `/lib/modules/${kernel.version}/kernel/drivers/${m}.ko`);
@@ -94,10 +98,10 @@ export async function buildGuestAssets(assetsDir: string, opts: { guestAgent?: b
       }
     }),
   );
-  // The plain variant hashes exactly what it always did, so existing assets are not rebuilt.
-  const stamp = createHash('sha256')
-    .update(JSON.stringify(agent ? { ASSETS_FORMAT, stats, INIT_SCRIPT: initScript, agent } : { ASSETS_FORMAT, stats, INIT_SCRIPT }))
-    .digest('hex');
+  // The plain and agent variants hash exactly what they always did, so existing assets are not rebuilt.
+  let stampOf: object = { ASSETS_FORMAT, stats, INIT_SCRIPT };
+  if (agent || diskSet) stampOf = { ASSETS_FORMAT, stats, INIT_SCRIPT: initScript, agent, ...(diskSet ? { diskSet } : {}) };
+  const stamp = createHash('sha256').update(JSON.stringify(stampOf)).digest('hex');
 
   const existing = await fs.readFile(stampFile, 'utf8').catch(() => '');
   if (existing === stamp) {

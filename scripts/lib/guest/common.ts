@@ -3,6 +3,8 @@
 
 export const LIBVIRT_URI = 'qemu:///system';
 export const READY_MARKER = 'VMSNAP-GUEST-READY';
+/** A guest with data disks prints, before it writes, what each disk held at boot: "VMSNAP-GUEST-DISKS vda=A/B vdb=A/B". */
+export const DISKS_MARKER = 'VMSNAP-GUEST-DISKS';
 export const SECTOR = 512;
 /** Byte offset of record A; record B sits at (virtual size - RECORD_MARGIN). */
 export const RECORD_MARGIN = 1024 * 1024;

@@ -65,3 +65,22 @@ export async function readCounter(imagePath: string, format?: 'qcow2' | 'raw'): 
   const bytes = parseHexDump(r.stdout);
   return { a: parseRecord(bytes, offA, imagePath), b: parseRecord(bytes, offB, imagePath) };
 }
+
+/**
+ * Why the counters of a guest's disks (root first, then the data disks in order) cannot come from
+ * one instant, or undefined when they can. The guest writes each step's value to vda's A and B,
+ * then each data disk's A and B, so one instant's records, in that order, never rise and span at
+ * most one step; a copy of the disks at two instants breaks this (unless they fell in one step).
+ */
+export function checkOneInstant(disks: { dev: string; counter: Counter }[]): string | undefined {
+  const records = disks.flatMap((d) => [d.counter.a, d.counter.b]);
+  const shown = disks.map((d) => `${d.dev} A=${d.counter.a} B=${d.counter.b}`).join(', ');
+  const first = records[0];
+  const last = records.at(-1);
+  if (first === undefined || last === undefined) return 'no disks';
+  if (first === 0) return `no counter on the root disk (${shown})`;
+  const rises = records.findIndex((v, i) => i > 0 && v > (records[i - 1] ?? v));
+  if (rises > 0) return `a record written later holds a newer value than one written before it (${shown})`;
+  if (first - last > 1) return `the records span ${first - last} steps, more than the one step of a single instant (${shown})`;
+  return undefined;
+}

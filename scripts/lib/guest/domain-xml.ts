@@ -12,6 +12,14 @@ export interface GuestOwner {
 
 const xmlEscape = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 
+/** A disk beside the root disk: a data disk the guest writes its counter to, or a read-only one it leaves alone. */
+export interface DomainExtraDisk {
+  dev: string;
+  path: string;
+  format: 'qcow2' | 'raw';
+  readonly?: boolean;
+}
+
 export function domainXml(o: {
   name: string;
   uuid: string;
@@ -23,8 +31,33 @@ export function domainXml(o: {
   consoleLog: string;
   guestAgent?: boolean;
   owner?: GuestOwner;
+  /** Data disks (vdb, vdc ...), written by the guest; named on its command line. */
+  dataDisks?: DomainExtraDisk[];
+  /** A read-only disk the guest never writes. */
+  readonlyDisk?: DomainExtraDisk;
+  /** An empty CD-ROM drive on the IDE bus (hdc). */
+  cdrom?: boolean;
 }): string {
   const x = xmlEscape;
+  const dataDisks = o.dataDisks ?? [];
+  // Only a guest with data disks names them: the one-disk guest's command line stays as it was.
+  const disksArg = dataDisks.length ? ` vmsnap.disks=${['vda', ...dataDisks.map((d) => d.dev)].join(',')}` : '';
+  const extraDisk = (d: DomainExtraDisk) => `
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='${d.format}' cache='none'/>
+      <source file='${x(d.path)}'/>
+      <target dev='${x(d.dev)}' bus='virtio'/>${d.readonly ? '\n      <readonly/>' : ''}
+    </disk>`;
+  const extraDisks = [...dataDisks, ...(o.readonlyDisk ? [o.readonlyDisk] : [])].map(extraDisk).join('');
+  // An empty drive on IDE, which the 'pc' machine has built in; the guest loads no driver for it.
+  const cdrom = o.cdrom
+    ? `
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>`
+    : '';
   // The shape of Nova's <nova:owner>, in vmsnap's namespace: these guests are not Nova's.
   const metadata = o.owner
     ? `
@@ -45,7 +78,7 @@ export function domainXml(o: {
     </channel>`
     : '';
   // type='qemu' (TCG): KVM is not usable on this host. No NIC, no graphics, no balloon, no USB:
-  // the guest only needs a serial console and one disk. cache='none' so guest writes reach the
+  // the guest only needs a serial console and its disks. cache='none' so guest writes reach the
   // qcow2 file directly (host page cache bypassed), which is what snapshot tools read.
   return `<domain type='qemu'>
   <name>${x(o.name)}</name>
@@ -56,7 +89,7 @@ export function domainXml(o: {
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>${x(o.kernel)}</kernel>
     <initrd>${x(o.initrd)}</initrd>
-    <cmdline>console=ttyS0 loglevel=4 vmsnap.interval_ms=${o.intervalMs}</cmdline>
+    <cmdline>console=ttyS0 loglevel=4 vmsnap.interval_ms=${o.intervalMs}${disksArg}</cmdline>
   </os>
   <features><acpi/></features>
   <clock offset='utc'/>
@@ -68,7 +101,7 @@ export function domainXml(o: {
       <driver name='qemu' type='qcow2' cache='none'/>
       <source file='${x(o.diskPath)}'/>
       <target dev='vda' bus='virtio'/>
-    </disk>
+    </disk>${extraDisks}${cdrom}
     <controller type='usb' model='none'/>
     <serial type='file'>
       <source path='${x(o.consoleLog)}' append='on'/>

@@ -1,7 +1,8 @@
 // /init of the test guest (busybox sh as PID 1): loads the virtio modules, then writes the counter
-// records A and B forever; the guest agent variant also starts qemu-ga first.
+// records A and B forever (of every disk, in one step, when it has data disks); the guest agent
+// variant also starts qemu-ga first.
 import path from 'node:path';
-import { DEFAULT_INTERVAL_MS, GUEST_AGENT_CHANNEL, GuestError, READY_MARKER, RECORD_MARGIN, SECTOR } from './common.js';
+import { DEFAULT_INTERVAL_MS, DISKS_MARKER, GUEST_AGENT_CHANNEL, GuestError, READY_MARKER, RECORD_MARGIN, SECTOR } from './common.js';
 
 export const VIRTIO_MODULES = [
   'virtio/virtio_ring',
@@ -13,7 +14,8 @@ export const VIRTIO_MODULES = [
 ];
 
 // /init of the guest. Runs as PID 1 under busybox sh; never exits (PID 1 exiting panics the kernel).
-export const INIT_SCRIPT = `#!/bin/busybox sh
+// The start every variant shares: busybox, the virtio modules, the interval from the kernel command line.
+const PROLOGUE = `#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t devtmpfs devtmpfs /dev
@@ -34,7 +36,10 @@ for w in $(cat /proc/cmdline); do
 done
 case "$interval" in ''|*[!0-9]*) interval=${DEFAULT_INTERVAL_MS} ;; esac
 
-i=0
+`;
+
+// The one-disk guest's counter loop: records A and B of /dev/vda.
+const ONE_DISK_COUNTER = `i=0
 while [ ! -b /dev/vda ]; do
   i=$((i + 1)); [ $i -gt 3000 ] && fail "no /dev/vda after 30 s"
   usleep 10000
@@ -73,6 +78,72 @@ while :; do
 done
 `;
 
+export const INIT_SCRIPT = PROLOGUE + ONE_DISK_COUNTER;
+
+// The counter loop of a guest with data disks (vmsnap.disks=vda,vdb,... on the kernel command
+// line): each step writes the same value to every disk, vda's A and B, then each data disk's A and
+// B, each record fsynced before the next. So at any instant the records, in that order, read
+// n ... n, n-1 ... n-1: one instant's copy of all disks spans at most one step, and copies from two
+// instants (milliseconds apart) break the order or span more.
+const DISK_SET_COUNTER = `disks=vda
+for w in $(cat /proc/cmdline); do
+  case "$w" in vmsnap.disks=*) disks=$(echo "\${w#vmsnap.disks=}" | tr , ' ') ;; esac
+done
+
+# Prints the counter in the record at sector $2 of /dev/$1; 0 when blank or unreadable.
+read_rec() {
+  v=$(dd if=/dev/$1 bs=512 skip=$2 count=1 2>/dev/null | tr -d '\\000')
+  v=\${v#VMSNAP-COUNTER }
+  case "$v" in ''|*[!0-9]*) echo 0 ;; *) echo "$v" ;; esac
+}
+# One sector, NUL padded (conv=sync), fsynced before returning so the write order holds on disk.
+write_rec() {
+  printf 'VMSNAP-COUNTER %d\\n' $3 | dd of=/dev/$1 bs=512 seek=$2 count=1 conv=sync,notrunc,fsync 2>/dev/null \\
+    || echo "VMSNAP-GUEST-ERROR write of $3 at sector $2 of $1 failed"
+}
+
+# Every record as dev:sector, in the order a step writes them; what each disk holds at boot is
+# printed (a restored set shows there whether its disks agree).
+recs=
+seen=
+for d in $disks; do
+  i=0
+  while [ ! -b /dev/$d ]; do
+    i=$((i + 1)); [ $i -gt 3000 ] && fail "no /dev/$d after 30 s"
+    usleep 10000
+  done
+  s=$(cat /sys/block/$d/size)
+  a=${RECORD_MARGIN / SECTOR}
+  b=$((s - ${RECORD_MARGIN / SECTOR}))
+  [ $b -gt $a ] || fail "disk $d too small: $s sectors"
+  recs="$recs $d:$a $d:$b"
+  seen="$seen $d=$(read_rec $d $a)/$(read_rec $d $b)"
+done
+sectors=$(cat /sys/block/vda/size)
+echo "vmsnap-guest: virtio modules loaded, /dev/vda has $sectors sectors"
+echo "${DISKS_MARKER}$seen"
+
+# Continue from vda's A (no record is ever ahead of it): bring every other record up to it first,
+# so the next step cannot leave two records more than one apart.
+first=\${recs# }
+first=\${first%% *}
+n=$(read_rec \${first%:*} \${first#*:})
+for r in $recs; do
+  [ "$(read_rec \${r%:*} \${r#*:})" = "$n" ] || write_rec \${r%:*} \${r#*:} $n
+done
+echo "${READY_MARKER} counter=$n interval_ms=$interval sectors=$sectors disks=$(echo $disks | tr ' ' ,)"
+
+while :; do
+  n=$((n + 1))
+  for r in $recs; do write_rec \${r%:*} \${r#*:} $n; done
+  [ $((n % 500)) -eq 0 ] && echo "VMSNAP-COUNTER $n"
+  usleep $((interval * 1000))
+done
+`;
+
+/** The init script of a guest with data disks: the disks are named on its kernel command line (vmsnap.disks=). */
+export const DISK_SET_INIT_SCRIPT = PROLOGUE + DISK_SET_COUNTER;
+
 // The guest agent variant: qemu-ga needs virtio_console for its port. No udev in the guest, so
 // nothing makes /dev/virtio-ports/<name>: the port is found by its name in sysfs instead.
 export const QEMU_GA = '/usr/sbin/qemu-ga';
@@ -96,8 +167,8 @@ done
 echo "${AGENT_READY_MARKER} on $port"
 `;
 
-/** The init script of the guest agent variant: the plain one plus qemu-ga started before the counter loop. */
-export function agentInitScript(): string {
-  if (!INIT_SCRIPT.includes(AGENT_INIT_ANCHOR)) throw new GuestError('internal: agent anchor missing from INIT_SCRIPT');
-  return INIT_SCRIPT.replace(AGENT_INIT_ANCHOR, AGENT_INIT_ANCHOR + AGENT_INIT_BLOCK);
+/** The init script of the guest agent variant: the plain one (or `base`) plus qemu-ga started before the counter loop. */
+export function agentInitScript(base = INIT_SCRIPT): string {
+  if (!base.includes(AGENT_INIT_ANCHOR)) throw new GuestError('internal: agent anchor missing from the init script');
+  return base.replace(AGENT_INIT_ANCHOR, AGENT_INIT_ANCHOR + AGENT_INIT_BLOCK);
 }
