@@ -4,7 +4,8 @@
 // copy of the guest's disk at one instant, the data image a raw file of another fill, hidden).
 // Restored, each disk holds its image; refused (an image missing, a disk added) nothing changes;
 // a worker killed between the two disks' swaps leaves both restored or both as they were. And the
-// real Glance's os_hidden, as retention and the reconciler rely on it.
+// real Glance's os_hidden, as retention and the reconciler rely on it. And a round trip through
+// vmsnap's own snapshot of every disk (disks: 'all').
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -19,13 +20,14 @@ import { reconcileMainActivities } from '../../src/activities/reconcile.js';
 import { readMarker, restoreFiles } from '../../src/activities/restore-files.js';
 import { retentionActivities } from '../../src/activities/retention.js';
 import { startRestore, startRollback } from '../../src/client/restores.js';
+import { startSnapshot } from '../../src/client/snapshots.js';
 import { SqliteStore } from '../../src/store/sqlite.js';
 import { eventually } from '../support/cli.js';
 import { closeTestCloud, testCloud } from '../support/cloud.js';
 import { attachDisk, addDataDisk, rawDisk, setImageIds, uploadDiskSet, type BuiltSet } from '../support/disk-set.js';
 import { evidence, recordFaultRow } from '../support/fault-report.js';
 import { onlyActivityRun } from '../support/history.js';
-import { deleteImagesOfInstances } from '../support/images.js';
+import { deleteImagesOfInstances, downloadImage } from '../support/images.js';
 import { checkInvariants, outcomeOf } from '../support/invariants.js';
 import { STACK_GUESTS } from '../support/slow-guest.js';
 import { WorkerProcesses, workerTestEnv } from '../support/worker-process.js';
@@ -210,6 +212,50 @@ describe('restore of a disk set on the real stack', { timeout: 900_000 }, () => 
     assert.ok((await readCounter(guest.diskPath, 'qcow2')).a >= oldRoot, 'rollback put the root disk back');
     assert.ok(!existsSync(restoreFiles(dataPath).preRestore) && !existsSync(restoreFiles(guest.diskPath).preRestore));
     assert.equal(await guestState(guestName), 'running');
+  });
+
+  it("round trip: vmsnap's own snapshot of every disk (disks: 'all'), restored, puts each disk back as it was at the snapshot", async () => {
+    const dataAtSnapshot = await sha512(dataPath);
+    const snap = await startSnapshot(
+      client,
+      { instance: guest.uuid, imageName: `vmsnap-test-${process.pid}-all`, disks: 'all', mode: 'cold' },
+      env.VMSNAP_TASK_QUEUE,
+    );
+    const taken = await snap.result();
+    assert.ok(taken.diskSetId, 'the snapshot made a set');
+    sets.push(taken.diskSetId);
+    assert.deepEqual(
+      taken.disks?.map((d) => [d.dev, d.role]),
+      [
+        ['vda', 'root'],
+        ['vdb', 'data'],
+      ],
+    );
+    const dataImage = taken.disks![1]!;
+    assert.equal(dataImage.sha512, dataAtSnapshot, "the data disk's image is the data disk, byte for byte");
+    // Something else on both disks first (the fixture's set), so the round trip has something to undo.
+    await (await startRestore(client, { instance: guest.uuid, imageId: set.rootImageId }, env.VMSNAP_TASK_QUEUE)).result();
+    assert.notEqual(await sha512(dataPath), dataAtSnapshot);
+    const back = await (await startRestore(client, { instance: guest.uuid, imageId: taken.imageId }, env.VMSNAP_TASK_QUEUE)).result();
+    assert.equal(back.diskSetId, taken.diskSetId);
+    assert.deepEqual(
+      back.disks?.map((d) => [d.dev, d.imageId]),
+      taken.disks?.map((d) => [d.dev, d.imageId]),
+    );
+    assert.equal(await sha512(dataPath), dataAtSnapshot, 'the data disk is back as it was at the snapshot');
+    const downloaded = await downloadImage((await testCloud()).glanceUrl, taken.imageId);
+    try {
+      const atSnapshot = (await readCounter(downloaded.path, 'qcow2')).a;
+      const now = (await readCounter(guest.diskPath, 'qcow2')).a;
+      const before = (await readCounter(restoreFiles(guest.diskPath).preRestore, 'qcow2')).a;
+      // The disk it replaced counted on from the fixture's older counter: below the snapshot's.
+      assert.ok(
+        before < atSnapshot && now >= atSnapshot,
+        `the root disk is back at the snapshot: counter ${now} from ${atSnapshot}, the disk it replaced ${before}`,
+      );
+    } finally {
+      rmSync(downloaded.path, { force: true });
+    }
   });
 
   it('restores a set as a new instance: the new domain gets a new copy of each disk', async () => {

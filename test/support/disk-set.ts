@@ -59,8 +59,7 @@ async function virtualSize(path: string, format: string): Promise<number> {
  * set with an image missing). `schedule`: the schedule the snapshot was taken for.
  */
 export async function uploadDiskSet(instanceId: string, disks: SetDisk[], opts: { name: string; schedule?: string; requestId?: string }): Promise<BuiltSet> {
-  const cloud = await testCloud();
-  const glance = cloud.imageService;
+  const glance = (await testCloud()).imageService;
   const setId = randomUUID();
   const ids = Object.fromEntries(disks.map((d) => [d.dev, randomUUID()]));
   const rootImageId = ids[disks[0]!.dev]!;
@@ -77,23 +76,18 @@ export async function uploadDiskSet(instanceId: string, disks: SetDisk[], opts: 
       ...(role === 'data' ? { [DISK_SET_PROPERTY.rootImage]: rootImageId } : {}),
       ...(opts.schedule ? { vmsnap_schedule: opts.schedule } : {}),
     };
-    // os_hidden is a JSON boolean: the image service's string properties cannot carry it, so the
-    // record is made by a plain POST, as a snapshot of several disks makes its data images.
-    const res = await fetch(`${cloud.glanceUrl}/v2/images`, {
-      method: 'POST',
-      headers: { ...(await cloud.identity.authHeaders()), 'content-type': 'application/json' },
-      body: JSON.stringify({
-        id: ids[disk.dev],
-        name: role === 'root' ? opts.name : `${opts.name}-${disk.dev}`,
-        disk_format: disk.format,
-        container_format: 'bare',
-        visibility: 'private',
-        tags: [VMSNAP_IMAGE_TAG],
-        ...(role === 'data' ? { os_hidden: true } : {}),
-        ...properties,
-      }),
+    await glance.createImage({
+      id: ids[disk.dev]!,
+      name: role === 'root' ? opts.name : `${opts.name}-${disk.dev}`,
+      visibility: 'private',
+      min_disk: 0,
+      min_ram: 0,
+      disk_format: disk.format,
+      container_format: 'bare',
+      properties,
+      tags: [VMSNAP_IMAGE_TAG],
+      ...(role === 'data' ? { hidden: true } : {}),
     });
-    if (res.status !== 201) throw new Error(`creating image of ${disk.dev} failed: HTTP ${res.status} ${await res.text()}`);
     await glance.uploadFile(ids[disk.dev]!, disk.path);
     entries.push({
       device_name: disk.dev,
