@@ -4,6 +4,7 @@
 import { Context } from '@temporalio/activity';
 import type { Image } from '../drivers/image-service.js';
 import type { ActivityDeps } from './deps.js';
+import { deleteSnapshotImages, isSetDataImage } from './image-set.js';
 
 export interface RotateBackupsInput {
   instanceId: string;
@@ -23,14 +24,15 @@ export function backupActivities({ imageService }: Pick<ActivityDeps, 'imageServ
       // Glance filters on extra properties; the filter is checked again here all the same, since a
       // filter Glance does not apply (an empty value) must not make other images look like backups.
       const backups = (await imageService.listImages(filters))
-        .filter((i) => i.image_type === 'backup' && i.backup_type === input.backupType && i.instance_uuid === input.instanceId)
+        .filter((i) => i.image_type === 'backup' && i.backup_type === input.backupType && i.instance_uuid === input.instanceId && !isSetDataImage(i))
         .sort(newestFirst);
       const excess = backups.slice(input.rotation);
       const deleted: string[] = [];
       const failed: string[] = [];
       for (const image of excess) {
         try {
-          await imageService.deleteImage(image.id);
+          // A backup of several disks goes whole: its data images, then the root.
+          await deleteSnapshotImages(imageService, image);
           deleted.push(image.id);
         } catch (err) {
           failed.push(image.id);

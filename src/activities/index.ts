@@ -12,7 +12,8 @@ import { instanceStateActivities } from './instance-state.js';
 import { inventoryActivities } from './inventory.js';
 import { liveCopyDisk } from './live-copy.js';
 import { endLiveExport, exportLiveDisk, uploadLiveExport } from './live-export.js';
-import { defineNewInstance, newInstanceDiskPath, removeAbandonedNewInstances, removeNewInstance } from './new-instance.js';
+import { defineNewInstance, newInstanceDiskPath, newInstanceDiskPaths, removeAbandonedNewInstances, removeNewInstance } from './new-instance.js';
+import { checkRestoreDisks } from './restore-disks.js';
 import { powerActivities } from './power.js';
 import { reconcileHostActivities, reconcileMainActivities } from './reconcile.js';
 import { prepareRestoreImage } from './restore-download.js';
@@ -67,6 +68,8 @@ export function createHostActivities(deps: ActivityDeps) {
     prunePreRestoreDisks: ({ host }: { host: string }) => prunePreRestoreDisks(deps, host),
     // A restore as a new instance.
     newInstanceDiskPath: (input: Parameters<typeof newInstanceDiskPath>[1]) => newInstanceDiskPath(deps, input),
+    newInstanceDiskPaths: (input: Parameters<typeof newInstanceDiskPaths>[1]) => newInstanceDiskPaths(deps, input),
+    checkRestoreDisks: (input: Parameters<typeof checkRestoreDisks>[1]) => checkRestoreDisks(deps, input),
     defineNewInstance: (input: Parameters<typeof defineNewInstance>[1]) => defineNewInstance(deps, input),
     removeNewInstance: (input: Parameters<typeof removeNewInstance>[1]) => removeNewInstance(deps, input),
     removeAbandonedNewInstances: (input: Parameters<typeof removeAbandonedNewInstances>[1]) => removeAbandonedNewInstances(deps, input),
@@ -87,6 +90,8 @@ export const SHORT_HOST_STEPS = [
   'removeSnapshotFiles',
   'endLiveExport',
   'newInstanceDiskPath',
+  'newInstanceDiskPaths',
+  'checkRestoreDisks',
   'preRestoreDisk',
 ] as const;
 

@@ -19,11 +19,15 @@ export interface NewInstanceMarker {
   /** The restore run: "<workflow id>/<run id>". */
   owner: string;
   at: string;
+  /** A set's restore: the new disk of each data disk, by target device. */
+  dataDisks?: Record<string, string>;
 }
 
 export interface NewInstance extends RestoreStep {
   name: string;
   diskPath: string;
+  /** A set's restore: the new disk of each data disk, by target device. */
+  dataDisks?: Record<string, string>;
 }
 
 function claims({ snapshotsDir }: Pick<ActivityDeps, 'snapshotsDir'>) {
@@ -33,15 +37,29 @@ function claims({ snapshotsDir }: Pick<ActivityDeps, 'snapshotsDir'>) {
 
 /** Where the new instance's disk goes, beside the original's: claimed before anything is made. */
 export async function newInstanceDiskPath(deps: ActivityDeps, input: { instanceId: string; name: string }): Promise<string> {
+  return (await newInstanceDiskPaths(deps, { ...input, dataDevs: [] })).diskPath;
+}
+
+/** A set's restore as new: a new disk beside each of the original's disks (root and `dataDevs`), all claimed at once. */
+export async function newInstanceDiskPaths(
+  deps: ActivityDeps,
+  input: { instanceId: string; name: string; dataDevs: string[] },
+): Promise<{ diskPath: string; dataDisks: Record<string, string> }> {
   const disk = await restorableDisk(deps, input.instanceId);
   const diskPath = join(dirname(disk.path), `${input.name}.vmsnap-new.${disk.format}`);
+  const dataDisks: Record<string, string> = {};
+  for (const dev of input.dataDevs) {
+    const data = await restorableDisk(deps, input.instanceId, dev);
+    dataDisks[dev] = join(dirname(data.path), `${input.name}-${dev}.vmsnap-new.${data.format}`);
+  }
   const run = Context.current().info.workflowExecution;
   const owner = run ? `${run.workflowId}/${run.runId}` : 'unknown';
   const marker: NewInstanceMarker = { name: input.name, diskPath, instanceId: input.instanceId, owner, at: new Date().toISOString() };
+  if (input.dataDevs.length) marker.dataDisks = dataDisks;
   const claim = claims(deps);
   await mkdir(claim.dir, { recursive: true });
   await writeWhole(claim.of(input.name), marker);
-  return diskPath;
+  return { diskPath, dataDisks };
 }
 
 /** Defines the new domain on the new disk and starts it as the original runs. */
@@ -59,7 +77,8 @@ export function defineNewInstance(
     });
     // A restore terminated meanwhile (its heartbeat says so) defines nothing more.
     Context.current().cancellationSignal.throwIfAborted();
-    const newInstanceId = await deps.hypervisor.defineCopy(input.instanceId, { name: input.name, diskPath: input.diskPath });
+    const copy = { name: input.name, diskPath: input.diskPath, ...(input.dataDisks ? { dataDisks: input.dataDisks } : {}) };
+    const newInstanceId = await deps.hypervisor.defineCopy(input.instanceId, copy);
     const started = await startAndConfirm(deps, newInstanceId, input.powerState);
     await rm(claims(deps).of(input.name), { force: true });
     return { newInstanceId, ...started };
@@ -71,8 +90,10 @@ export async function removeNewInstance(deps: ActivityDeps, input: NewInstance):
   const { hypervisor } = deps;
   const made = (await hypervisor.listInstances()).find((d) => d.name === input.name && d.id !== input.instanceId);
   if (made && (await hypervisor.rootDisk(made.id)).path === input.diskPath) await hypervisor.undefine(made.id);
-  await rm(input.diskPath, { force: true });
-  await rm(`${input.diskPath}.vmsnap-download`, { force: true });
+  for (const path of [input.diskPath, ...Object.values(input.dataDisks ?? {})]) {
+    await rm(path, { force: true });
+    await rm(`${path}.vmsnap-download`, { force: true });
+  }
   await rm(claims(deps).of(input.name), { force: true });
 }
 
@@ -96,7 +117,8 @@ export async function removeAbandonedNewInstances(deps: ActivityDeps, input: { g
     if (status === 'running' || (status === 'unknown' && Date.now() - Date.parse(marker.at) < input.graceMs)) continue;
     // A completed run removed its claim itself; if one is left, the instance it made is kept.
     if (status !== 'completed') {
-      await removeNewInstance(deps, { instanceId: marker.instanceId, owner: marker.owner, name: marker.name, diskPath: marker.diskPath });
+      const { instanceId, owner, name, diskPath, dataDisks } = marker;
+      await removeNewInstance(deps, { instanceId, owner, name, diskPath, ...(dataDisks ? { dataDisks } : {}) });
       removed.push(marker.name);
     }
     await rm(join(claim.dir, file), { force: true });

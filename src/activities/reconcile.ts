@@ -98,7 +98,11 @@ export function reconcileMainActivities({ store, imageService, workflows }: Pick
     async findOrphanImages(input: { staleAfterMs: number }): Promise<OrphanImage[]> {
       const orphans: OrphanImage[] = [];
       const statuses = new Map<string, string>();
-      for (const image of await imageService.listImagesByTag(VMSNAP_IMAGE_TAG)) {
+      // A set's data images are hidden (os_hidden): Glance lists them only when asked for hidden ones.
+      const hidden = await imageService.listImages({ tag: VMSNAP_IMAGE_TAG, os_hidden: 'true' });
+      const listed = await imageService.listImagesByTag(VMSNAP_IMAGE_TAG);
+      const images = [...new Map([...listed, ...hidden].map((i) => [i.id, i])).values()];
+      for (const image of images) {
         const owner = typeof image.vmsnap_request_id === 'string' ? image.vmsnap_request_id : undefined;
         if (!owner) continue;
         if (!statuses.has(owner)) statuses.set(owner, await workflows.runStatus(owner));

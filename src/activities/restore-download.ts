@@ -22,6 +22,8 @@ export interface PrepareRestoreInput {
   allowGrow: boolean;
   /** Restore as a new instance: the image goes to this new file (beside the disk) instead. */
   newDiskPath?: string;
+  /** The disk (target device) of a set's restore; default the root disk. */
+  dev?: string;
 }
 
 export interface PreparedRestore {
@@ -50,17 +52,19 @@ export async function prepareRestoreImage(deps: ActivityDeps, input: PrepareRest
   let received = 0;
   let phase: StepProgress['phase'] = 'downloading';
   let percent = 0;
+  const dev = input.dev !== undefined ? { dev: input.dev } : {};
   const downloading = (): StepProgress => ({
     phase: 'downloading',
     percent: input.expected.size ? (100 * received) / input.expected.size : 100,
     bytesDone: received,
     bytesTotal: input.expected.size,
+    ...dev,
   });
   // From the start: short of its 6 h, the step's timeout is the heartbeat's (a task handed to a
   // worker that died is tried again after it), and the lookups before the download count too.
-  const stop = keepHeartbeating((): StepProgress => (phase === 'downloading' ? downloading() : { phase, percent, bytesDone: 0, bytesTotal: 0 }));
+  const stop = keepHeartbeating((): StepProgress => (phase === 'downloading' ? downloading() : { phase, percent, bytesDone: 0, bytesTotal: 0, ...dev }));
   try {
-    const disk = await restorableDisk(deps, input.instanceId);
+    const disk = await restorableDisk(deps, input.instanceId, input.dev);
     const files = input.newDiskPath ? { download: `${input.newDiskPath}.vmsnap-download`, restored: input.newDiskPath } : restoreFiles(disk.path);
     if (input.newDiskPath && (await exists(input.newDiskPath)) && !(await exists(files.download))) {
       // Not ours (a retry of ours still has its download beside it, or removed both).

@@ -73,18 +73,33 @@ export async function writeWhole(path: string, value: unknown): Promise<void> {
   await rename(`${path}.tmp`, path);
 }
 
-/** The instance's disk as a restore needs it: a local file in a format vmsnap writes. */
-export async function restorableDisk({ hypervisor }: Pick<ActivityDeps, 'hypervisor'>, instanceId: string): Promise<RootDisk> {
-  const disk = await hypervisor.rootDisk(instanceId);
+/** The instance's disk `dev` (default: its root disk) as the domain defines it. */
+export async function diskOf({ hypervisor }: Pick<ActivityDeps, 'hypervisor'>, instanceId: string, dev?: string): Promise<RootDisk> {
+  if (dev === undefined) return hypervisor.rootDisk(instanceId);
+  const disk = (await hypervisor.disks(instanceId)).find((d) => d.dev === dev);
+  if (!disk?.path) throw new VmsnapError('DiskNotFound', `instance ${instanceId} has no local disk ${dev}`, { instance: instanceId, disk: dev });
+  return { path: disk.path, format: disk.format };
+}
+
+/** The instance's disk (`dev`, default its root disk) as a restore needs it: a local file in a format vmsnap writes. */
+export async function restorableDisk(deps: Pick<ActivityDeps, 'hypervisor'>, instanceId: string, dev?: string): Promise<RootDisk> {
+  const disk = await diskOf(deps, instanceId, dev);
+  const its = dev === undefined ? 'its disk' : `its disk ${dev}`;
   if (!RESTORABLE_FORMATS.includes(disk.format)) {
-    throw new VmsnapError('InstanceInvalidState', `instance ${instanceId}: its disk is ${disk.format}; vmsnap restores qcow2 and raw disks only`);
+    throw new VmsnapError('InstanceInvalidState', `instance ${instanceId}: ${its} is ${disk.format}; vmsnap restores qcow2 and raw disks only`);
   }
   const st = await stat(disk.path).catch(() => undefined);
-  if (!st) throw new VmsnapError('DiskNotFound', `instance ${instanceId}: its disk ${disk.path} does not exist`);
+  if (!st) throw new VmsnapError('DiskNotFound', `instance ${instanceId}: ${its} ${disk.path} does not exist`);
   if (!st.isFile()) {
-    throw new VmsnapError('InstanceInvalidState', `instance ${instanceId}: its disk ${disk.path} is not a regular file; vmsnap restores file disks only`);
+    throw new VmsnapError('InstanceInvalidState', `instance ${instanceId}: ${its} ${disk.path} is not a regular file; vmsnap restores file disks only`);
   }
   return disk;
+}
+
+/** The local file disks of the domain (where a restore may have left files beside a disk), root first. */
+export async function fileDisks({ hypervisor }: Pick<ActivityDeps, 'hypervisor'>, instanceId: string): Promise<{ dev: string; path: string }[]> {
+  const disks = await hypervisor.disks(instanceId);
+  return disks.filter((d) => d.type === 'file' && d.path).map((d) => ({ dev: d.dev, path: d.path! }));
 }
 
 /**
@@ -141,14 +156,16 @@ export async function prunePreRestoreDisks({ hypervisor, store }: Pick<ActivityD
   const removed: string[] = [];
   for (const instance of await store.listInstances()) {
     if (instance.host !== host) continue;
-    const disk = await hypervisor.rootDisk(instance.id).catch(() => undefined);
-    if (!disk) continue;
-    const files = restoreFiles(disk.path);
-    const marker = await readMarker(files.marker);
-    if (!marker || Date.parse(marker.keptUntil) > Date.now()) continue;
-    await rm(files.preRestore, { force: true });
-    await rm(files.marker, { force: true });
-    removed.push(files.preRestore);
+    // Every disk: a set's restore keeps a pre-restore file beside each disk it restored.
+    const disks = await fileDisks({ hypervisor }, instance.id).catch(() => []);
+    for (const disk of disks) {
+      const files = restoreFiles(disk.path);
+      const marker = await readMarker(files.marker);
+      if (!marker || Date.parse(marker.keptUntil) > Date.now()) continue;
+      await rm(files.preRestore, { force: true });
+      await rm(files.marker, { force: true });
+      removed.push(files.preRestore);
+    }
   }
   return removed;
 }

@@ -9,7 +9,12 @@
 // reconciler's); protected ones are kept and not counted (as Proxmox does); an image in use as a
 // base (an instance of the inventory booted from it, a Glance image whose base_image_ref is it) is
 // never deleted, whatever the rules say.
+//
+// A snapshot of several disks is a set: its root image counts as one snapshot, and deleting it
+// deletes the set's data images first (hidden in Glance, found by the set's id), then the root.
+// A data image is never a candidate on its own.
 import type { ActivityDeps } from './deps.js';
+import { deleteSnapshotImages, isSetDataImage } from './image-set.js';
 import type { Image, ImageService } from '../drivers/image-service.js';
 import { VmsnapError } from '../shared/errors.js';
 import { VMSNAP_IMAGE_TAG } from '../shared/names.js';
@@ -82,10 +87,14 @@ export function hasRetentionRule(policy: RetentionPolicy | undefined): boolean {
   return !!policy && RULES.some(([key]) => (policy[key] ?? 0) > 0);
 }
 
-/** An image vmsnap made for this schedule: only these may ever be pruned by it. */
+/** An image vmsnap made for this schedule (a set's root, not its data images): only these may ever be pruned by it. */
 export function isScheduleImage(image: Image, scheduleId: string): boolean {
   return (
-    Array.isArray(image.tags) && image.tags.includes(VMSNAP_IMAGE_TAG) && typeof image.vmsnap_request_id === 'string' && image.vmsnap_schedule === scheduleId
+    Array.isArray(image.tags) &&
+    image.tags.includes(VMSNAP_IMAGE_TAG) &&
+    typeof image.vmsnap_request_id === 'string' &&
+    image.vmsnap_schedule === scheduleId &&
+    !isSetDataImage(image)
   );
 }
 
@@ -233,7 +242,10 @@ export function retentionActivities({ imageService, store }: Pick<ActivityDeps, 
      * plan and delete (and a retry may come much later), and somebody may have protected it,
      * booted from it or made an image from it meanwhile.
      */
-    async deleteExpiredImage(input: { scheduleId: string; imageId: string }): Promise<{ deleted: boolean; kept?: { rule: RetentionRule; reason: string } }> {
+    async deleteExpiredImage(input: {
+      scheduleId: string;
+      imageId: string;
+    }): Promise<{ deleted: boolean; kept?: { rule: RetentionRule; reason: string }; dataImages?: string[] }> {
       const image = await imageService.getImage(input.imageId);
       if (!image) return { deleted: false }; // gone already: nothing to keep
       const kept = (rule: RetentionRule, reason: string) => ({
@@ -245,8 +257,9 @@ export function retentionActivities({ imageService, store }: Pick<ActivityDeps, 
       if (image.protected === true) return kept('protected', 'protected in Glance');
       const use = await inUseBy({ imageService, store }, image.id, await store.listInstances());
       if (use) return kept('in-use', use);
-      await imageService.deleteImage(image.id);
-      return { deleted: true };
+      // A set goes whole: its data images, then the root.
+      const dataImages = await deleteSnapshotImages(imageService, image);
+      return { deleted: true, ...(dataImages.length ? { dataImages } : {}) };
     },
   };
 }

@@ -124,10 +124,11 @@ export interface Hypervisor {
   pingGuestAgent(id: string): Promise<boolean>;
   /**
    * Restore as a new instance: defines a new domain like `id` (its persistent definition) with a
-   * new name, a new UUID and new MAC addresses, on `diskPath` as its root disk, and its file
-   * consoles and logs renamed after it. InvalidInput when the name is taken. Returns the new UUID.
+   * new name, a new UUID and new MAC addresses, on `diskPath` as its root disk (and, for a set, each
+   * disk of `dataDisks` (target device → path) on its new file), and its file consoles and logs
+   * renamed after it. InvalidInput when the name is taken. Returns the new UUID.
    */
-  defineCopy(id: string, opts: { name: string; diskPath: string }): Promise<string>;
+  defineCopy(id: string, opts: { name: string; diskPath: string; dataDisks?: Record<string, string> }): Promise<string>;
   /** Stops (destroy) and undefines a domain; one that is gone already is success. */
   undefine(id: string): Promise<void>;
   /** Watches the guest's completed disk writes (optional: a driver without it reports no figure). */

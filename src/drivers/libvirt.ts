@@ -27,7 +27,7 @@ import type {
 import { LiveCopier } from './libvirt-live.js';
 import { startPauseWatch } from './libvirt-pauses.js';
 import { startWriteWatch } from './libvirt-writes.js';
-import { attrs, domainDisks, domainOwner, firstText } from './libvirt-xml.js';
+import { attrs, domainDisks, domainOwner, firstTagAttrs, firstText } from './libvirt-xml.js';
 import { VirshShells, type VirshOutput } from './virsh-shell.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -321,7 +321,7 @@ export class LibvirtHypervisor implements Hypervisor {
     );
   }
 
-  async defineCopy(id: string, opts: { name: string; diskPath: string }): Promise<string> {
+  async defineCopy(id: string, opts: { name: string; diskPath: string; dataDisks?: Record<string, string> }): Promise<string> {
     const uuid = checkId(id);
     if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(opts.name))
       throw new VmsnapError('InvalidInput', `new instance name ${JSON.stringify(opts.name)}: use letters, digits, ".", "_", "-" (at most 64)`);
@@ -332,7 +332,8 @@ export class LibvirtHypervisor implements Hypervisor {
     if (taken) throw new VmsnapError('InvalidInput', `an instance named ${opts.name} exists already on this host: choose another name`);
     const disk = await this.rootDisk(uuid);
     const esc = (v: string) => v.replace(/&/g, '&amp;').replace(/'/g, '&apos;').replace(/</g, '&lt;');
-    const xml = (await this.virsh(['dumpxml', '--inactive', uuid], uuid))
+    const dataDisks = opts.dataDisks ?? {};
+    let xml = (await this.virsh(['dumpxml', '--inactive', uuid], uuid))
       .replace(/<name>[^<]*<\/name>/, `<name>${esc(opts.name)}</name>`)
       // libvirt makes a new UUID and new MACs for what is left out.
       .replace(/\s*<uuid>[^<]*<\/uuid>/, '')
@@ -342,8 +343,16 @@ export class LibvirtHypervisor implements Hypervisor {
       )
       // Console files and logs of the original stay its own.
       .replace(/(<(?:source path|log file)=)(['"])([^'"]*)\2/g, (_m, head: string, q: string, path: string) => `${head}${q}${path}.${esc(opts.name)}${q}`);
-    if (!xml.includes(esc(opts.diskPath)))
-      throw new VmsnapError('DiskNotFound', `instance ${uuid}: could not point a copy of its definition at ${opts.diskPath}`);
+    // A set's data disks, each on its new file: found by the target device their <disk> names.
+    xml = xml.replace(/<disk\b[^>]*>[\s\S]*?<\/disk>/g, (block) => {
+      const dev = firstTagAttrs(block, 'target')?.dev;
+      const path = dev === undefined ? undefined : dataDisks[dev];
+      if (path === undefined) return block;
+      return block.replace(/(<source\s+file=)(['"])([^'"]*)\2/, (_m, head: string, q: string) => `${head}${q}${esc(path)}${q}`);
+    });
+    for (const path of [opts.diskPath, ...Object.values(dataDisks)]) {
+      if (!xml.includes(esc(path))) throw new VmsnapError('DiskNotFound', `instance ${uuid}: could not point a copy of its definition at ${path}`);
+    }
     const dir = await mkdtemp(join(tmpdir(), 'vmsnap-define-'));
     try {
       const file = join(dir, 'domain.xml');

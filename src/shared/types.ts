@@ -268,6 +268,23 @@ export interface RestoreResult {
   /** The downtime by step: stop → disk swapped and task state set, → started by libvirt; then the confirmation (not downtime). */
   downtimeStepsMs?: { swapAndTaskState: number; start: number; confirm: number };
   phaseDurationsMs: Partial<Record<RestorePhase, number>>;
+  /** A set's restore (the image is a set's root): every disk restored, root first. Absent for a root-disk image. */
+  disks?: RestoreDiskResult[];
+  /** The set's id (vmsnap_disk_set), when the image is a set's root. */
+  diskSetId?: string;
+}
+
+/** One disk of a set's restore. */
+export interface RestoreDiskResult {
+  dev: string;
+  imageId: string;
+  /** The disk now holding the image (a new instance's new disk when restored as new). */
+  path: string;
+  /** The disk it had before, kept beside it for rollback (absent when restored as new). */
+  preRestorePath?: string;
+  downloadedBytes: number;
+  sha512: string;
+  virtualSize: number;
 }
 
 /** Input of the rollbackRestore workflow: put the pre-restore disk back. */

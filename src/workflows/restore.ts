@@ -6,7 +6,8 @@
 // back to None. rollbackRestore puts the pre-restore disk back later, while it is kept.
 // Deterministic code only: all I/O lives in activities.
 import { CancellationScope, log, workflowInfo } from '@temporalio/workflow';
-import type { RestoreImage } from '../activities/restore-image.js';
+import type { RestoreImage, RestoreSet } from '../activities/restore-image.js';
+import type { PreparedRestore } from '../activities/restore-download.js';
 import { AcceptanceGate } from './acceptance.js';
 import { failure, faultCode, refuseInvalid, typedFailure } from './failures.js';
 import { findInstance, settled, type SettledPowerState } from './instance.js';
@@ -14,7 +15,7 @@ import { Compensations } from './saga.js';
 import { STORE_STEP, onHost, onMain, onMainLocal, stepOptions, type Steps } from './steps.js';
 import { TaskStateHolder } from './task-state.js';
 import { Tracker } from './tracker.js';
-import type { RestorePhase, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
+import type { RestoreDiskResult, RestorePhase, RestoreRequest, RestoreResult, RollbackRequest, RollbackResult } from '../shared/types.js';
 import { validateRestoreRequest, validateRollbackRequest } from '../shared/validation.js';
 import type { InstanceRecord } from '../store/store.js';
 
@@ -58,7 +59,7 @@ async function compensate(run: Run, task: TaskStateHolder | undefined, err: unkn
 }
 
 /** The image downloaded beside the disk (or as a new instance's disk), verified before use. */
-function download(run: Run, image: RestoreImage, where: string, disk: { allowGrow: boolean; newDiskPath?: string }) {
+function download(run: Run, image: Omit<RestoreImage, 'set'>, where: string, disk: { allowGrow: boolean; newDiskPath?: string; dev?: string }) {
   return onHost(run.steps.download, `download ${image.size} bytes ${where}, verify sha512, qemu-img check`).prepareRestoreImage({
     instanceId: run.instance.id,
     imageId: image.imageId,
@@ -66,6 +67,43 @@ function download(run: Run, image: RestoreImage, where: string, disk: { allowGro
     expected: { size: image.size, sha512: image.sha512 },
     virtualSize: image.virtualSize,
     ...disk,
+  });
+}
+
+/**
+ * A set's images, each downloaded beside its own disk (or to its new instance's new disk) and
+ * verified, one after the other: each download's room is measured with the ones before it on disk.
+ */
+async function downloadSet(run: Run, set: RestoreSet, allowGrow: boolean, newDisks?: Record<string, string>): Promise<PreparedRestore[]> {
+  const prepared: PreparedRestore[] = [];
+  for (const disk of set.disks) {
+    const newDiskPath = newDisks?.[disk.dev];
+    const where = newDiskPath ? `to the new instance's disk ${disk.dev}` : `beside disk ${disk.dev}`;
+    prepared.push(await download(run, disk.image, where, { allowGrow, dev: disk.dev, ...(newDiskPath ? { newDiskPath } : {}) }));
+  }
+  return prepared;
+}
+
+/** The result's line of each disk of a set, root first. */
+function setDisks(set: RestoreSet, prepared: PreparedRestore[], diskPaths: string[], preRestorePaths?: string[]): RestoreDiskResult[] {
+  return set.disks.map((disk, i) => ({
+    dev: disk.dev,
+    imageId: disk.image.imageId,
+    path: diskPaths[i]!,
+    ...(preRestorePaths ? { preRestorePath: preRestorePaths[i]! } : {}),
+    downloadedBytes: prepared[i]!.downloadedBytes,
+    sha512: prepared[i]!.sha512,
+    virtualSize: prepared[i]!.virtualSize,
+  }));
+}
+
+/** A set's disks against the domain's: each disk of the set there, none of the domain's left out. Changes nothing. */
+function checkSetDisks(run: Run, set: RestoreSet): Promise<void> {
+  const disks = set.disks.map((d) => ({ dev: d.dev, role: d.role }));
+  return onHost(run.steps.quick, `check the instance's disks against snapshot set ${set.setId}`).checkRestoreDisks({
+    instanceId: run.instance.id,
+    setId: set.setId,
+    disks,
   });
 }
 
@@ -87,15 +125,19 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
   const { track, steps, undo, owner } = run;
   const instanceId = run.instance.id;
 
-  // 2. checkRestoreImage: active, a format vmsnap restores, this instance's snapshot. Before the
+  // 2. checkRestoreImage: active, a format vmsnap restores, this instance's snapshot; a set's root
+  //    brings every image of the set, and the domain's disks must match the set's. Before the
   //    task state is taken: a refused image changes nothing at all.
   track.enter('checking-image');
-  const image = await checkImage(run, request).catch(async (err: unknown) => {
+  const refused = async (err: unknown): Promise<never> => {
     const result = typedFailure(err, 'Restore');
     track.refused(result);
     await acceptance.refuse(result);
     throw result;
-  });
+  };
+  const image = await checkImage(run, request).catch(refused);
+  const set = image.set;
+  if (set) await checkSetDisks(run, set).catch(refused);
 
   const task = new TaskStateHolder({ action: 'Restore', instanceId, owner, steps, track, details: { imageId } });
   try {
@@ -110,7 +152,9 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     track.enter('downloading');
     const undoRestore = () => onHost(steps.undoRestore, 'compensation: remove new files, previous disk back, guest started');
     undo.push('undo restore', () => undoRestore().undoRestore({ instanceId, owner, priorPowerState: prior }), { guest: true });
-    const prepared = await download(run, image, 'beside the disk', { allowGrow: request.allowGrow ?? false });
+    const allowGrow = request.allowGrow ?? false;
+    const preparedSet = set ? await downloadSet(run, set, allowGrow) : undefined;
+    const prepared = preparedSet?.[0] ?? (await download(run, image, 'beside the disk', { allowGrow }));
 
     // 5. Task state → rebuild_block_device_mapping: from here on the guest is touched.
     await task.move('rebuilding', 'rebuild_block_device_mapping');
@@ -118,9 +162,11 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
     // 6. Stop, swap, task state → rebuild_spawning, start: one host step, so the guest's downtime
     //    holds no round trip through Temporal.
     track.enter('stopping');
-    const summary = `stop the guest, swap the disk (keep the previous one), start it (${prior}) and confirm it runs`;
+    const swaps = set ? `swap its ${set.disks.length} disks in one step (keep the previous ones)` : 'swap the disk (keep the previous one)';
+    const summary = `stop the guest, ${swaps}, start it (${prior}) and confirm it runs`;
     const forceStop = request.forceStop ?? false;
-    const done = await onHost(steps.power, summary).stopSwapStart({ instanceId, owner, imageId, powerState: prior, forceStop });
+    const disks = set ? { disks: set.disks.map((d) => ({ dev: d.dev, imageId: d.image.imageId })) } : {};
+    const done = await onHost(steps.power, summary).stopSwapStart({ instanceId, owner, imageId, powerState: prior, forceStop, ...disks });
     track.taskState('rebuild_spawning');
 
     // 7. Task state → None.
@@ -146,6 +192,16 @@ export async function restoreInstance(request: RestoreRequest): Promise<RestoreR
       downtimeStepsMs: done.downtimeStepsMs,
       phaseDurationsMs: track.progress.phaseDurationsMs,
     };
+    if (set && preparedSet) {
+      const swapped = done.swapped;
+      result.diskSetId = set.setId;
+      result.disks = setDisks(
+        set,
+        preparedSet,
+        swapped.map((d) => d.diskPath),
+        swapped.map((d) => d.preRestorePath),
+      );
+    }
     log.info('restore completed', { imageId, downtimeMs: result.downtimeMs });
     return result;
   } catch (err) {
@@ -172,18 +228,30 @@ async function restoreAsNew(run: Run, request: RestoreRequest, name: string, acc
     await task.event('start', { imageId, asNew: name });
     acceptance.accept({ instanceId, imageId, taskState: null });
 
-    // 3. checkRestoreImage, as for a restore in place.
+    // 3. checkRestoreImage, as for a restore in place (a set: its disks against the domain's too).
     track.enter('checking-image');
     const image = await checkImage(run, request);
+    const set = image.set;
+    if (set) await checkSetDisks(run, set);
 
-    // 4. The new disk's path is claimed before anything is made (the reconciler finds a dead run's).
-    const diskPath = await onHost(steps.quick, 'path of the new disk').newInstanceDiskPath({ instanceId, name });
+    // 4. The new disks' paths are claimed before anything is made (the reconciler finds a dead run's).
+    let diskPath: string;
+    let dataDisks: Record<string, string> | undefined;
+    if (set) {
+      const dataDevs = set.disks.filter((d) => d.role === 'data').map((d) => d.dev);
+      ({ diskPath, dataDisks } = await onHost(steps.quick, 'paths of the new disks').newInstanceDiskPaths({ instanceId, name, dataDevs }));
+    } else {
+      diskPath = await onHost(steps.quick, 'path of the new disk').newInstanceDiskPath({ instanceId, name });
+    }
+    const newDisks = { diskPath, ...(dataDisks ? { dataDisks } : {}) };
     const removeNew = () => onHost(steps.undoRestore, 'compensation: remove the new instance and its disk');
-    undo.push('remove the new instance', () => removeNew().removeNewInstance({ instanceId, owner, name, diskPath }));
+    undo.push('remove the new instance', () => removeNew().removeNewInstance({ instanceId, owner, name, ...newDisks }));
 
     // 5. The image downloaded to the new disk and verified: a new instance's disk is the image's size.
     track.enter('downloading');
-    const prepared = await download(run, image, "to the new instance's disk", { allowGrow: true, newDiskPath: diskPath });
+    const byDev = set ? { [set.disks[0]!.dev]: diskPath, ...dataDisks } : {};
+    const preparedSet = set ? await downloadSet(run, set, true, byDev) : undefined;
+    const prepared = preparedSet?.[0] ?? (await download(run, image, "to the new instance's disk", { allowGrow: true, newDiskPath: diskPath }));
 
     // 6. The new domain defined on it and started as the original runs.
     track.enter('starting-guest');
@@ -191,13 +259,25 @@ async function restoreAsNew(run: Run, request: RestoreRequest, name: string, acc
       instanceId,
       owner,
       name,
-      diskPath,
+      ...newDisks,
       powerState: startAs,
     });
     track.enter('finishing');
     await task.event('finish', { imageId, newInstanceId: made.newInstanceId });
     track.completed();
+    const setResult =
+      set && preparedSet
+        ? {
+            diskSetId: set.setId,
+            disks: setDisks(
+              set,
+              preparedSet,
+              set.disks.map((d) => byDev[d.dev]!),
+            ),
+          }
+        : {};
     return {
+      ...setResult,
       instanceId,
       host: run.instance.host,
       imageId,
