@@ -26,6 +26,7 @@ const FIELD_FLAGS: Record<string, string> = {
   diskFormat: '--format',
   compress: '--compress',
   imageId: '--image-id',
+  disks: '--disks',
   asNew: '--as-new',
 };
 
