@@ -159,10 +159,9 @@ export async function stepProgress(handle: { client: WorkflowClient }, descripti
     }
     fallback = { step };
   }
-  const [first, ...others] = perDisk;
+  const [first] = perDisk;
   if (!first) return fallback;
-  if (!others.length) return stepDetails(first, first.step);
-  // Several disks at once: their sum, and each disk's own.
+  // A set's disks, one or several at once: their sum, and each disk's own.
   const bytesDone = perDisk.reduce((sum, d) => sum + d.bytesDone, 0);
   const bytesTotal = perDisk.reduce((sum, d) => sum + d.bytesTotal, 0);
   return {

@@ -97,3 +97,17 @@ describe("a step's heartbeat as the Web UI shows it", () => {
     assert.deepEqual(readable({ phase: 'power' }, 1), { phase: 'power' });
   });
 });
+
+describe("a set's disks, side by side", () => {
+  it("the CLI's line names each disk's percent beside the phase; the Web UI's summary names the disk", () => {
+    const view = new ProgressView(new Writable({ write: (_c, _e, done) => done() }), 'plain');
+    const disks = [
+      { dev: 'vda', percent: 40.5, bytesDone: 40, bytesTotal: 100 },
+      { dev: 'vdb', percent: 100, bytesDone: 100, bytesTotal: 100 },
+    ];
+    const line = view.line({ phase: 'uploading', percent: 70, bytesDone: 140, bytesTotal: 200, disks });
+    assert.match(describeLine(line, 'plain'), /^uploading \[vda 40%, vdb 100%\] 70% \(140 B of 200 B/);
+    const heartbeat = { phase: 'downloading', dev: 'vdb', percent: 10, bytesDone: 2 ** 20, bytesTotal: 10 * 2 ** 20 };
+    assert.equal((readable(heartbeat, 1) as { summary: string }).summary, 'downloading vdb 10% (1.0 MiB of 10.0 MiB)');
+  });
+});

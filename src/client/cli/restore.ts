@@ -137,6 +137,8 @@ function restoreText(instance: string, r: RestoreResult, link: string | undefine
     `restore of ${instance} completed`,
     `  image        ${r.imageId}, ${formatBytes(r.downloadedBytes)} downloaded, sha512 verified`,
     `  disk         ${r.diskPath} (${r.diskFormat}, virtual ${formatBytes(r.virtualSize)})`,
+    ...(r.diskSetId && r.disks ? [`  set          ${r.diskSetId}: ${r.disks.length} disks, all restored`] : []),
+    ...(r.diskSetId && r.disks ? r.disks.map((d) => `  ${d.dev.padEnd(12)} ${d.path} ← image ${d.imageId}, ${formatBytes(d.downloadedBytes)}`) : []),
     ...(r.newInstance ? [`  new instance ${r.newInstance.name} (${r.newInstance.id}); ${instance} untouched`] : []),
     ...(r.preRestorePath ? [`  pre-restore  ${r.preRestorePath}, kept until ${r.preRestoreKeptUntil} (vmsnap restore rollback ${instance})`] : []),
     `  instance     ${instanceLine(r)}`,
