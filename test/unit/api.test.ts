@@ -286,6 +286,13 @@ describe("what Horizon's pages read besides servers: Nova's answers for a cloud 
     assert.equal((await call('GET', '/v2.1/flavors/detail')).status, 401, 'behind Keystone like the rest');
   });
 
+  it('key pairs and server groups: none, and any one is a 404', async () => {
+    assert.deepEqual((await call('GET', '/v2.1/os-keypairs', { token: 'member' })).body, { keypairs: [] });
+    assert.deepEqual((await call('GET', '/v2.1/os-server-groups', { token: 'member' })).body, { server_groups: [] });
+    assert.equal((await call('GET', '/v2.1/os-keypairs/mine', { token: 'member' })).body!.itemNotFound.code, 404);
+    assert.equal((await call('GET', `/v2.1/os-server-groups/${OTHER}`, { token: 'member' })).body!.itemNotFound.code, 404);
+  });
+
   it("limits: no quota for new instances, the project's instances in use, the fields of the microversion", async () => {
     const old = (await call('GET', '/v2.1/limits?reserved=1', { token: 'member' })).body!.limits;
     assert.deepEqual(old.rate, []);
