@@ -15,8 +15,10 @@ import { createGuest, guestState, readCounter, removeGuest, type Guest } from '.
 import { syncInventory } from '../../src/activities/inventory.js';
 import { restoreWorkflowId, snapshotWorkflowId } from '../../src/shared/names.js';
 import type { SnapshotResult } from '../../src/shared/types.js';
-import { closeTestCloud } from '../support/cloud.js';
+import { stopLeftoverSnapshots } from '../support/cli.js';
+import { closeTestCloud, stackGlanceUrl } from '../support/cloud.js';
 import { apiRequest, issueToken, stackApi, type StackApi } from '../support/compute-api.js';
+import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startHarness, type Harness } from '../support/harness.js';
 import { startStackHorizon, type StackHorizon } from '../support/horizon.js';
 import { downloadImage } from '../support/images.js';
@@ -43,6 +45,7 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
   let api: StackApi;
   let horizon: StackHorizon;
   let h: Harness;
+  let proxy: FaultProxy;
   let guest: Guest;
   let browser: Browser;
   let context: BrowserContext;
@@ -109,15 +112,20 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
     api = stackApi();
     mkdirSync(SHOTS, { recursive: true });
     horizon = await startStackHorizon();
+    // Glance behind a proxy that can take the snapshot's data slowly, so that its task state is there to see.
+    proxy = await startFaultProxy(await stackGlanceUrl());
     // The workers behind the stack's API: its task queue and store, as Nova's service user.
     h = await startHarness({
       name: 'horizon',
+      glanceUrl: proxy.url,
       env: {
         VMSNAP_TASK_QUEUE: 'vmsnap',
         VMSNAP_STORE_PATH: join(api.dataDir, 'vmsnap.sqlite'),
         OS_CLOUD: 'vmsnap-service',
         VMSNAP_DEFAULT_MODE: 'auto',
         VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS: '0',
+        // The slow upload below must not look stalled.
+        VMSNAP_GLANCE_STALL_MS: '300000',
       },
     });
     guest = await createGuest({ name: `vmsnap-test-horizon-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
@@ -139,11 +147,14 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
 
   after(async () => {
     await browser?.close();
+    // A run left going by a failed test is cancelled (its undo steps run) while the workers are here.
+    if (h) await stopLeftoverSnapshots(h);
     await removeGuest(guest?.name ?? `vmsnap-test-horizon-${tag}`, h?.guestsDir ?? join(api.dataDir, 'guests')).catch(() => undefined);
     // The stack's store then knows it is gone: no Instances page lists it after this test.
     if (h) await syncInventory({ hypervisor: h.hypervisor, store: h.store, host: h.config.host }).catch(() => undefined);
     // The harness deletes the images its workers made: the snapshot.
     await h?.close();
+    await proxy?.close();
     await horizon?.close();
     await closeTestCloud();
   });
@@ -160,14 +171,22 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
     await noErrorBanner(page, 'the Instances page');
   });
 
-  it('Create Snapshot: the Images page shows it as a snapshot, active; Glance holds it with the sha512 vmsnap verified', async () => {
+  it('Create Snapshot: the Instances page shows its task state; the Images page shows it as a snapshot, active; Glance holds it with the sha512 vmsnap verified', async () => {
     await instanceRow(page, /Active/);
+    // Glance takes the data over 90 s: the task state stays image_uploading that long, time enough
+    // for Horizon's pages, which take seconds each on a busy machine.
+    proxy.setRule({ kind: 'stretch', ms: 90_000, method: 'PUT', path: /\/file$/, times: 1 });
     await page.click(`#instances__row_${guest.uuid}__action_snapshot`);
     const modal = page.locator('.modal:visible');
     await modal.locator('#id_name').fill(snapshotName);
     await shot(page, '2-create-snapshot');
     await submitModal(page, /\/project\/images\/[^/]+\/create\/?$/);
     await noErrorBanner(page, 'the page after Create Snapshot');
+    const busy = await instanceRow(page, /Image Uploading/, 90_000);
+    const busyCells = (await busy.locator('td').allInnerTexts()).map((c) => c.trim());
+    assert.ok(busyCells.includes('Image Uploading'), `the task column: ${busyCells.join(' | ')}`);
+    await shot(page, '2b-instances-task-state');
+    await noErrorBanner(page, 'the Instances page while the snapshot runs');
 
     // The run Horizon's request started through the API, to its end.
     snapshot = (await h.client.workflow.getHandle(snapshotWorkflowId(guest.uuid)).result()) as SnapshotResult;
