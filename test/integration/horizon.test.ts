@@ -3,7 +3,8 @@
 // workers and a real guest owned by the stack's vmsnap project. Log in, see the guest on the
 // Instances page, Create Snapshot, find it on the Images page and in Glance with vmsnap's verified
 // hash, Rebuild Instance from it; then another project's user sees nothing. Any error banner on
-// any page, or a server error from Horizon, fails the test. Screenshots: build/horizon/*.png.
+// any page, a server error from Horizon or a request to anywhere but loopback fails the test.
+// Screenshots: build/horizon/*.png.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
@@ -52,6 +53,8 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
   let page: Page;
   /** Server errors Horizon answered, on any page: each fails the test. */
   const serverErrors: string[] = [];
+  /** What a page asked of anywhere but loopback: nothing should be. */
+  const outside: string[] = [];
   const snapshotName = `vmsnap-test-horizon-${tag}`;
   let snapshot: SnapshotResult;
   let atImage: number;
@@ -60,6 +63,10 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
   async function logIn(user: string, password: string): Promise<{ context: BrowserContext; page: Page }> {
     const ctx = await browser.newContext({ viewport: { width: 1400, height: 900 } });
     const p = await ctx.newPage();
+    p.on('request', (req) => {
+      const { protocol, hostname } = new URL(req.url());
+      if (/^https?:$/.test(protocol) && hostname !== '127.0.0.1') outside.push(req.url());
+    });
     p.on('response', (res) => {
       if (res.url().startsWith(horizon.url) && res.status() >= 500) serverErrors.push(`${res.status()} ${res.request().method()} ${res.url()}`);
     });
@@ -77,6 +84,7 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
     const banners = await p.locator('.alert-danger:visible').allInnerTexts();
     assert.deepEqual(banners, [], `no error banner on ${where}`);
     assert.deepEqual(serverErrors, [], `no server error from Horizon (${where})`);
+    assert.deepEqual(outside, [], `nothing asked of anywhere but loopback (${where})`);
   }
 
   /**
