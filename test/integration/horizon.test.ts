@@ -59,6 +59,9 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
   let snapshot: SnapshotResult;
   let atImage: number;
 
+  /** Who is logged in on each page, to log in again when Horizon's Keystone token runs out. */
+  const users = new Map<Page, { user: string; password: string }>();
+
   /** A fresh browser session of one of the stack's users, logged in through Horizon's form. */
   async function logIn(user: string, password: string): Promise<{ context: BrowserContext; page: Page }> {
     const ctx = await browser.newContext({ viewport: { width: 1400, height: 900 } });
@@ -70,12 +73,25 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
     p.on('response', (res) => {
       if (res.url().startsWith(horizon.url) && res.status() >= 500) serverErrors.push(`${res.status()} ${res.request().method()} ${res.url()}`);
     });
-    await p.goto(`${horizon.url}/auth/login/`);
+    users.set(p, { user, password });
+    await open(p, '/project/');
+    return { context: ctx, page: p };
+  }
+
+  /**
+   * Opens a page of Horizon's with a session just made: Horizon's session lasts as long as its
+   * Keystone token, and the test stack's tokens live 30 s (VMSNAP_KEYSTONE_TOKEN_LIFETIME), so each
+   * step logs in again first (out, then the login form with the page as `next`), as a user would.
+   */
+  async function open(p: Page, path: string): Promise<void> {
+    const { user, password } = users.get(p)!;
+    await p.goto(`${horizon.url}/auth/logout/`);
+    await p.goto(`${horizon.url}/auth/login/?next=${encodeURIComponent(path)}`);
     await p.fill('#id_username', user);
     await p.fill('#id_password', password);
-    await Promise.all([p.waitForURL((url) => !url.pathname.startsWith('/auth/login'), { timeout: 60_000 }), p.click('#loginBtn')]);
-    await noErrorBanner(p, `${user}'s first page`);
-    return { context: ctx, page: p };
+    await Promise.all([p.waitForURL((url) => !url.pathname.startsWith('/auth/'), { timeout: 60_000 }), p.click('#loginBtn')]);
+    assert.equal(new URL(p.url()).pathname.replace(/\/$/, ''), path.replace(/\/$/, ''), `${user} logged in and on ${path}`);
+    await noErrorBanner(p, `${path} as ${user}`);
   }
 
   /** Horizon's error banners: Django's messages of level error and Angular's toasts are .alert-danger. */
@@ -109,8 +125,7 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
   async function instanceRow(p: Page, text: RegExp, ms = 120_000) {
     const row = p.locator(`#instances__row__${guest.uuid}`);
     await until(`the Instances page showing ${text}`, ms, async () => {
-      await p.goto(`${horizon.url}/project/instances/`);
-      await p.waitForLoadState('networkidle');
+      await open(p, '/project/instances/');
       return (await row.count()) === 1 && text.test(await row.innerText());
     });
     return row;
@@ -217,8 +232,7 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
 
     const row = page.locator('tr', { hasText: snapshotName });
     await until('the Images page showing the snapshot active', 120_000, async () => {
-      await page.goto(`${horizon.url}/project/images`);
-      await page.waitForLoadState('networkidle');
+      await open(page, '/project/images');
       // The Angular table has a detail row under each row, with the name too: the first is the row.
       return (await row.count()) >= 1 && /Active/.test(await row.first().innerText());
     });
@@ -262,8 +276,7 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
   it("another project's user does not see the guest on its Instances page", async () => {
     const other = await logIn('vmsnap-other', api.accounts.api.otherPassword);
     try {
-      await other.page.goto(`${horizon.url}/project/instances/`);
-      await other.page.waitForLoadState('networkidle');
+      await open(other.page, '/project/instances/');
       // The page is the other project's, and it lists nothing of ours.
       assert.match(await other.page.locator('body').innerText(), /vmsnap-other/);
       assert.equal(await other.page.locator(`#instances__row__${guest.uuid}`).count(), 0);
