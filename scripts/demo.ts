@@ -10,6 +10,7 @@ import { loadConfig } from '../src/shared/config.js';
 import { installRuntime } from '../src/worker/observability.js';
 import { startVmsnapWorker } from '../src/worker/vmsnap-worker.js';
 import { LIBVIRT_URI, createGuest, guestState, readCounter } from './lib/guest.js';
+import { horizonService, horizonUrl } from './lib/horizon.js';
 import { clientEnv, services, stackConfig } from './lib/stack.js';
 
 // Worker lifecycle chatter would bury the demo's own output: warnings and errors only.
@@ -76,6 +77,9 @@ async function main(): Promise<void> {
   }
   console.log("== the same through Nova's API (the stack's compute endpoint; it needs a worker running, e.g. `npm run worker` in that environment)");
   console.log(`   eval "$(npm run -s stack -- env)"; openstack server image create --name ${GUEST}-nova --wait ${GUEST}`);
+  console.log(
+    `   Horizon: ${(await horizonService(stack).status()).healthy ? `${horizonUrl(stack)}/` : 'start it with `npm run stack -- up --horizon`'} (docs/horizon.md)`,
+  );
   console.log(`The stack and the guest keep running: stop them with \`npm run stack -- down\`.`);
 }
 

@@ -1,18 +1,29 @@
 // Dev stack CLI: `tsx scripts/stack.ts up [--temporal dev|cluster]|down|status|env`. Settings:
 // VMSNAP_DATA_DIR, VMSNAP_TEMPORAL_PORT, VMSNAP_TEMPORAL_UI_PORT, VMSNAP_GLANCE_PORT,
 // VMSNAP_LIBVIRT_URI, VMSNAP_TEMPORAL_MODE (what --temporal sets; `down` and `status` find the
-// mode the data dir was brought up in).
+// mode the data dir was brought up in), VMSNAP_HORIZON=1 (what --horizon sets) and VMSNAP_HORIZON_PORT.
+import { horizonUrl } from './lib/horizon.js';
 import { clientEnv, recordTemporalMode, services, servicesToStop, stackConfig, type ServiceStatus } from './lib/stack.js';
 
-const USAGE = 'usage: tsx scripts/stack.ts up [--temporal dev|cluster] | down | status | env';
+const USAGE = 'usage: tsx scripts/stack.ts up [--temporal dev|cluster] [--horizon] | down | status | env';
 
-/** `--temporal dev|cluster` (up only) becomes VMSNAP_TEMPORAL_MODE. */
-function modeFromArgs(command: string | undefined, args: string[]): NodeJS.ProcessEnv {
-  if (!args.length) return process.env;
-  if (command !== 'up' || args[0] !== '--temporal' || args.length !== 2) throw new Error(`unexpected arguments "${args.join(' ')}": ${USAGE}`);
-  if (args[1] !== 'dev' && args[1] !== 'cluster')
-    throw new Error(`--temporal ${args[1]}: choose dev (the dev server, default) or cluster (Temporal server on PostgreSQL)`);
-  return { ...process.env, VMSNAP_TEMPORAL_MODE: args[1] };
+/** `up`'s options: `--temporal dev|cluster` becomes VMSNAP_TEMPORAL_MODE, `--horizon` VMSNAP_HORIZON=1. */
+function envFromArgs(command: string | undefined, args: string[]): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  if (args.length && command !== 'up') throw new Error(`unexpected arguments "${args.join(' ')}": ${USAGE}`);
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--horizon') {
+      env.VMSNAP_HORIZON = '1';
+    } else if (args[i] === '--temporal' && i + 1 < args.length) {
+      const mode = args[++i]!;
+      if (mode !== 'dev' && mode !== 'cluster')
+        throw new Error(`--temporal ${mode}: choose dev (the dev server, default) or cluster (Temporal server on PostgreSQL)`);
+      env.VMSNAP_TEMPORAL_MODE = mode;
+    } else {
+      throw new Error(`unexpected arguments "${args.join(' ')}": ${USAGE}`);
+    }
+  }
+  return env;
 }
 
 function describe(s: ServiceStatus): string {
@@ -24,7 +35,7 @@ function describe(s: ServiceStatus): string {
 }
 
 async function main(command: string | undefined, args: string[]): Promise<number> {
-  const cfg = stackConfig(modeFromArgs(command, args));
+  const cfg = stackConfig(envFromArgs(command, args));
   const all = services(cfg);
   switch (command) {
     case 'up': {
@@ -33,6 +44,7 @@ async function main(command: string | undefined, args: string[]): Promise<number
       console.log(`Temporal: ${cfg.temporalMode === 'cluster' ? 'cluster (Temporal server on PostgreSQL)' : 'dev server'}`);
       console.log(`data dir ${cfg.dataDir} (logs in ${cfg.dataDir}/logs)`);
       console.log(`Temporal Web UI: http://127.0.0.1:${cfg.temporalUiPort}`);
+      if (cfg.horizon) console.log(`Horizon: ${horizonUrl(cfg)}/ (log in as the stack's vmsnap user: docs/horizon.md)`);
       return 0;
     }
     case 'down': {

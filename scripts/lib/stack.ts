@@ -27,6 +27,7 @@ import {
   REGION,
   type KeystoneAccounts,
 } from './keystone.js';
+import { horizonService, horizonUrl } from './horizon.js';
 import { ensureStackTls, tlsPaths } from './tls.js';
 import { clusterServices, TEMPORAL_SERVER_CONNECTIONS } from './temporal-cluster.js';
 
@@ -58,6 +59,9 @@ export interface StackConfig {
   apiPort: number;
   /** How long the API keeps Keystone's answer about a token (VMSNAP_API_TOKEN_CACHE_S). */
   apiTokenCacheS: number;
+  /** Horizon's port (VMSNAP_HORIZON_PORT); it runs only when asked for (`up --horizon`, VMSNAP_HORIZON=1). */
+  horizonPort: number;
+  horizon: boolean;
 }
 
 function port(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -135,6 +139,8 @@ export function stackConfig(env = process.env): StackConfig {
     postgresBin: resolve(env.VMSNAP_POSTGRES_BIN || '/usr/lib/postgresql/15/bin'),
     apiPort: port(env, 'VMSNAP_API_PORT', 8774),
     apiTokenCacheS: apiTokenCache(env.VMSNAP_API_TOKEN_CACHE_S),
+    horizonPort: port(env, 'VMSNAP_HORIZON_PORT', 8080),
+    horizon: env.VMSNAP_HORIZON === '1',
   };
 }
 
@@ -721,15 +727,17 @@ function apiService(cfg: StackConfig): Service {
 
 export function services(cfg: StackConfig): Service[] {
   const base = [libvirtService(cfg), keystoneService(cfg), glanceService(cfg)];
+  // Horizon, when asked for, last: it reads the catalog and talks to the API.
+  const horizon = cfg.horizon ? [horizonService(cfg)] : [];
   // The cluster keeps its state in PostgreSQL: the database first. The API needs all of them.
-  if (cfg.temporalMode === 'cluster') return [...base, postgresService(cfg), ...clusterServices(cfg), apiService(cfg)];
-  return [...base, temporalService(cfg), postgresService(cfg), apiService(cfg)];
+  if (cfg.temporalMode === 'cluster') return [...base, postgresService(cfg), ...clusterServices(cfg), apiService(cfg), ...horizon];
+  return [...base, temporalService(cfg), postgresService(cfg), apiService(cfg), ...horizon];
 }
 
-/** Every service `down` stops, both Temporal modes', in stopping order: a mode switched is no leak. */
+/** Every service `down` stops, both Temporal modes' and Horizon, in stopping order: a mode switched is no leak. */
 export function servicesToStop(cfg: StackConfig): Service[] {
-  const cluster = services({ ...cfg, temporalMode: 'cluster' }).reverse();
-  return [...cluster.slice(0, 3), temporalService(cfg), ...cluster.slice(3)];
+  const cluster = services({ ...cfg, temporalMode: 'cluster', horizon: true }).reverse();
+  return [...cluster.slice(0, 4), temporalService(cfg), ...cluster.slice(4)];
 }
 
 /** Environment a vmsnap worker or client needs to use this stack. */
@@ -749,5 +757,7 @@ export function clientEnv(cfg: StackConfig): Record<string, string> {
     VMSNAP_POSTGRES_URL: postgresUrl(cfg),
     // vmsnap's compute API, as the catalog's compute endpoint names it.
     VMSNAP_API_URL: computeUrl(cfg),
+    // Horizon's login page, when the stack runs it (`up --horizon`).
+    VMSNAP_HORIZON_URL: `${horizonUrl(cfg)}/`,
   };
 }

@@ -69,6 +69,8 @@ const SCHEMAS = {
       accessIPv4: { type: 'string' },
       accessIPv6: { type: 'string' },
       personality: { type: 'array' },
+      // 2.19's description: Horizon's Rebuild Instance form sends it when one is typed.
+      description: { type: ['string', 'null'], maxLength: 255 },
     },
     required: ['imageRef'],
     additionalProperties: false,
@@ -197,7 +199,7 @@ async function rebuild(deps: ApiDeps, req: FastifyRequest, reply: FastifyReply, 
   return { server: serverView(now, { caller: req.caller, version: req.apiVersion, baseUrl: baseUrlOf(req, deps) }) };
 }
 
-/** What Nova's rebuild can change and vmsnap's restore cannot: the guest's name, password, metadata, files, addresses. */
+/** What Nova's rebuild can change and vmsnap's restore cannot: the guest's name, password, metadata, files, addresses, description. */
 function unsupportedRebuildArgs(instance: InstanceRecord, args: Record<string, unknown>): string[] {
   const cannot: string[] = [];
   if (args.name !== undefined && args.name !== instance.name) cannot.push('the name');
@@ -205,6 +207,7 @@ function unsupportedRebuildArgs(instance: InstanceRecord, args: Record<string, u
   if (args.metadata !== undefined && Object.keys(args.metadata as object).length > 0) cannot.push('the metadata');
   if (args.personality !== undefined && (args.personality as unknown[]).length > 0) cannot.push('files (personality)');
   if (args.accessIPv4 !== undefined || args.accessIPv6 !== undefined) cannot.push('the access addresses');
+  if (typeof args.description === 'string' && args.description !== '') cannot.push('the description');
   if (args.preserve_ephemeral !== undefined && ![false, ...booleanWords.slice(10)].includes(args.preserve_ephemeral as string)) {
     cannot.push('ephemeral disks (preserve_ephemeral)');
   }

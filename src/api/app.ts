@@ -1,7 +1,7 @@
 // The API's HTTP server (fastify): version discovery open to all, everything under /v2.1 behind
 // Keystone and at a negotiated microversion, and every error in Nova's shape. Routes are grouped
 // under /v2.1 by what they serve (servers, actions, instance actions); what it does not serve is
-// Nova's 404, so another group (Horizon's pages want flavors, limits, …) is one more register().
+// Nova's 404; what Horizon's pages read besides servers (flavors, limits, usage, key pairs, server groups) is Nova's answer for a cloud without them.
 import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { isGrpcServiceError } from '@temporalio/client';
@@ -9,9 +9,14 @@ import { VmsnapError } from '../shared/errors.js';
 import { actionRoutes } from './actions.js';
 import type { ApiDeps } from './deps.js';
 import { ApiError, faultBody, forbidden, fromVmsnapError, notFound, unauthorized, unexpected } from './errors.js';
+import { flavorRoutes } from './flavors.js';
 import { instanceActionRoutes } from './instance-actions.js';
+import { keypairRoutes } from './keypairs.js';
+import { limitRoutes } from './limits.js';
 import { baseUrlOf } from './request.js';
+import { serverGroupRoutes } from './server-groups.js';
 import { serverRoutes } from './servers.js';
+import { usageRoutes } from './usage.js';
 import { negotiate, versionDocument, versionHeaders, versionsDocument } from './versions.js';
 
 /** Nova's [oslo_middleware] max_request_body_size: larger bodies are refused before they are read. */
@@ -76,6 +81,12 @@ export function buildApp(deps: ApiDeps, opts: AppOptions): FastifyInstance {
       serverRoutes(v21, deps);
       actionRoutes(v21, deps);
       instanceActionRoutes(v21, deps);
+      // What Horizon's pages read besides servers: vmsnap has none of them, and answers as Nova does then.
+      flavorRoutes(v21);
+      limitRoutes(v21, deps);
+      usageRoutes(v21);
+      keypairRoutes(v21);
+      serverGroupRoutes(v21);
       // Unknown paths under /v2.1 are Nova's 404, once the request is let in.
       v21.setNotFoundHandler({ preHandler: letIn }, async () => {
         throw notFound('The resource could not be found.');

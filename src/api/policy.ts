@@ -30,6 +30,8 @@ export const RULES = {
   'os_compute_api:os-instance-actions:show': 'project-reader',
   'os_compute_api:os-instance-actions:events': 'admin',
   'os_compute_api:os-instance-actions:events:details': 'admin',
+  'os_compute_api:os-simple-tenant-usage:show': 'project-reader',
+  'os_compute_api:os-simple-tenant-usage:list': 'admin',
 } as const;
 export type Rule = keyof typeof RULES;
 

@@ -228,6 +228,7 @@ describe('bad input: Nova shapes, and nothing started (Temporal is never reached
     await refused(await action(WEB, { createBackup: { name: 'x', backup_type: 'daily', rotation: -1 } }), 400, 'badRequest', /rotation/);
     await refused(await action(WEB, { rebuild: { imageRef: 'not-a-uuid' } }), 400, 'badRequest', /is not a 'uuid'/);
     await refused(await action(WEB, { rebuild: { imageRef: OTHER, name: 'renamed' } }), 400, 'badRequest', /cannot change the name/);
+    await refused(await action(WEB, { rebuild: { imageRef: OTHER, description: 'mine' } }), 400, 'badRequest', /cannot change the description/);
   });
 
   it('a body that is not JSON, too large, or of another type', async () => {
@@ -272,6 +273,44 @@ describe('bad input: Nova shapes, and nothing started (Temporal is never reached
     const res = await call('GET', '/v2.1/os-hypervisors', { token: 'member' });
     assert.equal(res.status, 404);
     assert.deepEqual(res.body, { itemNotFound: { code: 404, message: 'The resource could not be found.' } });
+  });
+});
+
+describe("what Horizon's pages read besides servers: Nova's answers for a cloud without flavors, quotas or usage", () => {
+  it('flavors: none, and any flavor is a 404', async () => {
+    assert.deepEqual((await call('GET', '/v2.1/flavors/detail?is_public=True', { token: 'reader' })).body, { flavors: [] });
+    assert.deepEqual((await call('GET', '/v2.1/flavors', { token: 'member' })).body, { flavors: [] });
+    const one = await call('GET', '/v2.1/flavors/unknown', { token: 'member' });
+    assert.equal(one.status, 404);
+    assert.deepEqual(one.body, { itemNotFound: { code: 404, message: 'Flavor unknown could not be found.' } });
+    assert.equal((await call('GET', '/v2.1/flavors/detail')).status, 401, 'behind Keystone like the rest');
+  });
+
+  it('key pairs and server groups: none, and any one is a 404', async () => {
+    assert.deepEqual((await call('GET', '/v2.1/os-keypairs', { token: 'member' })).body, { keypairs: [] });
+    assert.deepEqual((await call('GET', '/v2.1/os-server-groups', { token: 'member' })).body, { server_groups: [] });
+    assert.equal((await call('GET', '/v2.1/os-keypairs/mine', { token: 'member' })).body!.itemNotFound.code, 404);
+    assert.equal((await call('GET', `/v2.1/os-server-groups/${OTHER}`, { token: 'member' })).body!.itemNotFound.code, 404);
+  });
+
+  it("limits: no quota for new instances, the project's instances in use, the fields of the microversion", async () => {
+    const old = (await call('GET', '/v2.1/limits?reserved=1', { token: 'member' })).body!.limits;
+    assert.deepEqual(old.rate, []);
+    assert.equal(old.absolute.maxTotalInstances, 0);
+    assert.equal(old.absolute.totalInstancesUsed, 3, "project A's three servers");
+    assert.equal(old.absolute.maxSecurityGroups, 10, 'before 2.36');
+    assert.equal(old.absolute.maxImageMeta, 128, 'before 2.39');
+    const latest = (await call('GET', '/v2.1/limits', { token: 'other', headers: { 'openstack-api-version': 'compute latest' } })).body!.limits;
+    assert.equal(latest.absolute.totalInstancesUsed, 1, "project B's one server");
+    assert.equal(latest.absolute.maxSecurityGroups, undefined);
+    assert.equal(latest.absolute.maxImageMeta, undefined);
+  });
+
+  it("simple tenant usage: a project's readers read its empty report; other projects' and the listing are the admins'", async () => {
+    assert.deepEqual((await call('GET', `/v2.1/os-simple-tenant-usage/${A}?start=2026-01-01T00:00:00`, { token: 'reader' })).body, { tenant_usage: {} });
+    assert.equal((await call('GET', `/v2.1/os-simple-tenant-usage/${A}`, { token: 'other' })).status, 403);
+    assert.equal((await call('GET', '/v2.1/os-simple-tenant-usage', { token: 'member' })).status, 403);
+    assert.deepEqual((await call('GET', '/v2.1/os-simple-tenant-usage', { token: 'admin' })).body, { tenant_usages: [] });
   });
 });
 
