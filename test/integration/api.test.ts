@@ -12,9 +12,9 @@ import { createGuest, guestState, readCounter, removeGuest, type Guest } from '.
 import { syncInventory } from '../../src/activities/inventory.js';
 import { snapshotWorkflowId } from '../../src/shared/names.js';
 import { closeTestCloud, stackGlanceUrl } from '../support/cloud.js';
-import { apiRequest, issueToken, openstack, openstackJson, python, revokeToken, stackApi, type StackApi } from '../support/compute-api.js';
+import { apiRequest, issueToken, openstack, openstackJson, python, revokeToken, stackApi, startApiWorkers, type StackApi } from '../support/compute-api.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import { startHarness, type Harness } from '../support/harness.js';
+import type { Harness } from '../support/harness.js';
 import { findImagesByName } from '../support/images.js';
 
 const tag = randomBytes(3).toString('hex');
@@ -47,20 +47,7 @@ describe("Nova's door: the compute API with the real openstack CLI and openstack
     proxy = await startFaultProxy(await stackGlanceUrl());
     // The workers the stack's API starts workflows for: its task queue and store (the data dir's),
     // acting as Nova's service user would, so that images can be owned by the callers' projects.
-    h = await startHarness({
-      name: 'api',
-      glanceUrl: proxy.url,
-      env: {
-        VMSNAP_TASK_QUEUE: 'vmsnap',
-        VMSNAP_STORE_PATH: join(api.dataDir, 'vmsnap.sqlite'),
-        OS_CLOUD: 'vmsnap-service',
-        VMSNAP_DEFAULT_MODE: 'auto',
-        VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS: '0',
-        // The slow upload below keeps the task state in view; it must not look stalled (a stalled
-        // upload is cut off and its image replaced by a new record, whose id the client never got).
-        VMSNAP_GLANCE_STALL_MS: '120000',
-      },
-    });
+    h = await startApiWorkers(api, { name: 'api', glanceUrl: proxy.url, glanceStallMs: 120_000 });
     guest = await createGuest({ name: named('guest'), guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     await syncInventory({ hypervisor: h.hypervisor, store: h.store, host: h.config.host });
   });

@@ -7,25 +7,25 @@
 // Screenshots: build/horizon/*.png.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { syncInventory } from '../../src/activities/inventory.js';
 import { restoreWorkflowId, snapshotWorkflowId } from '../../src/shared/names.js';
 import type { SnapshotResult } from '../../src/shared/types.js';
+import { launchChromium, noChromium } from '../support/browser.js';
 import { stopLeftoverSnapshots } from '../support/cli.js';
 import { closeTestCloud, stackGlanceUrl } from '../support/cloud.js';
-import { apiRequest, issueToken, stackApi, type StackApi } from '../support/compute-api.js';
+import { apiRequest, issueToken, stackApi, startApiWorkers, type StackApi } from '../support/compute-api.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import { startHarness, type Harness } from '../support/harness.js';
+import type { Harness } from '../support/harness.js';
 import { startStackHorizon, type StackHorizon } from '../support/horizon.js';
 import { downloadImage } from '../support/images.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const skip = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (run ./scripts/setup, which installs it)`;
+const skip = noChromium;
 if (skip) console.log(`# horizon.test.ts skipped: ${skip}`);
 
 const tag = randomBytes(3).toString('hex');
@@ -138,33 +138,10 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
     // Glance behind a proxy that can take the snapshot's data slowly, so that its task state is there to see.
     proxy = await startFaultProxy(await stackGlanceUrl());
     // The workers behind the stack's API: its task queue and store, as Nova's service user.
-    h = await startHarness({
-      name: 'horizon',
-      glanceUrl: proxy.url,
-      env: {
-        VMSNAP_TASK_QUEUE: 'vmsnap',
-        VMSNAP_STORE_PATH: join(api.dataDir, 'vmsnap.sqlite'),
-        OS_CLOUD: 'vmsnap-service',
-        VMSNAP_DEFAULT_MODE: 'auto',
-        VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS: '0',
-        // The slow upload below must not look stalled.
-        VMSNAP_GLANCE_STALL_MS: '300000',
-      },
-    });
+    h = await startApiWorkers(api, { name: 'horizon', glanceUrl: proxy.url, glanceStallMs: 300_000 });
     guest = await createGuest({ name: `vmsnap-test-horizon-${tag}`, guestsDir: h.guestsDir, assetsDir: h.assetsDir });
     await syncInventory({ hypervisor: h.hypervisor, store: h.store, host: h.config.host });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchChromium();
     ({ context, page } = await logIn('vmsnap', api.accounts.vmsnapPassword));
   });
 

@@ -2,18 +2,18 @@
 // vmsnap's instance search attribute, and the workflow page with the image id and the phase.
 // A real headless Chromium drives the real UI; screenshots land in the data dir for a person to check.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { createGuest, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { snapshotResult, startSnapshot } from '../../src/client/index.js';
 import type { SnapshotResult } from '../../src/shared/types.js';
+import { launchChromium, noChromium } from '../support/browser.js';
 import { deleteImages, stopLeftoverSnapshots } from '../support/cli.js';
 import { startHarness, type Harness } from '../support/harness.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const skip = existsSync(CHROMIUM) ? false : `no Chromium at ${CHROMIUM} (apt-get install chromium)`;
+const skip = noChromium;
 if (skip) console.log(`# webui.test.ts skipped: ${skip}`);
 
 const guestName = `vmsnap-test-webui-${process.pid}`;
@@ -54,19 +54,7 @@ describe('the Temporal Web UI shows a snapshot', { timeout: 400_000, skip }, () 
     shots = join(h.config.dataDir, 'webui');
     mkdirSync(shots, { recursive: true });
     // launch() gives the browser a fresh, temporary profile of its own.
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-    });
+    browser = await launchChromium();
   });
 
   after(async () => {

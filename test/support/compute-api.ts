@@ -5,6 +5,7 @@ import { execa } from 'execa';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Agent, request } from 'undici';
+import { startHarness, type Harness } from './harness.js';
 import { readAccounts, type ApiAccounts, type KeystoneAccounts } from '../../scripts/lib/keystone.js';
 
 /** The stack's clouds.yaml entries: the owner of the test guests, another project's member, a reader, the admin, Nova's service user. */
@@ -132,4 +133,25 @@ export async function apiRequest(
   });
   const text = await res.body.text();
   return { status: res.statusCode, headers: res.headers, body: text ? (JSON.parse(text) as unknown) : undefined };
+}
+
+/**
+ * The workers behind the stack's API: its task queue and store (the data dir's), acting as Nova's
+ * service user would, so that images can be owned by the callers' projects. glanceStallMs: a test
+ * that slows the upload on purpose (to keep the task state in view) must not have it taken for a
+ * stall (a stalled upload is cut off and its image replaced by a record the client never got).
+ */
+export function startApiWorkers(api: StackApi, opts: { name: string; glanceUrl: string; glanceStallMs: number }): Promise<Harness> {
+  return startHarness({
+    name: opts.name,
+    glanceUrl: opts.glanceUrl,
+    env: {
+      VMSNAP_TASK_QUEUE: 'vmsnap',
+      VMSNAP_STORE_PATH: join(api.dataDir, 'vmsnap.sqlite'),
+      OS_CLOUD: 'vmsnap-service',
+      VMSNAP_DEFAULT_MODE: 'auto',
+      VMSNAP_RESTORE_SHUTDOWN_TIMEOUT_MS: '0',
+      VMSNAP_GLANCE_STALL_MS: String(opts.glanceStallMs),
+    },
+  });
 }
