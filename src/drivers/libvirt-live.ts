@@ -411,15 +411,20 @@ export class LiveCopier {
     }
   }
 
-  /** Whether the pull job that serves `socket` still runs on the instance (a gone instance has none). */
-  async exportRunning(id: string, socket: string): Promise<boolean> {
-    let job: JobStats;
+  /** The instance's current libvirt job; undefined when the instance is gone (it has none). */
+  private async jobOfInstance(id: string): Promise<JobStats | undefined> {
     try {
-      job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
+      return parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
     } catch (e) {
-      if (e instanceof VmsnapError && e.code === 'InstanceNotFound') return false;
+      if (e instanceof VmsnapError && e.code === 'InstanceNotFound') return undefined;
       throw e;
     }
+  }
+
+  /** Whether the pull job that serves `socket` still runs on the instance (a gone instance has none). */
+  async exportRunning(id: string, socket: string): Promise<boolean> {
+    const job = await this.jobOfInstance(id);
+    if (!job) return false;
     if (!((job.type === JOB.bounded || job.type === JOB.unbounded) && job.operation === OP_BACKUP)) return false;
     const xml = await this.run(['backup-dumpxml', id], id).catch(() => '');
     const ours = encodeEntities(socket);
@@ -555,13 +560,8 @@ export class LiveCopier {
    * was such a job. Another job, or one copying elsewhere, is left alone.
    */
   async abortLeftover(id: string, dir: string): Promise<boolean> {
-    let job: JobStats;
-    try {
-      job = parseJobStats(await this.run(['domjobinfo', id, '--rawstats'], id));
-    } catch (e) {
-      if (e instanceof VmsnapError && e.code === 'InstanceNotFound') return false;
-      throw e;
-    }
+    const job = await this.jobOfInstance(id);
+    if (!job) return false;
     if (job.type === JOB.none || job.operation !== OP_BACKUP) return false;
     const xml = await this.run(['backup-dumpxml', id], id);
     const prefix = encodeEntities(path.join(path.resolve(dir), '/'));

@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { syncInventory } from '../../src/activities/inventory.js';
 import { snapshotWorkflowId } from '../../src/shared/names.js';
@@ -16,20 +15,10 @@ import { apiRequest, issueToken, openstack, openstackJson, python, revokeToken, 
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import type { Harness } from '../support/harness.js';
 import { findImagesByName } from '../support/images.js';
+import { until } from '../support/until.js';
 
 const tag = randomBytes(3).toString('hex');
 const named = (what: string) => `vmsnap-test-api-${tag}-${what}`;
-
-/** Waits for a condition, polling; fails with `what` when it does not come within `ms`. */
-async function until<T>(what: string, ms: number, check: () => Promise<T | undefined | false>): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${ms / 1000} s`);
-    await sleep(250);
-  }
-}
 
 describe("Nova's door: the compute API with the real openstack CLI and openstacksdk", { timeout: 30 * 60_000 }, () => {
   let api: StackApi;

@@ -10,7 +10,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { createGuest, guestState, readCounter, removeGuest, type Guest } from '../../scripts/lib/guest.js';
 import { syncInventory } from '../../src/activities/inventory.js';
@@ -24,23 +23,15 @@ import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import type { Harness } from '../support/harness.js';
 import { startStackHorizon, type StackHorizon } from '../support/horizon.js';
 import { downloadImage } from '../support/images.js';
+import { until } from '../support/until.js';
 
 const skip = noChromium;
+// Horizon's pages take seconds each here: looked at twice a second, not four times.
+const PAGE_POLL_MS = 500;
 if (skip) console.log(`# horizon.test.ts skipped: ${skip}`);
 
 const tag = randomBytes(3).toString('hex');
 const SHOTS = join(process.cwd(), 'build', 'horizon');
-
-/** Waits for a condition, polling; fails with `what` when it does not come within `ms`. */
-async function until<T>(what: string, ms: number, check: () => Promise<T | undefined | false>): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`${what} did not happen within ${ms / 1000} s`);
-    await sleep(500);
-  }
-}
 
 describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 30 * 60_000, skip }, () => {
   let api: StackApi;
@@ -124,10 +115,15 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
   /** The guest's row on the Instances page, once it shows `text` (the page is reloaded until then). */
   async function instanceRow(p: Page, text: RegExp, ms = 120_000) {
     const row = p.locator(`#instances__row__${guest.uuid}`);
-    await until(`the Instances page showing ${text}`, ms, async () => {
-      await open(p, '/project/instances/');
-      return (await row.count()) === 1 && text.test(await row.innerText());
-    });
+    await until(
+      `the Instances page showing ${text}`,
+      ms,
+      async () => {
+        await open(p, '/project/instances/');
+        return (await row.count()) === 1 && text.test(await row.innerText());
+      },
+      PAGE_POLL_MS,
+    );
     return row;
   }
 
@@ -208,11 +204,16 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
     assert.ok(atImage > 0, 'the snapshot holds a counting guest');
 
     const row = page.locator('tr', { hasText: snapshotName });
-    await until('the Images page showing the snapshot active', 120_000, async () => {
-      await open(page, '/project/images');
-      // The Angular table has a detail row under each row, with the name too: the first is the row.
-      return (await row.count()) >= 1 && /Active/.test(await row.first().innerText());
-    });
+    await until(
+      'the Images page showing the snapshot active',
+      120_000,
+      async () => {
+        await open(page, '/project/images');
+        // The Angular table has a detail row under each row, with the name too: the first is the row.
+        return (await row.count()) >= 1 && /Active/.test(await row.first().innerText());
+      },
+      PAGE_POLL_MS,
+    );
     const cells = (await row.first().locator('td').allInnerTexts()).map((c) => c.trim());
     assert.ok(cells.includes('Snapshot'), `type Snapshot: ${cells.join(' | ')}`);
     assert.ok(cells.includes('Active'), `status Active: ${cells.join(' | ')}`);
@@ -237,10 +238,15 @@ describe("Horizon's Create Snapshot and Rebuild Instance on vmsnap", { timeout: 
     await h.client.workflow.getHandle(restoreWorkflowId(guest.uuid)).result();
     assert.equal(await guestState(guest.name), 'running');
     // The counter went back to the snapshot's and counts on from there.
-    const now = await until('the guest counting again', 120_000, async () => {
-      const c = (await readCounter(guest.diskPath, 'qcow2')).a;
-      return c > 0 && c;
-    });
+    const now = await until(
+      'the guest counting again',
+      120_000,
+      async () => {
+        const c = (await readCounter(guest.diskPath, 'qcow2')).a;
+        return c > 0 && c;
+      },
+      PAGE_POLL_MS,
+    );
     assert.ok(now >= atImage && now < before, `the counter restarted from the snapshot's ${atImage} (now ${now}, before the rebuild ${before})`);
     const shown = await apiRequest('GET', `/v2.1/servers/${guest.uuid}`, { token: await issueToken('vmsnap', api.accounts.vmsnapPassword, 'vmsnap') });
     assert.equal(shown.body.server.status, 'ACTIVE');
